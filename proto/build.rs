@@ -1,0 +1,21 @@
+//! Compiles the `.proto` files with the vendored `protoc`, so building ferry
+//! needs no system protobuf compiler.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &["proto/ferry/v1/status.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(PathBuf::from(protoc));
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure()
+        .build_server(grpc)
+        .build_client(grpc)
+        .compile_with_config(config, PROTOS, &["proto"])?;
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! ferry-wal: the write-ahead log of a ferry node. A segmented log of opaque
+//! records with contiguous LSNs, crc32-checksummed and zstd-compressed
+//! frames, group commit under a Redis-like sync policy, recovery of a torn
+//! tail, readers from any LSN, raw frames for shipping, and purging. It knows
+//! nothing of keys, RocksDB or the network.
+//!
+//! # Layout
+//! - [`format`]: the byte layout of segments and frames, and the pure frame
+//!   encoder and decoder.
+//! - `segment`: segment naming, durable creation and the recovery scan.
+//! - `wal`: [`Wal`], the handle: open and recover, append, append raw frames,
+//!   sync, purge, and the writer and syncer threads behind them.
+//! - `reader`: [`FrameReader`] (the stored bytes of each frame, for
+//!   shipping) and [`RecordReader`] (decoded records, for replay).
+//! - [`storage`]: the file access trait and the real file system.
+//! - [`testing`]: an in-memory storage that crashes, tears writes and fails
+//!   on demand.
+//!
+//! # Guarantees
+//! - An append returns only when its records are written and, under
+//!   [`SyncPolicy::Always`], synced. All records of one append share one
+//!   frame: after a crash, all of them survive or none does.
+//! - After a crash, recovery keeps exactly the whole, valid frames: a torn or
+//!   zero-filled tail of the last segment is cut off (a `.broken` copy is
+//!   kept), anything else bad refuses to open with [`WalError::Corruption`].
+//! - A failed write or sync is never acknowledged, and the log accepts no
+//!   more appends until it is reopened.
+
+pub mod format;
+pub mod storage;
+pub mod testing;
+
+mod error;
+mod reader;
+mod segment;
+mod wal;
+
+use std::fmt;
+
+pub use error::{Result, WalError};
+pub use format::{FrameHeader, FrameLimits};
+pub use reader::{FrameReader, RawFrame, Record, RecordReader};
+pub use wal::{LsnRange, SyncPolicy, Wal, WalOptions, WalStats, verify_frames};
+
+/// A log sequence number: the position of one record in the log. The first
+/// record ever written is LSN 1; 0 stands for "none".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// No record.
+    pub const ZERO: Lsn = Lsn(0);
+
+    /// The LSN after this one.
+    pub fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The term of a primary. Epochs never decrease along a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -1,0 +1,366 @@
+//! An in-memory [`Storage`] that models what a power loss does to files, and
+//! fails on demand: for the crash, torn-write and EIO tests of this crate and
+//! of the crates that build on it.
+//!
+//! # The model
+//!
+//! Each file keeps its bytes and how many of them are synced. A directory
+//! entry (creation, rename, deletion) is durable once its directory is
+//! synced. [`MemStorage::crash`] turns the old storage dead (every later call
+//! on it or on its open files fails with EIO, like a machine that lost power)
+//! and returns what a reboot would find: the durable entries, each with its
+//! synced bytes plus a seeded-random prefix of its unsynced bytes (a torn
+//! write), whose last sector may be zero-filled (space allocated, data never
+//! written).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::storage::{Storage, StorageFile};
+
+/// Bytes of a disk sector, the unit the crash model zero-fills.
+pub const SECTOR_BYTES: usize = 512;
+
+/// A seeded pseudo-random generator (splitmix64): tests print the seed and
+/// replay a failure with it.
+#[derive(Debug, Clone)]
+pub struct SeededRng(u64);
+
+impl SeededRng {
+    pub fn new(seed: u64) -> SeededRng {
+        SeededRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `0..n`.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        self.next_u64() % n
+    }
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    /// Set by a crash: the machine is gone.
+    dead: AtomicBool,
+    fail_write: AtomicBool,
+    fail_sync: AtomicBool,
+    /// The next write stores only its first half, then fails.
+    tear_next_write: AtomicBool,
+    syncs: AtomicU64,
+}
+
+impl Faults {
+    fn check(&self) -> io::Result<()> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(io::Error::other("storage crashed"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct InodeData {
+    bytes: Vec<u8>,
+    synced_len: usize,
+}
+
+type Inode = Arc<Mutex<InodeData>>;
+
+#[derive(Debug, Default)]
+struct MemFs {
+    dirs: BTreeSet<PathBuf>,
+    entries: BTreeMap<PathBuf, Inode>,
+    durable_entries: BTreeMap<PathBuf, Inode>,
+}
+
+/// The in-memory storage; cloning it shares the files.
+#[derive(Clone, Default)]
+pub struct MemStorage {
+    fs: Arc<Mutex<MemFs>>,
+    faults: Arc<Faults>,
+}
+
+impl fmt::Debug for MemStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemStorage").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
+}
+
+impl MemStorage {
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// Every later write fails with EIO while `on`.
+    pub fn set_fail_write(&self, on: bool) {
+        self.faults.fail_write.store(on, Ordering::SeqCst);
+    }
+
+    /// Every later sync (of a file or a directory) fails with EIO while `on`.
+    pub fn set_fail_sync(&self, on: bool) {
+        self.faults.fail_sync.store(on, Ordering::SeqCst);
+    }
+
+    /// The next write stores the first half of its bytes, then fails with EIO.
+    pub fn tear_next_write(&self) {
+        self.faults.tear_next_write.store(true, Ordering::SeqCst);
+    }
+
+    /// File syncs so far.
+    pub fn sync_count(&self) -> u64 {
+        self.faults.syncs.load(Ordering::SeqCst)
+    }
+
+    /// A power loss: this storage and its open files fail from now on, and
+    /// the returned storage holds what survived (see the module docs).
+    pub fn crash(&self, seed: u64) -> MemStorage {
+        self.faults.dead.store(true, Ordering::SeqCst);
+        let mut rng = SeededRng::new(seed);
+        let fs = lock(&self.fs);
+        let mut survived = MemFs {
+            dirs: fs.dirs.clone(),
+            ..MemFs::default()
+        };
+        for (path, inode) in &fs.durable_entries {
+            let data = lock(inode);
+            let unsynced = data.bytes.len().saturating_sub(data.synced_len);
+            let kept = rng.below(unsynced as u64 + 1) as usize;
+            let mut bytes = data.bytes[..data.synced_len + kept].to_vec();
+            if kept > 0 && rng.below(2) == 0 {
+                // The last sector of the kept part was allocated but not written.
+                let start = (bytes.len() - 1) / SECTOR_BYTES * SECTOR_BYTES;
+                let start = start.max(data.synced_len);
+                bytes[start..].fill(0);
+            }
+            let synced_len = bytes.len();
+            let inode = Arc::new(Mutex::new(InodeData { bytes, synced_len }));
+            survived.entries.insert(path.clone(), inode.clone());
+            survived.durable_entries.insert(path.clone(), inode);
+        }
+        MemStorage {
+            fs: Arc::new(Mutex::new(survived)),
+            faults: Arc::default(),
+        }
+    }
+
+    /// A copy of a file's bytes, synced or not.
+    pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
+        let fs = lock(&self.fs);
+        fs.entries.get(path).map(|inode| lock(inode).bytes.clone())
+    }
+
+    /// Replaces a file's bytes, durably: the tests' way to damage a log.
+    ///
+    /// # Panics
+    ///
+    /// If the file does not exist.
+    pub fn set_file_bytes(&self, path: &Path, bytes: Vec<u8>) {
+        let fs = lock(&self.fs);
+        let inode = fs
+            .entries
+            .get(path)
+            .unwrap_or_else(|| panic!("no file {}", path.display()));
+        let mut data = lock(inode);
+        data.synced_len = bytes.len();
+        data.bytes = bytes;
+    }
+
+    /// The paths of the files in `dir`, sorted.
+    pub fn files(&self, dir: &Path) -> Vec<PathBuf> {
+        let fs = lock(&self.fs);
+        fs.entries
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Storage for MemStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.faults.check()?;
+        let mut fs = lock(&self.fs);
+        for dir in dir.ancestors() {
+            fs.dirs.insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.faults.check()?;
+        let fs = lock(&self.fs);
+        if !fs.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(fs
+            .entries
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        self.faults.check()?;
+        let mut fs = lock(&self.fs);
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !fs.dirs.contains(parent) {
+            return Err(not_found(parent));
+        }
+        let inode = Inode::default();
+        fs.entries.insert(path.to_path_buf(), inode.clone());
+        Ok(Arc::new(MemFile {
+            inode,
+            writable: true,
+            faults: self.faults.clone(),
+        }))
+    }
+
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn StorageFile>> {
+        self.faults.check()?;
+        let fs = lock(&self.fs);
+        let inode = fs.entries.get(path).ok_or_else(|| not_found(path))?.clone();
+        Ok(Arc::new(MemFile {
+            inode,
+            writable,
+            faults: self.faults.clone(),
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.faults.check()?;
+        let mut fs = lock(&self.fs);
+        let inode = fs.entries.remove(from).ok_or_else(|| not_found(from))?;
+        fs.entries.insert(to.to_path_buf(), inode);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.faults.check()?;
+        let mut fs = lock(&self.fs);
+        fs.entries
+            .remove(path)
+            .map(drop)
+            .ok_or_else(|| not_found(path))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.faults.check()?;
+        if self.faults.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        let mut fs = lock(&self.fs);
+        let fs = &mut *fs;
+        fs.durable_entries.retain(|p, _| p.parent() != Some(dir));
+        for (path, inode) in &fs.entries {
+            if path.parent() == Some(dir) {
+                fs.durable_entries.insert(path.clone(), inode.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+struct MemFile {
+    inode: Inode,
+    writable: bool,
+    faults: Arc<Faults>,
+}
+
+impl fmt::Debug for MemFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemFile")
+            .field("writable", &self.writable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorageFile for MemFile {
+    fn len(&self) -> io::Result<u64> {
+        self.faults.check()?;
+        Ok(lock(&self.inode).bytes.len() as u64)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.faults.check()?;
+        let data = lock(&self.inode);
+        let start = (offset as usize).min(data.bytes.len());
+        let n = buf.len().min(data.bytes.len() - start);
+        buf[..n].copy_from_slice(&data.bytes[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.faults.check()?;
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ));
+        }
+        if self.faults.fail_write.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected write failure"));
+        }
+        let torn = self.faults.tear_next_write.swap(false, Ordering::SeqCst);
+        let buf = if torn { &buf[..buf.len() / 2] } else { buf };
+        let mut data = lock(&self.inode);
+        let offset = offset as usize;
+        let end = offset + buf.len();
+        if data.bytes.len() < end {
+            data.bytes.resize(end, 0);
+        }
+        data.bytes[offset..end].copy_from_slice(buf);
+        // Overwritten synced bytes are no longer known to be durable.
+        data.synced_len = data.synced_len.min(offset);
+        if torn {
+            return Err(io::Error::other("injected torn write"));
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.faults.check()?;
+        if self.faults.fail_sync.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        self.faults.syncs.fetch_add(1, Ordering::SeqCst);
+        let mut data = lock(&self.inode);
+        data.synced_len = data.bytes.len();
+        Ok(())
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.faults.check()?;
+        let mut data = lock(&self.inode);
+        data.bytes.resize(len as usize, 0);
+        data.synced_len = data.synced_len.min(len as usize);
+        Ok(())
+    }
+}

@@ -1,0 +1,1226 @@
+//! The [`Wal`] handle: opening and recovering a log, and the writer and
+//! syncer threads that carry out appends.
+//!
+//! # Group commit
+//!
+//! Appenders send their records over a bounded channel to one writer thread.
+//! The writer takes every request waiting in the channel (up to
+//! [`WalOptions::group_requests_max`]), encodes them into as few frames as
+//! [`WalOptions::group_bytes_max`] allows, writes them with one write call
+//! per segment, syncs once (under [`SyncPolicy::Always`]), and only then
+//! answers every appender of the group. While it syncs, the next group
+//! gathers in the channel.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Result, WalError};
+use crate::format::{self, Decoded, FrameEncoder, FrameHeader, FrameLimits, SEGMENT_HEADER_LEN};
+use crate::reader::{FrameReader, RecordReader};
+use crate::segment::{self, INDEX_INTERVAL_BYTES, SegmentMeta, TMP_SUFFIX};
+use crate::storage::{FsStorage, Storage, StorageFile, read_all};
+use crate::{Epoch, Lsn};
+
+/// When an append counts as durable, named after Redis's `appendfsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// fdatasync before an append returns: nothing acknowledged is lost.
+    Always,
+    /// A background sync every [`WalOptions::sync_interval`]: a crash loses
+    /// at most about that much, always a suffix of the log.
+    #[default]
+    EverySec,
+    /// Never sync explicitly (only when a segment is sealed); the operating
+    /// system decides.
+    No,
+}
+
+impl FromStr for SyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(SyncPolicy::Always),
+            "everysec" => Ok(SyncPolicy::EverySec),
+            "no" => Ok(SyncPolicy::No),
+            other => Err(format!(
+                "unknown sync policy {other:?}: expected always, everysec or no"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncPolicy::Always => "always",
+            SyncPolicy::EverySec => "everysec",
+            SyncPolicy::No => "no",
+        })
+    }
+}
+
+/// Default for [`WalOptions::segment_bytes_max`]: 64 MiB.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+/// Default for [`WalOptions::group_bytes_max`]: 1 MiB.
+pub const GROUP_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Default for [`WalOptions::group_requests_max`].
+pub const GROUP_REQUESTS_MAX_DEFAULT: usize = 4096;
+/// Default for [`WalOptions::append_queue_max`].
+pub const APPEND_QUEUE_MAX_DEFAULT: usize = 4096;
+/// Default for [`WalOptions::sync_interval`]: one second, as Redis's `everysec`.
+pub const SYNC_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Default for [`WalOptions::compression_level`]: zstd level 1 (level 3
+/// compresses these records no better at half the speed).
+pub const COMPRESSION_LEVEL_DEFAULT: i32 = 1;
+
+/// How a log is written. Every limit has a default.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    pub sync_policy: SyncPolicy,
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_bytes_max: u64,
+    /// Caps on the frames written and read, stored and decompressed.
+    pub limits: FrameLimits,
+    /// A group commit starts a new frame once the raw body of the current
+    /// one reaches this size. One append's records always share a frame.
+    pub group_bytes_max: usize,
+    /// At most this many appends join one group commit.
+    pub group_requests_max: usize,
+    /// Appends waiting for the writer; more wait to be queued.
+    pub append_queue_max: usize,
+    /// How far the background sync of [`SyncPolicy::EverySec`] lags at most.
+    pub sync_interval: Duration,
+    /// zstd level for frame bodies.
+    pub compression_level: i32,
+    /// The LSN of the first record of a new, empty log.
+    pub first_lsn: Lsn,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            sync_policy: SyncPolicy::default(),
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            limits: FrameLimits::default(),
+            group_bytes_max: GROUP_BYTES_MAX_DEFAULT,
+            group_requests_max: GROUP_REQUESTS_MAX_DEFAULT,
+            append_queue_max: APPEND_QUEUE_MAX_DEFAULT,
+            sync_interval: SYNC_INTERVAL_DEFAULT,
+            compression_level: COMPRESSION_LEVEL_DEFAULT,
+            first_lsn: Lsn(1),
+        }
+    }
+}
+
+/// The LSNs given to one append: `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LsnRange {
+    pub first: Lsn,
+    pub last: Lsn,
+}
+
+/// Counters since the log was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub records: u64,
+    pub frames: u64,
+    /// Frame bytes written, headers included.
+    pub bytes: u64,
+    /// File syncs (fdatasync) of segment data.
+    pub syncs: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    records: AtomicU64,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// What the writer, the syncer and the readers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub options: WalOptions,
+    /// Sorted by first LSN; the last one is being written.
+    pub segments: RwLock<Vec<Arc<SegmentMeta>>>,
+    /// The last durable LSN. Also signalled, unchanged, when the log fails or
+    /// closes, so waiters wake up and look.
+    pub durable: watch::Sender<Lsn>,
+    last_lsn: AtomicU64,
+    epoch: AtomicU64,
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    closed: AtomicBool,
+    counters: Counters,
+    sync_target: Mutex<SyncTarget>,
+    sync_wake: Condvar,
+}
+
+/// What the [`SyncPolicy::EverySec`] syncer syncs next.
+#[derive(Debug)]
+struct SyncTarget {
+    file: Arc<dyn StorageFile>,
+    path: PathBuf,
+    written: Lsn,
+    stop: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.last_lsn.load(Ordering::Acquire))
+    }
+
+    pub fn first_lsn(&self) -> Lsn {
+        self.segments.read().unwrap_or_else(|e| e.into_inner())[0].first_lsn
+    }
+
+    /// The error for appends and waiters once the log failed or closed.
+    pub fn stopped(&self) -> Option<WalError> {
+        if self.failed.load(Ordering::Acquire) {
+            let reason = lock(&self.failure).clone().unwrap_or_default();
+            return Some(WalError::Failed { reason });
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Some(WalError::Closed);
+        }
+        None
+    }
+
+    fn fail(&self, err: &WalError) {
+        let mut failure = lock(&self.failure);
+        if failure.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %err, "WAL failed; it refuses appends until reopened");
+            *failure = Some(err.to_string());
+        }
+        self.failed.store(true, Ordering::Release);
+        drop(failure);
+        self.durable.send_modify(|_| {});
+    }
+
+    fn publish_durable(&self, lsn: Lsn) {
+        self.durable.send_if_modified(|durable| {
+            if lsn > *durable {
+                *durable = lsn;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The segment holding `lsn`.
+    pub fn segment_for(&self, lsn: Lsn) -> Result<Arc<SegmentMeta>> {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let at = segments.partition_point(|s| s.first_lsn <= lsn);
+        if at == 0 {
+            return Err(WalError::NotRetained {
+                requested: lsn,
+                first_retained: segments[0].first_lsn,
+            });
+        }
+        Ok(segments[at - 1].clone())
+    }
+}
+
+enum Request {
+    Append {
+        records: Vec<Bytes>,
+        reply: oneshot::Sender<Result<LsnRange>>,
+    },
+    Frames {
+        bytes: Bytes,
+        headers: Vec<FrameHeader>,
+        reply: oneshot::Sender<Result<LsnRange>>,
+    },
+    SetEpoch {
+        epoch: Epoch,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<Lsn>>,
+    },
+}
+
+impl Request {
+    fn fail(self, err: WalError) {
+        // An appender that gave up waiting dropped its receiver: nothing to tell.
+        match self {
+            Request::Append { reply, .. } | Request::Frames { reply, .. } => {
+                drop(reply.send(Err(err)))
+            }
+            Request::SetEpoch { reply, .. } => drop(reply.send(Err(err))),
+            Request::Sync { reply } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// A reply owed once the group's write (and sync) succeeds.
+enum Owed {
+    Range(oneshot::Sender<Result<LsnRange>>, LsnRange),
+    Epoch(oneshot::Sender<Result<()>>),
+    Sync(oneshot::Sender<Result<Lsn>>),
+}
+
+/// A write-ahead log, open for appending and reading.
+///
+/// Appends and syncs are carried out by a writer thread; `append` and
+/// friends are async, `*_blocking` are for threads outside a tokio runtime.
+/// Dropping the handle stops the writer after a final sync.
+#[derive(Debug)]
+pub struct Wal {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Request>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` on the real file system.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::open_with`].
+    pub fn open(dir: impl Into<PathBuf>, options: WalOptions) -> Result<Wal> {
+        Wal::open_with(dir, options, Arc::new(FsStorage))
+    }
+
+    /// Opens (or creates) the log in `dir` through `storage`, recovering it:
+    /// every segment is read and every frame's crc, LSN and epoch checked; a
+    /// torn tail of the last segment is cut off after a copy of the segment
+    /// is kept as `<segment>.broken`.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::Corruption`] naming the segment file and byte offset when
+    /// a bad frame is not a torn tail (it is followed by valid frames, or it
+    /// is in an older segment), or segments do not continue each other;
+    /// [`WalError::Io`] when the storage fails.
+    ///
+    /// # Panics
+    ///
+    /// If `options` are inconsistent (a zero size, or a group larger than a
+    /// frame).
+    pub fn open_with(
+        dir: impl Into<PathBuf>,
+        options: WalOptions,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Wal> {
+        let dir = dir.into();
+        assert!(
+            options.segment_bytes_max > 0,
+            "segment_bytes_max must be positive"
+        );
+        assert!(options.group_requests_max > 0 && options.append_queue_max > 0);
+        assert!(
+            options.group_bytes_max > 0
+                && options.group_bytes_max <= options.limits.body_bytes_max as usize,
+            "group_bytes_max must be positive and at most limits.body_bytes_max"
+        );
+        assert!(options.first_lsn.0 > 0, "LSNs start at 1");
+        let recovered = recover(&*storage, &dir, &options)?;
+        let last = Lsn(recovered.next_lsn.0 - 1);
+        let active = recovered
+            .segments
+            .last()
+            .expect("a log has a segment")
+            .clone();
+        let (durable, _) = watch::channel(last);
+        let shared = Arc::new(Shared {
+            dir,
+            storage,
+            sync_target: Mutex::new(SyncTarget {
+                file: recovered.file.clone(),
+                path: active.path.clone(),
+                written: last,
+                stop: false,
+            }),
+            options,
+            segments: RwLock::new(recovered.segments),
+            durable,
+            last_lsn: AtomicU64::new(last.0),
+            epoch: AtomicU64::new(recovered.epoch.0),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+            sync_wake: Condvar::new(),
+        });
+        let (tx, rx) = mpsc::channel(shared.options.append_queue_max);
+        let writer = Writer {
+            encoder: FrameEncoder::new(shared.options.compression_level),
+            file: recovered.file,
+            offset: active.end(),
+            indexed_at: active.last_indexed(),
+            segment: active,
+            next_lsn: recovered.next_lsn,
+            epoch: recovered.epoch,
+            out: Vec::new(),
+            frames: Vec::new(),
+            shared: shared.clone(),
+        };
+        let mut threads = vec![spawn("ferry-wal-writer", move || writer.run(rx))];
+        if shared.options.sync_policy == SyncPolicy::EverySec {
+            let syncer = shared.clone();
+            threads.push(spawn("ferry-wal-syncer", move || run_syncer(&syncer)));
+        }
+        Ok(Wal {
+            shared,
+            tx: Some(tx),
+            threads,
+        })
+    }
+
+    fn sender(&self) -> &mpsc::Sender<Request> {
+        self.tx.as_ref().expect("the sender lives until drop")
+    }
+
+    fn check_batch(&self, records: &[Bytes]) -> Result<()> {
+        if records.is_empty() {
+            return Err(WalError::EmptyBatch);
+        }
+        let bytes: u64 = records
+            .iter()
+            .map(|r| format::encoded_record_len(r.len()) as u64)
+            .sum();
+        let max = u64::from(self.shared.options.limits.body_bytes_max);
+        if bytes > max {
+            return Err(WalError::BatchTooLarge { bytes, max });
+        }
+        Ok(())
+    }
+
+    /// Appends records, which get contiguous LSNs and share one frame, and
+    /// returns once they are durable under the sync policy.
+    ///
+    /// If the future is dropped after the records were queued, they may
+    /// still be written.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::EmptyBatch`], [`WalError::BatchTooLarge`]; the write or
+    /// sync error that failed the log, or [`WalError::Failed`] after one.
+    pub async fn append(&self, records: Vec<Bytes>) -> Result<LsnRange> {
+        self.check_batch(&records)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Append { records, reply }).await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// [`Wal::append`] for threads outside an async runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::append`].
+    ///
+    /// # Panics
+    ///
+    /// If called from within an async runtime.
+    pub fn append_blocking(&self, records: Vec<Bytes>) -> Result<LsnRange> {
+        self.check_batch(&records)?;
+        let (reply, rx) = oneshot::channel();
+        self.send_blocking(Request::Append { records, reply })?;
+        rx.blocking_recv().unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Appends frames produced by another node's log (for example from a
+    /// [`FrameReader`]), storing the same bytes. Every frame's crc and body
+    /// are verified, and its LSNs must continue this log exactly; otherwise
+    /// nothing is written.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::InvalidFrames`] for bytes that are not whole valid
+    /// frames, [`WalError::LsnGap`] when they do not start at the log's next
+    /// LSN, [`WalError::EpochRegression`]; write and sync errors as
+    /// [`Wal::append`].
+    pub async fn append_frames(&self, bytes: Bytes) -> Result<LsnRange> {
+        let headers = verify_frames(&bytes, self.shared.options.limits)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Frames {
+            bytes,
+            headers,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// [`Wal::append_frames`] for threads outside an async runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::append_frames`].
+    pub fn append_frames_blocking(&self, bytes: Bytes) -> Result<LsnRange> {
+        let headers = verify_frames(&bytes, self.shared.options.limits)?;
+        let (reply, rx) = oneshot::channel();
+        self.send_blocking(Request::Frames {
+            bytes,
+            headers,
+            reply,
+        })?;
+        rx.blocking_recv().unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Sets the epoch of the frames appended after this call.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::EpochRegression`] if `epoch` is below the current one.
+    pub async fn set_epoch(&self, epoch: Epoch) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::SetEpoch { epoch, reply }).await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Syncs everything written so far, whatever the policy, and returns the
+    /// durable LSN.
+    ///
+    /// # Errors
+    ///
+    /// The sync error, which fails the log.
+    pub async fn sync(&self) -> Result<Lsn> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Sync { reply }).await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// [`Wal::sync`] for threads outside an async runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::sync`].
+    pub fn sync_blocking(&self) -> Result<Lsn> {
+        let (reply, rx) = oneshot::channel();
+        self.send_blocking(Request::Sync { reply })?;
+        rx.blocking_recv().unwrap_or(Err(WalError::Closed))
+    }
+
+    async fn send(&self, request: Request) -> Result<()> {
+        if let Some(err) = self.shared.stopped() {
+            return Err(err);
+        }
+        self.sender()
+            .send(request)
+            .await
+            .map_err(|_| WalError::Closed)
+    }
+
+    fn send_blocking(&self, request: Request) -> Result<()> {
+        if let Some(err) = self.shared.stopped() {
+            return Err(err);
+        }
+        self.sender()
+            .blocking_send(request)
+            .map_err(|_| WalError::Closed)
+    }
+
+    /// The first LSN still retained (the log may be empty from there).
+    pub fn first_lsn(&self) -> Lsn {
+        self.shared.first_lsn()
+    }
+
+    /// The last LSN written (perhaps not yet durable); [`Lsn::ZERO`] for a
+    /// log that never held a record.
+    pub fn last_lsn(&self) -> Lsn {
+        self.shared.last_lsn()
+    }
+
+    /// The last durable LSN.
+    pub fn durable_lsn(&self) -> Lsn {
+        *self.shared.durable.borrow()
+    }
+
+    /// The epoch of the last frame written, or set by [`Wal::set_epoch`].
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.shared.epoch.load(Ordering::Acquire))
+    }
+
+    /// A watch of the last durable LSN, for tailing the log without polling.
+    pub fn subscribe_durable(&self) -> watch::Receiver<Lsn> {
+        self.shared.durable.subscribe()
+    }
+
+    /// Waits until `lsn` is durable; returns the durable LSN then.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::Failed`] or [`WalError::Closed`] if the log stops first.
+    pub async fn wait_durable(&self, lsn: Lsn) -> Result<Lsn> {
+        wait_durable(&self.shared, &mut self.shared.durable.subscribe(), lsn).await
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> WalStats {
+        let c = &self.shared.counters;
+        WalStats {
+            records: c.records.load(Ordering::Relaxed),
+            frames: c.frames.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// A reader of the stored frames from the one holding `from`, up to the
+    /// durable LSN (it follows it as it grows). The first frame may start
+    /// before `from`.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::NotRetained`] below the first retained LSN,
+    /// [`WalError::BeyondEnd`] past the next LSN to be written.
+    pub fn frames(&self, from: Lsn) -> Result<FrameReader> {
+        FrameReader::new(self.shared.clone(), from)
+    }
+
+    /// A reader of records from `from` on, up to the durable LSN.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::frames`].
+    pub fn records(&self, from: Lsn) -> Result<RecordReader> {
+        Ok(RecordReader::new(self.frames(from)?, from))
+    }
+
+    /// Deletes the segments all of whose records are below `lsn`, oldest
+    /// first; the segment being written is never deleted. Returns how many
+    /// were deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::Io`] if a deletion or the directory sync fails; the
+    /// segments deleted before it stay deleted.
+    pub fn purge_before(&self, lsn: Lsn) -> Result<usize> {
+        let shared = &self.shared;
+        let mut segments = shared.segments.write().unwrap_or_else(|e| e.into_inner());
+        let mut deleted = 0;
+        let mut result = Ok(());
+        while segments.len() > 1 && segments[1].first_lsn <= lsn {
+            let path = segments[0].path.clone();
+            if let Err(e) = shared.storage.remove(&path) {
+                result = Err(WalError::io("deleting", path, e));
+                break;
+            }
+            segments.remove(0);
+            deleted += 1;
+        }
+        if deleted > 0 {
+            tracing::info!(
+                dir = %shared.dir.display(),
+                deleted,
+                first_retained_lsn = %segments[0].first_lsn,
+                "purged WAL segments"
+            );
+            shared
+                .storage
+                .sync_dir(&shared.dir)
+                .map_err(|e| WalError::io("syncing directory", &shared.dir, e))?;
+        }
+        result.map(|()| deleted)
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // Closing the channel stops the writer after it drains and syncs.
+        drop(self.tx.take());
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a WAL thread panicked");
+            }
+        }
+    }
+}
+
+pub(crate) async fn wait_durable(
+    shared: &Shared,
+    rx: &mut watch::Receiver<Lsn>,
+    lsn: Lsn,
+) -> Result<Lsn> {
+    let mut stopped = None;
+    let result = rx
+        .wait_for(|&durable| {
+            if durable >= lsn {
+                return true;
+            }
+            stopped = shared.stopped();
+            stopped.is_some()
+        })
+        .await
+        .map(|durable| *durable);
+    match (stopped, result) {
+        (Some(err), _) => Err(err),
+        (None, Ok(durable)) => Ok(durable),
+        (None, Err(_)) => Err(WalError::Closed),
+    }
+}
+
+/// Checks that `bytes` are whole, valid frames with contiguous LSNs and
+/// non-decreasing epochs: every crc, and every body decompressed and
+/// parsed. Returns their headers.
+///
+/// # Errors
+///
+/// [`WalError::EmptyBatch`] for no bytes, [`WalError::InvalidFrames`]
+/// naming the byte offset and the reason otherwise.
+pub fn verify_frames(bytes: &Bytes, limits: FrameLimits) -> Result<Vec<FrameHeader>> {
+    if bytes.is_empty() {
+        return Err(WalError::EmptyBatch);
+    }
+    let mut headers: Vec<FrameHeader> = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let invalid = |reason: String| WalError::InvalidFrames {
+            offset: offset as u64,
+            reason,
+        };
+        let header = match format::decode_frame(&bytes[offset..], limits) {
+            Decoded::Frame(frame) => frame.header,
+            Decoded::NeedMore(n) => {
+                return Err(invalid(format!(
+                    "the input ends inside a frame of {n} bytes ({} given)",
+                    bytes.len() - offset
+                )));
+            }
+            Decoded::Corrupt(why) => return Err(invalid(why.to_string())),
+        };
+        let frame = bytes.slice(offset..offset + header.frame_len());
+        format::decode_records(&header, &frame).map_err(|why| invalid(why.to_string()))?;
+        if let Some(prev) = headers.last() {
+            if header.first_lsn != prev.last_lsn().next() {
+                return Err(invalid(format!(
+                    "frame starts at lsn {}, the previous frame ends at {}",
+                    header.first_lsn,
+                    prev.last_lsn()
+                )));
+            }
+            if header.epoch < prev.epoch {
+                return Err(invalid(format!(
+                    "frame epoch {} is below the previous frame's {}",
+                    header.epoch, prev.epoch
+                )));
+            }
+        }
+        offset += header.frame_len();
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawning a WAL thread")
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What recovery hands to the writer.
+struct Recovered {
+    segments: Vec<Arc<SegmentMeta>>,
+    /// The last segment, open for appending.
+    file: Arc<dyn StorageFile>,
+    next_lsn: Lsn,
+    epoch: Epoch,
+}
+
+fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -> Result<Recovered> {
+    storage
+        .create_dir_all(dir)
+        .map_err(|e| WalError::io("creating directory", dir, e))?;
+    let names = storage
+        .list(dir)
+        .map_err(|e| WalError::io("listing", dir, e))?;
+    let mut firsts = Vec::new();
+    for name in &names {
+        if name.ends_with(TMP_SUFFIX) {
+            // A segment whose creation did not finish: it never held a record.
+            let path = dir.join(name);
+            tracing::warn!(path = %path.display(), "removing an unfinished segment");
+            storage
+                .remove(&path)
+                .map_err(|e| WalError::io("removing", &path, e))?;
+        } else if let Some(first) = segment::parse_segment_name(name) {
+            firsts.push(first);
+        }
+    }
+    firsts.sort();
+    if firsts.is_empty() {
+        let (file, path) = segment::create_segment(storage, dir, options.first_lsn)?;
+        let meta = SegmentMeta::new(
+            options.first_lsn,
+            path,
+            SEGMENT_HEADER_LEN as u64,
+            Vec::new(),
+        );
+        return Ok(Recovered {
+            segments: vec![Arc::new(meta)],
+            file,
+            next_lsn: options.first_lsn,
+            epoch: Epoch(0),
+        });
+    }
+    let mut segments = Vec::with_capacity(firsts.len());
+    let mut expected = None;
+    let mut epoch = Epoch(0);
+    let mut active = None;
+    for (i, &first) in firsts.iter().enumerate() {
+        let is_last = i + 1 == firsts.len();
+        let path = dir.join(segment::segment_name(first));
+        let file = storage
+            .open(&path, is_last)
+            .map_err(|e| WalError::io("opening", &path, e))?;
+        let data = read_all(&*file).map_err(|e| WalError::io("reading", &path, e))?;
+        let scan = segment::scan_segment(&path, &data, expected, is_last, options.limits, epoch)?;
+        if let Some((offset, why)) = &scan.torn {
+            let broken = keep_broken_copy(storage, dir, &path, &data)?;
+            file.truncate(*offset)
+                .map_err(|e| WalError::io("truncating", &path, e))?;
+            file.sync_data()
+                .map_err(|e| WalError::io("syncing", &path, e))?;
+            tracing::warn!(
+                segment = %path.display(),
+                offset,
+                cut_bytes = data.len() as u64 - offset,
+                reason = %why,
+                copy = %broken.display(),
+                "cut a torn tail off the WAL"
+            );
+        }
+        if is_last {
+            // What survived is durable from now on, whatever wrote it.
+            file.sync_data()
+                .map_err(|e| WalError::io("syncing", &path, e))?;
+            active = Some(file);
+        }
+        expected = Some(scan.next_lsn);
+        epoch = scan.epoch;
+        segments.push(Arc::new(SegmentMeta::new(
+            first,
+            path,
+            scan.valid_len,
+            scan.index,
+        )));
+    }
+    Ok(Recovered {
+        segments,
+        file: active.expect("the last segment is open"),
+        next_lsn: expected.expect("at least one segment"),
+        epoch,
+    })
+}
+
+/// Saves `data` as `<segment>.broken` (or `.broken.N` if taken), durably.
+fn keep_broken_copy(
+    storage: &dyn Storage,
+    dir: &Path,
+    segment: &Path,
+    data: &[u8],
+) -> Result<PathBuf> {
+    let names = storage
+        .list(dir)
+        .map_err(|e| WalError::io("listing", dir, e))?;
+    let base = format!(
+        "{}.broken",
+        segment
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("segment")
+    );
+    let name = (0..)
+        .map(|n| {
+            if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}.{n}")
+            }
+        })
+        .find(|candidate| !names.contains(candidate))
+        .expect("an unused name");
+    let path = dir.join(name);
+    let file = storage
+        .create(&path)
+        .map_err(|e| WalError::io("creating", &path, e))?;
+    file.write_at(data, 0)
+        .map_err(|e| WalError::io("writing", &path, e))?;
+    file.sync_data()
+        .map_err(|e| WalError::io("syncing", &path, e))?;
+    storage
+        .sync_dir(dir)
+        .map_err(|e| WalError::io("syncing directory", dir, e))?;
+    Ok(path)
+}
+
+/// A frame encoded into [`Writer::out`], not yet written.
+#[derive(Debug, Clone, Copy)]
+struct PendingFrame {
+    start: usize,
+    first_lsn: Lsn,
+    records: u64,
+}
+
+/// The writer thread's state: it alone writes segments.
+struct Writer {
+    shared: Arc<Shared>,
+    file: Arc<dyn StorageFile>,
+    segment: Arc<SegmentMeta>,
+    /// Bytes written to the active segment.
+    offset: u64,
+    /// Offset of the active segment's last index entry.
+    indexed_at: Option<u64>,
+    next_lsn: Lsn,
+    epoch: Epoch,
+    encoder: FrameEncoder,
+    /// The encoded frames of the current group.
+    out: Vec<u8>,
+    frames: Vec<PendingFrame>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let group_max = self.shared.options.group_requests_max;
+        let mut group = Vec::with_capacity(group_max.min(1024));
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < group_max {
+                match rx.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut group);
+        }
+        // Every handle is gone: make what was written durable and stop.
+        if self.shared.stopped().is_none() {
+            match self.file.sync_data() {
+                Ok(()) => self.shared.publish_durable(Lsn(self.next_lsn.0 - 1)),
+                Err(e) => self
+                    .shared
+                    .fail(&WalError::io("syncing", &self.segment.path, e)),
+            }
+        }
+        self.shared.closed.store(true, Ordering::Release);
+        lock(&self.shared.sync_target).stop = true;
+        self.shared.sync_wake.notify_all();
+        self.shared.durable.send_modify(|_| {});
+    }
+
+    /// Carries out one group commit and answers every request in it.
+    fn commit(&mut self, group: &mut Vec<Request>) {
+        if let Some(err) = self.shared.stopped() {
+            for request in group.drain(..) {
+                request.fail(err.duplicate());
+            }
+            return;
+        }
+        let timestamp_ms = now_ms();
+        let mut owed = Vec::with_capacity(group.len());
+        let mut force_sync = false;
+        let epoch_before = self.epoch;
+        for request in group.drain(..) {
+            match request {
+                Request::Append { records, reply } => {
+                    let bytes: usize = records
+                        .iter()
+                        .map(|r| format::encoded_record_len(r.len()))
+                        .sum();
+                    if self.encoder.record_count() > 0
+                        && self.encoder.raw_len() + bytes > self.shared.options.group_bytes_max
+                    {
+                        self.finish_frame(timestamp_ms);
+                    }
+                    let first = self.next_lsn;
+                    for record in &records {
+                        self.encoder.push(record);
+                    }
+                    self.next_lsn = Lsn(first.0 + records.len() as u64);
+                    let range = LsnRange {
+                        first,
+                        last: Lsn(self.next_lsn.0 - 1),
+                    };
+                    owed.push(Owed::Range(reply, range));
+                }
+                Request::Frames {
+                    bytes,
+                    headers,
+                    reply,
+                } => {
+                    self.finish_frame(timestamp_ms);
+                    let (first, last) = (headers[0], headers[headers.len() - 1]);
+                    if first.first_lsn != self.next_lsn {
+                        let _ = reply.send(Err(WalError::LsnGap {
+                            expected: self.next_lsn,
+                            found: first.first_lsn,
+                        }));
+                        continue;
+                    }
+                    if first.epoch < self.epoch {
+                        let _ = reply.send(Err(WalError::EpochRegression {
+                            current: self.epoch,
+                            found: first.epoch,
+                        }));
+                        continue;
+                    }
+                    let mut start = self.out.len();
+                    for header in &headers {
+                        self.frames.push(PendingFrame {
+                            start,
+                            first_lsn: header.first_lsn,
+                            records: u64::from(header.record_count),
+                        });
+                        start += header.frame_len();
+                    }
+                    self.out.extend_from_slice(&bytes);
+                    self.next_lsn = last.last_lsn().next();
+                    self.epoch = last.epoch;
+                    let range = LsnRange {
+                        first: first.first_lsn,
+                        last: last.last_lsn(),
+                    };
+                    owed.push(Owed::Range(reply, range));
+                }
+                Request::SetEpoch { epoch, reply } => {
+                    self.finish_frame(timestamp_ms);
+                    if epoch < self.epoch {
+                        let _ = reply.send(Err(WalError::EpochRegression {
+                            current: self.epoch,
+                            found: epoch,
+                        }));
+                        continue;
+                    }
+                    self.epoch = epoch;
+                    owed.push(Owed::Epoch(reply));
+                }
+                Request::Sync { reply } => {
+                    force_sync = true;
+                    owed.push(Owed::Sync(reply));
+                }
+            }
+        }
+        self.finish_frame(timestamp_ms);
+        match self.write_group(force_sync) {
+            Ok(durable) => {
+                for reply in owed {
+                    match reply {
+                        Owed::Range(reply, range) => drop(reply.send(Ok(range))),
+                        Owed::Epoch(reply) => drop(reply.send(Ok(()))),
+                        Owed::Sync(reply) => drop(reply.send(Ok(durable))),
+                    }
+                }
+            }
+            Err(err) => {
+                self.epoch = epoch_before;
+                self.shared.fail(&err);
+                let mut err = Some(err);
+                for reply in owed {
+                    let e = match err.take() {
+                        Some(first) => first,
+                        None => self.shared.stopped().expect("the log has failed"),
+                    };
+                    match reply {
+                        Owed::Range(reply, _) => drop(reply.send(Err(e))),
+                        Owed::Epoch(reply) => drop(reply.send(Err(e))),
+                        Owed::Sync(reply) => drop(reply.send(Err(e))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the frame being encoded, if it holds records.
+    fn finish_frame(&mut self, timestamp_ms: u64) {
+        let records = self.encoder.record_count();
+        if records == 0 {
+            return;
+        }
+        let first_lsn = Lsn(self.next_lsn.0 - u64::from(records));
+        let start = self.out.len();
+        self.encoder
+            .finish(first_lsn, self.epoch, timestamp_ms, &mut self.out);
+        self.frames.push(PendingFrame {
+            start,
+            first_lsn,
+            records: u64::from(records),
+        });
+    }
+
+    /// Writes the group's frames, rolling segments as needed, syncs under the
+    /// policy, and publishes the new LSNs. Returns the durable LSN.
+    fn write_group(&mut self, force_sync: bool) -> Result<Lsn> {
+        let frames = std::mem::take(&mut self.frames);
+        let out = std::mem::take(&mut self.out);
+        let result = self.write_frames(&frames, &out, force_sync);
+        self.frames = frames;
+        self.frames.clear();
+        self.out = out;
+        self.out.clear();
+        result
+    }
+
+    fn write_frames(
+        &mut self,
+        frames: &[PendingFrame],
+        out: &[u8],
+        force_sync: bool,
+    ) -> Result<Lsn> {
+        let (segment_bytes_max, policy) = (
+            self.shared.options.segment_bytes_max,
+            self.shared.options.sync_policy,
+        );
+        let mut chunk_start = 0;
+        for frame in frames {
+            let mut at = self.offset + (frame.start - chunk_start) as u64;
+            if at >= segment_bytes_max && at > SEGMENT_HEADER_LEN as u64 {
+                self.write_chunk(&out[chunk_start..frame.start])?;
+                self.roll(frame.first_lsn)?;
+                chunk_start = frame.start;
+                at = self.offset;
+            }
+            if self
+                .indexed_at
+                .is_none_or(|last| at - last >= INDEX_INTERVAL_BYTES)
+            {
+                lock(&self.segment.index).push((frame.first_lsn, at));
+                self.indexed_at = Some(at);
+            }
+        }
+        self.write_chunk(&out[chunk_start..])?;
+        let last = Lsn(self.next_lsn.0 - 1);
+        let sync_now = force_sync || (policy == SyncPolicy::Always && !frames.is_empty());
+        if sync_now {
+            self.sync_file()?;
+        }
+        let counters = &self.shared.counters;
+        counters
+            .frames
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        counters
+            .records
+            .fetch_add(frames.iter().map(|f| f.records).sum(), Ordering::Relaxed);
+        counters
+            .bytes
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.shared.last_lsn.store(last.0, Ordering::Release);
+        self.shared.epoch.store(self.epoch.0, Ordering::Release);
+        if sync_now || policy != SyncPolicy::EverySec {
+            self.shared.publish_durable(last);
+        } else {
+            lock(&self.shared.sync_target).written = last;
+        }
+        Ok(*self.shared.durable.borrow())
+    }
+
+    fn write_chunk(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_at(bytes, self.offset)
+            .map_err(|e| WalError::io("writing", &self.segment.path, e))?;
+        self.offset += bytes.len() as u64;
+        self.segment.end.store(self.offset, Ordering::Release);
+        Ok(())
+    }
+
+    fn sync_file(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| WalError::io("syncing", &self.segment.path, e))?;
+        self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Seals the active segment (synced) and starts a new one at `first_lsn`.
+    fn roll(&mut self, first_lsn: Lsn) -> Result<()> {
+        self.sync_file()?;
+        let shared = &self.shared;
+        let (file, path) = segment::create_segment(&*shared.storage, &shared.dir, first_lsn)?;
+        let meta = Arc::new(SegmentMeta::new(
+            first_lsn,
+            path.clone(),
+            SEGMENT_HEADER_LEN as u64,
+            Vec::new(),
+        ));
+        shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(meta.clone());
+        tracing::debug!(segment = %path.display(), "started a WAL segment");
+        {
+            let mut target = lock(&shared.sync_target);
+            target.file = file.clone();
+            target.path = path;
+            target.written = Lsn(first_lsn.0 - 1);
+        }
+        // The sealed segment is synced: everything before the new one is durable.
+        shared.last_lsn.store(first_lsn.0 - 1, Ordering::Release);
+        shared.publish_durable(Lsn(first_lsn.0 - 1));
+        self.file = file;
+        self.segment = meta;
+        self.offset = SEGMENT_HEADER_LEN as u64;
+        self.indexed_at = None;
+        Ok(())
+    }
+}
+
+/// The [`SyncPolicy::EverySec`] thread: syncs the active segment every
+/// interval if something was written since the last sync.
+fn run_syncer(shared: &Shared) {
+    let interval = shared.options.sync_interval;
+    let mut target = lock(&shared.sync_target);
+    loop {
+        // `stop` is checked with the lock held before every wait, so the
+        // writer's notification cannot be missed.
+        if target.stop {
+            return;
+        }
+        target = shared
+            .sync_wake
+            .wait_timeout(target, interval)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if target.stop {
+            return;
+        }
+        let (file, path, written) = (target.file.clone(), target.path.clone(), target.written);
+        if written <= *shared.durable.borrow() {
+            continue;
+        }
+        drop(target);
+        match file.sync_data() {
+            Ok(()) => {
+                shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                shared.publish_durable(written);
+            }
+            Err(e) => {
+                shared.fail(&WalError::io("syncing", &path, e));
+                return;
+            }
+        }
+        target = lock(&shared.sync_target);
+    }
+}
