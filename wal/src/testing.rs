@@ -170,6 +170,26 @@ impl MemStorage {
         }
     }
 
+    /// An independent copy of every file as it is now, all of it durable.
+    pub fn snapshot(&self) -> MemStorage {
+        let fs = lock(&self.fs);
+        let mut copy = MemFs {
+            dirs: fs.dirs.clone(),
+            ..MemFs::default()
+        };
+        for (path, inode) in &fs.entries {
+            let bytes = lock(inode).bytes.clone();
+            let synced_len = bytes.len();
+            let inode = Arc::new(Mutex::new(InodeData { bytes, synced_len }));
+            copy.entries.insert(path.clone(), inode.clone());
+            copy.durable_entries.insert(path.clone(), inode);
+        }
+        MemStorage {
+            fs: Arc::new(Mutex::new(copy)),
+            faults: Arc::default(),
+        }
+    }
+
     /// A copy of a file's bytes, synced or not.
     pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
         let fs = lock(&self.fs);

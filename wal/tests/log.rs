@@ -1,0 +1,389 @@
+//! Appending, reading, shipping and purging a log.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use ferry_wal::testing::MemStorage;
+use ferry_wal::{Epoch, Lsn, LsnRange, SyncPolicy, WalError, WalOptions};
+
+#[test]
+fn appends_get_contiguous_lsns_and_read_back_from_any_lsn_across_segments() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::Always));
+    assert_eq!((wal.first_lsn(), wal.last_lsn(), wal.durable_lsn()), (Lsn(1), Lsn(0), Lsn(0)));
+    let mut written = Vec::new();
+    for i in 0..300 {
+        let batch: Vec<Bytes> = (0..1 + i % 3).map(|j| record("a", i * 10 + j)).collect();
+        let range = wal.append_blocking(batch.clone()).expect("append");
+        assert_eq!(range.first, Lsn(written.len() as u64 + 1));
+        assert_eq!(range.last.0, range.first.0 + batch.len() as u64 - 1);
+        written.extend(batch);
+    }
+    assert!(segments(&storage).len() > 3, "the log rolled");
+    assert_eq!(wal.last_lsn(), Lsn(written.len() as u64));
+    assert_eq!(wal.durable_lsn(), wal.last_lsn());
+    for from in [1, 2, 100, 333, written.len() as u64] {
+        let got = read_from(&wal, from);
+        let want: Vec<(u64, Bytes)> = (from..=written.len() as u64)
+            .map(|lsn| (lsn, written[lsn as usize - 1].clone()))
+            .collect();
+        assert_eq!(got, want, "from {from}");
+    }
+    assert!(read_from(&wal, written.len() as u64 + 1).is_empty());
+    assert!(matches!(
+        wal.records(Lsn(written.len() as u64 + 2)),
+        Err(WalError::BeyondEnd { .. })
+    ));
+    let stats = wal.stats();
+    assert_eq!(stats.records, written.len() as u64);
+    assert_eq!(stats.frames, 300, "sequential appends: one frame each");
+    assert!(stats.syncs >= 300, "always syncs every group");
+
+    // Reopened: the same records, and appends continue after them.
+    drop(wal);
+    let wal = open(&storage, options(SyncPolicy::Always));
+    assert_eq!(read_all(&wal).len(), written.len());
+    let range = wal.append_blocking(vec![record("b", 0)]).expect("append");
+    assert_eq!(range.first, Lsn(written.len() as u64 + 1));
+    assert!(broken_copies(&storage).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_appenders_get_contiguous_lsns_and_lose_nothing() {
+    let storage = MemStorage::new();
+    let wal = Arc::new(open(&storage, options(SyncPolicy::Always)));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let wal = wal.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ranges = Vec::new();
+            for i in 0..300 {
+                let batch: Vec<Bytes> = (0..1 + i % 2).map(|j| Bytes::from(format!("t{t}-{i}-{j}"))).collect();
+                let range = wal.append(batch.clone()).await.expect("append");
+                ranges.push((range, batch));
+            }
+            ranges
+        }));
+    }
+    let mut by_lsn = BTreeMap::new();
+    for task in tasks {
+        for (range, batch) in task.await.expect("appender") {
+            assert_eq!(range.last.0 - range.first.0 + 1, batch.len() as u64);
+            for (i, data) in batch.into_iter().enumerate() {
+                assert!(by_lsn.insert(range.first.0 + i as u64, data).is_none(), "an lsn given twice");
+            }
+        }
+    }
+    let total = by_lsn.len() as u64;
+    assert_eq!(total, 16 * 450);
+    assert_eq!(by_lsn.keys().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    let stats = wal.stats();
+    assert!(
+        stats.frames < 16 * 300,
+        "concurrent appends share frames ({} frames)",
+        stats.frames
+    );
+    let read: BTreeMap<u64, Bytes> = read_all(&wal).into_iter().collect();
+    assert_eq!(read, by_lsn);
+}
+
+#[test]
+fn a_failed_sync_is_reported_and_nothing_later_is_accepted() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::Always));
+    wal.append_blocking(vec![record("ok", 1)]).expect("append");
+    storage.set_fail_sync(true);
+    let err = wal.append_blocking(vec![record("lost", 2)]).expect_err("the sync fails");
+    assert!(matches!(err, WalError::Io { op: "syncing", .. }), "{err}");
+    storage.set_fail_sync(false);
+    let err = wal.append_blocking(vec![record("later", 3)]).expect_err("the log refuses");
+    assert!(matches!(err, WalError::Failed { .. }), "{err}");
+    assert!(matches!(wal.sync_blocking(), Err(WalError::Failed { .. })));
+    assert_eq!(wal.durable_lsn(), Lsn(1), "the failed record never became durable");
+    drop(wal);
+
+    // Reopened, the log works again.
+    let wal = open(&storage, options(SyncPolicy::Always));
+    let range = wal.append_blocking(vec![record("again", 4)]).expect("append after reopen");
+    let records = read_all(&wal);
+    assert_eq!(records.last().map(|r| r.0), Some(range.first.0));
+    assert_eq!(records[0].1, record("ok", 1));
+}
+
+#[test]
+fn a_failed_or_torn_write_is_reported_and_recovered_on_reopen() {
+    for tear in [false, true] {
+        let storage = MemStorage::new();
+        let wal = open(&storage, options(SyncPolicy::Always));
+        wal.append_blocking(vec![record("ok", 1), record("ok", 2)]).expect("append");
+        if tear {
+            storage.tear_next_write();
+        } else {
+            storage.set_fail_write(true);
+        }
+        let err = wal.append_blocking(vec![Bytes::from(vec![7u8; 3000])]).expect_err("the write fails");
+        assert!(matches!(err, WalError::Io { op: "writing", .. }), "{err}");
+        storage.set_fail_write(false);
+        assert!(matches!(
+            wal.append_blocking(vec![record("later", 3)]),
+            Err(WalError::Failed { .. })
+        ));
+        drop(wal);
+        let wal = open(&storage, options(SyncPolicy::Always));
+        assert_eq!(
+            read_all(&wal),
+            vec![(1, record("ok", 1)), (2, record("ok", 2))],
+            "tear {tear}"
+        );
+        assert_eq!(broken_copies(&storage).len(), usize::from(tear), "a torn frame is cut off");
+        assert_eq!(wal.append_blocking(vec![record("new", 4)]).expect("append").first, Lsn(3));
+    }
+}
+
+#[test]
+fn empty_and_oversize_appends_are_refused() {
+    let storage = MemStorage::new();
+    let options = WalOptions {
+        limits: ferry_wal::FrameLimits { body_bytes_max: 1000 },
+        group_bytes_max: 1000,
+        ..options(SyncPolicy::No)
+    };
+    let wal = open(&storage, options);
+    assert!(matches!(wal.append_blocking(vec![]), Err(WalError::EmptyBatch)));
+    assert!(matches!(
+        wal.append_blocking(vec![Bytes::from(vec![0u8; 999])]),
+        Err(WalError::BatchTooLarge { bytes: 1001, max: 1000 })
+    ));
+    wal.append_blocking(vec![Bytes::from(vec![0u8; 998])]).expect("fits exactly");
+    assert_eq!(wal.last_lsn(), Lsn(1));
+}
+
+/// Frames from `source` from `from` on, concatenated as a shipper sends them.
+fn frames_from(source: &ferry_wal::Wal, from: u64) -> Bytes {
+    let mut reader = source.frames(Lsn(from)).expect("a frame reader");
+    let mut out = Vec::new();
+    while let Some(frame) = reader.next_frame().expect("a frame") {
+        out.extend_from_slice(&frame.bytes);
+    }
+    Bytes::from(out)
+}
+
+#[test]
+fn append_frames_stores_the_same_bytes_and_refuses_anything_else() {
+    let source_storage = MemStorage::new();
+    let source = open(&source_storage, options(SyncPolicy::Always));
+    for i in 0..100 {
+        source.append_blocking(vec![record("s", i), record("s2", i)]).expect("append");
+    }
+    let target_storage = MemStorage::new();
+    let target = open(&target_storage, options(SyncPolicy::Always));
+
+    let all = frames_from(&source, 1);
+    let half = frame_bounds_of(&all)[25];
+    let first_part = all.slice(..half);
+    let range = target.append_frames_blocking(first_part.clone()).expect("append frames");
+    assert_eq!(range, LsnRange { first: Lsn(1), last: Lsn(50) });
+
+    // A gap, a repeat, a cut frame and a flipped bit: refused, nothing written.
+    let rest = all.slice(half..);
+    let skip = frame_bounds_of(&rest)[1];
+    let err = target.append_frames_blocking(rest.slice(skip..)).expect_err("a gap");
+    assert!(matches!(err, WalError::LsnGap { expected: Lsn(51), found: Lsn(53) }), "{err}");
+    let err = target.append_frames_blocking(first_part).expect_err("a repeat");
+    assert!(matches!(err, WalError::LsnGap { .. }), "{err}");
+    let err = target.append_frames_blocking(rest.slice(..rest.len() - 1)).expect_err("a cut frame");
+    assert!(matches!(err, WalError::InvalidFrames { .. }), "{err}");
+    let mut flipped = rest.to_vec();
+    flipped[rest.len() - 3] ^= 4;
+    let err = target.append_frames_blocking(Bytes::from(flipped)).expect_err("a flipped bit");
+    assert!(matches!(err, WalError::InvalidFrames { .. }), "{err}");
+    assert_eq!(target.last_lsn(), Lsn(50), "nothing of the refused input was written");
+
+    target.append_frames_blocking(rest).expect("the rest");
+    assert_eq!(read_all(&target), read_all(&source));
+    assert_eq!(frames_from(&target, 1), all, "the same bytes");
+    // The target serves the same frames from any LSN (a cascading replica).
+    assert_eq!(frames_from(&target, 77), frames_from(&source, 77));
+    // And keeps them across a reopen.
+    drop(target);
+    let target = open(&target_storage, options(SyncPolicy::Always));
+    assert_eq!(frames_from(&target, 1), all);
+}
+
+fn frame_bounds_of(frames: &Bytes) -> Vec<usize> {
+    let mut padded = vec![0u8; 24];
+    padded.extend_from_slice(frames);
+    frame_bounds(&padded).iter().map(|f| f.0 - 24).collect()
+}
+
+#[test]
+fn purge_deletes_whole_segments_below_the_lsn_only() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::No));
+    for i in 0..500 {
+        wal.append_blocking(vec![record("p", i)]).expect("append");
+    }
+    let before = segments(&storage);
+    assert!(before.len() > 4);
+    let firsts: Vec<u64> = before
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect();
+    // Just below the third segment's start: only the first segment goes.
+    assert_eq!(wal.purge_before(Lsn(firsts[2] - 1)).expect("purge"), 1);
+    assert_eq!(wal.first_lsn(), Lsn(firsts[1]));
+    assert_eq!(segments(&storage), before[1..]);
+    assert!(matches!(
+        wal.records(Lsn(firsts[1] - 1)),
+        Err(WalError::NotRetained { first_retained, .. }) if first_retained == Lsn(firsts[1])
+    ));
+    assert_eq!(read_all(&wal).len() as u64, 500 - firsts[1] + 1);
+
+    // Everything: the active segment stays.
+    wal.purge_before(Lsn(10_000)).expect("purge");
+    assert_eq!(segments(&storage), before[before.len() - 1..]);
+    assert_eq!(wal.first_lsn(), Lsn(*firsts.last().unwrap()));
+    drop(wal);
+    let wal = open(&storage, options(SyncPolicy::No));
+    assert_eq!(wal.first_lsn(), Lsn(*firsts.last().unwrap()));
+    assert_eq!(wal.append_blocking(vec![record("q", 0)]).expect("append").first, Lsn(501));
+}
+
+#[test]
+fn a_reader_keeps_reading_a_segment_purged_under_it() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::No));
+    for i in 0..200 {
+        wal.append_blocking(vec![record("p", i)]).expect("append");
+    }
+    let mut reader = wal.records(Lsn(1)).expect("reader");
+    assert_eq!(reader.next().expect("one").expect("record").lsn, Lsn(1));
+    wal.purge_before(Lsn(150)).expect("purge");
+    // The open segment still reads; the next one is gone.
+    let mut last = Lsn(1);
+    let err = loop {
+        match reader.next() {
+            Some(Ok(r)) => last = r.lsn,
+            Some(Err(e)) => break e,
+            None => panic!("the purged segments cannot all be read"),
+        }
+    };
+    assert!(matches!(err, WalError::NotRetained { .. }), "{err}");
+    assert!(last.0 > 1);
+}
+
+#[tokio::test]
+async fn a_tailing_reader_wakes_when_frames_become_durable() {
+    let storage = MemStorage::new();
+    let wal = Arc::new(open(&storage, options(SyncPolicy::Always)));
+    wal.append(vec![record("t", 0)]).await.expect("append");
+    let mut reader = wal.frames(Lsn(1)).expect("reader");
+    assert!(reader.next_frame().expect("read").is_some());
+    assert!(reader.next_frame().expect("read").is_none(), "caught up");
+    let waiter = tokio::spawn(async move {
+        reader.wait().await.expect("wait");
+        reader.next_frame().expect("read").expect("a frame")
+    });
+    let range = wal.append(vec![record("t", 1), record("t", 2)]).await.expect("append");
+    let frame = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the reader woke")
+        .expect("task");
+    assert_eq!(frame.header.first_lsn, range.first);
+    assert_eq!(frame.records().expect("records"), vec![record("t", 1), record("t", 2)]);
+    assert_eq!(wal.wait_durable(range.last).await.expect("durable"), range.last);
+}
+
+#[tokio::test]
+async fn waiters_are_told_when_the_log_fails() {
+    let storage = MemStorage::new();
+    let wal = Arc::new(open(&storage, options(SyncPolicy::EverySec)));
+    let mut reader = wal.frames(Lsn(1)).expect("reader");
+    let waiter = tokio::spawn(async move { reader.wait().await });
+    storage.set_fail_sync(true);
+    wal.append(vec![record("w", 0)]).await.expect("everysec acknowledges before the sync");
+    let err = wal.sync().await.expect_err("the sync fails");
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    let result = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter woke")
+        .expect("task");
+    assert!(matches!(result, Err(WalError::Failed { .. })), "{result:?}");
+}
+
+#[tokio::test]
+async fn everysec_makes_appends_durable_in_the_background() {
+    let storage = MemStorage::new();
+    let options = WalOptions {
+        sync_interval: Duration::from_millis(20),
+        ..options(SyncPolicy::EverySec)
+    };
+    let wal = open(&storage, options);
+    let syncs_before = storage.sync_count();
+    let range = wal.append(vec![record("e", 0)]).await.expect("append");
+    let durable = tokio::time::timeout(Duration::from_secs(10), wal.wait_durable(range.last))
+        .await
+        .expect("the background sync came")
+        .expect("durable");
+    assert!(durable >= range.last);
+    assert!(storage.sync_count() > syncs_before);
+}
+
+#[tokio::test]
+async fn epochs_are_stored_per_frame_and_never_go_back() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::Always));
+    wal.append(vec![record("e", 1)]).await.expect("append");
+    wal.set_epoch(Epoch(7)).await.expect("raise the epoch");
+    wal.append(vec![record("e", 2)]).await.expect("append");
+    assert_eq!(wal.epoch(), Epoch(7));
+    let err = wal.set_epoch(Epoch(6)).await.expect_err("lower");
+    assert!(matches!(err, WalError::EpochRegression { current: Epoch(7), found: Epoch(6) }));
+    let epochs: Vec<(Lsn, Epoch)> = wal
+        .records(Lsn(1))
+        .expect("reader")
+        .map(|r| r.map(|r| (r.lsn, r.epoch)).expect("record"))
+        .collect();
+    assert_eq!(epochs, vec![(Lsn(1), Epoch(0)), (Lsn(2), Epoch(7))]);
+    drop(wal);
+    let wal = open(&storage, options(SyncPolicy::Always));
+    assert_eq!(wal.epoch(), Epoch(7), "recovered from the last frame");
+}
+
+#[test]
+fn a_new_log_can_start_at_any_lsn() {
+    let storage = MemStorage::new();
+    let options = WalOptions {
+        first_lsn: Lsn(1000),
+        ..options(SyncPolicy::No)
+    };
+    let wal = open(&storage, options);
+    assert_eq!(wal.first_lsn(), Lsn(1000));
+    assert_eq!(wal.last_lsn(), Lsn(999));
+    assert_eq!(wal.append_blocking(vec![record("s", 0)]).expect("append").first, Lsn(1000));
+    assert!(matches!(wal.records(Lsn(5)), Err(WalError::NotRetained { .. })));
+}
+
+#[test]
+fn the_real_file_system_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wal");
+    let wal = ferry_wal::Wal::open(&path, options(SyncPolicy::Always)).expect("open");
+    for i in 0..100 {
+        wal.append_blocking(vec![record("fs", i)]).expect("append");
+    }
+    drop(wal);
+    let wal = ferry_wal::Wal::open(&path, options(SyncPolicy::Always)).expect("reopen");
+    let got: Vec<Bytes> = read_all(&wal).into_iter().map(|r| r.1).collect();
+    assert_eq!(got, (0..100).map(|i| record("fs", i)).collect::<Vec<_>>());
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    assert!(names.iter().all(|n| n.len() == 24 && n.ends_with(".wal")), "{names:?}");
+}
