@@ -35,7 +35,7 @@ pub trait Storage: Send + Sync + Debug + 'static {
 /// nothing but the file.
 pub trait StorageFile: Send + Sync + Debug {
     /// The file's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of
     /// the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
@@ -49,7 +49,7 @@ pub trait StorageFile: Send + Sync + Debug {
 
 /// Reads a whole file.
 pub(crate) fn read_all(file: &dyn StorageFile) -> io::Result<Vec<u8>> {
-    let len = usize::try_from(file.len()?).map_err(|_| io::Error::other("file too large"))?;
+    let len = usize::try_from(file.size()?).map_err(|_| io::Error::other("file too large"))?;
     let mut buf = vec![0u8; len];
     let mut done = 0;
     while done < len {
@@ -119,7 +119,7 @@ impl Storage for FsStorage {
 }
 
 impl StorageFile for FsFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 

@@ -323,7 +323,7 @@ impl fmt::Debug for MemFile {
 }
 
 impl StorageFile for MemFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.faults.check()?;
         Ok(lock(&self.inode).bytes.len() as u64)
     }

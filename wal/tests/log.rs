@@ -15,7 +15,10 @@ use ferry_wal::{Epoch, Lsn, LsnRange, SyncPolicy, WalError, WalOptions};
 fn appends_get_contiguous_lsns_and_read_back_from_any_lsn_across_segments() {
     let storage = MemStorage::new();
     let wal = open(&storage, options(SyncPolicy::Always));
-    assert_eq!((wal.first_lsn(), wal.last_lsn(), wal.durable_lsn()), (Lsn(1), Lsn(0), Lsn(0)));
+    assert_eq!(
+        (wal.first_lsn(), wal.last_lsn(), wal.durable_lsn()),
+        (Lsn(1), Lsn(0), Lsn(0))
+    );
     let mut written = Vec::new();
     for i in 0..300 {
         let batch: Vec<Bytes> = (0..1 + i % 3).map(|j| record("a", i * 10 + j)).collect();
@@ -63,7 +66,9 @@ async fn sixteen_concurrent_appenders_get_contiguous_lsns_and_lose_nothing() {
         tasks.push(tokio::spawn(async move {
             let mut ranges = Vec::new();
             for i in 0..300 {
-                let batch: Vec<Bytes> = (0..1 + i % 2).map(|j| Bytes::from(format!("t{t}-{i}-{j}"))).collect();
+                let batch: Vec<Bytes> = (0..1 + i % 2)
+                    .map(|j| Bytes::from(format!("t{t}-{i}-{j}")))
+                    .collect();
                 let range = wal.append(batch.clone()).await.expect("append");
                 ranges.push((range, batch));
             }
@@ -75,13 +80,19 @@ async fn sixteen_concurrent_appenders_get_contiguous_lsns_and_lose_nothing() {
         for (range, batch) in task.await.expect("appender") {
             assert_eq!(range.last.0 - range.first.0 + 1, batch.len() as u64);
             for (i, data) in batch.into_iter().enumerate() {
-                assert!(by_lsn.insert(range.first.0 + i as u64, data).is_none(), "an lsn given twice");
+                assert!(
+                    by_lsn.insert(range.first.0 + i as u64, data).is_none(),
+                    "an lsn given twice"
+                );
             }
         }
     }
     let total = by_lsn.len() as u64;
     assert_eq!(total, 16 * 450);
-    assert_eq!(by_lsn.keys().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        by_lsn.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
     let stats = wal.stats();
     assert!(
         stats.frames < 16 * 300,
@@ -98,18 +109,28 @@ fn a_failed_sync_is_reported_and_nothing_later_is_accepted() {
     let wal = open(&storage, options(SyncPolicy::Always));
     wal.append_blocking(vec![record("ok", 1)]).expect("append");
     storage.set_fail_sync(true);
-    let err = wal.append_blocking(vec![record("lost", 2)]).expect_err("the sync fails");
+    let err = wal
+        .append_blocking(vec![record("lost", 2)])
+        .expect_err("the sync fails");
     assert!(matches!(err, WalError::Io { op: "syncing", .. }), "{err}");
     storage.set_fail_sync(false);
-    let err = wal.append_blocking(vec![record("later", 3)]).expect_err("the log refuses");
+    let err = wal
+        .append_blocking(vec![record("later", 3)])
+        .expect_err("the log refuses");
     assert!(matches!(err, WalError::Failed { .. }), "{err}");
     assert!(matches!(wal.sync_blocking(), Err(WalError::Failed { .. })));
-    assert_eq!(wal.durable_lsn(), Lsn(1), "the failed record never became durable");
+    assert_eq!(
+        wal.durable_lsn(),
+        Lsn(1),
+        "the failed record never became durable"
+    );
     drop(wal);
 
     // Reopened, the log works again.
     let wal = open(&storage, options(SyncPolicy::Always));
-    let range = wal.append_blocking(vec![record("again", 4)]).expect("append after reopen");
+    let range = wal
+        .append_blocking(vec![record("again", 4)])
+        .expect("append after reopen");
     let records = read_all(&wal);
     assert_eq!(records.last().map(|r| r.0), Some(range.first.0));
     assert_eq!(records[0].1, record("ok", 1));
@@ -120,13 +141,16 @@ fn a_failed_or_torn_write_is_reported_and_recovered_on_reopen() {
     for tear in [false, true] {
         let storage = MemStorage::new();
         let wal = open(&storage, options(SyncPolicy::Always));
-        wal.append_blocking(vec![record("ok", 1), record("ok", 2)]).expect("append");
+        wal.append_blocking(vec![record("ok", 1), record("ok", 2)])
+            .expect("append");
         if tear {
             storage.tear_next_write();
         } else {
             storage.set_fail_write(true);
         }
-        let err = wal.append_blocking(vec![Bytes::from(vec![7u8; 3000])]).expect_err("the write fails");
+        let err = wal
+            .append_blocking(vec![Bytes::from(vec![7u8; 3000])])
+            .expect_err("the write fails");
         assert!(matches!(err, WalError::Io { op: "writing", .. }), "{err}");
         storage.set_fail_write(false);
         assert!(matches!(
@@ -140,8 +164,17 @@ fn a_failed_or_torn_write_is_reported_and_recovered_on_reopen() {
             vec![(1, record("ok", 1)), (2, record("ok", 2))],
             "tear {tear}"
         );
-        assert_eq!(broken_copies(&storage).len(), usize::from(tear), "a torn frame is cut off");
-        assert_eq!(wal.append_blocking(vec![record("new", 4)]).expect("append").first, Lsn(3));
+        assert_eq!(
+            broken_copies(&storage).len(),
+            usize::from(tear),
+            "a torn frame is cut off"
+        );
+        assert_eq!(
+            wal.append_blocking(vec![record("new", 4)])
+                .expect("append")
+                .first,
+            Lsn(3)
+        );
     }
 }
 
@@ -149,17 +182,26 @@ fn a_failed_or_torn_write_is_reported_and_recovered_on_reopen() {
 fn empty_and_oversize_appends_are_refused() {
     let storage = MemStorage::new();
     let options = WalOptions {
-        limits: ferry_wal::FrameLimits { body_bytes_max: 1000 },
+        limits: ferry_wal::FrameLimits {
+            body_bytes_max: 1000,
+        },
         group_bytes_max: 1000,
         ..options(SyncPolicy::No)
     };
     let wal = open(&storage, options);
-    assert!(matches!(wal.append_blocking(vec![]), Err(WalError::EmptyBatch)));
+    assert!(matches!(
+        wal.append_blocking(vec![]),
+        Err(WalError::EmptyBatch)
+    ));
     assert!(matches!(
         wal.append_blocking(vec![Bytes::from(vec![0u8; 999])]),
-        Err(WalError::BatchTooLarge { bytes: 1001, max: 1000 })
+        Err(WalError::BatchTooLarge {
+            bytes: 1001,
+            max: 1000
+        })
     ));
-    wal.append_blocking(vec![Bytes::from(vec![0u8; 998])]).expect("fits exactly");
+    wal.append_blocking(vec![Bytes::from(vec![0u8; 998])])
+        .expect("fits exactly");
     assert_eq!(wal.last_lsn(), Lsn(1));
 }
 
@@ -178,7 +220,9 @@ fn append_frames_stores_the_same_bytes_and_refuses_anything_else() {
     let source_storage = MemStorage::new();
     let source = open(&source_storage, options(SyncPolicy::Always));
     for i in 0..100 {
-        source.append_blocking(vec![record("s", i), record("s2", i)]).expect("append");
+        source
+            .append_blocking(vec![record("s", i), record("s2", i)])
+            .expect("append");
     }
     let target_storage = MemStorage::new();
     let target = open(&target_storage, options(SyncPolicy::Always));
@@ -186,23 +230,52 @@ fn append_frames_stores_the_same_bytes_and_refuses_anything_else() {
     let all = frames_from(&source, 1);
     let half = frame_bounds_of(&all)[25];
     let first_part = all.slice(..half);
-    let range = target.append_frames_blocking(first_part.clone()).expect("append frames");
-    assert_eq!(range, LsnRange { first: Lsn(1), last: Lsn(50) });
+    let range = target
+        .append_frames_blocking(first_part.clone())
+        .expect("append frames");
+    assert_eq!(
+        range,
+        LsnRange {
+            first: Lsn(1),
+            last: Lsn(50)
+        }
+    );
 
     // A gap, a repeat, a cut frame and a flipped bit: refused, nothing written.
     let rest = all.slice(half..);
     let skip = frame_bounds_of(&rest)[1];
-    let err = target.append_frames_blocking(rest.slice(skip..)).expect_err("a gap");
-    assert!(matches!(err, WalError::LsnGap { expected: Lsn(51), found: Lsn(53) }), "{err}");
-    let err = target.append_frames_blocking(first_part).expect_err("a repeat");
+    let err = target
+        .append_frames_blocking(rest.slice(skip..))
+        .expect_err("a gap");
+    assert!(
+        matches!(
+            err,
+            WalError::LsnGap {
+                expected: Lsn(51),
+                found: Lsn(53)
+            }
+        ),
+        "{err}"
+    );
+    let err = target
+        .append_frames_blocking(first_part)
+        .expect_err("a repeat");
     assert!(matches!(err, WalError::LsnGap { .. }), "{err}");
-    let err = target.append_frames_blocking(rest.slice(..rest.len() - 1)).expect_err("a cut frame");
+    let err = target
+        .append_frames_blocking(rest.slice(..rest.len() - 1))
+        .expect_err("a cut frame");
     assert!(matches!(err, WalError::InvalidFrames { .. }), "{err}");
     let mut flipped = rest.to_vec();
     flipped[rest.len() - 3] ^= 4;
-    let err = target.append_frames_blocking(Bytes::from(flipped)).expect_err("a flipped bit");
+    let err = target
+        .append_frames_blocking(Bytes::from(flipped))
+        .expect_err("a flipped bit");
     assert!(matches!(err, WalError::InvalidFrames { .. }), "{err}");
-    assert_eq!(target.last_lsn(), Lsn(50), "nothing of the refused input was written");
+    assert_eq!(
+        target.last_lsn(),
+        Lsn(50),
+        "nothing of the refused input was written"
+    );
 
     target.append_frames_blocking(rest).expect("the rest");
     assert_eq!(read_all(&target), read_all(&source));
@@ -251,7 +324,12 @@ fn purge_deletes_whole_segments_below_the_lsn_only() {
     drop(wal);
     let wal = open(&storage, options(SyncPolicy::No));
     assert_eq!(wal.first_lsn(), Lsn(*firsts.last().unwrap()));
-    assert_eq!(wal.append_blocking(vec![record("q", 0)]).expect("append").first, Lsn(501));
+    assert_eq!(
+        wal.append_blocking(vec![record("q", 0)])
+            .expect("append")
+            .first,
+        Lsn(501)
+    );
 }
 
 #[test]
@@ -289,14 +367,23 @@ async fn a_tailing_reader_wakes_when_frames_become_durable() {
         reader.wait().await.expect("wait");
         reader.next_frame().expect("read").expect("a frame")
     });
-    let range = wal.append(vec![record("t", 1), record("t", 2)]).await.expect("append");
+    let range = wal
+        .append(vec![record("t", 1), record("t", 2)])
+        .await
+        .expect("append");
     let frame = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("the reader woke")
         .expect("task");
     assert_eq!(frame.header.first_lsn, range.first);
-    assert_eq!(frame.records().expect("records"), vec![record("t", 1), record("t", 2)]);
-    assert_eq!(wal.wait_durable(range.last).await.expect("durable"), range.last);
+    assert_eq!(
+        frame.records().expect("records"),
+        vec![record("t", 1), record("t", 2)]
+    );
+    assert_eq!(
+        wal.wait_durable(range.last).await.expect("durable"),
+        range.last
+    );
 }
 
 #[tokio::test]
@@ -306,7 +393,9 @@ async fn waiters_are_told_when_the_log_fails() {
     let mut reader = wal.frames(Lsn(1)).expect("reader");
     let waiter = tokio::spawn(async move { reader.wait().await });
     storage.set_fail_sync(true);
-    wal.append(vec![record("w", 0)]).await.expect("everysec acknowledges before the sync");
+    wal.append(vec![record("w", 0)])
+        .await
+        .expect("everysec acknowledges before the sync");
     let err = wal.sync().await.expect_err("the sync fails");
     assert!(matches!(err, WalError::Io { .. }), "{err}");
     let result = tokio::time::timeout(Duration::from_secs(10), waiter)
@@ -343,7 +432,13 @@ async fn epochs_are_stored_per_frame_and_never_go_back() {
     wal.append(vec![record("e", 2)]).await.expect("append");
     assert_eq!(wal.epoch(), Epoch(7));
     let err = wal.set_epoch(Epoch(6)).await.expect_err("lower");
-    assert!(matches!(err, WalError::EpochRegression { current: Epoch(7), found: Epoch(6) }));
+    assert!(matches!(
+        err,
+        WalError::EpochRegression {
+            current: Epoch(7),
+            found: Epoch(6)
+        }
+    ));
     let epochs: Vec<(Lsn, Epoch)> = wal
         .records(Lsn(1))
         .expect("reader")
@@ -365,8 +460,16 @@ fn a_new_log_can_start_at_any_lsn() {
     let wal = open(&storage, options);
     assert_eq!(wal.first_lsn(), Lsn(1000));
     assert_eq!(wal.last_lsn(), Lsn(999));
-    assert_eq!(wal.append_blocking(vec![record("s", 0)]).expect("append").first, Lsn(1000));
-    assert!(matches!(wal.records(Lsn(5)), Err(WalError::NotRetained { .. })));
+    assert_eq!(
+        wal.append_blocking(vec![record("s", 0)])
+            .expect("append")
+            .first,
+        Lsn(1000)
+    );
+    assert!(matches!(
+        wal.records(Lsn(5)),
+        Err(WalError::NotRetained { .. })
+    ));
 }
 
 #[test]
@@ -385,5 +488,8 @@ fn the_real_file_system_round_trips() {
         .expect("list")
         .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
         .collect();
-    assert!(names.iter().all(|n| n.len() == 24 && n.ends_with(".wal")), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.len() == 24 && n.ends_with(".wal")),
+        "{names:?}"
+    );
 }

@@ -82,11 +82,17 @@ fn truncation_at_every_offset_of_the_last_four_frames_keeps_exactly_the_whole_fr
         let kept = (first_lsn_of_segment - 1 + whole) as usize;
         let wal = expect_records(&damaged, &written[..kept]);
         let at_boundary = frames.iter().any(|f| f.0 == cut);
-        assert_eq!(broken_copies(&damaged).len(), usize::from(!at_boundary), "cut at {cut}");
+        assert_eq!(
+            broken_copies(&damaged).len(),
+            usize::from(!at_boundary),
+            "cut at {cut}"
+        );
         let mut more = written[..kept].to_vec();
         for i in 0..10 {
             let data = record("after", i);
-            let range = wal.append_blocking(vec![data.clone()]).expect("append after recovery");
+            let range = wal
+                .append_blocking(vec![data.clone()])
+                .expect("append after recovery");
             assert_eq!(range.first, Lsn(kept as u64 + 1 + i as u64));
             more.push(data);
         }
@@ -180,7 +186,11 @@ fn a_bad_frame_followed_by_valid_frames_refuses_to_open_naming_file_and_offset()
     bytes[at + len / 2] ^= 0x10;
     storage.set_file_bytes(&last, bytes);
     let result = try_open(&storage, options(SyncPolicy::Always));
-    let message = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    let message = result
+        .as_ref()
+        .err()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let (segment, offset, reason) = corruption_of(result);
     assert_eq!(segment, last);
     assert_eq!(offset, at as u64);
@@ -245,7 +255,11 @@ struct Acked {
 /// Appenders on threads, then a crash once `crash_after` records were
 /// acknowledged; returns what they saw acknowledged, the durable LSN seen just
 /// before the crash, and the storage after it.
-fn run_until_crash(policy: SyncPolicy, seed: u64, crash_after: u64) -> (HashMap<u64, Bytes>, u64, MemStorage) {
+fn run_until_crash(
+    policy: SyncPolicy,
+    seed: u64,
+    crash_after: u64,
+) -> (HashMap<u64, Bytes>, u64, MemStorage) {
     let storage = MemStorage::new();
     let options = WalOptions {
         sync_interval: std::time::Duration::from_millis(2),
@@ -258,7 +272,13 @@ fn run_until_crash(policy: SyncPolicy, seed: u64, crash_after: u64) -> (HashMap<
     let (tx, rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     for t in 0..8 {
-        let (wal, acked, count, stop, tx) = (wal.clone(), acked.clone(), count.clone(), stop.clone(), tx.clone());
+        let (wal, acked, count, stop, tx) = (
+            wal.clone(),
+            acked.clone(),
+            count.clone(),
+            stop.clone(),
+            tx.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             // Bounded: at most 100k appends per thread.
             for i in 0..100_000 {
@@ -301,7 +321,10 @@ fn check_recovered(crashed: &MemStorage, acked: &HashMap<u64, Bytes>, policy: Sy
         assert_eq!(*lsn, i as u64 + 1, "no holes");
         assert!(seen.insert(data.clone()), "payload {data:?} appears twice");
         if let Some(expected) = acked.get(lsn) {
-            assert_eq!(data, expected, "lsn {lsn} holds what was acknowledged for it");
+            assert_eq!(
+                data, expected,
+                "lsn {lsn} holds what was acknowledged for it"
+            );
         }
     }
     records.len() as u64
@@ -313,7 +336,8 @@ fn a_crash_under_always_loses_no_acknowledged_record() {
     let mut rng = SeededRng::new(seed);
     for round in 0..20 {
         let round_seed = rng.next_u64();
-        let (acked, _, crashed) = run_until_crash(SyncPolicy::Always, round_seed, 200 + rng.below(800));
+        let (acked, _, crashed) =
+            run_until_crash(SyncPolicy::Always, round_seed, 200 + rng.below(800));
         let recovered = check_recovered(&crashed, &acked, SyncPolicy::Always);
         let highest_acked = acked.keys().max().copied().unwrap_or(0);
         assert!(
@@ -330,7 +354,8 @@ fn a_crash_under_everysec_loses_only_a_suffix_after_the_durable_lsn() {
     let mut lost_any = false;
     for round in 0..20 {
         let round_seed = rng.next_u64();
-        let (acked, durable, crashed) = run_until_crash(SyncPolicy::EverySec, round_seed, 500 + rng.below(2000));
+        let (acked, durable, crashed) =
+            run_until_crash(SyncPolicy::EverySec, round_seed, 500 + rng.below(2000));
         let recovered = check_recovered(&crashed, &acked, SyncPolicy::EverySec);
         assert!(
             recovered >= durable,
