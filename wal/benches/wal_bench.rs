@@ -232,7 +232,6 @@ fn main() {
                 SyncPolicy::EverySec => "background".to_owned(),
                 SyncPolicy::No => "none".to_owned(),
             };
-            };
             table.push(format!(
                 "| {policy} | {n} | {:.0} | {per_sync} | {per_frame:.1} |",
                 rate(p, a)
