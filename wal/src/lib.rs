@@ -40,7 +40,9 @@ use std::fmt;
 pub use error::{Result, WalError};
 pub use format::{FrameHeader, FrameLimits};
 pub use reader::{FrameReader, RawFrame, Record, RecordReader};
-pub use wal::{LsnRange, SyncPolicy, Wal, WalOptions, WalStats, verify_frames};
+pub use wal::{
+    LogSummary, LsnRange, SyncPolicy, TornTail, Wal, WalOptions, WalStats, verify, verify_frames,
+};
 
 /// A log sequence number: the position of one record in the log. The first
 /// record ever written is LSN 1; 0 stands for "none".

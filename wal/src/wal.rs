@@ -751,24 +751,8 @@ fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -> Result<Re
     storage
         .create_dir_all(dir)
         .map_err(|e| WalError::io("creating directory", dir, e))?;
-    let names = storage
-        .list(dir)
-        .map_err(|e| WalError::io("listing", dir, e))?;
-    let mut firsts = Vec::new();
-    for name in &names {
-        if name.ends_with(TMP_SUFFIX) {
-            // A segment whose creation did not finish: it never held a record.
-            let path = dir.join(name);
-            tracing::warn!(path = %path.display(), "removing an unfinished segment");
-            storage
-                .remove(&path)
-                .map_err(|e| WalError::io("removing", &path, e))?;
-        } else if let Some(first) = segment::parse_segment_name(name) {
-            firsts.push(first);
-        }
-    }
-    firsts.sort();
-    if firsts.is_empty() {
+    let scanned = scan_log(storage, dir, options.limits, true)?;
+    let Some(file) = scanned.last_file else {
         let (file, path) = segment::create_segment(storage, dir, options.first_lsn)?;
         let meta = SegmentMeta::new(
             options.first_lsn,
@@ -782,20 +766,84 @@ fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -> Result<Re
             next_lsn: options.first_lsn,
             epoch: Epoch(0),
         });
+    };
+    let (_, last_path, last_scan) = scanned.segments.last().expect("a last segment");
+    // What survived is durable from now on, whatever wrote it.
+    file.sync_data()
+        .map_err(|e| WalError::io("syncing", last_path, e))?;
+    let (next_lsn, epoch) = (last_scan.next_lsn, last_scan.epoch);
+    let segments = scanned
+        .segments
+        .into_iter()
+        .map(|(first, path, scan)| {
+            Arc::new(SegmentMeta::new(first, path, scan.valid_len, scan.index))
+        })
+        .collect();
+    Ok(Recovered {
+        segments,
+        file,
+        next_lsn,
+        epoch,
+    })
+}
+
+/// Every segment of a log, scanned in order.
+struct ScannedLog {
+    segments: Vec<(Lsn, PathBuf, segment::Scan)>,
+    /// The last segment, open for writing when repairing.
+    last_file: Option<Arc<dyn StorageFile>>,
+    /// Bytes of all segment files as found.
+    bytes: u64,
+    /// Bytes of the last segment file as found.
+    last_bytes: u64,
+}
+
+/// Reads and checks every segment of the log in `dir`. With `repair`, the
+/// leftovers of an unfinished segment creation are removed and a torn tail
+/// is cut off (after a `.broken` copy is kept); without it nothing is
+/// written.
+fn scan_log(
+    storage: &dyn Storage,
+    dir: &Path,
+    limits: FrameLimits,
+    repair: bool,
+) -> Result<ScannedLog> {
+    let names = storage
+        .list(dir)
+        .map_err(|e| WalError::io("listing", dir, e))?;
+    let mut firsts = Vec::new();
+    for name in &names {
+        if name.ends_with(TMP_SUFFIX) && repair {
+            // A segment whose creation did not finish: it never held a record.
+            let path = dir.join(name);
+            tracing::warn!(path = %path.display(), "removing an unfinished segment");
+            storage
+                .remove(&path)
+                .map_err(|e| WalError::io("removing", &path, e))?;
+        } else if let Some(first) = segment::parse_segment_name(name) {
+            firsts.push(first);
+        }
     }
-    let mut segments = Vec::with_capacity(firsts.len());
+    firsts.sort();
+    let mut scanned = ScannedLog {
+        segments: Vec::with_capacity(firsts.len()),
+        last_file: None,
+        bytes: 0,
+        last_bytes: 0,
+    };
     let mut expected = None;
     let mut epoch = Epoch(0);
-    let mut active = None;
     for (i, &first) in firsts.iter().enumerate() {
         let is_last = i + 1 == firsts.len();
         let path = dir.join(segment::segment_name(first));
         let file = storage
-            .open(&path, is_last)
+            .open(&path, is_last && repair)
             .map_err(|e| WalError::io("opening", &path, e))?;
         let data = read_all(&*file).map_err(|e| WalError::io("reading", &path, e))?;
-        let scan = segment::scan_segment(&path, &data, expected, is_last, options.limits, epoch)?;
-        if let Some((offset, why)) = &scan.torn {
+        let scan = segment::scan_segment(&path, &data, expected, is_last, limits, epoch)?;
+        scanned.bytes += data.len() as u64;
+        scanned.last_bytes = data.len() as u64;
+        if let (Some((offset, why)), true) = (&scan.torn, repair) {
             let broken = keep_broken_copy(storage, dir, &path, &data)?;
             file.truncate(*offset)
                 .map_err(|e| WalError::io("truncating", &path, e))?;
@@ -811,25 +859,70 @@ fn recover(storage: &dyn Storage, dir: &Path, options: &WalOptions) -> Result<Re
             );
         }
         if is_last {
-            // What survived is durable from now on, whatever wrote it.
-            file.sync_data()
-                .map_err(|e| WalError::io("syncing", &path, e))?;
-            active = Some(file);
+            scanned.last_file = Some(file);
         }
         expected = Some(scan.next_lsn);
         epoch = scan.epoch;
-        segments.push(Arc::new(SegmentMeta::new(
-            first,
-            path,
-            scan.valid_len,
-            scan.index,
-        )));
+        scanned.segments.push((first, path, scan));
     }
-    Ok(Recovered {
-        segments,
-        file: active.expect("the last segment is open"),
-        next_lsn: expected.expect("at least one segment"),
+    Ok(scanned)
+}
+
+/// What [`verify`] found in a log that is intact but for a torn tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSummary {
+    pub segments: usize,
+    /// The first LSN retained, and the last one held ([`Lsn::ZERO`] if none).
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+    /// The epoch of the last frame.
+    pub epoch: Epoch,
+    /// Bytes of all segment files.
+    pub bytes: u64,
+    /// A torn tail that opening the log would cut off.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Where a torn tail starts and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    pub offset: u64,
+    /// Bytes from the offset to the end of the segment.
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// Checks every frame of the log in `dir` without changing anything: safe on
+/// a log a running node is writing (frames it writes during the check may
+/// be reported as a torn tail).
+///
+/// # Errors
+///
+/// [`WalError::Corruption`] naming the segment and offset of the first
+/// problem that is not a torn tail; [`WalError::Io`].
+pub fn verify(storage: &dyn Storage, dir: &Path, limits: FrameLimits) -> Result<LogSummary> {
+    let scanned = scan_log(storage, dir, limits, false)?;
+    let (first_lsn, last_lsn, epoch, torn_tail) =
+        match (scanned.segments.first(), scanned.segments.last()) {
+            (Some((first, _, _)), Some((_, path, last))) => {
+                let torn_tail = last.torn.as_ref().map(|(offset, reason)| TornTail {
+                    segment: path.clone(),
+                    offset: *offset,
+                    bytes: scanned.last_bytes - offset,
+                    reason: reason.clone(),
+                });
+                (*first, Lsn(last.next_lsn.0 - 1), last.epoch, torn_tail)
+            }
+            _ => (Lsn::ZERO, Lsn::ZERO, Epoch(0), None),
+        };
+    Ok(LogSummary {
+        segments: scanned.segments.len(),
+        first_lsn,
+        last_lsn,
         epoch,
+        bytes: scanned.bytes,
+        torn_tail,
     })
 }
 

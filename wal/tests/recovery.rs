@@ -366,3 +366,32 @@ fn a_crash_under_everysec_loses_only_a_suffix_after_the_durable_lsn() {
     // Not asserted (it depends on timing), but says whether the model bit.
     eprintln!("acknowledged records lost to a crash under everysec in some round: {lost_any}");
 }
+
+#[test]
+fn verify_reports_a_torn_tail_without_changing_anything() {
+    let (storage, written) = build_log(20);
+    let summary = ferry_wal::verify(&storage, dir(), Default::default()).expect("verify");
+    assert_eq!(summary.torn_tail, None);
+    assert_eq!(
+        (summary.first_lsn, summary.last_lsn),
+        (Lsn(1), Lsn(written.len() as u64))
+    );
+    assert_eq!(summary.segments, segments(&storage).len());
+
+    let last = segments(&storage).pop().expect("a segment");
+    let bytes = storage.file_bytes(&last).expect("bytes");
+    let (at, len, _, _) = *frame_bounds(&bytes).last().expect("a frame");
+    storage.set_file_bytes(&last, bytes[..at + len - 1].to_vec());
+    let summary = ferry_wal::verify(&storage, dir(), Default::default()).expect("verify");
+    let torn = summary.torn_tail.expect("a torn tail");
+    assert_eq!(
+        (torn.segment, torn.offset, torn.bytes),
+        (last.clone(), at as u64, len as u64 - 1)
+    );
+    assert_eq!(
+        storage.file_bytes(&last).expect("bytes").len(),
+        at + len - 1,
+        "nothing cut"
+    );
+    assert!(broken_copies(&storage).is_empty());
+}

@@ -1,0 +1,70 @@
+//! The `ferry` binary starts and describes itself.
+
+use std::process::Command;
+
+fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+#[test]
+fn version_and_help_print_and_exit_zero() {
+    let out = ferry().arg("--version").output().expect("run ferry");
+    assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with("ferry "), "{version}");
+
+    let out = ferry().arg("--help").output().expect("run ferry");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Redis-protocol cache"));
+}
+
+#[test]
+fn an_unknown_argument_is_refused() {
+    let out = ferry().arg("--no-such-flag").output().expect("run ferry");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+}
+
+/// A real log of 100 records, one frame each, in a temporary directory.
+fn write_log(dir: &std::path::Path) {
+    let wal = ferry_wal::Wal::open(dir, ferry_wal::WalOptions::default()).expect("open");
+    for i in 0..100 {
+        wal.append_blocking(vec![format!("record {i}").into()])
+            .expect("append");
+    }
+}
+
+#[test]
+fn wal_verify_passes_an_intact_log_and_names_the_place_of_a_flipped_bit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("wal");
+    write_log(&dir);
+    let out = ferry()
+        .args(["wal", "verify"])
+        .arg(&dir)
+        .output()
+        .expect("run ferry");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("lsn 1..=100") && stdout.contains("intact"),
+        "{stdout}"
+    );
+
+    let segment = dir.join("00000000000000000001.wal");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&segment, &bytes).expect("write segment");
+    let out = ferry()
+        .args(["wal", "verify"])
+        .arg(&dir)
+        .output()
+        .expect("run ferry");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("00000000000000000001.wal") && stderr.contains("at byte"),
+        "{stderr}"
+    );
+}
