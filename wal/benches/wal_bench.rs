@@ -266,7 +266,4 @@ fn main() {
         "  replay: {replay_rate:.0} records/s (target >= 1M): {}",
         verdict(replay_rate >= 1_000_000.0)
     );
-    println!(
-        "(everysec and no sync in the background or not at all: their 'records per sync' is records per background sync.)"
-    );
 }
