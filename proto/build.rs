@@ -1,14 +1,12 @@
 //! Compiles the `.proto` files with the vendored `protoc`, so building ferry
 //! needs no system protobuf compiler.
 
-use std::path::PathBuf;
-
 const PROTOS: &[&str] = &["proto/ferry/v1/status.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = tonic_prost_build::Config::new();
-    config.protoc_executable(PathBuf::from(protoc));
+    config.protoc_executable(protoc);
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
         .build_server(grpc)
