@@ -1,12 +1,14 @@
 //! Compiles the `.proto` files with the vendored `protoc`, so building ferry
 //! needs no system protobuf compiler.
 
-const PROTOS: &[&str] = &["proto/ferry/v1/status.proto"];
+const PROTOS: &[&str] = &["proto/ferry/v1/status.proto", "proto/ferry/v1/wal.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // `bytes` fields as `bytes::Bytes`: decoding a record slices it, no copies.
+    config.bytes(["."]);
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
         .build_server(grpc)

@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 # --- What a fresh machine may lack -------------------------------------------
 # libclang: librocksdb-sys generates its bindings with bindgen.
 missing=()
-if ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
-    && ! compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null; then
+if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null; then
     missing+=(libclang1-14 libclang-common-14-dev)
 fi
 if ((${#missing[@]})); then

@@ -1,28 +1,95 @@
 //! `ferry`: the one binary of ferry.
+//!
+//! # Layout
+//! - `resp`: the Redis protocol (requests and replies).
+//! - `commands`: the command table and every command.
+//! - `info`: INFO, CONFIG GET and CLIENT LIST text.
+//! - `glob`: Redis glob patterns.
+//! - `node`: a running node (data dir lock, WAL, engine, pipeline, counters).
+//! - `server`: the RESP server and its connections.
+//! - `status`: the gRPC status service.
 
+mod commands;
+mod glob;
+mod info;
+mod node;
+mod resp;
+mod server;
+mod status;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use ferry_wal::FrameLimits;
+use clap::{Parser, Subcommand, ValueEnum};
 use ferry_wal::storage::FsStorage;
+use ferry_wal::{FrameLimits, SyncPolicy};
+
+use crate::node::{Config, Node};
 
 /// ferry: a Redis-protocol cache with read replicas fed by WAL shipping.
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a node: the Redis-protocol server over the WAL and the engine.
+    Serve(ServeArgs),
     /// Tools for WAL directories: a primary's, a replica's or a copy.
     Wal {
         #[command(subcommand)]
         command: WalCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The node's data directory (WAL, engine, lock file).
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Where clients connect with the Redis protocol (port 0: any free port).
+    #[arg(long, env = "FERRY_RESP_ADDR", default_value = "127.0.0.1:6379")]
+    resp_addr: SocketAddr,
+    /// Where the gRPC status service listens (port 0: any free port).
+    #[arg(long, env = "FERRY_GRPC_ADDR", default_value = "127.0.0.1:7379")]
+    grpc_addr: SocketAddr,
+    /// When a write counts as durable, as Redis's appendfsync.
+    #[arg(long, env = "FERRY_FSYNC", default_value = "everysec", value_parser = parse_policy)]
+    fsync: SyncPolicy,
+    /// A password clients must give with AUTH (or HELLO ... AUTH).
+    #[arg(long, env = "FERRY_REQUIREPASS")]
+    requirepass: Option<String>,
+    /// Most clients connected at once.
+    #[arg(long, env = "FERRY_MAXCLIENTS", default_value_t = node::MAXCLIENTS_DEFAULT)]
+    maxclients: usize,
+    /// Largest bulk string in a request, in bytes.
+    #[arg(long, env = "FERRY_PROTO_MAX_BULK_LEN", default_value_t = node::PROTO_MAX_BULK_LEN_DEFAULT)]
+    proto_max_bulk_len: usize,
+    /// Most arguments in one request.
+    #[arg(long, env = "FERRY_PROTO_MAX_MULTIBULK_LEN", default_value_t = node::PROTO_MAX_MULTIBULK_LEN_DEFAULT)]
+    proto_max_multibulk_len: usize,
+    /// Most unparsed bytes buffered for one client before it is closed.
+    #[arg(long, env = "FERRY_CLIENT_QUERY_BUFFER_LIMIT", default_value_t = node::CLIENT_QUERY_BUFFER_LIMIT_DEFAULT)]
+    client_query_buffer_limit: usize,
+}
+
+fn parse_policy(s: &str) -> Result<SyncPolicy, String> {
+    s.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,18 +104,77 @@ enum WalCommand {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
     match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Wal {
             command: WalCommand::Verify { dir },
         } => wal_verify(&dir),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.proto_max_bulk_len > args.client_query_buffer_limit {
+        anyhow::bail!("--proto-max-bulk-len must not exceed --client-query-buffer-limit");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let resp = tokio::net::TcpListener::bind(args.resp_addr)
+            .await
+            .with_context(|| format!("listening on {}", args.resp_addr))?;
+        let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+            .await
+            .with_context(|| format!("listening on {}", args.grpc_addr))?;
+        let (resp_addr, grpc_addr) = (resp.local_addr()?, grpc.local_addr()?);
+        let config = Config {
+            data_dir: args.data_dir,
+            fsync: args.fsync,
+            requirepass: args.requirepass,
+            maxclients: args.maxclients,
+            proto_max_bulk_len: args.proto_max_bulk_len,
+            proto_max_multibulk_len: args.proto_max_multibulk_len,
+            client_query_buffer_limit: args.client_query_buffer_limit,
+        };
+        let node = Arc::new(Node::open(config, resp_addr.port())?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx));
+        tracing::info!(%resp_addr, %grpc_addr, fsync = %node.config.fsync, "ferry is ready");
+        // Tools and tests wait for this line to know the node is ready.
+        println!("ferry listening resp={resp_addr} grpc={grpc_addr}");
+        server::run(node.clone(), resp, shutdown_signal()).await?;
+        let _ = stop_tx.send(true);
+        grpc_task.await.context("the gRPC server task")??;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops ferry");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
     }
 }
 

@@ -1,4 +1,31 @@
-//! ferry-engine: the cache itself — the RocksDB keyspace with TTLs, the
-//! mutation types and their encoding into WAL records, applying a batch
-//! atomically with its `applied_lsn`, and recovery by replaying the WAL.
-//! Not yet built: this crate holds only its purpose for now.
+//! ferry-engine: the cache itself. The RocksDB keyspace (strings and hashes
+//! with expiry), the meaning of each WAL mutation, applying records
+//! atomically with their LSN, recovery by replaying the WAL, and the write
+//! pipeline that orders a primary's commands, group-commits their effects
+//! and applies them once durable.
+//!
+//! # Layout
+//! - `keys`: how keys, hash fields and the expiry index are laid out in
+//!   RocksDB, and the stored entry format.
+//! - `engine`: [`Engine`]: open, replay, apply, reads of the applied state,
+//!   the keyspace digest, and [`apply_mutation`](crate::engine), the one
+//!   definition of what each mutation does.
+//! - `pipeline`: [`Pipeline`]: the write path of a primary.
+//!
+//! # Invariants
+//! - The engine holds only records that are durable in the WAL, applied in
+//!   LSN order; the applied LSN is written in the same RocksDB batch as the
+//!   data it covers, and RocksDB's own WAL is off.
+//! - Applying a record never fails on its content and depends only on the
+//!   record and the state: replaying any suffix of the WAL twice gives the
+//!   same state.
+
+mod engine;
+mod error;
+mod keys;
+mod pipeline;
+
+pub use engine::{Engine, REPLAY_BATCH_RECORDS, decode_record};
+pub use error::{EngineError, Result};
+pub use keys::{Entry, Value};
+pub use pipeline::{APPLY_QUEUE_MAX, Pipeline, Ticket, View, string_value};

@@ -2,6 +2,7 @@
 //! tonic generate from them; nothing else lives here.
 //!
 //! # Layout
+//! - `proto/ferry/v1/wal.proto`: the WAL record schema (mutations as effects).
 //! - `proto/ferry/v1/status.proto`: node status (WAL positions, role).
 //! - [`v1`]: the generated messages; the tonic clients and servers are
 //!   included with the default `grpc` feature.

@@ -120,6 +120,32 @@ impl Default for WalOptions {
     }
 }
 
+/// Records queued by [`Wal::enqueue`], on their way to the log.
+#[derive(Debug)]
+pub struct PendingAppend {
+    rx: oneshot::Receiver<Result<LsnRange>>,
+}
+
+impl PendingAppend {
+    /// Waits until the records are durable under the sync policy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::append`].
+    pub async fn durable(self) -> Result<LsnRange> {
+        self.rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// The outcome if it is known already, without waiting.
+    pub fn try_durable(&mut self) -> Option<Result<LsnRange>> {
+        match self.rx.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(WalError::Closed)),
+        }
+    }
+}
+
 /// The LSNs given to one append: `first..=last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LsnRange {
@@ -418,6 +444,23 @@ impl Wal {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Append { records, reply }).await?;
         rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Queues records for appending and returns once they are queued, not
+    /// durable: their place in the log is fixed by the order of `enqueue`
+    /// calls. Await [`PendingAppend::durable`] for the outcome. This lets a
+    /// caller that must keep records in its own order (holding a lock while
+    /// it queues) wait for durability after releasing it.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::EmptyBatch`], [`WalError::BatchTooLarge`], and
+    /// [`WalError::Failed`] or [`WalError::Closed`] once the log stopped.
+    pub async fn enqueue(&self, records: Vec<Bytes>) -> Result<PendingAppend> {
+        self.check_batch(&records)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Append { records, reply }).await?;
+        Ok(PendingAppend { rx })
     }
 
     /// [`Wal::append`] for threads outside an async runtime.

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# ferry against Redis on this machine, side by side in one run:
+# redis-benchmark SET and GET (-n 200000 -c 50 -d 100 -r 100000) with -P 1 and
+# -P 16, under matched durability (ferry --fsync always|everysec against Redis
+# appendfsync always|everysec), the two servers alternating, RUNS runs each;
+# then RSS after loading 1M keys of 100 bytes into each.
+# Prints medians of ops/s, p50 and p99, and the ratio ferry/Redis.
+#
+# usage: bench/resp.sh            (RUNS=3 POLICIES="always everysec" KEYS=1000000 to change)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+POLICIES=${POLICIES:-"always everysec"}
+KEYS=${KEYS:-1000000}
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+    else
+        echo "bench/resp.sh needs redis-server and redis-tools: apt-get install redis-server redis-tools (as root)" >&2
+        exit 1
+    fi
+fi
+cargo build --release --bin ferry
+ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
+work=$(mktemp -d /tmp/ferry-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 600); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; return 1; }
+
+start_ferry() { # policy dir -> sets port, pid
+    port=$(free_port)
+    "$ferry_bin" serve --data-dir "$2" --resp-addr "127.0.0.1:$port" --grpc-addr 127.0.0.1:0 --fsync "$1" >"$2.out" 2>"$2.err" &
+    pid=$!; pids+=("$pid"); wait_port "$port"
+}
+start_redis() { # policy dir
+    port=$(free_port); mkdir -p "$2"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$2" --save "" --appendonly yes --appendfsync "$1" \
+        --daemonize no --logfile "$2/redis.log" &
+    pid=$!; pids+=("$pid"); wait_port "$port"
+}
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+
+results="$work/results.csv"
+echo "server,policy,pipeline,test,rps,p50,p99" >"$results"
+bench_one() { # server policy port
+    for p in 1 16; do
+        redis-benchmark -p "$3" -t set,get -n 200000 -c 50 -d 100 -r 100000 -P "$p" --csv -q 2>/dev/null |
+            python3 -c '
+import csv, sys
+server, policy, p = sys.argv[1:4]
+for row in csv.reader(sys.stdin):
+    if row and row[0] in ("SET", "GET"):
+        print(f"{server},{policy},{p},{row[0]},{row[1]},{row[4]},{row[6]}")
+' "$1" "$2" "$p" >>"$results"
+    done
+}
+
+echo "machine: $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for policy in $POLICIES; do
+    for run in $(seq 1 "$RUNS"); do
+        order="ferry redis"; [ $((run % 2)) = 0 ] && order="redis ferry"
+        for server in $order; do
+            dir="$work/$server-$policy-$run"
+            if [ "$server" = ferry ]; then start_ferry "$policy" "$dir"; else start_redis "$policy" "$dir"; fi
+            echo "run $run: $server, $policy"
+            bench_one "$server" "$policy" "$port"
+            stop "$pid"
+        done
+    done
+done
+
+# RSS after loading KEYS keys of 100 bytes, both with everysec.
+python3 -c "
+import sys
+n = int(sys.argv[1]); out = sys.stdout.buffer; v = b'x' * 100
+for i in range(n):
+    k = b'key:%012d' % i
+    out.write(b'*3\r\n\$3\r\nSET\r\n\$%d\r\n%s\r\n\$100\r\n%s\r\n' % (len(k), k, v))
+" "$KEYS" >"$work/load.resp"
+rss_of() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
+for server in ferry redis; do
+    dir="$work/$server-rss"
+    if [ "$server" = ferry ]; then start_ferry everysec "$dir"; else start_redis everysec "$dir"; fi
+    redis-cli -p "$port" --pipe <"$work/load.resp" >/dev/null
+    echo "$server,rss,$(redis-cli -p "$port" dbsize),$(rss_of "$pid")" >>"$work/rss.csv"
+    stop "$pid"
+done
+
+python3 - "$results" "$work/rss.csv" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+def med(server, policy, p, test, field):
+    vals = [float(r[field]) for r in rows if (r["server"], r["policy"], r["pipeline"], r["test"]) == (server, policy, p, test)]
+    return statistics.median(vals) if vals else float("nan")
+print()
+print("| durability | test | -P | ferry ops/s | Redis ops/s | ratio | ferry p50 / p99 ms | Redis p50 / p99 ms |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for policy in sorted({r["policy"] for r in rows}):
+    for test in ("SET", "GET"):
+        for p in ("1", "16"):
+            f, r = med("ferry", policy, p, test, "rps"), med("redis", policy, p, test, "rps")
+            print(f"| {policy} | {test} | {p} | {f:,.0f} | {r:,.0f} | {f / r:.2f} | "
+                  f"{med('ferry', policy, p, test, 'p50'):.3f} / {med('ferry', policy, p, test, 'p99'):.3f} | "
+                  f"{med('redis', policy, p, test, 'p50'):.3f} / {med('redis', policy, p, test, 'p99'):.3f} |")
+rss = {row[0]: (int(row[2]), int(row[3])) for row in csv.reader(open(sys.argv[2]))}
+(fk, fr), (rk, rr) = rss["ferry"], rss["redis"]
+print()
+print(f"RSS after loading 100-byte values: ferry {fr / 2**20:.0f} MiB ({fk} keys), Redis {rr / 2**20:.0f} MiB ({rk} keys), ratio {fr / rr:.2f}")
+PY

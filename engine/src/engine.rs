@@ -1,0 +1,615 @@
+//! [`Engine`]: the RocksDB keyspace, applying WAL records in LSN order and
+//! answering reads of the applied state.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use ferry_proto::v1::{WalRecord, mutation::Op};
+use ferry_wal::{Lsn, Wal};
+use prost::Message;
+use rocksdb::{DB, Options, WriteBatch, WriteOptions};
+
+use crate::error::{EngineError, Result};
+use crate::keys::{self, Entry, Value};
+
+/// Records applied per RocksDB write batch during replay.
+pub const REPLAY_BATCH_RECORDS: usize = 1024;
+
+/// The keyspace of a node.
+#[derive(Debug)]
+pub struct Engine {
+    db: DB,
+    applied_lsn: AtomicU64,
+    key_count: AtomicU64,
+}
+
+impl Engine {
+    /// Opens (or creates) the RocksDB keyspace in `dir`. RocksDB's own WAL
+    /// is not used: ferry's WAL is the one source of durability, and
+    /// [`Engine::replay`] catches up from it.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`] if RocksDB cannot open the directory.
+    pub fn open(dir: &Path) -> Result<Engine> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_write_buffer_size(64 << 20);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open(&opts, dir)?;
+        let read_u64 = |name: &[u8]| -> Result<u64> {
+            Ok(db
+                .get_pinned(name)?
+                .and_then(|v| keys::decode_u64(&v))
+                .unwrap_or(0))
+        };
+        let applied_lsn = read_u64(keys::META_APPLIED_LSN)?;
+        let key_count = read_u64(keys::META_KEY_COUNT)?;
+        Ok(Engine {
+            db,
+            applied_lsn: AtomicU64::new(applied_lsn),
+            key_count: AtomicU64::new(key_count),
+        })
+    }
+
+    /// The LSN of the last record applied.
+    pub fn applied_lsn(&self) -> Lsn {
+        Lsn(self.applied_lsn.load(Ordering::Acquire))
+    }
+
+    /// Keys stored, logically expired ones included (as Redis's DBSIZE).
+    pub fn key_count(&self) -> u64 {
+        self.key_count.load(Ordering::Acquire)
+    }
+
+    /// Applies every record of `wal` after [`Engine::applied_lsn`]. Returns
+    /// how many were applied.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::WalMismatch`] if the WAL does not reach back to the
+    /// applied LSN, [`EngineError::CorruptRecord`], and WAL read errors.
+    pub fn replay(&self, wal: &Wal) -> Result<u64> {
+        let from = self.applied_lsn().next();
+        if from < wal.first_lsn() || from > wal.last_lsn().next() {
+            return Err(EngineError::WalMismatch {
+                applied: self.applied_lsn(),
+                first: wal.first_lsn(),
+                last: wal.last_lsn(),
+            });
+        }
+        let mut batch = Vec::with_capacity(REPLAY_BATCH_RECORDS);
+        let mut applied = 0;
+        for record in wal.records(from)? {
+            let record = record?;
+            batch.push((record.lsn, decode_record(record.lsn, &record.data)?));
+            if batch.len() == REPLAY_BATCH_RECORDS {
+                self.apply(&batch)?;
+                applied += batch.len() as u64;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            self.apply(&batch)?;
+            applied += batch.len() as u64;
+        }
+        Ok(applied)
+    }
+
+    /// Applies records, which must follow [`Engine::applied_lsn`] in order,
+    /// in one atomic RocksDB write that also stores the new applied LSN.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    ///
+    /// # Panics
+    ///
+    /// If the LSNs do not continue the applied LSN.
+    pub fn apply(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {
+        let mut expected = self.applied_lsn().next();
+        for (lsn, _) in records {
+            assert_eq!(*lsn, expected, "records are applied in LSN order");
+            expected = expected.next();
+        }
+        self.write(records)
+    }
+
+    /// Applies records again that were applied already (as recovery does
+    /// when RocksDB kept less than was applied). The applied LSN never moves
+    /// back; records are idempotent, so the state is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn apply_again(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {
+        self.write(records)
+    }
+
+    fn write(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {
+        let Some(&(last, _)) = records.last() else {
+            return Ok(());
+        };
+        let last = last.max(self.applied_lsn());
+        let mut target = BatchTarget::new(self);
+        for (_, record) in records {
+            // A mutation of a kind this version does not know has no `op`.
+            for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
+                apply_mutation(&mut target, op)?;
+            }
+        }
+        let key_count = target.key_count;
+        let mut batch = target.batch;
+        batch.put(keys::META_APPLIED_LSN, last.0.to_be_bytes());
+        batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.db.write_opt(batch, &opts)?;
+        self.key_count.store(key_count, Ordering::Release);
+        self.applied_lsn.store(last.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Persists everything applied so far to RocksDB's files.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.db.flush()?)
+    }
+
+    /// The stored entry of `key`, expired or not.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
+    pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        match self.db.get_pinned(keys::key_key(key))? {
+            Some(v) => Ok(Some(keys::decode_entry(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The entry of `key` unless it is missing or expired at `now_ms`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::entry`].
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<Entry>> {
+        Ok(self.entry(key)?.filter(|e| !e.is_expired(now_ms)))
+    }
+
+    /// A field of the hash at `key` (the caller has checked the key).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn hash_field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self
+            .db
+            .get_pinned(keys::field_key(key, field))?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    /// Fields of the hash at `key` in byte order, starting after `after`,
+    /// at most `limit` of them.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn hash_fields(
+        &self,
+        key: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let prefix = keys::field_prefix(key);
+        let mut it = self.db.raw_iterator();
+        match after {
+            Some(after) => {
+                let mut start = keys::field_key(key, after);
+                start.push(0);
+                it.seek(&start);
+            }
+            None => it.seek(&prefix),
+        }
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push((
+                Bytes::copy_from_slice(&k[prefix.len()..]),
+                Bytes::copy_from_slice(v),
+            ));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Keys in byte order after `after`, with their entries, at most `limit`
+    /// of them, logically expired ones left out.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
+    pub fn scan(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<(Vec<(Bytes, Entry)>, bool)> {
+        let mut it = self.db.raw_iterator();
+        match after {
+            Some(after) => {
+                let mut start = keys::key_key(after);
+                start.push(0);
+                it.seek(&start);
+            }
+            None => it.seek([keys::KEY]),
+        }
+        let mut out = Vec::new();
+        let mut visited = 0;
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if k.first() != Some(&keys::KEY) {
+                break;
+            }
+            if visited == limit {
+                it.status()?;
+                return Ok((out, true));
+            }
+            visited += 1;
+            let entry = keys::decode_entry(&k[1..], v)?;
+            if !entry.is_expired(now_ms) {
+                out.push((Bytes::copy_from_slice(&k[1..]), entry));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok((out, false))
+    }
+
+    /// Up to `limit` keys whose expiry is at or before `now_ms`, from the
+    /// expiry index.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn expired_keys(&self, now_ms: u64, limit: usize) -> Result<Vec<Bytes>> {
+        let mut it = self.db.raw_iterator();
+        it.seek([keys::EXPIRY]);
+        let mut out = Vec::new();
+        while it.valid() && out.len() < limit {
+            let Some(k) = it.key() else { break };
+            if k.first() != Some(&keys::EXPIRY) || k.len() < 9 {
+                break;
+            }
+            let at = keys::decode_u64(&k[1..9]).unwrap_or(u64::MAX);
+            if at > now_ms {
+                break;
+            }
+            out.push(Bytes::copy_from_slice(&k[9..]));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// A digest of the logical data at `now_ms`: keys, types, values and
+    /// expiry times of every key not expired. Equal on two nodes exactly
+    /// when their data is (with overwhelming probability): each key's SHA-1
+    /// is XORed in, so the order of keys does not matter. 40 zeros when
+    /// empty, as Redis's `DEBUG DIGEST`.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
+    pub fn digest(&self, now_ms: u64) -> Result<String> {
+        let mut acc = [0u8; 20];
+        let mut it = self.db.raw_iterator();
+        it.seek([keys::KEY]);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if k.first() != Some(&keys::KEY) {
+                break;
+            }
+            let key = &k[1..];
+            let entry = keys::decode_entry(key, v)?;
+            if !entry.is_expired(now_ms) {
+                let mut h = sha1_smol::Sha1::new();
+                h.update(&(key.len() as u64).to_be_bytes());
+                h.update(key);
+                h.update(&entry.expire_at_ms.to_be_bytes());
+                match &entry.value {
+                    Value::String(s) => {
+                        h.update(b"s");
+                        h.update(s);
+                    }
+                    Value::Hash { .. } => {
+                        h.update(b"h");
+                        for (field, value) in self.hash_fields(key, None, usize::MAX)? {
+                            h.update(&(field.len() as u64).to_be_bytes());
+                            h.update(&field);
+                            h.update(&(value.len() as u64).to_be_bytes());
+                            h.update(&value);
+                        }
+                    }
+                }
+                for (a, b) in acc.iter_mut().zip(h.digest().bytes()) {
+                    *a ^= b;
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(acc.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// Decodes a WAL record's bytes.
+///
+/// # Errors
+///
+/// [`EngineError::CorruptRecord`].
+pub fn decode_record(lsn: Lsn, data: &Bytes) -> Result<WalRecord> {
+    WalRecord::decode(data.clone()).map_err(|e| EngineError::CorruptRecord {
+        lsn,
+        reason: e.to_string(),
+    })
+}
+
+/// One atomic application: the write batch, and what it has changed so far
+/// (so later mutations of the same batch see earlier ones).
+struct BatchTarget<'a> {
+    engine: &'a Engine,
+    batch: WriteBatch,
+    entries: HashMap<Bytes, Option<Entry>>,
+    /// Fields written or deleted in this batch: `field_key -> exists`.
+    fields: HashMap<Vec<u8>, bool>,
+    /// Keys whose stored fields were all deleted in this batch.
+    cleared: HashSet<Bytes>,
+    /// Everything stored before was deleted in this batch.
+    flushed: bool,
+    key_count: u64,
+}
+
+impl<'a> BatchTarget<'a> {
+    fn new(engine: &'a Engine) -> BatchTarget<'a> {
+        BatchTarget {
+            engine,
+            batch: WriteBatch::default(),
+            entries: HashMap::new(),
+            fields: HashMap::new(),
+            cleared: HashSet::new(),
+            flushed: false,
+            key_count: engine.key_count(),
+        }
+    }
+}
+
+impl Target for BatchTarget<'_> {
+    fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>> {
+        if let Some(entry) = self.entries.get(key) {
+            return Ok(entry.clone());
+        }
+        if self.flushed {
+            return Ok(None);
+        }
+        let entry = self.engine.entry(key)?;
+        self.entries.insert(key.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
+        let fk = keys::field_key(key, field);
+        if let Some(&exists) = self.fields.get(&fk) {
+            return Ok(exists);
+        }
+        if self.flushed || self.cleared.contains(key) {
+            return Ok(false);
+        }
+        Ok(self.engine.db.get_pinned(&fk)?.is_some())
+    }
+
+    fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry) {
+        match old {
+            None => self.key_count += 1,
+            Some(old) if old.expire_at_ms != 0 && old.expire_at_ms != new.expire_at_ms => {
+                self.batch.delete(keys::expiry_key(old.expire_at_ms, key));
+            }
+            Some(_) => {}
+        }
+        if new.expire_at_ms != 0 {
+            self.batch.put(keys::expiry_key(new.expire_at_ms, key), []);
+        }
+        self.batch.put(keys::key_key(key), keys::encode_entry(&new));
+        self.entries.insert(key.clone(), Some(new));
+    }
+
+    fn remove(&mut self, key: &Bytes, old: &Entry) {
+        self.batch.delete(keys::key_key(key));
+        if old.expire_at_ms != 0 {
+            self.batch.delete(keys::expiry_key(old.expire_at_ms, key));
+        }
+        if let Value::Hash { .. } = old.value {
+            let prefix = keys::field_prefix(key);
+            self.batch.delete_range(&prefix, &keys::prefix_end(&prefix));
+            self.fields.retain(|k, _| !k.starts_with(&prefix));
+            self.cleared.insert(key.clone());
+        }
+        self.key_count -= 1;
+        self.entries.insert(key.clone(), None);
+    }
+
+    fn put_field(&mut self, key: &Bytes, field: &Bytes, value: &Bytes) {
+        let fk = keys::field_key(key, field);
+        self.batch.put(&fk, value);
+        self.fields.insert(fk, true);
+    }
+
+    fn delete_field(&mut self, key: &Bytes, field: &Bytes) {
+        let fk = keys::field_key(key, field);
+        self.batch.delete(&fk);
+        self.fields.insert(fk, false);
+    }
+
+    fn flush_all(&mut self) {
+        for prefix in [keys::KEY, keys::FIELD, keys::EXPIRY] {
+            self.batch.delete_range([prefix], [prefix + 1]);
+        }
+        self.entries.clear();
+        self.fields.clear();
+        self.cleared.clear();
+        self.flushed = true;
+        self.key_count = 0;
+    }
+}
+
+/// Where mutations are applied: a RocksDB write batch, or the write
+/// pipeline's overlay of records not yet applied. [`apply_mutation`] gives
+/// the meaning of each mutation once, for both.
+pub(crate) trait Target {
+    /// The stored entry of `key`, expired or not.
+    fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>>;
+    /// Whether the hash at `key` has `field`.
+    fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool>;
+    /// `key`, which held `old` of the same kind (or nothing), now holds `new`.
+    fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry);
+    /// `key`, which held `old`, is gone with its fields.
+    fn remove(&mut self, key: &Bytes, old: &Entry);
+    fn put_field(&mut self, key: &Bytes, field: &Bytes, value: &Bytes);
+    fn delete_field(&mut self, key: &Bytes, field: &Bytes);
+    fn flush_all(&mut self);
+}
+
+/// The entry of `key` if it is a hash (`want_hash`) or a string (not):
+/// a key of the other kind is removed and reads as missing.
+fn entry_of_kind(t: &mut impl Target, key: &Bytes, want_hash: bool) -> Result<Option<Entry>> {
+    match t.entry(key)? {
+        Some(old) if matches!(old.value, Value::Hash { .. }) != want_hash => {
+            t.remove(key, &old);
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
+/// Applies one mutation: the meaning of every [`Op`], as documented in
+/// `wal.proto`. Never fails but for reads of the stored state.
+pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
+    match op {
+        Op::SetString(m) => {
+            let old = entry_of_kind(t, &m.key, false)?;
+            let new = Entry {
+                value: Value::String(m.value.clone()),
+                expire_at_ms: m.expire_at_ms,
+            };
+            t.put_entry(&m.key, old.as_ref(), new);
+        }
+        Op::SetRange(m) => {
+            let old = entry_of_kind(t, &m.key, false)?;
+            let (mut value, expire_at_ms) = match &old {
+                Some(Entry {
+                    value: Value::String(s),
+                    expire_at_ms,
+                }) => (s.to_vec(), *expire_at_ms),
+                _ => (Vec::new(), 0),
+            };
+            let offset = usize::try_from(m.offset).unwrap_or(usize::MAX);
+            let end = offset.saturating_add(m.data.len());
+            if value.len() < end {
+                value.resize(end, 0);
+            }
+            value[offset..end].copy_from_slice(&m.data);
+            let new = Entry {
+                value: Value::String(Bytes::from(value)),
+                expire_at_ms,
+            };
+            t.put_entry(&m.key, old.as_ref(), new);
+        }
+        Op::Delete(m) => {
+            if let Some(old) = t.entry(&m.key)? {
+                t.remove(&m.key, &old);
+            }
+        }
+        Op::SetExpiry(m) => {
+            if let Some(old) = t.entry(&m.key)? {
+                let new = Entry {
+                    expire_at_ms: m.expire_at_ms,
+                    ..old.clone()
+                };
+                t.put_entry(&m.key, Some(&old), new);
+            }
+        }
+        Op::HashSet(m) => {
+            if m.fields.is_empty() {
+                return Ok(());
+            }
+            let old = entry_of_kind(t, &m.key, true)?;
+            let (mut len, expire_at_ms) = match &old {
+                Some(Entry {
+                    value: Value::Hash { len },
+                    expire_at_ms,
+                }) => (*len, *expire_at_ms),
+                _ => (0, 0),
+            };
+            // The hash exists before its fields are written; its length is
+            // set once they are.
+            let before = Entry {
+                value: Value::Hash { len },
+                expire_at_ms,
+            };
+            t.put_entry(&m.key, old.as_ref(), before.clone());
+            for fv in &m.fields {
+                if !t.field_exists(&m.key, &fv.field)? {
+                    len += 1;
+                }
+                t.put_field(&m.key, &fv.field, &fv.value);
+            }
+            let after = Entry {
+                value: Value::Hash { len },
+                expire_at_ms,
+            };
+            t.put_entry(&m.key, Some(&before), after);
+        }
+        Op::HashDelete(m) => {
+            let Some(old) = t.entry(&m.key)? else {
+                return Ok(());
+            };
+            let Value::Hash { mut len } = old.value else {
+                return Ok(());
+            };
+            for field in &m.fields {
+                if t.field_exists(&m.key, field)? {
+                    len -= 1;
+                    t.delete_field(&m.key, field);
+                }
+            }
+            if len == 0 {
+                t.remove(&m.key, &old);
+            } else {
+                let new = Entry {
+                    value: Value::Hash { len },
+                    ..old.clone()
+                };
+                t.put_entry(&m.key, Some(&old), new);
+            }
+        }
+        Op::FlushAll(_) => t.flush_all(),
+    }
+    Ok(())
+}

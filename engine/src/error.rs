@@ -1,0 +1,30 @@
+//! The one error type of ferry-engine.
+
+use ferry_wal::{Lsn, WalError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// The WAL failed, or refused a record.
+    #[error("wal: {0}")]
+    Wal(#[from] WalError),
+    /// A WAL record does not decode as a `WalRecord`.
+    #[error("WAL record {lsn} does not decode: {reason}")]
+    CorruptRecord { lsn: Lsn, reason: String },
+    /// A stored key entry does not decode.
+    #[error("stored entry of key {key:?} does not decode")]
+    CorruptEntry { key: String },
+    /// The engine holds records the WAL does not reach back to.
+    #[error(
+        "the engine has applied up to lsn {applied}, but the WAL holds {first}..={last}: \
+         the two do not belong together"
+    )]
+    WalMismatch { applied: Lsn, first: Lsn, last: Lsn },
+    /// The write pipeline stopped (the WAL failed or the node is shutting down).
+    #[error("the write path is stopped: {0}")]
+    Stopped(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

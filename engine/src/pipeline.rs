@@ -1,0 +1,591 @@
+//! The write path of a primary: commands run one at a time against the
+//! applied state plus the effects still on their way, their effects go to
+//! the WAL in that order, and each record is applied to the engine once it
+//! is durable, in LSN order. Many records are in flight at once, so the WAL
+//! group-commits them, yet each command sees every earlier one.
+//!
+//! ```text
+//! execute(f): [lock] f(View) -> effects -> overlay, wal.enqueue  [unlock]
+//! applier:    wait durable (in order) -> engine.apply(batch) -> drop overlay entries -> answer
+//! ```
+//!
+//! Readers outside the pipeline read the engine, which holds only durable
+//! records: a client never sees a write that a crash could take back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use ferry_proto::v1::{Mutation, WalRecord, mutation::Op};
+use ferry_wal::{Lsn, PendingAppend, Wal};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::{Engine, Target, apply_mutation};
+use crate::error::{EngineError, Result};
+use crate::keys::{Entry, Value};
+
+/// Records queued between the executor and the applier.
+pub const APPLY_QUEUE_MAX: usize = 65_536;
+
+/// Effects not yet applied to the engine, by key.
+#[derive(Debug, Default)]
+struct Overlay {
+    keys: HashMap<Bytes, Pending>,
+    /// A FLUSHALL is on its way: the engine's keys are as good as gone.
+    flushed_seq: Option<u64>,
+    /// The keys each record touched, to drop their entries once it is applied.
+    touched: VecDeque<(u64, Vec<Bytes>)>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    /// The last record that touched the key.
+    seq: u64,
+    /// `None`: deleted.
+    state: Option<PendingEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingEntry {
+    entry: Entry,
+    /// For hashes: field changes over the engine's fields.
+    fields: HashMap<Bytes, Option<Bytes>>,
+    /// The engine's fields of the key do not count (it was recreated).
+    base_cleared: bool,
+}
+
+impl Overlay {
+    fn entry(&self, engine: &Engine, key: &[u8]) -> Result<Option<Entry>> {
+        match self.keys.get(key) {
+            Some(p) => Ok(p.state.as_ref().map(|s| s.entry.clone())),
+            None if self.flushed_seq.is_some() => Ok(None),
+            None => engine.entry(key),
+        }
+    }
+
+    fn field(&self, engine: &Engine, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+        match self.keys.get(key) {
+            Some(Pending { state: None, .. }) => Ok(None),
+            Some(Pending { state: Some(s), .. }) => match s.fields.get(field) {
+                Some(v) => Ok(v.clone()),
+                None if s.base_cleared => Ok(None),
+                None => engine.hash_field(key, field),
+            },
+            None if self.flushed_seq.is_some() => Ok(None),
+            None => engine.hash_field(key, field),
+        }
+    }
+
+    /// Drops what records up to `seq` added, now that the engine has them.
+    fn applied(&mut self, seq: u64) {
+        while self.touched.front().is_some_and(|(s, _)| *s <= seq) {
+            let (_, keys) = self.touched.pop_front().expect("checked");
+            for key in keys {
+                if self.keys.get(&key).is_some_and(|p| p.seq <= seq) {
+                    self.keys.remove(&key);
+                }
+            }
+        }
+        if self.flushed_seq.is_some_and(|s| s <= seq) {
+            self.flushed_seq = None;
+        }
+    }
+}
+
+/// The overlay as a [`Target`]: applies a command's effects so later reads
+/// in the executor see them.
+struct OverlayTarget<'a> {
+    engine: &'a Engine,
+    overlay: &'a mut Overlay,
+    seq: u64,
+    undo: &'a mut Undo,
+}
+
+/// How to take a command's effects back out of the overlay: what each key it
+/// touched had before, and the FLUSHALL marker.
+#[derive(Debug, Default)]
+struct Undo {
+    keys: Vec<(Bytes, Option<Pending>)>,
+    flushed_seq: Option<Option<u64>>,
+}
+
+impl Overlay {
+    /// Takes back the effects of a command that will not reach the WAL.
+    fn undo(&mut self, undo: Undo) {
+        for (key, before) in undo.keys.into_iter().rev() {
+            match before {
+                Some(p) => self.keys.insert(key, p),
+                None => self.keys.remove(&key),
+            };
+        }
+        if let Some(flushed_seq) = undo.flushed_seq {
+            self.flushed_seq = flushed_seq;
+        }
+    }
+}
+
+impl OverlayTarget<'_> {
+    fn pending(&mut self, key: &Bytes) -> &mut Pending {
+        if !self.undo.keys.iter().any(|(k, _)| k == key) {
+            self.undo
+                .keys
+                .push((key.clone(), self.overlay.keys.get(key).cloned()));
+        }
+        let seq = self.seq;
+        let p = self
+            .overlay
+            .keys
+            .entry(key.clone())
+            .or_insert(Pending { seq, state: None });
+        p.seq = seq;
+        p
+    }
+}
+
+impl Target for OverlayTarget<'_> {
+    fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>> {
+        self.overlay.entry(self.engine, key)
+    }
+
+    fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
+        Ok(self.overlay.field(self.engine, key, field)?.is_some())
+    }
+
+    fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry) {
+        let p = self.pending(key);
+        match &mut p.state {
+            Some(state) if old.is_some() => state.entry = new,
+            _ => {
+                // A key of the engine, first touched now, or a new key.
+                p.state = Some(PendingEntry {
+                    entry: new,
+                    fields: HashMap::new(),
+                    base_cleared: old.is_none(),
+                });
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &Bytes, _old: &Entry) {
+        self.pending(key).state = None;
+    }
+
+    fn put_field(&mut self, key: &Bytes, field: &Bytes, value: &Bytes) {
+        if let Some(state) = &mut self.pending(key).state {
+            state.fields.insert(field.clone(), Some(value.clone()));
+        }
+    }
+
+    fn delete_field(&mut self, key: &Bytes, field: &Bytes) {
+        if let Some(state) = &mut self.pending(key).state {
+            state.fields.insert(field.clone(), None);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let keys: Vec<Bytes> = self.overlay.keys.keys().cloned().collect();
+        for key in keys {
+            self.pending(&key).state = None;
+        }
+        self.undo
+            .flushed_seq
+            .get_or_insert(self.overlay.flushed_seq);
+        self.overlay.flushed_seq = Some(self.seq);
+    }
+}
+
+/// What a command sees and does inside [`Pipeline::execute`].
+pub struct View<'a> {
+    engine: &'a Engine,
+    overlay: &'a mut Overlay,
+    seq: u64,
+    now_ms: u64,
+    effects: Vec<Mutation>,
+    undo: Undo,
+}
+
+impl View<'_> {
+    /// The time this command runs at, ms since the Unix epoch: every expiry
+    /// decision of the command uses it.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The entry of `key`, logically expired ones included.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        self.overlay.entry(self.engine, key)
+    }
+
+    /// The entry of `key` unless missing or expired.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        Ok(self.entry(key)?.filter(|e| !e.is_expired(self.now_ms)))
+    }
+
+    /// A field of the hash at `key` (whose entry the caller has checked).
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn hash_field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+        self.overlay.field(self.engine, key, field)
+    }
+
+    /// Every field of the hash at `key`, in byte order.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn hash_fields(&self, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>> {
+        let (changes, base) = match self.overlay.keys.get(key) {
+            Some(Pending { state: None, .. }) => return Ok(Vec::new()),
+            Some(Pending { state: Some(s), .. }) => (Some(&s.fields), !s.base_cleared),
+            None => (None, self.overlay.flushed_seq.is_none()),
+        };
+        let mut fields: std::collections::BTreeMap<Bytes, Bytes> = if base {
+            self.engine
+                .hash_fields(key, None, usize::MAX)?
+                .into_iter()
+                .collect()
+        } else {
+            Default::default()
+        };
+        for (field, value) in changes.into_iter().flatten() {
+            match value {
+                Some(v) => fields.insert(field.clone(), v.clone()),
+                None => fields.remove(field),
+            };
+        }
+        Ok(fields.into_iter().collect())
+    }
+
+    /// Records an effect of the command; later reads of this command see it.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn push(&mut self, op: Op) -> Result<()> {
+        let mut target = OverlayTarget {
+            engine: self.engine,
+            overlay: self.overlay,
+            seq: self.seq,
+            undo: &mut self.undo,
+        };
+        apply_mutation(&mut target, &op)?;
+        self.effects.push(Mutation { op: Some(op) });
+        Ok(())
+    }
+
+    /// Whether the command has recorded effects.
+    pub fn has_effects(&self) -> bool {
+        !self.effects.is_empty()
+    }
+}
+
+/// The outcome of [`Pipeline::execute`], ready once the command's effects
+/// (and everything it read) are durable and applied.
+#[derive(Debug)]
+pub struct Ticket<R> {
+    reply: R,
+    wait: Wait,
+}
+
+#[derive(Debug)]
+enum Wait {
+    Applied(oneshot::Receiver<Result<Lsn, String>>),
+    Seq(u64, watch::Receiver<u64>),
+}
+
+impl<R> Ticket<R> {
+    /// Waits for the command's effects (or what it read) to be applied.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Stopped`] if the WAL failed or the node is stopping.
+    pub async fn wait(self) -> Result<R> {
+        match self.wait {
+            Wait::Applied(rx) => match rx.await {
+                Ok(Ok(_)) => Ok(self.reply),
+                Ok(Err(why)) => Err(EngineError::Stopped(why)),
+                Err(_) => Err(EngineError::Stopped("the applier stopped".into())),
+            },
+            Wait::Seq(seq, mut rx) => match rx.wait_for(|&applied| applied >= seq).await {
+                Ok(_) => Ok(self.reply),
+                Err(_) => Err(EngineError::Stopped("the applier stopped".into())),
+            },
+        }
+    }
+}
+
+struct ApplyJob {
+    seq: u64,
+    record: WalRecord,
+    pending: PendingAppend,
+    done: oneshot::Sender<Result<Lsn, String>>,
+}
+
+struct ExecState {
+    /// The last record given to the WAL.
+    seq: u64,
+    apply_tx: mpsc::Sender<ApplyJob>,
+}
+
+/// The write path of a primary (see the module docs).
+pub struct Pipeline {
+    engine: Arc<Engine>,
+    wal: Arc<Wal>,
+    exec: tokio::sync::Mutex<ExecState>,
+    overlay: Arc<Mutex<Overlay>>,
+    applied_seq: watch::Receiver<u64>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+fn lock(overlay: &Mutex<Overlay>) -> MutexGuard<'_, Overlay> {
+    overlay.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Pipeline {
+    /// Starts the write path over an engine that has replayed `wal`; the
+    /// applier runs as a task of the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or if the engine has not caught up with the
+    /// WAL.
+    pub fn start(engine: Arc<Engine>, wal: Arc<Wal>) -> Pipeline {
+        assert_eq!(
+            engine.applied_lsn(),
+            wal.last_lsn(),
+            "the engine has replayed the WAL"
+        );
+        let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_MAX);
+        let (applied_tx, applied_seq) = watch::channel(0);
+        let overlay = Arc::new(Mutex::new(Overlay::default()));
+        tokio::spawn(run_applier(
+            engine.clone(),
+            overlay.clone(),
+            apply_rx,
+            applied_tx,
+        ));
+        Pipeline {
+            engine,
+            wal,
+            exec: tokio::sync::Mutex::new(ExecState { seq: 0, apply_tx }),
+            overlay,
+            applied_seq,
+        }
+    }
+
+    /// The engine behind the pipeline (it holds only applied records).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Runs `command` alone against the latest state, sends its effects to
+    /// the WAL, and returns a ticket for its reply. The command must only
+    /// read and push effects: it runs under the write lock.
+    ///
+    /// # Errors
+    ///
+    /// What `command` returns, WAL refusals ([`EngineError::Wal`]: a record
+    /// too large, a failed log), [`EngineError::Stopped`].
+    pub async fn execute<R>(
+        &self,
+        command: impl FnOnce(&mut View<'_>) -> Result<R>,
+    ) -> Result<Ticket<R>> {
+        let mut exec = self.exec.lock().await;
+        let seq = exec.seq + 1;
+        let (reply, effects) = {
+            let mut overlay = lock(&self.overlay);
+            let mut view = View {
+                engine: &self.engine,
+                overlay: &mut overlay,
+                seq,
+                now_ms: now_ms(),
+                effects: Vec::new(),
+                undo: Undo::default(),
+            };
+            let reply = command(&mut view);
+            let (effects, undo) = (view.effects, view.undo);
+            match &reply {
+                Ok(_) if !effects.is_empty() => {
+                    let touched = undo.keys.iter().map(|(k, _)| k.clone()).collect();
+                    overlay.touched.push_back((seq, touched));
+                    (reply, Some((effects, undo)))
+                }
+                _ => {
+                    overlay.undo(undo);
+                    (reply, None)
+                }
+            }
+        };
+        let reply = reply?;
+        let Some((effects, undo)) = effects else {
+            return Ok(Ticket {
+                reply,
+                wait: Wait::Seq(exec.seq, self.applied_seq.clone()),
+            });
+        };
+        let record = WalRecord { mutations: effects };
+        let bytes = Bytes::from(record.encode_to_vec());
+        let pending = match self.wal.enqueue(vec![bytes]).await {
+            Ok(pending) => pending,
+            Err(err) => {
+                // Nothing was queued: take the effects back out of the overlay.
+                let mut overlay = lock(&self.overlay);
+                overlay.touched.pop_back();
+                overlay.undo(undo);
+                return Err(err.into());
+            }
+        };
+        exec.seq = seq;
+        let (done, rx) = oneshot::channel();
+        let job = ApplyJob {
+            seq,
+            record,
+            pending,
+            done,
+        };
+        if exec.apply_tx.send(job).await.is_err() {
+            return Err(EngineError::Stopped("the applier stopped".into()));
+        }
+        Ok(Ticket {
+            reply,
+            wait: Wait::Applied(rx),
+        })
+    }
+
+    /// Deletes up to `limit` keys whose expiry has passed, through the WAL
+    /// (so replicas, which never expire keys themselves, delete them too).
+    /// Returns how many were deleted.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::execute`].
+    pub async fn expire_keys(&self, limit: usize) -> Result<usize> {
+        let candidates = self.engine.expired_keys(now_ms(), limit)?;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let ticket = self
+            .execute(|view| {
+                let mut deleted = 0;
+                for key in candidates {
+                    if view
+                        .entry(&key)?
+                        .is_some_and(|e| e.is_expired(view.now_ms()))
+                    {
+                        view.push(Op::Delete(ferry_proto::v1::Delete { key }))?;
+                        deleted += 1;
+                    }
+                }
+                Ok(deleted)
+            })
+            .await?;
+        ticket.wait().await
+    }
+}
+
+/// Applies records in order as they become durable, many per RocksDB write.
+async fn run_applier(
+    engine: Arc<Engine>,
+    overlay: Arc<Mutex<Overlay>>,
+    mut rx: mpsc::Receiver<ApplyJob>,
+    applied_tx: watch::Sender<u64>,
+) {
+    let mut next: Option<ApplyJob> = None;
+    let mut failure: Option<String> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        if let Some(why) = &failure {
+            let _ = job.done.send(Err(why.clone()));
+            continue;
+        }
+        let mut jobs = Vec::new();
+        let mut outcome = job.pending.durable().await;
+        let mut job = Some((job.seq, job.record, job.done));
+        loop {
+            let (seq, record, done) = job.take().expect("a job");
+            match outcome {
+                Ok(range) => jobs.push((seq, range.first, record, done)),
+                Err(err) => {
+                    failure = Some(err.to_string());
+                    let _ = done.send(Err(err.to_string()));
+                    break;
+                }
+            }
+            // Take the records the same group commit made durable too.
+            match rx.try_recv() {
+                Ok(mut more) => match more.pending.try_durable() {
+                    Some(result) => {
+                        outcome = result;
+                        job = Some((more.seq, more.record, more.done));
+                    }
+                    None => {
+                        next = Some(more);
+                        break;
+                    }
+                },
+                Err(_) => break,
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let records: Vec<(Lsn, WalRecord)> = jobs
+            .iter_mut()
+            .map(|(_, lsn, record, _)| (*lsn, std::mem::take(record)))
+            .collect();
+        let last_seq = jobs.last().map(|j| j.0).expect("jobs");
+        match engine.apply(&records) {
+            Ok(()) => {
+                lock(&overlay).applied(last_seq);
+                applied_tx.send_replace(last_seq);
+                for (_, lsn, _, done) in jobs {
+                    let _ = done.send(Ok(lsn));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "applying durable records failed; the write path stops");
+                let why = format!("applying to the engine failed: {err}");
+                for (_, _, _, done) in jobs {
+                    let _ = done.send(Err(why.clone()));
+                }
+                failure = Some(why);
+            }
+        }
+    }
+}
+
+/// The value of a string entry, for commands that checked the type.
+pub fn string_value(entry: &Entry) -> Option<&Bytes> {
+    match &entry.value {
+        Value::String(s) => Some(s),
+        Value::Hash { .. } => None,
+    }
+}

@@ -1,0 +1,1612 @@
+//! The commands ferry answers, with Redis's replies and errors.
+//!
+//! Three kinds: reads answer from the engine's applied state; writes run in
+//! the write pipeline (reading the latest state, pushing effects); connection
+//! commands act on the connection or the server.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use ferry_engine::{Entry, Value, View};
+use ferry_proto::v1::{self as pb, mutation::Op};
+
+use crate::glob;
+use crate::node::{Node, now_ms};
+use crate::resp::{Reply, parse_i64};
+
+pub type Args = [Bytes];
+type EResult<T> = ferry_engine::Result<T>;
+
+/// How a command is carried out.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    Read(fn(&Node, &Args) -> Reply),
+    Write(fn(&mut View<'_>, &Args) -> EResult<Reply>),
+    Conn(fn(&Node, &mut Conn, &Args) -> Reply),
+}
+
+/// A command's entry in the table: arity as Redis counts it (negative: at
+/// least), flags and key positions for `COMMAND`.
+pub struct Spec {
+    pub name: &'static str,
+    pub arity: i64,
+    pub flags: &'static [&'static str],
+    pub first_key: i64,
+    pub last_key: i64,
+    pub step: i64,
+    pub handler: Handler,
+}
+
+/// A connection's state, as commands see it.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub resp3: bool,
+    pub name: Option<Bytes>,
+    pub authenticated: bool,
+    pub quit: bool,
+}
+
+const W: &[&str] = &["write"];
+const WD: &[&str] = &["write", "denyoom"];
+const R: &[&str] = &["readonly", "fast"];
+const RS: &[&str] = &["readonly"];
+const C: &[&str] = &["fast"];
+
+macro_rules! spec {
+    ($name:literal, $arity:expr, $flags:expr, $fk:expr, $lk:expr, $st:expr, $h:expr) => {
+        Spec {
+            name: $name,
+            arity: $arity,
+            flags: $flags,
+            first_key: $fk,
+            last_key: $lk,
+            step: $st,
+            handler: $h,
+        }
+    };
+}
+
+/// Every command, sorted by name.
+pub static COMMANDS: &[Spec] = &[
+    spec!("append", 3, WD, 1, 1, 1, Handler::Write(append)),
+    spec!(
+        "auth",
+        -2,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(auth)
+    ),
+    spec!(
+        "client",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+        Handler::Conn(client)
+    ),
+    spec!(
+        "command",
+        -1,
+        &["random", "loading", "stale"],
+        0,
+        0,
+        0,
+        Handler::Conn(command)
+    ),
+    spec!(
+        "config",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+        Handler::Conn(config)
+    ),
+    spec!("dbsize", 1, R, 0, 0, 0, Handler::Read(dbsize)),
+    spec!(
+        "debug",
+        -2,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+        Handler::Read(debug)
+    ),
+    spec!("decr", 2, WD, 1, 1, 1, Handler::Write(decr)),
+    spec!("decrby", 3, WD, 1, 1, 1, Handler::Write(decrby)),
+    spec!("del", -2, W, 1, -1, 1, Handler::Write(del)),
+    spec!("echo", 2, C, 0, 0, 0, Handler::Conn(echo)),
+    spec!("exists", -2, R, 1, -1, 1, Handler::Read(exists)),
+    spec!("expire", -3, W, 1, 1, 1, Handler::Write(expire)),
+    spec!("expireat", -3, W, 1, 1, 1, Handler::Write(expireat)),
+    spec!("expiretime", 2, R, 1, 1, 1, Handler::Read(expiretime)),
+    spec!("flushall", -1, W, 0, 0, 0, Handler::Write(flushall)),
+    spec!("flushdb", -1, W, 0, 0, 0, Handler::Write(flushall)),
+    spec!("get", 2, R, 1, 1, 1, Handler::Read(get)),
+    spec!("getdel", 2, W, 1, 1, 1, Handler::Write(getdel)),
+    spec!("getex", -2, W, 1, 1, 1, Handler::Write(getex)),
+    spec!("getrange", 4, RS, 1, 1, 1, Handler::Read(getrange)),
+    spec!("getset", 3, WD, 1, 1, 1, Handler::Write(getset)),
+    spec!("hdel", -3, W, 1, 1, 1, Handler::Write(hdel)),
+    spec!(
+        "hello",
+        -1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(hello)
+    ),
+    spec!("hexists", 3, R, 1, 1, 1, Handler::Read(hexists)),
+    spec!("hget", 3, R, 1, 1, 1, Handler::Read(hget)),
+    spec!("hgetall", 2, RS, 1, 1, 1, Handler::Read(hgetall)),
+    spec!("hincrby", 4, WD, 1, 1, 1, Handler::Write(hincrby)),
+    spec!("hincrbyfloat", 4, WD, 1, 1, 1, Handler::Write(hincrbyfloat)),
+    spec!("hkeys", 2, RS, 1, 1, 1, Handler::Read(hkeys)),
+    spec!("hlen", 2, R, 1, 1, 1, Handler::Read(hlen)),
+    spec!("hmget", -3, R, 1, 1, 1, Handler::Read(hmget)),
+    spec!("hmset", -4, WD, 1, 1, 1, Handler::Write(hmset)),
+    spec!("hscan", -3, RS, 1, 1, 1, Handler::Read(hscan)),
+    spec!("hset", -4, WD, 1, 1, 1, Handler::Write(hset)),
+    spec!("hsetnx", 4, WD, 1, 1, 1, Handler::Write(hsetnx)),
+    spec!("hstrlen", 3, R, 1, 1, 1, Handler::Read(hstrlen)),
+    spec!("hvals", 2, RS, 1, 1, 1, Handler::Read(hvals)),
+    spec!("incr", 2, WD, 1, 1, 1, Handler::Write(incr)),
+    spec!("incrby", 3, WD, 1, 1, 1, Handler::Write(incrby)),
+    spec!("incrbyfloat", 3, WD, 1, 1, 1, Handler::Write(incrbyfloat)),
+    spec!(
+        "info",
+        -1,
+        &["random", "loading", "stale"],
+        0,
+        0,
+        0,
+        Handler::Conn(crate::info::info)
+    ),
+    spec!(
+        "keys",
+        2,
+        &["readonly", "sort_for_script"],
+        0,
+        0,
+        0,
+        Handler::Read(keys)
+    ),
+    spec!("mget", -2, R, 1, -1, 1, Handler::Read(mget)),
+    spec!("mset", -3, WD, 1, -1, 2, Handler::Write(mset)),
+    spec!("msetnx", -3, WD, 1, -1, 2, Handler::Write(msetnx)),
+    spec!("persist", 2, W, 1, 1, 1, Handler::Write(persist)),
+    spec!("pexpire", -3, W, 1, 1, 1, Handler::Write(pexpire)),
+    spec!("pexpireat", -3, W, 1, 1, 1, Handler::Write(pexpireat)),
+    spec!("ping", -1, C, 0, 0, 0, Handler::Conn(ping)),
+    spec!("psetex", 4, WD, 1, 1, 1, Handler::Write(psetex)),
+    spec!("pttl", 2, R, 1, 1, 1, Handler::Read(pttl)),
+    spec!(
+        "quit",
+        -1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(quit)
+    ),
+    spec!("rename", 3, W, 1, 2, 1, Handler::Write(rename)),
+    spec!(
+        "role",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Read(role)
+    ),
+    spec!("scan", -2, RS, 0, 0, 0, Handler::Read(scan)),
+    spec!(
+        "select",
+        2,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(select)
+    ),
+    spec!("set", -3, WD, 1, 1, 1, Handler::Write(set)),
+    spec!("setex", 4, WD, 1, 1, 1, Handler::Write(setex)),
+    spec!("setnx", 3, WD, 1, 1, 1, Handler::Write(setnx)),
+    spec!("setrange", 4, WD, 1, 1, 1, Handler::Write(setrange)),
+    spec!("strlen", 2, R, 1, 1, 1, Handler::Read(strlen)),
+    spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
+    spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
+    spec!("unlink", -2, W, 1, -1, 1, Handler::Write(del)),
+];
+
+/// The table entry of a command name, in any case.
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    let lower = name.to_ascii_lowercase();
+    let lower = std::str::from_utf8(&lower).ok()?;
+    COMMANDS
+        .binary_search_by(|s| s.name.cmp(lower))
+        .ok()
+        .map(|i| &COMMANDS[i])
+}
+
+/// Redis's reply to a command it does not know.
+pub fn unknown_command(args: &Args) -> Reply {
+    let mut text = format!(
+        "unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0])
+            .chars()
+            .take(128)
+            .collect::<String>()
+    );
+    for arg in args[1..].iter().take(16) {
+        text.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(arg)
+                .chars()
+                .take(128)
+                .collect::<String>()
+        ));
+    }
+    Reply::err(text)
+}
+
+pub fn wrong_arity(name: &str) -> Reply {
+    Reply::err(format!("wrong number of arguments for '{name}' command"))
+}
+
+fn syntax_error() -> Reply {
+    Reply::err("syntax error")
+}
+
+fn not_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+fn eq(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
+}
+
+fn int_arg(b: &[u8]) -> Result<i64, Reply> {
+    parse_i64(b).ok_or_else(not_integer)
+}
+
+/// Unwraps a parsed argument or returns its error reply.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reply) => return Ok(reply),
+        }
+    };
+}
+
+/// The same for read handlers, which return a plain [`Reply`].
+macro_rules! tri_read {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reply) => return reply,
+        }
+    };
+}
+
+fn engine_error(err: ferry_engine::EngineError) -> Reply {
+    tracing::error!(error = %err, "engine read failed");
+    Reply::err(format!("storage error: {err}"))
+}
+
+/// A live entry of the applied state.
+fn read_entry(node: &Node, key: &[u8]) -> Result<Option<Entry>, Reply> {
+    node.engine.get(key, now_ms()).map_err(engine_error)
+}
+
+fn read_string(node: &Node, key: &[u8]) -> Result<Option<Bytes>, Reply> {
+    match read_entry(node, key)? {
+        None => Ok(None),
+        Some(Entry {
+            value: Value::String(s),
+            ..
+        }) => Ok(Some(s)),
+        Some(_) => Err(Reply::wrong_type()),
+    }
+}
+
+/// The field count of a live hash, 0 if missing.
+fn read_hash(node: &Node, key: &[u8]) -> Result<u64, Reply> {
+    match read_entry(node, key)? {
+        None => Ok(0),
+        Some(Entry {
+            value: Value::Hash { len },
+            ..
+        }) => Ok(len),
+        Some(_) => Err(Reply::wrong_type()),
+    }
+}
+
+fn view_string(view: &View<'_>, key: &[u8]) -> EResult<Result<Option<(Bytes, u64)>, Reply>> {
+    Ok(match view.get(key)? {
+        None => Ok(None),
+        Some(Entry {
+            value: Value::String(s),
+            expire_at_ms,
+        }) => Ok(Some((s, expire_at_ms))),
+        Some(_) => Err(Reply::wrong_type()),
+    })
+}
+
+/// The hash at `key`: `Ok(None)` if missing, its expiry otherwise.
+fn view_hash(view: &View<'_>, key: &[u8]) -> EResult<Result<Option<u64>, Reply>> {
+    Ok(match view.get(key)? {
+        None => Ok(None),
+        Some(Entry {
+            value: Value::Hash { .. },
+            expire_at_ms,
+        }) => Ok(Some(expire_at_ms)),
+        Some(_) => Err(Reply::wrong_type()),
+    })
+}
+
+fn set_string(view: &mut View<'_>, key: &Bytes, value: Bytes, expire_at_ms: u64) -> EResult<()> {
+    view.push(Op::SetString(pb::SetString {
+        key: key.clone(),
+        value,
+        expire_at_ms,
+    }))
+}
+
+fn delete(view: &mut View<'_>, key: &Bytes) -> EResult<()> {
+    view.push(Op::Delete(pb::Delete { key: key.clone() }))
+}
+
+/// A key that exists but has logically expired is deleted first, as Redis
+/// does when a write touches it, so the deletion reaches the WAL.
+fn reap_expired(view: &mut View<'_>, key: &Bytes) -> EResult<()> {
+    if view
+        .entry(key)?
+        .is_some_and(|e| e.is_expired(view.now_ms()))
+    {
+        delete(view, key)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- strings
+
+fn get(node: &Node, args: &Args) -> Reply {
+    Reply::opt_bulk(tri_read!(read_string(node, &args[1])))
+}
+
+fn mget(node: &Node, args: &Args) -> Reply {
+    let now = now_ms();
+    Reply::Array(
+        args[1..]
+            .iter()
+            .map(|key| match node.engine.get(key, now) {
+                Ok(Some(Entry {
+                    value: Value::String(s),
+                    ..
+                })) => Reply::Bulk(s),
+                _ => Reply::Null,
+            })
+            .collect(),
+    )
+}
+
+fn strlen(node: &Node, args: &Args) -> Reply {
+    Reply::Int(tri_read!(read_string(node, &args[1])).map_or(0, |s| s.len() as i64))
+}
+
+fn getrange(node: &Node, args: &Args) -> Reply {
+    let (start, end) = match (parse_i64(&args[2]), parse_i64(&args[3])) {
+        (Some(s), Some(e)) => (s, e),
+        _ => return not_integer(),
+    };
+    let s = tri_read!(read_string(node, &args[1])).unwrap_or_default();
+    let len = s.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return Reply::bulk_str("");
+    }
+    let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (norm(start), norm(end).min(len - 1));
+    if len == 0 || start > end || start >= len {
+        return Reply::bulk_str("");
+    }
+    Reply::Bulk(s.slice(start as usize..=end as usize))
+}
+
+/// Expiry options of SET and GETEX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// Leave as it is (KEEPTTL, or GETEX without options).
+    Keep,
+    /// Remove (SET without options, GETEX PERSIST).
+    Clear,
+    At(u64),
+}
+
+/// Parses `EX s | PX ms | EXAT s | PXAT ms` at `args[i]`; the absolute
+/// time in ms, or the error for `command`.
+fn expiry_option(args: &Args, i: usize, now: u64, command: &str) -> Result<Option<u64>, Reply> {
+    let opt = &args[i];
+    let unit_ms: i64 = if eq(opt, "ex") || eq(opt, "exat") {
+        1000
+    } else {
+        1
+    };
+    let absolute = eq(opt, "exat") || eq(opt, "pxat");
+    if !(eq(opt, "ex") || eq(opt, "px") || absolute) {
+        return Ok(None);
+    }
+    let value = args.get(i + 1).ok_or_else(syntax_error)?;
+    let n = int_arg(value)?;
+    let invalid = || Reply::err(format!("invalid expire time in '{command}' command"));
+    if n <= 0 {
+        return Err(invalid());
+    }
+    let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
+    let at = if absolute {
+        Some(ms)
+    } else {
+        ms.checked_add(now as i64)
+    };
+    at.map(|at| Some(at as u64)).ok_or_else(invalid)
+}
+
+fn set(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (key, value) = (&args[1], &args[2]);
+    let now = view.now_ms();
+    let (mut nx, mut xx, mut get, mut expiry) = (false, false, false, Expiry::Clear);
+    let mut i = 3;
+    while i < args.len() {
+        let opt = &args[i];
+        if eq(opt, "nx") && !xx {
+            nx = true;
+        } else if eq(opt, "xx") && !nx {
+            xx = true;
+        } else if eq(opt, "get") {
+            get = true;
+        } else if eq(opt, "keepttl") && expiry == Expiry::Clear {
+            expiry = Expiry::Keep;
+        } else if expiry == Expiry::Clear {
+            match tri!(expiry_option(args, i, now, "set")) {
+                Some(at) => {
+                    expiry = Expiry::At(at);
+                    i += 1;
+                }
+                None => return Ok(syntax_error()),
+            }
+        } else {
+            return Ok(syntax_error());
+        }
+        i += 1;
+    }
+    let old = view.get(key)?;
+    let old_string = match &old {
+        Some(Entry {
+            value: Value::String(s),
+            expire_at_ms,
+        }) => Some((s.clone(), *expire_at_ms)),
+        Some(_) if get => return Ok(Reply::wrong_type()),
+        _ => None,
+    };
+    let reply_for = |done: bool| {
+        if get {
+            Reply::opt_bulk(old_string.as_ref().map(|(s, _)| s.clone()))
+        } else if done {
+            Reply::ok()
+        } else {
+            Reply::Null
+        }
+    };
+    if (nx && old.is_some()) || (xx && old.is_none()) {
+        return Ok(reply_for(false));
+    }
+    let expire_at_ms = match expiry {
+        Expiry::Clear => 0,
+        Expiry::Keep => old.as_ref().map_or(0, |e| e.expire_at_ms),
+        Expiry::At(at) => at,
+    };
+    if expire_at_ms != 0 && expire_at_ms <= now {
+        // Set to expire in the past: the key is gone at once.
+        if view.entry(key)?.is_some() {
+            delete(view, key)?;
+        }
+    } else {
+        set_string(view, key, value.clone(), expire_at_ms)?;
+    }
+    Ok(reply_for(true))
+}
+
+fn setnx(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    if view.get(&args[1])?.is_some() {
+        return Ok(Reply::Int(0));
+    }
+    set_string(view, &args[1], args[2].clone(), 0)?;
+    Ok(Reply::Int(1))
+}
+
+fn setex_common(view: &mut View<'_>, args: &Args, unit_ms: i64, command: &str) -> EResult<Reply> {
+    let n = tri!(int_arg(&args[2]));
+    let invalid = || Reply::err(format!("invalid expire time in '{command}' command"));
+    if n <= 0 {
+        return Ok(invalid());
+    }
+    let Some(at) = n
+        .checked_mul(unit_ms)
+        .and_then(|ms| ms.checked_add(view.now_ms() as i64))
+    else {
+        return Ok(invalid());
+    };
+    set_string(view, &args[1], args[3].clone(), at as u64)?;
+    Ok(Reply::ok())
+}
+
+fn setex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    setex_common(view, args, 1000, "setex")
+}
+
+fn psetex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    setex_common(view, args, 1, "psetex")
+}
+
+fn getset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let old = tri!(view_string(view, &args[1])?);
+    set_string(view, &args[1], args[2].clone(), 0)?;
+    Ok(Reply::opt_bulk(old.map(|(s, _)| s)))
+}
+
+fn getdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let old = tri!(view_string(view, &args[1])?);
+    if old.is_some() {
+        delete(view, &args[1])?;
+    }
+    Ok(Reply::opt_bulk(old.map(|(s, _)| s)))
+}
+
+fn getex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let now = view.now_ms();
+    let mut expiry = Expiry::Keep;
+    let mut i = 2;
+    while i < args.len() {
+        if eq(&args[i], "persist") && expiry == Expiry::Keep {
+            expiry = Expiry::Clear;
+        } else if expiry == Expiry::Keep {
+            match tri!(expiry_option(args, i, now, "getex")) {
+                Some(at) => {
+                    expiry = Expiry::At(at);
+                    i += 1;
+                }
+                None => return Ok(syntax_error()),
+            }
+        } else {
+            return Ok(syntax_error());
+        }
+        i += 1;
+    }
+    let Some((value, old_at)) = tri!(view_string(view, &args[1])?) else {
+        return Ok(Reply::Null);
+    };
+    match expiry {
+        Expiry::Keep => {}
+        Expiry::Clear if old_at != 0 => set_expiry(view, &args[1], 0)?,
+        Expiry::Clear => {}
+        Expiry::At(at) if at <= now => delete(view, &args[1])?,
+        Expiry::At(at) => set_expiry(view, &args[1], at)?,
+    }
+    Ok(Reply::Bulk(value))
+}
+
+fn mset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    if args.len() % 2 == 0 {
+        return Ok(wrong_arity("mset"));
+    }
+    for pair in args[1..].chunks(2) {
+        set_string(view, &pair[0], pair[1].clone(), 0)?;
+    }
+    Ok(Reply::ok())
+}
+
+fn msetnx(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    if args.len() % 2 == 0 {
+        return Ok(wrong_arity("msetnx"));
+    }
+    for pair in args[1..].chunks(2) {
+        if view.get(&pair[0])?.is_some() {
+            return Ok(Reply::Int(0));
+        }
+    }
+    for pair in args[1..].chunks(2) {
+        set_string(view, &pair[0], pair[1].clone(), 0)?;
+    }
+    Ok(Reply::Int(1))
+}
+
+fn append(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (key, data) = (&args[1], &args[2]);
+    match tri!(view_string(view, key)?) {
+        Some((old, _)) => {
+            let len = old.len() + data.len();
+            view.push(Op::SetRange(pb::SetRange {
+                key: key.clone(),
+                offset: old.len() as u64,
+                data: data.clone(),
+            }))?;
+            Ok(Reply::Int(len as i64))
+        }
+        None => {
+            reap_expired(view, key)?;
+            set_string(view, key, data.clone(), 0)?;
+            Ok(Reply::Int(data.len() as i64))
+        }
+    }
+}
+
+/// The largest string SETRANGE may build (Redis's default proto-max-bulk-len).
+const STRING_BYTES_MAX: u64 = 512 << 20;
+
+fn setrange(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (key, data) = (&args[1], &args[3]);
+    let offset = tri!(int_arg(&args[2]));
+    if offset < 0 {
+        return Ok(Reply::err("offset is out of range"));
+    }
+    let old = tri!(view_string(view, key)?);
+    let old_len = old.as_ref().map_or(0, |(s, _)| s.len() as u64);
+    if data.is_empty() {
+        return Ok(Reply::Int(old_len as i64));
+    }
+    if offset as u64 + data.len() as u64 > STRING_BYTES_MAX {
+        return Ok(Reply::err(
+            "string exceeds maximum allowed size (proto-max-bulk-len)",
+        ));
+    }
+    if old.is_none() {
+        reap_expired(view, key)?;
+    }
+    view.push(Op::SetRange(pb::SetRange {
+        key: key.clone(),
+        offset: offset as u64,
+        data: data.clone(),
+    }))?;
+    Ok(Reply::Int(
+        old_len.max(offset as u64 + data.len() as u64) as i64
+    ))
+}
+
+fn incr_by(view: &mut View<'_>, key: &Bytes, by: i64) -> EResult<Reply> {
+    let (current, expire_at_ms) = match tri!(view_string(view, key)?) {
+        Some((s, at)) => match parse_i64(&s) {
+            Some(n) => (n, at),
+            None => return Ok(not_integer()),
+        },
+        None => (0, 0),
+    };
+    let Some(new) = current.checked_add(by) else {
+        return Ok(Reply::err("increment or decrement would overflow"));
+    };
+    set_string(view, key, Bytes::from(new.to_string()), expire_at_ms)?;
+    Ok(Reply::Int(new))
+}
+
+fn incr(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    incr_by(view, &args[1], 1)
+}
+
+fn decr(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    incr_by(view, &args[1], -1)
+}
+
+fn incrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let by = tri!(int_arg(&args[2]));
+    incr_by(view, &args[1], by)
+}
+
+fn decrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let by = tri!(int_arg(&args[2]));
+    let Some(by) = by.checked_neg() else {
+        return Ok(Reply::err("decrement would overflow"));
+    };
+    incr_by(view, &args[1], by)
+}
+
+/// A float as Redis reads one: no spaces, not NaN.
+fn parse_float(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return None;
+    }
+    let v: f64 = s.parse().ok()?;
+    (!v.is_nan()).then_some(v)
+}
+
+/// A float as Redis prints INCRBYFLOAT results: shortest round-trip form,
+/// no exponent for ordinary magnitudes.
+fn format_float(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e17 {
+        format!("{}", v as i64)
+    } else {
+        let s = format!("{v}");
+        if s.contains('e') {
+            format!("{v:.17}")
+        } else {
+            s
+        }
+    }
+}
+
+fn incrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let key = &args[1];
+    let Some(by) = parse_float(&args[2]) else {
+        return Ok(Reply::err("value is not a valid float"));
+    };
+    let (current, expire_at_ms) = match tri!(view_string(view, key)?) {
+        Some((s, at)) => match parse_float(&s) {
+            Some(n) => (n, at),
+            None => return Ok(Reply::err("value is not a valid float")),
+        },
+        None => (0.0, 0),
+    };
+    let new = current + by;
+    if !new.is_finite() {
+        return Ok(Reply::err("increment would produce NaN or Infinity"));
+    }
+    let text = Bytes::from(format_float(new));
+    set_string(view, key, text.clone(), expire_at_ms)?;
+    Ok(Reply::Bulk(text))
+}
+
+// ------------------------------------------------------------------- keys
+
+fn del(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let mut deleted = 0;
+    for key in &args[1..] {
+        if let Some(e) = view.entry(key)? {
+            if !e.is_expired(view.now_ms()) {
+                deleted += 1;
+            }
+            delete(view, key)?;
+        }
+    }
+    Ok(Reply::Int(deleted))
+}
+
+fn exists(node: &Node, args: &Args) -> Reply {
+    let now = now_ms();
+    let mut n = 0;
+    for key in &args[1..] {
+        match node.engine.get(key, now) {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => {}
+            Err(e) => return engine_error(e),
+        }
+    }
+    Reply::Int(n)
+}
+
+fn type_(node: &Node, args: &Args) -> Reply {
+    let entry = tri_read!(read_entry(node, &args[1]));
+    Reply::Simple(entry.map_or("none", |e| e.type_name()).into())
+}
+
+fn rename(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (from, to) = (&args[1], &args[2]);
+    let Some(entry) = view.get(from)? else {
+        return Ok(Reply::err("no such key"));
+    };
+    if from == to {
+        return Ok(Reply::ok());
+    }
+    match entry.value {
+        Value::String(s) => {
+            delete(view, from)?;
+            set_string(view, to, s, entry.expire_at_ms)?;
+        }
+        Value::Hash { .. } => {
+            let fields = view.hash_fields(from)?;
+            delete(view, from)?;
+            if view.entry(to)?.is_some() {
+                delete(view, to)?;
+            }
+            view.push(Op::HashSet(pb::HashSet {
+                key: to.clone(),
+                fields: fields
+                    .into_iter()
+                    .map(|(field, value)| pb::FieldValue { field, value })
+                    .collect(),
+            }))?;
+            if entry.expire_at_ms != 0 {
+                set_expiry(view, to, entry.expire_at_ms)?;
+            }
+        }
+    }
+    Ok(Reply::ok())
+}
+
+fn set_expiry(view: &mut View<'_>, key: &Bytes, expire_at_ms: u64) -> EResult<()> {
+    view.push(Op::SetExpiry(pb::SetExpiry {
+        key: key.clone(),
+        expire_at_ms,
+    }))
+}
+
+/// EXPIRE and friends: `unit_ms` per unit, `absolute` for the *AT forms.
+fn expire_common(
+    view: &mut View<'_>,
+    args: &Args,
+    unit_ms: i64,
+    absolute: bool,
+    command: &str,
+) -> EResult<Reply> {
+    let key = &args[1];
+    let n = tri!(int_arg(&args[2]));
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in &args[3..] {
+        if eq(opt, "nx") {
+            nx = true;
+        } else if eq(opt, "xx") {
+            xx = true;
+        } else if eq(opt, "gt") {
+            gt = true;
+        } else if eq(opt, "lt") {
+            lt = true;
+        } else {
+            return Ok(Reply::err(format!(
+                "Unsupported option {}",
+                String::from_utf8_lossy(opt)
+            )));
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Ok(Reply::err(
+            "NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Ok(Reply::err(
+            "GT and LT options at the same time are not compatible",
+        ));
+    }
+    let now = view.now_ms() as i64;
+    let invalid = || Reply::err(format!("invalid expire time in '{command}' command"));
+    let Some(ms) = n.checked_mul(unit_ms) else {
+        return Ok(invalid());
+    };
+    let at = if absolute {
+        Some(ms)
+    } else {
+        ms.checked_add(now)
+    };
+    let Some(at) = at else {
+        return Ok(invalid());
+    };
+    let Some(entry) = view.get(key)? else {
+        return Ok(Reply::Int(0));
+    };
+    let current = entry.expire_at_ms;
+    // A key without expiry counts as expiring never (infinitely late).
+    let applies = !(nx && current != 0
+        || xx && current == 0
+        || gt && (current == 0 || at <= current as i64)
+        || lt && current != 0 && at >= current as i64);
+    if !applies {
+        return Ok(Reply::Int(0));
+    }
+    if at <= now {
+        delete(view, key)?;
+    } else {
+        set_expiry(view, key, at as u64)?;
+    }
+    Ok(Reply::Int(1))
+}
+
+fn expire(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    expire_common(view, args, 1000, false, "expire")
+}
+
+fn pexpire(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    expire_common(view, args, 1, false, "pexpire")
+}
+
+fn expireat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    expire_common(view, args, 1000, true, "expireat")
+}
+
+fn pexpireat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    expire_common(view, args, 1, true, "pexpireat")
+}
+
+fn persist(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    match view.get(&args[1])? {
+        Some(e) if e.expire_at_ms != 0 => {
+            set_expiry(view, &args[1], 0)?;
+            Ok(Reply::Int(1))
+        }
+        _ => Ok(Reply::Int(0)),
+    }
+}
+
+fn ttl_common(node: &Node, args: &Args, unit_ms: u64, absolute: bool) -> Reply {
+    let now = now_ms();
+    match tri_read!(read_entry(node, &args[1])) {
+        None => Reply::Int(-2),
+        Some(e) if e.expire_at_ms == 0 => Reply::Int(-1),
+        Some(e) if absolute => Reply::Int((e.expire_at_ms / unit_ms) as i64),
+        Some(e) => {
+            let left = e.expire_at_ms.saturating_sub(now);
+            Reply::Int(((left + unit_ms / 2) / unit_ms) as i64)
+        }
+    }
+}
+
+fn ttl(node: &Node, args: &Args) -> Reply {
+    ttl_common(node, args, 1000, false)
+}
+
+fn pttl(node: &Node, args: &Args) -> Reply {
+    ttl_common(node, args, 1, false)
+}
+
+fn expiretime(node: &Node, args: &Args) -> Reply {
+    ttl_common(node, args, 1000, true)
+}
+
+fn flushall(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    if let Some(opt) = args.get(1) {
+        if args.len() > 2 || !(eq(opt, "async") || eq(opt, "sync")) {
+            return Ok(syntax_error());
+        }
+    }
+    view.push(Op::FlushAll(pb::FlushAll {}))?;
+    Ok(Reply::ok())
+}
+
+fn dbsize(node: &Node, _args: &Args) -> Reply {
+    Reply::Int(node.engine.key_count() as i64)
+}
+
+fn keys(node: &Node, args: &Args) -> Reply {
+    let pattern = &args[1];
+    let now = now_ms();
+    let mut out = Vec::new();
+    let mut after: Option<Bytes> = None;
+    loop {
+        let (batch, more) = match node.engine.scan(after.as_deref(), 1024, now) {
+            Ok(r) => r,
+            Err(e) => return engine_error(e),
+        };
+        if let Some((last, _)) = batch.last() {
+            after = Some(last.clone());
+        }
+        out.extend(
+            batch
+                .into_iter()
+                .filter(|(k, _)| glob::matches(pattern, k, false))
+                .map(|(k, _)| Reply::Bulk(k)),
+        );
+        if !more {
+            break;
+        }
+    }
+    Reply::Array(out)
+}
+
+/// `MATCH`, `COUNT`, `TYPE` and `NOVALUES` of SCAN and HSCAN.
+struct ScanOptions {
+    pattern: Option<Bytes>,
+    count: usize,
+    type_name: Option<String>,
+    novalues: bool,
+}
+
+fn scan_options(args: &Args, from: usize, allow_type: bool) -> Result<ScanOptions, Reply> {
+    let mut o = ScanOptions {
+        pattern: None,
+        count: 10,
+        type_name: None,
+        novalues: false,
+    };
+    let mut i = from;
+    while i < args.len() {
+        let value = args.get(i + 1);
+        if eq(&args[i], "match") && value.is_some() {
+            o.pattern = value.cloned();
+        } else if eq(&args[i], "count") && value.is_some() {
+            let n = int_arg(value.expect("checked"))?;
+            if n < 1 {
+                return Err(syntax_error());
+            }
+            o.count = n as usize;
+        } else if allow_type && eq(&args[i], "type") && value.is_some() {
+            o.type_name = value.map(|v| String::from_utf8_lossy(v).to_ascii_lowercase());
+        } else if !allow_type && eq(&args[i], "novalues") {
+            o.novalues = true;
+            i += 1;
+            continue;
+        } else {
+            return Err(syntax_error());
+        }
+        i += 2;
+    }
+    Ok(o)
+}
+
+/// The position a cursor stands for: `Ok(None)` for cursor 0.
+fn cursor_position(node: &Node, arg: &[u8]) -> Result<Option<Bytes>, Reply> {
+    let cursor = std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Reply::err("invalid cursor"))?;
+    if cursor == 0 {
+        return Ok(None);
+    }
+    let cursors = node.cursors.lock().unwrap_or_else(|e| e.into_inner());
+    cursors
+        .get(cursor)
+        .map(Some)
+        .ok_or_else(|| Reply::err("invalid cursor"))
+}
+
+fn next_cursor(node: &Node, last: Option<Bytes>) -> Reply {
+    let id = match last {
+        Some(last) => node
+            .cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save(last),
+        None => 0,
+    };
+    Reply::bulk(id.to_string())
+}
+
+fn scan(node: &Node, args: &Args) -> Reply {
+    let after = tri_read!(cursor_position(node, &args[1]));
+    let o = tri_read!(scan_options(args, 2, true));
+    let (batch, more) = match node.engine.scan(after.as_deref(), o.count, now_ms()) {
+        Ok(r) => r,
+        Err(e) => return engine_error(e),
+    };
+    let last = batch.last().map(|(k, _)| k.clone()).or(after);
+    let keys = batch
+        .into_iter()
+        .filter(|(k, _)| {
+            o.pattern
+                .as_ref()
+                .is_none_or(|p| glob::matches(p, k, false))
+        })
+        .filter(|(_, e)| o.type_name.as_deref().is_none_or(|t| e.type_name() == t))
+        .map(|(k, _)| Reply::Bulk(k))
+        .collect();
+    Reply::Array(vec![
+        next_cursor(node, if more { last } else { None }),
+        Reply::Array(keys),
+    ])
+}
+
+// ----------------------------------------------------------------- hashes
+
+fn hset_fields(view: &mut View<'_>, key: &Bytes, pairs: &Args) -> EResult<Result<i64, Reply>> {
+    if let Err(reply) = view_hash(view, key)? {
+        return Ok(Err(reply));
+    }
+    reap_expired(view, key)?;
+    let mut added = 0;
+    let mut seen = std::collections::HashSet::new();
+    let exists = view.get(key)?.is_some();
+    for pair in pairs.chunks(2) {
+        let new_field = !exists || view.hash_field(key, &pair[0])?.is_none();
+        if new_field && seen.insert(pair[0].clone()) {
+            added += 1;
+        }
+    }
+    view.push(Op::HashSet(pb::HashSet {
+        key: key.clone(),
+        fields: pairs
+            .chunks(2)
+            .map(|p| pb::FieldValue {
+                field: p[0].clone(),
+                value: p[1].clone(),
+            })
+            .collect(),
+    }))?;
+    Ok(Ok(added))
+}
+
+fn hset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    if args.len() % 2 != 0 {
+        return Ok(wrong_arity("hset"));
+    }
+    Ok(Reply::Int(tri!(hset_fields(view, &args[1], &args[2..])?)))
+}
+
+fn hmset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    if args.len() % 2 != 0 {
+        return Ok(wrong_arity("hmset"));
+    }
+    tri!(hset_fields(view, &args[1], &args[2..])?);
+    Ok(Reply::ok())
+}
+
+fn hsetnx(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let key = &args[1];
+    if tri!(view_hash(view, key)?).is_some() && view.hash_field(key, &args[2])?.is_some() {
+        return Ok(Reply::Int(0));
+    }
+    tri!(hset_fields(view, key, &args[2..4])?);
+    Ok(Reply::Int(1))
+}
+
+fn hdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let key = &args[1];
+    if tri!(view_hash(view, key)?).is_none() {
+        return Ok(Reply::Int(0));
+    }
+    let mut fields = Vec::new();
+    for field in &args[2..] {
+        if view.hash_field(key, field)?.is_some() && !fields.contains(field) {
+            fields.push(field.clone());
+        }
+    }
+    let n = fields.len() as i64;
+    if n > 0 {
+        view.push(Op::HashDelete(pb::HashDelete {
+            key: key.clone(),
+            fields,
+        }))?;
+    }
+    Ok(Reply::Int(n))
+}
+
+fn hincrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (key, field) = (&args[1], &args[2]);
+    let by = tri!(int_arg(&args[3]));
+    let current = match tri!(view_hash(view, key)?) {
+        Some(_) => match view.hash_field(key, field)? {
+            Some(v) => match parse_i64(&v) {
+                Some(n) => n,
+                None => return Ok(Reply::err("hash value is not an integer")),
+            },
+            None => 0,
+        },
+        None => 0,
+    };
+    let Some(new) = current.checked_add(by) else {
+        return Ok(Reply::err("increment or decrement would overflow"));
+    };
+    tri!(hset_fields(
+        view,
+        key,
+        &[field.clone(), Bytes::from(new.to_string())]
+    )?);
+    Ok(Reply::Int(new))
+}
+
+fn hincrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (key, field) = (&args[1], &args[2]);
+    let Some(by) = parse_float(&args[3]) else {
+        return Ok(Reply::err("value is not a valid float"));
+    };
+    let current = match tri!(view_hash(view, key)?) {
+        Some(_) => match view.hash_field(key, field)? {
+            Some(v) => match parse_float(&v) {
+                Some(n) => n,
+                None => return Ok(Reply::err("hash value is not a float")),
+            },
+            None => 0.0,
+        },
+        None => 0.0,
+    };
+    let new = current + by;
+    if !new.is_finite() {
+        return Ok(Reply::err("increment would produce NaN or Infinity"));
+    }
+    let text = Bytes::from(format_float(new));
+    tri!(hset_fields(view, key, &[field.clone(), text.clone()])?);
+    Ok(Reply::Bulk(text))
+}
+
+fn hget(node: &Node, args: &Args) -> Reply {
+    if tri_read!(read_hash(node, &args[1])) == 0 {
+        return Reply::Null;
+    }
+    match node.engine.hash_field(&args[1], &args[2]) {
+        Ok(v) => Reply::opt_bulk(v),
+        Err(e) => engine_error(e),
+    }
+}
+
+fn hmget(node: &Node, args: &Args) -> Reply {
+    let exists = tri_read!(read_hash(node, &args[1])) > 0;
+    let mut out = Vec::with_capacity(args.len() - 2);
+    for field in &args[2..] {
+        out.push(if exists {
+            match node.engine.hash_field(&args[1], field) {
+                Ok(v) => Reply::opt_bulk(v),
+                Err(e) => return engine_error(e),
+            }
+        } else {
+            Reply::Null
+        });
+    }
+    Reply::Array(out)
+}
+
+fn hash_all(node: &Node, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>, Reply> {
+    if read_hash(node, key)? == 0 {
+        return Ok(Vec::new());
+    }
+    node.engine
+        .hash_fields(key, None, usize::MAX)
+        .map_err(engine_error)
+}
+
+fn hgetall(node: &Node, args: &Args) -> Reply {
+    let fields = tri_read!(hash_all(node, &args[1]));
+    Reply::Map(
+        fields
+            .into_iter()
+            .map(|(f, v)| (Reply::Bulk(f), Reply::Bulk(v)))
+            .collect(),
+    )
+}
+
+fn hkeys(node: &Node, args: &Args) -> Reply {
+    let fields = tri_read!(hash_all(node, &args[1]));
+    Reply::Array(fields.into_iter().map(|(f, _)| Reply::Bulk(f)).collect())
+}
+
+fn hvals(node: &Node, args: &Args) -> Reply {
+    let fields = tri_read!(hash_all(node, &args[1]));
+    Reply::Array(fields.into_iter().map(|(_, v)| Reply::Bulk(v)).collect())
+}
+
+fn hlen(node: &Node, args: &Args) -> Reply {
+    Reply::Int(tri_read!(read_hash(node, &args[1])) as i64)
+}
+
+fn hexists(node: &Node, args: &Args) -> Reply {
+    if tri_read!(read_hash(node, &args[1])) == 0 {
+        return Reply::Int(0);
+    }
+    match node.engine.hash_field(&args[1], &args[2]) {
+        Ok(v) => Reply::Int(i64::from(v.is_some())),
+        Err(e) => engine_error(e),
+    }
+}
+
+fn hstrlen(node: &Node, args: &Args) -> Reply {
+    if tri_read!(read_hash(node, &args[1])) == 0 {
+        return Reply::Int(0);
+    }
+    match node.engine.hash_field(&args[1], &args[2]) {
+        Ok(v) => Reply::Int(v.map_or(0, |v| v.len() as i64)),
+        Err(e) => engine_error(e),
+    }
+}
+
+fn hscan(node: &Node, args: &Args) -> Reply {
+    let key = &args[1];
+    let after = tri_read!(cursor_position(node, &args[2]));
+    let o = tri_read!(scan_options(args, 3, false));
+    if tri_read!(read_hash(node, key)) == 0 {
+        return Reply::Array(vec![Reply::bulk_str("0"), Reply::Array(Vec::new())]);
+    }
+    let batch = match node.engine.hash_fields(key, after.as_deref(), o.count + 1) {
+        Ok(b) => b,
+        Err(e) => return engine_error(e),
+    };
+    let more = batch.len() > o.count;
+    let batch = &batch[..batch.len().min(o.count)];
+    let last = batch.last().map(|(f, _)| f.clone());
+    let mut items = Vec::new();
+    for (f, v) in batch {
+        if o.pattern
+            .as_ref()
+            .is_none_or(|p| glob::matches(p, f, false))
+        {
+            items.push(Reply::Bulk(f.clone()));
+            if !o.novalues {
+                items.push(Reply::Bulk(v.clone()));
+            }
+        }
+    }
+    Reply::Array(vec![
+        next_cursor(node, if more { last } else { None }),
+        Reply::Array(items),
+    ])
+}
+
+// ------------------------------------------------ connection and server
+
+fn ping(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    match args.len() {
+        1 => Reply::Simple("PONG".into()),
+        2 => Reply::Bulk(args[1].clone()),
+        _ => wrong_arity("ping"),
+    }
+}
+
+fn echo(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    Reply::Bulk(args[1].clone())
+}
+
+fn quit(_node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
+    conn.quit = true;
+    Reply::ok()
+}
+
+fn select(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    match parse_i64(&args[1]) {
+        Some(0) => Reply::ok(),
+        Some(_) => Reply::err("DB index is out of range"),
+        None => not_integer(),
+    }
+}
+
+fn check_password(node: &Node, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Reply> {
+    let Some(required) = &node.config.requirepass else {
+        return Err(Reply::err(
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        ));
+    };
+    let user_ok = user.is_none_or(|u| u == b"default");
+    if user_ok && pass == required.as_bytes() {
+        Ok(())
+    } else {
+        Err(Reply::Error(
+            "WRONGPASS invalid username-password pair or user is disabled.".into(),
+        ))
+    }
+}
+
+fn auth(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
+    let result = match args.len() {
+        2 => check_password(node, None, &args[1]),
+        3 => check_password(node, Some(&args[1]), &args[2]),
+        _ => return syntax_error(),
+    };
+    match result {
+        Ok(()) => {
+            conn.authenticated = true;
+            Reply::ok()
+        }
+        Err(reply) => reply,
+    }
+}
+
+fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
+    let mut i = 1;
+    let mut resp3 = conn.resp3;
+    if let Some(version) = args.get(1) {
+        match parse_i64(version) {
+            Some(2) => resp3 = false,
+            Some(3) => resp3 = true,
+            Some(_) => return Reply::Error("NOPROTO unsupported protocol version".into()),
+            None => return Reply::err("Protocol version is not an integer or out of range"),
+        }
+        i = 2;
+    }
+    let mut name = None;
+    while i < args.len() {
+        if eq(&args[i], "auth") && i + 2 < args.len() {
+            if let Err(reply) = check_password(node, Some(&args[i + 1]), &args[i + 2]) {
+                return reply;
+            }
+            conn.authenticated = true;
+            i += 3;
+        } else if eq(&args[i], "setname") && i + 1 < args.len() {
+            name = Some(args[i + 1].clone());
+            i += 2;
+        } else {
+            return Reply::err(format!(
+                "Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&args[i])
+            ));
+        }
+    }
+    if !conn.authenticated {
+        return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
+    }
+    conn.resp3 = resp3;
+    if name.is_some() {
+        conn.name = name;
+    }
+    Reply::Map(vec![
+        (Reply::bulk_str("server"), Reply::bulk_str("redis")),
+        (
+            Reply::bulk_str("version"),
+            Reply::bulk_str(crate::info::REDIS_VERSION),
+        ),
+        (
+            Reply::bulk_str("proto"),
+            Reply::Int(if conn.resp3 { 3 } else { 2 }),
+        ),
+        (Reply::bulk_str("id"), Reply::Int(conn.id as i64)),
+        (Reply::bulk_str("mode"), Reply::bulk_str("standalone")),
+        (Reply::bulk_str("role"), Reply::bulk_str("master")),
+        (Reply::bulk_str("modules"), Reply::Array(Vec::new())),
+    ])
+}
+
+fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match (sub.as_str(), args.len()) {
+        ("setname", 3) => {
+            if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+                return Reply::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            conn.name = (!args[2].is_empty()).then(|| args[2].clone());
+            Reply::ok()
+        }
+        ("getname", 2) => Reply::opt_bulk(conn.name.clone()),
+        ("id", 2) => Reply::Int(conn.id as i64),
+        ("info", 2) => {
+            let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
+            match clients.get(&conn.id) {
+                Some(info) => Reply::bulk(crate::info::client_line(info, conn)),
+                None => Reply::bulk_str(""),
+            }
+        }
+        ("list", 2) => {
+            let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ids: Vec<&u64> = clients.keys().collect();
+            ids.sort();
+            let text: String = ids
+                .into_iter()
+                .map(|id| crate::info::client_line(&clients[id], conn))
+                .collect();
+            Reply::bulk(text)
+        }
+        ("setinfo", 4) => Reply::ok(),
+        _ => Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+fn command_info(spec: &Spec) -> Reply {
+    Reply::Array(vec![
+        Reply::bulk_str(spec.name),
+        Reply::Int(spec.arity),
+        Reply::Array(
+            spec.flags
+                .iter()
+                .map(|f| Reply::Simple((*f).into()))
+                .collect(),
+        ),
+        Reply::Int(spec.first_key),
+        Reply::Int(spec.last_key),
+        Reply::Int(spec.step),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    let sub = args
+        .get(1)
+        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+    match sub.as_deref() {
+        None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
+        Some("count") => Reply::Int(COMMANDS.len() as i64),
+        Some("info") => Reply::Array(
+            args[2..]
+                .iter()
+                .map(|name| lookup(name).map_or(Reply::NullArray, command_info))
+                .collect(),
+        ),
+        Some("docs") => {
+            let specs: Vec<&Spec> = if args.len() > 2 {
+                args[2..].iter().filter_map(|n| lookup(n)).collect()
+            } else {
+                COMMANDS.iter().collect()
+            };
+            Reply::Map(
+                specs
+                    .into_iter()
+                    .map(|s| {
+                        let doc = Reply::Map(vec![
+                            (Reply::bulk_str("summary"), Reply::bulk_str("")),
+                            (Reply::bulk_str("since"), Reply::bulk_str("1.0.0")),
+                            (Reply::bulk_str("group"), Reply::bulk_str("generic")),
+                        ]);
+                        (Reply::bulk_str(s.name), doc)
+                    })
+                    .collect(),
+            )
+        }
+        Some(_) => Reply::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match sub.as_str() {
+        "get" if args.len() >= 3 => {
+            let params = crate::info::config_params(node);
+            let mut out = Vec::new();
+            for (name, value) in &params {
+                if args[2..]
+                    .iter()
+                    .any(|p| glob::matches(p, name.as_bytes(), true))
+                {
+                    out.push((Reply::bulk_str(name), Reply::bulk_str(value)));
+                }
+            }
+            Reply::Map(out)
+        }
+        "set" => {
+            Reply::err("CONFIG SET is not supported: restart ferry serve with the flag instead")
+        }
+        "resetstat" => {
+            let s = &node.stats;
+            for c in [
+                &s.total_commands_processed,
+                &s.total_connections_received,
+                &s.expired_keys,
+            ] {
+                c.store(0, Ordering::Relaxed);
+            }
+            Reply::ok()
+        }
+        _ => Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
+    }
+}
+
+fn role(node: &Node, _args: &Args) -> Reply {
+    Reply::Array(vec![
+        Reply::bulk_str("master"),
+        Reply::Int(node.wal.last_lsn().0 as i64),
+        Reply::Array(Vec::new()),
+    ])
+}
+
+fn debug(node: &Node, args: &Args) -> Reply {
+    if eq(&args[1], "digest") && args.len() == 2 {
+        return match node.engine.digest(now_ms()) {
+            Ok(d) => Reply::Simple(d),
+            Err(e) => engine_error(e),
+        };
+    }
+    Reply::err(format!(
+        "unknown subcommand or wrong number of arguments for '{}'. Try DEBUG HELP.",
+        String::from_utf8_lossy(&args[1])
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_and_lookups_ignore_case() {
+        assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
+        assert_eq!(lookup(b"GeT").map(|s| s.name), Some("get"));
+        assert!(lookup(b"nosuch").is_none());
+    }
+
+    #[test]
+    fn floats_print_like_redis() {
+        assert_eq!(format_float(10.5), "10.5");
+        assert_eq!(format_float(3.0), "3");
+        assert_eq!(format_float(10.6), "10.6");
+        assert_eq!(parse_float(b" 1"), None);
+        assert_eq!(parse_float(b"1e3"), Some(1000.0));
+    }
+}

@@ -1,0 +1,200 @@
+//! INFO, CONFIG GET and CLIENT INFO text, with Redis's field names so that
+//! tools written for Redis read them.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::commands::{Args, Conn};
+use crate::node::{ClientInfo, Node};
+use crate::resp::Reply;
+
+/// The Redis version ferry answers as (`HELLO`, `INFO server`): the command
+/// set and replies follow Redis 7.0.
+pub const REDIS_VERSION: &str = "7.0.0";
+
+/// The sections of a plain `INFO`, in order.
+const DEFAULT_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "keyspace",
+];
+
+pub fn info(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    let wanted: Vec<String> = args[1..]
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .collect();
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| w == "all" || w == "everything" || w == "default");
+    let mut out = String::new();
+    for section in DEFAULT_SECTIONS {
+        if all || wanted.iter().any(|w| w == section) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            section_text(node, section, &mut out);
+        }
+    }
+    Reply::bulk(out)
+}
+
+/// Resident set size of this process, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn section_text(node: &Node, section: &str, out: &mut String) {
+    let stats = &node.stats;
+    let uptime = node.started.elapsed().as_secs();
+    match section {
+        "server" => {
+            let _ = write!(
+                out,
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nferry_version:{}\r\nredis_mode:standalone\r\n\
+                 os:{} {}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\n\
+                 uptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nexecutable:{}\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                std::process::id(),
+                node.run_id,
+                node.resp_port,
+                uptime / 86_400,
+                std::env::current_exe()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        "clients" => {
+            let _ = write!(
+                out,
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n",
+                stats.connected_clients.load(Ordering::Relaxed),
+                node.config.maxclients
+            );
+        }
+        "memory" => {
+            let rss = rss_bytes();
+            let _ = write!(
+                out,
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{:.2}M\r\nused_memory_rss:{rss}\r\n\
+                 used_memory_rss_human:{:.2}M\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n",
+                rss as f64 / 1048576.0,
+                rss as f64 / 1048576.0,
+            );
+        }
+        "persistence" => {
+            let wal = node.wal.stats();
+            let _ = write!(
+                out,
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n\
+                 rdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
+                 appendfsync:{}\r\nwal_first_lsn:{}\r\nwal_last_lsn:{}\r\nwal_durable_lsn:{}\r\n\
+                 wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n",
+                node.config.fsync,
+                node.wal.first_lsn(),
+                node.wal.last_lsn(),
+                node.wal.durable_lsn(),
+                wal.records,
+                wal.frames,
+                wal.syncs,
+                node.engine.applied_lsn(),
+            );
+        }
+        "stats" => {
+            let _ = write!(
+                out,
+                "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+                 rejected_connections:{}\r\nexpired_keys:{}\r\ntotal_net_input_bytes:{}\r\n\
+                 total_net_output_bytes:{}\r\n",
+                stats.total_connections_received.load(Ordering::Relaxed),
+                stats.total_commands_processed.load(Ordering::Relaxed),
+                stats.rejected_connections.load(Ordering::Relaxed),
+                stats.expired_keys.load(Ordering::Relaxed),
+                stats.total_net_input_bytes.load(Ordering::Relaxed),
+                stats.total_net_output_bytes.load(Ordering::Relaxed),
+            );
+        }
+        "replication" => {
+            let _ = write!(
+                out,
+                "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n\
+                 master_replid:{}\r\nmaster_repl_offset:{}\r\n",
+                node.run_id,
+                node.wal.last_lsn()
+            );
+        }
+        "keyspace" => {
+            out.push_str("# Keyspace\r\n");
+            let keys = node.engine.key_count();
+            if keys > 0 {
+                let _ = write!(out, "db0:keys={keys},expires=0,avg_ttl=0\r\n");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The parameters CONFIG GET answers, with their values.
+pub fn config_params(node: &Node) -> Vec<(String, String)> {
+    let c = &node.config;
+    vec![
+        ("appendfsync".into(), c.fsync.to_string()),
+        ("appendonly".into(), "yes".into()),
+        (
+            "client-query-buffer-limit".into(),
+            c.client_query_buffer_limit.to_string(),
+        ),
+        ("databases".into(), "1".into()),
+        ("dir".into(), c.data_dir.display().to_string()),
+        ("maxclients".into(), c.maxclients.to_string()),
+        ("maxmemory".into(), "0".into()),
+        ("port".into(), node.resp_port.to_string()),
+        (
+            "proto-max-bulk-len".into(),
+            c.proto_max_bulk_len.to_string(),
+        ),
+        (
+            "proto-max-multibulk-len".into(),
+            c.proto_max_multibulk_len.to_string(),
+        ),
+        (
+            "requirepass".into(),
+            c.requirepass.clone().unwrap_or_default(),
+        ),
+        ("save".into(), String::new()),
+    ]
+}
+
+/// One line of CLIENT LIST for a connection.
+pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
+    let name = if info.id == conn.id {
+        conn.name.clone()
+    } else {
+        info.name.clone()
+    };
+    format!(
+        "id={} addr={} laddr={} name={} age={} db=0 resp={} cmd={}\n",
+        info.id,
+        info.addr,
+        info.laddr,
+        name.map(|n| String::from_utf8_lossy(&n).into_owned())
+            .unwrap_or_default(),
+        info.connected_at.elapsed().as_secs(),
+        if info.id == conn.id && conn.resp3 {
+            3
+        } else {
+            info.resp
+        },
+        info.last_command,
+    )
+}

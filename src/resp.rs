@@ -1,0 +1,464 @@
+//! The Redis protocol: parsing requests (RESP multibulk and inline) and
+//! encoding replies in RESP2 or RESP3.
+//!
+//! The parser never allocates from a length the client claims: a bulk is
+//! taken once all its bytes have arrived, and the query buffer limit bounds
+//! what may arrive. Protocol errors carry Redis's own text.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Longest inline request, and longest `*`/`$` header line (Redis's
+/// PROTO_INLINE_MAX_SIZE).
+pub const INLINE_BYTES_MAX: usize = 64 * 1024;
+
+/// Limits on what a request may claim.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Largest bulk string (Redis's `proto-max-bulk-len`).
+    pub bulk_bytes_max: usize,
+    /// Most arguments in one request.
+    pub multibulk_len_max: usize,
+}
+
+/// A request the client sent that breaks the protocol: the connection is
+/// answered with this text and closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Protocol error: {}", self.0)
+    }
+}
+
+/// Takes one request off the front of `buf`: `Ok(None)` if more bytes are
+/// needed. Empty requests (a blank line, `*0`, `*-1`) yield an empty vector.
+///
+/// # Errors
+///
+/// [`ProtocolError`] with Redis's text for malformed input.
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: ParseLimits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] == b'*' {
+        parse_multibulk(buf, limits)
+    } else {
+        parse_inline(buf)
+    }
+}
+
+/// The line starting at `from` (without its `\r\n`), and where the next
+/// starts; `None` if no `\n` has arrived yet.
+fn line(buf: &[u8], from: usize) -> Option<(&[u8], usize)> {
+    let nl = buf[from..].iter().position(|&b| b == b'\n')? + from;
+    let end = if nl > from && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    Some((&buf[from..end], nl + 1))
+}
+
+/// A decimal integer as Redis's `string2ll` takes it: an optional minus, no
+/// plus, no spaces, no leading zeros.
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let (neg, digits) = match s[0] {
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        v = if neg {
+            v.checked_mul(10)?.checked_sub(d)?
+        } else {
+            v.checked_mul(10)?.checked_add(d)?
+        };
+    }
+    Some(v)
+}
+
+fn parse_multibulk(
+    buf: &mut BytesMut,
+    limits: ParseLimits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let err = |what: &str| ProtocolError(what.to_owned());
+    let Some((head, mut at)) = line(buf, 1) else {
+        if buf.len() > INLINE_BYTES_MAX {
+            return Err(err("too big mbulk count string"));
+        }
+        return Ok(None);
+    };
+    let count = parse_i64(head).ok_or_else(|| err("invalid multibulk length"))?;
+    if count > limits.multibulk_len_max as i64 {
+        return Err(err("invalid multibulk length"));
+    }
+    if count <= 0 {
+        buf.advance(at);
+        return Ok(Some(Vec::new()));
+    }
+    // Bulk bounds first; the arguments are copied out only once all are here.
+    let mut bounds = Vec::with_capacity((count as usize).min(1024));
+    for _ in 0..count {
+        if at >= buf.len() {
+            return Ok(None);
+        }
+        if buf[at] != b'$' {
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                buf[at] as char
+            )));
+        }
+        let Some((head, next)) = line(buf, at + 1) else {
+            if buf.len() - at > INLINE_BYTES_MAX {
+                return Err(err("too big bulk count string"));
+            }
+            return Ok(None);
+        };
+        let len = parse_i64(head)
+            .filter(|&n| n >= 0 && n as usize <= limits.bulk_bytes_max)
+            .ok_or_else(|| err("invalid bulk length"))? as usize;
+        if buf.len() < next + len + 2 {
+            return Ok(None);
+        }
+        bounds.push((next, next + len));
+        at = next + len + 2;
+    }
+    let frozen = buf.split_to(at).freeze();
+    Ok(Some(
+        bounds
+            .into_iter()
+            .map(|(s, e)| frozen.slice(s..e))
+            .collect(),
+    ))
+}
+
+fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let Some((text, next)) = line(buf, 0) else {
+        if buf.len() > INLINE_BYTES_MAX {
+            return Err(ProtocolError("too big inline request".into()));
+        }
+        return Ok(None);
+    };
+    let args =
+        split_args(text).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
+    buf.advance(next);
+    Ok(Some(args))
+}
+
+/// Splits an inline request as Redis's `sdssplitargs`: spaces separate,
+/// double quotes allow `\n`, `\xHH` and friends, single quotes allow `\'`.
+/// `None` for unbalanced quotes.
+pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            return Some(args);
+        }
+        let mut cur = Vec::new();
+        let (mut in_dq, mut in_sq) = (false, false);
+        loop {
+            if in_dq {
+                if i == line.len() {
+                    return None;
+                }
+                if line[i] == b'\\' && i + 3 < line.len() && line[i + 1] == b'x' {
+                    let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok();
+                    if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        cur.push(b);
+                        i += 4;
+                        continue;
+                    }
+                }
+                if line[i] == b'\\' && i + 1 < line.len() {
+                    i += 1;
+                    cur.push(match line[i] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                } else if line[i] == b'"' {
+                    // A closing quote must be followed by a space or the end.
+                    if i + 1 < line.len() && !line[i + 1].is_ascii_whitespace() {
+                        return None;
+                    }
+                    in_dq = false;
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(line[i]);
+                }
+            } else if in_sq {
+                if i == line.len() {
+                    return None;
+                }
+                if line[i] == b'\\' && i + 1 < line.len() && line[i + 1] == b'\'' {
+                    i += 1;
+                    cur.push(b'\'');
+                } else if line[i] == b'\'' {
+                    if i + 1 < line.len() && !line[i + 1].is_ascii_whitespace() {
+                        return None;
+                    }
+                    in_sq = false;
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(line[i]);
+                }
+            } else {
+                if i == line.len() || line[i].is_ascii_whitespace() {
+                    break;
+                }
+                match line[i] {
+                    b'"' => in_dq = true,
+                    b'\'' => in_sq = true,
+                    b => cur.push(b),
+                }
+            }
+            i += 1;
+        }
+        debug_assert!(!in_dq && !in_sq);
+        args.push(Bytes::from(cur));
+    }
+}
+
+/// A reply, encoded for the connection's protocol version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR ...`: the text includes its prefix (`ERR`, `WRONGTYPE`, ...).
+    Error(String),
+    Int(i64),
+    Bulk(Bytes),
+    /// A missing value: `$-1` in RESP2, `_` in RESP3.
+    Null,
+    /// A missing array: `*-1` in RESP2, `_` in RESP3.
+    NullArray,
+    Array(Vec<Reply>),
+    /// A map in RESP3, a flat array of pairs in RESP2.
+    Map(Vec<(Reply, Reply)>),
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+
+    /// An error with the `ERR` prefix.
+    pub fn err(text: impl std::fmt::Display) -> Reply {
+        Reply::Error(format!("ERR {text}"))
+    }
+
+    pub fn wrong_type() -> Reply {
+        Reply::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
+    }
+
+    pub fn bulk(b: impl Into<Bytes>) -> Reply {
+        Reply::Bulk(b.into())
+    }
+
+    pub fn bulk_str(s: &str) -> Reply {
+        Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    pub fn opt_bulk(b: Option<Bytes>) -> Reply {
+        b.map_or(Reply::Null, Reply::Bulk)
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut BytesMut, resp3: bool) {
+        use std::fmt::Write;
+        match self {
+            Reply::Simple(s) => {
+                out.extend_from_slice(b"+");
+                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Error(s) => {
+                out.extend_from_slice(b"-");
+                // An error is one line.
+                out.extend(
+                    s.bytes()
+                        .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+                );
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Int(n) => {
+                let _ = write!(out, ":{n}\r\n");
+            }
+            Reply::Bulk(b) => {
+                let _ = write!(out, "${}\r\n", b.len());
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Null if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::Null => out.extend_from_slice(b"$-1\r\n"),
+            Reply::NullArray if resp3 => out.extend_from_slice(b"_\r\n"),
+            Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(items) => {
+                let _ = write!(out, "*{}\r\n", items.len());
+                for item in items {
+                    item.encode(out, resp3);
+                }
+            }
+            Reply::Map(pairs) => {
+                if resp3 {
+                    let _ = write!(out, "%{}\r\n", pairs.len());
+                } else {
+                    let _ = write!(out, "*{}\r\n", pairs.len() * 2);
+                }
+                for (k, v) in pairs {
+                    k.encode(out, resp3);
+                    v.encode(out, resp3);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ParseLimits = ParseLimits {
+        bulk_bytes_max: 1024,
+        multibulk_len_max: 1024,
+    };
+
+    fn parse(input: &[u8]) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        parse_request(&mut BytesMut::from(input), LIMITS)
+    }
+
+    fn args(v: &[&str]) -> Vec<Bytes> {
+        v.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn multibulk_requests_parse_whole_or_wait() {
+        let full = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n";
+        assert_eq!(parse(full), Ok(Some(args(&["SET", "k", "hello"]))));
+        for cut in 0..full.len() {
+            assert_eq!(parse(&full[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut two = BytesMut::from(&b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n"[..]);
+        assert!(parse_request(&mut two, LIMITS).unwrap().is_some());
+        assert!(parse_request(&mut two, LIMITS).unwrap().is_some());
+        assert!(two.is_empty());
+    }
+
+    #[test]
+    fn malformed_requests_get_redis_errors() {
+        let e = |s: &str| Err(ProtocolError(s.into()));
+        assert_eq!(parse(b"*3000000000\r\n"), e("invalid multibulk length"));
+        assert_eq!(parse(b"*20000000\r\n"), e("invalid multibulk length"));
+        assert_eq!(parse(b"*abc\r\n"), e("invalid multibulk length"));
+        assert_eq!(
+            parse(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n"),
+            e("expected '$', got 'f'")
+        );
+        assert_eq!(parse(b"*1\r\nfoo\r\n"), e("expected '$', got 'f'"));
+        assert_eq!(
+            parse(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$-10\r\n"),
+            e("invalid bulk length")
+        );
+        assert_eq!(
+            parse(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$2000000000\r\n"),
+            e("invalid bulk length")
+        );
+        assert_eq!(
+            parse(b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$blabla\r\n"),
+            e("invalid bulk length")
+        );
+        assert_eq!(
+            parse(&[b'x'; INLINE_BYTES_MAX + 1]),
+            e("too big inline request")
+        );
+        let mut huge = b"*1\r\n$".to_vec();
+        huge.extend(std::iter::repeat_n(b'1', INLINE_BYTES_MAX + 1));
+        assert_eq!(parse(&huge), e("too big bulk count string"));
+        assert_eq!(
+            parse(b"set \"\"\"test-key\"\"\" test-value\r\n"),
+            e("unbalanced quotes in request")
+        );
+    }
+
+    #[test]
+    fn empty_and_negative_requests_are_skipped() {
+        assert_eq!(parse(b"\r\n"), Ok(Some(vec![])));
+        assert_eq!(parse(b"*-10\r\n"), Ok(Some(vec![])));
+        assert_eq!(parse(b"*0\r\n"), Ok(Some(vec![])));
+    }
+
+    #[test]
+    fn inline_requests_split_like_redis() {
+        assert_eq!(parse(b"PING\r\n"), Ok(Some(args(&["PING"]))));
+        assert_eq!(
+            parse(b"set  k  \"a b\\x41\\n\"\n"),
+            Ok(Some(args(&["set", "k", "a bA\n"])))
+        );
+        assert_eq!(
+            parse(b"echo 'it\\'s'\r\n"),
+            Ok(Some(args(&["echo", "it's"])))
+        );
+    }
+
+    #[test]
+    fn integers_parse_as_string2ll() {
+        assert_eq!(parse_i64(b"123"), Some(123));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"01",
+            b"-0",
+            b"9223372036854775808",
+            b"1.5",
+            b"-",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replies_encode_per_protocol() {
+        let enc = |r: &Reply, resp3| {
+            let mut out = BytesMut::new();
+            r.encode(&mut out, resp3);
+            out.to_vec()
+        };
+        let map = Reply::Map(vec![(Reply::bulk_str("a"), Reply::Int(1))]);
+        assert_eq!(enc(&map, false), b"*2\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(enc(&map, true), b"%1\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(enc(&Reply::Null, false), b"$-1\r\n");
+        assert_eq!(enc(&Reply::Null, true), b"_\r\n");
+        assert_eq!(
+            enc(&Reply::Error("ERR a\r\nb".into()), false),
+            b"-ERR a  b\r\n"
+        );
+    }
+}

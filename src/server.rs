@@ -1,0 +1,303 @@
+//! The RESP server: accepts connections, parses requests, runs commands and
+//! writes replies in order, with pipelined writes in flight together.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ferry_engine::{EngineError, Ticket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::commands::{self, Conn, Handler};
+use crate::node::{ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node};
+use crate::resp::{ParseLimits, Reply, parse_request};
+
+/// Replies a connection may have outstanding before it waits for them.
+pub const PIPELINE_DEPTH_MAX: usize = 1024;
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// How long shutdown waits for connections to finish what they started.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Expiry sweeps in a row at most, before the sweeper sleeps again.
+const EXPIRE_SWEEPS_PER_TICK_MAX: usize = 16;
+
+/// A reply owed to a client, in request order.
+enum Queued {
+    Ready(Reply),
+    Pending(Ticket<Reply>),
+}
+
+fn engine_error_reply(err: EngineError) -> Reply {
+    match err {
+        EngineError::Wal(ferry_wal::WalError::BatchTooLarge { bytes, max }) => Reply::err(format!(
+            "the command's effects ({bytes} bytes) exceed the largest WAL record ({max} bytes)"
+        )),
+        EngineError::Wal(e) => Reply::Error(format!("MISCONF Errors writing to the WAL: {e}")),
+        EngineError::Stopped(why) => {
+            Reply::Error(format!("MISCONF Errors writing to the WAL: {why}"))
+        }
+        other => Reply::err(other),
+    }
+}
+
+/// Runs the RESP server until `shutdown` resolves: then stops accepting,
+/// lets every connection finish the requests it has read, and syncs the WAL.
+///
+/// # Errors
+///
+/// The final WAL sync failing.
+pub async fn run(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let sweeper = tokio::spawn(expire_sweeper(node.clone(), stop_rx.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (socket, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                node.stats.total_connections_received.fetch_add(1, Ordering::Relaxed);
+                if node.stats.connected_clients.load(Ordering::Relaxed) as usize >= node.config.maxclients {
+                    node.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    let mut socket = socket;
+                    let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                    continue;
+                }
+                connections.spawn(connection(node.clone(), socket, addr.to_string(), stop_rx.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "connections still busy after the grace period"
+        );
+        connections.abort_all();
+    }
+    let _ = sweeper.await;
+    let durable = node.wal.sync().await?;
+    tracing::info!(durable_lsn = %durable, "WAL synced; bye");
+    Ok(())
+}
+
+async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(EXPIRE_SWEEP_INTERVAL) => {}
+        }
+        for _ in 0..EXPIRE_SWEEPS_PER_TICK_MAX {
+            match node.pipeline.expire_keys(EXPIRE_SWEEP_KEYS_MAX).await {
+                Ok(n) => {
+                    node.stats
+                        .expired_keys
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    if n < EXPIRE_SWEEP_KEYS_MAX {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "active expiry failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Awaits every queued reply in order and encodes it.
+async fn drain(queue: &mut VecDeque<Queued>, out: &mut BytesMut, resp3: bool) {
+    while let Some(item) = queue.pop_front() {
+        let reply = match item {
+            Queued::Ready(reply) => reply,
+            Queued::Pending(ticket) => ticket.wait().await.unwrap_or_else(engine_error_reply),
+        };
+        reply.encode(out, resp3);
+    }
+}
+
+async fn connection(
+    node: Arc<Node>,
+    mut socket: TcpStream,
+    addr: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let id = node.next_client_id();
+    let laddr = socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut conn = Conn {
+        id,
+        resp3: false,
+        name: None,
+        authenticated: node.config.requirepass.is_none(),
+        quit: false,
+    };
+    node.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
+    node.clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            id,
+            ClientInfo {
+                id,
+                addr,
+                laddr,
+                name: None,
+                connected_at: Instant::now(),
+                resp: 2,
+                last_command: "NULL".into(),
+            },
+        );
+    let limits = ParseLimits {
+        bulk_bytes_max: node.config.proto_max_bulk_len,
+        multibulk_len_max: node.config.proto_max_multibulk_len,
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut queue = VecDeque::new();
+    'serve: loop {
+        buf.reserve(READ_CHUNK_BYTES);
+        let read = tokio::select! {
+            r = socket.read_buf(&mut buf) => r,
+            _ = stop.changed() => break,
+        };
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                node.stats
+                    .total_net_input_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        if buf.len() > node.config.client_query_buffer_limit {
+            tracing::warn!(
+                client = id,
+                bytes = buf.len(),
+                "closing a client over the query buffer limit"
+            );
+            break;
+        }
+        let mut last_command = None;
+        loop {
+            let args = match parse_request(&mut buf, limits) {
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => args,
+                Ok(None) => break,
+                Err(e) => {
+                    drain(&mut queue, &mut out, conn.resp3).await;
+                    Reply::err(&e).encode(&mut out, conn.resp3);
+                    let _ = socket.write_all(&out).await;
+                    break 'serve;
+                }
+            };
+            node.stats
+                .total_commands_processed
+                .fetch_add(1, Ordering::Relaxed);
+            let reply = dispatch(&node, &mut conn, &args, &mut queue, &mut out).await;
+            if let Some(reply) = reply {
+                queue.push_back(reply);
+            }
+            last_command = Some(args[0].clone());
+            if conn.quit {
+                break;
+            }
+            if queue.len() >= PIPELINE_DEPTH_MAX {
+                drain(&mut queue, &mut out, conn.resp3).await;
+            }
+        }
+        drain(&mut queue, &mut out, conn.resp3).await;
+        if let Some(cmd) = last_command {
+            if let Some(info) = node
+                .clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&id)
+            {
+                info.last_command = String::from_utf8_lossy(&cmd).to_ascii_lowercase();
+                info.name = conn.name.clone();
+                info.resp = if conn.resp3 { 3 } else { 2 };
+            }
+        }
+        if !out.is_empty() {
+            node.stats
+                .total_net_output_bytes
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            if socket.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if conn.quit || *stop.borrow() {
+            break;
+        }
+    }
+    node.clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    node.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Runs one request; what to queue as its reply.
+async fn dispatch(
+    node: &Node,
+    conn: &mut Conn,
+    args: &[bytes::Bytes],
+    queue: &mut VecDeque<Queued>,
+    out: &mut BytesMut,
+) -> Option<Queued> {
+    let Some(spec) = commands::lookup(&args[0]) else {
+        return Some(Queued::Ready(commands::unknown_command(args)));
+    };
+    let argc = args.len() as i64;
+    if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
+        return Some(Queued::Ready(commands::wrong_arity(spec.name)));
+    }
+    if !conn.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+        return Some(Queued::Ready(Reply::Error(
+            "NOAUTH Authentication required.".into(),
+        )));
+    }
+    match spec.handler {
+        Handler::Write(f) => match node.pipeline.execute(|view| f(view, args)).await {
+            Ok(ticket) => Some(Queued::Pending(ticket)),
+            Err(e) => Some(Queued::Ready(engine_error_reply(e))),
+        },
+        Handler::Read(f) => {
+            // A read follows the writes before it on this connection.
+            drain(queue, out, conn.resp3).await;
+            Some(Queued::Ready(f(node, args)))
+        }
+        Handler::Conn(f) => {
+            drain(queue, out, conn.resp3).await;
+            Some(Queued::Ready(f(node, conn, args)))
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! Every command against its Redis semantics, through a real Redis client
+//! talking to a real `ferry serve` on a loopback port.
+
+mod common;
+
+use common::*;
+use redis::Value as V;
+
+fn bulk(s: &str) -> V {
+    V::BulkString(s.as_bytes().to_vec())
+}
+
+fn ok() -> V {
+    V::Okay
+}
+
+fn start() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &["--fsync", "always"]);
+    (dir, server)
+}
+
+#[test]
+fn strings_behave_as_in_redis() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    assert_eq!(raw(c, &["SET", "k", "v"]), ok());
+    assert_eq!(raw(c, &["GET", "k"]), bulk("v"));
+    assert_eq!(raw(c, &["GET", "missing"]), V::Nil);
+    assert_eq!(raw(c, &["SET", "k", "v2", "NX"]), V::Nil);
+    assert_eq!(raw(c, &["SET", "k2", "v", "XX"]), V::Nil);
+    assert_eq!(raw(c, &["SET", "k", "v3", "XX", "GET"]), bulk("v"));
+    assert_eq!(raw(c, &["SET", "new", "x", "GET"]), V::Nil);
+    assert_eq!(raw(c, &["GET", "new"]), bulk("x"));
+    assert_eq!(error(c, &["SET", "k", "v", "NX", "XX"]), "ERR syntax error");
+    assert_eq!(
+        error(c, &["SET", "k", "v", "EX", "0"]),
+        "ERR invalid expire time in 'set' command"
+    );
+    assert_eq!(
+        error(c, &["SET", "k", "v", "EX", "abc"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(
+        error(c, &["SET", "k", "v", "EX", "10", "PX", "10"]),
+        "ERR syntax error"
+    );
+    assert_eq!(raw(c, &["SETNX", "k", "z"]), V::Int(0));
+    assert_eq!(raw(c, &["SETNX", "nx", "z"]), V::Int(1));
+    assert_eq!(raw(c, &["GETSET", "nx", "y"]), bulk("z"));
+    assert_eq!(raw(c, &["GETDEL", "nx"]), bulk("y"));
+    assert_eq!(raw(c, &["EXISTS", "nx"]), V::Int(0));
+    assert_eq!(raw(c, &["MSET", "a", "1", "b", "2"]), ok());
+    assert_eq!(
+        raw(c, &["MGET", "a", "b", "nope"]),
+        V::Array(vec![bulk("1"), bulk("2"), V::Nil])
+    );
+    assert_eq!(
+        error(c, &["MSET", "a", "1", "b"]),
+        "ERR wrong number of arguments for 'mset' command"
+    );
+    assert_eq!(raw(c, &["MSETNX", "a", "9", "fresh", "1"]), V::Int(0));
+    assert_eq!(raw(c, &["EXISTS", "fresh"]), V::Int(0));
+    assert_eq!(raw(c, &["MSETNX", "fresh", "1", "fresh2", "2"]), V::Int(1));
+    assert_eq!(raw(c, &["APPEND", "ap", "Hello"]), V::Int(5));
+    assert_eq!(raw(c, &["APPEND", "ap", " World"]), V::Int(11));
+    assert_eq!(raw(c, &["GET", "ap"]), bulk("Hello World"));
+    assert_eq!(raw(c, &["STRLEN", "ap"]), V::Int(11));
+    assert_eq!(raw(c, &["STRLEN", "nope"]), V::Int(0));
+    assert_eq!(raw(c, &["GETRANGE", "ap", "0", "4"]), bulk("Hello"));
+    assert_eq!(raw(c, &["GETRANGE", "ap", "-5", "-1"]), bulk("World"));
+    assert_eq!(raw(c, &["GETRANGE", "ap", "5", "3"]), bulk(""));
+    assert_eq!(raw(c, &["GETRANGE", "ap", "0", "100"]), bulk("Hello World"));
+    assert_eq!(raw(c, &["SETRANGE", "ap", "6", "Redis"]), V::Int(11));
+    assert_eq!(raw(c, &["GET", "ap"]), bulk("Hello Redis"));
+    assert_eq!(raw(c, &["SETRANGE", "pad", "3", "x"]), V::Int(4));
+    assert_eq!(raw(c, &["GET", "pad"]), V::BulkString(b"\0\0\0x".to_vec()));
+    assert_eq!(raw(c, &["SETRANGE", "empty", "5", ""]), V::Int(0));
+    assert_eq!(raw(c, &["EXISTS", "empty"]), V::Int(0));
+    assert_eq!(
+        error(c, &["SETRANGE", "ap", "-1", "x"]),
+        "ERR offset is out of range"
+    );
+}
+
+#[test]
+fn counters_behave_as_in_redis() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    assert_eq!(raw(c, &["INCR", "n"]), V::Int(1));
+    assert_eq!(raw(c, &["INCRBY", "n", "41"]), V::Int(42));
+    assert_eq!(raw(c, &["DECR", "n"]), V::Int(41));
+    assert_eq!(raw(c, &["DECRBY", "n", "40"]), V::Int(1));
+    assert_eq!(raw(c, &["SET", "s", "abc"]), ok());
+    assert_eq!(
+        error(c, &["INCR", "s"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(raw(c, &["SET", "sp", " 1"]), ok());
+    assert_eq!(
+        error(c, &["INCR", "sp"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(raw(c, &["SET", "max", "9223372036854775807"]), ok());
+    assert_eq!(
+        error(c, &["INCR", "max"]),
+        "ERR increment or decrement would overflow"
+    );
+    assert_eq!(
+        error(c, &["INCRBY", "n", "x"]),
+        "ERR value is not an integer or out of range"
+    );
+    assert_eq!(raw(c, &["SET", "f", "10.50"]), ok());
+    assert_eq!(raw(c, &["INCRBYFLOAT", "f", "0.1"]), bulk("10.6"));
+    assert_eq!(raw(c, &["INCRBYFLOAT", "f", "-5"]), bulk("5.6"));
+    assert_eq!(raw(c, &["INCRBYFLOAT", "g", "3"]), bulk("3"));
+    assert_eq!(
+        error(c, &["INCRBYFLOAT", "s", "1"]),
+        "ERR value is not a valid float"
+    );
+    // INCR keeps the TTL.
+    assert_eq!(raw(c, &["SET", "t", "1", "EX", "100"]), ok());
+    assert_eq!(raw(c, &["INCR", "t"]), V::Int(2));
+    let V::Int(ttl) = raw(c, &["TTL", "t"]) else {
+        panic!()
+    };
+    assert!((99..=100).contains(&ttl), "{ttl}");
+}
+
+#[test]
+fn keys_and_expiry_behave_as_in_redis() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    assert_eq!(raw(c, &["MSET", "a", "1", "b", "2", "c", "3"]), ok());
+    assert_eq!(raw(c, &["DEL", "a", "b", "zz"]), V::Int(2));
+    assert_eq!(raw(c, &["UNLINK", "c"]), V::Int(1));
+    assert_eq!(raw(c, &["SET", "k", "v"]), ok());
+    assert_eq!(raw(c, &["EXISTS", "k", "k", "no"]), V::Int(2));
+    assert_eq!(raw(c, &["TYPE", "k"]), V::SimpleString("string".into()));
+    assert_eq!(raw(c, &["TYPE", "no"]), V::SimpleString("none".into()));
+    assert_eq!(raw(c, &["TTL", "k"]), V::Int(-1));
+    assert_eq!(raw(c, &["TTL", "no"]), V::Int(-2));
+    assert_eq!(raw(c, &["PTTL", "no"]), V::Int(-2));
+    assert_eq!(raw(c, &["EXPIRETIME", "k"]), V::Int(-1));
+    assert_eq!(raw(c, &["EXPIRE", "k", "100"]), V::Int(1));
+    let V::Int(ttl) = raw(c, &["TTL", "k"]) else {
+        panic!()
+    };
+    assert!((99..=100).contains(&ttl));
+    let V::Int(pttl) = raw(c, &["PTTL", "k"]) else {
+        panic!()
+    };
+    assert!(pttl > 98_000 && pttl <= 100_000);
+    assert_eq!(raw(c, &["EXPIRE", "k", "50", "GT"]), V::Int(0));
+    assert_eq!(raw(c, &["EXPIRE", "k", "200", "GT"]), V::Int(1));
+    assert_eq!(raw(c, &["EXPIRE", "k", "300", "LT"]), V::Int(0));
+    assert_eq!(raw(c, &["EXPIRE", "k", "300", "NX"]), V::Int(0));
+    assert_eq!(raw(c, &["EXPIRE", "k", "300", "XX"]), V::Int(1));
+    assert_eq!(
+        error(c, &["EXPIRE", "k", "1", "NX", "XX"]),
+        "ERR NX and XX, GT or LT options at the same time are not compatible"
+    );
+    assert_eq!(
+        error(c, &["EXPIRE", "k", "1", "GT", "LT"]),
+        "ERR GT and LT options at the same time are not compatible"
+    );
+    assert_eq!(raw(c, &["PERSIST", "k"]), V::Int(1));
+    assert_eq!(raw(c, &["PERSIST", "k"]), V::Int(0));
+    assert_eq!(raw(c, &["TTL", "k"]), V::Int(-1));
+    // GT never applies to a key without expiry; LT always does.
+    assert_eq!(raw(c, &["EXPIRE", "k", "100", "GT"]), V::Int(0));
+    assert_eq!(raw(c, &["EXPIRE", "k", "100", "LT"]), V::Int(1));
+    assert_eq!(raw(c, &["EXPIRE", "missing", "100"]), V::Int(0));
+    assert_eq!(raw(c, &["EXPIREAT", "k", "4102444800"]), V::Int(1));
+    assert_eq!(raw(c, &["EXPIRETIME", "k"]), V::Int(4_102_444_800));
+    assert_eq!(raw(c, &["PEXPIREAT", "k", "4102444800123"]), V::Int(1));
+    assert_eq!(raw(c, &["EXPIRETIME", "k"]), V::Int(4_102_444_800));
+    // A time in the past deletes the key.
+    assert_eq!(raw(c, &["EXPIRE", "k", "-1"]), V::Int(1));
+    assert_eq!(raw(c, &["EXISTS", "k"]), V::Int(0));
+    assert_eq!(raw(c, &["SET", "p", "v", "PX", "1"]), ok());
+    assert_eq!(raw(c, &["SET", "q", "v", "EXAT", "1"]), ok());
+    assert_eq!(raw(c, &["GET", "q"]), V::Nil);
+    // A short TTL: the key is hidden once it passes (waited for, bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while raw(c, &["GET", "p"]) != V::Nil {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(raw(c, &["PEXPIRE", "never", "10"]), V::Int(0));
+    // SET clears the TTL unless KEEPTTL.
+    assert_eq!(raw(c, &["SET", "t", "v", "EX", "100"]), ok());
+    assert_eq!(raw(c, &["SET", "t", "v2", "KEEPTTL"]), ok());
+    assert!(matches!(raw(c, &["TTL", "t"]), V::Int(n) if n > 0));
+    assert_eq!(raw(c, &["SET", "t", "v3"]), ok());
+    assert_eq!(raw(c, &["TTL", "t"]), V::Int(-1));
+    // GETEX.
+    assert_eq!(raw(c, &["GETEX", "t", "EX", "100"]), bulk("v3"));
+    assert!(matches!(raw(c, &["TTL", "t"]), V::Int(n) if n > 0));
+    assert_eq!(raw(c, &["GETEX", "t", "PERSIST"]), bulk("v3"));
+    assert_eq!(raw(c, &["TTL", "t"]), V::Int(-1));
+    assert_eq!(raw(c, &["GETEX", "nope"]), V::Nil);
+    // RENAME keeps value and TTL.
+    assert_eq!(raw(c, &["SET", "r1", "v", "EX", "100"]), ok());
+    assert_eq!(raw(c, &["RENAME", "r1", "r2"]), ok());
+    assert_eq!(raw(c, &["GET", "r2"]), bulk("v"));
+    assert!(matches!(raw(c, &["TTL", "r2"]), V::Int(n) if n > 0));
+    assert_eq!(raw(c, &["EXISTS", "r1"]), V::Int(0));
+    assert_eq!(error(c, &["RENAME", "r1", "r3"]), "ERR no such key");
+}
+
+#[test]
+fn hashes_behave_as_in_redis() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    assert_eq!(raw(c, &["HSET", "h", "a", "1", "b", "2"]), V::Int(2));
+    assert_eq!(raw(c, &["HSET", "h", "a", "10", "c", "3"]), V::Int(1));
+    assert_eq!(raw(c, &["HGET", "h", "a"]), bulk("10"));
+    assert_eq!(raw(c, &["HGET", "h", "zz"]), V::Nil);
+    assert_eq!(raw(c, &["HGET", "nokey", "a"]), V::Nil);
+    assert_eq!(raw(c, &["HLEN", "h"]), V::Int(3));
+    assert_eq!(
+        raw(c, &["HMGET", "h", "a", "x", "c"]),
+        V::Array(vec![bulk("10"), V::Nil, bulk("3")])
+    );
+    assert_eq!(
+        raw(c, &["HGETALL", "h"]),
+        V::Array(vec![
+            bulk("a"),
+            bulk("10"),
+            bulk("b"),
+            bulk("2"),
+            bulk("c"),
+            bulk("3")
+        ])
+    );
+    assert_eq!(
+        raw(c, &["HKEYS", "h"]),
+        V::Array(vec![bulk("a"), bulk("b"), bulk("c")])
+    );
+    assert_eq!(
+        raw(c, &["HVALS", "h"]),
+        V::Array(vec![bulk("10"), bulk("2"), bulk("3")])
+    );
+    assert_eq!(raw(c, &["HEXISTS", "h", "b"]), V::Int(1));
+    assert_eq!(raw(c, &["HEXISTS", "h", "x"]), V::Int(0));
+    assert_eq!(raw(c, &["HSTRLEN", "h", "a"]), V::Int(2));
+    assert_eq!(raw(c, &["HSETNX", "h", "a", "x"]), V::Int(0));
+    assert_eq!(raw(c, &["HSETNX", "h", "d", "4"]), V::Int(1));
+    assert_eq!(raw(c, &["HDEL", "h", "d", "d", "zz"]), V::Int(1));
+    assert_eq!(raw(c, &["HINCRBY", "h", "a", "5"]), V::Int(15));
+    assert_eq!(raw(c, &["HINCRBY", "h", "new", "-2"]), V::Int(-2));
+    assert_eq!(raw(c, &["HINCRBYFLOAT", "h", "fl", "1.5"]), bulk("1.5"));
+    assert_eq!(raw(c, &["HSET", "h", "txt", "abc"]), V::Int(1));
+    assert_eq!(
+        error(c, &["HINCRBY", "h", "txt", "1"]),
+        "ERR hash value is not an integer"
+    );
+    assert_eq!(
+        error(c, &["HINCRBYFLOAT", "h", "txt", "1"]),
+        "ERR hash value is not a float"
+    );
+    assert_eq!(
+        error(c, &["HSET", "h", "a"]),
+        "ERR wrong number of arguments for 'hset' command"
+    );
+    assert_eq!(raw(c, &["TYPE", "h"]), V::SimpleString("hash".into()));
+    // Wrong types, both ways.
+    assert_eq!(raw(c, &["SET", "s", "v"]), ok());
+    let wrongtype = "WRONGTYPE Operation against a key holding the wrong kind of value";
+    for args in [
+        &["HSET", "s", "f", "v"][..],
+        &["HGET", "s", "f"],
+        &["HGETALL", "s"],
+        &["HLEN", "s"],
+        &["HDEL", "s", "f"],
+        &["HINCRBY", "s", "f", "1"],
+        &["GET", "h"],
+        &["APPEND", "h", "x"],
+        &["INCR", "h"],
+        &["GETSET", "h", "v"],
+        &["SET", "h", "v", "GET"],
+        &["STRLEN", "h"],
+    ] {
+        assert_eq!(error(c, args), wrongtype, "{args:?}");
+    }
+    // SET over a hash replaces it, fields and all.
+    assert_eq!(raw(c, &["SET", "h", "plain"]), ok());
+    assert_eq!(raw(c, &["GET", "h"]), bulk("plain"));
+    assert_eq!(error(c, &["HGET", "h", "a"]), wrongtype);
+    assert_eq!(raw(c, &["DEL", "h"]), V::Int(1));
+    assert_eq!(raw(c, &["HSET", "h", "only", "1"]), V::Int(1));
+    assert_eq!(
+        raw(c, &["HGETALL", "h"]),
+        V::Array(vec![bulk("only"), bulk("1")])
+    );
+    assert_eq!(raw(c, &["HSET", "h2", "x", "1"]), V::Int(1));
+    assert_eq!(raw(c, &["HDEL", "h2", "x"]), V::Int(1));
+    assert_eq!(raw(c, &["EXISTS", "h2"]), V::Int(0));
+    // RENAME of a hash moves its fields.
+    assert_eq!(raw(c, &["HSET", "src", "f1", "v1", "f2", "v2"]), V::Int(2));
+    assert_eq!(raw(c, &["RENAME", "src", "dst"]), ok());
+    assert_eq!(
+        raw(c, &["HGETALL", "dst"]),
+        V::Array(vec![bulk("f1"), bulk("v1"), bulk("f2"), bulk("v2")])
+    );
+    assert_eq!(raw(c, &["HLEN", "src"]), V::Int(0));
+    // HSCAN returns every field across calls.
+    for i in 0..50 {
+        raw(c, &["HSET", "big", &format!("f{i:02}"), &i.to_string()]);
+    }
+    let mut cursor = "0".to_string();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let V::Array(parts) = raw(c, &["HSCAN", "big", &cursor, "COUNT", "7"]) else {
+            panic!()
+        };
+        let V::BulkString(next) = &parts[0] else {
+            panic!()
+        };
+        let V::Array(items) = &parts[1] else { panic!() };
+        seen.extend(items.chunks(2).map(|p| p[0].clone()));
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0");
+    assert_eq!(seen.len(), 50);
+    let V::Array(parts) = raw(c, &["HSCAN", "big", "0", "MATCH", "f1*", "COUNT", "100"]) else {
+        panic!()
+    };
+    let V::Array(items) = &parts[1] else { panic!() };
+    assert_eq!(items.len(), 20);
+}
+
+#[test]
+fn scan_keys_and_dbsize_cover_the_keyspace() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    for i in 0..120 {
+        raw(c, &["SET", &format!("user:{i}"), "x"]);
+    }
+    raw(c, &["HSET", "user:h", "f", "v"]);
+    assert_eq!(raw(c, &["DBSIZE"]), V::Int(121));
+    let V::Array(keys) = raw(c, &["KEYS", "user:1?"]) else {
+        panic!()
+    };
+    assert_eq!(keys.len(), 10);
+    let mut cursor = "0".to_string();
+    let mut all = std::collections::BTreeSet::new();
+    let mut hashes = 0;
+    for _ in 0..1000 {
+        let V::Array(parts) = raw(c, &["SCAN", &cursor, "COUNT", "17"]) else {
+            panic!()
+        };
+        let (V::BulkString(next), V::Array(items)) = (&parts[0], &parts[1]) else {
+            panic!()
+        };
+        all.extend(items.iter().cloned().map(|v| format!("{v:?}")));
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(all.len(), 121);
+    loop {
+        let V::Array(parts) = raw(c, &["SCAN", &cursor, "TYPE", "hash", "COUNT", "1000"]) else {
+            panic!()
+        };
+        let (V::BulkString(next), V::Array(items)) = (&parts[0], &parts[1]) else {
+            panic!()
+        };
+        hashes += items.len();
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(hashes, 1);
+    assert_eq!(error(c, &["SCAN", "12345678"]), "ERR invalid cursor");
+    assert_eq!(raw(c, &["FLUSHALL"]), ok());
+    assert_eq!(raw(c, &["DBSIZE"]), V::Int(0));
+    assert_eq!(raw(c, &["GET", "user:1"]), V::Nil);
+    raw(c, &["SET", "after", "1"]);
+    assert_eq!(raw(c, &["FLUSHDB"]), ok());
+    assert_eq!(raw(c, &["DBSIZE"]), V::Int(0));
+}
+
+#[test]
+fn connection_and_server_commands_answer_like_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &["--requirepass", "sesame"]);
+    let c = &mut server.client();
+    assert_eq!(error(c, &["GET", "k"]), "NOAUTH Authentication required.");
+    assert_eq!(
+        error(c, &["AUTH", "wrong"]),
+        "WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(raw(c, &["AUTH", "sesame"]), ok());
+    assert_eq!(raw(c, &["PING"]), V::SimpleString("PONG".into()));
+    assert_eq!(raw(c, &["PING", "hi"]), bulk("hi"));
+    assert_eq!(raw(c, &["ECHO", "hey"]), bulk("hey"));
+    assert_eq!(raw(c, &["SELECT", "0"]), ok());
+    assert_eq!(error(c, &["SELECT", "1"]), "ERR DB index is out of range");
+    assert_eq!(raw(c, &["CLIENT", "SETNAME", "me"]), ok());
+    assert_eq!(raw(c, &["CLIENT", "GETNAME"]), bulk("me"));
+    let V::Int(id) = raw(c, &["CLIENT", "ID"]) else {
+        panic!()
+    };
+    let V::BulkString(info) = raw(c, &["CLIENT", "INFO"]) else {
+        panic!()
+    };
+    let info = String::from_utf8(info).unwrap();
+    assert!(
+        info.contains(&format!("id={id} ")) && info.contains("name=me"),
+        "{info}"
+    );
+    assert!(matches!(raw(c, &["COMMAND", "COUNT"]), V::Int(n) if n >= 60));
+    let V::Array(get) = raw(c, &["COMMAND", "INFO", "get"]) else {
+        panic!()
+    };
+    let V::Array(get) = &get[0] else { panic!() };
+    assert_eq!(get[0], bulk("get"));
+    assert_eq!(get[1], V::Int(2));
+    assert_eq!(
+        raw(c, &["CONFIG", "GET", "appendonly"]),
+        V::Array(vec![bulk("appendonly"), bulk("yes")])
+    );
+    let V::BulkString(info) = raw(c, &["INFO"]) else {
+        panic!()
+    };
+    let info = String::from_utf8(info).unwrap();
+    for field in [
+        "redis_version:",
+        "connected_clients:",
+        "used_memory:",
+        "aof_enabled:1",
+        "role:master",
+        "total_commands_processed:",
+    ] {
+        assert!(info.contains(field), "INFO lacks {field}");
+    }
+    let V::BulkString(repl) = raw(c, &["INFO", "replication"]) else {
+        panic!()
+    };
+    let repl = String::from_utf8(repl).unwrap();
+    assert!(repl.starts_with("# Replication") && !repl.contains("# Server"));
+    let V::Array(role) = raw(c, &["ROLE"]) else {
+        panic!()
+    };
+    assert_eq!(role[0], bulk("master"));
+    assert!(
+        error(c, &["NOSUCHCMD", "a", "b"])
+            .starts_with("ERR unknown command 'NOSUCHCMD', with args beginning with: 'a' 'b'")
+    );
+    assert_eq!(
+        error(c, &["GET"]),
+        "ERR wrong number of arguments for 'get' command"
+    );
+    // DEBUG DIGEST: 40 zeros when empty, changes with data, back when undone.
+    let zero = "0".repeat(40);
+    assert_eq!(raw(c, &["DEBUG", "DIGEST"]), V::SimpleString(zero.clone()));
+    raw(c, &["SET", "d", "1"]);
+    let V::SimpleString(d1) = raw(c, &["DEBUG", "DIGEST"]) else {
+        panic!()
+    };
+    assert_ne!(d1, zero);
+    raw(c, &["DEL", "d"]);
+    assert_eq!(raw(c, &["DEBUG", "DIGEST"]), V::SimpleString(zero));
+    // HELLO 3 switches to RESP3 (maps).
+    let V::Map(hello) = raw(c, &["HELLO", "3"]) else {
+        panic!("not a map")
+    };
+    assert!(hello.contains(&(bulk("proto"), V::Int(3))));
+    raw(c, &["HSET", "h", "f", "v"]);
+    assert_eq!(
+        raw(c, &["HGETALL", "h"]),
+        V::Map(vec![(bulk("f"), bulk("v"))])
+    );
+    assert_eq!(raw(c, &["GET", "nothing"]), V::Nil);
+    assert_eq!(raw(c, &["QUIT"]), ok());
+}

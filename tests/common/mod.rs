@@ -1,0 +1,168 @@
+//! Starting real `ferry serve` processes on loopback ports for end-to-end
+//! tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a node may take to start (recovery included).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `ferry serve`; killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub resp: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    stderr_log: PathBuf,
+}
+
+pub fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+impl Server {
+    /// Starts a node on `data_dir` with any free loopback ports, and waits
+    /// until it says it is ready.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::try_start(data_dir, extra)
+            .unwrap_or_else(|e| panic!("ferry serve did not start: {e}"))
+    }
+
+    /// As [`Server::start`], or the reason it did not start (its stderr).
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        let stderr_log = data_dir.with_extension(format!("stderr.{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
+        let mut child = ferry()
+            .args([
+                "serve",
+                "--resp-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .env("FERRY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ferry");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ferry listening") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::fs::read_to_string(&stderr_log).unwrap_or_default());
+            }
+        };
+        let addr = |name: &str| -> SocketAddr {
+            let tag = format!("{name}=");
+            let at = line.find(&tag).expect("address in the ready line") + tag.len();
+            line[at..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .expect("an address")
+        };
+        Ok(Server {
+            resp: addr("resp"),
+            grpc: addr("grpc"),
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            stderr_log,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.resp)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("client");
+        client
+            .get_connection_with_timeout(Duration::from_secs(10))
+            .expect("connect")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`: no chance to flush or sync anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        child.wait().expect("wait")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.stderr_log);
+    }
+}
+
+/// `redis::cmd(name)` with string arguments.
+pub fn cmd(args: &[&str]) -> redis::Cmd {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c
+}
+
+/// Runs a command and returns the raw reply.
+pub fn raw(con: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    cmd(args)
+        .query(con)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Runs a command expected to fail and returns the error text (code and
+/// message).
+pub fn error(con: &mut redis::Connection, args: &[&str]) -> String {
+    match cmd(args).query::<redis::Value>(con) {
+        Ok(v) => panic!("{args:?} succeeded with {v:?}"),
+        Err(e) => match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            (Some(code), None) => code.to_string(),
+            _ => e.to_string(),
+        },
+    }
+}
