@@ -457,34 +457,59 @@ fn expiry_option(args: &Args, i: usize, now: u64, command: &str) -> Result<Optio
     at.map(|at| Some(at as u64)).ok_or_else(invalid)
 }
 
-fn set(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let (key, value) = (&args[1], &args[2]);
-    let now = view.now_ms();
-    let (mut nx, mut xx, mut get, mut expiry) = (false, false, false, Expiry::Clear);
-    let mut i = 3;
+/// The options of SET (`NX XX GET KEEPTTL` and an expiry) or of GETEX
+/// (`PERSIST` or an expiry), from `args[from..]`.
+#[derive(Debug, Clone, Copy)]
+struct WriteOptions {
+    nx: bool,
+    xx: bool,
+    get: bool,
+    expiry: Expiry,
+}
+
+fn write_options(args: &Args, from: usize, now: u64, command: &str) -> Result<WriteOptions, Reply> {
+    let is_set = command == "set";
+    let unset = if is_set { Expiry::Clear } else { Expiry::Keep };
+    let mut o = WriteOptions {
+        nx: false,
+        xx: false,
+        get: false,
+        expiry: unset,
+    };
+    let mut i = from;
     while i < args.len() {
         let opt = &args[i];
-        if eq(opt, "nx") && !xx {
-            nx = true;
-        } else if eq(opt, "xx") && !nx {
-            xx = true;
-        } else if eq(opt, "get") {
-            get = true;
-        } else if eq(opt, "keepttl") && expiry == Expiry::Clear {
-            expiry = Expiry::Keep;
-        } else if expiry == Expiry::Clear {
-            match tri!(expiry_option(args, i, now, "set")) {
-                Some(at) => {
-                    expiry = Expiry::At(at);
-                    i += 1;
-                }
-                None => return Ok(syntax_error()),
-            }
+        if is_set && eq(opt, "nx") && !o.xx {
+            o.nx = true;
+        } else if is_set && eq(opt, "xx") && !o.nx {
+            o.xx = true;
+        } else if is_set && eq(opt, "get") {
+            o.get = true;
+        } else if is_set && eq(opt, "keepttl") && o.expiry == unset {
+            o.expiry = Expiry::Keep;
+        } else if !is_set && eq(opt, "persist") && o.expiry == unset {
+            o.expiry = Expiry::Clear;
+        } else if o.expiry == unset {
+            let at = expiry_option(args, i, now, command)?.ok_or_else(syntax_error)?;
+            o.expiry = Expiry::At(at);
+            i += 1;
         } else {
-            return Ok(syntax_error());
+            return Err(syntax_error());
         }
         i += 1;
     }
+    Ok(o)
+}
+
+fn set(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (key, value) = (&args[1], &args[2]);
+    let now = view.now_ms();
+    let WriteOptions {
+        nx,
+        xx,
+        get,
+        expiry,
+    } = tri!(write_options(args, 3, now, "set"));
     let old = view.get(key)?;
     let old_string = match &old {
         Some(Entry {
@@ -570,24 +595,7 @@ fn getdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 
 fn getex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let now = view.now_ms();
-    let mut expiry = Expiry::Keep;
-    let mut i = 2;
-    while i < args.len() {
-        if eq(&args[i], "persist") && expiry == Expiry::Keep {
-            expiry = Expiry::Clear;
-        } else if expiry == Expiry::Keep {
-            match tri!(expiry_option(args, i, now, "getex")) {
-                Some(at) => {
-                    expiry = Expiry::At(at);
-                    i += 1;
-                }
-                None => return Ok(syntax_error()),
-            }
-        } else {
-            return Ok(syntax_error());
-        }
-        i += 1;
-    }
+    let expiry = tri!(write_options(args, 2, now, "getex")).expiry;
     let Some((value, old_at)) = tri!(view_string(view, &args[1])?) else {
         return Ok(Reply::Null);
     };
@@ -678,19 +686,92 @@ fn setrange(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     ))
 }
 
-fn incr_by(view: &mut View<'_>, key: &Bytes, by: i64) -> EResult<Reply> {
-    let (current, expire_at_ms) = match tri!(view_string(view, key)?) {
-        Some((s, at)) => match parse_i64(&s) {
-            Some(n) => (n, at),
-            None => return Ok(not_integer()),
+/// A number kept as text, integer or float, as INCR* and HINCRBY* read it.
+trait Number: Copy {
+    fn parse(text: &[u8]) -> Option<Self>;
+    /// The sum, or the error Redis gives when there is none.
+    fn add(self, by: Self) -> Result<Self, Reply>;
+    fn text(self) -> Bytes;
+    fn reply(self, text: Bytes) -> Reply;
+    const ZERO: Self;
+}
+
+impl Number for i64 {
+    fn parse(text: &[u8]) -> Option<i64> {
+        parse_i64(text)
+    }
+    fn add(self, by: i64) -> Result<i64, Reply> {
+        self.checked_add(by)
+            .ok_or_else(|| Reply::err("increment or decrement would overflow"))
+    }
+    fn text(self) -> Bytes {
+        Bytes::from(self.to_string())
+    }
+    fn reply(self, _text: Bytes) -> Reply {
+        Reply::Int(self)
+    }
+    const ZERO: i64 = 0;
+}
+
+impl Number for f64 {
+    fn parse(text: &[u8]) -> Option<f64> {
+        parse_float(text)
+    }
+    fn add(self, by: f64) -> Result<f64, Reply> {
+        let sum = self + by;
+        if sum.is_finite() {
+            Ok(sum)
+        } else {
+            Err(Reply::err("increment would produce NaN or Infinity"))
+        }
+    }
+    fn text(self) -> Bytes {
+        Bytes::from(format_float(self))
+    }
+    fn reply(self, text: Bytes) -> Reply {
+        Reply::Bulk(text)
+    }
+    const ZERO: f64 = 0.0;
+}
+
+/// Adds `by` to the number in the string at `key` (keeping its expiry), or
+/// in `field` of the hash at `key`; a missing one counts as zero.
+/// `not_number` is the error for stored text that is not a number.
+fn add_to<N: Number>(
+    view: &mut View<'_>,
+    key: &Bytes,
+    field: Option<&Bytes>,
+    by: N,
+    not_number: Reply,
+) -> EResult<Reply> {
+    let stored = match field {
+        None => tri!(view_string(view, key)?).map(|(s, at)| (Some(s), at)),
+        Some(field) => match tri!(view_hash(view, key)?) {
+            Some(at) => Some((view.hash_field(key, field)?, at)),
+            None => None,
         },
-        None => (0, 0),
     };
-    let Some(new) = current.checked_add(by) else {
-        return Ok(Reply::err("increment or decrement would overflow"));
+    let (current, expire_at_ms) = match stored {
+        Some((Some(text), at)) => match N::parse(&text) {
+            Some(n) => (n, at),
+            None => return Ok(not_number),
+        },
+        Some((None, at)) => (N::ZERO, at),
+        None => (N::ZERO, 0),
     };
-    set_string(view, key, Bytes::from(new.to_string()), expire_at_ms)?;
-    Ok(Reply::Int(new))
+    let new = tri!(current.add(by));
+    let text = new.text();
+    match field {
+        None => set_string(view, key, text.clone(), expire_at_ms)?,
+        Some(field) => {
+            tri!(hset_fields(view, key, &[field.clone(), text.clone()])?);
+        }
+    }
+    Ok(new.reply(text))
+}
+
+fn incr_by(view: &mut View<'_>, key: &Bytes, by: i64) -> EResult<Reply> {
+    add_to(view, key, None, by, not_integer())
 }
 
 fn incr(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
@@ -740,24 +821,16 @@ fn format_float(v: f64) -> String {
 }
 
 fn incrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let key = &args[1];
     let Some(by) = parse_float(&args[2]) else {
         return Ok(Reply::err("value is not a valid float"));
     };
-    let (current, expire_at_ms) = match tri!(view_string(view, key)?) {
-        Some((s, at)) => match parse_float(&s) {
-            Some(n) => (n, at),
-            None => return Ok(Reply::err("value is not a valid float")),
-        },
-        None => (0.0, 0),
-    };
-    let new = current + by;
-    if !new.is_finite() {
-        return Ok(Reply::err("increment would produce NaN or Infinity"));
-    }
-    let text = Bytes::from(format_float(new));
-    set_string(view, key, text.clone(), expire_at_ms)?;
-    Ok(Reply::Bulk(text))
+    add_to(
+        view,
+        &args[1],
+        None,
+        by,
+        Reply::err("value is not a valid float"),
+    )
 }
 
 // ------------------------------------------------------------------- keys
@@ -1162,61 +1235,40 @@ fn hdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 }
 
 fn hincrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let (key, field) = (&args[1], &args[2]);
     let by = tri!(int_arg(&args[3]));
-    let current = match tri!(view_hash(view, key)?) {
-        Some(_) => match view.hash_field(key, field)? {
-            Some(v) => match parse_i64(&v) {
-                Some(n) => n,
-                None => return Ok(Reply::err("hash value is not an integer")),
-            },
-            None => 0,
-        },
-        None => 0,
-    };
-    let Some(new) = current.checked_add(by) else {
-        return Ok(Reply::err("increment or decrement would overflow"));
-    };
-    tri!(hset_fields(
+    add_to(
         view,
-        key,
-        &[field.clone(), Bytes::from(new.to_string())]
-    )?);
-    Ok(Reply::Int(new))
+        &args[1],
+        Some(&args[2]),
+        by,
+        Reply::err("hash value is not an integer"),
+    )
 }
 
 fn hincrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let (key, field) = (&args[1], &args[2]);
     let Some(by) = parse_float(&args[3]) else {
         return Ok(Reply::err("value is not a valid float"));
     };
-    let current = match tri!(view_hash(view, key)?) {
-        Some(_) => match view.hash_field(key, field)? {
-            Some(v) => match parse_float(&v) {
-                Some(n) => n,
-                None => return Ok(Reply::err("hash value is not a float")),
-            },
-            None => 0.0,
-        },
-        None => 0.0,
-    };
-    let new = current + by;
-    if !new.is_finite() {
-        return Ok(Reply::err("increment would produce NaN or Infinity"));
+    add_to(
+        view,
+        &args[1],
+        Some(&args[2]),
+        by,
+        Reply::err("hash value is not a float"),
+    )
+}
+
+/// One field of a live hash, for the single-field reads: `Ok(None)` when the
+/// key or the field is missing.
+fn read_field(node: &Node, key: &[u8], field: &[u8]) -> Result<Option<Bytes>, Reply> {
+    if read_hash(node, key)? == 0 {
+        return Ok(None);
     }
-    let text = Bytes::from(format_float(new));
-    tri!(hset_fields(view, key, &[field.clone(), text.clone()])?);
-    Ok(Reply::Bulk(text))
+    node.engine.hash_field(key, field).map_err(engine_error)
 }
 
 fn hget(node: &Node, args: &Args) -> Reply {
-    if tri_read!(read_hash(node, &args[1])) == 0 {
-        return Reply::Null;
-    }
-    match node.engine.hash_field(&args[1], &args[2]) {
-        Ok(v) => Reply::opt_bulk(v),
-        Err(e) => engine_error(e),
-    }
+    Reply::opt_bulk(tri_read!(read_field(node, &args[1], &args[2])))
 }
 
 fn hmget(node: &Node, args: &Args) -> Reply {
@@ -1269,23 +1321,13 @@ fn hlen(node: &Node, args: &Args) -> Reply {
 }
 
 fn hexists(node: &Node, args: &Args) -> Reply {
-    if tri_read!(read_hash(node, &args[1])) == 0 {
-        return Reply::Int(0);
-    }
-    match node.engine.hash_field(&args[1], &args[2]) {
-        Ok(v) => Reply::Int(i64::from(v.is_some())),
-        Err(e) => engine_error(e),
-    }
+    Reply::Int(i64::from(
+        tri_read!(read_field(node, &args[1], &args[2])).is_some(),
+    ))
 }
 
 fn hstrlen(node: &Node, args: &Args) -> Reply {
-    if tri_read!(read_hash(node, &args[1])) == 0 {
-        return Reply::Int(0);
-    }
-    match node.engine.hash_field(&args[1], &args[2]) {
-        Ok(v) => Reply::Int(v.map_or(0, |v| v.len() as i64)),
-        Err(e) => engine_error(e),
-    }
+    Reply::Int(tri_read!(read_field(node, &args[1], &args[2])).map_or(0, |v| v.len() as i64))
 }
 
 fn hscan(node: &Node, args: &Args) -> Reply {
