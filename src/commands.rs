@@ -610,7 +610,7 @@ fn getex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 }
 
 fn mset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return Ok(wrong_arity("mset"));
     }
     for pair in args[1..].chunks(2) {
@@ -620,7 +620,7 @@ fn mset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 }
 
 fn msetnx(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return Ok(wrong_arity("msetnx"));
     }
     for pair in args[1..].chunks(2) {
@@ -1029,10 +1029,10 @@ fn expiretime(node: &Node, args: &Args) -> Reply {
 }
 
 fn flushall(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    if let Some(opt) = args.get(1) {
-        if args.len() > 2 || !(eq(opt, "async") || eq(opt, "sync")) {
-            return Ok(syntax_error());
-        }
+    if let Some(opt) = args.get(1)
+        && (args.len() > 2 || !(eq(opt, "async") || eq(opt, "sync")))
+    {
+        return Ok(syntax_error());
     }
     view.push(Op::FlushAll(pb::FlushAll {}))?;
     Ok(Reply::ok())
@@ -1190,14 +1190,14 @@ fn hset_fields(view: &mut View<'_>, key: &Bytes, pairs: &Args) -> EResult<Result
 }
 
 fn hset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Ok(wrong_arity("hset"));
     }
     Ok(Reply::Int(tri!(hset_fields(view, &args[1], &args[2..])?)))
 }
 
 fn hmset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Ok(wrong_arity("hmset"));
     }
     tri!(hset_fields(view, &args[1], &args[2..])?);

@@ -233,17 +233,16 @@ async fn connection(
             }
         }
         drain(&mut queue, &mut out, conn.resp3).await;
-        if let Some(cmd) = last_command {
-            if let Some(info) = node
+        if let Some(cmd) = last_command
+            && let Some(info) = node
                 .clients
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(&id)
-            {
-                info.last_command = String::from_utf8_lossy(&cmd).to_ascii_lowercase();
-                info.name = conn.name.clone();
-                info.resp = if conn.resp3 { 3 } else { 2 };
-            }
+        {
+            info.last_command = String::from_utf8_lossy(&cmd).to_ascii_lowercase();
+            info.name = conn.name.clone();
+            info.resp = if conn.resp3 { 3 } else { 2 };
         }
         if !out.is_empty() {
             node.stats

@@ -360,7 +360,7 @@ fn scan_keys_and_dbsize_cover_the_keyspace() {
         let (V::BulkString(next), V::Array(items)) = (&parts[0], &parts[1]) else {
             panic!()
         };
-        all.extend(items.iter().cloned().map(|v| format!("{v:?}")));
+        all.extend(items.iter().map(|v| format!("{v:?}")));
         cursor = String::from_utf8(next.clone()).unwrap();
         if cursor == "0" {
             break;
