@@ -152,15 +152,13 @@ pub(crate) fn scan_segment(
             format!("header says first lsn {first}, the file name says {name_lsn}"),
         ));
     }
-    if let Some(expected) = expected_first {
-        if first != expected {
-            return Err(corruption(
-                0,
-                format!(
-                    "segment starts at lsn {first}, the previous segment ends before {expected}"
-                ),
-            ));
-        }
+    if let Some(expected) = expected_first
+        && first != expected
+    {
+        return Err(corruption(
+            0,
+            format!("segment starts at lsn {first}, the previous segment ends before {expected}"),
+        ));
     }
     let mut offset = SEGMENT_HEADER_LEN;
     let mut next = first;
