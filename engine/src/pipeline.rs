@@ -514,6 +514,9 @@ async fn run_applier(
 ) {
     let mut next: Option<ApplyJob> = None;
     let mut failure: Option<String> = None;
+    // Dropped at the first failure, so waiters on the applied sequence stop
+    // waiting (and fail) instead of waiting forever.
+    let mut applied_tx = Some(applied_tx);
     loop {
         let job = match next.take() {
             Some(job) => job,
@@ -535,6 +538,7 @@ async fn run_applier(
                 Ok(range) => jobs.push((seq, range.first, record, done)),
                 Err(err) => {
                     failure = Some(err.to_string());
+                    applied_tx = None;
                     let _ = done.send(Err(err.to_string()));
                     break;
                 }
@@ -565,7 +569,9 @@ async fn run_applier(
         match engine.apply(&records) {
             Ok(()) => {
                 lock(&overlay).applied(last_seq);
-                applied_tx.send_replace(last_seq);
+                if let Some(tx) = &applied_tx {
+                    tx.send_replace(last_seq);
+                }
                 for (_, lsn, _, done) in jobs {
                     let _ = done.send(Ok(lsn));
                 }
@@ -577,6 +583,7 @@ async fn run_applier(
                     let _ = done.send(Err(why.clone()));
                 }
                 failure = Some(why);
+                applied_tx = None;
             }
         }
     }

@@ -402,3 +402,54 @@ async fn the_pipeline_orders_commands_and_applies_only_durable_records() {
         "the failed command's effects were taken back"
     );
 }
+
+#[tokio::test]
+async fn a_failed_wal_fails_the_pending_commands_and_those_that_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = ferry_wal::testing::MemStorage::new();
+    let options = WalOptions {
+        sync_policy: SyncPolicy::Always,
+        ..Default::default()
+    };
+    let wal = Arc::new(Wal::open_with("/wal", options, Arc::new(storage.clone())).unwrap());
+    let engine = Arc::new(Engine::open(dir.path()).unwrap());
+    let pipeline = Pipeline::start(engine.clone(), wal.clone());
+    let set = |key: &'static str| {
+        move |view: &mut ferry_engine::View<'_>| {
+            view.push(Op::SetString(pb::SetString {
+                key: b(key),
+                value: b("v"),
+                expire_at_ms: 0,
+            }))?;
+            Ok(())
+        }
+    };
+    pipeline
+        .execute(set("a"))
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    storage.set_fail_sync(true);
+    let failed = pipeline.execute(set("b")).await.unwrap();
+    // Reads what the failing command wrote: it must not answer as if it were durable.
+    let reader = pipeline
+        .execute(|view| Ok(view.get(b"b")?.is_some()))
+        .await
+        .unwrap();
+    assert!(failed.wait().await.is_err());
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), reader.wait())
+        .await
+        .expect("the reader is told, not left waiting");
+    assert!(read.is_err());
+    assert_eq!(
+        engine.get(b"b", 0).unwrap(),
+        None,
+        "nothing unsynced reached the engine"
+    );
+    assert!(
+        pipeline.execute(set("c")).await.is_err(),
+        "the write path refuses more"
+    );
+}
