@@ -24,18 +24,9 @@ use redis::Value as V;
 /// may exceed its acknowledged count by the one request in flight.
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_write_20_times() {
-    let seed = std::env::var("FERRY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id() as u64);
-    eprintln!("seed {seed} (replay with FERRY_TEST_SEED={seed})");
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut rng =
+        ferry_wal::testing::SeededRng::new(ferry_wal::testing::test_seed("kill_9_under_load"));
+    let mut next = move |n: u64| rng.below(n);
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
     let mut acked_sets: HashMap<String, String> = HashMap::new();

@@ -69,12 +69,7 @@ fn random_records(seed: u64, n: usize) -> Vec<(Lsn, WalRecord)> {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("FERRY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::process::id() as u64);
-    eprintln!("seed {seed} (replay with FERRY_TEST_SEED={seed})");
-    seed
+    ferry_wal::testing::test_seed("engine")
 }
 
 #[test]

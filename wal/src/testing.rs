@@ -25,6 +25,21 @@ use crate::storage::{Storage, StorageFile};
 /// Bytes of a disk sector, the unit the crash model zero-fills.
 pub const SECTOR_BYTES: usize = 512;
 
+/// The seed of a randomized test: `FERRY_TEST_SEED` if set, else the clock.
+/// Printed, so a failure can be replayed.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: seed {seed} (replay with FERRY_TEST_SEED={seed})");
+    seed
+}
+
 /// A seeded pseudo-random generator (splitmix64): tests print the seed and
 /// replay a failure with it.
 #[derive(Debug, Clone)]
@@ -144,12 +159,9 @@ impl MemStorage {
         self.faults.dead.store(true, Ordering::SeqCst);
         let mut rng = SeededRng::new(seed);
         let fs = lock(&self.fs);
-        let mut survived = MemFs {
-            dirs: fs.dirs.clone(),
-            ..MemFs::default()
-        };
-        for (path, inode) in &fs.durable_entries {
-            let data = lock(inode);
+        // Only durable directory entries survive, each with its synced bytes
+        // and a random part of the rest.
+        MemStorage::durable_copy(&fs.dirs, &fs.durable_entries, |data| {
             let unsynced = data.bytes.len().saturating_sub(data.synced_len);
             let kept = rng.below(unsynced as u64 + 1) as usize;
             let mut bytes = data.bytes[..data.synced_len + kept].to_vec();
@@ -159,26 +171,23 @@ impl MemStorage {
                 let start = start.max(data.synced_len);
                 bytes[start..].fill(0);
             }
-            let synced_len = bytes.len();
-            let inode = Arc::new(Mutex::new(InodeData { bytes, synced_len }));
-            survived.entries.insert(path.clone(), inode.clone());
-            survived.durable_entries.insert(path.clone(), inode);
-        }
-        MemStorage {
-            fs: Arc::new(Mutex::new(survived)),
-            faults: Arc::default(),
-        }
+            bytes
+        })
     }
 
-    /// An independent copy of every file as it is now, all of it durable.
-    pub fn snapshot(&self) -> MemStorage {
-        let fs = lock(&self.fs);
+    /// A storage holding `entries`, each file's bytes chosen by `bytes_of`
+    /// and all of it durable.
+    fn durable_copy(
+        dirs: &BTreeSet<PathBuf>,
+        entries: &BTreeMap<PathBuf, Inode>,
+        mut bytes_of: impl FnMut(&InodeData) -> Vec<u8>,
+    ) -> MemStorage {
         let mut copy = MemFs {
-            dirs: fs.dirs.clone(),
+            dirs: dirs.clone(),
             ..MemFs::default()
         };
-        for (path, inode) in &fs.entries {
-            let bytes = lock(inode).bytes.clone();
+        for (path, inode) in entries {
+            let bytes = bytes_of(&lock(inode));
             let synced_len = bytes.len();
             let inode = Arc::new(Mutex::new(InodeData { bytes, synced_len }));
             copy.entries.insert(path.clone(), inode.clone());
@@ -188,6 +197,12 @@ impl MemStorage {
             fs: Arc::new(Mutex::new(copy)),
             faults: Arc::default(),
         }
+    }
+
+    /// An independent copy of every file as it is now, all of it durable.
+    pub fn snapshot(&self) -> MemStorage {
+        let fs = lock(&self.fs);
+        MemStorage::durable_copy(&fs.dirs, &fs.entries, |data| data.bytes.clone())
     }
 
     /// A copy of a file's bytes, synced or not.

@@ -84,17 +84,5 @@ pub fn frame_bounds(segment: &[u8]) -> Vec<(usize, usize, u64, u32)> {
     frames
 }
 
-/// The seed of a randomized test: `FERRY_TEST_SEED` if set, else the clock.
-/// Printed, so a failure can be replayed.
-pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("FERRY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("{test}: seed {seed} (replay with FERRY_TEST_SEED={seed})");
-    seed
-}
+#[allow(unused_imports)]
+pub use ferry_wal::testing::test_seed as seed;
