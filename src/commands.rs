@@ -226,10 +226,10 @@ pub static COMMANDS: &[Spec] = &[
 
 /// The table entry of a command name, in any case.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    let lower = name.to_ascii_lowercase();
-    let lower = std::str::from_utf8(&lower).ok()?;
+    // Compared byte by byte, lowercased on the fly: no allocation per request.
+    let lowered = name.iter().map(u8::to_ascii_lowercase);
     COMMANDS
-        .binary_search_by(|s| s.name.cmp(lower))
+        .binary_search_by(|s| s.name.bytes().cmp(lowered.clone()))
         .ok()
         .map(|i| &COMMANDS[i])
 }

@@ -28,4 +28,4 @@ mod pipeline;
 pub use engine::{Engine, REPLAY_BATCH_RECORDS, decode_record};
 pub use error::{EngineError, Result};
 pub use keys::{Entry, Value};
-pub use pipeline::{APPLY_QUEUE_MAX, Pipeline, Ticket, View, string_value};
+pub use pipeline::{APPLY_QUEUE_MAX, Pipeline, Ticket, View};

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{Engine, Target, apply_mutation};
 use crate::error::{EngineError, Result};
-use crate::keys::{Entry, Value};
+use crate::keys::Entry;
 
 /// Records queued between the executor and the applier.
 pub const APPLY_QUEUE_MAX: usize = 65_536;
@@ -586,13 +586,5 @@ async fn run_applier(
                 applied_tx = None;
             }
         }
-    }
-}
-
-/// The value of a string entry, for commands that checked the type.
-pub fn string_value(entry: &Entry) -> Option<&Bytes> {
-    match &entry.value {
-        Value::String(s) => Some(s),
-        Value::Hash { .. } => None,
     }
 }
