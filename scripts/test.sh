@@ -6,22 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --- What a fresh machine may lack -------------------------------------------
-# libclang: librocksdb-sys generates its bindings with bindgen.
-missing=()
-if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null; then
-    missing+=(libclang1-14 libclang-common-14-dev)
-fi
-if ((${#missing[@]})); then
-    if [ "$(id -u)" = 0 ]; then
-        echo "installing: ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "ferry's build needs these Debian packages: ${missing[*]}" >&2
-        echo "install them as root (apt-get install -y --no-install-recommends ${missing[*]}) and rerun" >&2
-        exit 1
-    fi
-fi
+source scripts/deps.sh
+ferry_build_deps
 
 # --- Checks and tests ---------------------------------------------------------
 echo "== cargo fmt --check"

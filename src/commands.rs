@@ -23,6 +23,8 @@ pub enum Handler {
     Read(fn(&Node, &Args) -> Reply),
     Write(fn(&mut View<'_>, &Args) -> EResult<Reply>),
     Conn(fn(&Node, &mut Conn, &Args) -> Reply),
+    /// REPLICAOF and SLAVEOF: changes the node's role (see [`replicaof`]).
+    ReplicaOf,
 }
 
 /// A command's entry in the table: arity as Redis counts it (negative: at
@@ -196,6 +198,15 @@ pub static COMMANDS: &[Spec] = &[
     ),
     spec!("rename", 3, W, 1, 2, 1, Handler::Write(rename)),
     spec!(
+        "replicaof",
+        3,
+        &["admin", "noscript", "stale"],
+        0,
+        0,
+        0,
+        Handler::ReplicaOf
+    ),
+    spec!(
         "role",
         1,
         &["noscript", "loading", "stale", "fast"],
@@ -218,6 +229,15 @@ pub static COMMANDS: &[Spec] = &[
     spec!("setex", 4, WD, 1, 1, 1, Handler::Write(setex)),
     spec!("setnx", 3, WD, 1, 1, 1, Handler::Write(setnx)),
     spec!("setrange", 4, WD, 1, 1, 1, Handler::Write(setrange)),
+    spec!(
+        "slaveof",
+        3,
+        &["admin", "noscript", "stale"],
+        0,
+        0,
+        0,
+        Handler::ReplicaOf
+    ),
     spec!("strlen", 2, R, 1, 1, 1, Handler::Read(strlen)),
     spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
     spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
@@ -1611,12 +1631,98 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     }
 }
 
+/// Splits a gRPC URL such as `http://10.0.0.1:7379` into host and port,
+/// for the replies that speak of a primary as Redis does.
+pub fn host_port(url: &str) -> (String, u16) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (rest.to_string(), 0),
+    }
+}
+
+/// A replica's RESP address as the shipper heard it: host and port.
+pub fn replica_addr(resp_addr: &str, stream_addr: &str) -> (String, u16) {
+    let (host, port) = host_port(resp_addr);
+    if host.is_empty() || host == "0.0.0.0" || host == "::" {
+        // It listens on every interface: name the address it connects from.
+        (host_port(stream_addr).0, port)
+    } else {
+        (host, port)
+    }
+}
+
+/// Redis's link states, from the receiver's.
+pub fn redis_link_state(state: &str) -> &'static str {
+    match state {
+        "streaming" => "connected",
+        "catchup" => "sync",
+        "connecting" => "connecting",
+        _ => "connect",
+    }
+}
+
 fn role(node: &Node, _args: &Args) -> Reply {
+    if let Some(link) = node.link_status() {
+        let (host, port) = host_port(&link.primary);
+        return Reply::Array(vec![
+            Reply::bulk_str("slave"),
+            Reply::bulk_str(&host),
+            Reply::Int(i64::from(port)),
+            Reply::bulk_str(redis_link_state(link.state)),
+            Reply::Int(node.engine.applied_lsn().0 as i64),
+        ]);
+    }
+    let replicas = node
+        .shipper
+        .list()
+        .into_iter()
+        .map(|r| {
+            let (host, port) = replica_addr(&r.resp_addr, &r.addr);
+            Reply::Array(vec![
+                Reply::bulk_str(&host),
+                Reply::bulk_str(&port.to_string()),
+                Reply::bulk_str(&r.applied_lsn.0.to_string()),
+            ])
+        })
+        .collect();
     Reply::Array(vec![
         Reply::bulk_str("master"),
-        Reply::Int(node.wal.last_lsn().0 as i64),
-        Reply::Array(Vec::new()),
+        Reply::Int(node.wal.durable_lsn().0 as i64),
+        Reply::Array(replicas),
     ])
+}
+
+/// REPLICAOF host grpc-port: the gRPC address to follow, or why not.
+///
+/// # Errors
+///
+/// The reply to send instead.
+pub fn replicaof_target(args: &Args) -> Result<String, Reply> {
+    if eq(&args[1], "no") && eq(&args[2], "one") {
+        return Err(Reply::err(
+            "REPLICAOF NO ONE (promotion) is not available in this version: \
+             a replica keeps following its primary",
+        ));
+    }
+    let host = String::from_utf8_lossy(&args[1]).to_string();
+    let port = match std::str::from_utf8(&args[2])
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        Some(p) if p > 0 => p,
+        _ => return Err(Reply::err("Invalid master port")),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Ok(format!("http://{host}:{port}"))
 }
 
 fn debug(node: &Node, args: &Args) -> Reply {

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use crate::commands::{Args, Conn};
+use crate::commands::{self, Args, Conn};
 use crate::node::{ClientInfo, Node};
 use crate::resp::Reply;
 
@@ -115,24 +115,24 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 out,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
                  rejected_connections:{}\r\nexpired_keys:{}\r\ntotal_net_input_bytes:{}\r\n\
-                 total_net_output_bytes:{}\r\n",
+                 total_net_output_bytes:{}\r\nsync_full:0\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
                 stats.total_commands_processed.load(Ordering::Relaxed),
                 stats.rejected_connections.load(Ordering::Relaxed),
                 stats.expired_keys.load(Ordering::Relaxed),
                 stats.total_net_input_bytes.load(Ordering::Relaxed),
                 stats.total_net_output_bytes.load(Ordering::Relaxed),
+                node.shipper
+                    .counters
+                    .sync_partial_ok
+                    .load(Ordering::Relaxed),
+                node.shipper
+                    .counters
+                    .sync_partial_err
+                    .load(Ordering::Relaxed),
             );
         }
-        "replication" => {
-            let _ = write!(
-                out,
-                "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n\
-                 master_replid:{}\r\nmaster_repl_offset:{}\r\n",
-                node.run_id,
-                node.wal.last_lsn()
-            );
-        }
+        "replication" => replication_text(node, out),
         "keyspace" => {
             out.push_str("# Keyspace\r\n");
             let keys = node.engine.key_count();
@@ -141,6 +141,109 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             }
         }
         _ => {}
+    }
+}
+
+/// `INFO replication`: Redis's fields (offsets are LSNs), then ferry's own.
+fn replication_text(node: &Node, out: &mut String) {
+    let applied = node.engine.applied_lsn().0;
+    out.push_str("# Replication\r\n");
+    let link = node.link_status();
+    match &link {
+        Some(link) => {
+            let (host, port) = commands::host_port(&link.primary);
+            let _ = write!(
+                out,
+                "role:slave\r\nmaster_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:{}\r\n\
+                 master_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:0\r\n\
+                 slave_read_repl_offset:{}\r\nslave_repl_offset:{applied}\r\n",
+                if link.link_up { "up" } else { "down" },
+                link.last_io.map_or(-1, |t| t.elapsed().as_secs() as i64),
+                node.wal.last_lsn().0,
+            );
+            if let Some(since) = link.down_since.filter(|_| !link.link_up) {
+                let _ = write!(
+                    out,
+                    "master_link_down_since_seconds:{}\r\n",
+                    since.elapsed().as_secs()
+                );
+            }
+            out.push_str("slave_priority:100\r\nslave_read_only:1\r\nreplica_announced:1\r\n");
+        }
+        None => out.push_str("role:master\r\n"),
+    }
+    let replicas = node.shipper.list();
+    let _ = write!(out, "connected_slaves:{}\r\n", replicas.len());
+    for (i, r) in replicas.iter().enumerate() {
+        let (ip, port) = commands::replica_addr(&r.resp_addr, &r.addr);
+        let _ = write!(
+            out,
+            "slave{i}:ip={ip},port={port},state=online,offset={},lag={}\r\n",
+            r.applied_lsn.0,
+            r.last_ack_age.as_secs()
+        );
+    }
+    let _ = write!(
+        out,
+        "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n\
+         master_repl_offset:{}\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:1\r\n\
+         repl_backlog_size:{}\r\nrepl_backlog_first_byte_offset:{}\r\nrepl_backlog_histlen:{}\r\n",
+        if node.identity.cluster_id().is_empty() {
+            "0000000000000000000000000000000000000000".to_string()
+        } else {
+            node.identity.cluster_id()
+        },
+        node.wal.durable_lsn().0,
+        node.wal.bytes_after(ferry_wal::Lsn::ZERO),
+        node.wal.first_lsn().0,
+        node.wal
+            .durable_lsn()
+            .0
+            .saturating_sub(node.wal.first_lsn().0)
+            + 1,
+    );
+    let _ = write!(
+        out,
+        "ferry_node_id:{}\r\nferry_cluster_id:{}\r\nferry_epoch:{}\r\nferry_applied_lsn:{applied}\r\n",
+        node.identity.node_id(),
+        node.identity.cluster_id(),
+        node.wal.epoch().0,
+    );
+    if let Some(link) = &link {
+        let records = link.primary_durable_lsn.0.saturating_sub(applied);
+        let _ = write!(
+            out,
+            "ferry_link_state:{}\r\nferry_primary_durable_lsn:{}\r\nferry_lag_records:{records}\r\n\
+             ferry_lag_bytes:{}\r\nferry_lag_ms:{}\r\nferry_link_connects:{}\r\nferry_frames_received:{}\r\n\
+             ferry_frames_rejected:{}\r\n",
+            link.state,
+            link.primary_durable_lsn.0,
+            if records == 0 {
+                0
+            } else {
+                link.primary_lag_bytes
+            },
+            if records == 0 { 0 } else { link.primary_lag_ms },
+            link.connects,
+            link.frames_received,
+            link.frames_rejected,
+        );
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        let _ = write!(
+            out,
+            "ferry_replica{i}:node_id={},state={},sent_lsn={},written_lsn={},flushed_lsn={},applied_lsn={},\
+             lag_records={},lag_bytes={},lag_ms={}\r\n",
+            r.node_id,
+            r.state.as_str(),
+            r.sent_lsn.0,
+            r.written_lsn.0,
+            r.flushed_lsn.0,
+            r.applied_lsn.0,
+            r.lag.records,
+            r.lag.bytes,
+            r.lag.ms
+        );
     }
 }
 

@@ -7,12 +7,15 @@
 //! - `glob`: Redis glob patterns.
 //! - `node`: a running node (data dir lock, WAL, engine, pipeline, counters).
 //! - `server`: the RESP server and its connections.
-//! - `status`: the gRPC status service.
+//! - `status`: the gRPC server (status, admin, replication, health,
+//!   reflection).
+//! - `report`: `ferry status`, the text and JSON views of a node's status.
 
 mod commands;
 mod glob;
 mod info;
 mod node;
+mod report;
 mod resp;
 mod server;
 mod status;
@@ -50,6 +53,8 @@ enum LogFormat {
 enum Command {
     /// Runs a node: the Redis-protocol server over the WAL and the engine.
     Serve(ServeArgs),
+    /// Shows a node's role, WAL positions, replicas and replication lag.
+    Status(StatusArgs),
     /// Tools for WAL directories: a primary's, a replica's or a copy.
     Wal {
         #[command(subcommand)]
@@ -77,6 +82,19 @@ struct ServeArgs {
     /// Most clients connected at once.
     #[arg(long, env = "FERRY_MAXCLIENTS", default_value_t = node::MAXCLIENTS_DEFAULT)]
     maxclients: usize,
+    /// Follow this primary, given by its gRPC address (e.g.
+    /// http://10.0.0.1:7379). Kept in the data directory: a restart needs no
+    /// flag.
+    #[arg(long, env = "FERRY_REPLICA_OF")]
+    replica_of: Option<String>,
+    /// Whether a replica answers reads while its link to the primary is down
+    /// (no: -MASTERDOWN), as Redis's replica-serve-stale-data.
+    #[arg(long, env = "FERRY_REPLICA_SERVE_STALE_DATA", default_value = "yes", value_parser = parse_yes_no, action = clap::ArgAction::Set)]
+    replica_serve_stale_data: bool,
+    /// Seconds of silence after which a replication link counts as broken
+    /// (either end), as Redis's repl-timeout.
+    #[arg(long, env = "FERRY_REPL_TIMEOUT", default_value_t = node::REPL_TIMEOUT_DEFAULT_SECS)]
+    repl_timeout: u64,
     /// Largest bulk string in a request, in bytes.
     #[arg(long, env = "FERRY_PROTO_MAX_BULK_LEN", default_value_t = node::PROTO_MAX_BULK_LEN_DEFAULT)]
     proto_max_bulk_len: usize,
@@ -90,6 +108,24 @@ struct ServeArgs {
 
 fn parse_policy(s: &str) -> Result<SyncPolicy, String> {
     s.parse()
+}
+
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("expected yes or no, got {s:?}")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The node's gRPC address.
+    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    addr: String,
+    /// Print JSON (snake_case keys) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +152,7 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Status(args) => report::run(&args.addr, args.json),
         Command::Wal {
             command: WalCommand::Verify { dir },
         } => wal_verify(&dir),
@@ -141,6 +178,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (resp_addr, grpc_addr) = (resp.local_addr()?, grpc.local_addr()?);
         let config = Config {
             data_dir: args.data_dir,
+            replica_of: args.replica_of,
+            replica_serve_stale_data: args.replica_serve_stale_data,
+            repl_timeout: std::time::Duration::from_secs(args.repl_timeout.max(1)),
             fsync: args.fsync,
             requirepass: args.requirepass,
             maxclients: args.maxclients,
@@ -148,13 +188,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             proto_max_multibulk_len: args.proto_max_multibulk_len,
             client_query_buffer_limit: args.client_query_buffer_limit,
         };
-        let node = Arc::new(Node::open(config, resp_addr.port())?);
+        let node = Arc::new(Node::open(config, resp_addr)?);
+        node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx));
-        tracing::info!(%resp_addr, %grpc_addr, fsync = %node.config.fsync, "ferry is ready");
+        tracing::info!(
+            %resp_addr,
+            %grpc_addr,
+            fsync = %node.config.fsync,
+            role = if node.is_replica() { "replica" } else { "primary" },
+            node_id = node.identity.node_id(),
+            "ferry is ready"
+        );
         // Tools and tests wait for this line to know the node is ready.
         println!("ferry listening resp={resp_addr} grpc={grpc_addr}");
         server::run(node.clone(), resp, shutdown_signal()).await?;
+        node.shutdown().await;
         let _ = stop_tx.send(true);
         grpc_task.await.context("the gRPC server task")??;
         Ok::<_, anyhow::Error>(())

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use ferry_engine::{Engine, Pipeline};
-use ferry_wal::{SyncPolicy, Wal, WalOptions};
+use ferry_receiver::{LinkStatus, Receiver, ReceiverConfig};
+use ferry_shipper::{Shipper, ShipperConfig};
+use ferry_wal::{Lsn, SyncPolicy, Wal, WalOptions};
+use tokio::sync::watch;
 
 /// Default for `--proto-max-bulk-len`: 32 MiB. Smaller than Redis's 512 MB
 /// because a value must fit in one WAL frame (64 MiB).
@@ -26,13 +29,24 @@ pub const MAXCLIENTS_DEFAULT: usize = 10_000;
 /// one go at most.
 pub const EXPIRE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 pub const EXPIRE_SWEEP_KEYS_MAX: usize = 256;
+/// Default for `--repl-timeout`, in seconds.
+pub const REPL_TIMEOUT_DEFAULT_SECS: u64 = 10;
 /// SCAN cursors remembered (the oldest are forgotten first).
 pub const SCAN_CURSORS_MAX: usize = 16_384;
+
+/// The file in the data directory that keeps the node's identity and role.
+pub const NODE_FILE: &str = "node.conf";
 
 /// What `ferry serve` was told.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Follow this primary (a gRPC address); persisted in the data dir.
+    pub replica_of: Option<String>,
+    /// Whether a replica answers reads while its link is down.
+    pub replica_serve_stale_data: bool,
+    /// A replica drops a link on which the primary is silent this long.
+    pub repl_timeout: Duration,
     pub fsync: SyncPolicy,
     pub requirepass: Option<String>,
     pub maxclients: usize,
@@ -94,8 +108,161 @@ impl Cursors {
     }
 }
 
+/// Who the node is and whom it follows, as kept in [`NODE_FILE`]:
+///
+/// ```text
+/// cluster_id=<hex>     the data's cluster; empty until a new replica syncs
+/// node_id=<hex>        this node, for ever
+/// replica_of=<url>     the primary followed; absent on a primary
+/// ```
+#[derive(Debug)]
+pub struct Identity {
+    path: PathBuf,
+    node_id: String,
+    resp_addr: String,
+    state: Mutex<IdentityState>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct IdentityState {
+    cluster_id: String,
+    replica_of: Option<String>,
+}
+
+impl Identity {
+    fn load(dir: &Path, resp_addr: String) -> anyhow::Result<Option<Identity>> {
+        let path = dir.join(NODE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let (mut node_id, mut state) = (String::new(), IdentityState::default());
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                anyhow::bail!("{}: a line without '=': {line:?}", path.display());
+            };
+            match key.trim() {
+                "cluster_id" => state.cluster_id = value.trim().to_string(),
+                "node_id" => node_id = value.trim().to_string(),
+                "replica_of" => state.replica_of = Some(value.trim().to_string()),
+                other => anyhow::bail!("{}: unknown key {other:?}", path.display()),
+            }
+        }
+        anyhow::ensure!(!node_id.is_empty(), "{} has no node_id", path.display());
+        Ok(Some(Identity {
+            path,
+            node_id,
+            resp_addr,
+            state: Mutex::new(state),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, IdentityState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the file durably: a temporary file, synced, renamed, and the
+    /// directory synced.
+    fn save(&self, state: &IdentityState) -> anyhow::Result<()> {
+        let mut text = format!(
+            "# ferry node identity and role, written by ferry\ncluster_id={}\nnode_id={}\n",
+            state.cluster_id, self.node_id
+        );
+        if let Some(primary) = &state.replica_of {
+            text.push_str(&format!("replica_of={primary}\n"));
+        }
+        let tmp = self.path.with_extension("conf.tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = File::create(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut IdentityState)) -> anyhow::Result<()> {
+        let mut state = self.state();
+        let mut next = state.clone();
+        f(&mut next);
+        self.save(&next)?;
+        *state = next;
+        Ok(())
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.state().cluster_id.clone()
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn replica_of(&self) -> Option<String> {
+        self.state().replica_of.clone()
+    }
+}
+
+impl ferry_shipper::Membership for Identity {
+    fn cluster_id(&self) -> String {
+        Identity::cluster_id(self)
+    }
+
+    fn node_id(&self) -> String {
+        self.node_id.clone()
+    }
+}
+
+impl ferry_receiver::Membership for Identity {
+    fn cluster_id(&self) -> String {
+        Identity::cluster_id(self)
+    }
+
+    fn node_id(&self) -> String {
+        self.node_id.clone()
+    }
+
+    fn resp_addr(&self) -> String {
+        self.resp_addr.clone()
+    }
+
+    fn adopt_cluster(&self, cluster_id: &str) -> Result<(), String> {
+        self.update(|s| s.cluster_id = cluster_id.to_string())
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// 20 random-looking bytes as 40 hex characters.
+fn new_id(salt: &str) -> String {
+    let seed = format!(
+        "{salt}{:?}{}{:?}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        Instant::now()
+    );
+    let mut h = sha1_smol::Sha1::new();
+    h.update(seed.as_bytes());
+    h.digest().to_string()
+}
+
 pub struct Node {
     pub config: Config,
+    pub identity: Arc<Identity>,
+    pub shipper: Arc<Shipper>,
+    /// Set while the node follows a primary.
+    receiver: Mutex<Option<Receiver>>,
+    /// One role change at a time.
+    role_change: tokio::sync::Mutex<()>,
+    stop: watch::Sender<bool>,
     pub wal: Arc<Wal>,
     pub engine: Arc<Engine>,
     pub pipeline: Pipeline,
@@ -148,7 +315,8 @@ impl Node {
     ///
     /// A locked or unreadable data directory, a corrupt WAL, an engine that
     /// does not match its WAL.
-    pub fn open(config: Config, resp_port: u16) -> anyhow::Result<Node> {
+    pub fn open(config: Config, resp_addr: std::net::SocketAddr) -> anyhow::Result<Node> {
+        let resp_port = resp_addr.port();
         let lock = lock_data_dir(&config.data_dir)?;
         let wal_dir = config.data_dir.join("wal");
         let options = WalOptions {
@@ -171,10 +339,51 @@ impl Node {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered"
         );
+        let identity = match Identity::load(&config.data_dir, resp_addr.to_string())? {
+            Some(identity) => identity,
+            None => {
+                let identity = Identity {
+                    path: config.data_dir.join(NODE_FILE),
+                    node_id: new_id("node"),
+                    resp_addr: resp_addr.to_string(),
+                    state: Mutex::new(IdentityState::default()),
+                };
+                // A new replica takes its primary's cluster id when it first
+                // syncs; a primary (or a node with data) starts a cluster.
+                let cluster_id = if config.replica_of.is_some() && wal.last_lsn() == Lsn::ZERO {
+                    String::new()
+                } else {
+                    new_id("cluster")
+                };
+                identity.update(|s| s.cluster_id = cluster_id)?;
+                identity
+            }
+        };
+        if let Some(primary) = &config.replica_of
+            && identity.replica_of().as_deref() != Some(primary)
+        {
+            identity.update(|s| s.replica_of = Some(primary.clone()))?;
+        }
+        let identity = Arc::new(identity);
         let (wal, engine) = (Arc::new(wal), Arc::new(engine));
         let pipeline = Pipeline::start(engine.clone(), wal.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let shipper = Arc::new(Shipper::new(
+            wal.clone(),
+            identity.clone(),
+            ShipperConfig {
+                replica_timeout: config.repl_timeout,
+                ..ShipperConfig::default()
+            },
+            stop_rx,
+        ));
         Ok(Node {
             config,
+            identity,
+            shipper,
+            receiver: Mutex::new(None),
+            role_change: tokio::sync::Mutex::new(()),
+            stop,
             wal,
             engine,
             pipeline,
@@ -191,6 +400,92 @@ impl Node {
 
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes up the role kept in the data directory: a replica starts
+    /// following its primary.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::replicate_from`].
+    pub async fn start_role(&self) -> anyhow::Result<()> {
+        if let Some(primary) = self.identity.replica_of() {
+            self.replicate_from(primary).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the node follows a primary.
+    pub fn is_replica(&self) -> bool {
+        self.identity.replica_of().is_some()
+    }
+
+    /// The link to the primary, on a replica.
+    pub fn link_status(&self) -> Option<LinkStatus> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Receiver::status)
+    }
+
+    /// Whether a replica's link to its primary is down.
+    pub fn link_down(&self) -> bool {
+        self.link_status().is_some_and(|s| !s.link_up)
+    }
+
+    /// Makes the node follow `primary` (a gRPC URL such as
+    /// `http://10.0.0.1:7379`), as REPLICAOF does: writes stop, those in
+    /// flight finish, the role is persisted, and the receiver resumes after
+    /// the last LSN in the log. Returns that resume LSN.
+    ///
+    /// # Errors
+    ///
+    /// A malformed address, failing to persist the role, a failed WAL.
+    pub async fn replicate_from(&self, primary: String) -> anyhow::Result<Lsn> {
+        let _one = self.role_change.lock().await;
+        tonic::transport::Endpoint::from_shared(primary.clone())
+            .with_context(|| format!("{primary:?} is not a gRPC address"))?;
+        self.pipeline.fence().await;
+        self.wal.sync().await.context("syncing the WAL")?;
+        let old = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            old.stop().await;
+        }
+        if self.identity.replica_of().as_deref() != Some(&primary) {
+            self.identity
+                .update(|s| s.replica_of = Some(primary.clone()))?;
+        }
+        let mut config = ReceiverConfig::new(primary.clone());
+        config.primary_timeout = self.config.repl_timeout;
+        config.version = env!("CARGO_PKG_VERSION").to_string();
+        let receiver = Receiver::start(
+            config,
+            self.wal.clone(),
+            self.engine.clone(),
+            self.identity.clone(),
+        )?;
+        *self.receiver.lock().unwrap_or_else(|e| e.into_inner()) = Some(receiver);
+        let resume = self.wal.last_lsn().next();
+        tracing::info!(%primary, resume = %resume, "following a primary");
+        Ok(resume)
+    }
+
+    /// Ends replication: streams to replicas and the link to the primary.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let receiver = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(receiver) = receiver {
+            receiver.stop().await;
+        }
     }
 }
 

@@ -33,8 +33,15 @@ enum Queued {
     Pending(Ticket<Reply>),
 }
 
+/// Redis's reply to a write on a replica.
+pub const READONLY_REPLY: &str = "READONLY You can't write against a read only replica.";
+/// Redis's reply on a replica whose link is down, with stale reads off.
+pub const MASTERDOWN_REPLY: &str =
+    "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.";
+
 fn engine_error_reply(err: EngineError) -> Reply {
     match err {
+        EngineError::ReadOnly => Reply::Error(READONLY_REPLY.into()),
         EngineError::Wal(ferry_wal::WalError::BatchTooLarge { bytes, max }) => Reply::err(format!(
             "the command's effects ({bytes} bytes) exceed the largest WAL record ({max} bytes)"
         )),
@@ -109,6 +116,10 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep(EXPIRE_SWEEP_INTERVAL) => {}
+        }
+        // A replica never expires keys itself: its primary logs the deletions.
+        if !node.pipeline.is_writable() {
+            continue;
         }
         for _ in 0..EXPIRE_SWEEPS_PER_TICK_MAX {
             match node.pipeline.expire_keys(EXPIRE_SWEEP_KEYS_MAX).await {
@@ -284,7 +295,32 @@ async fn dispatch(
             "NOAUTH Authentication required.".into(),
         )));
     }
+    let data_command = matches!(spec.handler, Handler::Write(_) | Handler::Read(_));
+    if matches!(spec.handler, Handler::Write(_)) && node.is_replica() {
+        return Some(Queued::Ready(Reply::Error(READONLY_REPLY.into())));
+    }
+    if data_command
+        && !node.config.replica_serve_stale_data
+        && !spec.flags.contains(&"stale")
+        && node.link_down()
+    {
+        return Some(Queued::Ready(Reply::Error(MASTERDOWN_REPLY.into())));
+    }
     match spec.handler {
+        Handler::ReplicaOf => {
+            drain(queue, out, conn.resp3).await;
+            let reply = match commands::replicaof_target(args) {
+                Err(reply) => reply,
+                Ok(url) if node.identity.replica_of().as_deref() == Some(url.as_str()) => {
+                    Reply::Simple("OK Already connected to specified master".into())
+                }
+                Ok(url) => match node.replicate_from(url).await {
+                    Ok(_) => Reply::ok(),
+                    Err(e) => Reply::err(format!("{e:#}")),
+                },
+            };
+            Some(Queued::Ready(reply))
+        }
         Handler::Write(f) => match node.pipeline.execute(|view| f(view, args)).await {
             Ok(ticket) => Some(Queued::Pending(ticket)),
             Err(e) => Some(Queued::Ready(engine_error_reply(e))),

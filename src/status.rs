@@ -1,9 +1,16 @@
-//! The gRPC status service (`ferry.v1.Status`).
+//! The gRPC server of a node: `ferry.v1.Status`, `ferry.v1.Admin`,
+//! `ferry.v1.Replication` (the shipper), the standard health service, and
+//! server reflection so `grpcurl` can list and call them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use ferry_proto::v1::admin_server::{Admin, AdminServer};
 use ferry_proto::v1::status_server::{Status, StatusServer};
-use ferry_proto::v1::{GetStatusRequest, GetStatusResponse, WalPosition};
+use ferry_proto::v1::{
+    DisconnectReplicaRequest, DisconnectReplicaResponse, GetStatusRequest, GetStatusResponse, Lag,
+    PrimaryLink, ReplicaOfRequest, ReplicaOfResponse, ReplicaRow, WalPosition,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,29 +21,126 @@ struct StatusService {
     node: Arc<Node>,
 }
 
+/// The status of `node`, as `GetStatus` answers it.
+pub fn status(node: &Node) -> GetStatusResponse {
+    let replicas = node
+        .shipper
+        .list()
+        .into_iter()
+        .map(|r| ReplicaRow {
+            node_id: r.node_id,
+            addr: r.addr,
+            resp_addr: r.resp_addr,
+            state: r.state.as_str().into(),
+            sent_lsn: r.sent_lsn.0,
+            written_lsn: r.written_lsn.0,
+            flushed_lsn: r.flushed_lsn.0,
+            applied_lsn: r.applied_lsn.0,
+            lag: Some(Lag {
+                records: r.lag.records,
+                bytes: r.lag.bytes,
+                ms: r.lag.ms,
+            }),
+            last_ack_age_ms: r.last_ack_age.as_millis() as u64,
+            frames_sent: r.frames_sent,
+            bytes_sent: r.bytes_sent,
+        })
+        .collect();
+    let applied = node.engine.applied_lsn();
+    let primary_link = node.link_status().map(|l| {
+        let records = l.primary_durable_lsn.0.saturating_sub(applied.0);
+        PrimaryLink {
+            primary: l.primary,
+            state: l.state.into(),
+            link_up: l.link_up,
+            down_since_seconds: l.down_since.map_or(0, |t| t.elapsed().as_secs()),
+            last_io_age_ms: l.last_io.map_or(0, |t| t.elapsed().as_millis() as u64),
+            primary_durable_lsn: l.primary_durable_lsn.0,
+            lag: Some(Lag {
+                records,
+                bytes: if records == 0 { 0 } else { l.primary_lag_bytes },
+                ms: if records == 0 { 0 } else { l.primary_lag_ms },
+            }),
+            last_refusal: l.last_refusal.unwrap_or_default(),
+            last_error: l.last_error.unwrap_or_default(),
+            connects: l.connects,
+            frames_rejected: l.frames_rejected,
+            frames_received: l.frames_received,
+            bytes_received: l.bytes_received,
+        }
+    });
+    GetStatusResponse {
+        role: if node.is_replica() {
+            "replica"
+        } else {
+            "primary"
+        }
+        .into(),
+        cluster_id: node.identity.cluster_id(),
+        node_id: node.identity.node_id().to_string(),
+        wal: Some(WalPosition {
+            first_retained_lsn: node.wal.first_lsn().0,
+            last_lsn: node.wal.last_lsn().0,
+            durable_lsn: node.wal.durable_lsn().0,
+            epoch: node.wal.epoch().0,
+        }),
+        applied_lsn: applied.0,
+        replicas,
+        primary_link,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
 #[tonic::async_trait]
 impl Status for StatusService {
     async fn get_status(
         &self,
         _request: tonic::Request<GetStatusRequest>,
     ) -> Result<tonic::Response<GetStatusResponse>, tonic::Status> {
-        let node = &self.node;
-        Ok(tonic::Response::new(GetStatusResponse {
-            role: "primary".into(),
-            cluster_id: String::new(),
-            node_id: node.run_id.clone(),
-            wal: Some(WalPosition {
-                first_retained_lsn: node.wal.first_lsn().0,
-                last_lsn: node.wal.last_lsn().0,
-                durable_lsn: node.wal.durable_lsn().0,
-                epoch: node.wal.epoch().0,
-            }),
-            applied_lsn: node.engine.applied_lsn().0,
+        Ok(tonic::Response::new(status(&self.node)))
+    }
+}
+
+struct AdminService {
+    node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn replica_of(
+        &self,
+        request: tonic::Request<ReplicaOfRequest>,
+    ) -> Result<tonic::Response<ReplicaOfResponse>, tonic::Status> {
+        let primary = request.into_inner().primary;
+        if primary.is_empty() {
+            return Err(tonic::Status::invalid_argument(
+                "name the primary's gRPC address",
+            ));
+        }
+        match self.node.replicate_from(primary).await {
+            Ok(resume) => Ok(tonic::Response::new(ReplicaOfResponse {
+                resume_lsn: resume.0,
+            })),
+            Err(e) => Err(tonic::Status::failed_precondition(format!("{e:#}"))),
+        }
+    }
+
+    async fn disconnect_replica(
+        &self,
+        request: tonic::Request<DisconnectReplicaRequest>,
+    ) -> Result<tonic::Response<DisconnectReplicaResponse>, tonic::Status> {
+        let node_id = request.into_inner().node_id;
+        let disconnected = self.node.shipper.disconnect(&node_id) as u32;
+        Ok(tonic::Response::new(DisconnectReplicaResponse {
+            disconnected,
         }))
     }
 }
 
-/// Serves the status service on `listener` until `stop` turns true.
+/// How often HTTP/2 pings check that a gRPC peer is still there.
+const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Serves every gRPC service on `listener` until `stop` turns true.
 ///
 /// # Errors
 ///
@@ -46,8 +150,24 @@ pub async fn serve(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<StatusServer<StatusService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    health
+        .set_serving::<ferry_proto::v1::replication_server::ReplicationServer<ferry_shipper::ShipperService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
     tonic::transport::Server::builder()
-        .add_service(StatusServer::new(StatusService { node }))
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(StatusServer::new(StatusService { node: node.clone() }))
+        .add_service(AdminServer::new(AdminService { node: node.clone() }))
+        .add_service(node.shipper.service())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|&s| s).await;
         })

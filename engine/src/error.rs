@@ -22,6 +22,10 @@ pub enum EngineError {
          the two do not belong together"
     )]
     WalMismatch { applied: Lsn, first: Lsn, last: Lsn },
+    /// A command with effects on a node that does not accept writes (a
+    /// replica).
+    #[error("the node does not accept writes")]
+    ReadOnly,
     /// The write pipeline stopped (the WAL failed or the node is shutting down).
     #[error("the write path is stopped: {0}")]
     Stopped(String),

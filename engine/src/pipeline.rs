@@ -13,6 +13,7 @@
 //! records: a client never sees a write that a crash could take back.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -345,6 +346,10 @@ pub struct Pipeline {
     exec: tokio::sync::Mutex<ExecState>,
     overlay: Arc<Mutex<Overlay>>,
     applied_seq: watch::Receiver<u64>,
+    /// Off on a replica: commands with effects are refused
+    /// ([`EngineError::ReadOnly`]); checked under the executor lock, so
+    /// [`Pipeline::fence`] knows no write slips past it.
+    writable: AtomicBool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -392,7 +397,43 @@ impl Pipeline {
             exec: tokio::sync::Mutex::new(ExecState { seq: 0, apply_tx }),
             overlay,
             applied_seq,
+            writable: AtomicBool::new(true),
         }
+    }
+
+    /// Whether commands with effects are accepted.
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting commands with effects, then waits until every one
+    /// accepted before is durable and applied (or has failed). After it
+    /// returns the engine holds everything the pipeline wrote, and only
+    /// [`Pipeline::unfence`] lets writes in again.
+    pub async fn fence(&self) {
+        let seq = {
+            let exec = self.exec.lock().await;
+            self.writable.store(false, Ordering::Release);
+            exec.seq
+        };
+        let mut applied = self.applied_seq.clone();
+        // An error means the applier stopped: nothing more will be applied.
+        let _ = applied.wait_for(|&a| a >= seq).await;
+    }
+
+    /// Accepts commands with effects again. The engine must hold everything
+    /// in the WAL (a replica's records were applied outside the pipeline).
+    ///
+    /// # Panics
+    ///
+    /// If the engine has not applied the whole WAL.
+    pub fn unfence(&self) {
+        assert_eq!(
+            self.engine.applied_lsn(),
+            self.wal.last_lsn(),
+            "the engine holds the whole WAL before writes resume"
+        );
+        self.writable.store(true, Ordering::Release);
     }
 
     /// The engine behind the pipeline (it holds only applied records).
@@ -414,6 +455,7 @@ impl Pipeline {
     ) -> Result<Ticket<R>> {
         let mut exec = self.exec.lock().await;
         let seq = exec.seq + 1;
+        let writable = self.writable.load(Ordering::Acquire);
         let (reply, effects) = {
             let mut overlay = lock(&self.overlay);
             let mut view = View {
@@ -424,8 +466,11 @@ impl Pipeline {
                 effects: Vec::new(),
                 undo: Undo::default(),
             };
-            let reply = command(&mut view);
+            let mut reply = command(&mut view);
             let (effects, undo) = (view.effects, view.undo);
+            if !writable && !effects.is_empty() && reply.is_ok() {
+                reply = Err(EngineError::ReadOnly);
+            }
             match &reply {
                 Ok(_) if !effects.is_empty() => {
                     let touched = undo.keys.iter().map(|(k, _)| k.clone()).collect();

@@ -3,11 +3,19 @@
 //!
 //! # Layout
 //! - `proto/ferry/v1/wal.proto`: the WAL record schema (mutations as effects).
-//! - `proto/ferry/v1/status.proto`: node status (WAL positions, role).
+//! - `proto/ferry/v1/replication.proto`: the replication stream.
+//! - `proto/ferry/v1/status.proto`: node status (WAL positions, role,
+//!   replicas, the link to the primary).
+//! - `proto/ferry/v1/admin.proto`: operations on a running node.
 //! - [`v1`]: the generated messages; the tonic clients and servers are
-//!   included with the default `grpc` feature.
+//!   included with the `grpc` feature.
+//! - [`FILE_DESCRIPTOR_SET`]: the schemas, for gRPC server reflection.
 
 /// Version 1 of ferry's protocol (`package ferry.v1`).
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/ferry.v1.rs"));
 }
+
+/// The encoded `FileDescriptorSet` of every schema above.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));

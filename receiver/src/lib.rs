@@ -1,4 +1,601 @@
-//! ferry-receiver: the replica side of replication — connects to a primary,
-//! verifies and appends its WAL frames to the local WAL, applies them to the
-//! engine, acknowledges, and reconnects with backoff.
-//! Not yet built: this crate holds only its purpose for now.
+//! ferry-receiver: the replica side of replication — connects to a primary
+//! (or to a replica serving cascaded replicas), checks and appends its WAL
+//! frames verbatim to the local WAL, syncs, applies them to the engine,
+//! acknowledges, and reconnects with backoff.
+//!
+//! # Layout
+//! - [`state`]: the decisions (connect, resume point, backoff, refusals) as a
+//!   plain state machine, tested without sockets.
+//! - [`Receiver`]: the task that carries them out, and its [`LinkStatus`].
+//! - `error`: [`ReceiveError`].
+//!
+//! # Guarantees
+//! - A frame is written only after its crc, body and LSN continuity are
+//!   checked; a bad frame breaks the link and nothing of its message is
+//!   written.
+//! - `flushed_lsn` is acked only once synced, and records are applied only
+//!   once synced, so the engine never holds what a crash of the replica
+//!   could take out of its log.
+//! - Every stream resumes after the last LSN in the local log: no gap, and no
+//!   record applied twice.
+
+pub mod error;
+pub mod state;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_engine::{Engine, decode_record};
+use ferry_proto::v1::primary_message::Msg as In;
+use ferry_proto::v1::refusal::Reason;
+use ferry_proto::v1::replica_message::Msg as Out;
+use ferry_proto::v1::replication_client::ReplicationClient;
+use ferry_proto::v1::{Ack, Frames, Hello, PrimaryMessage, ReplicaMessage};
+use ferry_wal::{FrameLimits, Lsn, Wal, format};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use crate::error::{ReceiveError, Result};
+use crate::state::{Backoff, Command, Event, Machine, Phase};
+
+/// A link on which the primary says nothing (not even a heartbeat) for this
+/// long is considered broken.
+pub const PRIMARY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// How long connecting and the handshake may take.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// An ack goes out at least this often, even with nothing new.
+pub const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// The largest replication message accepted or sent: one whole WAL frame of
+/// the largest size, and room for the message's other fields.
+pub const REPLICATION_MESSAGE_BYTES_MAX: usize = format::FRAME_BYTES_MAX + (64 << 10);
+/// The HTTP/2 flow-control window the receiver grants the primary, per
+/// stream and per connection. It bounds the bytes in flight on the link, so
+/// it must cover the bandwidth-delay product of a cross-region link (the
+/// HTTP/2 default of 64 KiB allows only 320 KiB/s at 200 ms round trip).
+pub const RECEIVE_WINDOW_BYTES: u32 = 32 << 20;
+/// Acks queued towards the primary (a full queue skips one: the next
+/// carries newer numbers anyway).
+const ACK_QUEUE_MAX: usize = 16;
+
+/// What the receiver needs to know of its node.
+pub trait Membership: Send + Sync + 'static {
+    /// The node's cluster id; empty for a new replica. A node whose log
+    /// never held a record adopts its primary's.
+    fn cluster_id(&self) -> String;
+    fn node_id(&self) -> String;
+    /// Where the node's clients connect, for the primary's reports.
+    fn resp_addr(&self) -> String;
+    /// Records the cluster id of the primary, for a node that had none.
+    ///
+    /// # Errors
+    ///
+    /// Why it could not be recorded durably.
+    fn adopt_cluster(&self, cluster_id: &str) -> std::result::Result<(), String>;
+}
+
+/// Tunables of a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// The gRPC address of the primary, e.g. `http://10.0.0.1:7379`.
+    pub primary: String,
+    pub backoff: Backoff,
+    pub primary_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Seeds the backoff jitter.
+    pub seed: u64,
+    /// The software version sent in the hello.
+    pub version: String,
+}
+
+impl ReceiverConfig {
+    pub fn new(primary: impl Into<String>) -> ReceiverConfig {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        ReceiverConfig {
+            primary: primary.into(),
+            backoff: Backoff::default(),
+            primary_timeout: PRIMARY_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            seed,
+            version: String::new(),
+        }
+    }
+}
+
+/// The link to the primary, as status reports show it.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub primary: String,
+    /// "connecting", "catchup", "streaming", "down", "refused" or "stopped".
+    pub state: &'static str,
+    pub link_up: bool,
+    /// When the link last went down (or the receiver started), while down.
+    pub down_since: Option<Instant>,
+    /// When the primary last sent anything.
+    pub last_io: Option<Instant>,
+    /// The primary's durable LSN, from its last message.
+    pub primary_durable_lsn: Lsn,
+    /// The lag the primary last reported for this node.
+    pub primary_lag_bytes: u64,
+    pub primary_lag_ms: u64,
+    pub last_refusal: Option<String>,
+    pub last_error: Option<String>,
+    /// Streams opened, hellos accepted, frames rejected before being
+    /// written, frames and bytes received.
+    pub connects: u64,
+    pub accepted: u64,
+    pub frames_rejected: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+}
+
+impl LinkStatus {
+    fn new(primary: String) -> LinkStatus {
+        LinkStatus {
+            primary,
+            state: "connecting",
+            link_up: false,
+            down_since: Some(Instant::now()),
+            last_io: None,
+            primary_durable_lsn: Lsn::ZERO,
+            primary_lag_bytes: 0,
+            primary_lag_ms: 0,
+            last_refusal: None,
+            last_error: None,
+            connects: 0,
+            accepted: 0,
+            frames_rejected: 0,
+            frames_received: 0,
+            bytes_received: 0,
+        }
+    }
+}
+
+/// A running receiver; [`Receiver::stop`] ends it.
+#[derive(Debug)]
+pub struct Receiver {
+    status: Arc<Mutex<LinkStatus>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Context {
+    config: ReceiverConfig,
+    wal: Arc<Wal>,
+    engine: Arc<Engine>,
+    membership: Arc<dyn Membership>,
+    status: Arc<Mutex<LinkStatus>>,
+    limits: FrameLimits,
+}
+
+/// How a session ended.
+enum Ended {
+    Event(Event),
+    Stopped,
+}
+
+fn lock(status: &Mutex<LinkStatus>) -> MutexGuard<'_, LinkStatus> {
+    status.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Receiver {
+    /// Starts following `config.primary`. The engine must have applied the
+    /// whole local WAL, and nothing else may append to that WAL while the
+    /// receiver runs.
+    ///
+    /// # Errors
+    ///
+    /// [`ReceiveError::BadAddress`] for an address that is not a URI.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start(
+        config: ReceiverConfig,
+        wal: Arc<Wal>,
+        engine: Arc<Engine>,
+        membership: Arc<dyn Membership>,
+    ) -> Result<Receiver> {
+        tonic::transport::Endpoint::from_shared(config.primary.clone()).map_err(|e| {
+            ReceiveError::BadAddress {
+                addr: config.primary.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let status = Arc::new(Mutex::new(LinkStatus::new(config.primary.clone())));
+        let (stop, stop_rx) = watch::channel(false);
+        let ctx = Context {
+            config,
+            wal,
+            engine,
+            membership,
+            status: status.clone(),
+            limits: FrameLimits::default(),
+        };
+        let task = tokio::spawn(ctx.run(stop_rx));
+        Ok(Receiver { status, stop, task })
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Ends the link and waits for the task; whatever was applied stays.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+impl Context {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut machine = Machine::new(self.config.backoff, self.config.seed);
+        // The resume point is what the log holds durably.
+        let flushed = match self.wal.sync().await {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                tracing::error!(error = %e, "the local WAL failed; not following the primary");
+                lock(&self.status).last_error = Some(e.to_string());
+                return;
+            }
+        };
+        let mut commands = machine.on_event(Event::Start { flushed });
+        while let Some(command) = commands.pop() {
+            let event = match command {
+                Command::Connect { resume_from } => {
+                    match self.session(&mut machine, resume_from, &mut stop).await {
+                        Ended::Event(event) => event,
+                        Ended::Stopped => break,
+                    }
+                }
+                Command::Retry { after } => {
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => Event::RetryDue,
+                        _ = stop.wait_for(|&s| s) => break,
+                    }
+                }
+            };
+            self.note(&event, machine.phase());
+            commands = machine.on_event(event);
+        }
+        machine.on_event(Event::Stop);
+        let mut status = lock(&self.status);
+        status.state = "stopped";
+        status.link_up = false;
+    }
+
+    /// Records a session's outcome in the status.
+    fn note(&self, event: &Event, _phase: Phase) {
+        let mut status = lock(&self.status);
+        match event {
+            Event::Refused { reason, message } => {
+                status.state = "refused";
+                status.last_refusal = Some(format!("{}: {message}", reason.as_str_name()));
+            }
+            Event::Broken { error } => {
+                status.state = "down";
+                status.last_error = Some(error.clone());
+            }
+            _ => return,
+        }
+        if status.link_up || status.down_since.is_none() {
+            status.down_since = Some(Instant::now());
+        }
+        status.link_up = false;
+    }
+
+    /// The hello for a stream that resumes at `resume_from`.
+    fn hello(&self, resume_from: Lsn) -> Result<Hello> {
+        let flushed = Lsn(resume_from.0 - 1);
+        let (mut epoch, mut crc) = (0, 0);
+        if flushed > Lsn::ZERO {
+            let frame = self.wal.frames(flushed)?.next_frame()?.ok_or_else(|| {
+                ReceiveError::Protocol(format!("no durable frame holds lsn {flushed}"))
+            })?;
+            epoch = frame.header.epoch.0;
+            crc = frame.header.crc;
+        }
+        Ok(Hello {
+            // A log that never held a record belongs to no cluster yet.
+            cluster_id: if flushed == Lsn::ZERO {
+                String::new()
+            } else {
+                self.membership.cluster_id()
+            },
+            node_id: self.membership.node_id(),
+            flushed_lsn: flushed.0,
+            flushed_epoch: epoch,
+            flushed_frame_crc: crc,
+            version: self.config.version.clone(),
+            resp_addr: self.membership.resp_addr(),
+        })
+    }
+
+    fn ack(&self) -> ReplicaMessage {
+        ReplicaMessage {
+            msg: Some(Out::Ack(Ack {
+                written_lsn: self.wal.last_lsn().0,
+                flushed_lsn: self.wal.durable_lsn().0,
+                applied_lsn: self.engine.applied_lsn().0,
+            })),
+        }
+    }
+
+    /// One stream: connect, hello, then frames until it breaks.
+    async fn session(
+        &self,
+        machine: &mut Machine,
+        resume_from: Lsn,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        {
+            let mut status = lock(&self.status);
+            status.state = "connecting";
+            status.connects += 1;
+        }
+        let broken = |e: ReceiveError| {
+            Ended::Event(Event::Broken {
+                error: e.to_string(),
+            })
+        };
+        let opened = tokio::select! {
+            r = tokio::time::timeout(self.config.connect_timeout, self.open(resume_from)) => r,
+            _ = stop.wait_for(|&s| s) => return Ended::Stopped,
+        };
+        let (out_tx, mut inbound) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => return broken(e),
+            Err(_) => {
+                return broken(ReceiveError::Link(format!(
+                    "no answer from {} within {:?}",
+                    self.config.primary, self.config.connect_timeout
+                )));
+            }
+        };
+        let first = tokio::select! {
+            r = tokio::time::timeout(self.config.connect_timeout, inbound.message()) => r,
+            _ = stop.wait_for(|&s| s) => return Ended::Stopped,
+        };
+        let accept = match first {
+            Ok(Ok(Some(PrimaryMessage {
+                msg: Some(In::Accept(accept)),
+            }))) => accept,
+            Ok(Ok(Some(PrimaryMessage {
+                msg: Some(In::Refusal(refusal)),
+            }))) => {
+                let reason = Reason::try_from(refusal.reason).unwrap_or(Reason::Unspecified);
+                tracing::warn!(primary = %self.config.primary, ?reason, message = %refusal.message, "the primary refused this node");
+                return Ended::Event(Event::Refused {
+                    reason,
+                    message: refusal.message,
+                });
+            }
+            Ok(Ok(Some(_))) => {
+                return broken(ReceiveError::Protocol(
+                    "the primary's first message is neither accept nor refusal".into(),
+                ));
+            }
+            Ok(Ok(None)) => {
+                return broken(ReceiveError::Link(
+                    "the primary ended the stream at once".into(),
+                ));
+            }
+            Ok(Err(status)) => return broken(ReceiveError::Link(status.message().to_string())),
+            Err(_) => {
+                return broken(ReceiveError::Link("no answer to the hello in time".into()));
+            }
+        };
+        if let Err(e) = self.check_cluster(&accept.cluster_id) {
+            tracing::error!(error = %e, "not following the primary");
+            return Ended::Event(Event::Refused {
+                reason: Reason::OtherCluster,
+                message: e.to_string(),
+            });
+        }
+        machine.on_event(Event::Accepted {
+            from: Lsn(accept.from_lsn),
+        });
+        if machine.phase() != Phase::Streaming {
+            return broken(ReceiveError::Protocol(format!(
+                "the primary offered lsn {}, this node asked for {resume_from}",
+                accept.from_lsn
+            )));
+        }
+        tracing::info!(primary = %self.config.primary, from = accept.from_lsn, primary_durable = accept.durable_lsn, "following the primary");
+        {
+            let mut status = lock(&self.status);
+            status.state = if accept.durable_lsn >= resume_from.0 {
+                "catchup"
+            } else {
+                "streaming"
+            };
+            status.link_up = true;
+            status.down_since = None;
+            status.last_io = Some(Instant::now());
+            status.last_refusal = None;
+            status.accepted += 1;
+            status.primary_durable_lsn = Lsn(accept.durable_lsn);
+        }
+        let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let message = tokio::select! {
+                r = tokio::time::timeout(self.config.primary_timeout, inbound.message()) => r,
+                _ = ack_tick.tick() => {
+                    let _ = out_tx.try_send(self.ack());
+                    continue;
+                }
+                _ = stop.wait_for(|&s| s) => return Ended::Stopped,
+            };
+            let message = match message {
+                Ok(Ok(Some(PrimaryMessage { msg: Some(m) }))) => m,
+                Ok(Ok(Some(PrimaryMessage { msg: None }))) => {
+                    return broken(ReceiveError::Protocol("an empty message".into()));
+                }
+                Ok(Ok(None)) => {
+                    return broken(ReceiveError::Link("the primary ended the stream".into()));
+                }
+                Ok(Err(status)) => {
+                    return broken(ReceiveError::Link(format!(
+                        "{}: {}",
+                        status.code(),
+                        status.message()
+                    )));
+                }
+                Err(_) => {
+                    return broken(ReceiveError::Link(format!(
+                        "nothing from the primary for {:?}",
+                        self.config.primary_timeout
+                    )));
+                }
+            };
+            lock(&self.status).last_io = Some(Instant::now());
+            match message {
+                In::Frames(frames) => match self.receive(machine, frames).await {
+                    Ok(()) => {
+                        let _ = out_tx.try_send(self.ack());
+                    }
+                    Err(e) => {
+                        if matches!(e, ReceiveError::RejectedFrames(_)) {
+                            lock(&self.status).frames_rejected += 1;
+                        }
+                        tracing::warn!(error = %e, "dropping the link to the primary");
+                        return broken(e);
+                    }
+                },
+                In::Heartbeat(h) => {
+                    let mut status = lock(&self.status);
+                    status.primary_durable_lsn = status.primary_durable_lsn.max(Lsn(h.durable_lsn));
+                    status.primary_lag_bytes = h.lag_bytes;
+                    status.primary_lag_ms = h.lag_ms;
+                    if self.engine.applied_lsn().0 >= h.durable_lsn {
+                        status.state = "streaming";
+                    }
+                }
+                In::Accept(_) | In::Refusal(_) => {
+                    return broken(ReceiveError::Protocol(
+                        "a second accept or refusal on one stream".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Connects and sends the hello.
+    async fn open(
+        &self,
+        resume_from: Lsn,
+    ) -> Result<(
+        mpsc::Sender<ReplicaMessage>,
+        tonic::Streaming<PrimaryMessage>,
+    )> {
+        let link = |e: &dyn std::fmt::Display| ReceiveError::Link(e.to_string());
+        let endpoint = tonic::transport::Endpoint::from_shared(self.config.primary.clone())
+            .map_err(|e| ReceiveError::BadAddress {
+                addr: self.config.primary.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
+            .initial_connection_window_size(RECEIVE_WINDOW_BYTES);
+        let channel = endpoint.connect().await.map_err(|e| {
+            ReceiveError::Link(format!("connecting to {}: {e}", self.config.primary))
+        })?;
+        let mut client = ReplicationClient::new(channel)
+            .max_decoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(REPLICATION_MESSAGE_BYTES_MAX);
+        let (out_tx, out_rx) = mpsc::channel(ACK_QUEUE_MAX);
+        let hello = self.hello(resume_from)?;
+        out_tx
+            .try_send(ReplicaMessage {
+                msg: Some(Out::Hello(hello)),
+            })
+            .map_err(|e| link(&e))?;
+        let response = client
+            .stream(ReceiverStream::new(out_rx))
+            .await
+            .map_err(|s| ReceiveError::Link(format!("{}: {}", s.code(), s.message())))?;
+        Ok((out_tx, response.into_inner()))
+    }
+
+    fn check_cluster(&self, primary: &str) -> Result<()> {
+        let ours = self.membership.cluster_id();
+        if ours.is_empty() || (ours != primary && self.wal.last_lsn() == Lsn::ZERO) {
+            self.membership
+                .adopt_cluster(primary)
+                .map_err(ReceiveError::Membership)?;
+            tracing::info!(cluster = %primary, "joined the primary's cluster");
+            return Ok(());
+        }
+        if ours != primary {
+            return Err(ReceiveError::OtherCluster {
+                ours,
+                primary: primary.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks, appends, syncs and applies one message of frames.
+    async fn receive(&self, machine: &mut Machine, frames: Frames) -> Result<()> {
+        let expected = self.wal.last_lsn().next();
+        if frames.first_lsn != expected.0 {
+            return Err(ReceiveError::RejectedFrames(format!(
+                "frames start at lsn {}, the log continues at {expected}",
+                frames.first_lsn
+            )));
+        }
+        let data: Bytes = frames.data;
+        let headers = ferry_wal::verify_frames(&data, self.limits)
+            .map_err(|e| ReceiveError::RejectedFrames(e.to_string()))?;
+        let (first, last) = match (headers.first(), headers.last()) {
+            (Some(f), Some(l)) => (f.first_lsn, l.last_lsn()),
+            _ => return Err(ReceiveError::RejectedFrames("no frames".into())),
+        };
+        if first != expected || last.0 != frames.last_lsn {
+            return Err(ReceiveError::RejectedFrames(format!(
+                "the frames hold lsn {first}..={last}, the message says {}..={}",
+                frames.first_lsn, frames.last_lsn
+            )));
+        }
+        let mut records = Vec::with_capacity((last.0 - first.0 + 1) as usize);
+        let mut offset = 0;
+        for header in &headers {
+            let frame = data.slice(offset..offset + header.frame_len());
+            offset += header.frame_len();
+            let bodies = format::decode_records(header, &frame)
+                .map_err(|e| ReceiveError::RejectedFrames(e.to_string()))?;
+            for (i, body) in bodies.iter().enumerate() {
+                let lsn = Lsn(header.first_lsn.0 + i as u64);
+                let record = decode_record(lsn, body)
+                    .map_err(|e| ReceiveError::RejectedFrames(e.to_string()))?;
+                records.push((lsn, record));
+            }
+        }
+        let bytes = data.len() as u64;
+        let range = self.wal.append_frames(data).await.map_err(|e| match e {
+            ferry_wal::WalError::InvalidFrames { .. } | ferry_wal::WalError::LsnGap { .. } => {
+                ReceiveError::RejectedFrames(e.to_string())
+            }
+            other => ReceiveError::Wal(other),
+        })?;
+        if self.wal.durable_lsn() < range.last {
+            self.wal.sync().await?;
+        }
+        machine.on_event(Event::Flushed { lsn: range.last });
+        self.engine.apply(&records)?;
+        let mut status = lock(&self.status);
+        status.frames_received += headers.len() as u64;
+        status.bytes_received += bytes;
+        status.primary_durable_lsn = status.primary_durable_lsn.max(Lsn(frames.durable_lsn));
+        if range.last >= status.primary_durable_lsn {
+            status.state = "streaming";
+        }
+        Ok(())
+    }
+}

@@ -1,4 +1,684 @@
-//! ferry-shipper: the primary side of replication — the gRPC service that
-//! streams durable WAL frames to each replica from the LSN it asks for and
-//! tracks each replica's acknowledged LSNs.
-//! Not yet built: this crate holds only its purpose for now.
+//! ferry-shipper: the sending side of replication — the gRPC `Replication`
+//! service that streams durable WAL frames to each replica from the LSN it
+//! asks for, and tracks what each replica acknowledged.
+//!
+//! A primary runs it, and so does a replica serving its own (cascaded)
+//! replicas: it only reads the node's WAL, so both send the same bytes and
+//! LSNs.
+//!
+//! # Layout
+//! - [`Shipper`]: the registry of connected replicas and the hello check.
+//! - [`ShipperService`]: the tonic service, one session per stream.
+//! - `error`: [`ShipError`] and its one mapping to a gRPC status.
+//!
+//! # A session
+//! ```text
+//! hello -> check (cluster, history at the replica's flushed LSN, retention)
+//!       -> Refusal, end           (the replica backs off and retries)
+//!       -> Accept(from) -> loop: durable frames from `from`, batched -> Frames
+//!                                idle: Heartbeat every interval
+//!          acks (another task) -> written / flushed / applied, last ack time
+//!          no ack for `replica_timeout`, or the stream fails -> end
+//! ```
+//! The session reads the WAL on its own, through bounded queues: a slow or
+//! stuck replica never slows the primary's clients.
+
+pub mod error;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use ferry_proto::v1::primary_message::Msg as Out;
+use ferry_proto::v1::refusal::Reason;
+use ferry_proto::v1::replica_message::Msg as In;
+use ferry_proto::v1::replication_server::{Replication, ReplicationServer};
+use ferry_proto::v1::{Accept, Frames, Heartbeat, Hello, PrimaryMessage, Refusal, ReplicaMessage};
+use ferry_wal::{Lsn, Wal};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use crate::error::{Result, ShipError};
+
+/// How often an idle stream carries a heartbeat.
+pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_millis(250);
+/// A replica that acks nothing for this long is dropped (it may reconnect),
+/// as Redis's `repl-timeout`.
+pub const REPLICA_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// How long a new stream may take to send its hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames are batched into messages of about this many bytes (a larger
+/// frame travels alone).
+pub const FRAMES_MESSAGE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Messages queued for one replica's stream before the session waits.
+pub const SEND_QUEUE_MESSAGES_MAX: usize = 8;
+/// The largest replication message either end accepts: one WAL frame of the
+/// largest body, its header and the message's own fields.
+pub const REPLICATION_MESSAGE_BYTES_MAX: usize = ferry_wal::format::BODY_BYTES_MAX_DEFAULT as usize
+    + ferry_wal::format::FRAME_HEADER_LEN
+    + (64 << 10);
+/// Frames remembered per replica for lag reports (the oldest are forgotten
+/// first; lag then reads low until acks catch up).
+pub const INFLIGHT_FRAMES_MAX: usize = 1 << 16;
+
+/// What the shipper needs to know of its node.
+pub trait Membership: Send + Sync + 'static {
+    /// The node's cluster id; empty while a new replica has not synced yet.
+    fn cluster_id(&self) -> String;
+    /// The node's stable id.
+    fn node_id(&self) -> String;
+}
+
+/// Tunables of a [`Shipper`].
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    pub heartbeat_interval: Duration,
+    pub replica_timeout: Duration,
+    pub frames_message_bytes_max: usize,
+}
+
+impl Default for ShipperConfig {
+    fn default() -> Self {
+        ShipperConfig {
+            heartbeat_interval: HEARTBEAT_INTERVAL_DEFAULT,
+            replica_timeout: REPLICA_TIMEOUT_DEFAULT,
+            frames_message_bytes_max: FRAMES_MESSAGE_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Where a replica's stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// Hello received, not yet accepted.
+    Connecting,
+    /// Sending frames that were durable before the replica connected.
+    Catchup,
+    /// Caught up once: sending frames as they become durable.
+    Streaming,
+}
+
+impl ReplicaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Connecting => "connecting",
+            ReplicaState::Catchup => "catchup",
+            ReplicaState::Streaming => "streaming",
+        }
+    }
+}
+
+/// One connected replica, as status reports show it.
+#[derive(Debug, Clone)]
+pub struct ReplicaInfo {
+    pub stream_id: u64,
+    pub node_id: String,
+    /// The peer address of the stream.
+    pub addr: String,
+    /// Where the replica's clients connect, as it said in its hello.
+    pub resp_addr: String,
+    pub state: ReplicaState,
+    pub sent_lsn: Lsn,
+    pub written_lsn: Lsn,
+    pub flushed_lsn: Lsn,
+    pub applied_lsn: Lsn,
+    pub lag: Lag,
+    pub last_ack_age: Duration,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+}
+
+/// How far a replica is behind the sender's durable LSN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    pub records: u64,
+    /// Stored bytes of the frames it has not applied.
+    pub bytes: u64,
+    /// Age of the oldest record it has not applied, on the sender's clock.
+    pub ms: u64,
+}
+
+/// Counters since start, named as Redis's INFO stats.
+#[derive(Debug, Default)]
+pub struct ShipperCounters {
+    /// Hellos accepted (a resume from the replica's own LSN).
+    pub sync_partial_ok: AtomicU64,
+    /// Hellos refused.
+    pub sync_partial_err: AtomicU64,
+}
+
+/// A frame sent and perhaps not yet applied by the replica.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    last_lsn: Lsn,
+    bytes: u64,
+    timestamp_ms: u64,
+}
+
+struct Tracked {
+    node_id: String,
+    addr: String,
+    resp_addr: String,
+    state: ReplicaState,
+    sent_lsn: Lsn,
+    written_lsn: Lsn,
+    flushed_lsn: Lsn,
+    applied_lsn: Lsn,
+    last_ack: Instant,
+    frames_sent: u64,
+    bytes_sent: u64,
+    inflight: VecDeque<Sent>,
+    disconnect: watch::Sender<bool>,
+}
+
+/// The replicas of one node and the WAL it ships.
+pub struct Shipper {
+    wal: Arc<Wal>,
+    membership: Arc<dyn Membership>,
+    config: ShipperConfig,
+    replicas: Mutex<HashMap<u64, Tracked>>,
+    next_stream_id: AtomicU64,
+    stop: watch::Receiver<bool>,
+    pub counters: ShipperCounters,
+}
+
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn refused(reason: Reason, message: String) -> ShipError {
+    ShipError::Refused { reason, message }
+}
+
+impl Shipper {
+    /// A shipper of `wal`. Sessions end when `stop` turns true.
+    pub fn new(
+        wal: Arc<Wal>,
+        membership: Arc<dyn Membership>,
+        config: ShipperConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Shipper {
+        Shipper {
+            wal,
+            membership,
+            config,
+            replicas: Mutex::new(HashMap::new()),
+            next_stream_id: AtomicU64::new(1),
+            stop,
+            counters: ShipperCounters::default(),
+        }
+    }
+
+    /// The tonic service, with its message size limits set.
+    pub fn service(self: &Arc<Self>) -> ReplicationServer<ShipperService> {
+        ReplicationServer::new(ShipperService {
+            shipper: self.clone(),
+        })
+        .max_decoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
+    }
+
+    fn replicas(&self) -> MutexGuard<'_, HashMap<u64, Tracked>> {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connected replicas, by stream id.
+    pub fn list(&self) -> Vec<ReplicaInfo> {
+        let durable = self.wal.durable_lsn();
+        let now = now_ms();
+        let mut rows: Vec<ReplicaInfo> = self
+            .replicas()
+            .iter()
+            .map(|(&stream_id, t)| ReplicaInfo {
+                stream_id,
+                node_id: t.node_id.clone(),
+                addr: t.addr.clone(),
+                resp_addr: t.resp_addr.clone(),
+                state: t.state,
+                sent_lsn: t.sent_lsn,
+                written_lsn: t.written_lsn,
+                flushed_lsn: t.flushed_lsn,
+                applied_lsn: t.applied_lsn,
+                lag: self.lag(t, durable, now),
+                last_ack_age: t.last_ack.elapsed(),
+                frames_sent: t.frames_sent,
+                bytes_sent: t.bytes_sent,
+            })
+            .collect();
+        rows.sort_by_key(|r| r.stream_id);
+        rows
+    }
+
+    fn lag(&self, t: &Tracked, durable: Lsn, now_ms: u64) -> Lag {
+        let records = durable.0.saturating_sub(t.applied_lsn.0);
+        if records == 0 {
+            return Lag::default();
+        }
+        let pending = t.inflight.iter().filter(|s| s.last_lsn > t.applied_lsn);
+        let mut bytes: u64 = pending.clone().map(|s| s.bytes).sum();
+        if t.sent_lsn < durable {
+            bytes += self.wal.bytes_after(t.sent_lsn);
+        }
+        let ms = pending
+            .map(|s| now_ms.saturating_sub(s.timestamp_ms))
+            .next()
+            .unwrap_or(0);
+        Lag { records, bytes, ms }
+    }
+
+    /// Ends the streams of the replica with this node id; returns how many.
+    pub fn disconnect(&self, node_id: &str) -> usize {
+        let replicas = self.replicas();
+        let mut ended = 0;
+        for t in replicas.values().filter(|t| t.node_id == node_id) {
+            t.disconnect.send_replace(true);
+            ended += 1;
+        }
+        ended
+    }
+
+    /// Checks a hello; returns the first LSN to send.
+    async fn check_hello(&self, hello: &Hello) -> Result<Lsn> {
+        let ours = self.membership.cluster_id();
+        if ours.is_empty() {
+            return Err(refused(
+                Reason::Unspecified,
+                "this node has not joined a cluster yet (it has not synced from its own primary)"
+                    .into(),
+            ));
+        }
+        if hello.node_id.is_empty() {
+            return Err(refused(Reason::BadHello, "the hello has no node id".into()));
+        }
+        if hello.node_id == self.membership.node_id() {
+            return Err(refused(
+                Reason::BadHello,
+                "a node cannot replicate from itself".into(),
+            ));
+        }
+        let flushed = Lsn(hello.flushed_lsn);
+        if flushed.0 > 0 && hello.cluster_id.is_empty() {
+            return Err(refused(
+                Reason::BadHello,
+                format!("the replica has records up to lsn {flushed} but names no cluster"),
+            ));
+        }
+        if !hello.cluster_id.is_empty() && hello.cluster_id != ours {
+            return Err(refused(
+                Reason::OtherCluster,
+                format!(
+                    "the replica's data belongs to cluster {}, this node's to cluster {ours}",
+                    hello.cluster_id
+                ),
+            ));
+        }
+        let last = self.wal.last_lsn();
+        if flushed > last {
+            return Err(refused(
+                Reason::HistoryMismatch,
+                format!(
+                    "the replica has records up to lsn {flushed}, this node only up to lsn {last}: \
+                     the replica holds records this node never had"
+                ),
+            ));
+        }
+        if flushed > self.wal.durable_lsn() {
+            self.wal.wait_durable(flushed).await?;
+        }
+        let first = self.wal.first_lsn();
+        if flushed.next() < first {
+            return Err(refused(
+                Reason::NotRetained,
+                format!(
+                    "the replica needs lsn {} next, this node keeps lsn {first} and later only",
+                    flushed.next()
+                ),
+            ));
+        }
+        if flushed.0 > 0 && flushed >= first {
+            let mut reader = self.wal.frames(flushed)?;
+            let frame = reader.next_frame()?.ok_or_else(|| {
+                refused(
+                    Reason::HistoryMismatch,
+                    format!("this node has no durable frame holding lsn {flushed}"),
+                )
+            })?;
+            let h = frame.header;
+            if h.last_lsn() != flushed
+                || h.crc != hello.flushed_frame_crc
+                || h.epoch.0 != hello.flushed_epoch
+            {
+                return Err(refused(
+                    Reason::HistoryMismatch,
+                    format!(
+                        "the histories differ at lsn {flushed}: the replica's frame ending there has \
+                         epoch {} and crc {:08x}; this node's frame holding it spans lsn {}..={}, \
+                         epoch {}, crc {:08x}",
+                        hello.flushed_epoch,
+                        hello.flushed_frame_crc,
+                        h.first_lsn,
+                        h.last_lsn(),
+                        h.epoch,
+                        h.crc
+                    ),
+                ));
+            }
+        }
+        Ok(flushed.next())
+    }
+
+    fn update(&self, stream_id: u64, f: impl FnOnce(&mut Tracked)) {
+        if let Some(t) = self.replicas().get_mut(&stream_id) {
+            f(t);
+        }
+    }
+
+    fn on_ack(&self, stream_id: u64, ack: &ferry_proto::v1::Ack) {
+        self.update(stream_id, |t| {
+            // Acks only move forward; a stale or corrupt one is ignored.
+            t.written_lsn = t.written_lsn.max(Lsn(ack.written_lsn.min(t.sent_lsn.0)));
+            t.flushed_lsn = t.flushed_lsn.max(Lsn(ack.flushed_lsn.min(t.written_lsn.0)));
+            t.applied_lsn = t.applied_lsn.max(Lsn(ack.applied_lsn.min(t.flushed_lsn.0)));
+            t.last_ack = Instant::now();
+            while t
+                .inflight
+                .front()
+                .is_some_and(|s| s.last_lsn <= t.applied_lsn)
+            {
+                t.inflight.pop_front();
+            }
+        });
+    }
+
+    /// Sends durable frames from `from` until the stream ends; returns why.
+    async fn ship(
+        self: Arc<Self>,
+        stream_id: u64,
+        from: Lsn,
+        tx: mpsc::Sender<Result<PrimaryMessage, tonic::Status>>,
+        mut ended: watch::Receiver<Option<String>>,
+        mut disconnect: watch::Receiver<bool>,
+    ) -> ShipError {
+        let mut stop = self.stop.clone();
+        let mut reader = match self.wal.frames(from) {
+            Ok(r) => r,
+            Err(e) => return e.into(),
+        };
+        // Under everysec, sync as soon as frames are written while a replica
+        // streams, so it does not wait for the interval.
+        let _eager = self.wal.eager_sync();
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sent_since_tick = false;
+        let limit = self.config.frames_message_bytes_max;
+        loop {
+            let mut data = BytesMut::new();
+            let (mut first, mut last) = (Lsn::ZERO, Lsn::ZERO);
+            let mut sent = Vec::new();
+            while data.len() < limit {
+                match reader.next_frame() {
+                    Ok(Some(frame)) => {
+                        if first == Lsn::ZERO {
+                            first = frame.header.first_lsn;
+                        }
+                        last = frame.header.last_lsn();
+                        sent.push(Sent {
+                            last_lsn: last,
+                            bytes: frame.bytes.len() as u64,
+                            timestamp_ms: frame.header.timestamp_ms,
+                        });
+                        if data.is_empty() && frame.bytes.len() >= limit {
+                            data = BytesMut::from(frame.bytes);
+                            break;
+                        }
+                        data.extend_from_slice(&frame.bytes);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return e.into(),
+                }
+            }
+            let durable = self.wal.durable_lsn();
+            if !data.is_empty() {
+                let caught_up = last >= durable;
+                self.update(stream_id, |t| {
+                    t.sent_lsn = last;
+                    t.frames_sent += sent.len() as u64;
+                    t.bytes_sent += data.len() as u64;
+                    if caught_up {
+                        t.state = ReplicaState::Streaming;
+                    }
+                    t.inflight.extend(sent);
+                    while t.inflight.len() > INFLIGHT_FRAMES_MAX {
+                        t.inflight.pop_front();
+                    }
+                });
+                let message = PrimaryMessage {
+                    msg: Some(Out::Frames(Frames {
+                        data: data.freeze(),
+                        first_lsn: first.0,
+                        last_lsn: last.0,
+                        durable_lsn: durable.0,
+                    })),
+                };
+                let send = tx.send(Ok(message));
+                tokio::pin!(send);
+                loop {
+                    tokio::select! {
+                        r = &mut send => {
+                            if r.is_err() {
+                                return ShipError::StreamEnded("the replica went away".into());
+                            }
+                            break;
+                        }
+                        _ = tick.tick() => {
+                            if let Some(err) = self.stalled(stream_id) {
+                                return err;
+                            }
+                        }
+                        r = ended.changed() => return self.ended(r, &ended),
+                        _ = disconnect.changed() => return ShipError::Disconnected,
+                        _ = stop.changed() => return ShipError::ShuttingDown,
+                    }
+                }
+                sent_since_tick = true;
+                continue;
+            }
+            self.update(stream_id, |t| t.state = ReplicaState::Streaming);
+            tokio::select! {
+                r = reader.wait() => {
+                    if let Err(e) = r {
+                        return e.into();
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(err) = self.stalled(stream_id) {
+                        return err;
+                    }
+                    if !std::mem::take(&mut sent_since_tick) {
+                        let heartbeat = self.heartbeat(stream_id);
+                        // A full queue already tells the replica the link lives.
+                        let _ = tx.try_send(Ok(heartbeat));
+                    }
+                }
+                r = ended.changed() => return self.ended(r, &ended),
+                _ = disconnect.changed() => return ShipError::Disconnected,
+                _ = stop.changed() => return ShipError::ShuttingDown,
+            }
+        }
+    }
+
+    fn ended(
+        &self,
+        changed: std::result::Result<(), watch::error::RecvError>,
+        ended: &watch::Receiver<Option<String>>,
+    ) -> ShipError {
+        match changed {
+            Ok(()) => ShipError::StreamEnded(ended.borrow().clone().unwrap_or_default()),
+            Err(_) => ShipError::StreamEnded("the ack reader stopped".into()),
+        }
+    }
+
+    fn stalled(&self, stream_id: u64) -> Option<ShipError> {
+        let age = self
+            .replicas()
+            .get(&stream_id)
+            .map(|t| t.last_ack.elapsed())?;
+        (age > self.config.replica_timeout).then_some(ShipError::Stalled {
+            ms: age.as_millis() as u64,
+        })
+    }
+
+    fn heartbeat(&self, stream_id: u64) -> PrimaryMessage {
+        let durable = self.wal.durable_lsn();
+        let now = now_ms();
+        let lag = self
+            .replicas()
+            .get(&stream_id)
+            .map(|t| self.lag(t, durable, now))
+            .unwrap_or_default();
+        PrimaryMessage {
+            msg: Some(Out::Heartbeat(Heartbeat {
+                durable_lsn: durable.0,
+                clock_ms: now,
+                lag_bytes: lag.bytes,
+                lag_ms: lag.ms,
+            })),
+        }
+    }
+}
+
+/// The tonic `Replication` service of a [`Shipper`].
+#[derive(Debug, Clone)]
+pub struct ShipperService {
+    shipper: Arc<Shipper>,
+}
+
+type OutStream = ReceiverStream<Result<PrimaryMessage, tonic::Status>>;
+
+#[tonic::async_trait]
+impl Replication for ShipperService {
+    type StreamStream = OutStream;
+
+    async fn stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<ReplicaMessage>>,
+    ) -> std::result::Result<tonic::Response<OutStream>, tonic::Status> {
+        let shipper = &self.shipper;
+        let addr = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(ReplicaMessage {
+                msg: Some(In::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                return Err(tonic::Status::invalid_argument(
+                    "the first message of a replication stream must be a hello",
+                ));
+            }
+            Ok(Ok(None)) => return Err(tonic::Status::cancelled("the stream ended at once")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(tonic::Status::deadline_exceeded("no hello in time")),
+        };
+        let (tx, rx) = mpsc::channel(SEND_QUEUE_MESSAGES_MAX);
+        let from = match shipper.check_hello(&hello).await {
+            Ok(from) => from,
+            Err(ShipError::Refused { reason, message }) => {
+                shipper
+                    .counters
+                    .sync_partial_err
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(replica = %hello.node_id, %addr, ?reason, %message, "replica refused");
+                let refusal = PrimaryMessage {
+                    msg: Some(Out::Refusal(Refusal {
+                        reason: reason as i32,
+                        message,
+                    })),
+                };
+                let _ = tx.send(Ok(refusal)).await;
+                return Ok(tonic::Response::new(ReceiverStream::new(rx)));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        shipper
+            .counters
+            .sync_partial_ok
+            .fetch_add(1, Ordering::Relaxed);
+        let stream_id = shipper.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let (disconnect_tx, disconnect_rx) = watch::channel(false);
+        shipper.replicas().insert(
+            stream_id,
+            Tracked {
+                node_id: hello.node_id.clone(),
+                addr: addr.clone(),
+                resp_addr: hello.resp_addr.clone(),
+                state: ReplicaState::Catchup,
+                sent_lsn: Lsn(from.0 - 1),
+                written_lsn: Lsn(from.0 - 1),
+                flushed_lsn: Lsn(from.0 - 1),
+                applied_lsn: Lsn(from.0 - 1),
+                last_ack: Instant::now(),
+                frames_sent: 0,
+                bytes_sent: 0,
+                inflight: VecDeque::new(),
+                disconnect: disconnect_tx,
+            },
+        );
+        let accept = PrimaryMessage {
+            msg: Some(Out::Accept(Accept {
+                from_lsn: from.0,
+                cluster_id: shipper.membership.cluster_id(),
+                node_id: shipper.membership.node_id(),
+                epoch: shipper.wal.epoch().0,
+                durable_lsn: shipper.wal.durable_lsn().0,
+            })),
+        };
+        let _ = tx.send(Ok(accept)).await;
+        tracing::info!(replica = %hello.node_id, %addr, from = %from, "replica accepted");
+        let (ended_tx, ended_rx) = watch::channel(None);
+        let acks = shipper.clone();
+        tokio::spawn(async move {
+            let why = loop {
+                match inbound.message().await {
+                    Ok(Some(ReplicaMessage {
+                        msg: Some(In::Ack(ack)),
+                    })) => acks.on_ack(stream_id, &ack),
+                    Ok(Some(_)) => break "the replica sent a second hello".to_string(),
+                    Ok(None) => break "the replica closed the stream".to_string(),
+                    Err(status) => break status.message().to_string(),
+                }
+            };
+            ended_tx.send_replace(Some(why));
+        });
+        let session = shipper.clone();
+        tokio::spawn(async move {
+            let why = session
+                .clone()
+                .ship(stream_id, from, tx.clone(), ended_rx, disconnect_rx)
+                .await;
+            let node_id = session
+                .replicas()
+                .remove(&stream_id)
+                .map(|t| t.node_id)
+                .unwrap_or_default();
+            tracing::info!(replica = %node_id, reason = %why, "replica stream ended");
+            // The replica learns why, unless the stream is gone already.
+            let _ = tx.try_send(Err(why.into()));
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}

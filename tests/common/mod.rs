@@ -166,3 +166,81 @@ pub fn error(con: &mut redis::Connection, args: &[&str]) -> String {
         },
     }
 }
+
+pub mod proxy;
+
+/// The node's status over gRPC, from the real client.
+pub fn status(grpc: SocketAddr) -> ferry_proto::v1::GetStatusResponse {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client =
+            ferry_proto::v1::status_client::StatusClient::connect(format!("http://{grpc}"))
+                .await
+                .expect("connect to the status service");
+        client
+            .get_status(ferry_proto::v1::GetStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    })
+}
+
+/// `DEBUG DIGEST` of a node.
+pub fn digest(server: &Server) -> String {
+    let mut c = server.client();
+    match raw(&mut c, &["DEBUG", "DIGEST"]) {
+        redis::Value::SimpleString(s) => s,
+        other => panic!("DEBUG DIGEST answered {other:?}"),
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; whether it
+/// held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Server {
+    /// The node's gRPC address as a URL, as `--replica-of` takes it.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Starts a replica of `primary` (a gRPC URL) on `data_dir`.
+    pub fn replica(data_dir: &Path, primary: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--replica-of", primary];
+        args.extend_from_slice(extra);
+        Server::start(data_dir, &args)
+    }
+
+    /// The node's applied LSN, from its status.
+    pub fn applied_lsn(&self) -> u64 {
+        status(self.grpc).applied_lsn
+    }
+
+    /// The node's durable LSN, from its status.
+    pub fn durable_lsn(&self) -> u64 {
+        status(self.grpc).wal.expect("wal").durable_lsn
+    }
+
+    /// One field of `INFO replication` (or another section).
+    pub fn info_field(&self, section: &str, field: &str) -> Option<String> {
+        let mut c = self.client();
+        let text: String = cmd(&["INFO", section]).query(&mut c).expect("INFO");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_string())
+    }
+}

@@ -67,6 +67,8 @@ const FLAGS_KNOWN: u32 = FLAG_ZSTD;
 
 /// Default for [`FrameLimits::body_bytes_max`]: 64 MiB.
 pub const BODY_BYTES_MAX_DEFAULT: u32 = 64 << 20;
+/// The largest whole frame under the default limits, header included.
+pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_LEN + BODY_BYTES_MAX_DEFAULT as usize;
 
 /// Size caps applied when decoding frames, so that a corrupt or hostile
 /// length never makes a reader allocate more than this.

@@ -191,6 +191,9 @@ pub(crate) struct Shared {
     counters: Counters,
     sync_target: Mutex<SyncTarget>,
     sync_wake: Condvar,
+    /// Live [`EagerSync`] guards: while any exists, the everysec syncer
+    /// syncs as soon as something is written.
+    eager: AtomicU64,
 }
 
 /// What the [`SyncPolicy::EverySec`] syncer syncs next.
@@ -199,6 +202,8 @@ struct SyncTarget {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
     written: Lsn,
+    /// Sync at once instead of at the end of the interval.
+    soon: bool,
     stop: bool,
 }
 
@@ -302,6 +307,18 @@ enum Owed {
     Sync(oneshot::Sender<Result<Lsn>>),
 }
 
+/// Keeps the everysec syncer eager; see [`Wal::eager_sync`].
+#[derive(Debug)]
+pub struct EagerSync {
+    shared: Arc<Shared>,
+}
+
+impl Drop for EagerSync {
+    fn drop(&mut self) {
+        self.shared.eager.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A write-ahead log, open for appending and reading.
 ///
 /// Appends and syncs are carried out by a writer thread; `append` and
@@ -372,8 +389,10 @@ impl Wal {
                 file: recovered.file.clone(),
                 path: active.path.clone(),
                 written: last,
+                soon: false,
                 stop: false,
             }),
+            eager: AtomicU64::new(0),
             options,
             segments: RwLock::new(recovered.segments),
             durable,
@@ -614,6 +633,46 @@ impl Wal {
             frames: c.frames.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             syncs: c.syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stored bytes of the frames after the one holding `lsn` (every frame
+    /// for [`Lsn::ZERO`]), up to the last written. An estimate that may count
+    /// up to one index interval (64 KiB) too many, cheap enough for status
+    /// reports of replication lag.
+    pub fn bytes_after(&self, lsn: Lsn) -> u64 {
+        let segments = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut total = 0;
+        for segment in segments.iter().rev() {
+            if segment.first_lsn > lsn {
+                total += segment
+                    .end()
+                    .saturating_sub(format::SEGMENT_HEADER_LEN as u64);
+            } else {
+                total += segment.end().saturating_sub(segment.seek_hint(lsn.next()));
+                break;
+            }
+        }
+        total
+    }
+
+    /// Makes the [`SyncPolicy::EverySec`] syncer sync as soon as frames are
+    /// written, in the background (appends do not wait for it), for as long
+    /// as the guard lives. Readers that follow the durable LSN, such as
+    /// replication, then see new frames within a sync's time rather than
+    /// within the interval. Other policies already publish every write.
+    pub fn eager_sync(&self) -> EagerSync {
+        self.shared.eager.fetch_add(1, Ordering::AcqRel);
+        let mut target = lock(&self.shared.sync_target);
+        target.soon = true;
+        drop(target);
+        self.shared.sync_wake.notify_one();
+        EagerSync {
+            shared: self.shared.clone(),
         }
     }
 
@@ -1264,7 +1323,13 @@ impl Writer {
         if sync_now || policy != SyncPolicy::EverySec {
             self.shared.publish_durable(last);
         } else {
-            lock(&self.shared.sync_target).written = last;
+            let mut target = lock(&self.shared.sync_target);
+            target.written = last;
+            if self.shared.eager.load(Ordering::Acquire) > 0 {
+                target.soon = true;
+                drop(target);
+                self.shared.sync_wake.notify_one();
+            }
         }
         Ok(*self.shared.durable.borrow())
     }
@@ -1352,11 +1417,14 @@ fn run_syncer(shared: &Shared) {
         if target.stop {
             return;
         }
-        target = shared
-            .sync_wake
-            .wait_timeout(target, interval)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        if !target.soon {
+            target = shared
+                .sync_wake
+                .wait_timeout(target, interval)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        target.soon = false;
         if target.stop {
             return;
         }

@@ -424,6 +424,38 @@ async fn everysec_makes_appends_durable_in_the_background() {
 }
 
 #[tokio::test]
+async fn an_eager_sync_guard_makes_everysec_sync_without_waiting_for_the_interval() {
+    let storage = MemStorage::new();
+    let options = WalOptions {
+        // Far longer than the test: only an eager sync can make it durable.
+        sync_interval: Duration::from_secs(3600),
+        ..options(SyncPolicy::EverySec)
+    };
+    let wal = open(&storage, options);
+    let first = wal.append(vec![record("g", 0)]).await.expect("append");
+    assert!(
+        wal.durable_lsn() < first.last,
+        "nothing syncs within the interval"
+    );
+    let guard = wal.eager_sync();
+    let durable = tokio::time::timeout(Duration::from_secs(10), wal.wait_durable(first.last))
+        .await
+        .expect("taking the guard syncs what was written")
+        .expect("durable");
+    assert_eq!(durable, first.last);
+    let second = wal.append(vec![record("g", 1)]).await.expect("append");
+    tokio::time::timeout(Duration::from_secs(10), wal.wait_durable(second.last))
+        .await
+        .expect("a write under the guard is synced at once")
+        .expect("durable");
+    drop(guard);
+    let third = wal.append(vec![record("g", 2)]).await.expect("append");
+    // The eager round for the second append is over (it was awaited): the
+    // interval rules again.
+    assert!(wal.durable_lsn() < third.last);
+}
+
+#[tokio::test]
 async fn epochs_are_stored_per_frame_and_never_go_back() {
     let storage = MemStorage::new();
     let wal = open(&storage, options(SyncPolicy::Always));

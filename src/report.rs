@@ -1,0 +1,195 @@
+//! `ferry status`: a node's status over gRPC, as text or JSON.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ferry_proto::v1::status_client::StatusClient;
+use ferry_proto::v1::{GetStatusRequest, GetStatusResponse, Lag};
+use serde_json::{Value, json};
+
+/// How long `ferry status` waits for a node.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fetches the status of the node at `addr`.
+///
+/// # Errors
+///
+/// An unreachable node or a failed call.
+pub async fn fetch(addr: &str) -> anyhow::Result<GetStatusResponse> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .with_context(|| format!("{addr:?} is not a gRPC address"))?
+        .connect_timeout(STATUS_TIMEOUT)
+        .timeout(STATUS_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let response = StatusClient::new(channel)
+        .get_status(GetStatusRequest {})
+        .await
+        .with_context(|| format!("asking {addr} for its status"))?;
+    Ok(response.into_inner())
+}
+
+fn lag_json(lag: Option<&Lag>) -> (u64, u64, u64) {
+    lag.map_or((0, 0, 0), |l| (l.records, l.bytes, l.ms))
+}
+
+/// The status as JSON, with snake_case keys.
+pub fn to_json(s: &GetStatusResponse) -> Value {
+    let wal = s.wal.unwrap_or_default();
+    let replicas: Vec<Value> = s
+        .replicas
+        .iter()
+        .map(|r| {
+            let (records, bytes, ms) = lag_json(r.lag.as_ref());
+            json!({
+                "node_id": r.node_id,
+                "addr": r.addr,
+                "resp_addr": r.resp_addr,
+                "state": r.state,
+                "sent_lsn": r.sent_lsn,
+                "written_lsn": r.written_lsn,
+                "flushed_lsn": r.flushed_lsn,
+                "applied_lsn": r.applied_lsn,
+                "lag_records": records,
+                "lag_bytes": bytes,
+                "lag_ms": ms,
+                "last_ack_age_ms": r.last_ack_age_ms,
+                "frames_sent": r.frames_sent,
+                "bytes_sent": r.bytes_sent,
+            })
+        })
+        .collect();
+    let mut out = json!({
+        "role": s.role,
+        "cluster_id": s.cluster_id,
+        "node_id": s.node_id,
+        "version": s.version,
+        "epoch": wal.epoch,
+        "first_retained_lsn": wal.first_retained_lsn,
+        "last_lsn": wal.last_lsn,
+        "durable_lsn": wal.durable_lsn,
+        "applied_lsn": s.applied_lsn,
+        "replicas": replicas,
+    });
+    if let Some(link) = &s.primary_link {
+        let (records, bytes, ms) = lag_json(link.lag.as_ref());
+        out["primary_link"] = json!({
+            "primary_addr": link.primary,
+            "state": link.state,
+            "link_up": link.link_up,
+            "down_since_seconds": link.down_since_seconds,
+            "last_io_age_ms": link.last_io_age_ms,
+            "primary_durable_lsn": link.primary_durable_lsn,
+            "lag_records": records,
+            "lag_bytes": bytes,
+            "lag_ms": ms,
+            "last_refusal": link.last_refusal,
+            "last_error": link.last_error,
+            "connects": link.connects,
+            "frames_received": link.frames_received,
+            "frames_rejected": link.frames_rejected,
+            "bytes_received": link.bytes_received,
+        });
+    }
+    out
+}
+
+/// The status as text for people.
+pub fn to_text(s: &GetStatusResponse) -> String {
+    use std::fmt::Write;
+    let wal = s.wal.unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "role {}  cluster {}  node {}  epoch {}  version {}",
+        s.role,
+        if s.cluster_id.is_empty() {
+            "-"
+        } else {
+            &s.cluster_id
+        },
+        s.node_id,
+        wal.epoch,
+        s.version
+    );
+    let _ = writeln!(
+        out,
+        "lsn  last {}  durable {}  applied {}  first retained {}",
+        wal.last_lsn, wal.durable_lsn, s.applied_lsn, wal.first_retained_lsn
+    );
+    if let Some(link) = &s.primary_link {
+        let (records, bytes, ms) = lag_json(link.lag.as_ref());
+        let _ = writeln!(
+            out,
+            "primary {}  link {} ({})  last io {} ms ago  primary durable {}  lag {records} records, {bytes} bytes, {ms} ms",
+            link.primary,
+            if link.link_up { "up" } else { "down" },
+            link.state,
+            link.last_io_age_ms,
+            link.primary_durable_lsn
+        );
+        if !link.link_up {
+            let _ = writeln!(out, "  down for {} s", link.down_since_seconds);
+        }
+        if !link.last_refusal.is_empty() {
+            let _ = writeln!(out, "  refused: {}", link.last_refusal);
+        }
+        if !link.last_error.is_empty() && !link.link_up {
+            let _ = writeln!(out, "  last error: {}", link.last_error);
+        }
+    }
+    let _ = writeln!(out, "replicas {}", s.replicas.len());
+    if !s.replicas.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<21} {:<10} {:>10} {:>10} {:>10} {:>10} {:>22} {:>9}",
+            "node",
+            "addr",
+            "state",
+            "sent",
+            "written",
+            "flushed",
+            "applied",
+            "lag rec/bytes/ms",
+            "ack age"
+        );
+        for r in &s.replicas {
+            let (records, bytes, ms) = lag_json(r.lag.as_ref());
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<21} {:<10} {:>10} {:>10} {:>10} {:>10} {:>22} {:>6} ms",
+                r.node_id.get(..12).unwrap_or(&r.node_id),
+                r.addr,
+                r.state,
+                r.sent_lsn,
+                r.written_lsn,
+                r.flushed_lsn,
+                r.applied_lsn,
+                format!("{records}/{bytes}/{ms}"),
+                r.last_ack_age_ms
+            );
+        }
+    }
+    out
+}
+
+/// `ferry status`.
+///
+/// # Errors
+///
+/// As [`fetch`].
+pub fn run(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let status = runtime.block_on(fetch(addr))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&status))?);
+    } else {
+        print!("{}", to_text(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}

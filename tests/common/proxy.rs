@@ -1,0 +1,207 @@
+//! A TCP proxy for fault injection between a replica and its primary: it
+//! cuts every connection on demand, refuses new ones while isolated, delays
+//! each direction by a fixed time without limiting throughput, and flips
+//! bits in the bytes flowing from the target (the primary) to the client
+//! (the replica), from a seed.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bytes read at a time.
+const CHUNK_BYTES: usize = 16 * 1024;
+
+#[derive(Default)]
+struct Faults {
+    delay: Duration,
+    /// Chance in a million that a chunk from the target gets one bit flipped.
+    flip_ppm: u64,
+    rng: u64,
+}
+
+#[derive(Default)]
+struct State {
+    faults: Mutex<Faults>,
+    isolated: AtomicBool,
+    sockets: Mutex<Vec<TcpStream>>,
+    connections: AtomicU64,
+    flips: AtomicU64,
+    stopped: AtomicBool,
+}
+
+/// A running proxy; it stops accepting when dropped.
+pub struct Proxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Proxy {
+    /// A proxy on a free loopback port forwarding to `target`.
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state = Arc::new(State::default());
+        let accept_state = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if accept_state.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if accept_state.isolated.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                accept_state.connections.fetch_add(1, Ordering::Relaxed);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                {
+                    let mut sockets = accept_state.sockets.lock().unwrap();
+                    sockets.push(client.try_clone().expect("clone"));
+                    sockets.push(server.try_clone().expect("clone"));
+                }
+                pipe(
+                    accept_state.clone(),
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                    false,
+                );
+                pipe(accept_state.clone(), server, client, true);
+            }
+        });
+        Proxy { addr, state }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The proxy as a gRPC address.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes every connection now open.
+    pub fn cut(&self) {
+        let sockets = std::mem::take(&mut *self.state.sockets.lock().unwrap());
+        for s in sockets {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Proxy::heal`].
+    pub fn isolate(&self) {
+        self.state.isolated.store(true, Ordering::Release);
+        self.cut();
+    }
+
+    pub fn heal(&self) {
+        self.state.isolated.store(false, Ordering::Release);
+    }
+
+    /// Delays every byte by `delay`, each way.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.faults.lock().unwrap().delay = delay;
+    }
+
+    /// Flips one random bit in a chunk from the target with this chance (in
+    /// a million), from `seed`.
+    pub fn set_flips(&self, ppm: u64, seed: u64) {
+        let mut faults = self.state.faults.lock().unwrap();
+        faults.flip_ppm = ppm;
+        faults.rng = seed | 1;
+    }
+
+    /// Bits flipped so far.
+    pub fn flips(&self) -> u64 {
+        self.state.flips.load(Ordering::Relaxed)
+    }
+
+    /// Connections made so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::Release);
+        self.cut();
+        // Wake the accept loop so it sees the stop.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn next_random(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Chunks on their way, each with the time it may go; `None` ends the pipe.
+type DelayQueue = (Mutex<VecDeque<Option<(Instant, Vec<u8>)>>>, Condvar);
+
+/// Copies `from` to `to` through a queue that releases each chunk `delay`
+/// after it was read, so a delay adds latency but not a throughput limit.
+fn pipe(state: Arc<State>, mut from: TcpStream, mut to: TcpStream, downstream: bool) {
+    let queue: Arc<DelayQueue> = Arc::default();
+    let reader_queue = queue.clone();
+    let reader_state = state.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut chunk = buf[..n].to_vec();
+            let due = {
+                let mut faults = reader_state.faults.lock().unwrap();
+                if downstream && faults.flip_ppm > 0 {
+                    let roll = next_random(&mut faults.rng) % 1_000_000;
+                    if roll < faults.flip_ppm {
+                        let bit = next_random(&mut faults.rng) % (n as u64 * 8);
+                        chunk[(bit / 8) as usize] ^= 1 << (bit % 8);
+                        reader_state.flips.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Instant::now() + faults.delay
+            };
+            let (lock, cvar) = &*reader_queue;
+            lock.lock().unwrap().push_back(Some((due, chunk)));
+            cvar.notify_one();
+        }
+        let (lock, cvar) = &*reader_queue;
+        lock.lock().unwrap().push_back(None);
+        cvar.notify_one();
+    });
+    std::thread::spawn(move || {
+        loop {
+            let item = {
+                let (lock, cvar) = &*queue;
+                let mut q = lock.lock().unwrap();
+                while q.is_empty() {
+                    q = cvar.wait(q).unwrap();
+                }
+                q.pop_front().expect("not empty")
+            };
+            let Some((due, chunk)) = item else { break };
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        drop(state);
+    });
+}

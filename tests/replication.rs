@@ -1,0 +1,524 @@
+//! Replication end to end: real `ferry serve` processes on loopback, real
+//! Redis clients, the real gRPC status client, and a TCP proxy between
+//! replica and primary that cuts, delays and corrupts.
+//!
+//! The tests take a lock so that only one runs at a time: each starts
+//! several nodes, and the lag test measures time.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::*;
+use ferry_wal::testing::{SeededRng, test_seed};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long replicas may take to converge after a load in these tests.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `count` SETs of random keys (of `keys` distinct) with 32-byte values,
+/// pipelined `batch` at a time.
+fn load(server: &Server, seed: u64, count: usize, keys: u64, batch: usize) {
+    let mut rng = SeededRng::new(seed);
+    let mut c = server.client();
+    let mut done = 0;
+    while done < count {
+        let n = batch.min(count - done);
+        let mut pipe = redis::pipe();
+        for _ in 0..n {
+            let key = format!("key:{}", rng.below(keys));
+            let value = format!("{:032x}", rng.next_u64());
+            pipe.cmd("SET").arg(key).arg(value).ignore();
+        }
+        pipe.query::<()>(&mut c).expect("pipelined SETs");
+        done += n;
+    }
+}
+
+fn digests_equal(nodes: &[&Server]) -> bool {
+    let first = digest(nodes[0]);
+    nodes[1..].iter().all(|n| digest(n) == first)
+}
+
+fn caught_up(primary: &Server, replica: &Server) -> bool {
+    let p = status(primary.grpc);
+    let r = status(replica.grpc);
+    let last = p.wal.expect("wal").last_lsn;
+    r.applied_lsn == last && p.applied_lsn == last
+}
+
+#[test]
+fn two_replicas_and_a_cascaded_one_converge_after_100k_concurrent_writes() {
+    let _one = serial();
+    let seed = test_seed("two_replicas_and_a_cascaded_one_converge");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let r1 = Server::replica(&dir.path().join("r1"), &primary.grpc_url(), &[]);
+    let r2 = Server::replica(&dir.path().join("r2"), &primary.grpc_url(), &[]);
+    let r3 = Server::replica(&dir.path().join("r3"), &r1.grpc_url(), &[]);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let primary = &primary;
+            s.spawn(move || load(primary, seed + t, 25_000, 50_000, 250));
+        }
+    });
+    let written = status(primary.grpc).wal.expect("wal").last_lsn;
+    assert_eq!(written, 100_000, "one record per SET");
+    let started = Instant::now();
+    let converged = wait_until(CONVERGE_TIMEOUT, || {
+        [&r1, &r2, &r3].iter().all(|r| r.applied_lsn() == written)
+            && digests_equal(&[&primary, &r1, &r2, &r3])
+    });
+    assert!(
+        converged,
+        "replicas at {:?} of {written} after {:?}",
+        [&r1, &r2, &r3].map(|r| r.applied_lsn()),
+        started.elapsed()
+    );
+    let p = status(primary.grpc);
+    assert_eq!(p.replicas.len(), 2, "r1 and r2 stream from the primary");
+    assert!(p.replicas.iter().all(|r| r.applied_lsn == written));
+    let mid = status(r1.grpc);
+    assert_eq!(mid.replicas.len(), 1, "r3 streams from r1");
+    assert_eq!(mid.cluster_id, p.cluster_id);
+    assert_eq!(status(r3.grpc).cluster_id, p.cluster_id);
+}
+
+#[test]
+fn receiver_resumes_after_cuts_every_2s_without_gaps_or_double_applies() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    const COUNTERS: usize = 8;
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..COUNTERS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let mut c = primary.client();
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            // Bounded by the stop flag and a count.
+            while !stop.load(Ordering::Relaxed) && i < 2_000_000 {
+                let counter = i % COUNTERS;
+                let _: i64 = cmd(&["INCR", &format!("counter:{counter}")])
+                    .query(&mut c)
+                    .expect("INCR");
+                acked[counter].fetch_add(1, Ordering::Relaxed);
+                let _: () = cmd(&["SET", &format!("k:{}", i % 5000), &i.to_string()])
+                    .query(&mut c)
+                    .expect("SET");
+                i += 1;
+            }
+        })
+    };
+    let load_time = Duration::from_secs(30);
+    let started = Instant::now();
+    let mut cuts = 0;
+    while started.elapsed() < load_time {
+        std::thread::sleep(Duration::from_secs(2));
+        proxy.cut();
+        cuts += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(
+        wait_until(Duration::from_secs(10), || caught_up(&primary, &replica)),
+        "the replica did not catch up"
+    );
+    assert_eq!(digest(&primary), digest(&replica));
+    let mut c = replica.client();
+    for (i, n) in acked.iter().enumerate() {
+        let value: u64 = cmd(&["GET", &format!("counter:{i}")])
+            .query(&mut c)
+            .expect("GET");
+        assert_eq!(value, n.load(Ordering::Relaxed), "counter {i}");
+    }
+    let p = status(primary.grpc);
+    let r = status(replica.grpc);
+    let link = r.primary_link.expect("a replica has a link");
+    assert!(
+        link.connects > cuts / 2,
+        "{} connects for {cuts} cuts",
+        link.connects
+    );
+    assert_eq!(link.frames_rejected, 0);
+    assert_eq!(r.wal.expect("wal").last_lsn, p.wal.expect("wal").last_lsn);
+    assert_eq!(
+        primary.info_field("stats", "sync_full").as_deref(),
+        Some("0")
+    );
+    let partial: u64 = primary
+        .info_field("stats", "sync_partial_ok")
+        .expect("sync_partial_ok")
+        .parse()
+        .expect("a number");
+    assert!(
+        partial >= link.connects.min(cuts) / 2,
+        "{partial} partial syncs"
+    );
+}
+
+#[test]
+fn corrupted_frames_are_rejected_before_they_are_written() {
+    let _one = serial();
+    let seed = test_seed("corrupted_frames_are_rejected_before_they_are_written");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    // One chunk in five gets a bit flipped.
+    proxy.set_flips(200_000, seed);
+    let mut rng = SeededRng::new(seed);
+    let started = Instant::now();
+    let mut round = 0;
+    while (proxy.flips() < 20 || round < 10) && started.elapsed() < Duration::from_secs(60) {
+        load(&primary, rng.next_u64(), 2_000, 10_000, 100);
+        round += 1;
+    }
+    proxy.set_flips(0, seed);
+    assert!(
+        wait_until(Duration::from_secs(15), || caught_up(&primary, &replica)),
+        "the replica did not catch up once the flips stopped"
+    );
+    assert_eq!(digest(&primary), digest(&replica));
+    let link = status(replica.grpc).primary_link.expect("link");
+    assert!(proxy.flips() >= 20, "{} flips", proxy.flips());
+    assert!(
+        link.frames_rejected > 0,
+        "no frame was rejected after {} flips ({} connects)",
+        proxy.flips(),
+        link.connects
+    );
+    assert!(link.connects > 1);
+    // What the replica wrote is intact, frame by frame.
+    drop(replica);
+    let verify = ferry()
+        .args(["wal", "verify"])
+        .arg(dir.path().join("r").join("wal"))
+        .output()
+        .expect("ferry wal verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn replica_lag_stays_under_a_second_across_a_100ms_link() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let proxy = Proxy::start(primary.grpc);
+    proxy.set_delay(Duration::from_millis(100));
+    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
+    // 5,000 writes/s: 50 every 10 ms, for 10 s.
+    let load_time = Duration::from_secs(10);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut c = primary.client();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut tick = 0u32;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < load_time {
+                let mut pipe = redis::pipe();
+                for i in 0..50 {
+                    pipe.cmd("SET")
+                        .arg(format!("k{}", (tick * 50 + i) % 20_000))
+                        .arg(tick)
+                        .ignore();
+                }
+                pipe.query::<()>(&mut c).expect("SETs");
+                tick += 1;
+                let due = started + Duration::from_millis(10) * tick;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            tick * 50
+        })
+    };
+    let mut worst_ms = 0;
+    let mut samples = 0;
+    let started = Instant::now();
+    while started.elapsed() < load_time {
+        let p = status(primary.grpc);
+        if let Some(row) = p.replicas.first() {
+            worst_ms = worst_ms.max(row.lag.expect("lag").ms);
+            eprintln!(
+                "DBG {:?} {:?} applied {} sent {}",
+                started.elapsed(),
+                row.lag,
+                row.applied_lsn,
+                row.sent_lsn
+            );
+            samples += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().expect("writer");
+    let load_end = Instant::now();
+    assert!(writes >= 25_000, "only {writes} writes in {load_time:?}");
+    let target = status(primary.grpc).wal.expect("wal").last_lsn;
+    assert!(wait_until(Duration::from_secs(5), || replica.applied_lsn() >= target));
+    let drained = load_end.elapsed();
+    assert!(samples > 50, "{samples} samples");
+    assert!(worst_ms < 1000, "lag reached {worst_ms} ms");
+    assert!(
+        drained < Duration::from_secs(1),
+        "the replica took {drained:?} to catch up"
+    );
+    assert_eq!(digest(&primary), digest(&replica));
+}
+
+#[test]
+fn a_replica_killed_during_catchup_never_goes_back() {
+    let _one = serial();
+    let seed = test_seed("a_replica_killed_during_catchup_never_goes_back");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    load(&primary, seed, 60_000, 30_000, 500);
+    let rdir = dir.path().join("r");
+    let mut applied = 0;
+    let mut rng = SeededRng::new(seed);
+    for round in 0..10 {
+        load(&primary, rng.next_u64(), 3_000, 30_000, 500);
+        let mut replica = Server::replica(&rdir, &primary.grpc_url(), &[]);
+        let now = replica.applied_lsn();
+        assert!(
+            now >= applied,
+            "round {round}: applied lsn went back from {applied} to {now}"
+        );
+        // Let it fetch some, then kill -9 in the middle.
+        assert!(wait_until(Duration::from_secs(10), || replica
+            .applied_lsn()
+            > now));
+        applied = replica.applied_lsn();
+        replica.kill();
+    }
+    let replica = Server::start(&rdir, &[]);
+    assert!(replica.applied_lsn() >= applied);
+    assert!(wait_until(Duration::from_secs(15), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(digest(&primary), digest(&replica));
+}
+
+#[test]
+fn a_replica_of_another_cluster_or_history_is_refused_and_keeps_its_data() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p1 = Server::start(&dir.path().join("p1"), &["--fsync", "always"]);
+    let p2 = Server::start(&dir.path().join("p2"), &["--fsync", "always"]);
+    let mut c1 = p1.client();
+    for i in 0..100 {
+        raw(&mut c1, &["SET", &format!("a{i}"), "1"]);
+    }
+    // p3: a copy of p1's data that then went its own way.
+    let mut p1 = p1;
+    p1.terminate();
+    copy_dir(&dir.path().join("p1"), &dir.path().join("p3"));
+    let p1 = Server::start(&dir.path().join("p1"), &[]);
+    let p3 = Server::start(&dir.path().join("p3"), &[]);
+    raw(&mut p1.client(), &["SET", "only-on-p1", "x"]);
+    raw(&mut p3.client(), &["SET", "only-on-p3", "y"]);
+    raw(&mut p2.client(), &["SET", "p2", "z"]);
+
+    let replica = Server::replica(&dir.path().join("r"), &p1.grpc_url(), &[]);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &p1, &replica
+    )));
+    let before = digest(&replica);
+
+    let mut c = replica.client();
+    raw(
+        &mut c,
+        &["REPLICAOF", "127.0.0.1", &p2.grpc.port().to_string()],
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(replica.grpc)
+            .primary_link
+            .is_some_and(|l| l.last_refusal.contains("OTHER_CLUSTER"))
+    }));
+    let link = status(replica.grpc).primary_link.expect("link");
+    assert!(
+        link.last_refusal.contains(&status(p2.grpc).cluster_id),
+        "{}",
+        link.last_refusal
+    );
+    assert_eq!(digest(&replica), before);
+
+    raw(
+        &mut c,
+        &["REPLICAOF", "127.0.0.1", &p3.grpc.port().to_string()],
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(replica.grpc)
+            .primary_link
+            .is_some_and(|l| l.last_refusal.contains("HISTORY_MISMATCH"))
+    }));
+    assert_eq!(digest(&replica), before);
+    assert_eq!(
+        raw(&mut c, &["GET", "only-on-p1"]),
+        redis::Value::BulkString(b"x".to_vec())
+    );
+    assert_eq!(raw(&mut c, &["EXISTS", "only-on-p3"]), redis::Value::Int(0));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn a_replica_refuses_writes_and_reports_where_it_stands() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let rdir = dir.path().join("r");
+    let replica = Server::replica(
+        &rdir,
+        &primary.grpc_url(),
+        &["--replica-serve-stale-data", "no"],
+    );
+    let mut pc = primary.client();
+    for i in 0..50 {
+        raw(&mut pc, &["SET", &format!("k{i}"), "v"]);
+    }
+    raw(&mut pc, &["HSET", "h", "f", "1"]);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+
+    let mut rc = replica.client();
+    assert_eq!(
+        error(&mut rc, &["SET", "x", "1"]),
+        "READONLY You can't write against a read only replica."
+    );
+    assert_eq!(
+        error(&mut rc, &["HSET", "h", "g", "2"]),
+        "READONLY You can't write against a read only replica."
+    );
+    assert_eq!(
+        raw(&mut rc, &["GET", "k7"]),
+        redis::Value::BulkString(b"v".to_vec())
+    );
+
+    // Status over gRPC and `ferry status --json`.
+    let p = status(primary.grpc);
+    let r = status(replica.grpc);
+    assert_eq!((p.role.as_str(), r.role.as_str()), ("primary", "replica"));
+    let row = &p.replicas[0];
+    assert_eq!(row.node_id, r.node_id);
+    assert_eq!(row.state, "streaming");
+    assert_eq!(row.applied_lsn, 51);
+    assert_eq!(row.lag.expect("lag").records, 0);
+    let json = ferry()
+        .args(["status", "--json", "--addr", &replica.grpc_url()])
+        .output()
+        .expect("ferry status");
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(v["role"], "replica");
+    assert_eq!(v["applied_lsn"], 51);
+    assert_eq!(v["cluster_id"], p.cluster_id.as_str());
+    assert_eq!(v["primary_link"]["primary_addr"], primary.grpc_url());
+    assert_eq!(v["primary_link"]["link_up"], true);
+    assert_eq!(v["primary_link"]["primary_durable_lsn"], 51);
+    assert_eq!(v["primary_link"]["lag_records"], 0);
+    let json = ferry()
+        .args(["status", "--json", "--addr", &primary.grpc_url()])
+        .output()
+        .expect("ferry status");
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(v["role"], "primary");
+    assert_eq!(v["replicas"][0]["node_id"], r.node_id.as_str());
+    assert_eq!(v["replicas"][0]["flushed_lsn"], 51);
+    assert_eq!(v["replicas"][0]["lag_records"], 0);
+
+    // INFO replication and ROLE, with Redis's names.
+    let f = |s: &Server, k: &str| s.info_field("replication", k).unwrap_or_default();
+    assert_eq!(f(&primary, "role"), "master");
+    assert_eq!(f(&primary, "connected_slaves"), "1");
+    assert_eq!(
+        f(&primary, "slave0"),
+        format!(
+            "ip=127.0.0.1,port={},state=online,offset=51,lag=0",
+            replica.resp.port()
+        )
+    );
+    assert_eq!(f(&primary, "master_repl_offset"), "51");
+    assert_eq!(f(&replica, "role"), "slave");
+    assert_eq!(f(&replica, "master_host"), "127.0.0.1");
+    assert_eq!(f(&replica, "master_port"), primary.grpc.port().to_string());
+    assert_eq!(f(&replica, "master_link_status"), "up");
+    assert_eq!(f(&replica, "slave_repl_offset"), "51");
+    assert_eq!(f(&replica, "slave_read_only"), "1");
+    match raw(&mut rc, &["ROLE"]) {
+        redis::Value::Array(items) => {
+            assert_eq!(items[0], redis::Value::BulkString(b"slave".to_vec()));
+            assert_eq!(items[2], redis::Value::Int(i64::from(primary.grpc.port())));
+            assert_eq!(items[3], redis::Value::BulkString(b"connected".to_vec()));
+            assert_eq!(items[4], redis::Value::Int(51));
+        }
+        other => panic!("ROLE answered {other:?}"),
+    }
+
+    // The link goes down: stale reads are refused, as asked.
+    let mut primary = primary;
+    primary.terminate();
+    assert!(wait_until(Duration::from_secs(10), || {
+        f(&replica, "master_link_status") == "down"
+    }));
+    assert!(error(&mut rc, &["GET", "k7"]).starts_with("MASTERDOWN"));
+    assert!(
+        f(&replica, "master_link_down_since_seconds")
+            .parse::<u64>()
+            .is_ok()
+    );
+    let text = ferry()
+        .args(["status", "--addr", &replica.grpc_url()])
+        .output()
+        .expect("ferry status");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("link down"));
+
+    // The role survives a restart without the flag.
+    let mut replica = replica;
+    replica.terminate();
+    let replica = Server::start(&rdir, &[]);
+    let r = status(replica.grpc);
+    assert_eq!(r.role, "replica");
+    assert_eq!(r.applied_lsn, 51);
+    assert_eq!(
+        r.primary_link.expect("link").primary,
+        format!("http://{}", primary.grpc)
+    );
+}
