@@ -32,3 +32,60 @@ async fn status_reports_the_wal_and_engine_positions() {
     assert_eq!(status.applied_lsn, 10);
     assert_eq!(status.node_id.len(), 40);
 }
+
+#[tokio::test]
+async fn grpc_health_and_reflection_list_every_service() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let url = format!("http://{}", server.grpc);
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["ferry.v1.Status", "ferry.v1.Admin", "ferry.v1.Replication"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(reply.status(), ServingStatus::Serving, "{service}");
+    }
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = replies.message().await.expect("a reply").expect("one");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a service list: {reply:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "ferry.v1.Admin",
+            "ferry.v1.Replication",
+            "ferry.v1.Status",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection"
+        ]
+    );
+}
