@@ -233,7 +233,7 @@ fn replication_text(node: &Node, out: &mut String) {
         let _ = write!(
             out,
             "ferry_replica{i}:node_id={},state={},sent_lsn={},written_lsn={},flushed_lsn={},applied_lsn={},\
-             lag_records={},lag_bytes={},lag_ms={}\r\n",
+             lag_records={},lag_bytes={},lag_ms={},frames_sent={},bytes_sent={}\r\n",
             r.node_id,
             r.state.as_str(),
             r.sent_lsn.0,
@@ -242,7 +242,9 @@ fn replication_text(node: &Node, out: &mut String) {
             r.applied_lsn.0,
             r.lag.records,
             r.lag.bytes,
-            r.lag.ms
+            r.lag.ms,
+            r.frames_sent,
+            r.bytes_sent
         );
     }
 }

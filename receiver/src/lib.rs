@@ -13,9 +13,12 @@
 //! - A frame is written only after its crc, body and LSN continuity are
 //!   checked; a bad frame breaks the link and nothing of its message is
 //!   written.
-//! - `flushed_lsn` is acked only once synced, and records are applied only
-//!   once synced, so the engine never holds what a crash of the replica
-//!   could take out of its log.
+//! - Receiving and applying run apart: the stream task checks and appends
+//!   frames (the replica's WAL syncs them in the background, eagerly), and an
+//!   applier task follows the local WAL's durable LSN into the engine. So
+//!   `flushed_lsn` is acked only once synced, the engine never holds what a
+//!   crash of the replica could take out of its log, and neither a sync nor
+//!   a RocksDB write holds up the stream.
 //! - Every stream resumes after the last LSN in the local log: no gap, and no
 //!   record applied twice.
 
@@ -25,7 +28,6 @@ pub mod state;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ferry_engine::{Engine, decode_record};
 use ferry_proto::v1::primary_message::Msg as In;
 use ferry_proto::v1::refusal::Reason;
@@ -55,6 +57,8 @@ pub const REPLICATION_MESSAGE_BYTES_MAX: usize = format::FRAME_BYTES_MAX + (64 <
 /// it must cover the bandwidth-delay product of a cross-region link (the
 /// HTTP/2 default of 64 KiB allows only 320 KiB/s at 200 ms round trip).
 pub const RECEIVE_WINDOW_BYTES: u32 = 32 << 20;
+/// Records applied to the engine in one RocksDB write at most.
+pub const APPLY_BATCH_RECORDS_MAX: usize = 8192;
 /// Acks queued towards the primary (a full queue skips one: the next
 /// carries newer numbers anyway).
 const ACK_QUEUE_MAX: usize = 16;
@@ -161,6 +165,7 @@ pub struct Receiver {
     status: Arc<Mutex<LinkStatus>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    applier: JoinHandle<()>,
 }
 
 struct Context {
@@ -170,6 +175,10 @@ struct Context {
     membership: Arc<dyn Membership>,
     status: Arc<Mutex<LinkStatus>>,
     limits: FrameLimits,
+    /// The engine's applied LSN, as the applier moves it.
+    applied: watch::Receiver<Lsn>,
+    /// Set by the applier if it fails: the stream must not go on.
+    applier_failed: watch::Receiver<Option<String>>,
 }
 
 /// How a session ended.
@@ -208,6 +217,15 @@ impl Receiver {
         })?;
         let status = Arc::new(Mutex::new(LinkStatus::new(config.primary.clone())));
         let (stop, stop_rx) = watch::channel(false);
+        let (applied_tx, applied) = watch::channel(engine.applied_lsn());
+        let (failed_tx, applier_failed) = watch::channel(None);
+        let applier = tokio::spawn(run_applier(
+            wal.clone(),
+            engine.clone(),
+            applied_tx,
+            failed_tx,
+            stop_rx.clone(),
+        ));
         let ctx = Context {
             config,
             wal,
@@ -215,9 +233,16 @@ impl Receiver {
             membership,
             status: status.clone(),
             limits: FrameLimits::default(),
+            applied,
+            applier_failed,
         };
         let task = tokio::spawn(ctx.run(stop_rx));
-        Ok(Receiver { status, stop, task })
+        Ok(Receiver {
+            status,
+            stop,
+            task,
+            applier,
+        })
     }
 
     pub fn status(&self) -> LinkStatus {
@@ -228,6 +253,50 @@ impl Receiver {
     pub async fn stop(self) {
         self.stop.send_replace(true);
         let _ = self.task.await;
+        let _ = self.applier.await;
+    }
+}
+
+/// Applies the local WAL to the engine as it becomes durable, in batches,
+/// for as long as the receiver runs (across streams, so nothing appended is
+/// left unapplied when a stream breaks).
+async fn run_applier(
+    wal: Arc<Wal>,
+    engine: Arc<Engine>,
+    applied: watch::Sender<Lsn>,
+    failed: watch::Sender<Option<String>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Under everysec, frames are synced as soon as they are written.
+    let _eager = wal.eager_sync();
+    let result: Result<()> = async {
+        let mut reader = wal.records(engine.applied_lsn().next())?;
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < APPLY_BATCH_RECORDS_MAX {
+                match reader.next() {
+                    Some(record) => {
+                        let record = record?;
+                        batch.push((record.lsn, decode_record(record.lsn, &record.data)?));
+                    }
+                    None => break,
+                }
+            }
+            if let Some(&(last, _)) = batch.last() {
+                engine.apply(&batch)?;
+                applied.send_replace(last);
+                continue;
+            }
+            tokio::select! {
+                r = reader.wait() => r?,
+                _ = stop.wait_for(|&s| s) => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "applying the replicated log failed; the link stops");
+        failed.send_replace(Some(e.to_string()));
     }
 }
 
@@ -342,6 +411,13 @@ impl Context {
                 error: e.to_string(),
             })
         };
+        // The stream resumes after everything the log holds; the hello names
+        // the frame ending there, which must be durable to be read back.
+        if let Err(e) = self.wal.sync().await {
+            return broken(ReceiveError::Wal(e));
+        }
+        // Every frame written was reported to the machine as it was appended.
+        debug_assert_eq!(resume_from, self.wal.last_lsn().next());
         let opened = tokio::select! {
             r = tokio::time::timeout(self.config.connect_timeout, self.open(resume_from)) => r,
             _ = stop.wait_for(|&s| s) => return Ended::Stopped,
@@ -422,12 +498,26 @@ impl Context {
         }
         let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut applied = self.applied.clone();
+        let mut failed = self.applier_failed.clone();
         loop {
             let message = tokio::select! {
                 r = tokio::time::timeout(self.config.primary_timeout, inbound.message()) => r,
                 _ = ack_tick.tick() => {
                     let _ = out_tx.try_send(self.ack());
                     continue;
+                }
+                r = applied.changed() => {
+                    if r.is_ok() {
+                        let _ = out_tx.try_send(self.ack());
+                        self.note_applied();
+                        continue;
+                    }
+                    return broken(ReceiveError::Protocol("the applier stopped".into()));
+                }
+                r = failed.wait_for(Option::is_some) => {
+                    let why = r.ok().and_then(|why| why.clone()).unwrap_or_default();
+                    return broken(ReceiveError::Protocol(format!("applying failed: {why}")));
                 }
                 _ = stop.wait_for(|&s| s) => return Ended::Stopped,
             };
@@ -456,9 +546,7 @@ impl Context {
             lock(&self.status).last_io = Some(Instant::now());
             match message {
                 In::Frames(frames) => match self.receive(machine, frames).await {
-                    Ok(()) => {
-                        let _ = out_tx.try_send(self.ack());
-                    }
+                    Ok(()) => {}
                     Err(e) => {
                         if matches!(e, ReceiveError::RejectedFrames(_)) {
                             lock(&self.status).frames_rejected += 1;
@@ -468,13 +556,14 @@ impl Context {
                     }
                 },
                 In::Heartbeat(h) => {
-                    let mut status = lock(&self.status);
-                    status.primary_durable_lsn = status.primary_durable_lsn.max(Lsn(h.durable_lsn));
-                    status.primary_lag_bytes = h.lag_bytes;
-                    status.primary_lag_ms = h.lag_ms;
-                    if self.engine.applied_lsn().0 >= h.durable_lsn {
-                        status.state = "streaming";
+                    {
+                        let mut status = lock(&self.status);
+                        status.primary_durable_lsn =
+                            status.primary_durable_lsn.max(Lsn(h.durable_lsn));
+                        status.primary_lag_bytes = h.lag_bytes;
+                        status.primary_lag_ms = h.lag_ms;
                     }
+                    self.note_applied();
                 }
                 In::Accept(_) | In::Refusal(_) => {
                     return broken(ReceiveError::Protocol(
@@ -550,52 +639,43 @@ impl Context {
                 frames.first_lsn
             )));
         }
-        let data: Bytes = frames.data;
-        let headers = ferry_wal::verify_frames(&data, self.limits)
+        let bytes = frames.data.len() as u64;
+        let checked = ferry_wal::check_frames(frames.data, self.limits)
             .map_err(|e| ReceiveError::RejectedFrames(e.to_string()))?;
-        let (first, last) = match (headers.first(), headers.last()) {
-            (Some(f), Some(l)) => (f.first_lsn, l.last_lsn()),
-            _ => return Err(ReceiveError::RejectedFrames("no frames".into())),
-        };
+        let (first, last) = (checked.first_lsn(), checked.last_lsn());
         if first != expected || last.0 != frames.last_lsn {
             return Err(ReceiveError::RejectedFrames(format!(
                 "the frames hold lsn {first}..={last}, the message says {}..={}",
                 frames.first_lsn, frames.last_lsn
             )));
         }
-        let mut records = Vec::with_capacity((last.0 - first.0 + 1) as usize);
-        let mut offset = 0;
-        for header in &headers {
-            let frame = data.slice(offset..offset + header.frame_len());
-            offset += header.frame_len();
-            let bodies = format::decode_records(header, &frame)
-                .map_err(|e| ReceiveError::RejectedFrames(e.to_string()))?;
-            for (i, body) in bodies.iter().enumerate() {
-                let lsn = Lsn(header.first_lsn.0 + i as u64);
-                let record = decode_record(lsn, body)
-                    .map_err(|e| ReceiveError::RejectedFrames(e.to_string()))?;
-                records.push((lsn, record));
-            }
-        }
-        let bytes = data.len() as u64;
-        let range = self.wal.append_frames(data).await.map_err(|e| match e {
-            ferry_wal::WalError::InvalidFrames { .. } | ferry_wal::WalError::LsnGap { .. } => {
-                ReceiveError::RejectedFrames(e.to_string())
-            }
-            other => ReceiveError::Wal(other),
-        })?;
-        if self.wal.durable_lsn() < range.last {
-            self.wal.sync().await?;
-        }
+        let frame_count = checked.headers().len() as u64;
+        let range = self
+            .wal
+            .append_checked(checked)
+            .await
+            .map_err(|e| match e {
+                ferry_wal::WalError::InvalidFrames { .. } | ferry_wal::WalError::LsnGap { .. } => {
+                    ReceiveError::RejectedFrames(e.to_string())
+                }
+                other => ReceiveError::Wal(other),
+            })?;
+        // Written; the WAL syncs it in the background and the applier
+        // applies it once durable.
         machine.on_event(Event::Flushed { lsn: range.last });
-        self.engine.apply(&records)?;
         let mut status = lock(&self.status);
-        status.frames_received += headers.len() as u64;
+        status.frames_received += frame_count;
         status.bytes_received += bytes;
         status.primary_durable_lsn = status.primary_durable_lsn.max(Lsn(frames.durable_lsn));
-        if range.last >= status.primary_durable_lsn {
+        Ok(())
+    }
+
+    /// "streaming" once the engine holds what the primary had durable.
+    fn note_applied(&self) {
+        let applied = *self.applied.borrow();
+        let mut status = lock(&self.status);
+        if status.link_up && applied >= status.primary_durable_lsn {
             status.state = "streaming";
         }
-        Ok(())
     }
 }

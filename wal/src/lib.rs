@@ -41,8 +41,8 @@ pub use error::{Result, WalError};
 pub use format::{FrameHeader, FrameLimits};
 pub use reader::{FrameReader, RawFrame, Record, RecordReader};
 pub use wal::{
-    EagerSync, LogSummary, LsnRange, PendingAppend, SyncPolicy, TornTail, Wal, WalOptions,
-    WalStats, verify, verify_frames,
+    CheckedFrames, EagerSync, LogSummary, LsnRange, PendingAppend, SyncPolicy, TornTail, Wal,
+    WalOptions, WalStats, check_frames, verify, verify_frames,
 };
 
 /// A log sequence number: the position of one record in the log. The first

@@ -521,6 +521,23 @@ impl Wal {
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 
+    /// [`Wal::append_frames`] for frames already checked by
+    /// [`check_frames`] (their bodies are not decompressed again).
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::append_frames`].
+    pub async fn append_checked(&self, frames: CheckedFrames) -> Result<LsnRange> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Frames {
+            bytes: frames.bytes,
+            headers: frames.headers,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
     /// [`Wal::append_frames`] for threads outside an async runtime.
     ///
     /// # Errors
@@ -784,10 +801,56 @@ pub(crate) async fn wait_durable(
 /// [`WalError::EmptyBatch`] for no bytes, [`WalError::InvalidFrames`]
 /// naming the byte offset and the reason otherwise.
 pub fn verify_frames(bytes: &Bytes, limits: FrameLimits) -> Result<Vec<FrameHeader>> {
+    check_frames(bytes.clone(), limits).map(|checked| checked.headers)
+}
+
+/// Frames that passed [`check_frames`], with their decoded records; only
+/// that function makes them, so [`Wal::append_checked`] need not check again.
+#[derive(Debug, Clone)]
+pub struct CheckedFrames {
+    bytes: Bytes,
+    headers: Vec<FrameHeader>,
+    records: Vec<Bytes>,
+}
+
+impl CheckedFrames {
+    /// The headers, in order.
+    pub fn headers(&self) -> &[FrameHeader] {
+        &self.headers
+    }
+
+    /// Every record of every frame, in LSN order from
+    /// [`first_lsn`](Self::first_lsn).
+    pub fn records(&self) -> &[Bytes] {
+        &self.records
+    }
+
+    pub fn first_lsn(&self) -> Lsn {
+        self.headers[0].first_lsn
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.headers[self.headers.len() - 1].last_lsn()
+    }
+
+    /// The stored bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// As [`verify_frames`], keeping the decoded records: each body is
+/// decompressed once, for both the check and the caller.
+///
+/// # Errors
+///
+/// As [`verify_frames`].
+pub fn check_frames(bytes: Bytes, limits: FrameLimits) -> Result<CheckedFrames> {
     if bytes.is_empty() {
         return Err(WalError::EmptyBatch);
     }
     let mut headers: Vec<FrameHeader> = Vec::new();
+    let mut records = Vec::new();
     let mut offset = 0;
     while offset < bytes.len() {
         let invalid = |reason: String| WalError::InvalidFrames {
@@ -805,7 +868,9 @@ pub fn verify_frames(bytes: &Bytes, limits: FrameLimits) -> Result<Vec<FrameHead
             Decoded::Corrupt(why) => return Err(invalid(why.to_string())),
         };
         let frame = bytes.slice(offset..offset + header.frame_len());
-        format::decode_records(&header, &frame).map_err(|why| invalid(why.to_string()))?;
+        records.extend(
+            format::decode_records(&header, &frame).map_err(|why| invalid(why.to_string()))?,
+        );
         if let Some(prev) = headers.last() {
             if header.first_lsn != prev.last_lsn().next() {
                 return Err(invalid(format!(
@@ -824,7 +889,11 @@ pub fn verify_frames(bytes: &Bytes, limits: FrameLimits) -> Result<Vec<FrameHead
         offset += header.frame_len();
         headers.push(header);
     }
-    Ok(headers)
+    Ok(CheckedFrames {
+        bytes,
+        headers,
+        records,
+    })
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# ferry against Redis with a replica attached, side by side in one run on
+# loopback (details in bench/replication.py): throughput with a replica,
+# the replica's gap sampled every 10 ms, time until the replica has it all,
+# catch-up after a 10 s replica outage under load (and whether a full resync
+# happened), and bytes on the replication link per SET. Prints ratios.
+#
+# usage: bench/replication.sh     (N=1000000 OUTAGE=10 RANDOM_SETS=200000 to change)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+    else
+        echo "bench/replication.sh needs redis-server and redis-tools: apt-get install redis-server redis-tools (as root)" >&2
+        exit 1
+    fi
+fi
+source scripts/deps.sh
+ferry_build_deps
+cargo build --release --bin ferry
+ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
+work=$(mktemp -d /tmp/ferry-bench-repl.XXXXXX)
+trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+python3 bench/replication.py "$ferry_bin" "$work"
