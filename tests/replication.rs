@@ -288,6 +288,49 @@ fn replica_lag_stays_under_a_second_across_a_100ms_link() {
 }
 
 #[test]
+fn a_stalled_replica_is_dropped_while_the_primary_keeps_writing() {
+    let _one = serial();
+    let seed = test_seed("a_stalled_replica_is_dropped_while_the_primary_keeps_writing");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &["--repl-timeout", "2"]);
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &proxy.url(),
+        &["--repl-timeout", "2"],
+    );
+    load(&primary, seed, 5_000, 5_000, 100);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let connects = status(replica.grpc).primary_link.expect("link").connects;
+    // The replica stops reading and acking; the connection stays open.
+    proxy.stall();
+    let mut rng = SeededRng::new(seed);
+    let mut written = 0;
+    let started = Instant::now();
+    // Writes go on, bounded in count and time, until the primary drops it.
+    while !status(primary.grpc).replicas.is_empty() && started.elapsed() < Duration::from_secs(20) {
+        load(&primary, rng.next_u64(), 1_000, 5_000, 100);
+        written += 1_000;
+    }
+    assert!(
+        status(primary.grpc).replicas.is_empty(),
+        "the stalled replica was not dropped"
+    );
+    assert!(
+        written >= 1_000,
+        "the primary took writes while the replica was stalled"
+    );
+    proxy.unstall();
+    assert!(wait_until(Duration::from_secs(20), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(digest(&primary), digest(&replica));
+    assert!(status(replica.grpc).primary_link.expect("link").connects > connects);
+}
+
+#[test]
 fn a_replica_killed_during_catchup_never_goes_back() {
     let _one = serial();
     let seed = test_seed("a_replica_killed_during_catchup_never_goes_back");

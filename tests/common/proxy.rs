@@ -26,6 +26,8 @@ struct Faults {
 struct State {
     faults: Mutex<Faults>,
     isolated: AtomicBool,
+    /// Bytes are held back (connections stay open) while set.
+    stalled: AtomicBool,
     sockets: Mutex<Vec<TcpStream>>,
     connections: AtomicU64,
     flips: AtomicU64,
@@ -103,6 +105,17 @@ impl Proxy {
 
     pub fn heal(&self) {
         self.state.isolated.store(false, Ordering::Release);
+    }
+
+    /// Holds every byte back, both ways, without closing anything: a peer
+    /// that stopped reading, or a link that silently drops everything.
+    pub fn stall(&self) {
+        self.state.stalled.store(true, Ordering::Release);
+    }
+
+    /// Lets held bytes flow again.
+    pub fn unstall(&self) {
+        self.state.stalled.store(false, Ordering::Release);
     }
 
     /// Delays every byte by `delay`, each way.
@@ -196,6 +209,9 @@ fn pipe(state: Arc<State>, mut from: TcpStream, mut to: TcpStream, downstream: b
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
+            }
+            while state.stalled.load(Ordering::Acquire) && !state.stopped.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
             }
             if to.write_all(&chunk).is_err() {
                 break;
