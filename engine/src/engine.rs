@@ -17,6 +17,11 @@ use crate::keys::{self, Entry, Value};
 /// Records applied per RocksDB write batch during replay.
 pub const REPLAY_BATCH_RECORDS: usize = 1024;
 
+/// Share of the memtable given to its bloom filter.
+pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
+/// Bloom filter bits per key in SST files (about 1 % false positives).
+pub const SST_BLOOM_BITS_PER_KEY: f64 = 10.0;
+
 /// The keyspace of a node.
 #[derive(Debug)]
 pub struct Engine {
@@ -40,6 +45,16 @@ impl Engine {
         opts.set_max_background_jobs(2);
         opts.set_write_buffer_size(64 << 20);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Most writes look their key up first (its old type and expiry), and
+        // most new keys are in neither the memtable nor the SST files: bloom
+        // filters on whole keys answer those misses without a search.
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(SST_BLOOM_BITS_PER_KEY, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, dir)?;
         let read_u64 = |name: &[u8]| -> Result<u64> {
             Ok(db
