@@ -264,6 +264,17 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("maxclients".into(), c.maxclients.to_string()),
         ("maxmemory".into(), "0".into()),
         ("port".into(), node.resp_port.to_string()),
+        ("repl-timeout".into(), c.repl_timeout.as_secs().to_string()),
+        ("replica-read-only".into(), "yes".into()),
+        (
+            "replica-serve-stale-data".into(),
+            if c.replica_serve_stale_data {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+        ),
         (
             "proto-max-bulk-len".into(),
             c.proto_max_bulk_len.to_string(),
