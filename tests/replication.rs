@@ -565,3 +565,70 @@ fn a_replica_refuses_writes_and_reports_where_it_stands() {
         format!("http://{}", primary.grpc)
     );
 }
+
+#[test]
+fn the_admin_service_disconnects_replicas_and_makes_a_node_follow_another() {
+    use ferry_proto::v1::admin_client::AdminClient;
+    use ferry_proto::v1::{DisconnectReplicaRequest, ReplicaOfRequest};
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    // A node that starts as a primary with an empty log.
+    let other = Server::start(&dir.path().join("o"), &[]);
+    load(&primary, 1, 2_000, 1_000, 100);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let node_id = status(replica.grpc).node_id;
+    let connects = status(replica.grpc).primary_link.expect("link").connects;
+    let ended = runtime.block_on(async {
+        let mut admin = AdminClient::connect(primary.grpc_url())
+            .await
+            .expect("connect");
+        admin
+            .disconnect_replica(DisconnectReplicaRequest { node_id })
+            .await
+            .expect("disconnect")
+            .into_inner()
+            .disconnected
+    });
+    assert_eq!(ended, 1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(replica.grpc).primary_link.expect("link").connects > connects
+            && status(primary.grpc).replicas.len() == 1
+    }));
+    let resume = runtime.block_on(async {
+        let mut admin = AdminClient::connect(other.grpc_url())
+            .await
+            .expect("connect");
+        admin
+            .replica_of(ReplicaOfRequest {
+                primary: primary.grpc_url(),
+            })
+            .await
+            .expect("replica of")
+            .into_inner()
+            .resume_lsn
+    });
+    assert_eq!(resume, 1, "an empty log resumes at the first LSN");
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &other
+    )));
+    let o = status(other.grpc);
+    assert_eq!(o.role, "replica");
+    assert_eq!(
+        o.cluster_id,
+        status(primary.grpc).cluster_id,
+        "it joined the primary's cluster"
+    );
+    assert_eq!(digest(&primary), digest(&other));
+    assert_eq!(
+        error(&mut other.client(), &["SET", "k", "v"]),
+        "READONLY You can't write against a read only replica."
+    );
+}
