@@ -10,6 +10,7 @@
 //! - `status`: the gRPC server (status, admin, replication, health,
 //!   reflection).
 //! - `report`: `ferry status`, the text and JSON views of a node's status.
+//! - `tools`: `ferry wal inspect | dump | verify | repair` and `ferry replay`.
 
 mod commands;
 mod glob;
@@ -19,6 +20,7 @@ mod report;
 mod resp;
 mod server;
 mod status;
+mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,8 +29,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_wal::storage::FsStorage;
-use ferry_wal::{FrameLimits, SyncPolicy};
+use ferry_wal::SyncPolicy;
 
 use crate::node::{Config, Node};
 
@@ -55,6 +56,9 @@ enum Command {
     Serve(ServeArgs),
     /// Shows a node's role, WAL positions, replicas and replication lag.
     Status(StatusArgs),
+    /// Builds a new data directory from a WAL, up to an LSN or a time, which
+    /// `ferry serve` then serves as a new primary (a new cluster).
+    Replay(ReplayArgs),
     /// Tools for WAL directories: a primary's, a replica's or a copy.
     Wal {
         #[command(subcommand)]
@@ -130,13 +134,77 @@ struct StatusArgs {
 
 #[derive(Debug, Subcommand)]
 enum WalCommand {
+    /// Per segment: LSN range, epochs, time range, stored and decompressed
+    /// bytes and their ratio; then totals and any problem. Read-only.
+    Inspect {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One line per operation: LSN, epoch, time, operation, key, a preview
+    /// of the value. Read-only.
+    Dump {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// First LSN shown.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last LSN shown.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Only records written at or after this time (RFC 3339, or ms since
+        /// the Unix epoch).
+        #[arg(long, value_parser = tools::parse_time)]
+        since: Option<u64>,
+        /// Only records written at or before this time.
+        #[arg(long, value_parser = tools::parse_time)]
+        until: Option<u64>,
+        /// Only operations on keys matching this glob (Redis syntax).
+        #[arg(long)]
+        key: Option<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Keep going: show records as they are written, until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Checks every frame of a WAL directory without changing it. Exits 0
-    /// when the log is intact, 1 when it has a torn tail (which opening the
-    /// log would cut off) or is corrupt.
+    /// when the log is intact, 1 otherwise, naming the segment file, byte
+    /// offset and LSN of each problem.
     Verify {
         /// The WAL directory.
         dir: PathBuf,
     },
+    /// Cuts a torn tail (keeping a .broken copy). With --salvage, cuts the
+    /// log at its first corruption and keeps everything after it in a side
+    /// directory. Refuses a log whose node is running.
+    Repair {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// Also cut at a corruption before the end of the log.
+        #[arg(long)]
+        salvage: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// The WAL directory to read (it is not changed).
+    #[arg(long)]
+    wal: PathBuf,
+    /// The new data directory to build (must not exist or be empty).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Stop after this LSN.
+    #[arg(long, conflicts_with = "until_time")]
+    until_lsn: Option<u64>,
+    /// Stop after the last record written at or before this time (RFC 3339,
+    /// or ms since the Unix epoch).
+    #[arg(long, value_parser = tools::parse_time)]
+    until_time: Option<u64>,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -153,9 +221,38 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Status(args) => report::run(&args.addr, args.json),
-        Command::Wal {
-            command: WalCommand::Verify { dir },
-        } => wal_verify(&dir),
+        Command::Replay(args) => {
+            let until = match (args.until_lsn, args.until_time) {
+                (Some(n), _) => tools::Until::Lsn(n),
+                (None, Some(t)) => tools::Until::TimeMs(t),
+                (None, None) => tools::Until::End,
+            };
+            tools::replay(&args.wal, &args.data_dir, until)
+        }
+        Command::Wal { command } => match command {
+            WalCommand::Inspect { dir, json } => tools::inspect(&dir, json),
+            WalCommand::Dump {
+                dir,
+                from,
+                to,
+                since,
+                until,
+                key,
+                json,
+                follow,
+            } => {
+                let filter = tools::DumpFilter {
+                    from,
+                    to,
+                    since_ms: since,
+                    until_ms: until,
+                    key,
+                };
+                tools::dump(&dir, &filter, json, follow)
+            }
+            WalCommand::Verify { dir } => tools::verify(&dir),
+            WalCommand::Repair { dir, salvage } => tools::repair(&dir, salvage),
+        },
     }
 }
 
@@ -224,39 +321,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
         _ = term.recv() => tracing::info!("SIGTERM"),
-    }
-}
-
-fn wal_verify(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
-    let summary = match ferry_wal::verify(&FsStorage, dir, FrameLimits::default()) {
-        Ok(summary) => summary,
-        Err(err @ ferry_wal::WalError::Corruption { .. }) => {
-            eprintln!("corrupt: {err}");
-            return Ok(ExitCode::FAILURE);
-        }
-        Err(err) => {
-            return Err(err).with_context(|| format!("verifying the WAL in {}", dir.display()));
-        }
-    };
-    println!(
-        "{} segments, {} bytes, lsn {}..={}, last epoch {}",
-        summary.segments, summary.bytes, summary.first_lsn, summary.last_lsn, summary.epoch
-    );
-    match summary.torn_tail {
-        None => {
-            println!("intact");
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(torn) => {
-            println!(
-                "torn tail: {} from byte {} ({} bytes): {}; opening the log cuts it off and keeps a .broken copy",
-                torn.segment.display(),
-                torn.offset,
-                torn.bytes,
-                torn.reason
-            );
-            Ok(ExitCode::FAILURE)
-        }
     }
 }

@@ -285,7 +285,7 @@ impl std::fmt::Debug for Node {
 }
 
 /// Locks the data directory: a second process on it is refused.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
     let path = dir.join("LOCK");

@@ -12,6 +12,8 @@
 //!   sync, purge, and the writer and syncer threads behind them.
 //! - `reader`: [`FrameReader`] (the stored bytes of each frame, for
 //!   shipping) and [`RecordReader`] (decoded records, for replay).
+//! - [`inspect`]: read-only scans of a log directory for the tools: every
+//!   frame, and every problem with its segment, offset and LSN.
 //! - [`storage`]: the file access trait and the real file system.
 //! - [`testing`]: an in-memory storage that crashes, tears writes and fails
 //!   on demand.
@@ -27,6 +29,7 @@
 //!   more appends until it is reopened.
 
 pub mod format;
+pub mod inspect;
 pub mod storage;
 pub mod testing;
 

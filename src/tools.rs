@@ -1,0 +1,874 @@
+//! The WAL tools: `ferry wal inspect | dump | verify | repair` and `ferry
+//! replay`. They work on any ferry WAL directory (a primary's, a replica's,
+//! a copy). The read-only ones never write, so they are safe on a live
+//! node's log; the writing ones refuse a data directory that a running node
+//! holds.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use ferry_engine::{Engine, decode_record};
+use ferry_proto::v1::{WalRecord, mutation::Op};
+use ferry_wal::inspect::{Inspection, Problem, scan_dir, segment_files};
+use ferry_wal::storage::FsStorage;
+use ferry_wal::{FrameLimits, Lsn, SyncPolicy, Wal, WalOptions};
+use serde_json::json;
+
+use crate::glob;
+use crate::node::lock_data_dir;
+
+/// Bytes of a value shown by `wal dump` before it is cut.
+pub const DUMP_VALUE_PREVIEW_BYTES: usize = 64;
+/// How often `wal dump --follow` looks for new frames.
+pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How often long runs report progress.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Records applied to the engine in one RocksDB write by `replay`.
+pub const REPLAY_APPLY_BATCH_RECORDS: usize = 8192;
+/// Frame bytes appended to the new WAL at once by `replay`.
+pub const REPLAY_APPEND_BYTES: usize = 4 << 20;
+
+fn scan(
+    dir: &Path,
+    visit: impl FnMut(&ferry_wal::inspect::ScannedFrame<'_>) -> ferry_wal::Result<ControlFlow<()>>,
+) -> anyhow::Result<Inspection> {
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    scan_dir(&FsStorage, dir, FrameLimits::default(), visit)
+        .with_context(|| format!("reading the WAL in {}", dir.display()))
+}
+
+fn problem_line(p: &Problem) -> String {
+    format!(
+        "{}: {} at byte {} (lsn {}): {} ({} bytes)",
+        if p.torn_tail { "torn tail" } else { "corrupt" },
+        p.segment.display(),
+        p.offset,
+        p.lsn,
+        p.reason,
+        p.bytes
+    )
+}
+
+// --- time ---------------------------------------------------------------------
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// ms since the Unix epoch as `2026-11-27T13:50:05.123Z`.
+pub fn format_time(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+/// A time as ms since the Unix epoch: a number of ms, or RFC 3339
+/// (`2026-11-27T13:50:05Z`, fractions and `+hh:mm` offsets allowed).
+///
+/// # Errors
+///
+/// Anything else.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let bad = || format!("{s:?} is neither ms since the Unix epoch nor an RFC 3339 time");
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        s.get(r).and_then(|t| t.parse().ok()).ok_or_else(bad)
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    let mut rest = &s[19..];
+    let mut ms = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
+        ms = padded.parse().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
+            let sign = if r.starts_with('-') { -1 } else { 1 };
+            let oh: i64 = r[1..3].parse().map_err(|_| bad())?;
+            let om: i64 = r[4..6].parse().map_err(|_| bad())?;
+            sign * (oh * 60 + om)
+        }
+        _ => return Err(bad()),
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset_min * 60;
+    u64::try_from(secs * 1000 + ms).map_err(|_| bad())
+}
+
+// --- inspect ------------------------------------------------------------------
+
+/// `ferry wal inspect DIR [--json]`.
+///
+/// # Errors
+///
+/// An unreadable directory.
+pub fn inspect(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let inspection = scan(dir, |_| Ok(ControlFlow::Continue(())))?;
+    let ratio = |stored: u64, raw: u64| {
+        if stored == 0 {
+            1.0
+        } else {
+            raw as f64 / stored as f64
+        }
+    };
+    let (mut frames, mut records, mut stored, mut raw, mut file) = (0, 0, 0, 0, 0);
+    for s in &inspection.segments {
+        frames += s.frames;
+        records += s.records;
+        stored += s.stored_bytes;
+        raw += s.raw_bytes;
+        file += s.file_bytes;
+    }
+    if as_json {
+        let segments: Vec<_> = inspection
+            .segments
+            .iter()
+            .map(|s| {
+                json!({
+                    "segment": s.path.file_name().map(|n| n.to_string_lossy().to_string()),
+                    "first_lsn": s.first_lsn.0,
+                    "last_lsn": s.last_lsn.0,
+                    "frames": s.frames,
+                    "records": s.records,
+                    "epoch_min": s.epoch_min.0,
+                    "epoch_max": s.epoch_max.0,
+                    "time_min_ms": s.time_min_ms,
+                    "time_max_ms": s.time_max_ms,
+                    "stored_bytes": s.stored_bytes,
+                    "raw_bytes": s.raw_bytes,
+                    "file_bytes": s.file_bytes,
+                    "ratio": ratio(s.stored_bytes, s.raw_bytes),
+                })
+            })
+            .collect();
+        let problems: Vec<_> = inspection.problems.iter().map(problem_json).collect();
+        let out = json!({
+            "dir": dir.display().to_string(),
+            "segments": segments,
+            "totals": {
+                "segments": inspection.segments.len(),
+                "frames": frames,
+                "records": records,
+                "stored_bytes": stored,
+                "raw_bytes": raw,
+                "file_bytes": file,
+                "ratio": ratio(stored, raw),
+            },
+            "problems": problems,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{:<26} {:>21} {:>9} {:>9} {:>7} {:>24} {:>24} {:>12} {:>12} {:>6}",
+            "segment", "lsn", "frames", "records", "epochs", "from", "to", "stored", "raw", "ratio"
+        );
+        for s in &inspection.segments {
+            let time = |ms: u64| {
+                if s.frames == 0 {
+                    "-".to_string()
+                } else {
+                    format_time(ms)
+                }
+            };
+            println!(
+                "{:<26} {:>21} {:>9} {:>9} {:>7} {:>24} {:>24} {:>12} {:>12} {:>6.2}",
+                s.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                format!("{}..={}", s.first_lsn, s.last_lsn),
+                s.frames,
+                s.records,
+                format!("{}..{}", s.epoch_min, s.epoch_max),
+                time(s.time_min_ms),
+                time(s.time_max_ms),
+                s.stored_bytes,
+                s.raw_bytes,
+                ratio(s.stored_bytes, s.raw_bytes)
+            );
+        }
+        println!(
+            "total: {} segments, {frames} frames, {records} records, {stored} bytes stored, {raw} bytes decompressed, ratio {:.2}, {file} bytes on disk",
+            inspection.segments.len(),
+            ratio(stored, raw)
+        );
+        for p in &inspection.problems {
+            println!("{}", problem_line(p));
+        }
+    }
+    Ok(if inspection.is_intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn problem_json(p: &Problem) -> serde_json::Value {
+    json!({
+        "segment": p.segment.display().to_string(),
+        "offset": p.offset,
+        "lsn": p.lsn.0,
+        "reason": p.reason,
+        "torn_tail": p.torn_tail,
+        "bytes": p.bytes,
+    })
+}
+
+// --- verify -------------------------------------------------------------------
+
+/// `ferry wal verify DIR`: exit 0 when every frame is intact, 1 otherwise,
+/// with one line per problem on stderr.
+///
+/// # Errors
+///
+/// An unreadable directory.
+pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut progress = Progress::new("verified");
+    let inspection = scan(dir, |frame| {
+        progress.add(
+            u64::from(frame.header.record_count),
+            frame.bytes.len() as u64,
+        );
+        Ok(ControlFlow::Continue(()))
+    })?;
+    progress.finish();
+    let (first, last) = (
+        inspection
+            .segments
+            .first()
+            .map_or(Lsn::ZERO, |s| s.first_lsn),
+        inspection
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.last_lsn > Lsn::ZERO)
+            .map_or(Lsn::ZERO, |s| s.last_lsn),
+    );
+    let bytes: u64 = inspection.segments.iter().map(|s| s.file_bytes).sum();
+    let epoch = inspection
+        .segments
+        .iter()
+        .map(|s| s.epoch_max)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "{} segments, {bytes} bytes, lsn {first}..={last}, last epoch {epoch}, {:.0} MB/s",
+        inspection.segments.len(),
+        bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9)
+    );
+    if inspection.is_intact() {
+        println!("intact");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &inspection.problems {
+        eprintln!("{}", problem_line(p));
+    }
+    if inspection.only_torn_tail() {
+        println!(
+            "torn tail only: opening the log (or `ferry wal repair`) cuts it off and keeps a .broken copy"
+        );
+    } else {
+        println!(
+            "{} problems; `ferry wal repair --salvage` cuts the log at the first and keeps the rest aside",
+            inspection.problems.len()
+        );
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+// --- dump ---------------------------------------------------------------------
+
+/// What `ferry wal dump` shows.
+#[derive(Debug, Clone, Default)]
+pub struct DumpFilter {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub key: Option<String>,
+}
+
+fn preview(b: &[u8]) -> String {
+    let cut = &b[..b.len().min(DUMP_VALUE_PREVIEW_BYTES)];
+    let mut s: String = cut
+        .iter()
+        .flat_map(|&c| std::ascii::escape_default(c))
+        .map(char::from)
+        .collect();
+    if b.len() > cut.len() {
+        s.push_str(&format!("...({} bytes)", b.len()));
+    }
+    s
+}
+
+/// One mutation as (operation, key, value, extra fields).
+fn describe(
+    op: &Op,
+) -> (
+    &'static str,
+    Option<&Bytes>,
+    Option<&Bytes>,
+    serde_json::Value,
+) {
+    match op {
+        Op::SetString(m) => (
+            "set",
+            Some(&m.key),
+            Some(&m.value),
+            json!({"expire_at_ms": m.expire_at_ms}),
+        ),
+        Op::SetRange(m) => (
+            "setrange",
+            Some(&m.key),
+            Some(&m.data),
+            json!({"offset": m.offset}),
+        ),
+        Op::Delete(m) => ("del", Some(&m.key), None, json!({})),
+        Op::SetExpiry(m) => (
+            "expire",
+            Some(&m.key),
+            None,
+            json!({"expire_at_ms": m.expire_at_ms}),
+        ),
+        Op::HashSet(m) => (
+            "hset",
+            Some(&m.key),
+            None,
+            json!({"fields": m.fields.iter().map(|f| json!({
+                "field": String::from_utf8_lossy(&f.field),
+                "value": preview(&f.value),
+            })).collect::<Vec<_>>()}),
+        ),
+        Op::HashDelete(m) => (
+            "hdel",
+            Some(&m.key),
+            None,
+            json!({"fields": m.fields.iter().map(|f| String::from_utf8_lossy(f).to_string()).collect::<Vec<_>>()}),
+        ),
+        Op::FlushAll(_) => ("flushall", None, None, json!({})),
+    }
+}
+
+/// Prints the records of one frame that pass `filter`; whether to go on.
+fn dump_frame(
+    frame: &ferry_wal::inspect::ScannedFrame<'_>,
+    filter: &DumpFilter,
+    as_json: bool,
+    out: &mut impl Write,
+) -> ferry_wal::Result<ControlFlow<()>> {
+    let h = frame.header;
+    if filter.until_ms.is_some_and(|u| h.timestamp_ms > u)
+        || filter.to.is_some_and(|to| h.first_lsn.0 > to)
+    {
+        return Ok(ControlFlow::Break(()));
+    }
+    if filter.since_ms.is_some_and(|s| h.timestamp_ms < s)
+        || filter.from.is_some_and(|from| h.last_lsn().0 < from)
+    {
+        return Ok(ControlFlow::Continue(()));
+    }
+    for (i, data) in frame.records()?.iter().enumerate() {
+        let lsn = Lsn(h.first_lsn.0 + i as u64);
+        if filter.from.is_some_and(|f| lsn.0 < f) || filter.to.is_some_and(|t| lsn.0 > t) {
+            continue;
+        }
+        let record = match decode_record(lsn, data) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(out, "{lsn} {} undecodable: {e}", h.epoch);
+                continue;
+            }
+        };
+        for m in &record.mutations {
+            let Some(op) = &m.op else { continue };
+            let (name, key, value, extra) = describe(op);
+            if let Some(pattern) = &filter.key
+                && !key.is_some_and(|k| glob::matches(pattern.as_bytes(), k, false))
+            {
+                continue;
+            }
+            let line = if as_json {
+                let mut v = json!({
+                    "lsn": lsn.0,
+                    "epoch": h.epoch.0,
+                    "time_ms": h.timestamp_ms,
+                    "time": format_time(h.timestamp_ms),
+                    "op": name,
+                });
+                if let Some(k) = key {
+                    v["key"] = json!(String::from_utf8_lossy(k));
+                }
+                if let Some(val) = value {
+                    v["value"] = json!(preview(val));
+                    v["value_len"] = json!(val.len());
+                }
+                if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+                    obj.extend(extra);
+                }
+                v.to_string()
+            } else {
+                let mut line = format!("{lsn} {} {} {name}", h.epoch, format_time(h.timestamp_ms));
+                if let Some(k) = key {
+                    line.push(' ');
+                    line.push_str(&preview(k));
+                }
+                if let Some(val) = value {
+                    line.push_str(&format!(" \"{}\"", preview(val)));
+                }
+                if let serde_json::Value::Object(extra) = extra {
+                    for (k, v) in extra {
+                        if v != json!(0) {
+                            line.push_str(&format!(" {k}={v}"));
+                        }
+                    }
+                }
+                line
+            };
+            if writeln!(out, "{line}").is_err() {
+                // The reader went away (a closed pipe): stop quietly.
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// `ferry wal dump DIR [filters] [--json] [--follow]`.
+///
+/// # Errors
+///
+/// An unreadable directory.
+pub fn dump(
+    dir: &Path,
+    filter: &DumpFilter,
+    as_json: bool,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut next = Lsn::ZERO;
+    let inspection = scan(dir, |frame| {
+        next = frame.header.last_lsn().next();
+        dump_frame(frame, filter, as_json, &mut out)
+    })?;
+    out.flush()?;
+    for p in &inspection.problems {
+        eprintln!("{}", problem_line(p));
+    }
+    if !follow {
+        return Ok(if inspection.is_intact() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    // Follow: look for frames after the last one shown, until interrupted.
+    loop {
+        std::thread::sleep(FOLLOW_POLL_INTERVAL);
+        let mut stop = false;
+        scan_dir(&FsStorage, dir, FrameLimits::default(), |frame| {
+            if frame.header.last_lsn() < next {
+                return Ok(ControlFlow::Continue(()));
+            }
+            next = frame.header.last_lsn().next();
+            let flow = dump_frame(frame, filter, as_json, &mut out)?;
+            stop = flow.is_break();
+            Ok(flow)
+        })?;
+        out.flush()?;
+        if stop {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+// --- progress -----------------------------------------------------------------
+
+/// Progress of a long run: a line rewritten in place on a terminal,
+/// periodic lines otherwise, on stderr.
+struct Progress {
+    what: &'static str,
+    started: Instant,
+    last: Instant,
+    records: u64,
+    bytes: u64,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Progress {
+        Progress {
+            what,
+            started: Instant::now(),
+            last: Instant::now(),
+            records: 0,
+            bytes: 0,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn add(&mut self, records: u64, bytes: u64) {
+        self.records += records;
+        self.bytes += bytes;
+        if self.last.elapsed() >= PROGRESS_INTERVAL {
+            self.last = Instant::now();
+            self.print(false);
+        }
+    }
+
+    fn print(&self, last: bool) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let line = format!(
+            "{} {} records, {:.1} MB of WAL in {:.1} s ({:.0} MB/s, {:.0} records/s)",
+            self.what,
+            self.records,
+            self.bytes as f64 / 1e6,
+            secs,
+            self.bytes as f64 / 1e6 / secs,
+            self.records as f64 / secs
+        );
+        if self.tty {
+            eprint!("\r{line}{}", if last { "\n" } else { "" });
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.started.elapsed() >= PROGRESS_INTERVAL || self.tty {
+            self.print(true);
+        }
+    }
+}
+
+// --- repair -------------------------------------------------------------------
+
+/// Refuses a WAL directory whose data directory a running node holds.
+fn lock_wal_owner(wal_dir: &Path) -> anyhow::Result<Option<File>> {
+    let Some(parent) = wal_dir.parent() else {
+        return Ok(None);
+    };
+    if parent.join("LOCK").exists() {
+        return lock_data_dir(parent).map(Some);
+    }
+    Ok(None)
+}
+
+/// `ferry wal repair DIR [--salvage]`.
+///
+/// # Errors
+///
+/// A directory held by a running node, a corrupt log without `--salvage`,
+/// I/O failures.
+pub fn repair(dir: &Path, salvage: bool) -> anyhow::Result<ExitCode> {
+    let _lock = lock_wal_owner(dir)?;
+    let inspection = scan(dir, |_| Ok(ControlFlow::Continue(())))?;
+    if inspection.is_intact() {
+        println!("intact: nothing to repair");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &inspection.problems {
+        println!("{}", problem_line(p));
+    }
+    if inspection.only_torn_tail() {
+        // Opening the log cuts a torn tail and keeps a .broken copy.
+        let p = &inspection.problems[0];
+        let wal = Wal::open(
+            dir,
+            WalOptions {
+                sync_policy: SyncPolicy::Always,
+                ..WalOptions::default()
+            },
+        )
+        .with_context(|| format!("opening the WAL in {}", dir.display()))?;
+        let last = wal.last_lsn();
+        drop(wal);
+        println!(
+            "cut the torn tail of {} at byte {} ({} bytes kept in a .broken copy beside it); the log now ends at lsn {last}",
+            p.segment.display(),
+            p.offset,
+            p.bytes
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !salvage {
+        bail!(
+            "the log is corrupt before its end: `ferry wal repair --salvage` cuts it at the first problem \
+             ({} at byte {}, lsn {}) and keeps everything after it in a side directory",
+            inspection.problems[0].segment.display(),
+            inspection.problems[0].offset,
+            inspection.problems[0].lsn
+        );
+    }
+    let first = &inspection.problems[0];
+    let side = dir.join(format!(
+        "salvaged-{}-lsn-{}",
+        format_time(crate::node::now_ms()).replace(':', ""),
+        first.lsn
+    ));
+    std::fs::create_dir_all(&side).with_context(|| format!("creating {}", side.display()))?;
+    // The bad segment's bytes from the problem on go to the side directory,
+    // and every later segment is moved there whole.
+    let name = first
+        .segment
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let data = std::fs::read(&first.segment)?;
+    let tail_path = side.join(format!("{name}.from-byte-{}", first.offset));
+    write_synced(&tail_path, &data[first.offset as usize..])?;
+    let mut moved = Vec::new();
+    for (_, path) in segment_files(&FsStorage, dir)? {
+        if path > first.segment {
+            let target = side.join(path.file_name().expect("a file name"));
+            std::fs::rename(&path, &target)
+                .with_context(|| format!("moving {}", path.display()))?;
+            moved.push(target);
+        }
+    }
+    let file = File::options().write(true).open(&first.segment)?;
+    file.set_len(first.offset)?;
+    file.sync_all()?;
+    File::open(&side)?.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    println!(
+        "cut {} at byte {} (the log now ends before lsn {}); kept {} bytes of it in {} and moved {} later segments to {}",
+        first.segment.display(),
+        first.offset,
+        first.lsn,
+        data.len() as u64 - first.offset,
+        tail_path.display(),
+        moved.len(),
+        side.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+// --- replay -------------------------------------------------------------------
+
+/// Where `ferry replay` stops.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    End,
+    Lsn(u64),
+    TimeMs(u64),
+}
+
+/// `ferry replay --wal DIR --data-dir NEW [--until-lsn N | --until-time T]`:
+/// builds a new data directory holding exactly the state after that point.
+///
+/// # Errors
+///
+/// A data directory that exists with data or is held by a node, a log that
+/// does not start at LSN 1, corruption before the stopping point, I/O.
+pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<ExitCode> {
+    if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
+        bail!(
+            "{} is not empty: replay builds a new data directory",
+            data_dir.display()
+        );
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    let files = segment_files(&FsStorage, wal_dir)?;
+    match files.first() {
+        None => bail!("{} holds no WAL segment", wal_dir.display()),
+        Some((first, _)) if *first != Lsn(1) => bail!(
+            "the log in {} starts at lsn {first}: replay needs it from lsn 1",
+            wal_dir.display()
+        ),
+        _ => {}
+    }
+    let wal = Wal::open(
+        data_dir.join("wal"),
+        WalOptions {
+            sync_policy: SyncPolicy::No,
+            ..WalOptions::default()
+        },
+    )
+    .context("creating the new WAL")?;
+    let engine = Engine::open(&data_dir.join("engine")).context("creating the new engine")?;
+    let mut progress = Progress::new("replayed");
+    let mut frames = BytesMut::new();
+    let mut batch: Vec<(Lsn, WalRecord)> = Vec::new();
+    let mut last = Lsn::ZERO;
+    let mut last_time = 0;
+    let mut failure: Option<anyhow::Error> = None;
+    let flush = |frames: &mut BytesMut, batch: &mut Vec<(Lsn, WalRecord)>| -> anyhow::Result<()> {
+        if !frames.is_empty() {
+            wal.append_frames_blocking(frames.split().freeze())?;
+        }
+        if !batch.is_empty() {
+            engine.apply(batch)?;
+            batch.clear();
+        }
+        Ok(())
+    };
+    let inspection = scan(wal_dir, |frame| {
+        let h = frame.header;
+        let stop_before = match until {
+            Until::End => false,
+            Until::Lsn(n) => h.first_lsn.0 > n,
+            Until::TimeMs(t) => h.timestamp_ms > t,
+        };
+        if stop_before {
+            return Ok(ControlFlow::Break(()));
+        }
+        let records = frame.records()?;
+        let keep = match until {
+            Until::Lsn(n) if h.last_lsn().0 > n => (n - h.first_lsn.0 + 1) as usize,
+            _ => records.len(),
+        };
+        let mut decoded = Vec::with_capacity(keep);
+        for (i, data) in records.iter().take(keep).enumerate() {
+            let lsn = Lsn(h.first_lsn.0 + i as u64);
+            match decode_record(lsn, data) {
+                Ok(r) => decoded.push((lsn, r)),
+                Err(e) => {
+                    failure = Some(e.into());
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+        }
+        let step = || -> anyhow::Result<()> {
+            if keep == records.len() {
+                frames.extend_from_slice(&frame.bytes);
+            } else {
+                // The stopping point falls inside this frame: its first
+                // records go to the new log in a frame of their own.
+                flush(&mut frames, &mut batch)?;
+                wal.append_blocking(records[..keep].to_vec())?;
+            }
+            batch.extend(decoded);
+            if frames.len() >= REPLAY_APPEND_BYTES || batch.len() >= REPLAY_APPLY_BATCH_RECORDS {
+                flush(&mut frames, &mut batch)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = step() {
+            failure = Some(e);
+            return Ok(ControlFlow::Break(()));
+        }
+        last = Lsn(h.first_lsn.0 + keep as u64 - 1);
+        last_time = h.timestamp_ms;
+        progress.add(keep as u64, frame.bytes.len() as u64);
+        Ok(if keep < records.len() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })?;
+    if let Some(p) = inspection
+        .problems
+        .iter()
+        .find(|p| !p.torn_tail && p.lsn <= last.next())
+    {
+        bail!(
+            "the log is damaged before the stopping point: {}",
+            problem_line(p)
+        );
+    }
+    if let Some(e) = failure {
+        return Err(e.context("replaying"));
+    }
+    flush(&mut frames, &mut batch)?;
+    wal.sync_blocking()?;
+    engine.flush()?;
+    progress.finish();
+    drop(wal);
+    let keys = engine.key_count();
+    drop(engine);
+    println!(
+        "replayed lsn 1..={last} (last record written {}) into {}: {keys} keys; `ferry serve --data-dir {}` serves it as a new primary",
+        if last_time == 0 {
+            "-".to_string()
+        } else {
+            format_time(last_time)
+        },
+        data_dir.display(),
+        data_dir.display()
+    );
+    if let Until::Lsn(n) = until
+        && last.0 < n
+    {
+        eprintln!(
+            "the log ends at lsn {last}, before lsn {n}: the data directory holds lsn 1..={last}"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_through_rfc3339() {
+        for ms in [0, 1, 999, 86_399_999, 1_795_787_405_123, 4_102_444_800_000] {
+            assert_eq!(parse_time(&format_time(ms)), Ok(ms), "{}", format_time(ms));
+        }
+        assert_eq!(format_time(1_795_787_405_123), "2026-11-27T13:50:05.123Z");
+        assert_eq!(
+            parse_time("2026-11-27T14:50:05+01:00"),
+            Ok(1_795_787_405_000)
+        );
+        assert_eq!(parse_time("2026-11-27T13:50:05.1Z"), Ok(1_795_787_405_100));
+        assert_eq!(parse_time("1795787405123"), Ok(1_795_787_405_123));
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2026-13-01T00:00:00Z").is_err());
+    }
+}
