@@ -195,9 +195,15 @@ struct ReplayArgs {
     /// The WAL directory to read (it is not changed).
     #[arg(long)]
     wal: PathBuf,
-    /// The new data directory to build (must not exist or be empty).
+    /// The new data directory to build (must not exist or be empty); with
+    /// --onto, an existing primary's data directory to apply the records to.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Apply the records onto an existing (stopped) primary's data
+    /// directory as new writes after its own, with new LSNs: for a
+    /// quarantine file, or any log.
+    #[arg(long)]
+    onto: bool,
     /// Stop after this LSN.
     #[arg(long, conflicts_with = "until_time")]
     until_lsn: Option<u64>,
@@ -227,7 +233,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 (None, Some(t)) => tools::Until::TimeMs(t),
                 (None, None) => tools::Until::End,
             };
-            tools::replay(&args.wal, &args.data_dir, until)
+            if args.onto {
+                tools::replay_onto(&args.wal, &args.data_dir, until)
+            } else {
+                tools::replay(&args.wal, &args.data_dir, until)
+            }
         }
         Command::Wal { command } => match command {
             WalCommand::Inspect { dir, json } => tools::inspect(&dir, json),

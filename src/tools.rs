@@ -414,7 +414,7 @@ fn dump_frame(
     {
         return Ok(ControlFlow::Continue(()));
     }
-    for (i, data) in frame.records()?.iter().enumerate() {
+    for (i, data) in frame.records().iter().enumerate() {
         let lsn = Lsn(h.first_lsn.0 + i as u64);
         if filter.from.is_some_and(|f| lsn.0 < f) || filter.to.is_some_and(|t| lsn.0 > t) {
             continue;
@@ -767,7 +767,7 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
         if stop_before {
             return Ok(ControlFlow::Break(()));
         }
-        let records = frame.records()?;
+        let records = frame.records();
         let keep = match until {
             Until::Lsn(n) if h.last_lsn().0 > n => (n - h.first_lsn.0 + 1) as usize,
             _ => records.len(),
@@ -850,6 +850,107 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry replay --wal DIR --data-dir EXISTING --onto`: applies the records
+/// of another log (a quarantine file's, or any) onto an existing data
+/// directory as new writes, after its own records, with new LSNs. The node
+/// must be stopped, and must be a primary: a replica would fork from its
+/// primary.
+///
+/// # Errors
+///
+/// A data directory held by a running node or following a primary, a
+/// damaged source log before the stopping point, I/O.
+pub fn replay_onto(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        data_dir.join("wal").is_dir(),
+        "{} is not a ferry data directory (no wal/)",
+        data_dir.display()
+    );
+    let _lock = lock_data_dir(data_dir)?;
+    let conf = std::fs::read_to_string(data_dir.join(crate::node::NODE_FILE)).unwrap_or_default();
+    if conf
+        .lines()
+        .any(|l| l.trim_start().starts_with("replica_of="))
+    {
+        bail!(
+            "{} belongs to a replica: writing onto it would fork it from its primary; apply onto the primary",
+            data_dir.display()
+        );
+    }
+    let wal = Wal::open(
+        data_dir.join("wal"),
+        WalOptions {
+            sync_policy: SyncPolicy::No,
+            ..WalOptions::default()
+        },
+    )
+    .context("opening the data directory's WAL")?;
+    let engine = Engine::open(&data_dir.join("engine")).context("opening the engine")?;
+    engine
+        .replay(&wal)
+        .context("catching the engine up with its WAL")?;
+    let first_new = wal.last_lsn().next();
+    let mut progress = Progress::new("applied");
+    let mut failure: Option<anyhow::Error> = None;
+    let mut applied = 0u64;
+    let inspection = scan(wal_dir, |frame| {
+        let h = frame.header;
+        let stop_before = match until {
+            Until::End => false,
+            Until::Lsn(n) => h.first_lsn.0 > n,
+            Until::TimeMs(t) => h.timestamp_ms > t,
+        };
+        if stop_before {
+            return Ok(ControlFlow::Break(()));
+        }
+        let records = frame.records();
+        let keep = match until {
+            Until::Lsn(n) if h.last_lsn().0 > n => (n - h.first_lsn.0 + 1) as usize,
+            _ => records.len(),
+        };
+        let step = || -> anyhow::Result<()> {
+            let range = wal.append_blocking(records[..keep].to_vec())?;
+            let decoded = records[..keep]
+                .iter()
+                .enumerate()
+                .map(|(i, data)| {
+                    let lsn = Lsn(range.first.0 + i as u64);
+                    decode_record(lsn, data).map(|r| (lsn, r))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            engine.apply(&decoded)?;
+            Ok(())
+        };
+        if let Err(e) = step() {
+            failure = Some(e);
+            return Ok(ControlFlow::Break(()));
+        }
+        applied += keep as u64;
+        progress.add(keep as u64, frame.bytes.len() as u64);
+        Ok(ControlFlow::Continue(()))
+    })?;
+    if let Some(p) = inspection.problems.iter().find(|p| !p.torn_tail) {
+        eprintln!("the source log is damaged: {}", problem_line(p));
+    }
+    if let Some(e) = failure {
+        return Err(e.context("applying"));
+    }
+    wal.sync_blocking()?;
+    engine.flush()?;
+    progress.finish();
+    println!(
+        "applied {applied} records of {} onto {} as lsn {first_new}..={}",
+        wal_dir.display(),
+        data_dir.display(),
+        wal.last_lsn()
+    );
+    Ok(if inspection.problems.iter().any(|p| !p.torn_tail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

@@ -393,3 +393,105 @@ fn writing_tools_refuse_a_data_dir_a_running_node_holds() {
             .success()
     );
 }
+
+#[test]
+fn dump_follow_shows_records_as_a_live_node_writes_them() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("n");
+    let server = Server::start(&data, &["--fsync", "always"]);
+    let mut c = server.client();
+    raw(&mut c, &["SET", "before", "1"]);
+    let mut child = ferry()
+        .args(["wal", "dump", "--follow", path(&data.join("wal"))])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dump --follow");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the existing record");
+    assert!(first.contains("set before"), "{first}");
+    for i in 0..3 {
+        raw(&mut c, &["SET", &format!("after{i}"), "2"]);
+    }
+    for i in 0..3 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a record written after the dump started");
+        assert!(line.starts_with(&format!("{} ", i + 2)), "{line}");
+        assert!(line.contains(&format!("set after{i}")), "{line}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn replay_onto_applies_another_log_after_a_primarys_own_records() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut sa = Server::start(&a, &["--fsync", "always"]);
+    let mut sb = Server::start(&b, &["--fsync", "always"]);
+    for i in 0..20 {
+        raw(&mut sa.client(), &["SET", &format!("a{i}"), "1"]);
+    }
+    for i in 0..10 {
+        raw(&mut sb.client(), &["SET", &format!("b{i}"), "2"]);
+    }
+    raw(&mut sb.client(), &["SET", "a0", "from-b"]);
+    sa.terminate();
+    sb.terminate();
+    let out = run(&[
+        "replay",
+        "--onto",
+        "--wal",
+        path(&b.join("wal")),
+        "--data-dir",
+        path(&a),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("as lsn 21..=31"),
+        "{}",
+        text(&out.stdout)
+    );
+    let sa = Server::start(&a, &[]);
+    let mut c = sa.client();
+    assert_eq!(raw(&mut c, &["DBSIZE"]), redis::Value::Int(30));
+    assert_eq!(
+        raw(&mut c, &["GET", "a0"]),
+        redis::Value::BulkString(b"from-b".to_vec())
+    );
+    assert_eq!(status(sa.grpc).applied_lsn, 31);
+
+    // A replica's data directory is refused.
+    let r = tmp.path().join("r");
+    let mut replica = Server::replica(&r, &sa.grpc_url(), &[]);
+    assert!(wait_until(Duration::from_secs(10), || replica
+        .applied_lsn()
+        == 31));
+    replica.terminate();
+    let out = run(&[
+        "replay",
+        "--onto",
+        "--wal",
+        path(&b.join("wal")),
+        "--data-dir",
+        path(&r),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("replica"),
+        "{}",
+        text(&out.stderr)
+    );
+}

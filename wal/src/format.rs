@@ -265,6 +265,25 @@ fn frame_crc(header_rest: &[u8], body: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+thread_local! {
+    /// One zstd decompression context per thread: creating one per frame
+    /// costs more than decompressing a small frame.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses `body` into at most `capacity` bytes.
+fn decompress(body: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let decompressor = match &mut *cell {
+            Some(d) => d,
+            None => cell.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(body, capacity)
+    })
+}
+
 /// Decodes the records of a verified frame. `frame` holds the whole frame
 /// (as returned in [`FrameRef::bytes`]); uncompressed records are returned as
 /// slices of it without copying.
@@ -277,7 +296,7 @@ pub fn decode_records(header: &FrameHeader, frame: &Bytes) -> Result<Vec<Bytes>,
     let body = frame.slice(FRAME_HEADER_LEN..header.frame_len());
     let raw = if header.is_compressed() {
         // The capacity bounds the output: zstd fails rather than grow it.
-        let out = zstd::bulk::decompress(&body, header.raw_len as usize)
+        let out = decompress(&body, header.raw_len as usize)
             .map_err(|e| Corrupt::Body(format!("zstd: {e}")))?;
         if out.len() != header.raw_len as usize {
             return Err(Corrupt::Body(format!(

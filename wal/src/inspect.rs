@@ -88,21 +88,15 @@ pub struct ScannedFrame<'a> {
     pub header: FrameHeader,
     /// The whole frame as stored.
     pub bytes: Bytes,
+    /// Its records, decoded by the scan's check.
+    records: Vec<Bytes>,
 }
 
 impl ScannedFrame<'_> {
-    /// The frame's records, in LSN order from `header.first_lsn`.
-    ///
-    /// # Errors
-    ///
-    /// [`WalError::Corruption`] if the body does not decode (the scan has
-    /// already checked that it does).
-    pub fn records(&self) -> Result<Vec<Bytes>> {
-        format::decode_records(&self.header, &self.bytes).map_err(|why| WalError::Corruption {
-            segment: self.segment.to_path_buf(),
-            offset: self.offset,
-            reason: why.to_string(),
-        })
+    /// The frame's records, in LSN order from `header.first_lsn` (decoded
+    /// once, by the scan's check).
+    pub fn records(&self) -> &[Bytes] {
+        &self.records
     }
 }
 
@@ -211,31 +205,35 @@ pub fn scan_dir(
                             0,
                         );
                     }
-                    if let Err(why) = format::decode_records(&header, &bytes) {
-                        problem(offset as u64, next, why.to_string(), false, len as u64);
-                    } else {
-                        info.frames += 1;
-                        info.records += u64::from(header.record_count);
-                        info.last_lsn = header.last_lsn();
-                        if info.frames == 1 {
-                            info.epoch_min = header.epoch;
-                            info.time_min_ms = header.timestamp_ms;
+                    match format::decode_records(&header, &bytes) {
+                        Err(why) => {
+                            problem(offset as u64, next, why.to_string(), false, len as u64);
                         }
-                        info.epoch_min = info.epoch_min.min(header.epoch);
-                        info.epoch_max = info.epoch_max.max(header.epoch);
-                        info.time_min_ms = info.time_min_ms.min(header.timestamp_ms);
-                        info.time_max_ms = info.time_max_ms.max(header.timestamp_ms);
-                        info.stored_bytes += len as u64;
-                        info.raw_bytes +=
-                            (format::FRAME_HEADER_LEN as u64) + u64::from(header.raw_len);
-                        let scanned = ScannedFrame {
-                            segment: path,
-                            offset: offset as u64,
-                            header,
-                            bytes,
-                        };
-                        if visit(&scanned)?.is_break() {
-                            stopped = true;
+                        Ok(records) => {
+                            info.frames += 1;
+                            info.records += u64::from(header.record_count);
+                            info.last_lsn = header.last_lsn();
+                            if info.frames == 1 {
+                                info.epoch_min = header.epoch;
+                                info.time_min_ms = header.timestamp_ms;
+                            }
+                            info.epoch_min = info.epoch_min.min(header.epoch);
+                            info.epoch_max = info.epoch_max.max(header.epoch);
+                            info.time_min_ms = info.time_min_ms.min(header.timestamp_ms);
+                            info.time_max_ms = info.time_max_ms.max(header.timestamp_ms);
+                            info.stored_bytes += len as u64;
+                            info.raw_bytes +=
+                                (format::FRAME_HEADER_LEN as u64) + u64::from(header.raw_len);
+                            let scanned = ScannedFrame {
+                                segment: path,
+                                offset: offset as u64,
+                                header,
+                                bytes,
+                                records,
+                            };
+                            if visit(&scanned)?.is_break() {
+                                stopped = true;
+                            }
                         }
                     }
                     next = header.last_lsn().next();
