@@ -5,15 +5,15 @@
 //! holds.
 
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::{Bytes, BytesMut};
-use ferry_engine::{Engine, decode_record};
+use bytes::Bytes;
+use ferry_engine::{Engine, StateBuilder, decode_record};
 use ferry_proto::v1::{WalRecord, mutation::Op};
 use ferry_wal::inspect::{Inspection, Problem, scan_dir, segment_files};
 use ferry_wal::storage::FsStorage;
@@ -31,8 +31,9 @@ pub const FOLLOW_POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Records applied to the engine in one RocksDB write by `replay`.
 pub const REPLAY_APPLY_BATCH_RECORDS: usize = 8192;
-/// Frame bytes appended to the new WAL at once by `replay`.
-pub const REPLAY_APPEND_BYTES: usize = 4 << 20;
+/// The most memory `replay` gives the state it builds before it writes it
+/// out and goes on record by record.
+pub const REPLAY_STATE_BYTES_MAX: usize = 4 << 30;
 
 fn scan(
     dir: &Path,
@@ -711,6 +712,13 @@ pub enum Until {
 /// `ferry replay --wal DIR --data-dir NEW [--until-lsn N | --until-time T]`:
 /// builds a new data directory holding exactly the state after that point.
 ///
+/// The records are folded into the final state in memory (no RocksDB read or
+/// write per record) and the state is ingested as one SST file; if it grows
+/// past [`REPLAY_STATE_BYTES_MAX`], what is built so far is ingested and the
+/// rest is applied record by record. The new WAL is a byte copy of the
+/// source segments up to the stopping point, plus the first records of a
+/// frame the stopping point cuts.
+///
 /// # Errors
 ///
 /// A data directory that exists with data or is held by a node, a log that
@@ -732,31 +740,16 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
         ),
         _ => {}
     }
-    let wal = Wal::open(
-        data_dir.join("wal"),
-        WalOptions {
-            sync_policy: SyncPolicy::No,
-            ..WalOptions::default()
-        },
-    )
-    .context("creating the new WAL")?;
     let engine = Engine::open(&data_dir.join("engine")).context("creating the new engine")?;
     let mut progress = Progress::new("replayed");
-    let mut frames = BytesMut::new();
+    let mut builder = Some(StateBuilder::new());
     let mut batch: Vec<(Lsn, WalRecord)> = Vec::new();
+    // The bytes of each source segment that go to the new log whole.
+    let mut kept: Vec<(std::path::PathBuf, u64)> = Vec::new();
+    let mut partial: Vec<Bytes> = Vec::new();
     let mut last = Lsn::ZERO;
     let mut last_time = 0;
     let mut failure: Option<anyhow::Error> = None;
-    let flush = |frames: &mut BytesMut, batch: &mut Vec<(Lsn, WalRecord)>| -> anyhow::Result<()> {
-        if !frames.is_empty() {
-            wal.append_frames_blocking(frames.split().freeze())?;
-        }
-        if !batch.is_empty() {
-            engine.apply(batch)?;
-            batch.clear();
-        }
-        Ok(())
-    };
     let inspection = scan(wal_dir, |frame| {
         let h = frame.header;
         let stop_before = match until {
@@ -772,35 +765,44 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
             Until::Lsn(n) if h.last_lsn().0 > n => (n - h.first_lsn.0 + 1) as usize,
             _ => records.len(),
         };
-        let mut decoded = Vec::with_capacity(keep);
-        for (i, data) in records.iter().take(keep).enumerate() {
-            let lsn = Lsn(h.first_lsn.0 + i as u64);
-            match decode_record(lsn, data) {
-                Ok(r) => decoded.push((lsn, r)),
-                Err(e) => {
-                    failure = Some(e.into());
-                    return Ok(ControlFlow::Break(()));
+        let mut step = || -> anyhow::Result<()> {
+            for (i, data) in records[..keep].iter().enumerate() {
+                let lsn = Lsn(h.first_lsn.0 + i as u64);
+                let record = decode_record(lsn, data)?;
+                match &mut builder {
+                    Some(b) => b.apply(lsn, &record)?,
+                    None => batch.push((lsn, record)),
                 }
             }
-        }
-        let step = || -> anyhow::Result<()> {
-            if keep == records.len() {
-                frames.extend_from_slice(&frame.bytes);
-            } else {
-                // The stopping point falls inside this frame: its first
-                // records go to the new log in a frame of their own.
-                flush(&mut frames, &mut batch)?;
-                wal.append_blocking(records[..keep].to_vec())?;
+            if builder
+                .as_ref()
+                .is_some_and(|b| b.state_bytes() > REPLAY_STATE_BYTES_MAX)
+            {
+                let built = builder.take().expect("checked");
+                eprintln!(
+                    "the state passed {REPLAY_STATE_BYTES_MAX} bytes in memory at lsn {}: ingesting it, then applying record by record",
+                    built.last_lsn()
+                );
+                engine.ingest(built, data_dir)?;
             }
-            batch.extend(decoded);
-            if frames.len() >= REPLAY_APPEND_BYTES || batch.len() >= REPLAY_APPLY_BATCH_RECORDS {
-                flush(&mut frames, &mut batch)?;
+            if batch.len() >= REPLAY_APPLY_BATCH_RECORDS {
+                engine.apply(&batch)?;
+                batch.clear();
             }
             Ok(())
         };
         if let Err(e) = step() {
             failure = Some(e);
             return Ok(ControlFlow::Break(()));
+        }
+        if keep == records.len() {
+            let end = frame.offset + frame.bytes.len() as u64;
+            match kept.last_mut() {
+                Some((segment, at)) if segment.as_path() == frame.segment => *at = end,
+                _ => kept.push((frame.segment.to_path_buf(), end)),
+            }
+        } else {
+            partial = records[..keep].to_vec();
         }
         last = Lsn(h.first_lsn.0 + keep as u64 - 1);
         last_time = h.timestamp_ms;
@@ -824,11 +826,38 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     if let Some(e) = failure {
         return Err(e.context("replaying"));
     }
-    flush(&mut frames, &mut batch)?;
-    wal.sync_blocking()?;
+    match builder {
+        Some(built) if built.last_lsn() > Lsn::ZERO => engine.ingest(built, data_dir)?,
+        Some(_) => {}
+        None => engine.apply(&batch)?,
+    }
     engine.flush()?;
+    // The new log: the kept bytes of each segment, then the records of a cut
+    // frame in a frame of their own.
+    let new_wal = data_dir.join("wal");
+    std::fs::create_dir_all(&new_wal)?;
+    for (segment, end) in &kept {
+        let target = new_wal.join(segment.file_name().expect("a segment name"));
+        let mut from = File::open(segment)?.take(*end);
+        let mut to = File::create(&target)?;
+        std::io::copy(&mut from, &mut to)
+            .with_context(|| format!("copying {}", segment.display()))?;
+        to.sync_all()?;
+    }
+    File::open(&new_wal)?.sync_all()?;
+    if !partial.is_empty() {
+        let wal = Wal::open(
+            &new_wal,
+            WalOptions {
+                sync_policy: SyncPolicy::Always,
+                ..WalOptions::default()
+            },
+        )
+        .context("opening the new WAL")?;
+        wal.append_blocking(partial)?;
+        wal.sync_blocking()?;
+    }
     progress.finish();
-    drop(wal);
     let keys = engine.key_count();
     drop(engine);
     println!(

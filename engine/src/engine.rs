@@ -178,6 +178,15 @@ impl Engine {
         Ok(self.db.flush()?)
     }
 
+    /// Ingests a sorted SST file holding a whole state at `applied` with
+    /// `key_count` keys (see [`crate::StateBuilder`]).
+    pub(crate) fn ingest_file(&self, path: &Path, applied: Lsn, key_count: u64) -> Result<()> {
+        self.db.ingest_external_file(vec![path])?;
+        self.key_count.store(key_count, Ordering::Release);
+        self.applied_lsn.store(applied.0, Ordering::Release);
+        Ok(())
+    }
+
     /// The stored entry of `key`, expired or not.
     ///
     /// # Errors

@@ -11,6 +11,8 @@
 //!   the keyspace digest, and [`apply_mutation`](crate::engine), the one
 //!   definition of what each mutation does.
 //! - `pipeline`: [`Pipeline`]: the write path of a primary.
+//! - `builder`: [`StateBuilder`]: a keyspace built in memory from records
+//!   and ingested whole into an empty engine (for `ferry replay`).
 //!
 //! # Invariants
 //! - The engine holds only records that are durable in the WAL, applied in
@@ -20,11 +22,13 @@
 //!   record and the state: replaying any suffix of the WAL twice gives the
 //!   same state.
 
+mod builder;
 mod engine;
 mod error;
 mod keys;
 mod pipeline;
 
+pub use builder::StateBuilder;
 pub use engine::{Engine, REPLAY_BATCH_RECORDS, decode_record};
 pub use error::{EngineError, Result};
 pub use keys::{Entry, Value};
