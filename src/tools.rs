@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use ferry_engine::{Engine, StateBuilder, decode_record};
 use ferry_proto::v1::{WalRecord, mutation::Op};
-use ferry_wal::inspect::{Inspection, Problem, scan_dir, segment_files};
+use ferry_wal::inspect::{Inspection, Problem, scan_dir, scan_dir_from, segment_files};
 use ferry_wal::storage::FsStorage;
 use ferry_wal::{FrameLimits, Lsn, SyncPolicy, Wal, WalOptions};
 use serde_json::json;
@@ -514,7 +514,7 @@ pub fn dump(
     loop {
         std::thread::sleep(FOLLOW_POLL_INTERVAL);
         let mut stop = false;
-        scan_dir(&FsStorage, dir, FrameLimits::default(), |frame| {
+        scan_dir_from(&FsStorage, dir, FrameLimits::default(), next, |frame| {
             if frame.header.last_lsn() < next {
                 return Ok(ControlFlow::Continue(()));
             }

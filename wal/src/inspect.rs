@@ -127,9 +127,31 @@ pub fn scan_dir(
     storage: &dyn Storage,
     dir: &Path,
     limits: FrameLimits,
+    visit: impl FnMut(&ScannedFrame<'_>) -> Result<ControlFlow<()>>,
+) -> Result<Inspection> {
+    scan_dir_from(storage, dir, limits, Lsn::ZERO, visit)
+}
+
+/// As [`scan_dir`], skipping the segments that lie wholly before `from`
+/// (they are neither read nor reported).
+///
+/// # Errors
+///
+/// As [`scan_dir`].
+pub fn scan_dir_from(
+    storage: &dyn Storage,
+    dir: &Path,
+    limits: FrameLimits,
+    from: Lsn,
     mut visit: impl FnMut(&ScannedFrame<'_>) -> Result<ControlFlow<()>>,
 ) -> Result<Inspection> {
-    let files = segment_files(storage, dir)?;
+    let mut files = segment_files(storage, dir)?;
+    // Keep the segment holding `from` and every later one.
+    let skip = files
+        .iter()
+        .rposition(|(first, _)| *first <= from)
+        .unwrap_or(0);
+    files.drain(..skip);
     let mut out = Inspection::default();
     let mut expected: Option<Lsn> = None;
     for (i, (name_lsn, path)) in files.iter().enumerate() {
