@@ -826,12 +826,14 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     if let Some(e) = failure {
         return Err(e.context("replaying"));
     }
+    let folded = progress.started.elapsed();
     match builder {
         Some(built) if built.last_lsn() > Lsn::ZERO => engine.ingest(built, data_dir)?,
         Some(_) => {}
         None => engine.apply(&batch)?,
     }
     engine.flush()?;
+    let written = progress.started.elapsed();
     // The new log: the kept bytes of each segment, then the records of a cut
     // frame in a frame of their own.
     let new_wal = data_dir.join("wal");
@@ -860,6 +862,13 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     progress.finish();
     let keys = engine.key_count();
     drop(engine);
+    let total = progress.started.elapsed();
+    eprintln!(
+        "read and folded the log in {:.1} s, wrote the state in {:.1} s, copied the log in {:.1} s",
+        folded.as_secs_f64(),
+        (written - folded).as_secs_f64(),
+        (total - written).as_secs_f64()
+    );
     println!(
         "replayed lsn 1..={last} (last record written {}) into {}: {keys} keys; `ferry serve --data-dir {}` serves it as a new primary",
         if last_time == 0 {

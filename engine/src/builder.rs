@@ -45,10 +45,21 @@ impl Target for StateBuilder {
         Ok(self.fields.get(key).is_some_and(|f| f.contains_key(field)))
     }
 
-    fn put_entry(&mut self, key: &Bytes, _old: Option<&Entry>, new: Entry) {
+    fn put_entry(&mut self, key: &Bytes, _old: Option<&Entry>, mut new: Entry) {
+        // Records are slices of whole decompressed frames: own copies let
+        // those buffers go, so memory holds only the state.
+        if let Value::String(s) = &new.value {
+            new.value = Value::String(Bytes::copy_from_slice(s));
+        }
         self.bytes += entry_bytes(key, &new);
-        if let Some(old) = self.entries.insert(key.clone(), new) {
-            self.bytes -= entry_bytes(key, &old);
+        match self.entries.get_mut(key) {
+            Some(slot) => {
+                let old = std::mem::replace(slot, new);
+                self.bytes -= entry_bytes(key, &old);
+            }
+            None => {
+                self.entries.insert(Bytes::copy_from_slice(key), new);
+            }
         }
     }
 
@@ -65,9 +76,15 @@ impl Target for StateBuilder {
     }
 
     fn put_field(&mut self, key: &Bytes, field: &Bytes, value: &Bytes) {
-        let fields = self.fields.entry(key.clone()).or_default();
+        if !self.fields.contains_key(key) {
+            self.fields
+                .insert(Bytes::copy_from_slice(key), HashMap::new());
+        }
+        let fields = self.fields.get_mut(key).expect("inserted");
         self.bytes += field.len() + value.len() + ENTRY_OVERHEAD_BYTES;
-        if let Some(old) = fields.insert(field.clone(), value.clone()) {
+        if let Some(old) =
+            fields.insert(Bytes::copy_from_slice(field), Bytes::copy_from_slice(value))
+        {
             self.bytes -= field.len() + old.len() + ENTRY_OVERHEAD_BYTES;
         }
     }
@@ -167,7 +184,8 @@ impl Engine {
         let (last, count) = (state.last, state.entries.len() as u64);
         let path = scratch.join("built.sst");
         let mut opts = rocksdb::Options::default();
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Written once and soon compacted (and compressed) by RocksDB.
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut writer = rocksdb::SstFileWriter::create(&opts);
         writer.open(&path)?;
         for (key, value) in state.rows() {

@@ -181,7 +181,9 @@ impl Engine {
     /// Ingests a sorted SST file holding a whole state at `applied` with
     /// `key_count` keys (see [`crate::StateBuilder`]).
     pub(crate) fn ingest_file(&self, path: &Path, applied: Lsn, key_count: u64) -> Result<()> {
-        self.db.ingest_external_file(vec![path])?;
+        let mut opts = rocksdb::IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        self.db.ingest_external_file_opts(&opts, vec![path])?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(applied.0, Ordering::Release);
         Ok(())
