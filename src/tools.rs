@@ -271,7 +271,7 @@ fn problem_json(p: &Problem) -> serde_json::Value {
 /// An unreadable directory.
 pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut progress = Progress::new("verified");
+    let mut progress = Progress::new("verified", dir);
     let inspection = scan(dir, |frame| {
         progress.add(
             u64::from(frame.header.record_count),
@@ -532,25 +532,41 @@ pub fn dump(
 
 // --- progress -----------------------------------------------------------------
 
-/// Progress of a long run: a line rewritten in place on a terminal,
-/// periodic lines otherwise, on stderr.
+/// Width of the progress bar on a terminal, in characters.
+const PROGRESS_BAR_WIDTH: usize = 30;
+
+/// Progress of a long run on stderr: a bar rewritten in place on a
+/// terminal, a line a second otherwise.
 struct Progress {
     what: &'static str,
     started: Instant,
     last: Instant,
     records: u64,
     bytes: u64,
+    /// Bytes of the segments to read (frames are a little less).
+    total_bytes: u64,
     tty: bool,
 }
 
 impl Progress {
-    fn new(what: &'static str) -> Progress {
+    /// Progress over the segments of `dir`.
+    fn new(what: &'static str, dir: &Path) -> Progress {
+        let total_bytes = segment_files(&FsStorage, dir)
+            .map(|files| {
+                files
+                    .iter()
+                    .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
         Progress {
             what,
             started: Instant::now(),
             last: Instant::now(),
             records: 0,
             bytes: 0,
+            total_bytes,
             tty: std::io::stderr().is_terminal(),
         }
     }
@@ -576,7 +592,19 @@ impl Progress {
             self.records as f64 / secs
         );
         if self.tty {
-            eprint!("\r{line}{}", if last { "\n" } else { "" });
+            let done = if self.total_bytes == 0 {
+                1.0
+            } else {
+                (self.bytes as f64 / self.total_bytes as f64).min(1.0)
+            };
+            let filled = (done * PROGRESS_BAR_WIDTH as f64) as usize;
+            eprint!(
+                "\r[{}{}] {:>3.0}% {line}{}",
+                "#".repeat(filled),
+                "-".repeat(PROGRESS_BAR_WIDTH - filled),
+                done * 100.0,
+                if last { "\n" } else { "" }
+            );
         } else {
             eprintln!("{line}");
         }
@@ -741,7 +769,7 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
         _ => {}
     }
     let engine = Engine::open(&data_dir.join("engine")).context("creating the new engine")?;
-    let mut progress = Progress::new("replayed");
+    let mut progress = Progress::new("replayed", wal_dir);
     let mut builder = Some(StateBuilder::new());
     let mut batch: Vec<(Lsn, WalRecord)> = Vec::new();
     // The bytes of each source segment that go to the new log whole.
@@ -930,7 +958,7 @@ pub fn replay_onto(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Res
         .replay(&wal)
         .context("catching the engine up with its WAL")?;
     let first_new = wal.last_lsn().next();
-    let mut progress = Progress::new("applied");
+    let mut progress = Progress::new("applied", wal_dir);
     let mut failure: Option<anyhow::Error> = None;
     let mut applied = 0u64;
     let inspection = scan(wal_dir, |frame| {
