@@ -25,6 +25,9 @@ pub enum Handler {
     Conn(fn(&Node, &mut Conn, &Args) -> Reply),
     /// REPLICAOF and SLAVEOF: changes the node's role (see [`replicaof`]).
     ReplicaOf,
+    /// WAIT numreplicas timeout: waits for replicas to flush this
+    /// connection's writes.
+    Wait,
 }
 
 /// A command's entry in the table: arity as Redis counts it (negative: at
@@ -47,6 +50,8 @@ pub struct Conn {
     pub name: Option<Bytes>,
     pub authenticated: bool,
     pub quit: bool,
+    /// The LSN of this connection's last write, for WAIT.
+    pub last_write_lsn: u64,
 }
 
 const W: &[&str] = &["write"];
@@ -242,6 +247,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
     spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
     spec!("unlink", -2, W, 1, -1, 1, Handler::Write(del)),
+    spec!("wait", 3, &["noscript"], 0, 0, 0, Handler::Wait),
 ];
 
 /// The table entry of a command name, in any case.
@@ -1695,6 +1701,20 @@ fn role(node: &Node, _args: &Args) -> Reply {
         Reply::Int(node.wal.durable_lsn().0 as i64),
         Reply::Array(replicas),
     ])
+}
+
+/// WAIT's arguments: how many replicas, and the timeout (0: none).
+///
+/// # Errors
+///
+/// The reply to send instead.
+pub fn wait_args(args: &Args) -> Result<(usize, u64), Reply> {
+    let n = parse_i64(&args[1]).ok_or_else(not_integer)?;
+    let timeout = parse_i64(&args[2]).ok_or_else(not_integer)?;
+    if timeout < 0 {
+        return Err(Reply::err("timeout is negative"));
+    }
+    Ok((n.max(0) as usize, timeout as u64))
 }
 
 /// REPLICAOF host grpc-port: the gRPC address to follow, or why not.

@@ -140,14 +140,51 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Awaits every queued reply in order and encodes it.
-async fn drain(queue: &mut VecDeque<Queued>, out: &mut BytesMut, resp3: bool) {
+/// Awaits every queued reply in order and encodes it; notes the LSN of the
+/// connection's last write.
+async fn drain(queue: &mut VecDeque<Queued>, out: &mut BytesMut, conn: &mut Conn) {
     while let Some(item) = queue.pop_front() {
         let reply = match item {
             Queued::Ready(reply) => reply,
-            Queued::Pending(ticket) => ticket.wait().await.unwrap_or_else(engine_error_reply),
+            Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
+                Ok((reply, lsn)) => {
+                    if let Some(lsn) = lsn {
+                        conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
+                    }
+                    reply
+                }
+                Err(e) => engine_error_reply(e),
+            },
         };
-        reply.encode(out, resp3);
+        reply.encode(out, conn.resp3);
+    }
+}
+
+/// WAIT: how many replicas flushed the connection's last write, waiting up
+/// to `timeout_ms` (0: without limit) for `wanted` of them.
+async fn wait_replicas(node: &Node, conn: &Conn, wanted: usize, timeout_ms: u64) -> Reply {
+    let lsn = ferry_wal::Lsn(conn.last_write_lsn);
+    let mut acks = node.shipper.subscribe_acks();
+    let deadline =
+        (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+    loop {
+        let count = node.shipper.flushed_count(lsn);
+        if count >= wanted {
+            return Reply::Int(count as i64);
+        }
+        let changed = acks.changed();
+        match deadline {
+            Some(at) => {
+                if tokio::time::timeout_at(at, changed).await.is_err() {
+                    return Reply::Int(node.shipper.flushed_count(lsn) as i64);
+                }
+            }
+            None => {
+                if changed.await.is_err() {
+                    return Reply::Int(count as i64);
+                }
+            }
+        }
     }
 }
 
@@ -169,6 +206,7 @@ async fn connection(
         name: None,
         authenticated: node.config.requirepass.is_none(),
         quit: false,
+        last_write_lsn: 0,
     };
     node.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
     node.clients
@@ -222,7 +260,7 @@ async fn connection(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
-                    drain(&mut queue, &mut out, conn.resp3).await;
+                    drain(&mut queue, &mut out, &mut conn).await;
                     Reply::err(&e).encode(&mut out, conn.resp3);
                     let _ = socket.write_all(&out).await;
                     break 'serve;
@@ -240,10 +278,10 @@ async fn connection(
                 break;
             }
             if queue.len() >= PIPELINE_DEPTH_MAX {
-                drain(&mut queue, &mut out, conn.resp3).await;
+                drain(&mut queue, &mut out, &mut conn).await;
             }
         }
-        drain(&mut queue, &mut out, conn.resp3).await;
+        drain(&mut queue, &mut out, &mut conn).await;
         if let Some(cmd) = last_command
             && let Some(info) = node
                 .clients
@@ -307,8 +345,22 @@ async fn dispatch(
         return Some(Queued::Ready(Reply::Error(MASTERDOWN_REPLY.into())));
     }
     match spec.handler {
+        Handler::Wait => {
+            drain(queue, out, conn).await;
+            let reply = if node.is_replica() {
+                Reply::err(
+                    "WAIT cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated.",
+                )
+            } else {
+                match commands::wait_args(args) {
+                    Ok((wanted, timeout_ms)) => wait_replicas(node, conn, wanted, timeout_ms).await,
+                    Err(reply) => reply,
+                }
+            };
+            Some(Queued::Ready(reply))
+        }
         Handler::ReplicaOf => {
-            drain(queue, out, conn.resp3).await;
+            drain(queue, out, conn).await;
             let reply = match commands::replicaof_target(args) {
                 Err(reply) => reply,
                 Ok(url) if node.identity.replica_of().as_deref() == Some(url.as_str()) => {
@@ -327,11 +379,11 @@ async fn dispatch(
         },
         Handler::Read(f) => {
             // A read follows the writes before it on this connection.
-            drain(queue, out, conn.resp3).await;
+            drain(queue, out, conn).await;
             Some(Queued::Ready(f(node, args)))
         }
         Handler::Conn(f) => {
-            drain(queue, out, conn.resp3).await;
+            drain(queue, out, conn).await;
             Some(Queued::Ready(f(node, conn, args)))
         }
     }

@@ -632,3 +632,36 @@ fn the_admin_service_disconnects_replicas_and_makes_a_node_follow_another() {
         "READONLY You can't write against a read only replica."
     );
 }
+
+#[test]
+fn wait_counts_the_replicas_that_flushed_the_clients_last_write() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
+    let mut c = primary.client();
+    raw(&mut c, &["SET", "k", "1"]);
+    assert_eq!(raw(&mut c, &["WAIT", "1", "10000"]), redis::Value::Int(1));
+    // Only one replica exists: asking for two waits out the timeout.
+    let started = Instant::now();
+    assert_eq!(raw(&mut c, &["WAIT", "2", "200"]), redis::Value::Int(1));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // The replica hears nothing: the new write is not flushed there.
+    proxy.stall();
+    raw(&mut c, &["SET", "k", "2"]);
+    assert_eq!(raw(&mut c, &["WAIT", "1", "300"]), redis::Value::Int(0));
+    proxy.unstall();
+    assert_eq!(raw(&mut c, &["WAIT", "1", "10000"]), redis::Value::Int(1));
+    assert_eq!(
+        error(&mut c, &["WAIT", "1", "-5"]),
+        "ERR timeout is negative"
+    );
+    assert!(
+        error(&mut replica.client(), &["WAIT", "1", "10"])
+            .starts_with("ERR WAIT cannot be used with replica instances")
+    );
+}

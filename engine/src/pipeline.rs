@@ -312,14 +312,24 @@ impl<R> Ticket<R> {
     ///
     /// [`EngineError::Stopped`] if the WAL failed or the node is stopping.
     pub async fn wait(self) -> Result<R> {
+        self.wait_with_lsn().await.map(|(reply, _)| reply)
+    }
+
+    /// As [`Ticket::wait`], with the LSN of the command's record when it
+    /// had effects.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ticket::wait`].
+    pub async fn wait_with_lsn(self) -> Result<(R, Option<Lsn>)> {
         match self.wait {
             Wait::Applied(rx) => match rx.await {
-                Ok(Ok(_)) => Ok(self.reply),
+                Ok(Ok(lsn)) => Ok((self.reply, Some(lsn))),
                 Ok(Err(why)) => Err(EngineError::Stopped(why)),
                 Err(_) => Err(EngineError::Stopped("the applier stopped".into())),
             },
             Wait::Seq(seq, mut rx) => match rx.wait_for(|&applied| applied >= seq).await {
-                Ok(_) => Ok(self.reply),
+                Ok(_) => Ok((self.reply, None)),
                 Err(_) => Err(EngineError::Stopped("the applier stopped".into())),
             },
         }

@@ -181,6 +181,8 @@ pub struct Shipper {
     replicas: Mutex<HashMap<u64, Tracked>>,
     next_stream_id: AtomicU64,
     stop: watch::Receiver<bool>,
+    /// Bumped on every ack, for waiters such as WAIT.
+    acks: watch::Sender<u64>,
     pub counters: ShipperCounters,
 }
 
@@ -217,8 +219,22 @@ impl Shipper {
             replicas: Mutex::new(HashMap::new()),
             next_stream_id: AtomicU64::new(1),
             stop,
+            acks: watch::channel(0).0,
             counters: ShipperCounters::default(),
         }
+    }
+
+    /// A watch that changes on every ack from any replica.
+    pub fn subscribe_acks(&self) -> watch::Receiver<u64> {
+        self.acks.subscribe()
+    }
+
+    /// How many connected replicas have flushed `lsn`.
+    pub fn flushed_count(&self, lsn: Lsn) -> usize {
+        self.replicas()
+            .values()
+            .filter(|t| t.flushed_lsn >= lsn)
+            .count()
     }
 
     /// The tonic service, with its message size limits set.
@@ -400,6 +416,7 @@ impl Shipper {
                 t.inflight.pop_front();
             }
         });
+        self.acks.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Sends durable frames from `from` until the stream ends; returns why.
