@@ -1717,17 +1717,15 @@ pub fn wait_args(args: &Args) -> Result<(usize, u64), Reply> {
     Ok((n.max(0) as usize, timeout as u64))
 }
 
-/// REPLICAOF host grpc-port: the gRPC address to follow, or why not.
+/// REPLICAOF host grpc-port: the gRPC address to follow (`None` for NO ONE),
+/// or why not.
 ///
 /// # Errors
 ///
 /// The reply to send instead.
-pub fn replicaof_target(args: &Args) -> Result<String, Reply> {
+pub fn replicaof_target(args: &Args) -> Result<Option<String>, Reply> {
     if eq(&args[1], "no") && eq(&args[2], "one") {
-        return Err(Reply::err(
-            "REPLICAOF NO ONE (promotion) is not available in this version: \
-             a replica keeps following its primary",
-        ));
+        return Ok(None);
     }
     let host = String::from_utf8_lossy(&args[1]).to_string();
     let port = match std::str::from_utf8(&args[2])
@@ -1742,7 +1740,7 @@ pub fn replicaof_target(args: &Args) -> Result<String, Reply> {
     } else {
         host
     };
-    Ok(format!("http://{host}:{port}"))
+    Ok(Some(format!("http://{host}:{port}")))
 }
 
 fn debug(node: &Node, args: &Args) -> Reply {

@@ -56,6 +56,9 @@ enum Command {
     Serve(ServeArgs),
     /// Shows a node's role, WAL positions, replicas and replication lag.
     Status(StatusArgs),
+    /// Makes a replica the primary of a new epoch. Refused, with the
+    /// numbers, while it lacks records its primary had, unless --force.
+    Promote(PromoteArgs),
     /// Builds a new data directory from a WAL, up to an LSN or a time, which
     /// `ferry serve` then serves as a new primary (a new cluster).
     Replay(ReplayArgs),
@@ -120,6 +123,20 @@ fn parse_yes_no(s: &str) -> Result<bool, String> {
         "no" => Ok(false),
         _ => Err(format!("expected yes or no, got {s:?}")),
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct PromoteArgs {
+    /// The replica's gRPC address.
+    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    addr: String,
+    /// Promote even if records the primary had are missing here: they are
+    /// lost, and the range is reported.
+    #[arg(long)]
+    force: bool,
+    /// Seconds to wait for the replica to catch up before refusing.
+    #[arg(long, default_value_t = 0)]
+    wait: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,6 +244,7 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Status(args) => report::run(&args.addr, args.json),
+        Command::Promote(args) => report::promote(&args.addr, args.force, args.wait),
         Command::Replay(args) => {
             let until = match (args.until_lsn, args.until_time) {
                 (Some(n), _) => tools::Until::Lsn(n),

@@ -29,6 +29,19 @@ pub const MAXCLIENTS_DEFAULT: usize = 10_000;
 /// one go at most.
 pub const EXPIRE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 pub const EXPIRE_SWEEP_KEYS_MAX: usize = 256;
+/// How often a promotion checks whether the replica has caught up.
+const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What a promotion did.
+#[derive(Debug, Clone, Copy)]
+pub struct Promotion {
+    pub epoch: u64,
+    /// The first LSN of the new term.
+    pub first: Lsn,
+    /// With force: the LSNs the old primary had durable that were not here.
+    pub lost: Option<(Lsn, Lsn)>,
+}
+
 /// Default for `--repl-timeout`, in seconds.
 pub const REPL_TIMEOUT_DEFAULT_SECS: u64 = 10;
 /// SCAN cursors remembered (the oldest are forgotten first).
@@ -114,7 +127,11 @@ impl Cursors {
 /// cluster_id=<hex>     the data's cluster; empty until a new replica syncs
 /// node_id=<hex>        this node, for ever
 /// replica_of=<url>     the primary followed; absent on a primary
+/// epochs=<e>:<lsn>,... the terms this node began by promotion
 /// ```
+///
+/// The file is replaced atomically, so a promotion (role and new epoch)
+/// takes effect whole or not at all.
 #[derive(Debug)]
 pub struct Identity {
     path: PathBuf,
@@ -127,6 +144,8 @@ pub struct Identity {
 struct IdentityState {
     cluster_id: String,
     replica_of: Option<String>,
+    /// The terms this node started as a primary: (epoch, first LSN).
+    epochs: Vec<(u64, u64)>,
 }
 
 impl Identity {
@@ -149,6 +168,17 @@ impl Identity {
                 "cluster_id" => state.cluster_id = value.trim().to_string(),
                 "node_id" => node_id = value.trim().to_string(),
                 "replica_of" => state.replica_of = Some(value.trim().to_string()),
+                "epochs" => {
+                    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                        let parsed = item
+                            .split_once(':')
+                            .and_then(|(e, l)| Some((e.parse().ok()?, l.parse().ok()?)));
+                        let Some(pair) = parsed else {
+                            anyhow::bail!("{}: a bad epoch entry {item:?}", path.display());
+                        };
+                        state.epochs.push(pair);
+                    }
+                }
                 other => anyhow::bail!("{}: unknown key {other:?}", path.display()),
             }
         }
@@ -174,6 +204,14 @@ impl Identity {
         );
         if let Some(primary) = &state.replica_of {
             text.push_str(&format!("replica_of={primary}\n"));
+        }
+        if !state.epochs.is_empty() {
+            let list: Vec<String> = state
+                .epochs
+                .iter()
+                .map(|(e, l)| format!("{e}:{l}"))
+                .collect();
+            text.push_str(&format!("epochs={}\n", list.join(",")));
         }
         let tmp = self.path.with_extension("conf.tmp");
         let write = || -> std::io::Result<()> {
@@ -209,6 +247,21 @@ impl Identity {
 
     pub fn replica_of(&self) -> Option<String> {
         self.state().replica_of.clone()
+    }
+
+    /// The highest epoch this node began.
+    pub fn last_epoch(&self) -> u64 {
+        self.state()
+            .epochs
+            .iter()
+            .map(|&(e, _)| e)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The terms this node began: (epoch, first LSN).
+    pub fn epochs(&self) -> Vec<(u64, u64)> {
+        self.state().epochs.clone()
     }
 }
 
@@ -409,8 +462,11 @@ impl Node {
     ///
     /// As [`Node::replicate_from`].
     pub async fn start_role(&self) -> anyhow::Result<()> {
-        if let Some(primary) = self.identity.replica_of() {
-            self.replicate_from(primary).await?;
+        match self.identity.replica_of() {
+            Some(primary) => {
+                self.replicate_from(primary).await?;
+            }
+            None => self.begin_term().await?,
         }
         Ok(())
     }
@@ -473,6 +529,105 @@ impl Node {
         let resume = self.wal.last_lsn().next();
         tracing::info!(%primary, resume = %resume, "following a primary");
         Ok(resume)
+    }
+
+    /// Makes this replica the primary of a new epoch (REPLICAOF NO ONE,
+    /// `ferry promote`). Waits up to `wait` for it to have applied all it
+    /// received and all its primary last said was durable; refuses if it
+    /// has not, unless `force`, and then reports the LSNs that are lost.
+    ///
+    /// The new epoch and the role change are one atomic write of
+    /// [`NODE_FILE`], made before any write of the new term; the term's
+    /// first record is an epoch change.
+    ///
+    /// # Errors
+    ///
+    /// Not a replica, not caught up (with the numbers), a failed WAL or
+    /// engine.
+    pub async fn promote(&self, force: bool, wait: Duration) -> anyhow::Result<Promotion> {
+        let _one = self.role_change.lock().await;
+        let Some(link) = self.link_status() else {
+            anyhow::bail!("this node is already a primary");
+        };
+        let deadline = Instant::now() + wait;
+        let (applied, written, heard) = loop {
+            let link = self.link_status().unwrap_or(link.clone());
+            let applied = self.engine.applied_lsn();
+            let (written, heard) = (self.wal.last_lsn(), link.primary_durable_lsn);
+            if (applied >= written && applied >= heard) || Instant::now() >= deadline {
+                break (applied, written, heard);
+            }
+            tokio::time::sleep(PROMOTE_POLL_INTERVAL).await;
+        };
+        let behind = applied < written || applied < heard;
+        if behind && !force {
+            let consequence = if heard > written {
+                format!(
+                    "promoting now (force) loses lsn {}..={heard}",
+                    written.next()
+                )
+            } else {
+                "it has everything; wait for it to apply".to_string()
+            };
+            anyhow::bail!(
+                "not caught up: applied lsn {applied} of {written} received; the primary last said lsn {heard} was durable; {consequence}"
+            );
+        }
+        let receiver = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(receiver) = receiver {
+            receiver.stop().await;
+        }
+        // What was received is kept: apply the rest of the local log.
+        self.wal.sync().await.context("syncing the WAL")?;
+        self.engine
+            .replay(&self.wal)
+            .context("applying the rest of the local WAL")?;
+        let last = self.wal.last_lsn();
+        let epoch = self.wal.epoch().0.max(self.identity.last_epoch()) + 1;
+        let first = last.next();
+        self.identity.update(|s| {
+            s.replica_of = None;
+            s.epochs.push((epoch, first.0));
+        })?;
+        self.begin_term().await?;
+        let lost = (heard > last).then_some((last.next(), heard));
+        tracing::warn!(epoch, first_lsn = %first, ?lost, "promoted to primary");
+        Ok(Promotion { epoch, first, lost })
+    }
+
+    /// Starts the term [`NODE_FILE`] names, if the WAL has not: raises the
+    /// WAL's epoch, lets writes in, and writes the epoch-change record.
+    /// Run by a promotion, and at start-up (a crash may have come between
+    /// the two).
+    async fn begin_term(&self) -> anyhow::Result<()> {
+        let epoch = self.identity.last_epoch();
+        if self.is_replica() || epoch <= self.wal.epoch().0 && self.pipeline.is_writable() {
+            return Ok(());
+        }
+        if epoch > self.wal.epoch().0 {
+            self.wal
+                .set_epoch(ferry_wal::Epoch(epoch))
+                .await
+                .context("raising the WAL's epoch")?;
+            self.pipeline.unfence();
+            let ticket = self
+                .pipeline
+                .execute(|view| {
+                    view.push(ferry_proto::v1::mutation::Op::EpochChange(
+                        ferry_proto::v1::EpochChange { epoch },
+                    ))
+                })
+                .await
+                .context("writing the epoch change")?;
+            ticket.wait().await.context("writing the epoch change")?;
+        } else {
+            self.pipeline.unfence();
+        }
+        Ok(())
     }
 
     /// Ends replication: streams to replicas and the link to the primary.

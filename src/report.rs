@@ -72,6 +72,7 @@ pub fn to_json(s: &GetStatusResponse) -> Value {
         "durable_lsn": wal.durable_lsn,
         "applied_lsn": s.applied_lsn,
         "replicas": replicas,
+        "epoch_history": s.epoch_history.iter().map(|e| json!({"epoch": e.epoch, "first_lsn": e.first_lsn})).collect::<Vec<_>>(),
     });
     if let Some(link) = &s.primary_link {
         let (records, bytes, ms) = lag_json(link.lag.as_ref());
@@ -119,6 +120,14 @@ pub fn to_text(s: &GetStatusResponse) -> String {
         "lsn  last {}  durable {}  applied {}  first retained {}",
         wal.last_lsn, wal.durable_lsn, s.applied_lsn, wal.first_retained_lsn
     );
+    if !s.epoch_history.is_empty() {
+        let terms: Vec<String> = s
+            .epoch_history
+            .iter()
+            .map(|e| format!("epoch {} from lsn {}", e.epoch, e.first_lsn))
+            .collect();
+        let _ = writeln!(out, "terms begun here: {}", terms.join(", "));
+    }
     if let Some(link) = &s.primary_link {
         let (records, bytes, ms) = lag_json(link.lag.as_ref());
         let _ = writeln!(
@@ -173,6 +182,50 @@ pub fn to_text(s: &GetStatusResponse) -> String {
         }
     }
     out
+}
+
+/// `ferry promote`.
+///
+/// # Errors
+///
+/// An unreachable node.
+pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+            .with_context(|| format!("{addr:?} is not a gRPC address"))?
+            .connect_timeout(STATUS_TIMEOUT)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
+            .promote(ferry_proto::v1::PromoteRequest {
+                force,
+                wait_ms: wait_secs.saturating_mul(1000),
+            })
+            .await;
+        Ok::<_, anyhow::Error>(reply)
+    })?;
+    match result {
+        Ok(reply) => {
+            let p = reply.into_inner();
+            println!("promoted: epoch {} from lsn {}", p.epoch, p.first_lsn);
+            if p.lost_from <= p.lost_to {
+                println!(
+                    "lost: lsn {}..={} (durable on the old primary, never received here)",
+                    p.lost_from, p.lost_to
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => {
+            eprintln!("refused: {}", status.message());
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// `ferry status`.

@@ -363,10 +363,15 @@ async fn dispatch(
             drain(queue, out, conn).await;
             let reply = match commands::replicaof_target(args) {
                 Err(reply) => reply,
-                Ok(url) if node.identity.replica_of().as_deref() == Some(url.as_str()) => {
+                Ok(None) if !node.is_replica() => Reply::ok(),
+                Ok(None) => match node.promote(false, Duration::ZERO).await {
+                    Ok(_) => Reply::ok(),
+                    Err(e) => Reply::err(format!("{e:#}")),
+                },
+                Ok(Some(url)) if node.identity.replica_of().as_deref() == Some(url.as_str()) => {
                     Reply::Simple("OK Already connected to specified master".into())
                 }
-                Ok(url) => match node.replicate_from(url).await {
+                Ok(Some(url)) => match node.replicate_from(url).await {
                     Ok(_) => Reply::ok(),
                     Err(e) => Reply::err(format!("{e:#}")),
                 },

@@ -8,8 +8,9 @@ use std::time::Duration;
 use ferry_proto::v1::admin_server::{Admin, AdminServer};
 use ferry_proto::v1::status_server::{Status, StatusServer};
 use ferry_proto::v1::{
-    DisconnectReplicaRequest, DisconnectReplicaResponse, GetStatusRequest, GetStatusResponse, Lag,
-    PrimaryLink, ReplicaOfRequest, ReplicaOfResponse, ReplicaRow, WalPosition,
+    DisconnectReplicaRequest, DisconnectReplicaResponse, EpochStart, GetStatusRequest,
+    GetStatusResponse, Lag, PrimaryLink, PromoteRequest, PromoteResponse, ReplicaOfRequest,
+    ReplicaOfResponse, ReplicaRow, WalPosition,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -88,6 +89,12 @@ pub fn status(node: &Node) -> GetStatusResponse {
         replicas,
         primary_link,
         version: env!("CARGO_PKG_VERSION").into(),
+        epoch_history: node
+            .identity
+            .epochs()
+            .into_iter()
+            .map(|(epoch, first_lsn)| EpochStart { epoch, first_lsn })
+            .collect(),
     }
 }
 
@@ -121,6 +128,29 @@ impl Admin for AdminService {
             Ok(resume) => Ok(tonic::Response::new(ReplicaOfResponse {
                 resume_lsn: resume.0,
             })),
+            Err(e) => Err(tonic::Status::failed_precondition(format!("{e:#}"))),
+        }
+    }
+
+    async fn promote(
+        &self,
+        request: tonic::Request<PromoteRequest>,
+    ) -> Result<tonic::Response<PromoteResponse>, tonic::Status> {
+        let r = request.into_inner();
+        match self
+            .node
+            .promote(r.force, Duration::from_millis(r.wait_ms))
+            .await
+        {
+            Ok(p) => {
+                let (lost_from, lost_to) = p.lost.map_or((1, 0), |(a, b)| (a.0, b.0));
+                Ok(tonic::Response::new(PromoteResponse {
+                    epoch: p.epoch,
+                    first_lsn: p.first.0,
+                    lost_from,
+                    lost_to,
+                }))
+            }
             Err(e) => Err(tonic::Status::failed_precondition(format!("{e:#}"))),
         }
     }

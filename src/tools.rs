@@ -394,6 +394,7 @@ fn describe(
             json!({"fields": m.fields.iter().map(|f| String::from_utf8_lossy(f).to_string()).collect::<Vec<_>>()}),
         ),
         Op::FlushAll(_) => ("flushall", None, None, json!({})),
+        Op::EpochChange(m) => ("epoch", None, None, json!({"epoch": m.epoch})),
     }
 }
 

@@ -665,3 +665,128 @@ fn wait_counts_the_replicas_that_flushed_the_clients_last_write() {
             .starts_with("ERR WAIT cannot be used with replica instances")
     );
 }
+
+/// The lost range `ferry promote --force` reports.
+fn lost_range(stdout: &str) -> Option<(u64, u64)> {
+    let line = stdout.lines().find(|l| l.starts_with("lost: lsn "))?;
+    let range = line.strip_prefix("lost: lsn ")?.split_whitespace().next()?;
+    let (a, b) = range.split_once("..=")?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+#[test]
+fn promotion_is_refused_while_lagging_and_forced_loses_exactly_the_reported_range() {
+    let _one = serial();
+    let seed = test_seed("promotion_is_refused_while_lagging");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut primary = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
+    load(&primary, seed, 60_000, 60_000, 500);
+    let total = primary.durable_lsn();
+    // A slow link: the replica hears of all of it at once (the accept says
+    // how far the primary is) but gets it a message (1 MiB) at a time.
+    let proxy = Proxy::start(primary.grpc);
+    proxy.set_rate(250_000);
+    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let s = status(replica.grpc);
+            let link = s.primary_link.expect("link");
+            link.primary_durable_lsn == total && s.wal.expect("wal").last_lsn > 0
+        }),
+        "{:?}",
+        status(replica.grpc)
+    );
+    let mut rc = replica.client();
+    let refusal = error(&mut rc, &["REPLICAOF", "NO", "ONE"]);
+    assert!(refusal.contains("not caught up"), "{refusal}");
+    assert!(
+        refusal.contains(&format!("lsn {total} was durable")),
+        "{refusal}"
+    );
+    assert_eq!(status(replica.grpc).role, "replica");
+
+    let out = ferry()
+        .args(["promote", "--force", "--addr", &replica.grpc_url()])
+        .output()
+        .expect("ferry promote");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (from, to) = lost_range(&stdout).unwrap_or_else(|| panic!("no lost range in {stdout}"));
+    assert_eq!(to, total);
+    assert!(from > 1 && from <= total, "{stdout}");
+    let s = status(replica.grpc);
+    assert_eq!(s.role, "primary");
+    let wal = s.wal.expect("wal");
+    assert_eq!(wal.epoch, 1, "the old epoch was 0");
+    // The new term begins with its epoch-change record, right after what
+    // the replica had: exactly lsn from..=to is missing, nothing else.
+    assert_eq!(wal.last_lsn, from);
+    assert_eq!(s.epoch_history[0].epoch, 1);
+    assert_eq!(s.epoch_history[0].first_lsn, from);
+    primary.terminate();
+    let rebuilt = dir.path().join("rebuilt");
+    let out = ferry()
+        .args(["replay", "--wal"])
+        .arg(dir.path().join("p").join("wal"))
+        .arg("--data-dir")
+        .arg(&rebuilt)
+        .args(["--until-lsn", &(from - 1).to_string()])
+        .output()
+        .expect("ferry replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = Server::start(&rebuilt, &[]);
+    assert_eq!(digest(&replica), digest(&expected));
+    raw(&mut rc, &["SET", "new", "term"]);
+    assert_eq!(status(replica.grpc).wal.expect("wal").last_lsn, from + 1);
+}
+
+#[test]
+fn a_promoted_replica_starts_a_new_epoch_and_its_replicas_follow_it() {
+    let _one = serial();
+    let seed = test_seed("a_promoted_replica_starts_a_new_epoch");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let rdir = dir.path().join("r");
+    let replica = Server::replica(&rdir, &primary.grpc_url(), &[]);
+    let cascaded = Server::replica(&dir.path().join("c"), &replica.grpc_url(), &[]);
+    load(&primary, seed, 3_000, 1_000, 100);
+    assert!(wait_until(Duration::from_secs(10), || {
+        caught_up(&primary, &replica) && caught_up(&replica, &cascaded)
+    }));
+    let before = status(replica.grpc).wal.expect("wal").last_lsn;
+    let mut rc = replica.client();
+    assert_eq!(
+        raw(&mut rc, &["REPLICAOF", "NO", "ONE"]),
+        redis::Value::Okay
+    );
+    let s = status(replica.grpc);
+    assert_eq!(s.role, "primary");
+    assert_eq!(s.wal.expect("wal").epoch, 1);
+    assert_eq!(s.epoch_history.len(), 1);
+    assert_eq!(s.epoch_history[0].first_lsn, before + 1);
+    assert_eq!(
+        replica.info_field("replication", "role").as_deref(),
+        Some("master")
+    );
+    raw(&mut rc, &["SET", "after", "promotion"]);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &replica, &cascaded
+    )));
+    assert_eq!(digest(&replica), digest(&cascaded));
+    assert_eq!(status(cascaded.grpc).wal.expect("wal").epoch, 1);
+    // A restart keeps the role and the epoch, and writes no second epoch change.
+    let mut replica = replica;
+    replica.terminate();
+    let replica = Server::start(&rdir, &[]);
+    let s = status(replica.grpc);
+    assert_eq!((s.role.as_str(), s.wal.expect("wal").epoch), ("primary", 1));
+    assert_eq!(s.wal.expect("wal").last_lsn, before + 2);
+}

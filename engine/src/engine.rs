@@ -636,6 +636,8 @@ pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
             }
         }
         Op::FlushAll(_) => t.flush_all(),
+        // Marks a new primary term; no key changes.
+        Op::EpochChange(_) => {}
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ const CHUNK_BYTES: usize = 16 * 1024;
 #[derive(Default)]
 struct Faults {
     delay: Duration,
+    /// Bytes per second from the target to the client; 0: no limit.
+    rate_down: u64,
     /// Chance in a million that a chunk from the target gets one bit flipped.
     flip_ppm: u64,
     rng: u64,
@@ -123,6 +125,12 @@ impl Proxy {
         self.state.faults.lock().unwrap().delay = delay;
     }
 
+    /// Limits the bytes from the target to the client to `bytes_per_sec`
+    /// (0: no limit), as a slow link would.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.state.faults.lock().unwrap().rate_down = bytes_per_sec;
+    }
+
     /// Flips one random bit in a chunk from the target with this chance (in
     /// a million), from `seed`.
     pub fn set_flips(&self, ppm: u64, seed: u64) {
@@ -212,6 +220,10 @@ fn pipe(state: Arc<State>, mut from: TcpStream, mut to: TcpStream, downstream: b
             }
             while state.stalled.load(Ordering::Acquire) && !state.stopped.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(5));
+            }
+            let rate = state.faults.lock().unwrap().rate_down;
+            if downstream && rate > 0 {
+                std::thread::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64));
             }
             if to.write_all(&chunk).is_err() {
                 break;
