@@ -1,4 +1,5 @@
-//! `ferry status`: a node's status over gRPC, as text or JSON.
+//! `ferry status` (a node's status over gRPC, as text or JSON) and `ferry
+//! promote`.
 
 use std::process::ExitCode;
 
