@@ -102,6 +102,18 @@ struct ServeArgs {
     /// (either end), as Redis's repl-timeout.
     #[arg(long, env = "FERRY_REPL_TIMEOUT", default_value_t = node::REPL_TIMEOUT_DEFAULT_SECS)]
     repl_timeout: u64,
+    /// On a replica: promote itself when the primary has been unreachable
+    /// this many seconds and everything received is applied.
+    #[arg(long, env = "FERRY_FAILOVER_AFTER")]
+    failover_after: Option<u64>,
+    /// The write lease, as Redis's min-replicas-to-write: a primary refuses
+    /// writes (-NOREPLICAS) when fewer replicas acked within
+    /// --min-replicas-max-lag. 0: no lease.
+    #[arg(long, env = "FERRY_MIN_REPLICAS_TO_WRITE", default_value_t = 0)]
+    min_replicas_to_write: usize,
+    /// Seconds within which a replica must have acked to count for the lease.
+    #[arg(long, env = "FERRY_MIN_REPLICAS_MAX_LAG", default_value_t = node::MIN_REPLICAS_MAX_LAG_DEFAULT_SECS)]
+    min_replicas_max_lag: u64,
     /// Largest bulk string in a request, in bytes.
     #[arg(long, env = "FERRY_PROTO_MAX_BULK_LEN", default_value_t = node::PROTO_MAX_BULK_LEN_DEFAULT)]
     proto_max_bulk_len: usize,
@@ -288,6 +300,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.proto_max_bulk_len > args.client_query_buffer_limit {
         anyhow::bail!("--proto-max-bulk-len must not exceed --client-query-buffer-limit");
     }
+    if let Some(after) = args.failover_after
+        && args.min_replicas_to_write > 0
+    {
+        let needed = args.min_replicas_max_lag + node::FAILOVER_MARGIN.as_secs();
+        if after < needed {
+            anyhow::bail!(
+                "--failover-after {after} must be at least --min-replicas-max-lag ({}) + {} s, so an isolated primary stops writing before a replica promotes",
+                args.min_replicas_max_lag,
+                node::FAILOVER_MARGIN.as_secs()
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry")
@@ -306,6 +330,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             replica_of: args.replica_of,
             replica_serve_stale_data: args.replica_serve_stale_data,
             repl_timeout: std::time::Duration::from_secs(args.repl_timeout.max(1)),
+            failover_after: args.failover_after.map(std::time::Duration::from_secs),
+            min_replicas_to_write: args.min_replicas_to_write,
+            min_replicas_max_lag: std::time::Duration::from_secs(args.min_replicas_max_lag),
             fsync: args.fsync,
             requirepass: args.requirepass,
             maxclients: args.maxclients,
@@ -316,7 +343,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let node = Arc::new(Node::open(config, resp_addr)?);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx));
+        let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx.clone()));
+        let failover = {
+            let node = node.clone();
+            tokio::spawn(async move { node.watch_for_failover(stop_rx).await })
+        };
         tracing::info!(
             %resp_addr,
             %grpc_addr,
@@ -330,6 +361,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server::run(node.clone(), resp, shutdown_signal()).await?;
         node.shutdown().await;
         let _ = stop_tx.send(true);
+        let _ = failover.await;
         grpc_task.await.context("the gRPC server task")??;
         Ok::<_, anyhow::Error>(())
     })?;

@@ -42,6 +42,14 @@ pub struct Promotion {
     pub lost: Option<(Lsn, Lsn)>,
 }
 
+/// How much longer `--failover-after` must be than `--min-replicas-max-lag`,
+/// so an isolated primary has stopped writing before a replica promotes.
+pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
+/// Default for `--min-replicas-max-lag`, in seconds, as Redis.
+pub const MIN_REPLICAS_MAX_LAG_DEFAULT_SECS: u64 = 10;
+/// How often a replica with `--failover-after` looks at its link.
+const FAILOVER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Default for `--repl-timeout`, in seconds.
 pub const REPL_TIMEOUT_DEFAULT_SECS: u64 = 10;
 /// SCAN cursors remembered (the oldest are forgotten first).
@@ -60,6 +68,13 @@ pub struct Config {
     pub replica_serve_stale_data: bool,
     /// A replica drops a link on which the primary is silent this long.
     pub repl_timeout: Duration,
+    /// A replica promotes itself when its primary has been unreachable this
+    /// long (and it has applied all it received); `None`: never.
+    pub failover_after: Option<Duration>,
+    /// The write lease: a primary refuses writes when fewer than this many
+    /// replicas acked within `min_replicas_max_lag` (0: no lease).
+    pub min_replicas_to_write: usize,
+    pub min_replicas_max_lag: Duration,
     pub fsync: SyncPolicy,
     pub requirepass: Option<String>,
     pub maxclients: usize,
@@ -628,6 +643,51 @@ impl Node {
             self.pipeline.unfence();
         }
         Ok(())
+    }
+
+    /// Whether the write lease holds: enough replicas acked recently, or no
+    /// lease is configured.
+    pub fn lease_holds(&self) -> bool {
+        let n = self.config.min_replicas_to_write;
+        n == 0 || self.shipper.acked_within(self.config.min_replicas_max_lag) >= n
+    }
+
+    /// With `--failover-after`: promotes this replica once its primary has
+    /// been unreachable that long and it has applied all it received. Runs
+    /// until `stop` turns true.
+    pub async fn watch_for_failover(&self, mut stop: watch::Receiver<bool>) {
+        let Some(after) = self.config.failover_after else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(FAILOVER_CHECK_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            let Some(link) = self.link_status() else {
+                continue;
+            };
+            let down_for = link
+                .down_since
+                .filter(|_| !link.link_up)
+                .map(|t| t.elapsed());
+            // A replica that never synced has nothing to serve.
+            if down_for.is_none_or(|d| d < after) || self.wal.last_lsn() == Lsn::ZERO {
+                continue;
+            }
+            if self.engine.applied_lsn() < self.wal.last_lsn() {
+                continue;
+            }
+            tracing::warn!(
+                primary = %link.primary,
+                down_ms = down_for.map_or(0, |d| d.as_millis() as u64),
+                "the primary is unreachable: failing over"
+            );
+            match self.promote(false, Duration::ZERO).await {
+                Ok(p) => tracing::warn!(epoch = p.epoch, "failed over: this node is the primary"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "failover refused"),
+            }
+        }
     }
 
     /// Ends replication: streams to replicas and the link to the primary.

@@ -35,6 +35,8 @@ enum Queued {
 
 /// Redis's reply to a write on a replica.
 pub const READONLY_REPLY: &str = "READONLY You can't write against a read only replica.";
+/// Redis's reply to a write when the write lease does not hold.
+pub const NOREPLICAS_REPLY: &str = "NOREPLICAS Not enough good replicas to write.";
 /// Redis's reply on a replica whose link is down, with stale reads off.
 pub const MASTERDOWN_REPLY: &str =
     "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.";
@@ -118,7 +120,8 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(EXPIRE_SWEEP_INTERVAL) => {}
         }
         // A replica never expires keys itself: its primary logs the deletions.
-        if !node.pipeline.is_writable() {
+        // Nor does a primary without its write lease: it may be cut off.
+        if !node.pipeline.is_writable() || !node.lease_holds() {
             continue;
         }
         for _ in 0..EXPIRE_SWEEPS_PER_TICK_MAX {
@@ -334,8 +337,13 @@ async fn dispatch(
         )));
     }
     let data_command = matches!(spec.handler, Handler::Write(_) | Handler::Read(_));
-    if matches!(spec.handler, Handler::Write(_)) && node.is_replica() {
-        return Some(Queued::Ready(Reply::Error(READONLY_REPLY.into())));
+    if matches!(spec.handler, Handler::Write(_)) {
+        if node.is_replica() {
+            return Some(Queued::Ready(Reply::Error(READONLY_REPLY.into())));
+        }
+        if !node.lease_holds() {
+            return Some(Queued::Ready(Reply::Error(NOREPLICAS_REPLY.into())));
+        }
     }
     if data_command
         && !node.config.replica_serve_stale_data

@@ -790,3 +790,110 @@ fn a_promoted_replica_starts_a_new_epoch_and_its_replicas_follow_it() {
     assert_eq!((s.role.as_str(), s.wal.expect("wal").epoch), ("primary", 1));
     assert_eq!(s.wal.expect("wal").last_lsn, before + 2);
 }
+
+#[test]
+fn a_replica_fails_over_when_its_primary_is_killed() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut primary = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &primary.grpc_url(),
+        &["--failover-after", "3", "--repl-timeout", "2"],
+    );
+    let mut pc = primary.client();
+    for i in 0..200 {
+        raw(&mut pc, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(status(replica.grpc).role, "replica");
+    primary.kill();
+    let killed = Instant::now();
+    let mut rc = replica.client();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            cmd(&["SET", "after", "failover"])
+                .query::<()>(&mut rc)
+                .is_ok()
+        }),
+        "no failover within 3 s + 2 s: {:?}",
+        status(replica.grpc)
+    );
+    assert!(
+        killed.elapsed() >= Duration::from_secs(3),
+        "it waited {:?}",
+        killed.elapsed()
+    );
+    let s = status(replica.grpc);
+    assert_eq!(s.role, "primary");
+    assert_eq!(s.wal.expect("wal").epoch, 1);
+    assert_eq!(raw(&mut rc, &["DBSIZE"]), redis::Value::Int(201));
+}
+
+#[test]
+fn a_primary_without_its_write_lease_refuses_writes() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(
+        &dir.path().join("p"),
+        &[
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "1",
+        ],
+    );
+    let mut pc = primary.client();
+    assert_eq!(
+        error(&mut pc, &["SET", "k", "v"]),
+        "NOREPLICAS Not enough good replicas to write."
+    );
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        cmd(&["SET", "k", "v"]).query::<()>(&mut pc).is_ok()
+    }));
+    // Cut off from its replica, the primary stops taking writes once the
+    // last ack is older than the lag allowed.
+    proxy.stall();
+    assert!(wait_until(Duration::from_secs(10), || {
+        cmd(&["SET", "k", "v"]).query::<()>(&mut pc).is_err()
+    }));
+    assert_eq!(
+        error(&mut pc, &["SET", "k", "w"]),
+        "NOREPLICAS Not enough good replicas to write."
+    );
+    // Reads still work; after the heal, writes again.
+    assert_eq!(
+        raw(&mut pc, &["GET", "k"]),
+        redis::Value::BulkString(b"v".to_vec())
+    );
+    proxy.unstall();
+    assert!(wait_until(Duration::from_secs(15), || {
+        cmd(&["SET", "k", "x"]).query::<()>(&mut pc).is_ok()
+    }));
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+}
+
+#[test]
+fn failover_after_must_exceed_the_lease_lag_by_a_margin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = Server::try_start(
+        &dir.path().join("n"),
+        &[
+            "--failover-after",
+            "5",
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "4",
+        ],
+    )
+    .err()
+    .expect("refused");
+    assert!(err.contains("--failover-after 5 must be at least"), "{err}");
+}

@@ -229,6 +229,14 @@ impl Shipper {
         self.acks.subscribe()
     }
 
+    /// How many connected replicas acked within `max_lag` (monotonic clock).
+    pub fn acked_within(&self, max_lag: Duration) -> usize {
+        self.replicas()
+            .values()
+            .filter(|t| t.last_ack.elapsed() <= max_lag)
+            .count()
+    }
+
     /// How many connected replicas have flushed `lsn`.
     pub fn flushed_count(&self, lsn: Lsn) -> usize {
         self.replicas()
