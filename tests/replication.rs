@@ -897,3 +897,64 @@ fn failover_after_must_exceed_the_lease_lag_by_a_margin() {
     .expect("refused");
     assert!(err.contains("--failover-after 5 must be at least"), "{err}");
 }
+
+#[test]
+fn a_crash_at_any_step_of_a_promotion_leaves_one_outcome() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
+    let mut pc = primary.client();
+    for i in 0..100 {
+        raw(&mut pc, &["SET", &format!("k{i}"), "v"]);
+    }
+    for (point, promoted) in [
+        ("node::promote::before_conf", false),
+        ("node::promote::after_conf", true),
+        ("node::promote::after_epoch", true),
+    ] {
+        let rdir = dir.path().join(point.replace("::", "-"));
+        let url = primary.grpc_url();
+        let mut replica =
+            Server::try_start_env(&rdir, &["--replica-of", &url], &[("FERRY_CRASH_AT", point)])
+                .expect("replica");
+        assert!(wait_until(Duration::from_secs(10), || caught_up(
+            &primary, &replica
+        )));
+        let last = status(replica.grpc).wal.expect("wal").last_lsn;
+        let _ = cmd(&["REPLICAOF", "NO", "ONE"]).query::<redis::Value>(&mut replica.client());
+        assert!(
+            replica.wait_exit(Duration::from_secs(10)).is_some(),
+            "{point}: the node did not crash"
+        );
+        let replica = Server::start(&rdir, &[]);
+        let s = status(replica.grpc);
+        let wal = s.wal.expect("wal");
+        if promoted {
+            assert_eq!(s.role, "primary", "{point}");
+            assert_eq!(wal.epoch, 1, "{point}");
+            assert_eq!(s.epoch_history.len(), 1, "{point}");
+            assert_eq!(s.epoch_history[0].first_lsn, last + 1, "{point}");
+            // Exactly one epoch change, right where the term begins.
+            assert_eq!(wal.last_lsn, last + 1, "{point}");
+            raw(&mut replica.client(), &["SET", "new", "term"]);
+        } else {
+            assert_eq!(s.role, "replica", "{point}");
+            assert_eq!(wal.epoch, 0, "{point}");
+            assert!(s.epoch_history.is_empty(), "{point}");
+            assert!(wait_until(Duration::from_secs(10), || caught_up(
+                &primary, &replica
+            )));
+        }
+        drop(replica);
+        let dump = ferry()
+            .args(["wal", "dump"])
+            .arg(rdir.join("wal"))
+            .output()
+            .expect("dump");
+        let epochs = String::from_utf8_lossy(&dump.stdout)
+            .lines()
+            .filter(|l| l.contains(" epoch epoch="))
+            .count();
+        assert_eq!(epochs, usize::from(promoted), "{point}");
+    }
+}

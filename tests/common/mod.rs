@@ -35,6 +35,15 @@ impl Server {
 
     /// As [`Server::start`], or the reason it did not start (its stderr).
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        Server::try_start_env(data_dir, extra, &[])
+    }
+
+    /// As [`Server::try_start`], with environment variables.
+    pub fn try_start_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let stderr_log = data_dir.with_extension(format!("stderr.{}.log", std::process::id()));
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
@@ -49,6 +58,7 @@ impl Server {
             ])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("FERRY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -112,6 +122,22 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
