@@ -59,6 +59,9 @@ enum Command {
     /// Makes a replica the primary of a new epoch. Refused, with the
     /// numbers, while it lacks records its primary had, unless --force.
     Promote(PromoteArgs),
+    /// Planned switchover, run against a primary: it stops taking writes,
+    /// its replica catches up and promotes, and it follows the replica.
+    Switchover(SwitchoverArgs),
     /// Builds a new data directory from a WAL, up to an LSN or a time, which
     /// `ferry serve` then serves as a new primary (a new cluster).
     Replay(ReplayArgs),
@@ -149,6 +152,20 @@ struct PromoteArgs {
     /// Seconds to wait for the replica to catch up before refusing.
     #[arg(long, default_value_t = 0)]
     wait: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct SwitchoverArgs {
+    /// The primary's gRPC address.
+    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    addr: String,
+    /// The replica to hand over to (a node id from `ferry status`); by
+    /// default the one furthest ahead.
+    #[arg(long)]
+    to: Option<String>,
+    /// Seconds the replica may take to catch up.
+    #[arg(long, default_value_t = node::SWITCHOVER_TIMEOUT_DEFAULT.as_secs())]
+    timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -257,6 +274,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args),
         Command::Status(args) => report::run(&args.addr, args.json),
         Command::Promote(args) => report::promote(&args.addr, args.force, args.wait),
+        Command::Switchover(args) => report::switchover(&args.addr, args.to, args.timeout),
         Command::Replay(args) => {
             let until = match (args.until_lsn, args.until_time) {
                 (Some(n), _) => tools::Until::Lsn(n),
@@ -340,7 +358,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             proto_max_multibulk_len: args.proto_max_multibulk_len,
             client_query_buffer_limit: args.client_query_buffer_limit,
         };
-        let node = Arc::new(Node::open(config, resp_addr)?);
+        let node = Arc::new(Node::open(config, resp_addr, grpc_addr)?);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx.clone()));

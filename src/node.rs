@@ -29,8 +29,32 @@ pub const MAXCLIENTS_DEFAULT: usize = 10_000;
 /// one go at most.
 pub const EXPIRE_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 pub const EXPIRE_SWEEP_KEYS_MAX: usize = 256;
+/// How long a switchover waits for its replica by default.
+pub const SWITCHOVER_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// How often a promotion checks whether the replica has caught up.
 const PROMOTE_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What a switchover did.
+#[derive(Debug, Clone)]
+pub struct Switchover {
+    pub new_primary: String,
+    pub node_id: String,
+    pub epoch: u64,
+    pub first: Lsn,
+}
+
+/// A gRPC URL for `listen` (host:port as a node said it listens), with the
+/// host taken from `peer` (the address its stream came from) when it
+/// listens on every interface.
+fn grpc_url(listen: &str, peer: &str) -> String {
+    let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
+    let host = if matches!(host, "0.0.0.0" | "[::]" | "::" | "") {
+        peer.rsplit_once(':').map_or(peer, |(h, _)| h)
+    } else {
+        host
+    };
+    format!("http://{host}:{port}")
+}
 
 /// What a promotion did.
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +176,7 @@ pub struct Identity {
     path: PathBuf,
     node_id: String,
     resp_addr: String,
+    grpc_addr: String,
     state: Mutex<IdentityState>,
 }
 
@@ -164,7 +189,7 @@ struct IdentityState {
 }
 
 impl Identity {
-    fn load(dir: &Path, resp_addr: String) -> anyhow::Result<Option<Identity>> {
+    fn load(dir: &Path, resp_addr: String, grpc_addr: String) -> anyhow::Result<Option<Identity>> {
         let path = dir.join(NODE_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -202,6 +227,7 @@ impl Identity {
             path,
             node_id,
             resp_addr,
+            grpc_addr,
             state: Mutex::new(state),
         }))
     }
@@ -303,6 +329,10 @@ impl ferry_receiver::Membership for Identity {
         self.resp_addr.clone()
     }
 
+    fn grpc_addr(&self) -> String {
+        self.grpc_addr.clone()
+    }
+
     fn adopt_cluster(&self, cluster_id: &str) -> Result<(), String> {
         self.update(|s| s.cluster_id = cluster_id.to_string())
             .map_err(|e| format!("{e:#}"))
@@ -392,7 +422,11 @@ impl Node {
     ///
     /// A locked or unreadable data directory, a corrupt WAL, an engine that
     /// does not match its WAL.
-    pub fn open(config: Config, resp_addr: std::net::SocketAddr) -> anyhow::Result<Node> {
+    pub fn open(
+        config: Config,
+        resp_addr: std::net::SocketAddr,
+        grpc_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<Node> {
         let resp_port = resp_addr.port();
         let lock = lock_data_dir(&config.data_dir)?;
         let wal_dir = config.data_dir.join("wal");
@@ -416,13 +450,18 @@ impl Node {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered"
         );
-        let identity = match Identity::load(&config.data_dir, resp_addr.to_string())? {
+        let identity = match Identity::load(
+            &config.data_dir,
+            resp_addr.to_string(),
+            grpc_addr.to_string(),
+        )? {
             Some(identity) => identity,
             None => {
                 let identity = Identity {
                     path: config.data_dir.join(NODE_FILE),
                     node_id: new_id("node"),
                     resp_addr: resp_addr.to_string(),
+                    grpc_addr: grpc_addr.to_string(),
                     state: Mutex::new(IdentityState::default()),
                 };
                 // A new replica takes its primary's cluster id when it first
@@ -655,6 +694,93 @@ impl Node {
             self.pipeline.unfence();
         }
         Ok(())
+    }
+
+    /// Planned switchover (FAILOVER, `ferry switchover`): this primary stops
+    /// taking writes, waits up to `timeout` for the replica (`to`, a node
+    /// id; or the one furthest ahead) to have everything, has it promote,
+    /// then follows it. No acknowledged write is lost. If any step fails
+    /// before the replica promotes, this node takes writes again.
+    ///
+    /// # Errors
+    ///
+    /// Not a primary, no such replica, the replica not catching up in time
+    /// or refusing to promote.
+    pub async fn switchover(
+        &self,
+        to: Option<&str>,
+        timeout: Duration,
+    ) -> anyhow::Result<Switchover> {
+        anyhow::ensure!(
+            !self.is_replica(),
+            "switchover runs on a primary; this node is a replica"
+        );
+        let replicas = self.shipper.list();
+        let target = match to {
+            Some(id) => replicas.iter().find(|r| r.node_id == id),
+            None => replicas.iter().max_by_key(|r| r.applied_lsn),
+        }
+        .cloned()
+        .ok_or_else(|| match to {
+            Some(id) => anyhow::anyhow!("no replica {id} is connected"),
+            None => anyhow::anyhow!("no replica is connected"),
+        })?;
+        anyhow::ensure!(
+            !target.grpc_addr.is_empty(),
+            "replica {} did not say where its gRPC services listen",
+            target.node_id
+        );
+        let url = grpc_url(&target.grpc_addr, &target.addr);
+        tracing::warn!(to = %target.node_id, %url, "switchover: writes stop");
+        self.pipeline.fence().await;
+        let promoted = async {
+            let last = self.wal.sync().await.context("syncing the WAL")?;
+            let deadline = Instant::now() + timeout;
+            loop {
+                let applied = self
+                    .shipper
+                    .list()
+                    .into_iter()
+                    .find(|r| r.node_id == target.node_id)
+                    .map(|r| r.applied_lsn);
+                match applied {
+                    Some(a) if a >= last => break,
+                    _ if Instant::now() >= deadline => anyhow::bail!(
+                        "replica {} did not reach lsn {last} within {timeout:?} (it is at {})",
+                        target.node_id,
+                        applied.map_or("-".to_string(), |a| a.to_string())
+                    ),
+                    _ => tokio::time::sleep(PROMOTE_POLL_INTERVAL).await,
+                }
+            }
+            let mut admin = ferry_proto::v1::admin_client::AdminClient::connect(url.clone())
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            let reply = admin
+                .promote(ferry_proto::v1::PromoteRequest {
+                    force: false,
+                    wait_ms: timeout.as_millis() as u64,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("the replica refused to promote: {}", s.message()))?;
+            Ok(reply.into_inner())
+        }
+        .await;
+        let promoted = match promoted {
+            Ok(p) => p,
+            Err(e) => {
+                self.pipeline.unfence();
+                tracing::warn!(error = %format!("{e:#}"), "switchover abandoned: writes resume");
+                return Err(e);
+            }
+        };
+        self.replicate_from(url.clone()).await?;
+        Ok(Switchover {
+            new_primary: url,
+            node_id: target.node_id,
+            epoch: promoted.epoch,
+            first: Lsn(promoted.first_lsn),
+        })
     }
 
     /// Whether the write lease holds: enough replicas acked recently, or no

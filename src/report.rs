@@ -1,5 +1,5 @@
-//! `ferry status` (a node's status over gRPC, as text or JSON) and `ferry
-//! promote`.
+//! `ferry status` (a node's status over gRPC, as text or JSON), `ferry
+//! promote` and `ferry switchover`.
 
 use std::process::ExitCode;
 
@@ -224,6 +224,47 @@ pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCo
         }
         Err(status) => {
             eprintln!("refused: {}", status.message());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `ferry switchover`.
+///
+/// # Errors
+///
+/// An unreachable node.
+pub fn switchover(addr: &str, to: Option<String>, timeout_secs: u64) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+            .with_context(|| format!("{addr:?} is not a gRPC address"))?
+            .connect_timeout(STATUS_TIMEOUT)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
+            .switchover(ferry_proto::v1::SwitchoverRequest {
+                to_node_id: to.unwrap_or_default(),
+                timeout_ms: timeout_secs.saturating_mul(1000),
+            })
+            .await;
+        Ok::<_, anyhow::Error>(reply)
+    })?;
+    match result {
+        Ok(reply) => {
+            let s = reply.into_inner();
+            println!(
+                "switched over: {} ({}) is the primary of epoch {} from lsn {}; {addr} follows it",
+                s.new_primary, s.node_id, s.epoch, s.first_lsn
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) => {
+            eprintln!("switchover failed: {}", status.message());
             Ok(ExitCode::FAILURE)
         }
     }

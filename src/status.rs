@@ -10,7 +10,7 @@ use ferry_proto::v1::status_server::{Status, StatusServer};
 use ferry_proto::v1::{
     DisconnectReplicaRequest, DisconnectReplicaResponse, EpochStart, GetStatusRequest,
     GetStatusResponse, Lag, PrimaryLink, PromoteRequest, PromoteResponse, ReplicaOfRequest,
-    ReplicaOfResponse, ReplicaRow, WalPosition,
+    ReplicaOfResponse, ReplicaRow, SwitchoverRequest, SwitchoverResponse, WalPosition,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -151,6 +151,28 @@ impl Admin for AdminService {
                     lost_to,
                 }))
             }
+            Err(e) => Err(tonic::Status::failed_precondition(format!("{e:#}"))),
+        }
+    }
+
+    async fn switchover(
+        &self,
+        request: tonic::Request<SwitchoverRequest>,
+    ) -> Result<tonic::Response<SwitchoverResponse>, tonic::Status> {
+        let r = request.into_inner();
+        let to = (!r.to_node_id.is_empty()).then_some(r.to_node_id.as_str());
+        let timeout = Duration::from_millis(if r.timeout_ms == 0 {
+            crate::node::SWITCHOVER_TIMEOUT_DEFAULT.as_millis() as u64
+        } else {
+            r.timeout_ms
+        });
+        match self.node.switchover(to, timeout).await {
+            Ok(done) => Ok(tonic::Response::new(SwitchoverResponse {
+                new_primary: done.new_primary,
+                node_id: done.node_id,
+                epoch: done.epoch,
+                first_lsn: done.first.0,
+            })),
             Err(e) => Err(tonic::Status::failed_precondition(format!("{e:#}"))),
         }
     }

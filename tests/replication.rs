@@ -958,3 +958,78 @@ fn a_crash_at_any_step_of_a_promotion_leaves_one_outcome() {
         assert_eq!(epochs, usize::from(promoted), "{point}");
     }
 }
+
+#[test]
+fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut c = primary.client();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            // Bounded by the stop flag and a count.
+            while !stop.load(Ordering::Relaxed) && i < 1_000_000 {
+                if cmd(&["SET", &format!("w{i}"), &i.to_string()])
+                    .query::<()>(&mut c)
+                    .is_ok()
+                {
+                    acked.push(i);
+                }
+                i += 1;
+            }
+            (acked, i)
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || primary
+        .durable_lsn()
+        > 500));
+    let out = ferry()
+        .args(["switchover", "--addr", &primary.grpc_url()])
+        .output()
+        .expect("ferry switchover");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, tried) = writer.join().expect("writer");
+    assert!(
+        (acked.len() as u64) < tried,
+        "writes were refused once it was no longer the primary"
+    );
+    let r = status(replica.grpc);
+    assert_eq!(r.role, "primary");
+    assert_eq!(r.wal.expect("wal").epoch, 1, "new epoch = old + 1");
+    let p = status(primary.grpc);
+    assert_eq!(p.role, "replica");
+    assert_eq!(p.primary_link.expect("link").primary, replica.grpc_url());
+    // Every acknowledged write is on the new primary.
+    let mut rc = replica.client();
+    for chunk in acked.chunks(500) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("GET").arg(format!("w{i}"));
+        }
+        let values: Vec<Option<String>> = pipe.query(&mut rc).expect("GETs");
+        for (i, v) in chunk.iter().zip(values) {
+            assert_eq!(v, Some(i.to_string()), "acknowledged write w{i} lost");
+        }
+    }
+    // The old primary follows the new one.
+    raw(&mut rc, &["SET", "after", "switchover"]);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &replica, &primary
+    )));
+    assert_eq!(digest(&primary), digest(&replica));
+}

@@ -71,6 +71,8 @@ pub trait Membership: Send + Sync + 'static {
     fn node_id(&self) -> String;
     /// Where the node's clients connect, for the primary's reports.
     fn resp_addr(&self) -> String;
+    /// Where the node's gRPC services listen, for the primary's switchover.
+    fn grpc_addr(&self) -> String;
     /// Records the cluster id of the primary, for a node that had none.
     ///
     /// # Errors
@@ -381,6 +383,7 @@ impl Context {
             flushed_frame_crc: crc,
             version: self.config.version.clone(),
             resp_addr: self.membership.resp_addr(),
+            grpc_addr: self.membership.grpc_addr(),
         })
     }
 

@@ -119,6 +119,8 @@ pub struct ReplicaInfo {
     pub addr: String,
     /// Where the replica's clients connect, as it said in its hello.
     pub resp_addr: String,
+    /// Where its gRPC services listen, as it said in its hello.
+    pub grpc_addr: String,
     pub state: ReplicaState,
     pub sent_lsn: Lsn,
     pub written_lsn: Lsn,
@@ -161,6 +163,7 @@ struct Tracked {
     node_id: String,
     addr: String,
     resp_addr: String,
+    grpc_addr: String,
     state: ReplicaState,
     sent_lsn: Lsn,
     written_lsn: Lsn,
@@ -270,6 +273,7 @@ impl Shipper {
                 node_id: t.node_id.clone(),
                 addr: t.addr.clone(),
                 resp_addr: t.resp_addr.clone(),
+                grpc_addr: t.grpc_addr.clone(),
                 state: t.state,
                 sent_lsn: t.sent_lsn,
                 written_lsn: t.written_lsn,
@@ -651,6 +655,7 @@ impl Replication for ShipperService {
                 node_id: hello.node_id.clone(),
                 addr: addr.clone(),
                 resp_addr: hello.resp_addr.clone(),
+                grpc_addr: hello.grpc_addr.clone(),
                 state: ReplicaState::Catchup,
                 sent_lsn: Lsn(from.0 - 1),
                 written_lsn: Lsn(from.0 - 1),
