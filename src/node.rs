@@ -178,6 +178,9 @@ pub struct Identity {
     resp_addr: String,
     grpc_addr: String,
     state: Mutex<IdentityState>,
+    /// A newer epoch a replica showed this node (0: none): a primary that
+    /// sees one is stale and takes no more writes.
+    newer_epoch_seen: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -229,6 +232,7 @@ impl Identity {
             resp_addr,
             grpc_addr,
             state: Mutex::new(state),
+            newer_epoch_seen: AtomicU64::new(0),
         }))
     }
 
@@ -290,6 +294,11 @@ impl Identity {
         self.state().replica_of.clone()
     }
 
+    /// A newer epoch a replica showed this node, if any.
+    pub fn newer_epoch_seen(&self) -> Option<u64> {
+        Some(self.newer_epoch_seen.load(Ordering::Acquire)).filter(|&e| e > 0)
+    }
+
     /// The highest epoch this node began.
     pub fn last_epoch(&self) -> u64 {
         self.state()
@@ -313,6 +322,16 @@ impl ferry_shipper::Membership for Identity {
 
     fn node_id(&self) -> String {
         self.node_id.clone()
+    }
+
+    fn saw_newer_epoch(&self, epoch: u64) {
+        let before = self.newer_epoch_seen.fetch_max(epoch, Ordering::AcqRel);
+        if before < epoch {
+            tracing::error!(
+                epoch,
+                "a replica has records of a newer epoch: this node is a stale primary and takes no more writes"
+            );
+        }
     }
 }
 
@@ -463,6 +482,7 @@ impl Node {
                     resp_addr: resp_addr.to_string(),
                     grpc_addr: grpc_addr.to_string(),
                     state: Mutex::new(IdentityState::default()),
+                    newer_epoch_seen: AtomicU64::new(0),
                 };
                 // A new replica takes its primary's cluster id when it first
                 // syncs; a primary (or a node with data) starts a cluster.
@@ -781,6 +801,14 @@ impl Node {
             epoch: promoted.epoch,
             first: Lsn(promoted.first_lsn),
         })
+    }
+
+    /// Whether this node learnt that a newer primary exists (a replica
+    /// showed it a newer epoch): then it takes no writes.
+    pub fn is_stale_primary(&self) -> bool {
+        self.identity
+            .newer_epoch_seen()
+            .is_some_and(|e| e > self.wal.epoch().0)
     }
 
     /// Whether the write lease holds: enough replicas acked recently, or no

@@ -73,6 +73,7 @@ pub fn to_json(s: &GetStatusResponse) -> Value {
         "durable_lsn": wal.durable_lsn,
         "applied_lsn": s.applied_lsn,
         "replicas": replicas,
+        "newer_epoch_seen": s.newer_epoch_seen,
         "epoch_history": s.epoch_history.iter().map(|e| json!({"epoch": e.epoch, "first_lsn": e.first_lsn})).collect::<Vec<_>>(),
     });
     if let Some(link) = &s.primary_link {
@@ -121,6 +122,13 @@ pub fn to_text(s: &GetStatusResponse) -> String {
         "lsn  last {}  durable {}  applied {}  first retained {}",
         wal.last_lsn, wal.durable_lsn, s.applied_lsn, wal.first_retained_lsn
     );
+    if s.newer_epoch_seen > wal.epoch {
+        let _ = writeln!(
+            out,
+            "STALE: a replica showed epoch {}; this node takes no writes",
+            s.newer_epoch_seen
+        );
+    }
     if !s.epoch_history.is_empty() {
         let terms: Vec<String> = s
             .epoch_history

@@ -121,7 +121,7 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
         // A replica never expires keys itself: its primary logs the deletions.
         // Nor does a primary without its write lease: it may be cut off.
-        if !node.pipeline.is_writable() || !node.lease_holds() {
+        if !node.pipeline.is_writable() || !node.lease_holds() || node.is_stale_primary() {
             continue;
         }
         for _ in 0..EXPIRE_SWEEPS_PER_TICK_MAX {
@@ -340,6 +340,12 @@ async fn dispatch(
     if matches!(spec.handler, Handler::Write(_)) {
         if node.is_replica() {
             return Some(Queued::Ready(Reply::Error(READONLY_REPLY.into())));
+        }
+        if node.is_stale_primary() {
+            return Some(Queued::Ready(Reply::Error(format!(
+                "READONLY this node is a stale primary: a primary of epoch {} exists",
+                node.identity.newer_epoch_seen().unwrap_or_default()
+            ))));
         }
         if !node.lease_holds() {
             return Some(Queued::Ready(Reply::Error(NOREPLICAS_REPLY.into())));

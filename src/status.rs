@@ -89,6 +89,7 @@ pub fn status(node: &Node) -> GetStatusResponse {
         replicas,
         primary_link,
         version: env!("CARGO_PKG_VERSION").into(),
+        newer_epoch_seen: node.identity.newer_epoch_seen().unwrap_or(0),
         epoch_history: node
             .identity
             .epochs()

@@ -1033,3 +1033,49 @@ fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
     )));
     assert_eq!(digest(&primary), digest(&replica));
 }
+
+#[test]
+fn a_primary_that_sees_a_newer_epoch_stops_taking_writes() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
+    let promoted = Server::replica(&dir.path().join("r"), &old.grpc_url(), &[]);
+    let mut oc = old.client();
+    for i in 0..50 {
+        raw(&mut oc, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &old, &promoted
+    )));
+    let mut rc = promoted.client();
+    assert_eq!(
+        raw(&mut rc, &["REPLICAOF", "NO", "ONE"]),
+        redis::Value::Okay
+    );
+    raw(&mut rc, &["SET", "term", "1"]);
+    let follower = Server::replica(&dir.path().join("f"), &promoted.grpc_url(), &[]);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &promoted, &follower
+    )));
+    // The old primary still takes writes: nothing told it of epoch 1 yet.
+    raw(&mut oc, &["SET", "still", "writing"]);
+    // A replica of the new term hellos the old primary: it learns of epoch 1.
+    raw(
+        &mut follower.client(),
+        &["REPLICAOF", "127.0.0.1", &old.grpc.port().to_string()],
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(follower.grpc)
+            .primary_link
+            .is_some_and(|l| l.last_refusal.contains("STALE_EPOCH"))
+    }));
+    assert!(
+        error(&mut oc, &["SET", "k", "late"]).starts_with("READONLY this node is a stale primary")
+    );
+    assert_eq!(status(old.grpc).newer_epoch_seen, 1);
+    assert_eq!(
+        digest(&follower),
+        digest(&promoted),
+        "the follower keeps its data"
+    );
+}

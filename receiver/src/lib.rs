@@ -468,6 +468,18 @@ impl Context {
                 return broken(ReceiveError::Link("no answer to the hello in time".into()));
             }
         };
+        let ours = self.wal.epoch().0;
+        if accept.epoch < ours {
+            let message = format!(
+                "the primary is at epoch {}, this node has records of epoch {ours}: it is a stale primary",
+                accept.epoch
+            );
+            tracing::error!(%message, "not following the primary");
+            return Ended::Event(Event::Refused {
+                reason: Reason::StaleEpoch,
+                message,
+            });
+        }
         if let Err(e) = self.check_cluster(&accept.cluster_id) {
             tracing::error!(error = %e, "not following the primary");
             return Ended::Event(Event::Refused {

@@ -69,6 +69,9 @@ pub trait Membership: Send + Sync + 'static {
     fn cluster_id(&self) -> String;
     /// The node's stable id.
     fn node_id(&self) -> String;
+    /// A replica showed a newer epoch than this node's: this node is a stale
+    /// primary and must stop taking writes.
+    fn saw_newer_epoch(&self, epoch: u64);
 }
 
 /// Tunables of a [`Shipper`].
@@ -349,6 +352,18 @@ impl Shipper {
                 format!(
                     "the replica's data belongs to cluster {}, this node's to cluster {ours}",
                     hello.cluster_id
+                ),
+            ));
+        }
+        let ours_epoch = self.wal.epoch().0;
+        if hello.flushed_epoch > ours_epoch {
+            self.membership.saw_newer_epoch(hello.flushed_epoch);
+            return Err(refused(
+                Reason::StaleEpoch,
+                format!(
+                    "the replica has records of epoch {}, this node is at epoch {ours_epoch}: \
+                     a newer primary exists, and this node stops taking writes",
+                    hello.flushed_epoch
                 ),
             ));
         }
