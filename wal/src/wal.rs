@@ -285,6 +285,10 @@ enum Request {
     Sync {
         reply: oneshot::Sender<Result<Lsn>>,
     },
+    TruncateAfter {
+        lsn: Lsn,
+        reply: oneshot::Sender<Result<Lsn>>,
+    },
 }
 
 impl Request {
@@ -295,7 +299,9 @@ impl Request {
                 drop(reply.send(Err(err)))
             }
             Request::SetEpoch { reply, .. } => drop(reply.send(Err(err))),
-            Request::Sync { reply } => drop(reply.send(Err(err))),
+            Request::Sync { reply } | Request::TruncateAfter { reply, .. } => {
+                drop(reply.send(Err(err)))
+            }
         }
     }
 }
@@ -562,6 +568,22 @@ impl Wal {
     pub async fn set_epoch(&self, epoch: Epoch) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::SetEpoch { epoch, reply }).await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Cuts the log after `lsn`, which must end a frame: every record after
+    /// it is gone (the caller keeps a copy first if it wants one, as a
+    /// rejoining primary keeps its diverged records in a quarantine log).
+    /// Nothing may append or read past `lsn` meanwhile. Returns the new last
+    /// LSN.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::InvalidFrames`] if `lsn` falls inside a frame,
+    /// [`WalError::NotRetained`], I/O errors (which fail the log).
+    pub async fn truncate_after(&self, lsn: Lsn) -> Result<Lsn> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::TruncateAfter { lsn, reply }).await?;
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 
@@ -1282,6 +1304,26 @@ impl Writer {
                     force_sync = true;
                     owed.push(Owed::Sync(reply));
                 }
+                Request::TruncateAfter { lsn, reply } => {
+                    // What came before it in the group is written first.
+                    self.finish_frame(timestamp_ms);
+                    if let Err(err) = self.write_group(false) {
+                        let _ = reply.send(Err(err.duplicate()));
+                        self.shared.fail(&err);
+                        continue;
+                    }
+                    match self.truncate_after(lsn) {
+                        Ok(last) => drop(reply.send(Ok(last))),
+                        // Refused before anything changed: the log goes on.
+                        Err(
+                            err @ (WalError::InvalidFrames { .. } | WalError::NotRetained { .. }),
+                        ) => drop(reply.send(Err(err))),
+                        Err(err) => {
+                            let _ = reply.send(Err(err.duplicate()));
+                            self.shared.fail(&err);
+                        }
+                    }
+                }
             }
         }
         self.finish_frame(timestamp_ms);
@@ -1421,6 +1463,95 @@ impl Writer {
             .map_err(|e| WalError::io("syncing", &self.segment.path, e))?;
         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Cuts the log after `lsn` (a frame boundary): later segments are
+    /// deleted, the segment holding `lsn + 1` is truncated where that frame
+    /// begins, and the next append gets `lsn + 1`. Returns the new last LSN.
+    fn truncate_after(&mut self, lsn: Lsn) -> Result<Lsn> {
+        let last = Lsn(self.next_lsn.0 - 1);
+        if lsn >= last {
+            return Ok(last);
+        }
+        self.sync_file()?;
+        let shared = self.shared.clone();
+        let cut = lsn.next();
+        let segment = shared.segment_for(cut)?;
+        let file = shared
+            .storage
+            .open(&segment.path, true)
+            .map_err(|e| WalError::io("opening", &segment.path, e))?;
+        let data = crate::storage::read_all(file.as_ref())
+            .map_err(|e| WalError::io("reading", &segment.path, e))?;
+        let mut offset = segment.seek_hint(cut) as usize;
+        let mut epoch = None;
+        while offset < data.len() {
+            let header = match format::decode_frame(&data[offset..], shared.options.limits) {
+                Decoded::Frame(frame) => frame.header,
+                _ => break,
+            };
+            if header.first_lsn >= cut {
+                break;
+            }
+            if header.last_lsn() >= cut {
+                return Err(WalError::InvalidFrames {
+                    offset: offset as u64,
+                    reason: format!(
+                        "lsn {lsn} is inside the frame holding lsn {}..={}: not a frame boundary",
+                        header.first_lsn,
+                        header.last_lsn()
+                    ),
+                });
+            }
+            epoch = Some(header.epoch);
+            offset += header.frame_len();
+        }
+        {
+            let mut segments = shared.segments.write().unwrap_or_else(|e| e.into_inner());
+            while segments
+                .last()
+                .is_some_and(|s| s.first_lsn > segment.first_lsn)
+            {
+                let gone = segments.pop().expect("checked");
+                shared
+                    .storage
+                    .remove(&gone.path)
+                    .map_err(|e| WalError::io("deleting", &gone.path, e))?;
+            }
+        }
+        file.truncate(offset as u64)
+            .map_err(|e| WalError::io("truncating", &segment.path, e))?;
+        file.sync_data()
+            .map_err(|e| WalError::io("syncing", &segment.path, e))?;
+        shared
+            .storage
+            .sync_dir(&shared.dir)
+            .map_err(|e| WalError::io("syncing directory", &shared.dir, e))?;
+        segment.end.store(offset as u64, Ordering::Release);
+        segment
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&(first, at)| first <= lsn && (at as usize) < offset);
+        self.file = file.clone();
+        self.segment = segment.clone();
+        self.offset = offset as u64;
+        self.indexed_at = segment.last_indexed();
+        self.next_lsn = cut;
+        if let Some(epoch) = epoch {
+            self.epoch = epoch;
+        }
+        {
+            let mut target = lock(&shared.sync_target);
+            target.file = file;
+            target.path = segment.path.clone();
+            target.written = lsn;
+        }
+        shared.last_lsn.store(lsn.0, Ordering::Release);
+        shared.epoch.store(self.epoch.0, Ordering::Release);
+        shared.durable.send_replace(lsn);
+        tracing::warn!(dir = %shared.dir.display(), after = %lsn, "cut the WAL");
+        Ok(lsn)
     }
 
     /// Seals the active segment (synced) and starts a new one at `first_lsn`.

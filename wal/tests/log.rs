@@ -525,3 +525,43 @@ fn the_real_file_system_round_trips() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn truncating_after_an_lsn_cuts_the_log_there_across_segments_and_appends_continue() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::Always));
+    let mut written = Vec::new();
+    for i in 0..300 {
+        let r = record("t", i);
+        wal.append(vec![r.clone()]).await.expect("append");
+        written.push(r);
+    }
+    let before = segments(&storage).len();
+    assert!(before > 3, "the log rolled");
+    // Cut in an early segment: the later ones go.
+    assert_eq!(wal.truncate_after(Lsn(57)).await.expect("cut"), Lsn(57));
+    assert_eq!((wal.last_lsn(), wal.durable_lsn()), (Lsn(57), Lsn(57)));
+    assert!(segments(&storage).len() < before);
+    let expected: Vec<(u64, Bytes)> = (1..=57u64).zip(written[..57].iter().cloned()).collect();
+    assert_eq!(read_all(&wal), expected);
+    let next = wal.append(vec![record("after", 0)]).await.expect("append");
+    assert_eq!(next.first, Lsn(58));
+    // A cut inside a frame is refused, and changes nothing.
+    let frame = wal
+        .append(vec![record("m", 0), record("m", 1), record("m", 2)])
+        .await
+        .expect("append");
+    assert_eq!((frame.first, frame.last), (Lsn(59), Lsn(61)));
+    let err = wal
+        .truncate_after(Lsn(60))
+        .await
+        .expect_err("inside a frame");
+    assert!(matches!(err, WalError::InvalidFrames { .. }), "{err}");
+    drop(wal);
+    // What recovery finds is exactly the cut log and what came after.
+    let wal = open(&storage, options(SyncPolicy::Always));
+    assert_eq!(wal.last_lsn(), Lsn(61));
+    let got = read_all(&wal);
+    assert_eq!(got[..57], expected[..]);
+    assert_eq!(got[57], (58, record("after", 0)));
+}
