@@ -324,6 +324,10 @@ impl ferry_shipper::Membership for Identity {
         self.node_id.clone()
     }
 
+    fn epoch_history(&self) -> Vec<(u64, u64)> {
+        self.epochs()
+    }
+
     fn saw_newer_epoch(&self, epoch: u64) {
         let before = self.newer_epoch_seen.fetch_max(epoch, Ordering::AcqRel);
         if before < epoch {
@@ -388,6 +392,8 @@ pub struct Node {
     receiver: Mutex<Option<Receiver>>,
     /// One role change at a time.
     role_change: tokio::sync::Mutex<()>,
+    /// Records set aside in quarantine logs since start.
+    pub quarantined_records: AtomicU64,
     stop: watch::Sender<bool>,
     pub wal: Arc<Wal>,
     pub engine: Arc<Engine>,
@@ -519,6 +525,7 @@ impl Node {
             shipper,
             receiver: Mutex::new(None),
             role_change: tokio::sync::Mutex::new(()),
+            quarantined_records: AtomicU64::new(0),
             stop,
             wal,
             engine,
@@ -599,16 +606,7 @@ impl Node {
             self.identity
                 .update(|s| s.replica_of = Some(primary.clone()))?;
         }
-        let mut config = ReceiverConfig::new(primary.clone());
-        config.primary_timeout = self.config.repl_timeout;
-        config.version = env!("CARGO_PKG_VERSION").to_string();
-        let receiver = Receiver::start(
-            config,
-            self.wal.clone(),
-            self.engine.clone(),
-            self.identity.clone(),
-        )?;
-        *self.receiver.lock().unwrap_or_else(|e| e.into_inner()) = Some(receiver);
+        self.start_receiver(primary.clone())?;
         let resume = self.wal.last_lsn().next();
         tracing::info!(%primary, resume = %resume, "following a primary");
         Ok(resume)
@@ -818,19 +816,26 @@ impl Node {
         n == 0 || self.shipper.acked_within(self.config.min_replicas_max_lag) >= n
     }
 
-    /// With `--failover-after`: promotes this replica once its primary has
-    /// been unreachable that long and it has applied all it received. Runs
-    /// until `stop` turns true.
+    /// Watches the link to the primary until `stop` turns true: rejoins
+    /// when the primary says this node's log forked, and with
+    /// `--failover-after` promotes this replica once its primary has been
+    /// unreachable that long and it has applied all it received.
     pub async fn watch_for_failover(&self, mut stop: watch::Receiver<bool>) {
-        let Some(after) = self.config.failover_after else {
-            return;
-        };
         loop {
             tokio::select! {
                 () = tokio::time::sleep(FAILOVER_CHECK_INTERVAL) => {}
                 _ = stop.changed() => return,
             }
             let Some(link) = self.link_status() else {
+                continue;
+            };
+            if let Some(fork) = link.diverged_after {
+                if let Err(e) = self.rejoin(fork).await {
+                    tracing::error!(error = %format!("{e:#}"), "rejoining failed");
+                }
+                continue;
+            }
+            let Some(after) = self.config.failover_after else {
                 continue;
             };
             let down_for = link
@@ -854,6 +859,120 @@ impl Node {
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "failover refused"),
             }
         }
+    }
+
+    fn start_receiver(&self, primary: String) -> anyhow::Result<()> {
+        let mut config = ReceiverConfig::new(primary);
+        config.primary_timeout = self.config.repl_timeout;
+        config.version = env!("CARGO_PKG_VERSION").to_string();
+        let receiver = Receiver::start(
+            config,
+            self.wal.clone(),
+            self.engine.clone(),
+            self.identity.clone(),
+        )?;
+        *self.receiver.lock().unwrap_or_else(|e| e.into_inner()) = Some(receiver);
+        Ok(())
+    }
+
+    /// Rejoins after this node's log forked from its primary's after `fork`
+    /// (the primary's epoch history says so): the records after the fork
+    /// go to a quarantine log in `quarantine/` of the data dir (readable by
+    /// `ferry wal dump`, and `ferry replay --onto` brings them back), the
+    /// WAL is cut at the fork, the engine is rebuilt to it, and the node
+    /// follows its primary again. Returns how many records were set aside.
+    ///
+    /// # Errors
+    ///
+    /// Not a replica; I/O, WAL or engine failures.
+    pub async fn rejoin(&self, fork: Lsn) -> anyhow::Result<u64> {
+        let _one = self.role_change.lock().await;
+        let primary = self
+            .identity
+            .replica_of()
+            .context("only a replica rejoins its primary")?;
+        let receiver = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(receiver) = receiver {
+            receiver.stop().await;
+        }
+        // Its own replicas may be reading past the fork.
+        self.shipper.disconnect_all();
+        self.wal.sync().await.context("syncing the WAL")?;
+        let last = self.wal.last_lsn();
+        if last <= fork {
+            self.start_receiver(primary)?;
+            return Ok(0);
+        }
+        let quarantine = self.quarantine_after(fork, last)?;
+        self.engine.reset().context("emptying the engine")?;
+        self.wal
+            .truncate_after(fork)
+            .await
+            .context("cutting the WAL at the fork")?;
+        let mut state = ferry_engine::StateBuilder::new();
+        for record in self.wal.records(Lsn(1)).context("reading the WAL")? {
+            let record = record.context("reading the WAL")?;
+            let decoded = ferry_engine::decode_record(record.lsn, &record.data)?;
+            state.apply(record.lsn, &decoded)?;
+        }
+        if state.last_lsn() > Lsn::ZERO {
+            self.engine
+                .ingest(state, &self.config.data_dir)
+                .context("rebuilding the engine")?;
+        }
+        let count = last.0 - fork.0;
+        self.quarantined_records.fetch_add(count, Ordering::Relaxed);
+        tracing::warn!(
+            after = %fork,
+            records = count,
+            quarantine = %quarantine.display(),
+            "rejoined: the records after the fork are in quarantine"
+        );
+        self.start_receiver(primary)?;
+        Ok(count)
+    }
+
+    /// Copies the frames after `fork` (up to `last`) into a new quarantine
+    /// log directory, synced; returns it.
+    fn quarantine_after(&self, fork: Lsn, last: Lsn) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        let dir = self.config.data_dir.join("quarantine").join(format!(
+            "{}-lsn-{}-{}",
+            crate::tools::format_time(now_ms()).replace(':', ""),
+            fork.next(),
+            last
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let first = fork.next();
+        let path = dir.join(format!("{:020}.wal", first.0));
+        let mut out =
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        out.write_all(&ferry_wal::format::encode_segment_header(first))?;
+        let mut kept = Vec::new();
+        ferry_wal::inspect::scan_dir_from(
+            &ferry_wal::storage::FsStorage,
+            self.wal.dir(),
+            ferry_wal::FrameLimits::default(),
+            first,
+            |frame| {
+                if frame.header.first_lsn >= first {
+                    kept.push(frame.bytes.clone());
+                }
+                Ok(std::ops::ControlFlow::Continue(()))
+            },
+        )?;
+        let frames = kept.len();
+        for bytes in kept {
+            out.write_all(&bytes)?;
+        }
+        out.sync_all()?;
+        File::open(&dir)?.sync_all()?;
+        tracing::info!(frames, dir = %dir.display(), "quarantined");
+        Ok(dir)
     }
 
     /// Ends replication: streams to replicas and the link to the primary.

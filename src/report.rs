@@ -74,6 +74,7 @@ pub fn to_json(s: &GetStatusResponse) -> Value {
         "applied_lsn": s.applied_lsn,
         "replicas": replicas,
         "newer_epoch_seen": s.newer_epoch_seen,
+        "quarantined_records": s.quarantined_records,
         "epoch_history": s.epoch_history.iter().map(|e| json!({"epoch": e.epoch, "first_lsn": e.first_lsn})).collect::<Vec<_>>(),
     });
     if let Some(link) = &s.primary_link {
@@ -127,6 +128,13 @@ pub fn to_text(s: &GetStatusResponse) -> String {
             out,
             "STALE: a replica showed epoch {}; this node takes no writes",
             s.newer_epoch_seen
+        );
+    }
+    if s.quarantined_records > 0 {
+        let _ = writeln!(
+            out,
+            "quarantined {} records (forked from the primary; see quarantine/ in the data dir)",
+            s.quarantined_records
         );
     }
     if !s.epoch_history.is_empty() {

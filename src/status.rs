@@ -90,6 +90,9 @@ pub fn status(node: &Node) -> GetStatusResponse {
         primary_link,
         version: env!("CARGO_PKG_VERSION").into(),
         newer_epoch_seen: node.identity.newer_epoch_seen().unwrap_or(0),
+        quarantined_records: node
+            .quarantined_records
+            .load(std::sync::atomic::Ordering::Relaxed),
         epoch_history: node
             .identity
             .epochs()

@@ -1079,3 +1079,81 @@ fn a_primary_that_sees_a_newer_epoch_stops_taking_writes() {
         "the follower keeps its data"
     );
 }
+
+#[test]
+fn an_old_primary_rejoins_and_keeps_its_diverged_writes_in_quarantine() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
+    let proxy = Proxy::start(old.grpc);
+    let new = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    let mut oc = old.client();
+    for i in 0..100 {
+        raw(&mut oc, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &old, &new
+    )));
+    // A partition, and no lease: the old primary acknowledges writes its
+    // replica never receives, and the replica is promoted.
+    proxy.isolate();
+    const DIVERGED: u64 = 37;
+    for i in 0..DIVERGED {
+        raw(&mut oc, &["SET", &format!("lost{i}"), "x"]);
+    }
+    let mut nc = new.client();
+    assert_eq!(
+        raw(&mut nc, &["REPLICAOF", "NO", "ONE"]),
+        redis::Value::Okay
+    );
+    for i in 0..5 {
+        raw(&mut nc, &["SET", &format!("new{i}"), "y"]);
+    }
+    // The old primary is told to follow the new one: it finds the fork,
+    // sets its diverged records aside and follows.
+    raw(
+        &mut oc,
+        &["REPLICAOF", "127.0.0.1", &new.grpc.port().to_string()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || caught_up(&new, &old)),
+        "{:?}",
+        status(old.grpc)
+    );
+    assert_eq!(digest(&old), digest(&new));
+    let s = status(old.grpc);
+    assert_eq!(s.quarantined_records, DIVERGED);
+    assert_eq!(s.wal.expect("wal").epoch, 1);
+    // The quarantine log holds exactly the acknowledged diverged writes.
+    let quarantine: Vec<_> = std::fs::read_dir(dir.path().join("p").join("quarantine"))
+        .expect("quarantine dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(quarantine.len(), 1);
+    let dump = ferry()
+        .args(["wal", "dump", "--json"])
+        .arg(&quarantine[0])
+        .output()
+        .expect("dump");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let keys: Vec<String> = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["key"].as_str().expect("key").to_string()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        (0..DIVERGED)
+            .map(|i| format!("lost{i}"))
+            .collect::<Vec<_>>()
+    );
+    let mut oc = old.client();
+    assert_eq!(raw(&mut oc, &["EXISTS", "lost0"]), redis::Value::Int(0));
+    assert_eq!(raw(&mut oc, &["EXISTS", "new4"]), redis::Value::Int(1));
+}

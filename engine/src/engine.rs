@@ -178,6 +178,26 @@ impl Engine {
         Ok(self.db.flush()?)
     }
 
+    /// Removes every key and the applied LSN, durably: the engine is empty
+    /// again, for a node that rebuilds it (a primary rejoining after its
+    /// log forked).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn reset(&self) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range([0u8], [0xffu8]);
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.db.write_opt(batch, &opts)?;
+        // RocksDB's WAL is off: flush, or a crash would bring the keys back.
+        self.db.flush()?;
+        self.key_count.store(0, Ordering::Release);
+        self.applied_lsn.store(0, Ordering::Release);
+        Ok(())
+    }
+
     /// Ingests a sorted SST file holding a whole state at `applied` with
     /// `key_count` keys (see [`crate::StateBuilder`]).
     pub(crate) fn ingest_file(&self, path: &Path, applied: Lsn, key_count: u64) -> Result<()> {

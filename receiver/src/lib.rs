@@ -137,6 +137,10 @@ pub struct LinkStatus {
     pub frames_rejected: u64,
     pub frames_received: u64,
     pub bytes_received: u64,
+    /// Set when the primary's history shows this node's log forked from it
+    /// after this LSN: the records after it are not the primary's, and the
+    /// node must set them aside before it can follow.
+    pub diverged_after: Option<Lsn>,
 }
 
 impl LinkStatus {
@@ -157,6 +161,7 @@ impl LinkStatus {
             frames_rejected: 0,
             frames_received: 0,
             bytes_received: 0,
+            diverged_after: None,
         }
     }
 }
@@ -447,6 +452,12 @@ impl Context {
                 msg: Some(In::Refusal(refusal)),
             }))) => {
                 let reason = Reason::try_from(refusal.reason).unwrap_or(Reason::Unspecified);
+                if reason == Reason::HistoryMismatch
+                    && let Some(fork) = self.fork_point(&refusal.epoch_history)
+                {
+                    tracing::warn!(after = %fork, "this node's log forked from the primary's");
+                    lock(&self.status).diverged_after = Some(fork);
+                }
                 tracing::warn!(primary = %self.config.primary, ?reason, message = %refusal.message, "the primary refused this node");
                 return Ended::Event(Event::Refused {
                     reason,
@@ -625,6 +636,26 @@ impl Context {
             .await
             .map_err(|s| ReceiveError::Link(format!("{}: {}", s.code(), s.message())))?;
         Ok((out_tx, response.into_inner()))
+    }
+
+    /// Where this node's log left the primary's: the LSN before the first
+    /// term the primary began whose first record this node holds with an
+    /// older epoch.
+    fn fork_point(&self, history: &[ferry_proto::v1::EpochBegin]) -> Option<Lsn> {
+        let last = self.wal.last_lsn();
+        let mut terms: Vec<_> = history.iter().filter(|t| t.first_lsn >= 1).collect();
+        terms.sort_by_key(|t| t.first_lsn);
+        for term in terms {
+            let first = Lsn(term.first_lsn);
+            if first > last {
+                continue;
+            }
+            let frame = self.wal.frames(first).ok()?.next_frame().ok()??;
+            if frame.header.epoch.0 < term.epoch {
+                return Some(Lsn(first.0 - 1));
+            }
+        }
+        None
     }
 
     fn check_cluster(&self, primary: &str) -> Result<()> {

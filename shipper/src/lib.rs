@@ -72,6 +72,8 @@ pub trait Membership: Send + Sync + 'static {
     /// A replica showed a newer epoch than this node's: this node is a stale
     /// primary and must stop taking writes.
     fn saw_newer_epoch(&self, epoch: u64);
+    /// The terms this node began: (epoch, first LSN).
+    fn epoch_history(&self) -> Vec<(u64, u64)>;
 }
 
 /// Tunables of a [`Shipper`].
@@ -307,6 +309,15 @@ impl Shipper {
             .next()
             .unwrap_or(0);
         Lag { records, bytes, ms }
+    }
+
+    /// Ends every replica's stream; returns how many.
+    pub fn disconnect_all(&self) -> usize {
+        let replicas = self.replicas();
+        for t in replicas.values() {
+            t.disconnect.send_replace(true);
+        }
+        replicas.len()
     }
 
     /// Ends the streams of the replica with this node id; returns how many.
@@ -647,10 +658,17 @@ impl Replication for ShipperService {
                     .sync_partial_err
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(replica = %hello.node_id, %addr, ?reason, %message, "replica refused");
+                let epoch_history = shipper
+                    .membership
+                    .epoch_history()
+                    .into_iter()
+                    .map(|(epoch, first_lsn)| ferry_proto::v1::EpochBegin { epoch, first_lsn })
+                    .collect();
                 let refusal = PrimaryMessage {
                     msg: Some(Out::Refusal(Refusal {
                         reason: reason as i32,
                         message,
+                        epoch_history,
                     })),
                 };
                 let _ = tx.send(Ok(refusal)).await;
