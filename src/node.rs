@@ -909,10 +909,13 @@ impl Node {
         }
         let quarantine = self.quarantine_after(fork, last)?;
         self.engine.reset().context("emptying the engine")?;
-        self.wal
-            .truncate_after(fork)
-            .await
-            .context("cutting the WAL at the fork")?;
+        if let Err(e) = self.wal.truncate_after(fork).await {
+            // The log is as it was: bring the engine back to it.
+            self.engine
+                .replay(&self.wal)
+                .context("restoring the engine after a failed cut")?;
+            return Err(e).context("cutting the WAL at the fork");
+        }
         let mut state = ferry_engine::StateBuilder::new();
         for record in self.wal.records(Lsn(1)).context("reading the WAL")? {
             let record = record.context("reading the WAL")?;
