@@ -71,6 +71,11 @@ pub struct Promotion {
 pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
 /// Default for `--min-replicas-max-lag`, in seconds, as Redis.
 pub const MIN_REPLICAS_MAX_LAG_DEFAULT_SECS: u64 = 10;
+/// How often a primary that has lost its replicas asks them whether one of
+/// them leads a newer epoch.
+const PEER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long such a question may take.
+const PEER_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a replica with `--failover-after` looks at its link.
 const FAILOVER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -394,6 +399,9 @@ pub struct Node {
     role_change: tokio::sync::Mutex<()>,
     /// Records set aside in quarantine logs since start.
     pub quarantined_records: AtomicU64,
+    /// The gRPC addresses of the replicas that followed this node, by node
+    /// id: where a primary that lost them looks for a newer primary.
+    known_peers: Mutex<HashMap<String, String>>,
     stop: watch::Sender<bool>,
     pub wal: Arc<Wal>,
     pub engine: Arc<Engine>,
@@ -526,6 +534,7 @@ impl Node {
             receiver: Mutex::new(None),
             role_change: tokio::sync::Mutex::new(()),
             quarantined_records: AtomicU64::new(0),
+            known_peers: Mutex::new(HashMap::new()),
             stop,
             wal,
             engine,
@@ -801,6 +810,49 @@ impl Node {
         })
     }
 
+    /// Remembers where the connected replicas' gRPC services listen.
+    fn note_peers(&self) {
+        let replicas = self.shipper.list();
+        let mut peers = self.known_peers.lock().unwrap_or_else(|e| e.into_inner());
+        for r in replicas.iter().filter(|r| !r.grpc_addr.is_empty()) {
+            peers.insert(r.node_id.clone(), grpc_url(&r.grpc_addr, &r.addr));
+        }
+    }
+
+    /// On a primary that lost its write lease or learnt of a newer epoch:
+    /// asks the replicas it knew whether one now leads a newer epoch of this
+    /// cluster, and if so follows it (rejoining if its log forked).
+    async fn look_for_newer_primary(&self) {
+        if self.is_replica() || (self.lease_holds() && !self.is_stale_primary()) {
+            return;
+        }
+        let connected: Vec<String> = self.shipper.list().into_iter().map(|r| r.node_id).collect();
+        let peers: Vec<(String, String)> = self
+            .known_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(id, _)| !connected.contains(id))
+            .map(|(id, url)| (id.clone(), url.clone()))
+            .collect();
+        let (ours, cluster) = (self.wal.epoch().0, self.identity.cluster_id());
+        for (id, url) in peers {
+            let Ok(Ok(status)) =
+                tokio::time::timeout(PEER_PROBE_TIMEOUT, crate::report::fetch(&url)).await
+            else {
+                continue;
+            };
+            let epoch = status.wal.map_or(0, |w| w.epoch);
+            if status.role == "primary" && epoch > ours && status.cluster_id == cluster {
+                tracing::warn!(peer = %id, %url, epoch, "a newer primary leads this cluster: following it");
+                if let Err(e) = self.replicate_from(url).await {
+                    tracing::error!(error = %format!("{e:#}"), "could not follow the newer primary");
+                }
+                return;
+            }
+        }
+    }
+
     /// Whether this node learnt that a newer primary exists (a replica
     /// showed it a newer epoch): then it takes no writes.
     pub fn is_stale_primary(&self) -> bool {
@@ -821,12 +873,18 @@ impl Node {
     /// `--failover-after` promotes this replica once its primary has been
     /// unreachable that long and it has applied all it received.
     pub async fn watch_for_failover(&self, mut stop: watch::Receiver<bool>) {
+        let mut last_probe = Instant::now();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(FAILOVER_CHECK_INTERVAL) => {}
                 _ = stop.changed() => return,
             }
             let Some(link) = self.link_status() else {
+                self.note_peers();
+                if last_probe.elapsed() >= PEER_PROBE_INTERVAL {
+                    last_probe = Instant::now();
+                    self.look_for_newer_primary().await;
+                }
                 continue;
             };
             if let Some(fork) = link.diverged_after {

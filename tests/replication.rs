@@ -1157,3 +1157,94 @@ fn an_old_primary_rejoins_and_keeps_its_diverged_writes_in_quarantine() {
     assert_eq!(raw(&mut oc, &["EXISTS", "lost0"]), redis::Value::Int(0));
     assert_eq!(raw(&mut oc, &["EXISTS", "new4"]), redis::Value::Int(1));
 }
+
+#[test]
+fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_new_one() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = Server::start(
+        &dir.path().join("p"),
+        &[
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "2",
+        ],
+    );
+    let proxy = Proxy::start(old.grpc);
+    let new = Server::replica(
+        &dir.path().join("r"),
+        &proxy.url(),
+        &[
+            "--failover-after",
+            "4",
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "2",
+        ],
+    );
+    let mut oc = old.client();
+    assert!(wait_until(Duration::from_secs(10), || {
+        cmd(&["SET", "first", "1"]).query::<()>(&mut oc).is_ok()
+    }));
+    // Clients write all along; the link between the two is cut.
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused_at = Arc::new(Mutex::new(None::<Instant>));
+    let writer = {
+        let (stop, refused_at) = (stop.clone(), refused_at.clone());
+        let mut c = old.client();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 1_000_000 {
+                match cmd(&["SET", &format!("w{i}"), "v"]).query::<()>(&mut c) {
+                    Ok(()) => acked.push(i),
+                    Err(e) if e.code() == Some("NOREPLICAS") => {
+                        refused_at.lock().unwrap().get_or_insert_with(Instant::now);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.isolate();
+    assert!(wait_until(Duration::from_secs(15), || status(new.grpc)
+        .role
+        == "primary"));
+    let promoted_at = Instant::now();
+    let refused = refused_at
+        .lock()
+        .unwrap()
+        .expect("the old primary refused writes");
+    assert!(
+        refused < promoted_at,
+        "the old primary stopped writing before the failover"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.join().expect("writer");
+    // The old primary finds the new one by itself, rejoins and follows.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status(old.grpc).role == "replica" && caught_up(&new, &old)
+        }),
+        "{:?}",
+        status(old.grpc)
+    );
+    assert_eq!(digest(&old), digest(&new));
+    // Every acknowledged write is on the new primary, or, if the old primary
+    // acknowledged it in the lease's last moments, in its quarantine log.
+    let mut nc = new.client();
+    let mut missing = 0u64;
+    for i in &acked {
+        let v: Option<String> = cmd(&["GET", &format!("w{i}")]).query(&mut nc).expect("GET");
+        if v.is_none() {
+            missing += 1;
+        }
+    }
+    assert_eq!(status(old.grpc).quarantined_records, missing);
+}
