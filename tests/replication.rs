@@ -1116,7 +1116,9 @@ fn an_old_primary_rejoins_and_keeps_its_diverged_writes_in_quarantine() {
         &["REPLICAOF", "127.0.0.1", &new.grpc.port().to_string()],
     );
     assert!(
-        wait_until(Duration::from_secs(20), || caught_up(&new, &old)),
+        wait_until(Duration::from_secs(20), || {
+            status(old.grpc).wal.expect("wal").epoch == 1 && caught_up(&new, &old)
+        }),
         "{:?}",
         status(old.grpc)
     );
@@ -1228,9 +1230,11 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
     stop.store(true, Ordering::Relaxed);
     let acked = writer.join().expect("writer");
     // The old primary finds the new one by itself, rejoins and follows.
+    // (Its epoch turns 1 only once it holds the new primary's records.)
     assert!(
         wait_until(Duration::from_secs(20), || {
-            status(old.grpc).role == "replica" && caught_up(&new, &old)
+            let s = status(old.grpc);
+            s.role == "replica" && s.wal.expect("wal").epoch == 1 && caught_up(&new, &old)
         }),
         "{:?}",
         status(old.grpc)
