@@ -380,7 +380,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = failover.await;
-        grpc_task.await.context("the gRPC server task")??;
+        // A peer that stopped reading (a stuck replica's link) must not hold
+        // the shutdown: its connection gets the same grace as clients.
+        let mut grpc_task = grpc_task;
+        match tokio::time::timeout(server::SHUTDOWN_GRACE, &mut grpc_task).await {
+            Ok(joined) => joined.context("the gRPC server task")??,
+            Err(_) => {
+                tracing::warn!("gRPC connections did not close in time; closing them");
+                grpc_task.abort();
+            }
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

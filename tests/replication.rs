@@ -685,17 +685,23 @@ fn promotion_is_refused_while_lagging_and_forced_loses_exactly_the_reported_rang
     // A slow link: the replica hears of all of it at once (the accept says
     // how far the primary is) but gets it a message (1 MiB) at a time.
     let proxy = Proxy::start(primary.grpc);
-    proxy.set_rate(250_000);
+    proxy.set_rate(150_000);
     let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
     assert!(
-        wait_until(Duration::from_secs(30), || {
+        wait_until(Duration::from_secs(60), || {
             let s = status(replica.grpc);
             let link = s.primary_link.expect("link");
-            link.primary_durable_lsn == total && s.wal.expect("wal").last_lsn > 0
+            let written = s.wal.expect("wal").last_lsn;
+            link.primary_durable_lsn == total && written > 0 && written < total
         }),
         "{:?}",
         status(replica.grpc)
     );
+    // Nothing more arrives: the replica knows of records it does not have.
+    proxy.stall();
+    std::thread::sleep(Duration::from_millis(200));
+    let written = status(replica.grpc).wal.expect("wal").last_lsn;
+    assert!(written < total, "everything arrived before the stall");
     let mut rc = replica.client();
     let refusal = error(&mut rc, &["REPLICAOF", "NO", "ONE"]);
     assert!(refusal.contains("not caught up"), "{refusal}");
@@ -727,6 +733,7 @@ fn promotion_is_refused_while_lagging_and_forced_loses_exactly_the_reported_rang
     assert_eq!(wal.last_lsn, from);
     assert_eq!(s.epoch_history[0].epoch, 1);
     assert_eq!(s.epoch_history[0].first_lsn, from);
+    proxy.unstall();
     primary.terminate();
     let rebuilt = dir.path().join("rebuilt");
     let out = ferry()
