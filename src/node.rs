@@ -183,6 +183,8 @@ pub struct Identity {
     resp_addr: String,
     grpc_addr: String,
     state: Mutex<IdentityState>,
+    /// `state.replica_of.is_some()`, read on every write command.
+    replica: std::sync::atomic::AtomicBool,
     /// A newer epoch a replica showed this node (0: none): a primary that
     /// sees one is stale and takes no more writes.
     newer_epoch_seen: std::sync::atomic::AtomicU64,
@@ -236,6 +238,7 @@ impl Identity {
             node_id,
             resp_addr,
             grpc_addr,
+            replica: std::sync::atomic::AtomicBool::new(state.replica_of.is_some()),
             state: Mutex::new(state),
             newer_epoch_seen: AtomicU64::new(0),
         }))
@@ -283,6 +286,8 @@ impl Identity {
         let mut next = state.clone();
         f(&mut next);
         self.save(&next)?;
+        self.replica
+            .store(next.replica_of.is_some(), Ordering::Release);
         *state = next;
         Ok(())
     }
@@ -399,9 +404,6 @@ pub struct Node {
     role_change: tokio::sync::Mutex<()>,
     /// Records set aside in quarantine logs since start.
     pub quarantined_records: AtomicU64,
-    /// The gRPC addresses of the replicas that followed this node, by node
-    /// id: where a primary that lost them looks for a newer primary.
-    known_peers: Mutex<HashMap<String, String>>,
     stop: watch::Sender<bool>,
     pub wal: Arc<Wal>,
     pub engine: Arc<Engine>,
@@ -496,6 +498,7 @@ impl Node {
                     resp_addr: resp_addr.to_string(),
                     grpc_addr: grpc_addr.to_string(),
                     state: Mutex::new(IdentityState::default()),
+                    replica: std::sync::atomic::AtomicBool::new(false),
                     newer_epoch_seen: AtomicU64::new(0),
                 };
                 // A new replica takes its primary's cluster id when it first
@@ -534,7 +537,6 @@ impl Node {
             receiver: Mutex::new(None),
             role_change: tokio::sync::Mutex::new(()),
             quarantined_records: AtomicU64::new(0),
-            known_peers: Mutex::new(HashMap::new()),
             stop,
             wal,
             engine,
@@ -572,7 +574,7 @@ impl Node {
 
     /// Whether the node follows a primary.
     pub fn is_replica(&self) -> bool {
-        self.identity.replica_of().is_some()
+        self.identity.replica.load(Ordering::Acquire)
     }
 
     /// The link to the primary, on a replica.
@@ -603,14 +605,7 @@ impl Node {
             .with_context(|| format!("{primary:?} is not a gRPC address"))?;
         self.pipeline.fence().await;
         self.wal.sync().await.context("syncing the WAL")?;
-        let old = self
-            .receiver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(old) = old {
-            old.stop().await;
-        }
+        self.stop_receiver().await;
         if self.identity.replica_of().as_deref() != Some(&primary) {
             self.identity
                 .update(|s| s.replica_of = Some(primary.clone()))?;
@@ -663,14 +658,7 @@ impl Node {
                 "not caught up: applied lsn {applied} of {written} received; the primary last said lsn {heard} was durable; {consequence}"
             );
         }
-        let receiver = self
-            .receiver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(receiver) = receiver {
-            receiver.stop().await;
-        }
+        self.stop_receiver().await;
         // What was received is kept: apply the rest of the local log.
         self.wal.sync().await.context("syncing the WAL")?;
         self.engine
@@ -810,15 +798,6 @@ impl Node {
         })
     }
 
-    /// Remembers where the connected replicas' gRPC services listen.
-    fn note_peers(&self) {
-        let replicas = self.shipper.list();
-        let mut peers = self.known_peers.lock().unwrap_or_else(|e| e.into_inner());
-        for r in replicas.iter().filter(|r| !r.grpc_addr.is_empty()) {
-            peers.insert(r.node_id.clone(), grpc_url(&r.grpc_addr, &r.addr));
-        }
-    }
-
     /// On a primary that lost its write lease or learnt of a newer epoch:
     /// asks the replicas it knew whether one now leads a newer epoch of this
     /// cluster, and if so follows it (rejoining if its log forked).
@@ -826,14 +805,11 @@ impl Node {
         if self.is_replica() || (self.lease_holds() && !self.is_stale_primary()) {
             return;
         }
-        let connected: Vec<String> = self.shipper.list().into_iter().map(|r| r.node_id).collect();
         let peers: Vec<(String, String)> = self
-            .known_peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(id, _)| !connected.contains(id))
-            .map(|(id, url)| (id.clone(), url.clone()))
+            .shipper
+            .departed()
+            .into_iter()
+            .map(|(id, grpc, addr)| (id, grpc_url(&grpc, &addr)))
             .collect();
         let (ours, cluster) = (self.wal.epoch().0, self.identity.cluster_id());
         for (id, url) in peers {
@@ -880,7 +856,6 @@ impl Node {
                 _ = stop.changed() => return,
             }
             let Some(link) = self.link_status() else {
-                self.note_peers();
                 if last_probe.elapsed() >= PEER_PROBE_INTERVAL {
                     last_probe = Instant::now();
                     self.look_for_newer_primary().await;
@@ -919,6 +894,18 @@ impl Node {
         }
     }
 
+    /// Ends the link to the primary, if any, and waits for its tasks.
+    async fn stop_receiver(&self) {
+        let receiver = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(receiver) = receiver {
+            receiver.stop().await;
+        }
+    }
+
     fn start_receiver(&self, primary: String) -> anyhow::Result<()> {
         let mut config = ReceiverConfig::new(primary);
         config.primary_timeout = self.config.repl_timeout;
@@ -949,14 +936,7 @@ impl Node {
             .identity
             .replica_of()
             .context("only a replica rejoins its primary")?;
-        let receiver = self
-            .receiver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(receiver) = receiver {
-            receiver.stop().await;
-        }
+        self.stop_receiver().await;
         // Its own replicas may be reading past the fork.
         self.shipper.disconnect_all();
         self.wal.sync().await.context("syncing the WAL")?;
@@ -1039,14 +1019,7 @@ impl Node {
     /// Ends replication: streams to replicas and the link to the primary.
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
-        let receiver = self
-            .receiver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(receiver) = receiver {
-            receiver.stop().await;
-        }
+        self.stop_receiver().await;
     }
 }
 

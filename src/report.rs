@@ -11,24 +11,41 @@ use serde_json::{Value, json};
 /// How long `ferry status` waits for a node.
 const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A connection to the node at `addr` (a gRPC URL).
+async fn connect(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(addr.to_string())
+        .with_context(|| format!("{addr:?} is not a gRPC address"))?
+        .connect_timeout(STATUS_TIMEOUT)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+/// Runs `f` to completion on a small runtime, for the one-shot commands.
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(f))
+}
+
 /// Fetches the status of the node at `addr`.
 ///
 /// # Errors
 ///
 /// An unreachable node or a failed call.
 pub async fn fetch(addr: &str) -> anyhow::Result<GetStatusResponse> {
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("{addr:?} is not a gRPC address"))?
-        .connect_timeout(STATUS_TIMEOUT)
-        .timeout(STATUS_TIMEOUT);
-    let channel = endpoint
-        .connect()
+    let channel = tokio::time::timeout(STATUS_TIMEOUT, connect(addr))
         .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let response = StatusClient::new(channel)
-        .get_status(GetStatusRequest {})
-        .await
-        .with_context(|| format!("asking {addr} for its status"))?;
+        .with_context(|| format!("no answer from {addr}"))??;
+    let response = tokio::time::timeout(
+        STATUS_TIMEOUT,
+        StatusClient::new(channel).get_status(GetStatusRequest {}),
+    )
+    .await
+    .with_context(|| format!("no answer from {addr}"))?
+    .with_context(|| format!("asking {addr} for its status"))?;
     Ok(response.into_inner())
 }
 
@@ -207,17 +224,8 @@ pub fn to_text(s: &GetStatusResponse) -> String {
 ///
 /// An unreachable node.
 pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
-            .with_context(|| format!("{addr:?} is not a gRPC address"))?
-            .connect_timeout(STATUS_TIMEOUT)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+    let result = block_on(async {
+        let channel = connect(addr).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .promote(ferry_proto::v1::PromoteRequest {
                 force,
@@ -225,7 +233,7 @@ pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCo
             })
             .await;
         Ok::<_, anyhow::Error>(reply)
-    })?;
+    })??;
     match result {
         Ok(reply) => {
             let p = reply.into_inner();
@@ -251,17 +259,8 @@ pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCo
 ///
 /// An unreachable node.
 pub fn switchover(addr: &str, to: Option<String>, timeout_secs: u64) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
-            .with_context(|| format!("{addr:?} is not a gRPC address"))?
-            .connect_timeout(STATUS_TIMEOUT)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+    let result = block_on(async {
+        let channel = connect(addr).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .switchover(ferry_proto::v1::SwitchoverRequest {
                 to_node_id: to.unwrap_or_default(),
@@ -269,7 +268,7 @@ pub fn switchover(addr: &str, to: Option<String>, timeout_secs: u64) -> anyhow::
             })
             .await;
         Ok::<_, anyhow::Error>(reply)
-    })?;
+    })??;
     match result {
         Ok(reply) => {
             let s = reply.into_inner();
@@ -292,11 +291,7 @@ pub fn switchover(addr: &str, to: Option<String>, timeout_secs: u64) -> anyhow::
 ///
 /// As [`fetch`].
 pub fn run(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let status = runtime.block_on(fetch(addr))?;
+    let status = block_on(fetch(addr))??;
     if json {
         println!("{}", serde_json::to_string_pretty(&to_json(&status))?);
     } else {

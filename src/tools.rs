@@ -738,6 +738,21 @@ pub enum Until {
     TimeMs(u64),
 }
 
+impl Until {
+    /// How many of a frame's records come before the stopping point
+    /// (`None`: the frame is wholly after it).
+    fn records_to_keep(self, h: &ferry_wal::FrameHeader) -> Option<usize> {
+        let all = h.record_count as usize;
+        match self {
+            Until::End => Some(all),
+            Until::Lsn(n) if h.first_lsn.0 > n => None,
+            Until::Lsn(n) if h.last_lsn().0 > n => Some((n - h.first_lsn.0 + 1) as usize),
+            Until::TimeMs(t) if h.timestamp_ms > t => None,
+            _ => Some(all),
+        }
+    }
+}
+
 /// `ferry replay --wal DIR --data-dir NEW [--until-lsn N | --until-time T]`:
 /// builds a new data directory holding exactly the state after that point.
 ///
@@ -781,19 +796,10 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     let mut failure: Option<anyhow::Error> = None;
     let inspection = scan(wal_dir, |frame| {
         let h = frame.header;
-        let stop_before = match until {
-            Until::End => false,
-            Until::Lsn(n) => h.first_lsn.0 > n,
-            Until::TimeMs(t) => h.timestamp_ms > t,
-        };
-        if stop_before {
+        let Some(keep) = until.records_to_keep(&h) else {
             return Ok(ControlFlow::Break(()));
-        }
-        let records = frame.records();
-        let keep = match until {
-            Until::Lsn(n) if h.last_lsn().0 > n => (n - h.first_lsn.0 + 1) as usize,
-            _ => records.len(),
         };
+        let records = frame.records();
         let mut step = || -> anyhow::Result<()> {
             for (i, data) in records[..keep].iter().enumerate() {
                 let lsn = Lsn(h.first_lsn.0 + i as u64);
@@ -964,19 +970,10 @@ pub fn replay_onto(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Res
     let mut applied = 0u64;
     let inspection = scan(wal_dir, |frame| {
         let h = frame.header;
-        let stop_before = match until {
-            Until::End => false,
-            Until::Lsn(n) => h.first_lsn.0 > n,
-            Until::TimeMs(t) => h.timestamp_ms > t,
-        };
-        if stop_before {
+        let Some(keep) = until.records_to_keep(&h) else {
             return Ok(ControlFlow::Break(()));
-        }
-        let records = frame.records();
-        let keep = match until {
-            Until::Lsn(n) if h.last_lsn().0 > n => (n - h.first_lsn.0 + 1) as usize,
-            _ => records.len(),
         };
+        let records = frame.records();
         let step = || -> anyhow::Result<()> {
             let range = wal.append_blocking(records[..keep].to_vec())?;
             let decoded = records[..keep]

@@ -699,9 +699,6 @@ fn promotion_is_refused_while_lagging_and_forced_loses_exactly_the_reported_rang
     );
     // Nothing more arrives: the replica knows of records it does not have.
     proxy.stall();
-    std::thread::sleep(Duration::from_millis(200));
-    let written = status(replica.grpc).wal.expect("wal").last_lsn;
-    assert!(written < total, "everything arrived before the stall");
     let mut rc = replica.client();
     let refusal = error(&mut rc, &["REPLICAOF", "NO", "ONE"]);
     assert!(refusal.contains("not caught up"), "{refusal}");
@@ -976,8 +973,9 @@ fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
         status(primary.grpc).replicas.len() == 1
     }));
     let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
     let writer = {
-        let stop = stop.clone();
+        let (stop, refused) = (stop.clone(), refused.clone());
         let mut c = primary.client();
         std::thread::spawn(move || {
             let mut acked = Vec::new();
@@ -989,6 +987,8 @@ fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
                     .is_ok()
                 {
                     acked.push(i);
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
             }
@@ -1008,7 +1008,10 @@ fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // The writer goes on until the old primary has refused it.
+    assert!(wait_until(Duration::from_secs(10), || {
+        refused.load(Ordering::Relaxed) > 0
+    }));
     stop.store(true, Ordering::Relaxed);
     let (acked, tried) = writer.join().expect("writer");
     assert!(
@@ -1220,7 +1223,9 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
             acked
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Let writes flow through the lease before the cut.
+    let before = old.durable_lsn();
+    assert!(wait_until(Duration::from_secs(10), || old.durable_lsn() > before + 50));
     proxy.isolate();
     assert!(wait_until(Duration::from_secs(15), || status(new.grpc)
         .role

@@ -191,6 +191,10 @@ pub struct Shipper {
     stop: watch::Receiver<bool>,
     /// Bumped on every ack, for waiters such as WAIT.
     acks: watch::Sender<u64>,
+    /// Every replica accepted since start, by node id: where its gRPC
+    /// services listen (as it said) and the address its stream came from.
+    /// Kept after it disconnects.
+    known: Mutex<HashMap<String, (String, String)>>,
     pub counters: ShipperCounters,
 }
 
@@ -228,8 +232,26 @@ impl Shipper {
             next_stream_id: AtomicU64::new(1),
             stop,
             acks: watch::channel(0).0,
+            known: Mutex::new(HashMap::new()),
             counters: ShipperCounters::default(),
         }
+    }
+
+    /// Every replica accepted since start and not connected now: (node id,
+    /// gRPC listen address, stream peer address).
+    pub fn departed(&self) -> Vec<(String, String, String)> {
+        let connected: Vec<String> = self
+            .replicas()
+            .values()
+            .map(|t| t.node_id.clone())
+            .collect();
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(id, _)| !connected.contains(id))
+            .map(|(id, (grpc, addr))| (id.clone(), grpc.clone(), addr.clone()))
+            .collect()
     }
 
     /// A watch that changes on every ack from any replica.
@@ -680,6 +702,16 @@ impl Replication for ShipperService {
             .counters
             .sync_partial_ok
             .fetch_add(1, Ordering::Relaxed);
+        if !hello.grpc_addr.is_empty() {
+            shipper
+                .known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    hello.node_id.clone(),
+                    (hello.grpc_addr.clone(), addr.clone()),
+                );
+        }
         let stream_id = shipper.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (disconnect_tx, disconnect_rx) = watch::channel(false);
         shipper.replicas().insert(
