@@ -22,12 +22,40 @@ pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 /// Bloom filter bits per key in SST files (about 1 % false positives).
 pub const SST_BLOOM_BITS_PER_KEY: f64 = 10.0;
 
+/// The applied LSN and key count stored in a checkpoint (or any engine
+/// directory not open elsewhere), read without changing it.
+///
+/// # Errors
+///
+/// [`EngineError::Rocks`] if RocksDB cannot open it read-only.
+pub fn checkpoint_meta(dir: &Path) -> Result<(Lsn, u64)> {
+    read_meta(&DB::open_for_read_only(&Options::default(), dir, false)?)
+}
+
+/// The applied LSN and key count stored in `db`.
+fn read_meta(db: &DB) -> Result<(Lsn, u64)> {
+    let read_u64 = |name: &[u8]| -> Result<u64> {
+        Ok(db
+            .get_pinned(name)?
+            .and_then(|v| keys::decode_u64(&v))
+            .unwrap_or(0))
+    };
+    Ok((
+        Lsn(read_u64(keys::META_APPLIED_LSN)?),
+        read_u64(keys::META_KEY_COUNT)?,
+    ))
+}
+
 /// The keyspace of a node.
 #[derive(Debug)]
 pub struct Engine {
     db: DB,
     applied_lsn: AtomicU64,
     key_count: AtomicU64,
+    /// The applied LSN known to be in RocksDB's files (RocksDB's WAL is
+    /// off, so the memtable is lost in a crash): what ferry's WAL must keep
+    /// records after.
+    persisted_lsn: AtomicU64,
 }
 
 impl Engine {
@@ -56,19 +84,20 @@ impl Engine {
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
         let db = DB::open(&opts, dir)?;
-        let read_u64 = |name: &[u8]| -> Result<u64> {
-            Ok(db
-                .get_pinned(name)?
-                .and_then(|v| keys::decode_u64(&v))
-                .unwrap_or(0))
-        };
-        let applied_lsn = read_u64(keys::META_APPLIED_LSN)?;
-        let key_count = read_u64(keys::META_KEY_COUNT)?;
+        let (Lsn(applied_lsn), key_count) = read_meta(&db)?;
         Ok(Engine {
             db,
             applied_lsn: AtomicU64::new(applied_lsn),
             key_count: AtomicU64::new(key_count),
+            // What a fresh open reads is in the files.
+            persisted_lsn: AtomicU64::new(applied_lsn),
         })
+    }
+
+    /// The applied LSN that is in RocksDB's files: after a crash the engine
+    /// restarts from at least there (see [`Engine::flush`]).
+    pub fn persisted_lsn(&self) -> Lsn {
+        Lsn(self.persisted_lsn.load(Ordering::Acquire))
     }
 
     /// The LSN of the last record applied.
@@ -175,7 +204,85 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn flush(&self) -> Result<()> {
-        Ok(self.db.flush()?)
+        let applied = self.applied_lsn.load(Ordering::Acquire);
+        self.db.flush()?;
+        self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Writes a RocksDB checkpoint of the engine into `dir` (which must not
+    /// exist): hard links to its files, after a flush. Returns the applied
+    /// LSN the checkpoint holds, read back from it.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn checkpoint(&self, dir: &Path) -> Result<Lsn> {
+        let applied = self.applied_lsn.load(Ordering::Acquire);
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        // The checkpoint flushed the memtable first.
+        self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
+        let (lsn, _) = checkpoint_meta(dir)?;
+        Ok(lsn)
+    }
+
+    /// Makes the engine hold exactly the state of the checkpoint in
+    /// `checkpoint`, in one atomic step: readers see the old state until the
+    /// new one is in. `scratch` receives an SST file of the difference (the
+    /// checkpoint's entries, and deletions of the keys only the engine has),
+    /// which RocksDB then takes over. Nothing may apply records meanwhile.
+    /// Returns the checkpoint's applied LSN.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`] (a checkpoint RocksDB cannot open is one).
+    pub fn install_checkpoint(&self, checkpoint: &Path, scratch: &Path) -> Result<Lsn> {
+        let (lsn, key_count) = checkpoint_meta(checkpoint)?;
+        let sst = scratch.join("install.sst");
+        {
+            let source = DB::open_for_read_only(&Options::default(), checkpoint, false)?;
+            let mut opts = Options::default();
+            opts.set_compression_type(rocksdb::DBCompressionType::None);
+            let mut writer = rocksdb::SstFileWriter::create(&opts);
+            writer.open(&sst)?;
+            let mut theirs = source.raw_iterator();
+            theirs.seek_to_first();
+            let mut ours = self.db.raw_iterator();
+            ours.seek_to_first();
+            let mut written = 0u64;
+            loop {
+                let order = match (theirs.key(), ours.key()) {
+                    (None, None) => break,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some(t), Some(o)) => t.cmp(o),
+                };
+                match order {
+                    std::cmp::Ordering::Greater => {
+                        writer.delete(ours.key().expect("checked"))?;
+                        ours.next();
+                    }
+                    _ => {
+                        let (key, value) = (theirs.key().expect("checked"), theirs.value());
+                        writer.put(key, value.unwrap_or_default())?;
+                        theirs.next();
+                        if order == std::cmp::Ordering::Equal {
+                            ours.next();
+                        }
+                    }
+                }
+                written += 1;
+            }
+            theirs.status()?;
+            ours.status()?;
+            if written == 0 {
+                return Ok(lsn);
+            }
+            writer.finish()?;
+        }
+        self.ingest_file(&sst, lsn, key_count)?;
+        let _ = std::fs::remove_file(&sst);
+        Ok(lsn)
     }
 
     /// Removes every key and the applied LSN, durably: the engine is empty
@@ -195,6 +302,7 @@ impl Engine {
         self.db.flush()?;
         self.key_count.store(0, Ordering::Release);
         self.applied_lsn.store(0, Ordering::Release);
+        self.persisted_lsn.store(0, Ordering::Release);
         Ok(())
     }
 
@@ -206,6 +314,9 @@ impl Engine {
         self.db.ingest_external_file_opts(&opts, vec![path])?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(applied.0, Ordering::Release);
+        // An ingested file is in the files at once; the memtable may still
+        // hold older applied records, which the new state covers.
+        self.persisted_lsn.store(applied.0, Ordering::Release);
         Ok(())
     }
 

@@ -289,6 +289,11 @@ enum Request {
         lsn: Lsn,
         reply: oneshot::Sender<Result<Lsn>>,
     },
+    Restart {
+        first: Lsn,
+        epoch: Epoch,
+        reply: oneshot::Sender<Result<Lsn>>,
+    },
 }
 
 impl Request {
@@ -299,9 +304,9 @@ impl Request {
                 drop(reply.send(Err(err)))
             }
             Request::SetEpoch { reply, .. } => drop(reply.send(Err(err))),
-            Request::Sync { reply } | Request::TruncateAfter { reply, .. } => {
-                drop(reply.send(Err(err)))
-            }
+            Request::Sync { reply }
+            | Request::TruncateAfter { reply, .. }
+            | Request::Restart { reply, .. } => drop(reply.send(Err(err))),
         }
     }
 }
@@ -587,6 +592,27 @@ impl Wal {
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 
+    /// Throws the whole log away and starts it again, empty, so that the
+    /// next record gets `first` and the next frame may carry `epoch` or a
+    /// later one: for a replica whose engine was replaced by a snapshot of
+    /// its primary's state. Nothing may read the log meanwhile. Returns the
+    /// new last LSN (`first - 1`).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, which fail the log.
+    pub async fn restart_at(&self, first: Lsn, epoch: Epoch) -> Result<Lsn> {
+        assert!(first.0 > 0, "LSNs start at 1");
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Restart {
+            first,
+            epoch,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
     /// Syncs everything written so far, whatever the policy, and returns the
     /// durable LSN.
     ///
@@ -739,6 +765,17 @@ impl Wal {
     /// As [`Wal::frames`].
     pub fn records(&self, from: Lsn) -> Result<RecordReader> {
         Ok(RecordReader::new(self.frames(from)?, from))
+    }
+
+    /// The segments, oldest first: (first LSN, stored bytes).
+    pub fn segments(&self) -> Vec<(Lsn, u64)> {
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| (s.first_lsn, s.end()))
+            .collect()
     }
 
     /// Deletes the segments all of whose records are below `lsn`, oldest
@@ -1324,6 +1361,23 @@ impl Writer {
                         }
                     }
                 }
+                Request::Restart {
+                    first,
+                    epoch,
+                    reply,
+                } => {
+                    self.finish_frame(timestamp_ms);
+                    let result = self
+                        .write_group(false)
+                        .and_then(|_| self.restart_at(first, epoch));
+                    match result {
+                        Ok(()) => drop(reply.send(Ok(Lsn(first.0 - 1)))),
+                        Err(err) => {
+                            let _ = reply.send(Err(err.duplicate()));
+                            self.shared.fail(&err);
+                        }
+                    }
+                }
             }
         }
         self.finish_frame(timestamp_ms);
@@ -1552,6 +1606,50 @@ impl Writer {
         shared.durable.send_replace(lsn);
         tracing::warn!(dir = %shared.dir.display(), after = %lsn, "cut the WAL");
         Ok(lsn)
+    }
+
+    /// Deletes every segment and starts an empty one at `first`.
+    fn restart_at(&mut self, first: Lsn, epoch: Epoch) -> Result<()> {
+        let shared = self.shared.clone();
+        let mut segments = shared.segments.write().unwrap_or_else(|e| e.into_inner());
+        for gone in segments.iter() {
+            shared
+                .storage
+                .remove(&gone.path)
+                .map_err(|e| WalError::io("deleting", &gone.path, e))?;
+        }
+        segments.clear();
+        let (file, path) = segment::create_segment(&*shared.storage, &shared.dir, first)?;
+        let meta = Arc::new(SegmentMeta::new(
+            first,
+            path.clone(),
+            SEGMENT_HEADER_LEN as u64,
+            Vec::new(),
+        ));
+        segments.push(meta.clone());
+        drop(segments);
+        shared
+            .storage
+            .sync_dir(&shared.dir)
+            .map_err(|e| WalError::io("syncing directory", &shared.dir, e))?;
+        let last = Lsn(first.0 - 1);
+        {
+            let mut target = lock(&shared.sync_target);
+            target.file = file.clone();
+            target.path = path;
+            target.written = last;
+        }
+        self.file = file;
+        self.segment = meta;
+        self.offset = SEGMENT_HEADER_LEN as u64;
+        self.indexed_at = None;
+        self.next_lsn = first;
+        self.epoch = epoch;
+        shared.last_lsn.store(last.0, Ordering::Release);
+        shared.epoch.store(epoch.0, Ordering::Release);
+        shared.durable.send_replace(last);
+        tracing::warn!(dir = %shared.dir.display(), first = %first, "started the WAL again, empty");
+        Ok(())
     }
 
     /// Seals the active segment (synced) and starts a new one at `first_lsn`.

@@ -565,3 +565,33 @@ async fn truncating_after_an_lsn_cuts_the_log_there_across_segments_and_appends_
     assert_eq!(got[..57], expected[..]);
     assert_eq!(got[57], (58, record("after", 0)));
 }
+
+#[tokio::test]
+async fn restart_at_empties_the_log_and_continues_at_the_given_lsn_and_epoch() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::No));
+    for i in 0..300 {
+        wal.append(vec![record("old", i)]).await.expect("append");
+    }
+    assert!(segments(&storage).len() > 1);
+    assert_eq!(
+        wal.restart_at(Lsn(1_000), ferry_wal::Epoch(3))
+            .await
+            .expect("restart"),
+        Lsn(999)
+    );
+    assert_eq!(segments(&storage).len(), 1);
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(1_000), Lsn(999)));
+    assert_eq!(wal.durable_lsn(), Lsn(999));
+    assert_eq!(wal.epoch(), ferry_wal::Epoch(3));
+    let range = wal.append(vec![record("new", 0)]).await.expect("append");
+    assert_eq!((range.first, range.last), (Lsn(1_000), Lsn(1_000)));
+    wal.sync().await.expect("sync");
+    drop(wal);
+    let wal = open(&storage, options(SyncPolicy::No));
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (Lsn(1_000), Lsn(1_000)));
+    assert_eq!(wal.epoch(), ferry_wal::Epoch(3));
+    let all = read_all(&wal);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0], (1_000, record("new", 0)));
+}
