@@ -115,13 +115,14 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 out,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
                  rejected_connections:{}\r\nexpired_keys:{}\r\ntotal_net_input_bytes:{}\r\n\
-                 total_net_output_bytes:{}\r\nsync_full:0\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n",
+                 total_net_output_bytes:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
                 stats.total_commands_processed.load(Ordering::Relaxed),
                 stats.rejected_connections.load(Ordering::Relaxed),
                 stats.expired_keys.load(Ordering::Relaxed),
                 stats.total_net_input_bytes.load(Ordering::Relaxed),
                 stats.total_net_output_bytes.load(Ordering::Relaxed),
+                node.shipper.counters.sync_full.load(Ordering::Relaxed),
                 node.shipper
                     .counters
                     .sync_partial_ok
@@ -155,11 +156,38 @@ fn replication_text(node: &Node, out: &mut String) {
             let _ = write!(
                 out,
                 "role:slave\r\nmaster_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:{}\r\n\
-                 master_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:0\r\n\
-                 slave_read_repl_offset:{}\r\nslave_repl_offset:{applied}\r\n",
+                 master_last_io_seconds_ago:{}\r\nmaster_sync_in_progress:{}\r\n",
                 if link.link_up { "up" } else { "down" },
                 link.last_io.map_or(-1, |t| t.elapsed().as_secs() as i64),
+                u8::from(link.sync.is_some()),
+            );
+            if let Some(sync) = &link.sync {
+                let _ = write!(
+                    out,
+                    "master_sync_total_bytes:{}\r\nmaster_sync_read_bytes:{}\r\n\
+                     master_sync_left_bytes:{}\r\nmaster_sync_perc:{:.2}\r\n\
+                     master_sync_last_io_seconds_ago:{}\r\nferry_sync_rate_bytes_per_sec:{}\r\n\
+                     ferry_sync_eta_seconds:{}\r\nferry_sync_snapshot_lsn:{}\r\n",
+                    sync.total_bytes,
+                    sync.done_bytes,
+                    sync.total_bytes.saturating_sub(sync.done_bytes),
+                    if sync.total_bytes == 0 {
+                        100.0
+                    } else {
+                        sync.done_bytes as f64 * 100.0 / sync.total_bytes as f64
+                    },
+                    link.last_io.map_or(-1, |t| t.elapsed().as_secs() as i64),
+                    sync.rate(),
+                    sync.eta().map_or(-1, |d| d.as_secs() as i64),
+                    sync.lsn.0,
+                );
+            }
+            let _ = write!(
+                out,
+                "slave_read_repl_offset:{}\r\nslave_repl_offset:{applied}\r\n\
+                 ferry_bootstraps:{}\r\n",
                 node.wal.last_lsn().0,
+                link.bootstraps,
             );
             if let Some(since) = link.down_since.filter(|_| !link.link_up) {
                 let _ = write!(

@@ -123,6 +123,19 @@ struct ServeArgs {
     /// Most arguments in one request.
     #[arg(long, env = "FERRY_PROTO_MAX_MULTIBULK_LEN", default_value_t = node::PROTO_MAX_MULTIBULK_LEN_DEFAULT)]
     proto_max_multibulk_len: usize,
+    /// The most bytes of WAL a replica's retention slot may hold back; past
+    /// it the oldest segments go and that replica bootstraps from a snapshot
+    /// when it returns (PostgreSQL's max_slot_wal_keep_size). 0: no cap.
+    #[arg(long, env = "FERRY_WAL_RETENTION_MAX_BYTES", default_value_t = ferry_shipper::WAL_RETENTION_MAX_BYTES_DEFAULT)]
+    wal_retention_max_bytes: u64,
+    /// A WAL segment is sealed and a new one begun at this size; retention
+    /// deletes whole segments.
+    #[arg(long, env = "FERRY_WAL_SEGMENT_BYTES", default_value_t = ferry_wal::SEGMENT_BYTES_MAX_DEFAULT)]
+    wal_segment_bytes: u64,
+    /// Bytes per second each snapshot sent to a bootstrapping replica may
+    /// use. 0: no limit.
+    #[arg(long, env = "FERRY_SNAPSHOT_RATE_LIMIT", default_value_t = 0)]
+    snapshot_rate_limit: u64,
     /// Most unparsed bytes buffered for one client before it is closed.
     #[arg(long, env = "FERRY_CLIENT_QUERY_BUFFER_LIMIT", default_value_t = node::CLIENT_QUERY_BUFFER_LIMIT_DEFAULT)]
     client_query_buffer_limit: usize,
@@ -357,15 +370,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             proto_max_bulk_len: args.proto_max_bulk_len,
             proto_max_multibulk_len: args.proto_max_multibulk_len,
             client_query_buffer_limit: args.client_query_buffer_limit,
+            wal_retention_max_bytes: args.wal_retention_max_bytes,
+            wal_segment_bytes: args.wal_segment_bytes.max(1 << 16),
+            snapshot_rate_limit: args.snapshot_rate_limit,
         };
-        let node = Arc::new(Node::open(config, resp_addr, grpc_addr)?);
+        let node = Arc::new(Node::open(config, resp_addr, grpc_addr).await?);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx.clone()));
         let failover = {
             let node = node.clone();
+            let stop_rx = stop_rx.clone();
             tokio::spawn(async move { node.watch_for_failover(stop_rx).await })
         };
+        let retention = tokio::spawn(node.clone().keep_wal(stop_rx));
         tracing::info!(
             %resp_addr,
             %grpc_addr,
@@ -380,6 +398,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = failover.await;
+        let _ = retention.await;
         // A peer that stopped reading (a stuck replica's link) must not hold
         // the shutdown: its connection gets the same grace as clients.
         let mut grpc_task = grpc_task;

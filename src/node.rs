@@ -87,6 +87,9 @@ pub const SCAN_CURSORS_MAX: usize = 16_384;
 /// The file in the data directory that keeps the node's identity and role.
 pub const NODE_FILE: &str = "node.conf";
 
+/// How often the node looks for WAL segments it may delete.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+
 /// What `ferry serve` was told.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -110,6 +113,11 @@ pub struct Config {
     pub proto_max_bulk_len: usize,
     pub proto_max_multibulk_len: usize,
     pub client_query_buffer_limit: usize,
+    /// The most WAL bytes a replica's slot may hold back (0: no cap).
+    pub wal_retention_max_bytes: u64,
+    pub wal_segment_bytes: u64,
+    /// Bytes per second per snapshot transfer (0: no limit).
+    pub snapshot_rate_limit: u64,
 }
 
 /// Server-wide counters, named as in Redis's INFO.
@@ -457,7 +465,7 @@ impl Node {
     ///
     /// A locked or unreadable data directory, a corrupt WAL, an engine that
     /// does not match its WAL.
-    pub fn open(
+    pub async fn open(
         config: Config,
         resp_addr: std::net::SocketAddr,
         grpc_addr: std::net::SocketAddr,
@@ -467,6 +475,7 @@ impl Node {
         let wal_dir = config.data_dir.join("wal");
         let options = WalOptions {
             sync_policy: config.fsync,
+            segment_bytes_max: config.wal_segment_bytes,
             ..WalOptions::default()
         };
         let wal = Wal::open(&wal_dir, options)
@@ -474,6 +483,16 @@ impl Node {
         let engine_dir = config.data_dir.join("engine");
         let engine = Engine::open(&engine_dir)
             .with_context(|| format!("opening the engine in {}", engine_dir.display()))?;
+        let (wal, engine) = (Arc::new(wal), Arc::new(engine));
+        // A snapshot whose install a crash interrupted is completed first.
+        let staging =
+            ferry_receiver::Staging::new(config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR));
+        if let Some(last) = ferry_receiver::bootstrap::finish_install(&staging, &wal, &engine)
+            .await
+            .context("completing the install of a snapshot")?
+        {
+            tracing::warn!(last_lsn = %last, "completed the install of a snapshot a restart interrupted");
+        }
         let started = Instant::now();
         let replayed = engine
             .replay(&wal)
@@ -518,18 +537,21 @@ impl Node {
             identity.update(|s| s.replica_of = Some(primary.clone()))?;
         }
         let identity = Arc::new(identity);
-        let (wal, engine) = (Arc::new(wal), Arc::new(engine));
         let pipeline = Pipeline::start(engine.clone(), wal.clone());
         let (stop, stop_rx) = watch::channel(false);
         let shipper = Arc::new(Shipper::new(
             wal.clone(),
+            engine.clone(),
             identity.clone(),
             ShipperConfig {
                 replica_timeout: config.repl_timeout,
+                wal_retention_max_bytes: config.wal_retention_max_bytes,
+                snapshot_rate_limit: config.snapshot_rate_limit,
                 ..ShipperConfig::default()
             },
+            &config.data_dir,
             stop_rx,
-        ));
+        )?);
         Ok(Node {
             config,
             identity,
@@ -894,6 +916,26 @@ impl Node {
         }
     }
 
+    /// Deletes the WAL segments nothing needs any more (see
+    /// [`ferry_shipper::Retention`]), every [`RETENTION_INTERVAL`], until
+    /// `stop`.
+    pub async fn keep_wal(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(RETENTION_INTERVAL) => {}
+                _ = stop.wait_for(|&s| s) => return,
+            }
+            let node = self.clone();
+            let result =
+                tokio::task::spawn_blocking(move || node.shipper.enforce_retention()).await;
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "WAL retention round failed"),
+                Err(e) => tracing::error!(error = %e, "WAL retention task failed"),
+            }
+        }
+    }
+
     /// Ends the link to the primary, if any, and waits for its tasks.
     async fn stop_receiver(&self) {
         let receiver = self
@@ -910,6 +952,7 @@ impl Node {
         let mut config = ReceiverConfig::new(primary);
         config.primary_timeout = self.config.repl_timeout;
         config.version = env!("CARGO_PKG_VERSION").to_string();
+        config.bootstrap_dir = Some(self.config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR));
         let receiver = Receiver::start(
             config,
             self.wal.clone(),

@@ -93,6 +93,19 @@ pub fn to_json(s: &GetStatusResponse) -> Value {
         "newer_epoch_seen": s.newer_epoch_seen,
         "quarantined_records": s.quarantined_records,
         "epoch_history": s.epoch_history.iter().map(|e| json!({"epoch": e.epoch, "first_lsn": e.first_lsn})).collect::<Vec<_>>(),
+        "persisted_lsn": s.persisted_lsn,
+        "wal_retention_max_bytes": s.wal_retention_max_bytes,
+        "slots": s.slots.iter().map(|slot| json!({
+            "node_id": slot.node_id,
+            "lsn": slot.lsn,
+            "retained_bytes": slot.retained_bytes,
+            "wal_status": slot.wal_status,
+            "safe_bytes": slot.safe_bytes,
+            "active": slot.active,
+        })).collect::<Vec<_>>(),
+        "sync_full": s.sync_full,
+        "sync_partial_ok": s.sync_partial_ok,
+        "sync_partial_err": s.sync_partial_err,
     });
     if let Some(link) = &s.primary_link {
         let (records, bytes, ms) = lag_json(link.lag.as_ref());
@@ -112,7 +125,21 @@ pub fn to_json(s: &GetStatusResponse) -> Value {
             "frames_received": link.frames_received,
             "frames_rejected": link.frames_rejected,
             "bytes_received": link.bytes_received,
+            "bootstraps": link.bootstraps,
+            "snapshot_chunks_rejected": link.snapshot_chunks_rejected,
+            "snapshot_bytes_received": link.snapshot_bytes_received,
         });
+        if let Some(sync) = &link.sync {
+            out["primary_link"]["sync"] = json!({
+                "snapshot_id": sync.snapshot_id,
+                "lsn": sync.lsn,
+                "total_bytes": sync.total_bytes,
+                "done_bytes": sync.done_bytes,
+                "rate_bytes_per_sec": sync.rate_bytes_per_sec,
+                "eta_ms": sync.eta_ms,
+                "elapsed_ms": sync.elapsed_ms,
+            });
+        }
     }
     out
 }
@@ -181,6 +208,59 @@ pub fn to_text(s: &GetStatusResponse) -> String {
         }
         if !link.last_error.is_empty() && !link.link_up {
             let _ = writeln!(out, "  last error: {}", link.last_error);
+        }
+        if let Some(sync) = &link.sync {
+            let _ = writeln!(
+                out,
+                "  bootstrap: snapshot {} at lsn {}  {} of {} bytes ({:.1} %)  {} bytes/s  eta {} s",
+                sync.snapshot_id,
+                sync.lsn,
+                sync.done_bytes,
+                sync.total_bytes,
+                if sync.total_bytes == 0 {
+                    100.0
+                } else {
+                    sync.done_bytes as f64 * 100.0 / sync.total_bytes as f64
+                },
+                sync.rate_bytes_per_sec,
+                sync.eta_ms / 1000
+            );
+        }
+        if link.bootstraps > 0 || link.snapshot_chunks_rejected > 0 {
+            let _ = writeln!(
+                out,
+                "  bootstraps {}  snapshot bytes received {}  rejected chunks {}",
+                link.bootstraps, link.snapshot_bytes_received, link.snapshot_chunks_rejected
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "syncs  full {}  partial ok {}  partial refused {}  persisted lsn {}",
+        s.sync_full, s.sync_partial_ok, s.sync_partial_err, s.persisted_lsn
+    );
+    if !s.slots.is_empty() {
+        let cap = if s.wal_retention_max_bytes == 0 {
+            "none".to_string()
+        } else {
+            s.wal_retention_max_bytes.to_string()
+        };
+        let _ = writeln!(out, "retention slots (cap {cap} bytes)");
+        for slot in &s.slots {
+            let safe = if slot.safe_bytes == u64::MAX {
+                "-".to_string()
+            } else {
+                slot.safe_bytes.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} lsn {:>10}  retained {:>12} bytes  {:<8}  safe {safe} bytes{}",
+                slot.node_id.get(..12).unwrap_or(&slot.node_id),
+                slot.lsn,
+                slot.retained_bytes,
+                slot.wal_status,
+                if slot.active { "" } else { "  (not connected)" }
+            );
         }
     }
     let _ = writeln!(out, "replicas {}", s.replicas.len());

@@ -8,9 +8,10 @@ use std::time::Duration;
 use ferry_proto::v1::admin_server::{Admin, AdminServer};
 use ferry_proto::v1::status_server::{Status, StatusServer};
 use ferry_proto::v1::{
-    DisconnectReplicaRequest, DisconnectReplicaResponse, EpochStart, GetStatusRequest,
-    GetStatusResponse, Lag, PrimaryLink, PromoteRequest, PromoteResponse, ReplicaOfRequest,
-    ReplicaOfResponse, ReplicaRow, SwitchoverRequest, SwitchoverResponse, WalPosition,
+    DisconnectReplicaRequest, DisconnectReplicaResponse, DropSlotRequest, DropSlotResponse,
+    EpochStart, GetStatusRequest, GetStatusResponse, Lag, PrimaryLink, PromoteRequest,
+    PromoteResponse, ReplicaOfRequest, ReplicaOfResponse, ReplicaRow, RetentionSlot, SnapshotSync,
+    SwitchoverRequest, SwitchoverResponse, WalPosition,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -68,8 +69,36 @@ pub fn status(node: &Node) -> GetStatusResponse {
             frames_rejected: l.frames_rejected,
             frames_received: l.frames_received,
             bytes_received: l.bytes_received,
+            sync: l.sync.map(|p| SnapshotSync {
+                rate_bytes_per_sec: p.rate(),
+                eta_ms: p.eta().map_or(0, |d| d.as_millis() as u64),
+                elapsed_ms: p.started.elapsed().as_millis() as u64,
+                snapshot_id: p.snapshot_id,
+                lsn: p.lsn.0,
+                total_bytes: p.total_bytes,
+                done_bytes: p.done_bytes,
+            }),
+            bootstraps: l.bootstraps,
+            snapshot_chunks_rejected: l.snapshot_chunks_rejected,
+            snapshot_bytes_received: l.snapshot_bytes_received,
         }
     });
+    let connected: Vec<String> = node.shipper.list().into_iter().map(|r| r.node_id).collect();
+    let slots = node
+        .shipper
+        .slots()
+        .into_iter()
+        .map(|s| RetentionSlot {
+            active: connected.contains(&s.node_id),
+            node_id: s.node_id,
+            lsn: s.lsn.0,
+            retained_bytes: s.retained_bytes,
+            wal_status: s.wal_status.as_str().into(),
+            safe_bytes: s.safe_bytes,
+        })
+        .collect();
+    let counters = &node.shipper.counters;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     GetStatusResponse {
         role: if node.is_replica() {
             "replica"
@@ -99,6 +128,12 @@ pub fn status(node: &Node) -> GetStatusResponse {
             .into_iter()
             .map(|(epoch, first_lsn)| EpochStart { epoch, first_lsn })
             .collect(),
+        slots,
+        wal_retention_max_bytes: node.shipper.retention.max_bytes(),
+        persisted_lsn: node.engine.persisted_lsn().0,
+        sync_full: count(&counters.sync_full),
+        sync_partial_ok: count(&counters.sync_partial_ok),
+        sync_partial_err: count(&counters.sync_partial_err),
     }
 }
 
@@ -190,6 +225,18 @@ impl Admin for AdminService {
         Ok(tonic::Response::new(DisconnectReplicaResponse {
             disconnected,
         }))
+    }
+
+    async fn drop_slot(
+        &self,
+        request: tonic::Request<DropSlotRequest>,
+    ) -> Result<tonic::Response<DropSlotResponse>, tonic::Status> {
+        let node_id = request.into_inner().node_id;
+        let dropped = self.node.shipper.retention.drop_slot(&node_id);
+        if dropped {
+            tracing::warn!(replica = %node_id, "retention slot dropped by an operator");
+        }
+        Ok(tonic::Response::new(DropSlotResponse { dropped }))
     }
 }
 

@@ -25,35 +25,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// How long replicas may take to converge after a load in these tests.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `count` SETs of random keys (of `keys` distinct) with 32-byte values,
-/// pipelined `batch` at a time.
-fn load(server: &Server, seed: u64, count: usize, keys: u64, batch: usize) {
-    let mut rng = SeededRng::new(seed);
-    let mut c = server.client();
-    let mut done = 0;
-    while done < count {
-        let n = batch.min(count - done);
-        let mut pipe = redis::pipe();
-        for _ in 0..n {
-            let key = format!("key:{}", rng.below(keys));
-            let value = format!("{:032x}", rng.next_u64());
-            pipe.cmd("SET").arg(key).arg(value).ignore();
-        }
-        pipe.query::<()>(&mut c).expect("pipelined SETs");
-        done += n;
-    }
-}
-
 fn digests_equal(nodes: &[&Server]) -> bool {
     let first = digest(nodes[0]);
     nodes[1..].iter().all(|n| digest(n) == first)
-}
-
-fn caught_up(primary: &Server, replica: &Server) -> bool {
-    let p = status(primary.grpc);
-    let r = status(replica.grpc);
-    let last = p.wal.expect("wal").last_lsn;
-    r.applied_lsn == last && p.applied_lsn == last
 }
 
 #[test]

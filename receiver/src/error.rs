@@ -29,6 +29,13 @@ pub enum ReceiveError {
     /// The local log failed.
     #[error("wal: {0}")]
     Wal(#[from] WalError),
+    /// A snapshot chunk or file failed its checksum, or the snapshot does
+    /// not hold what its manifest says; it is fetched again.
+    #[error("bad snapshot: {0}")]
+    BadSnapshot(String),
+    /// A staging file could not be written or read.
+    #[error("{0}")]
+    Io(String),
     /// The local engine failed.
     #[error("engine: {0}")]
     Engine(#[from] EngineError),

@@ -7,6 +7,8 @@
 //! - [`state`]: the decisions (connect, resume point, backoff, refusals) as a
 //!   plain state machine, tested without sockets.
 //! - [`Receiver`]: the task that carries them out, and its [`LinkStatus`].
+//! - [`bootstrap`]: fetching, checking, staging and installing a snapshot
+//!   when the primary no longer holds this node's resume point.
 //! - `error`: [`ReceiveError`].
 //!
 //! # Guarantees
@@ -22,6 +24,7 @@
 //! - Every stream resumes after the last LSN in the local log: no gap, and no
 //!   record applied twice.
 
+pub mod bootstrap;
 pub mod error;
 pub mod state;
 
@@ -33,12 +36,13 @@ use ferry_proto::v1::primary_message::Msg as In;
 use ferry_proto::v1::refusal::Reason;
 use ferry_proto::v1::replica_message::Msg as Out;
 use ferry_proto::v1::replication_client::ReplicationClient;
-use ferry_proto::v1::{Ack, Frames, Hello, PrimaryMessage, ReplicaMessage};
+use ferry_proto::v1::{Ack, Frames, Hello, PrimaryMessage, ReplicaMessage, SnapshotRequest};
 use ferry_wal::{FrameLimits, Lsn, Wal, format};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+pub use crate::bootstrap::{BOOTSTRAP_DIR, Staging, SyncProgress};
 pub use crate::error::{ReceiveError, Result};
 use crate::state::{Backoff, Command, Event, Machine, Phase};
 
@@ -59,6 +63,8 @@ pub const REPLICATION_MESSAGE_BYTES_MAX: usize = format::FRAME_BYTES_MAX + (64 <
 pub const RECEIVE_WINDOW_BYTES: u32 = 32 << 20;
 /// Records applied to the engine in one RocksDB write at most.
 pub const APPLY_BATCH_RECORDS_MAX: usize = 8192;
+/// A bootstrap logs its progress this often.
+pub const BOOTSTRAP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Acks queued towards the primary (a full queue skips one: the next
 /// carries newer numbers anyway).
 const ACK_QUEUE_MAX: usize = 16;
@@ -93,6 +99,9 @@ pub struct ReceiverConfig {
     pub seed: u64,
     /// The software version sent in the hello.
     pub version: String,
+    /// Where a snapshot is staged for a bootstrap; `None`: this node does
+    /// not bootstrap (it stays refused when its resume point is gone).
+    pub bootstrap_dir: Option<std::path::PathBuf>,
 }
 
 impl ReceiverConfig {
@@ -108,6 +117,7 @@ impl ReceiverConfig {
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             seed,
             version: String::new(),
+            bootstrap_dir: None,
         }
     }
 }
@@ -141,6 +151,13 @@ pub struct LinkStatus {
     /// after this LSN: the records after it are not the primary's, and the
     /// node must set them aside before it can follow.
     pub diverged_after: Option<Lsn>,
+    /// A bootstrap from a snapshot, while one runs.
+    pub sync: Option<SyncProgress>,
+    /// Bootstraps finished, snapshot chunks or files rejected for a bad
+    /// checksum, and snapshot bytes received, since start.
+    pub bootstraps: u64,
+    pub snapshot_chunks_rejected: u64,
+    pub snapshot_bytes_received: u64,
 }
 
 impl LinkStatus {
@@ -162,6 +179,10 @@ impl LinkStatus {
             frames_received: 0,
             bytes_received: 0,
             diverged_after: None,
+            sync: None,
+            bootstraps: 0,
+            snapshot_chunks_rejected: 0,
+            snapshot_bytes_received: 0,
         }
     }
 }
@@ -172,7 +193,6 @@ pub struct Receiver {
     status: Arc<Mutex<LinkStatus>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    applier: JoinHandle<()>,
 }
 
 struct Context {
@@ -184,8 +204,23 @@ struct Context {
     limits: FrameLimits,
     /// The engine's applied LSN, as the applier moves it.
     applied: watch::Receiver<Lsn>,
+    applied_tx: Arc<watch::Sender<Lsn>>,
     /// Set by the applier if it fails: the stream must not go on.
     applier_failed: watch::Receiver<Option<String>>,
+    failed_tx: Arc<watch::Sender<Option<String>>>,
+}
+
+/// The running applier task and its stop switch.
+struct Applier {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Applier {
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
 }
 
 /// How a session ended.
@@ -226,13 +261,6 @@ impl Receiver {
         let (stop, stop_rx) = watch::channel(false);
         let (applied_tx, applied) = watch::channel(engine.applied_lsn());
         let (failed_tx, applier_failed) = watch::channel(None);
-        let applier = tokio::spawn(run_applier(
-            wal.clone(),
-            engine.clone(),
-            applied_tx,
-            failed_tx,
-            stop_rx.clone(),
-        ));
         let ctx = Context {
             config,
             wal,
@@ -241,26 +269,36 @@ impl Receiver {
             status: status.clone(),
             limits: FrameLimits::default(),
             applied,
+            applied_tx: Arc::new(applied_tx),
             applier_failed,
+            failed_tx: Arc::new(failed_tx),
         };
         let task = tokio::spawn(ctx.run(stop_rx));
-        Ok(Receiver {
-            status,
-            stop,
-            task,
-            applier,
-        })
+        Ok(Receiver { status, stop, task })
     }
 
     pub fn status(&self) -> LinkStatus {
         lock(&self.status).clone()
     }
 
-    /// Ends the link and waits for the task; whatever was applied stays.
+    /// Ends the link and waits for its tasks; whatever was applied stays.
     pub async fn stop(self) {
         self.stop.send_replace(true);
         let _ = self.task.await;
-        let _ = self.applier.await;
+    }
+}
+
+fn link_status(s: tonic::Status) -> ReceiveError {
+    ReceiveError::Link(format!("{}: {}", s.code(), s.message()))
+}
+
+/// The next message of a stream, or an error after `timeout` of silence.
+async fn next_message<T>(stream: &mut tonic::Streaming<T>, timeout: Duration) -> Result<Option<T>> {
+    match tokio::time::timeout(timeout, stream.message()).await {
+        Ok(r) => r.map_err(link_status),
+        Err(_) => Err(ReceiveError::Link(format!(
+            "nothing from the primary for {timeout:?}"
+        ))),
     }
 }
 
@@ -270,8 +308,8 @@ impl Receiver {
 async fn run_applier(
     wal: Arc<Wal>,
     engine: Arc<Engine>,
-    applied: watch::Sender<Lsn>,
-    failed: watch::Sender<Option<String>>,
+    applied: Arc<watch::Sender<Lsn>>,
+    failed: Arc<watch::Sender<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Under everysec, frames are synced as soon as they are written.
@@ -308,7 +346,31 @@ async fn run_applier(
 }
 
 impl Context {
+    fn start_applier(&self) -> Applier {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_applier(
+            self.wal.clone(),
+            self.engine.clone(),
+            self.applied_tx.clone(),
+            self.failed_tx.clone(),
+            stop_rx,
+        ));
+        Applier { stop, task }
+    }
+
     async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut applier = Some(self.start_applier());
+        self.follow(&mut applier, &mut stop).await;
+        if let Some(applier) = applier {
+            applier.stop().await;
+        }
+        let mut status = lock(&self.status);
+        status.state = "stopped";
+        status.link_up = false;
+        status.sync = None;
+    }
+
+    async fn follow(&self, applier: &mut Option<Applier>, stop: &mut watch::Receiver<bool>) {
         let mut machine = Machine::new(self.config.backoff, self.config.seed);
         // The resume point is what the log holds durably.
         let flushed = match self.wal.sync().await {
@@ -323,7 +385,7 @@ impl Context {
         while let Some(command) = commands.pop() {
             let event = match command {
                 Command::Connect { resume_from } => {
-                    match self.session(&mut machine, resume_from, &mut stop).await {
+                    match self.session(&mut machine, resume_from, stop).await {
                         Ended::Event(event) => event,
                         Ended::Stopped => break,
                     }
@@ -334,14 +396,141 @@ impl Context {
                         _ = stop.wait_for(|&s| s) => break,
                     }
                 }
+                Command::Bootstrap => {
+                    // Nothing may apply while the engine and log are replaced.
+                    if let Some(running) = applier.take() {
+                        running.stop().await;
+                    }
+                    let ended = self.bootstrap(stop).await;
+                    *applier = Some(self.start_applier());
+                    match ended {
+                        Ended::Event(event) => event,
+                        Ended::Stopped => break,
+                    }
+                }
             };
             self.note(&event, machine.phase());
             commands = machine.on_event(event);
         }
         machine.on_event(Event::Stop);
+    }
+
+    /// Fetches the primary's snapshot into staging (resuming a transfer
+    /// that broke), checks it, and installs it.
+    async fn bootstrap(&self, stop: &mut watch::Receiver<bool>) -> Ended {
+        let Some(dir) = self.config.bootstrap_dir.clone() else {
+            return Ended::Event(Event::Broken {
+                error: "the primary no longer holds this node's resume point, and this node \
+                        does not bootstrap from snapshots"
+                    .into(),
+            });
+        };
+        lock(&self.status).state = "bootstrap";
+        let result = tokio::select! {
+            r = self.fetch_and_install(Staging::new(dir)) => r,
+            _ = stop.wait_for(|&s| s) => return Ended::Stopped,
+        };
         let mut status = lock(&self.status);
-        status.state = "stopped";
-        status.link_up = false;
+        status.sync = None;
+        match result {
+            Ok(flushed) => {
+                status.bootstraps += 1;
+                Ended::Event(Event::Bootstrapped { flushed })
+            }
+            Err(e) => {
+                if matches!(e, ReceiveError::BadSnapshot(_)) {
+                    status.snapshot_chunks_rejected += 1;
+                }
+                drop(status);
+                tracing::warn!(error = %e, "the bootstrap failed; it resumes after a pause");
+                Ended::Event(Event::Broken {
+                    error: e.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn fetch_and_install(&self, staging: Staging) -> Result<Lsn> {
+        // A crash may have left an install that only has to be completed;
+        // the stream may resume with the snapshot's tail.
+        if let Some(flushed) = bootstrap::finish_install(&staging, &self.wal, &self.engine).await? {
+            return Ok(flushed);
+        }
+        let previous = staging.manifest()?;
+        let (resume_file, resume_offset) = staging.resume_point()?.unwrap_or_default();
+        let request = SnapshotRequest {
+            cluster_id: if self.wal.last_lsn() == Lsn::ZERO {
+                String::new()
+            } else {
+                self.membership.cluster_id()
+            },
+            node_id: self.membership.node_id(),
+            snapshot_id: previous.map(|m| m.snapshot_id).unwrap_or_default(),
+            have_files: staging.whole()?,
+            resume_file,
+            resume_offset,
+        };
+        let mut client = ReplicationClient::new(self.channel().await?)
+            .max_decoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(REPLICATION_MESSAGE_BYTES_MAX);
+        let mut stream = client
+            .snapshot(request)
+            .await
+            .map_err(link_status)?
+            .into_inner();
+        use ferry_proto::v1::snapshot_message::Msg as Snap;
+        let timeout = self.config.primary_timeout;
+        let manifest = match next_message(&mut stream, timeout).await? {
+            Some(ferry_proto::v1::SnapshotMessage {
+                msg: Some(Snap::Manifest(m)),
+            }) => m,
+            _ => {
+                return Err(ReceiveError::Protocol(
+                    "a snapshot stream must begin with its manifest".into(),
+                ));
+            }
+        };
+        self.check_cluster(&manifest.cluster_id)?;
+        let mut download = bootstrap::Download::begin(staging, manifest)?;
+        tracing::info!(primary = %self.config.primary, snapshot = %download.progress.snapshot_id,
+            lsn = %download.progress.lsn, total_bytes = download.progress.total_bytes,
+            staged_bytes = download.progress.done_bytes, "bootstrapping from a snapshot");
+        lock(&self.status).sync = Some(download.progress.clone());
+        let mut logged = Instant::now();
+        while let Some(message) = next_message(&mut stream, timeout).await? {
+            let chunk = match message.msg {
+                Some(Snap::Chunk(chunk)) => chunk,
+                _ => return Err(ReceiveError::Protocol("a second manifest".into())),
+            };
+            let bytes = chunk.data.len() as u64;
+            download.chunk(chunk)?;
+            {
+                let mut status = lock(&self.status);
+                status.last_io = Some(Instant::now());
+                status.snapshot_bytes_received += bytes;
+                status.sync = Some(download.progress.clone());
+            }
+            if logged.elapsed() >= BOOTSTRAP_LOG_INTERVAL {
+                logged = Instant::now();
+                let p = &download.progress;
+                tracing::info!(
+                    done_bytes = p.done_bytes,
+                    total_bytes = p.total_bytes,
+                    rate_bytes_per_sec = p.rate(),
+                    eta_ms = p.eta().map_or(0, |d| d.as_millis() as u64),
+                    "bootstrap progress"
+                );
+            }
+        }
+        let (lsn, total) = (download.progress.lsn, download.progress.total_bytes);
+        let started = download.progress.started;
+        let staging = download.finish().await?;
+        let flushed = bootstrap::finish_install(&staging, &self.wal, &self.engine)
+            .await?
+            .ok_or_else(|| ReceiveError::Io("the staged snapshot vanished".into()))?;
+        tracing::info!(%lsn, total_bytes = total, elapsed_ms = started.elapsed().as_millis() as u64,
+            "bootstrapped from the snapshot; streaming the tail");
+        Ok(flushed)
     }
 
     /// Records a session's outcome in the status.
@@ -600,15 +789,8 @@ impl Context {
         }
     }
 
-    /// Connects and sends the hello.
-    async fn open(
-        &self,
-        resume_from: Lsn,
-    ) -> Result<(
-        mpsc::Sender<ReplicaMessage>,
-        tonic::Streaming<PrimaryMessage>,
-    )> {
-        let link = |e: &dyn std::fmt::Display| ReceiveError::Link(e.to_string());
+    /// Connects to the primary.
+    async fn channel(&self) -> Result<tonic::transport::Channel> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.config.primary.clone())
             .map_err(|e| ReceiveError::BadAddress {
                 addr: self.config.primary.clone(),
@@ -618,10 +800,22 @@ impl Context {
             .tcp_nodelay(true)
             .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
             .initial_connection_window_size(RECEIVE_WINDOW_BYTES);
-        let channel = endpoint.connect().await.map_err(|e| {
-            ReceiveError::Link(format!("connecting to {}: {e}", self.config.primary))
-        })?;
-        let mut client = ReplicationClient::new(channel)
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| ReceiveError::Link(format!("connecting to {}: {e}", self.config.primary)))
+    }
+
+    /// Connects and sends the hello.
+    async fn open(
+        &self,
+        resume_from: Lsn,
+    ) -> Result<(
+        mpsc::Sender<ReplicaMessage>,
+        tonic::Streaming<PrimaryMessage>,
+    )> {
+        let link = |e: &dyn std::fmt::Display| ReceiveError::Link(e.to_string());
+        let mut client = ReplicationClient::new(self.channel().await?)
             .max_decoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(REPLICATION_MESSAGE_BYTES_MAX);
         let (out_tx, out_rx) = mpsc::channel(ACK_QUEUE_MAX);

@@ -8,7 +8,9 @@
 //! Accepted{from} -> (streaming; failures reset)
 //! Flushed{lsn}   -> (the resume point moves)
 //! Broken / Refused -> Retry{after: capped exponential backoff with jitter}
-//! RetryDue       -> Connect{flushed+1}
+//! Refused{NOT_RETAINED} -> Bootstrap           (a snapshot, then the tail)
+//! Bootstrapped{flushed} -> Connect{flushed+1}  (the log starts again there)
+//! RetryDue       -> Connect{flushed+1}, or Bootstrap again after a failed one
 //! Stop           -> (nothing more, ever)
 //! ```
 
@@ -61,6 +63,8 @@ pub enum Event {
     Refused { reason: Reason, message: String },
     /// The link failed: connecting, a stream error, silence, a bad frame.
     Broken { error: String },
+    /// A snapshot was installed; the local log now ends at `flushed`.
+    Bootstrapped { flushed: Lsn },
     /// The delay of the last [`Command::Retry`] is over.
     RetryDue,
     /// The receiver is told to stop.
@@ -74,6 +78,10 @@ pub enum Command {
     Connect { resume_from: Lsn },
     /// Wait, then deliver [`Event::RetryDue`].
     Retry { after: Duration },
+    /// Fetch and install a snapshot of the primary's state (it no longer
+    /// holds the records after `flushed`); then deliver
+    /// [`Event::Bootstrapped`], or [`Event::Broken`] if it failed.
+    Bootstrap,
 }
 
 /// Where the link is.
@@ -86,6 +94,10 @@ pub enum Phase {
     Down,
     /// Waiting to reconnect after a refusal.
     Refused,
+    /// Fetching and installing a snapshot.
+    Bootstrapping,
+    /// Waiting to fetch the snapshot again after a failure.
+    BootstrapDown,
     Stopped,
 }
 
@@ -192,14 +204,37 @@ impl Machine {
                 self.flushed = lsn;
                 Vec::new()
             }
+            Event::Refused {
+                reason: Reason::NotRetained,
+                ..
+            } => {
+                self.phase = Phase::Bootstrapping;
+                vec![Command::Bootstrap]
+            }
             Event::Refused { .. } => self.retry(Phase::Refused),
+            Event::Broken { .. } if self.phase == Phase::Bootstrapping => {
+                self.retry(Phase::BootstrapDown)
+            }
             Event::Broken { .. } => self.retry(Phase::Down),
+            Event::Bootstrapped { flushed } => {
+                // The log was started again: it may now end anywhere.
+                self.flushed = flushed;
+                self.failures = 0;
+                self.phase = Phase::Connecting;
+                vec![Command::Connect {
+                    resume_from: flushed.next(),
+                }]
+            }
             Event::RetryDue => match self.phase {
                 Phase::Down | Phase::Refused => {
                     self.phase = Phase::Connecting;
                     vec![Command::Connect {
                         resume_from: self.flushed.next(),
                     }]
+                }
+                Phase::BootstrapDown => {
+                    self.phase = Phase::Bootstrapping;
+                    vec![Command::Bootstrap]
                 }
                 _ => Vec::new(),
             },
@@ -369,5 +404,32 @@ mod tests {
         let mut m = machine();
         m.on_event(Event::Start { flushed: Lsn(10) });
         m.on_event(Event::Flushed { lsn: Lsn(9) });
+    }
+
+    #[test]
+    fn a_resume_point_no_longer_retained_bootstraps_then_resumes_after_the_snapshot() {
+        let mut m = machine();
+        m.on_event(Event::Start { flushed: Lsn(10) });
+        let refused = Event::Refused {
+            reason: Reason::NotRetained,
+            message: "gone".into(),
+        };
+        assert_eq!(m.on_event(refused), vec![Command::Bootstrap]);
+        assert_eq!(m.phase(), Phase::Bootstrapping);
+        // A broken transfer backs off, then fetches again (resuming).
+        retry_delay(&m.on_event(broken()));
+        assert_eq!(m.phase(), Phase::BootstrapDown);
+        assert_eq!(m.on_event(Event::RetryDue), vec![Command::Bootstrap]);
+        assert_eq!(
+            m.on_event(Event::Bootstrapped {
+                flushed: Lsn(5_000)
+            }),
+            vec![Command::Connect {
+                resume_from: Lsn(5_001)
+            }]
+        );
+        assert_eq!((m.phase(), m.failures()), (Phase::Connecting, 0));
+        assert!(m.on_event(Event::Accepted { from: Lsn(5_001) }).is_empty());
+        assert_eq!(m.phase(), Phase::Streaming);
     }
 }

@@ -23,6 +23,9 @@ pub enum ShipError {
     /// Reading the log failed.
     #[error("wal: {0}")]
     Wal(#[from] WalError),
+    /// A file (slots, a snapshot) or the engine failed.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl From<ShipError> for tonic::Status {
@@ -37,7 +40,7 @@ impl From<ShipError> for tonic::Status {
                 tonic::Status::unavailable(err.to_string())
             }
             ShipError::StreamEnded(_) => tonic::Status::cancelled(err.to_string()),
-            ShipError::Wal(_) => tonic::Status::internal(err.to_string()),
+            ShipError::Wal(_) | ShipError::Io(_) => tonic::Status::internal(err.to_string()),
         }
     }
 }

@@ -8,7 +8,10 @@
 //!
 //! # Layout
 //! - [`Shipper`]: the registry of connected replicas and the hello check.
-//! - [`ShipperService`]: the tonic service, one session per stream.
+//! - [`ShipperService`]: the tonic service, one session per stream, and
+//!   snapshots for replicas the WAL no longer reaches back to.
+//! - [`retention`]: the slot kept per replica, and which segments may go.
+//! - [`snapshot`]: shared checkpoints, served in checksummed chunks.
 //! - `error`: [`ShipError`] and its one mapping to a gRPC status.
 //!
 //! # A session
@@ -24,6 +27,8 @@
 //! stuck replica never slows the primary's clients.
 
 pub mod error;
+pub mod retention;
+pub mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,16 +36,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use ferry_engine::Engine;
 use ferry_proto::v1::primary_message::Msg as Out;
 use ferry_proto::v1::refusal::Reason;
 use ferry_proto::v1::replica_message::Msg as In;
 use ferry_proto::v1::replication_server::{Replication, ReplicationServer};
-use ferry_proto::v1::{Accept, Frames, Heartbeat, Hello, PrimaryMessage, Refusal, ReplicaMessage};
+use ferry_proto::v1::{
+    Accept, Frames, Heartbeat, Hello, PrimaryMessage, Refusal, ReplicaMessage, SnapshotMessage,
+    SnapshotRequest,
+};
 use ferry_wal::{Lsn, Wal};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use crate::error::{Result, ShipError};
+pub use crate::retention::{Retention, SlotInfo, WAL_RETENTION_MAX_BYTES_DEFAULT, WalStatus};
+use crate::snapshot::Snapshots;
 
 /// How often an idle stream carries a heartbeat.
 pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_millis(250);
@@ -82,6 +93,10 @@ pub struct ShipperConfig {
     pub heartbeat_interval: Duration,
     pub replica_timeout: Duration,
     pub frames_message_bytes_max: usize,
+    /// The most WAL bytes a replica's slot may hold back (0: no cap).
+    pub wal_retention_max_bytes: u64,
+    /// Bytes per second each snapshot transfer may send (0: no limit).
+    pub snapshot_rate_limit: u64,
 }
 
 impl Default for ShipperConfig {
@@ -90,6 +105,8 @@ impl Default for ShipperConfig {
             heartbeat_interval: HEARTBEAT_INTERVAL_DEFAULT,
             replica_timeout: REPLICA_TIMEOUT_DEFAULT,
             frames_message_bytes_max: FRAMES_MESSAGE_BYTES_MAX_DEFAULT,
+            wal_retention_max_bytes: WAL_RETENTION_MAX_BYTES_DEFAULT,
+            snapshot_rate_limit: 0,
         }
     }
 }
@@ -154,6 +171,8 @@ pub struct ShipperCounters {
     pub sync_partial_ok: AtomicU64,
     /// Hellos refused.
     pub sync_partial_err: AtomicU64,
+    /// Snapshot transfers begun (bootstraps served).
+    pub sync_full: AtomicU64,
 }
 
 /// A frame sent and perhaps not yet applied by the replica.
@@ -184,6 +203,9 @@ struct Tracked {
 /// The replicas of one node and the WAL it ships.
 pub struct Shipper {
     wal: Arc<Wal>,
+    engine: Arc<Engine>,
+    pub retention: Retention,
+    snapshots: Snapshots,
     membership: Arc<dyn Membership>,
     config: ShipperConfig,
     replicas: Mutex<HashMap<u64, Tracked>>,
@@ -217,15 +239,29 @@ fn refused(reason: Reason, message: String) -> ShipError {
 }
 
 impl Shipper {
-    /// A shipper of `wal`. Sessions end when `stop` turns true.
+    /// A shipper of `wal`, serving snapshots of `engine`, keeping its slots
+    /// and checkpoints in `state_dir`. Sessions end when `stop` turns true.
+    ///
+    /// # Errors
+    ///
+    /// [`ShipError::Io`] if the slots cannot be read or the snapshot
+    /// directory prepared.
     pub fn new(
         wal: Arc<Wal>,
+        engine: Arc<Engine>,
         membership: Arc<dyn Membership>,
         config: ShipperConfig,
+        state_dir: &std::path::Path,
         stop: watch::Receiver<bool>,
-    ) -> Shipper {
-        Shipper {
+    ) -> Result<Shipper> {
+        Ok(Shipper {
+            retention: Retention::load(state_dir, config.wal_retention_max_bytes)?,
+            snapshots: Snapshots::new(
+                state_dir.join(snapshot::SNAPSHOTS_DIR),
+                config.snapshot_rate_limit,
+            )?,
             wal,
+            engine,
             membership,
             config,
             replicas: Mutex::new(HashMap::new()),
@@ -234,7 +270,23 @@ impl Shipper {
             acks: watch::channel(0).0,
             known: Mutex::new(HashMap::new()),
             counters: ShipperCounters::default(),
-        }
+        })
+    }
+
+    /// The retention slots, with the bytes each holds back.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        self.retention.list(&self.wal, &self.engine)
+    }
+
+    /// One retention round (see [`Retention::enforce`]) and the expiry of
+    /// an idle snapshot. Blocking: run it off the async threads.
+    ///
+    /// # Errors
+    ///
+    /// As [`Retention::enforce`].
+    pub fn enforce_retention(&self) -> Result<usize> {
+        self.snapshots.expire_idle();
+        self.retention.enforce(&self.wal, &self.engine)
     }
 
     /// Every replica accepted since start and not connected now: (node id,
@@ -462,6 +514,7 @@ impl Shipper {
     }
 
     fn on_ack(&self, stream_id: u64, ack: &ferry_proto::v1::Ack) {
+        let mut flushed = None;
         self.update(stream_id, |t| {
             // Acks only move forward; a stale or corrupt one is ignored.
             t.written_lsn = t.written_lsn.max(Lsn(ack.written_lsn.min(t.sent_lsn.0)));
@@ -475,7 +528,11 @@ impl Shipper {
             {
                 t.inflight.pop_front();
             }
+            flushed = Some((t.node_id.clone(), t.flushed_lsn));
         });
+        if let Some((node_id, lsn)) = flushed {
+            self.retention.advance(&node_id, lsn);
+        }
         self.acks.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -643,10 +700,94 @@ pub struct ShipperService {
 }
 
 type OutStream = ReceiverStream<Result<PrimaryMessage, tonic::Status>>;
+type SnapshotStream = ReceiverStream<Result<SnapshotMessage, tonic::Status>>;
+
+impl Shipper {
+    /// Checks who asks for a snapshot, as the hello check does.
+    fn check_snapshot_request(&self, request: &SnapshotRequest) -> Result<()> {
+        let ours = self.membership.cluster_id();
+        if ours.is_empty() {
+            return Err(refused(
+                Reason::Unspecified,
+                "this node has not joined a cluster yet".into(),
+            ));
+        }
+        if request.node_id.is_empty() || request.node_id == self.membership.node_id() {
+            return Err(refused(
+                Reason::BadHello,
+                "a snapshot request needs the id of another node".into(),
+            ));
+        }
+        if !request.cluster_id.is_empty() && request.cluster_id != ours {
+            return Err(refused(
+                Reason::OtherCluster,
+                format!(
+                    "the replica's data belongs to cluster {}, this node's to cluster {ours}",
+                    request.cluster_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[tonic::async_trait]
 impl Replication for ShipperService {
     type StreamStream = OutStream;
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        request: tonic::Request<SnapshotRequest>,
+    ) -> std::result::Result<tonic::Response<SnapshotStream>, tonic::Status> {
+        let shipper = self.shipper.clone();
+        let request = request.into_inner();
+        shipper.check_snapshot_request(&request)?;
+        let checkpoint = shipper
+            .snapshots
+            .get(
+                &shipper.wal,
+                &shipper.engine,
+                shipper.membership.cluster_id(),
+            )
+            .await?;
+        // The replica continues after the anchor frame: keep the WAL from it.
+        shipper
+            .retention
+            .hold(&request.node_id, Lsn(checkpoint.anchor_first.0 - 1));
+        shipper.counters.sync_full.fetch_add(1, Ordering::Relaxed);
+        let same = request.snapshot_id == checkpoint.manifest.snapshot_id;
+        let have = if same { request.have_files } else { Vec::new() };
+        let resume = (same && !request.resume_file.is_empty())
+            .then_some((request.resume_file, request.resume_offset));
+        tracing::info!(replica = %request.node_id, snapshot = %checkpoint.manifest.snapshot_id,
+            lsn = checkpoint.manifest.lsn, total_bytes = checkpoint.manifest.total_bytes,
+            files_skipped = have.len(), resume_offset = resume.as_ref().map_or(0, |r| r.1),
+            "sending a snapshot");
+        let (tx, rx) = mpsc::channel(SEND_QUEUE_MESSAGES_MAX);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = shipper
+                .snapshots
+                .send(
+                    checkpoint,
+                    &have,
+                    resume.as_ref().map(|(name, at)| (name.as_str(), *at)),
+                    &tx,
+                    shipper.stop.clone(),
+                )
+                .await;
+            match result {
+                Ok(bytes) => tracing::info!(replica = %request.node_id, bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "snapshot sent"),
+                Err(e) => {
+                    tracing::warn!(replica = %request.node_id, error = %e, "snapshot transfer ended");
+                    let _ = tx.try_send(Err(e.into()));
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn stream(
         &self,
@@ -712,6 +853,7 @@ impl Replication for ShipperService {
                     (hello.grpc_addr.clone(), addr.clone()),
                 );
         }
+        shipper.retention.hold(&hello.node_id, Lsn(from.0 - 1));
         let stream_id = shipper.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (disconnect_tx, disconnect_rx) = watch::channel(false);
         shipper.replicas().insert(

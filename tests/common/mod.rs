@@ -270,3 +270,30 @@ impl Server {
             .map(|v| v.trim().to_string())
     }
 }
+
+/// `count` SETs of random keys (of `keys` distinct) with 32-byte values,
+/// pipelined `batch` at a time.
+pub fn load(server: &Server, seed: u64, count: usize, keys: u64, batch: usize) {
+    let mut rng = ferry_wal::testing::SeededRng::new(seed);
+    let mut c = server.client();
+    let mut done = 0;
+    while done < count {
+        let n = batch.min(count - done);
+        let mut pipe = redis::pipe();
+        for _ in 0..n {
+            let key = format!("key:{}", rng.below(keys));
+            let value = format!("{:032x}", rng.next_u64());
+            pipe.cmd("SET").arg(key).arg(value).ignore();
+        }
+        pipe.query::<()>(&mut c).expect("pipelined SETs");
+        done += n;
+    }
+}
+
+/// Whether the replica applied everything the primary's log holds.
+pub fn caught_up(primary: &Server, replica: &Server) -> bool {
+    let p = status(primary.grpc);
+    let r = status(replica.grpc);
+    let last = p.wal.expect("wal").last_lsn;
+    r.applied_lsn == last && p.applied_lsn == last
+}

@@ -1,0 +1,366 @@
+//! Snapshot bootstrap and WAL retention end to end: real `ferry serve`
+//! processes on loopback, real Redis clients, the real gRPC clients, and the
+//! TCP proxy to cut a transfer.
+//!
+//! Nodes run with small WAL segments so that retention deletes segments
+//! after a few thousand writes. The tests take a lock so that only one runs
+//! at a time.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::*;
+use ferry_proto::v1::GetStatusResponse;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Small segments: retention has whole segments to delete early.
+const SEGMENT: &[&str] = &["--wal-segment-bytes", "262144"];
+/// How long a replica may take to bootstrap and catch up in these tests.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut all = SEGMENT.to_vec();
+    all.extend_from_slice(extra);
+    all
+}
+
+/// `count` keys `key:{from..from+count}` with `value_len`-byte values,
+/// pipelined 1000 at a time.
+fn fill(server: &Server, from: usize, count: usize, value_len: usize) {
+    let mut c = server.client();
+    let mut rng = ferry_wal::testing::SeededRng::new(from as u64 + 1);
+    for start in (from..from + count).step_by(1000) {
+        let mut pipe = redis::pipe();
+        for i in start..(start + 1000).min(from + count) {
+            let value: String = (0..value_len)
+                .map(|_| char::from(b'a' + (rng.below(26) as u8)))
+                .collect();
+            pipe.cmd("SET").arg(format!("key:{i}")).arg(value).ignore();
+        }
+        pipe.query::<()>(&mut c).expect("pipelined SETs");
+    }
+}
+
+fn first_retained(server: &Server) -> u64 {
+    status(server.grpc).wal.expect("wal").first_retained_lsn
+}
+
+fn link(s: &GetStatusResponse) -> ferry_proto::v1::PrimaryLink {
+    s.primary_link.clone().expect("a replica has a link")
+}
+
+fn sync_full(primary: &Server) -> u64 {
+    status(primary.grpc).sync_full
+}
+
+fn converged(primary: &Server, replica: &Server) -> bool {
+    caught_up(primary, replica) && digest(primary) == digest(replica)
+}
+
+#[test]
+fn a_new_replica_of_a_primary_whose_early_wal_is_purged_bootstraps_then_streams() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &args(&[]));
+    fill(&primary, 0, 200_000, 32);
+    // The engine is flushed and the early segments go (no slot holds them).
+    assert!(
+        wait_until(Duration::from_secs(20), || first_retained(&primary) > 1),
+        "the primary kept its whole WAL"
+    );
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), SEGMENT);
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || converged(&primary, &replica)),
+        "the replica did not converge: {:?}",
+        status(replica.grpc).primary_link
+    );
+    let mut c = replica.client();
+    let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
+    assert_eq!(keys, 200_000);
+    let r = status(replica.grpc);
+    assert_eq!(link(&r).bootstraps, 1);
+    assert_eq!(link(&r).snapshot_chunks_rejected, 0);
+    assert_eq!(r.cluster_id, status(primary.grpc).cluster_id);
+    assert_eq!(sync_full(&primary), 1);
+    // The tail streams as usual afterwards.
+    fill(&primary, 200_000, 5_000, 32);
+    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
+        &primary, &replica
+    )));
+    assert_eq!(sync_full(&primary), 1);
+    assert_eq!(
+        replica
+            .info_field("replication", "master_sync_in_progress")
+            .as_deref(),
+        Some("0")
+    );
+    let p = status(primary.grpc);
+    let slot = p
+        .slots
+        .iter()
+        .find(|s| s.node_id == r.node_id)
+        .expect("the replica has a slot");
+    assert!(slot.active);
+    assert_eq!(slot.wal_status, "reserved");
+}
+
+#[test]
+fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not() {
+    use ferry_proto::v1::DropSlotRequest;
+    use ferry_proto::v1::admin_client::AdminClient;
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = 2u64 << 20;
+    let primary = Server::start(
+        &dir.path().join("p"),
+        &args(&["--wal-retention-max-bytes", &cap.to_string()]),
+    );
+    let replica_dir = dir.path().join("r");
+    let mut replica = Server::replica(&replica_dir, &primary.grpc_url(), SEGMENT);
+    fill(&primary, 0, 20_000, 32);
+    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
+        &primary, &replica
+    )));
+    let node_id = status(replica.grpc).node_id;
+
+    // Within the cap: the slot keeps the WAL, and the replica resumes.
+    replica.terminate();
+    fill(&primary, 20_000, 5_000, 32);
+    let p = status(primary.grpc);
+    let slot = p.slots.iter().find(|s| s.node_id == node_id).expect("slot");
+    assert!(!slot.active);
+    assert_ne!(slot.wal_status, "lost");
+    assert!(slot.retained_bytes < cap && slot.safe_bytes == cap - slot.retained_bytes);
+    let mut replica = Server::start(&replica_dir, SEGMENT);
+    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
+        &primary, &replica
+    )));
+    assert_eq!(
+        sync_full(&primary),
+        0,
+        "an outage within the cap needs no snapshot"
+    );
+    assert_eq!(link(&status(replica.grpc)).bootstraps, 0);
+
+    // Past the cap: the slot is lost, the replica bootstraps exactly once.
+    replica.terminate();
+    let mut next = 25_000;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            fill(&primary, next, 5_000, 64);
+            next += 5_000;
+            status(primary.grpc)
+                .slots
+                .iter()
+                .any(|s| s.node_id == node_id && s.wal_status == "lost")
+        }),
+        "the slot was never lost"
+    );
+    let held: u64 = {
+        let p = status(primary.grpc);
+        let w = p.wal.expect("wal");
+        assert!(w.first_retained_lsn > 25_000);
+        p.slots
+            .iter()
+            .find(|s| s.node_id == node_id)
+            .expect("slot")
+            .safe_bytes
+    };
+    assert_eq!(held, 0);
+    let replica = Server::start(&replica_dir, SEGMENT);
+    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
+        &primary, &replica
+    )));
+    assert_eq!(sync_full(&primary), 1);
+    assert_eq!(link(&status(replica.grpc)).bootstraps, 1);
+    fill(&primary, next, 5_000, 32);
+    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
+        &primary, &replica
+    )));
+    assert_eq!(sync_full(&primary), 1, "streaming after the bootstrap");
+    let slot = status(primary.grpc)
+        .slots
+        .into_iter()
+        .find(|s| s.node_id == node_id)
+        .expect("slot");
+    assert_ne!(slot.wal_status, "lost");
+    drop(replica);
+
+    // An operator drops the slot of a replica that is gone for good.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dropped = runtime.block_on(async {
+        let mut admin = AdminClient::connect(primary.grpc_url())
+            .await
+            .expect("connect");
+        admin
+            .drop_slot(DropSlotRequest {
+                node_id: node_id.clone(),
+            })
+            .await
+            .expect("drop slot")
+            .into_inner()
+            .dropped
+    });
+    assert!(dropped);
+    assert!(
+        status(primary.grpc)
+            .slots
+            .iter()
+            .all(|s| s.node_id != node_id)
+    );
+}
+
+#[test]
+fn a_bootstrap_cut_midway_resumes_where_it_stopped() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Paced, so the cut falls in the middle of the transfer.
+    let primary = Server::start(
+        &dir.path().join("p"),
+        &args(&["--snapshot-rate-limit", "4000000"]),
+    );
+    fill(&primary, 0, 120_000, 100);
+    assert!(wait_until(Duration::from_secs(20), || first_retained(
+        &primary
+    ) > 1));
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), SEGMENT);
+    let mut total = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let l = link(&status(replica.grpc));
+            l.sync.is_some_and(|s| {
+                total = s.total_bytes;
+                s.done_bytes > s.total_bytes / 3
+            })
+        }),
+        "the transfer never got a third of the way"
+    );
+    assert!(
+        total > 4 << 20,
+        "a snapshot of {total} bytes is too small for this test"
+    );
+    proxy.cut();
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || converged(&primary, &replica)),
+        "the replica did not converge: {:?}",
+        status(replica.grpc).primary_link
+    );
+    let l = link(&status(replica.grpc));
+    assert_eq!(l.bootstraps, 1);
+    assert!(
+        l.snapshot_bytes_received < total + total / 10,
+        "{} bytes received for a snapshot of {total}: the transfer started over",
+        l.snapshot_bytes_received
+    );
+    assert!(
+        proxy.connections() >= 2,
+        "the cut did not break the transfer"
+    );
+    assert_eq!(sync_full(&primary), 2, "one transfer, resumed once");
+}
+
+#[test]
+fn a_corrupted_snapshot_chunk_is_rejected_and_fetched_again() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::try_start_env(
+        &dir.path().join("p"),
+        &args(&[]),
+        &[("FERRY_FAULT_SNAPSHOT_CORRUPT_CHUNK", "2")],
+    )
+    .expect("start");
+    fill(&primary, 0, 60_000, 100);
+    assert!(wait_until(Duration::from_secs(20), || first_retained(
+        &primary
+    ) > 1));
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), SEGMENT);
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || converged(&primary, &replica)),
+        "the replica did not converge: {:?}",
+        status(replica.grpc).primary_link
+    );
+    let l = link(&status(replica.grpc));
+    assert_eq!(l.snapshot_chunks_rejected, 1);
+    assert_eq!(l.bootstraps, 1);
+    assert_eq!(sync_full(&primary), 2, "fetched again after the bad chunk");
+    assert!(
+        replica.stderr().contains("fails its crc"),
+        "the replica did not say why"
+    );
+}
+
+#[test]
+fn a_bootstrap_under_continuous_writes_converges_without_a_loop() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &args(&[]));
+    fill(&primary, 0, 100_000, 64);
+    assert!(wait_until(Duration::from_secs(20), || first_retained(
+        &primary
+    ) > 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        let mut c = primary.client();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut i = 0u64;
+            // Bounded by the flag, a count and a time.
+            while !stop.load(Ordering::Relaxed)
+                && i < 2_000_000
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                let mut pipe = redis::pipe();
+                for j in 0..50 {
+                    pipe.cmd("SET")
+                        .arg(format!("live:{}", (i + j) % 50_000))
+                        .arg(i + j)
+                        .ignore();
+                }
+                pipe.cmd("INCR").arg("writes").ignore();
+                pipe.query::<()>(&mut c).expect("writes");
+                acked.fetch_add(1, Ordering::Relaxed);
+                i += 50;
+            }
+        })
+    };
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), SEGMENT);
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || {
+            let l = link(&status(replica.grpc));
+            l.bootstraps == 1 && l.state == "streaming"
+        }),
+        "the replica did not bootstrap: {:?}",
+        status(replica.grpc).primary_link
+    );
+    // Writes went on through the bootstrap, and still do.
+    let before = acked.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(10), || acked
+        .load(Ordering::Relaxed)
+        > before + 10));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
+        &primary, &replica
+    )));
+    let mut c = replica.client();
+    let writes: u64 = cmd(&["GET", "writes"]).query(&mut c).expect("GET");
+    assert_eq!(writes, acked.load(Ordering::Relaxed));
+    assert_eq!(link(&status(replica.grpc)).bootstraps, 1);
+    assert_eq!(sync_full(&primary), 1, "one snapshot, no full-sync loop");
+}
