@@ -158,7 +158,9 @@ impl FrameHeader {
         if !self.is_compressed() && self.raw_len != self.body_len {
             return Err(Corrupt::Header("raw length differs from body length"));
         }
-        if self.body_len < self.record_count || self.raw_len < self.record_count {
+        // Every record takes at least a byte before compression; a
+        // compressed body of many alike records can be far smaller.
+        if self.body_len == 0 || self.raw_len < self.record_count {
             return Err(Corrupt::Header("body too short for its records"));
         }
         Ok(())

@@ -595,3 +595,28 @@ async fn restart_at_empties_the_log_and_continues_at_the_given_lsn_and_epoch() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0], (1_000, record("new", 0)));
 }
+
+#[test]
+fn a_frame_of_many_alike_records_compresses_below_one_byte_each_and_reads_back() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, options(SyncPolicy::No));
+    let records: Vec<Bytes> = (0..2_000).map(|_| Bytes::from_static(b"v")).collect();
+    let range = wal.append_blocking(records).expect("append");
+    assert_eq!((range.first, range.last), (Lsn(1), Lsn(2_000)));
+    let frame = wal
+        .frames(Lsn(1))
+        .and_then(|mut r| r.next_frame())
+        .expect("read")
+        .expect("a frame");
+    assert!(
+        (frame.header.frame_len() as u64) < 2_000,
+        "the frame takes {} bytes: the premise fails",
+        frame.header.frame_len()
+    );
+    assert_eq!(read_all(&wal).len(), 2_000);
+    drop(wal);
+    // And recovery takes it as a whole, valid frame.
+    let wal = open(&storage, options(SyncPolicy::No));
+    assert_eq!(wal.last_lsn(), Lsn(2_000));
+    assert_eq!(read_all(&wal).len(), 2_000);
+}
