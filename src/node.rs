@@ -990,6 +990,21 @@ impl Node {
         }
         let quarantine = self.quarantine_after(fork, last)?;
         self.engine.reset().context("emptying the engine")?;
+        let count = last.0 - fork.0;
+        if self.wal.first_lsn() > Lsn(1) {
+            // The log no longer reaches back to the start, so the engine
+            // cannot be rebuilt to the fork from it: start empty and take
+            // the primary's state (a snapshot, or its whole log).
+            self.wal
+                .restart_at(Lsn(1), ferry_wal::Epoch(0))
+                .await
+                .context("emptying the WAL")?;
+            self.quarantined_records.fetch_add(count, Ordering::Relaxed);
+            tracing::warn!(after = %fork, records = count, quarantine = %quarantine.display(),
+                "rejoined: the records after the fork are in quarantine; the node syncs from its primary anew");
+            self.start_receiver(primary)?;
+            return Ok(count);
+        }
         if let Err(e) = self.wal.truncate_after(fork).await {
             // The log is as it was: bring the engine back to it.
             self.engine
@@ -1008,7 +1023,6 @@ impl Node {
                 .ingest(state, &self.config.data_dir)
                 .context("rebuilding the engine")?;
         }
-        let count = last.0 - fork.0;
         self.quarantined_records.fetch_add(count, Ordering::Relaxed);
         tracing::warn!(
             after = %fork,

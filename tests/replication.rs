@@ -1066,18 +1066,50 @@ fn a_primary_that_sees_a_newer_epoch_stops_taking_writes() {
 
 #[test]
 fn an_old_primary_rejoins_and_keeps_its_diverged_writes_in_quarantine() {
+    rejoin_after_divergence(&[], 100);
+}
+
+#[test]
+fn an_old_primary_whose_wal_was_purged_rejoins_by_snapshot_and_keeps_its_diverged_writes() {
+    rejoin_after_divergence(&["--wal-segment-bytes", "65536"], 30_000);
+}
+
+/// An old primary with `before` keys acknowledged before a partition (its
+/// early WAL purged when there are enough) and diverged writes after it
+/// rejoins the promoted replica.
+fn rejoin_after_divergence(extra: &[&str], before: u64) {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let old = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
+    let mut args = vec!["--fsync", "always"];
+    args.extend_from_slice(extra);
+    let old = Server::start(&dir.path().join("p"), &args);
     let proxy = Proxy::start(old.grpc);
-    let new = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    let new = Server::replica(&dir.path().join("r"), &proxy.url(), extra);
     let mut oc = old.client();
-    for i in 0..100 {
-        raw(&mut oc, &["SET", &format!("k{i}"), "v"]);
+    for start in (0..before).step_by(1000) {
+        let mut pipe = redis::pipe();
+        for i in start..(start + 1000).min(before) {
+            pipe.cmd("SET").arg(format!("k{i}")).arg("v").ignore();
+        }
+        pipe.query::<()>(&mut oc).expect("SETs");
     }
-    assert!(wait_until(Duration::from_secs(10), || caught_up(
-        &old, &new
-    )));
+    assert!(
+        wait_until(Duration::from_secs(20), || caught_up(&old, &new)),
+        "{:?}\n{:?}\n{}",
+        status(old.grpc),
+        status(new.grpc),
+        new.stderr()
+    );
+    if !extra.is_empty() {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                [&old, &new]
+                    .iter()
+                    .all(|n| status(n.grpc).wal.expect("wal").first_retained_lsn > 1)
+            }),
+            "the WALs were never purged"
+        );
+    }
     // A partition, and no lease: the old primary acknowledges writes its
     // replica never receives, and the replica is promoted.
     proxy.isolate();
@@ -1109,6 +1141,9 @@ fn an_old_primary_rejoins_and_keeps_its_diverged_writes_in_quarantine() {
     assert_eq!(digest(&old), digest(&new));
     let s = status(old.grpc);
     assert_eq!(s.quarantined_records, DIVERGED);
+    // With its log purged it takes the new primary's state from a snapshot.
+    let bootstraps = s.primary_link.as_ref().expect("link").bootstraps;
+    assert_eq!(bootstraps, u64::from(!extra.is_empty()));
     assert_eq!(s.wal.expect("wal").epoch, 1);
     // The quarantine log holds exactly the acknowledged diverged writes.
     let quarantine: Vec<_> = std::fs::read_dir(dir.path().join("p").join("quarantine"))
