@@ -380,15 +380,6 @@ impl ferry_receiver::Membership for Identity {
     }
 }
 
-/// Crash tests: the process aborts here (like kill -9) when the
-/// `FERRY_CRASH_AT` environment variable names this point.
-fn crash_point(name: &str) {
-    if std::env::var("FERRY_CRASH_AT").is_ok_and(|at| at == name) {
-        tracing::error!(point = name, "FERRY_CRASH_AT: aborting");
-        std::process::abort();
-    }
-}
-
 /// 20 random-looking bytes as 40 hex characters.
 fn new_id(salt: &str) -> String {
     let seed = format!(
@@ -689,12 +680,12 @@ impl Node {
         let last = self.wal.last_lsn();
         let epoch = self.wal.epoch().0.max(self.identity.last_epoch()) + 1;
         let first = last.next();
-        crash_point("node::promote::before_conf");
+        ferry_wal::testing::crash_point("node::promote::before_conf");
         self.identity.update(|s| {
             s.replica_of = None;
             s.epochs.push((epoch, first.0));
         })?;
-        crash_point("node::promote::after_conf");
+        ferry_wal::testing::crash_point("node::promote::after_conf");
         self.begin_term().await?;
         let lost = (heard > last).then_some((last.next(), heard));
         tracing::warn!(epoch, first_lsn = %first, ?lost, "promoted to primary");
@@ -716,7 +707,7 @@ impl Node {
                 .await
                 .context("raising the WAL's epoch")?;
             self.pipeline.unfence();
-            crash_point("node::promote::after_epoch");
+            ferry_wal::testing::crash_point("node::promote::after_epoch");
             let ticket = self
                 .pipeline
                 .execute(|view| {

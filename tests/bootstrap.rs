@@ -364,3 +364,50 @@ fn a_bootstrap_under_continuous_writes_converges_without_a_loop() {
     assert_eq!(link(&status(replica.grpc)).bootstraps, 1);
     assert_eq!(sync_full(&primary), 1, "one snapshot, no full-sync loop");
 }
+
+#[test]
+fn a_crash_at_any_step_of_an_install_is_completed_on_restart() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &args(&[]));
+    fill(&primary, 0, 30_000, 32);
+    assert!(wait_until(Duration::from_secs(20), || first_retained(
+        &primary
+    ) > 1));
+    for (n, point) in [
+        "bootstrap::ready",
+        "bootstrap::ingested",
+        "bootstrap::installed",
+        "bootstrap::wal_restarted",
+        "bootstrap::anchored",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let replica_dir = dir.path().join(format!("r{n}"));
+        let mut replica = Server::try_start_env(
+            &replica_dir,
+            &args(&["--replica-of", &primary.grpc_url()]),
+            &[("FERRY_CRASH_AT", point)],
+        )
+        .expect("start");
+        let exited = replica.wait_exit(Duration::from_secs(60));
+        assert!(
+            exited.is_some_and(|s| !s.success()),
+            "{point}: the replica did not crash there"
+        );
+        let replica = Server::start(&replica_dir, SEGMENT);
+        assert!(
+            wait_until(CONVERGE_TIMEOUT, || converged(&primary, &replica)),
+            "{point}: {:?}",
+            status(replica.grpc).primary_link
+        );
+        let mut c = replica.client();
+        let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
+        assert_eq!(keys, 30_000, "{point}");
+        assert!(
+            !replica_dir.join("bootstrap").join("ready").exists(),
+            "{point}: the staging was not cleared"
+        );
+    }
+}

@@ -270,6 +270,60 @@ fn a_state_built_in_memory_and_ingested_equals_applying_record_by_record() {
     }
 }
 
+#[test]
+fn installing_a_checkpoint_makes_an_engine_hold_exactly_its_state() {
+    let seed = seed();
+    for round in 0..10u64 {
+        let dir = tempfile::tempdir().unwrap();
+        // The source: a primary's engine, checkpointed.
+        let source = Engine::open(&dir.path().join("source")).unwrap();
+        let theirs = random_records(seed.wrapping_add(round), 400);
+        source.apply(&theirs).unwrap();
+        let checkpoint = dir.path().join("checkpoint");
+        assert_eq!(source.checkpoint(&checkpoint).unwrap(), Lsn(400));
+        assert_eq!(source.persisted_lsn(), Lsn(400));
+        assert_eq!(
+            ferry_engine::checkpoint_meta(&checkpoint).unwrap(),
+            (Lsn(400), source.key_count())
+        );
+        // The target holds other data (keys the source lacks, others it has
+        // with other values), or nothing.
+        let target = Engine::open(&dir.path().join("target")).unwrap();
+        if round % 3 != 0 {
+            target
+                .apply(&random_records(seed.wrapping_add(round + 1000), 250))
+                .unwrap();
+        }
+        assert_eq!(
+            target.install_checkpoint(&checkpoint, dir.path()).unwrap(),
+            Lsn(400)
+        );
+        assert_eq!(target.applied_lsn(), Lsn(400), "round {round}");
+        assert_eq!(target.persisted_lsn(), Lsn(400));
+        assert_eq!(target.key_count(), source.key_count(), "round {round}");
+        assert_eq!(
+            target.digest(0).unwrap(),
+            source.digest(0).unwrap(),
+            "round {round}"
+        );
+        assert_eq!(
+            target.expired_keys(u64::MAX, 1000).unwrap(),
+            source.expired_keys(u64::MAX, 1000).unwrap()
+        );
+        // Records after the checkpoint apply on top as on the source.
+        let more: Vec<_> = random_records(seed.wrapping_add(round + 2000), 50)
+            .into_iter()
+            .map(|(lsn, r)| (Lsn(lsn.0 + 400), r))
+            .collect();
+        source.apply(&more).unwrap();
+        target.apply(&more).unwrap();
+        assert_eq!(target.digest(0).unwrap(), source.digest(0).unwrap());
+        drop(target);
+        let reopened = Engine::open(&dir.path().join("target")).unwrap();
+        assert!(reopened.applied_lsn() >= Lsn(400), "the ingest is durable");
+    }
+}
+
 /// Writes `records` to a WAL in `dir/wal` and applies them to the engine in
 /// `dir/engine`.
 fn write_and_apply(wal: &Wal, engine: &Engine, records: &[(Lsn, WalRecord)]) {

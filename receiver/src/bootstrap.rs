@@ -424,6 +424,7 @@ pub async fn finish_install(
             manifest.lsn
         )));
     }
+    ferry_wal::testing::crash_point("bootstrap::ready");
     if !staging.has(INSTALLED) {
         let started = Instant::now();
         let (engine, checkpoint, scratch) = (
@@ -435,7 +436,9 @@ pub async fn finish_install(
             tokio::task::spawn_blocking(move || engine.install_checkpoint(&checkpoint, &scratch))
                 .await
                 .map_err(|e| ReceiveError::Io(format!("the install task failed: {e}")))??;
+        ferry_wal::testing::crash_point("bootstrap::ingested");
         staging.set(INSTALLED)?;
+        ferry_wal::testing::crash_point("bootstrap::installed");
         tracing::info!(%lsn, elapsed_ms = started.elapsed().as_millis() as u64,
             "the engine holds the snapshot's state");
     }
@@ -449,9 +452,11 @@ pub async fn finish_install(
             .is_some_and(|f| f.header.crc == header.crc && f.header.last_lsn() == last);
     if !in_place {
         wal.restart_at(first, header.epoch).await?;
+        ferry_wal::testing::crash_point("bootstrap::wal_restarted");
         wal.append_checked(anchor).await?;
     }
     wal.sync().await?;
+    ferry_wal::testing::crash_point("bootstrap::anchored");
     staging.clear()?;
     Ok(Some(wal.last_lsn()))
 }

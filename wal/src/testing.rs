@@ -25,6 +25,16 @@ use crate::storage::{Storage, StorageFile};
 /// Bytes of a disk sector, the unit the crash model zero-fills.
 pub const SECTOR_BYTES: usize = 512;
 
+/// Fault injection for crash tests of real processes: aborts the process
+/// (as kill -9 would, without unwinding or flushing) when `FERRY_CRASH_AT`
+/// names this point.
+pub fn crash_point(name: &str) {
+    if std::env::var("FERRY_CRASH_AT").is_ok_and(|at| at == name) {
+        tracing::error!(point = name, "FERRY_CRASH_AT: aborting");
+        std::process::abort();
+    }
+}
+
 /// The seed of a randomized test: `FERRY_TEST_SEED` if set, else the clock.
 /// Printed, so a failure can be replayed.
 pub fn test_seed(test: &str) -> u64 {
