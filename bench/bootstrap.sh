@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Time for a new replica to be ready on a primary holding 1M keys of 100
+# random bytes: ferry's snapshot bootstrap and tail against Redis's diskless
+# full sync, side by side in one run on loopback (details in
+# bench/bootstrap.py). Prints the ratio.
+#
+# usage: bench/bootstrap.sh     (KEYS=1000000 RUNS=3 to change)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+    else
+        echo "bench/bootstrap.sh needs redis-server: apt-get install redis-server redis-tools (as root)" >&2
+        exit 1
+    fi
+fi
+source scripts/deps.sh
+ferry_build_deps
+cargo build --release --bin ferry
+ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
+work=$(mktemp -d /tmp/ferry-bench-boot.XXXXXX)
+trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+python3 bench/bootstrap.py "$ferry_bin" "$work"
