@@ -472,6 +472,11 @@ impl Node {
         let wal = Wal::open(&wal_dir, options)
             .with_context(|| format!("opening the WAL in {}", wal_dir.display()))?;
         let engine_dir = config.data_dir.join("engine");
+        // A snapshot whose install a crash interrupted is completed first.
+        let staging =
+            ferry_receiver::Staging::new(config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR));
+        ferry_receiver::bootstrap::finish_engine_swap(&staging, &engine_dir)
+            .context("completing the install of a snapshot")?;
         let engine = Engine::open(&engine_dir)
             .with_context(|| format!("opening the engine in {}", engine_dir.display()))?;
         let (wal, engine) = (Arc::new(wal), Arc::new(engine));

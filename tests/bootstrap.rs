@@ -121,9 +121,15 @@ fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not()
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let cap = 2u64 << 20;
+    // Paced snapshots: the replica is seen serving its old data meanwhile.
     let primary = Server::start(
         &dir.path().join("p"),
-        &args(&["--wal-retention-max-bytes", &cap.to_string()]),
+        &args(&[
+            "--wal-retention-max-bytes",
+            &cap.to_string(),
+            "--snapshot-rate-limit",
+            "2000000",
+        ]),
     );
     let replica_dir = dir.path().join("r");
     let mut replica = Server::replica(&replica_dir, &primary.grpc_url(), SEGMENT);
@@ -178,9 +184,26 @@ fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not()
     };
     assert_eq!(held, 0);
     let replica = Server::start(&replica_dir, SEGMENT);
-    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
-        &primary, &replica
-    )));
+    // No wipe before the load: while the snapshot arrives, reads answer
+    // from the old data.
+    let mut c = replica.client();
+    let mut old_reads = 0;
+    assert!(wait_until(CONVERGE_TIMEOUT, || {
+        if replica
+            .info_field("replication", "master_sync_in_progress")
+            .as_deref()
+            == Some("1")
+        {
+            let value: Option<String> = cmd(&["GET", "key:0"]).query(&mut c).expect("GET");
+            assert!(
+                value.is_some(),
+                "the replica dropped its data before the load"
+            );
+            old_reads += 1;
+        }
+        converged(&primary, &replica)
+    }));
+    assert!(old_reads > 0, "the bootstrap was never seen in progress");
     assert_eq!(sync_full(&primary), 1);
     assert_eq!(link(&status(replica.grpc)).bootstraps, 1);
     fill(&primary, next, 5_000, 32);
@@ -376,7 +399,7 @@ fn a_crash_at_any_step_of_an_install_is_completed_on_restart() {
     ) > 1));
     for (n, point) in [
         "bootstrap::ready",
-        "bootstrap::ingested",
+        "engine::swap::old_moved",
         "bootstrap::installed",
         "bootstrap::wal_restarted",
         "bootstrap::anchored",

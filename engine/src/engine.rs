@@ -2,8 +2,9 @@
 //! answering reads of the applied state.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use ferry_proto::v1::{WalRecord, mutation::Op};
@@ -21,6 +22,78 @@ pub const REPLAY_BATCH_RECORDS: usize = 1024;
 pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 /// Bloom filter bits per key in SST files (about 1 % false positives).
 pub const SST_BLOOM_BITS_PER_KEY: f64 = 10.0;
+
+/// How long a swap waits for operations holding the old database.
+pub const SWAP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.increase_parallelism(2);
+    opts.set_max_background_jobs(2);
+    opts.set_write_buffer_size(64 << 20);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Most writes look their key up first (its old type and expiry), and
+    // most new keys are in neither the memtable nor the SST files: bloom
+    // filters on whole keys answer those misses without a search.
+    opts.set_memtable_whole_key_filtering(true);
+    opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(SST_BLOOM_BITS_PER_KEY, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+fn open_db(dir: &Path) -> Result<DB> {
+    Ok(DB::open(&options(), dir)?)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| EngineError::Io(format!("syncing {}: {e}", dir.display())))
+}
+
+/// Makes the checkpoint in `checkpoint` the engine directory `engine_dir`
+/// (not open), or finishes doing so after a crash; safe to repeat:
+///
+/// ```text
+/// engine -> engine.old, checkpoint -> engine, engine.old deleted
+/// ```
+///
+/// With `checkpoint` gone, only a leftover `engine.old` is deleted.
+///
+/// # Errors
+///
+/// [`EngineError::Io`] if a rename, deletion or directory sync fails.
+pub fn complete_checkpoint_swap(engine_dir: &Path, checkpoint: &Path) -> Result<()> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        EngineError::Io(format!("{what} {}: {e}", path.display()))
+    };
+    let old = engine_dir.with_extension("old");
+    let parent = engine_dir.parent().unwrap_or(Path::new("."));
+    if checkpoint.exists() {
+        if engine_dir.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| io("deleting", &old, e))?;
+            }
+            std::fs::rename(engine_dir, &old).map_err(|e| io("moving", engine_dir, e))?;
+            sync_dir(parent)?;
+            ferry_wal::testing::crash_point("engine::swap::old_moved");
+        }
+        std::fs::rename(checkpoint, engine_dir).map_err(|e| io("moving", checkpoint, e))?;
+        sync_dir(parent)?;
+        if let Some(from) = checkpoint.parent() {
+            sync_dir(from)?;
+        }
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| io("deleting", &old, e))?;
+    }
+    Ok(())
+}
 
 /// The applied LSN and key count stored in a checkpoint (or any engine
 /// directory not open elsewhere), read without changing it.
@@ -49,7 +122,10 @@ fn read_meta(db: &DB) -> Result<(Lsn, u64)> {
 /// The keyspace of a node.
 #[derive(Debug)]
 pub struct Engine {
-    db: DB,
+    dir: PathBuf,
+    /// Every operation takes its own handle for its duration, so that
+    /// [`Engine::replace_with_checkpoint`] can swap the database.
+    db: RwLock<Option<Arc<DB>>>,
     applied_lsn: AtomicU64,
     key_count: AtomicU64,
     /// The applied LSN known to be in RocksDB's files (RocksDB's WAL is
@@ -67,31 +143,25 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`] if RocksDB cannot open the directory.
     pub fn open(dir: &Path) -> Result<Engine> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.increase_parallelism(2);
-        opts.set_max_background_jobs(2);
-        opts.set_write_buffer_size(64 << 20);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // Most writes look their key up first (its old type and expiry), and
-        // most new keys are in neither the memtable nor the SST files: bloom
-        // filters on whole keys answer those misses without a search.
-        opts.set_memtable_whole_key_filtering(true);
-        opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_bloom_filter(SST_BLOOM_BITS_PER_KEY, false);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        opts.set_block_based_table_factory(&table);
-        let db = DB::open(&opts, dir)?;
+        let db = open_db(dir)?;
         let (Lsn(applied_lsn), key_count) = read_meta(&db)?;
         Ok(Engine {
-            db,
+            dir: dir.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
             applied_lsn: AtomicU64::new(applied_lsn),
             key_count: AtomicU64::new(key_count),
             // What a fresh open reads is in the files.
             persisted_lsn: AtomicU64::new(applied_lsn),
         })
+    }
+
+    /// The database, for one operation.
+    fn db(&self) -> Arc<DB> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .expect("the database is only absent inside a swap, under the write lock")
     }
 
     /// The applied LSN that is in RocksDB's files: after a crash the engine
@@ -192,7 +262,7 @@ impl Engine {
         batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        self.db.write_opt(batch, &opts)?;
+        self.db().write_opt(batch, &opts)?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(last.0, Ordering::Release);
         Ok(())
@@ -205,7 +275,7 @@ impl Engine {
     /// [`EngineError::Rocks`].
     pub fn flush(&self) -> Result<()> {
         let applied = self.applied_lsn.load(Ordering::Acquire);
-        self.db.flush()?;
+        self.db().flush()?;
         self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
         Ok(())
     }
@@ -219,70 +289,56 @@ impl Engine {
     /// [`EngineError::Rocks`].
     pub fn checkpoint(&self, dir: &Path) -> Result<Lsn> {
         let applied = self.applied_lsn.load(Ordering::Acquire);
-        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        rocksdb::checkpoint::Checkpoint::new(&*self.db())?.create_checkpoint(dir)?;
         // The checkpoint flushed the memtable first.
         self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
         let (lsn, _) = checkpoint_meta(dir)?;
         Ok(lsn)
     }
 
-    /// Makes the engine hold exactly the state of the checkpoint in
-    /// `checkpoint`, in one atomic step: readers see the old state until the
-    /// new one is in. `scratch` receives an SST file of the difference (the
-    /// checkpoint's entries, and deletions of the keys only the engine has),
-    /// which RocksDB then takes over. Nothing may apply records meanwhile.
-    /// Returns the checkpoint's applied LSN.
+    /// Makes the engine hold exactly the state of the RocksDB checkpoint in
+    /// `checkpoint` (on the same file system), which becomes the engine's
+    /// directory: the database is closed, the directories are swapped (see
+    /// [`complete_checkpoint_swap`]) and the new one is opened. Readers see
+    /// the old state until then and wait for the swap (tens of ms). Nothing
+    /// may apply records meanwhile. Returns the applied LSN it holds.
     ///
     /// # Errors
     ///
-    /// [`EngineError::Rocks`] (a checkpoint RocksDB cannot open is one).
-    pub fn install_checkpoint(&self, checkpoint: &Path, scratch: &Path) -> Result<Lsn> {
-        let (lsn, key_count) = checkpoint_meta(checkpoint)?;
-        let sst = scratch.join("install.sst");
-        {
-            let source = DB::open_for_read_only(&Options::default(), checkpoint, false)?;
-            let mut opts = Options::default();
-            opts.set_compression_type(rocksdb::DBCompressionType::None);
-            let mut writer = rocksdb::SstFileWriter::create(&opts);
-            writer.open(&sst)?;
-            let mut theirs = source.raw_iterator();
-            theirs.seek_to_first();
-            let mut ours = self.db.raw_iterator();
-            ours.seek_to_first();
-            let mut written = 0u64;
-            loop {
-                let order = match (theirs.key(), ours.key()) {
-                    (None, None) => break,
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (Some(t), Some(o)) => t.cmp(o),
-                };
-                match order {
-                    std::cmp::Ordering::Greater => {
-                        writer.delete(ours.key().expect("checked"))?;
-                        ours.next();
-                    }
-                    _ => {
-                        let (key, value) = (theirs.key().expect("checked"), theirs.value());
-                        writer.put(key, value.unwrap_or_default())?;
-                        theirs.next();
-                        if order == std::cmp::Ordering::Equal {
-                            ours.next();
-                        }
-                    }
+    /// [`EngineError::Rocks`] and [`EngineError::Io`]; the engine then holds
+    /// whatever its directory holds (the old state if the swap did not
+    /// happen).
+    pub fn replace_with_checkpoint(&self, checkpoint: &Path) -> Result<Lsn> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut old = slot.take().expect("the engine has its database");
+        // Operations that took a handle before the lock finish first: the
+        // old database must be closed before its directory moves, or its
+        // background jobs would write into the new one.
+        let deadline = std::time::Instant::now() + SWAP_WAIT_MAX;
+        let closed = loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => break db,
+                Err(shared) if std::time::Instant::now() < deadline => {
+                    old = shared;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                written += 1;
+                Err(shared) => {
+                    *slot = Some(shared);
+                    return Err(EngineError::Io(format!(
+                        "the database stayed in use for {SWAP_WAIT_MAX:?}; not swapped"
+                    )));
+                }
             }
-            theirs.status()?;
-            ours.status()?;
-            if written == 0 {
-                return Ok(lsn);
-            }
-            writer.finish()?;
-        }
-        self.ingest_file(&sst, lsn, key_count)?;
-        let _ = std::fs::remove_file(&sst);
-        Ok(lsn)
+        };
+        drop(closed);
+        let swapped = complete_checkpoint_swap(&self.dir, checkpoint);
+        let db = open_db(&self.dir)?;
+        let (applied, key_count) = read_meta(&db)?;
+        *slot = Some(Arc::new(db));
+        self.key_count.store(key_count, Ordering::Release);
+        self.applied_lsn.store(applied.0, Ordering::Release);
+        self.persisted_lsn.store(applied.0, Ordering::Release);
+        swapped.map(|()| applied)
     }
 
     /// Removes every key and the applied LSN, durably: the engine is empty
@@ -297,9 +353,9 @@ impl Engine {
         batch.delete_range([0u8], [0xffu8]);
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        self.db.write_opt(batch, &opts)?;
+        self.db().write_opt(batch, &opts)?;
         // RocksDB's WAL is off: flush, or a crash would bring the keys back.
-        self.db.flush()?;
+        self.db().flush()?;
         self.key_count.store(0, Ordering::Release);
         self.applied_lsn.store(0, Ordering::Release);
         self.persisted_lsn.store(0, Ordering::Release);
@@ -311,7 +367,7 @@ impl Engine {
     pub(crate) fn ingest_file(&self, path: &Path, applied: Lsn, key_count: u64) -> Result<()> {
         let mut opts = rocksdb::IngestExternalFileOptions::default();
         opts.set_move_files(true);
-        self.db.ingest_external_file_opts(&opts, vec![path])?;
+        self.db().ingest_external_file_opts(&opts, vec![path])?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(applied.0, Ordering::Release);
         // An ingested file is in the files at once; the memtable may still
@@ -326,7 +382,7 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        match self.db.get_pinned(keys::key_key(key))? {
+        match self.db().get_pinned(keys::key_key(key))? {
             Some(v) => Ok(Some(keys::decode_entry(key, &v)?)),
             None => Ok(None),
         }
@@ -348,7 +404,7 @@ impl Engine {
     /// [`EngineError::Rocks`].
     pub fn hash_field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
         Ok(self
-            .db
+            .db()
             .get_pinned(keys::field_key(key, field))?
             .map(|v| Bytes::copy_from_slice(&v)))
     }
@@ -366,7 +422,8 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
         let prefix = keys::field_prefix(key);
-        let mut it = self.db.raw_iterator();
+        let db = self.db();
+        let mut it = db.raw_iterator();
         match after {
             Some(after) => {
                 let mut start = keys::field_key(key, after);
@@ -405,7 +462,8 @@ impl Engine {
         limit: usize,
         now_ms: u64,
     ) -> Result<(Vec<(Bytes, Entry)>, bool)> {
-        let mut it = self.db.raw_iterator();
+        let db = self.db();
+        let mut it = db.raw_iterator();
         match after {
             Some(after) => {
                 let mut start = keys::key_key(after);
@@ -445,7 +503,8 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn expired_keys(&self, now_ms: u64, limit: usize) -> Result<Vec<Bytes>> {
-        let mut it = self.db.raw_iterator();
+        let db = self.db();
+        let mut it = db.raw_iterator();
         it.seek([keys::EXPIRY]);
         let mut out = Vec::new();
         while it.valid() && out.len() < limit {
@@ -475,7 +534,8 @@ impl Engine {
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn digest(&self, now_ms: u64) -> Result<String> {
         let mut acc = [0u8; 20];
-        let mut it = self.db.raw_iterator();
+        let db = self.db();
+        let mut it = db.raw_iterator();
         it.seek([keys::KEY]);
         while it.valid() {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
@@ -579,7 +639,7 @@ impl Target for BatchTarget<'_> {
         if self.flushed || self.cleared.contains(key) {
             return Ok(false);
         }
-        Ok(self.engine.db.get_pinned(&fk)?.is_some())
+        Ok(self.engine.db().get_pinned(&fk)?.is_some())
     }
 
     fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry) {

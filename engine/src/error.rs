@@ -26,6 +26,9 @@ pub enum EngineError {
     /// replica).
     #[error("the node does not accept writes")]
     ReadOnly,
+    /// A file operation on the engine's directories failed.
+    #[error("{0}")]
+    Io(String),
     /// The write pipeline stopped (the WAL failed or the node is shutting down).
     #[error("the write path is stopped: {0}")]
     Stopped(String),

@@ -29,7 +29,10 @@ mod keys;
 mod pipeline;
 
 pub use builder::StateBuilder;
-pub use engine::{Engine, REPLAY_BATCH_RECORDS, checkpoint_meta, decode_record};
+pub use engine::{
+    Engine, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, checkpoint_meta, complete_checkpoint_swap,
+    decode_record,
+};
 pub use error::{EngineError, Result};
 pub use keys::{Entry, Value};
 pub use pipeline::{APPLY_QUEUE_MAX, Pipeline, Ticket, View};

@@ -271,7 +271,7 @@ fn a_state_built_in_memory_and_ingested_equals_applying_record_by_record() {
 }
 
 #[test]
-fn installing_a_checkpoint_makes_an_engine_hold_exactly_its_state() {
+fn an_engine_replaced_with_a_checkpoint_holds_exactly_its_state() {
     let seed = seed();
     for round in 0..10u64 {
         let dir = tempfile::tempdir().unwrap();
@@ -295,9 +295,14 @@ fn installing_a_checkpoint_makes_an_engine_hold_exactly_its_state() {
                 .unwrap();
         }
         assert_eq!(
-            target.install_checkpoint(&checkpoint, dir.path()).unwrap(),
+            target.replace_with_checkpoint(&checkpoint).unwrap(),
             Lsn(400)
         );
+        assert!(
+            !checkpoint.exists(),
+            "the checkpoint became the engine's directory"
+        );
+        assert!(!dir.path().join("target.old").exists());
         assert_eq!(target.applied_lsn(), Lsn(400), "round {round}");
         assert_eq!(target.persisted_lsn(), Lsn(400));
         assert_eq!(target.key_count(), source.key_count(), "round {round}");

@@ -12,16 +12,15 @@
 //!   staging/ready         every file whole and RocksDB reads the LSN the
 //!                         manifest names: from here on the install rolls
 //!                         forward, even after a crash
-//! install: the engine takes the checkpoint's state in one atomic ingest
-//!          (readers see the old data until then) -> staging/installed
+//! install: the staged checkpoint becomes the engine's directory (the old
+//!          one is closed, moved aside and deleted; readers see the old
+//!          data until then and wait for the swap)
 //!          the WAL starts again with the anchor frame, synced
 //!          staging is deleted
 //! ```
 //!
-//! Disk: while a snapshot arrives the replica holds its old data, the
-//! staged checkpoint, and during the install an SST file of the new state
-//! (about the checkpoint's size again): up to twice the snapshot's size
-//! beside the old data.
+//! Disk: while a snapshot arrives the replica holds its old data and the
+//! staged checkpoint: the snapshot's size beside the old data.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,7 +40,6 @@ const MANIFEST: &str = "manifest";
 const WHOLE: &str = "whole";
 const CHECKPOINT: &str = "checkpoint";
 const READY: &str = "ready";
-const INSTALLED: &str = "installed";
 
 fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> ReceiveError {
     ReceiveError::Io(format!("{what} {}: {e}", path.display()))
@@ -396,10 +394,25 @@ impl Download {
     }
 }
 
+/// Before the engine in `engine_dir` is opened: completes a swap of the
+/// engine's directory for a ready snapshot that a crash interrupted (see
+/// [`ferry_engine::complete_checkpoint_swap`]).
+///
+/// # Errors
+///
+/// File errors.
+pub fn finish_engine_swap(staging: &Staging, engine_dir: &Path) -> Result<()> {
+    if staging.has(READY) {
+        ferry_engine::complete_checkpoint_swap(engine_dir, &staging.path(CHECKPOINT))?;
+    }
+    Ok(())
+}
+
 /// Completes a staged install, if one is ready: the engine takes the
-/// checkpoint's state, the WAL starts again with the anchor frame, staging
-/// is deleted. Safe to repeat after a crash at any step. Returns the last
-/// LSN of the log afterwards, or `None` if no install was ready.
+/// checkpoint as its directory (if it has not yet), the WAL starts again with
+/// the anchor frame, staging is deleted. Safe to repeat after a crash at any
+/// step. Returns the last LSN of the log afterwards, or `None` if no install
+/// was ready.
 ///
 /// # Errors
 ///
@@ -425,22 +438,22 @@ pub async fn finish_install(
         )));
     }
     ferry_wal::testing::crash_point("bootstrap::ready");
-    if !staging.has(INSTALLED) {
+    let checkpoint = staging.path(CHECKPOINT);
+    if checkpoint.exists() {
         let started = Instant::now();
-        let (engine, checkpoint, scratch) = (
-            engine.clone(),
-            staging.path(CHECKPOINT),
-            staging.dir.clone(),
-        );
-        let lsn =
-            tokio::task::spawn_blocking(move || engine.install_checkpoint(&checkpoint, &scratch))
-                .await
-                .map_err(|e| ReceiveError::Io(format!("the install task failed: {e}")))??;
-        ferry_wal::testing::crash_point("bootstrap::ingested");
-        staging.set(INSTALLED)?;
-        ferry_wal::testing::crash_point("bootstrap::installed");
+        let engine = engine.clone();
+        let lsn = tokio::task::spawn_blocking(move || engine.replace_with_checkpoint(&checkpoint))
+            .await
+            .map_err(|e| ReceiveError::Io(format!("the install task failed: {e}")))??;
+        if lsn.0 != manifest.lsn {
+            return Err(ReceiveError::BadSnapshot(format!(
+                "the installed checkpoint holds lsn {lsn}, its manifest says {}",
+                manifest.lsn
+            )));
+        }
         tracing::info!(%lsn, elapsed_ms = started.elapsed().as_millis() as u64,
             "the engine holds the snapshot's state");
+        ferry_wal::testing::crash_point("bootstrap::installed");
     }
     let header = anchor.headers()[0];
     let in_place = wal.first_lsn() == first
