@@ -95,6 +95,41 @@ pub fn complete_checkpoint_swap(engine_dir: &Path, checkpoint: &Path) -> Result<
     Ok(())
 }
 
+/// The fields of hash `key` in `db` (see [`Engine::hash_fields`]).
+fn hash_fields_in(
+    db: &DB,
+    key: &[u8],
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<(Bytes, Bytes)>> {
+    let prefix = keys::field_prefix(key);
+    let mut it = db.raw_iterator();
+    match after {
+        Some(after) => {
+            let mut start = keys::field_key(key, after);
+            start.push(0);
+            it.seek(&start);
+        }
+        None => it.seek(&prefix),
+    }
+    let mut out = Vec::new();
+    while it.valid() && out.len() < limit {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push((
+            Bytes::copy_from_slice(&k[prefix.len()..]),
+            Bytes::copy_from_slice(v),
+        ));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
 /// The applied LSN and key count stored in a checkpoint (or any engine
 /// directory not open elsewhere), read without changing it.
 ///
@@ -421,33 +456,7 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        let prefix = keys::field_prefix(key);
-        let db = self.db();
-        let mut it = db.raw_iterator();
-        match after {
-            Some(after) => {
-                let mut start = keys::field_key(key, after);
-                start.push(0);
-                it.seek(&start);
-            }
-            None => it.seek(&prefix),
-        }
-        let mut out = Vec::new();
-        while it.valid() && out.len() < limit {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push((
-                Bytes::copy_from_slice(&k[prefix.len()..]),
-                Bytes::copy_from_slice(v),
-            ));
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
+        hash_fields_in(&self.db(), key, after, limit)
     }
 
     /// Keys in byte order after `after`, with their entries, at most `limit`
@@ -558,7 +567,7 @@ impl Engine {
                     }
                     Value::Hash { .. } => {
                         h.update(b"h");
-                        for (field, value) in self.hash_fields(key, None, usize::MAX)? {
+                        for (field, value) in hash_fields_in(&db, key, None, usize::MAX)? {
                             h.update(&(field.len() as u64).to_be_bytes());
                             h.update(&field);
                             h.update(&(value.len() as u64).to_be_bytes());

@@ -126,7 +126,8 @@ impl ReceiverConfig {
 #[derive(Debug, Clone)]
 pub struct LinkStatus {
     pub primary: String,
-    /// "connecting", "catchup", "streaming", "down", "refused" or "stopped".
+    /// "connecting", "catchup", "streaming", "bootstrap", "down",
+    /// "refused" or "stopped".
     pub state: &'static str,
     pub link_up: bool,
     /// When the link last went down (or the receiver started), while down.
