@@ -59,6 +59,9 @@ enum Command {
     /// Makes a replica the primary of a new epoch. Refused, with the
     /// numbers, while it lacks records its primary had, unless --force.
     Promote(PromoteArgs),
+    /// Forgets the WAL retention slot of a replica that is gone for good, so
+    /// the WAL it held back can go (it bootstraps if it ever returns).
+    DropSlot(DropSlotArgs),
     /// Planned switchover, run against a primary: it stops taking writes,
     /// its replica catches up and promotes, and it follows the replica.
     Switchover(SwitchoverArgs),
@@ -182,6 +185,15 @@ struct SwitchoverArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct DropSlotArgs {
+    /// The gRPC address of the node keeping the slot.
+    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    addr: String,
+    /// The replica's node id, as `ferry status` lists the slots.
+    node_id: String,
+}
+
+#[derive(Debug, clap::Args)]
 struct StatusArgs {
     /// The node's gRPC address.
     #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
@@ -287,6 +299,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(args),
         Command::Status(args) => report::run(&args.addr, args.json),
         Command::Promote(args) => report::promote(&args.addr, args.force, args.wait),
+        Command::DropSlot(args) => report::drop_slot(&args.addr, &args.node_id),
         Command::Switchover(args) => report::switchover(&args.addr, args.to, args.timeout),
         Command::Replay(args) => {
             let until = match (args.until_lsn, args.until_time) {

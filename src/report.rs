@@ -333,6 +333,31 @@ pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCo
     }
 }
 
+/// `ferry drop-slot`.
+///
+/// # Errors
+///
+/// An unreachable node, or an error from it.
+pub fn drop_slot(addr: &str, node_id: &str) -> anyhow::Result<ExitCode> {
+    let dropped = block_on(async {
+        let channel = connect(addr).await?;
+        let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
+            .drop_slot(ferry_proto::v1::DropSlotRequest {
+                node_id: node_id.to_string(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Ok::<_, anyhow::Error>(reply.into_inner().dropped)
+    })??;
+    if dropped {
+        println!("dropped the slot of {node_id}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("no slot for {node_id}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
 /// `ferry switchover`.
 ///
 /// # Errors

@@ -78,26 +78,37 @@ fn a_new_replica_of_a_primary_whose_early_wal_is_purged_bootstraps_then_streams(
         wait_until(Duration::from_secs(20), || first_retained(&primary) > 1),
         "the primary kept its whole WAL"
     );
+    // Two new replicas at once: they share one checkpoint.
     let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), SEGMENT);
-    assert!(
-        wait_until(CONVERGE_TIMEOUT, || converged(&primary, &replica)),
-        "the replica did not converge: {:?}",
-        status(replica.grpc).primary_link
-    );
-    let mut c = replica.client();
-    let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
-    assert_eq!(keys, 200_000);
+    let second = Server::replica(&dir.path().join("r2"), &primary.grpc_url(), SEGMENT);
+    for r in [&replica, &second] {
+        assert!(
+            wait_until(CONVERGE_TIMEOUT, || converged(&primary, r)),
+            "the replica did not converge: {:?}",
+            status(r.grpc).primary_link
+        );
+        let mut c = r.client();
+        let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
+        assert_eq!(keys, 200_000);
+        let s = status(r.grpc);
+        assert_eq!(link(&s).bootstraps, 1);
+        assert_eq!(link(&s).snapshot_chunks_rejected, 0);
+        assert_eq!(s.cluster_id, status(primary.grpc).cluster_id);
+    }
     let r = status(replica.grpc);
-    assert_eq!(link(&r).bootstraps, 1);
-    assert_eq!(link(&r).snapshot_chunks_rejected, 0);
-    assert_eq!(r.cluster_id, status(primary.grpc).cluster_id);
-    assert_eq!(sync_full(&primary), 1);
+    assert_eq!(sync_full(&primary), 2);
+    assert_eq!(
+        primary.stderr().matches("took a snapshot").count(),
+        1,
+        "one checkpoint for both"
+    );
+    drop(second);
     // The tail streams as usual afterwards.
     fill(&primary, 200_000, 5_000, 32);
     assert!(wait_until(CONVERGE_TIMEOUT, || converged(
         &primary, &replica
     )));
-    assert_eq!(sync_full(&primary), 1);
+    assert_eq!(sync_full(&primary), 2);
     assert_eq!(
         replica
             .info_field("replication", "master_sync_in_progress")
@@ -116,8 +127,6 @@ fn a_new_replica_of_a_primary_whose_early_wal_is_purged_bootstraps_then_streams(
 
 #[test]
 fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not() {
-    use ferry_proto::v1::DropSlotRequest;
-    use ferry_proto::v1::admin_client::AdminClient;
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let cap = 2u64 << 20;
@@ -220,24 +229,20 @@ fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not()
     drop(replica);
 
     // An operator drops the slot of a replica that is gone for good.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let dropped = runtime.block_on(async {
-        let mut admin = AdminClient::connect(primary.grpc_url())
-            .await
-            .expect("connect");
-        admin
-            .drop_slot(DropSlotRequest {
-                node_id: node_id.clone(),
-            })
-            .await
-            .expect("drop slot")
-            .into_inner()
-            .dropped
-    });
-    assert!(dropped);
+    let dropped = ferry()
+        .args(["drop-slot", "--addr", &primary.grpc_url(), &node_id])
+        .output()
+        .expect("ferry drop-slot");
+    assert!(
+        dropped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dropped.stderr)
+    );
+    let again = ferry()
+        .args(["drop-slot", "--addr", &primary.grpc_url(), &node_id])
+        .output()
+        .expect("ferry drop-slot");
+    assert!(!again.status.success(), "a second drop finds no slot");
     assert!(
         status(primary.grpc)
             .slots
