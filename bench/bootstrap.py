@@ -81,6 +81,21 @@ def ferry_log_purged(port):
     return int(info["wal_first_lsn"]) > 1
 
 
+def phases(run_no):
+    """ferry's own timings of one bootstrap, from the two nodes' logs."""
+    import re
+    out = {}
+    for name, pattern, key in (
+            ("p", r"took a snapshot .*elapsed_ms=(\d+)", "checkpoint"),
+            ("p", r"snapshot sent .*elapsed_ms=(\d+)", "transfer"),
+            ("r", r"the engine holds the snapshot's state .*elapsed_ms=(\d+)", "install")):
+        text = open(os.path.join(WORK, f"ferry-{run_no}-{name}.log"), errors="replace").read()
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        m = re.search(pattern, text)
+        out[key] = int(m.group(1)) if m else None
+    return ", ".join(f"{k} {v} ms" for k, v in out.items() if v is not None)
+
+
 def run(kind, run_no):
     pport, rport = free_port(), free_port()
     pgrpc = free_port() if kind == "ferry" else None
@@ -122,9 +137,10 @@ def run(kind, run_no):
     full = int(pc.info("stats")["sync_full"])
     stop(replica)
     stop(primary)
+    detail = f"; {phases(run_no)}" if kind == "ferry" else ""
     print(f"  {kind} run {run_no}: loaded {KEYS:,} keys in {loaded:.1f} s; new replica ready in "
-          f"{ready:.2f} s (full syncs {full}{'' if purged else ', WAL not purged: streamed'})",
-          flush=True)
+          f"{ready:.2f} s (full syncs {full}{'' if purged else ', WAL not purged: streamed'}"
+          f"{detail})", flush=True)
     return ready
 
 

@@ -61,6 +61,10 @@ pub const REPLICATION_MESSAGE_BYTES_MAX: usize = format::FRAME_BYTES_MAX + (64 <
 /// it must cover the bandwidth-delay product of a cross-region link (the
 /// HTTP/2 default of 64 KiB allows only 320 KiB/s at 200 ms round trip).
 pub const RECEIVE_WINDOW_BYTES: u32 = 32 << 20;
+/// The largest HTTP/2 frame the receiver accepts: 1 MiB messages (WAL
+/// frames, snapshot chunks) travel in a few frames instead of 64 of the
+/// default 16 KiB.
+pub const RECEIVE_FRAME_BYTES_MAX: u32 = 1 << 20;
 /// Records applied to the engine in one RocksDB write at most.
 pub const APPLY_BATCH_RECORDS_MAX: usize = 8192;
 /// A bootstrap logs its progress this often.

@@ -22,6 +22,9 @@ use crate::error::{Result, ShipError};
 pub const WAL_RETENTION_MAX_BYTES_DEFAULT: u64 = 8 << 30;
 /// A slot whose safe bytes fall below this share of the cap is warned of.
 pub const SLOT_WARN_FRACTION: f64 = 0.2;
+/// An engine idle for a round persists its memtable once it holds at least
+/// this many applied records (fewer are not worth a small SST file).
+pub const IDLE_FLUSH_RECORDS_MIN: u64 = 10_000;
 /// The file of the slots, in the node's state directory.
 pub const SLOTS_FILE: &str = "slots";
 
@@ -80,6 +83,8 @@ pub struct Retention {
     /// 0: no cap.
     max_bytes: u64,
     table: Mutex<SlotTable>,
+    /// The engine's applied LSN at the last round, to see it idle.
+    applied_last_round: std::sync::atomic::AtomicU64,
 }
 
 impl Retention {
@@ -127,6 +132,7 @@ impl Retention {
                 slots,
                 dirty: false,
             }),
+            applied_last_round: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -216,7 +222,8 @@ impl Retention {
         }
     }
 
-    /// One round: persists the engine if that lets segments go, enforces
+    /// One round: persists the engine if it was idle since the last round or
+    /// if that lets segments go, enforces
     /// the cap (marking slots lost), deletes the segments nothing needs, and
     /// saves the slots if they changed. Blocking (RocksDB flush, file I/O).
     /// Returns how many segments were deleted.
@@ -225,6 +232,19 @@ impl Retention {
     ///
     /// Engine, WAL or file errors; the next round tries again.
     pub fn enforce(&self, wal: &Wal, engine: &Engine) -> Result<usize> {
+        // Idle since the last round with applied records only in the
+        // memtable: persist them now, while it costs no one anything. The
+        // WAL after them can go sooner, a restart replays nothing, and a
+        // snapshot needs no flush.
+        let applied = engine.applied_lsn();
+        let before = self
+            .applied_last_round
+            .swap(applied.0, std::sync::atomic::Ordering::AcqRel);
+        if applied.0 == before
+            && applied.0.saturating_sub(engine.persisted_lsn().0) >= IDLE_FLUSH_RECORDS_MIN
+        {
+            engine.flush().map_err(|e| ShipError::Io(e.to_string()))?;
+        }
         let segments = wal.segments();
         let mut deleted = 0;
         if segments.len() > 1 {
