@@ -159,7 +159,10 @@ impl Snapshots {
                 let lsn = engine
                     .checkpoint(&dir)
                     .map_err(|e| io("writing a checkpoint to", &dir, e))?;
-                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint written");
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
                 let mut files = Vec::new();
                 for entry in std::fs::read_dir(&dir).map_err(|e| io("listing", &dir, e))? {
                     let entry = entry.map_err(|e| io("listing", &dir, e))?;
