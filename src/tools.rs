@@ -5,7 +5,7 @@
 //! holds.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,6 +34,10 @@ pub const REPLAY_APPLY_BATCH_RECORDS: usize = 8192;
 /// The most memory `replay` gives the state it builds before it writes it
 /// out and goes on record by record.
 pub const REPLAY_STATE_BYTES_MAX: usize = 4 << 30;
+/// Decoded records handed from the reading thread of a replay to the
+/// folding one at a time, and batches of them queued between the two.
+pub const REPLAY_HANDOFF_RECORDS: usize = 4096;
+pub const REPLAY_QUEUE_BATCHES: usize = 8;
 
 fn scan(
     dir: &Path,
@@ -767,6 +771,57 @@ impl Until {
 ///
 /// A data directory that exists with data or is held by a node, a log that
 /// does not start at LSN 1, corruption before the stopping point, I/O.
+/// What the folding thread of a replay leaves.
+enum Folded {
+    /// The whole state, in memory.
+    Built(StateBuilder),
+    /// The state outgrew memory: it went into the engine, and the records
+    /// after it were applied there.
+    Applied,
+}
+
+/// The folding side of a replay: records into the state in memory, or past
+/// [`REPLAY_STATE_BYTES_MAX`] (what was built is ingested) into the engine.
+fn fold(
+    batches: std::sync::mpsc::Receiver<Vec<(Lsn, WalRecord)>>,
+    engine: &Engine,
+    scratch: &Path,
+) -> anyhow::Result<Folded> {
+    let mut builder = Some(StateBuilder::new());
+    let mut batch: Vec<(Lsn, WalRecord)> = Vec::new();
+    for records in batches {
+        match &mut builder {
+            Some(b) => {
+                for (lsn, record) in &records {
+                    b.apply(*lsn, record)?;
+                }
+                if b.state_bytes() > REPLAY_STATE_BYTES_MAX {
+                    let built = builder.take().expect("checked");
+                    eprintln!(
+                        "the state passed {REPLAY_STATE_BYTES_MAX} bytes in memory at lsn {}: ingesting it, then applying record by record",
+                        built.last_lsn()
+                    );
+                    engine.ingest(built, scratch)?;
+                }
+            }
+            None => {
+                batch.extend(records);
+                if batch.len() >= REPLAY_APPLY_BATCH_RECORDS {
+                    engine.apply(&batch)?;
+                    batch.clear();
+                }
+            }
+        }
+    }
+    match builder {
+        Some(built) => Ok(Folded::Built(built)),
+        None => {
+            engine.apply(&batch)?;
+            Ok(Folded::Applied)
+        }
+    }
+}
+
 pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<ExitCode> {
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
         bail!(
@@ -786,67 +841,69 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     }
     let engine = Engine::open(&data_dir.join("engine")).context("creating the new engine")?;
     let mut progress = Progress::new("replayed", wal_dir);
-    let mut builder = Some(StateBuilder::new());
-    let mut batch: Vec<(Lsn, WalRecord)> = Vec::new();
-    // The bytes of each source segment that go to the new log whole.
-    let mut kept: Vec<(std::path::PathBuf, u64)> = Vec::new();
-    let mut partial: Vec<Bytes> = Vec::new();
+    // The frame holding the last record replayed, whole (as stored) or cut
+    // after it (its records up to there): the new log starts with it.
+    let mut last_frame: Option<(ferry_wal::FrameHeader, Result<Bytes, Vec<Bytes>>)> = None;
     let mut last = Lsn::ZERO;
     let mut last_time = 0;
     let mut failure: Option<anyhow::Error> = None;
-    let inspection = scan(wal_dir, |frame| {
-        let h = frame.header;
-        let Some(keep) = until.records_to_keep(&h) else {
-            return Ok(ControlFlow::Break(()));
-        };
-        let records = frame.records();
-        let mut step = || -> anyhow::Result<()> {
-            for (i, data) in records[..keep].iter().enumerate() {
-                let lsn = Lsn(h.first_lsn.0 + i as u64);
-                let record = decode_record(lsn, data)?;
-                match &mut builder {
-                    Some(b) => b.apply(lsn, &record)?,
-                    None => batch.push((lsn, record)),
+    // Two threads: this one reads, checks, decompresses and decodes the
+    // log; the other folds the records into the state.
+    let (inspection, folded) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Lsn, WalRecord)>>(REPLAY_QUEUE_BATCHES);
+        let folder = scope.spawn(|| fold(rx, &engine, data_dir));
+        let mut pending: Vec<(Lsn, WalRecord)> = Vec::with_capacity(REPLAY_HANDOFF_RECORDS);
+        let inspection = scan(wal_dir, |frame| {
+            let h = frame.header;
+            let Some(keep) = until.records_to_keep(&h) else {
+                return Ok(ControlFlow::Break(()));
+            };
+            let records = frame.records();
+            let decoded = records[..keep]
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, data)| {
+                    let lsn = Lsn(h.first_lsn.0 + i as u64);
+                    pending.push((lsn, decode_record(lsn, data)?));
+                    anyhow::Ok(())
+                });
+            if let Err(e) = decoded {
+                failure = Some(e);
+                return Ok(ControlFlow::Break(()));
+            }
+            if pending.len() >= REPLAY_HANDOFF_RECORDS {
+                let full =
+                    std::mem::replace(&mut pending, Vec::with_capacity(REPLAY_HANDOFF_RECORDS));
+                if tx.send(full).is_err() {
+                    // The folder stopped: its error is reported below.
+                    return Ok(ControlFlow::Break(()));
                 }
             }
-            if builder
-                .as_ref()
-                .is_some_and(|b| b.state_bytes() > REPLAY_STATE_BYTES_MAX)
-            {
-                let built = builder.take().expect("checked");
-                eprintln!(
-                    "the state passed {REPLAY_STATE_BYTES_MAX} bytes in memory at lsn {}: ingesting it, then applying record by record",
-                    built.last_lsn()
-                );
-                engine.ingest(built, data_dir)?;
-            }
-            if batch.len() >= REPLAY_APPLY_BATCH_RECORDS {
-                engine.apply(&batch)?;
-                batch.clear();
-            }
-            Ok(())
-        };
-        if let Err(e) = step() {
-            failure = Some(e);
-            return Ok(ControlFlow::Break(()));
+            last_frame = Some((
+                h,
+                if keep == records.len() {
+                    Ok(frame.bytes.clone())
+                } else {
+                    Err(records[..keep].to_vec())
+                },
+            ));
+            last = Lsn(h.first_lsn.0 + keep as u64 - 1);
+            last_time = h.timestamp_ms;
+            progress.add(keep as u64, frame.bytes.len() as u64);
+            Ok(if keep < records.len() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        });
+        if !pending.is_empty() {
+            let _ = tx.send(pending);
         }
-        if keep == records.len() {
-            let end = frame.offset + frame.bytes.len() as u64;
-            match kept.last_mut() {
-                Some((segment, at)) if segment.as_path() == frame.segment => *at = end,
-                _ => kept.push((frame.segment.to_path_buf(), end)),
-            }
-        } else {
-            partial = records[..keep].to_vec();
-        }
-        last = Lsn(h.first_lsn.0 + keep as u64 - 1);
-        last_time = h.timestamp_ms;
-        progress.add(keep as u64, frame.bytes.len() as u64);
-        Ok(if keep < records.len() {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        })
+        drop(tx);
+        let folded = folder
+            .join()
+            .map_err(|_| anyhow::anyhow!("the folding thread panicked"))?;
+        Ok((inspection?, folded))
     })?;
     if let Some(p) = inspection
         .problems
@@ -861,37 +918,41 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     if let Some(e) = failure {
         return Err(e.context("replaying"));
     }
-    let folded = progress.started.elapsed();
-    match builder {
-        Some(built) if built.last_lsn() > Lsn::ZERO => engine.ingest(built, data_dir)?,
-        Some(_) => {}
-        None => engine.apply(&batch)?,
+    let folded = folded.context("replaying")?;
+    let read = progress.started.elapsed();
+    match folded {
+        Folded::Built(built) if built.last_lsn() > Lsn::ZERO => engine.ingest(built, data_dir)?,
+        Folded::Built(_) => {}
+        Folded::Applied => {}
     }
     engine.flush()?;
     let written = progress.started.elapsed();
-    // The new log: the kept bytes of each segment, then the records of a cut
-    // frame in a frame of their own.
+    // The new log starts with the frame holding the last record (the
+    // records before it are in the engine, and the source keeps them), so
+    // that the new node's replicas have a frame to continue after.
     let new_wal = data_dir.join("wal");
     std::fs::create_dir_all(&new_wal)?;
-    for (segment, end) in &kept {
-        let target = new_wal.join(segment.file_name().expect("a segment name"));
-        let mut from = File::open(segment)?.take(*end);
-        let mut to = File::create(&target)?;
-        std::io::copy(&mut from, &mut to)
-            .with_context(|| format!("copying {}", segment.display()))?;
-        to.sync_all()?;
-    }
-    File::open(&new_wal)?.sync_all()?;
-    if !partial.is_empty() {
+    if let Some((header, frame)) = last_frame {
         let wal = Wal::open(
             &new_wal,
             WalOptions {
                 sync_policy: SyncPolicy::Always,
+                first_lsn: header.first_lsn,
                 ..WalOptions::default()
             },
         )
         .context("opening the new WAL")?;
-        wal.append_blocking(partial)?;
+        match frame {
+            Ok(bytes) => {
+                wal.append_frames_blocking(bytes)?;
+            }
+            Err(records) => {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()?
+                    .block_on(wal.set_epoch(header.epoch))?;
+                wal.append_blocking(records)?;
+            }
+        }
         wal.sync_blocking()?;
     }
     progress.finish();
@@ -899,9 +960,9 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     drop(engine);
     let total = progress.started.elapsed();
     eprintln!(
-        "read and folded the log in {:.1} s, wrote the state in {:.1} s, copied the log in {:.1} s",
-        folded.as_secs_f64(),
-        (written - folded).as_secs_f64(),
+        "read and folded the log in {:.1} s, wrote the state in {:.1} s, started the new log in {:.1} s",
+        read.as_secs_f64(),
+        (written - read).as_secs_f64(),
         (total - written).as_secs_f64()
     );
     println!(

@@ -261,6 +261,17 @@ fn replay_until_an_lsn_or_a_time_gives_the_state_at_that_point() {
     let server = Server::start(&mid, &[]);
     let s = status(server.grpc);
     assert_eq!((s.applied_lsn, s.wal.expect("wal").last_lsn), (17, 17));
+    // Its log starts with the frame holding lsn 17; a new replica of it
+    // bootstraps from a snapshot and has the same data.
+    assert!(s.wal.expect("wal").first_retained_lsn <= 17);
+    let replica = Server::start(
+        &tmp.path().join("mid-replica"),
+        &["--replica-of", &server.grpc_url()],
+    );
+    assert!(wait_until(Duration::from_secs(30), || caught_up(
+        &server, &replica
+    )));
+    assert_eq!(digest(&replica), digest(&server));
     assert_ne!(
         s.cluster_id,
         std::fs::read_to_string(node.join("node.conf")).expect("node.conf"),

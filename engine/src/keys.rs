@@ -104,6 +104,12 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
     let mut v = Vec::with_capacity(9 + 8);
+    encode_entry_into(entry, &mut v);
+    v
+}
+
+/// [`encode_entry`], appended to `v`.
+pub(crate) fn encode_entry_into(entry: &Entry, v: &mut Vec<u8>) {
     match &entry.value {
         Value::String(s) => {
             v.reserve(s.len());
@@ -117,7 +123,6 @@ pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
             v.extend_from_slice(&len.to_be_bytes());
         }
     }
-    v
 }
 
 pub(crate) fn decode_entry(key: &[u8], v: &[u8]) -> Result<Entry> {
