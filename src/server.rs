@@ -37,6 +37,8 @@ enum Queued {
 pub const READONLY_REPLY: &str = "READONLY You can't write against a read only replica.";
 /// Redis's reply to a write when the write lease does not hold.
 pub const NOREPLICAS_REPLY: &str = "NOREPLICAS Not enough good replicas to write.";
+/// The reply to a write the lease's replicas did not flush in time.
+pub const NOT_REPLICATED_REPLY: &str = "NOREPLICAS Not enough good replicas flushed this write in time; it is durable on this node and may still reach them.";
 /// Redis's reply on a replica whose link is down, with stale reads off.
 pub const MASTERDOWN_REPLY: &str =
     "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.";
@@ -144,18 +146,26 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Awaits every queued reply in order and encodes it; notes the LSN of the
-/// connection's last write.
-async fn drain(queue: &mut VecDeque<Queued>, out: &mut BytesMut, conn: &mut Conn) {
+/// connection's last write. With a write lease (`--min-replicas-to-write
+/// N`) a write is acknowledged only once N replicas have flushed it; if they
+/// do not within `--min-replicas-max-lag`, the client gets `-NOREPLICAS`
+/// instead (the write is durable here and may still reach them).
+async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, conn: &mut Conn) {
+    let wanted = node.config.min_replicas_to_write;
     while let Some(item) = queue.pop_front() {
         let reply = match item {
             Queued::Ready(reply) => reply,
             Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
-                Ok((reply, lsn)) => {
-                    if let Some(lsn) = lsn {
-                        conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
+                Ok((reply, Some(lsn))) => {
+                    conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
+                    let deadline = tokio::time::Instant::now() + node.config.min_replicas_max_lag;
+                    if wanted > 0 && flushed_by(node, lsn, wanted, Some(deadline)).await < wanted {
+                        Reply::Error(NOT_REPLICATED_REPLY.into())
+                    } else {
+                        reply
                     }
-                    reply
                 }
+                Ok((reply, None)) => reply,
                 Err(e) => engine_error_reply(e),
             },
         };
@@ -163,32 +173,38 @@ async fn drain(queue: &mut VecDeque<Queued>, out: &mut BytesMut, conn: &mut Conn
     }
 }
 
-/// WAIT: how many replicas flushed the connection's last write, waiting up
-/// to `timeout_ms` (0: without limit) for `wanted` of them.
-async fn wait_replicas(node: &Node, conn: &Conn, wanted: usize, timeout_ms: u64) -> Reply {
-    let lsn = ferry_wal::Lsn(conn.last_write_lsn);
+/// How many replicas have flushed `lsn`, waiting until `wanted` have or the
+/// deadline (if any) passes.
+async fn flushed_by(
+    node: &Node,
+    lsn: ferry_wal::Lsn,
+    wanted: usize,
+    deadline: Option<tokio::time::Instant>,
+) -> usize {
     let mut acks = node.shipper.subscribe_acks();
-    let deadline =
-        (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     loop {
         let count = node.shipper.flushed_count(lsn);
         if count >= wanted {
-            return Reply::Int(count as i64);
+            return count;
         }
         let changed = acks.changed();
-        match deadline {
-            Some(at) => {
-                if tokio::time::timeout_at(at, changed).await.is_err() {
-                    return Reply::Int(node.shipper.flushed_count(lsn) as i64);
-                }
-            }
-            None => {
-                if changed.await.is_err() {
-                    return Reply::Int(count as i64);
-                }
-            }
+        let more = match deadline {
+            Some(at) => matches!(tokio::time::timeout_at(at, changed).await, Ok(Ok(()))),
+            None => changed.await.is_ok(),
+        };
+        if !more {
+            return node.shipper.flushed_count(lsn);
         }
     }
+}
+
+/// WAIT: how many replicas flushed the connection's last write, waiting up
+/// to `timeout_ms` (0: without limit) for `wanted` of them.
+async fn wait_replicas(node: &Node, conn: &Conn, wanted: usize, timeout_ms: u64) -> Reply {
+    let deadline =
+        (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+    let count = flushed_by(node, ferry_wal::Lsn(conn.last_write_lsn), wanted, deadline).await;
+    Reply::Int(count as i64)
 }
 
 async fn connection(
@@ -263,7 +279,7 @@ async fn connection(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
-                    drain(&mut queue, &mut out, &mut conn).await;
+                    drain(&node, &mut queue, &mut out, &mut conn).await;
                     Reply::err(&e).encode(&mut out, conn.resp3);
                     let _ = socket.write_all(&out).await;
                     break 'serve;
@@ -281,10 +297,10 @@ async fn connection(
                 break;
             }
             if queue.len() >= PIPELINE_DEPTH_MAX {
-                drain(&mut queue, &mut out, &mut conn).await;
+                drain(&node, &mut queue, &mut out, &mut conn).await;
             }
         }
-        drain(&mut queue, &mut out, &mut conn).await;
+        drain(&node, &mut queue, &mut out, &mut conn).await;
         if let Some(cmd) = last_command
             && let Some(info) = node
                 .clients
@@ -360,7 +376,7 @@ async fn dispatch(
     }
     match spec.handler {
         Handler::Wait => {
-            drain(queue, out, conn).await;
+            drain(node, queue, out, conn).await;
             let reply = if node.is_replica() {
                 Reply::err(
                     "WAIT cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated.",
@@ -374,7 +390,7 @@ async fn dispatch(
             Some(Queued::Ready(reply))
         }
         Handler::ReplicaOf => {
-            drain(queue, out, conn).await;
+            drain(node, queue, out, conn).await;
             let reply = match commands::replicaof_target(args) {
                 Err(reply) => reply,
                 Ok(None) if !node.is_replica() => Reply::ok(),
@@ -398,11 +414,11 @@ async fn dispatch(
         },
         Handler::Read(f) => {
             // A read follows the writes before it on this connection.
-            drain(queue, out, conn).await;
+            drain(node, queue, out, conn).await;
             Some(Queued::Ready(f(node, args)))
         }
         Handler::Conn(f) => {
-            drain(queue, out, conn).await;
+            drain(node, queue, out, conn).await;
             Some(Queued::Ready(f(node, conn, args)))
         }
     }

@@ -1261,15 +1261,18 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
         status(old.grpc)
     );
     assert_eq!(digest(&old), digest(&new));
-    // Every acknowledged write is on the new primary, or, if the old primary
-    // acknowledged it in the lease's last moments, in its quarantine log.
+    // A write is acknowledged only once the replica flushed it: every
+    // acknowledged write is on the new primary. (Writes the old primary made
+    // durable but could not get flushed in time were refused to their client
+    // with -NOREPLICAS; they are in its quarantine log.)
     let mut nc = new.client();
-    let mut missing = 0u64;
-    for i in &acked {
-        let v: Option<String> = cmd(&["GET", &format!("w{i}")]).query(&mut nc).expect("GET");
-        if v.is_none() {
-            missing += 1;
-        }
-    }
-    assert_eq!(status(old.grpc).quarantined_records, missing);
+    let missing: Vec<&u64> = acked
+        .iter()
+        .filter(|i| {
+            let v: Option<String> = cmd(&["GET", &format!("w{i}")]).query(&mut nc).expect("GET");
+            v.is_none()
+        })
+        .collect();
+    assert!(acked.len() > 50, "only {} writes acknowledged", acked.len());
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
 }
