@@ -211,11 +211,18 @@ fn replication_text(node: &Node, out: &mut String) {
             r.last_ack_age.as_secs()
         );
     }
+    let failover = node.failover_state();
     let _ = write!(
         out,
-        "master_failover_state:no-failover\r\nmaster_replid:{}\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n\
+        "master_failover_state:{}\r\nferry_failover_state:{failover}\r\nmaster_replid:{}\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n\
          master_repl_offset:{}\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:1\r\n\
          repl_backlog_size:{}\r\nrepl_backlog_first_byte_offset:{}\r\nrepl_backlog_histlen:{}\r\n",
+        // Redis's names: a switchover waits for its replica to sync.
+        if failover == "switchover" {
+            "waiting-for-sync"
+        } else {
+            "no-failover"
+        },
         if node.identity.cluster_id().is_empty() {
             "0000000000000000000000000000000000000000".to_string()
         } else {

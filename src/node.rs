@@ -604,6 +604,40 @@ impl Node {
             .map(Receiver::status)
     }
 
+    /// Where the node stands on failover, for status reports: on a primary
+    /// `stale` (a newer epoch exists), `lease-lost`, `switchover` (writes
+    /// held for a planned switchover) or `none`; on a replica `manual` (no
+    /// `--failover-after`), `armed` (its primary is reachable), or
+    /// `pending Xs/Ys` (unreachable that long, promotion after Y).
+    pub fn failover_state(&self) -> String {
+        if !self.is_replica() {
+            return if self.is_stale_primary() {
+                "stale"
+            } else if !self.lease_holds() {
+                "lease-lost"
+            } else if !self.pipeline.is_writable() {
+                "switchover"
+            } else {
+                "none"
+            }
+            .to_string();
+        }
+        let Some(after) = self.config.failover_after else {
+            return "manual".into();
+        };
+        match self
+            .link_status()
+            .and_then(|l| l.down_since.filter(|_| !l.link_up))
+        {
+            Some(since) => format!(
+                "pending {}s/{}s",
+                since.elapsed().as_secs(),
+                after.as_secs()
+            ),
+            None => "armed".into(),
+        }
+    }
+
     /// Whether a replica's link to its primary is down.
     pub fn link_down(&self) -> bool {
         self.link_status().is_some_and(|s| !s.link_up)

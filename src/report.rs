@@ -103,6 +103,7 @@ pub fn to_json(s: &GetStatusResponse) -> Value {
             "safe_bytes": slot.safe_bytes,
             "active": slot.active,
         })).collect::<Vec<_>>(),
+        "failover_state": s.failover_state,
         "sync_full": s.sync_full,
         "sync_partial_ok": s.sync_partial_ok,
         "sync_partial_err": s.sync_partial_err,
@@ -151,7 +152,7 @@ pub fn to_text(s: &GetStatusResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "role {}  cluster {}  node {}  epoch {}  version {}",
+        "role {}  cluster {}  node {}  epoch {}  failover {}  version {}",
         s.role,
         if s.cluster_id.is_empty() {
             "-"
@@ -160,6 +161,7 @@ pub fn to_text(s: &GetStatusResponse) -> String {
         },
         s.node_id,
         wal.epoch,
+        s.failover_state,
         s.version
     );
     let _ = writeln!(

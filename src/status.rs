@@ -134,6 +134,7 @@ pub fn status(node: &Node) -> GetStatusResponse {
         sync_full: count(&counters.sync_full),
         sync_partial_ok: count(&counters.sync_partial_ok),
         sync_partial_err: count(&counters.sync_partial_err),
+        failover_state: node.failover_state(),
     }
 }
 

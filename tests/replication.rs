@@ -787,11 +787,14 @@ fn a_replica_fails_over_when_its_primary_is_killed() {
         &primary, &replica
     )));
     assert_eq!(status(replica.grpc).role, "replica");
+    assert_eq!(status(replica.grpc).failover_state, "armed");
     primary.kill();
     let killed = Instant::now();
     let mut rc = replica.client();
+    let mut pending_seen = false;
     assert!(
         wait_until(Duration::from_secs(5), || {
+            pending_seen |= status(replica.grpc).failover_state.starts_with("pending ");
             cmd(&["SET", "after", "failover"])
                 .query::<()>(&mut rc)
                 .is_ok()
@@ -807,6 +810,8 @@ fn a_replica_fails_over_when_its_primary_is_killed() {
     let s = status(replica.grpc);
     assert_eq!(s.role, "primary");
     assert_eq!(s.wal.expect("wal").epoch, 1);
+    assert!(pending_seen, "the status never showed the failover pending");
+    assert_eq!(s.failover_state, "none");
     assert_eq!(raw(&mut rc, &["DBSIZE"]), redis::Value::Int(201));
 }
 
@@ -1236,6 +1241,11 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
     let before = old.durable_lsn();
     assert!(wait_until(Duration::from_secs(10), || old.durable_lsn() > before + 50));
     proxy.isolate();
+    // The lease runs out (2 s) before the replica may promote itself (4 s).
+    assert!(wait_until(Duration::from_secs(15), || {
+        status(old.grpc).failover_state == "lease-lost"
+    }));
+    assert_eq!(status(new.grpc).role, "replica");
     assert!(wait_until(Duration::from_secs(15), || status(new.grpc)
         .role
         == "primary"));
