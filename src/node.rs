@@ -180,6 +180,10 @@ impl Cursors {
 /// node_id=<hex>        this node, for ever
 /// replica_of=<url>     the primary followed; absent on a primary
 /// epochs=<e>:<lsn>,... the terms this node began by promotion
+/// learned=<e>:<lsn>,.. the terms of its log that other nodes began (from
+///                      its primaries' histories and the frames it received)
+/// epoch_max=<e>        the highest epoch ever known here (epochs are never
+///                      reused, even after the terms past a fork are dropped)
 /// ```
 ///
 /// The file is replaced atomically, so a promotion (role and new epoch)
@@ -204,6 +208,30 @@ struct IdentityState {
     replica_of: Option<String>,
     /// The terms this node started as a primary: (epoch, first LSN).
     epochs: Vec<(u64, u64)>,
+    /// The terms of its log that other nodes started.
+    learned: Vec<(u64, u64)>,
+    epoch_max: u64,
+}
+
+fn parse_terms(path: &Path, value: &str, into: &mut Vec<(u64, u64)>) -> anyhow::Result<()> {
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parsed = item
+            .split_once(':')
+            .and_then(|(e, l)| Some((e.parse().ok()?, l.parse().ok()?)));
+        let Some(pair) = parsed else {
+            anyhow::bail!("{}: a bad epoch entry {item:?}", path.display());
+        };
+        into.push(pair);
+    }
+    Ok(())
+}
+
+fn format_terms(terms: &[(u64, u64)]) -> String {
+    terms
+        .iter()
+        .map(|(e, l)| format!("{e}:{l}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Identity {
@@ -226,16 +254,12 @@ impl Identity {
                 "cluster_id" => state.cluster_id = value.trim().to_string(),
                 "node_id" => node_id = value.trim().to_string(),
                 "replica_of" => state.replica_of = Some(value.trim().to_string()),
-                "epochs" => {
-                    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-                        let parsed = item
-                            .split_once(':')
-                            .and_then(|(e, l)| Some((e.parse().ok()?, l.parse().ok()?)));
-                        let Some(pair) = parsed else {
-                            anyhow::bail!("{}: a bad epoch entry {item:?}", path.display());
-                        };
-                        state.epochs.push(pair);
-                    }
+                "epochs" => parse_terms(&path, value, &mut state.epochs)?,
+                "learned" => parse_terms(&path, value, &mut state.learned)?,
+                "epoch_max" => {
+                    state.epoch_max = value.trim().parse().with_context(|| {
+                        format!("{}: a bad epoch_max {value:?}", path.display())
+                    })?;
                 }
                 other => anyhow::bail!("{}: unknown key {other:?}", path.display()),
             }
@@ -267,12 +291,13 @@ impl Identity {
             text.push_str(&format!("replica_of={primary}\n"));
         }
         if !state.epochs.is_empty() {
-            let list: Vec<String> = state
-                .epochs
-                .iter()
-                .map(|(e, l)| format!("{e}:{l}"))
-                .collect();
-            text.push_str(&format!("epochs={}\n", list.join(",")));
+            text.push_str(&format!("epochs={}\n", format_terms(&state.epochs)));
+        }
+        if !state.learned.is_empty() {
+            text.push_str(&format!("learned={}\n", format_terms(&state.learned)));
+        }
+        if state.epoch_max > 0 {
+            text.push_str(&format!("epoch_max={}\n", state.epoch_max));
         }
         let tmp = self.path.with_extension("conf.tmp");
         let write = || -> std::io::Result<()> {
@@ -327,9 +352,56 @@ impl Identity {
             .unwrap_or(0)
     }
 
-    /// The terms this node began: (epoch, first LSN).
-    pub fn epochs(&self) -> Vec<(u64, u64)> {
-        self.state().epochs.clone()
+    /// The highest epoch this node knows of, begun here or elsewhere, now or
+    /// before a fork: a new term takes a higher one.
+    pub fn highest_epoch(&self) -> u64 {
+        let state = self.state();
+        state
+            .epochs
+            .iter()
+            .chain(&state.learned)
+            .map(|&(e, _)| e)
+            .max()
+            .unwrap_or(0)
+            .max(state.epoch_max)
+    }
+
+    /// The terms of this node's log, begun here or by the primaries it
+    /// followed, by first LSN: (epoch, first LSN).
+    pub fn history(&self) -> Vec<(u64, u64)> {
+        let state = self.state();
+        let mut all: Vec<(u64, u64)> = state.epochs.iter().chain(&state.learned).copied().collect();
+        all.sort_by_key(|&(e, l)| (l, e));
+        all.dedup_by_key(|t| t.0);
+        all
+    }
+
+    /// Records terms other nodes began that this node's log holds or will.
+    fn learn(&self, terms: &[(u64, u64)]) -> anyhow::Result<()> {
+        let fresh: Vec<(u64, u64)> = {
+            let state = self.state();
+            terms
+                .iter()
+                .filter(|(e, _)| !state.epochs.iter().chain(&state.learned).any(|t| t.0 == *e))
+                .copied()
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(terms = %format_terms(&fresh), "learned terms of the primary's history");
+        self.update(|s| s.learned.extend(fresh))
+    }
+
+    /// Drops the terms that began after `fork` (this node's log no longer
+    /// holds them), remembering the highest epoch so it is never reused.
+    fn forget_terms_after(&self, fork: Lsn) -> anyhow::Result<()> {
+        let highest = self.highest_epoch();
+        self.update(|s| {
+            s.epoch_max = highest;
+            s.epochs.retain(|&(_, l)| l <= fork.0);
+            s.learned.retain(|&(_, l)| l <= fork.0);
+        })
     }
 }
 
@@ -343,7 +415,7 @@ impl ferry_shipper::Membership for Identity {
     }
 
     fn epoch_history(&self) -> Vec<(u64, u64)> {
-        self.epochs()
+        self.history()
     }
 
     fn saw_newer_epoch(&self, epoch: u64) {
@@ -377,6 +449,10 @@ impl ferry_receiver::Membership for Identity {
     fn adopt_cluster(&self, cluster_id: &str) -> Result<(), String> {
         self.update(|s| s.cluster_id = cluster_id.to_string())
             .map_err(|e| format!("{e:#}"))
+    }
+
+    fn learn_terms(&self, terms: &[(u64, u64)]) -> Result<(), String> {
+        self.learn(terms).map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -717,7 +793,7 @@ impl Node {
             .replay(&self.wal)
             .context("applying the rest of the local WAL")?;
         let last = self.wal.last_lsn();
-        let epoch = self.wal.epoch().0.max(self.identity.last_epoch()) + 1;
+        let epoch = self.wal.epoch().0.max(self.identity.highest_epoch()) + 1;
         let first = last.next();
         ferry_wal::testing::crash_point("node::promote::before_conf");
         self.identity.update(|s| {
@@ -1014,6 +1090,11 @@ impl Node {
         self.shipper.disconnect_all();
         self.wal.sync().await.context("syncing the WAL")?;
         let last = self.wal.last_lsn();
+        // Its terms past the fork are not in its log any more (nor served in
+        // its history); their epochs stay used.
+        self.identity
+            .forget_terms_after(fork)
+            .context("recording the fork")?;
         if last <= fork {
             self.start_receiver(primary)?;
             return Ok(0);

@@ -189,7 +189,7 @@ pub fn to_text(s: &GetStatusResponse) -> String {
             .iter()
             .map(|e| format!("epoch {} from lsn {}", e.epoch, e.first_lsn))
             .collect();
-        let _ = writeln!(out, "terms begun here: {}", terms.join(", "));
+        let _ = writeln!(out, "epoch history: {}", terms.join(", "));
     }
     if let Some(link) = &s.primary_link {
         let (records, bytes, ms) = lag_json(link.lag.as_ref());

@@ -124,7 +124,7 @@ pub fn status(node: &Node) -> GetStatusResponse {
             .load(std::sync::atomic::Ordering::Relaxed),
         epoch_history: node
             .identity
-            .epochs()
+            .history()
             .into_iter()
             .map(|(epoch, first_lsn)| EpochStart { epoch, first_lsn })
             .collect(),

@@ -1286,3 +1286,75 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
     assert!(acked.len() > 50, "only {} writes acknowledged", acked.len());
     assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
 }
+
+#[test]
+fn an_old_primary_rejoins_two_terms_later_through_the_history_its_new_primary_learned() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A leads; B follows it through a proxy; C follows B.
+    let a = Server::start(&dir.path().join("a"), &["--fsync", "always"]);
+    let proxy = Proxy::start(a.grpc);
+    let b = Server::replica(&dir.path().join("b"), &proxy.url(), &[]);
+    let c = Server::replica(&dir.path().join("c"), &b.grpc_url(), &[]);
+    let mut ac = a.client();
+    for i in 0..100 {
+        raw(&mut ac, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || caught_up(&a, &b)
+        && caught_up(&b, &c)));
+    // A is cut off and, without a lease, acknowledges writes B never gets.
+    proxy.isolate();
+    const DIVERGED: u64 = 37;
+    for i in 0..DIVERGED {
+        raw(&mut ac, &["SET", &format!("lost{i}"), "x"]);
+    }
+    // B takes over (epoch 1), then hands over to C (epoch 2).
+    let mut bc = b.client();
+    assert_eq!(
+        raw(&mut bc, &["REPLICAOF", "NO", "ONE"]),
+        redis::Value::Okay
+    );
+    for i in 0..5 {
+        raw(&mut bc, &["SET", &format!("b{i}"), "y"]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || caught_up(&b, &c)));
+    let out = ferry()
+        .args(["switchover", "--addr", &b.grpc_url()])
+        .output()
+        .expect("ferry switchover");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cc = c.client();
+    for i in 0..5 {
+        raw(&mut cc, &["SET", &format!("c{i}"), "z"]);
+    }
+    // C began only term 2, but serves the whole history it holds.
+    let history: Vec<u64> = status(c.grpc)
+        .epoch_history
+        .iter()
+        .map(|t| t.epoch)
+        .collect();
+    assert_eq!(history, vec![1, 2]);
+    // A follows C: its log forked where term 1 began, not where C's own
+    // term did.
+    raw(
+        &mut ac,
+        &["REPLICAOF", "127.0.0.1", &c.grpc.port().to_string()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status(a.grpc).wal.expect("wal").epoch == 2 && caught_up(&c, &a)
+        }),
+        "{:?}",
+        status(a.grpc)
+    );
+    assert_eq!(digest(&a), digest(&c));
+    assert_eq!(status(a.grpc).quarantined_records, DIVERGED);
+    let mut ac = a.client();
+    assert_eq!(raw(&mut ac, &["EXISTS", "lost0"]), redis::Value::Int(0));
+    assert_eq!(raw(&mut ac, &["EXISTS", "b4"]), redis::Value::Int(1));
+    assert_eq!(raw(&mut ac, &["EXISTS", "c4"]), redis::Value::Int(1));
+}

@@ -89,6 +89,13 @@ pub trait Membership: Send + Sync + 'static {
     ///
     /// Why it could not be recorded durably.
     fn adopt_cluster(&self, cluster_id: &str) -> std::result::Result<(), String>;
+    /// Records terms (epoch, first LSN) of the primary's history that this
+    /// node's log holds or will hold, so that it serves them in turn.
+    ///
+    /// # Errors
+    ///
+    /// Why they could not be recorded durably.
+    fn learn_terms(&self, terms: &[(u64, u64)]) -> std::result::Result<(), String>;
 }
 
 /// Tunables of a [`Receiver`].
@@ -692,6 +699,14 @@ impl Context {
                 message: e.to_string(),
             });
         }
+        let history: Vec<(u64, u64)> = accept
+            .epoch_history
+            .iter()
+            .map(|t| (t.epoch, t.first_lsn))
+            .collect();
+        if let Err(e) = self.membership.learn_terms(&history) {
+            return broken(ReceiveError::Membership(e));
+        }
         machine.on_event(Event::Accepted {
             from: Lsn(accept.from_lsn),
         });
@@ -893,6 +908,21 @@ impl Context {
                 "the frames hold lsn {first}..={last}, the message says {}..={}",
                 frames.first_lsn, frames.last_lsn
             )));
+        }
+        // A term that begins in these frames (a primary upstream of a
+        // cascade changed) is recorded before its records are written.
+        let mut epoch = self.wal.epoch();
+        let mut begun = Vec::new();
+        for h in checked.headers() {
+            if h.epoch > epoch {
+                epoch = h.epoch;
+                begun.push((h.epoch.0, h.first_lsn.0));
+            }
+        }
+        if !begun.is_empty() {
+            self.membership
+                .learn_terms(&begun)
+                .map_err(ReceiveError::Membership)?;
         }
         let frame_count = checked.headers().len() as u64;
         let range = self

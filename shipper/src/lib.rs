@@ -83,7 +83,8 @@ pub trait Membership: Send + Sync + 'static {
     /// A replica showed a newer epoch than this node's: this node is a stale
     /// primary and must stop taking writes.
     fn saw_newer_epoch(&self, epoch: u64);
-    /// The terms this node began: (epoch, first LSN).
+    /// The terms of this node's log, begun by it or by the primaries it
+    /// followed: (epoch, first LSN).
     fn epoch_history(&self) -> Vec<(u64, u64)>;
 }
 
@@ -271,6 +272,15 @@ impl Shipper {
             known: Mutex::new(HashMap::new()),
             counters: ShipperCounters::default(),
         })
+    }
+
+    /// The node's epoch history, as the protocol carries it.
+    fn epoch_history(&self) -> Vec<ferry_proto::v1::EpochBegin> {
+        self.membership
+            .epoch_history()
+            .into_iter()
+            .map(|(epoch, first_lsn)| ferry_proto::v1::EpochBegin { epoch, first_lsn })
+            .collect()
     }
 
     /// The retention slots, with the bytes each holds back.
@@ -821,17 +831,11 @@ impl Replication for ShipperService {
                     .sync_partial_err
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(replica = %hello.node_id, %addr, ?reason, %message, "replica refused");
-                let epoch_history = shipper
-                    .membership
-                    .epoch_history()
-                    .into_iter()
-                    .map(|(epoch, first_lsn)| ferry_proto::v1::EpochBegin { epoch, first_lsn })
-                    .collect();
                 let refusal = PrimaryMessage {
                     msg: Some(Out::Refusal(Refusal {
                         reason: reason as i32,
                         message,
-                        epoch_history,
+                        epoch_history: shipper.epoch_history(),
                     })),
                 };
                 let _ = tx.send(Ok(refusal)).await;
@@ -882,6 +886,7 @@ impl Replication for ShipperService {
                 node_id: shipper.membership.node_id(),
                 epoch: shipper.wal.epoch().0,
                 durable_lsn: shipper.wal.durable_lsn().0,
+                epoch_history: shipper.epoch_history(),
             })),
         };
         let _ = tx.send(Ok(accept)).await;
