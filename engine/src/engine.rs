@@ -95,6 +95,14 @@ pub fn complete_checkpoint_swap(engine_dir: &Path, checkpoint: &Path) -> Result<
     Ok(())
 }
 
+/// The stored entry of `key` in `db` (see [`Engine::entry`]).
+fn entry_in(db: &DB, key: &[u8]) -> Result<Option<Entry>> {
+    match db.get_pinned(keys::key_key(key))? {
+        Some(v) => Ok(Some(keys::decode_entry(key, &v)?)),
+        None => Ok(None),
+    }
+}
+
 /// The fields of hash `key` in `db` (see [`Engine::hash_fields`]).
 fn hash_fields_in(
     db: &DB,
@@ -190,13 +198,19 @@ impl Engine {
         })
     }
 
-    /// The database, for one operation.
-    fn db(&self) -> Arc<DB> {
+    /// The database, for one operation; absent only after a swap that
+    /// could not reopen it.
+    fn db(&self) -> Result<Arc<DB>> {
         self.db
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .expect("the database is only absent inside a swap, under the write lock")
+            .ok_or_else(|| {
+                EngineError::Io(
+                    "the engine's database could not be reopened after a swap; restart the node"
+                        .into(),
+                )
+            })
     }
 
     /// The applied LSN that is in RocksDB's files: after a crash the engine
@@ -284,20 +298,20 @@ impl Engine {
             return Ok(());
         };
         let last = last.max(self.applied_lsn());
-        let mut target = BatchTarget::new(self);
+        let mut target = BatchTarget::new(self)?;
         for (_, record) in records {
             // A mutation of a kind this version does not know has no `op`.
             for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
                 apply_mutation(&mut target, op)?;
             }
         }
-        let key_count = target.key_count;
+        let (key_count, db) = (target.key_count, target.db);
         let mut batch = target.batch;
         batch.put(keys::META_APPLIED_LSN, last.0.to_be_bytes());
         batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        self.db().write_opt(batch, &opts)?;
+        db.write_opt(batch, &opts)?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(last.0, Ordering::Release);
         Ok(())
@@ -310,7 +324,7 @@ impl Engine {
     /// [`EngineError::Rocks`].
     pub fn flush(&self) -> Result<()> {
         let applied = self.applied_lsn.load(Ordering::Acquire);
-        self.db().flush()?;
+        self.db()?.flush()?;
         self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
         Ok(())
     }
@@ -324,7 +338,7 @@ impl Engine {
     /// [`EngineError::Rocks`].
     pub fn checkpoint(&self, dir: &Path) -> Result<Lsn> {
         let applied = self.applied_lsn.load(Ordering::Acquire);
-        rocksdb::checkpoint::Checkpoint::new(&*self.db())?.create_checkpoint(dir)?;
+        rocksdb::checkpoint::Checkpoint::new(&*self.db()?)?.create_checkpoint(dir)?;
         // The checkpoint flushed the memtable first.
         self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
         let (lsn, _) = checkpoint_meta(dir)?;
@@ -335,17 +349,25 @@ impl Engine {
     /// `checkpoint` (on the same file system), which becomes the engine's
     /// directory: the database is closed, the directories are swapped (see
     /// [`complete_checkpoint_swap`]) and the new one is opened. Readers see
-    /// the old state until then and wait for the swap (tens of ms). Nothing
-    /// may apply records meanwhile. Returns the applied LSN it holds.
+    /// the old state until then, and wait during the swap: until the
+    /// operations in flight finish (at most [`SWAP_WAIT_MAX`]) and the new
+    /// database opens. Nothing may apply records meanwhile. Returns the
+    /// applied LSN it holds.
     ///
     /// # Errors
     ///
     /// [`EngineError::Rocks`] and [`EngineError::Io`]; the engine then holds
     /// whatever its directory holds (the old state if the swap did not
-    /// happen).
+    /// happen; a directory moved aside is moved back). If no database can be
+    /// reopened, every operation fails until the node restarts (which
+    /// completes the swap).
     pub fn replace_with_checkpoint(&self, checkpoint: &Path) -> Result<Lsn> {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
-        let mut old = slot.take().expect("the engine has its database");
+        let Some(mut old) = slot.take() else {
+            return Err(EngineError::Io(
+                "the engine's database is closed; restart the node".into(),
+            ));
+        };
         // Operations that took a handle before the lock finish first: the
         // old database must be closed before its directory moves, or its
         // background jobs would write into the new one.
@@ -367,7 +389,27 @@ impl Engine {
         };
         drop(closed);
         let swapped = complete_checkpoint_swap(&self.dir, checkpoint);
-        let db = open_db(&self.dir)?;
+        if let Err(e) = &swapped {
+            // Put the old directory back if it was moved aside.
+            let old_dir = self.dir.with_extension("old");
+            if !self.dir.exists()
+                && old_dir.exists()
+                && let Err(back) = std::fs::rename(&old_dir, &self.dir)
+            {
+                tracing::error!(error = %back, "could not move the old engine directory back");
+            }
+            tracing::error!(error = %e, "swapping in the checkpoint failed");
+        }
+        // Never create an empty database in place of the one that was here.
+        let mut opts = options();
+        opts.create_if_missing(false);
+        let db = DB::open(&opts, &self.dir).map_err(|e| {
+            EngineError::Io(format!(
+                "reopening the engine in {} after a checkpoint swap: {e}; restart the node",
+                self.dir.display()
+            ))
+        });
+        let db = db?;
         let (applied, key_count) = read_meta(&db)?;
         *slot = Some(Arc::new(db));
         self.key_count.store(key_count, Ordering::Release);
@@ -388,9 +430,9 @@ impl Engine {
         batch.delete_range([0u8], [0xffu8]);
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        self.db().write_opt(batch, &opts)?;
+        self.db()?.write_opt(batch, &opts)?;
         // RocksDB's WAL is off: flush, or a crash would bring the keys back.
-        self.db().flush()?;
+        self.db()?.flush()?;
         self.key_count.store(0, Ordering::Release);
         self.applied_lsn.store(0, Ordering::Release);
         self.persisted_lsn.store(0, Ordering::Release);
@@ -402,7 +444,7 @@ impl Engine {
     pub(crate) fn ingest_file(&self, path: &Path, applied: Lsn, key_count: u64) -> Result<()> {
         let mut opts = rocksdb::IngestExternalFileOptions::default();
         opts.set_move_files(true);
-        self.db().ingest_external_file_opts(&opts, vec![path])?;
+        self.db()?.ingest_external_file_opts(&opts, vec![path])?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(applied.0, Ordering::Release);
         // An ingested file is in the files at once; the memtable may still
@@ -417,10 +459,7 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        match self.db().get_pinned(keys::key_key(key))? {
-            Some(v) => Ok(Some(keys::decode_entry(key, &v)?)),
-            None => Ok(None),
-        }
+        entry_in(&*self.db()?, key)
     }
 
     /// The entry of `key` unless it is missing or expired at `now_ms`.
@@ -439,7 +478,7 @@ impl Engine {
     /// [`EngineError::Rocks`].
     pub fn hash_field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
         Ok(self
-            .db()
+            .db()?
             .get_pinned(keys::field_key(key, field))?
             .map(|v| Bytes::copy_from_slice(&v)))
     }
@@ -456,7 +495,7 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        hash_fields_in(&self.db(), key, after, limit)
+        hash_fields_in(&*self.db()?, key, after, limit)
     }
 
     /// Keys in byte order after `after`, with their entries, at most `limit`
@@ -471,7 +510,7 @@ impl Engine {
         limit: usize,
         now_ms: u64,
     ) -> Result<(Vec<(Bytes, Entry)>, bool)> {
-        let db = self.db();
+        let db = self.db()?;
         let mut it = db.raw_iterator();
         match after {
             Some(after) => {
@@ -512,7 +551,7 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn expired_keys(&self, now_ms: u64, limit: usize) -> Result<Vec<Bytes>> {
-        let db = self.db();
+        let db = self.db()?;
         let mut it = db.raw_iterator();
         it.seek([keys::EXPIRY]);
         let mut out = Vec::new();
@@ -543,7 +582,7 @@ impl Engine {
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn digest(&self, now_ms: u64) -> Result<String> {
         let mut acc = [0u8; 20];
-        let db = self.db();
+        let db = self.db()?;
         let mut it = db.raw_iterator();
         it.seek([keys::KEY]);
         while it.valid() {
@@ -600,8 +639,9 @@ pub fn decode_record(lsn: Lsn, data: &Bytes) -> Result<WalRecord> {
 
 /// One atomic application: the write batch, and what it has changed so far
 /// (so later mutations of the same batch see earlier ones).
-struct BatchTarget<'a> {
-    engine: &'a Engine,
+struct BatchTarget {
+    /// One handle for the reads and the write of a batch.
+    db: Arc<DB>,
     batch: WriteBatch,
     entries: HashMap<Bytes, Option<Entry>>,
     /// Fields written or deleted in this batch: `field_key -> exists`.
@@ -613,21 +653,21 @@ struct BatchTarget<'a> {
     key_count: u64,
 }
 
-impl<'a> BatchTarget<'a> {
-    fn new(engine: &'a Engine) -> BatchTarget<'a> {
-        BatchTarget {
-            engine,
+impl BatchTarget {
+    fn new(engine: &Engine) -> Result<BatchTarget> {
+        Ok(BatchTarget {
+            db: engine.db()?,
             batch: WriteBatch::default(),
             entries: HashMap::new(),
             fields: HashMap::new(),
             cleared: HashSet::new(),
             flushed: false,
             key_count: engine.key_count(),
-        }
+        })
     }
 }
 
-impl Target for BatchTarget<'_> {
+impl Target for BatchTarget {
     fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>> {
         if let Some(entry) = self.entries.get(key) {
             return Ok(entry.clone());
@@ -635,7 +675,7 @@ impl Target for BatchTarget<'_> {
         if self.flushed {
             return Ok(None);
         }
-        let entry = self.engine.entry(key)?;
+        let entry = entry_in(&self.db, key)?;
         self.entries.insert(key.clone(), entry.clone());
         Ok(entry)
     }
@@ -648,7 +688,7 @@ impl Target for BatchTarget<'_> {
         if self.flushed || self.cleared.contains(key) {
             return Ok(false);
         }
-        Ok(self.engine.db().get_pinned(&fk)?.is_some())
+        Ok(self.db.get_pinned(&fk)?.is_some())
     }
 
     fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry) {
