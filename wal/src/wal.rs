@@ -595,8 +595,12 @@ impl Wal {
     /// Throws the whole log away and starts it again, empty, so that the
     /// next record gets `first` and the next frame may carry `epoch` or a
     /// later one: for a replica whose engine was replaced by a snapshot of
-    /// its primary's state. Nothing may read the log meanwhile. Returns the
-    /// new last LSN (`first - 1`).
+    /// its primary's state. Nothing may read the log meanwhile, and the
+    /// durable LSN moves to `first - 1`, back if `first` is lower: readers
+    /// and durable-LSN watchers must have stopped. A crash leaves a suffix of
+    /// the old log, or nothing, or the new empty log; the caller completes
+    /// its change from its own record of it. Returns the new last LSN
+    /// (`first - 1`).
     ///
     /// # Errors
     ///
@@ -1608,17 +1612,24 @@ impl Writer {
         Ok(lsn)
     }
 
-    /// Deletes every segment and starts an empty one at `first`.
+    /// Deletes every segment, oldest first (a crash leaves a suffix of the
+    /// old log, or nothing), then starts an empty one at `first`. The list
+    /// readers see changes only once the new segment exists.
     fn restart_at(&mut self, first: Lsn, epoch: Epoch) -> Result<()> {
         let shared = self.shared.clone();
-        let mut segments = shared.segments.write().unwrap_or_else(|e| e.into_inner());
-        for gone in segments.iter() {
+        let old: Vec<PathBuf> = shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| s.path.clone())
+            .collect();
+        for path in &old {
             shared
                 .storage
-                .remove(&gone.path)
-                .map_err(|e| WalError::io("deleting", &gone.path, e))?;
+                .remove(path)
+                .map_err(|e| WalError::io("deleting", path, e))?;
         }
-        segments.clear();
         let (file, path) = segment::create_segment(&*shared.storage, &shared.dir, first)?;
         let meta = Arc::new(SegmentMeta::new(
             first,
@@ -1626,8 +1637,7 @@ impl Writer {
             SEGMENT_HEADER_LEN as u64,
             Vec::new(),
         ));
-        segments.push(meta.clone());
-        drop(segments);
+        *shared.segments.write().unwrap_or_else(|e| e.into_inner()) = vec![meta.clone()];
         shared
             .storage
             .sync_dir(&shared.dir)
