@@ -87,6 +87,24 @@ pub const SCAN_CURSORS_MAX: usize = 16_384;
 /// The file in the data directory that keeps the node's identity and role.
 pub const NODE_FILE: &str = "node.conf";
 
+/// A marker in the data dir: the engine is being emptied and the WAL
+/// started again at LSN 1 (see `Node::reset_to_empty`).
+const RESET_MARKER: &str = "reset-in-progress";
+/// Where a rejoin keeps the engine's state in its quarantine directory.
+const QUARANTINE_ENGINE_DIR: &str = "engine-state";
+
+/// Empties the engine and starts the WAL again at LSN 1, then removes the
+/// reset marker; safe to repeat.
+async fn complete_reset(data_dir: &Path, wal: &Wal, engine: &Engine) -> anyhow::Result<()> {
+    engine.reset().context("emptying the engine")?;
+    wal.restart_at(Lsn(1), ferry_wal::Epoch(0))
+        .await
+        .context("emptying the WAL")?;
+    let marker = data_dir.join(RESET_MARKER);
+    std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    Ok(())
+}
+
 /// How often the node looks for WAL segments it may delete.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -370,9 +388,12 @@ impl Identity {
     /// followed, by first LSN: (epoch, first LSN).
     pub fn history(&self) -> Vec<(u64, u64)> {
         let state = self.state();
-        let mut all: Vec<(u64, u64)> = state.epochs.iter().chain(&state.learned).copied().collect();
+        // One entry per epoch (a term both begun here and learned back is
+        // the same term).
+        let by_epoch: std::collections::BTreeMap<u64, u64> =
+            state.epochs.iter().chain(&state.learned).copied().collect();
+        let mut all: Vec<(u64, u64)> = by_epoch.into_iter().collect();
         all.sort_by_key(|&(e, l)| (l, e));
-        all.dedup_by_key(|t| t.0);
         all
     }
 
@@ -556,14 +577,16 @@ impl Node {
         let engine = Engine::open(&engine_dir)
             .with_context(|| format!("opening the engine in {}", engine_dir.display()))?;
         let (wal, engine) = (Arc::new(wal), Arc::new(engine));
-        // A snapshot whose install a crash interrupted is completed first.
-        let staging =
-            ferry_receiver::Staging::new(config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR));
+        // ... and then its log.
         if let Some(last) = ferry_receiver::bootstrap::finish_install(&staging, &wal, &engine)
             .await
             .context("completing the install of a snapshot")?
         {
             tracing::warn!(last_lsn = %last, "completed the install of a snapshot a restart interrupted");
+        }
+        if config.data_dir.join(RESET_MARKER).exists() {
+            tracing::warn!("completing a reset a restart interrupted (a rejoin)");
+            complete_reset(&config.data_dir, &wal, &engine).await?;
         }
         let started = Instant::now();
         let replayed = engine
@@ -1100,22 +1123,30 @@ impl Node {
             return Ok(0);
         }
         let quarantine = self.quarantine_after(fork, last)?;
-        self.engine.reset().context("emptying the engine")?;
         let count = last.0 - fork.0;
-        if self.wal.first_lsn() > Lsn(1) {
+        let first = self.wal.first_lsn();
+        if first > Lsn(1) {
             // The log no longer reaches back to the start, so the engine
             // cannot be rebuilt to the fork from it: start empty and take
-            // the primary's state (a snapshot, or its whole log).
-            self.wal
-                .restart_at(Lsn(1), ferry_wal::Epoch(0))
-                .await
-                .context("emptying the WAL")?;
+            // the primary's state (a snapshot, or its whole log). The
+            // engine's state goes to the quarantine too (a checkpoint: hard
+            // links), for records past the fork the log no longer holds.
+            let state = quarantine.join(QUARANTINE_ENGINE_DIR);
+            self.engine
+                .checkpoint(&state)
+                .context("keeping the engine's state in quarantine")?;
+            if first > fork.next() {
+                tracing::warn!(from = %fork.next(), to = %Lsn(first.0 - 1), state = %state.display(),
+                    "records after the fork were purged from the log: they are only in the engine state kept in quarantine");
+            }
+            self.reset_to_empty().await?;
             self.quarantined_records.fetch_add(count, Ordering::Relaxed);
             tracing::warn!(after = %fork, records = count, quarantine = %quarantine.display(),
                 "rejoined: the records after the fork are in quarantine; the node syncs from its primary anew");
             self.start_receiver(primary)?;
             return Ok(count);
         }
+        self.engine.reset().context("emptying the engine")?;
         if let Err(e) = self.wal.truncate_after(fork).await {
             // The log is as it was: bring the engine back to it.
             self.engine
@@ -1143,6 +1174,18 @@ impl Node {
         );
         self.start_receiver(primary)?;
         Ok(count)
+    }
+
+    /// Empties the engine and starts the WAL again at LSN 1, as one step
+    /// across a crash: a marker file says it is under way, and opening the
+    /// node completes it.
+    async fn reset_to_empty(&self) -> anyhow::Result<()> {
+        let marker = self.config.data_dir.join(RESET_MARKER);
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| File::open(&self.config.data_dir)?.sync_all())
+            .with_context(|| format!("writing {}", marker.display()))?;
+        complete_reset(&self.config.data_dir, &self.wal, &self.engine).await
     }
 
     /// Copies the frames after `fork` (up to `last`) into a new quarantine

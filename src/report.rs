@@ -256,8 +256,8 @@ pub fn to_text(s: &GetStatusResponse) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<12} lsn {:>10}  retained {:>12} bytes  {:<8}  safe {safe} bytes{}",
-                slot.node_id.get(..12).unwrap_or(&slot.node_id),
+                "  {} lsn {}  retained {} bytes  {}  safe {safe} bytes{}",
+                slot.node_id,
                 slot.lsn,
                 slot.retained_bytes,
                 slot.wal_status,

@@ -152,14 +152,26 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 /// instead (the write is durable here and may still reach them).
 async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, conn: &mut Conn) {
     let wanted = node.config.min_replicas_to_write;
+    // One deadline for the whole batch of replies.
+    let mut deadline = None;
     while let Some(item) = queue.pop_front() {
         let reply = match item {
             Queued::Ready(reply) => reply,
             Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
                 Ok((reply, Some(lsn))) => {
                     conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
-                    let deadline = tokio::time::Instant::now() + node.config.min_replicas_max_lag;
-                    if wanted > 0 && flushed_by(node, lsn, wanted, Some(deadline)).await < wanted {
+                    if wanted > 0
+                        && flushed_by(
+                            node,
+                            lsn,
+                            wanted,
+                            Some(*deadline.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + node.config.min_replicas_max_lag
+                            })),
+                        )
+                        .await
+                            < wanted
+                    {
                         Reply::Error(NOT_REPLICATED_REPLY.into())
                     } else {
                         reply

@@ -233,6 +233,17 @@ impl Admin for AdminService {
         request: tonic::Request<DropSlotRequest>,
     ) -> Result<tonic::Response<DropSlotResponse>, tonic::Status> {
         let node_id = request.into_inner().node_id;
+        if self
+            .node
+            .shipper
+            .list()
+            .iter()
+            .any(|r| r.node_id == node_id)
+        {
+            return Err(tonic::Status::failed_precondition(format!(
+                "replica {node_id} is connected: its slot is in use (stop the replica first)"
+            )));
+        }
         let dropped = self.node.shipper.retention.drop_slot(&node_id);
         if dropped {
             tracing::warn!(replica = %node_id, "retention slot dropped by an operator");

@@ -35,8 +35,9 @@ pub const REPLAY_APPLY_BATCH_RECORDS: usize = 8192;
 /// out and goes on record by record.
 pub const REPLAY_STATE_BYTES_MAX: usize = 4 << 30;
 /// Decoded records handed from the reading thread of a replay to the
-/// folding one at a time, and batches of them queued between the two.
+/// folding one at a time.
 pub const REPLAY_HANDOFF_RECORDS: usize = 4096;
+/// Batches of [`REPLAY_HANDOFF_RECORDS`] queued between the two threads.
 pub const REPLAY_QUEUE_BATCHES: usize = 8;
 
 fn scan(
@@ -757,20 +758,6 @@ impl Until {
     }
 }
 
-/// `ferry replay --wal DIR --data-dir NEW [--until-lsn N | --until-time T]`:
-/// builds a new data directory holding exactly the state after that point.
-///
-/// The records are folded into the final state in memory (no RocksDB read or
-/// write per record) and the state is ingested as one SST file; if it grows
-/// past [`REPLAY_STATE_BYTES_MAX`], what is built so far is ingested and the
-/// rest is applied record by record. The new WAL is a byte copy of the
-/// source segments up to the stopping point, plus the first records of a
-/// frame the stopping point cuts.
-///
-/// # Errors
-///
-/// A data directory that exists with data or is held by a node, a log that
-/// does not start at LSN 1, corruption before the stopping point, I/O.
 /// What the folding thread of a replay leaves.
 enum Folded {
     /// The whole state, in memory.
@@ -822,6 +809,20 @@ fn fold(
     }
 }
 
+/// `ferry replay --wal DIR --data-dir NEW [--until-lsn N | --until-time T]`:
+/// builds a new data directory holding exactly the state after that point.
+///
+/// One thread reads, checks, decompresses and decodes the log; another folds
+/// the records into the final state in memory (no RocksDB read or write per
+/// record), which is ingested as one SST file; if it grows past
+/// [`REPLAY_STATE_BYTES_MAX`], what is built so far is ingested and the rest
+/// is applied record by record. The new WAL starts with the source's frame
+/// holding the stopping point (cut there if the point falls inside it).
+///
+/// # Errors
+///
+/// A data directory that exists with data or is held by a node, a log that
+/// does not start at LSN 1, corruption before the stopping point, I/O.
 pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<ExitCode> {
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
         bail!(

@@ -221,9 +221,9 @@ impl Download {
                 "the manifest's total does not add up".into(),
             ));
         }
-        let same = staging
-            .manifest()?
-            .is_some_and(|m| m.snapshot_id == manifest.snapshot_id);
+        // The same snapshot only if everything about it is the same (ids
+        // alone could repeat across the primary's restarts).
+        let same = staging.manifest()?.is_some_and(|m| m == manifest);
         let staged = if same { staging.whole()? } else { Vec::new() };
         if !same {
             staging.begin(&manifest)?;
@@ -244,12 +244,10 @@ impl Download {
         // crc runs over what is there (a torn write fails the file's crc at
         // the end, and the file is fetched again).
         let mut open = None;
-        if same && let Some((name, len)) = staging.resume_point()? {
-            let index = manifest
-                .files
-                .iter()
-                .position(|f| f.name == name)
-                .expect("the resume point is a file of the manifest");
+        if same
+            && let Some((name, len)) = staging.resume_point()?
+            && let Some(index) = manifest.files.iter().position(|f| f.name == name)
+        {
             let path = staging.path(CHECKPOINT).join(&name);
             let mut handle = std::fs::OpenOptions::new()
                 .read(true)

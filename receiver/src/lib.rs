@@ -359,6 +359,10 @@ async fn run_applier(
 
 impl Context {
     fn start_applier(&self) -> Applier {
+        // A new applier starts afresh: from the engine as it is now (a
+        // snapshot may have replaced it), and with no failure.
+        self.applied_tx.send_replace(self.engine.applied_lsn());
+        self.failed_tx.send_replace(None);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_applier(
             self.wal.clone(),
@@ -371,6 +375,14 @@ impl Context {
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>) {
+        // An install a failure interrupted is completed before anything
+        // reads the log.
+        if let Some(dir) = &self.config.bootstrap_dir
+            && let Err(e) =
+                bootstrap::finish_install(&Staging::new(dir.clone()), &self.wal, &self.engine).await
+        {
+            tracing::error!(error = %e, "completing a snapshot install failed");
+        }
         let mut applier = Some(self.start_applier());
         self.follow(&mut applier, &mut stop).await;
         if let Some(applier) = applier {
@@ -438,14 +450,12 @@ impl Context {
             });
         };
         lock(&self.status).state = "bootstrap";
-        let result = tokio::select! {
-            r = self.fetch_and_install(Staging::new(dir)) => r,
-            _ = stop.wait_for(|&s| s) => return Ended::Stopped,
-        };
+        let result = self.fetch_and_install(Staging::new(dir), stop).await;
         let mut status = lock(&self.status);
         status.sync = None;
         match result {
-            Ok(flushed) => {
+            Ok(None) => Ended::Stopped,
+            Ok(Some(flushed)) => {
                 status.bootstraps += 1;
                 Ended::Event(Event::Bootstrapped { flushed })
             }
@@ -462,12 +472,35 @@ impl Context {
         }
     }
 
-    async fn fetch_and_install(&self, staging: Staging) -> Result<Lsn> {
-        // A crash may have left an install that only has to be completed;
+    /// Fetches the snapshot (a stop ends this part) and installs it (this
+    /// part, once begun, runs to its end). `None` if stopped.
+    async fn fetch_and_install(
+        &self,
+        staging: Staging,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Lsn>> {
+        // A failure may have left an install that only has to be completed;
         // the stream may resume with the snapshot's tail.
         if let Some(flushed) = bootstrap::finish_install(&staging, &self.wal, &self.engine).await? {
-            return Ok(flushed);
+            return Ok(Some(flushed));
         }
+        let fetched = tokio::select! {
+            r = self.fetch(staging) => r?,
+            _ = stop.wait_for(|&s| s) => return Ok(None),
+        };
+        let (staging, lsn, total, started) = fetched;
+        let flushed = bootstrap::finish_install(&staging, &self.wal, &self.engine)
+            .await?
+            .ok_or_else(|| ReceiveError::Io("the staged snapshot vanished".into()))?;
+        tracing::info!(%lsn, total_bytes = total, elapsed_ms = started.elapsed().as_millis() as u64,
+            "bootstrapped from the snapshot; streaming the tail");
+        Ok(Some(flushed))
+    }
+
+    /// Fetches the primary's snapshot into staging, resuming what is staged,
+    /// and checks it: then it is ready to install. Returns the staging, the
+    /// snapshot's LSN and size, and when the transfer began.
+    async fn fetch(&self, staging: Staging) -> Result<(Staging, Lsn, u64, Instant)> {
         let previous = staging.manifest()?;
         let (resume_file, resume_offset) = staging.resume_point()?.unwrap_or_default();
         let request = SnapshotRequest {
@@ -536,13 +569,7 @@ impl Context {
         }
         let (lsn, total) = (download.progress.lsn, download.progress.total_bytes);
         let started = download.progress.started;
-        let staging = download.finish().await?;
-        let flushed = bootstrap::finish_install(&staging, &self.wal, &self.engine)
-            .await?
-            .ok_or_else(|| ReceiveError::Io("the staged snapshot vanished".into()))?;
-        tracing::info!(%lsn, total_bytes = total, elapsed_ms = started.elapsed().as_millis() as u64,
-            "bootstrapped from the snapshot; streaming the tail");
-        Ok(flushed)
+        Ok((download.finish().await?, lsn, total, started))
     }
 
     /// Records a session's outcome in the status.

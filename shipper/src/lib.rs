@@ -235,6 +235,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The longest node id a replica may give.
+pub const NODE_ID_BYTES_MAX: usize = 128;
+
+/// Node ids name retention slots on disk: printable ASCII, no spaces.
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= NODE_ID_BYTES_MAX && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn refused(reason: Reason, message: String) -> ShipError {
     ShipError::Refused { reason, message }
 }
@@ -425,8 +433,14 @@ impl Shipper {
                     .into(),
             ));
         }
-        if hello.node_id.is_empty() {
-            return Err(refused(Reason::BadHello, "the hello has no node id".into()));
+        if !valid_node_id(&hello.node_id) {
+            return Err(refused(
+                Reason::BadHello,
+                format!(
+                    "the hello's node id {:?} is empty, too long or not printable",
+                    hello.node_id
+                ),
+            ));
         }
         if hello.node_id == self.membership.node_id() {
             return Err(refused(
@@ -515,6 +529,27 @@ impl Shipper {
             }
         }
         Ok(flushed.next())
+    }
+
+    /// Checks a hello and takes the replica's retention slot; then checks
+    /// again that the WAL holds its resume point (a purge may have come
+    /// between the two; from the slot on, none can). Returns the first LSN
+    /// to send.
+    async fn admit(&self, hello: &Hello) -> Result<Lsn> {
+        let from = self.check_hello(hello).await?;
+        if let Err(e) = self.retention.hold(&hello.node_id, Lsn(from.0 - 1)) {
+            tracing::warn!(error = %e, "saving a retention slot failed");
+        }
+        let first = self.wal.first_lsn();
+        if from < first {
+            return Err(refused(
+                Reason::NotRetained,
+                format!(
+                    "the replica needs lsn {from} next, this node keeps lsn {first} and later only"
+                ),
+            ));
+        }
+        Ok(from)
     }
 
     fn update(&self, stream_id: u64, f: impl FnOnce(&mut Tracked)) {
@@ -722,7 +757,7 @@ impl Shipper {
                 "this node has not joined a cluster yet".into(),
             ));
         }
-        if request.node_id.is_empty() || request.node_id == self.membership.node_id() {
+        if !valid_node_id(&request.node_id) || request.node_id == self.membership.node_id() {
             return Err(refused(
                 Reason::BadHello,
                 "a snapshot request needs the id of another node".into(),
@@ -753,18 +788,33 @@ impl Replication for ShipperService {
         let shipper = self.shipper.clone();
         let request = request.into_inner();
         shipper.check_snapshot_request(&request)?;
-        let checkpoint = shipper
-            .snapshots
-            .get(
-                &shipper.wal,
-                &shipper.engine,
-                shipper.membership.cluster_id(),
-            )
-            .await?;
-        // The replica continues after the anchor frame: keep the WAL from it.
-        shipper
-            .retention
-            .hold(&request.node_id, Lsn(checkpoint.anchor_first.0 - 1));
+        // The replica continues after the anchor frame: its slot keeps the
+        // WAL from there. A purge between taking the checkpoint and the slot
+        // makes the checkpoint useless: then a new one is taken.
+        let mut checkpoint = None;
+        for _ in 0..2 {
+            let taken = shipper
+                .snapshots
+                .get(
+                    &shipper.wal,
+                    &shipper.engine,
+                    shipper.membership.cluster_id(),
+                )
+                .await?;
+            if let Err(e) = shipper
+                .retention
+                .hold(&request.node_id, Lsn(taken.anchor_first.0 - 1))
+            {
+                tracing::warn!(error = %e, "saving a retention slot failed");
+            }
+            if taken.anchor_first >= shipper.wal.first_lsn() {
+                checkpoint = Some(taken);
+                break;
+            }
+        }
+        let checkpoint = checkpoint.ok_or_else(|| {
+            tonic::Status::unavailable("the WAL moved past the snapshot twice; ask again")
+        })?;
         shipper.counters.sync_full.fetch_add(1, Ordering::Relaxed);
         let same = request.snapshot_id == checkpoint.manifest.snapshot_id;
         let have = if same { request.have_files } else { Vec::new() };
@@ -823,7 +873,7 @@ impl Replication for ShipperService {
             Err(_) => return Err(tonic::Status::deadline_exceeded("no hello in time")),
         };
         let (tx, rx) = mpsc::channel(SEND_QUEUE_MESSAGES_MAX);
-        let from = match shipper.check_hello(&hello).await {
+        let from = match shipper.admit(&hello).await {
             Ok(from) => from,
             Err(ShipError::Refused { reason, message }) => {
                 shipper
@@ -857,7 +907,6 @@ impl Replication for ShipperService {
                     (hello.grpc_addr.clone(), addr.clone()),
                 );
         }
-        shipper.retention.hold(&hello.node_id, Lsn(from.0 - 1));
         let stream_id = shipper.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let (disconnect_tx, disconnect_rx) = watch::channel(false);
         shipper.replicas().insert(

@@ -107,10 +107,8 @@ impl Retention {
                         Some((id, lsn, lost))
                     })();
                     let Some((id, lsn, lost)) = parsed else {
-                        return Err(ShipError::Io(format!(
-                            "{}: a bad slot line {line:?}",
-                            path.display()
-                        )));
+                        tracing::warn!(file = %path.display(), %line, "skipping a bad slot line");
+                        continue;
                     };
                     slots.insert(
                         id,
@@ -146,18 +144,31 @@ impl Retention {
     }
 
     /// Keeps the records after `lsn` for `node_id` (a replica accepted from
-    /// there, or bootstrapping from a snapshot at it).
-    pub fn hold(&self, node_id: &str, lsn: Lsn) {
-        let mut table = self.table();
-        table.slots.insert(
-            node_id.to_string(),
-            Slot {
-                lsn,
-                lost: false,
-                warned: false,
-            },
-        );
-        table.dirty = true;
+    /// there, or bootstrapping from a snapshot at it). A new slot is written
+    /// to disk at once, so that a restart keeps it.
+    ///
+    /// # Errors
+    ///
+    /// [`ShipError::Io`] if a new slot cannot be saved (it is kept in
+    /// memory, and saved again by the next round).
+    pub fn hold(&self, node_id: &str, lsn: Lsn) -> Result<()> {
+        let new = {
+            let mut table = self.table();
+            let new = table
+                .slots
+                .insert(
+                    node_id.to_string(),
+                    Slot {
+                        lsn,
+                        lost: false,
+                        warned: false,
+                    },
+                )
+                .is_none();
+            table.dirty = true;
+            new
+        };
+        if new { self.save() } else { Ok(()) }
     }
 
     /// A replica flushed up to `lsn`: its slot moves forward.
@@ -265,6 +276,16 @@ impl Retention {
                 engine.flush().map_err(|e| ShipError::Io(e.to_string()))?;
             }
             let persisted = engine.persisted_lsn();
+            // The slots are read again and the purge made under their lock:
+            // a slot taken meanwhile (a replica just accepted) is either
+            // seen here or sees the purge when it checks retention after.
+            let mut table = self.table();
+            let slots_min = table
+                .slots
+                .values()
+                .filter(|s| !s.lost)
+                .map(|s| s.lsn)
+                .min();
             let mut keep_from = slots_min.unwrap_or(persisted).min(persisted).next();
             if self.max_bytes > 0 && wal.bytes_after(Lsn(keep_from.0 - 1)) > self.max_bytes {
                 // The oldest segment start from which the WAL fits the cap;
@@ -286,7 +307,6 @@ impl Retention {
             }
             deleted = wal.purge_before(keep_from)?;
             let first = wal.first_lsn();
-            let mut table = self.table();
             let mut lost_now = Vec::new();
             for (id, slot) in table.slots.iter_mut() {
                 if !slot.lost && slot.lsn.next() < first {
@@ -299,6 +319,7 @@ impl Retention {
                     "the WAL retention cap forced out records a replica needs: its slot is lost, it will bootstrap from a snapshot");
             }
             table.dirty |= !lost_now.is_empty();
+            drop(table);
         }
         self.warn_near_cap(wal, engine);
         self.save()?;

@@ -139,6 +139,7 @@ impl Snapshots {
         let mut current = self.current.lock().await;
         if let Some(c) = &*current
             && c.anchor_first >= wal.first_lsn()
+            && still_holds(wal, c)
         {
             c.touch();
             return Ok(c.clone());
@@ -153,19 +154,19 @@ impl Snapshots {
         );
         let dir = self.dir.join(&id);
         let (lsn, files) = {
-            let (engine, dir) = (engine.clone(), dir.clone());
+            let (engine, target) = (engine.clone(), dir.clone());
             tokio::task::spawn_blocking(move || -> Result<(Lsn, Vec<SnapshotFile>)> {
                 let started = Instant::now();
                 let lsn = engine
-                    .checkpoint(&dir)
-                    .map_err(|e| io("writing a checkpoint to", &dir, e))?;
+                    .checkpoint(&target)
+                    .map_err(|e| io("writing a checkpoint to", &target, e))?;
                 tracing::debug!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "checkpoint written"
                 );
                 let mut files = Vec::new();
-                for entry in std::fs::read_dir(&dir).map_err(|e| io("listing", &dir, e))? {
-                    let entry = entry.map_err(|e| io("listing", &dir, e))?;
+                for entry in std::fs::read_dir(&target).map_err(|e| io("listing", &target, e))? {
+                    let entry = entry.map_err(|e| io("listing", &target, e))?;
                     let path = entry.path();
                     let (bytes, crc32) = file_crc(&path).map_err(|e| io("reading", &path, e))?;
                     files.push(SnapshotFile {
@@ -178,7 +179,11 @@ impl Snapshots {
                 Ok((lsn, files))
             })
             .await
-            .map_err(|e| ShipError::Io(format!("the checkpoint task failed: {e}")))??
+            .map_err(|e| ShipError::Io(format!("the checkpoint task failed: {e}")))
+            .and_then(|r| r)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&dir);
+            })?
         };
         let remove = |e: ShipError| {
             let _ = std::fs::remove_dir_all(&dir);
@@ -315,6 +320,16 @@ impl Snapshots {
         bad[data.len() / 2] ^= 0x5a;
         Bytes::from(bad)
     }
+}
+
+/// Whether the WAL still holds the checkpoint's anchor frame as it was (a
+/// log started again, as after a rejoin, holds other frames).
+fn still_holds(wal: &Wal, checkpoint: &Checkpoint) -> bool {
+    wal.frames(checkpoint.anchor_first)
+        .and_then(|mut r| r.next_frame())
+        .ok()
+        .flatten()
+        .is_some_and(|f| f.bytes == checkpoint.manifest.anchor_frame)
 }
 
 fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Bytes> {
