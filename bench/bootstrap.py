@@ -25,7 +25,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from replication import Conn, free_port, wait_ping  # noqa: E402
+from replication import Conn, free_port, stop, wait_ping  # noqa: E402
 
 FERRY = sys.argv[1]
 WORK = sys.argv[2]
@@ -53,15 +53,6 @@ def start(kind, name, port, grpc=None, replica_of=None):
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
     proc = subprocess.Popen(args, stdout=log, stderr=log)
     return proc
-
-
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def load(port, seed):

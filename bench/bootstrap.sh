@@ -7,16 +7,9 @@
 # usage: bench/bootstrap.sh     (KEYS=1000000 RUNS=3 to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
-    else
-        echo "bench/bootstrap.sh needs redis-server: apt-get install redis-server redis-tools (as root)" >&2
-        exit 1
-    fi
-fi
 source scripts/deps.sh
 ferry_build_deps
+ferry_redis_deps
 cargo build --release --bin ferry
 ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
 work=$(mktemp -d /tmp/ferry-bench-boot.XXXXXX)

@@ -108,6 +108,18 @@ class Conn:
         return out
 
 
+def stop(proc, timeout=20):
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_ping(port, proc, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -182,12 +194,7 @@ class Pair:
         return int(pc.info("stats")["sync_full"])
 
     def stop_replica(self):
-        self.replica.terminate()
-        try:
-            self.replica.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.replica.kill()
-            self.replica.wait()
+        stop(self.replica)
 
     def restart_replica(self):
         if self.kind == "ferry":
@@ -203,13 +210,7 @@ class Pair:
 
     def close(self):
         for p in (self.replica, self.primary):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(p)
 
 
 def benchmark(port, n, pipeline):

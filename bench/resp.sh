@@ -13,14 +13,9 @@ RUNS=${RUNS:-3}
 POLICIES=${POLICIES:-"always everysec"}
 KEYS=${KEYS:-1000000}
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
-    else
-        echo "bench/resp.sh needs redis-server and redis-tools: apt-get install redis-server redis-tools (as root)" >&2
-        exit 1
-    fi
-fi
+source scripts/deps.sh
+ferry_build_deps
+ferry_redis_deps
 cargo build --release --bin ferry
 ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
 work=$(mktemp -d /tmp/ferry-bench.XXXXXX)

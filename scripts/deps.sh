@@ -18,3 +18,18 @@ ferry_build_deps() {
         fi
     fi
 }
+
+# Redis, for the benchmarks that run it beside ferry: redis-server and
+# redis-tools (redis-benchmark, redis-cli).
+ferry_redis_deps() {
+    if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+        if [ "$(id -u)" = 0 ]; then
+            echo "installing: redis-server redis-tools"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+        else
+            echo "this benchmark needs redis-server and redis-tools: apt-get install redis-server redis-tools (as root)" >&2
+            exit 1
+        fi
+    fi
+}
