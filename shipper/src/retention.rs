@@ -269,9 +269,11 @@ impl Retention {
                     .min()
             };
             let sealed_end = Lsn(segments[segments.len() - 1].0.0 - 1);
-            // Records the slots let go but the engine's files still need:
-            // flush RocksDB so its persisted LSN moves past them.
-            let wanted = slots_min.unwrap_or(sealed_end).min(sealed_end);
+            // Records the slots (or the cap) let go but the engine's files
+            // still need: flush RocksDB so its persisted LSN moves past them.
+            // Without this a busy primary whose memtable never fills would
+            // neither purge nor enforce the cap.
+            let wanted = self.purge_point(wal, &segments, slots_min, sealed_end);
             if engine.persisted_lsn() < wanted && segments[1].0 <= wanted.next() {
                 engine.flush().map_err(|e| ShipError::Io(e.to_string()))?;
             }
@@ -286,25 +288,10 @@ impl Retention {
                 .filter(|s| !s.lost)
                 .map(|s| s.lsn)
                 .min();
-            let mut keep_from = slots_min.unwrap_or(persisted).min(persisted).next();
-            if self.max_bytes > 0 && wal.bytes_after(Lsn(keep_from.0 - 1)) > self.max_bytes {
-                // The oldest segment start from which the WAL fits the cap;
-                // never past what the engine needs.
-                let limit = persisted.next();
-                let forced = segments
-                    .iter()
-                    .map(|&(first, _)| first)
-                    .filter(|&first| first <= limit)
-                    .find(|&first| wal.bytes_after(Lsn(first.0 - 1)) <= self.max_bytes)
-                    .unwrap_or_else(|| {
-                        segments
-                            .iter()
-                            .map(|&(first, _)| first)
-                            .rfind(|&first| first <= limit)
-                            .unwrap_or(keep_from)
-                    });
-                keep_from = keep_from.max(forced);
-            }
+            let keep_from = self
+                .purge_point(wal, &segments, slots_min, sealed_end)
+                .min(persisted)
+                .next();
             deleted = wal.purge_before(keep_from)?;
             let first = wal.first_lsn();
             let mut lost_now = Vec::new();
@@ -324,6 +311,30 @@ impl Retention {
         self.warn_near_cap(wal, engine);
         self.save()?;
         Ok(deleted)
+    }
+
+    /// The last record the WAL could let go of were the engine persisted
+    /// everything: the oldest slot's LSN (or every sealed segment when there
+    /// is no slot), moved forward when the WAL from there exceeds the cap to
+    /// the start of the oldest segment from which it fits. Never past the
+    /// sealed segments.
+    fn purge_point(
+        &self,
+        wal: &Wal,
+        segments: &[(Lsn, u64)],
+        slots_min: Option<Lsn>,
+        sealed_end: Lsn,
+    ) -> Lsn {
+        let kept = slots_min.unwrap_or(sealed_end).min(sealed_end);
+        if self.max_bytes == 0 || wal.bytes_after(kept) <= self.max_bytes {
+            return kept;
+        }
+        let fits = segments
+            .iter()
+            .map(|&(first, _)| first)
+            .find(|&first| wal.bytes_after(Lsn(first.0 - 1)) <= self.max_bytes)
+            .map_or(sealed_end, |first| Lsn(first.0 - 1));
+        kept.max(fits).min(sealed_end)
     }
 
     fn warn_near_cap(&self, wal: &Wal, engine: &Engine) {
@@ -397,5 +408,84 @@ impl Retention {
             self.table().dirty = true;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ferry_proto::v1::{Mutation, SetString, WalRecord, mutation::Op};
+    use ferry_wal::testing::SeededRng;
+    use ferry_wal::{SyncPolicy, WalOptions};
+    use prost::Message;
+
+    /// A SET of key `i` to 64 random letters (they do not compress away).
+    fn set(i: u64, rng: &mut SeededRng) -> WalRecord {
+        let value: String = (0..64)
+            .map(|_| char::from(b'a' + rng.below(26) as u8))
+            .collect();
+        WalRecord {
+            mutations: vec![Mutation {
+                op: Some(Op::SetString(SetString {
+                    key: Bytes::from(format!("key:{i}")),
+                    value: Bytes::from(value),
+                    expire_at_ms: 0,
+                })),
+            }],
+        }
+    }
+
+    /// A primary written to without pause, whose memtable never fills and
+    /// which is never idle for a round, still enforces the cap: the round
+    /// flushes the engine itself when only the engine stands in the way.
+    #[test]
+    fn the_cap_is_enforced_on_a_busy_engine_without_waiting_for_a_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(
+            dir.path().join("wal"),
+            WalOptions {
+                sync_policy: SyncPolicy::No,
+                segment_bytes_max: 64 << 10,
+                ..WalOptions::default()
+            },
+        )
+        .expect("wal");
+        let engine = Engine::open(&dir.path().join("engine")).expect("engine");
+        let cap = 256 << 10;
+        let retention = Retention::load(dir.path(), cap).expect("slots");
+        retention.hold("gone", Lsn(0)).expect("hold");
+        let mut next = 0u64;
+        let mut rng = SeededRng::new(7);
+        for round in 0..200 {
+            let records: Vec<WalRecord> = (next..next + 500).map(|i| set(i, &mut rng)).collect();
+            next += 500;
+            let range = wal
+                .append_blocking(
+                    records
+                        .iter()
+                        .map(|r| Bytes::from(r.encode_to_vec()))
+                        .collect(),
+                )
+                .expect("append");
+            let applied: Vec<(Lsn, WalRecord)> = (range.first.0..=range.last.0)
+                .map(Lsn)
+                .zip(records)
+                .collect();
+            engine.apply(&applied).expect("apply");
+            retention.enforce(&wal, &engine).expect("round");
+            if retention.is_lost("gone") {
+                assert!(wal.bytes_after(Lsn(wal.first_lsn().0 - 1)) <= cap + (64 << 10));
+                assert!(engine.persisted_lsn() >= Lsn(wal.first_lsn().0 - 1));
+                return;
+            }
+            assert!(
+                round < 199,
+                "the slot was never lost: {} segments, {} bytes, persisted {:?}",
+                wal.segments().len(),
+                wal.bytes_after(Lsn(0)),
+                engine.persisted_lsn()
+            );
+        }
     }
 }
