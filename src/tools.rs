@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use ferry_engine::{Engine, StateBuilder, decode_record};
-use ferry_proto::v1::{WalRecord, mutation::Op};
+use ferry_engine::{Engine, StateBuilder, StringSet, decode_record};
+use ferry_proto::v1::{Mutation, SetString, WalRecord, mutation::Op};
 use ferry_wal::inspect::{Inspection, Problem, scan_dir, scan_dir_from, segment_files};
 use ferry_wal::storage::FsStorage;
 use ferry_wal::{FrameLimits, Lsn, SyncPolicy, Wal, WalOptions};
@@ -767,20 +767,124 @@ enum Folded {
     Applied,
 }
 
+/// Records handed from the reading thread of a replay to the folding one,
+/// in LSN order: SETs of a string (most records) read in place and packed
+/// into one buffer, every other record decoded.
+#[derive(Default)]
+struct Handoff {
+    records: Vec<Handed>,
+    packed: Vec<u8>,
+}
+
+enum Handed {
+    /// A [`ferry_engine::StringSet`]: its key, then its value, from `at`
+    /// in the packed buffer.
+    Set {
+        lsn: Lsn,
+        at: usize,
+        key_len: usize,
+        value_len: usize,
+        expire_at_ms: u64,
+    },
+    Decoded(Lsn, WalRecord),
+}
+
+impl Handoff {
+    fn with_capacity(records: usize) -> Handoff {
+        Handoff {
+            records: Vec::with_capacity(records),
+            packed: Vec::new(),
+        }
+    }
+
+    /// Adds the record at `lsn`, encoded as `data`.
+    fn push(&mut self, lsn: Lsn, data: &Bytes) -> anyhow::Result<()> {
+        match ferry_engine::single_string_set(data) {
+            Some(set) => {
+                let at = self.packed.len();
+                self.packed.extend_from_slice(set.key);
+                self.packed.extend_from_slice(set.value);
+                self.records.push(Handed::Set {
+                    lsn,
+                    at,
+                    key_len: set.key.len(),
+                    value_len: set.value.len(),
+                    expire_at_ms: set.expire_at_ms,
+                });
+            }
+            None => self
+                .records
+                .push(Handed::Decoded(lsn, decode_record(lsn, data)?)),
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Each record with its LSN.
+    fn iter(&self) -> impl Iterator<Item = (Lsn, Item<'_>)> {
+        self.records.iter().map(|r| match r {
+            &Handed::Set {
+                lsn,
+                at,
+                key_len,
+                value_len,
+                expire_at_ms,
+            } => (
+                lsn,
+                Item::Set(StringSet {
+                    key: &self.packed[at..at + key_len],
+                    value: &self.packed[at + key_len..at + key_len + value_len],
+                    expire_at_ms,
+                }),
+            ),
+            Handed::Decoded(lsn, record) => (*lsn, Item::Decoded(record)),
+        })
+    }
+}
+
+/// A record of a [`Handoff`].
+enum Item<'a> {
+    Set(StringSet<'a>),
+    Decoded(&'a WalRecord),
+}
+
+impl Item<'_> {
+    fn to_record(&self) -> WalRecord {
+        match self {
+            Item::Set(set) => WalRecord {
+                mutations: vec![Mutation {
+                    op: Some(Op::SetString(SetString {
+                        key: Bytes::copy_from_slice(set.key),
+                        value: Bytes::copy_from_slice(set.value),
+                        expire_at_ms: set.expire_at_ms,
+                    })),
+                }],
+            },
+            Item::Decoded(record) => (*record).clone(),
+        }
+    }
+}
+
 /// The folding side of a replay: records into the state in memory, or past
 /// [`REPLAY_STATE_BYTES_MAX`] (what was built is ingested) into the engine.
 fn fold(
-    batches: std::sync::mpsc::Receiver<Vec<(Lsn, WalRecord)>>,
+    batches: std::sync::mpsc::Receiver<Handoff>,
     engine: &Engine,
     scratch: &Path,
 ) -> anyhow::Result<Folded> {
     let mut builder = Some(StateBuilder::new());
     let mut batch: Vec<(Lsn, WalRecord)> = Vec::new();
-    for records in batches {
+    for handoff in batches {
         match &mut builder {
             Some(b) => {
-                for (lsn, record) in &records {
-                    b.apply(*lsn, record)?;
+                for (lsn, item) in handoff.iter() {
+                    match item {
+                        Item::Set(set) => b.apply_string_set(lsn, set)?,
+                        Item::Decoded(record) => b.apply(lsn, record)?,
+                    }
                 }
                 if b.state_bytes() > REPLAY_STATE_BYTES_MAX {
                     let built = builder.take().expect("checked");
@@ -792,7 +896,7 @@ fn fold(
                 }
             }
             None => {
-                batch.extend(records);
+                batch.extend(handoff.iter().map(|(lsn, item)| (lsn, item.to_record())));
                 if batch.len() >= REPLAY_APPLY_BATCH_RECORDS {
                     engine.apply(&batch)?;
                     batch.clear();
@@ -851,9 +955,9 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
     // Two threads: this one reads, checks, decompresses and decodes the
     // log; the other folds the records into the state.
     let (inspection, folded) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Lsn, WalRecord)>>(REPLAY_QUEUE_BATCHES);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Handoff>(REPLAY_QUEUE_BATCHES);
         let folder = scope.spawn(|| fold(rx, &engine, data_dir));
-        let mut pending: Vec<(Lsn, WalRecord)> = Vec::with_capacity(REPLAY_HANDOFF_RECORDS);
+        let mut pending = Handoff::with_capacity(REPLAY_HANDOFF_RECORDS);
         let inspection = scan(wal_dir, |frame| {
             let h = frame.header;
             let Some(keep) = until.records_to_keep(&h) else {
@@ -863,18 +967,14 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
             let decoded = records[..keep]
                 .iter()
                 .enumerate()
-                .try_for_each(|(i, data)| {
-                    let lsn = Lsn(h.first_lsn.0 + i as u64);
-                    pending.push((lsn, decode_record(lsn, data)?));
-                    anyhow::Ok(())
-                });
+                .try_for_each(|(i, data)| pending.push(Lsn(h.first_lsn.0 + i as u64), data));
             if let Err(e) = decoded {
                 failure = Some(e);
                 return Ok(ControlFlow::Break(()));
             }
             if pending.len() >= REPLAY_HANDOFF_RECORDS {
                 let full =
-                    std::mem::replace(&mut pending, Vec::with_capacity(REPLAY_HANDOFF_RECORDS));
+                    std::mem::replace(&mut pending, Handoff::with_capacity(REPLAY_HANDOFF_RECORDS));
                 if tx.send(full).is_err() {
                     // The folder stopped: its error is reported below.
                     return Ok(ControlFlow::Break(()));
@@ -897,7 +997,7 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
                 ControlFlow::Continue(())
             })
         });
-        if !pending.is_empty() {
+        if pending.len() > 0 {
             let _ = tx.send(pending);
         }
         drop(tx);

@@ -81,56 +81,131 @@ fn sort_head(key: &[u8]) -> [u8; SORT_HEAD_BYTES] {
 }
 
 /// Bytes a key costs in a [`StateBuilder`] beyond its key and value bytes.
-const ENTRY_OVERHEAD_BYTES: usize = 96;
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// The value arena of a [`StateBuilder`] is not compacted below this size.
+pub const STATE_ARENA_COMPACTION_FLOOR: usize = 64 << 20;
+/// The value arena is compacted once the bytes of replaced values reach
+/// this many times the live ones.
+pub const STATE_ARENA_GARBAGE_RATIO: usize = 2;
+
+/// A key's value in the state: a string's bytes in the value arena, or a
+/// hash's field count (its fields are kept on their own).
+#[derive(Debug, Clone, Copy)]
+enum HeldValue {
+    String { at: usize, len: usize },
+    Hash { len: u64 },
+}
+
+/// A key's value and expiry in the state.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    value: HeldValue,
+    expire_at_ms: u64,
+}
+
+/// The bytes of the state's strings, one after another. A replaced
+/// string's bytes stay until a compaction copies out the live ones: folding
+/// a record allocates and frees nothing.
+#[derive(Default)]
+struct Arena {
+    bytes: Vec<u8>,
+    /// Bytes of strings no longer held.
+    garbage: usize,
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("bytes", &self.bytes.len())
+            .field("garbage", &self.garbage)
+            .finish()
+    }
+}
+
+impl Arena {
+    fn push(&mut self, s: &[u8]) -> HeldValue {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(s);
+        HeldValue::String { at, len: s.len() }
+    }
+
+    fn hold(&mut self, value: &Value) -> HeldValue {
+        match value {
+            Value::String(s) => self.push(s),
+            Value::Hash { len } => HeldValue::Hash { len: *len },
+        }
+    }
+
+    fn release(&mut self, value: &HeldValue) {
+        if let HeldValue::String { len, .. } = value {
+            self.garbage += len;
+        }
+    }
+
+    fn get(&self, at: usize, len: usize) -> &[u8] {
+        &self.bytes[at..at + len]
+    }
+}
 
 /// The state after a run of records, in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StateBuilder {
     // Keys come from the operator's own log: a fast hash, not a keyed one.
-    entries: FxHashMap<StoredKey, Entry>,
+    entries: FxHashMap<StoredKey, Held>,
     fields: FxHashMap<Bytes, FxHashMap<Bytes, Bytes>>,
+    arena: Arena,
+    compaction_floor: usize,
     last: Lsn,
+    /// Bytes of keys, fields and their overhead (the arena is apart).
     bytes: usize,
 }
 
-fn entry_bytes(key: &Bytes, entry: &Entry) -> usize {
-    let value = match &entry.value {
-        Value::String(s) => s.len(),
-        Value::Hash { .. } => 0,
-    };
-    key.len() + value + ENTRY_OVERHEAD_BYTES
+impl Default for StateBuilder {
+    fn default() -> StateBuilder {
+        StateBuilder::with_compaction_floor(STATE_ARENA_COMPACTION_FLOOR)
+    }
 }
 
 impl Target for StateBuilder {
     fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>> {
-        Ok(self.entries.get(key.as_ref()).cloned())
+        Ok(self.entries.get(key.as_ref()).map(|held| Entry {
+            value: match held.value {
+                HeldValue::String { at, len } => {
+                    Value::String(Bytes::copy_from_slice(self.arena.get(at, len)))
+                }
+                HeldValue::Hash { len } => Value::Hash { len },
+            },
+            expire_at_ms: held.expire_at_ms,
+        }))
     }
 
     fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
         Ok(self.fields.get(key).is_some_and(|f| f.contains_key(field)))
     }
 
-    fn put_entry(&mut self, key: &Bytes, _old: Option<&Entry>, mut new: Entry) {
-        // Records are slices of whole decompressed frames: own copies let
-        // those buffers go, so memory holds only the state.
-        if let Value::String(s) = &new.value {
-            new.value = Value::String(Bytes::copy_from_slice(s));
-        }
-        self.bytes += entry_bytes(key, &new);
+    fn put_entry(&mut self, key: &Bytes, _old: Option<&Entry>, new: Entry) {
+        // Records are slices of whole decompressed frames: the arena holds
+        // copies, so that those buffers go and memory holds only the state.
+        let held = Held {
+            value: self.arena.hold(&new.value),
+            expire_at_ms: new.expire_at_ms,
+        };
         match self.entries.get_mut(key.as_ref()) {
             Some(slot) => {
-                let old = std::mem::replace(slot, new);
-                self.bytes -= entry_bytes(key, &old);
+                let old = std::mem::replace(slot, held);
+                self.arena.release(&old.value);
             }
             None => {
-                self.entries.insert(StoredKey::new(key), new);
+                self.bytes += key.len() + ENTRY_OVERHEAD_BYTES;
+                self.entries.insert(StoredKey::new(key), held);
             }
         }
     }
 
     fn remove(&mut self, key: &Bytes, _old: &Entry) {
         if let Some(old) = self.entries.remove(key.as_ref()) {
-            self.bytes -= entry_bytes(key, &old);
+            self.bytes -= key.len() + ENTRY_OVERHEAD_BYTES;
+            self.arena.release(&old.value);
         }
         if let Some(fields) = self.fields.remove(key) {
             self.bytes -= fields
@@ -165,39 +240,180 @@ impl Target for StateBuilder {
     fn flush_all(&mut self) {
         self.entries.clear();
         self.fields.clear();
+        self.arena = Arena::default();
         self.bytes = 0;
     }
 
-    /// One lookup where the general path takes two and a copy of the old
-    /// entry; a key that holds a hash takes the general path.
     fn set_string(&mut self, key: &Bytes, value: &Bytes, expire_at_ms: u64) -> Result<()> {
-        let new = Entry {
-            value: Value::String(Bytes::copy_from_slice(value)),
-            expire_at_ms,
-        };
-        let added = entry_bytes(key, &new);
-        match self.entries.get_mut(key.as_ref()) {
-            Some(slot) if matches!(slot.value, Value::String(_)) => {
-                let old = std::mem::replace(slot, new);
-                self.bytes = self.bytes + added - entry_bytes(key, &old);
-            }
-            Some(_) => {
-                let old = self.entries.get(key.as_ref()).cloned().expect("present");
-                self.remove(key, &old);
-                self.put_entry(key, None, new);
-            }
-            None => {
-                self.bytes += added;
-                self.entries.insert(StoredKey::new(key), new);
-            }
-        }
-        Ok(())
+        self.set_string_slices(key, value, expire_at_ms)
     }
+}
+
+/// A WAL record that is a single `SetString` mutation, read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StringSet<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub expire_at_ms: u64,
+}
+
+/// Protobuf tag of field `field` with wire type `wire`.
+const fn tag(field: u8, wire: u8) -> u8 {
+    field << 3 | wire
+}
+const WIRE_VARINT: u8 = 0;
+const WIRE_LEN: u8 = 2;
+
+/// A varint at the start of `data`, and the bytes after it.
+fn read_varint(data: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &b) in data.iter().enumerate().take(10) {
+        // The tenth byte holds the 64th bit only (as prost checks).
+        if i == 9 && b > 1 {
+            return None;
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Some((value, &data[i + 1..]));
+        }
+    }
+    None
+}
+
+/// A length-delimited field's bytes at the start of `data` (after its
+/// tag), and the bytes after it.
+fn read_len(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = read_varint(data)?;
+    let len = usize::try_from(len).ok().filter(|&l| l <= rest.len())?;
+    Some(rest.split_at(len))
+}
+
+/// `data`, an encoded [`WalRecord`], read in place when it is exactly one
+/// `SetString` mutation encoded as prost encodes one (each field at most
+/// once, in field order, defaults left out); `None` for anything else,
+/// which [`crate::decode_record`] then reads. Most records of a cache's
+/// log are such SETs: reading them needs no allocation.
+pub fn single_string_set(data: &[u8]) -> Option<StringSet<'_>> {
+    // WalRecord { mutations: [Mutation { op: SetString { .. } }] }
+    let rest = data.strip_prefix(&[tag(1, WIRE_LEN)])?;
+    let (mutation, rest) = read_len(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let rest = mutation.strip_prefix(&[tag(1, WIRE_LEN)])?;
+    let (mut set, rest) = read_len(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut found = StringSet {
+        key: &[],
+        value: &[],
+        expire_at_ms: 0,
+    };
+    if let Some(rest) = set.strip_prefix(&[tag(1, WIRE_LEN)]) {
+        (found.key, set) = read_len(rest)?;
+    }
+    if let Some(rest) = set.strip_prefix(&[tag(2, WIRE_LEN)]) {
+        (found.value, set) = read_len(rest)?;
+    }
+    if let Some(rest) = set.strip_prefix(&[tag(3, WIRE_VARINT)]) {
+        (found.expire_at_ms, set) = read_varint(rest)?;
+    }
+    set.is_empty().then_some(found)
 }
 
 impl StateBuilder {
     pub fn new() -> StateBuilder {
         StateBuilder::default()
+    }
+
+    /// A builder whose value arena is compacted from `floor` bytes on
+    /// ([`STATE_ARENA_COMPACTION_FLOOR`] by default; tests use less).
+    pub fn with_compaction_floor(floor: usize) -> StateBuilder {
+        StateBuilder {
+            entries: FxHashMap::default(),
+            fields: FxHashMap::default(),
+            arena: Arena::default(),
+            compaction_floor: floor,
+            last: Lsn::ZERO,
+            bytes: 0,
+        }
+    }
+
+    /// One lookup where the general path takes two and a copy of the old
+    /// entry; a key that holds a hash takes the general path.
+    fn set_string_slices(&mut self, key: &[u8], value: &[u8], expire_at_ms: u64) -> Result<()> {
+        match self.entries.get_mut(key) {
+            Some(slot) if matches!(slot.value, HeldValue::String { .. }) => {
+                self.arena.release(&slot.value);
+                *slot = Held {
+                    value: self.arena.push(value),
+                    expire_at_ms,
+                };
+            }
+            Some(_) => {
+                let key = Bytes::copy_from_slice(key);
+                let old = self.entry(&key)?.expect("present");
+                self.remove(&key, &old);
+                let new = Entry {
+                    value: Value::String(Bytes::copy_from_slice(value)),
+                    expire_at_ms,
+                };
+                self.put_entry(&key, None, new);
+            }
+            None => {
+                self.bytes += key.len() + ENTRY_OVERHEAD_BYTES;
+                let held = Held {
+                    value: self.arena.push(value),
+                    expire_at_ms,
+                };
+                self.entries.insert(StoredKey::new(key), held);
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds in the record at `lsn`, one [`StringSet`] read in place (see
+    /// [`single_string_set`]): the same as [`StateBuilder::apply`] with its
+    /// decoded record.
+    ///
+    /// # Errors
+    ///
+    /// None for now; as [`StateBuilder::apply`].
+    ///
+    /// # Panics
+    ///
+    /// If `lsn` does not follow the last record folded in.
+    pub fn apply_string_set(&mut self, lsn: Lsn, set: StringSet<'_>) -> Result<()> {
+        assert_eq!(lsn, self.last.next(), "records are folded in LSN order");
+        self.set_string_slices(set.key, set.value, set.expire_at_ms)?;
+        self.last = lsn;
+        self.compact_if_due();
+        Ok(())
+    }
+
+    /// Copies the live strings into a new arena once replaced ones fill
+    /// most of it.
+    fn compact_if_due(&mut self) {
+        let live = self.arena.bytes.len() - self.arena.garbage;
+        if self.arena.bytes.len() < self.compaction_floor
+            || self.arena.garbage == 0
+            || self.arena.garbage < STATE_ARENA_GARBAGE_RATIO * live
+        {
+            return;
+        }
+        let mut fresh = Vec::with_capacity(live + live / 2);
+        for held in self.entries.values_mut() {
+            if let HeldValue::String { at, len } = &mut held.value {
+                let from = *at;
+                *at = fresh.len();
+                fresh.extend_from_slice(&self.arena.bytes[from..from + *len]);
+            }
+        }
+        self.arena = Arena {
+            bytes: fresh,
+            garbage: 0,
+        };
     }
 
     /// Folds in the record at `lsn`, which must follow the last one.
@@ -215,6 +431,7 @@ impl StateBuilder {
             apply_mutation(self, op)?;
         }
         self.last = lsn;
+        self.compact_if_due();
         Ok(())
     }
 
@@ -226,6 +443,8 @@ impl StateBuilder {
     /// About how much memory the state takes.
     pub fn state_bytes(&self) -> usize {
         self.bytes
+            + self.arena.bytes.capacity()
+            + self.entries.capacity() * std::mem::size_of::<(StoredKey, Held)>()
     }
 
     /// Writes every stored row of the state, as the engine stores them, in
@@ -267,18 +486,25 @@ impl StateBuilder {
         }
         // Sorted by the first bytes held inline, then the whole key: most
         // comparisons touch no key bytes elsewhere in memory.
-        let mut entries: Vec<([u8; SORT_HEAD_BYTES], &[u8], &Entry)> = self
+        let mut entries: Vec<([u8; SORT_HEAD_BYTES], &[u8], &Held)> = self
             .entries
             .iter()
             .map(|(k, e)| (sort_head(k.as_slice()), k.as_slice(), e))
             .collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-        for (_, k, entry) in entries {
+        for (_, k, held) in entries {
             key.clear();
             key.push(keys::KEY);
             key.extend_from_slice(k);
             value.clear();
-            keys::encode_entry_into(entry, &mut value);
+            match held.value {
+                HeldValue::String { at, len } => {
+                    keys::encode_string_into(self.arena.get(at, len), held.expire_at_ms, &mut value)
+                }
+                HeldValue::Hash { len } => {
+                    keys::encode_hash_into(len, held.expire_at_ms, &mut value)
+                }
+            }
             writer.put(&key, &value)?;
         }
         writer.put(keys::META_APPLIED_LSN, self.last.0.to_be_bytes())?;

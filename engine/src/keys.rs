@@ -111,18 +111,24 @@ pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
 /// [`encode_entry`], appended to `v`.
 pub(crate) fn encode_entry_into(entry: &Entry, v: &mut Vec<u8>) {
     match &entry.value {
-        Value::String(s) => {
-            v.reserve(s.len());
-            v.push(KIND_STRING);
-            v.extend_from_slice(&entry.expire_at_ms.to_be_bytes());
-            v.extend_from_slice(s);
-        }
-        Value::Hash { len } => {
-            v.push(KIND_HASH);
-            v.extend_from_slice(&entry.expire_at_ms.to_be_bytes());
-            v.extend_from_slice(&len.to_be_bytes());
-        }
+        Value::String(s) => encode_string_into(s, entry.expire_at_ms, v),
+        Value::Hash { len } => encode_hash_into(*len, entry.expire_at_ms, v),
     }
+}
+
+/// The stored form of a string entry, appended to `v`.
+pub(crate) fn encode_string_into(s: &[u8], expire_at_ms: u64, v: &mut Vec<u8>) {
+    v.reserve(9 + s.len());
+    v.push(KIND_STRING);
+    v.extend_from_slice(&expire_at_ms.to_be_bytes());
+    v.extend_from_slice(s);
+}
+
+/// The stored form of a hash entry of `len` fields, appended to `v`.
+pub(crate) fn encode_hash_into(len: u64, expire_at_ms: u64, v: &mut Vec<u8>) {
+    v.push(KIND_HASH);
+    v.extend_from_slice(&expire_at_ms.to_be_bytes());
+    v.extend_from_slice(&len.to_be_bytes());
 }
 
 pub(crate) fn decode_entry(key: &[u8], v: &[u8]) -> Result<Entry> {

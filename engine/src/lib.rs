@@ -28,7 +28,7 @@ mod error;
 mod keys;
 mod pipeline;
 
-pub use builder::StateBuilder;
+pub use builder::{StateBuilder, StringSet, single_string_set};
 pub use engine::{
     Engine, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, checkpoint_meta, complete_checkpoint_swap,
     decode_record,
