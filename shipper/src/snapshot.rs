@@ -164,6 +164,7 @@ impl Snapshots {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "checkpoint written"
                 );
+                let checked = Instant::now();
                 let mut files = Vec::new();
                 for entry in std::fs::read_dir(&target).map_err(|e| io("listing", &target, e))? {
                     let entry = entry.map_err(|e| io("listing", &target, e))?;
@@ -176,6 +177,10 @@ impl Snapshots {
                     });
                 }
                 files.sort_by(|a, b| a.name.cmp(&b.name));
+                tracing::debug!(
+                    elapsed_ms = checked.elapsed().as_millis() as u64,
+                    "checkpoint files checksummed"
+                );
                 Ok((lsn, files))
             })
             .await
@@ -194,8 +199,18 @@ impl Snapshots {
                 "the engine holds nothing to snapshot".into(),
             )));
         }
-        // The frame holding the checkpoint's LSN starts the replica's log.
-        wal.wait_durable(lsn).await.map_err(|e| remove(e.into()))?;
+        // The frame holding the checkpoint's LSN starts the replica's log,
+        // and a replica holds nothing the primary could still lose: wait
+        // for it to be durable, synced now rather than at the next second.
+        let synced = Instant::now();
+        {
+            let _eager = wal.eager_sync();
+            wal.wait_durable(lsn).await.map_err(|e| remove(e.into()))?;
+        }
+        tracing::debug!(
+            elapsed_ms = synced.elapsed().as_millis() as u64,
+            "the snapshot's records are durable"
+        );
         let frame = wal
             .frames(lsn)
             .and_then(|mut r| r.next_frame())
