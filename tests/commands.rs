@@ -335,6 +335,26 @@ fn hashes_behave_as_in_redis() {
     };
     let V::Array(items) = &parts[1] else { panic!() };
     assert_eq!(items.len(), 20);
+
+    // Pipelined writes see each other's field changes before they are
+    // applied: HDEL then HSETNX of the same field sets it again.
+    assert_eq!(raw(c, &["HSET", "p", "f", "1", "g", "2"]), V::Int(2));
+    let replies: Vec<V> = redis::pipe()
+        .cmd("HDEL")
+        .arg("p")
+        .arg("f")
+        .cmd("HSETNX")
+        .arg("p")
+        .arg("f")
+        .arg("3")
+        .cmd("HINCRBY")
+        .arg("p")
+        .arg("f")
+        .arg("1")
+        .query(c)
+        .expect("pipeline");
+    assert_eq!(replies, vec![V::Int(1), V::Int(1), V::Int(4)]);
+    assert_eq!(raw(c, &["HGET", "p", "f"]), bulk("4"));
 }
 
 #[test]

@@ -145,8 +145,20 @@ impl OverlayTarget<'_> {
 }
 
 impl Target for OverlayTarget<'_> {
+    /// A key the overlay does not hold yet enters it as the engine holds
+    /// it: a mutation may change its fields before its entry (HDEL), and
+    /// those changes need a state to go into.
     fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>> {
-        self.overlay.entry(self.engine, key)
+        if self.overlay.keys.contains_key(key.as_ref()) || self.overlay.flushed_seq.is_some() {
+            return self.overlay.entry(self.engine, key);
+        }
+        let entry = self.engine.entry(key)?;
+        self.pending(key).state = entry.clone().map(|entry| PendingEntry {
+            entry,
+            fields: HashMap::new(),
+            base_cleared: false,
+        });
+        Ok(entry)
     }
 
     fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {

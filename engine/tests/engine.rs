@@ -638,3 +638,79 @@ async fn a_failed_wal_fails_the_pending_commands_and_those_that_read_them() {
         "the write path refuses more"
     );
 }
+
+/// What a key holds, as a command sees it: its entry and, for a hash, its
+/// fields.
+type Seen = Vec<(Option<Entry>, Vec<(Bytes, Bytes)>)>;
+
+fn seen_in_engine(engine: &Engine) -> Seen {
+    (0..8)
+        .map(|k| {
+            let key = format!("k{k}");
+            let entry = engine.entry(key.as_bytes()).unwrap();
+            let fields = match &entry {
+                Some(Entry {
+                    value: Value::Hash { .. },
+                    ..
+                }) => engine
+                    .hash_fields(key.as_bytes(), None, usize::MAX)
+                    .unwrap(),
+                _ => Vec::new(),
+            };
+            (entry, fields)
+        })
+        .collect()
+}
+
+/// Random commands through the pipeline, many in flight: what each sees of
+/// every key right after its effect is what an engine that applied the same
+/// records one by one holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
+    let seed = seed();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), WalOptions::default()).unwrap());
+    let engine = Arc::new(Engine::open(&dir.path().join("engine")).unwrap());
+    let pipeline = Pipeline::start(engine.clone(), wal.clone());
+    let reference = Engine::open(&dir.path().join("reference")).unwrap();
+    let mut rng = SeededRng::new(seed);
+    let mut tickets = Vec::new();
+    for lsn in 1..=1500u64 {
+        let op = random_op(&mut rng);
+        reference
+            .apply(&[(Lsn(lsn), record(vec![op.clone()]))])
+            .unwrap();
+        let expected = seen_in_engine(&reference);
+        let ticket = pipeline
+            .execute(|view| {
+                view.push(op.clone())?;
+                Ok((0..8)
+                    .map(|k| {
+                        let key = format!("k{k}");
+                        let entry = view.entry(key.as_bytes()).unwrap();
+                        let fields = match &entry {
+                            Some(Entry {
+                                value: Value::Hash { .. },
+                                ..
+                            }) => view.hash_fields(key.as_bytes()).unwrap(),
+                            _ => Vec::new(),
+                        };
+                        (entry, fields)
+                    })
+                    .collect::<Seen>())
+            })
+            .await
+            .unwrap();
+        tickets.push((lsn, op, expected, ticket));
+        // Let records pile up in the overlay, then drain them now and then.
+        if rng.below(50) == 0 {
+            for (lsn, op, expected, ticket) in tickets.drain(..) {
+                assert_eq!(ticket.wait().await.unwrap(), expected, "lsn {lsn}: {op:?}");
+            }
+        }
+    }
+    for (lsn, op, expected, ticket) in tickets.drain(..) {
+        assert_eq!(ticket.wait().await.unwrap(), expected, "lsn {lsn}: {op:?}");
+    }
+    assert_eq!(seen_in_engine(&engine), seen_in_engine(&reference));
+}
