@@ -536,7 +536,13 @@ fn set(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
         get,
         expiry,
     } = tri!(write_options(args, 3, now, "set"));
-    let old = view.get(key)?;
+    // A plain SET replaces whatever the key held: only its options need
+    // the old entry (one lookup fewer on the write path).
+    let old = if nx || xx || get || matches!(expiry, Expiry::Keep) {
+        view.get(key)?
+    } else {
+        None
+    };
     let old_string = match &old {
         Some(Entry {
             value: Value::String(s),

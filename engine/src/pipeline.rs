@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::engine::{Engine, Target, apply_mutation};
 use crate::error::{EngineError, Result};
-use crate::keys::Entry;
+use crate::keys::{Entry, Value};
 
 /// Records queued between the executor and the applier.
 pub const APPLY_QUEUE_MAX: usize = 65_536;
@@ -194,6 +194,20 @@ impl Target for OverlayTarget<'_> {
         if let Some(state) = &mut self.pending(key).state {
             state.fields.insert(field.clone(), None);
         }
+    }
+
+    /// Whatever the key held, it now holds this string: no read of the
+    /// engine. Its fields there (were it a hash) no longer count.
+    fn set_string(&mut self, key: &Bytes, value: &Bytes, expire_at_ms: u64) -> Result<()> {
+        self.pending(key).state = Some(PendingEntry {
+            entry: Entry {
+                value: Value::String(value.clone()),
+                expire_at_ms,
+            },
+            fields: HashMap::new(),
+            base_cleared: true,
+        });
+        Ok(())
     }
 
     fn flush_all(&mut self) {
