@@ -103,6 +103,14 @@ fn entry_in(db: &DB, key: &[u8]) -> Result<Option<Entry>> {
     }
 }
 
+/// As [`entry_in`], a string's bytes left out ([`keys::decode_entry_header`]).
+fn entry_header_in(db: &DB, key: &[u8]) -> Result<Option<Entry>> {
+    match db.get_pinned(keys::key_key(key))? {
+        Some(v) => Ok(Some(keys::decode_entry_header(key, &v)?)),
+        None => Ok(None),
+    }
+}
+
 /// The fields of hash `key` in `db` (see [`Engine::hash_fields`]).
 fn hash_fields_in(
     db: &DB,
@@ -680,6 +688,16 @@ impl Target for BatchTarget {
         Ok(entry)
     }
 
+    /// Not kept for later mutations of the batch: the write that asked
+    /// replaces the entry at once.
+    fn entry_to_replace(&mut self, key: &Bytes) -> Result<Option<Entry>> {
+        match self.entries.get(key) {
+            Some(entry) => Ok(entry.clone()),
+            None if self.flushed => Ok(None),
+            None => entry_header_in(&self.db, key),
+        }
+    }
+
     fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
         let fk = keys::field_key(key, field);
         if let Some(&exists) = self.fields.get(&fk) {
@@ -761,13 +779,21 @@ pub(crate) trait Target {
     fn delete_field(&mut self, key: &Bytes, field: &Bytes);
     fn flush_all(&mut self);
 
+    /// The entry of `key` for a write that replaces its value whatever it
+    /// is: only its kind and expiry count (a string's bytes may be left
+    /// out, and the entry must be replaced before anything reads it).
+    fn entry_to_replace(&mut self, key: &Bytes) -> Result<Option<Entry>> {
+        self.entry(key)
+    }
+
     /// `key` now holds the string `value` (the most common record). A
     /// target may do this in fewer steps, with the same outcome.
     fn set_string(&mut self, key: &Bytes, value: &Bytes, expire_at_ms: u64) -> Result<()>
     where
         Self: Sized,
     {
-        let old = entry_of_kind(self, key, false)?;
+        let found = self.entry_to_replace(key)?;
+        let old = keep_kind(self, key, found, false);
         let new = Entry {
             value: Value::String(value.clone()),
             expire_at_ms,
@@ -780,12 +806,24 @@ pub(crate) trait Target {
 /// The entry of `key` if it is a hash (`want_hash`) or a string (not):
 /// a key of the other kind is removed and reads as missing.
 fn entry_of_kind(t: &mut impl Target, key: &Bytes, want_hash: bool) -> Result<Option<Entry>> {
-    match t.entry(key)? {
+    let found = t.entry(key)?;
+    Ok(keep_kind(t, key, found, want_hash))
+}
+
+/// `found`, the entry of `key`, if it is a hash (`want_hash`) or a string
+/// (not): one of the other kind is removed and reads as missing.
+fn keep_kind(
+    t: &mut impl Target,
+    key: &Bytes,
+    found: Option<Entry>,
+    want_hash: bool,
+) -> Option<Entry> {
+    match found {
         Some(old) if matches!(old.value, Value::Hash { .. }) != want_hash => {
             t.remove(key, &old);
-            Ok(None)
+            None
         }
-        other => Ok(other),
+        other => other,
     }
 }
 

@@ -132,6 +132,16 @@ pub(crate) fn encode_hash_into(len: u64, expire_at_ms: u64, v: &mut Vec<u8>) {
 }
 
 pub(crate) fn decode_entry(key: &[u8], v: &[u8]) -> Result<Entry> {
+    decode(key, v, true)
+}
+
+/// As [`decode_entry`], a string's bytes left out (it reads as empty): its
+/// kind and expiry, for a write that replaces the value whatever it is.
+pub(crate) fn decode_entry_header(key: &[u8], v: &[u8]) -> Result<Entry> {
+    decode(key, v, false)
+}
+
+fn decode(key: &[u8], v: &[u8], with_value: bool) -> Result<Entry> {
     let bad = || EngineError::CorruptEntry {
         key: String::from_utf8_lossy(key).into_owned(),
     };
@@ -140,7 +150,8 @@ pub(crate) fn decode_entry(key: &[u8], v: &[u8]) -> Result<Entry> {
     }
     let expire_at_ms = u64::from_be_bytes(v[1..9].try_into().expect("8 bytes"));
     let value = match v[0] {
-        KIND_STRING => Value::String(Bytes::copy_from_slice(&v[9..])),
+        KIND_STRING if with_value => Value::String(Bytes::copy_from_slice(&v[9..])),
+        KIND_STRING => Value::String(Bytes::new()),
         KIND_HASH => {
             let len = v[9..]
                 .try_into()
@@ -180,7 +191,14 @@ mod tests {
                 expire_at_ms: 7,
             },
         ] {
-            assert_eq!(decode_entry(b"k", &encode_entry(&entry)).unwrap(), entry);
+            let stored = encode_entry(&entry);
+            assert_eq!(decode_entry(b"k", &stored).unwrap(), entry);
+            let header = decode_entry_header(b"k", &stored).unwrap();
+            assert_eq!(header.expire_at_ms, entry.expire_at_ms);
+            match (&header.value, &entry.value) {
+                (Value::String(s), Value::String(_)) => assert!(s.is_empty()),
+                (header, value) => assert_eq!(header, value),
+            }
         }
         assert!(decode_entry(b"k", b"\x09\0\0\0\0\0\0\0\0").is_err());
     }
