@@ -22,6 +22,9 @@ pub const REPLAY_BATCH_RECORDS: usize = 1024;
 pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 /// Bloom filter bits per key in SST files (about 1 % false positives).
 pub const SST_BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Keys per bucket of the hash index in each SST data block (RocksDB's
+/// default).
+pub const DATA_BLOCK_HASH_RATIO: f64 = 0.75;
 
 /// How long a swap waits for operations holding the old database.
 pub const SWAP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
@@ -40,6 +43,10 @@ fn options() -> Options {
     opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(SST_BLOOM_BITS_PER_KEY, false);
+    // GET is a point lookup: a hash index in each data block finds the key
+    // without a binary search of the block.
+    table.set_data_block_index_type(rocksdb::DataBlockIndexType::BinaryAndHash);
+    table.set_data_block_hash_ratio(DATA_BLOCK_HASH_RATIO);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     opts.set_block_based_table_factory(&table);
