@@ -770,7 +770,6 @@ enum Folded {
 /// Records handed from the reading thread of a replay to the folding one,
 /// in LSN order: SETs of a string (most records) read in place and packed
 /// into one buffer, every other record decoded.
-#[derive(Default)]
 struct Handoff {
     records: Vec<Handed>,
     packed: Vec<u8>,
@@ -821,6 +820,10 @@ impl Handoff {
 
     fn len(&self) -> usize {
         self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
     }
 
     /// Each record with its LSN.
@@ -997,7 +1000,7 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
                 ControlFlow::Continue(())
             })
         });
-        if pending.len() > 0 {
+        if !pending.is_empty() {
             let _ = tx.send(pending);
         }
         drop(tx);
