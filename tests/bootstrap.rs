@@ -126,6 +126,38 @@ fn a_new_replica_of_a_primary_whose_early_wal_is_purged_bootstraps_then_streams(
 }
 
 #[test]
+fn a_cascaded_replica_of_a_bootstrapping_replica_converges() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &args(&[]));
+    fill(&primary, 0, 100_000, 32);
+    assert!(
+        wait_until(Duration::from_secs(20), || first_retained(&primary) > 1),
+        "the primary kept its whole WAL"
+    );
+    // The middle replica starts empty and bootstraps; its own replica
+    // starts at the same time, before the middle one holds anything.
+    let middle = Server::replica(&dir.path().join("m"), &primary.grpc_url(), SEGMENT);
+    let leaf = Server::replica(&dir.path().join("l"), &middle.grpc_url(), SEGMENT);
+    for r in [&middle, &leaf] {
+        assert!(
+            wait_until(CONVERGE_TIMEOUT, || converged(&primary, r)),
+            "a replica did not converge: {:?}",
+            status(r.grpc).primary_link
+        );
+    }
+    // The middle replica's log starts at its snapshot: the leaf
+    // bootstrapped from it.
+    assert!(sync_full(&middle) >= 1);
+    assert_eq!(link(&status(leaf.grpc)).bootstraps, 1);
+    // Then the tail flows through both.
+    fill(&primary, 100_000, 5_000, 32);
+    for r in [&middle, &leaf] {
+        assert!(wait_until(CONVERGE_TIMEOUT, || converged(&primary, r)));
+    }
+}
+
+#[test]
 fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
