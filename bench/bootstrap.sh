@@ -8,10 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-ferry_build_deps
-ferry_redis_deps
-cargo build --release --bin ferry
-ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
-work=$(mktemp -d /tmp/ferry-bench-boot.XXXXXX)
-trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
-python3 bench/bootstrap.py "$ferry_bin" "$work"
+ferry_python_bench bootstrap

@@ -9,10 +9,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-ferry_build_deps
-ferry_redis_deps
-cargo build --release --bin ferry
-ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
-work=$(mktemp -d /tmp/ferry-bench-repl.XXXXXX)
-trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
-python3 bench/replication.py "$ferry_bin" "$work"
+ferry_python_bench replication

@@ -33,3 +33,16 @@ ferry_redis_deps() {
         fi
     fi
 }
+
+# Runs bench/NAME.py against a release ferry, with Redis installed, in a
+# work folder of its own that is removed (and its servers stopped) at exit.
+ferry_python_bench() {
+    local name=$1
+    ferry_build_deps
+    ferry_redis_deps
+    cargo build --release --bin ferry
+    local ferry_bin="${CARGO_TARGET_DIR:-target}/release/ferry"
+    FERRY_BENCH_WORK=$(mktemp -d "/tmp/ferry-bench-$name.XXXXXX")
+    trap 'pkill -f "$FERRY_BENCH_WORK" 2>/dev/null || true; rm -rf "$FERRY_BENCH_WORK"' EXIT
+    python3 "bench/$name.py" "$ferry_bin" "$FERRY_BENCH_WORK"
+}

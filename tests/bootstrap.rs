@@ -67,6 +67,23 @@ fn converged(primary: &Server, replica: &Server) -> bool {
     caught_up(primary, replica) && digest(primary) == digest(replica)
 }
 
+/// Waits until `replica` holds what `primary` holds; fails naming its link.
+fn assert_converges(primary: &Server, replica: &Server) {
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || converged(primary, replica)),
+        "the replica did not converge: {:?}",
+        status(replica.grpc).primary_link
+    );
+}
+
+/// Waits until retention has deleted the start of `primary`'s WAL.
+fn wait_purged(primary: &Server) {
+    assert!(
+        wait_until(Duration::from_secs(20), || first_retained(primary) > 1),
+        "the primary kept its whole WAL"
+    );
+}
+
 #[test]
 fn a_new_replica_of_a_primary_whose_early_wal_is_purged_bootstraps_then_streams() {
     let _one = serial();
@@ -74,19 +91,12 @@ fn a_new_replica_of_a_primary_whose_early_wal_is_purged_bootstraps_then_streams(
     let primary = Server::start(&dir.path().join("p"), &args(&[]));
     fill(&primary, 0, 200_000, 32);
     // The engine is flushed and the early segments go (no slot holds them).
-    assert!(
-        wait_until(Duration::from_secs(20), || first_retained(&primary) > 1),
-        "the primary kept its whole WAL"
-    );
+    wait_purged(&primary);
     // Two new replicas at once: they share one checkpoint.
     let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), SEGMENT);
     let second = Server::replica(&dir.path().join("r2"), &primary.grpc_url(), SEGMENT);
     for r in [&replica, &second] {
-        assert!(
-            wait_until(CONVERGE_TIMEOUT, || converged(&primary, r)),
-            "the replica did not converge: {:?}",
-            status(r.grpc).primary_link
-        );
+        assert_converges(&primary, r);
         let mut c = r.client();
         let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
         assert_eq!(keys, 200_000);
@@ -105,9 +115,7 @@ fn a_new_replica_of_a_primary_whose_early_wal_is_purged_bootstraps_then_streams(
     drop(second);
     // The tail streams as usual afterwards.
     fill(&primary, 200_000, 5_000, 32);
-    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
-        &primary, &replica
-    )));
+    assert_converges(&primary, &replica);
     assert_eq!(sync_full(&primary), 2);
     assert_eq!(
         replica
@@ -131,20 +139,13 @@ fn a_cascaded_replica_of_a_bootstrapping_replica_converges() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &args(&[]));
     fill(&primary, 0, 100_000, 32);
-    assert!(
-        wait_until(Duration::from_secs(20), || first_retained(&primary) > 1),
-        "the primary kept its whole WAL"
-    );
+    wait_purged(&primary);
     // The middle replica starts empty and bootstraps; its own replica
     // starts at the same time, before the middle one holds anything.
     let middle = Server::replica(&dir.path().join("m"), &primary.grpc_url(), SEGMENT);
     let leaf = Server::replica(&dir.path().join("l"), &middle.grpc_url(), SEGMENT);
     for r in [&middle, &leaf] {
-        assert!(
-            wait_until(CONVERGE_TIMEOUT, || converged(&primary, r)),
-            "a replica did not converge: {:?}",
-            status(r.grpc).primary_link
-        );
+        assert_converges(&primary, r);
     }
     // The middle replica's log starts at its snapshot: the leaf
     // bootstrapped from it.
@@ -153,7 +154,7 @@ fn a_cascaded_replica_of_a_bootstrapping_replica_converges() {
     // Then the tail flows through both.
     fill(&primary, 100_000, 5_000, 32);
     for r in [&middle, &leaf] {
-        assert!(wait_until(CONVERGE_TIMEOUT, || converged(&primary, r)));
+        assert_converges(&primary, r);
     }
 }
 
@@ -175,9 +176,7 @@ fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not()
     let replica_dir = dir.path().join("r");
     let mut replica = Server::replica(&replica_dir, &primary.grpc_url(), SEGMENT);
     fill(&primary, 0, 20_000, 32);
-    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
-        &primary, &replica
-    )));
+    assert_converges(&primary, &replica);
     let node_id = status(replica.grpc).node_id;
 
     // Within the cap: the slot keeps the WAL, and the replica resumes.
@@ -189,9 +188,7 @@ fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not()
     assert_ne!(slot.wal_status, "lost");
     assert!(slot.retained_bytes < cap && slot.safe_bytes == cap - slot.retained_bytes);
     let mut replica = Server::start(&replica_dir, SEGMENT);
-    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
-        &primary, &replica
-    )));
+    assert_converges(&primary, &replica);
     assert_eq!(
         sync_full(&primary),
         0,
@@ -250,9 +247,7 @@ fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not()
     assert_eq!(sync_full(&primary), 1);
     assert_eq!(link(&status(replica.grpc)).bootstraps, 1);
     fill(&primary, next, 5_000, 32);
-    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
-        &primary, &replica
-    )));
+    assert_converges(&primary, &replica);
     assert_eq!(sync_full(&primary), 1, "streaming after the bootstrap");
     let slot = status(primary.grpc)
         .slots
@@ -295,9 +290,7 @@ fn a_bootstrap_cut_midway_resumes_where_it_stopped() {
         &args(&["--snapshot-rate-limit", "4000000"]),
     );
     fill(&primary, 0, 120_000, 100);
-    assert!(wait_until(Duration::from_secs(20), || first_retained(
-        &primary
-    ) > 1));
+    wait_purged(&primary);
     let proxy = Proxy::start(primary.grpc);
     let replica = Server::replica(&dir.path().join("r"), &proxy.url(), SEGMENT);
     let mut total = 0;
@@ -316,11 +309,7 @@ fn a_bootstrap_cut_midway_resumes_where_it_stopped() {
         "a snapshot of {total} bytes is too small for this test"
     );
     proxy.cut();
-    assert!(
-        wait_until(CONVERGE_TIMEOUT, || converged(&primary, &replica)),
-        "the replica did not converge: {:?}",
-        status(replica.grpc).primary_link
-    );
+    assert_converges(&primary, &replica);
     let l = link(&status(replica.grpc));
     assert_eq!(l.bootstraps, 1);
     assert!(
@@ -346,15 +335,9 @@ fn a_corrupted_snapshot_chunk_is_rejected_and_fetched_again() {
     )
     .expect("start");
     fill(&primary, 0, 60_000, 100);
-    assert!(wait_until(Duration::from_secs(20), || first_retained(
-        &primary
-    ) > 1));
+    wait_purged(&primary);
     let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), SEGMENT);
-    assert!(
-        wait_until(CONVERGE_TIMEOUT, || converged(&primary, &replica)),
-        "the replica did not converge: {:?}",
-        status(replica.grpc).primary_link
-    );
+    assert_converges(&primary, &replica);
     let l = link(&status(replica.grpc));
     assert_eq!(l.snapshot_chunks_rejected, 1);
     assert_eq!(l.bootstraps, 1);
@@ -371,9 +354,7 @@ fn a_bootstrap_under_continuous_writes_converges_without_a_loop() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &args(&[]));
     fill(&primary, 0, 100_000, 64);
-    assert!(wait_until(Duration::from_secs(20), || first_retained(
-        &primary
-    ) > 1));
+    wait_purged(&primary);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -417,9 +398,7 @@ fn a_bootstrap_under_continuous_writes_converges_without_a_loop() {
         > before + 10));
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
-    assert!(wait_until(CONVERGE_TIMEOUT, || converged(
-        &primary, &replica
-    )));
+    assert_converges(&primary, &replica);
     let mut c = replica.client();
     let writes: u64 = cmd(&["GET", "writes"]).query(&mut c).expect("GET");
     assert_eq!(writes, acked.load(Ordering::Relaxed));
@@ -433,9 +412,7 @@ fn a_crash_at_any_step_of_an_install_is_completed_on_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &args(&[]));
     fill(&primary, 0, 30_000, 32);
-    assert!(wait_until(Duration::from_secs(20), || first_retained(
-        &primary
-    ) > 1));
+    wait_purged(&primary);
     for (n, point) in [
         "bootstrap::ready",
         "engine::swap::old_moved",

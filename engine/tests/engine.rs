@@ -643,23 +643,32 @@ async fn a_failed_wal_fails_the_pending_commands_and_those_that_read_them() {
 /// fields.
 type Seen = Vec<(Option<Entry>, Vec<(Bytes, Bytes)>)>;
 
-fn seen_in_engine(engine: &Engine) -> Seen {
+/// What keys `k0..k7` hold, read with `entry` and, for a hash, `fields`.
+fn seen(
+    mut entry: impl FnMut(&[u8]) -> Option<Entry>,
+    mut fields: impl FnMut(&[u8]) -> Vec<(Bytes, Bytes)>,
+) -> Seen {
     (0..8)
         .map(|k| {
             let key = format!("k{k}");
-            let entry = engine.entry(key.as_bytes()).unwrap();
+            let entry = entry(key.as_bytes());
             let fields = match &entry {
                 Some(Entry {
                     value: Value::Hash { .. },
                     ..
-                }) => engine
-                    .hash_fields(key.as_bytes(), None, usize::MAX)
-                    .unwrap(),
+                }) => fields(key.as_bytes()),
                 _ => Vec::new(),
             };
             (entry, fields)
         })
         .collect()
+}
+
+fn seen_in_engine(engine: &Engine) -> Seen {
+    seen(
+        |key| engine.entry(key).unwrap(),
+        |key| engine.hash_fields(key, None, usize::MAX).unwrap(),
+    )
 }
 
 /// Random commands through the pipeline, many in flight: what each sees of
@@ -684,20 +693,10 @@ async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
         let ticket = pipeline
             .execute(|view| {
                 view.push(op.clone())?;
-                Ok((0..8)
-                    .map(|k| {
-                        let key = format!("k{k}");
-                        let entry = view.entry(key.as_bytes()).unwrap();
-                        let fields = match &entry {
-                            Some(Entry {
-                                value: Value::Hash { .. },
-                                ..
-                            }) => view.hash_fields(key.as_bytes()).unwrap(),
-                            _ => Vec::new(),
-                        };
-                        (entry, fields)
-                    })
-                    .collect::<Seen>())
+                Ok(seen(
+                    |key| view.entry(key).unwrap(),
+                    |key| view.hash_fields(key).unwrap(),
+                ))
             })
             .await
             .unwrap();

@@ -247,6 +247,20 @@ fn refused(reason: Reason, message: String) -> ShipError {
     ShipError::Refused { reason, message }
 }
 
+/// A replica naming a cluster (`theirs`, empty for none yet) other than
+/// this node's is refused.
+fn same_cluster(theirs: &str, ours: &str) -> Result<()> {
+    if !theirs.is_empty() && theirs != ours {
+        return Err(refused(
+            Reason::OtherCluster,
+            format!(
+                "the replica's data belongs to cluster {theirs}, this node's to cluster {ours}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Shipper {
     /// A shipper of `wal`, serving snapshots of `engine`, keeping its slots
     /// and checkpoints in `state_dir`. Sessions end when `stop` turns true.
@@ -455,15 +469,7 @@ impl Shipper {
                 format!("the replica has records up to lsn {flushed} but names no cluster"),
             ));
         }
-        if !hello.cluster_id.is_empty() && hello.cluster_id != ours {
-            return Err(refused(
-                Reason::OtherCluster,
-                format!(
-                    "the replica's data belongs to cluster {}, this node's to cluster {ours}",
-                    hello.cluster_id
-                ),
-            ));
-        }
+        same_cluster(&hello.cluster_id, &ours)?;
         let ours_epoch = self.wal.epoch().0;
         if hello.flushed_epoch > ours_epoch {
             self.membership.saw_newer_epoch(hello.flushed_epoch);
@@ -763,16 +769,7 @@ impl Shipper {
                 "a snapshot request needs the id of another node".into(),
             ));
         }
-        if !request.cluster_id.is_empty() && request.cluster_id != ours {
-            return Err(refused(
-                Reason::OtherCluster,
-                format!(
-                    "the replica's data belongs to cluster {}, this node's to cluster {ours}",
-                    request.cluster_id
-                ),
-            ));
-        }
-        Ok(())
+        same_cluster(&request.cluster_id, &ours)
     }
 }
 

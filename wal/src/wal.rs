@@ -471,9 +471,7 @@ impl Wal {
     /// sync error that failed the log, or [`WalError::Failed`] after one.
     pub async fn append(&self, records: Vec<Bytes>) -> Result<LsnRange> {
         self.check_batch(&records)?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Append { records, reply }).await?;
-        rx.await.unwrap_or(Err(WalError::Closed))
+        self.ask(|reply| Request::Append { records, reply }).await
     }
 
     /// Queues records for appending and returns once they are queued, not
@@ -504,9 +502,7 @@ impl Wal {
     /// If called from within an async runtime.
     pub fn append_blocking(&self, records: Vec<Bytes>) -> Result<LsnRange> {
         self.check_batch(&records)?;
-        let (reply, rx) = oneshot::channel();
-        self.send_blocking(Request::Append { records, reply })?;
-        rx.blocking_recv().unwrap_or(Err(WalError::Closed))
+        self.ask_blocking(|reply| Request::Append { records, reply })
     }
 
     /// Appends frames produced by another node's log (for example from a
@@ -522,14 +518,12 @@ impl Wal {
     /// [`Wal::append`].
     pub async fn append_frames(&self, bytes: Bytes) -> Result<LsnRange> {
         let headers = verify_frames(&bytes, self.shared.options.limits)?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Frames {
+        self.ask(|reply| Request::Frames {
             bytes,
             headers,
             reply,
         })
-        .await?;
-        rx.await.unwrap_or(Err(WalError::Closed))
+        .await
     }
 
     /// [`Wal::append_frames`] for frames already checked by
@@ -539,14 +533,12 @@ impl Wal {
     ///
     /// As [`Wal::append_frames`].
     pub async fn append_checked(&self, frames: CheckedFrames) -> Result<LsnRange> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Frames {
+        self.ask(|reply| Request::Frames {
             bytes: frames.bytes,
             headers: frames.headers,
             reply,
         })
-        .await?;
-        rx.await.unwrap_or(Err(WalError::Closed))
+        .await
     }
 
     /// [`Wal::append_frames`] for threads outside an async runtime.
@@ -556,13 +548,11 @@ impl Wal {
     /// As [`Wal::append_frames`].
     pub fn append_frames_blocking(&self, bytes: Bytes) -> Result<LsnRange> {
         let headers = verify_frames(&bytes, self.shared.options.limits)?;
-        let (reply, rx) = oneshot::channel();
-        self.send_blocking(Request::Frames {
+        self.ask_blocking(|reply| Request::Frames {
             bytes,
             headers,
             reply,
-        })?;
-        rx.blocking_recv().unwrap_or(Err(WalError::Closed))
+        })
     }
 
     /// Sets the epoch of the frames appended after this call.
@@ -571,9 +561,7 @@ impl Wal {
     ///
     /// [`WalError::EpochRegression`] if `epoch` is below the current one.
     pub async fn set_epoch(&self, epoch: Epoch) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::SetEpoch { epoch, reply }).await?;
-        rx.await.unwrap_or(Err(WalError::Closed))
+        self.ask(|reply| Request::SetEpoch { epoch, reply }).await
     }
 
     /// Cuts the log after `lsn`, which must end a frame: every record after
@@ -587,9 +575,8 @@ impl Wal {
     /// [`WalError::InvalidFrames`] if `lsn` falls inside a frame,
     /// [`WalError::NotRetained`], I/O errors (which fail the log).
     pub async fn truncate_after(&self, lsn: Lsn) -> Result<Lsn> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::TruncateAfter { lsn, reply }).await?;
-        rx.await.unwrap_or(Err(WalError::Closed))
+        self.ask(|reply| Request::TruncateAfter { lsn, reply })
+            .await
     }
 
     /// Throws the whole log away and starts it again, empty, so that the
@@ -607,14 +594,12 @@ impl Wal {
     /// I/O errors, which fail the log.
     pub async fn restart_at(&self, first: Lsn, epoch: Epoch) -> Result<Lsn> {
         assert!(first.0 > 0, "LSNs start at 1");
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Restart {
+        self.ask(|reply| Request::Restart {
             first,
             epoch,
             reply,
         })
-        .await?;
-        rx.await.unwrap_or(Err(WalError::Closed))
+        .await
     }
 
     /// Syncs everything written so far, whatever the policy, and returns the
@@ -624,9 +609,7 @@ impl Wal {
     ///
     /// The sync error, which fails the log.
     pub async fn sync(&self) -> Result<Lsn> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Sync { reply }).await?;
-        rx.await.unwrap_or(Err(WalError::Closed))
+        self.ask(|reply| Request::Sync { reply }).await
     }
 
     /// [`Wal::sync`] for threads outside an async runtime.
@@ -635,8 +618,24 @@ impl Wal {
     ///
     /// As [`Wal::sync`].
     pub fn sync_blocking(&self) -> Result<Lsn> {
+        self.ask_blocking(|reply| Request::Sync { reply })
+    }
+
+    /// Sends the writer the request `make` builds around a reply channel,
+    /// and waits for its answer.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.send_blocking(Request::Sync { reply })?;
+        self.send(make(reply)).await?;
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
+    /// [`Wal::ask`] for threads outside an async runtime.
+    fn ask_blocking<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.send_blocking(make(reply))?;
         rx.blocking_recv().unwrap_or(Err(WalError::Closed))
     }
 
