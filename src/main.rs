@@ -86,6 +86,17 @@ struct ServeArgs {
     /// Where the gRPC status service listens (port 0: any free port).
     #[arg(long, env = "FERRY_GRPC_ADDR", default_value = "127.0.0.1:7379")]
     grpc_addr: SocketAddr,
+    /// The RESP address this node gives other nodes (in its replication
+    /// hello, shown in their INFO and status) when clients reach it
+    /// elsewhere than where it listens (NAT, a proxy), as Redis's
+    /// replica-announce-ip and -port. Default: the listening address.
+    #[arg(long, env = "FERRY_ANNOUNCE_RESP_ADDR", value_parser = parse_host_port)]
+    announce_resp_addr: Option<String>,
+    /// The gRPC address this node gives other nodes: where an old primary
+    /// looks for a newer one and a switchover reaches this replica. Default:
+    /// the listening address.
+    #[arg(long, env = "FERRY_ANNOUNCE_GRPC_ADDR", value_parser = parse_host_port)]
+    announce_grpc_addr: Option<String>,
     /// When a write counts as durable, as Redis's appendfsync.
     #[arg(long, env = "FERRY_FSYNC", default_value = "everysec", value_parser = parse_policy)]
     fsync: SyncPolicy,
@@ -146,6 +157,18 @@ struct ServeArgs {
 
 fn parse_policy(s: &str) -> Result<SyncPolicy, String> {
     s.parse()
+}
+
+/// `host:port`, the form other nodes are given addresses in.
+fn parse_host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+        {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("expected host:port, got {s:?}")),
+    }
 }
 
 fn parse_yes_no(s: &str) -> Result<bool, String> {
@@ -371,6 +394,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (resp_addr, grpc_addr) = (resp.local_addr()?, grpc.local_addr()?);
         let config = Config {
             data_dir: args.data_dir,
+            announce_resp_addr: args.announce_resp_addr,
+            announce_grpc_addr: args.announce_grpc_addr,
             replica_of: args.replica_of,
             replica_serve_stale_data: args.replica_serve_stale_data,
             repl_timeout: std::time::Duration::from_secs(args.repl_timeout.max(1)),

@@ -112,6 +112,10 @@ pub const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The addresses given to other nodes, when not where this one listens
+    /// (`host:port`).
+    pub announce_resp_addr: Option<String>,
+    pub announce_grpc_addr: Option<String>,
     /// Follow this primary (a gRPC address); persisted in the data dir.
     pub replica_of: Option<String>,
     /// Whether a replica answers reads while its link is down.
@@ -599,18 +603,19 @@ impl Node {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered"
         );
-        let identity = match Identity::load(
-            &config.data_dir,
-            resp_addr.to_string(),
-            grpc_addr.to_string(),
-        )? {
+        let resp_addr =
+            (config.announce_resp_addr.clone()).unwrap_or_else(|| resp_addr.to_string());
+        let grpc_addr =
+            (config.announce_grpc_addr.clone()).unwrap_or_else(|| grpc_addr.to_string());
+        let identity = match Identity::load(&config.data_dir, resp_addr.clone(), grpc_addr.clone())?
+        {
             Some(identity) => identity,
             None => {
                 let identity = Identity {
                     path: config.data_dir.join(NODE_FILE),
                     node_id: new_id("node"),
-                    resp_addr: resp_addr.to_string(),
-                    grpc_addr: grpc_addr.to_string(),
+                    resp_addr,
+                    grpc_addr,
                     state: Mutex::new(IdentityState::default()),
                     replica: std::sync::atomic::AtomicBool::new(false),
                     newer_epoch_seen: AtomicU64::new(0),

@@ -25,6 +25,25 @@ fn an_unknown_argument_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
 }
 
+#[test]
+fn an_announced_address_must_be_host_and_port() {
+    for bad in ["localhost", "http://h:1", ":7379", "h:port", "h:70000"] {
+        let out = ferry()
+            .args([
+                "serve",
+                "--data-dir",
+                "/nonexistent",
+                "--announce-grpc-addr",
+                bad,
+            ])
+            .output()
+            .expect("run ferry");
+        assert!(!out.status.success(), "{bad} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("expected host:port"), "{bad}: {stderr}");
+    }
+}
+
 /// A real log of 100 records, one frame each, in a temporary directory.
 fn write_log(dir: &std::path::Path) {
     let wal = ferry_wal::Wal::open(dir, ferry_wal::WalOptions::default()).expect("open");

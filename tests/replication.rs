@@ -1191,7 +1191,7 @@ fn rejoin_after_divergence(extra: &[&str], before: u64) {
 }
 
 #[test]
-fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_new_one() {
+fn with_a_lease_the_old_primary_stops_before_the_failover_and_after_the_heal_follows_the_new_one() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let old = Server::start(
@@ -1203,10 +1203,14 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
             "2",
         ],
     );
-    let proxy = Proxy::start(old.grpc);
+    // Every path between the two goes through a proxy: the replica reaches
+    // the primary through `up`, and gives the primary `down` as its own
+    // address (--announce-grpc-addr), so a partition cuts both ways.
+    let up = Proxy::start(old.grpc);
+    let down = Proxy::unbound();
     let new = Server::replica(
         &dir.path().join("r"),
-        &proxy.url(),
+        &up.url(),
         &[
             "--failover-after",
             "4",
@@ -1214,8 +1218,11 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
             "1",
             "--min-replicas-max-lag",
             "2",
+            "--announce-grpc-addr",
+            &down.addr().to_string(),
         ],
     );
+    down.forward_to(new.grpc);
     let mut oc = old.client();
     assert!(wait_until(Duration::from_secs(10), || {
         cmd(&["SET", "first", "1"]).query::<()>(&mut oc).is_ok()
@@ -1246,7 +1253,8 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
     // Let writes flow through the lease before the cut.
     let before = old.durable_lsn();
     assert!(wait_until(Duration::from_secs(10), || old.durable_lsn() > before + 50));
-    proxy.isolate();
+    up.isolate();
+    down.isolate();
     // The lease runs out (2 s) before the replica may promote itself (4 s).
     assert!(wait_until(Duration::from_secs(15), || {
         status(old.grpc).failover_state == "lease-lost"
@@ -1263,10 +1271,25 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
         refused < promoted_at,
         "the old primary stopped writing before the failover"
     );
+    // While the partition lasts the old primary can reach no one: it stays
+    // a primary that takes no writes. (The new one holds the same lease and
+    // has no replica yet: it takes writes once the old one follows it.)
+    let s = status(old.grpc);
+    assert_eq!(
+        (s.role.as_str(), s.failover_state.as_str()),
+        ("primary", "lease-lost")
+    );
+    assert_eq!(
+        error(&mut oc, &["SET", "during-partition", "1"]),
+        "NOREPLICAS Not enough good replicas to write."
+    );
     stop.store(true, Ordering::Relaxed);
     let acked = writer.join().expect("writer");
-    // The old primary finds the new one by itself, rejoins and follows.
-    // (Its epoch turns 1 only once it holds the new primary's records.)
+    // After the heal the old primary finds the new one by itself, rejoins
+    // and follows. (Its epoch turns 1 only once it holds the new primary's
+    // records.)
+    up.heal();
+    down.heal();
     assert!(
         wait_until(Duration::from_secs(20), || {
             let s = status(old.grpc);
@@ -1275,12 +1298,16 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_then_follows_the_n
         "{:?}",
         status(old.grpc)
     );
+    let mut nc = new.client();
+    raw(&mut nc, &["SET", "after-the-heal", "1"]);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &new, &old
+    )));
     assert_eq!(digest(&old), digest(&new));
     // A write is acknowledged only once the replica flushed it: every
     // acknowledged write is on the new primary. (Writes the old primary made
     // durable but could not get flushed in time were refused to their client
     // with -NOREPLICAS; they are in its quarantine log.)
-    let mut nc = new.client();
     let missing: Vec<&u64> = acked
         .iter()
         .filter(|i| {

@@ -34,6 +34,8 @@ struct State {
     connections: AtomicU64,
     flips: AtomicU64,
     stopped: AtomicBool,
+    /// Where connections go; until set, they are refused.
+    target: Mutex<Option<SocketAddr>>,
 }
 
 /// A running proxy; it stops accepting when dropped.
@@ -45,6 +47,14 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy on a free loopback port forwarding to `target`.
     pub fn start(target: SocketAddr) -> Proxy {
+        let proxy = Proxy::unbound();
+        proxy.forward_to(target);
+        proxy
+    }
+
+    /// A proxy that refuses connections until [`Proxy::forward_to`]: its
+    /// address can be given to a node before the node it leads to starts.
+    pub fn unbound() -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let state = Arc::new(State::default());
@@ -59,7 +69,8 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(target) else {
+                let target = *accept_state.target.lock().unwrap();
+                let Some(Ok(server)) = target.map(TcpStream::connect) else {
                     continue;
                 };
                 accept_state.connections.fetch_add(1, Ordering::Relaxed);
@@ -80,6 +91,11 @@ impl Proxy {
             }
         });
         Proxy { addr, state }
+    }
+
+    /// Where new connections go from now on.
+    pub fn forward_to(&self, target: SocketAddr) {
+        *self.state.target.lock().unwrap() = Some(target);
     }
 
     pub fn addr(&self) -> SocketAddr {
