@@ -9,6 +9,7 @@
 //! Flushed{lsn}   -> (the resume point moves)
 //! Broken / Refused -> Retry{after: capped exponential backoff with jitter}
 //! Refused{NOT_RETAINED} -> Bootstrap           (a snapshot, then the tail)
+//! Refused{NOT_READY}    -> Retry as after a broken link (it soon will be)
 //! Bootstrapped{flushed} -> Connect{flushed+1}  (the log starts again there)
 //! RetryDue       -> Connect{flushed+1}, or Bootstrap again after a failed one
 //! Stop           -> (nothing more, ever)
@@ -211,6 +212,12 @@ impl Machine {
                 self.phase = Phase::Bootstrapping;
                 vec![Command::Bootstrap]
             }
+            // A node that has not joined a cluster yet soon will: ask again
+            // as after a broken link.
+            Event::Refused {
+                reason: Reason::NotReady,
+                ..
+            } => self.retry(Phase::Down),
             Event::Refused { .. } => self.retry(Phase::Refused),
             Event::Broken { .. } if self.phase == Phase::Bootstrapping => {
                 self.retry(Phase::BootstrapDown)
@@ -348,6 +355,18 @@ mod tests {
         m.on_event(Event::Accepted { from: Lsn(1) });
         assert_eq!(m.failures(), 0);
         let delay = retry_delay(&m.on_event(broken()));
+        assert!(delay <= Backoff::default().cap(1));
+    }
+
+    #[test]
+    fn a_primary_not_ready_yet_is_asked_again_soon() {
+        let mut m = machine();
+        m.on_event(Event::Start { flushed: Lsn(0) });
+        let delay = retry_delay(&m.on_event(Event::Refused {
+            reason: Reason::NotReady,
+            message: "not joined".into(),
+        }));
+        assert_eq!(m.phase(), Phase::Down);
         assert!(delay <= Backoff::default().cap(1));
     }
 

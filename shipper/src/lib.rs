@@ -442,7 +442,7 @@ impl Shipper {
         let ours = self.membership.cluster_id();
         if ours.is_empty() {
             return Err(refused(
-                Reason::Unspecified,
+                Reason::NotReady,
                 "this node has not joined a cluster yet (it has not synced from its own primary)"
                     .into(),
             ));
@@ -759,7 +759,7 @@ impl Shipper {
         let ours = self.membership.cluster_id();
         if ours.is_empty() {
             return Err(refused(
-                Reason::Unspecified,
+                Reason::NotReady,
                 "this node has not joined a cluster yet".into(),
             ));
         }
