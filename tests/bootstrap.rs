@@ -159,6 +159,74 @@ fn a_cascaded_replica_of_a_bootstrapping_replica_converges() {
 }
 
 #[test]
+fn a_streaming_cascaded_replica_bootstraps_again_when_its_upstream_does() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = 2u64 << 20;
+    let primary = Server::start(
+        &dir.path().join("p"),
+        &args(&["--wal-retention-max-bytes", &cap.to_string()]),
+    );
+    // The middle replica reaches the primary through a proxy; the leaf
+    // follows the middle one directly.
+    let proxy = Proxy::start(primary.grpc);
+    let middle = Server::replica(&dir.path().join("m"), &proxy.url(), SEGMENT);
+    // The leaf starts once the middle one has joined the cluster and
+    // streams from it from its first record.
+    assert!(wait_until(Duration::from_secs(10), || !status(middle.grpc)
+        .cluster_id
+        .is_empty()));
+    let leaf = Server::replica(&dir.path().join("l"), &middle.grpc_url(), SEGMENT);
+    assert!(wait_until(Duration::from_secs(10), || link(&status(
+        leaf.grpc
+    ))
+    .link_up));
+    fill(&primary, 0, 20_000, 32);
+    for r in [&middle, &leaf] {
+        assert_converges(&primary, r);
+    }
+    assert_eq!(link(&status(leaf.grpc)).bootstraps, 0);
+    let middle_id = status(middle.grpc).node_id;
+
+    // The middle replica is cut off until its slot is lost; the leaf stays
+    // connected to it all along.
+    proxy.isolate();
+    let mut next = 20_000;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            assert!(next < 2_000_000, "the slot was not lost after 2M keys");
+            fill(&primary, next, 5_000, 64);
+            next += 5_000;
+            status(primary.grpc)
+                .slots
+                .iter()
+                .any(|s| s.node_id == middle_id && s.wal_status == "lost")
+        }),
+        "the slot was never lost"
+    );
+    assert!(link(&status(leaf.grpc)).link_up);
+    // Back: the middle replica bootstraps, its log starts again past where
+    // the leaf stands, and the leaf bootstraps from it in turn.
+    proxy.heal();
+    for r in [&middle, &leaf] {
+        assert_converges(&primary, r);
+    }
+    assert_eq!(link(&status(middle.grpc)).bootstraps, 1);
+    assert_eq!(link(&status(leaf.grpc)).bootstraps, 1);
+    assert!(first_retained(&middle) > 20_000);
+    // Then the tail flows through both, with no further bootstrap.
+    fill(&primary, next, 5_000, 32);
+    for r in [&middle, &leaf] {
+        assert_converges(&primary, r);
+    }
+    assert_eq!(link(&status(middle.grpc)).bootstraps, 1);
+    assert_eq!(link(&status(leaf.grpc)).bootstraps, 1);
+    for r in [&middle, &leaf] {
+        assert!(!r.stderr().contains("panicked"), "{}", r.stderr());
+    }
+}
+
+#[test]
 fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
