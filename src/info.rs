@@ -84,12 +84,17 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         }
         "memory" => {
             let rss = rss_bytes();
+            let cache = node.engine.read_cache_stats();
             let _ = write!(
                 out,
                 "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{:.2}M\r\nused_memory_rss:{rss}\r\n\
-                 used_memory_rss_human:{:.2}M\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n",
+                 used_memory_rss_human:{:.2}M\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+                 read_cache_bytes:{}\r\nread_cache_entries:{}\r\nread_cache_bytes_max:{}\r\n",
                 rss as f64 / 1048576.0,
                 rss as f64 / 1048576.0,
+                cache.bytes,
+                cache.entries,
+                node.config.read_cache_bytes,
             );
         }
         "persistence" => {
@@ -111,11 +116,13 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             );
         }
         "stats" => {
+            let cache = node.engine.read_cache_stats();
             let _ = write!(
                 out,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
                  rejected_connections:{}\r\nexpired_keys:{}\r\ntotal_net_input_bytes:{}\r\n\
-                 total_net_output_bytes:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n",
+                 total_net_output_bytes:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\
+                 read_cache_hits:{}\r\nread_cache_misses:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
                 stats.total_commands_processed.load(Ordering::Relaxed),
                 stats.rejected_connections.load(Ordering::Relaxed),
@@ -131,6 +138,8 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                     .counters
                     .sync_partial_err
                     .load(Ordering::Relaxed),
+                cache.hits,
+                cache.misses,
             );
         }
         "replication" => replication_text(node, out),
@@ -299,6 +308,7 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("maxclients".into(), c.maxclients.to_string()),
         ("maxmemory".into(), "0".into()),
         ("port".into(), node.resp_port.to_string()),
+        ("read-cache-bytes".into(), c.read_cache_bytes.to_string()),
         ("repl-timeout".into(), c.repl_timeout.as_secs().to_string()),
         ("replica-read-only".into(), "yes".into()),
         (

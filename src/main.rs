@@ -103,6 +103,10 @@ struct ServeArgs {
     /// A password clients must give with AUTH (or HELLO ... AUTH).
     #[arg(long, env = "FERRY_REQUIREPASS")]
     requirepass: Option<String>,
+    /// Bytes of key entries kept in memory for reads, in front of RocksDB
+    /// (entries enter when read, leave when written; 0: none).
+    #[arg(long, env = "FERRY_READ_CACHE_BYTES", default_value_t = ferry_engine::READ_CACHE_BYTES_DEFAULT)]
+    read_cache_bytes: usize,
     /// Most clients connected at once.
     #[arg(long, env = "FERRY_MAXCLIENTS", default_value_t = node::MAXCLIENTS_DEFAULT)]
     maxclients: usize,
@@ -405,6 +409,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             fsync: args.fsync,
             requirepass: args.requirepass,
             maxclients: args.maxclients,
+            read_cache_bytes: args.read_cache_bytes,
             proto_max_bulk_len: args.proto_max_bulk_len,
             proto_max_multibulk_len: args.proto_max_multibulk_len,
             client_query_buffer_limit: args.client_query_buffer_limit,

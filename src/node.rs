@@ -132,6 +132,8 @@ pub struct Config {
     pub fsync: SyncPolicy,
     pub requirepass: Option<String>,
     pub maxclients: usize,
+    /// Bytes of key entries kept in memory for reads (0: none).
+    pub read_cache_bytes: usize,
     pub proto_max_bulk_len: usize,
     pub proto_max_multibulk_len: usize,
     pub client_query_buffer_limit: usize,
@@ -578,7 +580,7 @@ impl Node {
             ferry_receiver::Staging::new(config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR));
         ferry_receiver::bootstrap::finish_engine_swap(&staging, &engine_dir)
             .context("completing the install of a snapshot")?;
-        let engine = Engine::open(&engine_dir)
+        let engine = Engine::open_with(&engine_dir, config.read_cache_bytes)
             .with_context(|| format!("opening the engine in {}", engine_dir.display()))?;
         let (wal, engine) = (Arc::new(wal), Arc::new(engine));
         // ... and then its log.

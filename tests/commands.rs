@@ -504,3 +504,65 @@ fn connection_and_server_commands_answer_like_redis() {
     assert_eq!(raw(c, &["GET", "nothing"]), V::Nil);
     assert_eq!(raw(c, &["QUIT"]), ok());
 }
+
+#[test]
+fn reads_are_served_from_the_read_cache_and_writes_replace_what_it_holds() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let stat = |section: &str, field: &str| -> u64 {
+        let value = server.info_field(section, field).expect(field);
+        value.parse().expect("a number")
+    };
+    assert_eq!(
+        raw(c, &["CONFIG", "GET", "read-cache-bytes"]),
+        V::Array(vec![bulk("read-cache-bytes"), bulk("33554432")])
+    );
+    raw(c, &["SET", "k", "one"]);
+    // Loading does not fill it; a read does.
+    assert_eq!(stat("memory", "read_cache_entries"), 0);
+    assert_eq!(raw(c, &["GET", "k"]), bulk("one"));
+    let hits = stat("stats", "read_cache_hits");
+    assert_eq!(raw(c, &["GET", "k"]), bulk("one"));
+    assert_eq!(stat("stats", "read_cache_hits"), hits + 1);
+    assert!(stat("memory", "read_cache_entries") >= 1 && stat("memory", "read_cache_bytes") > 0);
+    // Every kind of write is seen at once by the next read.
+    raw(c, &["SET", "k", "two"]);
+    assert_eq!(raw(c, &["GET", "k"]), bulk("two"));
+    raw(c, &["APPEND", "k", "!"]);
+    assert_eq!(raw(c, &["GET", "k"]), bulk("two!"));
+    raw(c, &["PEXPIRE", "k", "1"]);
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        cmd(&["GET", "k"])
+            .query::<Option<String>>(c)
+            .expect("GET")
+            .is_none()
+    }));
+    raw(c, &["SET", "k", "three"]);
+    assert_eq!(raw(c, &["TYPE", "k"]), V::SimpleString("string".into()));
+    raw(c, &["DEL", "k"]);
+    assert_eq!(raw(c, &["EXISTS", "k"]), V::Int(0));
+    raw(c, &["HSET", "k", "f", "v"]);
+    assert_eq!(raw(c, &["TYPE", "k"]), V::SimpleString("hash".into()));
+    raw(c, &["FLUSHALL"]);
+    assert_eq!(raw(c, &["EXISTS", "k"]), V::Int(0));
+    assert_eq!(raw(c, &["GET", "k"]), V::Nil);
+}
+
+#[test]
+fn a_read_cache_of_size_zero_is_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--read-cache-bytes", "0"]);
+    let c = &mut server.client();
+    raw(c, &["SET", "k", "v"]);
+    for _ in 0..3 {
+        assert_eq!(raw(c, &["GET", "k"]), bulk("v"));
+    }
+    assert_eq!(
+        server.info_field("stats", "read_cache_hits").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        server.info_field("memory", "read_cache_entries").as_deref(),
+        Some("0")
+    );
+}

@@ -12,6 +12,7 @@ use ferry_wal::{Lsn, Wal};
 use prost::Message;
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 
+use crate::cache::{READ_CACHE_BYTES_DEFAULT, ReadCache, ReadCacheStats};
 use crate::error::{EngineError, Result};
 use crate::keys::{self, Entry, Value};
 
@@ -190,6 +191,8 @@ pub struct Engine {
     /// off, so the memtable is lost in a crash): what ferry's WAL must keep
     /// records after.
     persisted_lsn: AtomicU64,
+    /// Entries read, in front of RocksDB.
+    cache: ReadCache,
 }
 
 impl Engine {
@@ -201,6 +204,16 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`] if RocksDB cannot open the directory.
     pub fn open(dir: &Path) -> Result<Engine> {
+        Engine::open_with(dir, READ_CACHE_BYTES_DEFAULT)
+    }
+
+    /// As [`Engine::open`], with a read cache of `read_cache_bytes` (0:
+    /// none).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::open`].
+    pub fn open_with(dir: &Path, read_cache_bytes: usize) -> Result<Engine> {
         let db = open_db(dir)?;
         let (Lsn(applied_lsn), key_count) = read_meta(&db)?;
         Ok(Engine {
@@ -210,6 +223,7 @@ impl Engine {
             key_count: AtomicU64::new(key_count),
             // What a fresh open reads is in the files.
             persisted_lsn: AtomicU64::new(applied_lsn),
+            cache: ReadCache::new(read_cache_bytes),
         })
     }
 
@@ -326,10 +340,27 @@ impl Engine {
         batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        db.write_opt(batch, &opts)?;
+        let written = db.write_opt(batch, &opts);
+        // After the write (see the cache's module documentation), and
+        // whether or not it succeeded.
+        for (_, record) in records {
+            for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
+                match op_key(op) {
+                    Some(key) => self.cache.invalidate(key),
+                    None if matches!(op, Op::FlushAll(_)) => self.cache.clear(),
+                    None => {}
+                }
+            }
+        }
+        written?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(last.0, Ordering::Release);
         Ok(())
+    }
+
+    /// The read cache's figures.
+    pub fn read_cache_stats(&self) -> ReadCacheStats {
+        self.cache.stats()
     }
 
     /// Persists everything applied so far to RocksDB's files.
@@ -427,6 +458,7 @@ impl Engine {
         let db = db?;
         let (applied, key_count) = read_meta(&db)?;
         *slot = Some(Arc::new(db));
+        self.cache.clear();
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(applied.0, Ordering::Release);
         self.persisted_lsn.store(applied.0, Ordering::Release);
@@ -445,7 +477,9 @@ impl Engine {
         batch.delete_range([0u8], [0xffu8]);
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        self.db()?.write_opt(batch, &opts)?;
+        let written = self.db()?.write_opt(batch, &opts);
+        self.cache.clear();
+        written?;
         // RocksDB's WAL is off: flush, or a crash would bring the keys back.
         self.db()?.flush()?;
         self.key_count.store(0, Ordering::Release);
@@ -459,7 +493,9 @@ impl Engine {
     pub(crate) fn ingest_file(&self, path: &Path, applied: Lsn, key_count: u64) -> Result<()> {
         let mut opts = rocksdb::IngestExternalFileOptions::default();
         opts.set_move_files(true);
-        self.db()?.ingest_external_file_opts(&opts, vec![path])?;
+        let ingested = self.db()?.ingest_external_file_opts(&opts, vec![path]);
+        self.cache.clear();
+        ingested?;
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(applied.0, Ordering::Release);
         // An ingested file is in the files at once; the memtable may still
@@ -474,7 +510,13 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
-        entry_in(&*self.db()?, key)
+        let miss = match self.cache.get(key) {
+            Ok(hit) => return Ok(hit),
+            Err(miss) => miss,
+        };
+        let entry = entry_in(&*self.db()?, key)?;
+        self.cache.insert(miss, key, entry.as_ref());
+        Ok(entry)
     }
 
     /// The entry of `key` unless it is missing or expired at `now_ms`.
@@ -836,6 +878,20 @@ fn keep_kind(
 
 /// Applies one mutation: the meaning of every [`Op`], as documented in
 /// `wal.proto`. Never fails but for reads of the stored state.
+/// The key a mutation changes (`None`: FLUSHALL, which changes every key,
+/// and an epoch change, which changes none).
+pub fn op_key(op: &Op) -> Option<&Bytes> {
+    match op {
+        Op::SetString(m) => Some(&m.key),
+        Op::SetRange(m) => Some(&m.key),
+        Op::Delete(m) => Some(&m.key),
+        Op::SetExpiry(m) => Some(&m.key),
+        Op::HashSet(m) => Some(&m.key),
+        Op::HashDelete(m) => Some(&m.key),
+        Op::FlushAll(_) | Op::EpochChange(_) => None,
+    }
+}
+
 pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
     match op {
         Op::SetString(m) => t.set_string(&m.key, &m.value, m.expire_at_ms)?,

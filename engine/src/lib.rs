@@ -10,6 +10,7 @@
 //! - `engine`: [`Engine`]: open, replay, apply, reads of the applied state,
 //!   the keyspace digest, and [`apply_mutation`](crate::engine), the one
 //!   definition of what each mutation does.
+//! - `cache`: the read cache of key entries in front of RocksDB.
 //! - `pipeline`: [`Pipeline`]: the write path of a primary.
 //! - `builder`: [`StateBuilder`]: a keyspace built in memory from records
 //!   and ingested whole into an empty engine (for `ferry replay`).
@@ -23,15 +24,17 @@
 //!   same state.
 
 mod builder;
+mod cache;
 mod engine;
 mod error;
 mod keys;
 mod pipeline;
 
 pub use builder::{StateBuilder, StringSet, single_string_set};
+pub use cache::{READ_CACHE_BYTES_DEFAULT, ReadCacheStats};
 pub use engine::{
     Engine, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, checkpoint_meta, complete_checkpoint_swap,
-    decode_record,
+    decode_record, op_key,
 };
 pub use error::{EngineError, Result};
 pub use keys::{Entry, Value};

@@ -713,3 +713,75 @@ async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
     }
     assert_eq!(seen_in_engine(&engine), seen_in_engine(&reference));
 }
+
+#[test]
+fn reads_through_the_read_cache_always_see_the_applied_state() {
+    let seed = seed();
+    let dir = tempfile::tempdir().unwrap();
+    // A small cache (evictions) against an engine without one.
+    let cached = Engine::open_with(&dir.path().join("cached"), 64 << 10).unwrap();
+    let plain = Engine::open_with(&dir.path().join("plain"), 0).unwrap();
+    let keys: Vec<Bytes> = (0..8).map(|i| b(&format!("k{i}"))).collect();
+    for (round, r) in random_records(seed, 2000).into_iter().enumerate() {
+        // Batches of one and of several records.
+        cached.apply(std::slice::from_ref(&r)).unwrap();
+        plain.apply(std::slice::from_ref(&r)).unwrap();
+        for key in &keys {
+            assert_eq!(
+                cached.entry(key).unwrap(),
+                plain.entry(key).unwrap(),
+                "seed {seed}, record {round}, key {key:?}"
+            );
+        }
+    }
+    let stats = cached.read_cache_stats();
+    assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
+    // A reset and a checkpoint swap leave nothing stale behind.
+    let checkpoint = dir.path().join("checkpoint");
+    plain.checkpoint(&checkpoint).unwrap();
+    cached.reset().unwrap();
+    for key in &keys {
+        assert_eq!(cached.entry(key).unwrap(), None);
+    }
+    cached.replace_with_checkpoint(&checkpoint).unwrap();
+    for key in &keys {
+        assert_eq!(cached.entry(key).unwrap(), plain.entry(key).unwrap());
+    }
+}
+
+#[test]
+fn a_racing_reader_never_leaves_an_old_value_in_the_read_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(&dir.path().join("e")).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Another thread reads the key all along, filling the cache with
+    // whatever it finds, possibly just before each write.
+    let reader = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                engine.entry(b"k").unwrap();
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 1..=20_000u64 {
+        let set = Op::SetString(pb::SetString {
+            key: b("k"),
+            value: Bytes::from(i.to_string()),
+            expire_at_ms: 0,
+        });
+        engine.apply(&[(Lsn(i), record(vec![set]))]).unwrap();
+        // The writer reads its own write, whatever the reader cached.
+        let seen = engine.entry(b"k").unwrap().map(|e| e.value);
+        assert_eq!(
+            seen,
+            Some(Value::String(Bytes::from(i.to_string()))),
+            "write {i}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+}

@@ -1,0 +1,327 @@
+//! A bounded cache of key entries read from RocksDB, for point reads (GET,
+//! EXISTS, TYPE, the write pipeline's reads): a hit is one hash lookup
+//! instead of a memtable skiplist search and SST block searches.
+//!
+//! Entries enter only when read (never when written, so loading data does
+//! not fill it), and leave when any record touching their key is applied,
+//! when the keyspace is replaced (a snapshot, a reset, an ingest), or by the
+//! CLOCK policy when a shard is full. A key read as absent is cached as
+//! absent.
+//!
+//! A reader that misses notes its shard's generation before it reads
+//! RocksDB, and its result enters only if the generation is unchanged: a
+//! writer bumps it when it invalidates, after its RocksDB write, so a value
+//! read before a write can never be cached after it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::keys::{Entry, Value};
+
+/// Default for the read cache's size in bytes (0: no cache).
+pub const READ_CACHE_BYTES_DEFAULT: usize = 32 << 20;
+/// Independently locked parts of the cache.
+const SHARDS: usize = 64;
+/// Bytes counted for each entry beyond its key and value: the map slot, the
+/// CLOCK slot and the allocations' headers.
+const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+/// What [`ReadCache::get`] gives on a miss: the shard's generation, to hand
+/// back to [`ReadCache::insert`] with what was read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Miss {
+    shard: usize,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: Bytes,
+    entry: Option<Entry>,
+    bytes: usize,
+    referenced: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<Bytes, usize>,
+    /// CLOCK ring; `None`: free (its index is in `free`).
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    hand: usize,
+    bytes: usize,
+    generation: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl Shard {
+    fn remove_at(&mut self, index: usize) {
+        if let Some(slot) = self.slots[index].take() {
+            self.map.remove(&slot.key);
+            self.bytes -= slot.bytes;
+            self.free.push(index);
+        }
+    }
+
+    /// Evicts until `need` more bytes fit within `max`: a referenced entry
+    /// loses its mark and stays one more round, an unmarked one goes.
+    fn make_room(&mut self, need: usize, max: usize) {
+        while self.bytes + need > max && !self.map.is_empty() {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let index = self.hand;
+            self.hand += 1;
+            match &mut self.slots[index] {
+                Some(slot) if slot.referenced => slot.referenced = false,
+                Some(_) => self.remove_at(index),
+                None => {}
+            }
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub(crate) struct ReadCache {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    shard_bytes_max: usize,
+}
+
+fn entry_bytes(key: &[u8], entry: Option<&Entry>) -> usize {
+    let value = match entry {
+        Some(Entry {
+            value: Value::String(s),
+            ..
+        }) => s.len(),
+        _ => 0,
+    };
+    key.len() + value + ENTRY_OVERHEAD_BYTES
+}
+
+impl ReadCache {
+    /// A cache of at most `bytes_max` bytes (0: none; every read misses).
+    pub(crate) fn new(bytes_max: usize) -> ReadCache {
+        ReadCache {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            shard_bytes_max: bytes_max / SHARDS,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.shard_bytes_max > 0
+    }
+
+    fn shard(&self, index: usize) -> MutexGuard<'_, Shard> {
+        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        (self.hasher.hash_one(key) % SHARDS as u64) as usize
+    }
+
+    /// The cached entry of `key` (`Ok(None)`: cached as absent), or what to
+    /// give [`ReadCache::insert`] after reading it.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Entry>, Miss> {
+        if !self.enabled() {
+            return Err(Miss {
+                shard: 0,
+                generation: 0,
+            });
+        }
+        let index = self.shard_of(key);
+        let mut shard = self.shard(index);
+        if let Some(&at) = shard.map.get(key) {
+            let slot = shard.slots[at].as_mut().expect("a mapped slot is live");
+            slot.referenced = true;
+            let entry = slot.entry.clone();
+            shard.hits += 1;
+            return Ok(entry);
+        }
+        shard.misses += 1;
+        Err(Miss {
+            shard: index,
+            generation: shard.generation,
+        })
+    }
+
+    /// Caches what a reader found for `key` after `miss`, unless the key
+    /// may have changed since (the shard's generation moved).
+    pub(crate) fn insert(&self, miss: Miss, key: &[u8], entry: Option<&Entry>) {
+        if !self.enabled() {
+            return;
+        }
+        let bytes = entry_bytes(key, entry);
+        if bytes > self.shard_bytes_max {
+            return;
+        }
+        let mut shard = self.shard(miss.shard);
+        if shard.generation != miss.generation || shard.map.contains_key(key) {
+            return;
+        }
+        shard.make_room(bytes, self.shard_bytes_max);
+        let slot = Slot {
+            key: Bytes::copy_from_slice(key),
+            entry: entry.cloned(),
+            bytes,
+            referenced: false,
+        };
+        let key = slot.key.clone();
+        let at = match shard.free.pop() {
+            Some(at) => {
+                shard.slots[at] = Some(slot);
+                at
+            }
+            None => {
+                shard.slots.push(Some(slot));
+                shard.slots.len() - 1
+            }
+        };
+        shard.map.insert(key, at);
+        shard.bytes += bytes;
+    }
+
+    /// Forgets `key`; called after a write of it reached RocksDB.
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        if !self.enabled() {
+            return;
+        }
+        let mut shard = self.shard(self.shard_of(key));
+        shard.generation += 1;
+        if let Some(at) = shard.map.get(key).copied() {
+            shard.remove_at(at);
+        }
+    }
+
+    /// Forgets everything; called after the keyspace changed as a whole.
+    pub(crate) fn clear(&self) {
+        for index in 0..self.shards.len() {
+            let mut shard = self.shard(index);
+            shard.generation += 1;
+            shard.map.clear();
+            shard.slots.clear();
+            shard.free.clear();
+            shard.hand = 0;
+            shard.bytes = 0;
+        }
+    }
+
+    /// Bytes held, entries held, hits and misses since start.
+    pub(crate) fn stats(&self) -> ReadCacheStats {
+        let mut stats = ReadCacheStats::default();
+        for index in 0..self.shards.len() {
+            let shard = self.shard(index);
+            stats.bytes += shard.bytes as u64;
+            stats.entries += shard.map.len() as u64;
+            stats.hits += shard.hits;
+            stats.misses += shard.misses;
+        }
+        stats
+    }
+}
+
+/// The read cache's figures, for INFO.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCacheStats {
+    pub bytes: u64,
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(v: &str) -> Entry {
+        Entry {
+            value: Value::String(Bytes::copy_from_slice(v.as_bytes())),
+            expire_at_ms: 0,
+        }
+    }
+
+    fn read(cache: &ReadCache, key: &[u8], stored: Option<&Entry>) -> Option<Entry> {
+        match cache.get(key) {
+            Ok(hit) => hit,
+            Err(miss) => {
+                cache.insert(miss, key, stored);
+                stored.cloned()
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_entry_is_a_hit_until_invalidated() {
+        let cache = ReadCache::new(1 << 20);
+        let v1 = string("one");
+        assert!(cache.get(b"k").is_err());
+        assert_eq!(read(&cache, b"k", Some(&v1)), Some(v1.clone()));
+        assert_eq!(cache.get(b"k").expect("hit"), Some(v1));
+        cache.invalidate(b"k");
+        assert!(cache.get(b"k").is_err());
+        // Absent keys are cached as absent.
+        assert_eq!(read(&cache, b"gone", None), None);
+        assert_eq!(cache.get(b"gone").expect("hit"), None);
+        cache.clear();
+        assert!(cache.get(b"gone").is_err());
+        let s = cache.stats();
+        assert_eq!((s.entries, s.bytes), (0, 0));
+        assert_eq!((s.hits, s.misses), (2, 5));
+    }
+
+    #[test]
+    fn a_value_read_before_a_write_is_not_cached_after_it() {
+        let cache = ReadCache::new(1 << 20);
+        let miss = cache.get(b"k").expect_err("empty");
+        // A writer changes the key and invalidates it meanwhile.
+        cache.invalidate(b"k");
+        cache.insert(miss, b"k", Some(&string("old")));
+        assert!(cache.get(b"k").is_err(), "the stale read stayed out");
+        // So does one that raced a clear.
+        let miss = cache.get(b"k").expect_err("empty");
+        cache.clear();
+        cache.insert(miss, b"k", Some(&string("old")));
+        assert!(cache.get(b"k").is_err());
+    }
+
+    #[test]
+    fn the_size_stays_within_its_bound_and_read_entries_stay_longest() {
+        let max = SHARDS * 4096;
+        let cache = ReadCache::new(max);
+        let value = "x".repeat(100);
+        // A hot key, read again between every insert.
+        let hot = string("hot");
+        read(&cache, b"hot", Some(&hot));
+        for i in 0..20_000u32 {
+            read(&cache, format!("key:{i}").as_bytes(), Some(&string(&value)));
+            assert_eq!(
+                cache.get(b"hot").expect("the hot key stays"),
+                Some(hot.clone())
+            );
+            if i % 1000 == 0 {
+                assert!(cache.stats().bytes as usize <= max);
+            }
+        }
+        let s = cache.stats();
+        assert!(s.bytes as usize <= max);
+        assert!(s.entries > 100, "{s:?}");
+        // An entry larger than a shard is not cached.
+        let huge = string(&"y".repeat(8192));
+        read(&cache, b"huge", Some(&huge));
+        assert!(cache.get(b"huge").is_err());
+    }
+
+    #[test]
+    fn a_cache_of_size_zero_holds_nothing() {
+        let cache = ReadCache::new(0);
+        read(&cache, b"k", Some(&string("v")));
+        assert!(cache.get(b"k").is_err());
+        assert_eq!(cache.stats(), ReadCacheStats::default());
+    }
+}
