@@ -14,7 +14,7 @@
 //! read before a write can never be cached after it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -33,13 +33,36 @@ const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// back to [`ReadCache::insert`] with what was read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Miss {
+    hash: u64,
     shard: usize,
     generation: u64,
+}
+
+/// The map's keys are already hashes (of the user key, with the cache's
+/// random key): they are used as they are.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 #[derive(Debug)]
 struct Slot {
     key: Bytes,
+    hash: u64,
     entry: Option<Entry>,
     bytes: usize,
     referenced: bool,
@@ -47,7 +70,9 @@ struct Slot {
 
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Bytes, usize>,
+    /// By the key's hash; the slot holds the key, compared on every hit
+    /// (two keys of one hash: the second is not cached).
+    map: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
     /// CLOCK ring; `None`: free (its index is in `free`).
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -61,7 +86,7 @@ struct Shard {
 impl Shard {
     fn remove_at(&mut self, index: usize) {
         if let Some(slot) = self.slots[index].take() {
-            self.map.remove(&slot.key);
+            self.map.remove(&slot.hash);
             self.bytes -= slot.bytes;
             self.free.push(index);
         }
@@ -122,8 +147,19 @@ impl ReadCache {
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn shard_of(&self, key: &[u8]) -> usize {
-        (self.hasher.hash_one(key) % SHARDS as u64) as usize
+    /// The key's hash and its shard.
+    fn locate(&self, key: &[u8]) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        // Middle bits: the map itself takes the low ones for its buckets
+        // and the top seven for its tags.
+        (hash, (hash >> 32) as usize % SHARDS)
+    }
+
+    /// The slot holding `key` in `shard`, if any.
+    fn find(shard: &Shard, hash: u64, key: &[u8]) -> Option<usize> {
+        let at = *shard.map.get(&hash)?;
+        let slot = shard.slots[at].as_ref().expect("a mapped slot is live");
+        (slot.key == key).then_some(at)
     }
 
     /// The cached entry of `key` (`Ok(None)`: cached as absent), or what to
@@ -131,13 +167,14 @@ impl ReadCache {
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Entry>, Miss> {
         if !self.enabled() {
             return Err(Miss {
+                hash: 0,
                 shard: 0,
                 generation: 0,
             });
         }
-        let index = self.shard_of(key);
+        let (hash, index) = self.locate(key);
         let mut shard = self.shard(index);
-        if let Some(&at) = shard.map.get(key) {
+        if let Some(at) = Self::find(&shard, hash, key) {
             let slot = shard.slots[at].as_mut().expect("a mapped slot is live");
             slot.referenced = true;
             let entry = slot.entry.clone();
@@ -146,6 +183,7 @@ impl ReadCache {
         }
         shard.misses += 1;
         Err(Miss {
+            hash,
             shard: index,
             generation: shard.generation,
         })
@@ -162,17 +200,17 @@ impl ReadCache {
             return;
         }
         let mut shard = self.shard(miss.shard);
-        if shard.generation != miss.generation || shard.map.contains_key(key) {
+        if shard.generation != miss.generation || shard.map.contains_key(&miss.hash) {
             return;
         }
         shard.make_room(bytes, self.shard_bytes_max);
         let slot = Slot {
             key: Bytes::copy_from_slice(key),
+            hash: miss.hash,
             entry: entry.cloned(),
             bytes,
             referenced: false,
         };
-        let key = slot.key.clone();
         let at = match shard.free.pop() {
             Some(at) => {
                 shard.slots[at] = Some(slot);
@@ -183,7 +221,7 @@ impl ReadCache {
                 shard.slots.len() - 1
             }
         };
-        shard.map.insert(key, at);
+        shard.map.insert(miss.hash, at);
         shard.bytes += bytes;
     }
 
@@ -192,9 +230,10 @@ impl ReadCache {
         if !self.enabled() {
             return;
         }
-        let mut shard = self.shard(self.shard_of(key));
+        let (hash, index) = self.locate(key);
+        let mut shard = self.shard(index);
         shard.generation += 1;
-        if let Some(at) = shard.map.get(key).copied() {
+        if let Some(at) = Self::find(&shard, hash, key) {
             shard.remove_at(at);
         }
     }
