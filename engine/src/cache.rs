@@ -189,6 +189,25 @@ impl ReadCache {
         })
     }
 
+    /// The cached entry of `key` if there is one, for the applier's reads
+    /// of the state before its batch (not counted as a hit or a miss).
+    /// Every cached entry is what RocksDB holds between two batches.
+    pub(crate) fn peek(&self, key: &[u8]) -> Option<Option<Entry>> {
+        if !self.enabled() {
+            return None;
+        }
+        let (hash, index) = self.locate(key);
+        let shard = self.shard(index);
+        let at = Self::find(&shard, hash, key)?;
+        Some(
+            shard.slots[at]
+                .as_ref()
+                .expect("a mapped slot is live")
+                .entry
+                .clone(),
+        )
+    }
+
     /// Caches what a reader found for `key` after `miss`, unless the key
     /// may have changed since (the shard's generation moved).
     pub(crate) fn insert(&self, miss: Miss, key: &[u8], entry: Option<&Entry>) {

@@ -696,9 +696,12 @@ pub fn decode_record(lsn: Lsn, data: &Bytes) -> Result<WalRecord> {
 
 /// One atomic application: the write batch, and what it has changed so far
 /// (so later mutations of the same batch see earlier ones).
-struct BatchTarget {
+struct BatchTarget<'e> {
     /// One handle for the reads and the write of a batch.
     db: Arc<DB>,
+    /// The engine's read cache: what it holds is the state before the
+    /// batch, as RocksDB holds it.
+    cache: &'e ReadCache,
     batch: WriteBatch,
     entries: HashMap<Bytes, Option<Entry>>,
     /// Fields written or deleted in this batch: `field_key -> exists`.
@@ -710,10 +713,11 @@ struct BatchTarget {
     key_count: u64,
 }
 
-impl BatchTarget {
-    fn new(engine: &Engine) -> Result<BatchTarget> {
+impl BatchTarget<'_> {
+    fn new(engine: &Engine) -> Result<BatchTarget<'_>> {
         Ok(BatchTarget {
             db: engine.db()?,
+            cache: &engine.cache,
             batch: WriteBatch::default(),
             entries: HashMap::new(),
             fields: HashMap::new(),
@@ -724,7 +728,7 @@ impl BatchTarget {
     }
 }
 
-impl Target for BatchTarget {
+impl Target for BatchTarget<'_> {
     fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>> {
         if let Some(entry) = self.entries.get(key) {
             return Ok(entry.clone());
@@ -732,7 +736,10 @@ impl Target for BatchTarget {
         if self.flushed {
             return Ok(None);
         }
-        let entry = entry_in(&self.db, key)?;
+        let entry = match self.cache.peek(key) {
+            Some(cached) => cached,
+            None => entry_in(&self.db, key)?,
+        };
         self.entries.insert(key.clone(), entry.clone());
         Ok(entry)
     }
@@ -743,7 +750,10 @@ impl Target for BatchTarget {
         match self.entries.get(key) {
             Some(entry) => Ok(entry.clone()),
             None if self.flushed => Ok(None),
-            None => entry_header_in(&self.db, key),
+            None => match self.cache.peek(key) {
+                Some(cached) => Ok(cached),
+                None => entry_header_in(&self.db, key),
+            },
         }
     }
 

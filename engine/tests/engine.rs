@@ -718,22 +718,38 @@ async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
 fn reads_through_the_read_cache_always_see_the_applied_state() {
     let seed = seed();
     let dir = tempfile::tempdir().unwrap();
-    // A small cache (evictions) against an engine without one.
+    // A small cache (evictions) against an engine without one. The cached
+    // engine's applier also reads the state before its batch from the
+    // cache; batches of one to five records.
     let cached = Engine::open_with(&dir.path().join("cached"), 64 << 10).unwrap();
     let plain = Engine::open_with(&dir.path().join("plain"), 0).unwrap();
     let keys: Vec<Bytes> = (0..8).map(|i| b(&format!("k{i}"))).collect();
-    for (round, r) in random_records(seed, 2000).into_iter().enumerate() {
-        // Batches of one and of several records.
-        cached.apply(std::slice::from_ref(&r)).unwrap();
-        plain.apply(std::slice::from_ref(&r)).unwrap();
+    let records = random_records(seed, 3000);
+    let mut rng = SeededRng::new(seed);
+    let mut at = 0;
+    while at < records.len() {
+        let end = (at + 1 + rng.below(5) as usize).min(records.len());
+        cached.apply(&records[at..end]).unwrap();
+        plain.apply(&records[at..end]).unwrap();
         for key in &keys {
             assert_eq!(
                 cached.entry(key).unwrap(),
                 plain.entry(key).unwrap(),
-                "seed {seed}, record {round}, key {key:?}"
+                "seed {seed}, records ..{end}, key {key:?}"
             );
         }
+        assert_eq!(
+            cached.key_count(),
+            plain.key_count(),
+            "seed {seed}, records ..{end}"
+        );
+        at = end;
     }
+    assert_eq!(
+        cached.digest(0).unwrap(),
+        plain.digest(0).unwrap(),
+        "seed {seed}"
+    );
     let stats = cached.read_cache_stats();
     assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
     // A reset and a checkpoint swap leave nothing stale behind.
