@@ -2,16 +2,17 @@
 //! EXISTS, TYPE, the write pipeline's reads): a hit is one hash lookup
 //! instead of a memtable skiplist search and SST block searches.
 //!
-//! Entries enter only when read (never when written, so loading data does
-//! not fill it), and leave when any record touching their key is applied,
-//! when the keyspace is replaced (a snapshot, a reset, an ingest), or by the
-//! CLOCK policy when a shard is full. A key read as absent is cached as
-//! absent.
+//! Keys enter only when read (never when written, so loading data does not
+//! fill it). A cached key takes the entry each applied batch leaves it (or
+//! leaves if the write failed); everything leaves when the keyspace is
+//! replaced (FLUSHALL, a snapshot, a reset, an ingest), and the CLOCK policy
+//! evicts when a shard is full. A key read as absent is cached as absent.
+//! The applier reads the state before its batch from here when it can.
 //!
 //! A reader that misses notes its shard's generation before it reads
 //! RocksDB, and its result enters only if the generation is unchanged: a
-//! writer bumps it when it invalidates, after its RocksDB write, so a value
-//! read before a write can never be cached after it.
+//! writer bumps it when it updates or invalidates a key, after its RocksDB
+//! write, so a value read before a write can never be cached after it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -244,6 +245,39 @@ impl ReadCache {
         shard.bytes += bytes;
     }
 
+    /// Sets what `key` holds now, if it is cached (else only marks it
+    /// changed); called after a write of it reached RocksDB, with the
+    /// entry the write left. The value is copied: the record's buffer is
+    /// not kept alive.
+    pub(crate) fn update(&self, key: &[u8], entry: Option<&Entry>) {
+        if !self.enabled() {
+            return;
+        }
+        let (hash, index) = self.locate(key);
+        let mut shard = self.shard(index);
+        shard.generation += 1;
+        let Some(at) = Self::find(&shard, hash, key) else {
+            return;
+        };
+        let bytes = entry_bytes(key, entry);
+        if bytes > self.shard_bytes_max {
+            shard.remove_at(at);
+            return;
+        }
+        let owned = entry.map(|e| Entry {
+            value: match &e.value {
+                Value::String(s) => Value::String(Bytes::copy_from_slice(s)),
+                other => other.clone(),
+            },
+            expire_at_ms: e.expire_at_ms,
+        });
+        let slot = shard.slots[at].as_mut().expect("a mapped slot is live");
+        let before = std::mem::replace(&mut slot.bytes, bytes);
+        slot.entry = owned;
+        shard.bytes = shard.bytes - before + bytes;
+        shard.make_room(0, self.shard_bytes_max);
+    }
+
     /// Forgets `key`; called after a write of it reached RocksDB.
     pub(crate) fn invalidate(&self, key: &[u8]) {
         if !self.enabled() {
@@ -331,6 +365,27 @@ mod tests {
         let s = cache.stats();
         assert_eq!((s.entries, s.bytes), (0, 0));
         assert_eq!((s.hits, s.misses), (2, 5));
+    }
+
+    #[test]
+    fn an_update_replaces_a_cached_entry_and_adds_none() {
+        let cache = ReadCache::new(1 << 20);
+        read(&cache, b"k", Some(&string("old")));
+        let before = cache.stats().bytes;
+        cache.update(b"k", Some(&string("a longer value")));
+        assert_eq!(
+            cache.get(b"k").expect("hit"),
+            Some(string("a longer value"))
+        );
+        assert_eq!(cache.stats().bytes, before + 11);
+        cache.update(b"k", None);
+        assert_eq!(cache.get(b"k").expect("hit"), None);
+        // A key not cached stays out, and a read racing the write too.
+        let miss = cache.get(b"other").expect_err("empty");
+        cache.update(b"other", Some(&string("new")));
+        assert!(cache.get(b"other").is_err());
+        cache.insert(miss, b"other", Some(&string("old")));
+        assert!(cache.get(b"other").is_err());
     }
 
     #[test]

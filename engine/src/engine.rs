@@ -334,19 +334,28 @@ impl Engine {
                 apply_mutation(&mut target, op)?;
             }
         }
-        let (key_count, db) = (target.key_count, target.db);
-        let mut batch = target.batch;
+        let BatchTarget {
+            db,
+            mut batch,
+            entries,
+            key_count,
+            ..
+        } = target;
         batch.put(keys::META_APPLIED_LSN, last.0.to_be_bytes());
         batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
         let written = db.write_opt(batch, &opts);
-        // After the write (see the cache's module documentation), and
-        // whether or not it succeeded.
+        // After the write (see the cache's module documentation): a cached
+        // key takes the entry the batch left it, or is forgotten if the
+        // write failed.
         for (_, record) in records {
             for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
                 match op_key(op) {
-                    Some(key) => self.cache.invalidate(key),
+                    Some(key) => match entries.get(key) {
+                        Some(left) if written.is_ok() => self.cache.update(key, left.as_ref()),
+                        _ => self.cache.invalidate(key),
+                    },
                     None if matches!(op, Op::FlushAll(_)) => self.cache.clear(),
                     None => {}
                 }
