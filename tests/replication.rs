@@ -654,7 +654,9 @@ fn promotion_is_refused_while_lagging_and_forced_loses_exactly_the_reported_rang
     let seed = test_seed("promotion_is_refused_while_lagging");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut primary = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
-    load(&primary, seed, 60_000, 60_000, 500);
+    // Several messages' worth of log (about 3 MiB; a message carries up
+    // to 1 MiB), so the replica spends seconds with part of it.
+    load(&primary, seed, 200_000, 200_000, 500);
     let total = primary.durable_lsn();
     // A slow link: the replica hears of all of it at once (the accept says
     // how far the primary is) but gets it a message (1 MiB) at a time.
