@@ -76,6 +76,26 @@ fn assert_converges(primary: &Server, replica: &Server) {
     );
 }
 
+/// Writes keys from `key:{from}` on, 5,000 at a time, until the slot of
+/// `node_id` on `primary` is lost (bounded by a minute and 2M keys);
+/// returns the next key number.
+fn fill_until_slot_lost(primary: &Server, from: usize, node_id: &str) -> usize {
+    let mut next = from;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            assert!(next < 2_000_000, "the slot was not lost after 2M keys");
+            fill(primary, next, 5_000, 64);
+            next += 5_000;
+            status(primary.grpc)
+                .slots
+                .iter()
+                .any(|s| s.node_id == node_id && s.wal_status == "lost")
+        }),
+        "the slot was never lost"
+    );
+    next
+}
+
 /// Waits until retention has deleted the start of `primary`'s WAL.
 fn wait_purged(primary: &Server) {
     assert!(
@@ -191,19 +211,7 @@ fn a_streaming_cascaded_replica_bootstraps_again_when_its_upstream_does() {
     // The middle replica is cut off until its slot is lost; the leaf stays
     // connected to it all along.
     proxy.isolate();
-    let mut next = 20_000;
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            assert!(next < 2_000_000, "the slot was not lost after 2M keys");
-            fill(&primary, next, 5_000, 64);
-            next += 5_000;
-            status(primary.grpc)
-                .slots
-                .iter()
-                .any(|s| s.node_id == middle_id && s.wal_status == "lost")
-        }),
-        "the slot was never lost"
-    );
+    let next = fill_until_slot_lost(&primary, 20_000, &middle_id);
     assert!(link(&status(leaf.grpc)).link_up);
     // Back: the middle replica bootstraps, its log starts again past where
     // the leaf stands, and the leaf bootstraps from it in turn.
@@ -266,20 +274,7 @@ fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not()
 
     // Past the cap: the slot is lost, the replica bootstraps exactly once.
     replica.terminate();
-    let mut next = 25_000;
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            // Bounded by the time above and by a count.
-            assert!(next < 2_000_000, "the slot was not lost after 2M keys");
-            fill(&primary, next, 5_000, 64);
-            next += 5_000;
-            status(primary.grpc)
-                .slots
-                .iter()
-                .any(|s| s.node_id == node_id && s.wal_status == "lost")
-        }),
-        "the slot was never lost"
-    );
+    let next = fill_until_slot_lost(&primary, 25_000, &node_id);
     let held: u64 = {
         let p = status(primary.grpc);
         let w = p.wal.expect("wal");

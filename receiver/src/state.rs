@@ -358,14 +358,20 @@ mod tests {
         assert!(delay <= Backoff::default().cap(1));
     }
 
+    /// A machine started at `flushed`, refused for `reason`: the delay
+    /// before it asks again.
+    fn refused(m: &mut Machine, flushed: Lsn, reason: Reason) -> Duration {
+        m.on_event(Event::Start { flushed });
+        retry_delay(&m.on_event(Event::Refused {
+            reason,
+            message: reason.as_str_name().into(),
+        }))
+    }
+
     #[test]
     fn a_primary_not_ready_yet_is_asked_again_soon() {
         let mut m = machine();
-        m.on_event(Event::Start { flushed: Lsn(0) });
-        let delay = retry_delay(&m.on_event(Event::Refused {
-            reason: Reason::NotReady,
-            message: "not joined".into(),
-        }));
+        let delay = refused(&mut m, Lsn(0), Reason::NotReady);
         assert_eq!(m.phase(), Phase::Down);
         assert!(delay <= Backoff::default().cap(1));
     }
@@ -373,11 +379,7 @@ mod tests {
     #[test]
     fn a_refusal_retries_at_the_longest_delay() {
         let mut m = machine();
-        m.on_event(Event::Start { flushed: Lsn(10) });
-        let delay = retry_delay(&m.on_event(Event::Refused {
-            reason: Reason::OtherCluster,
-            message: "other".into(),
-        }));
+        let delay = refused(&mut m, Lsn(10), Reason::OtherCluster);
         assert_eq!(m.phase(), Phase::Refused);
         assert!(delay >= Backoff::default().max / 2);
         assert_eq!(
