@@ -163,15 +163,22 @@ fn parse_policy(s: &str) -> Result<SyncPolicy, String> {
     s.parse()
 }
 
-/// `host:port`, the form other nodes are given addresses in.
+/// `host:port`, the form other nodes are given addresses in (an IPv6
+/// host in brackets: `[::1]:7379`).
 fn parse_host_port(s: &str) -> Result<String, String> {
-    match s.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
-        {
-            Ok(s.to_string())
-        }
-        _ => Err(format!("expected host:port, got {s:?}")),
+    let valid = s.rsplit_once(':').is_some_and(|(host, port)| {
+        let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+        !host.is_empty()
+            && !host.contains('/')
+            && (bracketed || !host.contains(':'))
+            && port.parse::<u16>().is_ok()
+    });
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected host:port (an IPv6 host in brackets), got {s:?}"
+        ))
     }
 }
 

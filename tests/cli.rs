@@ -27,7 +27,14 @@ fn an_unknown_argument_is_refused() {
 
 #[test]
 fn an_announced_address_must_be_host_and_port() {
-    for bad in ["localhost", "http://h:1", ":7379", "h:port", "h:70000"] {
+    for bad in [
+        "localhost",
+        "http://h:1",
+        ":7379",
+        "h:port",
+        "h:70000",
+        "::1:7379",
+    ] {
         let out = ferry()
             .args([
                 "serve",

@@ -26,9 +26,10 @@ use crate::keys::{Entry, Value};
 pub const READ_CACHE_BYTES_DEFAULT: usize = 32 << 20;
 /// Independently locked parts of the cache.
 const SHARDS: usize = 64;
-/// Bytes counted for each entry beyond its key and value: the map slot, the
-/// CLOCK slot and the allocations' headers.
-const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Bytes counted for each entry beyond its key and value: the CLOCK slot,
+/// the map's entry at its load factor, and the headers of the key's and the
+/// value's allocations.
+const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Option<Slot>>() + 80;
 
 /// What [`ReadCache::get`] gives on a miss: the shard's generation, to hand
 /// back to [`ReadCache::insert`] with what was read.
@@ -112,11 +113,20 @@ impl Shard {
 }
 
 /// See the module documentation.
-#[derive(Debug)]
 pub(crate) struct ReadCache {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     shard_bytes_max: usize,
+}
+
+impl std::fmt::Debug for ReadCache {
+    /// The figures, not the entries.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache")
+            .field("bytes_max", &(self.shard_bytes_max * SHARDS))
+            .field("stats", &self.stats())
+            .finish()
+    }
 }
 
 fn entry_bytes(key: &[u8], entry: Option<&Entry>) -> usize {

@@ -464,10 +464,12 @@ impl Engine {
                 self.dir.display()
             ))
         });
+        // Whatever follows, nothing cached from the old state may answer
+        // (the write lock keeps readers out until then).
+        self.cache.clear();
         let db = db?;
         let (applied, key_count) = read_meta(&db)?;
         *slot = Some(Arc::new(db));
-        self.cache.clear();
         self.key_count.store(key_count, Ordering::Release);
         self.applied_lsn.store(applied.0, Ordering::Release);
         self.persisted_lsn.store(applied.0, Ordering::Release);
@@ -895,8 +897,6 @@ fn keep_kind(
     }
 }
 
-/// Applies one mutation: the meaning of every [`Op`], as documented in
-/// `wal.proto`. Never fails but for reads of the stored state.
 /// The key a mutation changes (`None`: FLUSHALL, which changes every key,
 /// and an epoch change, which changes none).
 pub fn op_key(op: &Op) -> Option<&Bytes> {
@@ -911,6 +911,8 @@ pub fn op_key(op: &Op) -> Option<&Bytes> {
     }
 }
 
+/// Applies one mutation: the meaning of every [`Op`], as documented in
+/// `wal.proto`. Never fails but for reads of the stored state.
 pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
     match op {
         Op::SetString(m) => t.set_string(&m.key, &m.value, m.expire_at_ms)?,
