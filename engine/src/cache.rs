@@ -2,8 +2,9 @@
 //! EXISTS, TYPE, the write pipeline's reads): a hit is one hash lookup
 //! instead of a memtable skiplist search and SST block searches.
 //!
-//! Keys enter only when read (never when written, so loading data does not
-//! fill it). A cached key takes the entry each applied batch leaves it (or
+//! Keys enter only when read through [`crate::Engine::entry`] (by a read,
+//! or by a command that reads the old value before it writes; never by an
+//! applied write, so loading strings with SET does not fill it). A cached key takes the entry each applied batch leaves it (or
 //! leaves if the write failed); everything leaves when the keyspace is
 //! replaced (FLUSHALL, a snapshot, a reset, an ingest), and the CLOCK policy
 //! evicts when a shard is full. A key read as absent is cached as absent.
