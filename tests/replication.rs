@@ -177,15 +177,10 @@ fn corrupted_frames_are_rejected_before_they_are_written() {
     assert!(link.connects > 1);
     // What the replica wrote is intact, frame by frame.
     drop(replica);
-    let verify = ferry()
-        .args(["wal", "verify"])
-        .arg(dir.path().join("r").join("wal"))
-        .output()
-        .expect("ferry wal verify");
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
+    run_ok(
+        ferry()
+            .args(["wal", "verify"])
+            .arg(dir.path().join("r").join("wal")),
     );
 }
 
@@ -454,15 +449,7 @@ fn a_replica_refuses_writes_and_reports_where_it_stands() {
     assert_eq!(row.state, "streaming");
     assert_eq!(row.applied_lsn, 51);
     assert_eq!(row.lag.expect("lag").records, 0);
-    let json = ferry()
-        .args(["status", "--json", "--addr", &replica.grpc_url()])
-        .output()
-        .expect("ferry status");
-    assert!(
-        json.status.success(),
-        "{}",
-        String::from_utf8_lossy(&json.stderr)
-    );
+    let json = run_ok(ferry().args(["status", "--json", "--addr", &replica.grpc_url()]));
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
     assert_eq!(v["role"], "replica");
     assert_eq!(v["applied_lsn"], 51);
@@ -471,10 +458,7 @@ fn a_replica_refuses_writes_and_reports_where_it_stands() {
     assert_eq!(v["primary_link"]["link_up"], true);
     assert_eq!(v["primary_link"]["primary_durable_lsn"], 51);
     assert_eq!(v["primary_link"]["lag_records"], 0);
-    let json = ferry()
-        .args(["status", "--json", "--addr", &primary.grpc_url()])
-        .output()
-        .expect("ferry status");
+    let json = run_ok(ferry().args(["status", "--json", "--addr", &primary.grpc_url()]));
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
     assert_eq!(v["role"], "primary");
     assert_eq!(v["replicas"][0]["node_id"], r.node_id.as_str());
@@ -521,10 +505,7 @@ fn a_replica_refuses_writes_and_reports_where_it_stands() {
             .parse::<u64>()
             .is_ok()
     );
-    let text = ferry()
-        .args(["status", "--addr", &replica.grpc_url()])
-        .output()
-        .expect("ferry status");
+    let text = run_ok(ferry().args(["status", "--addr", &replica.grpc_url()]));
     assert!(String::from_utf8_lossy(&text.stdout).contains("link down"));
 
     // The role survives a restart without the flag.
@@ -684,16 +665,8 @@ fn promotion_is_refused_while_lagging_and_forced_loses_exactly_the_reported_rang
     );
     assert_eq!(status(replica.grpc).role, "replica");
 
-    let out = ferry()
-        .args(["promote", "--force", "--addr", &replica.grpc_url()])
-        .output()
-        .expect("ferry promote");
+    let out = run_ok(ferry().args(["promote", "--force", "--addr", &replica.grpc_url()]));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let (from, to) = lost_range(&stdout).unwrap_or_else(|| panic!("no lost range in {stdout}"));
     assert_eq!(to, total);
     assert!(from > 1 && from <= total, "{stdout}");
@@ -709,18 +682,13 @@ fn promotion_is_refused_while_lagging_and_forced_loses_exactly_the_reported_rang
     proxy.unstall();
     primary.terminate();
     let rebuilt = dir.path().join("rebuilt");
-    let out = ferry()
-        .args(["replay", "--wal"])
-        .arg(dir.path().join("p").join("wal"))
-        .arg("--data-dir")
-        .arg(&rebuilt)
-        .args(["--until-lsn", &(from - 1).to_string()])
-        .output()
-        .expect("ferry replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        ferry()
+            .args(["replay", "--wal"])
+            .arg(dir.path().join("p").join("wal"))
+            .arg("--data-dir")
+            .arg(&rebuilt)
+            .args(["--until-lsn", &(from - 1).to_string()]),
     );
     let expected = Server::start(&rebuilt, &[]);
     assert_eq!(digest(&replica), digest(&expected));
@@ -979,16 +947,7 @@ fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
     assert!(wait_until(Duration::from_secs(10), || primary
         .durable_lsn()
         > 500));
-    let out = ferry()
-        .args(["switchover", "--addr", &primary.grpc_url()])
-        .output()
-        .expect("ferry switchover");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(ferry().args(["switchover", "--addr", &primary.grpc_url()]));
     // The writer goes on until the old primary has refused it.
     assert!(wait_until(Duration::from_secs(10), || {
         refused.load(Ordering::Relaxed) > 0
@@ -1081,6 +1040,23 @@ fn an_old_primary_whose_wal_was_purged_rejoins_by_snapshot_and_keeps_its_diverge
     rejoin_after_divergence(&["--wal-segment-bytes", "65536"], 30_000);
 }
 
+/// Writes the old primary acknowledges after the fork.
+const DIVERGED: u64 = 37;
+
+/// Cuts the old primary off (`proxy`), has it acknowledge `DIVERGED` writes
+/// (`lost{i}`), promotes the replica and writes five keys (`{prefix}{i}`)
+/// to it.
+fn fork(proxy: &Proxy, old: &mut redis::Connection, new: &mut redis::Connection, prefix: &str) {
+    proxy.isolate();
+    for i in 0..DIVERGED {
+        raw(old, &["SET", &format!("lost{i}"), "x"]);
+    }
+    assert_eq!(raw(new, &["REPLICAOF", "NO", "ONE"]), redis::Value::Okay);
+    for i in 0..5 {
+        raw(new, &["SET", &format!("{prefix}{i}"), "y"]);
+    }
+}
+
 /// An old primary with `before` keys acknowledged before a partition (its
 /// early WAL purged when there are enough) and diverged writes after it
 /// rejoins the promoted replica.
@@ -1119,19 +1095,8 @@ fn rejoin_after_divergence(extra: &[&str], before: u64) {
     }
     // A partition, and no lease: the old primary acknowledges writes its
     // replica never receives, and the replica is promoted.
-    proxy.isolate();
-    const DIVERGED: u64 = 37;
-    for i in 0..DIVERGED {
-        raw(&mut oc, &["SET", &format!("lost{i}"), "x"]);
-    }
     let mut nc = new.client();
-    assert_eq!(
-        raw(&mut nc, &["REPLICAOF", "NO", "ONE"]),
-        redis::Value::Okay
-    );
-    for i in 0..5 {
-        raw(&mut nc, &["SET", &format!("new{i}"), "y"]);
-    }
+    fork(&proxy, &mut oc, &mut nc, "new");
     // The old primary is told to follow the new one: it finds the fork,
     // sets its diverged records aside and follows.
     raw(
@@ -1164,16 +1129,7 @@ fn rejoin_after_divergence(extra: &[&str], before: u64) {
         quarantine[0].join("engine-state").join("CURRENT").exists(),
         !extra.is_empty()
     );
-    let dump = ferry()
-        .args(["wal", "dump", "--json"])
-        .arg(&quarantine[0])
-        .output()
-        .expect("dump");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
+    let dump = run_ok(ferry().args(["wal", "dump", "--json"]).arg(&quarantine[0]));
     let keys: Vec<String> = String::from_utf8_lossy(&dump.stdout)
         .lines()
         .map(|l| {
@@ -1336,31 +1292,12 @@ fn an_old_primary_rejoins_two_terms_later_through_the_history_its_new_primary_le
     }
     assert!(wait_until(Duration::from_secs(10), || caught_up(&a, &b)
         && caught_up(&b, &c)));
-    // A is cut off and, without a lease, acknowledges writes B never gets.
-    proxy.isolate();
-    const DIVERGED: u64 = 37;
-    for i in 0..DIVERGED {
-        raw(&mut ac, &["SET", &format!("lost{i}"), "x"]);
-    }
+    // A is cut off and, without a lease, acknowledges writes B never gets;
     // B takes over (epoch 1), then hands over to C (epoch 2).
     let mut bc = b.client();
-    assert_eq!(
-        raw(&mut bc, &["REPLICAOF", "NO", "ONE"]),
-        redis::Value::Okay
-    );
-    for i in 0..5 {
-        raw(&mut bc, &["SET", &format!("b{i}"), "y"]);
-    }
+    fork(&proxy, &mut ac, &mut bc, "b");
     assert!(wait_until(Duration::from_secs(10), || caught_up(&b, &c)));
-    let out = ferry()
-        .args(["switchover", "--addr", &b.grpc_url()])
-        .output()
-        .expect("ferry switchover");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(ferry().args(["switchover", "--addr", &b.grpc_url()]));
     let mut cc = c.client();
     for i in 0..5 {
         raw(&mut cc, &["SET", &format!("c{i}"), "z"]);

@@ -25,6 +25,19 @@ pub fn ferry() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
 }
 
+/// Runs `command` to its end; fails the test with its output unless it
+/// exits 0.
+pub fn run_ok(command: &mut Command) -> std::process::Output {
+    let out = command.output().expect("run ferry");
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 impl Server {
     /// Starts a node on `data_dir` with any free loopback ports, and waits
     /// until it says it is ready.
