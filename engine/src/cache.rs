@@ -2,13 +2,15 @@
 //! EXISTS, TYPE, the write pipeline's reads): a hit is one hash lookup
 //! instead of a memtable skiplist search and SST block searches.
 //!
-//! Keys enter only when read through [`crate::Engine::entry`] (by a read,
-//! or by a command that reads the old value before it writes; never by an
-//! applied write, so loading strings with SET does not fill it). A cached key takes the entry each applied batch leaves it (or
-//! leaves if the write failed); everything leaves when the keyspace is
-//! replaced (FLUSHALL, a snapshot, a reset, an ingest), and the CLOCK policy
-//! evicts when a shard is full. A key read as absent is cached as absent.
-//! The applier reads the state before its batch from here when it can.
+//! Keys enter when read through [`crate::Engine::entry`] and when written:
+//! after each applied batch, every key it touched holds the entry the batch
+//! left it (or leaves if the write failed), so a client that reads what was
+//! just written, and the applier that looks up a key's old type and expiry
+//! before overwriting it, both find it here. Everything leaves when the
+//! keyspace is replaced (FLUSHALL, a snapshot, a reset, an ingest), and the
+//! CLOCK policy evicts when a shard is full: a key read since the hand last
+//! passed stays one more round. A key read or deleted as absent is cached
+//! as absent.
 //!
 //! A reader that misses notes its shard's generation before it reads
 //! RocksDB, and its result enters only if the generation is unchanged: a
@@ -93,6 +95,23 @@ impl Shard {
             self.bytes -= slot.bytes;
             self.free.push(index);
         }
+    }
+
+    /// Adds a slot for a key the shard does not hold (room made already).
+    fn put(&mut self, slot: Slot) {
+        let (hash, bytes) = (slot.hash, slot.bytes);
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at] = Some(slot);
+                at
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.map.insert(hash, at);
+        self.bytes += bytes;
     }
 
     /// Evicts until `need` more bytes fit within `max`: a referenced entry
@@ -235,31 +254,18 @@ impl ReadCache {
             return;
         }
         shard.make_room(bytes, self.shard_bytes_max);
-        let slot = Slot {
+        shard.put(Slot {
             key: Bytes::copy_from_slice(key),
             hash: miss.hash,
             entry: entry.cloned(),
             bytes,
             referenced: false,
-        };
-        let at = match shard.free.pop() {
-            Some(at) => {
-                shard.slots[at] = Some(slot);
-                at
-            }
-            None => {
-                shard.slots.push(Some(slot));
-                shard.slots.len() - 1
-            }
-        };
-        shard.map.insert(miss.hash, at);
-        shard.bytes += bytes;
+        });
     }
 
-    /// Sets what `key` holds now, if it is cached (else only marks it
-    /// changed); called after a write of it reached RocksDB, with the
-    /// entry the write left. The value is copied: the record's buffer is
-    /// not kept alive.
+    /// Sets what `key` holds now, caching it if it was not; called after a
+    /// write of it reached RocksDB, with the entry the write left. The
+    /// value is copied: the record's buffer is not kept alive.
     pub(crate) fn update(&self, key: &[u8], entry: Option<&Entry>) {
         if !self.enabled() {
             return;
@@ -267,12 +273,12 @@ impl ReadCache {
         let (hash, index) = self.locate(key);
         let mut shard = self.shard(index);
         shard.generation += 1;
-        let Some(at) = Self::find(&shard, hash, key) else {
-            return;
-        };
+        let found = Self::find(&shard, hash, key);
         let bytes = entry_bytes(key, entry);
         if bytes > self.shard_bytes_max {
-            shard.remove_at(at);
+            if let Some(at) = found {
+                shard.remove_at(at);
+            }
             return;
         }
         let owned = entry.map(|e| Entry {
@@ -282,11 +288,27 @@ impl ReadCache {
             },
             expire_at_ms: e.expire_at_ms,
         });
-        let slot = shard.slots[at].as_mut().expect("a mapped slot is live");
-        let before = std::mem::replace(&mut slot.bytes, bytes);
-        slot.entry = owned;
-        shard.bytes = shard.bytes - before + bytes;
-        shard.make_room(0, self.shard_bytes_max);
+        match found {
+            Some(at) => {
+                let slot = shard.slots[at].as_mut().expect("a mapped slot is live");
+                let before = std::mem::replace(&mut slot.bytes, bytes);
+                slot.entry = owned;
+                shard.bytes = shard.bytes - before + bytes;
+                shard.make_room(0, self.shard_bytes_max);
+            }
+            // Another key of the same hash holds the place: it stays.
+            None if shard.map.contains_key(&hash) => {}
+            None => {
+                shard.make_room(bytes, self.shard_bytes_max);
+                shard.put(Slot {
+                    key: Bytes::copy_from_slice(key),
+                    hash,
+                    entry: owned,
+                    bytes,
+                    referenced: false,
+                });
+            }
+        }
     }
 
     /// Forgets `key`; called after a write of it reached RocksDB.
@@ -379,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn an_update_replaces_a_cached_entry_and_adds_none() {
+    fn an_update_replaces_a_cached_entry_or_caches_the_key() {
         let cache = ReadCache::new(1 << 20);
         read(&cache, b"k", Some(&string("old")));
         let before = cache.stats().bytes;
@@ -391,12 +413,23 @@ mod tests {
         assert_eq!(cache.stats().bytes, before + 11);
         cache.update(b"k", None);
         assert_eq!(cache.get(b"k").expect("hit"), None);
-        // A key not cached stays out, and a read racing the write too.
+        // A key not cached enters with what the write left, and a read
+        // that raced the write does not replace it.
         let miss = cache.get(b"other").expect_err("empty");
         cache.update(b"other", Some(&string("new")));
-        assert!(cache.get(b"other").is_err());
         cache.insert(miss, b"other", Some(&string("old")));
-        assert!(cache.get(b"other").is_err());
+        assert_eq!(cache.get(b"other").expect("hit"), Some(string("new")));
+        // Nor does one that started after the write.
+        cache.invalidate(b"other");
+        let miss = cache.get(b"other").expect_err("invalidated");
+        cache.update(b"other", Some(&string("newer")));
+        cache.insert(miss, b"other", Some(&string("new")));
+        assert_eq!(cache.get(b"other").expect("hit"), Some(string("newer")));
+        // An entry larger than a shard leaves, and does not enter.
+        let huge = string(&"y".repeat((1 << 20) / SHARDS + 1));
+        cache.update(b"k", Some(&huge));
+        cache.update(b"new", Some(&huge));
+        assert!(cache.get(b"k").is_err() && cache.get(b"new").is_err());
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::keys::{self, Entry, Value};
 /// Records applied per RocksDB write batch during replay.
 pub const REPLAY_BATCH_RECORDS: usize = 1024;
 
+/// Size of a RocksDB memtable. Recent writes are also in the read cache, so
+/// a larger one buys little and costs resident memory.
+pub const MEMTABLE_BYTES: usize = 32 << 20;
 /// Share of the memtable given to its bloom filter.
 pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 /// Bloom filter bits per key in SST files (about 1 % false positives).
@@ -35,7 +38,7 @@ fn options() -> Options {
     opts.create_if_missing(true);
     opts.increase_parallelism(2);
     opts.set_max_background_jobs(2);
-    opts.set_write_buffer_size(64 << 20);
+    opts.set_write_buffer_size(MEMTABLE_BYTES);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // Most writes look their key up first (its old type and expiry), and
     // most new keys are in neither the memtable nor the SST files: bloom
