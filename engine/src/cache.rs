@@ -29,10 +29,16 @@ use crate::keys::{Entry, Value};
 pub const READ_CACHE_BYTES_DEFAULT: usize = 32 << 20;
 /// Independently locked parts of the cache.
 const SHARDS: usize = 64;
-/// Bytes counted for each entry beyond its key and value: the CLOCK slot,
-/// the map's entry at its load factor, and the headers of the key's and the
-/// value's allocations.
-const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Option<Slot>>() + 80;
+/// Bytes counted for each entry beyond its key and value: the map's entry
+/// with its control byte and the CLOCK ring's place, both twice over (a
+/// table that has just doubled is half empty), and the header of the
+/// allocation holding the key and value.
+const ENTRY_OVERHEAD_BYTES: usize =
+    2 * (std::mem::size_of::<(u64, Slot)>() + 1 + std::mem::size_of::<u64>()) + 16;
+/// Kinds of [`Slot::kind`].
+const ABSENT: u8 = 0;
+const STRING: u8 = 1;
+const HASH: u8 = 2;
 
 /// What [`ReadCache::get`] gives on a miss: the shard's generation, to hand
 /// back to [`ReadCache::insert`] with what was read.
@@ -64,22 +70,90 @@ impl Hasher for Prehashed {
     }
 }
 
+/// One cached key, inline in its shard's map: a hit reads the map's entry
+/// and one allocation holding the key and the value side by side.
 #[derive(Debug)]
 struct Slot {
-    key: Bytes,
-    hash: u64,
-    entry: Option<Entry>,
-    bytes: usize,
+    /// The key, then a string's value or a hash's field count (8 bytes,
+    /// little-endian).
+    data: Box<[u8]>,
+    expire_at_ms: u64,
+    key_len: u32,
+    /// Its place in the CLOCK ring.
+    ring_at: u32,
+    kind: u8,
     referenced: bool,
+}
+
+impl Slot {
+    /// For a key [`entry_bytes`] lets in.
+    fn new(key: &[u8], entry: Option<&Entry>) -> Slot {
+        let len_bytes;
+        let (kind, expire_at_ms, value): (u8, u64, &[u8]) = match entry {
+            None => (ABSENT, 0, &[]),
+            Some(Entry {
+                value: Value::String(s),
+                expire_at_ms,
+            }) => (STRING, *expire_at_ms, s),
+            Some(Entry {
+                value: Value::Hash { len },
+                expire_at_ms,
+            }) => {
+                len_bytes = len.to_le_bytes();
+                (HASH, *expire_at_ms, &len_bytes)
+            }
+        };
+        let mut data = Vec::with_capacity(key.len() + value.len());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        Slot {
+            data: data.into_boxed_slice(),
+            expire_at_ms,
+            key_len: u32::try_from(key.len()).expect("checked by entry_bytes"),
+            ring_at: 0,
+            kind,
+            referenced: false,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.data[self.key_len as usize..]
+    }
+
+    /// Bytes counted for it.
+    fn bytes(&self) -> usize {
+        self.data.len() + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// The entry, its value copied out (a hit holds no lock or reference
+    /// on the cache once it returns).
+    fn entry(&self) -> Option<Entry> {
+        let value = match self.kind {
+            STRING => Value::String(Bytes::copy_from_slice(self.value())),
+            HASH => Value::Hash {
+                len: u64::from_le_bytes(self.value().try_into().expect("8 bytes")),
+            },
+            _ => return None,
+        };
+        Some(Entry {
+            value,
+            expire_at_ms: self.expire_at_ms,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     /// By the key's hash; the slot holds the key, compared on every hit
     /// (two keys of one hash: the second is not cached).
-    map: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
-    /// CLOCK ring; `None`: free (its index is in `free`).
-    slots: Vec<Option<Slot>>,
+    map: HashMap<u64, Slot, BuildHasherDefault<Prehashed>>,
+    /// CLOCK ring of the cached keys' hashes; a place whose hash maps to
+    /// a slot elsewhere in the ring (or to none) is free, and in `free`.
+    ring: Vec<u64>,
     free: Vec<usize>,
     hand: usize,
     bytes: usize,
@@ -89,44 +163,56 @@ struct Shard {
 }
 
 impl Shard {
-    fn remove_at(&mut self, index: usize) {
-        if let Some(slot) = self.slots[index].take() {
-            self.map.remove(&slot.hash);
-            self.bytes -= slot.bytes;
-            self.free.push(index);
+    /// The slot holding `key`, if any.
+    fn find(&mut self, hash: u64, key: &[u8]) -> Option<&mut Slot> {
+        self.map.get_mut(&hash).filter(|slot| slot.key() == key)
+    }
+
+    fn remove(&mut self, hash: u64) {
+        if let Some(slot) = self.map.remove(&hash) {
+            self.free.push(slot.ring_at as usize);
+            self.bytes -= slot.bytes();
         }
     }
 
-    /// Adds a slot for a key the shard does not hold (room made already).
-    fn put(&mut self, slot: Slot) {
-        let (hash, bytes) = (slot.hash, slot.bytes);
+    /// Adds a slot for a hash the shard does not hold (room made already).
+    fn put(&mut self, hash: u64, mut slot: Slot) {
         let at = match self.free.pop() {
             Some(at) => {
-                self.slots[at] = Some(slot);
+                self.ring[at] = hash;
                 at
             }
             None => {
-                self.slots.push(Some(slot));
-                self.slots.len() - 1
+                self.ring.push(hash);
+                self.ring.len() - 1
             }
         };
-        self.map.insert(hash, at);
-        self.bytes += bytes;
+        slot.ring_at = u32::try_from(at).expect("fewer than 2^32 entries in a shard");
+        self.bytes += slot.bytes();
+        self.map.insert(hash, slot);
     }
 
     /// Evicts until `need` more bytes fit within `max`: a referenced entry
     /// loses its mark and stays one more round, an unmarked one goes.
     fn make_room(&mut self, need: usize, max: usize) {
         while self.bytes + need > max && !self.map.is_empty() {
-            if self.hand >= self.slots.len() {
+            if self.hand >= self.ring.len() {
                 self.hand = 0;
             }
-            let index = self.hand;
+            let at = self.hand;
             self.hand += 1;
-            match &mut self.slots[index] {
-                Some(slot) if slot.referenced => slot.referenced = false,
-                Some(_) => self.remove_at(index),
-                None => {}
+            let hash = self.ring[at];
+            let Some(slot) = self
+                .map
+                .get_mut(&hash)
+                .filter(|slot| slot.ring_at as usize == at)
+            else {
+                continue;
+            };
+            if slot.referenced {
+                slot.referenced = false;
+            } else {
+                self.remove(hash);
             }
         }
     }
@@ -149,13 +235,22 @@ impl std::fmt::Debug for ReadCache {
     }
 }
 
+/// Bytes an entry would be counted for; `usize::MAX` (never cached) for a
+/// key longer than a slot records.
 fn entry_bytes(key: &[u8], entry: Option<&Entry>) -> usize {
+    if u32::try_from(key.len()).is_err() {
+        return usize::MAX;
+    }
     let value = match entry {
         Some(Entry {
             value: Value::String(s),
             ..
         }) => s.len(),
-        _ => 0,
+        Some(Entry {
+            value: Value::Hash { .. },
+            ..
+        }) => 8,
+        None => 0,
     };
     key.len() + value + ENTRY_OVERHEAD_BYTES
 }
@@ -186,13 +281,6 @@ impl ReadCache {
         (hash, (hash >> 32) as usize % SHARDS)
     }
 
-    /// The slot holding `key` in `shard`, if any.
-    fn find(shard: &Shard, hash: u64, key: &[u8]) -> Option<usize> {
-        let at = *shard.map.get(&hash)?;
-        let slot = shard.slots[at].as_ref().expect("a mapped slot is live");
-        (slot.key == key).then_some(at)
-    }
-
     /// The cached entry of `key` (`Ok(None)`: cached as absent), or what to
     /// give [`ReadCache::insert`] after reading it.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Entry>, Miss> {
@@ -205,10 +293,9 @@ impl ReadCache {
         }
         let (hash, index) = self.locate(key);
         let mut shard = self.shard(index);
-        if let Some(at) = Self::find(&shard, hash, key) {
-            let slot = shard.slots[at].as_mut().expect("a mapped slot is live");
+        if let Some(slot) = shard.find(hash, key) {
             slot.referenced = true;
-            let entry = slot.entry.clone();
+            let entry = slot.entry();
             shard.hits += 1;
             return Ok(entry);
         }
@@ -228,15 +315,8 @@ impl ReadCache {
             return None;
         }
         let (hash, index) = self.locate(key);
-        let shard = self.shard(index);
-        let at = Self::find(&shard, hash, key)?;
-        Some(
-            shard.slots[at]
-                .as_ref()
-                .expect("a mapped slot is live")
-                .entry
-                .clone(),
-        )
+        let mut shard = self.shard(index);
+        shard.find(hash, key).map(|slot| slot.entry())
     }
 
     /// Caches what a reader found for `key` after `miss`, unless the key
@@ -254,18 +334,11 @@ impl ReadCache {
             return;
         }
         shard.make_room(bytes, self.shard_bytes_max);
-        shard.put(Slot {
-            key: Bytes::copy_from_slice(key),
-            hash: miss.hash,
-            entry: entry.cloned(),
-            bytes,
-            referenced: false,
-        });
+        shard.put(miss.hash, Slot::new(key, entry));
     }
 
     /// Sets what `key` holds now, caching it if it was not; called after a
-    /// write of it reached RocksDB, with the entry the write left. The
-    /// value is copied: the record's buffer is not kept alive.
+    /// write of it reached RocksDB, with the entry the write left.
     pub(crate) fn update(&self, key: &[u8], entry: Option<&Entry>) {
         if !self.enabled() {
             return;
@@ -273,41 +346,25 @@ impl ReadCache {
         let (hash, index) = self.locate(key);
         let mut shard = self.shard(index);
         shard.generation += 1;
-        let found = Self::find(&shard, hash, key);
-        let bytes = entry_bytes(key, entry);
-        if bytes > self.shard_bytes_max {
-            if let Some(at) = found {
-                shard.remove_at(at);
+        let found = shard.find(hash, key).is_some();
+        if entry_bytes(key, entry) > self.shard_bytes_max {
+            if found {
+                shard.remove(hash);
             }
             return;
         }
-        let owned = entry.map(|e| Entry {
-            value: match &e.value {
-                Value::String(s) => Value::String(Bytes::copy_from_slice(s)),
-                other => other.clone(),
-            },
-            expire_at_ms: e.expire_at_ms,
-        });
-        match found {
-            Some(at) => {
-                let slot = shard.slots[at].as_mut().expect("a mapped slot is live");
-                let before = std::mem::replace(&mut slot.bytes, bytes);
-                slot.entry = owned;
-                shard.bytes = shard.bytes - before + bytes;
-                shard.make_room(0, self.shard_bytes_max);
-            }
-            // Another key of the same hash holds the place: it stays.
-            None if shard.map.contains_key(&hash) => {}
-            None => {
-                shard.make_room(bytes, self.shard_bytes_max);
-                shard.put(Slot {
-                    key: Bytes::copy_from_slice(key),
-                    hash,
-                    entry: owned,
-                    bytes,
-                    referenced: false,
-                });
-            }
+        let mut new = Slot::new(key, entry);
+        if found {
+            let slot = shard.map.get_mut(&hash).expect("found");
+            (new.ring_at, new.referenced) = (slot.ring_at, slot.referenced);
+            let before = std::mem::replace(slot, new).bytes();
+            let after = slot.bytes();
+            shard.bytes = shard.bytes - before + after;
+            shard.make_room(0, self.shard_bytes_max);
+        } else if !shard.map.contains_key(&hash) {
+            // (Another key of the same hash holds the place: it stays.)
+            shard.make_room(new.bytes(), self.shard_bytes_max);
+            shard.put(hash, new);
         }
     }
 
@@ -319,8 +376,8 @@ impl ReadCache {
         let (hash, index) = self.locate(key);
         let mut shard = self.shard(index);
         shard.generation += 1;
-        if let Some(at) = Self::find(&shard, hash, key) {
-            shard.remove_at(at);
+        if shard.find(hash, key).is_some() {
+            shard.remove(hash);
         }
     }
 
@@ -330,7 +387,7 @@ impl ReadCache {
             let mut shard = self.shard(index);
             shard.generation += 1;
             shard.map.clear();
-            shard.slots.clear();
+            shard.ring.clear();
             shard.free.clear();
             shard.hand = 0;
             shard.bytes = 0;
@@ -472,6 +529,53 @@ mod tests {
         let huge = string(&"y".repeat(8192));
         read(&cache, b"huge", Some(&huge));
         assert!(cache.get(b"huge").is_err());
+    }
+
+    #[test]
+    fn freed_places_in_the_ring_are_reused_and_every_entry_stays_its_own() {
+        // Room for about half the keys: evictions too.
+        let max = SHARDS * 4096;
+        let cache = ReadCache::new(max);
+        let value = |i: u32, round: u32| string(&format!("{i}:{round}:{}", "v".repeat(60)));
+        // Each round a key is written (cached or not), read, or forgotten,
+        // in turn; a read finds what the last write left.
+        let mut stored = vec![value(0, 0); 2_000];
+        let mut most_entries = 0;
+        for round in 0..20u32 {
+            for i in 0..2_000u32 {
+                let key = format!("key:{i}");
+                match (i + round) % 3 {
+                    0 => {
+                        stored[i as usize] = value(i, round);
+                        cache.update(key.as_bytes(), Some(&stored[i as usize]));
+                    }
+                    1 => drop(read(&cache, key.as_bytes(), Some(&stored[i as usize]))),
+                    _ => cache.invalidate(key.as_bytes()),
+                }
+            }
+            let s = cache.stats();
+            assert!(s.bytes as usize <= max, "{s:?}");
+            most_entries = most_entries.max(s.entries as usize);
+            let ring: usize = (0..SHARDS).map(|i| cache.shard(i).ring.len()).sum();
+            assert!(
+                ring <= most_entries + SHARDS * 8,
+                "ring {ring}, entries {most_entries}"
+            );
+        }
+        // What is cached is the key's own latest entry.
+        for i in 0..2_000u32 {
+            if let Ok(hit) = cache.get(format!("key:{i}").as_bytes()) {
+                assert_ne!((i + 19) % 3, 2, "an invalidated key stayed");
+                assert_eq!(hit.as_ref(), Some(&stored[i as usize]));
+            }
+        }
+        // Hash entries keep their field count and expiry.
+        let hash = Entry {
+            value: Value::Hash { len: 7 },
+            expire_at_ms: 42,
+        };
+        cache.update(b"h", Some(&hash));
+        assert_eq!(cache.get(b"h").expect("hit"), Some(hash));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub const REPLAY_BATCH_RECORDS: usize = 1024;
 
 /// Size of a RocksDB memtable. Recent writes are also in the read cache, so
 /// a larger one buys little and costs resident memory.
-pub const MEMTABLE_BYTES: usize = 32 << 20;
+pub const MEMTABLE_BYTES: usize = 16 << 20;
 /// Share of the memtable given to its bloom filter.
 pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 /// Bloom filter bits per key in SST files (about 1 % false positives).
