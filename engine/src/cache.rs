@@ -130,9 +130,11 @@ impl Slot {
     }
 
     /// The entry, its value copied out (a hit holds no lock or reference
-    /// on the cache once it returns).
-    fn entry(&self) -> Option<Entry> {
+    /// on the cache once it returns); with `header_only`, a string's value
+    /// is left empty.
+    fn entry(&self, header_only: bool) -> Option<Entry> {
         let value = match self.kind {
+            STRING if header_only => Value::String(Bytes::new()),
             STRING => Value::String(Bytes::copy_from_slice(self.value())),
             HASH => Value::Hash {
                 len: u64::from_le_bytes(self.value().try_into().expect("8 bytes")),
@@ -295,7 +297,7 @@ impl ReadCache {
         let mut shard = self.shard(index);
         if let Some(slot) = shard.find(hash, key) {
             slot.referenced = true;
-            let entry = slot.entry();
+            let entry = slot.entry(false);
             shard.hits += 1;
             return Ok(entry);
         }
@@ -311,12 +313,22 @@ impl ReadCache {
     /// of the state before its batch (not counted as a hit or a miss).
     /// Every cached entry is what RocksDB holds between two batches.
     pub(crate) fn peek(&self, key: &[u8]) -> Option<Option<Entry>> {
+        self.peek_with(key, false)
+    }
+
+    /// As [`ReadCache::peek`], with a string's value left empty: for a
+    /// write that replaces the value, only the kind and expiry count.
+    pub(crate) fn peek_header(&self, key: &[u8]) -> Option<Option<Entry>> {
+        self.peek_with(key, true)
+    }
+
+    fn peek_with(&self, key: &[u8], header_only: bool) -> Option<Option<Entry>> {
         if !self.enabled() {
             return None;
         }
         let (hash, index) = self.locate(key);
         let mut shard = self.shard(index);
-        shard.find(hash, key).map(|slot| slot.entry())
+        shard.find(hash, key).map(|slot| slot.entry(header_only))
     }
 
     /// Caches what a reader found for `key` after `miss`, unless the key
@@ -352,6 +364,23 @@ impl ReadCache {
                 shard.remove(hash);
             }
             return;
+        }
+        if found {
+            // A value of the same length (the common overwrite) is copied
+            // over the old one, with no allocation.
+            let slot = shard.map.get_mut(&hash).expect("found");
+            if let Some(Entry {
+                value: Value::String(value),
+                expire_at_ms,
+            }) = entry
+                && slot.kind == STRING
+                && slot.value().len() == value.len()
+            {
+                let key_len = slot.key_len as usize;
+                slot.data[key_len..].copy_from_slice(value);
+                slot.expire_at_ms = *expire_at_ms;
+                return;
+            }
         }
         let mut new = Slot::new(key, entry);
         if found {
@@ -468,6 +497,22 @@ mod tests {
             Some(string("a longer value"))
         );
         assert_eq!(cache.stats().bytes, before + 11);
+        // One of the same length is copied over it, expiry too.
+        let same_length = Entry {
+            value: Value::String(Bytes::from_static(b"a shorter one!")),
+            expire_at_ms: 9,
+        };
+        cache.update(b"k", Some(&same_length));
+        assert_eq!(cache.get(b"k").expect("hit"), Some(same_length));
+        assert_eq!(cache.stats().bytes, before + 11);
+        // The applier's look at it leaves a string's bytes out.
+        assert_eq!(
+            cache.peek_header(b"k").expect("cached"),
+            Some(Entry {
+                value: Value::String(Bytes::new()),
+                expire_at_ms: 9,
+            })
+        );
         cache.update(b"k", None);
         assert_eq!(cache.get(b"k").expect("hit"), None);
         // A key not cached enters with what the write left, and a read

@@ -764,7 +764,7 @@ impl Target for BatchTarget<'_> {
         match self.entries.get(key) {
             Some(entry) => Ok(entry.clone()),
             None if self.flushed => Ok(None),
-            None => match self.cache.peek(key) {
+            None => match self.cache.peek_header(key) {
                 Some(cached) => Ok(cached),
                 None => entry_header_in(&self.db, key),
             },

@@ -12,6 +12,7 @@
 //! Readers outside the pipeline read the engine, which holds only durable
 //! records: a client never sees a write that a crash could take back.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,19 +129,24 @@ impl Overlay {
 
 impl OverlayTarget<'_> {
     fn pending(&mut self, key: &Bytes) -> &mut Pending {
-        if !self.undo.keys.iter().any(|(k, _)| k == key) {
-            self.undo
-                .keys
-                .push((key.clone(), self.overlay.keys.get(key).cloned()));
-        }
+        let first_touch = !self.undo.keys.iter().any(|(k, _)| k == key);
         let seq = self.seq;
-        let p = self
-            .overlay
-            .keys
-            .entry(key.clone())
-            .or_insert(Pending { seq, state: None });
-        p.seq = seq;
-        p
+        match self.overlay.keys.entry(key.clone()) {
+            MapEntry::Occupied(e) => {
+                if first_touch {
+                    self.undo.keys.push((key.clone(), Some(e.get().clone())));
+                }
+                let p = e.into_mut();
+                p.seq = seq;
+                p
+            }
+            MapEntry::Vacant(e) => {
+                if first_touch {
+                    self.undo.keys.push((key.clone(), None));
+                }
+                e.insert(Pending { seq, state: None })
+            }
+        }
     }
 }
 
@@ -610,7 +616,7 @@ async fn run_applier(
             let _ = job.done.send(Err(why.clone()));
             continue;
         }
-        let mut jobs = Vec::new();
+        let mut jobs = Vec::with_capacity(rx.len().min(1024) + 1);
         let mut outcome = job.pending.durable().await;
         let mut job = Some((job.seq, job.record, job.done));
         loop {
