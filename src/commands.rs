@@ -17,11 +17,14 @@ use crate::resp::{Reply, parse_i64};
 pub type Args = [Bytes];
 type EResult<T> = ferry_engine::Result<T>;
 
+/// A command that writes: it reads and pushes effects through the view.
+pub type WriteHandler = fn(&mut View<'_>, &Args) -> EResult<Reply>;
+
 /// How a command is carried out.
 #[derive(Clone, Copy)]
 pub enum Handler {
     Read(fn(&Node, &Args) -> Reply),
-    Write(fn(&mut View<'_>, &Args) -> EResult<Reply>),
+    Write(WriteHandler),
     Conn(fn(&Node, &mut Conn, &Args) -> Reply),
     /// REPLICAOF and SLAVEOF: changes the node's role (see [`replicaof`]).
     ReplicaOf,

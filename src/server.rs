@@ -8,18 +8,21 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ferry_engine::{EngineError, Ticket};
+use ferry_engine::{EngineError, Ticket, View};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::commands::{self, Conn, Handler};
+use crate::commands::{self, Conn, Handler, Spec, WriteHandler};
 use crate::node::{ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node};
 use crate::resp::{ParseLimits, Reply, parse_request};
 
 /// Replies a connection may have outstanding before it waits for them.
 pub const PIPELINE_DEPTH_MAX: usize = 1024;
+/// Writes of one connection, read one after the other, that run together
+/// at most: under one lock of the write path, in as few WAL appends as fit.
+pub const WRITES_TOGETHER_MAX: usize = 64;
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long shutdown waits for connections to finish what they started.
@@ -262,6 +265,7 @@ async fn connection(
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut queue = VecDeque::new();
+    let mut writes = Vec::new();
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
@@ -291,6 +295,7 @@ async fn connection(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
+                    run_writes(&node, &mut writes, &mut queue).await;
                     drain(&node, &mut queue, &mut out, &mut conn).await;
                     Reply::err(&e).encode(&mut out, conn.resp3);
                     let _ = socket.write_all(&out).await;
@@ -300,18 +305,20 @@ async fn connection(
             node.stats
                 .total_commands_processed
                 .fetch_add(1, Ordering::Relaxed);
-            let reply = dispatch(&node, &mut conn, &args, &mut queue, &mut out).await;
+            last_command = Some(args[0].clone());
+            let reply = dispatch(&node, &mut conn, args, &mut writes, &mut queue, &mut out).await;
             if let Some(reply) = reply {
                 queue.push_back(reply);
             }
-            last_command = Some(args[0].clone());
             if conn.quit {
                 break;
             }
-            if queue.len() >= PIPELINE_DEPTH_MAX {
+            if queue.len() + writes.len() >= PIPELINE_DEPTH_MAX {
+                run_writes(&node, &mut writes, &mut queue).await;
                 drain(&node, &mut queue, &mut out, &mut conn).await;
             }
         }
+        run_writes(&node, &mut writes, &mut queue).await;
         drain(&node, &mut queue, &mut out, &mut conn).await;
         if let Some(cmd) = last_command
             && let Some(info) = node
@@ -344,39 +351,55 @@ async fn connection(
     node.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Runs one request; what to queue as its reply.
-async fn dispatch(
-    node: &Node,
-    conn: &mut Conn,
-    args: &[bytes::Bytes],
-    queue: &mut VecDeque<Queued>,
-    out: &mut BytesMut,
-) -> Option<Queued> {
+/// A write a connection has read and not yet run: consecutive ones run
+/// together ([`Pipeline::execute_many`](ferry_engine::Pipeline::execute_many)).
+type PendingWrite = (WriteHandler, Vec<bytes::Bytes>);
+
+/// Runs the writes read so far, queueing their replies in order.
+async fn run_writes(node: &Node, writes: &mut Vec<PendingWrite>, queue: &mut VecDeque<Queued>) {
+    if writes.is_empty() {
+        return;
+    }
+    let outcomes = node
+        .pipeline
+        .execute_many(
+            writes
+                .iter()
+                .map(|(f, args)| move |view: &mut View<'_>| f(view, args)),
+        )
+        .await;
+    writes.clear();
+    queue.extend(outcomes.into_iter().map(|outcome| match outcome {
+        Ok(ticket) => Queued::Pending(ticket),
+        Err(e) => Queued::Ready(engine_error_reply(e)),
+    }));
+}
+
+/// The command `args` asks for, unless it must be refused as it stands.
+fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spec, Reply> {
     let Some(spec) = commands::lookup(&args[0]) else {
-        return Some(Queued::Ready(commands::unknown_command(args)));
+        return Err(commands::unknown_command(args));
     };
     let argc = args.len() as i64;
     if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
-        return Some(Queued::Ready(commands::wrong_arity(spec.name)));
+        return Err(commands::wrong_arity(spec.name));
     }
     if !conn.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
-        return Some(Queued::Ready(Reply::Error(
-            "NOAUTH Authentication required.".into(),
-        )));
+        return Err(Reply::Error("NOAUTH Authentication required.".into()));
     }
     let data_command = matches!(spec.handler, Handler::Write(_) | Handler::Read(_));
     if matches!(spec.handler, Handler::Write(_)) {
         if node.is_replica() {
-            return Some(Queued::Ready(Reply::Error(READONLY_REPLY.into())));
+            return Err(Reply::Error(READONLY_REPLY.into()));
         }
         if node.is_stale_primary() {
-            return Some(Queued::Ready(Reply::Error(format!(
+            return Err(Reply::Error(format!(
                 "READONLY this node is a stale primary: a primary of epoch {} exists",
                 node.identity.newer_epoch_seen().unwrap_or_default()
-            ))));
+            )));
         }
         if !node.lease_holds() {
-            return Some(Queued::Ready(Reply::Error(NOREPLICAS_REPLY.into())));
+            return Err(Reply::Error(NOREPLICAS_REPLY.into()));
         }
     }
     if data_command
@@ -384,8 +407,39 @@ async fn dispatch(
         && !spec.flags.contains(&"stale")
         && node.link_down()
     {
-        return Some(Queued::Ready(Reply::Error(MASTERDOWN_REPLY.into())));
+        return Err(Reply::Error(MASTERDOWN_REPLY.into()));
     }
+    Ok(spec)
+}
+
+/// Runs one request, or adds it to `writes` if it is a write (they run
+/// before anything else does); what to queue as its reply.
+async fn dispatch(
+    node: &Node,
+    conn: &mut Conn,
+    args: Vec<bytes::Bytes>,
+    writes: &mut Vec<PendingWrite>,
+    queue: &mut VecDeque<Queued>,
+    out: &mut BytesMut,
+) -> Option<Queued> {
+    let checked = check(node, conn, &args);
+    if let Ok(Spec {
+        handler: Handler::Write(f),
+        ..
+    }) = checked
+    {
+        writes.push((*f, args));
+        if writes.len() >= WRITES_TOGETHER_MAX {
+            run_writes(node, writes, queue).await;
+        }
+        return None;
+    }
+    run_writes(node, writes, queue).await;
+    let spec = match checked {
+        Ok(spec) => spec,
+        Err(reply) => return Some(Queued::Ready(reply)),
+    };
+    let args = &args[..];
     match spec.handler {
         Handler::Wait => {
             drain(node, queue, out, conn).await;
@@ -420,10 +474,7 @@ async fn dispatch(
             };
             Some(Queued::Ready(reply))
         }
-        Handler::Write(f) => match node.pipeline.execute(|view| f(view, args)).await {
-            Ok(ticket) => Some(Queued::Pending(ticket)),
-            Err(e) => Some(Queued::Ready(engine_error_reply(e))),
-        },
+        Handler::Write(_) => unreachable!("writes were added to the batch"),
         Handler::Read(f) => {
             // A read follows the writes before it on this connection.
             drain(node, queue, out, conn).await;

@@ -1072,7 +1072,9 @@ fn rejoin_after_divergence(extra: &[&str], before: u64) {
     for start in (0..before).step_by(1000) {
         let mut pipe = redis::pipe();
         for i in start..(start + 1000).min(before) {
-            pipe.cmd("SET").arg(format!("k{i}")).arg("v").ignore();
+            // Values that do not compress away: the WAL spans segments.
+            let value = format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            pipe.cmd("SET").arg(format!("k{i}")).arg(value).ignore();
         }
         pipe.query::<()>(&mut oc).expect("SETs");
     }

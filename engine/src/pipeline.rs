@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use ferry_proto::v1::{Mutation, WalRecord, mutation::Op};
-use ferry_wal::{Lsn, PendingAppend, Wal};
+use ferry_wal::{Lsn, PendingAppend, Wal, WalError};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -368,11 +368,42 @@ impl<R> Ticket<R> {
     }
 }
 
+/// The records of one append, in order, with whom to tell once each is
+/// applied.
 struct ApplyJob {
-    seq: u64,
-    record: WalRecord,
+    records: Vec<(u64, WalRecord, Applied)>,
     pending: PendingAppend,
-    done: oneshot::Sender<Result<Lsn, String>>,
+}
+
+/// Where a record's LSN goes once it is applied (or why it was not).
+type Applied = oneshot::Sender<Result<Lsn, String>>;
+
+/// What a command whose record did not reach the WAL gets.
+fn failed(failure: &Option<String>) -> EngineError {
+    EngineError::Stopped(
+        failure
+            .clone()
+            .unwrap_or_else(|| "the applier stopped".into()),
+    )
+}
+
+/// A command of [`Pipeline::execute_many`] as it ran.
+enum Outcome<R> {
+    /// No effects: ready once what it read (up to this sequence) is applied.
+    Read(R, u64),
+    Failed(EngineError),
+    /// Effects staged for the WAL (the next of the staged records).
+    Staged(R),
+}
+
+/// A command's record on its way to the WAL.
+struct Staged {
+    seq: u64,
+    bytes: Bytes,
+    /// Its length as the WAL frames it.
+    framed: u64,
+    record: WalRecord,
+    undo: Undo,
 }
 
 struct ExecState {
@@ -489,76 +520,168 @@ impl Pipeline {
     ///
     /// # Errors
     ///
-    /// What `command` returns, WAL refusals ([`EngineError::Wal`]: a record
-    /// too large, a failed log), [`EngineError::Stopped`].
+    /// What `command` returns, a record too large for the WAL
+    /// ([`EngineError::Wal`]), [`EngineError::Stopped`] once the WAL failed
+    /// or the applier stopped.
     pub async fn execute<R>(
         &self,
         command: impl FnOnce(&mut View<'_>) -> Result<R>,
     ) -> Result<Ticket<R>> {
+        self.execute_many([command])
+            .await
+            .pop()
+            .expect("one outcome per command")
+    }
+
+    /// [`Pipeline::execute`] for several commands in a row, as one client
+    /// pipelines them: each runs alone and sees the ones before it, each
+    /// has its own record and outcome, in order; the records go to the WAL
+    /// in as few appends (and the applier in as few jobs) as fit.
+    pub async fn execute_many<R, C>(
+        &self,
+        commands: impl IntoIterator<Item = C>,
+    ) -> Vec<Result<Ticket<R>>>
+    where
+        C: FnOnce(&mut View<'_>) -> Result<R>,
+    {
         let mut exec = self.exec.lock().await;
-        let seq = exec.seq + 1;
         let writable = self.writable.load(Ordering::Acquire);
-        let (reply, effects) = {
+        let append_max = self.wal.append_bytes_max();
+        let mut outcomes: Vec<Outcome<R>> = Vec::new();
+        let mut staged: Vec<Staged> = Vec::new();
+        {
             let mut overlay = lock(&self.overlay);
-            let mut view = View {
-                engine: &self.engine,
-                overlay: &mut overlay,
-                seq,
-                now_ms: now_ms(),
-                effects: Vec::new(),
-                undo: Undo::default(),
-            };
-            let mut reply = command(&mut view);
-            let (effects, undo) = (view.effects, view.undo);
-            if !writable && !effects.is_empty() && reply.is_ok() {
-                reply = Err(EngineError::ReadOnly);
-            }
-            match &reply {
-                Ok(_) if !effects.is_empty() => {
-                    let touched = undo.keys.iter().map(|(k, _)| k.clone()).collect();
-                    overlay.touched.push_back((seq, touched));
-                    (reply, Some((effects, undo)))
+            let now_ms = now_ms();
+            let mut seq = exec.seq;
+            for command in commands {
+                let mut view = View {
+                    engine: &self.engine,
+                    overlay: &mut overlay,
+                    seq: seq + 1,
+                    now_ms,
+                    effects: Vec::new(),
+                    undo: Undo::default(),
+                };
+                let mut reply = command(&mut view);
+                let (effects, undo) = (view.effects, view.undo);
+                if !writable && !effects.is_empty() && reply.is_ok() {
+                    reply = Err(EngineError::ReadOnly);
                 }
-                _ => {
+                let reply = match reply {
+                    Ok(reply) if !effects.is_empty() => reply,
+                    Ok(reply) => {
+                        outcomes.push(Outcome::Read(reply, seq));
+                        overlay.undo(undo);
+                        continue;
+                    }
+                    Err(err) => {
+                        outcomes.push(Outcome::Failed(err));
+                        overlay.undo(undo);
+                        continue;
+                    }
+                };
+                let record = WalRecord { mutations: effects };
+                let bytes = Bytes::from(record.encode_to_vec());
+                let framed = ferry_wal::format::encoded_record_len(bytes.len()) as u64;
+                if framed > append_max {
+                    // Refused as the WAL would refuse it, before a later
+                    // command can see its effects.
                     overlay.undo(undo);
-                    (reply, None)
+                    outcomes.push(Outcome::Failed(EngineError::Wal(WalError::BatchTooLarge {
+                        bytes: framed,
+                        max: append_max,
+                    })));
+                    continue;
                 }
+                seq += 1;
+                let touched = undo.keys.iter().map(|(k, _)| k.clone()).collect();
+                overlay.touched.push_back((seq, touched));
+                outcomes.push(Outcome::Staged(reply));
+                staged.push(Staged {
+                    seq,
+                    bytes,
+                    framed,
+                    record,
+                    undo,
+                });
             }
-        };
-        let reply = reply?;
-        let Some((effects, undo)) = effects else {
-            return Ok(Ticket {
-                reply,
-                wait: Wait::Seq(exec.seq, self.applied_seq.clone()),
-            });
-        };
-        let record = WalRecord { mutations: effects };
-        let bytes = Bytes::from(record.encode_to_vec());
-        let pending = match self.wal.enqueue(vec![bytes]).await {
-            Ok(pending) => pending,
-            Err(err) => {
-                // Nothing was queued: take the effects back out of the overlay.
-                let mut overlay = lock(&self.overlay);
-                overlay.touched.pop_back();
-                overlay.undo(undo);
-                return Err(err.into());
-            }
-        };
-        exec.seq = seq;
-        let (done, rx) = oneshot::channel();
-        let job = ApplyJob {
-            seq,
-            record,
-            pending,
-            done,
-        };
-        if exec.apply_tx.send(job).await.is_err() {
-            return Err(EngineError::Stopped("the applier stopped".into()));
         }
-        Ok(Ticket {
-            reply,
-            wait: Wait::Applied(rx),
-        })
+        // The staged records, in appends that each fit one frame.
+        let mut done = Vec::with_capacity(staged.len());
+        let mut staged = staged.into_iter().peekable();
+        // Why the rest of the records did not reach the WAL.
+        let mut failure: Option<String> = None;
+        let mut undo_from = None;
+        while staged.peek().is_some() {
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            while let Some(next) =
+                staged.next_if(|s| group.is_empty() || bytes + s.framed <= append_max)
+            {
+                bytes += next.framed;
+                group.push(next);
+            }
+            let records = group.iter().map(|s| s.bytes.clone()).collect();
+            let pending = match self.wal.enqueue(records).await {
+                Ok(pending) => pending,
+                Err(err) => {
+                    // Nothing of this group or after it was queued.
+                    failure = Some(err.to_string());
+                    undo_from = Some(group);
+                    break;
+                }
+            };
+            exec.seq = group.last().expect("a group").seq;
+            let mut records = Vec::with_capacity(group.len());
+            for s in group {
+                let (tx, rx) = oneshot::channel();
+                records.push((s.seq, s.record, tx));
+                done.push(rx);
+            }
+            if exec
+                .apply_tx
+                .send(ApplyJob { records, pending })
+                .await
+                .is_err()
+            {
+                failure = Some("the applier stopped".into());
+                break;
+            }
+        }
+        if let Some(group) = undo_from {
+            // Take their effects back out of the overlay, last first.
+            let mut overlay = lock(&self.overlay);
+            for s in group
+                .into_iter()
+                .chain(staged)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                overlay.touched.pop_back();
+                overlay.undo(s.undo);
+            }
+        }
+        let mut done = done.into_iter();
+        outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                // It read effects that never reached the WAL.
+                Outcome::Read(_, seq) if seq > exec.seq => Err(failed(&failure)),
+                Outcome::Read(reply, seq) => Ok(Ticket {
+                    reply,
+                    wait: Wait::Seq(seq, self.applied_seq.clone()),
+                }),
+                Outcome::Failed(err) => Err(err),
+                Outcome::Staged(reply) => match done.next() {
+                    Some(rx) => Ok(Ticket {
+                        reply,
+                        wait: Wait::Applied(rx),
+                    }),
+                    None => Err(failed(&failure)),
+                },
+            })
+            .collect()
     }
 
     /// Deletes up to `limit` keys whose expiry has passed, through the WAL
@@ -613,20 +736,30 @@ async fn run_applier(
             },
         };
         if let Some(why) = &failure {
-            let _ = job.done.send(Err(why.clone()));
+            for (_, _, done) in job.records {
+                let _ = done.send(Err(why.clone()));
+            }
             continue;
         }
-        let mut jobs = Vec::with_capacity(rx.len().min(1024) + 1);
+        let mut jobs = Vec::with_capacity(job.records.len());
         let mut outcome = job.pending.durable().await;
-        let mut job = Some((job.seq, job.record, job.done));
+        let mut job = Some(job.records);
         loop {
-            let (seq, record, done) = job.take().expect("a job");
+            let records = job.take().expect("a job");
             match outcome {
-                Ok(range) => jobs.push((seq, range.first, record, done)),
+                Ok(range) => {
+                    let mut lsn = range.first;
+                    for (seq, record, done) in records {
+                        jobs.push((seq, lsn, record, done));
+                        lsn = lsn.next();
+                    }
+                }
                 Err(err) => {
                     failure = Some(err.to_string());
                     applied_tx = None;
-                    let _ = done.send(Err(err.to_string()));
+                    for (_, _, done) in records {
+                        let _ = done.send(Err(err.to_string()));
+                    }
                     break;
                 }
             }
@@ -635,7 +768,7 @@ async fn run_applier(
                 Ok(mut more) => match more.pending.try_durable() {
                     Some(result) => {
                         outcome = result;
-                        job = Some((more.seq, more.record, more.done));
+                        job = Some(more.records);
                     }
                     None => {
                         next = Some(more);

@@ -671,9 +671,10 @@ fn seen_in_engine(engine: &Engine) -> Seen {
     )
 }
 
-/// Random commands through the pipeline, many in flight: what each sees of
-/// every key right after its effect is what an engine that applied the same
-/// records one by one holds.
+/// Random commands through the pipeline, many in flight and in runs of
+/// one to twenty as a client pipelines them (some failing, some only
+/// reading): what each sees of every key right after its effect is what an
+/// engine that applied the same records one by one holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
     let seed = seed();
@@ -684,25 +685,52 @@ async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
     let reference = Engine::open(&dir.path().join("reference")).unwrap();
     let mut rng = SeededRng::new(seed);
     let mut tickets = Vec::new();
-    for lsn in 1..=1500u64 {
-        let op = random_op(&mut rng);
-        reference
-            .apply(&[(Lsn(lsn), record(vec![op.clone()]))])
-            .unwrap();
-        let expected = seen_in_engine(&reference);
-        let ticket = pipeline
-            .execute(|view| {
-                view.push(op.clone())?;
-                Ok(seen(
-                    |key| view.entry(key).unwrap(),
-                    |key| view.hash_fields(key).unwrap(),
-                ))
-            })
-            .await
-            .unwrap();
-        tickets.push((lsn, op, expected, ticket));
+    let mut lsn = 0u64;
+    let mut commands = 0;
+    while commands < 1500 {
+        // (the op, whether it is pushed and kept, what it should see)
+        let mut run = Vec::new();
+        for _ in 0..1 + rng.below(20) {
+            let op = random_op(&mut rng);
+            let kind = rng.below(10);
+            if kind >= 2 {
+                lsn += 1;
+                reference
+                    .apply(&[(Lsn(lsn), record(vec![op.clone()]))])
+                    .unwrap();
+            }
+            run.push((op, kind, seen_in_engine(&reference)));
+        }
+        commands += run.len();
+        let outcomes = pipeline
+            .execute_many(run.iter().map(|(op, kind, _)| {
+                move |view: &mut ferry_engine::View<'_>| {
+                    if *kind > 0 {
+                        view.push(op.clone())?;
+                    }
+                    let seen = seen(
+                        |key| view.entry(key).unwrap(),
+                        |key| view.hash_fields(key).unwrap(),
+                    );
+                    match kind {
+                        // Pushed its effect, then failed: taken back.
+                        1 => Err(ferry_engine::EngineError::Stopped(
+                            "changed its mind".into(),
+                        )),
+                        _ => Ok(seen),
+                    }
+                }
+            }))
+            .await;
+        assert_eq!(outcomes.len(), run.len());
+        for ((op, kind, expected), outcome) in run.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(ticket) => tickets.push((lsn, op, expected, ticket)),
+                Err(_) => assert_eq!(kind, 1, "only the failing command fails: {op:?}"),
+            }
+        }
         // Let records pile up in the overlay, then drain them now and then.
-        if rng.below(50) == 0 {
+        if rng.below(5) == 0 {
             for (lsn, op, expected, ticket) in tickets.drain(..) {
                 assert_eq!(ticket.wait().await.unwrap(), expected, "lsn {lsn}: {op:?}");
             }
@@ -712,6 +740,62 @@ async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
         assert_eq!(ticket.wait().await.unwrap(), expected, "lsn {lsn}: {op:?}");
     }
     assert_eq!(seen_in_engine(&engine), seen_in_engine(&reference));
+    assert_eq!(engine.applied_lsn(), Lsn(lsn));
+}
+
+/// Commands run together go to the WAL in appends that each fit one frame;
+/// one whose record no frame could hold is refused alone, before the next
+/// command sees its effects.
+#[tokio::test]
+async fn commands_run_together_split_into_appends_that_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 4096;
+    let options = WalOptions {
+        limits: ferry_wal::FrameLimits {
+            body_bytes_max: max,
+        },
+        group_bytes_max: max as usize,
+        ..Default::default()
+    };
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), options).unwrap());
+    let engine = Arc::new(Engine::open(&dir.path().join("engine")).unwrap());
+    let pipeline = Pipeline::start(engine.clone(), wal.clone());
+    let sizes = [1500, 1500, 5000, 1500, 10];
+    let outcomes = pipeline
+        .execute_many(sizes.iter().enumerate().map(|(i, &size)| {
+            move |view: &mut ferry_engine::View<'_>| {
+                // Each sees the ones before it that were kept.
+                let before = (0..i)
+                    .filter(|j| view.entry(format!("k{j}").as_bytes()).unwrap().is_some())
+                    .count();
+                view.push(Op::SetString(pb::SetString {
+                    key: b(&format!("k{i}")),
+                    value: Bytes::from(vec![b'x'; size]),
+                    expire_at_ms: 0,
+                }))?;
+                Ok(before)
+            }
+        }))
+        .await;
+    let mut seen_before = Vec::new();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(ticket) => seen_before.push(ticket.wait().await.unwrap()),
+            Err(err) => {
+                assert_eq!(i, 2, "{err}");
+                assert!(err.to_string().contains("exceeds"), "{err}");
+            }
+        }
+    }
+    assert_eq!(seen_before, vec![0, 1, 2, 3]);
+    assert_eq!(wal.last_lsn(), Lsn(4));
+    assert!(
+        wal.stats().frames >= 2,
+        "1500-byte records in 4096-byte frames: {:?}",
+        wal.stats()
+    );
+    assert_eq!(engine.get(b"k2", 0).unwrap(), None);
+    assert_eq!(engine.key_count(), 4);
 }
 
 #[test]

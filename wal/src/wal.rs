@@ -444,6 +444,12 @@ impl Wal {
         self.tx.as_ref().expect("the sender lives until drop")
     }
 
+    /// The most an append's records may take, framed
+    /// ([`format::encoded_record_len`] each): they share one frame.
+    pub fn append_bytes_max(&self) -> u64 {
+        u64::from(self.shared.options.limits.body_bytes_max)
+    }
+
     fn check_batch(&self, records: &[Bytes]) -> Result<()> {
         if records.is_empty() {
             return Err(WalError::EmptyBatch);
@@ -452,7 +458,7 @@ impl Wal {
             .iter()
             .map(|r| format::encoded_record_len(r.len()) as u64)
             .sum();
-        let max = u64::from(self.shared.options.limits.body_bytes_max);
+        let max = self.append_bytes_max();
         if bytes > max {
             return Err(WalError::BatchTooLarge { bytes, max });
         }
