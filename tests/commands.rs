@@ -575,3 +575,52 @@ fn a_read_cache_of_size_zero_is_off() {
         Some("0")
     );
 }
+
+/// A client's pipelined writes run together on the server, and every other
+/// command in the pipeline (a read, a refused write, an unknown command)
+/// comes between them in order: each reply is the one Redis would give.
+#[test]
+fn pipelined_writes_reads_and_errors_answer_in_order() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let mut pipe = redis::pipe();
+    // Each reply: a value, or an error's code.
+    let mut expected: Vec<Result<V, &str>> = Vec::new();
+    let mut incrs = 0;
+    for i in 0..300u64 {
+        match i % 6 {
+            0 | 1 => {
+                incrs += 1;
+                pipe.cmd("INCR").arg("n");
+                expected.push(Ok(V::Int(incrs)));
+            }
+            2 => {
+                pipe.cmd("SET").arg(format!("k{i}")).arg(i);
+                expected.push(Ok(ok()));
+            }
+            3 => {
+                // Reads what the write just before it did.
+                pipe.cmd("GET").arg(format!("k{}", i - 1));
+                expected.push(Ok(bulk(&(i - 1).to_string())));
+            }
+            4 => {
+                pipe.cmd("HSET").arg("n").arg("f").arg("v");
+                expected.push(Err("WRONGTYPE"));
+            }
+            _ => {
+                pipe.cmd("NOSUCHCOMMAND").arg(i);
+                expected.push(Err("ERR"));
+            }
+        }
+    }
+    let replies: Vec<V> = pipe.ignore_errors().query(c).expect("pipeline");
+    assert_eq!(replies.len(), expected.len());
+    for (i, (reply, want)) in replies.iter().zip(&expected).enumerate() {
+        match (reply, want) {
+            (V::ServerError(e), Err(code)) => assert_eq!(e.code(), *code, "reply {i}"),
+            (reply, Ok(want)) => assert_eq!(reply, want, "reply {i}"),
+            (reply, Err(code)) => panic!("reply {i}: {reply:?}, not {code}"),
+        }
+    }
+    assert_eq!(raw(c, &["GET", "n"]), bulk(&incrs.to_string()));
+}
