@@ -266,6 +266,9 @@ async fn connection(
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut queue = VecDeque::new();
     let mut writes = Vec::new();
+    // What the client list shows of this connection: its last command,
+    // name and protocol.
+    let mut shown: (String, Option<bytes::Bytes>, bool) = ("NULL".into(), None, false);
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
@@ -320,16 +323,28 @@ async fn connection(
         }
         run_writes(&node, &mut writes, &mut queue).await;
         drain(&node, &mut queue, &mut out, &mut conn).await;
+        // The client list (CLIENT LIST, INFO) is shared by every
+        // connection: it is locked only when what it shows changes.
         if let Some(cmd) = last_command
-            && let Some(info) = node
+            && (!cmd.eq_ignore_ascii_case(shown.0.as_bytes())
+                || conn.name != shown.1
+                || conn.resp3 != shown.2)
+        {
+            shown = (
+                String::from_utf8_lossy(&cmd).to_ascii_lowercase(),
+                conn.name.clone(),
+                conn.resp3,
+            );
+            if let Some(info) = node
                 .clients
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_mut(&id)
-        {
-            info.last_command = String::from_utf8_lossy(&cmd).to_ascii_lowercase();
-            info.name = conn.name.clone();
-            info.resp = if conn.resp3 { 3 } else { 2 };
+            {
+                info.last_command = shown.0.clone();
+                info.name = shown.1.clone();
+                info.resp = if shown.2 { 3 } else { 2 };
+            }
         }
         if !out.is_empty() {
             node.stats

@@ -624,3 +624,52 @@ fn pipelined_writes_reads_and_errors_answer_in_order() {
     }
     assert_eq!(raw(c, &["GET", "n"]), bulk(&incrs.to_string()));
 }
+
+/// CLIENT LIST shows each connection's last command, name and protocol as
+/// they change.
+#[test]
+fn the_client_list_follows_each_connections_last_command_and_name() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let watcher = &mut server.client();
+    let line_of = |watcher: &mut redis::Connection, id: i64| -> String {
+        let text: String = cmd(&["CLIENT", "LIST"])
+            .query(watcher)
+            .expect("CLIENT LIST");
+        text.lines()
+            .find(|l| l.starts_with(&format!("id={id} ")))
+            .expect("the client is listed")
+            .to_owned()
+    };
+    let V::Int(id) = raw(c, &["CLIENT", "ID"]) else {
+        panic!("no id")
+    };
+    raw(c, &["SET", "k", "v"]);
+    assert!(
+        line_of(watcher, id).ends_with("cmd=set"),
+        "{}",
+        line_of(watcher, id)
+    );
+    raw(c, &["SET", "k", "w"]);
+    raw(c, &["get", "k"]);
+    assert!(line_of(watcher, id).ends_with("cmd=get"));
+    // A name set between two GETs of one pipeline shows too.
+    let _: () = redis::pipe()
+        .cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("worker")
+        .ignore()
+        .cmd("GET")
+        .arg("k")
+        .ignore()
+        .query(c)
+        .expect("pipeline");
+    let line = line_of(watcher, id);
+    assert!(
+        line.contains("name=worker") && line.ends_with("cmd=get"),
+        "{line}"
+    );
+    raw(c, &["HELLO", "3"]);
+    raw(c, &["GET", "k"]);
+    assert!(line_of(watcher, id).contains("resp=3"));
+}
