@@ -38,4 +38,4 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use keys::{Entry, Value};
-pub use pipeline::{APPLY_QUEUE_MAX, Pipeline, Ticket, View};
+pub use pipeline::{Pipeline, Ticket, View};

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! execute(f): [lock] f(View) -> effects -> overlay, wal.enqueue  [unlock]
-//! applier:    wait durable (in order) -> engine.apply(batch) -> drop overlay entries -> answer
+//! applier:    after each group commit, on the WAL's writer thread:
+//!             durable jobs (in order) -> engine.apply(batch) -> drop overlay entries -> answer
 //! ```
 //!
 //! Readers outside the pipeline read the engine, which holds only durable
@@ -21,14 +22,11 @@ use bytes::Bytes;
 use ferry_proto::v1::{Mutation, WalRecord, mutation::Op};
 use ferry_wal::{Lsn, PendingAppend, Wal, WalError};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::engine::{Engine, Target, apply_mutation};
 use crate::error::{EngineError, Result};
 use crate::keys::{Entry, Value};
-
-/// Records queued between the executor and the applier.
-pub const APPLY_QUEUE_MAX: usize = 65_536;
 
 /// Effects not yet applied to the engine, by key.
 #[derive(Debug, Default)]
@@ -409,7 +407,6 @@ struct Staged {
 struct ExecState {
     /// The last record given to the WAL.
     seq: u64,
-    apply_tx: mpsc::Sender<ApplyJob>,
 }
 
 /// The write path of a primary (see the module docs).
@@ -418,6 +415,7 @@ pub struct Pipeline {
     wal: Arc<Wal>,
     exec: tokio::sync::Mutex<ExecState>,
     overlay: Arc<Mutex<Overlay>>,
+    applier: Arc<Applier>,
     applied_seq: watch::Receiver<u64>,
     /// Off on a replica: commands with effects are refused
     /// ([`EngineError::ReadOnly`]); checked under the executor lock, so
@@ -443,32 +441,37 @@ fn now_ms() -> u64 {
 
 impl Pipeline {
     /// Starts the write path over an engine that has replayed `wal`; the
-    /// applier runs as a task of the current tokio runtime.
+    /// WAL's writer thread applies the records (see [`Wal::set_after_commit`]).
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, or if the engine has not caught up with the
-    /// WAL.
+    /// If the engine has not caught up with the WAL.
     pub fn start(engine: Arc<Engine>, wal: Arc<Wal>) -> Pipeline {
         assert_eq!(
             engine.applied_lsn(),
             wal.last_lsn(),
             "the engine has replayed the WAL"
         );
-        let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_MAX);
         let (applied_tx, applied_seq) = watch::channel(0);
         let overlay = Arc::new(Mutex::new(Overlay::default()));
-        tokio::spawn(run_applier(
-            engine.clone(),
-            overlay.clone(),
-            apply_rx,
-            applied_tx,
-        ));
+        let applier = Arc::new(Applier {
+            engine: engine.clone(),
+            overlay: overlay.clone(),
+            queue: Mutex::new(VecDeque::new()),
+            state: Mutex::new(ApplierState {
+                failure: None,
+                applied_tx: Some(applied_tx),
+            }),
+            again: AtomicBool::new(false),
+        });
+        let hook = applier.clone();
+        wal.set_after_commit(Some(Arc::new(move || hook.kick())));
         Pipeline {
             engine,
             wal,
-            exec: tokio::sync::Mutex::new(ExecState { seq: 0, apply_tx }),
+            exec: tokio::sync::Mutex::new(ExecState { seq: 0 }),
             overlay,
+            applier,
             applied_seq,
             writable: AtomicBool::new(true),
         }
@@ -638,15 +641,13 @@ impl Pipeline {
                 records.push((s.seq, s.record, tx));
                 done.push(rx);
             }
-            if exec
-                .apply_tx
-                .send(ApplyJob { records, pending })
-                .await
-                .is_err()
-            {
-                failure = Some("the applier stopped".into());
-                break;
-            }
+            self.applier
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(ApplyJob { records, pending });
+            // The append may have been committed before its job was queued.
+            self.applier.kick();
         }
         if let Some(group) = undo_from {
             // Take their effects back out of the overlay, last first.
@@ -716,80 +717,96 @@ impl Pipeline {
 }
 
 /// Applies records in order as they become durable, many per RocksDB write.
-async fn run_applier(
+/// The WAL's writer thread runs it after each group commit (so applying
+/// needs no hand-off to another thread), and so does an executor that
+/// queued a job its append may have beaten.
+struct Applier {
     engine: Arc<Engine>,
     overlay: Arc<Mutex<Overlay>>,
-    mut rx: mpsc::Receiver<ApplyJob>,
-    applied_tx: watch::Sender<u64>,
-) {
-    let mut next: Option<ApplyJob> = None;
-    let mut failure: Option<String> = None;
-    // Dropped at the first failure, so waiters on the applied sequence stop
-    // waiting (and fail) instead of waiting forever.
-    let mut applied_tx = Some(applied_tx);
-    loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        if let Some(why) = &failure {
-            for (_, _, done) in job.records {
-                let _ = done.send(Err(why.clone()));
-            }
-            continue;
+    /// Jobs in WAL order, each with its append's outcome to come.
+    queue: Mutex<VecDeque<ApplyJob>>,
+    /// Held by whoever applies; see [`Applier::kick`].
+    state: Mutex<ApplierState>,
+    /// Someone asked for a run while another held `state`: the holder runs
+    /// again before it leaves.
+    again: AtomicBool,
+}
+
+struct ApplierState {
+    /// Why the write path stopped, once it did.
+    failure: Option<String>,
+    /// Dropped at the first failure, so waiters on the applied sequence
+    /// stop waiting (and fail) instead of waiting forever.
+    applied_tx: Option<watch::Sender<u64>>,
+}
+
+impl Applier {
+    /// Applies every job at the front of the queue whose append is durable.
+    /// If another caller is applying, it does this one's part before it
+    /// returns: no durable job is left waiting for the next commit.
+    fn kick(&self) {
+        self.again.store(true, Ordering::SeqCst);
+        while self.again.load(Ordering::SeqCst) {
+            let mut state = match self.state.try_lock() {
+                Ok(state) => state,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                // The holder runs again before it leaves.
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            self.again.store(false, Ordering::SeqCst);
+            while self.apply_durable(&mut state) {}
         }
-        let mut jobs = Vec::with_capacity(job.records.len());
-        let mut outcome = job.pending.durable().await;
-        let mut job = Some(job.records);
-        loop {
-            let records = job.take().expect("a job");
-            match outcome {
-                Ok(range) => {
-                    let mut lsn = range.first;
-                    for (seq, record, done) in records {
-                        jobs.push((seq, lsn, record, done));
-                        lsn = lsn.next();
+    }
+
+    /// One RocksDB write of the durable jobs at the front of the queue;
+    /// whether there were any.
+    fn apply_durable(&self, state: &mut ApplierState) -> bool {
+        let mut jobs = Vec::new();
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(front) = queue.front_mut() {
+                if let Some(why) = &state.failure {
+                    let job = queue.pop_front().expect("a front job");
+                    for (_, _, done) in job.records {
+                        let _ = done.send(Err(why.clone()));
+                    }
+                    continue;
+                }
+                let outcome = match front.pending.try_durable() {
+                    Some(outcome) => outcome,
+                    None => break,
+                };
+                let job = queue.pop_front().expect("a front job");
+                match outcome {
+                    Ok(range) => {
+                        let mut lsn = range.first;
+                        for (seq, record, done) in job.records {
+                            jobs.push((seq, lsn, record, done));
+                            lsn = lsn.next();
+                        }
+                    }
+                    Err(err) => {
+                        state.failure = Some(err.to_string());
+                        state.applied_tx = None;
+                        for (_, _, done) in job.records {
+                            let _ = done.send(Err(err.to_string()));
+                        }
                     }
                 }
-                Err(err) => {
-                    failure = Some(err.to_string());
-                    applied_tx = None;
-                    for (_, _, done) in records {
-                        let _ = done.send(Err(err.to_string()));
-                    }
-                    break;
-                }
-            }
-            // Take the records the same group commit made durable too.
-            match rx.try_recv() {
-                Ok(mut more) => match more.pending.try_durable() {
-                    Some(result) => {
-                        outcome = result;
-                        job = Some(more.records);
-                    }
-                    None => {
-                        next = Some(more);
-                        break;
-                    }
-                },
-                Err(_) => break,
             }
         }
         if jobs.is_empty() {
-            continue;
+            return false;
         }
         let records: Vec<(Lsn, WalRecord)> = jobs
             .iter_mut()
             .map(|(_, lsn, record, _)| (*lsn, std::mem::take(record)))
             .collect();
         let last_seq = jobs.last().map(|j| j.0).expect("jobs");
-        match engine.apply(&records) {
+        match self.engine.apply(&records) {
             Ok(()) => {
-                lock(&overlay).applied(last_seq);
-                if let Some(tx) = &applied_tx {
+                lock(&self.overlay).applied(last_seq);
+                if let Some(tx) = &state.applied_tx {
                     tx.send_replace(last_seq);
                 }
                 for (_, lsn, _, done) in jobs {
@@ -802,9 +819,10 @@ async fn run_applier(
                 for (_, _, _, done) in jobs {
                     let _ = done.send(Err(why.clone()));
                 }
-                failure = Some(why);
-                applied_tx = None;
+                state.failure = Some(why);
+                state.applied_tx = None;
             }
         }
+        true
     }
 }

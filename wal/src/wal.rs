@@ -194,6 +194,25 @@ pub(crate) struct Shared {
     /// Live [`EagerSync`] guards: while any exists, the everysec syncer
     /// syncs as soon as something is written.
     eager: AtomicU64,
+    after_commit: AfterCommitSlot,
+}
+
+/// What the writer calls after each group commit (see
+/// [`Wal::set_after_commit`]).
+pub type AfterCommit = Arc<dyn Fn() + Send + Sync>;
+
+/// The hook of [`Wal::set_after_commit`], if set.
+#[derive(Default)]
+struct AfterCommitSlot(Mutex<Option<AfterCommit>>);
+
+impl std::fmt::Debug for AfterCommitSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if lock(&self.0).is_some() {
+            "set"
+        } else {
+            "none"
+        })
+    }
 }
 
 /// What the [`SyncPolicy::EverySec`] syncer syncs next.
@@ -404,6 +423,7 @@ impl Wal {
                 stop: false,
             }),
             eager: AtomicU64::new(0),
+            after_commit: AfterCommitSlot::default(),
             options,
             segments: RwLock::new(recovered.segments),
             durable,
@@ -442,6 +462,14 @@ impl Wal {
 
     fn sender(&self) -> &mpsc::Sender<Request> {
         self.tx.as_ref().expect("the sender lives until drop")
+    }
+
+    /// Has the writer thread call `hook` after each group commit, once every
+    /// append in it has its outcome: work that follows durability (applying
+    /// the records) starts there without a hand-off to another thread. The
+    /// hook runs on the writer thread, so the next group waits for it.
+    pub fn set_after_commit(&self, hook: Option<AfterCommit>) {
+        *lock(&self.shared.after_commit.0) = hook;
     }
 
     /// The most an append's records may take, framed
@@ -1244,6 +1272,10 @@ impl Writer {
                 }
             }
             self.commit(&mut group);
+            let hook = lock(&self.shared.after_commit.0).clone();
+            if let Some(hook) = hook {
+                hook();
+            }
         }
         // Every handle is gone: make what was written durable and stop.
         if self.shared.stopped().is_none() {
