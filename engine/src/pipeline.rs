@@ -624,30 +624,34 @@ impl Pipeline {
                 bytes += next.framed;
                 group.push(next);
             }
-            let records = group.iter().map(|s| s.bytes.clone()).collect();
-            let pending = match self.wal.enqueue(records).await {
-                Ok(pending) => pending,
-                Err(err) => {
-                    // Nothing of this group or after it was queued.
-                    failure = Some(err.to_string());
-                    undo_from = Some(group);
-                    break;
-                }
-            };
-            exec.seq = group.last().expect("a group").seq;
+            let bytes = group.iter().map(|s| s.bytes.clone()).collect();
             let mut records = Vec::with_capacity(group.len());
-            for s in group {
+            let mut receivers = Vec::with_capacity(group.len());
+            for s in &mut group {
                 let (tx, rx) = oneshot::channel();
-                records.push((s.seq, s.record, tx));
-                done.push(rx);
+                records.push((s.seq, std::mem::take(&mut s.record), tx));
+                receivers.push(rx);
             }
-            self.applier
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back(ApplyJob { records, pending });
-            // The append may have been committed before its job was queued.
-            self.applier.kick();
+            // Queued before the append is sent: the writer thread, which
+            // applies after each commit, always finds the job.
+            let queue = &self.applier.queue;
+            let queued = self
+                .wal
+                .enqueue_with(bytes, |pending| {
+                    queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(ApplyJob { records, pending });
+                })
+                .await;
+            if let Err(err) = queued {
+                // Nothing of this group or after it reached the log.
+                failure = Some(err.to_string());
+                undo_from = Some(group);
+                break;
+            }
+            exec.seq = group.last().expect("a group").seq;
+            done.extend(receivers);
         }
         if let Some(group) = undo_from {
             // Take their effects back out of the overlay, last first.
@@ -717,9 +721,9 @@ impl Pipeline {
 }
 
 /// Applies records in order as they become durable, many per RocksDB write.
-/// The WAL's writer thread runs it after each group commit (so applying
-/// needs no hand-off to another thread), and so does an executor that
-/// queued a job its append may have beaten.
+/// The WAL's writer thread runs it after each group commit, so applying
+/// needs no hand-off to another thread; a job is queued before its append
+/// is sent, so the commit that makes it durable always finds it.
 struct Applier {
     engine: Arc<Engine>,
     overlay: Arc<Mutex<Overlay>>,

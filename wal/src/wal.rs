@@ -519,10 +519,29 @@ impl Wal {
     /// [`WalError::EmptyBatch`], [`WalError::BatchTooLarge`], and
     /// [`WalError::Failed`] or [`WalError::Closed`] once the log stopped.
     pub async fn enqueue(&self, records: Vec<Bytes>) -> Result<PendingAppend> {
+        let mut pending = None;
+        self.enqueue_with(records, |p| pending = Some(p)).await?;
+        Ok(pending.expect("handed over before the send"))
+    }
+
+    /// [`Wal::enqueue`], handing the [`PendingAppend`] to `file` before the
+    /// records are sent to the writer (and after they passed the checks):
+    /// whatever reacts to the commit (see [`Wal::set_after_commit`]) finds
+    /// it wherever `file` put it. If the send then fails, its outcome is an
+    /// error.
+    ///
+    /// # Errors
+    ///
+    /// As [`Wal::enqueue`].
+    pub async fn enqueue_with(
+        &self,
+        records: Vec<Bytes>,
+        file: impl FnOnce(PendingAppend),
+    ) -> Result<()> {
         self.check_batch(&records)?;
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Append { records, reply }).await?;
-        Ok(PendingAppend { rx })
+        file(PendingAppend { rx });
+        self.send(Request::Append { records, reply }).await
     }
 
     /// [`Wal::append`] for threads outside an async runtime.

@@ -620,3 +620,58 @@ fn a_frame_of_many_alike_records_compresses_below_one_byte_each_and_reads_back()
     assert_eq!(wal.last_lsn(), Lsn(2_000));
     assert_eq!(read_all(&wal).len(), 2_000);
 }
+
+/// The after-commit hook of each group finds the outcome of every append
+/// in it: `enqueue_with` files the pending append before the writer can
+/// commit it, so no outcome waits for a later commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_after_commit_hook_finds_every_append_it_committed() {
+    for policy in [SyncPolicy::Always, SyncPolicy::EverySec] {
+        let storage = MemStorage::new();
+        let wal = Arc::new(open(&storage, options(policy)));
+        let filed = Arc::new(std::sync::Mutex::new(Vec::<ferry_wal::PendingAppend>::new()));
+        let found = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (hook_filed, hook_found) = (filed.clone(), found.clone());
+        wal.set_after_commit(Some(Arc::new(move || {
+            let mut filed = hook_filed.lock().unwrap();
+            let mut still = Vec::new();
+            for mut pending in filed.drain(..) {
+                match pending.try_durable() {
+                    Some(outcome) => hook_found.lock().unwrap().push(outcome.expect("durable")),
+                    None => still.push(pending),
+                }
+            }
+            *filed = still;
+        })));
+        for i in 0..500 {
+            let filed = filed.clone();
+            wal.enqueue_with(vec![record("h", i)], move |p| filed.lock().unwrap().push(p))
+                .await
+                .expect("enqueue");
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        // No commit follows the last append's: its own found it.
+        let all = tokio::time::timeout(Duration::from_secs(10), async {
+            while found.lock().unwrap().len() < 500 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            all.is_ok(),
+            "{policy:?}: {} of 500 outcomes found, {} left unseen",
+            found.lock().unwrap().len(),
+            filed.lock().unwrap().len()
+        );
+        let mut lsns: Vec<u64> = found
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r: &LsnRange| r.first.0)
+            .collect();
+        lsns.sort();
+        assert_eq!(lsns, (1..=500).collect::<Vec<_>>(), "{policy:?}");
+    }
+}
