@@ -116,6 +116,29 @@ impl Slot {
         }
     }
 
+    /// Makes it hold `entry` (of the same key), keeping its place in the
+    /// ring and its mark: a string of the value's length (the common
+    /// overwrite) is copied over the old one, with no allocation.
+    fn set(&mut self, key: &[u8], entry: Option<&Entry>) {
+        if let Some(Entry {
+            value: Value::String(value),
+            expire_at_ms,
+        }) = entry
+            && self.kind == STRING
+            && self.value().len() == value.len()
+        {
+            let key_len = self.key_len as usize;
+            self.data[key_len..].copy_from_slice(value);
+            self.expire_at_ms = *expire_at_ms;
+            return;
+        }
+        *self = Slot {
+            ring_at: self.ring_at,
+            referenced: self.referenced,
+            ..Slot::new(key, entry)
+        };
+    }
+
     fn key(&self) -> &[u8] {
         &self.data[..self.key_len as usize]
     }
@@ -358,42 +381,24 @@ impl ReadCache {
         let (hash, index) = self.locate(key);
         let mut shard = self.shard(index);
         shard.generation += 1;
-        let found = shard.find(hash, key).is_some();
-        if entry_bytes(key, entry) > self.shard_bytes_max {
-            if found {
-                shard.remove(hash);
+        let fits = entry_bytes(key, entry) <= self.shard_bytes_max;
+        match shard.map.get_mut(&hash) {
+            Some(slot) if slot.key() == key && fits => {
+                let before = slot.bytes();
+                slot.set(key, entry);
+                let after = slot.bytes();
+                shard.bytes = shard.bytes - before + after;
+                shard.make_room(0, self.shard_bytes_max);
             }
-            return;
-        }
-        if found {
-            // A value of the same length (the common overwrite) is copied
-            // over the old one, with no allocation.
-            let slot = shard.map.get_mut(&hash).expect("found");
-            if let Some(Entry {
-                value: Value::String(value),
-                expire_at_ms,
-            }) = entry
-                && slot.kind == STRING
-                && slot.value().len() == value.len()
-            {
-                let key_len = slot.key_len as usize;
-                slot.data[key_len..].copy_from_slice(value);
-                slot.expire_at_ms = *expire_at_ms;
-                return;
+            Some(slot) if slot.key() == key => shard.remove(hash),
+            // Another key of the same hash holds the place: it stays.
+            Some(_) => {}
+            None if fits => {
+                let new = Slot::new(key, entry);
+                shard.make_room(new.bytes(), self.shard_bytes_max);
+                shard.put(hash, new);
             }
-        }
-        let mut new = Slot::new(key, entry);
-        if found {
-            let slot = shard.map.get_mut(&hash).expect("found");
-            (new.ring_at, new.referenced) = (slot.ring_at, slot.referenced);
-            let before = std::mem::replace(slot, new).bytes();
-            let after = slot.bytes();
-            shard.bytes = shard.bytes - before + after;
-            shard.make_room(0, self.shard_bytes_max);
-        } else if !shard.map.contains_key(&hash) {
-            // (Another key of the same hash holds the place: it stays.)
-            shard.make_room(new.bytes(), self.shard_bytes_max);
-            shard.put(hash, new);
+            None => {}
         }
     }
 
