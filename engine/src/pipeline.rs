@@ -462,10 +462,9 @@ impl Pipeline {
                 failure: None,
                 applied_tx: Some(applied_tx),
             }),
-            again: AtomicBool::new(false),
         });
         let hook = applier.clone();
-        wal.set_after_commit(Some(Arc::new(move || hook.kick())));
+        wal.set_after_commit(Some(Arc::new(move || hook.run())));
         Pipeline {
             engine,
             wal,
@@ -656,13 +655,9 @@ impl Pipeline {
         if let Some(group) = undo_from {
             // Take their effects back out of the overlay, last first.
             let mut overlay = lock(&self.overlay);
-            for s in group
-                .into_iter()
-                .chain(staged)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-            {
+            let mut unsent = group;
+            unsent.extend(staged);
+            for s in unsent.into_iter().rev() {
                 overlay.touched.pop_back();
                 overlay.undo(s.undo);
             }
@@ -729,11 +724,7 @@ struct Applier {
     overlay: Arc<Mutex<Overlay>>,
     /// Jobs in WAL order, each with its append's outcome to come.
     queue: Mutex<VecDeque<ApplyJob>>,
-    /// Held by whoever applies; see [`Applier::kick`].
     state: Mutex<ApplierState>,
-    /// Someone asked for a run while another held `state`: the holder runs
-    /// again before it leaves.
-    again: AtomicBool,
 }
 
 struct ApplierState {
@@ -745,21 +736,11 @@ struct ApplierState {
 }
 
 impl Applier {
-    /// Applies every job at the front of the queue whose append is durable.
-    /// If another caller is applying, it does this one's part before it
-    /// returns: no durable job is left waiting for the next commit.
-    fn kick(&self) {
-        self.again.store(true, Ordering::SeqCst);
-        while self.again.load(Ordering::SeqCst) {
-            let mut state = match self.state.try_lock() {
-                Ok(state) => state,
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                // The holder runs again before it leaves.
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            };
-            self.again.store(false, Ordering::SeqCst);
-            while self.apply_durable(&mut state) {}
-        }
+    /// Applies every job at the front of the queue whose append is durable
+    /// (called by the WAL's writer thread after each commit).
+    fn run(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while self.apply_durable(&mut state) {}
     }
 
     /// One RocksDB write of the durable jobs at the front of the queue;
