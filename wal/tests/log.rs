@@ -631,6 +631,8 @@ async fn the_after_commit_hook_finds_every_append_it_committed() {
         let wal = Arc::new(open(&storage, options(policy)));
         let filed = Arc::new(std::sync::Mutex::new(Vec::<ferry_wal::PendingAppend>::new()));
         let found = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // How many outcomes the hook has found, for the test to await.
+        let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
         let (hook_filed, hook_found) = (filed.clone(), found.clone());
         wal.set_after_commit(Some(Arc::new(move || {
             let mut filed = hook_filed.lock().unwrap();
@@ -642,6 +644,7 @@ async fn the_after_commit_hook_finds_every_append_it_committed() {
                 }
             }
             *filed = still;
+            count_tx.send_replace(hook_found.lock().unwrap().len());
         })));
         for i in 0..500 {
             let filed = filed.clone();
@@ -653,12 +656,8 @@ async fn the_after_commit_hook_finds_every_append_it_committed() {
             }
         }
         // No commit follows the last append's: its own found it.
-        let all = tokio::time::timeout(Duration::from_secs(10), async {
-            while found.lock().unwrap().len() < 500 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        let all =
+            tokio::time::timeout(Duration::from_secs(10), count.wait_for(|&n| n >= 500)).await;
         assert!(
             all.is_ok(),
             "{policy:?}: {} of 500 outcomes found, {} left unseen",
