@@ -150,7 +150,13 @@ fn corrupted_frames_are_rejected_before_they_are_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &[]);
     let proxy = Proxy::start(primary.grpc);
-    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    // A flip in a length can leave the replica waiting for bytes that never
+    // come; it drops such a link after the timeout and reconnects.
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &proxy.url(),
+        &["--repl-timeout", "2"],
+    );
     // One chunk in five gets a bit flipped.
     proxy.set_flips(200_000, seed);
     let mut rng = SeededRng::new(seed);
@@ -161,9 +167,16 @@ fn corrupted_frames_are_rejected_before_they_are_written() {
         round += 1;
     }
     proxy.set_flips(0, seed);
+    let caught = wait_until(Duration::from_secs(15), || caught_up(&primary, &replica));
+    let link = status(replica.grpc).primary_link.expect("link");
     assert!(
-        wait_until(Duration::from_secs(15), || caught_up(&primary, &replica)),
-        "the replica did not catch up once the flips stopped"
+        caught,
+        "the replica did not catch up once the flips stopped: applied {} of {}, link {:?}, last error {:?}, last refusal {:?}",
+        status(replica.grpc).applied_lsn,
+        status(primary.grpc).wal.expect("wal").last_lsn,
+        link.state,
+        link.last_error,
+        link.last_refusal
     );
     assert_eq!(digest(&primary), digest(&replica));
     let link = status(replica.grpc).primary_link.expect("link");
@@ -182,6 +195,53 @@ fn corrupted_frames_are_rejected_before_they_are_written() {
             .args(["wal", "verify"])
             .arg(dir.path().join("r").join("wal")),
     );
+}
+
+#[test]
+fn a_replica_drops_a_primary_that_went_silent_though_its_acks_still_flow() {
+    let _one = serial();
+    let seed = test_seed("a_replica_drops_a_primary_that_went_silent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &proxy.url(),
+        &["--repl-timeout", "2"],
+    );
+    load(&primary, seed, 2_000, 2_000, 100);
+    assert!(wait_until(CONVERGE_TIMEOUT, || caught_up(
+        &primary, &replica
+    )));
+    let before = status(replica.grpc).primary_link.expect("link");
+    // Nothing more reaches the replica, while its acks (sent on their own
+    // clock) still reach the primary and keep the stream open there.
+    proxy.stall_down();
+    let started = Instant::now();
+    let noticed = wait_until(Duration::from_secs(8), || {
+        let link = status(replica.grpc).primary_link.expect("link");
+        link.last_error.contains("nothing from the primary")
+    });
+    let link = status(replica.grpc).primary_link.expect("link");
+    assert!(
+        noticed,
+        "after {:?} of silence the link is {:?} (last error {:?})",
+        started.elapsed(),
+        link.state,
+        link.last_error
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "dropped before the timeout"
+    );
+    proxy.unstall();
+    load(&primary, seed + 1, 2_000, 2_000, 100);
+    assert!(wait_until(Duration::from_secs(15), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(digest(&primary), digest(&replica));
+    let after = status(replica.grpc).primary_link.expect("link");
+    assert!(after.connects > before.connects);
 }
 
 #[test]

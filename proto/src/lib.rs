@@ -1,5 +1,5 @@
 //! ferry-proto: the protocol buffer schemas of ferry and the code prost and
-//! tonic generate from them; nothing else lives here.
+//! tonic generate from them, and the seal that checks replication messages.
 //!
 //! # Layout
 //! - `proto/ferry/v1/wal.proto`: the WAL record schema (mutations as effects).
@@ -10,11 +10,14 @@
 //! - [`v1`]: the generated messages; the tonic clients and servers are
 //!   included with the `grpc` feature.
 //! - [`FILE_DESCRIPTOR_SET`]: the schemas, for gRPC server reflection.
+//! - [`seal`]: the crc32 each replication message carries over its fields.
 
 /// Version 1 of ferry's protocol (`package ferry.v1`).
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/ferry.v1.rs"));
 }
+
+pub mod seal;
 
 /// The encoded `FileDescriptorSet` of every schema above.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

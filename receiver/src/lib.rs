@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferry_engine::{Engine, decode_record};
+use ferry_proto::seal::{Sealed, checked};
 use ferry_proto::v1::primary_message::Msg as In;
 use ferry_proto::v1::refusal::Reason;
 use ferry_proto::v1::replica_message::Msg as Out;
@@ -305,9 +306,12 @@ fn link_status(s: tonic::Status) -> ReceiveError {
 }
 
 /// The next message of a stream, or an error after `timeout` of silence.
-async fn next_message<T>(stream: &mut tonic::Streaming<T>, timeout: Duration) -> Result<Option<T>> {
+async fn next_message<T: Sealed>(
+    stream: &mut tonic::Streaming<T>,
+    timeout: Duration,
+) -> Result<Option<T>> {
     match tokio::time::timeout(timeout, stream.message()).await {
-        Ok(r) => r.map_err(link_status),
+        Ok(r) => checked(r).map_err(link_status),
         Err(_) => Err(ReceiveError::Link(format!(
             "nothing from the primary for {timeout:?}"
         ))),
@@ -514,7 +518,9 @@ impl Context {
             have_files: staging.whole()?,
             resume_file,
             resume_offset,
-        };
+            crc32: 0,
+        }
+        .sealed();
         let mut client = ReplicationClient::new(self.channel().await?)
             .max_decoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(REPLICATION_MESSAGE_BYTES_MAX);
@@ -528,6 +534,7 @@ impl Context {
         let manifest = match next_message(&mut stream, timeout).await? {
             Some(ferry_proto::v1::SnapshotMessage {
                 msg: Some(Snap::Manifest(m)),
+                ..
             }) => m,
             _ => {
                 return Err(ReceiveError::Protocol(
@@ -627,7 +634,9 @@ impl Context {
                 flushed_lsn: self.wal.durable_lsn().0,
                 applied_lsn: self.engine.applied_lsn().0,
             })),
+            crc32: 0,
         }
+        .sealed()
     }
 
     /// One stream: connect, hello, then frames until it breaks.
@@ -669,15 +678,17 @@ impl Context {
             }
         };
         let first = tokio::select! {
-            r = tokio::time::timeout(self.config.connect_timeout, inbound.message()) => r,
+            r = tokio::time::timeout(self.config.connect_timeout, inbound.message()) => r.map(checked),
             _ = stop.wait_for(|&s| s) => return Ended::Stopped,
         };
         let accept = match first {
             Ok(Ok(Some(PrimaryMessage {
                 msg: Some(In::Accept(accept)),
+                ..
             }))) => accept,
             Ok(Ok(Some(PrimaryMessage {
                 msg: Some(In::Refusal(refusal)),
+                ..
             }))) => {
                 let reason = Reason::try_from(refusal.reason).unwrap_or(Reason::Unspecified);
                 if reason == Reason::HistoryMismatch
@@ -762,9 +773,12 @@ impl Context {
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut applied = self.applied.clone();
         let mut failed = self.applier_failed.clone();
+        // Only a message from the primary moves the deadline: the other arms
+        // (acks, applied progress) must not keep a silent link alive.
+        let mut silent_until = tokio::time::Instant::now() + self.config.primary_timeout;
         loop {
             let message = tokio::select! {
-                r = tokio::time::timeout(self.config.primary_timeout, inbound.message()) => r,
+                r = tokio::time::timeout_at(silent_until, inbound.message()) => r.map(checked),
                 _ = ack_tick.tick() => {
                     let _ = out_tx.try_send(self.ack());
                     continue;
@@ -784,8 +798,8 @@ impl Context {
                 _ = stop.wait_for(|&s| s) => return Ended::Stopped,
             };
             let message = match message {
-                Ok(Ok(Some(PrimaryMessage { msg: Some(m) }))) => m,
-                Ok(Ok(Some(PrimaryMessage { msg: None }))) => {
+                Ok(Ok(Some(PrimaryMessage { msg: Some(m), .. }))) => m,
+                Ok(Ok(Some(PrimaryMessage { msg: None, .. }))) => {
                     return broken(ReceiveError::Protocol("an empty message".into()));
                 }
                 Ok(Ok(None)) => {
@@ -805,6 +819,7 @@ impl Context {
                     )));
                 }
             };
+            silent_until = tokio::time::Instant::now() + self.config.primary_timeout;
             lock(&self.status).last_io = Some(Instant::now());
             match message {
                 In::Frames(frames) => match self.receive(machine, frames).await {
@@ -868,9 +883,13 @@ impl Context {
         let (out_tx, out_rx) = mpsc::channel(ACK_QUEUE_MAX);
         let hello = self.hello(resume_from)?;
         out_tx
-            .try_send(ReplicaMessage {
-                msg: Some(Out::Hello(hello)),
-            })
+            .try_send(
+                ReplicaMessage {
+                    msg: Some(Out::Hello(hello)),
+                    crc32: 0,
+                }
+                .sealed(),
+            )
             .map_err(|e| link(&e))?;
         let response = client
             .stream(ReceiverStream::new(out_rx))

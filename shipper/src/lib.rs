@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ferry_engine::Engine;
+use ferry_proto::seal::{Sealed, checked};
 use ferry_proto::v1::primary_message::Msg as Out;
 use ferry_proto::v1::refusal::Reason;
 use ferry_proto::v1::replica_message::Msg as In;
@@ -656,7 +657,9 @@ impl Shipper {
                         last_lsn: last.0,
                         durable_lsn: durable.0,
                     })),
-                };
+                    crc32: 0,
+                }
+                .sealed();
                 let send = tx.send(Ok(message));
                 tokio::pin!(send);
                 loop {
@@ -740,7 +743,9 @@ impl Shipper {
                 lag_bytes: lag.bytes,
                 lag_ms: lag.ms,
             })),
+            crc32: 0,
         }
+        .sealed()
     }
 }
 
@@ -783,7 +788,7 @@ impl Replication for ShipperService {
         request: tonic::Request<SnapshotRequest>,
     ) -> std::result::Result<tonic::Response<SnapshotStream>, tonic::Status> {
         let shipper = self.shipper.clone();
-        let request = request.into_inner();
+        let request = checked(Ok(Some(request.into_inner())))?.expect("a request was given");
         shipper.check_snapshot_request(&request)?;
         // The replica continues after the anchor frame: its slot keeps the
         // WAL from there. A purge between taking the checkpoint and the slot
@@ -856,9 +861,13 @@ impl Replication for ShipperService {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map(checked);
+        let hello = match hello {
             Ok(Ok(Some(ReplicaMessage {
                 msg: Some(In::Hello(hello)),
+                ..
             }))) => hello,
             Ok(Ok(Some(_))) => {
                 return Err(tonic::Status::invalid_argument(
@@ -884,7 +893,9 @@ impl Replication for ShipperService {
                         message,
                         epoch_history: shipper.epoch_history(),
                     })),
-                };
+                    crc32: 0,
+                }
+                .sealed();
                 let _ = tx.send(Ok(refusal)).await;
                 return Ok(tonic::Response::new(ReceiverStream::new(rx)));
             }
@@ -934,16 +945,19 @@ impl Replication for ShipperService {
                 durable_lsn: shipper.wal.durable_lsn().0,
                 epoch_history: shipper.epoch_history(),
             })),
-        };
+            crc32: 0,
+        }
+        .sealed();
         let _ = tx.send(Ok(accept)).await;
         tracing::info!(replica = %hello.node_id, %addr, from = %from, "replica accepted");
         let (ended_tx, ended_rx) = watch::channel(None);
         let acks = shipper.clone();
         tokio::spawn(async move {
             let why = loop {
-                match inbound.message().await {
+                match checked(inbound.message().await) {
                     Ok(Some(ReplicaMessage {
                         msg: Some(In::Ack(ack)),
+                        ..
                     })) => acks.on_ack(stream_id, &ack),
                     Ok(Some(_)) => break "the replica sent a second hello".to_string(),
                     Ok(None) => break "the replica closed the stream".to_string(),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_engine::Engine;
+use ferry_proto::seal::Sealed;
 use ferry_proto::v1::snapshot_message::Msg;
 use ferry_proto::v1::{SnapshotChunk, SnapshotFile, SnapshotManifest, SnapshotMessage};
 use ferry_wal::{Lsn, Wal};
@@ -266,7 +267,9 @@ impl Snapshots {
         let gone = || ShipError::StreamEnded("the replica went away".into());
         let manifest = SnapshotMessage {
             msg: Some(Msg::Manifest(checkpoint.manifest.clone())),
-        };
+            crc32: 0,
+        }
+        .sealed();
         tx.send(Ok(manifest)).await.map_err(|_| gone())?;
         let started = Instant::now();
         let mut sent = 0u64;
@@ -298,7 +301,9 @@ impl Snapshots {
                         data,
                         crc32,
                     })),
-                };
+                    crc32: 0,
+                }
+                .sealed();
                 tokio::select! {
                     r = tx.send(Ok(chunk)) => r.map_err(|_| gone())?,
                     _ = stop.wait_for(|&s| s) => return Err(ShipError::ShuttingDown),

@@ -30,6 +30,8 @@ struct State {
     isolated: AtomicBool,
     /// Bytes are held back (connections stay open) while set.
     stalled: AtomicBool,
+    /// Bytes from the target are held back while set; the client's still go.
+    stalled_down: AtomicBool,
     sockets: Mutex<Vec<TcpStream>>,
     connections: AtomicU64,
     flips: AtomicU64,
@@ -131,9 +133,16 @@ impl Proxy {
         self.state.stalled.store(true, Ordering::Release);
     }
 
+    /// Holds back the bytes from the target only: a primary that went
+    /// silent while its replica's acks still reach it.
+    pub fn stall_down(&self) {
+        self.state.stalled_down.store(true, Ordering::Release);
+    }
+
     /// Lets held bytes flow again.
     pub fn unstall(&self) {
         self.state.stalled.store(false, Ordering::Release);
+        self.state.stalled_down.store(false, Ordering::Release);
     }
 
     /// Delays every byte by `delay`, each way.
@@ -234,7 +243,10 @@ fn pipe(state: Arc<State>, mut from: TcpStream, mut to: TcpStream, downstream: b
             if due > now {
                 std::thread::sleep(due - now);
             }
-            while state.stalled.load(Ordering::Acquire) && !state.stopped.load(Ordering::Acquire) {
+            while (state.stalled.load(Ordering::Acquire)
+                || (downstream && state.stalled_down.load(Ordering::Acquire)))
+                && !state.stopped.load(Ordering::Acquire)
+            {
                 std::thread::sleep(Duration::from_millis(5));
             }
             let rate = state.faults.lock().unwrap().rate_down;
