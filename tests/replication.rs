@@ -230,9 +230,12 @@ fn a_replica_drops_a_primary_that_went_silent_though_its_acks_still_flow() {
         link.state,
         link.last_error
     );
+    // The last heartbeat may have come up to 250 ms before the stall: the
+    // silence is measured from it, not from the stall.
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "dropped before the timeout"
+        link.last_io_age_ms >= 2_000,
+        "dropped after {} ms of silence",
+        link.last_io_age_ms
     );
     proxy.unstall();
     load(&primary, seed + 1, 2_000, 2_000, 100);
