@@ -708,6 +708,10 @@ pub fn decode_record(lsn: Lsn, data: &Bytes) -> Result<WalRecord> {
     })
 }
 
+/// A map of the write path's own: keys come from clients, so the hasher is
+/// seeded per process (foldhash), yet far cheaper than SipHash on short keys.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One atomic application: the write batch, and what it has changed so far
 /// (so later mutations of the same batch see earlier ones).
 struct BatchTarget<'e> {
@@ -717,11 +721,14 @@ struct BatchTarget<'e> {
     /// batch, as RocksDB holds it.
     cache: &'e ReadCache,
     batch: WriteBatch,
-    entries: HashMap<Bytes, Option<Entry>>,
+    entries: FastMap<Bytes, Option<Entry>>,
     /// Fields written or deleted in this batch: `field_key -> exists`.
-    fields: HashMap<Vec<u8>, bool>,
+    fields: FastMap<Vec<u8>, bool>,
     /// Keys whose stored fields were all deleted in this batch.
-    cleared: HashSet<Bytes>,
+    cleared: HashSet<Bytes, foldhash::fast::RandomState>,
+    /// Reused for each stored key and value (the batch copies them).
+    scratch_key: Vec<u8>,
+    scratch_value: Vec<u8>,
     /// Everything stored before was deleted in this batch.
     flushed: bool,
     key_count: u64,
@@ -733,9 +740,11 @@ impl BatchTarget<'_> {
             db: engine.db()?,
             cache: &engine.cache,
             batch: WriteBatch::default(),
-            entries: HashMap::new(),
-            fields: HashMap::new(),
-            cleared: HashSet::new(),
+            entries: FastMap::default(),
+            fields: FastMap::default(),
+            cleared: HashSet::default(),
+            scratch_key: Vec::new(),
+            scratch_value: Vec::new(),
             flushed: false,
             key_count: engine.key_count(),
         })
@@ -793,7 +802,11 @@ impl Target for BatchTarget<'_> {
         if new.expire_at_ms != 0 {
             self.batch.put(keys::expiry_key(new.expire_at_ms, key), []);
         }
-        self.batch.put(keys::key_key(key), keys::encode_entry(&new));
+        self.scratch_key.clear();
+        keys::key_key_into(key, &mut self.scratch_key);
+        self.scratch_value.clear();
+        keys::encode_entry_into(&new, &mut self.scratch_value);
+        self.batch.put(&self.scratch_key, &self.scratch_value);
         self.entries.insert(key.clone(), Some(new));
     }
 

@@ -62,9 +62,15 @@ impl Entry {
 
 pub(crate) fn key_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
+    key_key_into(key, &mut k);
+    k
+}
+
+/// [`key_key`], appended to `k`.
+pub(crate) fn key_key_into(key: &[u8], k: &mut Vec<u8>) {
+    k.reserve(1 + key.len());
     k.push(KEY);
     k.extend_from_slice(key);
-    k
 }
 
 /// The prefix of every field of the hash at `key`.
@@ -102,13 +108,7 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
-pub(crate) fn encode_entry(entry: &Entry) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + 8);
-    encode_entry_into(entry, &mut v);
-    v
-}
-
-/// [`encode_entry`], appended to `v`.
+/// The stored form of an entry, appended to `v`.
 pub(crate) fn encode_entry_into(entry: &Entry, v: &mut Vec<u8>) {
     match &entry.value {
         Value::String(s) => encode_string_into(s, entry.expire_at_ms, v),
@@ -191,7 +191,8 @@ mod tests {
                 expire_at_ms: 7,
             },
         ] {
-            let stored = encode_entry(&entry);
+            let mut stored = Vec::new();
+            encode_entry_into(&entry, &mut stored);
             assert_eq!(decode_entry(b"k", &stored).unwrap(), entry);
             let header = decode_entry_header(b"k", &stored).unwrap();
             assert_eq!(header.expire_at_ms, entry.expire_at_ms);

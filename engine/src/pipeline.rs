@@ -22,16 +22,16 @@ use bytes::Bytes;
 use ferry_proto::v1::{Mutation, WalRecord, mutation::Op};
 use ferry_wal::{Lsn, PendingAppend, Wal, WalError};
 use prost::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use crate::engine::{Engine, Target, apply_mutation};
+use crate::engine::{Engine, FastMap, Target, apply_mutation};
 use crate::error::{EngineError, Result};
 use crate::keys::{Entry, Value};
 
 /// Effects not yet applied to the engine, by key.
 #[derive(Debug, Default)]
 struct Overlay {
-    keys: HashMap<Bytes, Pending>,
+    keys: FastMap<Bytes, Pending>,
     /// A FLUSHALL is on its way: the engine's keys are as good as gone.
     flushed_seq: Option<u64>,
     /// The keys each record touched, to drop their entries once it is applied.
@@ -331,7 +331,8 @@ pub struct Ticket<R> {
 
 #[derive(Debug)]
 enum Wait {
-    Applied(oneshot::Receiver<Result<Lsn, String>>),
+    /// The `n`th record of an apply job.
+    Applied(Done, u64),
     Seq(u64, watch::Receiver<u64>),
 }
 
@@ -353,9 +354,11 @@ impl<R> Ticket<R> {
     /// As [`Ticket::wait`].
     pub async fn wait_with_lsn(self) -> Result<(R, Option<Lsn>)> {
         match self.wait {
-            Wait::Applied(rx) => match rx.await {
-                Ok(Ok(lsn)) => Ok((self.reply, Some(lsn))),
-                Ok(Err(why)) => Err(EngineError::Stopped(why)),
+            Wait::Applied(mut rx, n) => match rx.wait_for(Option::is_some).await {
+                Ok(outcome) => match outcome.as_ref().expect("waited for it") {
+                    Ok(first) => Ok((self.reply, Some(Lsn(first.0 + n)))),
+                    Err(why) => Err(EngineError::Stopped(why.clone())),
+                },
                 Err(_) => Err(EngineError::Stopped("the applier stopped".into())),
             },
             Wait::Seq(seq, mut rx) => match rx.wait_for(|&applied| applied >= seq).await {
@@ -366,15 +369,18 @@ impl<R> Ticket<R> {
     }
 }
 
-/// The records of one append, in order, with whom to tell once each is
-/// applied.
+/// The records of one append, in order (with their sequence numbers), and
+/// whom to tell once they are applied: one completion for the whole append.
 struct ApplyJob {
-    records: Vec<(u64, WalRecord, Applied)>,
+    records: Vec<(u64, WalRecord)>,
     pending: PendingAppend,
+    applied: Applied,
 }
 
-/// Where a record's LSN goes once it is applied (or why it was not).
-type Applied = oneshot::Sender<Result<Lsn, String>>;
+/// Where an append's first LSN goes once its records are applied (or why
+/// they were not); each command's ticket adds its place in the append.
+type Applied = watch::Sender<Option<Result<Lsn, String>>>;
+type Done = watch::Receiver<Option<Result<Lsn, String>>>;
 
 /// What a command whose record did not reach the WAL gets.
 fn failed(failure: &Option<String>) -> EngineError {
@@ -624,13 +630,12 @@ impl Pipeline {
                 group.push(next);
             }
             let bytes = group.iter().map(|s| s.bytes.clone()).collect();
-            let mut records = Vec::with_capacity(group.len());
-            let mut receivers = Vec::with_capacity(group.len());
-            for s in &mut group {
-                let (tx, rx) = oneshot::channel();
-                records.push((s.seq, std::mem::take(&mut s.record), tx));
-                receivers.push(rx);
-            }
+            let records = group
+                .iter_mut()
+                .map(|s| (s.seq, std::mem::take(&mut s.record)))
+                .collect();
+            let (applied, rx) = watch::channel(None);
+            let receivers = (0..group.len() as u64).map(|n| (rx.clone(), n));
             // Queued before the append is sent: the writer thread, which
             // applies after each commit, always finds the job.
             let queue = &self.applier.queue;
@@ -640,7 +645,11 @@ impl Pipeline {
                     queue
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push_back(ApplyJob { records, pending });
+                        .push_back(ApplyJob {
+                            records,
+                            pending,
+                            applied,
+                        });
                 })
                 .await;
             if let Err(err) = queued {
@@ -674,9 +683,9 @@ impl Pipeline {
                 }),
                 Outcome::Failed(err) => Err(err),
                 Outcome::Staged(reply) => match done.next() {
-                    Some(rx) => Ok(Ticket {
+                    Some((rx, n)) => Ok(Ticket {
                         reply,
-                        wait: Wait::Applied(rx),
+                        wait: Wait::Applied(rx, n),
                     }),
                     None => Err(failed(&failure)),
                 },
@@ -746,15 +755,16 @@ impl Applier {
     /// One RocksDB write of the durable jobs at the front of the queue;
     /// whether there were any.
     fn apply_durable(&self, state: &mut ApplierState) -> bool {
-        let mut jobs = Vec::new();
+        // Each durable job's completion and first LSN; their records.
+        let mut done = Vec::new();
+        let mut records: Vec<(Lsn, WalRecord)> = Vec::new();
+        let mut last_seq = 0;
         {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             while let Some(front) = queue.front_mut() {
                 if let Some(why) = &state.failure {
                     let job = queue.pop_front().expect("a front job");
-                    for (_, _, done) in job.records {
-                        let _ = done.send(Err(why.clone()));
-                    }
+                    job.applied.send_replace(Some(Err(why.clone())));
                     continue;
                 }
                 let outcome = match front.pending.try_durable() {
@@ -765,44 +775,39 @@ impl Applier {
                 match outcome {
                     Ok(range) => {
                         let mut lsn = range.first;
-                        for (seq, record, done) in job.records {
-                            jobs.push((seq, lsn, record, done));
+                        for (seq, record) in job.records {
+                            records.push((lsn, record));
+                            last_seq = seq;
                             lsn = lsn.next();
                         }
+                        done.push((job.applied, range.first));
                     }
                     Err(err) => {
                         state.failure = Some(err.to_string());
                         state.applied_tx = None;
-                        for (_, _, done) in job.records {
-                            let _ = done.send(Err(err.to_string()));
-                        }
+                        job.applied.send_replace(Some(Err(err.to_string())));
                     }
                 }
             }
         }
-        if jobs.is_empty() {
+        if records.is_empty() {
             return false;
         }
-        let records: Vec<(Lsn, WalRecord)> = jobs
-            .iter_mut()
-            .map(|(_, lsn, record, _)| (*lsn, std::mem::take(record)))
-            .collect();
-        let last_seq = jobs.last().map(|j| j.0).expect("jobs");
         match self.engine.apply(&records) {
             Ok(()) => {
                 lock(&self.overlay).applied(last_seq);
                 if let Some(tx) = &state.applied_tx {
                     tx.send_replace(last_seq);
                 }
-                for (_, lsn, _, done) in jobs {
-                    let _ = done.send(Ok(lsn));
+                for (applied, first) in done {
+                    applied.send_replace(Some(Ok(first)));
                 }
             }
             Err(err) => {
                 tracing::error!(error = %err, "applying durable records failed; the write path stops");
                 let why = format!("applying to the engine failed: {err}");
-                for (_, _, _, done) in jobs {
-                    let _ = done.send(Err(why.clone()));
+                for (applied, _) in done {
+                    applied.send_replace(Some(Err(why.clone())));
                 }
                 state.failure = Some(why);
                 state.applied_tx = None;

@@ -777,10 +777,14 @@ async fn commands_run_together_split_into_appends_that_fit() {
             }
         }))
         .await;
-    let mut seen_before = Vec::new();
+    let (mut seen_before, mut lsns) = (Vec::new(), Vec::new());
     for (i, outcome) in outcomes.into_iter().enumerate() {
         match outcome {
-            Ok(ticket) => seen_before.push(ticket.wait().await.unwrap()),
+            Ok(ticket) => {
+                let (before, lsn) = ticket.wait_with_lsn().await.unwrap();
+                seen_before.push(before);
+                lsns.push(lsn.expect("a write has an LSN"));
+            }
             Err(err) => {
                 assert_eq!(i, 2, "{err}");
                 assert!(err.to_string().contains("exceeds"), "{err}");
@@ -788,6 +792,8 @@ async fn commands_run_together_split_into_appends_that_fit() {
         }
     }
     assert_eq!(seen_before, vec![0, 1, 2, 3]);
+    // Each command gets its own record's LSN, across the appends.
+    assert_eq!(lsns, vec![Lsn(1), Lsn(2), Lsn(3), Lsn(4)]);
     assert_eq!(wal.last_lsn(), Lsn(4));
     assert!(
         wal.stats().frames >= 2,
