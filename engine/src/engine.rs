@@ -314,15 +314,31 @@ impl Engine {
         self.write(records)
     }
 
-    /// Applies records again that were applied already (as recovery does
-    /// when RocksDB kept less than was applied). The applied LSN never moves
-    /// back; records are idempotent, so the state is unchanged.
+    /// Applies a stretch of the log that may begin with records applied
+    /// already: those at or below [`Engine::applied_lsn`] are skipped, the
+    /// rest applied as [`Engine::apply`] does. The applied LSN is stored in
+    /// the same RocksDB write as the data it covers, so the engine knows
+    /// exactly which records it holds, and replaying a suffix twice changes
+    /// nothing.
+    ///
+    /// Skipping is what makes this exact, not the records: most effects
+    /// (SET as the value, INCR as the result, TTLs as absolute times) could
+    /// be applied again harmlessly, but not all (APPEND as a range write
+    /// after the old end, a field delete that empties a hash and so deletes
+    /// the key, fields added to a hash keeping its expiry) when the key has
+    /// changed since.
     ///
     /// # Errors
     ///
     /// [`EngineError::Rocks`].
+    ///
+    /// # Panics
+    ///
+    /// If the records past the applied LSN do not continue it.
     pub fn apply_again(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {
-        self.write(records)
+        let applied = self.applied_lsn();
+        let start = records.partition_point(|(lsn, _)| *lsn <= applied);
+        self.apply(&records[start..])
     }
 
     fn write(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {

@@ -20,8 +20,11 @@
 //!   LSN order; the applied LSN is written in the same RocksDB batch as the
 //!   data it covers, and RocksDB's own WAL is off.
 //! - Applying a record never fails on its content and depends only on the
-//!   record and the state: replaying any suffix of the WAL twice gives the
-//!   same state.
+//!   record and the state, so every node that applies a log reaches the
+//!   same state. Replaying any suffix of the WAL twice gives the same state
+//!   because the engine skips the records at or below its applied LSN
+//!   ([`Engine::apply_again`]); not every record could be applied twice
+//!   harmlessly on its own (an APPEND is a range write after the old end).
 
 mod builder;
 mod cache;
