@@ -1755,7 +1755,7 @@ pub fn replicaof_target(args: &Args) -> Result<Option<String>, Reply> {
 fn debug(node: &Node, args: &Args) -> Reply {
     if eq(&args[1], "digest") && args.len() == 2 {
         return match node.engine.digest(now_ms()) {
-            Ok(d) => Reply::Simple(d),
+            Ok(d) => Reply::Simple(d.into()),
             Err(e) => engine_error(e),
         };
     }

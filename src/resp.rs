@@ -5,6 +5,8 @@
 //! taken once all its bytes have arrived, and the query buffer limit bounds
 //! what may arrive. Protocol errors carry Redis's own text.
 
+use std::borrow::Cow;
+
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest inline request, and longest `*`/`$` header line (Redis's
@@ -245,8 +247,8 @@ pub fn split_args(line: &[u8]) -> Option<Vec<Bytes>> {
 /// A reply, encoded for the connection's protocol version.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// `+OK`
-    Simple(String),
+    /// `+OK` (most are fixed words: no allocation for them).
+    Simple(Cow<'static, str>),
     /// `-ERR ...`: the text includes its prefix (`ERR`, `WRONGTYPE`, ...).
     Error(String),
     Int(i64),

@@ -18,7 +18,7 @@
 //! write, so a value read before a write can never be cached after it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -246,7 +246,10 @@ impl Shard {
 /// See the module documentation.
 pub(crate) struct ReadCache {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    /// Seeded per process, so clients cannot aim keys at one bucket;
+    /// foldhash's quality variant, whose every bit is usable as the map's
+    /// bucket and tag bits are.
+    hasher: foldhash::quality::RandomState,
     shard_bytes_max: usize,
 }
 
@@ -285,7 +288,7 @@ impl ReadCache {
     pub(crate) fn new(bytes_max: usize) -> ReadCache {
         ReadCache {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             shard_bytes_max: bytes_max / SHARDS,
         }
     }

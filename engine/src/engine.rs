@@ -347,6 +347,7 @@ impl Engine {
         };
         let last = last.max(self.applied_lsn());
         let mut target = BatchTarget::new(self)?;
+        let count_before = target.key_count;
         for (_, record) in records {
             // A mutation of a kind this version does not know has no `op`.
             for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
@@ -361,7 +362,11 @@ impl Engine {
             ..
         } = target;
         batch.put(keys::META_APPLIED_LSN, last.0.to_be_bytes());
-        batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
+        // The stored count is the count before (overwrites, the usual
+        // write, leave it): each memtable entry costs a skiplist insert.
+        if key_count != count_before {
+            batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
+        }
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
         let written = db.write_opt(batch, &opts);

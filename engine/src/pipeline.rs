@@ -16,7 +16,7 @@
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use ferry_proto::v1::{Mutation, WalRecord, mutation::Op};
@@ -34,8 +34,9 @@ struct Overlay {
     keys: FastMap<Bytes, Pending>,
     /// A FLUSHALL is on its way: the engine's keys are as good as gone.
     flushed_seq: Option<u64>,
-    /// The keys each record touched, to drop their entries once it is applied.
-    touched: VecDeque<(u64, Vec<Bytes>)>,
+    /// The keys each record touched (a record's keys side by side, with its
+    /// sequence number), to drop their entries once it is applied.
+    touched: VecDeque<(u64, Bytes)>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,11 +81,11 @@ impl Overlay {
     /// Drops what records up to `seq` added, now that the engine has them.
     fn applied(&mut self, seq: u64) {
         while self.touched.front().is_some_and(|(s, _)| *s <= seq) {
-            let (_, keys) = self.touched.pop_front().expect("checked");
-            for key in keys {
-                if self.keys.get(&key).is_some_and(|p| p.seq <= seq) {
-                    self.keys.remove(&key);
-                }
+            let (_, key) = self.touched.pop_front().expect("checked");
+            if let MapEntry::Occupied(e) = self.keys.entry(key)
+                && e.get().seq <= seq
+            {
+                e.remove();
             }
         }
         if self.flushed_seq.is_some_and(|s| s <= seq) {
@@ -354,12 +355,9 @@ impl<R> Ticket<R> {
     /// As [`Ticket::wait`].
     pub async fn wait_with_lsn(self) -> Result<(R, Option<Lsn>)> {
         match self.wait {
-            Wait::Applied(mut rx, n) => match rx.wait_for(Option::is_some).await {
-                Ok(outcome) => match outcome.as_ref().expect("waited for it") {
-                    Ok(first) => Ok((self.reply, Some(Lsn(first.0 + n)))),
-                    Err(why) => Err(EngineError::Stopped(why.clone())),
-                },
-                Err(_) => Err(EngineError::Stopped("the applier stopped".into())),
+            Wait::Applied(done, n) => match done.wait().await {
+                Ok(first) => Ok((self.reply, Some(Lsn(first.0 + n)))),
+                Err(why) => Err(EngineError::Stopped(why.clone())),
             },
             Wait::Seq(seq, mut rx) => match rx.wait_for(|&applied| applied >= seq).await {
                 Ok(_) => Ok((self.reply, None)),
@@ -377,10 +375,50 @@ struct ApplyJob {
     applied: Applied,
 }
 
-/// Where an append's first LSN goes once its records are applied (or why
-/// they were not); each command's ticket adds its place in the append.
-type Applied = watch::Sender<Option<Result<Lsn, String>>>;
-type Done = watch::Receiver<Option<Result<Lsn, String>>>;
+/// An append's outcome, shared by the tickets of its commands: the first
+/// LSN of its records once they are applied (each ticket adds its place in
+/// the append), or why they were not.
+#[derive(Debug, Default)]
+struct JobOutcome {
+    outcome: OnceLock<Result<Lsn, String>>,
+    notify: tokio::sync::Notify,
+}
+
+type Done = Arc<JobOutcome>;
+
+impl JobOutcome {
+    async fn wait(&self) -> &Result<Lsn, String> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the look, so a set in between still wakes.
+            notified.as_mut().enable();
+            if let Some(outcome) = self.outcome.get() {
+                return outcome;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Sets an append's outcome and wakes its waiters when dropped; dropped
+/// unset (the write path stopped before it), the outcome is an error.
+struct Applied(Done);
+
+impl Applied {
+    fn set(self, outcome: Result<Lsn, String>) {
+        let _ = self.0.outcome.set(outcome);
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        self.0
+            .outcome
+            .get_or_init(|| Err("the applier stopped".into()));
+        self.0.notify.notify_waiters();
+    }
+}
 
 /// What a command whose record did not reach the WAL gets.
 fn failed(failure: &Option<String>) -> EngineError {
@@ -602,8 +640,8 @@ impl Pipeline {
                     continue;
                 }
                 seq += 1;
-                let touched = undo.keys.iter().map(|(k, _)| k.clone()).collect();
-                overlay.touched.push_back((seq, touched));
+                let touched = undo.keys.iter().map(|(k, _)| (seq, k.clone()));
+                overlay.touched.extend(touched);
                 outcomes.push(Outcome::Staged(reply));
                 staged.push(Staged {
                     seq,
@@ -629,13 +667,17 @@ impl Pipeline {
                 bytes += next.framed;
                 group.push(next);
             }
-            let bytes = group.iter().map(|s| s.bytes.clone()).collect();
+            let bytes = group
+                .iter_mut()
+                .map(|s| std::mem::take(&mut s.bytes))
+                .collect();
             let records = group
                 .iter_mut()
                 .map(|s| (s.seq, std::mem::take(&mut s.record)))
                 .collect();
-            let (applied, rx) = watch::channel(None);
-            let receivers = (0..group.len() as u64).map(|n| (rx.clone(), n));
+            let outcome = Done::default();
+            let applied = Applied(outcome.clone());
+            let receivers = (0..group.len() as u64).map(move |n| (outcome.clone(), n));
             // Queued before the append is sent: the writer thread, which
             // applies after each commit, always finds the job.
             let queue = &self.applier.queue;
@@ -667,7 +709,9 @@ impl Pipeline {
             let mut unsent = group;
             unsent.extend(staged);
             for s in unsent.into_iter().rev() {
-                overlay.touched.pop_back();
+                while overlay.touched.back().is_some_and(|(seq, _)| *seq == s.seq) {
+                    overlay.touched.pop_back();
+                }
                 overlay.undo(s.undo);
             }
         }
@@ -764,7 +808,7 @@ impl Applier {
             while let Some(front) = queue.front_mut() {
                 if let Some(why) = &state.failure {
                     let job = queue.pop_front().expect("a front job");
-                    job.applied.send_replace(Some(Err(why.clone())));
+                    job.applied.set(Err(why.clone()));
                     continue;
                 }
                 let outcome = match front.pending.try_durable() {
@@ -785,7 +829,7 @@ impl Applier {
                     Err(err) => {
                         state.failure = Some(err.to_string());
                         state.applied_tx = None;
-                        job.applied.send_replace(Some(Err(err.to_string())));
+                        job.applied.set(Err(err.to_string()));
                     }
                 }
             }
@@ -800,19 +844,54 @@ impl Applier {
                     tx.send_replace(last_seq);
                 }
                 for (applied, first) in done {
-                    applied.send_replace(Some(Ok(first)));
+                    applied.set(Ok(first));
                 }
             }
             Err(err) => {
                 tracing::error!(error = %err, "applying durable records failed; the write path stops");
                 let why = format!("applying to the engine failed: {err}");
                 for (applied, _) in done {
-                    applied.send_replace(Some(Err(why.clone())));
+                    applied.set(Err(why.clone()));
                 }
                 state.failure = Some(why);
                 state.applied_tx = None;
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_ticket_of_an_append_learns_its_outcome_set_or_dropped() {
+        // Waiting before and after the outcome is set.
+        let outcome = Done::default();
+        let applied = Applied(outcome.clone());
+        let early = tokio::spawn({
+            let outcome = outcome.clone();
+            async move { outcome.wait().await.clone() }
+        });
+        tokio::task::yield_now().await;
+        applied.set(Ok(Lsn(7)));
+        assert_eq!(early.await.unwrap(), Ok(Lsn(7)));
+        assert_eq!(outcome.wait().await, &Ok(Lsn(7)));
+
+        // Dropped unset: the write path stopped before the append's turn.
+        let outcome = Done::default();
+        let applied = Applied(outcome.clone());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let outcome = outcome.clone();
+                tokio::spawn(async move { outcome.wait().await.clone() })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        drop(applied);
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Err("the applier stopped".into()));
+        }
     }
 }
