@@ -25,6 +25,19 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// How long replicas may take to converge after a load in these tests.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A primary, a proxy in front of its gRPC port, and a replica following it
+/// through the proxy; each node with its own extra flags.
+fn behind_proxy(
+    dir: &std::path::Path,
+    primary_args: &[&str],
+    replica_args: &[&str],
+) -> (Server, Proxy, Server) {
+    let primary = Server::start(&dir.join("p"), primary_args);
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(&dir.join("r"), &proxy.url(), replica_args);
+    (primary, proxy, replica)
+}
+
 fn digests_equal(nodes: &[&Server]) -> bool {
     let first = digest(nodes[0]);
     nodes[1..].iter().all(|n| digest(n) == first)
@@ -71,9 +84,7 @@ fn two_replicas_and_a_cascaded_one_converge_after_100k_concurrent_writes() {
 fn receiver_resumes_after_cuts_every_2s_without_gaps_or_double_applies() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let primary = Server::start(&dir.path().join("p"), &[]);
-    let proxy = Proxy::start(primary.grpc);
-    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    let (primary, proxy, replica) = behind_proxy(dir.path(), &[], &[]);
     const COUNTERS: usize = 8;
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..COUNTERS).map(|_| AtomicU64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,15 +159,9 @@ fn corrupted_frames_are_rejected_before_they_are_written() {
     let _one = serial();
     let seed = test_seed("corrupted_frames_are_rejected_before_they_are_written");
     let dir = tempfile::tempdir().expect("tempdir");
-    let primary = Server::start(&dir.path().join("p"), &[]);
-    let proxy = Proxy::start(primary.grpc);
     // A flip in a length can leave the replica waiting for bytes that never
     // come; it drops such a link after the timeout and reconnects.
-    let replica = Server::replica(
-        &dir.path().join("r"),
-        &proxy.url(),
-        &["--repl-timeout", "2"],
-    );
+    let (primary, proxy, replica) = behind_proxy(dir.path(), &[], &["--repl-timeout", "2"]);
     // One chunk in five gets a bit flipped.
     proxy.set_flips(200_000, seed);
     let mut rng = SeededRng::new(seed);
@@ -202,13 +207,7 @@ fn a_replica_drops_a_primary_that_went_silent_though_its_acks_still_flow() {
     let _one = serial();
     let seed = test_seed("a_replica_drops_a_primary_that_went_silent");
     let dir = tempfile::tempdir().expect("tempdir");
-    let primary = Server::start(&dir.path().join("p"), &[]);
-    let proxy = Proxy::start(primary.grpc);
-    let replica = Server::replica(
-        &dir.path().join("r"),
-        &proxy.url(),
-        &["--repl-timeout", "2"],
-    );
+    let (primary, proxy, replica) = behind_proxy(dir.path(), &[], &["--repl-timeout", "2"]);
     load(&primary, seed, 2_000, 2_000, 100);
     assert!(wait_until(CONVERGE_TIMEOUT, || caught_up(
         &primary, &replica
@@ -324,13 +323,8 @@ fn a_stalled_replica_is_dropped_while_the_primary_keeps_writing() {
     let _one = serial();
     let seed = test_seed("a_stalled_replica_is_dropped_while_the_primary_keeps_writing");
     let dir = tempfile::tempdir().expect("tempdir");
-    let primary = Server::start(&dir.path().join("p"), &["--repl-timeout", "2"]);
-    let proxy = Proxy::start(primary.grpc);
-    let replica = Server::replica(
-        &dir.path().join("r"),
-        &proxy.url(),
-        &["--repl-timeout", "2"],
-    );
+    let timeout = ["--repl-timeout", "2"];
+    let (primary, proxy, replica) = behind_proxy(dir.path(), &timeout, &timeout);
     load(&primary, seed, 5_000, 5_000, 100);
     assert!(wait_until(Duration::from_secs(10), || caught_up(
         &primary, &replica
@@ -655,9 +649,7 @@ fn the_admin_service_disconnects_replicas_and_makes_a_node_follow_another() {
 fn wait_counts_the_replicas_that_flushed_the_clients_last_write() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let primary = Server::start(&dir.path().join("p"), &[]);
-    let proxy = Proxy::start(primary.grpc);
-    let replica = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    let (primary, proxy, replica) = behind_proxy(dir.path(), &[], &[]);
     assert!(wait_until(Duration::from_secs(10), || {
         status(primary.grpc).replicas.len() == 1
     }));
