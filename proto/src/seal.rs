@@ -107,16 +107,20 @@ pub fn checked<M: Sealed>(
     match received {
         Ok(Some(mut m)) => {
             if m.seal_holds() {
-                Ok(Some(m))
-            } else {
-                Err(tonic::Status::data_loss(format!(
-                    "a {} failed its crc32 check: corrupted on the way",
-                    std::any::type_name::<M>()
-                        .rsplit("::")
-                        .next()
-                        .unwrap_or("message")
-                )))
+                return Ok(Some(m));
             }
+            let name = std::any::type_name::<M>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("message");
+            let why = if *m.crc32_mut() == 0 {
+                "it carries no seal (corrupted on the way, or sent by a version of ferry without seals)"
+            } else {
+                "corrupted on the way"
+            };
+            Err(tonic::Status::data_loss(format!(
+                "a {name} failed its crc32 check: {why}"
+            )))
         }
         other => other,
     }
@@ -257,10 +261,15 @@ mod tests {
         let err = checked(Ok(Some(bad))).unwrap_err();
         assert_eq!(err.code(), tonic::Code::DataLoss);
         assert!(
-            err.message().contains("PrimaryMessage"),
+            err.message().contains("PrimaryMessage") && err.message().contains("corrupted"),
             "{}",
             err.message()
         );
+        // A message without a seal says so.
+        let mut unsealed = accept();
+        unsealed.crc32 = 0;
+        let err = checked(Ok(Some(unsealed))).unwrap_err();
+        assert!(err.message().contains("no seal"), "{}", err.message());
         assert_eq!(checked::<PrimaryMessage>(Ok(None)).unwrap(), None);
     }
 }
