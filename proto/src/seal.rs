@@ -15,6 +15,12 @@
 //! is checked on its own, frame by frame and chunk by chunk; a flip in its
 //! length moves the fields after it, which the seal catches. The encoding is
 //! prost's, which writes fields in tag order, so both ends compute it alike.
+//!
+//! The seal covers the fields the receiver knows: prost drops unknown ones
+//! on decoding. So a field added to a sealed message breaks the seal with
+//! peers that predate it: it may only be sent to a peer known to have it
+//! (by the `version` its `Hello` carries, say), and a field added to `Hello`
+//! itself needs a new message kind.
 
 use bytes::Bytes;
 use prost::Message;
