@@ -110,6 +110,12 @@ struct ServeArgs {
     /// Most clients connected at once.
     #[arg(long, env = "FERRY_MAXCLIENTS", default_value_t = node::MAXCLIENTS_DEFAULT)]
     maxclients: usize,
+    /// Threads that serve connections (RESP and gRPC). Default: one per core
+    /// but one, which is left to the WAL writer thread that logs and applies
+    /// every write. On two cores a second worker only adds wake-ups and
+    /// context switches.
+    #[arg(long, env = "FERRY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// Follow this primary, given by its gRPC address (e.g.
     /// http://10.0.0.1:7379). Kept in the data directory: a restart needs no
     /// flag.
@@ -374,6 +380,12 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Threads serving connections unless `--worker-threads` says otherwise: a
+/// core each, but the one the WAL writer thread keeps busy under load.
+fn worker_threads_default() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.proto_max_bulk_len > args.client_query_buffer_limit {
         anyhow::bail!("--proto-max-bulk-len must not exceed --client-query-buffer-limit");
@@ -390,7 +402,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let worker_threads = args
+        .worker_threads
+        .map_or_else(worker_threads_default, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .thread_name("ferry")
         .build()

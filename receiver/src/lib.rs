@@ -346,6 +346,10 @@ async fn run_applier(
             if let Some(&(last, _)) = batch.last() {
                 engine.apply(&batch)?;
                 applied.send_replace(last);
+                // A batch is synchronous work: let the stream, the clients
+                // and the status service run between batches while catching
+                // up, even on a runtime of one worker.
+                tokio::task::yield_now().await;
                 continue;
             }
             tokio::select! {
