@@ -292,6 +292,10 @@ fn a_state_built_in_memory_and_ingested_equals_applying_record_by_record() {
         for chunk in records.chunks(7) {
             applied.apply(chunk).unwrap();
         }
+        // All in one RocksDB write: a key written many times over, and
+        // FLUSHALLs between writes, in one batch sorted by key.
+        let whole = Engine::open(&dir.path().join("whole")).unwrap();
+        whole.apply(&records).unwrap();
         let built = Engine::open(&dir.path().join("built")).unwrap();
         let mut builder = ferry_engine::StateBuilder::new();
         for (lsn, r) in &records {
@@ -323,6 +327,7 @@ fn a_state_built_in_memory_and_ingested_equals_applying_record_by_record() {
         }
         mixed.apply(&records[cut..]).unwrap();
         for (name, engine) in [
+            ("whole", &whole),
             ("built", &built),
             ("compacted", &compacted),
             ("mixed", &mixed),
