@@ -26,6 +26,23 @@ fn an_unknown_argument_is_refused() {
 }
 
 #[test]
+fn serving_needs_at_least_one_worker_thread() {
+    let out = ferry()
+        .args([
+            "serve",
+            "--data-dir",
+            "/nonexistent",
+            "--worker-threads",
+            "0",
+        ])
+        .output()
+        .expect("run ferry");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+}
+
+#[test]
 fn an_announced_address_must_be_host_and_port() {
     for bad in [
         "localhost",
