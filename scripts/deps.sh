@@ -19,8 +19,8 @@ ferry_build_deps() {
     fi
 }
 
-# Redis, for the benchmarks that run it beside ferry: redis-server and
-# redis-tools (redis-benchmark, redis-cli).
+# Redis, for the tests and benchmarks that run it beside ferry: redis-server
+# and redis-tools (redis-benchmark, redis-cli).
 ferry_redis_deps() {
     if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
         if [ "$(id -u)" = 0 ]; then
@@ -28,7 +28,7 @@ ferry_redis_deps() {
             apt-get update -qq
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
         else
-            echo "this benchmark needs redis-server and redis-tools: apt-get install redis-server redis-tools (as root)" >&2
+            echo "ferry's tests and benchmarks run Redis beside it: apt-get install redis-server redis-tools (as root), then rerun" >&2
             exit 1
         fi
     fi

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # --- What a fresh machine may lack -------------------------------------------
 source scripts/deps.sh
 ferry_build_deps
+# tests/differential.rs sends the same commands to ferry and to Redis.
+ferry_redis_deps
 
 # --- Checks and tests ---------------------------------------------------------
 echo "== cargo fmt --check"

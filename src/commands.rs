@@ -11,6 +11,7 @@ use ferry_engine::{Entry, Value, View};
 use ferry_proto::v1::{self as pb, mutation::Op};
 
 use crate::glob;
+use crate::long_double;
 use crate::node::{Node, now_ms};
 use crate::resp::{Reply, parse_i64};
 
@@ -192,6 +193,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("persist", 2, W, 1, 1, 1, Handler::Write(persist)),
     spec!("pexpire", -3, W, 1, 1, 1, Handler::Write(pexpire)),
     spec!("pexpireat", -3, W, 1, 1, 1, Handler::Write(pexpireat)),
+    spec!("pexpiretime", 2, R, 1, 1, 1, Handler::Read(pexpiretime)),
     spec!("ping", -1, C, 0, 0, 0, Handler::Conn(ping)),
     spec!("psetex", 4, WD, 1, 1, 1, Handler::Write(psetex)),
     spec!("pttl", 2, R, 1, 1, 1, Handler::Read(pttl)),
@@ -494,9 +496,24 @@ struct WriteOptions {
     xx: bool,
     get: bool,
     expiry: Expiry,
+    /// Where an expiry option is whose value [`WriteOptions::resolve`] has
+    /// yet to read (Redis checks every option's syntax first, and reads
+    /// the value at a point of its own in each command).
+    expiry_at: Option<usize>,
 }
 
-fn write_options(args: &Args, from: usize, now: u64, command: &str) -> Result<WriteOptions, Reply> {
+impl WriteOptions {
+    /// Reads the expiry option's value, if there is one.
+    fn resolve(mut self, args: &Args, now: u64, command: &str) -> Result<WriteOptions, Reply> {
+        if let Some(i) = self.expiry_at.take() {
+            let at = expiry_option(args, i, now, command)?.ok_or_else(syntax_error)?;
+            self.expiry = Expiry::At(at);
+        }
+        Ok(self)
+    }
+}
+
+fn write_options(args: &Args, from: usize, command: &str) -> Result<WriteOptions, Reply> {
     let is_set = command == "set";
     let unset = if is_set { Expiry::Clear } else { Expiry::Keep };
     let mut o = WriteOptions {
@@ -504,23 +521,35 @@ fn write_options(args: &Args, from: usize, now: u64, command: &str) -> Result<Wr
         xx: false,
         get: false,
         expiry: unset,
+        expiry_at: None,
     };
+    // As Redis: an option may repeat (the last expiry counts) but not meet
+    // a rival.
+    let mut ttl_option: Option<&'static str> = None;
     let mut i = from;
     while i < args.len() {
         let opt = &args[i];
+        let free_for = |name: &str| ttl_option.is_none_or(|t| t == name);
         if is_set && eq(opt, "nx") && !o.xx {
             o.nx = true;
         } else if is_set && eq(opt, "xx") && !o.nx {
             o.xx = true;
         } else if is_set && eq(opt, "get") {
             o.get = true;
-        } else if is_set && eq(opt, "keepttl") && o.expiry == unset {
+        } else if is_set && eq(opt, "keepttl") && free_for("keepttl") {
+            ttl_option = Some("keepttl");
             o.expiry = Expiry::Keep;
-        } else if !is_set && eq(opt, "persist") && o.expiry == unset {
+        } else if !is_set && eq(opt, "persist") && free_for("persist") {
+            ttl_option = Some("persist");
             o.expiry = Expiry::Clear;
-        } else if o.expiry == unset {
-            let at = expiry_option(args, i, now, command)?.ok_or_else(syntax_error)?;
-            o.expiry = Expiry::At(at);
+        } else if let Some(name) = ["ex", "px", "exat", "pxat"]
+            .into_iter()
+            .find(|e| eq(opt, e))
+            && free_for(name)
+            && i + 1 < args.len()
+        {
+            ttl_option = Some(name);
+            o.expiry_at = Some(i);
             i += 1;
         } else {
             return Err(syntax_error());
@@ -538,7 +567,8 @@ fn set(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
         xx,
         get,
         expiry,
-    } = tri!(write_options(args, 3, now, "set"));
+        ..
+    } = tri!(write_options(args, 3, "set").and_then(|o| o.resolve(args, now, "set")));
     // A plain SET replaces whatever the key held: only its options need
     // the old entry (one lookup fewer on the write path).
     let old = if nx || xx || get || matches!(expiry, Expiry::Keep) {
@@ -630,10 +660,12 @@ fn getdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 
 fn getex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let now = view.now_ms();
-    let expiry = tri!(write_options(args, 2, now, "getex")).expiry;
+    let options = tri!(write_options(args, 2, "getex"));
+    // As Redis: a missing key, then its type, then the expiry's value.
     let Some((value, old_at)) = tri!(view_string(view, &args[1])?) else {
         return Ok(Reply::Null);
     };
+    let expiry = tri!(options.resolve(args, now, "getex")).expiry;
     match expiry {
         Expiry::Keep => {}
         Expiry::Clear if old_at != 0 => set_expiry(view, &args[1], 0)?,
@@ -748,27 +780,6 @@ impl Number for i64 {
     const ZERO: i64 = 0;
 }
 
-impl Number for f64 {
-    fn parse(text: &[u8]) -> Option<f64> {
-        parse_float(text)
-    }
-    fn add(self, by: f64) -> Result<f64, Reply> {
-        let sum = self + by;
-        if sum.is_finite() {
-            Ok(sum)
-        } else {
-            Err(Reply::err("increment would produce NaN or Infinity"))
-        }
-    }
-    fn text(self) -> Bytes {
-        Bytes::from(format_float(self))
-    }
-    fn reply(self, text: Bytes) -> Reply {
-        Reply::Bulk(text)
-    }
-    const ZERO: f64 = 0.0;
-}
-
 /// Adds `by` to the number in the string at `key` (keeping its expiry), or
 /// in `field` of the hash at `key`; a missing one counts as zero.
 /// `not_number` is the error for stored text that is not a number.
@@ -830,42 +841,45 @@ fn decrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     incr_by(view, &args[1], by)
 }
 
-/// A float as Redis reads one: no spaces, not NaN.
-fn parse_float(b: &[u8]) -> Option<f64> {
-    let s = std::str::from_utf8(b).ok()?;
-    if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
-        return None;
-    }
-    let v: f64 = s.parse().ok()?;
-    (!v.is_nan()).then_some(v)
+fn incrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    add_float_to(view, &args[1], None, &args[2], "value is not a valid float")
 }
 
-/// A float as Redis prints INCRBYFLOAT results: shortest round-trip form,
-/// no exponent for ordinary magnitudes.
-fn format_float(v: f64) -> String {
-    if v == v.trunc() && v.abs() < 1e17 {
-        format!("{}", v as i64)
-    } else {
-        let s = format!("{v}");
-        if s.contains('e') {
-            format!("{v:.17}")
-        } else {
-            s
+/// [`add_to`] for INCRBYFLOAT and HINCRBYFLOAT, in Redis's long doubles
+/// ([`crate::long_double`]). As Redis: the key's type first, then the stored
+/// number (`not_number` if it is none), then the increment.
+fn add_float_to(
+    view: &mut View<'_>,
+    key: &Bytes,
+    field: Option<&Bytes>,
+    by: &Bytes,
+    not_number: &'static str,
+) -> EResult<Reply> {
+    let (stored, expire_at_ms) = match field {
+        None => match tri!(view_string(view, key)?) {
+            Some((text, at)) => (Some(text), at),
+            None => (None, 0),
+        },
+        Some(field) => match tri!(view_hash(view, key)?) {
+            Some(at) => (view.hash_field(key, field)?, at),
+            None => (None, 0),
+        },
+    };
+    let text = match long_double::add(stored.as_deref(), by) {
+        Ok(text) => Bytes::from(text),
+        Err(long_double::AddError::Base) => return Ok(Reply::err(not_number)),
+        Err(long_double::AddError::By) => return Ok(Reply::err("value is not a valid float")),
+        Err(long_double::AddError::NotFinite) => {
+            return Ok(Reply::err("increment would produce NaN or Infinity"));
+        }
+    };
+    match field {
+        None => set_string(view, key, text.clone(), expire_at_ms)?,
+        Some(field) => {
+            tri!(hset_fields(view, key, &[field.clone(), text.clone()])?);
         }
     }
-}
-
-fn incrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let Some(by) = parse_float(&args[2]) else {
-        return Ok(Reply::err("value is not a valid float"));
-    };
-    add_to(
-        view,
-        &args[1],
-        None,
-        by,
-        Reply::err("value is not a valid float"),
-    )
+    Ok(Reply::Bulk(text))
 }
 
 // ------------------------------------------------------------------- keys
@@ -951,7 +965,7 @@ fn expire_common(
     command: &str,
 ) -> EResult<Reply> {
     let key = &args[1];
-    let n = tri!(int_arg(&args[2]));
+    // As Redis: the options first, then the time.
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in &args[3..] {
         if eq(opt, "nx") {
@@ -979,6 +993,7 @@ fn expire_common(
             "GT and LT options at the same time are not compatible",
         ));
     }
+    let n = tri!(int_arg(&args[2]));
     let now = view.now_ms() as i64;
     let invalid = || Reply::err(format!("invalid expire time in '{command}' command"));
     let Some(ms) = n.checked_mul(unit_ms) else {
@@ -1061,6 +1076,10 @@ fn pttl(node: &Node, args: &Args) -> Reply {
 
 fn expiretime(node: &Node, args: &Args) -> Reply {
     ttl_common(node, args, 1000, true)
+}
+
+fn pexpiretime(node: &Node, args: &Args) -> Reply {
+    ttl_common(node, args, 1, true)
 }
 
 fn flushall(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
@@ -1281,16 +1300,18 @@ fn hincrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 }
 
 fn hincrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let Some(by) = parse_float(&args[3]) else {
-        return Ok(Reply::err("value is not a valid float"));
-    };
-    add_to(
-        view,
-        &args[1],
-        Some(&args[2]),
-        by,
-        Reply::err("hash value is not a float"),
-    )
+    // As Redis: the increment is checked before the key's type.
+    match long_double::check(&args[3]) {
+        long_double::Checked::NotANumber => Ok(Reply::err("value is not a valid float")),
+        long_double::Checked::Infinite => Ok(Reply::err("value is NaN or Infinity")),
+        long_double::Checked::Finite => add_float_to(
+            view,
+            &args[1],
+            Some(&args[2]),
+            &args[3],
+            "hash value is not a float",
+        ),
+    }
 }
 
 /// One field of a live hash, for the single-field reads: `Ok(None)` when the
@@ -1774,14 +1795,5 @@ mod tests {
         assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
         assert_eq!(lookup(b"GeT").map(|s| s.name), Some("get"));
         assert!(lookup(b"nosuch").is_none());
-    }
-
-    #[test]
-    fn floats_print_like_redis() {
-        assert_eq!(format_float(10.5), "10.5");
-        assert_eq!(format_float(3.0), "3");
-        assert_eq!(format_float(10.6), "10.6");
-        assert_eq!(parse_float(b" 1"), None);
-        assert_eq!(parse_float(b"1e3"), Some(1000.0));
     }
 }

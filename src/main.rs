@@ -15,6 +15,7 @@
 mod commands;
 mod glob;
 mod info;
+mod long_double;
 mod node;
 mod report;
 mod resp;

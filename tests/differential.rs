@@ -1,0 +1,374 @@
+//! ferry against Redis itself: the same seeded-random commands go to a
+//! `ferry serve` and to a `redis-server` side by side, over a few keys and
+//! fields so that commands collide, change types and fail, and every reply
+//! (errors included, to the text) must be the same. Replies whose order
+//! Redis leaves unspecified (KEYS, HGETALL, HKEYS, HVALS) are compared
+//! sorted; remaining times to live may differ by the time between the two
+//! servers' runs of the command.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use ferry_wal::testing::SeededRng;
+use redis::Value;
+
+/// Commands per round, and rounds (each on fresh servers' keyspace).
+const COMMANDS: usize = 2000;
+const ROUNDS: u64 = 8;
+/// The longest the test may take, start to end.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A `redis-server` without persistence on a free loopback port; killed
+/// when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "redis-server runs (scripts/test.sh installs it: apt-get install redis-server)",
+                );
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: another one
+                }
+                if let Ok(mut c) = Redis::connect(port)
+                    && redis::cmd("PING").query::<String>(&mut c).is_ok()
+                {
+                    return Redis {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start on any of 5 ports");
+    }
+
+    fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))?
+            .get_connection_with_timeout(Duration::from_secs(10))
+    }
+
+    fn client(&self) -> redis::Connection {
+        Redis::connect(self.port).expect("connect to redis-server")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reply as text to compare: a value, or an error's code and message.
+fn reply(con: &mut redis::Connection, args: &[String]) -> Result<Value, String> {
+    let mut cmd = redis::cmd(&args[0]);
+    for a in &args[1..] {
+        cmd.arg(a);
+    }
+    cmd.query::<Value>(con)
+        .map_err(|e| match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            (Some(code), None) => code.to_string(),
+            _ => e.to_string(),
+        })
+}
+
+/// Sorts what Redis leaves unordered: an array's elements (KEYS, HKEYS,
+/// HVALS), or HGETALL's field-value pairs.
+fn unordered(name: &str, v: Value) -> Value {
+    match (name, v) {
+        ("HGETALL", Value::Array(items)) => {
+            let mut pairs: Vec<Vec<Value>> = items.chunks(2).map(<[Value]>::to_vec).collect();
+            pairs.sort_by_key(|p| format!("{p:?}"));
+            Value::Array(pairs.into_iter().flatten().collect())
+        }
+        ("KEYS" | "HKEYS" | "HVALS", Value::Array(mut items)) => {
+            items.sort_by_key(|i| format!("{i:?}"));
+            Value::Array(items)
+        }
+        (_, v) => v,
+    }
+}
+
+/// Whether two replies agree: equal, or two remaining times (or expiry
+/// times) that differ by less than the time between the two runs.
+fn agree(name: &str, ferry: &Result<Value, String>, redis: &Result<Value, String>) -> bool {
+    let slack = match name {
+        "TTL" | "EXPIRETIME" => 2,
+        "PTTL" | "PEXPIRETIME" => 2000,
+        _ => 0,
+    };
+    match (ferry, redis) {
+        (Ok(Value::Int(f)), Ok(Value::Int(r))) if *f >= 0 && *r >= 0 => (f - r).abs() <= slack,
+        (f, r) => f == r,
+    }
+}
+
+struct Gen(SeededRng);
+
+impl Gen {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0.below(n)
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len() as u64) as usize]
+    }
+
+    fn key(&mut self) -> String {
+        format!("k{}", self.below(6))
+    }
+
+    fn field(&mut self) -> String {
+        format!("f{}", self.below(4))
+    }
+
+    fn value(&mut self) -> String {
+        self.pick(&[
+            "v",
+            "hello",
+            "",
+            "0",
+            "1",
+            "-5",
+            "10",
+            "42",
+            "3.5",
+            "-0.25",
+            "1e3",
+            "abc",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "00",
+            " 1",
+            "0x10",
+            "inf",
+        ])
+        .to_string()
+    }
+
+    fn int(&mut self) -> String {
+        self.pick(&[
+            "0",
+            "1",
+            "-1",
+            "2",
+            "5",
+            "-3",
+            "100",
+            "abc",
+            "1.5",
+            "9223372036854775807",
+            "-9223372036854775808",
+        ])
+        .to_string()
+    }
+
+    fn float(&mut self) -> String {
+        self.pick(&[
+            "0", "1.5", "-0.25", "10", "abc", "1e3", "3.0e-2", "inf", "-7",
+        ])
+        .to_string()
+    }
+
+    /// Seconds for an expiry: long enough never to pass during the test,
+    /// or none at all (which deletes or errs, as Redis decides).
+    fn seconds(&mut self) -> String {
+        self.pick(&["1000", "2000", "5000", "0", "-1", "abc"])
+            .to_string()
+    }
+
+    fn command(&mut self) -> Vec<String> {
+        let s = |x: &str| x.to_string();
+        let (k, k2) = (self.key(), self.key());
+        let mut args: Vec<String> = match self.below(46) {
+            0..=3 => {
+                let mut a = vec![s("SET"), k, self.value()];
+                for _ in 0..self.below(3) {
+                    match self.below(9) {
+                        0 => a.extend([s("EX"), self.seconds()]),
+                        1 => a.extend([s("PX"), s("1000000")]),
+                        2 => a.extend([s("EXAT"), s("4000000000")]),
+                        3 => a.extend([s("PXAT"), s("4000000000000")]),
+                        4 => a.push(s("NX")),
+                        5 => a.push(s("XX")),
+                        6 => a.push(s("KEEPTTL")),
+                        7 => a.push(s("GET")),
+                        _ => a.push(s("BOGUS")),
+                    }
+                }
+                a
+            }
+            4 => vec![s("GET"), k],
+            5 => vec![s("SETNX"), k, self.value()],
+            6 => vec![s("SETEX"), k, self.seconds(), self.value()],
+            7 => vec![s("PSETEX"), k, s("1000000"), self.value()],
+            8 => vec![s("GETSET"), k, self.value()],
+            9 => vec![s("GETDEL"), k],
+            10 => {
+                let mut a = vec![s("GETEX"), k];
+                match self.below(4) {
+                    0 => a.extend([s("EX"), self.seconds()]),
+                    1 => a.push(s("PERSIST")),
+                    2 => a.extend([s("PX"), s("1000000")]),
+                    _ => {}
+                }
+                a
+            }
+            11 => vec![s("MGET"), k, k2, self.key()],
+            12 => vec![s("MSET"), k, self.value(), k2, self.value()],
+            13 => vec![s("MSETNX"), k, self.value(), k2, self.value()],
+            14 => vec![s("APPEND"), k, self.value()],
+            15 => vec![s("STRLEN"), k],
+            16 => vec![s("GETRANGE"), k, self.int(), self.int()],
+            17 => vec![
+                s("SETRANGE"),
+                k,
+                self.pick(&["0", "2", "5", "-1"]).into(),
+                self.value(),
+            ],
+            18 => vec![s("INCR"), k],
+            19 => vec![s("INCRBY"), k, self.int()],
+            20 => vec![s("DECR"), k],
+            21 => vec![s("DECRBY"), k, self.int()],
+            22 => vec![s("INCRBYFLOAT"), k, self.float()],
+            23 => {
+                let cmd = self.pick(&["EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"]);
+                let when = match cmd {
+                    "EXPIRE" => self.seconds(),
+                    "PEXPIRE" => s("1000000"),
+                    "EXPIREAT" => self.pick(&["4000000000", "4100000000", "1"]).into(),
+                    _ => self.pick(&["4000000000000", "1"]).into(),
+                };
+                let mut a = vec![s(cmd), k, when];
+                if self.below(2) == 0 {
+                    a.push(self.pick(&["NX", "XX", "GT", "LT", "XY"]).into());
+                }
+                a
+            }
+            24 => vec![
+                s(self.pick(&["TTL", "PTTL", "EXPIRETIME", "PEXPIRETIME"])),
+                k,
+            ],
+            25 => vec![s("PERSIST"), k],
+            26 => vec![s("EXISTS"), k, k2],
+            27 => vec![s(self.pick(&["DEL", "UNLINK"])), k, k2],
+            28 => vec![s("TYPE"), k],
+            29 => vec![s("RENAME"), k, k2],
+            30..=32 => {
+                let mut a = vec![s("HSET"), k, self.field(), self.value()];
+                if self.below(2) == 0 {
+                    a.extend([self.field(), self.value()]);
+                }
+                a
+            }
+            33 => vec![s("HSETNX"), k, self.field(), self.value()],
+            34 => vec![s("HGET"), k, self.field()],
+            35 => vec![s("HMGET"), k, self.field(), self.field()],
+            36 => vec![s("HDEL"), k, self.field(), self.field()],
+            37 => vec![s(self.pick(&["HGETALL", "HKEYS", "HVALS", "HLEN"])), k],
+            38 => vec![s("HEXISTS"), k, self.field()],
+            39 => vec![s("HSTRLEN"), k, self.field()],
+            40 => vec![s("HINCRBY"), k, self.field(), self.int()],
+            41 => vec![s("HINCRBYFLOAT"), k, self.field(), self.float()],
+            42 => vec![s("DBSIZE")],
+            43 => vec![s("KEYS"), s(self.pick(&["*", "k[0-2]", "k?", "h*"]))],
+            44 => vec![s("ECHO"), self.value()],
+            _ => vec![s("PING")],
+        };
+        // Now and then a command one argument short.
+        if args.len() > 1 && self.below(40) == 0 {
+            args.pop();
+        }
+        args
+    }
+}
+
+/// Whether an earlier command (as text) shares a key with `args`, or
+/// cleared every key.
+fn touches(earlier: &str, args: &[String]) -> bool {
+    let keys: Vec<&String> = args.iter().filter(|a| a.starts_with('k')).collect();
+    keys.is_empty()
+        || earlier
+            .split(' ')
+            .any(|w| w == "FLUSHALL" || keys.iter().any(|k| *k == w))
+}
+
+#[test]
+fn random_commands_get_the_replies_redis_gives() {
+    let seed = ferry_wal::testing::test_seed("differential");
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let redis = Redis::start();
+    let (mut f, mut r) = (ferry.client(), redis.client());
+    let mut compared = 0;
+    for round in 0..ROUNDS {
+        for con in [&mut f, &mut r] {
+            assert_eq!(
+                reply(con, &["FLUSHALL".into()]),
+                Ok(Value::Okay),
+                "FLUSHALL"
+            );
+        }
+        let mut g = Gen(SeededRng::new(seed.wrapping_add(round)));
+        let mut history: Vec<String> = Vec::new();
+        for _ in 0..COMMANDS {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "over {DEADLINE:?} after {compared} commands"
+            );
+            let args = g.command();
+            let name = args[0].clone();
+            let ferry_reply = reply(&mut f, &args).map(|v| unordered(&name, v));
+            let redis_reply = reply(&mut r, &args).map(|v| unordered(&name, v));
+            history.push(args.join(" "));
+            assert!(
+                agree(&name, &ferry_reply, &redis_reply),
+                "round {round}, command {}: {}\n  ferry: {ferry_reply:?}\n  redis: {redis_reply:?}\nthe commands before it on its keys, last first:\n  {}",
+                history.len(),
+                args.join(" "),
+                history
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .filter(|c| touches(c, &args))
+                    .take(16)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, COMMANDS * ROUNDS as usize);
+}
