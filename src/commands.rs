@@ -1389,10 +1389,12 @@ fn hstrlen(node: &Node, args: &Args) -> Reply {
 fn hscan(node: &Node, args: &Args) -> Reply {
     let key = &args[1];
     let after = tri_read!(cursor_position(node, &args[2]));
-    let o = tri_read!(scan_options(args, 3, false));
+    // As Redis: the key (missing: an empty scan) and its type before the
+    // options.
     if tri_read!(read_hash(node, key)) == 0 {
         return Reply::Array(vec![Reply::bulk_str("0"), Reply::Array(Vec::new())]);
     }
+    let o = tri_read!(scan_options(args, 3, false));
     let batch = match node.engine.hash_fields(key, after.as_deref(), o.count + 1) {
         Ok(b) => b,
         Err(e) => return engine_error(e),

@@ -2,8 +2,8 @@
 //! `ferry serve` and to a `redis-server` side by side, over a few keys and
 //! fields so that commands collide, change types and fail, and every reply
 //! (errors included, to the text) must be the same. Replies whose order
-//! Redis leaves unspecified (KEYS, HGETALL, HKEYS, HVALS) are compared
-//! sorted; remaining times to live may differ by the time between the two
+//! Redis leaves unspecified (KEYS, SCAN, HGETALL, HSCAN, HKEYS, HVALS) are
+//! compared sorted, a scan's whole iteration at once; remaining times to live may differ by the time between the two
 //! servers' runs of the command.
 
 mod common;
@@ -88,8 +88,34 @@ impl Drop for Redis {
     }
 }
 
-/// A reply as text to compare: a value, or an error's code and message.
+/// A reply to compare: a value, or an error's code and message. SCAN and
+/// HSCAN iterate to the end (cursors differ between servers) and give
+/// everything they returned.
 fn reply(con: &mut redis::Connection, args: &[String]) -> Result<Value, String> {
+    let cursor_at = match args[0].as_str() {
+        "SCAN" => 1,
+        "HSCAN" if args.len() > 2 => 2,
+        _ => return reply_once(con, args),
+    };
+    let mut args = args.to_vec();
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let Value::Array(parts) = reply_once(con, &args)? else {
+            return Err("not an array".into());
+        };
+        let [Value::BulkString(cursor), Value::Array(items)] = &parts[..] else {
+            return Err(format!("not a cursor and items: {parts:?}"));
+        };
+        all.extend(items.iter().cloned());
+        if cursor.as_slice() == b"0" {
+            return Ok(Value::Array(all));
+        }
+        args[cursor_at] = String::from_utf8(cursor.clone()).expect("a number");
+    }
+    Err("the scan did not end".into())
+}
+
+fn reply_once(con: &mut redis::Connection, args: &[String]) -> Result<Value, String> {
     let mut cmd = redis::cmd(&args[0]);
     for a in &args[1..] {
         cmd.arg(a);
@@ -106,12 +132,12 @@ fn reply(con: &mut redis::Connection, args: &[String]) -> Result<Value, String> 
 /// HVALS), or HGETALL's field-value pairs.
 fn unordered(name: &str, v: Value) -> Value {
     match (name, v) {
-        ("HGETALL", Value::Array(items)) => {
+        ("HGETALL" | "HSCAN", Value::Array(items)) => {
             let mut pairs: Vec<Vec<Value>> = items.chunks(2).map(<[Value]>::to_vec).collect();
             pairs.sort_by_key(|p| format!("{p:?}"));
             Value::Array(pairs.into_iter().flatten().collect())
         }
-        ("KEYS" | "HKEYS" | "HVALS", Value::Array(mut items)) => {
+        ("KEYS" | "HKEYS" | "HVALS" | "SCAN", Value::Array(mut items)) => {
             items.sort_by_key(|i| format!("{i:?}"));
             Value::Array(items)
         }
@@ -195,7 +221,22 @@ impl Gen {
 
     fn float(&mut self) -> String {
         self.pick(&[
-            "0", "1.5", "-0.25", "10", "abc", "1e3", "3.0e-2", "inf", "-7",
+            "0",
+            "1.5",
+            "-0.25",
+            "10",
+            "abc",
+            "1e3",
+            "3.0e-2",
+            "inf",
+            "-7",
+            "0.1",
+            "1e308",
+            "1e4000",
+            "-1e4000",
+            "0x1p3",
+            "5.0e-310",
+            "17.999999999999999999",
         ])
         .to_string()
     }
@@ -210,7 +251,7 @@ impl Gen {
     fn command(&mut self) -> Vec<String> {
         let s = |x: &str| x.to_string();
         let (k, k2) = (self.key(), self.key());
-        let mut args: Vec<String> = match self.below(46) {
+        let mut args: Vec<String> = match self.below(50) {
             0..=3 => {
                 let mut a = vec![s("SET"), k, self.value()];
                 for _ in 0..self.below(3) {
@@ -303,6 +344,38 @@ impl Gen {
             42 => vec![s("DBSIZE")],
             43 => vec![s("KEYS"), s(self.pick(&["*", "k[0-2]", "k?", "h*"]))],
             44 => vec![s("ECHO"), self.value()],
+            45 => {
+                let mut a = vec![s("SCAN"), s("0")];
+                if self.below(2) == 0 {
+                    a.extend([s("MATCH"), s(self.pick(&["*", "k[1-3]", "k?", "x*"]))]);
+                }
+                if self.below(2) == 0 {
+                    a.extend([s("COUNT"), s(self.pick(&["1", "2", "100", "0", "abc"]))]);
+                }
+                if self.below(3) == 0 {
+                    a.extend([s("TYPE"), s(self.pick(&["string", "hash", "list"]))]);
+                }
+                a
+            }
+            46 => {
+                let mut a = vec![s("HSCAN"), k, s("0")];
+                if self.below(2) == 0 {
+                    a.extend([s("MATCH"), s(self.pick(&["*", "f[0-1]", "g*"]))]);
+                }
+                if self.below(2) == 0 {
+                    a.extend([s("COUNT"), s(self.pick(&["1", "3", "0", "abc"]))]);
+                }
+                a
+            }
+            47 => vec![
+                s("HMSET"),
+                k,
+                self.field(),
+                self.value(),
+                self.field(),
+                self.value(),
+            ],
+            48 if self.below(20) == 0 => vec![s("FLUSHDB")],
             _ => vec![s("PING")],
         };
         // Now and then a command one argument short.
