@@ -3,8 +3,9 @@
 //! fields so that commands collide, change types and fail, and every reply
 //! (errors included, to the text) must be the same. Replies whose order
 //! Redis leaves unspecified (KEYS, SCAN, HGETALL, HSCAN, HKEYS, HVALS) are
-//! compared sorted, a scan's whole iteration at once; remaining times to live may differ by the time between the two
-//! servers' runs of the command.
+//! compared sorted, a scan's whole iteration at once; remaining times to
+//! live may differ by the time between the two servers' runs of the
+//! command. Every other round speaks RESP3.
 
 mod common;
 
@@ -72,13 +73,18 @@ impl Redis {
     }
 
     fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{port}/"))?
-            .get_connection_with_timeout(Duration::from_secs(10))
+        connect(&format!("redis://127.0.0.1:{port}/"), false)
     }
+}
 
-    fn client(&self) -> redis::Connection {
-        Redis::connect(self.port).expect("connect to redis-server")
-    }
+/// A connection to `url`, speaking RESP3 (after `HELLO 3`) if `resp3`.
+fn connect(url: &str, resp3: bool) -> redis::RedisResult<redis::Connection> {
+    let url = if resp3 {
+        format!("{url}?protocol=resp3")
+    } else {
+        url.to_string()
+    };
+    redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(10))
 }
 
 impl Drop for Redis {
@@ -132,6 +138,10 @@ fn reply_once(con: &mut redis::Connection, args: &[String]) -> Result<Value, Str
 /// HVALS), or HGETALL's field-value pairs.
 fn unordered(name: &str, v: Value) -> Value {
     match (name, v) {
+        ("HGETALL", Value::Map(mut pairs)) => {
+            pairs.sort_by_key(|p| format!("{p:?}"));
+            Value::Map(pairs)
+        }
         ("HGETALL" | "HSCAN", Value::Array(items)) => {
             let mut pairs: Vec<Vec<Value>> = items.chunks(2).map(<[Value]>::to_vec).collect();
             pairs.sort_by_key(|p| format!("{p:?}"));
@@ -403,9 +413,13 @@ fn random_commands_get_the_replies_redis_gives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ferry = Server::start(&dir.path().join("node"), &[]);
     let redis = Redis::start();
-    let (mut f, mut r) = (ferry.client(), redis.client());
+    let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
     let mut compared = 0;
     for round in 0..ROUNDS {
+        // Odd rounds speak RESP3, as a client after `HELLO 3`.
+        let resp3 = round % 2 == 1;
+        let mut f = connect(&ferry.url(), resp3).expect("connect to ferry");
+        let mut r = connect(&redis_url, resp3).expect("connect to redis-server");
         for con in [&mut f, &mut r] {
             assert_eq!(
                 reply(con, &["FLUSHALL".into()]),
@@ -427,7 +441,8 @@ fn random_commands_get_the_replies_redis_gives() {
             history.push(args.join(" "));
             assert!(
                 agree(&name, &ferry_reply, &redis_reply),
-                "round {round}, command {}: {}\n  ferry: {ferry_reply:?}\n  redis: {redis_reply:?}\nthe commands before it on its keys, last first:\n  {}",
+                "round {round} (RESP{}), command {}: {}\n  ferry: {ferry_reply:?}\n  redis: {redis_reply:?}\nthe commands before it on its keys, last first:\n  {}",
+                if resp3 { 3 } else { 2 },
                 history.len(),
                 args.join(" "),
                 history
