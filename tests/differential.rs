@@ -42,6 +42,8 @@ impl Redis {
             let mut child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
+                // ferry has one database, as Redis with this setting.
+                .args(["--databases", "1"])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -193,6 +195,10 @@ impl Gen {
             "v",
             "hello",
             "",
+            "a b",
+            "\r\n",
+            "é",
+            "\0",
             "0",
             "1",
             "-5",
@@ -254,8 +260,19 @@ impl Gen {
     /// Seconds for an expiry: long enough never to pass during the test,
     /// or none at all (which deletes or errs, as Redis decides).
     fn seconds(&mut self) -> String {
-        self.pick(&["1000", "2000", "5000", "0", "-1", "abc"])
-            .to_string()
+        self.pick(&[
+            "1000",
+            "2000",
+            "5000",
+            "0",
+            "-1",
+            "abc",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "4611686018427387904",
+            "9223372036854775",
+        ])
+        .to_string()
     }
 
     fn command(&mut self) -> Vec<String> {
@@ -282,7 +299,12 @@ impl Gen {
             4 => vec![s("GET"), k],
             5 => vec![s("SETNX"), k, self.value()],
             6 => vec![s("SETEX"), k, self.seconds(), self.value()],
-            7 => vec![s("PSETEX"), k, s("1000000"), self.value()],
+            7 => vec![
+                s("PSETEX"),
+                k,
+                s(self.pick(&["1000000", "0", "-1", "9223372036854775807"])),
+                self.value(),
+            ],
             8 => vec![s("GETSET"), k, self.value()],
             9 => vec![s("GETDEL"), k],
             10 => {
@@ -316,9 +338,15 @@ impl Gen {
                 let cmd = self.pick(&["EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"]);
                 let when = match cmd {
                     "EXPIRE" => self.seconds(),
-                    "PEXPIRE" => s("1000000"),
-                    "EXPIREAT" => self.pick(&["4000000000", "4100000000", "1"]).into(),
-                    _ => self.pick(&["4000000000000", "1"]).into(),
+                    "PEXPIRE" => self
+                        .pick(&["1000000", "9223372036854775807", "-5", "0"])
+                        .into(),
+                    "EXPIREAT" => self
+                        .pick(&["4000000000", "4100000000", "1", "-9223372036854775808"])
+                        .into(),
+                    _ => self
+                        .pick(&["4000000000000", "1", "9223372036854775807"])
+                        .into(),
                 };
                 let mut a = vec![s(cmd), k, when];
                 if self.below(2) == 0 {
@@ -386,7 +414,12 @@ impl Gen {
                 self.value(),
             ],
             48 if self.below(20) == 0 => vec![s("FLUSHDB")],
-            _ => vec![s("PING")],
+            _ => match self.below(4) {
+                0 => vec![s("PING")],
+                1 => vec![s("PING"), self.value()],
+                2 => vec![s("SELECT"), s(self.pick(&["0", "1", "abc", "-1"]))],
+                _ => vec![s("EXISTS"), k],
+            },
         };
         // Now and then a command one argument short.
         if args.len() > 1 && self.below(40) == 0 {
