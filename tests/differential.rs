@@ -128,12 +128,52 @@ fn reply_once(con: &mut redis::Connection, args: &[String]) -> Result<Value, Str
     for a in &args[1..] {
         cmd.arg(a);
     }
-    cmd.query::<Value>(con)
-        .map_err(|e| match (e.code(), e.detail()) {
-            (Some(code), Some(detail)) => format!("{code} {detail}"),
-            (Some(code), None) => code.to_string(),
-            _ => e.to_string(),
-        })
+    cmd.query::<Value>(con).map_err(error_text)
+}
+
+fn error_text(e: redis::RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// The replies to `commands` sent as one pipeline (a scan alone, between
+/// the pipelines before and after it), in order.
+fn replies(con: &mut redis::Connection, commands: &[Vec<String>]) -> Vec<Result<Value, String>> {
+    let mut out = Vec::new();
+    let mut pipe = redis::pipe();
+    let mut queued = 0;
+    let flush = |pipe: &mut redis::Pipeline,
+                 queued: &mut usize,
+                 con: &mut redis::Connection,
+                 out: &mut Vec<Result<Value, String>>| {
+        if *queued == 0 {
+            return;
+        }
+        let got: Vec<redis::RedisResult<Value>> = pipe
+            .ignore_errors()
+            .query(con)
+            .expect("a pipeline's replies");
+        out.extend(got.into_iter().map(|r| r.map_err(error_text)));
+        *pipe = redis::pipe();
+        *queued = 0;
+    };
+    for args in commands {
+        if matches!(args[0].as_str(), "SCAN" | "HSCAN") {
+            flush(&mut pipe, &mut queued, con, &mut out);
+            out.push(reply(con, args));
+            continue;
+        }
+        let cmd = pipe.cmd(&args[0]);
+        for a in &args[1..] {
+            cmd.arg(a);
+        }
+        queued += 1;
+    }
+    flush(&mut pipe, &mut queued, con, &mut out);
+    out
 }
 
 /// Sorts what Redis leaves unordered: an array's elements (KEYS, HKEYS,
@@ -449,8 +489,11 @@ fn random_commands_get_the_replies_redis_gives() {
     let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
     let mut compared = 0;
     for round in 0..ROUNDS {
-        // Odd rounds speak RESP3, as a client after `HELLO 3`.
+        // Odd rounds speak RESP3, as a client after `HELLO 3`; in half the
+        // rounds the commands go in pipelines of 1 to 20, which ferry runs
+        // together on its write path.
         let resp3 = round % 2 == 1;
+        let pipelined = round % 4 >= 2;
         let mut f = connect(&ferry.url(), resp3).expect("connect to ferry");
         let mut r = connect(&redis_url, resp3).expect("connect to redis-server");
         for con in [&mut f, &mut r] {
@@ -462,33 +505,51 @@ fn random_commands_get_the_replies_redis_gives() {
         }
         let mut g = Gen(SeededRng::new(seed.wrapping_add(round)));
         let mut history: Vec<String> = Vec::new();
-        for _ in 0..COMMANDS {
+        while history.len() < COMMANDS {
             assert!(
                 started.elapsed() < DEADLINE,
                 "over {DEADLINE:?} after {compared} commands"
             );
-            let args = g.command();
-            let name = args[0].clone();
-            let ferry_reply = reply(&mut f, &args).map(|v| unordered(&name, v));
-            let redis_reply = reply(&mut r, &args).map(|v| unordered(&name, v));
-            history.push(args.join(" "));
-            assert!(
-                agree(&name, &ferry_reply, &redis_reply),
-                "round {round} (RESP{}), command {}: {}\n  ferry: {ferry_reply:?}\n  redis: {redis_reply:?}\nthe commands before it on its keys, last first:\n  {}",
-                if resp3 { 3 } else { 2 },
-                history.len(),
-                args.join(" "),
-                history
-                    .iter()
-                    .rev()
-                    .skip(1)
-                    .filter(|c| touches(c, &args))
-                    .take(16)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            );
-            compared += 1;
+            let n = if pipelined {
+                1 + g.below(20) as usize
+            } else {
+                1
+            };
+            let batch: Vec<Vec<String>> = (0..n.min(COMMANDS - history.len()))
+                .map(|_| g.command())
+                .collect();
+            let (from_ferry, from_redis) = if n == 1 {
+                (
+                    vec![reply(&mut f, &batch[0])],
+                    vec![reply(&mut r, &batch[0])],
+                )
+            } else {
+                (replies(&mut f, &batch), replies(&mut r, &batch))
+            };
+            for ((args, ferry_reply), redis_reply) in batch.iter().zip(from_ferry).zip(from_redis) {
+                let name = args[0].clone();
+                let ferry_reply = ferry_reply.map(|v| unordered(&name, v));
+                let redis_reply = redis_reply.map(|v| unordered(&name, v));
+                history.push(args.join(" "));
+                assert!(
+                    agree(&name, &ferry_reply, &redis_reply),
+                    "round {round} (RESP{}{}), command {}: {}\n  ferry: {ferry_reply:?}\n  redis: {redis_reply:?}\nthe commands before it on its keys, last first:\n  {}",
+                    if resp3 { 3 } else { 2 },
+                    if pipelined { ", pipelined" } else { "" },
+                    history.len(),
+                    args.join(" "),
+                    history
+                        .iter()
+                        .rev()
+                        .skip(1)
+                        .filter(|c| touches(c, args))
+                        .take(16)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                );
+                compared += 1;
+            }
         }
     }
     assert_eq!(compared, COMMANDS * ROUNDS as usize);
