@@ -52,7 +52,8 @@ pub enum AddError {
 
 /// `base` (none: 0) plus `by`, printed as Redis prints it.
 pub fn add(base: Option<&[u8]>, by: &[u8]) -> Result<Vec<u8>, AddError> {
-    let mut out = vec![0u8; LONG_DOUBLE_CHARS_MAX];
+    // On the stack: the text is copied out at its own length.
+    let mut out = [0u8; LONG_DOUBLE_CHARS_MAX];
     let (base_ptr, base_len) = base.map_or((std::ptr::null(), 0), |b| (b.as_ptr(), b.len()));
     // SAFETY: each pointer and length describe a live slice; `out` is
     // written only within its length, and the function reads the others.
@@ -71,10 +72,7 @@ pub fn add(base: Option<&[u8]>, by: &[u8]) -> Result<Vec<u8>, AddError> {
         -2 => Err(AddError::By),
         // -3, and -4 (no room) which a long double's text never needs.
         n if n < 0 => Err(AddError::NotFinite),
-        n => {
-            out.truncate(n as usize);
-            Ok(out)
-        }
+        n => Ok(out[..n as usize].to_vec()),
     }
 }
 
