@@ -265,25 +265,35 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
         .map(|i| &COMMANDS[i])
 }
 
-/// Redis's reply to a command it does not know.
+/// Redis's reply to a command it does not know, built as Redis builds it:
+/// the name up to 128 bytes, then quoted arguments while the list is under
+/// 128 bytes (each cut to what is left), every text cut at a NUL byte (C's
+/// `%s`), and line breaks turned into spaces.
 pub fn unknown_command(args: &Args) -> Reply {
-    let mut text = format!(
-        "unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(&args[0])
-            .chars()
-            .take(128)
-            .collect::<String>()
-    );
-    for arg in args[1..].iter().take(16) {
-        text.push_str(&format!(
-            "'{}' ",
-            String::from_utf8_lossy(arg)
-                .chars()
-                .take(128)
-                .collect::<String>()
-        ));
+    const SHOWN_BYTES_MAX: usize = 128;
+    let c_text = |b: &[u8], max: usize| -> Vec<u8> {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len()).min(max);
+        b[..end].to_vec()
+    };
+    let mut listed: Vec<u8> = Vec::new();
+    for arg in &args[1..] {
+        if listed.len() >= SHOWN_BYTES_MAX {
+            break;
+        }
+        listed.push(b'\'');
+        listed.extend(c_text(arg, SHOWN_BYTES_MAX - (listed.len() - 1)));
+        listed.extend(b"' ");
     }
-    Reply::err(text)
+    let mut text = b"unknown command '".to_vec();
+    text.extend(c_text(&args[0], SHOWN_BYTES_MAX));
+    text.extend(b"', with args beginning with: ");
+    text.extend(listed);
+    for c in &mut text {
+        if *c == b'\r' || *c == b'\n' {
+            *c = b' ';
+        }
+    }
+    Reply::err(String::from_utf8_lossy(&text))
 }
 
 pub fn wrong_arity(name: &str) -> Reply {

@@ -100,7 +100,7 @@ impl Drop for Redis {
 /// HSCAN iterate to the end (cursors differ between servers) and give
 /// everything they returned.
 fn reply(con: &mut redis::Connection, args: &[String]) -> Result<Value, String> {
-    let cursor_at = match args[0].as_str() {
+    let cursor_at = match args[0].to_uppercase().as_str() {
         "SCAN" => 1,
         "HSCAN" if args.len() > 2 => 2,
         _ => return reply_once(con, args),
@@ -161,7 +161,7 @@ fn replies(con: &mut redis::Connection, commands: &[Vec<String>]) -> Vec<Result<
         *queued = 0;
     };
     for args in commands {
-        if matches!(args[0].as_str(), "SCAN" | "HSCAN") {
+        if matches!(args[0].to_uppercase().as_str(), "SCAN" | "HSCAN") {
             flush(&mut pipe, &mut queued, con, &mut out);
             out.push(reply(con, args));
             continue;
@@ -211,6 +211,9 @@ fn agree(name: &str, ferry: &Result<Value, String>, redis: &Result<Value, String
     }
 }
 
+/// A value longer than what an error message quotes of an argument.
+const LONG_VALUE: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
 struct Gen(SeededRng);
 
 impl Gen {
@@ -236,6 +239,7 @@ impl Gen {
             "hello",
             "",
             "a b",
+            LONG_VALUE,
             "\r\n",
             "é",
             "\0",
@@ -461,9 +465,15 @@ impl Gen {
                 _ => vec![s("EXISTS"), k],
             },
         };
-        // Now and then a command one argument short.
+        // Now and then a command one argument short, one Redis does not
+        // know, or a name in lower case.
         if args.len() > 1 && self.below(40) == 0 {
             args.pop();
+        }
+        match self.below(60) {
+            0 => args[0] = s(self.pick(&["FOO", "SETT", "HGETT", ""])),
+            1..=5 => args[0] = args[0].to_lowercase(),
+            _ => {}
         }
         args
     }
@@ -527,7 +537,7 @@ fn random_commands_get_the_replies_redis_gives() {
                 (replies(&mut f, &batch), replies(&mut r, &batch))
             };
             for ((args, ferry_reply), redis_reply) in batch.iter().zip(from_ferry).zip(from_redis) {
-                let name = args[0].clone();
+                let name = args[0].to_uppercase();
                 let ferry_reply = ferry_reply.map(|v| unordered(&name, v));
                 let redis_reply = redis_reply.map(|v| unordered(&name, v));
                 history.push(args.join(" "));
