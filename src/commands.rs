@@ -1575,11 +1575,35 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             Reply::bulk(text)
         }
         ("setinfo", 4) => Reply::ok(),
-        _ => Reply::err(format!(
-            "unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
-            String::from_utf8_lossy(&args[1])
-        )),
+        _ => subcommand_error(
+            "client",
+            &args[1],
+            &["getname", "id", "info", "list", "setinfo", "setname"],
+        ),
     }
+}
+
+/// Redis's error for a subcommand of a container command (CLIENT, CONFIG,
+/// COMMAND) that it cannot run: a known one (in `known`) with the wrong
+/// number of arguments, or an unknown one.
+fn subcommand_error(command: &str, sub: &[u8], known: &[&str]) -> Reply {
+    let lowered = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    if known.contains(&lowered.as_str()) {
+        return wrong_arity(&format!("{command}|{lowered}"));
+    }
+    let end = sub
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(sub.len())
+        .min(128);
+    let shown: String = String::from_utf8_lossy(&sub[..end])
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    Reply::err(format!(
+        "unknown subcommand '{shown}'. Try {} HELP.",
+        command.to_ascii_uppercase()
+    ))
 }
 
 fn command_info(spec: &Spec) -> Reply {
@@ -1608,7 +1632,7 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
     match sub.as_deref() {
         None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
-        Some("count") => Reply::Int(COMMANDS.len() as i64),
+        Some("count") if args.len() == 2 => Reply::Int(COMMANDS.len() as i64),
         Some("info") => Reply::Array(
             args[2..]
                 .iter()
@@ -1635,10 +1659,7 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
                     .collect(),
             )
         }
-        Some(_) => Reply::err(format!(
-            "unknown subcommand '{}'. Try COMMAND HELP.",
-            String::from_utf8_lossy(&args[1])
-        )),
+        Some(_) => subcommand_error("command", &args[1], &["count", "docs", "info"]),
     }
 }
 
@@ -1661,7 +1682,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         "set" => {
             Reply::err("CONFIG SET is not supported: restart ferry serve with the flag instead")
         }
-        "resetstat" => {
+        "resetstat" if args.len() == 2 => {
             let s = &node.stats;
             for c in [
                 &s.total_commands_processed,
@@ -1672,10 +1693,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             }
             Reply::ok()
         }
-        _ => Reply::err(format!(
-            "unknown subcommand or wrong number of arguments for '{}'. Try CONFIG HELP.",
-            String::from_utf8_lossy(&args[1])
-        )),
+        _ => subcommand_error("config", &args[1], &["get", "resetstat", "set"]),
     }
 }
 

@@ -462,6 +462,16 @@ impl Gen {
                 0 => vec![s("PING")],
                 1 => vec![s("PING"), self.value()],
                 2 => vec![s("SELECT"), s(self.pick(&["0", "1", "abc", "-1"]))],
+                3 if self.below(2) == 0 => match self.below(4) {
+                    0 => vec![s("AUTH"), self.value()],
+                    1 => vec![s("CLIENT"), s("SETNAME"), self.value()],
+                    2 => vec![s("CLIENT"), s("GETNAME")],
+                    _ => vec![
+                        s(self.pick(&["CLIENT", "CONFIG", "COMMAND"])),
+                        s(self.pick(&["NOSUCH", "GETNAME", "COUNT", "RESETSTAT"])),
+                        s("x"),
+                    ],
+                },
                 _ => vec![s("EXISTS"), k],
             },
         };
