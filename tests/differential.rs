@@ -5,7 +5,8 @@
 //! Redis leaves unspecified (KEYS, SCAN, HGETALL, HSCAN, HKEYS, HVALS) are
 //! compared sorted, a scan's whole iteration at once; remaining times to
 //! live may differ by the time between the two servers' runs of the
-//! command. Every other round speaks RESP3.
+//! command. Every other round speaks RESP3. At the end a replica replays
+//! ferry's whole log and must hold the same data.
 
 mod common;
 
@@ -573,4 +574,16 @@ fn random_commands_get_the_replies_redis_gives() {
         }
     }
     assert_eq!(compared, COMMANDS * ROUNDS as usize);
+
+    // A replica fed the whole log (every round's records, the FLUSHALLs
+    // between them, the floats and the expiry times) holds what ferry holds.
+    let replica = Server::replica(&dir.path().join("replica"), &ferry.grpc_url(), &[]);
+    assert!(
+        common::wait_until(Duration::from_secs(60), || common::caught_up(
+            &ferry, &replica
+        )),
+        "the replica did not catch up: {:?}",
+        common::status(replica.grpc)
+    );
+    assert_eq!(common::digest(&ferry), common::digest(&replica));
 }
