@@ -464,7 +464,10 @@ impl Gen {
                 1 => vec![s("PING"), self.value()],
                 2 => vec![s("SELECT"), s(self.pick(&["0", "1", "abc", "-1"]))],
                 3 if self.below(2) == 0 => match self.below(4) {
-                    0 => vec![s("AUTH"), self.value()],
+                    0 if self.below(2) == 0 => vec![s("AUTH"), self.value()],
+                    // Only versions it refuses: a HELLO that succeeds
+                    // changes the protocol and names the server.
+                    0 => vec![s("HELLO"), s(self.pick(&["4", "1", "abc", "-1"]))],
                     1 => vec![s("CLIENT"), s("SETNAME"), self.value()],
                     2 => vec![s("CLIENT"), s("GETNAME")],
                     _ => vec![
@@ -478,7 +481,7 @@ impl Gen {
         };
         // Now and then a command one argument short, one Redis does not
         // know, or a name in lower case.
-        if args.len() > 1 && self.below(40) == 0 {
+        if args.len() > 1 && args[0] != "HELLO" && self.below(40) == 0 {
             args.pop();
         }
         match self.below(60) {
