@@ -177,8 +177,9 @@ fn replies(con: &mut redis::Connection, commands: &[Vec<String>]) -> Vec<Result<
     out
 }
 
-/// Sorts what Redis leaves unordered: an array's elements (KEYS, HKEYS,
-/// HVALS), or HGETALL's field-value pairs.
+/// Sorts what Redis leaves unordered: an array's elements (KEYS, SCAN,
+/// HKEYS, HVALS), or the field-value pairs of HGETALL (a map in RESP3) and
+/// HSCAN.
 fn unordered(name: &str, v: Value) -> Value {
     match (name, v) {
         ("HGETALL", Value::Map(mut pairs)) => {
