@@ -4,7 +4,9 @@
 # -P 16, under matched durability (ferry --fsync always|everysec against Redis
 # appendfsync always|everysec), the two servers alternating, RUNS runs each;
 # then RSS after loading 1M keys of 100 bytes into each.
-# Prints medians of ops/s, p50 and p99, and the ratio ferry/Redis.
+# Prints medians of ops/s, p50 and p99, and the ratio ferry/Redis; then the
+# CPU time each server spent per request (from /proc/PID/stat around each
+# run), steadier than rates on a machine whose speed drifts.
 #
 # usage: bench/resp.sh            (RUNS=3 POLICIES="always everysec" KEYS=1000000 to change)
 set -euo pipefail
@@ -40,17 +42,25 @@ start_redis() { # policy dir
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
 
 results="$work/results.csv"
-echo "server,policy,pipeline,test,rps,p50,p99" >"$results"
-bench_one() { # server policy port
+echo "server,policy,pipeline,test,rps,p50,p99,cpu_us" >"$results"
+REQUESTS=200000
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+bench_one() { # server policy port pid
     for p in 1 16; do
-        redis-benchmark -p "$3" -t set,get -n 200000 -c 50 -d 100 -r 100000 -P "$p" --csv -q 2>/dev/null |
+        for t in set get; do
+            local before after
+            before=$(cpu_ticks "$4")
+            redis-benchmark -p "$3" -t "$t" -n "$REQUESTS" -c 50 -d 100 -r 100000 -P "$p" --csv -q 2>/dev/null >"$work/one.csv"
+            after=$(cpu_ticks "$4")
             python3 -c '
-import csv, sys
-server, policy, p = sys.argv[1:4]
-for row in csv.reader(sys.stdin):
+import csv, os, sys
+server, policy, p, ticks, n = sys.argv[1:6]
+cpu_us = int(ticks) * 1e6 / os.sysconf("SC_CLK_TCK") / int(n)
+for row in csv.reader(open(sys.argv[6])):
     if row and row[0] in ("SET", "GET"):
-        print(f"{server},{policy},{p},{row[0]},{row[1]},{row[4]},{row[6]}")
-' "$1" "$2" "$p" >>"$results"
+        print(f"{server},{policy},{p},{row[0]},{row[1]},{row[4]},{row[6]},{cpu_us:.2f}")
+' "$1" "$2" "$p" "$((after - before))" "$REQUESTS" "$work/one.csv" >>"$results"
+        done
     done
 }
 
@@ -62,7 +72,7 @@ for policy in $POLICIES; do
             dir="$work/$server-$policy-$run"
             if [ "$server" = ferry ]; then start_ferry "$policy" "$dir"; else start_redis "$policy" "$dir"; fi
             echo "run $run: $server, $policy"
-            bench_one "$server" "$policy" "$port"
+            bench_one "$server" "$policy" "$port" "$pid"
             stop "$pid"
         done
     done
@@ -101,6 +111,16 @@ for policy in sorted({r["policy"] for r in rows}):
             print(f"| {policy} | {test} | {p} | {f:,.0f} | {r:,.0f} | {f / r:.2f} | "
                   f"{med('ferry', policy, p, test, 'p50'):.3f} / {med('ferry', policy, p, test, 'p99'):.3f} | "
                   f"{med('redis', policy, p, test, 'p50'):.3f} / {med('redis', policy, p, test, 'p99'):.3f} |")
+print()
+print("CPU time per request (µs, medians; Redis's is one thread, ferry's all of its threads):")
+print()
+print("| durability | test | -P | ferry | Redis | Redis / ferry |")
+print("| --- | --- | --- | --- | --- | --- |")
+for policy in sorted({r["policy"] for r in rows}):
+    for test in ("SET", "GET"):
+        for p in ("1", "16"):
+            f, r = med("ferry", policy, p, test, "cpu_us"), med("redis", policy, p, test, "cpu_us")
+            print(f"| {policy} | {test} | {p} | {f:.2f} | {r:.2f} | {r / f:.2f} |")
 rss = {row[0]: (int(row[2]), int(row[3])) for row in csv.reader(open(sys.argv[2]))}
 (fk, fr), (rk, rr) = rss["ferry"], rss["redis"]
 print()
