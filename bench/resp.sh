@@ -101,26 +101,25 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 def med(server, policy, p, test, field):
     vals = [float(r[field]) for r in rows if (r["server"], r["policy"], r["pipeline"], r["test"]) == (server, policy, p, test)]
     return statistics.median(vals) if vals else float("nan")
+# Every row of both tables: durability, test, pipeline depth.
+cases = [(policy, test, p) for policy in sorted({r["policy"] for r in rows})
+         for test in ("SET", "GET") for p in ("1", "16")]
 print()
 print("| durability | test | -P | ferry ops/s | Redis ops/s | ratio | ferry p50 / p99 ms | Redis p50 / p99 ms |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for policy in sorted({r["policy"] for r in rows}):
-    for test in ("SET", "GET"):
-        for p in ("1", "16"):
-            f, r = med("ferry", policy, p, test, "rps"), med("redis", policy, p, test, "rps")
-            print(f"| {policy} | {test} | {p} | {f:,.0f} | {r:,.0f} | {f / r:.2f} | "
-                  f"{med('ferry', policy, p, test, 'p50'):.3f} / {med('ferry', policy, p, test, 'p99'):.3f} | "
-                  f"{med('redis', policy, p, test, 'p50'):.3f} / {med('redis', policy, p, test, 'p99'):.3f} |")
+for policy, test, p in cases:
+    f, r = med("ferry", policy, p, test, "rps"), med("redis", policy, p, test, "rps")
+    print(f"| {policy} | {test} | {p} | {f:,.0f} | {r:,.0f} | {f / r:.2f} | "
+          f"{med('ferry', policy, p, test, 'p50'):.3f} / {med('ferry', policy, p, test, 'p99'):.3f} | "
+          f"{med('redis', policy, p, test, 'p50'):.3f} / {med('redis', policy, p, test, 'p99'):.3f} |")
 print()
 print("CPU time per request (µs, medians; Redis's is one thread, ferry's all of its threads):")
 print()
 print("| durability | test | -P | ferry | Redis | Redis / ferry |")
 print("| --- | --- | --- | --- | --- | --- |")
-for policy in sorted({r["policy"] for r in rows}):
-    for test in ("SET", "GET"):
-        for p in ("1", "16"):
-            f, r = med("ferry", policy, p, test, "cpu_us"), med("redis", policy, p, test, "cpu_us")
-            print(f"| {policy} | {test} | {p} | {f:.2f} | {r:.2f} | {r / f:.2f} |")
+for policy, test, p in cases:
+    f, r = med("ferry", policy, p, test, "cpu_us"), med("redis", policy, p, test, "cpu_us")
+    print(f"| {policy} | {test} | {p} | {f:.2f} | {r:.2f} | {r / f:.2f} |")
 rss = {row[0]: (int(row[2]), int(row[3])) for row in csv.reader(open(sys.argv[2]))}
 (fk, fr), (rk, rr) = rss["ferry"], rss["redis"]
 print()
