@@ -763,71 +763,84 @@ fn setrange(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     ))
 }
 
-/// A number kept as text, integer or float, as INCR* and HINCRBY* read it.
-trait Number: Copy {
-    fn parse(text: &[u8]) -> Option<Self>;
-    /// The sum, or the error Redis gives when there is none.
-    fn add(self, by: Self) -> Result<Self, Reply>;
-    fn text(self) -> Bytes;
-    fn reply(self, text: Bytes) -> Reply;
-    const ZERO: Self;
-}
-
-impl Number for i64 {
-    fn parse(text: &[u8]) -> Option<i64> {
-        parse_i64(text)
-    }
-    fn add(self, by: i64) -> Result<i64, Reply> {
-        self.checked_add(by)
-            .ok_or_else(|| Reply::err("increment or decrement would overflow"))
-    }
-    fn text(self) -> Bytes {
-        Bytes::from(self.to_string())
-    }
-    fn reply(self, _text: Bytes) -> Reply {
-        Reply::Int(self)
-    }
-    const ZERO: i64 = 0;
-}
-
-/// Adds `by` to the number in the string at `key` (keeping its expiry), or
-/// in `field` of the hash at `key`; a missing one counts as zero.
-/// `not_number` is the error for stored text that is not a number.
-fn add_to<N: Number>(
+/// Replaces the number in the string at `key` (keeping its expiry), or in
+/// `field` of the hash at `key`, with what `add` makes of its text (`None`:
+/// missing), after the key's type check. `add` gives the new text and the
+/// reply, or the error reply.
+fn add_to(
     view: &mut View<'_>,
     key: &Bytes,
     field: Option<&Bytes>,
-    by: N,
-    not_number: Reply,
+    add: impl FnOnce(Option<&[u8]>) -> Result<(Bytes, Reply), Reply>,
 ) -> EResult<Reply> {
-    let stored = match field {
-        None => tri!(view_string(view, key)?).map(|(s, at)| (Some(s), at)),
+    let (stored, expire_at_ms) = match field {
+        None => match tri!(view_string(view, key)?) {
+            Some((text, at)) => (Some(text), at),
+            None => (None, 0),
+        },
         Some(field) => match tri!(view_hash(view, key)?) {
-            Some(at) => Some((view.hash_field(key, field)?, at)),
-            None => None,
+            Some(at) => (view.hash_field(key, field)?, at),
+            None => (None, 0),
         },
     };
-    let (current, expire_at_ms) = match stored {
-        Some((Some(text), at)) => match N::parse(&text) {
-            Some(n) => (n, at),
-            None => return Ok(not_number),
-        },
-        Some((None, at)) => (N::ZERO, at),
-        None => (N::ZERO, 0),
-    };
-    let new = tri!(current.add(by));
-    let text = new.text();
+    let (text, reply) = tri!(add(stored.as_deref()));
     match field {
-        None => set_string(view, key, text.clone(), expire_at_ms)?,
+        None => set_string(view, key, text, expire_at_ms)?,
         Some(field) => {
-            tri!(hset_fields(view, key, &[field.clone(), text.clone()])?);
+            tri!(hset_fields(view, key, &[field.clone(), text])?);
         }
     }
-    Ok(new.reply(text))
+    Ok(reply)
+}
+
+/// [`add_to`] for INCR* and HINCRBY: 64-bit integers; `not_number` is the
+/// error for stored text that is not one.
+fn add_int_to(
+    view: &mut View<'_>,
+    key: &Bytes,
+    field: Option<&Bytes>,
+    by: i64,
+    not_number: Reply,
+) -> EResult<Reply> {
+    add_to(view, key, field, |stored| {
+        let current = match stored {
+            Some(text) => parse_i64(text).ok_or(not_number)?,
+            None => 0,
+        };
+        let n = current
+            .checked_add(by)
+            .ok_or_else(|| Reply::err("increment or decrement would overflow"))?;
+        Ok((Bytes::from(n.to_string()), Reply::Int(n)))
+    })
+}
+
+/// [`add_to`] for INCRBYFLOAT and HINCRBYFLOAT, in Redis's long doubles
+/// ([`crate::long_double`]). As Redis: the key's type first, then the stored
+/// number (`not_number` if it is none), then the increment.
+fn add_float_to(
+    view: &mut View<'_>,
+    key: &Bytes,
+    field: Option<&Bytes>,
+    by: &Bytes,
+    not_number: &'static str,
+) -> EResult<Reply> {
+    add_to(view, key, field, |stored| {
+        match long_double::add(stored, by) {
+            Ok(text) => {
+                let text = Bytes::from(text);
+                Ok((text.clone(), Reply::Bulk(text)))
+            }
+            Err(long_double::AddError::Base) => Err(Reply::err(not_number)),
+            Err(long_double::AddError::By) => Err(Reply::err("value is not a valid float")),
+            Err(long_double::AddError::NotFinite) => {
+                Err(Reply::err("increment would produce NaN or Infinity"))
+            }
+        }
+    })
 }
 
 fn incr_by(view: &mut View<'_>, key: &Bytes, by: i64) -> EResult<Reply> {
-    add_to(view, key, None, by, not_integer())
+    add_int_to(view, key, None, by, not_integer())
 }
 
 fn incr(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
@@ -853,43 +866,6 @@ fn decrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 
 fn incrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     add_float_to(view, &args[1], None, &args[2], "value is not a valid float")
-}
-
-/// [`add_to`] for INCRBYFLOAT and HINCRBYFLOAT, in Redis's long doubles
-/// ([`crate::long_double`]). As Redis: the key's type first, then the stored
-/// number (`not_number` if it is none), then the increment.
-fn add_float_to(
-    view: &mut View<'_>,
-    key: &Bytes,
-    field: Option<&Bytes>,
-    by: &Bytes,
-    not_number: &'static str,
-) -> EResult<Reply> {
-    let (stored, expire_at_ms) = match field {
-        None => match tri!(view_string(view, key)?) {
-            Some((text, at)) => (Some(text), at),
-            None => (None, 0),
-        },
-        Some(field) => match tri!(view_hash(view, key)?) {
-            Some(at) => (view.hash_field(key, field)?, at),
-            None => (None, 0),
-        },
-    };
-    let text = match long_double::add(stored.as_deref(), by) {
-        Ok(text) => Bytes::from(text),
-        Err(long_double::AddError::Base) => return Ok(Reply::err(not_number)),
-        Err(long_double::AddError::By) => return Ok(Reply::err("value is not a valid float")),
-        Err(long_double::AddError::NotFinite) => {
-            return Ok(Reply::err("increment would produce NaN or Infinity"));
-        }
-    };
-    match field {
-        None => set_string(view, key, text.clone(), expire_at_ms)?,
-        Some(field) => {
-            tri!(hset_fields(view, key, &[field.clone(), text.clone()])?);
-        }
-    }
-    Ok(Reply::Bulk(text))
 }
 
 // ------------------------------------------------------------------- keys
@@ -1300,7 +1276,7 @@ fn hdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 
 fn hincrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let by = tri!(int_arg(&args[3]));
-    add_to(
+    add_int_to(
         view,
         &args[1],
         Some(&args[2]),
