@@ -100,6 +100,10 @@ mod tests {
         assert_eq!(sum(Some("\0\0\x342"), "1"), Err(AddError::Base));
         assert_eq!(sum(Some("1"), "inf"), Err(AddError::NotFinite));
         assert_eq!(sum(Some("1e4932"), "1e4932"), Err(AddError::NotFinite));
+        // The longest text there is (the largest long double, 4,933 digits)
+        // fits the buffer: "no room" is never taken for "not finite".
+        let largest = sum(Some("1.1e4932"), "0").unwrap();
+        assert_eq!(largest.len(), 4933);
         assert_eq!(check(b"nan"), Checked::NotANumber);
         assert_eq!(check(b"-inf"), Checked::Infinite);
         assert_eq!(check(b"1e5000"), Checked::NotANumber);
