@@ -13,7 +13,7 @@ use ferry_wal::Lsn;
 
 use crate::engine::{Engine, Target, apply_mutation};
 use crate::error::Result;
-use crate::keys::{self, Entry, Value};
+use crate::keys::{self, Entry, Expiring, Value};
 
 type FxHashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
 
@@ -440,6 +440,15 @@ impl StateBuilder {
         self.last
     }
 
+    /// The keys of the state with an expiry.
+    fn expiring(&self) -> Expiring {
+        let mut expiring = Expiring::default();
+        for held in self.entries.values() {
+            expiring.add(held.expire_at_ms);
+        }
+        expiring
+    }
+
     /// About how much memory the state takes.
     pub fn state_bytes(&self) -> usize {
         self.bytes
@@ -456,6 +465,12 @@ impl StateBuilder {
                 && keys::FIELD < keys::KEY
                 && keys::KEY < keys::META_APPLIED_LSN[0]
                 && keys::META_APPLIED_LSN[0] == keys::META_KEY_COUNT[0]
+                && keys::META_APPLIED_LSN[0] == keys::META_EXPIRING[0]
+        );
+        // The meta rows in their order.
+        debug_assert!(
+            keys::META_APPLIED_LSN < keys::META_EXPIRING
+                && keys::META_EXPIRING < keys::META_KEY_COUNT
         );
         let mut key = Vec::new();
         let mut value = Vec::new();
@@ -508,6 +523,7 @@ impl StateBuilder {
             writer.put(&key, &value)?;
         }
         writer.put(keys::META_APPLIED_LSN, self.last.0.to_be_bytes())?;
+        writer.put(keys::META_EXPIRING, self.expiring().encode())?;
         writer.put(
             keys::META_KEY_COUNT,
             (self.entries.len() as u64).to_be_bytes(),
@@ -533,7 +549,7 @@ impl Engine {
             (Lsn::ZERO, 0),
             "a built state goes into an empty engine"
         );
-        let (last, count) = (state.last, state.entries.len() as u64);
+        let (last, count, expiring) = (state.last, state.entries.len() as u64, state.expiring());
         let path = scratch.join("built.sst");
         let mut opts = rocksdb::Options::default();
         // Written once and soon compacted (and compressed) by RocksDB.
@@ -542,7 +558,7 @@ impl Engine {
         writer.open(&path)?;
         state.write_rows(&mut writer)?;
         writer.finish()?;
-        self.ingest_file(&path, last, count)?;
+        self.ingest_file(&path, last, count, expiring)?;
         let _ = std::fs::remove_file(&path);
         Ok(())
     }

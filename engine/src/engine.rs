@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use ferry_proto::v1::{WalRecord, mutation::Op};
@@ -14,7 +14,7 @@ use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 
 use crate::cache::{READ_CACHE_BYTES_DEFAULT, ReadCache, ReadCacheStats};
 use crate::error::{EngineError, Result};
-use crate::keys::{self, Entry, Value};
+use crate::keys::{self, Entry, Expiring, Value};
 
 /// Records applied per RocksDB write batch during replay.
 pub const REPLAY_BATCH_RECORDS: usize = 1024;
@@ -174,11 +174,7 @@ fn hash_fields_in(
 ///
 /// [`EngineError::Rocks`] if RocksDB cannot open it read-only.
 pub fn checkpoint_meta(dir: &Path) -> Result<(Lsn, u64)> {
-    read_meta(&DB::open_for_read_only(&Options::default(), dir, false)?)
-}
-
-/// The applied LSN and key count stored in `db`.
-fn read_meta(db: &DB) -> Result<(Lsn, u64)> {
+    let db = DB::open_for_read_only(&Options::default(), dir, false)?;
     let read_u64 = |name: &[u8]| -> Result<u64> {
         Ok(db
             .get_pinned(name)?
@@ -191,6 +187,47 @@ fn read_meta(db: &DB) -> Result<(Lsn, u64)> {
     ))
 }
 
+/// What `db` stores beside the keyspace: the applied LSN, the key count,
+/// and the keys with an expiry (counted from the expiry index when a
+/// keyspace written before they were stored lacks them).
+fn read_meta(db: &DB) -> Result<(Lsn, u64, Expiring)> {
+    let (applied, keys) = {
+        let read_u64 = |name: &[u8]| -> Result<u64> {
+            Ok(db
+                .get_pinned(name)?
+                .and_then(|v| keys::decode_u64(&v))
+                .unwrap_or(0))
+        };
+        (
+            Lsn(read_u64(keys::META_APPLIED_LSN)?),
+            read_u64(keys::META_KEY_COUNT)?,
+        )
+    };
+    let expiring = match db.get_pinned(keys::META_EXPIRING)? {
+        Some(v) => Expiring::decode(&v).ok_or_else(|| EngineError::CorruptEntry {
+            key: String::from_utf8_lossy(keys::META_EXPIRING).into_owned(),
+        })?,
+        None => expiring_in(db)?,
+    };
+    Ok((applied, keys, expiring))
+}
+
+/// The keys with an expiry, counted from the expiry index.
+fn expiring_in(db: &DB) -> Result<Expiring> {
+    let mut expiring = Expiring::default();
+    let mut it = db.raw_iterator();
+    it.seek([keys::EXPIRY]);
+    while let Some(k) = it.key() {
+        if k.first() != Some(&keys::EXPIRY) {
+            break;
+        }
+        expiring.add(k.get(1..9).and_then(keys::decode_u64).unwrap_or(0));
+        it.next();
+    }
+    it.status()?;
+    Ok(expiring)
+}
+
 /// The keyspace of a node.
 #[derive(Debug)]
 pub struct Engine {
@@ -200,6 +237,7 @@ pub struct Engine {
     db: RwLock<Option<Arc<DB>>>,
     applied_lsn: AtomicU64,
     key_count: AtomicU64,
+    expiring: Mutex<Expiring>,
     /// The applied LSN known to be in RocksDB's files (RocksDB's WAL is
     /// off, so the memtable is lost in a crash): what ferry's WAL must keep
     /// records after.
@@ -228,12 +266,13 @@ impl Engine {
     /// As [`Engine::open`].
     pub fn open_with(dir: &Path, read_cache_bytes: usize) -> Result<Engine> {
         let db = open_db(dir)?;
-        let (Lsn(applied_lsn), key_count) = read_meta(&db)?;
+        let (Lsn(applied_lsn), key_count, expiring) = read_meta(&db)?;
         Ok(Engine {
             dir: dir.to_path_buf(),
             db: RwLock::new(Some(Arc::new(db))),
             applied_lsn: AtomicU64::new(applied_lsn),
             key_count: AtomicU64::new(key_count),
+            expiring: Mutex::new(expiring),
             // What a fresh open reads is in the files.
             persisted_lsn: AtomicU64::new(applied_lsn),
             cache: ReadCache::new(read_cache_bytes),
@@ -269,6 +308,16 @@ impl Engine {
     /// Keys stored, logically expired ones included (as Redis's DBSIZE).
     pub fn key_count(&self) -> u64 {
         self.key_count.load(Ordering::Acquire)
+    }
+
+    /// The keys with an expiry (logically expired ones included, as
+    /// Redis's `expires`).
+    pub fn expiring(&self) -> Expiring {
+        *self.expiring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_expiring(&self, expiring: Expiring) {
+        *self.expiring.lock().unwrap_or_else(|e| e.into_inner()) = expiring;
     }
 
     /// Applies every record of `wal` after [`Engine::applied_lsn`]. Returns
@@ -357,7 +406,7 @@ impl Engine {
         };
         let last = last.max(self.applied_lsn());
         let mut target = BatchTarget::new(self)?;
-        let count_before = target.key_count;
+        let (count_before, expiring_before) = (target.key_count, target.expiring);
         for (_, record) in records {
             // A mutation of a kind this version does not know has no `op`.
             for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
@@ -369,6 +418,7 @@ impl Engine {
             batch,
             entries,
             key_count,
+            expiring,
             ..
         } = target;
         let mut batch = batch.into_write_batch();
@@ -377,6 +427,9 @@ impl Engine {
         // write, leave it): each memtable entry costs a skiplist insert.
         if key_count != count_before {
             batch.put(keys::META_KEY_COUNT, key_count.to_be_bytes());
+        }
+        if expiring != expiring_before {
+            batch.put(keys::META_EXPIRING, expiring.encode());
         }
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
@@ -398,6 +451,7 @@ impl Engine {
         }
         written?;
         self.key_count.store(key_count, Ordering::Release);
+        self.set_expiring(expiring);
         self.applied_lsn.store(last.0, Ordering::Release);
         Ok(())
     }
@@ -503,9 +557,10 @@ impl Engine {
         // (the write lock keeps readers out until then).
         self.cache.clear();
         let db = db?;
-        let (applied, key_count) = read_meta(&db)?;
+        let (applied, key_count, expiring) = read_meta(&db)?;
         *slot = Some(Arc::new(db));
         self.key_count.store(key_count, Ordering::Release);
+        self.set_expiring(expiring);
         self.applied_lsn.store(applied.0, Ordering::Release);
         self.persisted_lsn.store(applied.0, Ordering::Release);
         swapped.map(|()| applied)
@@ -529,20 +584,29 @@ impl Engine {
         // RocksDB's WAL is off: flush, or a crash would bring the keys back.
         self.db()?.flush()?;
         self.key_count.store(0, Ordering::Release);
+        self.set_expiring(Expiring::default());
         self.applied_lsn.store(0, Ordering::Release);
         self.persisted_lsn.store(0, Ordering::Release);
         Ok(())
     }
 
     /// Ingests a sorted SST file holding a whole state at `applied` with
-    /// `key_count` keys (see [`crate::StateBuilder`]).
-    pub(crate) fn ingest_file(&self, path: &Path, applied: Lsn, key_count: u64) -> Result<()> {
+    /// `key_count` keys, `expiring` of them with an expiry (see
+    /// [`crate::StateBuilder`]).
+    pub(crate) fn ingest_file(
+        &self,
+        path: &Path,
+        applied: Lsn,
+        key_count: u64,
+        expiring: Expiring,
+    ) -> Result<()> {
         let mut opts = rocksdb::IngestExternalFileOptions::default();
         opts.set_move_files(true);
         let ingested = self.db()?.ingest_external_file_opts(&opts, vec![path]);
         self.cache.clear();
         ingested?;
         self.key_count.store(key_count, Ordering::Release);
+        self.set_expiring(expiring);
         self.applied_lsn.store(applied.0, Ordering::Release);
         // An ingested file is in the files at once; the memtable may still
         // hold older applied records, which the new state covers.
@@ -851,6 +915,7 @@ struct BatchTarget<'e> {
     /// Everything stored before was deleted in this batch.
     flushed: bool,
     key_count: u64,
+    expiring: Expiring,
 }
 
 impl BatchTarget<'_> {
@@ -864,6 +929,7 @@ impl BatchTarget<'_> {
             cleared: HashSet::default(),
             flushed: false,
             key_count: engine.key_count(),
+            expiring: engine.expiring(),
         })
     }
 }
@@ -909,6 +975,10 @@ impl Target for BatchTarget<'_> {
     }
 
     fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry) {
+        if let Some(old) = old {
+            self.expiring.remove(old.expire_at_ms);
+        }
+        self.expiring.add(new.expire_at_ms);
         match old {
             None => self.key_count += 1,
             Some(old) if old.expire_at_ms != 0 && old.expire_at_ms != new.expire_at_ms => {
@@ -938,6 +1008,7 @@ impl Target for BatchTarget<'_> {
             self.cleared.insert(key.clone());
         }
         self.key_count -= 1;
+        self.expiring.remove(old.expire_at_ms);
         self.entries.insert(key.clone(), None);
     }
 
@@ -962,6 +1033,7 @@ impl Target for BatchTarget<'_> {
         self.cleared.clear();
         self.flushed = true;
         self.key_count = 0;
+        self.expiring = Expiring::default();
     }
 }
 

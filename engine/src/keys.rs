@@ -2,7 +2,7 @@
 //! entries told apart by their first byte.
 //!
 //! ```text
-//! M name                              -> meta value (applied LSN, key count)
+//! M name                              -> meta value (applied LSN, key count, keys with an expiry)
 //! K user_key                          -> key entry: kind u8 | expire_at_ms u64 BE | payload
 //!                                        payload: string bytes (kind 1) | field count u64 BE (kind 2)
 //! F key_len u32 BE | user_key | field -> field value (hashes)
@@ -23,9 +23,61 @@ pub(crate) const EXPIRY: u8 = b'E';
 
 pub(crate) const META_APPLIED_LSN: &[u8] = b"Mapplied_lsn";
 pub(crate) const META_KEY_COUNT: &[u8] = b"Mkey_count";
+/// [`Expiring`]: count u64 BE | sum of expiry times u128 BE.
+pub(crate) const META_EXPIRING: &[u8] = b"Mexpiring";
 
 const KIND_STRING: u8 = 1;
 const KIND_HASH: u8 = 2;
+
+/// The keys that have an expiry (INFO's `expires`), and the sum of their
+/// expiry times, from which their average time to live follows (`avg_ttl`).
+/// Kept up to date by every applied write, in the same RocksDB write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expiring {
+    pub keys: u64,
+    pub sum_ms: u128,
+}
+
+impl Expiring {
+    pub(crate) fn add(&mut self, expire_at_ms: u64) {
+        if expire_at_ms != 0 {
+            self.keys += 1;
+            self.sum_ms += u128::from(expire_at_ms);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, expire_at_ms: u64) {
+        if expire_at_ms != 0 {
+            self.keys -= 1;
+            self.sum_ms -= u128::from(expire_at_ms);
+        }
+    }
+
+    /// The average time left to the keys with an expiry at `now_ms`, in ms
+    /// (0 with none, or when they are due on average).
+    pub fn avg_ttl_ms(&self, now_ms: u64) -> u64 {
+        if self.keys == 0 {
+            return 0;
+        }
+        let avg = self.sum_ms / u128::from(self.keys);
+        u64::try_from(avg.saturating_sub(u128::from(now_ms))).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.keys.to_be_bytes());
+        out[8..].copy_from_slice(&self.sum_ms.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Expiring> {
+        let bytes: &[u8; 24] = bytes.try_into().ok()?;
+        Some(Expiring {
+            keys: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+            sum_ms: u128::from_be_bytes(bytes[8..].try_into().expect("16 bytes")),
+        })
+    }
+}
 
 /// What a key holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

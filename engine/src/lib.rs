@@ -40,5 +40,5 @@ pub use engine::{
     decode_record, op_key,
 };
 pub use error::{EngineError, Result};
-pub use keys::{Entry, Value};
+pub use keys::{Entry, Expiring, Value};
 pub use pipeline::{Pipeline, Ticket, View};

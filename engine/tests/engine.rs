@@ -72,6 +72,22 @@ fn seed() -> u64 {
     ferry_wal::testing::test_seed("engine")
 }
 
+/// The keys with an expiry and their expiry times' sum, from the stored
+/// entries (as a scan at time 0, before anything expires, lists them).
+fn expiring_in_entries(engine: &Engine) -> ferry_engine::Expiring {
+    let (entries, more) = engine.scan(None, usize::MAX, 0).unwrap();
+    assert!(!more);
+    let with_expiry: Vec<u64> = entries
+        .iter()
+        .map(|(_, e)| e.expire_at_ms)
+        .filter(|&at| at != 0)
+        .collect();
+    ferry_engine::Expiring {
+        keys: with_expiry.len() as u64,
+        sum_ms: with_expiry.iter().map(|&at| u128::from(at)).sum(),
+    }
+}
+
 #[test]
 fn mutations_do_what_wal_proto_says() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,6 +155,16 @@ fn mutations_do_what_wal_proto_says() {
     );
     assert_eq!(engine.get(b"missing", 0).unwrap(), None);
     assert_eq!(engine.key_count(), 2);
+    let expiring = engine.expiring();
+    assert_eq!(
+        expiring,
+        ferry_engine::Expiring {
+            keys: 1,
+            sum_ms: 5_000_000_000_000
+        }
+    );
+    assert_eq!(expiring.avg_ttl_ms(4_999_999_999_000), 1000);
+    assert_eq!(expiring.avg_ttl_ms(5_000_000_000_001), 0, "due");
     assert_eq!(
         engine.expired_keys(5_000_000_000_000, 10).unwrap(),
         vec![b("h")]
@@ -180,6 +206,7 @@ fn mutations_do_what_wal_proto_says() {
         .apply(&[(Lsn(3), record(vec![Op::FlushAll(pb::FlushAll {})]))])
         .unwrap();
     assert_eq!(engine.key_count(), 0);
+    assert_eq!(engine.expiring(), ferry_engine::Expiring::default());
     assert_eq!(engine.scan(None, 100, 0).unwrap().0.len(), 0);
     assert_eq!(engine.digest(0).unwrap(), "0".repeat(40));
 }
@@ -343,6 +370,11 @@ fn a_state_built_in_memory_and_ingested_equals_applying_record_by_record() {
                 "{name}, round {round}"
             );
             assert_eq!(engine.applied_lsn(), Lsn(300));
+            assert_eq!(
+                engine.expiring(),
+                expiring_in_entries(engine),
+                "{name}, round {round}"
+            );
             // What the expiry sweep would find agrees too.
             assert_eq!(
                 applied.expired_keys(u64::MAX, 1000).unwrap(),
@@ -355,7 +387,35 @@ fn a_state_built_in_memory_and_ingested_equals_applying_record_by_record() {
         let reopened = Engine::open(&dir.path().join("built")).unwrap();
         assert_eq!(reopened.applied_lsn(), Lsn(300));
         assert_eq!(applied.digest(0).unwrap(), reopened.digest(0).unwrap());
+        assert_eq!(applied.expiring(), expiring_in_entries(&applied));
+        assert_eq!(reopened.expiring(), applied.expiring(), "round {round}");
     }
+}
+
+#[test]
+fn a_keyspace_without_its_expiry_count_gets_it_from_the_expiry_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine");
+    let engine = Engine::open(&path).unwrap();
+    engine.apply(&random_records(seed(), 300)).unwrap();
+    let ops = vec![Op::SetString(pb::SetString {
+        key: b("expiring"),
+        value: b("v"),
+        expire_at_ms: 4_000_000_000_123,
+    })];
+    engine.apply(&[(Lsn(301), record(ops))]).unwrap();
+    engine.flush().unwrap();
+    let expected = expiring_in_entries(&engine);
+    assert!(expected.keys >= 1);
+    assert_eq!(engine.expiring(), expected);
+    drop(engine);
+    // As a keyspace written before the count was stored.
+    let db = rocksdb::DB::open_default(&path).unwrap();
+    db.delete(b"Mexpiring").unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let engine = Engine::open(&path).unwrap();
+    assert_eq!(engine.expiring(), expected);
 }
 
 #[test]
@@ -394,6 +454,7 @@ fn an_engine_replaced_with_a_checkpoint_holds_exactly_its_state() {
         assert_eq!(target.applied_lsn(), Lsn(400), "round {round}");
         assert_eq!(target.persisted_lsn(), Lsn(400));
         assert_eq!(target.key_count(), source.key_count(), "round {round}");
+        assert_eq!(target.expiring(), source.expiring(), "round {round}");
         assert_eq!(
             target.digest(0).unwrap(),
             source.digest(0).unwrap(),
