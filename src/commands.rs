@@ -4,8 +4,6 @@
 //! the write pipeline (reading the latest state, pushing effects); connection
 //! commands act on the connection or the server.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use ferry_engine::{Entry, Value, View};
 use ferry_proto::v1::{self as pb, mutation::Op};
@@ -341,9 +339,23 @@ fn engine_error(err: ferry_engine::EngineError) -> Reply {
     Reply::err(format!("storage error: {err}"))
 }
 
-/// A live entry of the applied state.
+/// A live entry of the applied state, read for the client: counted as a
+/// keyspace hit or miss.
 fn read_entry(node: &Node, key: &[u8]) -> Result<Option<Entry>, Reply> {
-    node.engine.get(key, now_ms()).map_err(engine_error)
+    read_counted(node, key, now_ms()).map_err(engine_error)
+}
+
+/// [`Engine::get`](ferry_engine::Engine::get), counted as a keyspace hit
+/// or miss.
+fn read_counted(
+    node: &Node,
+    key: &[u8],
+    now: u64,
+) -> Result<Option<Entry>, ferry_engine::EngineError> {
+    let entry = node.engine.get(key, now)?;
+    let found = u64::from(entry.is_some());
+    node.stats.lookups(found, 1 - found);
+    Ok(entry)
 }
 
 fn read_string(node: &Node, key: &[u8]) -> Result<Option<Bytes>, Reply> {
@@ -370,14 +382,19 @@ fn read_hash(node: &Node, key: &[u8]) -> Result<u64, Reply> {
 }
 
 fn view_string(view: &View<'_>, key: &[u8]) -> EResult<Result<Option<(Bytes, u64)>, Reply>> {
-    Ok(match view.get(key)? {
+    Ok(string_of(view.get(key)?))
+}
+
+/// The string and expiry of an entry, WRONGTYPE for a hash.
+fn string_of(entry: Option<Entry>) -> Result<Option<(Bytes, u64)>, Reply> {
+    match entry {
         None => Ok(None),
         Some(Entry {
             value: Value::String(s),
             expire_at_ms,
         }) => Ok(Some((s, expire_at_ms))),
         Some(_) => Err(Reply::wrong_type()),
-    })
+    }
 }
 
 /// The hash at `key`: `Ok(None)` if missing, its expiry otherwise.
@@ -427,7 +444,7 @@ fn mget(node: &Node, args: &Args) -> Reply {
     Reply::Array(
         args[1..]
             .iter()
-            .map(|key| match node.engine.get(key, now) {
+            .map(|key| match read_counted(node, key, now) {
                 Ok(Some(Entry {
                     value: Value::String(s),
                     ..
@@ -581,7 +598,9 @@ fn set(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     } = tri!(write_options(args, 3, "set").and_then(|o| o.resolve(args, now, "set")));
     // A plain SET replaces whatever the key held: only its options need
     // the old entry (one lookup fewer on the write path).
-    let old = if nx || xx || get || matches!(expiry, Expiry::Keep) {
+    let old = if get {
+        view.lookup(key)?
+    } else if nx || xx || matches!(expiry, Expiry::Keep) {
         view.get(key)?
     } else {
         None
@@ -655,13 +674,13 @@ fn psetex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 }
 
 fn getset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let old = tri!(view_string(view, &args[1])?);
+    let old = tri!(string_of(view.lookup(&args[1])?));
     set_string(view, &args[1], args[2].clone(), 0)?;
     Ok(Reply::opt_bulk(old.map(|(s, _)| s)))
 }
 
 fn getdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let old = tri!(view_string(view, &args[1])?);
+    let old = tri!(string_of(view.lookup(&args[1])?));
     if old.is_some() {
         delete(view, &args[1])?;
     }
@@ -672,7 +691,7 @@ fn getex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let now = view.now_ms();
     let options = tri!(write_options(args, 2, "getex"));
     // As Redis: a missing key, then its type, then the expiry's value.
-    let Some((value, old_at)) = tri!(view_string(view, &args[1])?) else {
+    let Some((value, old_at)) = tri!(string_of(view.lookup(&args[1])?)) else {
         return Ok(Reply::Null);
     };
     let expiry = tri!(options.resolve(args, now, "getex")).expiry;
@@ -887,7 +906,7 @@ fn exists(node: &Node, args: &Args) -> Reply {
     let now = now_ms();
     let mut n = 0;
     for key in &args[1..] {
-        match node.engine.get(key, now) {
+        match read_counted(node, key, now) {
             Ok(Some(_)) => n += 1,
             Ok(None) => {}
             Err(e) => return engine_error(e),
@@ -1184,13 +1203,20 @@ fn scan(node: &Node, args: &Args) -> Reply {
         Err(e) => return engine_error(e),
     };
     let last = batch.last().map(|(k, _)| k.clone()).or(after);
-    let keys = batch
+    let matching: Vec<(Bytes, Entry)> = batch
         .into_iter()
         .filter(|(k, _)| {
             o.pattern
                 .as_ref()
                 .is_none_or(|p| glob::matches(p, k, false))
         })
+        .collect();
+    if o.type_name.is_some() {
+        // Redis looks each matching key up to learn its type: hits.
+        node.stats.lookups(matching.len() as u64, 0);
+    }
+    let keys = matching
+        .into_iter()
         .filter(|(_, e)| o.type_name.as_deref().is_none_or(|t| e.type_name() == t))
         .map(|(k, _)| Reply::Bulk(k))
         .collect();
@@ -1659,14 +1685,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             Reply::err("CONFIG SET is not supported: restart ferry serve with the flag instead")
         }
         "resetstat" if args.len() == 2 => {
-            let s = &node.stats;
-            for c in [
-                &s.total_commands_processed,
-                &s.total_connections_received,
-                &s.expired_keys,
-            ] {
-                c.store(0, Ordering::Relaxed);
-            }
+            node.stats.reset(crate::info::rss_bytes());
             Reply::ok()
         }
         _ => subcommand_error("config", &args[1], &["get", "resetstat", "set"]),

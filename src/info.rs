@@ -44,6 +44,50 @@ pub fn info(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     Reply::bulk(out)
 }
 
+/// INFO's `hz`: how many times a second the server's background work runs
+/// (the active expiry sweep and the sampling of the rates).
+const HZ: u32 = 10;
+const _: () = assert!(
+    crate::node::EXPIRE_SWEEP_INTERVAL.as_millis() == 1000 / HZ as u128
+        && crate::node::STATS_SAMPLE_INTERVAL.as_millis() == 1000 / HZ as u128
+);
+
+/// What the async runtime waits for sockets with, as Redis names it.
+const MULTIPLEXING_API: &str = if cfg!(target_os = "linux") {
+    "epoll"
+} else if cfg!(any(target_os = "macos", target_os = "freebsd")) {
+    "kqueue"
+} else {
+    "poll"
+};
+
+/// Bytes as Redis's `*_human` fields show them (`1.50M`, `0B`).
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.2}{}", UNITS[unit])
+    }
+}
+
+/// The machine's memory in bytes, from `/proc/meminfo` (0 if unknown).
+fn total_system_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Resident set size of this process, in bytes (Linux).
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -61,13 +105,18 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 out,
                 "# Server\r\nredis_version:{REDIS_VERSION}\r\nferry_version:{}\r\nredis_mode:standalone\r\n\
                  os:{} {}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\n\
-                 uptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nexecutable:{}\r\n",
+                 multiplexing_api:{MULTIPLEXING_API}\r\nserver_time_usec:{}\r\n\
+                 uptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:{HZ}\r\nconfigured_hz:{HZ}\r\n\
+                 executable:{}\r\n",
                 env!("CARGO_PKG_VERSION"),
                 std::env::consts::OS,
                 std::env::consts::ARCH,
                 std::process::id(),
                 node.run_id,
                 node.resp_port,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros()),
                 uptime / 86_400,
                 std::env::current_exe()
                     .map(|p| p.display().to_string())
@@ -84,14 +133,23 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         }
         "memory" => {
             let rss = rss_bytes();
+            let peak = stats
+                .used_memory_peak
+                .fetch_max(rss, Ordering::Relaxed)
+                .max(rss);
+            let system = total_system_memory();
             let cache = node.engine.read_cache_stats();
             let _ = write!(
                 out,
-                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{:.2}M\r\nused_memory_rss:{rss}\r\n\
-                 used_memory_rss_human:{:.2}M\r\nmaxmemory:0\r\nmaxmemory_policy:noeviction\r\n\
+                "# Memory\r\nused_memory:{rss}\r\nused_memory_human:{}\r\nused_memory_rss:{rss}\r\n\
+                 used_memory_rss_human:{}\r\nused_memory_peak:{peak}\r\nused_memory_peak_human:{}\r\n\
+                 total_system_memory:{system}\r\ntotal_system_memory_human:{}\r\n\
+                 maxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\nmem_allocator:libc\r\n\
                  read_cache_bytes:{}\r\nread_cache_entries:{}\r\nread_cache_bytes_max:{}\r\n",
-                rss as f64 / 1048576.0,
-                rss as f64 / 1048576.0,
+                human(rss),
+                human(rss),
+                human(peak),
+                human(system),
                 cache.bytes,
                 cache.entries,
                 node.config.read_cache_bytes,
@@ -102,9 +160,10 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             let _ = write!(
                 out,
                 "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n\
-                 rdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
+                 aof_last_write_status:{}\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
                  appendfsync:{}\r\nwal_first_lsn:{}\r\nwal_last_lsn:{}\r\nwal_durable_lsn:{}\r\n\
                  wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n",
+                if node.wal.has_failed() { "err" } else { "ok" },
                 node.config.fsync,
                 node.wal.first_lsn(),
                 node.wal.last_lsn(),
@@ -117,18 +176,23 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         }
         "stats" => {
             let cache = node.engine.read_cache_stats();
+            let rates = stats.rates();
             let _ = write!(
                 out,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
-                 rejected_connections:{}\r\nexpired_keys:{}\r\ntotal_net_input_bytes:{}\r\n\
-                 total_net_output_bytes:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\
-                 read_cache_hits:{}\r\nread_cache_misses:{}\r\n",
+                 instantaneous_ops_per_sec:{}\r\ntotal_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\n\
+                 instantaneous_input_kbps:{:.2}\r\ninstantaneous_output_kbps:{:.2}\r\n\
+                 rejected_connections:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\
+                 expired_keys:{}\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
+                 total_error_replies:{}\r\nread_cache_hits:{}\r\nread_cache_misses:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
                 stats.total_commands_processed.load(Ordering::Relaxed),
-                stats.rejected_connections.load(Ordering::Relaxed),
-                stats.expired_keys.load(Ordering::Relaxed),
+                rates.ops_per_sec,
                 stats.total_net_input_bytes.load(Ordering::Relaxed),
                 stats.total_net_output_bytes.load(Ordering::Relaxed),
+                rates.input_kbps,
+                rates.output_kbps,
+                stats.rejected_connections.load(Ordering::Relaxed),
                 node.shipper.counters.sync_full.load(Ordering::Relaxed),
                 node.shipper
                     .counters
@@ -138,6 +202,10 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                     .counters
                     .sync_partial_err
                     .load(Ordering::Relaxed),
+                stats.expired_keys.load(Ordering::Relaxed),
+                stats.keyspace_hits.load(Ordering::Relaxed),
+                stats.keyspace_misses.load(Ordering::Relaxed),
+                stats.total_error_replies.load(Ordering::Relaxed),
                 cache.hits,
                 cache.misses,
             );
@@ -147,7 +215,13 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             out.push_str("# Keyspace\r\n");
             let keys = node.engine.key_count();
             if keys > 0 {
-                let _ = write!(out, "db0:keys={keys},expires=0,avg_ttl=0\r\n");
+                let expiring = node.engine.expiring();
+                let _ = write!(
+                    out,
+                    "db0:keys={keys},expires={},avg_ttl={}\r\n",
+                    expiring.keys,
+                    expiring.avg_ttl_ms(crate::node::now_ms()),
+                );
             }
         }
         _ => {}

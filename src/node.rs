@@ -144,6 +144,11 @@ pub struct Config {
     pub snapshot_rate_limit: u64,
 }
 
+/// How often the rates of INFO's `instantaneous_*` fields are sampled.
+pub const STATS_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// Samples the rates span (16 as Redis's: 1.6 s).
+const STATS_SAMPLES: usize = 16;
+
 /// Server-wide counters, named as in Redis's INFO.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -154,6 +159,103 @@ pub struct Stats {
     pub expired_keys: AtomicU64,
     pub total_net_input_bytes: AtomicU64,
     pub total_net_output_bytes: AtomicU64,
+    /// Reads of a key for a client that found it, or did not (as Redis
+    /// counts its lookups for reading: GET and the other read commands,
+    /// and the reads of GETSET, GETDEL, GETEX and SET with GET).
+    pub keyspace_hits: AtomicU64,
+    pub keyspace_misses: AtomicU64,
+    /// Replies that were errors.
+    pub total_error_replies: AtomicU64,
+    /// The largest resident set size sampled.
+    pub used_memory_peak: AtomicU64,
+    rates: Mutex<VecDeque<RateSample>>,
+}
+
+/// The counters behind the rates, at one moment.
+#[derive(Debug, Clone, Copy)]
+struct RateSample {
+    at: Instant,
+    commands: u64,
+    input_bytes: u64,
+    output_bytes: u64,
+}
+
+/// INFO's `instantaneous_*` fields: over the last samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    pub ops_per_sec: u64,
+    pub input_kbps: f64,
+    pub output_kbps: f64,
+}
+
+impl Stats {
+    /// Counts reads of keys for a client: `hits` found, `misses` not.
+    pub fn lookups(&self, hits: u64, misses: u64) {
+        if hits > 0 {
+            self.keyspace_hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.keyspace_misses.fetch_add(misses, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a sample of the counters behind the rates, and of the
+    /// resident set size for the peak (called every
+    /// [`STATS_SAMPLE_INTERVAL`]).
+    pub fn sample(&self, rss_bytes: u64) {
+        self.used_memory_peak
+            .fetch_max(rss_bytes, Ordering::Relaxed);
+        let sample = RateSample {
+            at: Instant::now(),
+            commands: self.total_commands_processed.load(Ordering::Relaxed),
+            input_bytes: self.total_net_input_bytes.load(Ordering::Relaxed),
+            output_bytes: self.total_net_output_bytes.load(Ordering::Relaxed),
+        };
+        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        if rates.len() > STATS_SAMPLES {
+            rates.pop_front();
+        }
+        rates.push_back(sample);
+    }
+
+    /// The rates between the oldest sample kept and the newest (zero until
+    /// there are two).
+    pub fn rates(&self) -> Rates {
+        let rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some(first), Some(last)) = (rates.front(), rates.back()) else {
+            return Rates::default();
+        };
+        let secs = last.at.duration_since(first.at).as_secs_f64();
+        if secs <= 0.0 {
+            return Rates::default();
+        }
+        // Counters may have been reset in between (CONFIG RESETSTAT).
+        let per_sec = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+        Rates {
+            ops_per_sec: per_sec(first.commands, last.commands).round() as u64,
+            input_kbps: per_sec(first.input_bytes, last.input_bytes) / 1024.0,
+            output_kbps: per_sec(first.output_bytes, last.output_bytes) / 1024.0,
+        }
+    }
+
+    /// CONFIG RESETSTAT: the counters Redis resets.
+    pub fn reset(&self, rss_bytes: u64) {
+        for c in [
+            &self.total_commands_processed,
+            &self.total_connections_received,
+            &self.rejected_connections,
+            &self.expired_keys,
+            &self.total_net_input_bytes,
+            &self.total_net_output_bytes,
+            &self.keyspace_hits,
+            &self.keyspace_misses,
+            &self.total_error_replies,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.used_memory_peak.store(rss_bytes, Ordering::Relaxed);
+        self.rates.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// What CLIENT INFO / CLIENT LIST show of a connection.

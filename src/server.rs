@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::commands::{self, Conn, Handler, Spec, WriteHandler};
-use crate::node::{ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node};
+use crate::node::{
+    ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node, STATS_SAMPLE_INTERVAL,
+};
 use crate::resp::{ParseLimits, Reply, parse_request};
 
 /// Replies a connection may have outstanding before it waits for them.
@@ -74,6 +76,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let sweeper = tokio::spawn(expire_sweeper(node.clone(), stop_rx.clone()));
+    let sampler = tokio::spawn(stats_sampler(node.clone(), stop_rx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -113,9 +116,23 @@ pub async fn run(
         connections.abort_all();
     }
     let _ = sweeper.await;
+    let _ = sampler.await;
     let durable = node.wal.sync().await?;
     tracing::info!(durable_lsn = %durable, "WAL synced; bye");
     Ok(())
+}
+
+/// Samples what INFO's rates and memory peak are made of, every
+/// [`STATS_SAMPLE_INTERVAL`].
+async fn stats_sampler(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(STATS_SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => node.stats.sample(crate::info::rss_bytes()),
+        }
+    }
 }
 
 async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
@@ -184,6 +201,11 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
                 Err(e) => engine_error_reply(e),
             },
         };
+        if matches!(reply, Reply::Error(_)) {
+            node.stats
+                .total_error_replies
+                .fetch_add(1, Ordering::Relaxed);
+        }
         reply.encode(out, conn.resp3);
     }
 }
@@ -300,6 +322,9 @@ async fn connection(
                 Err(e) => {
                     run_writes(&node, &mut writes, &mut queue).await;
                     drain(&node, &mut queue, &mut out, &mut conn).await;
+                    node.stats
+                        .total_error_replies
+                        .fetch_add(1, Ordering::Relaxed);
                     Reply::err(&e).encode(&mut out, conn.resp3);
                     let _ = socket.write_all(&out).await;
                     break 'serve;
@@ -377,11 +402,14 @@ async fn run_writes(node: &Node, writes: &mut Vec<PendingWrite>, queue: &mut Vec
     }
     let outcomes = node
         .pipeline
-        .execute_many(
-            writes
-                .iter()
-                .map(|(f, args)| move |view: &mut View<'_>| f(view, args)),
-        )
+        .execute_many(writes.iter().map(|(f, args)| {
+            move |view: &mut View<'_>| {
+                let reply = f(view, args);
+                let (hits, misses) = view.lookups();
+                node.stats.lookups(hits, misses);
+                reply
+            }
+        }))
         .await;
     writes.clear();
     queue.extend(outcomes.into_iter().map(|outcome| match outcome {

@@ -673,3 +673,118 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
     raw(c, &["GET", "k"]);
     assert!(line_of(watcher, id).contains("resp=3"));
 }
+
+/// The INFO fields dashboards read, with real figures: keyspace hits and
+/// misses, error replies, the keys with an expiry and their average time
+/// to live (kept across a restart), the rates and the memory peak.
+#[test]
+fn info_counts_lookups_errors_expiring_keys_and_rates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let mut server = Server::start(&data, &[]);
+    let c = &mut server.client();
+    let stat = |server: &Server, section: &str, field: &str| -> u64 {
+        let value = server.info_field(section, field).expect(field);
+        value.parse().expect("a number")
+    };
+    let counts = |server: &Server| {
+        [
+            stat(server, "stats", "keyspace_hits"),
+            stat(server, "stats", "keyspace_misses"),
+            stat(server, "stats", "total_error_replies"),
+        ]
+    };
+    let before = counts(&server);
+    raw(c, &["SET", "a", "1"]);
+    raw(c, &["SET", "x", "1", "NX"]); // a write's own read: not counted
+    raw(c, &["INCR", "a"]);
+    assert_eq!(raw(c, &["GET", "a"]), bulk("2")); // hit
+    assert_eq!(raw(c, &["GET", "missing"]), V::Nil); // miss
+    raw(c, &["MGET", "a", "missing", "missing2"]); // 1 hit, 2 misses
+    assert_eq!(raw(c, &["EXISTS", "a", "missing"]), V::Int(1)); // 1 hit, 1 miss
+    assert!(error(c, &["HGET", "a", "f"]).starts_with("WRONGTYPE")); // hit, error
+    assert_eq!(raw(c, &["TYPE", "missing"]), V::SimpleString("none".into())); // miss
+    assert_eq!(raw(c, &["GETSET", "a", "3"]), bulk("2")); // hit
+    assert_eq!(raw(c, &["GETDEL", "missing"]), V::Nil); // miss
+    assert_eq!(raw(c, &["SET", "a", "4", "GET"]), bulk("3")); // hit
+    assert!(error(c, &["NOSUCH"]).starts_with("ERR unknown command")); // error
+    assert!(error(c, &["GET"]).starts_with("ERR wrong number")); // error
+    let after = counts(&server);
+    assert_eq!(
+        [
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2]
+        ],
+        [6, 6, 3]
+    );
+
+    // Keys with an expiry, and their average time to live.
+    let keyspace = |server: &Server| -> String {
+        let mut c = server.client();
+        let text: String = cmd(&["INFO", "keyspace"]).query(&mut c).expect("INFO");
+        text.lines()
+            .find_map(|l| l.strip_prefix("db0:"))
+            .expect("a db0 line")
+            .to_string()
+    };
+    let field = |line: &str, name: &str| -> u64 {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .expect(name)
+            .parse()
+            .expect("a number")
+    };
+    raw(c, &["SET", "e1", "v", "EX", "100"]);
+    raw(c, &["SET", "e2", "v", "EX", "300"]);
+    raw(c, &["HSET", "e3", "f", "v"]);
+    raw(c, &["EXPIRE", "e3", "200"]);
+    let line = keyspace(&server);
+    assert_eq!(
+        (field(&line, "keys"), field(&line, "expires")),
+        (5, 3),
+        "{line}"
+    );
+    let avg = field(&line, "avg_ttl");
+    assert!((195_000..=200_000).contains(&avg), "{line}");
+    raw(c, &["PERSIST", "e1"]);
+    raw(c, &["SET", "e2", "w"]); // no options: the expiry goes
+    raw(c, &["DEL", "e3"]);
+    raw(c, &["SET", "e4", "v", "PX", "1000000"]);
+    assert_eq!(field(&keyspace(&server), "expires"), 1);
+    // Stored with the data: the same after a restart.
+    assert!(server.terminate().success());
+    server = Server::start(&data, &[]);
+    let c = &mut server.client();
+    let line = keyspace(&server);
+    assert_eq!(
+        (field(&line, "keys"), field(&line, "expires")),
+        (5, 1),
+        "{line}"
+    );
+
+    // The rates follow the commands of the last moments.
+    let mut pipe = redis::pipe();
+    for _ in 0..2000 {
+        pipe.cmd("PING");
+    }
+    let _: Vec<String> = pipe.query(c).expect("pings");
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || stat(
+            &server,
+            "stats",
+            "instantaneous_ops_per_sec"
+        ) > 0),
+        "instantaneous_ops_per_sec stays 0"
+    );
+    let used = stat(&server, "memory", "used_memory");
+    assert!(stat(&server, "memory", "used_memory_peak") >= used);
+    assert_eq!(
+        server.info_field("persistence", "aof_last_write_status"),
+        Some("ok".into())
+    );
+
+    // CONFIG RESETSTAT starts them over.
+    assert_eq!(raw(c, &["CONFIG", "RESETSTAT"]), ok());
+    assert_eq!(counts(&server), [0, 0, 0]);
+}

@@ -5,8 +5,10 @@
 //! Redis leaves unspecified (KEYS, SCAN, HGETALL, HSCAN, HKEYS, HVALS) are
 //! compared sorted, a scan's whole iteration at once; remaining times to
 //! live may differ by the time between the two servers' runs of the
-//! command. Every other round speaks RESP3. At the end a replica replays
-//! ferry's whole log and must hold the same data.
+//! command. Every other round speaks RESP3. After every command (or
+//! pipeline) the counters INFO shows must have moved alike: keyspace hits
+//! and misses, error replies, and the keys with and without an expiry. At
+//! the end a replica replays ferry's whole log and must hold the same data.
 
 mod common;
 
@@ -95,6 +97,33 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// INFO's counters that must move as Redis's do: keyspace hits, misses,
+/// error replies; then the keys and those with an expiry (`db0:`).
+const COUNTERS: [&str; 5] = [
+    "keyspace_hits",
+    "keyspace_misses",
+    "total_error_replies",
+    "keys",
+    "expires",
+];
+
+fn counters(con: &mut redis::Connection) -> [u64; 5] {
+    let info: String = redis::cmd("INFO").query(con).expect("INFO");
+    let mut out = [0; 5];
+    for line in info.lines() {
+        let fields: Vec<(&str, &str)> = match line.strip_prefix("db0:") {
+            Some(db) => db.split(',').filter_map(|kv| kv.split_once('=')).collect(),
+            None => line.split_once(':').into_iter().collect(),
+        };
+        for (name, value) in fields {
+            if let Some(i) = COUNTERS.iter().position(|c| *c == name) {
+                out[i] = value.trim().parse().expect("a number");
+            }
+        }
+    }
+    out
 }
 
 /// A reply to compare: a value, or an error's code and message. SCAN and
@@ -530,6 +559,10 @@ fn random_commands_get_the_replies_redis_gives() {
         }
         let mut g = Gen(SeededRng::new(seed.wrapping_add(round)));
         let mut history: Vec<String> = Vec::new();
+        // INFO on connections of their own, in RESP2.
+        let mut fi = connect(&ferry.url(), false).expect("connect to ferry");
+        let mut ri = connect(&redis_url, false).expect("connect to redis-server");
+        let mut before = (counters(&mut fi), counters(&mut ri));
         while history.len() < COMMANDS {
             assert!(
                 started.elapsed() < DEADLINE,
@@ -575,6 +608,40 @@ fn random_commands_get_the_replies_redis_gives() {
                 );
                 compared += 1;
             }
+            let after = (counters(&mut fi), counters(&mut ri));
+            // An HSCAN reads its key once per call, and the two servers
+            // need different numbers of calls for one iteration.
+            let calls_differ = batch.iter().any(|a| a[0].eq_ignore_ascii_case("HSCAN"));
+            // CONFIG RESETSTAT zeroes the counters: they count from there.
+            let reset = batch.iter().any(|a| {
+                a.len() == 2
+                    && a[0].eq_ignore_ascii_case("CONFIG")
+                    && a[1].eq_ignore_ascii_case("RESETSTAT")
+            });
+            for (i, name) in COUNTERS.iter().enumerate() {
+                if i < 2 && calls_differ {
+                    continue;
+                }
+                let (moved, expected) = if i < 3 && !reset {
+                    (
+                        after.0[i].wrapping_sub(before.0[i]),
+                        after.1[i].wrapping_sub(before.1[i]),
+                    )
+                } else {
+                    (after.0[i], after.1[i])
+                };
+                assert_eq!(
+                    moved,
+                    expected,
+                    "round {round}: INFO {name} (ferry, redis) after these commands:\n  {}",
+                    batch
+                        .iter()
+                        .map(|a| a.join(" "))
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                );
+            }
+            before = after;
         }
     }
     assert_eq!(compared, COMMANDS * ROUNDS as usize);
@@ -590,4 +657,7 @@ fn random_commands_get_the_replies_redis_gives() {
         common::status(replica.grpc)
     );
     assert_eq!(common::digest(&ferry), common::digest(&replica));
+    // Its count of keys, and of those with an expiry, too.
+    let on = |server: &Server| counters(&mut connect(&server.url(), false).expect("connect"));
+    assert_eq!(on(&ferry)[3..], on(&replica)[3..]);
 }

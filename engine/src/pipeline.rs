@@ -235,6 +235,9 @@ pub struct View<'a> {
     now_ms: u64,
     effects: Vec<Mutation>,
     undo: Undo,
+    /// Reads for the client that found their key, and that did not.
+    hits: u64,
+    misses: u64,
 }
 
 impl View<'_> {
@@ -260,6 +263,28 @@ impl View<'_> {
     /// Engine read errors.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         Ok(self.entry(key)?.filter(|e| !e.is_expired(self.now_ms)))
+    }
+
+    /// [`View::get`] for a read the client asked for (as GETSET's, beside
+    /// the reads a write makes for itself): counted in
+    /// [`View::lookups`].
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn lookup(&mut self, key: &[u8]) -> Result<Option<Entry>> {
+        let entry = self.get(key)?;
+        match entry {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
+        }
+        Ok(entry)
+    }
+
+    /// How many of the command's [`View::lookup`]s found their key, and
+    /// how many did not.
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.hits, self.misses)
     }
 
     /// A field of the hash at `key` (whose entry the caller has checked).
@@ -607,6 +632,8 @@ impl Pipeline {
                     now_ms,
                     effects: Vec::new(),
                     undo: Undo::default(),
+                    hits: 0,
+                    misses: 0,
                 };
                 let mut reply = command(&mut view);
                 let (effects, undo) = (view.effects, view.undo);

@@ -727,6 +727,12 @@ impl Wal {
         *self.shared.durable.borrow()
     }
 
+    /// Whether a write or sync failed, so that the log takes no more
+    /// appends.
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
     /// The epoch of the last frame written, or set by [`Wal::set_epoch`].
     pub fn epoch(&self) -> Epoch {
         Epoch(self.shared.epoch.load(Ordering::Acquire))
