@@ -16,6 +16,7 @@ mod commands;
 mod glob;
 mod info;
 mod long_double;
+mod metrics;
 mod node;
 mod report;
 mod resp;
@@ -54,7 +55,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs a node: the Redis-protocol server over the WAL and the engine.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Shows a node's role, WAL positions, replicas and replication lag.
     Status(StatusArgs),
     /// Makes a replica the primary of a new epoch. Refused, with the
@@ -87,6 +88,10 @@ struct ServeArgs {
     /// Where the gRPC status service listens (port 0: any free port).
     #[arg(long, env = "FERRY_GRPC_ADDR", default_value = "127.0.0.1:7379")]
     grpc_addr: SocketAddr,
+    /// Where Prometheus scrapes metrics over HTTP (`GET /metrics`; port 0:
+    /// any free port). Default: no metrics listener.
+    #[arg(long, env = "FERRY_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// The RESP address this node gives other nodes (in its replication
     /// hello, shown in their INFO and status) when clients reach it
     /// elsewhere than where it listens (NAT, a proxy), as Redis's
@@ -337,7 +342,7 @@ fn main() -> anyhow::Result<ExitCode> {
         LogFormat::Json => subscriber.json().init(),
     }
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Status(args) => report::run(&args.addr, args.json),
         Command::Promote(args) => report::promote(&args.addr, args.force, args.wait),
         Command::DropSlot(args) => report::drop_slot(&args.addr, &args.node_id),
@@ -420,6 +425,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {}", args.grpc_addr))?;
         let (resp_addr, grpc_addr) = (resp.local_addr()?, grpc.local_addr()?);
+        let metrics = match args.metrics_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
         let config = Config {
             data_dir: args.data_dir,
             announce_resp_addr: args.announce_resp_addr,
@@ -450,6 +464,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let stop_rx = stop_rx.clone();
             tokio::spawn(async move { node.watch_for_failover(stop_rx).await })
         };
+        let metrics_task = metrics
+            .map(|listener| tokio::spawn(metrics::serve(node.clone(), listener, stop_rx.clone())));
         let retention = tokio::spawn(node.clone().keep_wal(stop_rx));
         tracing::info!(
             %resp_addr,
@@ -460,12 +476,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "ferry is ready"
         );
         // Tools and tests wait for this line to know the node is ready.
-        println!("ferry listening resp={resp_addr} grpc={grpc_addr}");
+        match metrics_addr {
+            Some(metrics_addr) => {
+                println!("ferry listening resp={resp_addr} grpc={grpc_addr} metrics={metrics_addr}")
+            }
+            None => println!("ferry listening resp={resp_addr} grpc={grpc_addr}"),
+        }
         server::run(node.clone(), resp, shutdown_signal()).await?;
         node.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = failover.await;
         let _ = retention.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         // A peer that stopped reading (a stuck replica's link) must not hold
         // the shutdown: its connection gets the same grace as clients.
         let mut grpc_task = grpc_task;

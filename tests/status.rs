@@ -89,3 +89,193 @@ async fn grpc_health_and_reflection_list_every_service() {
         ]
     );
 }
+
+/// One HTTP/1.1 exchange on `stream`: the request as given, then the
+/// response's status line, headers and body (read up to Content-Length).
+fn http(stream: &mut std::net::TcpStream, request: &str) -> (u16, Vec<String>, String) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line: {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            break;
+        }
+        headers.push(line);
+    }
+    let length: usize = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("Content-Length: "))
+        .expect("Content-Length")
+        .parse()
+        .expect("a length");
+    let mut body = vec![
+        0;
+        if request.starts_with("HEAD") {
+            0
+        } else {
+            length
+        }
+    ];
+    reader.read_exact(&mut body).expect("body");
+    (status, headers, String::from_utf8(body).expect("utf-8"))
+}
+
+fn scrape(server: &Server) -> std::collections::HashMap<String, f64> {
+    let addr = server.metrics.expect("a metrics address");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let (status, headers, body) = http(
+        &mut stream,
+        "GET /metrics HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(headers.contains(&"Content-Type: text/plain; version=0.0.4; charset=utf-8".into()));
+    let mut samples = std::collections::HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("name and type");
+            assert!(kind == "gauge" || kind == "counter", "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample");
+        let name = series.split('{').next().unwrap();
+        assert!(typed.contains(name), "{name} has no # TYPE before it");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{name}"
+        );
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "{line} twice"
+        );
+    }
+    samples
+}
+
+/// `ferry serve --metrics-addr` answers Prometheus scrapes with what INFO and
+/// the status service report, on a primary and on its replica.
+#[test]
+fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = ["--metrics-addr", "127.0.0.1:0", "--fsync", "always"];
+    let primary = Server::start(&dir.path().join("primary"), &metrics);
+    let replica = Server::replica(&dir.path().join("replica"), &primary.grpc_url(), &metrics);
+    let mut c = primary.client();
+    for i in 0..20 {
+        raw(&mut c, &["SET", &format!("k{i}"), "v"]);
+    }
+    for i in 0..5 {
+        raw(&mut c, &["SET", &format!("e{i}"), "v", "EX", "1000"]);
+    }
+    raw(&mut c, &["GET", "k1"]);
+    raw(&mut c, &["GET", "nothing"]);
+    assert!(wait_until(
+        std::time::Duration::from_secs(30),
+        || caught_up(&primary, &replica)
+    ));
+    let p = scrape(&primary);
+    let get = |m: &std::collections::HashMap<String, f64>, series: &str| -> f64 {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in {m:?}"))
+    };
+    assert_eq!(get(&p, "ferry_role{role=\"primary\"}"), 1.0);
+    assert_eq!(get(&p, "ferry_keys"), 25.0);
+    assert_eq!(get(&p, "ferry_keys_with_expiry"), 5.0);
+    assert_eq!(get(&p, "ferry_wal_last_lsn"), 25.0);
+    assert_eq!(get(&p, "ferry_wal_durable_lsn"), 25.0);
+    assert_eq!(get(&p, "ferry_engine_applied_lsn"), 25.0);
+    assert_eq!(get(&p, "ferry_wal_failed"), 0.0);
+    assert_eq!(get(&p, "ferry_keyspace_hits_total"), 1.0);
+    assert_eq!(get(&p, "ferry_keyspace_misses_total"), 1.0);
+    assert!(get(&p, "ferry_commands_processed_total") >= 27.0);
+    assert!(get(&p, "ferry_wal_records_written_total") >= 25.0);
+    assert!(get(&p, "process_resident_memory_bytes") > 0.0);
+    assert_eq!(get(&p, "ferry_connected_replicas"), 1.0);
+    let replica_id = status(replica.grpc).node_id;
+    let row = |m: &std::collections::HashMap<String, f64>, name: &str| {
+        m.iter()
+            .find(|(series, _)| series.starts_with(&format!("{name}{{node_id=\"{replica_id}\"")))
+            .map(|(_, v)| *v)
+    };
+    // The replica's acknowledgements reach the primary after its apply.
+    assert!(wait_until(std::time::Duration::from_secs(30), || row(
+        &scrape(&primary),
+        "ferry_replica_applied_lsn"
+    ) == Some(
+        25.0
+    )));
+    let p = scrape(&primary);
+    assert_eq!(row(&p, "ferry_replica_flushed_lsn"), Some(25.0));
+    assert_eq!(row(&p, "ferry_replica_lag_records"), Some(0.0));
+    assert!(row(&p, "ferry_replica_sent_bytes_total").is_some_and(|b| b > 0.0));
+    let r = scrape(&replica);
+    assert_eq!(get(&r, "ferry_role{role=\"replica\"}"), 1.0);
+    assert_eq!(get(&r, "ferry_link_up"), 1.0);
+    assert_eq!(get(&r, "ferry_link_lag_records"), 0.0);
+    assert_eq!(get(&r, "ferry_keys"), 25.0);
+    assert_eq!(get(&r, "ferry_keys_with_expiry"), 5.0);
+    assert_eq!(get(&r, "ferry_engine_applied_lsn"), 25.0);
+    assert!(get(&r, "ferry_link_frames_received_total") >= 1.0);
+    assert!(!r.contains_key("ferry_connected_replicas{}"));
+
+    // HTTP as a scraper and a stray client use it.
+    let addr = primary.metrics.unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // Kept alive: two scrapes on one connection, a HEAD between them.
+    let (status_code, _, first) = http(&mut stream, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status_code, 200);
+    assert!(first.contains("# TYPE ferry_keys gauge"));
+    let (status_code, headers, body) = http(&mut stream, "HEAD /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!((status_code, body.as_str()), (200, ""));
+    assert!(headers.iter().any(|h| h.starts_with("Content-Length: ")));
+    let (status_code, _, _) = http(&mut stream, "GET /metrics?name=x HTTP/1.1\r\n\r\n");
+    assert_eq!(status_code, 200);
+    let (status_code, _, _) = http(&mut stream, "GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(status_code, 404);
+    let (status_code, headers, _) = http(&mut stream, "DELETE /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status_code, 405);
+    assert!(headers.contains(&"Allow: GET, HEAD".into()));
+    assert!(headers.contains(&"Connection: close".into()));
+    // A head past the limit, garbage, and HTTP/1.0 each end their
+    // connection after the answer.
+    for (request, expected) in [
+        (
+            format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000)),
+            431,
+        ),
+        ("\x16\x03\x01 hello\r\n\r\n".to_string(), 400),
+        ("GET /metrics HTTP/1.0\r\n\r\n".to_string(), 200),
+    ] {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let (status_code, headers, _) = http(&mut stream, &request);
+        assert_eq!(status_code, expected, "{request:.40}");
+        assert!(headers.contains(&"Connection: close".into()));
+        let mut rest = Vec::new();
+        use std::io::Read;
+        assert_eq!(stream.read_to_end(&mut rest).expect("closed"), 0);
+    }
+    // The node still serves scrapes and clients.
+    assert_eq!(get(&scrape(&primary), "ferry_keys"), 25.0);
+}

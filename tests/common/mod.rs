@@ -17,6 +17,8 @@ pub struct Server {
     child: Option<Child>,
     pub resp: SocketAddr,
     pub grpc: SocketAddr,
+    /// With `--metrics-addr`.
+    pub metrics: Option<SocketAddr>,
     pub data_dir: PathBuf,
     stderr_log: PathBuf,
 }
@@ -96,19 +98,22 @@ impl Server {
                 return Err(std::fs::read_to_string(&stderr_log).unwrap_or_default());
             }
         };
-        let addr = |name: &str| -> SocketAddr {
-            let tag = format!("{name}=");
-            let at = line.find(&tag).expect("address in the ready line") + tag.len();
-            line[at..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .expect("an address")
+        let addr = |name: &str| -> Option<SocketAddr> {
+            let tag = format!(" {name}=");
+            let at = line.find(&tag)? + tag.len();
+            Some(
+                line[at..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .expect("an address"),
+            )
         };
         Ok(Server {
-            resp: addr("resp"),
-            grpc: addr("grpc"),
+            resp: addr("resp").expect("resp= in the ready line"),
+            grpc: addr("grpc").expect("grpc= in the ready line"),
+            metrics: addr("metrics"),
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             stderr_log,
