@@ -493,14 +493,30 @@ fn render(node: &Node) -> String {
         status
             .replicas
             .iter()
-            .map(|r| {
-                (
-                    labels(&[("node_id", &r.node_id), ("state", &r.state)]),
-                    value(r) as f64,
-                )
-            })
+            .map(|r| (labels(&[("node_id", &r.node_id)]), value(r) as f64))
             .collect()
     };
+    // The state as a label of its own series: the others keep one series
+    // per replica whatever its state.
+    out.metric(
+        "ferry_replica_info",
+        "gauge",
+        "1 per replica, with its state and address.",
+        &status
+            .replicas
+            .iter()
+            .map(|r| {
+                (
+                    labels(&[
+                        ("node_id", &r.node_id),
+                        ("state", &r.state),
+                        ("addr", &r.resp_addr),
+                    ]),
+                    1.0,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
     let lag = |r: &ferry_proto::v1::ReplicaRow| r.lag.unwrap_or_default();
     out.metric(
         "ferry_replica_lag_records",

@@ -224,6 +224,10 @@ fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
     assert_eq!(row(&p, "ferry_replica_flushed_lsn"), Some(25.0));
     assert_eq!(row(&p, "ferry_replica_lag_records"), Some(0.0));
     assert!(row(&p, "ferry_replica_sent_bytes_total").is_some_and(|b| b > 0.0));
+    assert!(p.contains_key(&format!(
+        "ferry_replica_info{{node_id=\"{replica_id}\",state=\"streaming\",addr=\"{}\"}}",
+        replica.resp
+    )));
     let r = scrape(&replica);
     assert_eq!(get(&r, "ferry_role{role=\"replica\"}"), 1.0);
     assert_eq!(get(&r, "ferry_link_up"), 1.0);
