@@ -253,6 +253,76 @@ pub static COMMANDS: &[Spec] = &[
     spec!("wait", 3, &["noscript"], 0, 0, 0, Handler::Wait),
 ];
 
+/// The subcommands of the container commands (CLIENT, COMMAND, CONFIG), as
+/// Redis 7 names them in its errors and in INFO commandstats:
+/// `client|setname`.
+pub const SUBCOMMANDS: &[(&str, &[&str])] = &[
+    (
+        "client",
+        &["getname", "id", "info", "list", "setinfo", "setname"],
+    ),
+    ("command", &["count", "docs", "info"]),
+    ("config", &["get", "resetstat", "set"]),
+];
+
+fn subcommands_of(name: &str) -> Option<&'static [&'static str]> {
+    SUBCOMMANDS
+        .iter()
+        .find(|(container, _)| *container == name)
+        .map(|(_, subs)| *subs)
+}
+
+/// The names INFO commandstats counts under: every command, then right
+/// after a container each of its subcommands (`client|setname`).
+pub fn stat_names() -> &'static [String] {
+    &stat_table().0
+}
+
+/// Names, and the place of each command's own name among them.
+fn stat_table() -> &'static (Vec<String>, Vec<usize>) {
+    static TABLE: std::sync::OnceLock<(Vec<String>, Vec<usize>)> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut names = Vec::new();
+        let mut at = Vec::with_capacity(COMMANDS.len());
+        for spec in COMMANDS {
+            at.push(names.len());
+            names.push(spec.name.to_string());
+            for sub in subcommands_of(spec.name).unwrap_or_default() {
+                names.push(format!("{}|{sub}", spec.name));
+            }
+        }
+        (names, at)
+    })
+}
+
+/// Where in [`stat_names`] a request for `spec` counts: a container's known
+/// subcommand has its own place, an unknown one none (as in Redis, where
+/// only the error counts).
+pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
+    let (_, at) = stat_table();
+    let index =
+        (spec as *const Spec as usize - COMMANDS.as_ptr() as usize) / std::mem::size_of::<Spec>();
+    let own = at[index];
+    match (subcommands_of(spec.name), args.get(1)) {
+        (Some(subs), Some(sub)) => subs
+            .iter()
+            .position(|s| s.as_bytes().eq_ignore_ascii_case(sub))
+            .map(|i| own + 1 + i),
+        _ => Some(own),
+    }
+}
+
+/// Whether `spec` is a container command (CLIENT, COMMAND, CONFIG).
+pub fn is_container(spec: &Spec) -> bool {
+    subcommands_of(spec.name).is_some()
+}
+
+/// Whether `reply` from a container command is Redis's refusal of a known
+/// subcommand's arguments, which Redis counts as rejected, not failed.
+pub fn is_subcommand_arity_error(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with("ERR wrong number of arguments for '"))
+}
+
 /// The table entry of a command name, in any case.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     // Compared byte by byte, lowercased on the fly: no allocation per request.
@@ -1577,20 +1647,19 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             Reply::bulk(text)
         }
         ("setinfo", 4) => Reply::ok(),
-        _ => subcommand_error(
-            "client",
-            &args[1],
-            &["getname", "id", "info", "list", "setinfo", "setname"],
-        ),
+        _ => subcommand_error("client", &args[1]),
     }
 }
 
 /// Redis's error for a subcommand of a container command (CLIENT, CONFIG,
-/// COMMAND) that it cannot run: a known one (in `known`) with the wrong
-/// number of arguments, or an unknown one.
-fn subcommand_error(command: &str, sub: &[u8], known: &[&str]) -> Reply {
+/// COMMAND) that it cannot run: a known one (in [`SUBCOMMANDS`]) with the
+/// wrong number of arguments, or an unknown one.
+fn subcommand_error(command: &str, sub: &[u8]) -> Reply {
     let lowered = String::from_utf8_lossy(sub).to_ascii_lowercase();
-    if known.contains(&lowered.as_str()) {
+    if subcommands_of(command)
+        .unwrap_or_default()
+        .contains(&lowered.as_str())
+    {
         return wrong_arity(&format!("{command}|{lowered}"));
     }
     let end = sub
@@ -1661,7 +1730,7 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
                     .collect(),
             )
         }
-        Some(_) => subcommand_error("command", &args[1], &["count", "docs", "info"]),
+        Some(_) => subcommand_error("command", &args[1]),
     }
 }
 
@@ -1688,7 +1757,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             node.stats.reset(crate::info::rss_bytes());
             Reply::ok()
         }
-        _ => subcommand_error("config", &args[1], &["get", "resetstat", "set"]),
+        _ => subcommand_error("config", &args[1]),
     }
 }
 

@@ -12,14 +12,17 @@ use crate::resp::Reply;
 /// set and replies follow Redis 7.0.
 pub const REDIS_VERSION: &str = "7.0.0";
 
-/// The sections of a plain `INFO`, in order.
-const DEFAULT_SECTIONS: &[&str] = &[
+/// Every section, in Redis's order; all but commandstats are in a plain
+/// `INFO` (commandstats comes with `INFO all`, or by name).
+const SECTIONS: &[&str] = &[
     "server",
     "clients",
     "memory",
     "persistence",
     "stats",
     "replication",
+    "commandstats",
+    "errorstats",
     "keyspace",
 ];
 
@@ -28,13 +31,11 @@ pub fn info(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .collect();
-    let all = wanted.is_empty()
-        || wanted
-            .iter()
-            .any(|w| w == "all" || w == "everything" || w == "default");
+    let all = wanted.iter().any(|w| w == "all" || w == "everything");
+    let default = wanted.is_empty() || wanted.iter().any(|w| w == "default");
     let mut out = String::new();
-    for section in DEFAULT_SECTIONS {
-        if all || wanted.iter().any(|w| w == section) {
+    for section in SECTIONS {
+        if all || (default && *section != "commandstats") || wanted.iter().any(|w| w == section) {
             if !out.is_empty() {
                 out.push_str("\r\n");
             }
@@ -211,6 +212,34 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             );
         }
         "replication" => replication_text(node, out),
+        "commandstats" => {
+            out.push_str("# Commandstats\r\n");
+            for (name, c) in commands::stat_names().iter().zip(stats.commands.iter()) {
+                let calls = c.calls.load(Ordering::Relaxed);
+                let usec = c.nanos.load(Ordering::Relaxed) / 1000;
+                let rejected = c.rejected.load(Ordering::Relaxed);
+                let failed = c.failed.load(Ordering::Relaxed);
+                if calls + rejected + failed == 0 {
+                    continue;
+                }
+                let per_call = if calls == 0 {
+                    0.0
+                } else {
+                    c.nanos.load(Ordering::Relaxed) as f64 / 1000.0 / calls as f64
+                };
+                let _ = write!(
+                    out,
+                    "cmdstat_{name}:calls={calls},usec={usec},usec_per_call={per_call:.2},\
+                     rejected_calls={rejected},failed_calls={failed}\r\n"
+                );
+            }
+        }
+        "errorstats" => {
+            out.push_str("# Errorstats\r\n");
+            for (code, count) in stats.error_codes() {
+                let _ = write!(out, "errorstat_{code}:count={count}\r\n");
+            }
+        }
         "keyspace" => {
             out.push_str("# Keyspace\r\n");
             let keys = node.engine.key_count();

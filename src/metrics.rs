@@ -375,6 +375,51 @@ fn render(node: &Node) -> String {
     ] {
         out.counter(name, help, load(counter));
     }
+    let commands: Vec<(&String, &crate::node::CommandCounters)> = crate::commands::stat_names()
+        .iter()
+        .zip(stats.commands.iter())
+        .filter(|(_, c)| load(&c.calls) + load(&c.rejected) > 0)
+        .collect();
+    let per_command = |value: &dyn Fn(&crate::node::CommandCounters) -> f64| -> Vec<(String, f64)> {
+        commands
+            .iter()
+            .map(|(name, c)| (labels(&[("cmd", name)]), value(c)))
+            .collect()
+    };
+    out.metric(
+        "ferry_command_calls_total",
+        "counter",
+        "Runs of each command (failed ones included), as INFO commandstats.",
+        &per_command(&|c| load(&c.calls) as f64),
+    );
+    out.metric(
+        "ferry_command_duration_seconds_total",
+        "counter",
+        "Time spent running each command.",
+        &per_command(&|c| load(&c.nanos) as f64 / 1e9),
+    );
+    out.metric(
+        "ferry_command_failed_calls_total",
+        "counter",
+        "Runs of each command that answered with an error.",
+        &per_command(&|c| load(&c.failed) as f64),
+    );
+    out.metric(
+        "ferry_command_rejected_calls_total",
+        "counter",
+        "Requests for each command refused before it ran.",
+        &per_command(&|c| load(&c.rejected) as f64),
+    );
+    out.metric(
+        "ferry_errors_total",
+        "counter",
+        "Error replies by code (their first word), as INFO errorstats.",
+        &stats
+            .error_codes()
+            .into_iter()
+            .map(|(code, n)| (labels(&[("code", &code)]), n as f64))
+            .collect::<Vec<_>>(),
+    );
     let expiring = node.engine.expiring();
     out.gauge(
         "ferry_keys",

@@ -149,8 +149,27 @@ pub const STATS_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// Samples the rates span (16 as Redis's: 1.6 s).
 const STATS_SAMPLES: usize = 16;
 
-/// Server-wide counters, named as in Redis's INFO.
+/// Most error codes (an error reply's first word) counted apart in INFO
+/// errorstats, as Redis's limit: later new codes count only in the total.
+pub const ERROR_CODES_MAX: usize = 128;
+
+/// One command's line of INFO commandstats.
 #[derive(Debug, Default)]
+pub struct CommandCounters {
+    /// Runs, failed ones included.
+    pub calls: AtomicU64,
+    /// Time spent running it (nanoseconds: fast commands take less than a
+    /// microsecond, which would count as none).
+    pub nanos: AtomicU64,
+    /// Refused before running (arity, authentication, a replica's
+    /// READONLY...).
+    pub rejected: AtomicU64,
+    /// Ran and answered with an error.
+    pub failed: AtomicU64,
+}
+
+/// Server-wide counters, named as in Redis's INFO.
+#[derive(Debug)]
 pub struct Stats {
     pub total_connections_received: AtomicU64,
     pub total_commands_processed: AtomicU64,
@@ -169,6 +188,34 @@ pub struct Stats {
     /// The largest resident set size sampled.
     pub used_memory_peak: AtomicU64,
     rates: Mutex<VecDeque<RateSample>>,
+    /// By [`crate::commands::stat_names`].
+    pub commands: Box<[CommandCounters]>,
+    /// Error replies by code, in the order the codes first appeared.
+    errors: Mutex<Vec<(String, u64)>>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            total_connections_received: AtomicU64::default(),
+            total_commands_processed: AtomicU64::default(),
+            rejected_connections: AtomicU64::default(),
+            connected_clients: AtomicU64::default(),
+            expired_keys: AtomicU64::default(),
+            total_net_input_bytes: AtomicU64::default(),
+            total_net_output_bytes: AtomicU64::default(),
+            keyspace_hits: AtomicU64::default(),
+            keyspace_misses: AtomicU64::default(),
+            total_error_replies: AtomicU64::default(),
+            used_memory_peak: AtomicU64::default(),
+            rates: Mutex::default(),
+            commands: crate::commands::stat_names()
+                .iter()
+                .map(|_| CommandCounters::default())
+                .collect(),
+            errors: Mutex::default(),
+        }
+    }
 }
 
 /// The counters behind the rates, at one moment.
@@ -197,6 +244,47 @@ impl Stats {
         if misses > 0 {
             self.keyspace_misses.fetch_add(misses, Ordering::Relaxed);
         }
+    }
+
+    /// A command that ran (at `slot` of [`crate::commands::stat_names`]),
+    /// for `took`, and whether it answered with an error.
+    pub fn command_ran(&self, slot: Option<usize>, took: Duration, failed: bool) {
+        let Some(c) = slot.and_then(|i| self.commands.get(i)) else {
+            return;
+        };
+        c.calls.fetch_add(1, Ordering::Relaxed);
+        c.nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if failed {
+            c.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A command refused before it ran.
+    pub fn command_rejected(&self, slot: Option<usize>) {
+        if let Some(c) = slot.and_then(|i| self.commands.get(i)) {
+            c.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An error reply: counted in the total and by its code (the first
+    /// word), up to [`ERROR_CODES_MAX`] codes.
+    pub fn error_reply(&self, text: &str) {
+        self.total_error_replies.fetch_add(1, Ordering::Relaxed);
+        let code = text.split(' ').next().unwrap_or_default();
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = errors.iter_mut().find(|(c, _)| c == code) {
+            *n += 1;
+        } else if errors.len() < ERROR_CODES_MAX {
+            errors.push((code.to_string(), 1));
+        }
+    }
+
+    /// Error replies by code.
+    pub fn error_codes(&self) -> Vec<(String, u64)> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Takes a sample of the counters behind the rates, and of the
@@ -253,6 +341,15 @@ impl Stats {
         ] {
             c.store(0, Ordering::Relaxed);
         }
+        for c in self.commands.iter() {
+            for n in [&c.calls, &c.nanos, &c.rejected, &c.failed] {
+                n.store(0, Ordering::Relaxed);
+            }
+        }
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.used_memory_peak.store(rss_bytes, Ordering::Relaxed);
         self.rates.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }

@@ -201,10 +201,8 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
                 Err(e) => engine_error_reply(e),
             },
         };
-        if matches!(reply, Reply::Error(_)) {
-            node.stats
-                .total_error_replies
-                .fetch_add(1, Ordering::Relaxed);
+        if let Reply::Error(text) = &reply {
+            node.stats.error_reply(text);
         }
         reply.encode(out, conn.resp3);
     }
@@ -322,10 +320,11 @@ async fn connection(
                 Err(e) => {
                     run_writes(&node, &mut writes, &mut queue).await;
                     drain(&node, &mut queue, &mut out, &mut conn).await;
-                    node.stats
-                        .total_error_replies
-                        .fetch_add(1, Ordering::Relaxed);
-                    Reply::err(&e).encode(&mut out, conn.resp3);
+                    let reply = Reply::err(&e);
+                    if let Reply::Error(text) = &reply {
+                        node.stats.error_reply(text);
+                    }
+                    reply.encode(&mut out, conn.resp3);
                     let _ = socket.write_all(&out).await;
                     break 'serve;
                 }
@@ -393,7 +392,8 @@ async fn connection(
 
 /// A write a connection has read and not yet run: consecutive ones run
 /// together ([`Pipeline::execute_many`](ferry_engine::Pipeline::execute_many)).
-type PendingWrite = (WriteHandler, Vec<bytes::Bytes>);
+/// With where it counts in INFO commandstats.
+type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>);
 
 /// Runs the writes read so far, queueing their replies in order.
 async fn run_writes(node: &Node, writes: &mut Vec<PendingWrite>, queue: &mut VecDeque<Queued>) {
@@ -402,9 +402,12 @@ async fn run_writes(node: &Node, writes: &mut Vec<PendingWrite>, queue: &mut Vec
     }
     let outcomes = node
         .pipeline
-        .execute_many(writes.iter().map(|(f, args)| {
+        .execute_many(writes.iter().map(|(f, args, slot)| {
             move |view: &mut View<'_>| {
+                let started = Instant::now();
                 let reply = f(view, args);
+                let failed = !matches!(reply, Ok(ref r) if !matches!(r, Reply::Error(_)));
+                node.stats.command_ran(*slot, started.elapsed(), failed);
                 let (hits, misses) = view.lookups();
                 node.stats.lookups(hits, misses);
                 reply
@@ -466,12 +469,19 @@ async fn dispatch(
     out: &mut BytesMut,
 ) -> Option<Queued> {
     let checked = check(node, conn, &args);
-    if let Ok(Spec {
-        handler: Handler::Write(f),
-        ..
-    }) = checked
+    if checked.is_err() {
+        let slot = commands::lookup(&args[0]).and_then(|spec| commands::stat_slot(spec, &args));
+        node.stats.command_rejected(slot);
+    }
+    if let Ok(
+        spec @ Spec {
+            handler: Handler::Write(f),
+            ..
+        },
+    ) = checked
     {
-        writes.push((*f, args));
+        let slot = commands::stat_slot(spec, &args);
+        writes.push((*f, args, slot));
         if writes.len() >= WRITES_TOGETHER_MAX {
             run_writes(node, writes, queue).await;
         }
@@ -483,10 +493,34 @@ async fn dispatch(
         Err(reply) => return Some(Queued::Ready(reply)),
     };
     let args = &args[..];
+    let slot = commands::stat_slot(spec, args);
+    // Every other command follows the replies before it on this connection
+    // (a read sees the writes before it).
+    drain(node, queue, out, conn).await;
+    let started = Instant::now();
+    let reply = run_command(node, conn, spec, args).await;
+    if commands::is_container(spec) && args.len() > 1 && commands::is_subcommand_arity_error(&reply)
+    {
+        // A container's known subcommand with the wrong arguments: refused
+        // before it runs, in Redis.
+        node.stats.command_rejected(slot);
+    } else {
+        let failed = matches!(reply, Reply::Error(_));
+        node.stats.command_ran(slot, started.elapsed(), failed);
+    }
+    Some(Queued::Ready(reply))
+}
+
+/// Runs a command that is not a write (the replies before it are out).
+async fn run_command(
+    node: &Node,
+    conn: &mut Conn,
+    spec: &'static Spec,
+    args: &[bytes::Bytes],
+) -> Reply {
     match spec.handler {
         Handler::Wait => {
-            drain(node, queue, out, conn).await;
-            let reply = if node.is_replica() {
+            if node.is_replica() {
                 Reply::err(
                     "WAIT cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated.",
                 )
@@ -495,37 +529,25 @@ async fn dispatch(
                     Ok((wanted, timeout_ms)) => wait_replicas(node, conn, wanted, timeout_ms).await,
                     Err(reply) => reply,
                 }
-            };
-            Some(Queued::Ready(reply))
+            }
         }
-        Handler::ReplicaOf => {
-            drain(node, queue, out, conn).await;
-            let reply = match commands::replicaof_target(args) {
-                Err(reply) => reply,
-                Ok(None) if !node.is_replica() => Reply::ok(),
-                Ok(None) => match node.promote(false, Duration::ZERO).await {
-                    Ok(_) => Reply::ok(),
-                    Err(e) => Reply::err(format!("{e:#}")),
-                },
-                Ok(Some(url)) if node.identity.replica_of().as_deref() == Some(url.as_str()) => {
-                    Reply::Simple("OK Already connected to specified master".into())
-                }
-                Ok(Some(url)) => match node.replicate_from(url).await {
-                    Ok(_) => Reply::ok(),
-                    Err(e) => Reply::err(format!("{e:#}")),
-                },
-            };
-            Some(Queued::Ready(reply))
-        }
+        Handler::ReplicaOf => match commands::replicaof_target(args) {
+            Err(reply) => reply,
+            Ok(None) if !node.is_replica() => Reply::ok(),
+            Ok(None) => match node.promote(false, Duration::ZERO).await {
+                Ok(_) => Reply::ok(),
+                Err(e) => Reply::err(format!("{e:#}")),
+            },
+            Ok(Some(url)) if node.identity.replica_of().as_deref() == Some(url.as_str()) => {
+                Reply::Simple("OK Already connected to specified master".into())
+            }
+            Ok(Some(url)) => match node.replicate_from(url).await {
+                Ok(_) => Reply::ok(),
+                Err(e) => Reply::err(format!("{e:#}")),
+            },
+        },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
-        Handler::Read(f) => {
-            // A read follows the writes before it on this connection.
-            drain(node, queue, out, conn).await;
-            Some(Queued::Ready(f(node, args)))
-        }
-        Handler::Conn(f) => {
-            drain(node, queue, out, conn).await;
-            Some(Queued::Ready(f(node, conn, args)))
-        }
+        Handler::Read(f) => f(node, args),
+        Handler::Conn(f) => f(node, conn, args),
     }
 }

@@ -83,13 +83,19 @@ impl Redis {
 }
 
 /// A connection to `url`, speaking RESP3 (after `HELLO 3`) if `resp3`.
+/// A connection without the client's `CLIENT SETINFO`, which Redis 7.0
+/// does not know (ferry takes it, as Redis 7.2 does).
 fn connect(url: &str, resp3: bool) -> redis::RedisResult<redis::Connection> {
+    use redis::IntoConnectionInfo;
     let url = if resp3 {
         format!("{url}?protocol=resp3")
     } else {
         url.to_string()
     };
-    redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(10))
+    let info = url.into_connection_info()?;
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(settings))?
+        .get_connection_with_timeout(Duration::from_secs(10))
 }
 
 impl Drop for Redis {
@@ -124,6 +130,56 @@ fn counters(con: &mut redis::Connection) -> [u64; 5] {
         }
     }
     out
+}
+
+/// INFO commandstats as `name -> (calls, rejected, failed)` (the time spent
+/// aside), then INFO errorstats as `code -> count`. SCAN's and HSCAN's
+/// calls are left out: the two servers take different numbers of calls to
+/// iterate.
+type CommandStats = std::collections::BTreeMap<String, (u64, u64, u64)>;
+type ErrorStats = std::collections::BTreeMap<String, u64>;
+
+fn command_and_error_stats(con: &mut redis::Connection) -> (CommandStats, ErrorStats) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .arg("errorstats")
+        .query(con)
+        .expect("INFO");
+    let (mut commands, mut errors) = (CommandStats::new(), ErrorStats::new());
+    for line in info.lines() {
+        let field = |fields: &str, name: &str| -> u64 {
+            fields
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} in {line}"))
+                .parse()
+                .expect("a number")
+        };
+        if let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        {
+            let calls = if name == "scan" || name == "hscan" {
+                0
+            } else {
+                field(fields, "calls")
+            };
+            commands.insert(
+                name.to_string(),
+                (
+                    calls,
+                    field(fields, "rejected_calls"),
+                    field(fields, "failed_calls"),
+                ),
+            );
+        } else if let Some((code, fields)) = line
+            .strip_prefix("errorstat_")
+            .and_then(|l| l.split_once(':'))
+        {
+            errors.insert(code.to_string(), field(fields, "count"));
+        }
+    }
+    (commands, errors)
 }
 
 /// A reply to compare: a value, or an error's code and message. SCAN and
@@ -510,8 +566,9 @@ impl Gen {
             },
         };
         // Now and then a command one argument short, one Redis does not
-        // know, or a name in lower case.
-        if args.len() > 1 && args[0] != "HELLO" && self.below(40) == 0 {
+        // know, or a name in lower case. (Not COMMAND: `COMMAND COUNT`
+        // counts each server's own commands.)
+        if args.len() > 1 && args[0] != "HELLO" && args[0] != "COMMAND" && self.below(40) == 0 {
             args.pop();
         }
         match self.below(60) {
@@ -562,6 +619,13 @@ fn random_commands_get_the_replies_redis_gives() {
         // INFO on connections of their own, in RESP2.
         let mut fi = connect(&ferry.url(), false).expect("connect to ferry");
         let mut ri = connect(&redis_url, false).expect("connect to redis-server");
+        // The round's command and error figures start from zero on both.
+        for con in [&mut fi, &mut ri] {
+            assert_eq!(
+                reply(con, &["CONFIG".into(), "RESETSTAT".into()]),
+                Ok(Value::Okay)
+            );
+        }
         let mut before = (counters(&mut fi), counters(&mut ri));
         while history.len() < COMMANDS {
             assert!(
@@ -643,6 +707,34 @@ fn random_commands_get_the_replies_redis_gives() {
             }
             before = after;
         }
+        // Each command's calls, rejections and failures, and the errors by
+        // code, over the round (and since a CONFIG RESETSTAT in it).
+        let (ferry_stats, redis_stats) = (
+            command_and_error_stats(&mut fi),
+            command_and_error_stats(&mut ri),
+        );
+        let differing: Vec<String> = ferry_stats
+            .0
+            .keys()
+            .chain(redis_stats.0.keys())
+            .filter(|name| ferry_stats.0.get(*name) != redis_stats.0.get(*name))
+            .map(|name| {
+                format!(
+                    "{name}: ferry {:?}, redis {:?}",
+                    ferry_stats.0.get(name),
+                    redis_stats.0.get(name)
+                )
+            })
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "round {round}: INFO commandstats (calls, rejected, failed) differ:\n  {}",
+            differing.join("\n  ")
+        );
+        assert_eq!(
+            ferry_stats.1, redis_stats.1,
+            "round {round}: INFO errorstats"
+        );
     }
     assert_eq!(compared, COMMANDS * ROUNDS as usize);
 

@@ -185,6 +185,8 @@ fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
     }
     raw(&mut c, &["GET", "k1"]);
     raw(&mut c, &["GET", "nothing"]);
+    assert!(error(&mut c, &["GET"]).starts_with("ERR wrong number"));
+    assert!(error(&mut c, &["SET", "k1", "v", "EX", "x"]).starts_with("ERR value is not"));
     assert!(wait_until(
         std::time::Duration::from_secs(30),
         || caught_up(&primary, &replica)
@@ -203,7 +205,20 @@ fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
     assert_eq!(get(&p, "ferry_wal_failed"), 0.0);
     assert_eq!(get(&p, "ferry_keyspace_hits_total"), 1.0);
     assert_eq!(get(&p, "ferry_keyspace_misses_total"), 1.0);
-    assert!(get(&p, "ferry_commands_processed_total") >= 27.0);
+    assert!(get(&p, "ferry_commands_processed_total") >= 29.0);
+    // As INFO commandstats and errorstats.
+    assert_eq!(get(&p, "ferry_command_calls_total{cmd=\"set\"}"), 26.0);
+    assert_eq!(
+        get(&p, "ferry_command_failed_calls_total{cmd=\"set\"}"),
+        1.0
+    );
+    assert_eq!(get(&p, "ferry_command_calls_total{cmd=\"get\"}"), 2.0);
+    assert_eq!(
+        get(&p, "ferry_command_rejected_calls_total{cmd=\"get\"}"),
+        1.0
+    );
+    assert!(get(&p, "ferry_command_duration_seconds_total{cmd=\"set\"}") > 0.0);
+    assert_eq!(get(&p, "ferry_errors_total{code=\"ERR\"}"), 2.0);
     assert!(get(&p, "ferry_wal_records_written_total") >= 25.0);
     assert!(get(&p, "process_resident_memory_bytes") > 0.0);
     assert_eq!(get(&p, "ferry_connected_replicas"), 1.0);

@@ -46,10 +46,11 @@ impl Expiring {
         }
     }
 
+    /// Saturating: a count off by one (from a bug) must not stop writes.
     pub(crate) fn remove(&mut self, expire_at_ms: u64) {
         if expire_at_ms != 0 {
-            self.keys -= 1;
-            self.sum_ms -= u128::from(expire_at_ms);
+            self.keys = self.keys.saturating_sub(1);
+            self.sum_ms = self.sum_ms.saturating_sub(u128::from(expire_at_ms));
         }
     }
 
