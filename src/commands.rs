@@ -275,23 +275,30 @@ fn subcommands_of(name: &str) -> Option<&'static [&'static str]> {
 /// The names INFO commandstats counts under: every command, then right
 /// after a container each of its subcommands (`client|setname`).
 pub fn stat_names() -> &'static [String] {
-    &stat_table().0
+    &stat_table().names
 }
 
-/// Names, and the place of each command's own name among them.
-fn stat_table() -> &'static (Vec<String>, Vec<usize>) {
-    static TABLE: std::sync::OnceLock<(Vec<String>, Vec<usize>)> = std::sync::OnceLock::new();
+struct StatTable {
+    names: Vec<String>,
+    /// By the command's place in [`COMMANDS`]: where its own name is, and
+    /// its subcommands if it is a container.
+    at: Vec<(usize, Option<&'static [&'static str]>)>,
+}
+
+fn stat_table() -> &'static StatTable {
+    static TABLE: std::sync::OnceLock<StatTable> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut names = Vec::new();
         let mut at = Vec::with_capacity(COMMANDS.len());
         for spec in COMMANDS {
-            at.push(names.len());
+            let subs = subcommands_of(spec.name);
+            at.push((names.len(), subs));
             names.push(spec.name.to_string());
-            for sub in subcommands_of(spec.name).unwrap_or_default() {
+            for sub in subs.unwrap_or_default() {
                 names.push(format!("{}|{sub}", spec.name));
             }
         }
-        (names, at)
+        StatTable { names, at }
     })
 }
 
@@ -299,16 +306,14 @@ fn stat_table() -> &'static (Vec<String>, Vec<usize>) {
 /// subcommand has its own place, an unknown one none (as in Redis, where
 /// only the error counts).
 pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
-    let (_, at) = stat_table();
     let index =
         (spec as *const Spec as usize - COMMANDS.as_ptr() as usize) / std::mem::size_of::<Spec>();
-    let own = at[index];
-    match (subcommands_of(spec.name), args.get(1)) {
-        (Some(subs), Some(sub)) => subs
+    match (stat_table().at[index], args.get(1)) {
+        ((own, Some(subs)), Some(sub)) => subs
             .iter()
             .position(|s| s.as_bytes().eq_ignore_ascii_case(sub))
             .map(|i| own + 1 + i),
-        _ => Some(own),
+        ((own, _), _) => Some(own),
     }
 }
 

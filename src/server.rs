@@ -499,7 +499,7 @@ async fn dispatch(
     drain(node, queue, out, conn).await;
     let started = Instant::now();
     let reply = run_command(node, conn, spec, args).await;
-    if commands::is_container(spec) && args.len() > 1 && commands::is_subcommand_arity_error(&reply)
+    if commands::is_subcommand_arity_error(&reply) && commands::is_container(spec) && args.len() > 1
     {
         // A container's known subcommand with the wrong arguments: refused
         // before it runs, in Redis.
