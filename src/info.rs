@@ -12,8 +12,8 @@ use crate::resp::Reply;
 /// set and replies follow Redis 7.0.
 pub const REDIS_VERSION: &str = "7.0.0";
 
-/// Every section, in Redis's order; all but commandstats are in a plain
-/// `INFO` (commandstats comes with `INFO all`, or by name).
+/// Every section, in Redis's order; all but commandstats and latencystats
+/// are in a plain `INFO` (those come with `INFO all`, or by name).
 const SECTIONS: &[&str] = &[
     "server",
     "clients",
@@ -23,8 +23,15 @@ const SECTIONS: &[&str] = &[
     "replication",
     "commandstats",
     "errorstats",
+    "latencystats",
     "keyspace",
 ];
+
+/// The percentiles INFO latencystats shows, as Redis's default
+/// `latency-tracking-info-percentiles`.
+pub const LATENCY_PERCENTILES: [f64; 3] = [50.0, 99.0, 99.9];
+/// The same as Prometheus quantiles (their text, not a float's rounding).
+pub const LATENCY_QUANTILES: [&str; 3] = ["0.5", "0.99", "0.999"];
 
 pub fn info(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     let wanted: Vec<String> = args[1..]
@@ -35,7 +42,8 @@ pub fn info(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     let default = wanted.is_empty() || wanted.iter().any(|w| w == "default");
     let mut out = String::new();
     for section in SECTIONS {
-        if all || (default && *section != "commandstats") || wanted.iter().any(|w| w == section) {
+        let in_default = !matches!(*section, "commandstats" | "latencystats");
+        if all || (default && in_default) || wanted.iter().any(|w| w == section) {
             if !out.is_empty() {
                 out.push_str("\r\n");
             }
@@ -231,6 +239,24 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                     out,
                     "cmdstat_{name}:calls={calls},usec={usec},usec_per_call={per_call:.2},\
                      rejected_calls={rejected},failed_calls={failed}\r\n"
+                );
+            }
+        }
+        "latencystats" => {
+            out.push_str("# Latencystats\r\n");
+            for (name, c) in commands::stat_names().iter().zip(stats.commands.iter()) {
+                let Some(nanos) = c.latency.percentiles(&LATENCY_PERCENTILES) else {
+                    continue;
+                };
+                let shown: Vec<String> = LATENCY_PERCENTILES
+                    .iter()
+                    .zip(nanos)
+                    .map(|(p, n)| format!("p{p}={:.3}", n / 1000.0))
+                    .collect();
+                let _ = write!(
+                    out,
+                    "latency_percentiles_usec_{name}:{}\r\n",
+                    shown.join(",")
                 );
             }
         }

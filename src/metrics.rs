@@ -410,6 +410,28 @@ fn render(node: &Node) -> String {
         "Requests for each command refused before it ran.",
         &per_command(&|c| load(&c.rejected) as f64),
     );
+    let latency: Vec<(String, f64)> = commands
+        .iter()
+        .filter_map(|(name, c)| {
+            let nanos = c.latency.percentiles(&crate::info::LATENCY_PERCENTILES)?;
+            Some(
+                crate::info::LATENCY_QUANTILES
+                    .iter()
+                    .zip(nanos)
+                    .map(|(quantile, n)| {
+                        (labels(&[("cmd", name), ("quantile", quantile)]), n / 1e9)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten()
+        .collect();
+    out.metric(
+        "ferry_command_latency_seconds",
+        "gauge",
+        "Percentiles of each command's running time since the start (or CONFIG RESETSTAT), as INFO latencystats.",
+        &latency,
+    );
     out.metric(
         "ferry_errors_total",
         "counter",

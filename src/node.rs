@@ -153,7 +153,91 @@ const STATS_SAMPLES: usize = 16;
 /// errorstats, as Redis's limit: later new codes count only in the total.
 pub const ERROR_CODES_MAX: usize = 128;
 
-/// One command's line of INFO commandstats.
+/// Buckets of a [`LatencyHistogram`]: eight per power of two, from 1 ns to
+/// the largest `u64`.
+const LATENCY_BUCKETS: usize = 62 * 8;
+
+/// How long a command took, in buckets of about 12 % (eight per power of
+/// two of nanoseconds, exact below 8 ns): INFO latencystats' percentiles.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> LatencyHistogram {
+        LatencyHistogram {
+            buckets: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(nanos: u64) -> usize {
+        if nanos < 8 {
+            return nanos as usize;
+        }
+        let top = 63 - nanos.leading_zeros() as usize;
+        let sub = ((nanos >> (top - 3)) & 7) as usize;
+        (top - 2) * 8 + sub
+    }
+
+    /// The middle of bucket `i`, in nanoseconds.
+    fn middle(i: usize) -> f64 {
+        if i < 8 {
+            return i as f64;
+        }
+        let (top, sub) = (i / 8 + 2, i % 8);
+        let width = 1u64 << (top - 3);
+        ((8 + sub as u64) * width) as f64 + width as f64 / 2.0
+    }
+
+    pub fn record(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets[Self::bucket(nanos)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `percents` percentiles (e.g. 50, 99, 99.9), in nanoseconds;
+    /// `None` with nothing recorded.
+    pub fn percentiles(&self, percents: &[f64]) -> Option<Vec<f64>> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        Some(
+            percents
+                .iter()
+                .map(|p| {
+                    // Less a hair: 99.9 % of 1000 is the 999th, not the
+                    // 1000th that the float's last bit would round up to.
+                    let rank = ((p / 100.0 * total as f64 - 1e-9).ceil() as u64).clamp(1, total);
+                    let mut seen = 0;
+                    let at = counts
+                        .iter()
+                        .position(|&n| {
+                            seen += n;
+                            seen >= rank
+                        })
+                        .expect("rank within the total");
+                    Self::middle(at)
+                })
+                .collect(),
+        )
+    }
+
+    fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One command's line of INFO commandstats (and latencystats).
 #[derive(Debug, Default)]
 pub struct CommandCounters {
     /// Runs, failed ones included.
@@ -166,6 +250,7 @@ pub struct CommandCounters {
     pub rejected: AtomicU64,
     /// Ran and answered with an error.
     pub failed: AtomicU64,
+    pub latency: LatencyHistogram,
 }
 
 /// Server-wide counters, named as in Redis's INFO.
@@ -254,6 +339,7 @@ impl Stats {
         };
         c.calls.fetch_add(1, Ordering::Relaxed);
         c.nanos.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        c.latency.record(took);
         if failed {
             c.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -345,6 +431,7 @@ impl Stats {
             for n in [&c.calls, &c.nanos, &c.rejected, &c.failed] {
                 n.store(0, Ordering::Relaxed);
             }
+            c.latency.reset();
         }
         self.errors
             .lock()
@@ -1458,4 +1545,43 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_keep_order_and_an_eighth_of_precision() {
+        let mut last = 0;
+        let values = (0..5000u64).chain((13..64).map(|s| (1u64 << s) + 12345));
+        for v in values.chain([u64::MAX]) {
+            let b = LatencyHistogram::bucket(v);
+            assert!(b >= last, "{v}");
+            assert!(b < LATENCY_BUCKETS, "{v}");
+            last = b;
+            let middle = LatencyHistogram::middle(b);
+            assert!(
+                (middle - v as f64).abs() <= (v as f64 / 16.0).max(0.5),
+                "{v} in a bucket around {middle}"
+            );
+        }
+    }
+
+    #[test]
+    fn latency_percentiles_rank_what_was_recorded() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.percentiles(&[50.0]), None);
+        for _ in 0..999 {
+            h.record(Duration::from_micros(1));
+        }
+        h.record(Duration::from_millis(2));
+        let p = h.percentiles(&[50.0, 99.0, 99.9, 100.0]).unwrap();
+        let near = |got: f64, want: f64| (got - want).abs() <= want / 16.0;
+        assert!(near(p[0], 1000.0) && near(p[1], 1000.0), "{p:?}");
+        assert!(near(p[2], 1000.0), "the 999th of 1000: {p:?}");
+        assert!(near(p[3], 2_000_000.0), "{p:?}");
+        h.reset();
+        assert_eq!(h.percentiles(&[50.0]), None);
+    }
 }

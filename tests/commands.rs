@@ -784,7 +784,44 @@ fn info_counts_lookups_errors_expiring_keys_and_rates() {
         Some("ok".into())
     );
 
+    // Per command: calls, and percentiles of their running times.
+    let section = |name: &str| -> String {
+        let mut c = server.client();
+        cmd(&["INFO", name]).query(&mut c).expect("INFO")
+    };
+    let commandstats = section("commandstats");
+    assert!(
+        commandstats.contains("cmdstat_ping:calls=2000,"),
+        "{commandstats}"
+    );
+    let latency = section("latencystats");
+    let line = latency
+        .lines()
+        .find_map(|l| l.strip_prefix("latency_percentiles_usec_ping:"))
+        .unwrap_or_else(|| panic!("no PING in {latency}"));
+    let p: Vec<f64> = line
+        .split(',')
+        .map(|kv| {
+            kv.split_once('=')
+                .expect("p=value")
+                .1
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    assert!(
+        p.len() == 3 && 0.0 < p[0] && p[0] <= p[1] && p[1] <= p[2],
+        "{line}"
+    );
+    // Both in INFO all, neither in a plain INFO.
+    let plain = section("default");
+    assert!(!plain.contains("# Commandstats") && !plain.contains("# Latencystats"));
+    assert!(plain.contains("# Errorstats"));
+    let all = section("all");
+    assert!(all.contains("# Commandstats") && all.contains("# Latencystats"));
+
     // CONFIG RESETSTAT starts them over.
     assert_eq!(raw(c, &["CONFIG", "RESETSTAT"]), ok());
     assert_eq!(counts(&server), [0, 0, 0]);
+    assert!(!section("latencystats").contains("usec_ping:"));
 }

@@ -735,6 +735,22 @@ fn random_commands_get_the_replies_redis_gives() {
             ferry_stats.1, redis_stats.1,
             "round {round}: INFO errorstats"
         );
+        // Latency percentiles for the same commands: those that ran.
+        let timed = |con: &mut redis::Connection| -> std::collections::BTreeSet<String> {
+            let info: String = redis::cmd("INFO")
+                .arg("latencystats")
+                .query(con)
+                .expect("INFO");
+            info.lines()
+                .filter_map(|l| l.strip_prefix("latency_percentiles_usec_"))
+                .filter_map(|l| l.split_once(':').map(|(name, _)| name.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            timed(&mut fi),
+            timed(&mut ri),
+            "round {round}: INFO latencystats"
+        );
     }
     assert_eq!(compared, COMMANDS * ROUNDS as usize);
 

@@ -219,6 +219,17 @@ fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
     );
     assert!(get(&p, "ferry_command_duration_seconds_total{cmd=\"set\"}") > 0.0);
     assert_eq!(get(&p, "ferry_errors_total{code=\"ERR\"}"), 2.0);
+    let (p50, p999) = (
+        get(
+            &p,
+            "ferry_command_latency_seconds{cmd=\"set\",quantile=\"0.5\"}",
+        ),
+        get(
+            &p,
+            "ferry_command_latency_seconds{cmd=\"set\",quantile=\"0.999\"}",
+        ),
+    );
+    assert!(0.0 < p50 && p50 <= p999 && p999 < 1.0, "{p50} {p999}");
     assert!(get(&p, "ferry_wal_records_written_total") >= 25.0);
     assert!(get(&p, "process_resident_memory_bytes") > 0.0);
     assert_eq!(get(&p, "ferry_connected_replicas"), 1.0);
