@@ -187,6 +187,9 @@ async fn read_head(
 ) -> std::io::Result<Option<Result<Request, BadRequest>>> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if end > METRICS_REQUEST_BYTES_MAX {
+                return Ok(Some(Err(BadRequest::TooLarge)));
+            }
             let parsed = parse_head(&buf[..end]);
             buf.drain(..end + 4);
             return Ok(Some(parsed));

@@ -203,10 +203,16 @@ fn read_meta(db: &DB) -> Result<(Lsn, u64, Expiring)> {
             read_u64(keys::META_KEY_COUNT)?,
         )
     };
-    let expiring = match db.get_pinned(keys::META_EXPIRING)? {
-        Some(v) => Expiring::decode(&v).ok_or_else(|| EngineError::CorruptEntry {
-            key: String::from_utf8_lossy(keys::META_EXPIRING).into_owned(),
-        })?,
+    let stored = db.get_pinned(keys::META_EXPIRING)?;
+    let expiring = match stored.as_deref().map(Expiring::decode) {
+        Some(Some(expiring)) => expiring,
+        Some(None) => {
+            // Only a figure for INFO: counted again rather than refused.
+            tracing::warn!(
+                "the stored count of keys with an expiry does not decode; counting them"
+            );
+            expiring_in(db)?
+        }
         None => expiring_in(db)?,
     };
     Ok((applied, keys, expiring))

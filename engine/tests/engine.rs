@@ -416,6 +416,14 @@ fn a_keyspace_without_its_expiry_count_gets_it_from_the_expiry_index() {
     drop(db);
     let engine = Engine::open(&path).unwrap();
     assert_eq!(engine.expiring(), expected);
+    drop(engine);
+    // A stored count that does not decode is counted again, not refused.
+    let db = rocksdb::DB::open_default(&path).unwrap();
+    db.put(b"Mexpiring", b"bad").unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let engine = Engine::open(&path).unwrap();
+    assert_eq!(engine.expiring(), expected);
 }
 
 #[test]
