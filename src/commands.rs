@@ -246,6 +246,15 @@ pub static COMMANDS: &[Spec] = &[
         0,
         Handler::ReplicaOf
     ),
+    spec!(
+        "slowlog",
+        -2,
+        &["admin", "loading", "stale"],
+        0,
+        0,
+        0,
+        Handler::Conn(slowlog)
+    ),
     spec!("strlen", 2, R, 1, 1, 1, Handler::Read(strlen)),
     spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
     spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
@@ -263,6 +272,7 @@ pub const SUBCOMMANDS: &[(&str, &[&str])] = &[
     ),
     ("command", &["count", "docs", "info"]),
     ("config", &["get", "resetstat", "set"]),
+    ("slowlog", &["get", "help", "len", "reset"]),
 ];
 
 fn subcommands_of(name: &str) -> Option<&'static [&'static str]> {
@@ -1763,6 +1773,71 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             Reply::ok()
         }
         _ => subcommand_error("config", &args[1]),
+    }
+}
+
+/// SLOWLOG GET [count] | LEN | RESET | HELP, as Redis's.
+fn slowlog(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match (sub.as_str(), args.len()) {
+        ("get", 2 | 3) => {
+            let count = match args.get(2).map(|a| parse_i64(a)) {
+                None => 10,
+                Some(Some(-1)) => usize::MAX,
+                Some(Some(n)) if n >= 0 => n as usize,
+                Some(_) => return Reply::err("count should be greater than or equal to -1"),
+            };
+            let entries = node
+                .slowlog
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .newest(count);
+            Reply::Array(
+                entries
+                    .into_iter()
+                    .map(|e| {
+                        Reply::Array(vec![
+                            Reply::Int(e.id as i64),
+                            Reply::Int(e.at_secs as i64),
+                            Reply::Int(e.micros as i64),
+                            Reply::Array(e.args.into_iter().map(Reply::Bulk).collect()),
+                            Reply::bulk(e.addr),
+                            Reply::Bulk(e.name),
+                        ])
+                    })
+                    .collect(),
+            )
+        }
+        ("len", 2) => {
+            Reply::Int(node.slowlog.lock().unwrap_or_else(|e| e.into_inner()).len() as i64)
+        }
+        ("reset", 2) => {
+            node.slowlog
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset();
+            Reply::ok()
+        }
+        ("help", 2) => Reply::Array(
+            [
+                "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET [<count>]",
+                "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+                "    Entries are made of:",
+                "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+                "    client name",
+                "LEN",
+                "    Return the length of the slowlog.",
+                "RESET",
+                "    Reset the slowlog.",
+                "HELP",
+                "    Print this help.",
+            ]
+            .into_iter()
+            .map(|line| Reply::Simple(line.into()))
+            .collect(),
+        ),
+        _ => subcommand_error("slowlog", &args[1]),
     }
 }
 

@@ -462,6 +462,11 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.requirepass.clone().unwrap_or_default(),
         ),
         ("save".into(), String::new()),
+        (
+            "slowlog-log-slower-than".into(),
+            c.slowlog_log_slower_than.to_string(),
+        ),
+        ("slowlog-max-len".into(), c.slowlog_max_len.to_string()),
     ]
 }
 

@@ -116,6 +116,15 @@ struct ServeArgs {
     /// Most clients connected at once.
     #[arg(long, env = "FERRY_MAXCLIENTS", default_value_t = node::MAXCLIENTS_DEFAULT)]
     maxclients: usize,
+    /// Commands that run at least this many microseconds enter the slow log
+    /// (SLOWLOG GET); 0: every command, negative: none. As Redis's
+    /// slowlog-log-slower-than.
+    #[arg(long, env = "FERRY_SLOWLOG_LOG_SLOWER_THAN", default_value_t = node::SLOWLOG_LOG_SLOWER_THAN_DEFAULT, allow_negative_numbers = true)]
+    slowlog_log_slower_than: i64,
+    /// Entries the slow log keeps (the oldest leave first), as Redis's
+    /// slowlog-max-len.
+    #[arg(long, env = "FERRY_SLOWLOG_MAX_LEN", default_value_t = node::SLOWLOG_MAX_LEN_DEFAULT)]
+    slowlog_max_len: usize,
     /// Threads that serve connections (RESP and gRPC). Default: one per core
     /// but one, which is left to the WAL writer thread that logs and applies
     /// every write. On two cores a second worker only adds wake-ups and
@@ -447,6 +456,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             fsync: args.fsync,
             requirepass: args.requirepass,
             maxclients: args.maxclients,
+            slowlog_log_slower_than: args.slowlog_log_slower_than,
+            slowlog_max_len: args.slowlog_max_len,
             read_cache_bytes: args.read_cache_bytes,
             proto_max_bulk_len: args.proto_max_bulk_len,
             proto_max_multibulk_len: args.proto_max_multibulk_len,

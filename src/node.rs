@@ -132,6 +132,10 @@ pub struct Config {
     pub fsync: SyncPolicy,
     pub requirepass: Option<String>,
     pub maxclients: usize,
+    /// Microseconds from which a command enters the slow log (negative:
+    /// none).
+    pub slowlog_log_slower_than: i64,
+    pub slowlog_max_len: usize,
     /// Bytes of key entries kept in memory for reads (0: none).
     pub read_cache_bytes: usize,
     pub proto_max_bulk_len: usize,
@@ -142,6 +146,91 @@ pub struct Config {
     pub wal_segment_bytes: u64,
     /// Bytes per second per snapshot transfer (0: no limit).
     pub snapshot_rate_limit: u64,
+}
+
+/// Defaults of the slow log's threshold (µs) and length, as Redis's.
+pub const SLOWLOG_LOG_SLOWER_THAN_DEFAULT: i64 = 10_000;
+pub const SLOWLOG_MAX_LEN_DEFAULT: usize = 128;
+/// Arguments a slow log entry keeps (the last one then says how many more
+/// there were), and bytes kept of each, as Redis's.
+const SLOWLOG_ENTRY_ARGS_MAX: usize = 32;
+const SLOWLOG_ARG_BYTES_MAX: usize = 128;
+
+/// A command that ran slowly, as SLOWLOG GET shows it.
+#[derive(Debug, Clone)]
+pub struct SlowEntry {
+    pub id: u64,
+    /// When it ran, in seconds since the Unix epoch.
+    pub at_secs: u64,
+    pub micros: u64,
+    /// Its arguments, cut as Redis cuts them, passwords redacted.
+    pub args: Vec<Bytes>,
+    pub addr: String,
+    pub name: Bytes,
+}
+
+/// The slow log, newest entry first.
+#[derive(Debug, Default)]
+pub struct SlowLog {
+    next_id: u64,
+    entries: VecDeque<SlowEntry>,
+}
+
+impl SlowLog {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The `count` newest entries.
+    pub fn newest(&self, count: usize) -> Vec<SlowEntry> {
+        self.entries.iter().take(count).cloned().collect()
+    }
+
+    pub fn reset(&mut self) {
+        self.entries.clear();
+    }
+
+    fn push(&mut self, entry: SlowEntry, max_len: usize) {
+        self.entries.push_front(entry);
+        self.entries.truncate(max_len);
+    }
+}
+
+/// The arguments a slow log entry keeps of `args`: passwords (AUTH's,
+/// HELLO's after AUTH) redacted, at most [`SLOWLOG_ENTRY_ARGS_MAX`] (the
+/// last then counting the rest), each cut at [`SLOWLOG_ARG_BYTES_MAX`]
+/// bytes with a count of the rest, as Redis keeps them.
+pub fn slowlog_args(args: &[Bytes]) -> Vec<Bytes> {
+    let redacted = Bytes::from_static(b"(redacted)");
+    let mut args = args.to_vec();
+    if args[0].eq_ignore_ascii_case(b"auth") {
+        for a in &mut args[1..] {
+            *a = redacted.clone();
+        }
+    } else if args[0].eq_ignore_ascii_case(b"hello")
+        && let Some(at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"auth"))
+    {
+        for a in args.iter_mut().skip(at + 1).take(2) {
+            *a = redacted.clone();
+        }
+    }
+    let kept = args.len().min(SLOWLOG_ENTRY_ARGS_MAX);
+    (0..kept)
+        .map(|j| {
+            if kept != args.len() && j == kept - 1 {
+                Bytes::from(format!("... ({} more arguments)", args.len() - kept + 1))
+            } else if args[j].len() > SLOWLOG_ARG_BYTES_MAX {
+                let mut cut = args[j][..SLOWLOG_ARG_BYTES_MAX].to_vec();
+                cut.extend_from_slice(
+                    format!("... ({} more bytes)", args[j].len() - SLOWLOG_ARG_BYTES_MAX)
+                        .as_bytes(),
+                );
+                Bytes::from(cut)
+            } else {
+                args[j].clone()
+            }
+        })
+        .collect()
 }
 
 /// How often the rates of INFO's `instantaneous_*` fields are sampled.
@@ -798,6 +887,7 @@ pub struct Node {
     pub pipeline: Pipeline,
     pub stats: Stats,
     pub clients: Mutex<HashMap<u64, ClientInfo>>,
+    pub slowlog: Mutex<SlowLog>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -953,6 +1043,7 @@ impl Node {
             pipeline,
             stats: Stats::default(),
             clients: Mutex::new(HashMap::new()),
+            slowlog: Mutex::default(),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),
@@ -980,6 +1071,36 @@ impl Node {
             None => self.begin_term().await?,
         }
         Ok(())
+    }
+
+    /// Notes a command that ran for `took` in the slow log if it ran long
+    /// enough (`--slowlog-log-slower-than`); `conn` is the client's id and
+    /// name.
+    pub fn slow_command(&self, conn: (u64, Option<&Bytes>), args: &[Bytes], took: Duration) {
+        let threshold = self.config.slowlog_log_slower_than;
+        let micros = took.as_micros() as u64;
+        if threshold < 0 || micros < threshold as u64 {
+            return;
+        }
+        let addr = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&conn.0)
+            .map(|c| c.addr.clone())
+            .unwrap_or_default();
+        let mut log = self.slowlog.lock().unwrap_or_else(|e| e.into_inner());
+        let id = log.next_id;
+        log.next_id += 1;
+        let entry = SlowEntry {
+            id,
+            at_secs: now_ms() / 1000,
+            micros,
+            args: slowlog_args(args),
+            addr,
+            name: conn.1.cloned().unwrap_or_default(),
+        };
+        log.push(entry, self.config.slowlog_max_len);
     }
 
     /// Whether the node follows a primary.
@@ -1550,6 +1671,45 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_log_entries_keep_arguments_as_redis_keeps_them() {
+        let args = |list: &[&str]| -> Vec<Bytes> {
+            list.iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect()
+        };
+        assert_eq!(
+            slowlog_args(&args(&["AUTH", "user", "secret"])),
+            args(&["AUTH", "(redacted)", "(redacted)"])
+        );
+        assert_eq!(
+            slowlog_args(&args(&[
+                "hello", "3", "auth", "user", "secret", "SETNAME", "n"
+            ])),
+            args(&[
+                "hello",
+                "3",
+                "auth",
+                "(redacted)",
+                "(redacted)",
+                "SETNAME",
+                "n"
+            ])
+        );
+        let long = "x".repeat(200);
+        let kept = slowlog_args(&args(&["SET", "k", &long]));
+        assert_eq!(
+            kept[2],
+            Bytes::from(format!("{}... (72 more bytes)", "x".repeat(128)))
+        );
+        let many: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let kept = slowlog_args(&args(&many));
+        assert_eq!(kept.len(), SLOWLOG_ENTRY_ARGS_MAX);
+        assert_eq!(kept[30], Bytes::from("30"));
+        assert_eq!(kept[31], Bytes::from("... (9 more arguments)"));
+    }
 
     #[test]
     fn latency_buckets_keep_order_and_an_eighth_of_precision() {

@@ -318,7 +318,7 @@ async fn connection(
                 Ok(Some(args)) => args,
                 Ok(None) => break,
                 Err(e) => {
-                    run_writes(&node, &mut writes, &mut queue).await;
+                    run_writes(&node, &conn, &mut writes, &mut queue).await;
                     drain(&node, &mut queue, &mut out, &mut conn).await;
                     let reply = Reply::err(&e);
                     if let Reply::Error(text) = &reply {
@@ -341,11 +341,11 @@ async fn connection(
                 break;
             }
             if queue.len() + writes.len() >= PIPELINE_DEPTH_MAX {
-                run_writes(&node, &mut writes, &mut queue).await;
+                run_writes(&node, &conn, &mut writes, &mut queue).await;
                 drain(&node, &mut queue, &mut out, &mut conn).await;
             }
         }
-        run_writes(&node, &mut writes, &mut queue).await;
+        run_writes(&node, &conn, &mut writes, &mut queue).await;
         drain(&node, &mut queue, &mut out, &mut conn).await;
         // The client list (CLIENT LIST, INFO) is shared by every
         // connection: it is locked only when what it shows changes.
@@ -396,7 +396,12 @@ async fn connection(
 type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>);
 
 /// Runs the writes read so far, queueing their replies in order.
-async fn run_writes(node: &Node, writes: &mut Vec<PendingWrite>, queue: &mut VecDeque<Queued>) {
+async fn run_writes(
+    node: &Node,
+    conn: &Conn,
+    writes: &mut Vec<PendingWrite>,
+    queue: &mut VecDeque<Queued>,
+) {
     if writes.is_empty() {
         return;
     }
@@ -406,8 +411,10 @@ async fn run_writes(node: &Node, writes: &mut Vec<PendingWrite>, queue: &mut Vec
             move |view: &mut View<'_>| {
                 let started = Instant::now();
                 let reply = f(view, args);
+                let took = started.elapsed();
                 let failed = !matches!(reply, Ok(ref r) if !matches!(r, Reply::Error(_)));
-                node.stats.command_ran(*slot, started.elapsed(), failed);
+                node.stats.command_ran(*slot, took, failed);
+                node.slow_command((conn.id, conn.name.as_ref()), args, took);
                 let (hits, misses) = view.lookups();
                 node.stats.lookups(hits, misses);
                 reply
@@ -483,11 +490,11 @@ async fn dispatch(
         let slot = commands::stat_slot(spec, &args);
         writes.push((*f, args, slot));
         if writes.len() >= WRITES_TOGETHER_MAX {
-            run_writes(node, writes, queue).await;
+            run_writes(node, conn, writes, queue).await;
         }
         return None;
     }
-    run_writes(node, writes, queue).await;
+    run_writes(node, conn, writes, queue).await;
     let spec = match checked {
         Ok(spec) => spec,
         Err(reply) => return Some(Queued::Ready(reply)),
@@ -505,8 +512,13 @@ async fn dispatch(
         // before it runs, in Redis.
         node.stats.command_rejected(slot);
     } else {
+        let took = started.elapsed();
         let failed = matches!(reply, Reply::Error(_));
-        node.stats.command_ran(slot, started.elapsed(), failed);
+        node.stats.command_ran(slot, took, failed);
+        // An unknown subcommand has no place: Redis never ran it.
+        if slot.is_some() {
+            node.slow_command((conn.id, conn.name.as_ref()), args, took);
+        }
     }
     Some(Queued::Ready(reply))
 }

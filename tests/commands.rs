@@ -825,3 +825,81 @@ fn info_counts_lookups_errors_expiring_keys_and_rates() {
     assert_eq!(counts(&server), [0, 0, 0]);
     assert!(!section("latencystats").contains("usec_ping:"));
 }
+
+/// SLOWLOG as Redis's: commands at or over `--slowlog-log-slower-than` µs,
+/// newest first, at most `--slowlog-max-len` of them.
+#[test]
+fn the_slow_log_keeps_the_newest_commands_over_its_threshold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &dir.path().join("node"),
+        &["--slowlog-log-slower-than", "0", "--slowlog-max-len", "3"],
+    );
+    let c = &mut server.client();
+    assert_eq!(
+        raw(c, &["CONFIG", "GET", "slowlog*"]),
+        V::Array(vec![
+            bulk("slowlog-log-slower-than"),
+            bulk("0"),
+            bulk("slowlog-max-len"),
+            bulk("3"),
+        ])
+    );
+    assert_eq!(raw(c, &["SLOWLOG", "RESET"]), ok());
+    raw(c, &["CLIENT", "SETNAME", "app"]);
+    raw(c, &["SET", "k", "v"]);
+    raw(c, &["GET", "k"]);
+    assert!(error(c, &["GET"]).starts_with("ERR wrong number")); // refused: not logged
+    let V::Array(entries) = raw(c, &["SLOWLOG", "GET", "-1"]) else {
+        panic!("not an array")
+    };
+    // The newest three: GET, SET, CLIENT SETNAME (SLOWLOG RESET fell off).
+    let args: Vec<V> = entries
+        .iter()
+        .map(|e| match e {
+            V::Array(fields) => {
+                assert_eq!(fields.len(), 6);
+                assert!(matches!(fields[0], V::Int(_)) && matches!(fields[2], V::Int(_)));
+                assert_eq!(fields[5], bulk("app"));
+                fields[3].clone()
+            }
+            other => panic!("an entry: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        args,
+        vec![
+            V::Array(vec![bulk("GET"), bulk("k")]),
+            V::Array(vec![bulk("SET"), bulk("k"), bulk("v")]),
+            V::Array(vec![bulk("CLIENT"), bulk("SETNAME"), bulk("app")]),
+        ]
+    );
+    let V::Array(one) = raw(c, &["SLOWLOG", "GET", "1"]) else {
+        panic!()
+    };
+    assert_eq!(one.len(), 1);
+    assert_eq!(raw(c, &["SLOWLOG", "LEN"]), V::Int(3));
+    assert_eq!(
+        error(c, &["SLOWLOG", "GET", "-2"]),
+        "ERR count should be greater than or equal to -1"
+    );
+    assert_eq!(
+        error(c, &["SLOWLOG", "LEN", "x"]),
+        "ERR wrong number of arguments for 'slowlog|len' command"
+    );
+    let V::Array(help) = raw(c, &["SLOWLOG", "HELP"]) else {
+        panic!()
+    };
+    assert_eq!(help.len(), 12);
+    // A negative threshold keeps every command out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let quiet = Server::start(
+        &dir.path().join("node"),
+        &["--slowlog-log-slower-than", "-1"],
+    );
+    let c = &mut quiet.client();
+    for i in 0..100 {
+        raw(c, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert_eq!(raw(c, &["SLOWLOG", "LEN"]), V::Int(0));
+}

@@ -47,6 +47,7 @@ impl Redis {
                 .args(["--save", "", "--appendonly", "no"])
                 // ferry has one database, as Redis with this setting.
                 .args(["--databases", "1"])
+                .args(SLOWLOG_EVERYTHING)
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -103,6 +104,51 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Both servers log every command that runs in their slow log, which the
+/// test compares.
+const SLOWLOG_EVERYTHING: [&str; 4] = [
+    "--slowlog-log-slower-than",
+    "0",
+    "--slowlog-max-len",
+    "10000",
+];
+
+/// The slow log, newest first, as each entry's arguments and client name
+/// (times and addresses differ); then it is emptied. SCAN and HSCAN are
+/// left out: their cursors and the number of calls an iteration takes are
+/// each server's own.
+fn take_slowlog(con: &mut redis::Connection) -> Vec<(Vec<Value>, Value)> {
+    let Value::Array(entries) = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg("-1")
+        .query(con)
+        .expect("SLOWLOG GET")
+    else {
+        panic!("SLOWLOG GET: not an array");
+    };
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query(con)
+        .expect("SLOWLOG RESET");
+    let scan = |args: &[Value]| {
+        matches!(args.first(), Some(Value::BulkString(name))
+            if name.eq_ignore_ascii_case(b"scan") || name.eq_ignore_ascii_case(b"hscan"))
+    };
+    entries
+        .into_iter()
+        .map(|e| match e {
+            Value::Array(fields) if fields.len() == 6 => {
+                let Value::Array(args) = fields[3].clone() else {
+                    panic!("arguments: {fields:?}");
+                };
+                (args, fields[5].clone())
+            }
+            other => panic!("a slow log entry: {other:?}"),
+        })
+        .filter(|(args, _)| !scan(args))
+        .collect()
 }
 
 /// INFO's counters that must move as Redis's do: keyspace hits, misses,
@@ -595,7 +641,7 @@ fn random_commands_get_the_replies_redis_gives() {
     let seed = ferry_wal::testing::test_seed("differential");
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let ferry = Server::start(&dir.path().join("node"), &SLOWLOG_EVERYTHING);
     let redis = Redis::start();
     let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
     let mut compared = 0;
@@ -619,12 +665,14 @@ fn random_commands_get_the_replies_redis_gives() {
         // INFO on connections of their own, in RESP2.
         let mut fi = connect(&ferry.url(), false).expect("connect to ferry");
         let mut ri = connect(&redis_url, false).expect("connect to redis-server");
-        // The round's command and error figures start from zero on both.
+        // The round's command and error figures and slow logs start from
+        // zero on both.
         for con in [&mut fi, &mut ri] {
             assert_eq!(
                 reply(con, &["CONFIG".into(), "RESETSTAT".into()]),
                 Ok(Value::Okay)
             );
+            take_slowlog(con);
         }
         let mut before = (counters(&mut fi), counters(&mut ri));
         while history.len() < COMMANDS {
@@ -706,6 +754,17 @@ fn random_commands_get_the_replies_redis_gives() {
                 );
             }
             before = after;
+            // The commands that ran, as the slow logs saw them.
+            let (logged_ferry, logged_redis) = (take_slowlog(&mut fi), take_slowlog(&mut ri));
+            assert!(
+                logged_ferry == logged_redis,
+                "round {round}: the slow logs differ after these commands:\n  {}\nferry: {logged_ferry:?}\nredis: {logged_redis:?}",
+                batch
+                    .iter()
+                    .map(|a| a.join(" "))
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            );
         }
         // Each command's calls, rejections and failures, and the errors by
         // code, over the round (and since a CONFIG RESETSTAT in it).
