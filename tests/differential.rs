@@ -721,6 +721,11 @@ fn random_commands_get_the_replies_redis_gives() {
                 compared += 1;
             }
             let after = (counters(&mut fi), counters(&mut ri));
+            let listed = batch
+                .iter()
+                .map(|a| a.join(" "))
+                .collect::<Vec<_>>()
+                .join("\n  ");
             // An HSCAN reads its key once per call, and the two servers
             // need different numbers of calls for one iteration.
             let calls_differ = batch.iter().any(|a| a[0].eq_ignore_ascii_case("HSCAN"));
@@ -743,14 +748,8 @@ fn random_commands_get_the_replies_redis_gives() {
                     (after.0[i], after.1[i])
                 };
                 assert_eq!(
-                    moved,
-                    expected,
-                    "round {round}: INFO {name} (ferry, redis) after these commands:\n  {}",
-                    batch
-                        .iter()
-                        .map(|a| a.join(" "))
-                        .collect::<Vec<_>>()
-                        .join("\n  ")
+                    moved, expected,
+                    "round {round}: INFO {name} (ferry, redis) after these commands:\n  {listed}"
                 );
             }
             before = after;
@@ -758,12 +757,7 @@ fn random_commands_get_the_replies_redis_gives() {
             let (logged_ferry, logged_redis) = (take_slowlog(&mut fi), take_slowlog(&mut ri));
             assert!(
                 logged_ferry == logged_redis,
-                "round {round}: the slow logs differ after these commands:\n  {}\nferry: {logged_ferry:?}\nredis: {logged_redis:?}",
-                batch
-                    .iter()
-                    .map(|a| a.join(" "))
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
+                "round {round}: the slow logs differ after these commands:\n  {listed}\nferry: {logged_ferry:?}\nredis: {logged_redis:?}"
             );
         }
         // Each command's calls, rejections and failures, and the errors by
