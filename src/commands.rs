@@ -50,6 +50,9 @@ pub struct Conn {
     pub id: u64,
     pub resp3: bool,
     pub name: Option<Bytes>,
+    /// The client library's name and version (CLIENT SETINFO).
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
     pub authenticated: bool,
     pub quit: bool,
     /// The LSN of this connection's last write, for WAIT.
@@ -1634,7 +1637,7 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
     match (sub.as_str(), args.len()) {
         ("setname", 3) => {
-            if args[2].iter().any(|&b| b <= b' ' || b > b'~') {
+            if !is_printable_word(&args[2]) {
                 return Reply::err(
                     "Client names cannot contain spaces, newlines or special characters.",
                 );
@@ -1661,9 +1664,35 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
                 .collect();
             Reply::bulk(text)
         }
-        ("setinfo", 4) => Reply::ok(),
+        ("setinfo", 4) => {
+            let attr = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
+            let slot = match attr.as_str() {
+                "lib-name" => &mut conn.lib_name,
+                "lib-ver" => &mut conn.lib_ver,
+                _ => {
+                    return Reply::err(format!(
+                        "Unrecognized option '{}'",
+                        String::from_utf8_lossy(&args[2])
+                    ));
+                }
+            };
+            if !is_printable_word(&args[3]) {
+                return Reply::err(format!(
+                    "{} cannot contain spaces, newlines or special characters.",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            }
+            *slot = (!args[3].is_empty()).then(|| args[3].clone());
+            Reply::ok()
+        }
         _ => subcommand_error("client", &args[1]),
     }
+}
+
+/// Whether a client name or library label has only printable characters
+/// and no spaces, as Redis requires.
+fn is_printable_word(text: &[u8]) -> bool {
+    text.iter().all(|&b| b > b' ' && b <= b'~')
 }
 
 /// Redis's error for a subcommand of a container command (CLIENT, CONFIG,

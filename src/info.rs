@@ -472,24 +472,28 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
 
 /// One line of CLIENT LIST for a connection.
 pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
-    let name = if info.id == conn.id {
-        conn.name.clone()
+    // The asking connection shows what it has just set.
+    let own = info.id == conn.id;
+    let (name, lib_name, lib_ver) = if own {
+        (&conn.name, &conn.lib_name, &conn.lib_ver)
     } else {
-        info.name.clone()
+        (&info.name, &info.lib_name, &info.lib_ver)
+    };
+    let text = |b: &Option<bytes::Bytes>| {
+        b.as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
     };
     format!(
-        "id={} addr={} laddr={} name={} age={} db=0 resp={} cmd={}\n",
+        "id={} addr={} laddr={} name={} age={} db=0 resp={} cmd={} lib-name={} lib-ver={}\n",
         info.id,
         info.addr,
         info.laddr,
-        name.map(|n| String::from_utf8_lossy(&n).into_owned())
-            .unwrap_or_default(),
+        text(name),
         info.connected_at.elapsed().as_secs(),
-        if info.id == conn.id && conn.resp3 {
-            3
-        } else {
-            info.resp
-        },
+        if own && conn.resp3 { 3 } else { info.resp },
         info.last_command,
+        text(lib_name),
+        text(lib_ver),
     )
 }

@@ -538,6 +538,8 @@ pub struct ClientInfo {
     pub addr: String,
     pub laddr: String,
     pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
     pub connected_at: Instant,
     pub resp: u8,
     pub last_command: String,

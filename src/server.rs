@@ -258,6 +258,8 @@ async fn connection(
         id,
         resp3: false,
         name: None,
+        lib_name: None,
+        lib_ver: None,
         authenticated: node.config.requirepass.is_none(),
         quit: false,
         last_write_lsn: 0,
@@ -273,6 +275,8 @@ async fn connection(
                 addr,
                 laddr,
                 name: None,
+                lib_name: None,
+                lib_ver: None,
                 connected_at: Instant::now(),
                 resp: 2,
                 last_command: "NULL".into(),
@@ -287,8 +291,16 @@ async fn connection(
     let mut queue = VecDeque::new();
     let mut writes = Vec::new();
     // What the client list shows of this connection: its last command,
-    // name and protocol.
-    let mut shown: (String, Option<bytes::Bytes>, bool) = ("NULL".into(), None, false);
+    // then its name, protocol and library as set.
+    let labels = |c: &Conn| {
+        (
+            c.name.clone(),
+            c.resp3,
+            c.lib_name.clone(),
+            c.lib_ver.clone(),
+        )
+    };
+    let mut shown = ("NULL".to_string(), labels(&conn));
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
@@ -350,14 +362,11 @@ async fn connection(
         // The client list (CLIENT LIST, INFO) is shared by every
         // connection: it is locked only when what it shows changes.
         if let Some(cmd) = last_command
-            && (!cmd.eq_ignore_ascii_case(shown.0.as_bytes())
-                || conn.name != shown.1
-                || conn.resp3 != shown.2)
+            && (!cmd.eq_ignore_ascii_case(shown.0.as_bytes()) || labels(&conn) != shown.1)
         {
             shown = (
                 String::from_utf8_lossy(&cmd).to_ascii_lowercase(),
-                conn.name.clone(),
-                conn.resp3,
+                labels(&conn),
             );
             if let Some(info) = node
                 .clients
@@ -366,8 +375,8 @@ async fn connection(
                 .get_mut(&id)
             {
                 info.last_command = shown.0.clone();
-                info.name = shown.1.clone();
-                info.resp = if shown.2 { 3 } else { 2 };
+                (info.name, _, info.lib_name, info.lib_ver) = shown.1.clone();
+                info.resp = if shown.1.1 { 3 } else { 2 };
             }
         }
         if !out.is_empty() {
