@@ -265,9 +265,9 @@ pub static COMMANDS: &[Spec] = &[
     spec!("wait", 3, &["noscript"], 0, 0, 0, Handler::Wait),
 ];
 
-/// The subcommands of the container commands (CLIENT, COMMAND, CONFIG), as
-/// Redis 7 names them in its errors and in INFO commandstats:
-/// `client|setname`.
+/// The subcommands of the container commands (CLIENT, COMMAND, CONFIG,
+/// SLOWLOG), as Redis 7 names them in its errors and in INFO
+/// commandstats: `client|setname`.
 pub const SUBCOMMANDS: &[(&str, &[&str])] = &[
     (
         "client",
@@ -321,6 +321,7 @@ fn stat_table() -> &'static StatTable {
 pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
     let index =
         (spec as *const Spec as usize - COMMANDS.as_ptr() as usize) / std::mem::size_of::<Spec>();
+    debug_assert!(std::ptr::eq(&COMMANDS[index], spec), "a spec of the table");
     match (stat_table().at[index], args.get(1)) {
         ((own, Some(subs)), Some(sub)) => subs
             .iter()
@@ -330,7 +331,7 @@ pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
     }
 }
 
-/// Whether `spec` is a container command (CLIENT, COMMAND, CONFIG).
+/// Whether `spec` is a container command (see [`SUBCOMMANDS`]).
 pub fn is_container(spec: &Spec) -> bool {
     subcommands_of(spec.name).is_some()
 }
