@@ -166,13 +166,19 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         }
         "persistence" => {
             let wal = node.wal.stats();
+            // Records applied since the engine last wrote its files: what a
+            // restart replays from the WAL (Redis: changes since the last
+            // snapshot on disk).
+            let (applied, persisted) = (node.engine.applied_lsn(), node.engine.persisted_lsn());
             let _ = write!(
                 out,
                 "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n\
-                 aof_last_write_status:{}\r\nrdb_changes_since_last_save:0\r\nrdb_bgsave_in_progress:0\r\n\
+                 aof_last_write_status:{}\r\nrdb_changes_since_last_save:{}\r\nrdb_bgsave_in_progress:0\r\n\
                  appendfsync:{}\r\nwal_first_lsn:{}\r\nwal_last_lsn:{}\r\nwal_durable_lsn:{}\r\n\
-                 wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n",
+                 wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n\
+                 engine_persisted_lsn:{}\r\n",
                 if node.wal.has_failed() { "err" } else { "ok" },
+                applied.0.saturating_sub(persisted.0),
                 node.config.fsync,
                 node.wal.first_lsn(),
                 node.wal.last_lsn(),
@@ -180,7 +186,8 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 wal.records,
                 wal.frames,
                 wal.syncs,
-                node.engine.applied_lsn(),
+                applied,
+                persisted,
             );
         }
         "stats" => {

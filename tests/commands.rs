@@ -707,6 +707,12 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
     assert!(line_of(watcher, id).contains("resp=3"));
 }
 
+/// One INFO section's text.
+fn section_text(server: &Server, name: &str) -> String {
+    let mut c = server.client();
+    cmd(&["INFO", name]).query(&mut c).expect("INFO")
+}
+
 /// The INFO fields dashboards read, with real figures: keyspace hits and
 /// misses, error replies, the keys with an expiry and their average time
 /// to live (kept across a restart), the rates and the memory peak.
@@ -785,6 +791,23 @@ fn info_counts_lookups_errors_expiring_keys_and_rates() {
     raw(c, &["DEL", "e3"]);
     raw(c, &["SET", "e4", "v", "PX", "1000000"]);
     assert_eq!(field(&keyspace(&server), "expires"), 1);
+    // Changes since the engine last wrote its files: what a restart would
+    // replay (a few records: no flush yet).
+    let persistence = section_text(&server, "persistence");
+    let figure = |name: &str| -> u64 {
+        persistence
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .expect(name)
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    assert!(figure("rdb_changes_since_last_save") > 0);
+    assert_eq!(
+        figure("rdb_changes_since_last_save"),
+        figure("engine_applied_lsn") - figure("engine_persisted_lsn")
+    );
     // Stored with the data: the same after a restart.
     assert!(server.terminate().success());
     server = Server::start(&data, &[]);
@@ -818,10 +841,7 @@ fn info_counts_lookups_errors_expiring_keys_and_rates() {
     );
 
     // Per command: calls, and percentiles of their running times.
-    let section = |name: &str| -> String {
-        let mut c = server.client();
-        cmd(&["INFO", name]).query(&mut c).expect("INFO")
-    };
+    let section = |name: &str| section_text(&server, name);
     let commandstats = section("commandstats");
     assert!(
         commandstats.contains("cmdstat_ping:calls=2000,"),
