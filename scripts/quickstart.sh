@@ -6,8 +6,9 @@
 #
 #   scripts/quickstart.sh [DATA_DIR]   (default: a new temporary directory)
 #
-# Ports: FERRY_QS_PORT (default 6379) and the next ones: the primary's RESP
-# and gRPC on PORT and PORT+1000, the replica's on PORT+1 and PORT+1001.
+# Ports: FERRY_QS_PORT (default 6379) and the next ones: the primary's RESP,
+# gRPC and Prometheus metrics on PORT, PORT+1000 and PORT+2000, the
+# replica's RESP and gRPC on PORT+1 and PORT+1001.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -80,7 +81,8 @@ resp() {
 }
 
 echo "== starting a primary and a replica in $data"
-start primary --resp-addr "127.0.0.1:$port" --grpc-addr "127.0.0.1:$((port + 1000))"
+start primary --resp-addr "127.0.0.1:$port" --grpc-addr "127.0.0.1:$((port + 1000))" \
+    --metrics-addr "127.0.0.1:$((port + 2000))"
 start replica --resp-addr "127.0.0.1:$((port + 1))" --grpc-addr "127.0.0.1:$((port + 1001))" \
     --replica-of "http://127.0.0.1:$((port + 1000))"
 
@@ -105,9 +107,16 @@ echo
 echo "== ferry status --addr http://127.0.0.1:$((port + 1001))   (the replica)"
 "$ferry" status --addr "http://127.0.0.1:$((port + 1001))"
 echo
+echo "== some of the primary's Prometheus metrics (http://127.0.0.1:$((port + 2000))/metrics)"
+exec 4<>"/dev/tcp/127.0.0.1/$((port + 2000))"
+printf 'GET /metrics HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n' >&4
+grep -E '^ferry_(role|keys|wal_durable_lsn|command_calls_total\{cmd="set"\}|replica_applied_lsn|replica_lag_records)' <&4 || true
+exec 4<&-
+echo
 echo "Connect with any Redis client:"
 echo "  redis-cli -p $port                  # the primary: reads and writes"
 echo "  redis-cli -p $((port + 1))                  # the replica: reads (writes get -READONLY)"
 echo "  $ferry status --addr http://127.0.0.1:$((port + 1001)) --json"
+echo "  curl http://127.0.0.1:$((port + 2000))/metrics      # the primary's metrics"
 echo "Both nodes run until Ctrl-C."
 wait "${pids[@]}"
