@@ -229,7 +229,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         "replication" => replication_text(node, out),
         "commandstats" => {
             out.push_str("# Commandstats\r\n");
-            for (name, c) in commands::stat_names().iter().zip(stats.commands.iter()) {
+            for (name, c) in stats.per_command() {
                 let calls = c.calls.load(Ordering::Relaxed);
                 let usec = c.nanos.load(Ordering::Relaxed) / 1000;
                 let rejected = c.rejected.load(Ordering::Relaxed);
@@ -251,7 +251,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         }
         "latencystats" => {
             out.push_str("# Latencystats\r\n");
-            for (name, c) in commands::stat_names().iter().zip(stats.commands.iter()) {
+            for (name, c) in stats.per_command() {
                 let Some(nanos) = c.latency.percentiles(&LATENCY_PERCENTILES) else {
                     continue;
                 };

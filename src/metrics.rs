@@ -378,9 +378,8 @@ fn render(node: &Node) -> String {
     ] {
         out.counter(name, help, load(counter));
     }
-    let commands: Vec<(&String, &crate::node::CommandCounters)> = crate::commands::stat_names()
-        .iter()
-        .zip(stats.commands.iter())
+    let commands: Vec<(&str, &crate::node::CommandCounters)> = stats
+        .per_command()
         .filter(|(_, c)| load(&c.calls) + load(&c.rejected) > 0)
         .collect();
     let per_command = |value: &dyn Fn(&crate::node::CommandCounters) -> f64| -> Vec<(String, f64)> {

@@ -420,6 +420,14 @@ impl Stats {
         }
     }
 
+    /// Each command's counters with its name in INFO commandstats.
+    pub fn per_command(&self) -> impl Iterator<Item = (&'static str, &CommandCounters)> {
+        crate::commands::stat_names()
+            .iter()
+            .map(String::as_str)
+            .zip(self.commands.iter())
+    }
+
     /// A command that ran (at `slot` of [`crate::commands::stat_names`]),
     /// for `took`, and whether it answered with an error.
     pub fn command_ran(&self, slot: Option<usize>, took: Duration, failed: bool) {

@@ -201,11 +201,16 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
                 Err(e) => engine_error_reply(e),
             },
         };
-        if let Reply::Error(text) = &reply {
-            node.stats.error_reply(text);
-        }
-        reply.encode(out, conn.resp3);
+        send(node, &reply, out, conn.resp3);
     }
+}
+
+/// Encodes a reply for the client, counting it if it is an error.
+fn send(node: &Node, reply: &Reply, out: &mut BytesMut, resp3: bool) {
+    if let Reply::Error(text) = reply {
+        node.stats.error_reply(text);
+    }
+    reply.encode(out, resp3);
 }
 
 /// How many replicas have flushed `lsn`, waiting until `wanted` have or the
@@ -332,11 +337,7 @@ async fn connection(
                 Err(e) => {
                     run_writes(&node, &conn, &mut writes, &mut queue).await;
                     drain(&node, &mut queue, &mut out, &mut conn).await;
-                    let reply = Reply::err(&e);
-                    if let Reply::Error(text) = &reply {
-                        node.stats.error_reply(text);
-                    }
-                    reply.encode(&mut out, conn.resp3);
+                    send(&node, &Reply::err(&e), &mut out, conn.resp3);
                     let _ = socket.write_all(&out).await;
                     break 'serve;
                 }
