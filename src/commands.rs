@@ -5,7 +5,7 @@
 //! commands act on the connection or the server.
 
 use bytes::Bytes;
-use ferry_engine::{Entry, Value, View};
+use ferry_engine::{Entry, Reader, Value, View};
 use ferry_proto::v1::{self as pb, mutation::Op};
 
 use crate::glob;
@@ -22,7 +22,9 @@ pub type WriteHandler = fn(&mut View<'_>, &Args) -> EResult<Reply>;
 /// How a command is carried out.
 #[derive(Clone, Copy)]
 pub enum Handler {
-    Read(fn(&Node, &Args) -> Reply),
+    /// Reads through a [`Reader`]: the applied state, or a transaction's
+    /// view of the write path.
+    Read(fn(&Node, &dyn Reader, &Args) -> Reply),
     Write(WriteHandler),
     Conn(fn(&Node, &mut Conn, &Args) -> Reply),
     /// REPLICAOF and SLAVEOF: changes the node's role (see [`replicaof`]).
@@ -430,25 +432,26 @@ fn engine_error(err: ferry_engine::EngineError) -> Reply {
 
 /// A live entry of the applied state, read for the client: counted as a
 /// keyspace hit or miss.
-fn read_entry(node: &Node, key: &[u8]) -> Result<Option<Entry>, Reply> {
-    read_counted(node, key, now_ms()).map_err(engine_error)
+fn read_entry(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Option<Entry>, Reply> {
+    read_counted(node, r, key, now_ms()).map_err(engine_error)
 }
 
 /// [`Engine::get`](ferry_engine::Engine::get), counted as a keyspace hit
 /// or miss.
 fn read_counted(
     node: &Node,
+    r: &dyn Reader,
     key: &[u8],
     now: u64,
 ) -> Result<Option<Entry>, ferry_engine::EngineError> {
-    let entry = node.engine.get(key, now)?;
+    let entry = r.live(key, now)?;
     let found = u64::from(entry.is_some());
     node.stats.lookups(found, 1 - found);
     Ok(entry)
 }
 
-fn read_string(node: &Node, key: &[u8]) -> Result<Option<Bytes>, Reply> {
-    match read_entry(node, key)? {
+fn read_string(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Option<Bytes>, Reply> {
+    match read_entry(node, r, key)? {
         None => Ok(None),
         Some(Entry {
             value: Value::String(s),
@@ -459,8 +462,8 @@ fn read_string(node: &Node, key: &[u8]) -> Result<Option<Bytes>, Reply> {
 }
 
 /// The field count of a live hash, 0 if missing.
-fn read_hash(node: &Node, key: &[u8]) -> Result<u64, Reply> {
-    match read_entry(node, key)? {
+fn read_hash(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<u64, Reply> {
+    match read_entry(node, r, key)? {
         None => Ok(0),
         Some(Entry {
             value: Value::Hash { len },
@@ -524,16 +527,16 @@ fn reap_expired(view: &mut View<'_>, key: &Bytes) -> EResult<()> {
 
 // ---------------------------------------------------------------- strings
 
-fn get(node: &Node, args: &Args) -> Reply {
-    Reply::opt_bulk(tri_read!(read_string(node, &args[1])))
+fn get(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    Reply::opt_bulk(tri_read!(read_string(node, r, &args[1])))
 }
 
-fn mget(node: &Node, args: &Args) -> Reply {
+fn mget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let now = now_ms();
     Reply::Array(
         args[1..]
             .iter()
-            .map(|key| match read_counted(node, key, now) {
+            .map(|key| match read_counted(node, r, key, now) {
                 Ok(Some(Entry {
                     value: Value::String(s),
                     ..
@@ -544,16 +547,16 @@ fn mget(node: &Node, args: &Args) -> Reply {
     )
 }
 
-fn strlen(node: &Node, args: &Args) -> Reply {
-    Reply::Int(tri_read!(read_string(node, &args[1])).map_or(0, |s| s.len() as i64))
+fn strlen(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    Reply::Int(tri_read!(read_string(node, r, &args[1])).map_or(0, |s| s.len() as i64))
 }
 
-fn getrange(node: &Node, args: &Args) -> Reply {
+fn getrange(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let (start, end) = match (parse_i64(&args[2]), parse_i64(&args[3])) {
         (Some(s), Some(e)) => (s, e),
         _ => return not_integer(),
     };
-    let s = tri_read!(read_string(node, &args[1])).unwrap_or_default();
+    let s = tri_read!(read_string(node, r, &args[1])).unwrap_or_default();
     let len = s.len() as i64;
     if start < 0 && end < 0 && start > end {
         return Reply::bulk_str("");
@@ -991,11 +994,11 @@ fn del(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     Ok(Reply::Int(deleted))
 }
 
-fn exists(node: &Node, args: &Args) -> Reply {
+fn exists(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let now = now_ms();
     let mut n = 0;
     for key in &args[1..] {
-        match read_counted(node, key, now) {
+        match read_counted(node, r, key, now) {
             Ok(Some(_)) => n += 1,
             Ok(None) => {}
             Err(e) => return engine_error(e),
@@ -1004,8 +1007,8 @@ fn exists(node: &Node, args: &Args) -> Reply {
     Reply::Int(n)
 }
 
-fn type_(node: &Node, args: &Args) -> Reply {
-    let entry = tri_read!(read_entry(node, &args[1]));
+fn type_(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let entry = tri_read!(read_entry(node, r, &args[1]));
     Reply::Simple(entry.map_or("none", |e| e.type_name()).into())
 }
 
@@ -1147,9 +1150,9 @@ fn persist(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     }
 }
 
-fn ttl_common(node: &Node, args: &Args, unit_ms: u64, absolute: bool) -> Reply {
+fn ttl_common(node: &Node, r: &dyn Reader, args: &Args, unit_ms: u64, absolute: bool) -> Reply {
     let now = now_ms();
-    match tri_read!(read_entry(node, &args[1])) {
+    match tri_read!(read_entry(node, r, &args[1])) {
         None => Reply::Int(-2),
         Some(e) if e.expire_at_ms == 0 => Reply::Int(-1),
         Some(e) if absolute => Reply::Int((e.expire_at_ms / unit_ms) as i64),
@@ -1160,20 +1163,20 @@ fn ttl_common(node: &Node, args: &Args, unit_ms: u64, absolute: bool) -> Reply {
     }
 }
 
-fn ttl(node: &Node, args: &Args) -> Reply {
-    ttl_common(node, args, 1000, false)
+fn ttl(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    ttl_common(node, r, args, 1000, false)
 }
 
-fn pttl(node: &Node, args: &Args) -> Reply {
-    ttl_common(node, args, 1, false)
+fn pttl(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    ttl_common(node, r, args, 1, false)
 }
 
-fn expiretime(node: &Node, args: &Args) -> Reply {
-    ttl_common(node, args, 1000, true)
+fn expiretime(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    ttl_common(node, r, args, 1000, true)
 }
 
-fn pexpiretime(node: &Node, args: &Args) -> Reply {
-    ttl_common(node, args, 1, true)
+fn pexpiretime(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    ttl_common(node, r, args, 1, true)
 }
 
 fn flushall(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
@@ -1186,31 +1189,33 @@ fn flushall(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     Ok(Reply::ok())
 }
 
-fn dbsize(node: &Node, _args: &Args) -> Reply {
-    Reply::Int(node.engine.key_count() as i64)
+fn dbsize(_node: &Node, r: &dyn Reader, _args: &Args) -> Reply {
+    match r.key_count() {
+        Ok(n) => Reply::Int(n as i64),
+        Err(e) => engine_error(e),
+    }
 }
 
-fn keys(node: &Node, args: &Args) -> Reply {
+fn keys(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let pattern = &args[1];
     let now = now_ms();
     let mut out = Vec::new();
     let mut after: Option<Bytes> = None;
     loop {
-        let (batch, more) = match node.engine.scan(after.as_deref(), 1024, now) {
-            Ok(r) => r,
+        let scanned = match r.scan(after.as_deref(), 1024, now) {
+            Ok(scanned) => scanned,
             Err(e) => return engine_error(e),
         };
-        if let Some((last, _)) = batch.last() {
-            after = Some(last.clone());
-        }
         out.extend(
-            batch
+            scanned
+                .entries
                 .into_iter()
                 .filter(|(k, _)| glob::matches(pattern, k, false))
                 .map(|(k, _)| Reply::Bulk(k)),
         );
-        if !more {
-            break;
+        match scanned.resume {
+            Some(resume) => after = Some(resume),
+            None => break,
         }
     }
     Reply::Array(out)
@@ -1284,15 +1289,15 @@ fn next_cursor(node: &Node, last: Option<Bytes>) -> Reply {
     Reply::bulk(id.to_string())
 }
 
-fn scan(node: &Node, args: &Args) -> Reply {
+fn scan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let after = tri_read!(cursor_position(node, &args[1]));
     let o = tri_read!(scan_options(args, 2, true));
-    let (batch, more) = match node.engine.scan(after.as_deref(), o.count, now_ms()) {
-        Ok(r) => r,
+    let scanned = match r.scan(after.as_deref(), o.count, now_ms()) {
+        Ok(scanned) => scanned,
         Err(e) => return engine_error(e),
     };
-    let last = batch.last().map(|(k, _)| k.clone()).or(after);
-    let matching: Vec<(Bytes, Entry)> = batch
+    let matching: Vec<(Bytes, Entry)> = scanned
+        .entries
         .into_iter()
         .filter(|(k, _)| {
             o.pattern
@@ -1309,10 +1314,7 @@ fn scan(node: &Node, args: &Args) -> Reply {
         .filter(|(_, e)| o.type_name.as_deref().is_none_or(|t| e.type_name() == t))
         .map(|(k, _)| Reply::Bulk(k))
         .collect();
-    Reply::Array(vec![
-        next_cursor(node, if more { last } else { None }),
-        Reply::Array(keys),
-    ])
+    Reply::Array(vec![next_cursor(node, scanned.resume), Reply::Array(keys)])
 }
 
 // ----------------------------------------------------------------- hashes
@@ -1417,23 +1419,28 @@ fn hincrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 
 /// One field of a live hash, for the single-field reads: `Ok(None)` when the
 /// key or the field is missing.
-fn read_field(node: &Node, key: &[u8], field: &[u8]) -> Result<Option<Bytes>, Reply> {
-    if read_hash(node, key)? == 0 {
+fn read_field(
+    node: &Node,
+    r: &dyn Reader,
+    key: &[u8],
+    field: &[u8],
+) -> Result<Option<Bytes>, Reply> {
+    if read_hash(node, r, key)? == 0 {
         return Ok(None);
     }
-    node.engine.hash_field(key, field).map_err(engine_error)
+    r.field(key, field).map_err(engine_error)
 }
 
-fn hget(node: &Node, args: &Args) -> Reply {
-    Reply::opt_bulk(tri_read!(read_field(node, &args[1], &args[2])))
+fn hget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    Reply::opt_bulk(tri_read!(read_field(node, r, &args[1], &args[2])))
 }
 
-fn hmget(node: &Node, args: &Args) -> Reply {
-    let exists = tri_read!(read_hash(node, &args[1])) > 0;
+fn hmget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let exists = tri_read!(read_hash(node, r, &args[1])) > 0;
     let mut out = Vec::with_capacity(args.len() - 2);
     for field in &args[2..] {
         out.push(if exists {
-            match node.engine.hash_field(&args[1], field) {
+            match r.field(&args[1], field) {
                 Ok(v) => Reply::opt_bulk(v),
                 Err(e) => return engine_error(e),
             }
@@ -1444,17 +1451,15 @@ fn hmget(node: &Node, args: &Args) -> Reply {
     Reply::Array(out)
 }
 
-fn hash_all(node: &Node, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>, Reply> {
-    if read_hash(node, key)? == 0 {
+fn hash_all(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>, Reply> {
+    if read_hash(node, r, key)? == 0 {
         return Ok(Vec::new());
     }
-    node.engine
-        .hash_fields(key, None, usize::MAX)
-        .map_err(engine_error)
+    r.fields(key, None, usize::MAX).map_err(engine_error)
 }
 
-fn hgetall(node: &Node, args: &Args) -> Reply {
-    let fields = tri_read!(hash_all(node, &args[1]));
+fn hgetall(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let fields = tri_read!(hash_all(node, r, &args[1]));
     Reply::Map(
         fields
             .into_iter()
@@ -1463,40 +1468,40 @@ fn hgetall(node: &Node, args: &Args) -> Reply {
     )
 }
 
-fn hkeys(node: &Node, args: &Args) -> Reply {
-    let fields = tri_read!(hash_all(node, &args[1]));
+fn hkeys(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let fields = tri_read!(hash_all(node, r, &args[1]));
     Reply::Array(fields.into_iter().map(|(f, _)| Reply::Bulk(f)).collect())
 }
 
-fn hvals(node: &Node, args: &Args) -> Reply {
-    let fields = tri_read!(hash_all(node, &args[1]));
+fn hvals(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let fields = tri_read!(hash_all(node, r, &args[1]));
     Reply::Array(fields.into_iter().map(|(_, v)| Reply::Bulk(v)).collect())
 }
 
-fn hlen(node: &Node, args: &Args) -> Reply {
-    Reply::Int(tri_read!(read_hash(node, &args[1])) as i64)
+fn hlen(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    Reply::Int(tri_read!(read_hash(node, r, &args[1])) as i64)
 }
 
-fn hexists(node: &Node, args: &Args) -> Reply {
+fn hexists(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     Reply::Int(i64::from(
-        tri_read!(read_field(node, &args[1], &args[2])).is_some(),
+        tri_read!(read_field(node, r, &args[1], &args[2])).is_some(),
     ))
 }
 
-fn hstrlen(node: &Node, args: &Args) -> Reply {
-    Reply::Int(tri_read!(read_field(node, &args[1], &args[2])).map_or(0, |v| v.len() as i64))
+fn hstrlen(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    Reply::Int(tri_read!(read_field(node, r, &args[1], &args[2])).map_or(0, |v| v.len() as i64))
 }
 
-fn hscan(node: &Node, args: &Args) -> Reply {
+fn hscan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let key = &args[1];
     let after = tri_read!(cursor_position(node, &args[2]));
     // As Redis: the key (missing: an empty scan) and its type before the
     // options.
-    if tri_read!(read_hash(node, key)) == 0 {
+    if tri_read!(read_hash(node, r, key)) == 0 {
         return Reply::Array(vec![Reply::bulk_str("0"), Reply::Array(Vec::new())]);
     }
     let o = tri_read!(scan_options(args, 3, false));
-    let batch = match node.engine.hash_fields(key, after.as_deref(), o.count + 1) {
+    let batch = match r.fields(key, after.as_deref(), o.count + 1) {
         Ok(b) => b,
         Err(e) => return engine_error(e),
     };
@@ -1906,7 +1911,7 @@ pub fn redis_link_state(state: &str) -> &'static str {
     }
 }
 
-fn role(node: &Node, _args: &Args) -> Reply {
+fn role(node: &Node, _r: &dyn Reader, _args: &Args) -> Reply {
     if let Some(link) = node.link_status() {
         let (host, port) = host_port(&link.primary);
         return Reply::Array(vec![
@@ -1977,9 +1982,9 @@ pub fn replicaof_target(args: &Args) -> Result<Option<String>, Reply> {
     Ok(Some(format!("http://{host}:{port}")))
 }
 
-fn debug(node: &Node, args: &Args) -> Reply {
+fn debug(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     if eq(&args[1], "digest") && args.len() == 2 {
-        return match node.engine.digest(now_ms()) {
+        return match r.digest(now_ms()) {
             Ok(d) => Reply::Simple(d.into()),
             Err(e) => engine_error(e),
         };

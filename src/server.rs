@@ -569,7 +569,7 @@ async fn run_command(
             },
         },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
-        Handler::Read(f) => f(node, args),
+        Handler::Read(f) => f(node, &*node.engine, args),
         Handler::Conn(f) => f(node, conn, args),
     }
 }

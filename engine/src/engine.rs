@@ -116,17 +116,51 @@ pub fn complete_checkpoint_swap(engine_dir: &Path, checkpoint: &Path) -> Result<
     Ok(())
 }
 
+/// What reads of the stored state need of RocksDB: the database as it is,
+/// or a snapshot of it.
+trait Stored {
+    fn pinned(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error>;
+    fn iter(&self) -> rocksdb::DBRawIterator<'_>;
+}
+
+impl Stored for DB {
+    fn pinned(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error> {
+        self.get_pinned(key)
+    }
+    fn iter(&self) -> rocksdb::DBRawIterator<'_> {
+        self.raw_iterator()
+    }
+}
+
+impl Stored for rocksdb::Snapshot<'_> {
+    fn pinned(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error> {
+        self.get_pinned(key)
+    }
+    fn iter(&self) -> rocksdb::DBRawIterator<'_> {
+        self.raw_iterator()
+    }
+}
+
 /// The stored entry of `key` in `db` (see [`Engine::entry`]).
-fn entry_in(db: &DB, key: &[u8]) -> Result<Option<Entry>> {
-    match db.get_pinned(keys::key_key(key))? {
+fn entry_in(db: &impl Stored, key: &[u8]) -> Result<Option<Entry>> {
+    match db.pinned(&keys::key_key(key))? {
         Some(v) => Ok(Some(keys::decode_entry(key, &v)?)),
         None => Ok(None),
     }
 }
 
 /// As [`entry_in`], a string's bytes left out ([`keys::decode_entry_header`]).
-fn entry_header_in(db: &DB, key: &[u8]) -> Result<Option<Entry>> {
-    match db.get_pinned(keys::key_key(key))? {
+fn entry_header_in(db: &impl Stored, key: &[u8]) -> Result<Option<Entry>> {
+    match db.pinned(&keys::key_key(key))? {
         Some(v) => Ok(Some(keys::decode_entry_header(key, &v)?)),
         None => Ok(None),
     }
@@ -134,13 +168,13 @@ fn entry_header_in(db: &DB, key: &[u8]) -> Result<Option<Entry>> {
 
 /// The fields of hash `key` in `db` (see [`Engine::hash_fields`]).
 fn hash_fields_in(
-    db: &DB,
+    db: &impl Stored,
     key: &[u8],
     after: Option<&[u8]>,
     limit: usize,
 ) -> Result<Vec<(Bytes, Bytes)>> {
     let prefix = keys::field_prefix(key);
-    let mut it = db.raw_iterator();
+    let mut it = db.iter();
     match after {
         Some(after) => {
             let mut start = keys::field_key(key, after);
@@ -165,6 +199,99 @@ fn hash_fields_in(
     }
     it.status()?;
     Ok(out)
+}
+
+fn scan_in(db: &impl Stored, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+    let mut it = db.iter();
+    match after {
+        Some(after) => {
+            let mut start = keys::key_key(after);
+            start.push(0);
+            it.seek(&start);
+        }
+        None => it.seek([keys::KEY]),
+    }
+    let mut out = Scanned::default();
+    let mut visited = 0;
+    // The last key looked at, when it was an expired one left out.
+    let mut skipped: Option<Bytes> = None;
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if k.first() != Some(&keys::KEY) {
+            break;
+        }
+        if visited == limit {
+            it.status()?;
+            out.resume = skipped.or_else(|| out.entries.last().map(|(k, _)| k.clone()));
+            return Ok(out);
+        }
+        visited += 1;
+        let key = Bytes::copy_from_slice(&k[1..]);
+        let entry = keys::decode_entry(&key, v)?;
+        if entry.is_expired(now_ms) {
+            skipped = Some(key);
+        } else {
+            skipped = None;
+            out.entries.push((key, entry));
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+fn digest_in(db: &impl Stored, now_ms: u64) -> Result<Digest> {
+    let mut acc = Digest::default();
+    let mut it = db.iter();
+    it.seek([keys::KEY]);
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if k.first() != Some(&keys::KEY) {
+            break;
+        }
+        let key = &k[1..];
+        let entry = keys::decode_entry(key, v)?;
+        if !entry.is_expired(now_ms) {
+            let fields = match entry.value {
+                Value::Hash { .. } => hash_fields_in(db, key, None, usize::MAX)?,
+                Value::String(_) => Vec::new(),
+            };
+            acc.add(key, &entry, &fields);
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(acc)
+}
+
+/// A snapshot of an engine's stored state ([`Engine::snapshot_read`]).
+pub(crate) struct StoredState<'a>(rocksdb::Snapshot<'a>);
+
+impl StoredState<'_> {
+    pub(crate) fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
+        entry_in(&self.0, key)
+    }
+
+    pub(crate) fn hash_fields(&self, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>> {
+        hash_fields_in(&self.0, key, None, usize::MAX)
+    }
+
+    /// Keys stored, as [`Engine::key_count`].
+    pub(crate) fn key_count(&self) -> Result<u64> {
+        Ok(self
+            .0
+            .pinned(keys::META_KEY_COUNT)?
+            .and_then(|v| keys::decode_u64(&v))
+            .unwrap_or(0))
+    }
+
+    pub(crate) fn digest(&self, now_ms: u64) -> Result<Digest> {
+        digest_in(&self.0, now_ms)
+    }
 }
 
 /// The applied LSN and key count stored in a checkpoint (or any engine
@@ -250,6 +377,54 @@ pub struct Engine {
     persisted_lsn: AtomicU64,
     /// Entries read, in front of RocksDB.
     cache: ReadCache,
+}
+
+/// A stretch of [`Engine::scan`]: the live keys found, and where the next
+/// stretch resumes when more keys may follow (the last key looked at,
+/// which may be an expired one left out).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scanned {
+    pub entries: Vec<(Bytes, Entry)>,
+    pub resume: Option<Bytes>,
+}
+
+/// The keyspace digest: each live key's SHA-1 XORed in, so keys can be
+/// added and taken out in any order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Digest([u8; 20]);
+
+impl Digest {
+    /// XORs in (or, done twice, out) one key with its entry and, for a
+    /// hash, its fields in byte order.
+    pub(crate) fn add(&mut self, key: &[u8], entry: &Entry, fields: &[(Bytes, Bytes)]) {
+        let mut h = sha1_smol::Sha1::new();
+        h.update(&(key.len() as u64).to_be_bytes());
+        h.update(key);
+        h.update(&entry.expire_at_ms.to_be_bytes());
+        match &entry.value {
+            Value::String(s) => {
+                h.update(b"s");
+                h.update(s);
+            }
+            Value::Hash { .. } => {
+                h.update(b"h");
+                for (field, value) in fields {
+                    h.update(&(field.len() as u64).to_be_bytes());
+                    h.update(field);
+                    h.update(&(value.len() as u64).to_be_bytes());
+                    h.update(value);
+                }
+            }
+        }
+        for (a, b) in self.0.iter_mut().zip(h.digest().bytes()) {
+            *a ^= b;
+        }
+    }
+}
+
+/// A digest as `DEBUG DIGEST` shows it: 40 hex digits.
+pub(crate) fn digest_hex(digest: &Digest) -> String {
+    digest.0.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Engine {
@@ -671,50 +846,15 @@ impl Engine {
         hash_fields_in(&*self.db()?, key, after, limit)
     }
 
-    /// Keys in byte order after `after`, with their entries, at most `limit`
-    /// of them, logically expired ones left out.
+    /// Keys in byte order after `after`, with their entries: `limit` keys
+    /// looked at at most, logically expired ones left out (so a stretch of
+    /// expired keys gives an empty batch that still resumes past them).
     ///
     /// # Errors
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
-    pub fn scan(
-        &self,
-        after: Option<&[u8]>,
-        limit: usize,
-        now_ms: u64,
-    ) -> Result<(Vec<(Bytes, Entry)>, bool)> {
-        let db = self.db()?;
-        let mut it = db.raw_iterator();
-        match after {
-            Some(after) => {
-                let mut start = keys::key_key(after);
-                start.push(0);
-                it.seek(&start);
-            }
-            None => it.seek([keys::KEY]),
-        }
-        let mut out = Vec::new();
-        let mut visited = 0;
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if k.first() != Some(&keys::KEY) {
-                break;
-            }
-            if visited == limit {
-                it.status()?;
-                return Ok((out, true));
-            }
-            visited += 1;
-            let entry = keys::decode_entry(&k[1..], v)?;
-            if !entry.is_expired(now_ms) {
-                out.push((Bytes::copy_from_slice(&k[1..]), entry));
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok((out, false))
+    pub fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+        scan_in(&*self.db()?, after, limit, now_ms)
     }
 
     /// Up to `limit` keys whose expiry is at or before `now_ms`, from the
@@ -754,47 +894,28 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn digest(&self, now_ms: u64) -> Result<String> {
-        let mut acc = [0u8; 20];
+        Ok(digest_hex(&self.digest_bytes(now_ms)?))
+    }
+
+    /// [`Engine::digest`] before it is written in hex.
+    pub(crate) fn digest_bytes(&self, now_ms: u64) -> Result<Digest> {
+        digest_in(&*self.db()?, now_ms)
+    }
+
+    /// Runs `read` against one snapshot of the stored state (the read
+    /// cache left out): reads that must agree with each other while
+    /// records are applied.
+    ///
+    /// # Errors
+    ///
+    /// What `read` returns, and [`Engine::db`]'s.
+    pub(crate) fn snapshot_read<T>(
+        &self,
+        read: impl FnOnce(&StoredState<'_>) -> Result<T>,
+    ) -> Result<T> {
         let db = self.db()?;
-        let mut it = db.raw_iterator();
-        it.seek([keys::KEY]);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if k.first() != Some(&keys::KEY) {
-                break;
-            }
-            let key = &k[1..];
-            let entry = keys::decode_entry(key, v)?;
-            if !entry.is_expired(now_ms) {
-                let mut h = sha1_smol::Sha1::new();
-                h.update(&(key.len() as u64).to_be_bytes());
-                h.update(key);
-                h.update(&entry.expire_at_ms.to_be_bytes());
-                match &entry.value {
-                    Value::String(s) => {
-                        h.update(b"s");
-                        h.update(s);
-                    }
-                    Value::Hash { .. } => {
-                        h.update(b"h");
-                        for (field, value) in hash_fields_in(&db, key, None, usize::MAX)? {
-                            h.update(&(field.len() as u64).to_be_bytes());
-                            h.update(&field);
-                            h.update(&(value.len() as u64).to_be_bytes());
-                            h.update(&value);
-                        }
-                    }
-                }
-                for (a, b) in acc.iter_mut().zip(h.digest().bytes()) {
-                    *a ^= b;
-                }
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(acc.iter().map(|b| format!("{b:02x}")).collect())
+        let snapshot = db.snapshot();
+        read(&StoredState(snapshot))
     }
 }
 
@@ -950,7 +1071,7 @@ impl Target for BatchTarget<'_> {
         }
         let entry = match self.cache.peek(key) {
             Some(cached) => cached,
-            None => entry_in(&self.db, key)?,
+            None => entry_in(&*self.db, key)?,
         };
         self.entries.insert(key.clone(), entry.clone());
         Ok(entry)
@@ -964,7 +1085,7 @@ impl Target for BatchTarget<'_> {
             None if self.flushed => Ok(None),
             None => match self.cache.peek_header(key) {
                 Some(cached) => Ok(cached),
-                None => entry_header_in(&self.db, key),
+                None => entry_header_in(&*self.db, key),
             },
         }
     }

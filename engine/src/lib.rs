@@ -36,9 +36,9 @@ mod pipeline;
 pub use builder::{StateBuilder, StringSet, single_string_set};
 pub use cache::{READ_CACHE_BYTES_DEFAULT, ReadCacheStats};
 pub use engine::{
-    Engine, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, checkpoint_meta, complete_checkpoint_swap,
-    decode_record, op_key,
+    Engine, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, Scanned, checkpoint_meta,
+    complete_checkpoint_swap, decode_record, op_key,
 };
 pub use error::{EngineError, Result};
 pub use keys::{Entry, Expiring, Value};
-pub use pipeline::{Pipeline, Ticket, View};
+pub use pipeline::{Pipeline, Reader, Ticket, View};

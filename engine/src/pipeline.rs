@@ -24,7 +24,7 @@ use ferry_wal::{Lsn, PendingAppend, Wal, WalError};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::engine::{Engine, FastMap, Target, apply_mutation};
+use crate::engine::{Digest, Engine, FastMap, Scanned, Target, apply_mutation, digest_hex};
 use crate::error::{EngineError, Result};
 use crate::keys::{Entry, Value};
 
@@ -344,6 +344,207 @@ impl View<'_> {
     /// Whether the command has recorded effects.
     pub fn has_effects(&self) -> bool {
         !self.effects.is_empty()
+    }
+}
+
+/// Reads of a keyspace state: the engine's applied state, or a [`View`]
+/// of the write path, which adds the effects on their way (so the reads of
+/// a transaction see its earlier writes). The read commands are written
+/// once, against this.
+pub trait Reader {
+    /// The entry of `key` unless it is missing or expired at `now_ms`.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    fn live(&self, key: &[u8], now_ms: u64) -> Result<Option<Entry>>;
+
+    /// A field of the hash at `key` (whose entry the caller has checked).
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    fn field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>>;
+
+    /// Fields of the hash at `key` in byte order after `after`, at most
+    /// `limit` of them.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    fn fields(&self, key: &[u8], after: Option<&[u8]>, limit: usize)
+    -> Result<Vec<(Bytes, Bytes)>>;
+
+    /// Keys in byte order after `after`, as [`Engine::scan`].
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned>;
+
+    /// Keys stored, logically expired ones included.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    fn key_count(&self) -> Result<u64>;
+
+    /// The keyspace digest, as [`Engine::digest`].
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    fn digest(&self, now_ms: u64) -> Result<String>;
+}
+
+impl Reader for Engine {
+    fn live(&self, key: &[u8], now_ms: u64) -> Result<Option<Entry>> {
+        self.get(key, now_ms)
+    }
+
+    fn field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+        self.hash_field(key, field)
+    }
+
+    fn fields(
+        &self,
+        key: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        self.hash_fields(key, after, limit)
+    }
+
+    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+        Engine::scan(self, after, limit, now_ms)
+    }
+
+    fn key_count(&self) -> Result<u64> {
+        Ok(Engine::key_count(self))
+    }
+
+    fn digest(&self, now_ms: u64) -> Result<String> {
+        Engine::digest(self, now_ms)
+    }
+}
+
+/// The view's state is the engine's with the overlay's keys in place of
+/// theirs. While a view exists the overlay is locked, so no record's keys
+/// leave it; the engine's other keys cannot change meanwhile, since every
+/// record on its way to the engine has its keys in the overlay. Only the
+/// figures over the whole keyspace (the key count, the digest) compare the
+/// overlay's keys with the engine's, so they read one snapshot of it.
+impl Reader for View<'_> {
+    fn live(&self, key: &[u8], now_ms: u64) -> Result<Option<Entry>> {
+        Ok(self.entry(key)?.filter(|e| !e.is_expired(now_ms)))
+    }
+
+    fn field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+        self.hash_field(key, field)
+    }
+
+    fn fields(
+        &self,
+        key: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        if !self.overlay.keys.contains_key(key) && self.overlay.flushed_seq.is_none() {
+            return self.engine.hash_fields(key, after, limit);
+        }
+        Ok(self
+            .hash_fields(key)?
+            .into_iter()
+            .filter(|(f, _)| after.is_none_or(|a| f.as_ref() > a))
+            .take(limit)
+            .collect())
+    }
+
+    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+        let flushed = self.overlay.flushed_seq.is_some();
+        let mut out = if flushed {
+            Scanned::default()
+        } else {
+            self.engine.scan(after, limit, now_ms)?
+        };
+        out.entries
+            .retain(|(k, _)| !self.overlay.keys.contains_key(k.as_ref()));
+        // The overlay's live keys in the stretch the engine's batch covers
+        // (all of them past `after` when the engine's keys do not count).
+        let resume = out.resume.clone();
+        let mut ours: Vec<(Bytes, Entry)> = self
+            .overlay
+            .keys
+            .iter()
+            .filter(|(k, _)| {
+                after.is_none_or(|a| k.as_ref() > a)
+                    && resume.as_deref().is_none_or(|r| k.as_ref() <= r)
+            })
+            .filter_map(|(k, p)| {
+                let state = p.state.as_ref()?;
+                (!state.entry.is_expired(now_ms)).then(|| (k.clone(), state.entry.clone()))
+            })
+            .collect();
+        ours.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if flushed && ours.len() > limit {
+            ours.truncate(limit);
+            out.resume = ours.last().map(|(k, _)| k.clone());
+        }
+        out.entries.extend(ours);
+        out.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn key_count(&self) -> Result<u64> {
+        let flushed = self.overlay.flushed_seq.is_some();
+        self.engine.snapshot_read(|stored| {
+            let mut count = if flushed { 0 } else { stored.key_count()? };
+            for (key, p) in &self.overlay.keys {
+                let before = !flushed && stored.entry(key)?.is_some();
+                match (before, p.state.is_some()) {
+                    (false, true) => count += 1,
+                    (true, false) => count = count.saturating_sub(1),
+                    _ => {}
+                }
+            }
+            Ok(count)
+        })
+    }
+
+    fn digest(&self, now_ms: u64) -> Result<String> {
+        let flushed = self.overlay.flushed_seq.is_some();
+        let fields_of =
+            |entry: &Entry, read: &dyn Fn() -> Result<Vec<(Bytes, Bytes)>>| match entry.value {
+                Value::Hash { .. } => read(),
+                Value::String(_) => Ok(Vec::new()),
+            };
+        let digest = self.engine.snapshot_read(|stored| {
+            let mut acc = if flushed {
+                Digest::default()
+            } else {
+                stored.digest(now_ms)?
+            };
+            for (key, p) in &self.overlay.keys {
+                // Out with the engine's entry, in with the view's.
+                if !flushed
+                    && let Some(entry) = stored.entry(key)?.filter(|e| !e.is_expired(now_ms))
+                {
+                    acc.add(
+                        key,
+                        &entry,
+                        &fields_of(&entry, &|| stored.hash_fields(key))?,
+                    );
+                }
+                if let Some(state) = &p.state
+                    && !state.entry.is_expired(now_ms)
+                {
+                    let fields = fields_of(&state.entry, &|| self.hash_fields(key))?;
+                    acc.add(key, &state.entry, &fields);
+                }
+            }
+            Ok(acc)
+        })?;
+        Ok(digest_hex(&digest))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_engine::{Engine, Entry, Pipeline, Value};
+use ferry_engine::{Engine, Entry, Pipeline, Reader, Value};
 use ferry_proto::v1::{self as pb, Mutation, WalRecord, mutation::Op};
 use ferry_wal::testing::SeededRng;
 use ferry_wal::{Lsn, SyncPolicy, Wal, WalOptions};
@@ -75,9 +75,10 @@ fn seed() -> u64 {
 /// The keys with an expiry and their expiry times' sum, from the stored
 /// entries (as a scan at time 0, before anything expires, lists them).
 fn expiring_in_entries(engine: &Engine) -> ferry_engine::Expiring {
-    let (entries, more) = engine.scan(None, usize::MAX, 0).unwrap();
-    assert!(!more);
-    let with_expiry: Vec<u64> = entries
+    let scanned = engine.scan(None, usize::MAX, 0).unwrap();
+    assert!(scanned.resume.is_none());
+    let with_expiry: Vec<u64> = scanned
+        .entries
         .iter()
         .map(|(_, e)| e.expire_at_ms)
         .filter(|&at| at != 0)
@@ -207,7 +208,7 @@ fn mutations_do_what_wal_proto_says() {
         .unwrap();
     assert_eq!(engine.key_count(), 0);
     assert_eq!(engine.expiring(), ferry_engine::Expiring::default());
-    assert_eq!(engine.scan(None, 100, 0).unwrap().0.len(), 0);
+    assert_eq!(engine.scan(None, 100, 0).unwrap().entries.len(), 0);
     assert_eq!(engine.digest(0).unwrap(), "0".repeat(40));
 }
 
@@ -970,4 +971,116 @@ fn a_racing_reader_never_leaves_an_old_value_in_the_read_cache() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
+}
+
+/// Everything a reader shows of its state at `now_ms`: each key (scanned
+/// `step` keys at a time) with its entry and fields, the key count and the
+/// digest. Checks on the way that the other reads agree with the scan.
+type Shown = (Vec<(Bytes, Entry, Vec<(Bytes, Bytes)>)>, u64, String);
+
+fn read_all(r: &dyn Reader, step: usize, now_ms: u64) -> Shown {
+    let mut keys = Vec::new();
+    let mut after: Option<Bytes> = None;
+    loop {
+        let scanned = r.scan(after.as_deref(), step, now_ms).unwrap();
+        for (key, entry) in scanned.entries {
+            assert!(after.as_ref().is_none_or(|a| key > a), "keys in order");
+            assert_eq!(r.live(&key, now_ms).unwrap().as_ref(), Some(&entry));
+            let fields = r.fields(&key, None, usize::MAX).unwrap();
+            if let Some((first, value)) = fields.first() {
+                assert_eq!(r.field(&key, first).unwrap().as_ref(), Some(value));
+                assert_eq!(
+                    r.fields(&key, Some(first), usize::MAX).unwrap(),
+                    fields[1..]
+                );
+                assert_eq!(r.fields(&key, None, 1).unwrap(), fields[..1]);
+            }
+            after = Some(key.clone());
+            keys.push((key, entry, fields));
+        }
+        match scanned.resume {
+            Some(resume) => after = Some(resume),
+            None => break,
+        }
+    }
+    (keys, r.key_count().unwrap(), r.digest(now_ms).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_reads_the_state_the_engine_will_hold_once_its_writes_are_applied() {
+    let seed = seed();
+    let mut rng = SeededRng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), WalOptions::default()).unwrap());
+    let engine = Arc::new(Engine::open(&dir.path().join("engine")).unwrap());
+    let pipeline = Pipeline::start(engine.clone(), wal.clone());
+    // Half of the keys with an expiry (see `random_op`) have expired then.
+    let now_ms = 4_000_000_000_500;
+    for round in 0..40 {
+        // Records on their way (some applied, some not, as it happens),
+        // then a command that writes more and reads it all back.
+        let mut tickets = Vec::new();
+        for _ in 0..rng.below(12) {
+            let ops: Vec<Op> = (0..1 + rng.below(3)).map(|_| random_op(&mut rng)).collect();
+            let ticket = pipeline
+                .execute(move |view| {
+                    for op in ops {
+                        view.push(op)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            tickets.push(ticket);
+        }
+        let ops: Vec<Op> = (0..rng.below(4)).map(|_| random_op(&mut rng)).collect();
+        let step = 1 + rng.below(4) as usize;
+        let shown = pipeline
+            .execute(move |view| {
+                for op in ops {
+                    view.push(op)?;
+                }
+                Ok(read_all(view, step, now_ms))
+            })
+            .await
+            .unwrap();
+        for ticket in tickets {
+            ticket.wait().await.unwrap();
+        }
+        let seen = shown.wait().await.unwrap();
+        let held = read_all(&*engine, 1 + rng.below(4) as usize, now_ms);
+        assert_eq!(seen, held, "seed {seed}, round {round}");
+    }
+}
+
+#[test]
+fn a_scan_resumes_past_a_stretch_of_expired_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut ops: Vec<Op> = (0..10)
+        .map(|i| {
+            Op::SetString(pb::SetString {
+                key: b(&format!("a{i}")),
+                value: b("x"),
+                expire_at_ms: 1,
+            })
+        })
+        .collect();
+    ops.push(Op::SetString(pb::SetString {
+        key: b("b"),
+        value: b("live"),
+        expire_at_ms: 0,
+    }));
+    engine.apply(&[(Lsn(1), record(ops))]).unwrap();
+    let first = engine.scan(None, 3, 1000).unwrap();
+    assert!(first.entries.is_empty());
+    assert_eq!(
+        first.resume,
+        Some(b("a2")),
+        "resumes after the last key looked at"
+    );
+    let (keys, count, _) = read_all(&engine, 3, 1000);
+    assert_eq!(keys.len(), 1, "only the live key");
+    assert_eq!(keys[0].0, b("b"));
+    assert_eq!(count, 11, "expired keys are stored until deleted");
 }
