@@ -32,6 +32,8 @@ pub enum Handler {
     /// WAIT numreplicas timeout: waits for replicas to flush this
     /// connection's writes.
     Wait,
+    /// MULTI, EXEC, DISCARD, WATCH and UNWATCH (see `server::transaction`).
+    Transaction,
 }
 
 /// A command's entry in the table: arity as Redis counts it (negative: at
@@ -59,6 +61,28 @@ pub struct Conn {
     pub quit: bool,
     /// The LSN of this connection's last write, for WAIT.
     pub last_write_lsn: u64,
+    /// The transaction being queued, after MULTI.
+    pub multi: Option<Multi>,
+    /// The keys WATCHed for the next EXEC.
+    pub watch: ferry_engine::Watch,
+}
+
+/// A transaction being queued (MULTI ... EXEC).
+#[derive(Default)]
+pub struct Multi {
+    /// The commands queued, each with its place in INFO commandstats.
+    pub commands: Vec<(&'static Spec, Vec<Bytes>, Option<usize>)>,
+    /// A command was refused while queueing: EXEC discards the transaction.
+    pub refused: bool,
+}
+
+impl std::fmt::Debug for Multi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multi")
+            .field("commands", &self.commands.len())
+            .field("refused", &self.refused)
+            .finish()
+    }
 }
 
 const W: &[&str] = &["write"];
@@ -66,6 +90,8 @@ const WD: &[&str] = &["write", "denyoom"];
 const R: &[&str] = &["readonly", "fast"];
 const RS: &[&str] = &["readonly"];
 const C: &[&str] = &["fast"];
+/// MULTI, DISCARD, WATCH and UNWATCH, as Redis flags them.
+const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 macro_rules! spec {
     ($name:literal, $arity:expr, $flags:expr, $fk:expr, $lk:expr, $st:expr, $h:expr) => {
@@ -133,7 +159,17 @@ pub static COMMANDS: &[Spec] = &[
     spec!("decr", 2, WD, 1, 1, 1, Handler::Write(decr)),
     spec!("decrby", 3, WD, 1, 1, 1, Handler::Write(decrby)),
     spec!("del", -2, W, 1, -1, 1, Handler::Write(del)),
+    spec!("discard", 1, TX, 0, 0, 0, Handler::Transaction),
     spec!("echo", 2, C, 0, 0, 0, Handler::Conn(echo)),
+    spec!(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        0,
+        0,
+        0,
+        Handler::Transaction
+    ),
     spec!("exists", -2, R, 1, -1, 1, Handler::Read(exists)),
     spec!("expire", -3, W, 1, 1, 1, Handler::Write(expire)),
     spec!("expireat", -3, W, 1, 1, 1, Handler::Write(expireat)),
@@ -193,6 +229,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("mget", -2, R, 1, -1, 1, Handler::Read(mget)),
     spec!("mset", -3, WD, 1, -1, 2, Handler::Write(mset)),
     spec!("msetnx", -3, WD, 1, -1, 2, Handler::Write(msetnx)),
+    spec!("multi", 1, TX, 0, 0, 0, Handler::Transaction),
     spec!("persist", 2, W, 1, 1, 1, Handler::Write(persist)),
     spec!("pexpire", -3, W, 1, 1, 1, Handler::Write(pexpire)),
     spec!("pexpireat", -3, W, 1, 1, 1, Handler::Write(pexpireat)),
@@ -264,7 +301,9 @@ pub static COMMANDS: &[Spec] = &[
     spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
     spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
     spec!("unlink", -2, W, 1, -1, 1, Handler::Write(del)),
+    spec!("unwatch", 1, TX, 0, 0, 0, Handler::Transaction),
     spec!("wait", 3, &["noscript"], 0, 0, 0, Handler::Wait),
+    spec!("watch", -2, TX, 1, -1, 1, Handler::Transaction),
 ];
 
 /// The subcommands of the container commands (CLIENT, COMMAND, CONFIG,

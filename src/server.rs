@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::commands::{self, Conn, Handler, Spec, WriteHandler};
+use crate::commands::{self, Conn, Handler, Multi, Spec, WriteHandler};
 use crate::node::{
     ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node, STATS_SAMPLE_INTERVAL,
 };
@@ -268,6 +268,8 @@ async fn connection(
         authenticated: node.config.requirepass.is_none(),
         quit: false,
         last_write_lsn: 0,
+        multi: None,
+        watch: node.engine.new_watch(),
     };
     node.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
     node.clients
@@ -490,6 +492,16 @@ async fn dispatch(
         let slot = commands::lookup(&args[0]).and_then(|spec| commands::stat_slot(spec, &args));
         node.stats.command_rejected(slot);
     }
+    if let Some(multi) = &mut conn.multi {
+        // Any refusal inside MULTI dooms the transaction, as in Redis.
+        multi.refused |= checked.is_err();
+        if !runs_in_multi(&args[0]) {
+            // Queued, its reply after those before it.
+            let reply = queue_command(multi, checked, args);
+            run_writes(node, conn, writes, queue).await;
+            return Some(Queued::Ready(reply));
+        }
+    }
     if let Ok(
         spec @ Spec {
             handler: Handler::Write(f),
@@ -511,6 +523,20 @@ async fn dispatch(
     };
     let args = &args[..];
     let slot = commands::stat_slot(spec, args);
+    if let Handler::Transaction = spec.handler {
+        // In the write path's order, behind the writes before it: no need
+        // to wait for their replies.
+        let started = Instant::now();
+        let queued = transaction(node, conn, spec, args).await;
+        let failed = matches!(queued, Queued::Ready(Reply::Error(_)));
+        let took = started.elapsed();
+        node.stats.command_ran(slot, took, failed);
+        // EXEC's commands are in the slow log each; EXEC is not, as in Redis.
+        if spec.name != "exec" {
+            node.slow_command((conn.id, conn.name.as_ref()), args, took);
+        }
+        return Some(queued);
+    }
     // Every other command follows the replies before it on this connection
     // (a read sees the writes before it).
     drain(node, queue, out, conn).await;
@@ -569,7 +595,154 @@ async fn run_command(
             },
         },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
+        Handler::Transaction => unreachable!("run by transaction"),
         Handler::Read(f) => f(node, &*node.engine, args),
         Handler::Conn(f) => f(node, conn, args),
     }
+}
+
+/// Commands that run at once inside MULTI instead of being queued.
+fn runs_in_multi(name: &[u8]) -> bool {
+    ["exec", "discard", "multi", "watch", "quit"]
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+}
+
+/// The reply to a command sent inside MULTI: queued, or refused (which
+/// dooms the transaction, as in Redis).
+fn queue_command(
+    multi: &mut Multi,
+    checked: Result<&'static Spec, Reply>,
+    args: Vec<bytes::Bytes>,
+) -> Reply {
+    match checked {
+        Err(reply) => {
+            multi.refused = true;
+            reply
+        }
+        // A change of role cannot be part of a transaction.
+        Ok(Spec {
+            handler: Handler::ReplicaOf,
+            ..
+        }) => {
+            multi.refused = true;
+            Reply::err("Command not allowed inside a transaction")
+        }
+        Ok(spec) => {
+            let slot = commands::stat_slot(spec, &args);
+            multi.commands.push((spec, args, slot));
+            Reply::Simple("QUEUED".into())
+        }
+    }
+}
+
+/// MULTI, EXEC, DISCARD, WATCH and UNWATCH.
+async fn transaction(
+    node: &Node,
+    conn: &mut Conn,
+    spec: &'static Spec,
+    args: &[bytes::Bytes],
+) -> Queued {
+    let reply = match spec.name {
+        "multi" if conn.multi.is_some() => Reply::err("MULTI calls can not be nested"),
+        "multi" => {
+            conn.multi = Some(Multi::default());
+            Reply::ok()
+        }
+        "discard" => match conn.multi.take() {
+            None => Reply::err("DISCARD without MULTI"),
+            Some(_) => {
+                conn.watch.clear();
+                Reply::ok()
+            }
+        },
+        "watch" if conn.multi.is_some() => Reply::err("WATCH inside MULTI is not allowed"),
+        "watch" => match node.pipeline.watch(&conn.watch, &args[1..]) {
+            Ok(()) => Reply::ok(),
+            Err(e) => engine_error_reply(e),
+        },
+        "unwatch" => {
+            conn.watch.clear();
+            Reply::ok()
+        }
+        "exec" => return exec(node, conn).await,
+        other => unreachable!("{other} is not a transaction command"),
+    };
+    Queued::Ready(reply)
+}
+
+/// EXEC: the queued commands run one after another as one command of the
+/// write path, so no other client's command runs between them, and their
+/// effects are one WAL record: durable, applied and replicated together or
+/// not at all. Reads among them see the writes before them.
+async fn exec(node: &Node, conn: &mut Conn) -> Queued {
+    let Some(multi) = conn.multi.take() else {
+        return Queued::Ready(Reply::err("EXEC without MULTI"));
+    };
+    if multi.refused {
+        conn.watch.clear();
+        return Queued::Ready(Reply::Error(
+            "EXECABORT Transaction discarded because of previous errors.".into(),
+        ));
+    }
+    let executed = node
+        .pipeline
+        .execute(|view| run_queued(node, conn, view, &multi.commands))
+        .await;
+    conn.watch.clear();
+    match executed {
+        Ok(ticket) => Queued::Pending(ticket),
+        Err(e) => Queued::Ready(engine_error_reply(e)),
+    }
+}
+
+/// The queued commands of an EXEC against the write path's view: an array
+/// of their replies, or a null array if the watch no longer holds.
+fn run_queued(
+    node: &Node,
+    conn: &mut Conn,
+    view: &mut View<'_>,
+    commands: &[(&'static Spec, Vec<bytes::Bytes>, Option<usize>)],
+) -> ferry_engine::Result<Reply> {
+    if !view.watch_holds(&conn.watch)? {
+        return Ok(Reply::NullArray);
+    }
+    let mut replies = Vec::with_capacity(commands.len());
+    for (spec, args, slot) in commands {
+        let started = Instant::now();
+        let (hits, misses) = view.lookups();
+        let reply = match spec.handler {
+            Handler::Write(f) => f(view, args)?,
+            Handler::Read(f) => f(node, &*view, args),
+            Handler::Conn(f) => f(node, conn, args),
+            // WAIT cannot block inside a transaction: the replicas that
+            // have flushed the connection's writes so far, as in Redis.
+            Handler::Wait if node.is_replica() => Reply::err(
+                "WAIT cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated.",
+            ),
+            Handler::Wait => match commands::wait_args(args) {
+                Ok(_) => Reply::Int(
+                    node.shipper
+                        .flushed_count(ferry_wal::Lsn(conn.last_write_lsn))
+                        as i64,
+                ),
+                Err(reply) => reply,
+            },
+            // UNWATCH: the watch goes after EXEC anyway.
+            Handler::Transaction => Reply::ok(),
+            Handler::ReplicaOf => unreachable!("refused while queueing"),
+        };
+        let took = started.elapsed();
+        let (hits_after, misses_after) = view.lookups();
+        node.stats.lookups(hits_after - hits, misses_after - misses);
+        node.stats
+            .command_ran(*slot, took, matches!(reply, Reply::Error(_)));
+        node.slow_command((conn.id, conn.name.as_ref()), args, took);
+        // Inside the array, where the reply's encoding does not see it.
+        if let Reply::Error(text) = &reply {
+            node.stats.error_reply(text);
+        }
+        replies.push(reply);
+    }
+    Ok(Reply::Array(replies))
 }

@@ -956,3 +956,243 @@ fn the_slow_log_keeps_the_newest_commands_over_its_threshold() {
     }
     assert_eq!(raw(c, &["SLOWLOG", "LEN"]), V::Int(0));
 }
+
+/// A command's raw reply with errors inside it left as they are.
+fn raw_keeping_errors(c: &mut redis::Connection, args: &[&str]) -> V {
+    let mut replies: Vec<V> = redis::pipe()
+        .add_command(cmd(args))
+        .ignore_errors()
+        .query(c)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    replies.pop().expect("one reply")
+}
+
+fn error_code(reply: &V) -> Option<&str> {
+    match reply {
+        V::ServerError(e) => Some(e.code()),
+        _ => None,
+    }
+}
+
+/// MULTI, EXEC and DISCARD as Redis answers them: queued commands run in
+/// order inside EXEC, reads see the writes before them, an error inside
+/// is one reply of the array, and a command refused while queueing discards
+/// the whole transaction.
+#[test]
+fn transactions_run_their_commands_together_as_in_redis() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    assert_eq!(error(c, &["EXEC"]), "ERR EXEC without MULTI");
+    assert_eq!(error(c, &["DISCARD"]), "ERR DISCARD without MULTI");
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    assert_eq!(error(c, &["MULTI"]), "ERR MULTI calls can not be nested");
+    assert_eq!(
+        error(c, &["WATCH", "a"]),
+        "ERR WATCH inside MULTI is not allowed"
+    );
+    let queued = V::SimpleString("QUEUED".into());
+    for args in [
+        &["SET", "a", "1"][..],
+        &["INCR", "a"],
+        &["GET", "a"],
+        &["HSET", "a", "f", "v"],
+        &["MSET", "b", "x", "c", "y"],
+        &["DBSIZE"],
+        &["KEYS", "*"],
+        &["DEL", "c"],
+        &["EXISTS", "a", "b", "c"],
+        &["PING"],
+    ] {
+        assert_eq!(raw(c, args), queued, "{args:?}");
+    }
+    let replies = match raw_keeping_errors(c, &["EXEC"]) {
+        V::Array(replies) => replies,
+        other => panic!("EXEC: {other:?}"),
+    };
+    assert_eq!(replies.len(), 10);
+    assert_eq!(replies[..3], [ok(), V::Int(2), bulk("2")]);
+    assert_eq!(error_code(&replies[3]), Some("WRONGTYPE"));
+    assert_eq!(replies[4..6], [ok(), V::Int(3)]);
+    assert_eq!(
+        replies[6],
+        V::Array(vec![bulk("a"), bulk("b"), bulk("c")]),
+        "KEYS sees the keys written before it in the transaction"
+    );
+    assert_eq!(
+        replies[7..],
+        [V::Int(1), V::Int(2), V::SimpleString("PONG".into())]
+    );
+    assert_eq!(raw(c, &["DBSIZE"]), V::Int(2));
+
+    // Refused while queueing: nothing of it runs.
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    assert_eq!(raw(c, &["SET", "x", "1"]), queued);
+    assert!(error(c, &["NOSUCH"]).starts_with("ERR unknown command"));
+    assert_eq!(
+        error(c, &["SET", "x"]),
+        "ERR wrong number of arguments for 'set' command"
+    );
+    assert_eq!(
+        error(c, &["EXEC"]),
+        "EXECABORT Transaction discarded because of previous errors."
+    );
+    assert_eq!(raw(c, &["GET", "x"]), V::Nil);
+    // DISCARD drops what was queued.
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    assert_eq!(raw(c, &["SET", "y", "1"]), queued);
+    assert_eq!(raw(c, &["DISCARD"]), ok());
+    assert_eq!(raw(c, &["GET", "y"]), V::Nil);
+    // An empty transaction.
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    assert_eq!(raw(c, &["EXEC"]), V::Array(vec![]));
+
+    // A client library's transactions (MULTI ... EXEC in one pipeline).
+    let (n, got): (i64, String) = redis::pipe()
+        .atomic()
+        .incr("n", 5)
+        .get("n")
+        .query(c)
+        .expect("an atomic pipeline");
+    assert_eq!((n, got.as_str()), (5, "5"));
+
+    // INFO counts the transaction's commands as Redis does.
+    let stats = section_text(&server, "commandstats");
+    for (name, calls, failed) in [("multi", 6, 1), ("exec", 5, 2), ("discard", 2, 1)] {
+        let line = stats
+            .lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {stats}"));
+        assert!(
+            line.contains(&format!("calls={calls},"))
+                && line.contains(&format!("failed_calls={failed}")),
+            "{line}"
+        );
+    }
+    assert!(stats.contains("cmdstat_hset:calls=1,"), "{stats}");
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("cmdstat_set:") && l.contains("rejected_calls=1")),
+        "{stats}"
+    );
+}
+
+/// EXEC is atomic: no other client's command runs between its commands,
+/// and its writes are one record of the log.
+#[test]
+fn no_other_command_runs_inside_a_transaction_and_its_writes_are_one_record() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let before = server.durable_lsn();
+    let replies: Vec<V> = redis::pipe()
+        .atomic()
+        .set("p", "1")
+        .set("q", "2")
+        .hset("r", "f", "v")
+        .query(c)
+        .expect("transaction");
+    assert_eq!(replies.len(), 3);
+    assert_eq!(
+        server.durable_lsn(),
+        before + 1,
+        "one WAL record for the three writes"
+    );
+
+    // Another client increments the counter all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let stop = stop.clone();
+        let mut c2 = server.client();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 20_000 {
+                let _: i64 = cmd(&["INCR", "n"]).query(&mut c2).expect("INCR");
+                n += 1;
+            }
+            n
+        })
+    };
+    for round in 0..20 {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for _ in 0..50 {
+            pipe.incr("n", 1);
+        }
+        let seen: Vec<i64> = pipe.query(c).expect("transaction");
+        let first = seen[0];
+        assert_eq!(
+            seen,
+            (first..first + 50).collect::<Vec<_>>(),
+            "round {round}: another INCR ran inside the transaction"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let theirs = other.join().expect("the other client");
+    let total: i64 = cmd(&["GET", "n"]).query(c).expect("GET");
+    assert_eq!(total, theirs + 20 * 50);
+}
+
+/// WATCH: EXEC answers a null array, and runs nothing, once a watched key
+/// changed after the WATCH, by any client; UNWATCH, EXEC and DISCARD
+/// forget the keys.
+#[test]
+fn watch_aborts_a_transaction_whose_keys_changed() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let other = &mut server.client();
+    let exec_set = |c: &mut redis::Connection, value: &str| -> V {
+        assert_eq!(raw(c, &["MULTI"]), ok());
+        raw(c, &["SET", "w", value]);
+        raw(c, &["EXEC"])
+    };
+    // Changed by another client.
+    assert_eq!(raw(c, &["WATCH", "w", "v"]), ok());
+    assert_eq!(raw(other, &["SET", "w", "theirs"]), ok());
+    assert_eq!(exec_set(c, "mine"), V::Nil);
+    assert_eq!(raw(c, &["GET", "w"]), bulk("theirs"));
+    // Unchanged: it runs; and EXEC forgot the keys.
+    assert_eq!(raw(c, &["WATCH", "w"]), ok());
+    assert_eq!(raw(c, &["GET", "w"]), bulk("theirs"));
+    assert_eq!(exec_set(c, "mine"), V::Array(vec![ok()]));
+    assert_eq!(raw(other, &["SET", "w", "theirs2"]), ok());
+    assert_eq!(exec_set(c, "mine2"), V::Array(vec![ok()]));
+    // UNWATCH forgets them.
+    assert_eq!(raw(c, &["WATCH", "w"]), ok());
+    assert_eq!(raw(other, &["DEL", "w"]), V::Int(1));
+    assert_eq!(raw(c, &["UNWATCH"]), ok());
+    assert_eq!(exec_set(c, "again"), V::Array(vec![ok()]));
+    // The watcher's own change counts too.
+    assert_eq!(raw(c, &["WATCH", "w"]), ok());
+    assert_eq!(raw(c, &["APPEND", "w", "!"]), V::Int(6));
+    assert_eq!(exec_set(c, "lost"), V::Nil);
+    // A write that changes nothing is no change.
+    assert_eq!(raw(c, &["WATCH", "w"]), ok());
+    assert_eq!(raw(other, &["SET", "w", "x", "NX"]), V::Nil);
+    assert_eq!(raw(other, &["DEL", "absent"]), V::Int(0));
+    assert_eq!(exec_set(c, "kept"), V::Array(vec![ok()]));
+    // FLUSHALL changes the watched keys that exist, not the others.
+    assert_eq!(raw(c, &["WATCH", "nothing-here"]), ok());
+    assert_eq!(raw(other, &["FLUSHALL"]), ok());
+    assert_eq!(exec_set(c, "after-flush"), V::Array(vec![ok()]));
+    assert_eq!(raw(c, &["WATCH", "w"]), ok());
+    assert_eq!(raw(other, &["FLUSHALL"]), ok());
+    assert_eq!(exec_set(c, "lost"), V::Nil);
+    // A key live when watched and expired by EXEC has changed.
+    assert_eq!(raw(c, &["SET", "w", "short", "PX", "100"]), ok());
+    assert_eq!(raw(c, &["WATCH", "w"]), ok());
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        raw(other, &["EXISTS", "w"]) == V::Int(0)
+    }));
+    assert_eq!(exec_set(c, "lost"), V::Nil);
+    // DISCARD forgets the keys too; RESP3's null for an aborted EXEC.
+    assert_eq!(raw(c, &["WATCH", "w"]), ok());
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    assert_eq!(raw(c, &["DISCARD"]), ok());
+    assert_eq!(raw(other, &["SET", "w", "theirs3"]), ok());
+    assert_eq!(exec_set(c, "mine3"), V::Array(vec![ok()]));
+    let r3 = &mut server.client();
+    raw(r3, &["HELLO", "3"]);
+    assert_eq!(raw(r3, &["WATCH", "w"]), ok());
+    assert_eq!(raw(other, &["SET", "w", "theirs4"]), ok());
+    assert_eq!(exec_set(r3, "mine4"), V::Nil);
+}

@@ -15,6 +15,7 @@ use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 use crate::cache::{READ_CACHE_BYTES_DEFAULT, ReadCache, ReadCacheStats};
 use crate::error::{EngineError, Result};
 use crate::keys::{self, Entry, Expiring, Value};
+use crate::watch::{Watch, Watchers};
 
 /// Records applied per RocksDB write batch during replay.
 pub const REPLAY_BATCH_RECORDS: usize = 1024;
@@ -377,6 +378,8 @@ pub struct Engine {
     persisted_lsn: AtomicU64,
     /// Entries read, in front of RocksDB.
     cache: ReadCache,
+    /// Clients' WATCH of keys.
+    watchers: Arc<Watchers>,
 }
 
 /// A stretch of [`Engine::scan`]: the live keys found, and where the next
@@ -457,7 +460,17 @@ impl Engine {
             // What a fresh open reads is in the files.
             persisted_lsn: AtomicU64::new(applied_lsn),
             cache: ReadCache::new(read_cache_bytes),
+            watchers: Arc::default(),
         })
+    }
+
+    /// A new, empty watch of keys (see [`crate::Pipeline::watch`]).
+    pub fn new_watch(&self) -> Watch {
+        Watch::new(self.watchers.clone())
+    }
+
+    pub(crate) fn watchers(&self) -> &Watchers {
+        &self.watchers
     }
 
     /// The database, for one operation; absent only after a swap that
@@ -586,6 +599,22 @@ impl Engine {
             return Ok(());
         };
         let last = last.max(self.applied_lsn());
+        // Records from outside the write path change watched keys as they
+        // are applied: a FLUSHALL changes those that exist before it.
+        let watching = self.watchers.on_apply();
+        let flushed_watched: Vec<Bytes> = if watching
+            && records.iter().any(|(_, r)| {
+                r.mutations
+                    .iter()
+                    .any(|m| matches!(m.op, Some(Op::FlushAll(_))))
+            }) {
+            let keys = self.watchers.keys();
+            keys.into_iter()
+                .filter(|k| self.entry(k).map_or(true, |e| e.is_some()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut target = BatchTarget::new(self)?;
         let (count_before, expiring_before) = (target.key_count, target.expiring);
         for (_, record) in records {
@@ -628,7 +657,15 @@ impl Engine {
                     None if matches!(op, Op::FlushAll(_)) => self.cache.clear(),
                     None => {}
                 }
+                if watching && let Some(key) = op_key(op) {
+                    let exists = entries.get(key).is_none_or(|left| left.is_some());
+                    self.watchers.touch(key, exists);
+                }
             }
+        }
+        for key in flushed_watched {
+            let exists = entries.get(&key).is_some_and(|left| left.is_some());
+            self.watchers.touch(&key, exists);
         }
         written?;
         self.key_count.store(key_count, Ordering::Release);
@@ -735,8 +772,9 @@ impl Engine {
             ))
         });
         // Whatever follows, nothing cached from the old state may answer
-        // (the write lock keeps readers out until then).
+        // (the write lock keeps readers out until then), and no watch holds.
         self.cache.clear();
+        self.watchers.spoil_all();
         let db = db?;
         let (applied, key_count, expiring) = read_meta(&db)?;
         *slot = Some(Arc::new(db));
@@ -761,6 +799,7 @@ impl Engine {
         opts.disable_wal(true);
         let written = self.db()?.write_opt(batch, &opts);
         self.cache.clear();
+        self.watchers.spoil_all();
         written?;
         // RocksDB's WAL is off: flush, or a crash would bring the keys back.
         self.db()?.flush()?;
@@ -785,6 +824,7 @@ impl Engine {
         opts.set_move_files(true);
         let ingested = self.db()?.ingest_external_file_opts(&opts, vec![path]);
         self.cache.clear();
+        self.watchers.spoil_all();
         ingested?;
         self.key_count.store(key_count, Ordering::Release);
         self.set_expiring(expiring);

@@ -12,6 +12,8 @@
 //!   definition of what each mutation does.
 //! - `cache`: the read cache of key entries in front of RocksDB.
 //! - `pipeline`: [`Pipeline`]: the write path of a primary.
+//! - `watch`: [`Watch`]: the keys a client watches (WATCH), and what
+//!   spoils a watch.
 //! - `builder`: [`StateBuilder`]: a keyspace built in memory from records
 //!   and ingested whole into an empty engine (for `ferry replay`).
 //!
@@ -32,6 +34,7 @@ mod engine;
 mod error;
 mod keys;
 mod pipeline;
+mod watch;
 
 pub use builder::{StateBuilder, StringSet, single_string_set};
 pub use cache::{READ_CACHE_BYTES_DEFAULT, ReadCacheStats};
@@ -42,3 +45,4 @@ pub use engine::{
 pub use error::{EngineError, Result};
 pub use keys::{Entry, Expiring, Value};
 pub use pipeline::{Pipeline, Reader, Ticket, View};
+pub use watch::Watch;

@@ -24,9 +24,10 @@ use ferry_wal::{Lsn, PendingAppend, Wal, WalError};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::engine::{Digest, Engine, FastMap, Scanned, Target, apply_mutation, digest_hex};
+use crate::engine::{Digest, Engine, FastMap, Scanned, Target, apply_mutation, digest_hex, op_key};
 use crate::error::{EngineError, Result};
 use crate::keys::{Entry, Value};
+use crate::watch::Watch;
 
 /// Effects not yet applied to the engine, by key.
 #[derive(Debug, Default)]
@@ -238,6 +239,10 @@ pub struct View<'a> {
     /// Reads for the client that found their key, and that did not.
     hits: u64,
     misses: u64,
+    /// Some key is watched: the keys the command changes are noted.
+    watching: bool,
+    /// The keys the command changed (for watches).
+    touched: Vec<Bytes>,
 }
 
 impl View<'_> {
@@ -330,6 +335,20 @@ impl View<'_> {
     ///
     /// Engine read errors.
     pub fn push(&mut self, op: Op) -> Result<()> {
+        if self.watching {
+            match op_key(&op) {
+                Some(key) => self.touched.push(key.clone()),
+                // A FLUSHALL changes the watched keys that exist.
+                None if matches!(op, Op::FlushAll(_)) => {
+                    for key in self.engine.watchers().keys() {
+                        if self.entry(&key)?.is_some() {
+                            self.touched.push(key);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
         let mut target = OverlayTarget {
             engine: self.engine,
             overlay: self.overlay,
@@ -344,6 +363,24 @@ impl View<'_> {
     /// Whether the command has recorded effects.
     pub fn has_effects(&self) -> bool {
         !self.effects.is_empty()
+    }
+
+    /// Whether `watch` still holds (for EXEC): no key of it changed since
+    /// it was watched, and none that was live then has expired since.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn watch_holds(&self, watch: &Watch) -> Result<bool> {
+        if watch.is_spoiled() {
+            return Ok(false);
+        }
+        for (key, expired_then) in watch.keys() {
+            if !expired_then && self.entry(&key)?.is_some_and(|e| e.is_expired(self.now_ms)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -759,6 +796,8 @@ impl Pipeline {
         let seq = {
             let exec = self.exec.lock().await;
             self.writable.store(false, Ordering::Release);
+            // From now on records reach the engine from outside.
+            self.engine.watchers().set_on_apply(true);
             exec.seq
         };
         let mut applied = self.applied_seq.clone();
@@ -778,7 +817,28 @@ impl Pipeline {
             self.wal.last_lsn(),
             "the engine holds the whole WAL before writes resume"
         );
+        self.engine.watchers().set_on_apply(false);
         self.writable.store(true, Ordering::Release);
+    }
+
+    /// Watches `keys` for `watch` (WATCH): a change to one of them staged
+    /// after this spoils it. Each key's state is read as the commands
+    /// before it left it.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    pub fn watch(&self, watch: &Watch, keys: &[Bytes]) -> Result<()> {
+        // The overlay's lock orders this among the commands' changes.
+        let overlay = lock(&self.overlay);
+        let now_ms = now_ms();
+        for key in keys {
+            let expired = overlay
+                .entry(&self.engine, key)?
+                .is_some_and(|e| e.is_expired(now_ms));
+            watch.add(key.clone(), expired);
+        }
+        Ok(())
     }
 
     /// The engine behind the pipeline (it holds only applied records).
@@ -824,6 +884,7 @@ impl Pipeline {
         {
             let mut overlay = lock(&self.overlay);
             let now_ms = now_ms();
+            let watching = self.engine.watchers().active();
             let mut seq = exec.seq;
             for command in commands {
                 let mut view = View {
@@ -835,9 +896,11 @@ impl Pipeline {
                     undo: Undo::default(),
                     hits: 0,
                     misses: 0,
+                    watching,
+                    touched: Vec::new(),
                 };
                 let mut reply = command(&mut view);
-                let (effects, undo) = (view.effects, view.undo);
+                let (effects, undo, touched) = (view.effects, view.undo, view.touched);
                 if !writable && !effects.is_empty() && reply.is_ok() {
                     reply = Err(EngineError::ReadOnly);
                 }
@@ -868,8 +931,16 @@ impl Pipeline {
                     continue;
                 }
                 seq += 1;
-                let touched = undo.keys.iter().map(|(k, _)| (seq, k.clone()));
-                overlay.touched.extend(touched);
+                let applied_keys = undo.keys.iter().map(|(k, _)| (seq, k.clone()));
+                overlay.touched.extend(applied_keys);
+                // Watches see the change now, under the lock an EXEC checks
+                // its watch under.
+                for key in touched {
+                    let exists = overlay
+                        .entry(&self.engine, &key)
+                        .map_or(true, |e| e.is_some());
+                    self.engine.watchers().touch(&key, exists);
+                }
                 outcomes.push(Outcome::Staged(reply));
                 staged.push(Staged {
                     seq,

@@ -1084,3 +1084,74 @@ fn a_scan_resumes_past_a_stretch_of_expired_keys() {
     assert_eq!(keys[0].0, b("b"));
     assert_eq!(count, 11, "expired keys are stored until deleted");
 }
+
+/// Whether `watch` holds, as an EXEC would find it.
+async fn holds(pipeline: &Pipeline, watch: &ferry_engine::Watch) -> bool {
+    let ticket = pipeline.execute(|view| view.watch_holds(watch)).await;
+    ticket.unwrap().wait().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_is_spoiled_by_changes_after_it_not_by_deleting_a_key_expired_when_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), WalOptions::default()).unwrap());
+    let engine = Arc::new(Engine::open(&dir.path().join("engine")).unwrap());
+    let pipeline = Pipeline::start(engine.clone(), wal.clone());
+    let write = |op: Op| {
+        let pipeline = &pipeline;
+        async move {
+            let ticket = pipeline.execute(|view| view.push(op)).await.unwrap();
+            ticket.wait().await.unwrap();
+        }
+    };
+    let set = |key: &str, expire_at_ms: u64| {
+        Op::SetString(pb::SetString {
+            key: b(key),
+            value: b("v"),
+            expire_at_ms,
+        })
+    };
+    write(set("gone", 1)).await;
+    let watch = engine.new_watch();
+    assert!(watch.is_empty());
+    pipeline.watch(&watch, &[b("gone"), b("k")]).unwrap();
+    assert!(holds(&pipeline, &watch).await);
+    // The key was logically expired when watched: deleting it changes
+    // nothing, but a later change does.
+    write(Op::Delete(pb::Delete { key: b("gone") })).await;
+    assert!(holds(&pipeline, &watch).await);
+    write(set("gone", 0)).await;
+    assert!(!holds(&pipeline, &watch).await);
+    // Cleared, then watched again: only changes after it count.
+    watch.clear();
+    assert!(watch.is_empty() && holds(&pipeline, &watch).await);
+    pipeline.watch(&watch, &[b("k")]).unwrap();
+    write(set("other", 0)).await;
+    assert!(holds(&pipeline, &watch).await);
+    write(Op::FlushAll(pb::FlushAll {})).await;
+    assert!(
+        holds(&pipeline, &watch).await,
+        "FLUSHALL did not change a missing key"
+    );
+    write(set("k", 0)).await;
+    assert!(!holds(&pipeline, &watch).await);
+    // A watch dropped leaves nothing behind to spoil or slow down.
+    drop(watch);
+    // Fenced (a replica), records reach the engine from outside the write
+    // path and spoil watches as they are applied.
+    let watch = engine.new_watch();
+    pipeline.watch(&watch, &[b("k")]).unwrap();
+    pipeline.fence().await;
+    let next = engine.applied_lsn().next();
+    engine
+        .apply(&[(next, record(vec![set("unrelated", 0)]))])
+        .unwrap();
+    assert!(!watch.is_spoiled());
+    engine
+        .apply(&[(next.next(), record(vec![Op::FlushAll(pb::FlushAll {})]))])
+        .unwrap();
+    assert!(
+        watch.is_spoiled(),
+        "FLUSHALL changed the watched key that existed"
+    );
+}
