@@ -306,20 +306,34 @@ pub static COMMANDS: &[Spec] = &[
     spec!("watch", -2, TX, 1, -1, 1, Handler::Transaction),
 ];
 
+/// A container's subcommands, each with its arity.
+type Subcommands = &'static [(&'static str, i64)];
+
 /// The subcommands of the container commands (CLIENT, COMMAND, CONFIG,
 /// SLOWLOG), as Redis 7 names them in its errors and in INFO
-/// commandstats: `client|setname`.
-pub const SUBCOMMANDS: &[(&str, &[&str])] = &[
+/// commandstats (`client|setname`), with their arity as Redis counts it
+/// (the container's name included; negative: at least).
+pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
     (
         "client",
-        &["getname", "id", "info", "list", "setinfo", "setname"],
+        &[
+            ("getname", 2),
+            ("id", 2),
+            ("info", 2),
+            ("list", -2),
+            ("setinfo", 4),
+            ("setname", 3),
+        ],
     ),
-    ("command", &["count", "docs", "info"]),
-    ("config", &["get", "resetstat", "set"]),
-    ("slowlog", &["get", "help", "len", "reset"]),
+    ("command", &[("count", 2), ("docs", -2), ("info", -2)]),
+    ("config", &[("get", -3), ("resetstat", 2), ("set", -4)]),
+    (
+        "slowlog",
+        &[("get", -2), ("help", 2), ("len", 2), ("reset", 2)],
+    ),
 ];
 
-fn subcommands_of(name: &str) -> Option<&'static [&'static str]> {
+fn subcommands_of(name: &str) -> Option<Subcommands> {
     SUBCOMMANDS
         .iter()
         .find(|(container, _)| *container == name)
@@ -336,7 +350,7 @@ struct StatTable {
     names: Vec<String>,
     /// By the command's place in [`COMMANDS`]: where its own name is, and
     /// its subcommands if it is a container.
-    at: Vec<(usize, Option<&'static [&'static str]>)>,
+    at: Vec<(usize, Option<Subcommands>)>,
 }
 
 fn stat_table() -> &'static StatTable {
@@ -348,7 +362,7 @@ fn stat_table() -> &'static StatTable {
             let subs = subcommands_of(spec.name);
             at.push((names.len(), subs));
             names.push(spec.name.to_string());
-            for sub in subs.unwrap_or_default() {
+            for (sub, _) in subs.unwrap_or_default() {
                 names.push(format!("{}|{sub}", spec.name));
             }
         }
@@ -366,7 +380,7 @@ pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
     match (stat_table().at[index], args.get(1)) {
         ((own, Some(subs)), Some(sub)) => subs
             .iter()
-            .position(|s| s.as_bytes().eq_ignore_ascii_case(sub))
+            .position(|(s, _)| s.as_bytes().eq_ignore_ascii_case(sub))
             .map(|i| own + 1 + i),
         ((own, _), _) => Some(own),
     }
@@ -375,6 +389,27 @@ pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
 /// Whether `spec` is a container command (see [`SUBCOMMANDS`]).
 pub fn is_container(spec: &Spec) -> bool {
     subcommands_of(spec.name).is_some()
+}
+
+/// A container's subcommand checked before it runs, as Redis checks it
+/// (a command queued in MULTI is checked, not run): unknown, or known with
+/// the wrong number of arguments, it is refused with the error its
+/// container would give.
+pub fn check_subcommand(spec: &Spec, args: &Args) -> Result<(), Reply> {
+    let (Some(subs), Some(sub)) = (subcommands_of(spec.name), args.get(1)) else {
+        return Ok(());
+    };
+    let argc = args.len() as i64;
+    match subs
+        .iter()
+        .find(|(s, _)| s.as_bytes().eq_ignore_ascii_case(sub))
+    {
+        Some((_, arity)) if (*arity > 0 && argc != *arity) || argc < -*arity => {
+            Err(subcommand_error(spec.name, sub))
+        }
+        Some(_) => Ok(()),
+        None => Err(subcommand_error(spec.name, sub)),
+    }
 }
 
 /// Whether `reply` from a container command is Redis's refusal of a known
@@ -1747,7 +1782,8 @@ fn subcommand_error(command: &str, sub: &[u8]) -> Reply {
     let lowered = String::from_utf8_lossy(sub).to_ascii_lowercase();
     if subcommands_of(command)
         .unwrap_or_default()
-        .contains(&lowered.as_str())
+        .iter()
+        .any(|(s, _)| *s == lowered)
     {
         return wrong_arity(&format!("{command}|{lowered}"));
     }

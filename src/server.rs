@@ -497,7 +497,7 @@ async fn dispatch(
         multi.refused |= checked.is_err();
         if !runs_in_multi(&args[0]) {
             // Queued, its reply after those before it.
-            let reply = queue_command(multi, checked, args);
+            let reply = queue_command(node, multi, checked, args);
             run_writes(node, conn, writes, queue).await;
             return Some(Queued::Ready(reply));
         }
@@ -611,10 +611,19 @@ fn runs_in_multi(name: &[u8]) -> bool {
 /// The reply to a command sent inside MULTI: queued, or refused (which
 /// dooms the transaction, as in Redis).
 fn queue_command(
+    node: &Node,
     multi: &mut Multi,
     checked: Result<&'static Spec, Reply>,
     args: Vec<bytes::Bytes>,
 ) -> Reply {
+    let checked = checked.and_then(|spec| match commands::check_subcommand(spec, &args) {
+        Ok(()) => Ok(spec),
+        Err(reply) => {
+            node.stats
+                .command_rejected(commands::stat_slot(spec, &args));
+            Err(reply)
+        }
+    });
     match checked {
         Err(reply) => {
             multi.refused = true;
