@@ -524,6 +524,64 @@ fn read_counted(
     Ok(entry)
 }
 
+/// Runs `read` against one state of `r` ([`Reader::stable`]): reads of
+/// several keys, or of a hash's entry and its fields, that no write falls
+/// between. Counting is left to the caller (`read` may run more than once).
+fn stable<T>(
+    r: &dyn Reader,
+    mut read: impl FnMut() -> ferry_engine::Result<T>,
+) -> Result<T, Reply> {
+    let mut out = None;
+    r.stable(&mut || {
+        out = Some(read()?);
+        Ok(())
+    })
+    .map_err(engine_error)?;
+    Ok(out.expect("read at least once"))
+}
+
+/// Counts a read of one key for the client as a keyspace hit or miss.
+fn count_lookup(node: &Node, entry: &Option<Entry>) {
+    let found = u64::from(entry.is_some());
+    node.stats.lookups(found, 1 - found);
+}
+
+/// The field count of a hash's entry, 0 if missing.
+fn hash_len(entry: &Option<Entry>) -> Result<u64, Reply> {
+    match entry {
+        None => Ok(0),
+        Some(Entry {
+            value: Value::Hash { len },
+            ..
+        }) => Ok(*len),
+        Some(_) => Err(Reply::wrong_type()),
+    }
+}
+
+/// A hash's entry and what `then` reads of its fields (if it is a hash),
+/// in one state; counted as one lookup.
+fn read_hash_with<T: Default>(
+    node: &Node,
+    r: &dyn Reader,
+    key: &[u8],
+    mut then: impl FnMut() -> ferry_engine::Result<T>,
+) -> Result<(u64, T), Reply> {
+    let now = now_ms();
+    let (entry, fields) = stable(r, || {
+        let entry = r.live(key, now)?;
+        let fields = match &entry {
+            Some(Entry {
+                value: Value::Hash { .. },
+                ..
+            }) => then()?,
+            _ => T::default(),
+        };
+        Ok((entry, fields))
+    })?;
+    count_lookup(node, &entry);
+    Ok((hash_len(&entry)?, fields))
+}
+
 fn read_string(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Option<Bytes>, Reply> {
     match read_entry(node, r, key)? {
         None => Ok(None),
@@ -537,14 +595,7 @@ fn read_string(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Option<Bytes>,
 
 /// The field count of a live hash, 0 if missing.
 fn read_hash(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<u64, Reply> {
-    match read_entry(node, r, key)? {
-        None => Ok(0),
-        Some(Entry {
-            value: Value::Hash { len },
-            ..
-        }) => Ok(len),
-        Some(_) => Err(Reply::wrong_type()),
-    }
+    hash_len(&read_entry(node, r, key)?)
 }
 
 fn view_string(view: &View<'_>, key: &[u8]) -> EResult<Result<Option<(Bytes, u64)>, Reply>> {
@@ -605,16 +656,26 @@ fn get(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     Reply::opt_bulk(tri_read!(read_string(node, r, &args[1])))
 }
 
-fn mget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+/// The live entries of `keys`, in one state, counted as lookups.
+fn read_entries(node: &Node, r: &dyn Reader, keys: &Args) -> Result<Vec<Option<Entry>>, Reply> {
     let now = now_ms();
+    let entries = stable(r, || keys.iter().map(|key| r.live(key, now)).collect())?;
+    for entry in &entries {
+        count_lookup(node, entry);
+    }
+    Ok(entries)
+}
+
+fn mget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let entries = tri_read!(read_entries(node, r, &args[1..]));
     Reply::Array(
-        args[1..]
-            .iter()
-            .map(|key| match read_counted(node, r, key, now) {
-                Ok(Some(Entry {
+        entries
+            .into_iter()
+            .map(|entry| match entry {
+                Some(Entry {
                     value: Value::String(s),
                     ..
-                })) => Reply::Bulk(s),
+                }) => Reply::Bulk(s),
                 _ => Reply::Null,
             })
             .collect(),
@@ -1069,16 +1130,8 @@ fn del(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 }
 
 fn exists(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
-    let now = now_ms();
-    let mut n = 0;
-    for key in &args[1..] {
-        match read_counted(node, r, key, now) {
-            Ok(Some(_)) => n += 1,
-            Ok(None) => {}
-            Err(e) => return engine_error(e),
-        }
-    }
-    Reply::Int(n)
+    let entries = tri_read!(read_entries(node, r, &args[1..]));
+    Reply::Int(entries.iter().filter(|e| e.is_some()).count() as i64)
 }
 
 fn type_(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -1499,10 +1552,7 @@ fn read_field(
     key: &[u8],
     field: &[u8],
 ) -> Result<Option<Bytes>, Reply> {
-    if read_hash(node, r, key)? == 0 {
-        return Ok(None);
-    }
-    r.field(key, field).map_err(engine_error)
+    Ok(read_hash_with(node, r, key, || r.field(key, field))?.1)
 }
 
 fn hget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -1510,26 +1560,21 @@ fn hget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 }
 
 fn hmget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
-    let exists = tri_read!(read_hash(node, r, &args[1])) > 0;
-    let mut out = Vec::with_capacity(args.len() - 2);
-    for field in &args[2..] {
-        out.push(if exists {
-            match r.field(&args[1], field) {
-                Ok(v) => Reply::opt_bulk(v),
-                Err(e) => return engine_error(e),
-            }
-        } else {
-            Reply::Null
-        });
-    }
-    Reply::Array(out)
+    let (key, fields) = (&args[1], &args[2..]);
+    let (_, values): (u64, Vec<Option<Bytes>>) = tri_read!(read_hash_with(node, r, key, || {
+        fields.iter().map(|f| r.field(key, f)).collect()
+    }));
+    let mut values = values.into_iter();
+    Reply::Array(
+        fields
+            .iter()
+            .map(|_| Reply::opt_bulk(values.next().flatten()))
+            .collect(),
+    )
 }
 
 fn hash_all(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>, Reply> {
-    if read_hash(node, r, key)? == 0 {
-        return Ok(Vec::new());
-    }
-    r.fields(key, None, usize::MAX).map_err(engine_error)
+    Ok(read_hash_with(node, r, key, || r.fields(key, None, usize::MAX))?.1)
 }
 
 fn hgetall(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -1571,14 +1616,15 @@ fn hscan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let after = tri_read!(cursor_position(node, &args[2]));
     // As Redis: the key (missing: an empty scan) and its type before the
     // options.
-    if tri_read!(read_hash(node, r, key)) == 0 {
+    let options = scan_options(args, 3, false);
+    let page = options.as_ref().map_or(0, |o| o.count + 1);
+    let (len, batch) = tri_read!(read_hash_with(node, r, key, || {
+        r.fields(key, after.as_deref(), page)
+    }));
+    if len == 0 {
         return Reply::Array(vec![Reply::bulk_str("0"), Reply::Array(Vec::new())]);
     }
-    let o = tri_read!(scan_options(args, 3, false));
-    let batch = match r.fields(key, after.as_deref(), o.count + 1) {
-        Ok(b) => b,
-        Err(e) => return engine_error(e),
-    };
+    let o = tri_read!(options);
     let more = batch.len() > o.count;
     let batch = &batch[..batch.len().min(o.count)];
     let last = batch.last().map(|(f, _)| f.clone());

@@ -1196,3 +1196,42 @@ fn watch_aborts_a_transaction_whose_keys_changed() {
     assert_eq!(raw(other, &["SET", "w", "theirs4"]), ok());
     assert_eq!(exec_set(r3, "mine4"), V::Nil);
 }
+
+/// A read of several keys sees a transaction or an MSET whole, never half
+/// of it, while another client writes.
+#[test]
+fn reads_of_several_keys_never_see_half_of_a_write() {
+    let (_dir, server) = start();
+    let writer = {
+        let mut c = server.client();
+        std::thread::spawn(move || {
+            for i in 0..1500 {
+                if i % 2 == 0 {
+                    let _: () = redis::pipe()
+                        .atomic()
+                        .set("a", i)
+                        .set("b", i)
+                        .hset("h", "x", i)
+                        .hset("h", "y", i)
+                        .query(&mut c)
+                        .expect("transaction");
+                } else {
+                    let _: () = cmd(&["MSET", "a", &i.to_string(), "b", &i.to_string()])
+                        .query(&mut c)
+                        .expect("MSET");
+                }
+            }
+        })
+    };
+    let c = &mut server.client();
+    let mut reads = 0;
+    while !writer.is_finished() && reads < 100_000 {
+        let (a, b): (Option<i64>, Option<i64>) = cmd(&["MGET", "a", "b"]).query(c).expect("MGET");
+        assert_eq!(a, b, "MGET saw half of a write");
+        let h: Vec<Option<i64>> = cmd(&["HMGET", "h", "x", "y"]).query(c).expect("HMGET");
+        assert_eq!(h[0], h[1], "HMGET saw half of a write");
+        reads += 1;
+    }
+    writer.join().expect("writer");
+    assert!(reads > 0);
+}

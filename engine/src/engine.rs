@@ -380,6 +380,30 @@ pub struct Engine {
     cache: ReadCache,
     /// Clients' WATCH of keys.
     watchers: Arc<Watchers>,
+    /// Odd while a write changes the state (the RocksDB write and the read
+    /// cache's entries after it), one more after each: reads of several
+    /// keys that must see one state retry until none overlapped them
+    /// ([`Engine::stable`]).
+    generation: AtomicU64,
+    /// Held by every write, and by a reader that failed to read between
+    /// writes [`STABLE_READ_ATTEMPTS`] times.
+    gate: RwLock<()>,
+}
+
+/// Tries of a read of several keys between writes before it holds writes
+/// off instead ([`Engine::stable`]).
+pub const STABLE_READ_ATTEMPTS: usize = 4;
+
+/// A write of the state in progress (see [`Engine::generation`]).
+struct Changing<'a> {
+    generation: &'a AtomicU64,
+    _gate: std::sync::RwLockWriteGuard<'a, ()>,
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// A stretch of [`Engine::scan`]: the live keys found, and where the next
@@ -461,7 +485,46 @@ impl Engine {
             persisted_lsn: AtomicU64::new(applied_lsn),
             cache: ReadCache::new(read_cache_bytes),
             watchers: Arc::default(),
+            generation: AtomicU64::new(0),
+            gate: RwLock::new(()),
         })
+    }
+
+    /// Marks the state as changing until the guard drops.
+    fn changing(&self) -> Changing<'_> {
+        let gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Changing {
+            generation: &self.generation,
+            _gate: gate,
+        }
+    }
+
+    /// Runs `read` so that it sees one state: again while a write
+    /// overlapped it, and after [`STABLE_READ_ATTEMPTS`] tries with writes
+    /// held off. For reads of several keys (MGET), or of a hash's entry and
+    /// its fields, which a write applied in between would tear (half of an
+    /// MSET or of a transaction). `read` must only read.
+    ///
+    /// # Errors
+    ///
+    /// What `read` returns.
+    pub fn stable<T>(&self, mut read: impl FnMut() -> Result<T>) -> Result<T> {
+        for _ in 0..STABLE_READ_ATTEMPTS {
+            let before = self.generation.load(Ordering::SeqCst);
+            if before.is_multiple_of(2) {
+                let out = read()?;
+                // The reads are ordered before this load by the locks of
+                // RocksDB and the cache, which a write takes after raising
+                // the generation.
+                if self.generation.load(Ordering::SeqCst) == before {
+                    return Ok(out);
+                }
+            }
+            std::thread::yield_now();
+        }
+        let _held = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        read()
     }
 
     /// A new, empty watch of keys (see [`crate::Pipeline::watch`]).
@@ -615,6 +678,7 @@ impl Engine {
         } else {
             Vec::new()
         };
+        let _changing = self.changing();
         let mut target = BatchTarget::new(self)?;
         let (count_before, expiring_before) = (target.key_count, target.expiring);
         for (_, record) in records {
@@ -724,6 +788,7 @@ impl Engine {
     /// reopened, every operation fails until the node restarts (which
     /// completes the swap).
     pub fn replace_with_checkpoint(&self, checkpoint: &Path) -> Result<Lsn> {
+        let _changing = self.changing();
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         let Some(mut old) = slot.take() else {
             return Err(EngineError::Io(
@@ -793,6 +858,7 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn reset(&self) -> Result<()> {
+        let _changing = self.changing();
         let mut batch = WriteBatch::default();
         batch.delete_range([0u8], [0xffu8]);
         let mut opts = WriteOptions::default();
@@ -820,6 +886,7 @@ impl Engine {
         key_count: u64,
         expiring: Expiring,
     ) -> Result<()> {
+        let _changing = self.changing();
         let mut opts = rocksdb::IngestExternalFileOptions::default();
         opts.set_move_files(true);
         let ingested = self.db()?.ingest_external_file_opts(&opts, vec![path]);

@@ -432,6 +432,14 @@ pub trait Reader {
     ///
     /// Engine read errors.
     fn digest(&self, now_ms: u64) -> Result<String>;
+
+    /// Runs `read` (reads of this reader only) so that it sees one state,
+    /// as [`Engine::stable`]; a view's state cannot change meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// What `read` returns.
+    fn stable(&self, read: &mut dyn FnMut() -> Result<()>) -> Result<()>;
 }
 
 impl Reader for Engine {
@@ -462,6 +470,10 @@ impl Reader for Engine {
 
     fn digest(&self, now_ms: u64) -> Result<String> {
         Engine::digest(self, now_ms)
+    }
+
+    fn stable(&self, read: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        Engine::stable(self, read)
     }
 }
 
@@ -582,6 +594,10 @@ impl Reader for View<'_> {
             Ok(acc)
         })?;
         Ok(digest_hex(&digest))
+    }
+
+    fn stable(&self, read: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        read()
     }
 }
 

@@ -1155,3 +1155,69 @@ async fn a_watch_is_spoiled_by_changes_after_it_not_by_deleting_a_key_expired_wh
         "FLUSHALL changed the watched key that existed"
     );
 }
+
+#[test]
+fn reads_of_several_keys_see_each_record_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path()).unwrap());
+    const RECORDS: u64 = 5_000;
+    let writer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            for i in 1..=RECORDS {
+                // One record sets both keys and a hash's two fields.
+                let v = b(&i.to_string());
+                let ops = vec![
+                    Op::SetString(pb::SetString {
+                        key: b("a"),
+                        value: v.clone(),
+                        expire_at_ms: 0,
+                    }),
+                    Op::SetString(pb::SetString {
+                        key: b("b"),
+                        value: v.clone(),
+                        expire_at_ms: 0,
+                    }),
+                    Op::HashSet(pb::HashSet {
+                        key: b("h"),
+                        fields: vec![
+                            pb::FieldValue {
+                                field: b("x"),
+                                value: v.clone(),
+                            },
+                            pb::FieldValue {
+                                field: b("y"),
+                                value: v,
+                            },
+                        ],
+                    }),
+                ];
+                engine.apply(&[(Lsn(i), record(ops))]).unwrap();
+            }
+        })
+    };
+    let value = |e: Option<Entry>| match e.map(|e| e.value) {
+        Some(Value::String(s)) => s,
+        _ => Bytes::new(),
+    };
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let (a, b_, fields) = engine
+            .stable(|| {
+                Ok((
+                    value(engine.get(b"a", 0)?),
+                    value(engine.get(b"b", 0)?),
+                    engine.hash_fields(b"h", None, 10)?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(a, b_, "a read fell between the two keys of one record");
+        if !fields.is_empty() {
+            assert_eq!(fields[0].1, fields[1].1, "torn hash");
+        }
+        reads += 1;
+    }
+    writer.join().unwrap();
+    assert_eq!(engine.applied_lsn(), Lsn(RECORDS));
+    eprintln!("{reads} reads beside {RECORDS} writes");
+}
