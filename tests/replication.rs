@@ -1386,3 +1386,78 @@ fn an_old_primary_rejoins_two_terms_later_through_the_history_its_new_primary_le
     assert_eq!(raw(&mut ac, &["EXISTS", "b4"]), redis::Value::Int(1));
     assert_eq!(raw(&mut ac, &["EXISTS", "c4"]), redis::Value::Int(1));
 }
+
+/// A primary's transaction reaches a replica as one record, applied whole:
+/// a reader there never sees half of it; a WATCH there is spoiled by the
+/// records that change its keys; queued writes on a replica doom the
+/// transaction, as in Redis.
+#[test]
+fn a_transaction_reaches_a_replica_whole_and_spoils_its_watches() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    let pc = &mut primary.client();
+    let rc = &mut replica.client();
+
+    // WATCH on the replica, then the primary changes the key.
+    assert_eq!(raw(pc, &["SET", "w", "1"]), redis::Value::Okay);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(raw(rc, &["WATCH", "w"]), redis::Value::Okay);
+    assert_eq!(raw(pc, &["SET", "w", "2"]), redis::Value::Okay);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(raw(rc, &["MULTI"]), redis::Value::Okay);
+    raw(rc, &["GET", "w"]);
+    assert_eq!(
+        raw(rc, &["EXEC"]),
+        redis::Value::Nil,
+        "the replicated SET spoiled the watch"
+    );
+    // Unchanged since: it runs.
+    assert_eq!(raw(rc, &["WATCH", "w"]), redis::Value::Okay);
+    assert_eq!(raw(rc, &["MULTI"]), redis::Value::Okay);
+    raw(rc, &["GET", "w"]);
+    assert_eq!(
+        raw(rc, &["EXEC"]),
+        redis::Value::Array(vec![redis::Value::BulkString(b"2".to_vec())])
+    );
+    // A write queued on a replica dooms the transaction.
+    assert_eq!(raw(rc, &["MULTI"]), redis::Value::Okay);
+    assert!(error(rc, &["SET", "w", "3"]).starts_with("READONLY"));
+    assert!(error(rc, &["EXEC"]).starts_with("EXECABORT"));
+
+    // Transactions on the primary, read on the replica all along.
+    let writer = {
+        let mut c = primary.client();
+        std::thread::spawn(move || {
+            for i in 0..1000 {
+                let _: () = redis::pipe()
+                    .atomic()
+                    .set("a", i)
+                    .incr("n", 1)
+                    .set("b", i)
+                    .query(&mut c)
+                    .expect("transaction");
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() && reads < 100_000 {
+        let (a, b): (Option<i64>, Option<i64>) = cmd(&["MGET", "a", "b"]).query(rc).expect("MGET");
+        assert_eq!(a, b, "the replica showed half of a transaction");
+        reads += 1;
+    }
+    writer.join().expect("writer");
+    assert!(wait_until(Duration::from_secs(30), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(
+        raw(rc, &["GET", "n"]),
+        redis::Value::BulkString(b"1000".to_vec())
+    );
+    assert_eq!(digest(&primary), digest(&replica));
+}
