@@ -713,6 +713,9 @@ fn run_queued(
     view: &mut View<'_>,
     commands: &[(&'static Spec, Vec<bytes::Bytes>, Option<usize>)],
 ) -> ferry_engine::Result<Reply> {
+    // The write path orders a primary's commands; a replica's records are
+    // applied beside it, so they wait for the transaction instead.
+    let _still = (!node.pipeline.is_writable()).then(|| node.engine.hold_writes());
     if !view.watch_holds(&conn.watch)? {
         return Ok(Reply::NullArray);
     }

@@ -1396,7 +1396,12 @@ fn a_transaction_reaches_a_replica_whole_and_spoils_its_watches() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &[]);
-    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    // Two threads, so the replica applies records beside its clients.
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &primary.grpc_url(),
+        &["--worker-threads", "2"],
+    );
     let pc = &mut primary.client();
     let rc = &mut replica.client();
 
@@ -1449,8 +1454,23 @@ fn a_transaction_reaches_a_replica_whole_and_spoils_its_watches() {
     while !writer.is_finished() && reads < 100_000 {
         let (a, b): (Option<i64>, Option<i64>) = cmd(&["MGET", "a", "b"]).query(rc).expect("MGET");
         assert_eq!(a, b, "the replica showed half of a transaction");
+        // A transaction of reads there sees one state too (however long
+        // it takes between its reads of the two keys).
+        let mut pipe = redis::pipe();
+        pipe.atomic().get("a");
+        for _ in 0..300 {
+            pipe.get("n");
+        }
+        pipe.get("b");
+        let seen: Vec<Option<i64>> = pipe.query(rc).expect("a transaction on the replica");
+        assert_eq!(
+            seen.first(),
+            seen.last(),
+            "a transaction on the replica read two states"
+        );
         reads += 1;
     }
+    eprintln!("{reads} reads on the replica beside the transactions");
     writer.join().expect("writer");
     assert!(wait_until(Duration::from_secs(30), || caught_up(
         &primary, &replica

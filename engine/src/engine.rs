@@ -523,8 +523,15 @@ impl Engine {
             }
             std::thread::yield_now();
         }
-        let _held = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _held = self.hold_writes();
         read()
+    }
+
+    /// Holds writes off while the guard lives, so that a series of reads
+    /// sees one state (a transaction's on a replica, whose records are
+    /// applied beside it).
+    pub fn hold_writes(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A new, empty watch of keys (see [`crate::Pipeline::watch`]).

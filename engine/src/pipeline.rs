@@ -845,7 +845,9 @@ impl Pipeline {
     ///
     /// Engine read errors.
     pub fn watch(&self, watch: &Watch, keys: &[Bytes]) -> Result<()> {
-        // The overlay's lock orders this among the commands' changes.
+        // The overlay's lock orders this among the commands' changes; on a
+        // replica, records applied from outside wait.
+        let _still = (!self.is_writable()).then(|| self.engine.hold_writes());
         let overlay = lock(&self.overlay);
         let now_ms = now_ms();
         for key in keys {
