@@ -74,6 +74,8 @@ pub struct Multi {
     pub commands: Vec<(&'static Spec, Vec<Bytes>, Option<usize>)>,
     /// A command was refused while queueing: EXEC discards the transaction.
     pub refused: bool,
+    /// The queued commands' arguments, in bytes.
+    pub bytes: u64,
 }
 
 impl std::fmt::Debug for Multi {

@@ -638,8 +638,22 @@ fn queue_command(
             Reply::err("Command not allowed inside a transaction")
         }
         Ok(spec) => {
+            // Its effects are to be one WAL record: a transaction whose
+            // commands alone exceed the largest one is refused now, and
+            // what it queued is let go.
+            let max = node.wal.append_bytes_max();
+            multi.bytes += args.iter().map(|a| a.len() as u64).sum::<u64>();
+            if multi.bytes > max {
+                multi.refused = true;
+                multi.commands = Vec::new();
+                return Reply::err(format!(
+                    "the transaction's commands exceed {max} bytes, the largest WAL record"
+                ));
+            }
             let slot = commands::stat_slot(spec, &args);
-            multi.commands.push((spec, args, slot));
+            if !multi.refused {
+                multi.commands.push((spec, args, slot));
+            }
             Reply::Simple("QUEUED".into())
         }
     }

@@ -1235,3 +1235,35 @@ fn reads_of_several_keys_never_see_half_of_a_write() {
     writer.join().expect("writer");
     assert!(reads > 0);
 }
+
+/// A transaction whose commands exceed the largest WAL record (64 MiB) is
+/// refused as it is queued, and the queue is let go; EXEC discards it.
+#[test]
+fn a_transaction_larger_than_a_wal_record_is_refused_while_queueing() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    // Under the largest bulk string (32 MiB) each; three exceed 64 MiB.
+    let value = "x".repeat(24 << 20);
+    let set = |c: &mut redis::Connection, key: &str| -> Result<V, String> {
+        cmd(&["SET", key, &value])
+            .query::<V>(c)
+            .map_err(|e| format!("{:?} {:?}", e.code(), e.detail()))
+    };
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    assert_eq!(set(c, "big1"), Ok(V::SimpleString("QUEUED".into())));
+    assert_eq!(set(c, "big2"), Ok(V::SimpleString("QUEUED".into())));
+    assert_eq!(
+        set(c, "big3"),
+        Err(
+            "Some(\"ERR\") Some(\"the transaction's commands exceed 67108864 bytes, the largest WAL record\")"
+                .to_string()
+        )
+    );
+    assert_eq!(
+        error(c, &["EXEC"]),
+        "EXECABORT Transaction discarded because of previous errors."
+    );
+    assert_eq!(raw(c, &["EXISTS", "big1", "big2", "big3"]), V::Int(0));
+    // The connection goes on.
+    assert_eq!(raw(c, &["SET", "small", "v"]), ok());
+}
