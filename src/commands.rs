@@ -1327,27 +1327,10 @@ fn dbsize(_node: &Node, r: &dyn Reader, _args: &Args) -> Reply {
 
 fn keys(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let pattern = &args[1];
-    let now = now_ms();
-    let mut out = Vec::new();
-    let mut after: Option<Bytes> = None;
-    loop {
-        let scanned = match r.scan(after.as_deref(), 1024, now) {
-            Ok(scanned) => scanned,
-            Err(e) => return engine_error(e),
-        };
-        out.extend(
-            scanned
-                .entries
-                .into_iter()
-                .filter(|(k, _)| glob::matches(pattern, k, false))
-                .map(|(k, _)| Reply::Bulk(k)),
-        );
-        match scanned.resume {
-            Some(resume) => after = Some(resume),
-            None => break,
-        }
+    match r.keys(now_ms(), &mut |k| glob::matches(pattern, k, false)) {
+        Ok(keys) => Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+        Err(e) => engine_error(e),
     }
-    Reply::Array(out)
 }
 
 /// `MATCH`, `COUNT`, `TYPE` and `NOVALUES` of SCAN and HSCAN.

@@ -525,7 +525,18 @@ async fn dispatch(
     let slot = commands::stat_slot(spec, args);
     if let Handler::Transaction = spec.handler {
         // In the write path's order, behind the writes before it: no need
-        // to wait for their replies.
+        // to wait for their replies, unless a queued command depends on
+        // the connection as its replies leave (HELLO changes their
+        // protocol; WAIT counts from the last write acknowledged).
+        if spec.name == "exec"
+            && conn.multi.as_ref().is_some_and(|m| {
+                m.commands
+                    .iter()
+                    .any(|(s, ..)| matches!(s.name, "hello" | "wait"))
+            })
+        {
+            drain(node, queue, out, conn).await;
+        }
         let started = Instant::now();
         let queued = transaction(node, conn, spec, args).await;
         let failed = matches!(queued, Queued::Ready(Reply::Error(_)));
@@ -601,6 +612,12 @@ async fn run_command(
     }
 }
 
+/// What a queued command costs beside its arguments' bytes, counted
+/// against the largest WAL record (see `queue_command`).
+pub const QUEUED_COMMAND_BYTES: u64 = 64;
+/// What each queued argument costs beside its bytes.
+pub const QUEUED_ARGUMENT_BYTES: u64 = 32;
+
 /// Commands that run at once inside MULTI instead of being queued.
 fn runs_in_multi(name: &[u8]) -> bool {
     ["exec", "discard", "multi", "watch", "quit"]
@@ -642,7 +659,11 @@ fn queue_command(
             // commands alone exceed the largest one is refused now, and
             // what it queued is let go.
             let max = node.wal.append_bytes_max();
-            multi.bytes += args.iter().map(|a| a.len() as u64).sum::<u64>();
+            multi.bytes += QUEUED_COMMAND_BYTES
+                + args
+                    .iter()
+                    .map(|a| QUEUED_ARGUMENT_BYTES + a.len() as u64)
+                    .sum::<u64>();
             if multi.bytes > max {
                 multi.refused = true;
                 multi.commands = Vec::new();

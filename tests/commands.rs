@@ -1267,3 +1267,74 @@ fn a_transaction_larger_than_a_wal_record_is_refused_while_queueing() {
     // The connection goes on.
     assert_eq!(raw(c, &["SET", "small", "v"]), ok());
 }
+
+/// KEYS sees one state however many keys it reads: a transaction that
+/// moves a key from one end of the keyspace to the other never shows it
+/// twice or not at all.
+#[test]
+fn keys_sees_a_transaction_whole_across_the_keyspace() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        pipe.set(format!("m:{i:05}"), i).ignore();
+    }
+    pipe.set("a-mover", 0).ignore();
+    let () = pipe.query(c).expect("the keys between");
+    let writer = {
+        let mut c = server.client();
+        std::thread::spawn(move || {
+            for i in 0..400 {
+                let (from, to) = if i % 2 == 0 {
+                    ("a-mover", "z-mover")
+                } else {
+                    ("z-mover", "a-mover")
+                };
+                let () = redis::pipe()
+                    .atomic()
+                    .del(from)
+                    .ignore()
+                    .set(to, i)
+                    .ignore()
+                    .query(&mut c)
+                    .expect("transaction");
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() && reads < 10_000 {
+        let movers: Vec<String> = cmd(&["KEYS", "*-mover"]).query(c).expect("KEYS");
+        assert_eq!(movers.len(), 1, "KEYS saw {movers:?}");
+        reads += 1;
+    }
+    writer.join().expect("writer");
+    assert!(reads > 0);
+}
+
+/// A reply queued before EXEC leaves in the protocol it was answered in,
+/// though a HELLO inside the transaction changes the connection's.
+#[test]
+fn replies_before_a_transaction_keep_their_protocol() {
+    use std::io::{Read, Write};
+    let (_dir, server) = start();
+    let addr = server
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET missing\r\nMULTI\r\nHELLO 3\r\nEXEC\r\nGET missing\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // RESP2's null, then +OK, +QUEUED, EXEC's array, RESP3's null.
+    while !got.ends_with(b"_\r\n") {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("$-1\r\n+OK\r\n+QUEUED\r\n"), "{text}");
+}

@@ -669,6 +669,9 @@ impl Engine {
             return Ok(());
         };
         let last = last.max(self.applied_lsn());
+        // Under the gate, so a WATCH (which holds it while it registers)
+        // is wholly before or after this write.
+        let _changing = self.changing();
         // Records from outside the write path change watched keys as they
         // are applied: a FLUSHALL changes those that exist before it.
         let watching = self.watchers.on_apply();
@@ -685,7 +688,6 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let _changing = self.changing();
         let mut target = BatchTarget::new(self)?;
         let (count_before, expiring_before) = (target.key_count, target.expiring);
         for (_, record) in records {
@@ -971,6 +973,34 @@ impl Engine {
         scan_in(&*self.db()?, after, limit, now_ms)
     }
 
+    /// Every live key that `keep` keeps, in byte order, read in one pass
+    /// (one state: KEYS).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
+    pub fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
+        let db = self.db()?;
+        let mut it = db.raw_iterator();
+        it.seek([keys::KEY]);
+        let mut out = Vec::new();
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if k.first() != Some(&keys::KEY) {
+                break;
+            }
+            let key = &k[1..];
+            if keep(key) && !keys::decode_entry_header(key, v)?.is_expired(now_ms) {
+                out.push(Bytes::copy_from_slice(key));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
     /// Up to `limit` keys whose expiry is at or before `now_ms`, from the
     /// expiry index.
     ///
@@ -1013,7 +1043,8 @@ impl Engine {
 
     /// [`Engine::digest`] before it is written in hex.
     pub(crate) fn digest_bytes(&self, now_ms: u64) -> Result<Digest> {
-        digest_in(&*self.db()?, now_ms)
+        // One snapshot: the keys and their hashes' fields of one state.
+        self.snapshot_read(|stored| stored.digest(now_ms))
     }
 
     /// Runs `read` against one snapshot of the stored state (the read

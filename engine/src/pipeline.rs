@@ -419,6 +419,13 @@ pub trait Reader {
     /// Engine read errors.
     fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned>;
 
+    /// Every live key that `keep` keeps, in byte order, of one state.
+    ///
+    /// # Errors
+    ///
+    /// Engine read errors.
+    fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>>;
+
     /// Keys stored, logically expired ones included.
     ///
     /// # Errors
@@ -462,6 +469,10 @@ impl Reader for Engine {
 
     fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
         Engine::scan(self, after, limit, now_ms)
+    }
+
+    fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
+        Engine::keys(self, now_ms, keep)
     }
 
     fn key_count(&self) -> Result<u64> {
@@ -542,6 +553,26 @@ impl Reader for View<'_> {
         out.entries.extend(ours);
         out.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// The view's state stands still: its scan, stretch by stretch.
+    fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
+        let mut out = Vec::new();
+        let mut after: Option<Bytes> = None;
+        loop {
+            let scanned = Reader::scan(self, after.as_deref(), 1024, now_ms)?;
+            out.extend(
+                scanned
+                    .entries
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| keep(k)),
+            );
+            match scanned.resume {
+                Some(resume) => after = Some(resume),
+                None => return Ok(out),
+            }
+        }
     }
 
     fn key_count(&self) -> Result<u64> {
@@ -812,13 +843,14 @@ impl Pipeline {
         let seq = {
             let exec = self.exec.lock().await;
             self.writable.store(false, Ordering::Release);
-            // From now on records reach the engine from outside.
-            self.engine.watchers().set_on_apply(true);
             exec.seq
         };
         let mut applied = self.applied_seq.clone();
         // An error means the applier stopped: nothing more will be applied.
         let _ = applied.wait_for(|&a| a >= seq).await;
+        // From now on records reach the engine from outside the write path
+        // (those staged before touched the watches when they were staged).
+        self.engine.watchers().set_on_apply(true);
     }
 
     /// Accepts commands with effects again. The engine must hold everything
@@ -846,9 +878,10 @@ impl Pipeline {
     /// Engine read errors.
     pub fn watch(&self, watch: &Watch, keys: &[Bytes]) -> Result<()> {
         // The overlay's lock orders this among the commands' changes; on a
-        // replica, records applied from outside wait.
-        let _still = (!self.is_writable()).then(|| self.engine.hold_writes());
+        // replica, records applied from outside wait. The overlay before
+        // the engine's gate, as EXEC takes them.
         let overlay = lock(&self.overlay);
+        let _still = (!self.is_writable()).then(|| self.engine.hold_writes());
         let now_ms = now_ms();
         for key in keys {
             let expired = overlay

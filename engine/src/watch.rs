@@ -37,7 +37,7 @@ pub struct Watchers {
 struct WatchState {
     spoiled: AtomicBool,
     /// The keys watched, each with whether it was logically expired then.
-    keys: Mutex<Vec<(Bytes, bool)>>,
+    keys: Mutex<FastMap<Bytes, bool>>,
 }
 
 impl Watchers {
@@ -71,11 +71,11 @@ impl Watchers {
         };
         for watch in watches {
             let mut keys = lock(&watch.keys);
-            let Some(slot) = keys.iter_mut().find(|(k, _)| k.as_ref() == key) else {
+            let Some(expired_then) = keys.get_mut(key) else {
                 continue;
             };
-            if slot.1 && !exists_after {
-                slot.1 = false;
+            if *expired_then && !exists_after {
+                *expired_then = false;
             } else {
                 watch.spoiled.store(true, Ordering::Release);
             }
@@ -127,24 +127,27 @@ impl Watch {
         // The registry before the watch's keys, as [`Watchers::touch`].
         let mut by_key = lock(&self.watchers.by_key);
         let mut keys = lock(&self.state.keys);
-        if keys.iter().any(|(k, _)| *k == key) {
+        if keys.contains_key(&key) {
             return;
         }
-        keys.push((key.clone(), expired));
+        keys.insert(key.clone(), expired);
         by_key.entry(key).or_default().push(self.state.clone());
         self.watchers.count.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The keys watched, each with whether it was logically expired then.
     pub(crate) fn keys(&self) -> Vec<(Bytes, bool)> {
-        lock(&self.state.keys).clone()
+        lock(&self.state.keys)
+            .iter()
+            .map(|(k, &expired)| (k.clone(), expired))
+            .collect()
     }
 
     /// Forgets every key (UNWATCH; EXEC and DISCARD do it too).
     pub fn clear(&self) {
         let mut by_key = lock(&self.watchers.by_key);
         let keys = std::mem::take(&mut *lock(&self.state.keys));
-        for (key, _) in &keys {
+        for key in keys.keys() {
             if let Some(watches) = by_key.get_mut(key) {
                 watches.retain(|w| !Arc::ptr_eq(w, &self.state));
                 if watches.is_empty() {
