@@ -127,29 +127,25 @@ trait Stored {
     fn iter(&self) -> rocksdb::DBRawIterator<'_>;
 }
 
-impl Stored for DB {
-    fn pinned(
-        &self,
-        key: &[u8],
-    ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error> {
-        self.get_pinned(key)
-    }
-    fn iter(&self) -> rocksdb::DBRawIterator<'_> {
-        self.raw_iterator()
-    }
+/// The database and its snapshots read alike.
+macro_rules! stored {
+    ($t:ty) => {
+        impl Stored for $t {
+            fn pinned(
+                &self,
+                key: &[u8],
+            ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error> {
+                self.get_pinned(key)
+            }
+            fn iter(&self) -> rocksdb::DBRawIterator<'_> {
+                self.raw_iterator()
+            }
+        }
+    };
 }
 
-impl Stored for rocksdb::Snapshot<'_> {
-    fn pinned(
-        &self,
-        key: &[u8],
-    ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error> {
-        self.get_pinned(key)
-    }
-    fn iter(&self) -> rocksdb::DBRawIterator<'_> {
-        self.raw_iterator()
-    }
-}
+stored!(DB);
+stored!(rocksdb::Snapshot<'_>);
 
 /// The stored entry of `key` in `db` (see [`Engine::entry`]).
 fn entry_in(db: &impl Stored, key: &[u8]) -> Result<Option<Entry>> {
@@ -202,7 +198,13 @@ fn hash_fields_in(
     Ok(out)
 }
 
-fn scan_in(db: &impl Stored, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+/// Visits the stored keys in byte order, after `after` (or from the
+/// first), each with its stored value, while `visit` says go on.
+fn each_key(
+    db: &impl Stored,
+    after: Option<&[u8]>,
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+) -> Result<()> {
     let mut it = db.iter();
     match after {
         Some(after) => {
@@ -212,24 +214,32 @@ fn scan_in(db: &impl Stored, after: Option<&[u8]>, limit: usize, now_ms: u64) ->
         }
         None => it.seek([keys::KEY]),
     }
-    let mut out = Scanned::default();
-    let mut visited = 0;
-    // The last key looked at, when it was an expired one left out.
-    let mut skipped: Option<Bytes> = None;
     while it.valid() {
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
             break;
         };
-        if k.first() != Some(&keys::KEY) {
+        if k.first() != Some(&keys::KEY) || !visit(&k[1..], v)? {
             break;
         }
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
+fn scan_in(db: &impl Stored, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+    let mut out = Scanned::default();
+    let mut visited = 0;
+    let mut more = false;
+    // The last key looked at, when it was an expired one left out.
+    let mut skipped: Option<Bytes> = None;
+    each_key(db, after, |k, v| {
         if visited == limit {
-            it.status()?;
-            out.resume = skipped.or_else(|| out.entries.last().map(|(k, _)| k.clone()));
-            return Ok(out);
+            more = true;
+            return Ok(false);
         }
         visited += 1;
-        let key = Bytes::copy_from_slice(&k[1..]);
+        let key = Bytes::copy_from_slice(k);
         let entry = keys::decode_entry(&key, v)?;
         if entry.is_expired(now_ms) {
             skipped = Some(key);
@@ -237,24 +247,17 @@ fn scan_in(db: &impl Stored, after: Option<&[u8]>, limit: usize, now_ms: u64) ->
             skipped = None;
             out.entries.push((key, entry));
         }
-        it.next();
+        Ok(true)
+    })?;
+    if more {
+        out.resume = skipped.or_else(|| out.entries.last().map(|(k, _)| k.clone()));
     }
-    it.status()?;
     Ok(out)
 }
 
 fn digest_in(db: &impl Stored, now_ms: u64) -> Result<Digest> {
     let mut acc = Digest::default();
-    let mut it = db.iter();
-    it.seek([keys::KEY]);
-    while it.valid() {
-        let (Some(k), Some(v)) = (it.key(), it.value()) else {
-            break;
-        };
-        if k.first() != Some(&keys::KEY) {
-            break;
-        }
-        let key = &k[1..];
+    each_key(db, None, |key, v| {
         let entry = keys::decode_entry(key, v)?;
         if !entry.is_expired(now_ms) {
             let fields = match entry.value {
@@ -263,9 +266,8 @@ fn digest_in(db: &impl Stored, now_ms: u64) -> Result<Digest> {
             };
             acc.add(key, &entry, &fields);
         }
-        it.next();
-    }
-    it.status()?;
+        Ok(true)
+    })?;
     Ok(acc)
 }
 
@@ -980,24 +982,13 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
-        let db = self.db()?;
-        let mut it = db.raw_iterator();
-        it.seek([keys::KEY]);
         let mut out = Vec::new();
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if k.first() != Some(&keys::KEY) {
-                break;
-            }
-            let key = &k[1..];
+        each_key(&*self.db()?, None, |key, v| {
             if keep(key) && !keys::decode_entry_header(key, v)?.is_expired(now_ms) {
                 out.push(Bytes::copy_from_slice(key));
             }
-            it.next();
-        }
-        it.status()?;
+            Ok(true)
+        })?;
         Ok(out)
     }
 
