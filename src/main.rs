@@ -109,6 +109,13 @@ struct ServeArgs {
     /// A password clients must give with AUTH (or HELLO ... AUTH).
     #[arg(long, env = "FERRY_REQUIREPASS")]
     requirepass: Option<String>,
+    #[command(flatten)]
+    token: ClusterTokenArg,
+    /// A token Prometheus must send (`Authorization: Bearer TOKEN`, its
+    /// scrape config's `authorization: credentials:`) to read the metrics;
+    /// 401 without it. Printable ASCII without spaces. Default: none asked.
+    #[arg(long, env = "FERRY_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Bytes of key entries kept in memory for reads, in front of RocksDB
     /// (entries enter when read, leave when written; 0: none).
     #[arg(long, env = "FERRY_READ_CACHE_BYTES", default_value_t = ferry_engine::READ_CACHE_BYTES_DEFAULT)]
@@ -223,6 +230,8 @@ struct PromoteArgs {
     /// Seconds to wait for the replica to catch up before refusing.
     #[arg(long, default_value_t = 0)]
     wait: u64,
+    #[command(flatten)]
+    token: ClusterTokenArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,6 +246,8 @@ struct SwitchoverArgs {
     /// Seconds the replica may take to catch up.
     #[arg(long, default_value_t = node::SWITCHOVER_TIMEOUT_DEFAULT.as_secs())]
     timeout: u64,
+    #[command(flatten)]
+    token: ClusterTokenArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -246,6 +257,8 @@ struct DropSlotArgs {
     addr: String,
     /// The replica's node id, as `ferry status` lists the slots.
     node_id: String,
+    #[command(flatten)]
+    token: ClusterTokenArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -256,6 +269,8 @@ struct StatusArgs {
     /// Print JSON (snake_case keys) instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    token: ClusterTokenArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -352,10 +367,16 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Status(args) => report::run(&args.addr, args.json),
-        Command::Promote(args) => report::promote(&args.addr, args.force, args.wait),
-        Command::DropSlot(args) => report::drop_slot(&args.addr, &args.node_id),
-        Command::Switchover(args) => report::switchover(&args.addr, args.to, args.timeout),
+        Command::Status(args) => report::run(&args.addr, &args.token.attach()?, args.json),
+        Command::Promote(args) => {
+            report::promote(&args.addr, &args.token.attach()?, args.force, args.wait)
+        }
+        Command::DropSlot(args) => {
+            report::drop_slot(&args.addr, &args.token.attach()?, &args.node_id)
+        }
+        Command::Switchover(args) => {
+            report::switchover(&args.addr, &args.token.attach()?, args.to, args.timeout)
+        }
         Command::Replay(args) => {
             let until = match (args.until_lsn, args.until_time) {
                 (Some(n), _) => tools::Until::Lsn(n),
@@ -395,6 +416,39 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The cluster token, for `ferry serve` and the commands that call a node.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClusterTokenArg {
+    /// A shared secret every gRPC call to this node must carry (a
+    /// replica's stream, status, admin; not the health service), and that
+    /// it sends to the nodes it calls: give every node of a cluster, and
+    /// the tools, the same one. Printable ASCII without spaces. Default:
+    /// none asked, none sent.
+    #[arg(long, env = "FERRY_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+}
+
+impl ClusterTokenArg {
+    /// # Errors
+    ///
+    /// A token that cannot travel in a header.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(token) = &self.cluster_token {
+            ferry_proto::auth::header_value(token).context("--cluster-token")?;
+        }
+        Ok(())
+    }
+
+    /// The interceptor that adds it to a client's calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterTokenArg::check`].
+    pub fn attach(&self) -> anyhow::Result<ferry_proto::auth::Attach> {
+        ferry_proto::auth::Attach::new(self.cluster_token.as_deref()).context("--cluster-token")
+    }
+}
+
 /// Threads serving connections unless `--worker-threads` says otherwise: a
 /// core each, but the one the WAL writer thread keeps busy under load.
 fn worker_threads_default() -> usize {
@@ -402,6 +456,10 @@ fn worker_threads_default() -> usize {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    args.token.check()?;
+    if let Some(token) = &args.metrics_token {
+        ferry_proto::auth::header_value(token).context("--metrics-token")?;
+    }
     if args.proto_max_bulk_len > args.client_query_buffer_limit {
         anyhow::bail!("--proto-max-bulk-len must not exceed --client-query-buffer-limit");
     }
@@ -455,6 +513,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             min_replicas_max_lag: std::time::Duration::from_secs(args.min_replicas_max_lag),
             fsync: args.fsync,
             requirepass: args.requirepass,
+            cluster_token: args.token.cluster_token,
+            metrics_token: args.metrics_token,
             maxclients: args.maxclients,
             slowlog_log_slower_than: args.slowlog_log_slower_than,
             slowlog_max_len: args.slowlog_max_len,

@@ -62,6 +62,7 @@ struct Request {
     method: String,
     path: String,
     keep_alive: bool,
+    authorization: Option<String>,
 }
 
 /// Why a request head is not answered with metrics.
@@ -81,6 +82,7 @@ fn parse_head(head: &[u8]) -> Result<Request, BadRequest> {
     else {
         return Err(BadRequest::Malformed);
     };
+    let mut authorization = None;
     let mut keep_alive = match version {
         "HTTP/1.1" => true,
         "HTTP/1.0" => false,
@@ -89,7 +91,9 @@ fn parse_head(head: &[u8]) -> Result<Request, BadRequest> {
     for line in lines {
         let (name, value) = line.split_once(':').ok_or(BadRequest::Malformed)?;
         let value = value.trim();
-        if name.eq_ignore_ascii_case("connection") {
+        if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
                 keep_alive = false;
             } else if value.eq_ignore_ascii_case("keep-alive") {
@@ -108,6 +112,7 @@ fn parse_head(head: &[u8]) -> Result<Request, BadRequest> {
         method: method.to_string(),
         path: path.to_string(),
         keep_alive,
+        authorization,
     })
 }
 
@@ -153,6 +158,24 @@ async fn answer(node: &Node, stream: &mut TcpStream) -> std::io::Result<()> {
         };
         let head_only = request.method == "HEAD";
         let keep_alive = request.keep_alive;
+        if let Some(want) = &node.config.metrics_token {
+            let want = format!("Bearer {want}");
+            let given = request.authorization.as_deref().unwrap_or_default();
+            if !ferry_proto::auth::same(given.as_bytes(), want.as_bytes()) {
+                respond(
+                    stream,
+                    401,
+                    "a bearer token is required (--metrics-token)\n",
+                    head_only,
+                    !keep_alive,
+                )
+                .await?;
+                if !keep_alive {
+                    return Ok(());
+                }
+                continue;
+            }
+        }
         match (request.path.as_str(), request.method.as_str()) {
             ("/metrics", "GET" | "HEAD") => {
                 let body = render(node);
@@ -220,6 +243,7 @@ async fn respond(
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Request Header Fields Too Large",
@@ -235,6 +259,9 @@ async fn respond(
     );
     if status == 405 {
         out.push_str("Allow: GET, HEAD\r\n");
+    }
+    if status == 401 {
+        out.push_str("WWW-Authenticate: Bearer realm=\"ferry metrics\"\r\n");
     }
     out.push_str(if close {
         "Connection: close\r\n\r\n"
@@ -694,8 +721,16 @@ mod tests {
             Ok(Request {
                 method: "GET".into(),
                 path: "/metrics".into(),
-                keep_alive: true
+                keep_alive: true,
+                authorization: None,
             })
+        );
+        assert_eq!(
+            parse("GET /metrics HTTP/1.1\r\nAuthorization:  Bearer t0k ")
+                .unwrap()
+                .authorization
+                .as_deref(),
+            Some("Bearer t0k")
         );
         assert!(!parse("GET /metrics HTTP/1.0").unwrap().keep_alive);
         assert!(

@@ -131,6 +131,11 @@ pub struct Config {
     pub min_replicas_max_lag: Duration,
     pub fsync: SyncPolicy,
     pub requirepass: Option<String>,
+    /// The shared secret of the cluster's gRPC calls (see
+    /// `ferry_proto::auth`).
+    pub cluster_token: Option<String>,
+    /// The bearer token scrapers of the metrics listener must send.
+    pub metrics_token: Option<String>,
     pub maxclients: usize,
     /// Microseconds from which a command enters the slow log (negative:
     /// none).
@@ -1343,9 +1348,14 @@ impl Node {
                     _ => tokio::time::sleep(PROMOTE_POLL_INTERVAL).await,
                 }
             }
-            let mut admin = ferry_proto::v1::admin_client::AdminClient::connect(url.clone())
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+                .connect()
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
+            let mut admin = ferry_proto::v1::admin_client::AdminClient::with_interceptor(
+                channel,
+                ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())?,
+            );
             let reply = admin
                 .promote(ferry_proto::v1::PromoteRequest {
                     force: false,
@@ -1387,9 +1397,12 @@ impl Node {
             .map(|(id, grpc, addr)| (id, grpc_url(&grpc, &addr)))
             .collect();
         let (ours, cluster) = (self.wal.epoch().0, self.identity.cluster_id());
+        // Checked when the node started.
+        let token = ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())
+            .unwrap_or_default();
         for (id, url) in peers {
             let Ok(Ok(status)) =
-                tokio::time::timeout(PEER_PROBE_TIMEOUT, crate::report::fetch(&url)).await
+                tokio::time::timeout(PEER_PROBE_TIMEOUT, crate::report::fetch(&url, &token)).await
             else {
                 continue;
             };
@@ -1506,6 +1519,7 @@ impl Node {
         config.primary_timeout = self.config.repl_timeout;
         config.version = env!("CARGO_PKG_VERSION").to_string();
         config.bootstrap_dir = Some(self.config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR));
+        config.cluster_token = self.config.cluster_token.clone();
         let receiver = Receiver::start(
             config,
             self.wal.clone(),

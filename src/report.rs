@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ferry_proto::auth::Attach;
 use ferry_proto::v1::status_client::StatusClient;
 use ferry_proto::v1::{GetStatusRequest, GetStatusResponse, Lag};
 use serde_json::{Value, json};
@@ -11,14 +12,19 @@ use serde_json::{Value, json};
 /// How long `ferry status` waits for a node.
 const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A connection to the node at `addr` (a gRPC URL).
-async fn connect(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
-    tonic::transport::Endpoint::from_shared(addr.to_string())
+/// A channel whose calls carry the cluster token.
+type Calls = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Attach>;
+
+/// A connection to the node at `addr` (a gRPC URL), its calls carrying
+/// `token`.
+async fn connect(addr: &str, token: &Attach) -> anyhow::Result<Calls> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("{addr:?} is not a gRPC address"))?
         .connect_timeout(STATUS_TIMEOUT)
         .connect()
         .await
-        .with_context(|| format!("connecting to {addr}"))
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(Calls::new(channel, token.clone()))
 }
 
 /// Runs `f` to completion on a small runtime, for the one-shot commands.
@@ -35,8 +41,8 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 /// # Errors
 ///
 /// An unreachable node or a failed call.
-pub async fn fetch(addr: &str) -> anyhow::Result<GetStatusResponse> {
-    let channel = tokio::time::timeout(STATUS_TIMEOUT, connect(addr))
+pub async fn fetch(addr: &str, token: &Attach) -> anyhow::Result<GetStatusResponse> {
+    let channel = tokio::time::timeout(STATUS_TIMEOUT, connect(addr, token))
         .await
         .with_context(|| format!("no answer from {addr}"))??;
     let response = tokio::time::timeout(
@@ -305,9 +311,14 @@ pub fn to_text(s: &GetStatusResponse) -> String {
 /// # Errors
 ///
 /// An unreachable node.
-pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCode> {
+pub fn promote(
+    addr: &str,
+    token: &Attach,
+    force: bool,
+    wait_secs: u64,
+) -> anyhow::Result<ExitCode> {
     let result = block_on(async {
-        let channel = connect(addr).await?;
+        let channel = connect(addr, token).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .promote(ferry_proto::v1::PromoteRequest {
                 force,
@@ -340,9 +351,9 @@ pub fn promote(addr: &str, force: bool, wait_secs: u64) -> anyhow::Result<ExitCo
 /// # Errors
 ///
 /// An unreachable node, or an error from it.
-pub fn drop_slot(addr: &str, node_id: &str) -> anyhow::Result<ExitCode> {
+pub fn drop_slot(addr: &str, token: &Attach, node_id: &str) -> anyhow::Result<ExitCode> {
     let dropped = block_on(async {
-        let channel = connect(addr).await?;
+        let channel = connect(addr, token).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .drop_slot(ferry_proto::v1::DropSlotRequest {
                 node_id: node_id.to_string(),
@@ -365,9 +376,14 @@ pub fn drop_slot(addr: &str, node_id: &str) -> anyhow::Result<ExitCode> {
 /// # Errors
 ///
 /// An unreachable node.
-pub fn switchover(addr: &str, to: Option<String>, timeout_secs: u64) -> anyhow::Result<ExitCode> {
+pub fn switchover(
+    addr: &str,
+    token: &Attach,
+    to: Option<String>,
+    timeout_secs: u64,
+) -> anyhow::Result<ExitCode> {
     let result = block_on(async {
-        let channel = connect(addr).await?;
+        let channel = connect(addr, token).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .switchover(ferry_proto::v1::SwitchoverRequest {
                 to_node_id: to.unwrap_or_default(),
@@ -397,8 +413,8 @@ pub fn switchover(addr: &str, to: Option<String>, timeout_secs: u64) -> anyhow::
 /// # Errors
 ///
 /// As [`fetch`].
-pub fn run(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let status = block_on(fetch(addr))??;
+pub fn run(addr: &str, token: &Attach, json: bool) -> anyhow::Result<ExitCode> {
+    let status = block_on(fetch(addr, token))??;
     if json {
         println!("{}", serde_json::to_string_pretty(&to_json(&status))?);
     } else {

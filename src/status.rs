@@ -275,14 +275,28 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Every service but health and reflection asks for the cluster token.
+    let check = ferry_proto::auth::Check::new(node.config.cluster_token.as_deref())?;
+    fn guarded<S>(
+        service: S,
+        check: &ferry_proto::auth::Check,
+    ) -> tonic::service::interceptor::InterceptedService<S, ferry_proto::auth::Check> {
+        tonic::service::interceptor::InterceptedService::new(service, check.clone())
+    }
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(StatusServer::new(StatusService { node: node.clone() }))
-        .add_service(AdminServer::new(AdminService { node: node.clone() }))
-        .add_service(node.shipper.service())
+        .add_service(guarded(
+            StatusServer::new(StatusService { node: node.clone() }),
+            &check,
+        ))
+        .add_service(guarded(
+            AdminServer::new(AdminService { node: node.clone() }),
+            &check,
+        ))
+        .add_service(guarded(node.shipper.service(), &check))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop.wait_for(|&s| s).await;
         })

@@ -309,3 +309,211 @@ fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
     // The node still serves scrapes and clients.
     assert_eq!(get(&scrape(&primary), "ferry_keys"), 25.0);
 }
+
+/// The status of the node at `grpc`, asked with `token` (or none).
+async fn status_with(
+    grpc: std::net::SocketAddr,
+    token: Option<&str>,
+) -> Result<ferry_proto::v1::GetStatusResponse, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let attach = ferry_proto::auth::Attach::new(token).expect("a valid token");
+    ferry_proto::v1::status_client::StatusClient::with_interceptor(channel, attach)
+        .get_status(ferry_proto::v1::GetStatusRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// `--cluster-token`: every gRPC call to a node but the health checks must
+/// carry it; a replica with the right one follows its primary, one with a
+/// wrong one gets nothing and says why; the tools take it too.
+/// `--metrics-token` guards the metrics listener the same way.
+#[tokio::test]
+async fn tokens_guard_the_grpc_services_and_the_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(
+        &dir.path().join("p"),
+        &[
+            "--cluster-token",
+            "s3cret",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--metrics-token",
+            "m3trics",
+        ],
+    );
+    let refused = status_with(primary.grpc, None).await.expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused.message().contains("cluster token"),
+        "{}",
+        refused.message()
+    );
+    let wrong = status_with(primary.grpc, Some("s3cres"))
+        .await
+        .expect_err("a wrong token");
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    assert!(
+        wrong.message().starts_with("wrong cluster token"),
+        "{}",
+        wrong.message()
+    );
+    status_with(primary.grpc, Some("s3cret"))
+        .await
+        .expect("the token");
+    // Health checks stay open, for load balancers.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", primary.grpc))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ferry.v1.Status".into(),
+        })
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+
+    {
+        let c = &mut primary.client();
+        for i in 0..20 {
+            raw(c, &["SET", &format!("k{i}"), "v"]);
+        }
+    }
+    let last = status_with(primary.grpc, Some("s3cret"))
+        .await
+        .unwrap()
+        .wal
+        .unwrap()
+        .last_lsn;
+    // The right token: it follows.
+    let good = Server::replica(
+        &dir.path().join("good"),
+        &primary.grpc_url(),
+        &["--cluster-token", "s3cret"],
+    );
+    // A wrong one: refused, and its link says why.
+    let bad = Server::replica(
+        &dir.path().join("bad"),
+        &primary.grpc_url(),
+        &["--cluster-token", "guess"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let g = status_with(good.grpc, Some("s3cret")).await.unwrap();
+        let b = status_with(bad.grpc, Some("guess")).await.unwrap();
+        let error = b
+            .primary_link
+            .as_ref()
+            .map(|l| l.last_error.clone())
+            .unwrap_or_default();
+        if g.applied_lsn == last && error.contains("cluster token") {
+            assert_eq!(b.applied_lsn, 0, "nothing reached the refused replica");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "good at {} of {last}; bad's link: {error:?}",
+            g.applied_lsn
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(digest(&primary), digest(&good));
+
+    // The tools: refused without it, served with the flag or the variable.
+    let addr = primary.grpc_url();
+    let out = ferry().args(["status", "--addr", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cluster token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_ok(ferry().args(["status", "--addr", &addr, "--cluster-token", "s3cret"]));
+    run_ok(
+        ferry()
+            .args(["status", "--addr", &addr])
+            .env("FERRY_CLUSTER_TOKEN", "s3cret"),
+    );
+
+    // Metrics: 401 without the bearer token or with a wrong one.
+    let metrics = primary.metrics.expect("metrics");
+    let mut stream = std::net::TcpStream::connect(metrics).expect("connect");
+    let (code, headers, _) = http(&mut stream, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 401);
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.starts_with("WWW-Authenticate: Bearer")),
+        "{headers:?}"
+    );
+    let (code, _, _) = http(
+        &mut stream,
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n",
+    );
+    assert_eq!(code, 401);
+    let (code, _, body) = http(
+        &mut stream,
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer m3trics\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(body.contains("ferry_keys 20"), "{body}");
+
+    // A switchover: the primary's call to promote the replica, and its
+    // stream from it afterwards, carry the token.
+    drop(bad);
+    run_ok(ferry().args([
+        "switchover",
+        "--addr",
+        &addr,
+        "--cluster-token",
+        "s3cret",
+        "--timeout",
+        "20",
+    ]));
+    raw(&mut good.client(), &["SET", "after", "switchover"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (g, p) = (
+            status_with(good.grpc, Some("s3cret")).await.unwrap(),
+            status_with(primary.grpc, Some("s3cret")).await.unwrap(),
+        );
+        if g.role == "primary" && p.role == "replica" && p.applied_lsn == g.applied_lsn {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the switchover: {} at {}, {} at {}",
+            g.role,
+            g.applied_lsn,
+            p.role,
+            p.applied_lsn
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(digest(&primary), digest(&good));
+
+    // A token that cannot travel in a header is refused at start.
+    let out = ferry()
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("x"))
+        .args([
+            "--cluster-token",
+            "two words",
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cluster-token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,6 +11,7 @@
 //!   included with the `grpc` feature.
 //! - [`FILE_DESCRIPTOR_SET`]: the schemas, for gRPC server reflection.
 //! - [`seal`]: the crc32 each replication message carries over its fields.
+//! - `auth` (with `grpc`): the cluster token gRPC calls carry.
 
 /// Version 1 of ferry's protocol (`package ferry.v1`).
 pub mod v1 {
@@ -18,6 +19,9 @@ pub mod v1 {
 }
 
 pub mod seal;
+
+#[cfg(feature = "grpc")]
+pub mod auth;
 
 /// The encoded `FileDescriptorSet` of every schema above.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -114,6 +114,8 @@ pub struct ReceiverConfig {
     /// Where a snapshot is staged for a bootstrap; `None`: this node does
     /// not bootstrap (it stays refused when its resume point is gone).
     pub bootstrap_dir: Option<std::path::PathBuf>,
+    /// The cluster token the primary asks for (see `ferry_proto::auth`).
+    pub cluster_token: Option<String>,
 }
 
 impl ReceiverConfig {
@@ -130,6 +132,7 @@ impl ReceiverConfig {
             seed,
             version: String::new(),
             bootstrap_dir: None,
+            cluster_token: None,
         }
     }
 }
@@ -270,6 +273,8 @@ impl Receiver {
                 reason: e.to_string(),
             }
         })?;
+        ferry_proto::auth::Attach::new(config.cluster_token.as_deref())
+            .map_err(|e| ReceiveError::Protocol(e.to_string()))?;
         let status = Arc::new(Mutex::new(LinkStatus::new(config.primary.clone())));
         let (stop, stop_rx) = watch::channel(false);
         let (applied_tx, applied) = watch::channel(engine.applied_lsn());
@@ -525,7 +530,7 @@ impl Context {
             crc32: 0,
         }
         .sealed();
-        let mut client = ReplicationClient::new(self.channel().await?)
+        let mut client = ReplicationClient::with_interceptor(self.channel().await?, self.token())
             .max_decoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(REPLICATION_MESSAGE_BYTES_MAX);
         let mut stream = client
@@ -856,6 +861,12 @@ impl Context {
     }
 
     /// Connects to the primary.
+    /// Adds the cluster token to each call (checked when the receiver
+    /// started).
+    fn token(&self) -> ferry_proto::auth::Attach {
+        ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref()).unwrap_or_default()
+    }
+
     async fn channel(&self) -> Result<tonic::transport::Channel> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.config.primary.clone())
             .map_err(|e| ReceiveError::BadAddress {
@@ -881,7 +892,7 @@ impl Context {
         tonic::Streaming<PrimaryMessage>,
     )> {
         let link = |e: &dyn std::fmt::Display| ReceiveError::Link(e.to_string());
-        let mut client = ReplicationClient::new(self.channel().await?)
+        let mut client = ReplicationClient::with_interceptor(self.channel().await?, self.token())
             .max_decoding_message_size(REPLICATION_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(REPLICATION_MESSAGE_BYTES_MAX);
         let (out_tx, out_rx) = mpsc::channel(ACK_QUEUE_MAX);
