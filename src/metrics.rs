@@ -159,17 +159,15 @@ async fn answer(node: &Node, stream: &mut TcpStream) -> std::io::Result<()> {
         let head_only = request.method == "HEAD";
         let keep_alive = request.keep_alive;
         if let Some(want) = &node.config.metrics_token {
-            let want = format!("Bearer {want}");
-            let given = request.authorization.as_deref().unwrap_or_default();
-            if !ferry_proto::auth::same(given.as_bytes(), want.as_bytes()) {
-                respond(
-                    stream,
-                    401,
-                    "a bearer token is required (--metrics-token)\n",
-                    head_only,
-                    !keep_alive,
-                )
-                .await?;
+            let why = match &request.authorization {
+                None => Some("a bearer token is required (--metrics-token)\n"),
+                Some(given) if !ferry_proto::auth::bearer_matches(given, want) => {
+                    Some("wrong bearer token (--metrics-token)\n")
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                respond(stream, 401, why, head_only, !keep_alive).await?;
                 if !keep_alive {
                     return Ok(());
                 }

@@ -1401,10 +1401,19 @@ impl Node {
         let token = ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())
             .unwrap_or_default();
         for (id, url) in peers {
-            let Ok(Ok(status)) =
-                tokio::time::timeout(PEER_PROBE_TIMEOUT, crate::report::fetch(&url, &token)).await
-            else {
-                continue;
+            let status = match tokio::time::timeout(
+                PEER_PROBE_TIMEOUT,
+                crate::report::fetch(&url, &token),
+            )
+            .await
+            {
+                Ok(Ok(status)) => status,
+                // Not an absent peer: one this node will never hear from.
+                Ok(Err(e)) if format!("{e:#}").contains("cluster token") => {
+                    tracing::warn!(peer = %id, %url, error = %format!("{e:#}"), "a peer refused this node's cluster token");
+                    continue;
+                }
+                _ => continue,
             };
             let epoch = status.wal.map_or(0, |w| w.epoch);
             if status.role == "primary" && epoch > ours && status.cluster_id == cluster {

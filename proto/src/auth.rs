@@ -81,9 +81,21 @@ impl Check {
 }
 
 /// Equal bytes, in a time that does not depend on where they differ (for
-/// comparing secrets).
+/// comparing secrets; only the lengths show).
 pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let differ = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(differ) == 0 && a.len() == b.len()
+}
+
+/// Whether an HTTP `Authorization` header value carries `token` as a
+/// bearer token (the scheme's name in any case, as HTTP allows).
+pub fn bearer_matches(header: &str, token: &str) -> bool {
+    match header.trim().split_once(' ') {
+        Some((scheme, credentials)) if scheme.eq_ignore_ascii_case("bearer") => {
+            same(credentials.trim().as_bytes(), token.as_bytes())
+        }
+        _ => false,
+    }
 }
 
 impl Interceptor for Check {
@@ -94,10 +106,10 @@ impl Interceptor for Check {
         match request.metadata().get(HEADER) {
             Some(got) if same(got.as_bytes(), want) => Ok(request),
             Some(_) => Err(Status::unauthenticated(
-                "wrong cluster token: give the token this node was started with (--cluster-token)",
+                "wrong cluster token: the node called was started with another --cluster-token",
             )),
             None => Err(Status::unauthenticated(
-                "this node requires a cluster token (--cluster-token)",
+                "the node called requires a cluster token (--cluster-token)",
             )),
         }
     }
@@ -137,6 +149,15 @@ mod tests {
             call(&mut closed, &mut longer),
             Err(tonic::Code::Unauthenticated)
         );
+    }
+
+    #[test]
+    fn bearer_headers_match_their_token_only() {
+        assert!(bearer_matches("Bearer t0k", "t0k"));
+        assert!(bearer_matches("bearer  t0k ", "t0k"));
+        for bad in ["Bearer t0", "Bearer t0kk", "Basic t0k", "t0k", "", "Bearer"] {
+            assert!(!bearer_matches(bad, "t0k"), "{bad:?}");
+        }
     }
 
     #[test]

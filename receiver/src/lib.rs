@@ -860,13 +860,13 @@ impl Context {
         }
     }
 
-    /// Connects to the primary.
     /// Adds the cluster token to each call (checked when the receiver
     /// started).
     fn token(&self) -> ferry_proto::auth::Attach {
         ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref()).unwrap_or_default()
     }
 
+    /// Connects to the primary.
     async fn channel(&self) -> Result<tonic::transport::Channel> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.config.primary.clone())
             .map_err(|e| ReceiveError::BadAddress {
