@@ -531,11 +531,11 @@ fn read_counted(
 /// between. Counting is left to the caller (`read` may run more than once).
 fn stable<T>(
     r: &dyn Reader,
-    mut read: impl FnMut() -> ferry_engine::Result<T>,
+    mut read: impl FnMut(&dyn Reader) -> ferry_engine::Result<T>,
 ) -> Result<T, Reply> {
     let mut out = None;
-    r.stable(&mut || {
-        out = Some(read()?);
+    r.stable(&mut |r| {
+        out = Some(read(r)?);
         Ok(())
     })
     .map_err(engine_error)?;
@@ -566,16 +566,16 @@ fn read_hash_with<T: Default>(
     node: &Node,
     r: &dyn Reader,
     key: &[u8],
-    mut then: impl FnMut() -> ferry_engine::Result<T>,
+    mut then: impl FnMut(&dyn Reader) -> ferry_engine::Result<T>,
 ) -> Result<(u64, T), Reply> {
     let now = now_ms();
-    let (entry, fields) = stable(r, || {
+    let (entry, fields) = stable(r, |r| {
         let entry = r.live(key, now)?;
         let fields = match &entry {
             Some(Entry {
                 value: Value::Hash { .. },
                 ..
-            }) => then()?,
+            }) => then(r)?,
             _ => T::default(),
         };
         Ok((entry, fields))
@@ -661,7 +661,7 @@ fn get(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 /// The live entries of `keys`, in one state, counted as lookups.
 fn read_entries(node: &Node, r: &dyn Reader, keys: &Args) -> Result<Vec<Option<Entry>>, Reply> {
     let now = now_ms();
-    let entries = stable(r, || keys.iter().map(|key| r.live(key, now)).collect())?;
+    let entries = stable(r, |r| keys.iter().map(|key| r.live(key, now)).collect())?;
     for entry in &entries {
         count_lookup(node, entry);
     }
@@ -1537,7 +1537,7 @@ fn read_field(
     key: &[u8],
     field: &[u8],
 ) -> Result<Option<Bytes>, Reply> {
-    Ok(read_hash_with(node, r, key, || r.field(key, field))?.1)
+    Ok(read_hash_with(node, r, key, |r| r.field(key, field))?.1)
 }
 
 fn hget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -1546,7 +1546,7 @@ fn hget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 
 fn hmget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let (key, fields) = (&args[1], &args[2..]);
-    let (_, values): (u64, Vec<Option<Bytes>>) = tri_read!(read_hash_with(node, r, key, || {
+    let (_, values): (u64, Vec<Option<Bytes>>) = tri_read!(read_hash_with(node, r, key, |r| {
         fields.iter().map(|f| r.field(key, f)).collect()
     }));
     let mut values = values.into_iter();
@@ -1559,7 +1559,7 @@ fn hmget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 }
 
 fn hash_all(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>, Reply> {
-    Ok(read_hash_with(node, r, key, || r.fields(key, None, usize::MAX))?.1)
+    Ok(read_hash_with(node, r, key, |r| r.fields(key, None, usize::MAX))?.1)
 }
 
 fn hgetall(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -1603,7 +1603,7 @@ fn hscan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     // options.
     let options = scan_options(args, 3, false);
     let page = options.as_ref().map_or(0, |o| o.count + 1);
-    let (len, batch) = tri_read!(read_hash_with(node, r, key, || {
+    let (len, batch) = tri_read!(read_hash_with(node, r, key, |r| {
         r.fields(key, after.as_deref(), page)
     }));
     if len == 0 {

@@ -647,10 +647,14 @@ fn queue_command(
             reply
         }
         // A change of role cannot be part of a transaction.
-        Ok(Spec {
-            handler: Handler::ReplicaOf,
-            ..
-        }) => {
+        Ok(
+            spec @ Spec {
+                handler: Handler::ReplicaOf,
+                ..
+            },
+        ) => {
+            node.stats
+                .command_rejected(commands::stat_slot(spec, &args));
             multi.refused = true;
             Reply::err("Command not allowed inside a transaction")
         }

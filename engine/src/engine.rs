@@ -15,6 +15,7 @@ use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 use crate::cache::{READ_CACHE_BYTES_DEFAULT, ReadCache, ReadCacheStats};
 use crate::error::{EngineError, Result};
 use crate::keys::{self, Entry, Expiring, Value};
+use crate::pipeline::Reader;
 use crate::watch::{Watch, Watchers};
 
 /// Records applied per RocksDB write batch during replay.
@@ -255,6 +256,21 @@ fn scan_in(db: &impl Stored, after: Option<&[u8]>, limit: usize, now_ms: u64) ->
     Ok(out)
 }
 
+fn keys_in(
+    db: &impl Stored,
+    now_ms: u64,
+    keep: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<Vec<Bytes>> {
+    let mut out = Vec::new();
+    each_key(db, None, |key, v| {
+        if keep(key) && !keys::decode_entry_header(key, v)?.is_expired(now_ms) {
+            out.push(Bytes::copy_from_slice(key));
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
 fn digest_in(db: &impl Stored, now_ms: u64) -> Result<Digest> {
     let mut acc = Digest::default();
     each_key(db, None, |key, v| {
@@ -277,6 +293,34 @@ pub(crate) struct StoredState<'a>(rocksdb::Snapshot<'a>);
 impl StoredState<'_> {
     pub(crate) fn entry(&self, key: &[u8]) -> Result<Option<Entry>> {
         entry_in(&self.0, key)
+    }
+
+    pub(crate) fn field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self
+            .0
+            .pinned(&keys::field_key(key, field))?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    pub(crate) fn fields(
+        &self,
+        key: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        hash_fields_in(&self.0, key, after, limit)
+    }
+
+    pub(crate) fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+        scan_in(&self.0, after, limit, now_ms)
+    }
+
+    pub(crate) fn keys(
+        &self,
+        now_ms: u64,
+        keep: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<Bytes>> {
+        keys_in(&self.0, now_ms, keep)
     }
 
     pub(crate) fn hash_fields(&self, key: &[u8]) -> Result<Vec<(Bytes, Bytes)>> {
@@ -502,20 +546,36 @@ impl Engine {
         }
     }
 
-    /// Runs `read` so that it sees one state: again while a write
-    /// overlapped it, and after [`STABLE_READ_ATTEMPTS`] tries with writes
-    /// held off. For reads of several keys (MGET), or of a hash's entry and
-    /// its fields, which a write applied in between would tear (half of an
-    /// MSET or of a transaction). `read` must only read.
+    /// Runs `read` (reads of the reader it is given) so that it sees one
+    /// state: against the engine again while a write overlapped it, and
+    /// after [`STABLE_READ_ATTEMPTS`] tries against one snapshot of RocksDB
+    /// (the read cache left out), which holds no write off. For reads of
+    /// several keys (MGET), or of a hash's entry and its fields, which a
+    /// write applied in between would tear (half of an MSET or of a
+    /// transaction). `read` must only read.
     ///
     /// # Errors
     ///
     /// What `read` returns.
-    pub fn stable<T>(&self, mut read: impl FnMut() -> Result<T>) -> Result<T> {
-        for _ in 0..STABLE_READ_ATTEMPTS {
+    pub fn stable<T>(&self, read: impl FnMut(&dyn Reader) -> Result<T>) -> Result<T> {
+        self.stable_tries(STABLE_READ_ATTEMPTS, read)
+    }
+
+    /// [`Engine::stable`] with `tries` against the engine before the
+    /// snapshot (0: the snapshot at once).
+    ///
+    /// # Errors
+    ///
+    /// What `read` returns.
+    pub fn stable_tries<T>(
+        &self,
+        tries: usize,
+        mut read: impl FnMut(&dyn Reader) -> Result<T>,
+    ) -> Result<T> {
+        for _ in 0..tries {
             let before = self.generation.load(Ordering::SeqCst);
             if before.is_multiple_of(2) {
-                let out = read()?;
+                let out = read(self)?;
                 // The reads are ordered before this load by the locks of
                 // RocksDB and the cache, which a write takes after raising
                 // the generation.
@@ -525,8 +585,7 @@ impl Engine {
             }
             std::thread::yield_now();
         }
-        let _held = self.hold_writes();
-        read()
+        self.snapshot_read(|stored| read(stored))
     }
 
     /// Holds writes off while the guard lives, so that a series of reads
@@ -982,14 +1041,7 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
     pub fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
-        let mut out = Vec::new();
-        each_key(&*self.db()?, None, |key, v| {
-            if keep(key) && !keys::decode_entry_header(key, v)?.is_expired(now_ms) {
-                out.push(Bytes::copy_from_slice(key));
-            }
-            Ok(true)
-        })?;
-        Ok(out)
+        keys_in(&*self.db()?, now_ms, keep)
     }
 
     /// Up to `limit` keys whose expiry is at or before `now_ms`, from the

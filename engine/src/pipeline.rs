@@ -24,7 +24,9 @@ use ferry_wal::{Lsn, PendingAppend, Wal, WalError};
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::engine::{Digest, Engine, FastMap, Scanned, Target, apply_mutation, digest_hex, op_key};
+use crate::engine::{
+    Digest, Engine, FastMap, Scanned, StoredState, Target, apply_mutation, digest_hex, op_key,
+};
 use crate::error::{EngineError, Result};
 use crate::keys::{Entry, Value};
 use crate::watch::Watch;
@@ -440,13 +442,14 @@ pub trait Reader {
     /// Engine read errors.
     fn digest(&self, now_ms: u64) -> Result<String>;
 
-    /// Runs `read` (reads of this reader only) so that it sees one state,
-    /// as [`Engine::stable`]; a view's state cannot change meanwhile.
+    /// Runs `read` (reads of the reader it is given only) so that it sees
+    /// one state, as [`Engine::stable`]; a view's state cannot change
+    /// meanwhile.
     ///
     /// # Errors
     ///
     /// What `read` returns.
-    fn stable(&self, read: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+    fn stable(&self, read: &mut dyn FnMut(&dyn Reader) -> Result<()>) -> Result<()>;
 }
 
 impl Reader for Engine {
@@ -483,8 +486,49 @@ impl Reader for Engine {
         Engine::digest(self, now_ms)
     }
 
-    fn stable(&self, read: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    fn stable(&self, read: &mut dyn FnMut(&dyn Reader) -> Result<()>) -> Result<()> {
         Engine::stable(self, read)
+    }
+}
+
+/// One snapshot of the engine's stored state ([`Engine::stable`]'s last
+/// try).
+impl Reader for StoredState<'_> {
+    fn live(&self, key: &[u8], now_ms: u64) -> Result<Option<Entry>> {
+        Ok(self.entry(key)?.filter(|e| !e.is_expired(now_ms)))
+    }
+
+    fn field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+        StoredState::field(self, key, field)
+    }
+
+    fn fields(
+        &self,
+        key: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        StoredState::fields(self, key, after, limit)
+    }
+
+    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+        StoredState::scan(self, after, limit, now_ms)
+    }
+
+    fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
+        StoredState::keys(self, now_ms, keep)
+    }
+
+    fn key_count(&self) -> Result<u64> {
+        StoredState::key_count(self)
+    }
+
+    fn digest(&self, now_ms: u64) -> Result<String> {
+        Ok(digest_hex(&StoredState::digest(self, now_ms)?))
+    }
+
+    fn stable(&self, read: &mut dyn FnMut(&dyn Reader) -> Result<()>) -> Result<()> {
+        read(self)
     }
 }
 
@@ -627,8 +671,8 @@ impl Reader for View<'_> {
         Ok(digest_hex(&digest))
     }
 
-    fn stable(&self, read: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-        read()
+    fn stable(&self, read: &mut dyn FnMut(&dyn Reader) -> Result<()>) -> Result<()> {
+        read(self)
     }
 }
 

@@ -1202,12 +1202,15 @@ fn reads_of_several_keys_see_each_record_whole() {
     };
     let mut reads = 0;
     while !writer.is_finished() || reads == 0 {
+        // Every other read from a snapshot at once, the others as
+        // `Engine::stable` reads (the engine, then a snapshot).
+        let tries = if reads % 2 == 0 { 0 } else { 4 };
         let (a, b_, fields) = engine
-            .stable(|| {
+            .stable_tries(tries, |r| {
                 Ok((
-                    value(engine.get(b"a", 0)?),
-                    value(engine.get(b"b", 0)?),
-                    engine.hash_fields(b"h", None, 10)?,
+                    value(r.live(b"a", 0)?),
+                    value(r.live(b"b", 0)?),
+                    r.fields(b"h", None, 10)?,
                 ))
             })
             .unwrap();
