@@ -1765,13 +1765,47 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
                 None => Reply::bulk_str(""),
             }
         }
-        ("list", 2) => {
+        ("list", n) => {
+            // As Redis 7: every client, those of a TYPE (every RESP client
+            // here is a normal one; replicas stream over gRPC), or those of
+            // the IDs given, in their order.
+            let ids: Option<Vec<u64>> = match n {
+                2 => None,
+                4 if eq(&args[2], "type") => {
+                    let kind = String::from_utf8_lossy(&args[3]).to_ascii_lowercase();
+                    match kind.as_str() {
+                        "normal" => None,
+                        "master" | "replica" | "slave" | "pubsub" => Some(Vec::new()),
+                        _ => {
+                            return Reply::err(format!(
+                                "Unknown client type '{}'",
+                                String::from_utf8_lossy(&args[3])
+                            ));
+                        }
+                    }
+                }
+                _ if n > 3 && eq(&args[2], "id") => {
+                    let mut ids = Vec::with_capacity(n - 3);
+                    for arg in &args[3..] {
+                        match parse_i64(arg) {
+                            Some(id) => ids.push(id as u64),
+                            None => return Reply::err("Invalid client ID"),
+                        }
+                    }
+                    Some(ids)
+                }
+                _ => return syntax_error(),
+            };
             let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
-            let mut ids: Vec<&u64> = clients.keys().collect();
-            ids.sort();
+            let ids = ids.unwrap_or_else(|| {
+                let mut all: Vec<u64> = clients.keys().copied().collect();
+                all.sort_unstable();
+                all
+            });
             let text: String = ids
-                .into_iter()
-                .map(|id| crate::info::client_line(&clients[id], conn))
+                .iter()
+                .filter_map(|id| clients.get(id))
+                .map(|info| crate::info::client_line(info, conn))
                 .collect();
             Reply::bulk(text)
         }

@@ -463,6 +463,50 @@ fn connection_and_server_commands_answer_like_redis() {
             && l.ends_with("lib-name=app-lib lib-ver=1.2.3")),
         "{list}"
     );
+    // Redis 7's filters: by type (every RESP client is a normal one), by
+    // id in the order given.
+    let lines = |c: &mut redis::Connection, args: &[&str]| -> Vec<String> {
+        let V::BulkString(text) = raw(c, args) else {
+            panic!("{args:?}")
+        };
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    let V::Int(other_id) = raw(other, &["CLIENT", "ID"]) else {
+        panic!()
+    };
+    assert_eq!(
+        lines(other, &["CLIENT", "LIST", "TYPE", "normal"]).len(),
+        list.lines().count()
+    );
+    assert!(lines(other, &["CLIENT", "LIST", "TYPE", "replica"]).is_empty());
+    assert_eq!(
+        lines(
+            other,
+            &[
+                "client",
+                "list",
+                "id",
+                &other_id.to_string(),
+                "99999",
+                &id.to_string()
+            ]
+        ),
+        [format!("id={other_id}"), format!("id={id}")]
+    );
+    assert_eq!(
+        error(other, &["CLIENT", "LIST", "TYPE", "nosuch"]),
+        "ERR Unknown client type 'nosuch'"
+    );
+    assert_eq!(
+        error(other, &["CLIENT", "LIST", "ID", "x"]),
+        "ERR Invalid client ID"
+    );
+    assert_eq!(error(other, &["CLIENT", "LIST", "ID"]), "ERR syntax error");
+    assert_eq!(error(other, &["CLIENT", "LIST", "x"]), "ERR syntax error");
     assert_eq!(raw(c, &["CLIENT", "SETINFO", "LIB-VER", ""]), ok());
     let V::BulkString(info) = raw(c, &["CLIENT", "INFO"]) else {
         panic!()
