@@ -506,23 +506,10 @@ fn engine_error(err: ferry_engine::EngineError) -> Reply {
     Reply::err(format!("storage error: {err}"))
 }
 
-/// A live entry of the applied state, read for the client: counted as a
-/// keyspace hit or miss.
+/// A live entry, read for the client: counted as a keyspace hit or miss.
 fn read_entry(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Option<Entry>, Reply> {
-    read_counted(node, r, key, now_ms()).map_err(engine_error)
-}
-
-/// [`Engine::get`](ferry_engine::Engine::get), counted as a keyspace hit
-/// or miss.
-fn read_counted(
-    node: &Node,
-    r: &dyn Reader,
-    key: &[u8],
-    now: u64,
-) -> Result<Option<Entry>, ferry_engine::EngineError> {
-    let entry = r.live(key, now)?;
-    let found = u64::from(entry.is_some());
-    node.stats.lookups(found, 1 - found);
+    let entry = r.live(key, now_ms()).map_err(engine_error)?;
+    count_lookup(node, &entry);
     Ok(entry)
 }
 

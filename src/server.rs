@@ -425,8 +425,7 @@ async fn run_writes(
                 let reply = f(view, args);
                 let took = started.elapsed();
                 let failed = !matches!(reply, Ok(ref r) if !matches!(r, Reply::Error(_)));
-                node.stats.command_ran(*slot, took, failed);
-                node.slow_command((conn.id, conn.name.as_ref()), args, took);
+                ran(node, conn, *slot, args, took, failed);
                 let (hits, misses) = view.lookups();
                 node.stats.lookups(hits, misses);
                 reply
@@ -541,10 +540,12 @@ async fn dispatch(
         let queued = transaction(node, conn, spec, args).await;
         let failed = matches!(queued, Queued::Ready(Reply::Error(_)));
         let took = started.elapsed();
-        node.stats.command_ran(slot, took, failed);
-        // EXEC's commands are in the slow log each; EXEC is not, as in Redis.
-        if spec.name != "exec" {
-            node.slow_command((conn.id, conn.name.as_ref()), args, took);
+        if spec.name == "exec" {
+            // EXEC's commands are in the slow log each; EXEC is not, as in
+            // Redis.
+            node.stats.command_ran(slot, took, failed);
+        } else {
+            ran(node, conn, slot, args, took, failed);
         }
         return Some(queued);
     }
@@ -559,13 +560,14 @@ async fn dispatch(
         // before it runs, in Redis.
         node.stats.command_rejected(slot);
     } else {
-        let took = started.elapsed();
-        let failed = matches!(reply, Reply::Error(_));
-        node.stats.command_ran(slot, took, failed);
-        // An unknown subcommand has no place: Redis never ran it.
-        if slot.is_some() {
-            node.slow_command((conn.id, conn.name.as_ref()), args, took);
-        }
+        ran(
+            node,
+            conn,
+            slot,
+            args,
+            started.elapsed(),
+            matches!(reply, Reply::Error(_)),
+        );
     }
     Some(Queued::Ready(reply))
 }
@@ -617,6 +619,23 @@ async fn run_command(
 pub const QUEUED_COMMAND_BYTES: u64 = 64;
 /// What each queued argument costs beside its bytes.
 pub const QUEUED_ARGUMENT_BYTES: u64 = 32;
+
+/// A command that ran: its figures in INFO commandstats and latencystats,
+/// and the slow log if it ran long. A command without a place (an unknown
+/// subcommand) never ran as Redis sees it.
+fn ran(
+    node: &Node,
+    conn: &Conn,
+    slot: Option<usize>,
+    args: &[bytes::Bytes],
+    took: Duration,
+    failed: bool,
+) {
+    node.stats.command_ran(slot, took, failed);
+    if slot.is_some() {
+        node.slow_command((conn.id, conn.name.as_ref()), args, took);
+    }
+}
 
 /// Commands that run at once inside MULTI instead of being queued.
 fn runs_in_multi(name: &[u8]) -> bool {
@@ -786,9 +805,14 @@ fn run_queued(
         let took = started.elapsed();
         let (hits_after, misses_after) = view.lookups();
         node.stats.lookups(hits_after - hits, misses_after - misses);
-        node.stats
-            .command_ran(*slot, took, matches!(reply, Reply::Error(_)));
-        node.slow_command((conn.id, conn.name.as_ref()), args, took);
+        ran(
+            node,
+            conn,
+            *slot,
+            args,
+            took,
+            matches!(reply, Reply::Error(_)),
+        );
         // Inside the array, where the reply's encoding does not see it.
         if let Reply::Error(text) = &reply {
             node.stats.error_reply(text);

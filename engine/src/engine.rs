@@ -164,6 +164,13 @@ fn entry_header_in(db: &impl Stored, key: &[u8]) -> Result<Option<Entry>> {
     }
 }
 
+/// A field of hash `key` in `db` (see [`Engine::hash_field`]).
+fn field_in(db: &impl Stored, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
+    Ok(db
+        .pinned(&keys::field_key(key, field))?
+        .map(|v| Bytes::copy_from_slice(&v)))
+}
+
 /// The fields of hash `key` in `db` (see [`Engine::hash_fields`]).
 fn hash_fields_in(
     db: &impl Stored,
@@ -296,10 +303,7 @@ impl StoredState<'_> {
     }
 
     pub(crate) fn field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self
-            .0
-            .pinned(&keys::field_key(key, field))?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        field_in(&self.0, key, field)
     }
 
     pub(crate) fn fields(
@@ -1002,10 +1006,7 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn hash_field(&self, key: &[u8], field: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self
-            .db()?
-            .get_pinned(keys::field_key(key, field))?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        field_in(&*self.db()?, key, field)
     }
 
     /// Fields of the hash at `key` in byte order, starting after `after`,
