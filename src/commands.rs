@@ -2084,12 +2084,12 @@ pub fn wait_args(args: &Args) -> Result<(usize, u64), Reply> {
 }
 
 /// REPLICAOF host grpc-port: the gRPC address to follow (`None` for NO ONE),
-/// or why not.
+/// in `scheme` (https for a node calling over TLS), or why not.
 ///
 /// # Errors
 ///
 /// The reply to send instead.
-pub fn replicaof_target(args: &Args) -> Result<Option<String>, Reply> {
+pub fn replicaof_target(args: &Args, scheme: &str) -> Result<Option<String>, Reply> {
     if eq(&args[1], "no") && eq(&args[2], "one") {
         return Ok(None);
     }
@@ -2106,7 +2106,7 @@ pub fn replicaof_target(args: &Args) -> Result<Option<String>, Reply> {
     } else {
         host
     };
-    Ok(Some(format!("http://{host}:{port}")))
+    Ok(Some(format!("{scheme}://{host}:{port}")))
 }
 
 fn debug(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {

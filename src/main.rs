@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_proto::tls::Tls;
 use ferry_wal::SyncPolicy;
 
 use crate::node::{Config, Node};
@@ -110,7 +111,12 @@ struct ServeArgs {
     #[arg(long, env = "FERRY_REQUIREPASS")]
     requirepass: Option<String>,
     #[command(flatten)]
-    token: ClusterTokenArg,
+    cluster: ClusterArgs,
+    /// With --tls-ca-cert-file, whether callers of this node's gRPC must
+    /// present a certificate the CA signed: yes, optional (checked if
+    /// presented) or no, as Redis's tls-auth-clients.
+    #[arg(long, env = "FERRY_TLS_AUTH_CLIENTS", default_value = "yes", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<ferry_proto::tls::ClientAuth>()))]
+    tls_auth_clients: ferry_proto::tls::ClientAuth,
     /// A token Prometheus must send (`Authorization: Bearer TOKEN`, its
     /// scrape config's `authorization: credentials:`) to read the metrics;
     /// 401 without it. Printable ASCII without spaces. Default: none asked.
@@ -231,7 +237,7 @@ struct PromoteArgs {
     #[arg(long, default_value_t = 0)]
     wait: u64,
     #[command(flatten)]
-    token: ClusterTokenArg,
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -247,7 +253,7 @@ struct SwitchoverArgs {
     #[arg(long, default_value_t = node::SWITCHOVER_TIMEOUT_DEFAULT.as_secs())]
     timeout: u64,
     #[command(flatten)]
-    token: ClusterTokenArg,
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -258,7 +264,7 @@ struct DropSlotArgs {
     /// The replica's node id, as `ferry status` lists the slots.
     node_id: String,
     #[command(flatten)]
-    token: ClusterTokenArg,
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -270,7 +276,7 @@ struct StatusArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    token: ClusterTokenArg,
+    cluster: ClusterArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,15 +373,15 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Serve(args) => serve(*args),
-        Command::Status(args) => report::run(&args.addr, &args.token.attach()?, args.json),
+        Command::Status(args) => report::run(&args.addr, &args.cluster.caller()?, args.json),
         Command::Promote(args) => {
-            report::promote(&args.addr, &args.token.attach()?, args.force, args.wait)
+            report::promote(&args.addr, &args.cluster.caller()?, args.force, args.wait)
         }
         Command::DropSlot(args) => {
-            report::drop_slot(&args.addr, &args.token.attach()?, &args.node_id)
+            report::drop_slot(&args.addr, &args.cluster.caller()?, &args.node_id)
         }
         Command::Switchover(args) => {
-            report::switchover(&args.addr, &args.token.attach()?, args.to, args.timeout)
+            report::switchover(&args.addr, &args.cluster.caller()?, args.to, args.timeout)
         }
         Command::Replay(args) => {
             let until = match (args.until_lsn, args.until_time) {
@@ -416,9 +422,10 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The cluster token, for `ferry serve` and the commands that call a node.
+/// The cluster token and TLS files, for `ferry serve` and the commands that
+/// call a node.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct ClusterTokenArg {
+pub struct ClusterArgs {
     /// A shared secret every gRPC call to this node must carry (a
     /// replica's stream, status, admin; not the health service), and that
     /// it sends to the nodes it calls: give every node of a cluster, and
@@ -426,26 +433,58 @@ pub struct ClusterTokenArg {
     /// none asked, none sent.
     #[arg(long, env = "FERRY_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
+    /// A PEM certificate (chain): a node serves TLS on its gRPC address with
+    /// it, and presents it to the nodes it calls; a tool presents it to the
+    /// node. Needs --tls-key-file.
+    #[arg(long, env = "FERRY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, env = "FERRY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// A PEM CA (one or more certificates): nodes are then called over TLS
+    /// only (https:// addresses), their certificates checked against it; a
+    /// node serving TLS also asks its callers for a certificate it signed
+    /// (see --tls-auth-clients).
+    #[arg(long, env = "FERRY_TLS_CA_CERT_FILE")]
+    pub tls_ca_cert_file: Option<PathBuf>,
 }
 
-impl ClusterTokenArg {
+impl ClusterArgs {
     /// # Errors
     ///
     /// A token that cannot travel in a header.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check_token(&self) -> anyhow::Result<()> {
         if let Some(token) = &self.cluster_token {
             ferry_proto::auth::header_value(token).context("--cluster-token")?;
         }
         Ok(())
     }
 
-    /// The interceptor that adds it to a client's calls.
+    /// The TLS files, read and checked.
     ///
     /// # Errors
     ///
-    /// As [`ClusterTokenArg::check`].
-    pub fn attach(&self) -> anyhow::Result<ferry_proto::auth::Attach> {
-        ferry_proto::auth::Attach::new(self.cluster_token.as_deref()).context("--cluster-token")
+    /// As [`ferry_proto::tls::Tls::load`].
+    pub fn tls(&self, client_auth: ferry_proto::tls::ClientAuth) -> anyhow::Result<Tls> {
+        let files = ferry_proto::tls::TlsFiles {
+            cert: self.tls_cert_file.clone(),
+            key: self.tls_key_file.clone(),
+            ca: self.tls_ca_cert_file.clone(),
+        };
+        Ok(Tls::load(&files, client_auth)?)
+    }
+
+    /// How a tool calls the node: the token and TLS.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterArgs::check_token`] and [`ClusterArgs::tls`].
+    pub fn caller(&self) -> anyhow::Result<report::Caller> {
+        Ok(report::Caller {
+            token: ferry_proto::auth::Attach::new(self.cluster_token.as_deref())
+                .context("--cluster-token")?,
+            tls: self.tls(ferry_proto::tls::ClientAuth::default())?,
+        })
     }
 }
 
@@ -456,7 +495,8 @@ fn worker_threads_default() -> usize {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    args.token.check()?;
+    args.cluster.check_token()?;
+    let tls = args.cluster.tls(args.tls_auth_clients)?;
     if let Some(token) = &args.metrics_token {
         ferry_proto::auth::header_value(token).context("--metrics-token")?;
     }
@@ -513,7 +553,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             min_replicas_max_lag: std::time::Duration::from_secs(args.min_replicas_max_lag),
             fsync: args.fsync,
             requirepass: args.requirepass,
-            cluster_token: args.token.cluster_token,
+            cluster_token: args.cluster.cluster_token,
+            tls,
             metrics_token: args.metrics_token,
             maxclients: args.maxclients,
             slowlog_log_slower_than: args.slowlog_log_slower_than,

@@ -46,14 +46,14 @@ pub struct Switchover {
 /// A gRPC URL for `listen` (host:port as a node said it listens), with the
 /// host taken from `peer` (the address its stream came from) when it
 /// listens on every interface.
-fn grpc_url(listen: &str, peer: &str) -> String {
+fn grpc_url(scheme: &str, listen: &str, peer: &str) -> String {
     let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
     let host = if matches!(host, "0.0.0.0" | "[::]" | "::" | "") {
         peer.rsplit_once(':').map_or(peer, |(h, _)| h)
     } else {
         host
     };
-    format!("http://{host}:{port}")
+    format!("{scheme}://{host}:{port}")
 }
 
 /// What a promotion did.
@@ -134,6 +134,8 @@ pub struct Config {
     /// The shared secret of the cluster's gRPC calls (see
     /// `ferry_proto::auth`).
     pub cluster_token: Option<String>,
+    /// TLS on the gRPC channel (see `ferry_proto::tls`).
+    pub tls: ferry_proto::tls::Tls,
     /// The bearer token scrapers of the metrics listener must send.
     pub metrics_token: Option<String>,
     pub maxclients: usize,
@@ -1181,8 +1183,7 @@ impl Node {
     /// A malformed address, failing to persist the role, a failed WAL.
     pub async fn replicate_from(&self, primary: String) -> anyhow::Result<Lsn> {
         let _one = self.role_change.lock().await;
-        tonic::transport::Endpoint::from_shared(primary.clone())
-            .with_context(|| format!("{primary:?} is not a gRPC address"))?;
+        self.config.tls.endpoint(&primary)?;
         self.pipeline.fence().await;
         self.wal.sync().await.context("syncing the WAL")?;
         self.stop_receiver().await;
@@ -1325,7 +1326,7 @@ impl Node {
             "replica {} did not say where its gRPC services listen",
             target.node_id
         );
-        let url = grpc_url(&target.grpc_addr, &target.addr);
+        let url = grpc_url(self.config.tls.scheme(), &target.grpc_addr, &target.addr);
         tracing::warn!(to = %target.node_id, %url, "switchover: writes stop");
         self.pipeline.fence().await;
         let promoted = async {
@@ -1348,10 +1349,15 @@ impl Node {
                     _ => tokio::time::sleep(PROMOTE_POLL_INTERVAL).await,
                 }
             }
-            let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+            let channel = self
+                .config
+                .tls
+                .endpoint(&url)?
                 .connect()
                 .await
-                .with_context(|| format!("connecting to {url}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("connecting to {url}: {}", ferry_proto::tls::causes(&e))
+                })?;
             let mut admin = ferry_proto::v1::admin_client::AdminClient::with_interceptor(
                 channel,
                 ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())?,
@@ -1394,16 +1400,19 @@ impl Node {
             .shipper
             .departed()
             .into_iter()
-            .map(|(id, grpc, addr)| (id, grpc_url(&grpc, &addr)))
+            .map(|(id, grpc, addr)| (id, grpc_url(self.config.tls.scheme(), &grpc, &addr)))
             .collect();
         let (ours, cluster) = (self.wal.epoch().0, self.identity.cluster_id());
         // Checked when the node started.
-        let token = ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())
-            .unwrap_or_default();
+        let caller = crate::report::Caller {
+            token: ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())
+                .unwrap_or_default(),
+            tls: self.config.tls.clone(),
+        };
         for (id, url) in peers {
             let status = match tokio::time::timeout(
                 PEER_PROBE_TIMEOUT,
-                crate::report::fetch(&url, &token),
+                crate::report::fetch(&url, &caller),
             )
             .await
             {
@@ -1529,6 +1538,7 @@ impl Node {
         config.version = env!("CARGO_PKG_VERSION").to_string();
         config.bootstrap_dir = Some(self.config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR));
         config.cluster_token = self.config.cluster_token.clone();
+        config.tls = self.config.tls.clone();
         let receiver = Receiver::start(
             config,
             self.wal.clone(),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ferry_proto::auth::Attach;
+use ferry_proto::tls::{Tls, causes};
 use ferry_proto::v1::status_client::StatusClient;
 use ferry_proto::v1::{GetStatusRequest, GetStatusResponse, Lag};
 use serde_json::{Value, json};
@@ -15,16 +16,24 @@ const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A channel whose calls carry the cluster token.
 type Calls = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Attach>;
 
-/// A connection to the node at `addr` (a gRPC URL), its calls carrying
-/// `token`.
-async fn connect(addr: &str, token: &Attach) -> anyhow::Result<Calls> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("{addr:?} is not a gRPC address"))?
+/// How this node or tool calls a node: the cluster token its calls carry,
+/// and TLS for `https://` addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub token: Attach,
+    pub tls: Tls,
+}
+
+/// A connection to the node at `addr` (a gRPC URL).
+async fn connect(addr: &str, caller: &Caller) -> anyhow::Result<Calls> {
+    let channel = caller
+        .tls
+        .endpoint(addr)?
         .connect_timeout(STATUS_TIMEOUT)
         .connect()
         .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(Calls::new(channel, token.clone()))
+        .map_err(|e| anyhow::anyhow!("connecting to {addr}: {}", causes(&e)))?;
+    Ok(Calls::new(channel, caller.token.clone()))
 }
 
 /// Runs `f` to completion on a small runtime, for the one-shot commands.
@@ -41,8 +50,8 @@ fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
 /// # Errors
 ///
 /// An unreachable node or a failed call.
-pub async fn fetch(addr: &str, token: &Attach) -> anyhow::Result<GetStatusResponse> {
-    let channel = tokio::time::timeout(STATUS_TIMEOUT, connect(addr, token))
+pub async fn fetch(addr: &str, caller: &Caller) -> anyhow::Result<GetStatusResponse> {
+    let channel = tokio::time::timeout(STATUS_TIMEOUT, connect(addr, caller))
         .await
         .with_context(|| format!("no answer from {addr}"))??;
     let response = tokio::time::timeout(
@@ -313,12 +322,12 @@ pub fn to_text(s: &GetStatusResponse) -> String {
 /// An unreachable node.
 pub fn promote(
     addr: &str,
-    token: &Attach,
+    caller: &Caller,
     force: bool,
     wait_secs: u64,
 ) -> anyhow::Result<ExitCode> {
     let result = block_on(async {
-        let channel = connect(addr, token).await?;
+        let channel = connect(addr, caller).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .promote(ferry_proto::v1::PromoteRequest {
                 force,
@@ -351,9 +360,9 @@ pub fn promote(
 /// # Errors
 ///
 /// An unreachable node, or an error from it.
-pub fn drop_slot(addr: &str, token: &Attach, node_id: &str) -> anyhow::Result<ExitCode> {
+pub fn drop_slot(addr: &str, caller: &Caller, node_id: &str) -> anyhow::Result<ExitCode> {
     let dropped = block_on(async {
-        let channel = connect(addr, token).await?;
+        let channel = connect(addr, caller).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .drop_slot(ferry_proto::v1::DropSlotRequest {
                 node_id: node_id.to_string(),
@@ -378,12 +387,12 @@ pub fn drop_slot(addr: &str, token: &Attach, node_id: &str) -> anyhow::Result<Ex
 /// An unreachable node.
 pub fn switchover(
     addr: &str,
-    token: &Attach,
+    caller: &Caller,
     to: Option<String>,
     timeout_secs: u64,
 ) -> anyhow::Result<ExitCode> {
     let result = block_on(async {
-        let channel = connect(addr, token).await?;
+        let channel = connect(addr, caller).await?;
         let reply = ferry_proto::v1::admin_client::AdminClient::new(channel)
             .switchover(ferry_proto::v1::SwitchoverRequest {
                 to_node_id: to.unwrap_or_default(),
@@ -413,8 +422,8 @@ pub fn switchover(
 /// # Errors
 ///
 /// As [`fetch`].
-pub fn run(addr: &str, token: &Attach, json: bool) -> anyhow::Result<ExitCode> {
-    let status = block_on(fetch(addr, token))??;
+pub fn run(addr: &str, caller: &Caller, json: bool) -> anyhow::Result<ExitCode> {
+    let status = block_on(fetch(addr, caller))??;
     if json {
         println!("{}", serde_json::to_string_pretty(&to_json(&status))?);
     } else {

@@ -592,7 +592,7 @@ async fn run_command(
                 }
             }
         }
-        Handler::ReplicaOf => match commands::replicaof_target(args) {
+        Handler::ReplicaOf => match commands::replicaof_target(args, node.config.tls.scheme()) {
             Err(reply) => reply,
             Ok(None) if !node.is_replica() => Reply::ok(),
             Ok(None) => match node.promote(false, Duration::ZERO).await {

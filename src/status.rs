@@ -283,7 +283,11 @@ pub async fn serve(
     ) -> tonic::service::interceptor::InterceptedService<S, ferry_proto::auth::Check> {
         tonic::service::interceptor::InterceptedService::new(service, check.clone())
     }
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = node.config.tls.server_config() {
+        server = server.tls_config(tls)?;
+    }
+    server
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .add_service(health_service)

@@ -4,6 +4,7 @@
 //! `masterauth` matches its `requirepass`. A node without one asks for
 //! none; its health service never does.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -13,29 +14,43 @@ use tonic::{Request, Status};
 /// The metadata key the token travels in.
 pub const HEADER: &str = "authorization";
 
-/// Why a token cannot be used: it must be printable ASCII without spaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidToken;
-
-impl std::fmt::Display for InvalidToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a cluster token must be 1 or more printable ASCII characters, without spaces")
-    }
+/// Why a token or the TLS settings cannot be used, or a node cannot be
+/// called as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a cluster token must be 1 or more printable ASCII characters, without spaces")]
+    InvalidToken,
+    #[error("{flag} {}: {reason}", path.display())]
+    TlsFile {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    TlsSettings(String),
+    #[error("{url:?} is not a gRPC address: {reason}")]
+    BadAddress { url: String, reason: String },
+    #[error(
+        "{url} is reached over TLS (https), and there is no CA to check its certificate against: give --tls-ca-cert-file"
+    )]
+    NoCa { url: String },
+    #[error(
+        "{url} is not encrypted, and this node's calls use TLS (--tls-ca-cert-file): give its https:// address"
+    )]
+    Plaintext { url: String },
 }
-
-impl std::error::Error for InvalidToken {}
 
 /// The header value a token travels as.
 ///
 /// # Errors
 ///
-/// [`InvalidToken`] for an empty token or one with spaces or characters
-/// outside printable ASCII.
-pub fn header_value(token: &str) -> Result<AsciiMetadataValue, InvalidToken> {
+/// [`AuthError::InvalidToken`] for an empty token or one with spaces or
+/// characters outside printable ASCII.
+pub fn header_value(token: &str) -> Result<AsciiMetadataValue, AuthError> {
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(InvalidToken);
+        return Err(AuthError::InvalidToken);
     }
-    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| InvalidToken)
+    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| AuthError::InvalidToken)
 }
 
 /// A client's interceptor: adds the token to every call (nothing without
@@ -46,8 +61,8 @@ pub struct Attach(Option<AsciiMetadataValue>);
 impl Attach {
     /// # Errors
     ///
-    /// [`InvalidToken`].
-    pub fn new(token: Option<&str>) -> Result<Attach, InvalidToken> {
+    /// [`AuthError::InvalidToken`].
+    pub fn new(token: Option<&str>) -> Result<Attach, AuthError> {
         Ok(Attach(token.map(header_value).transpose()?))
     }
 }
@@ -69,8 +84,8 @@ pub struct Check(Option<Arc<[u8]>>);
 impl Check {
     /// # Errors
     ///
-    /// [`InvalidToken`].
-    pub fn new(token: Option<&str>) -> Result<Check, InvalidToken> {
+    /// [`AuthError::InvalidToken`].
+    pub fn new(token: Option<&str>) -> Result<Check, AuthError> {
         Ok(Check(
             token
                 .map(header_value)
@@ -164,7 +179,7 @@ mod tests {
     fn tokens_are_printable_ascii_without_spaces() {
         assert!(header_value("a-Z_0.9~!").is_ok());
         for bad in ["", "two words", "tab\t", "é", "line\n"] {
-            assert_eq!(header_value(bad), Err(InvalidToken), "{bad:?}");
+            assert_eq!(header_value(bad), Err(AuthError::InvalidToken), "{bad:?}");
         }
     }
 }

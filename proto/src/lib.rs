@@ -12,6 +12,7 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the schemas, for gRPC server reflection.
 //! - [`seal`]: the crc32 each replication message carries over its fields.
 //! - `auth` (with `grpc`): the cluster token gRPC calls carry.
+//! - `tls` (with `grpc`): TLS on the gRPC channel.
 
 /// Version 1 of ferry's protocol (`package ferry.v1`).
 pub mod v1 {
@@ -22,6 +23,8 @@ pub mod seal;
 
 #[cfg(feature = "grpc")]
 pub mod auth;
+#[cfg(feature = "grpc")]
+pub mod tls;
 
 /// The encoded `FileDescriptorSet` of every schema above.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

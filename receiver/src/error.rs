@@ -5,7 +5,8 @@ use ferry_wal::WalError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    /// The primary's address is not a valid URI.
+    /// The primary's address is not a valid URI, or does not fit the TLS
+    /// settings (`https://` without a CA, `http://` with one).
     #[error("bad primary address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
     /// Connecting or the stream failed (reconnect with backoff).

@@ -116,6 +116,9 @@ pub struct ReceiverConfig {
     pub bootstrap_dir: Option<std::path::PathBuf>,
     /// The cluster token the primary asks for (see `ferry_proto::auth`).
     pub cluster_token: Option<String>,
+    /// TLS to the primary, for an `https://` address (see
+    /// `ferry_proto::tls`).
+    pub tls: ferry_proto::tls::Tls,
 }
 
 impl ReceiverConfig {
@@ -133,6 +136,7 @@ impl ReceiverConfig {
             version: String::new(),
             bootstrap_dir: None,
             cluster_token: None,
+            tls: ferry_proto::tls::Tls::default(),
         }
     }
 }
@@ -267,12 +271,13 @@ impl Receiver {
         engine: Arc<Engine>,
         membership: Arc<dyn Membership>,
     ) -> Result<Receiver> {
-        tonic::transport::Endpoint::from_shared(config.primary.clone()).map_err(|e| {
-            ReceiveError::BadAddress {
+        config
+            .tls
+            .endpoint(&config.primary)
+            .map_err(|e| ReceiveError::BadAddress {
                 addr: config.primary.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         ferry_proto::auth::Attach::new(config.cluster_token.as_deref())
             .map_err(|e| ReceiveError::Protocol(e.to_string()))?;
         let status = Arc::new(Mutex::new(LinkStatus::new(config.primary.clone())));
@@ -868,7 +873,10 @@ impl Context {
 
     /// Connects to the primary.
     async fn channel(&self) -> Result<tonic::transport::Channel> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.config.primary.clone())
+        let endpoint = self
+            .config
+            .tls
+            .endpoint(&self.config.primary)
             .map_err(|e| ReceiveError::BadAddress {
                 addr: self.config.primary.clone(),
                 reason: e.to_string(),
@@ -877,10 +885,13 @@ impl Context {
             .tcp_nodelay(true)
             .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
             .initial_connection_window_size(RECEIVE_WINDOW_BYTES);
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| ReceiveError::Link(format!("connecting to {}: {e}", self.config.primary)))
+        endpoint.connect().await.map_err(|e| {
+            ReceiveError::Link(format!(
+                "connecting to {}: {}",
+                self.config.primary,
+                ferry_proto::tls::causes(&e)
+            ))
+        })
     }
 
     /// Connects and sends the hello.

@@ -2,7 +2,8 @@
 //! cuts every connection on demand, refuses new ones while isolated, delays
 //! each direction by a fixed time without limiting throughput, and flips
 //! bits in the bytes flowing from the target (the primary) to the client
-//! (the replica), from a seed.
+//! (the replica), from a seed. It keeps the first bytes that pass, both
+//! ways, for tests that look at what travels on the wire.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes read at a time.
 const CHUNK_BYTES: usize = 16 * 1024;
+/// Bytes kept of what passed, both ways together.
+const CAPTURE_BYTES_MAX: usize = 8 << 20;
 
 #[derive(Default)]
 struct Faults {
@@ -38,6 +41,9 @@ struct State {
     stopped: AtomicBool,
     /// Where connections go; until set, they are refused.
     target: Mutex<Option<SocketAddr>>,
+    /// The first bytes that passed each way (up to [`CAPTURE_BYTES_MAX`]
+    /// in all): to the target, and from it.
+    captured: Mutex<[Vec<u8>; 2]>,
 }
 
 /// A running proxy; it stops accepting when dropped.
@@ -170,6 +176,21 @@ impl Proxy {
     }
 
     /// Connections made so far.
+    /// Whether `needle` was among the bytes that passed, either way (all
+    /// connections' bytes of one direction run together).
+    pub fn saw(&self, needle: &[u8]) -> bool {
+        let captured = self.state.captured.lock().unwrap();
+        captured
+            .iter()
+            .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+    }
+
+    /// How many bytes were kept of what passed.
+    pub fn captured_bytes(&self) -> usize {
+        let captured = self.state.captured.lock().unwrap();
+        captured[0].len() + captured[1].len()
+    }
+
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
     }
@@ -208,6 +229,11 @@ fn pipe(state: Arc<State>, mut from: TcpStream, mut to: TcpStream, downstream: b
                 Ok(n) => n,
             };
             let mut chunk = buf[..n].to_vec();
+            {
+                let mut captured = reader_state.captured.lock().unwrap();
+                let room = CAPTURE_BYTES_MAX.saturating_sub(captured[0].len() + captured[1].len());
+                captured[usize::from(downstream)].extend_from_slice(&chunk[..n.min(room)]);
+            }
             let due = {
                 let mut faults = reader_state.faults.lock().unwrap();
                 if downstream && faults.flip_ppm > 0 {
