@@ -260,6 +260,13 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3, a flat array of pairs in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// A reply in the protocol given, whatever the connection's: inside
+    /// EXEC's array, the replies before a HELLO among its commands keep the
+    /// protocol they were made in.
+    In {
+        resp3: bool,
+        reply: Box<Reply>,
+    },
 }
 
 impl Reply {
@@ -335,6 +342,7 @@ impl Reply {
                     v.encode(out, resp3);
                 }
             }
+            Reply::In { resp3, reply } => reply.encode(out, *resp3),
         }
     }
 }

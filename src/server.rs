@@ -777,6 +777,8 @@ fn run_queued(
     if !view.watch_holds(&conn.watch)? {
         return Ok(Reply::NullArray);
     }
+    // Each reply with the protocol it was made in (a HELLO among the
+    // commands changes it for those after it, and its own).
     let mut replies = Vec::with_capacity(commands.len());
     for (spec, args, slot) in commands {
         let started = Instant::now();
@@ -817,7 +819,20 @@ fn run_queued(
         if let Reply::Error(text) = &reply {
             node.stats.error_reply(text);
         }
-        replies.push(reply);
+        replies.push((reply, conn.resp3));
     }
-    Ok(Reply::Array(replies))
+    // The array goes out in the protocol the last command left.
+    let last = conn.resp3;
+    Ok(Reply::Array(
+        replies
+            .into_iter()
+            .map(|(reply, resp3)| match resp3 == last {
+                true => reply,
+                false => Reply::In {
+                    resp3,
+                    reply: Box::new(reply),
+                },
+            })
+            .collect(),
+    ))
 }

@@ -1356,9 +1356,11 @@ fn keys_sees_a_transaction_whole_across_the_keyspace() {
 }
 
 /// A reply queued before EXEC leaves in the protocol it was answered in,
-/// though a HELLO inside the transaction changes the connection's.
+/// though a HELLO inside the transaction changes the connection's; inside
+/// EXEC's array each reply is in the protocol it was made in, as Redis
+/// sends them (HELLO's own reply in the new one).
 #[test]
-fn replies_before_a_transaction_keep_their_protocol() {
+fn replies_before_and_inside_a_transaction_keep_their_protocol() {
     use std::io::{Read, Write};
     let (_dir, server) = start();
     let addr = server
@@ -1369,16 +1371,27 @@ fn replies_before_a_transaction_keep_their_protocol() {
     let mut s = std::net::TcpStream::connect(&addr).expect("connect");
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    s.write_all(b"GET missing\r\nMULTI\r\nHELLO 3\r\nEXEC\r\nGET missing\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET missing\r\nMULTI\r\nGET missing\r\nHELLO 3\r\nGET missing\r\nHGETALL missing\r\n\
+          HELLO 2\r\nGET missing\r\nEXEC\r\nGET missing\r\nPING\r\n",
+    )
+    .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    // RESP2's null, then +OK, +QUEUED, EXEC's array, RESP3's null.
-    while !got.ends_with(b"_\r\n") {
+    while !got.ends_with(b"+PONG\r\n") {
         let n = s.read(&mut buf).expect("read");
         assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
         got.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("$-1\r\n+OK\r\n+QUEUED\r\n"), "{text}");
+    // RESP2's null, then +OK and six +QUEUED.
+    let queued = format!("$-1\r\n+OK\r\n{}", "+QUEUED\r\n".repeat(6));
+    assert!(text.starts_with(&queued), "{text}");
+    let exec = &text[queued.len()..];
+    // RESP2's null, HELLO 3's map in RESP3; RESP3's null and empty map,
+    // HELLO 2's map as RESP2's array; RESP2's null; after EXEC, RESP2.
+    assert!(exec.starts_with("*6\r\n$-1\r\n%7\r\n"), "{exec}");
+    assert!(exec.contains("\r\n_\r\n%0\r\n*14\r\n"), "{exec}");
+    assert!(exec.ends_with("\r\n$-1\r\n$-1\r\n+PONG\r\n"), "{exec}");
+    assert_eq!(exec.matches("_\r\n").count(), 1, "{exec}");
 }
