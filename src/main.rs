@@ -112,11 +112,11 @@ struct ServeArgs {
     requirepass: Option<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// With --tls-ca-cert-file, whether callers of this node's gRPC must
-    /// present a certificate the CA signed: yes, optional (checked if
-    /// presented) or no, as Redis's tls-auth-clients.
-    #[arg(long, env = "FERRY_TLS_AUTH_CLIENTS", default_value = "yes", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<ferry_proto::tls::ClientAuth>()))]
-    tls_auth_clients: ferry_proto::tls::ClientAuth,
+    /// Whether callers of this node's gRPC must present a certificate
+    /// --tls-ca-cert-file signed: yes, optional (checked if presented) or
+    /// no, as Redis's tls-auth-clients. Default with TLS: yes.
+    #[arg(long, env = "FERRY_TLS_AUTH_CLIENTS", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<ferry_proto::tls::ClientAuth>()))]
+    tls_auth_clients: Option<ferry_proto::tls::ClientAuth>,
     /// A token Prometheus must send (`Authorization: Bearer TOKEN`, its
     /// scrape config's `authorization: credentials:`) to read the metrics;
     /// 401 without it. Printable ASCII without spaces. Default: none asked.
@@ -226,8 +226,9 @@ fn parse_yes_no(s: &str) -> Result<bool, String> {
 
 #[derive(Debug, clap::Args)]
 struct PromoteArgs {
-    /// The replica's gRPC address.
-    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    /// The replica's gRPC address: a URL, or host:port (reached over TLS with
+    /// --tls-ca-cert-file).
+    #[arg(long, env = "FERRY_ADDR", default_value = "127.0.0.1:7379")]
     addr: String,
     /// Promote even if records the primary had are missing here: they are
     /// lost, and the range is reported.
@@ -242,8 +243,9 @@ struct PromoteArgs {
 
 #[derive(Debug, clap::Args)]
 struct SwitchoverArgs {
-    /// The primary's gRPC address.
-    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    /// The primary's gRPC address: a URL, or host:port (reached over TLS with
+    /// --tls-ca-cert-file).
+    #[arg(long, env = "FERRY_ADDR", default_value = "127.0.0.1:7379")]
     addr: String,
     /// The replica to hand over to (a node id from `ferry status`); by
     /// default the one furthest ahead.
@@ -258,8 +260,9 @@ struct SwitchoverArgs {
 
 #[derive(Debug, clap::Args)]
 struct DropSlotArgs {
-    /// The gRPC address of the node keeping the slot.
-    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    /// The gRPC address of the node keeping the slot: a URL, or host:port (reached over TLS with
+    /// --tls-ca-cert-file).
+    #[arg(long, env = "FERRY_ADDR", default_value = "127.0.0.1:7379")]
     addr: String,
     /// The replica's node id, as `ferry status` lists the slots.
     node_id: String,
@@ -269,8 +272,9 @@ struct DropSlotArgs {
 
 #[derive(Debug, clap::Args)]
 struct StatusArgs {
-    /// The node's gRPC address.
-    #[arg(long, env = "FERRY_ADDR", default_value = "http://127.0.0.1:7379")]
+    /// The node's gRPC address: a URL, or host:port (reached over TLS with
+    /// --tls-ca-cert-file).
+    #[arg(long, env = "FERRY_ADDR", default_value = "127.0.0.1:7379")]
     addr: String,
     /// Print JSON (snake_case keys) instead of text.
     #[arg(long)]
@@ -474,6 +478,50 @@ impl ClusterArgs {
         Ok(Tls::load(&files, client_auth)?)
     }
 
+    /// A node's TLS: the three files together or none, and
+    /// `--tls-auth-clients` only with them. Warns of a key others can
+    /// read.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterArgs::tls`], and files or flags missing.
+    pub fn node_tls(
+        &self,
+        client_auth: Option<ferry_proto::tls::ClientAuth>,
+    ) -> anyhow::Result<Tls> {
+        let files = [
+            ("--tls-cert-file", &self.tls_cert_file),
+            ("--tls-key-file", &self.tls_key_file),
+            ("--tls-ca-cert-file", &self.tls_ca_cert_file),
+        ];
+        let missing: Vec<&str> = files
+            .iter()
+            .filter(|(_, f)| f.is_none())
+            .map(|(flag, _)| *flag)
+            .collect();
+        if missing.is_empty() {
+            #[cfg(unix)]
+            if let Some(key) = &self.tls_key_file
+                && let Ok(meta) = std::fs::metadata(key)
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(key = %key.display(), "the TLS key can be read by other users than its owner: chmod 600 it");
+                }
+            }
+        } else if missing.len() < files.len() {
+            anyhow::bail!(
+                "a node's TLS needs --tls-cert-file, --tls-key-file and --tls-ca-cert-file together (it serves with the first two and checks its peers with the CA): {} missing",
+                missing.join(", ")
+            );
+        } else if client_auth.is_some() {
+            anyhow::bail!(
+                "--tls-auth-clients needs TLS: --tls-cert-file, --tls-key-file and --tls-ca-cert-file"
+            );
+        }
+        self.tls(client_auth.unwrap_or_default())
+    }
+
     /// How a tool calls the node: the token and TLS.
     ///
     /// # Errors
@@ -496,7 +544,7 @@ fn worker_threads_default() -> usize {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.cluster.check_token()?;
-    let tls = args.cluster.tls(args.tls_auth_clients)?;
+    let tls = args.cluster.node_tls(args.tls_auth_clients)?;
     if let Some(token) = &args.metrics_token {
         ferry_proto::auth::header_value(token).context("--metrics-token")?;
     }

@@ -43,6 +43,14 @@ pub struct Switchover {
     pub first: Lsn,
 }
 
+/// Whether a call's error says its TLS handshake failed.
+fn is_tls_failure(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    ["certificate", "tls", "alert", "handshake"]
+        .iter()
+        .any(|word| error.contains(word))
+}
+
 /// A gRPC URL for `listen` (host:port as a node said it listens), with the
 /// host taken from `peer` (the address its stream came from) when it
 /// listens on every interface.
@@ -1083,6 +1091,20 @@ impl Node {
     pub async fn start_role(&self) -> anyhow::Result<()> {
         match self.identity.replica_of() {
             Some(primary) => {
+                // A primary kept from before TLS was turned on (or off) is
+                // reached in the scheme the node now calls in; one given
+                // by --replica-of is taken as given.
+                let scheme = self.config.tls.scheme();
+                let primary = match primary.split_once("://") {
+                    Some((old @ ("http" | "https"), rest))
+                        if old != scheme && self.config.replica_of.is_none() =>
+                    {
+                        let now = format!("{scheme}://{rest}");
+                        tracing::warn!(kept = %primary, now = %now, "the primary kept in the data directory is reached over the node's TLS settings");
+                        now
+                    }
+                    _ => primary,
+                };
                 self.replicate_from(primary).await?;
             }
             None => self.begin_term().await?,
@@ -1420,6 +1442,12 @@ impl Node {
                 // Not an absent peer: one this node will never hear from.
                 Ok(Err(e)) if format!("{e:#}").contains("cluster token") => {
                     tracing::warn!(peer = %id, %url, error = %format!("{e:#}"), "a peer refused this node's cluster token");
+                    continue;
+                }
+                // Nor is one whose TLS handshake fails (a certificate
+                // refused either way, a name it does not hold).
+                Ok(Err(e)) if is_tls_failure(&format!("{e:#}")) => {
+                    tracing::warn!(peer = %id, %url, error = %format!("{e:#}"), "TLS with a peer failed");
                     continue;
                 }
                 _ => continue,

@@ -28,7 +28,7 @@ pub struct Caller {
 async fn connect(addr: &str, caller: &Caller) -> anyhow::Result<Calls> {
     let channel = caller
         .tls
-        .endpoint(addr)?
+        .endpoint(&caller.tls.url(addr))?
         .connect_timeout(STATUS_TIMEOUT)
         .connect()
         .await

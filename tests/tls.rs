@@ -45,12 +45,19 @@ impl Pki {
     /// A certificate for loopback (`localhost`, 127.0.0.1), good for
     /// serving and for calling; its PEM files (certificate, key).
     fn node(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.node_named(name, true)
+    }
+
+    /// As [`Pki::node`], with 127.0.0.1 among its names or not.
+    fn node_named(&self, name: &str, with_ip: bool) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().expect("a key");
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        if with_ip {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        }
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
@@ -83,7 +90,7 @@ fn tls_flags<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> Vec<&'a str> {
 
 /// The status of the node at `url`, called with `files`.
 async fn status_over(url: &str, files: &TlsFiles) -> Result<GetStatusResponse, String> {
-    let tls = Tls::load(files, ClientAuth::default()).map_err(|e| e.to_string())?;
+    let tls = Tls::load(files, ClientAuth::default()).expect("the caller's TLS files");
     let channel = tls
         .endpoint(url)
         .map_err(|e| e.to_string())?
@@ -99,6 +106,16 @@ async fn status_over(url: &str, files: &TlsFiles) -> Result<GetStatusResponse, S
     .map_err(|_| "no answer".to_string())?
     .map(tonic::Response::into_inner)
     .map_err(|s| format!("{s}"))
+}
+
+/// Whether a call's error says the node it called ended the handshake:
+/// with TLS 1.3 the caller learns of a refused certificate from the alert,
+/// or from the connection closing as it reads or writes, whichever comes
+/// first.
+fn refused_by_peer(err: &str) -> bool {
+    ["received fatal alert", "connection closed", "broken pipe"]
+        .iter()
+        .any(|sign| err.contains(sign))
 }
 
 fn https(addr: SocketAddr) -> String {
@@ -184,32 +201,62 @@ async fn tls_guards_and_encrypts_the_grpc_channel() {
             "a plaintext call was served: {reply:?}"
         );
     }
-    // TLS without a certificate, or with one another CA signed: refused.
+    // TLS without a certificate, or with one another CA signed (its
+    // caller trusts both CAs): the primary closes the connection.
     let anonymous = TlsFiles {
         ca: Some(pki.ca.clone()),
         ..TlsFiles::default()
     };
-    let refused = status_over(&purl, &anonymous).await;
-    assert!(refused.is_err(), "served without a certificate");
+    let err = status_over(&purl, &anonymous)
+        .await
+        .expect_err("served without a certificate");
+    assert!(refused_by_peer(&err), "{err}");
+    let both_cas = dir.path().join("both-ca.pem");
+    std::fs::write(
+        &both_cas,
+        [
+            std::fs::read(&pki.ca).unwrap(),
+            std::fs::read(&rogue.ca).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
     let intruder = TlsFiles {
         cert: Some(rogue_cert.clone()),
         key: Some(rogue_key.clone()),
-        ca: Some(pki.ca.clone()),
+        ca: Some(both_cas.clone()),
     };
-    assert!(
-        status_over(&purl, &intruder).await.is_err(),
-        "served a certificate of another CA"
-    );
-    // Trusting another CA: the node's certificate is refused.
+    let err = status_over(&purl, &intruder)
+        .await
+        .expect_err("served a certificate of another CA");
+    assert!(refused_by_peer(&err), "{err}");
+    // Trusting only another CA: the primary's certificate is refused.
     let misled = TlsFiles {
-        cert: Some(tool_cert.clone()),
-        key: Some(tool_key.clone()),
         ca: Some(rogue.ca.clone()),
+        ..TlsFiles::default()
     };
     let err = status_over(&purl, &misled)
         .await
         .expect_err("a certificate the CA did not sign");
-    assert!(err.contains("certificate"), "{err}");
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    // The name the address has must be in the certificate: a node whose
+    // certificate names only localhost is refused at 127.0.0.1.
+    let (named_cert, named_key) = pki.node_named("named", false);
+    let named = Server::start(
+        &dir.path().join("named"),
+        &tls_flags(&named_cert, &named_key, &pki.ca),
+    );
+    let err = status_over(&https(named.grpc), &tool)
+        .await
+        .expect_err("an address the certificate does not name");
+    assert!(err.contains("not valid for name"), "{err}");
+    status_over(&format!("https://localhost:{}", named.grpc.port()), &tool)
+        .await
+        .expect("the name the certificate holds");
+    drop(named);
 
     // A replica behind a proxy that keeps what passes: it follows over
     // TLS, and neither the values nor its node id show on the wire.
@@ -248,24 +295,67 @@ async fn tls_guards_and_encrypts_the_grpc_channel() {
     );
     drop((plain_replica, plain_proxy, plain_primary));
 
-    // A replica that trusts another CA: nothing applied, and its link
+    // A replica of another CA's cluster (its certificate and CA): it
+    // refuses the primary's certificate, applies nothing, and its link
     // says why.
-    let misled_flags = tls_flags(&node_cert, &node_key, &rogue.ca);
+    let rogue_tool = TlsFiles {
+        cert: Some(rogue_cert.clone()),
+        key: Some(rogue_key.clone()),
+        ca: Some(rogue.ca.clone()),
+    };
     let misled_replica = Server::start(
         &dir.path().join("m"),
-        &[misled_flags, vec!["--replica-of", &purl]].concat(),
+        &[
+            tls_flags(&rogue_cert, &rogue_key, &rogue.ca),
+            vec!["--replica-of", &purl],
+        ]
+        .concat(),
     );
-    let murl = https(misled_replica.grpc);
-    // It asks its callers for a certificate the rogue CA signed, and
-    // serves the cluster CA's.
-    let m = wait_status(&murl, &intruder, "the misled replica's link error", |s| {
-        s.primary_link
-            .as_ref()
-            .is_some_and(|l| l.last_error.contains("certificate"))
-    })
+    let m = wait_status(
+        &https(misled_replica.grpc),
+        &rogue_tool,
+        "the misled replica's link error",
+        |s| {
+            s.primary_link
+                .as_ref()
+                .is_some_and(|l| l.last_error.contains("UnknownIssuer"))
+        },
+    )
     .await;
     assert_eq!(m.applied_lsn, 0, "nothing reached the misled replica");
     drop(misled_replica);
+    // One that trusts both CAs, with a certificate of the other: the
+    // primary refuses it, and its link says the handshake failed.
+    let refused_replica = Server::start(
+        &dir.path().join("x"),
+        &[
+            tls_flags(&rogue_cert, &rogue_key, &both_cas),
+            vec!["--replica-of", &purl],
+        ]
+        .concat(),
+    );
+    let both_tool = TlsFiles {
+        ca: Some(both_cas.clone()),
+        ..intruder.clone()
+    };
+    let x = wait_status(
+        &https(refused_replica.grpc),
+        &both_tool,
+        "the refused replica's link error",
+        |s| {
+            s.primary_link
+                .as_ref()
+                .is_some_and(|l| !l.last_error.is_empty())
+        },
+    )
+    .await;
+    let error = x.primary_link.expect("a link").last_error;
+    assert!(
+        refused_by_peer(&error) && error.contains("refuses this node's certificate"),
+        "{error}"
+    );
+    assert_eq!(x.applied_lsn, 0, "nothing reached the refused replica");
+    drop(refused_replica);
 
     // The tools: flags, variables, and clear refusals.
     let tool_flags = tls_flags(&tool_cert, &tool_key, &pki.ca);
@@ -356,10 +446,20 @@ async fn client_certificates_can_be_optional_or_not_asked() {
         ca: Some(pki.ca.clone()),
         ..TlsFiles::default()
     };
+    let both_cas = dir.path().join("both-ca.pem");
+    std::fs::write(
+        &both_cas,
+        [
+            std::fs::read(&pki.ca).unwrap(),
+            std::fs::read(&rogue.ca).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
     let intruder = TlsFiles {
         cert: Some(rogue_cert),
         key: Some(rogue_key),
-        ca: Some(pki.ca.clone()),
+        ca: Some(both_cas),
     };
     let optional = Server::start(
         &dir.path().join("o"),
@@ -373,10 +473,10 @@ async fn client_certificates_can_be_optional_or_not_asked() {
     status_over(&url, &anonymous)
         .await
         .expect("no certificate, optional");
-    assert!(
-        status_over(&url, &intruder).await.is_err(),
-        "a certificate of another CA, optional"
-    );
+    let err = status_over(&url, &intruder)
+        .await
+        .expect_err("a certificate of another CA, optional");
+    assert!(refused_by_peer(&err), "{err}");
     let open = Server::start(
         &dir.path().join("n"),
         &[
@@ -401,7 +501,7 @@ fn bad_tls_files_stop_a_node_at_start() {
     let pki = Pki::new(dir.path(), "cluster");
     let (cert, key) = pki.node("node");
     let other = Pki::new(dir.path(), "other");
-    let (_, other_key) = other.node("other");
+    let (other_cert, other_key) = other.node("other");
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let missing = dir.path().join("missing.pem");
@@ -409,7 +509,7 @@ fn bad_tls_files_stop_a_node_at_start() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["--tls-cert-file".into(), s(&cert)],
-            "--tls-cert-file and --tls-key-file go together",
+            "--tls-key-file, --tls-ca-cert-file missing",
         ),
         (
             vec![
@@ -417,8 +517,34 @@ fn bad_tls_files_stop_a_node_at_start() {
                 s(&missing),
                 "--tls-key-file".into(),
                 s(&key),
+                "--tls-ca-cert-file".into(),
+                s(&pki.ca),
             ],
-            "--tls-cert-file",
+            "No such file",
+        ),
+        (
+            vec![
+                "--tls-cert-file".into(),
+                s(&cert),
+                "--tls-key-file".into(),
+                s(&key),
+            ],
+            "--tls-ca-cert-file missing",
+        ),
+        (
+            vec!["--tls-auth-clients".into(), "no".into()],
+            "--tls-auth-clients needs TLS",
+        ),
+        (
+            vec![
+                "--tls-cert-file".into(),
+                s(&other_cert),
+                "--tls-key-file".into(),
+                s(&other_key),
+                "--tls-ca-cert-file".into(),
+                s(&pki.ca),
+            ],
+            "peers would refuse it",
         ),
         (
             vec![
@@ -426,11 +552,20 @@ fn bad_tls_files_stop_a_node_at_start() {
                 s(&cert),
                 "--tls-key-file".into(),
                 s(&garbage),
+                "--tls-ca-cert-file".into(),
+                s(&pki.ca),
             ],
             "no PEM private key",
         ),
         (
-            vec!["--tls-ca-cert-file".into(), s(&garbage)],
+            vec![
+                "--tls-cert-file".into(),
+                s(&cert),
+                "--tls-key-file".into(),
+                s(&key),
+                "--tls-ca-cert-file".into(),
+                s(&garbage),
+            ],
             "no PEM certificate",
         ),
         (
@@ -439,6 +574,8 @@ fn bad_tls_files_stop_a_node_at_start() {
                 s(&cert),
                 "--tls-key-file".into(),
                 s(&other_key),
+                "--tls-ca-cert-file".into(),
+                s(&pki.ca),
             ],
             "cannot serve TLS",
         ),
@@ -457,4 +594,47 @@ fn bad_tls_files_stop_a_node_at_start() {
         };
         assert!(err.contains(expected), "{args:?}: {err}");
     }
+}
+
+/// A replica that followed its primary before TLS was turned on follows it
+/// over TLS after a restart with the TLS files and no --replica-of: the
+/// primary kept in its data directory is reached in the new scheme.
+#[tokio::test]
+async fn a_replica_keeps_following_when_tls_is_turned_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "cluster");
+    let (cert, key) = pki.node("node");
+    let flags = tls_flags(&cert, &key, &pki.ca);
+    let (pdir, rdir) = (dir.path().join("p"), dir.path().join("r"));
+    // The replica reaches its primary through a proxy, which stays where
+    // it is while the primary restarts on another port.
+    let primary = Server::start(&pdir, &[]);
+    let proxy = Proxy::start(primary.grpc);
+    raw(&mut primary.client(), &["SET", "before", "tls"]);
+    let replica = Server::replica(&rdir, &proxy.url(), &[]);
+    let none = TlsFiles::default();
+    wait_status(
+        &format!("http://{}", replica.grpc),
+        &none,
+        "the plaintext replica",
+        |s| s.applied_lsn == 1,
+    )
+    .await;
+    drop(replica);
+    drop(primary);
+    let primary = Server::start(&pdir, &flags);
+    proxy.forward_to(primary.grpc);
+    raw(&mut primary.client(), &["SET", "after", "tls"]);
+    let replica = Server::start(&rdir, &flags);
+    let tool = TlsFiles {
+        cert: Some(cert.clone()),
+        key: Some(key.clone()),
+        ca: Some(pki.ca.clone()),
+    };
+    let r = wait_status(&https(replica.grpc), &tool, "the replica over TLS", |s| {
+        s.applied_lsn == 2
+    })
+    .await;
+    assert_eq!(r.primary_link.expect("a link").primary, https(proxy.addr()));
+    assert_eq!(digest(&primary), digest(&replica));
 }

@@ -35,7 +35,7 @@ pub enum AuthError {
     )]
     NoCa { url: String },
     #[error(
-        "{url} is not encrypted, and this node's calls use TLS (--tls-ca-cert-file): give its https:// address"
+        "{url} is not encrypted, and calls go over TLS here (--tls-ca-cert-file): give its https:// address"
     )]
     Plaintext { url: String },
 }

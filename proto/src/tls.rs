@@ -16,6 +16,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 use crate::auth::AuthError;
@@ -86,23 +88,93 @@ impl std::fmt::Debug for Tls {
 /// The PEM marker each file must hold.
 const CERTIFICATE_PEM: &str = "-----BEGIN CERTIFICATE-----";
 const KEY_PEM: &str = "PRIVATE KEY-----";
+/// A key only a passphrase opens.
+const ENCRYPTED_KEY_PEM: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
 
-fn read_pem(flag: &'static str, path: &Path, marker: &str) -> Result<Vec<u8>, AuthError> {
-    let file_error = |reason: String| AuthError::TlsFile {
-        flag,
-        path: path.to_path_buf(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
-    if !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-        let what = if marker == KEY_PEM {
-            "private key"
-        } else {
-            "certificate"
+fn contains(bytes: &[u8], marker: &str) -> bool {
+    bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+}
+
+/// A PEM file as given to `flag`.
+struct PemFile {
+    flag: &'static str,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl PemFile {
+    fn read(flag: &'static str, path: &Path, marker: &str) -> Result<PemFile, AuthError> {
+        let file = PemFile {
+            flag,
+            path: path.to_path_buf(),
+            bytes: Vec::new(),
         };
-        return Err(file_error(format!("no PEM {what} in it")));
+        let bytes = std::fs::read(path).map_err(|e| file.error(e.to_string()))?;
+        if marker == KEY_PEM && contains(&bytes, ENCRYPTED_KEY_PEM) {
+            return Err(file.error(
+                "the key is encrypted: give it without a passphrase (and readable by this user only)"
+                    .into(),
+            ));
+        }
+        if !contains(&bytes, marker) {
+            let what = if marker == KEY_PEM {
+                "private key"
+            } else {
+                "certificate"
+            };
+            return Err(file.error(format!("no PEM {what} in it")));
+        }
+        Ok(PemFile { bytes, ..file })
     }
-    Ok(bytes)
+
+    fn error(&self, reason: String) -> AuthError {
+        AuthError::TlsFile {
+            flag: self.flag,
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Its certificates, in order.
+    fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, AuthError> {
+        CertificateDer::pem_slice_iter(&self.bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(format!("a certificate that does not parse: {e}")))
+    }
+}
+
+/// Checks what rustls would only find out at the first connection: that
+/// the CA holds a usable certificate, and that the node's own certificate
+/// passes the check its peers make of it against the CA (signed by it,
+/// within its dates, good for calling).
+fn check_chain(cert: Option<&PemFile>, ca: &PemFile) -> Result<(), AuthError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(ca.certificates()?);
+    if added == 0 {
+        return Err(ca.error("no usable CA certificate in it".into()));
+    }
+    let Some(cert) = cert else {
+        return Ok(());
+    };
+    let chain = cert.certificates()?;
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return Err(cert.error("no PEM certificate in it".into()));
+    };
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| ca.error(e.to_string()))?;
+    verifier
+        .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        .map_err(|e| {
+            cert.error(format!(
+                "peers would refuse it ({e}): it must be signed by --tls-ca-cert-file {}, within its dates, and good for client authentication",
+                ca.path.display()
+            ))
+        })?;
+    Ok(())
 }
 
 /// An error and its causes, as one line (tonic's transport errors say
@@ -137,12 +209,12 @@ impl Tls {
     /// its key (or the other way round), or files rustls refuses (a key
     /// that does not parse, a CA that is not a certificate).
     pub fn load(files: &TlsFiles, client_auth: ClientAuth) -> Result<Tls, AuthError> {
-        let identity = match (&files.cert, &files.key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(Identity::from_pem(
-                read_pem("--tls-cert-file", cert, CERTIFICATE_PEM)?,
-                read_pem("--tls-key-file", key, KEY_PEM)?,
-            )),
+        let (cert, key) = match (&files.cert, &files.key) {
+            (None, None) => (None, None),
+            (Some(cert), Some(key)) => (
+                Some(PemFile::read("--tls-cert-file", cert, CERTIFICATE_PEM)?),
+                Some(PemFile::read("--tls-key-file", key, KEY_PEM)?),
+            ),
             _ => {
                 return Err(AuthError::TlsSettings(
                     "--tls-cert-file and --tls-key-file go together".into(),
@@ -150,13 +222,16 @@ impl Tls {
             }
         };
         let ca = match &files.ca {
-            Some(ca) => Some(Certificate::from_pem(read_pem(
-                "--tls-ca-cert-file",
-                ca,
-                CERTIFICATE_PEM,
-            )?)),
+            Some(ca) => Some(PemFile::read("--tls-ca-cert-file", ca, CERTIFICATE_PEM)?),
             None => None,
         };
+        if let Some(ca) = &ca {
+            check_chain(cert.as_ref(), ca)?;
+        }
+        let identity = cert
+            .zip(key)
+            .map(|(cert, key)| Identity::from_pem(cert.bytes, key.bytes));
+        let ca = ca.map(|ca| Certificate::from_pem(ca.bytes));
         if identity.is_none() && ca.is_none() {
             return Ok(Tls(None));
         }
@@ -198,6 +273,16 @@ impl Tls {
             "https"
         } else {
             "http"
+        }
+    }
+
+    /// `addr` as a URL: as given if it has a scheme, else in the scheme
+    /// this node or tool calls in.
+    pub fn url(&self, addr: &str) -> String {
+        if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("{}://{addr}", self.scheme())
         }
     }
 
@@ -243,6 +328,13 @@ impl Tls {
                 let mut config = ClientTlsConfig::new()
                     .ca_certificate(ca.clone())
                     .timeout(HANDSHAKE_TIMEOUT);
+                // The name the certificate must hold: the host, without the
+                // brackets of an IPv6 address.
+                if let Some(host) = endpoint.uri().host()
+                    && host.starts_with('[')
+                {
+                    config = config.domain_name(host.trim_matches(['[', ']']));
+                }
                 if let Some(identity) = &loaded.identity {
                     config = config.identity(identity.clone());
                 }
@@ -254,5 +346,128 @@ impl Tls {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA and a loopback certificate it signed (valid `from..until`
+    /// years), as PEM files in `dir`: (CA, certificate, key).
+    fn files(dir: &Path, name: &str, years: (i32, i32)) -> (PathBuf, PathBuf, PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("::1".parse().unwrap()));
+        params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let paths = (
+            dir.join(format!("{name}-ca.pem")),
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.1, cert.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        paths
+    }
+
+    fn tls_files(ca: &Path, cert: &Path, key: &Path) -> TlsFiles {
+        TlsFiles {
+            cert: Some(cert.to_path_buf()),
+            key: Some(key.to_path_buf()),
+            ca: Some(ca.to_path_buf()),
+        }
+    }
+
+    #[test]
+    fn addresses_must_fit_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = files(dir.path(), "node", (2020, 2200));
+        let tls = Tls::load(&tls_files(&ca, &cert, &key), ClientAuth::Required).unwrap();
+        assert!(tls.serves() && tls.calls_over_tls());
+        assert_eq!(tls.scheme(), "https");
+        // An IPv6 address is checked against the certificate without its
+        // brackets.
+        tls.endpoint("https://[::1]:7379").expect("IPv6 over TLS");
+        tls.endpoint("https://localhost:7379").expect("a name");
+        assert!(matches!(
+            tls.endpoint("http://localhost:7379"),
+            Err(AuthError::Plaintext { .. })
+        ));
+        let plain = Tls::default();
+        assert_eq!(plain.scheme(), "http");
+        plain.endpoint("http://localhost:7379").expect("plain");
+        assert!(matches!(
+            plain.endpoint("https://localhost:7379"),
+            Err(AuthError::NoCa { .. })
+        ));
+        assert!(format!("{tls:?}").contains("serves: true"));
+        assert!(!format!("{tls:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn certificates_peers_would_refuse_are_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _, _) = files(dir.path(), "cluster", (2020, 2200));
+        let (_, other_cert, other_key) = files(dir.path(), "other", (2020, 2200));
+        let err = Tls::load(
+            &tls_files(&ca, &other_cert, &other_key),
+            ClientAuth::Required,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+        assert!(err.contains("--tls-cert-file"), "{err}");
+        let (old_ca, old_cert, old_key) = files(dir.path(), "old", (2001, 2002));
+        let err = Tls::load(
+            &tls_files(&old_ca, &old_cert, &old_key),
+            ClientAuth::Required,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("certificate expired"), "{err}");
+        // A CA file whose certificate does not parse.
+        let bad_ca = dir.path().join("bad-ca.pem");
+        std::fs::write(
+            &bad_ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let only_ca = TlsFiles {
+            ca: Some(bad_ca),
+            ..TlsFiles::default()
+        };
+        let err = Tls::load(&only_ca, ClientAuth::Required)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tls-ca-cert-file"), "{err}");
+        // An encrypted key is named as such.
+        let encrypted = dir.path().join("encrypted.key");
+        std::fs::write(
+            &encrypted,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let (ca, cert, _) = files(dir.path(), "node", (2020, 2200));
+        let err = Tls::load(&tls_files(&ca, &cert, &encrypted), ClientAuth::Required)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("encrypted"), "{err}");
     }
 }

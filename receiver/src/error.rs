@@ -5,10 +5,13 @@ use ferry_wal::WalError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    /// The primary's address is not a valid URI, or does not fit the TLS
-    /// settings (`https://` without a CA, `http://` with one).
+    /// The primary's address is not a valid URI.
     #[error("bad primary address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
+    /// The primary's address does not fit the TLS settings (`https://`
+    /// without a CA, `http://` with one), or they do not load.
+    #[error(transparent)]
+    Tls(#[from] ferry_proto::auth::AuthError),
     /// Connecting or the stream failed (reconnect with backoff).
     #[error("link: {0}")]
     Link(String),

@@ -260,7 +260,8 @@ impl Receiver {
     ///
     /// # Errors
     ///
-    /// [`ReceiveError::BadAddress`] for an address that is not a URI.
+    /// [`ReceiveError::BadAddress`] for an address that is not a URI;
+    /// [`ReceiveError::Tls`] for one that does not fit the TLS settings.
     ///
     /// # Panics
     ///
@@ -271,13 +272,7 @@ impl Receiver {
         engine: Arc<Engine>,
         membership: Arc<dyn Membership>,
     ) -> Result<Receiver> {
-        config
-            .tls
-            .endpoint(&config.primary)
-            .map_err(|e| ReceiveError::BadAddress {
-                addr: config.primary.clone(),
-                reason: e.to_string(),
-            })?;
+        endpoint(&config)?;
         ferry_proto::auth::Attach::new(config.cluster_token.as_deref())
             .map_err(|e| ReceiveError::Protocol(e.to_string()))?;
         let status = Arc::new(Mutex::new(LinkStatus::new(config.primary.clone())));
@@ -311,8 +306,24 @@ impl Receiver {
     }
 }
 
+/// An endpoint for the primary, over TLS for `https://`.
+fn endpoint(config: &ReceiverConfig) -> Result<tonic::transport::Endpoint> {
+    config.tls.endpoint(&config.primary).map_err(|e| match e {
+        ferry_proto::auth::AuthError::BadAddress { reason, .. } => ReceiveError::BadAddress {
+            addr: config.primary.clone(),
+            reason,
+        },
+        other => ReceiveError::Tls(other),
+    })
+}
+
+/// A failed call's status as the link's error, with its cause (a refused
+/// TLS certificate shows only there).
 fn link_status(s: tonic::Status) -> ReceiveError {
-    ReceiveError::Link(format!("{}: {}", s.code(), s.message()))
+    let cause = std::error::Error::source(&s)
+        .map(|cause| format!(" ({})", ferry_proto::tls::causes(cause)))
+        .unwrap_or_default();
+    ReceiveError::Link(format!("{}: {}{cause}", s.code(), s.message()))
 }
 
 /// The next message of a stream, or an error after `timeout` of silence.
@@ -727,7 +738,7 @@ impl Context {
                     "the primary ended the stream at once".into(),
                 ));
             }
-            Ok(Err(status)) => return broken(ReceiveError::Link(status.message().to_string())),
+            Ok(Err(status)) => return broken(link_status(status)),
             Err(_) => {
                 return broken(ReceiveError::Link("no answer to the hello in time".into()));
             }
@@ -819,13 +830,7 @@ impl Context {
                 Ok(Ok(None)) => {
                     return broken(ReceiveError::Link("the primary ended the stream".into()));
                 }
-                Ok(Err(status)) => {
-                    return broken(ReceiveError::Link(format!(
-                        "{}: {}",
-                        status.code(),
-                        status.message()
-                    )));
-                }
+                Ok(Err(status)) => return broken(link_status(status)),
                 Err(_) => {
                     return broken(ReceiveError::Link(format!(
                         "nothing from the primary for {:?}",
@@ -873,14 +878,7 @@ impl Context {
 
     /// Connects to the primary.
     async fn channel(&self) -> Result<tonic::transport::Channel> {
-        let endpoint = self
-            .config
-            .tls
-            .endpoint(&self.config.primary)
-            .map_err(|e| ReceiveError::BadAddress {
-                addr: self.config.primary.clone(),
-                reason: e.to_string(),
-            })?
+        let endpoint = endpoint(&self.config)?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
@@ -920,7 +918,22 @@ impl Context {
         let response = client
             .stream(ReceiverStream::new(out_rx))
             .await
-            .map_err(|s| ReceiveError::Link(format!("{}: {}", s.code(), s.message())))?;
+            .map_err(|s| {
+                let closed = ["connection closed", "broken pipe", "fatal alert"]
+                    .iter()
+                    .any(|sign| s.to_string().contains(sign));
+                match link_status(s) {
+                    // With TLS 1.3 the primary checks this node's
+                    // certificate after the handshake seemed done: a
+                    // refusal shows as the first call's connection closing.
+                    ReceiveError::Link(text) if closed && self.config.tls.serves() => {
+                        ReceiveError::Link(format!(
+                            "{text}; over TLS this is how the primary refuses this node's certificate (not signed by its CA?)"
+                        ))
+                    }
+                    other => other,
+                }
+            })?;
         Ok((out_tx, response.into_inner()))
     }
 

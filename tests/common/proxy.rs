@@ -175,7 +175,6 @@ impl Proxy {
         self.state.flips.load(Ordering::Relaxed)
     }
 
-    /// Connections made so far.
     /// Whether `needle` was among the bytes that passed, either way (all
     /// connections' bytes of one direction run together).
     pub fn saw(&self, needle: &[u8]) -> bool {
@@ -191,6 +190,7 @@ impl Proxy {
         captured[0].len() + captured[1].len()
     }
 
+    /// Connections made so far.
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
     }
