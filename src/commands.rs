@@ -4,6 +4,8 @@
 //! the write pipeline (reading the latest state, pushing effects); connection
 //! commands act on the connection or the server.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::Bytes;
 use ferry_engine::{Entry, Reader, Value, View};
 use ferry_proto::v1::{self as pb, mutation::Op};
@@ -951,6 +953,9 @@ fn append(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     match tri!(view_string(view, key)?) {
         Some((old, _)) => {
             let len = old.len() + data.len();
+            if let Err(reply) = check_string_length(len as u64) {
+                return Ok(reply);
+            }
             view.push(Op::SetRange(pb::SetRange {
                 key: key.clone(),
                 offset: old.len() as u64,
@@ -966,8 +971,24 @@ fn append(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     }
 }
 
-/// The largest string SETRANGE may build (Redis's default proto-max-bulk-len).
-const STRING_BYTES_MAX: u64 = 512 << 20;
+/// The largest string APPEND and SETRANGE may build: `--proto-max-bulk-len`,
+/// as in Redis (set once at start by [`set_string_bytes_max`]).
+static STRING_BYTES_MAX: AtomicU64 = AtomicU64::new(crate::node::PROTO_MAX_BULK_LEN_DEFAULT as u64);
+
+/// Sets the largest string APPEND and SETRANGE may build.
+pub fn set_string_bytes_max(bytes: usize) {
+    STRING_BYTES_MAX.store(bytes as u64, Ordering::Relaxed);
+}
+
+/// Redis's reply to a string that would grow past [`STRING_BYTES_MAX`].
+fn check_string_length(len: u64) -> Result<(), Reply> {
+    if len > STRING_BYTES_MAX.load(Ordering::Relaxed) {
+        return Err(Reply::err(
+            "string exceeds maximum allowed size (proto-max-bulk-len)",
+        ));
+    }
+    Ok(())
+}
 
 fn setrange(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let (key, data) = (&args[1], &args[3]);
@@ -980,10 +1001,8 @@ fn setrange(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     if data.is_empty() {
         return Ok(Reply::Int(old_len as i64));
     }
-    if offset as u64 + data.len() as u64 > STRING_BYTES_MAX {
-        return Ok(Reply::err(
-            "string exceeds maximum allowed size (proto-max-bulk-len)",
-        ));
+    if let Err(reply) = check_string_length(offset as u64 + data.len() as u64) {
+        return Ok(reply);
     }
     if old.is_none() {
         reap_expired(view, key)?;
@@ -1271,7 +1290,7 @@ fn ttl_common(node: &Node, r: &dyn Reader, args: &Args, unit_ms: u64, absolute: 
     match tri_read!(read_entry(node, r, &args[1])) {
         None => Reply::Int(-2),
         Some(e) if e.expire_at_ms == 0 => Reply::Int(-1),
-        Some(e) if absolute => Reply::Int((e.expire_at_ms / unit_ms) as i64),
+        Some(e) if absolute => Reply::Int(((e.expire_at_ms + unit_ms / 2) / unit_ms) as i64),
         Some(e) => {
             let left = e.expire_at_ms.saturating_sub(now);
             Reply::Int(((left + unit_ms / 2) / unit_ms) as i64)
@@ -1645,15 +1664,22 @@ fn select(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     }
 }
 
+/// AUTH's check, as Redis's default user (the only one) makes it: without
+/// `--requirepass` it takes any password, though the one-argument form is
+/// an error then; with it, that password.
 fn check_password(node: &Node, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Reply> {
-    let Some(required) = &node.config.requirepass else {
-        return Err(Reply::err(
-            "AUTH <password> called without any password configured for the default user. \
-             Are you sure your configuration is correct?",
-        ));
-    };
     let user_ok = user.is_none_or(|u| u == b"default");
-    if user_ok && pass == required.as_bytes() {
+    let ok = match (&node.config.requirepass, user) {
+        (None, None) => {
+            return Err(Reply::err(
+                "AUTH <password> called without any password configured for the default user. \
+                 Are you sure your configuration is correct?",
+            ));
+        }
+        (None, Some(_)) => user_ok,
+        (Some(required), _) => user_ok && ferry_proto::auth::same(pass, required.as_bytes()),
+    };
+    if ok {
         Ok(())
     } else {
         Err(Reply::Error(
@@ -1710,9 +1736,14 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     if !conn.authenticated {
         return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
     }
+    if let Some(name) = &name
+        && !is_printable_word(name)
+    {
+        return Reply::err("Client names cannot contain spaces, newlines or special characters.");
+    }
     conn.resp3 = resp3;
-    if name.is_some() {
-        conn.name = name;
+    if let Some(name) = name {
+        conn.name = (!name.is_empty()).then_some(name);
     }
     Reply::Map(vec![
         (Reply::bulk_str("server"), Reply::bulk_str("redis")),

@@ -615,6 +615,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             wal_segment_bytes: args.wal_segment_bytes.max(1 << 16),
             snapshot_rate_limit: args.snapshot_rate_limit,
         };
+        commands::set_string_bytes_max(config.proto_max_bulk_len);
         let node = Arc::new(Node::open(config, resp_addr, grpc_addr).await?);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

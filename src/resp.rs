@@ -20,7 +20,16 @@ pub struct ParseLimits {
     pub bulk_bytes_max: usize,
     /// Most arguments in one request.
     pub multibulk_len_max: usize,
+    /// The client has yet to authenticate (with `--requirepass`): Redis's
+    /// tighter limits hold ([`UNAUTHENTICATED_MULTIBULK_LEN_MAX`],
+    /// [`UNAUTHENTICATED_BULK_BYTES_MAX`]).
+    pub unauthenticated: bool,
 }
+
+/// Most arguments in one request of a client yet to authenticate.
+pub const UNAUTHENTICATED_MULTIBULK_LEN_MAX: i64 = 10;
+/// Largest bulk string of a client yet to authenticate.
+pub const UNAUTHENTICATED_BULK_BYTES_MAX: i64 = 16 * 1024;
 
 /// A request the client sent that breaks the protocol: the connection is
 /// answered with this text and closed.
@@ -105,6 +114,9 @@ fn parse_multibulk(
         return Ok(None);
     };
     let count = parse_i64(head).ok_or_else(|| err("invalid multibulk length"))?;
+    if limits.unauthenticated && count > UNAUTHENTICATED_MULTIBULK_LEN_MAX {
+        return Err(err("unauthenticated multibulk length"));
+    }
     if count > limits.multibulk_len_max as i64 {
         return Err(err("invalid multibulk length"));
     }
@@ -130,9 +142,14 @@ fn parse_multibulk(
             }
             return Ok(None);
         };
-        let len = parse_i64(head)
-            .filter(|&n| n >= 0 && n as usize <= limits.bulk_bytes_max)
-            .ok_or_else(|| err("invalid bulk length"))? as usize;
+        let len = parse_i64(head).ok_or_else(|| err("invalid bulk length"))?;
+        if limits.unauthenticated && len > UNAUTHENTICATED_BULK_BYTES_MAX {
+            return Err(err("unauthenticated bulk length"));
+        }
+        if len < 0 || len as u64 > limits.bulk_bytes_max as u64 {
+            return Err(err("invalid bulk length"));
+        }
+        let len = len as usize;
         if buf.len() < next + len + 2 {
             return Ok(None);
         }
@@ -354,6 +371,7 @@ mod tests {
     const LIMITS: ParseLimits = ParseLimits {
         bulk_bytes_max: 1024,
         multibulk_len_max: 1024,
+        unauthenticated: false,
     };
 
     fn parse(input: &[u8]) -> Result<Option<Vec<Bytes>>, ProtocolError> {

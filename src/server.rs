@@ -289,9 +289,10 @@ async fn connection(
                 last_command: "NULL".into(),
             },
         );
-    let limits = ParseLimits {
+    let limits = |conn: &Conn| ParseLimits {
         bulk_bytes_max: node.config.proto_max_bulk_len,
         multibulk_len_max: node.config.proto_max_multibulk_len,
+        unauthenticated: !conn.authenticated,
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -332,7 +333,7 @@ async fn connection(
         }
         let mut last_command = None;
         loop {
-            let args = match parse_request(&mut buf, limits) {
+            let args = match parse_request(&mut buf, limits(&conn)) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => args,
                 Ok(None) => break,
@@ -518,6 +519,15 @@ async fn dispatch(
     run_writes(node, conn, writes, queue).await;
     let spec = match checked {
         Ok(spec) => spec,
+        // A refused EXEC discards the transaction, if any, as in Redis.
+        Err(Reply::Error(text)) if commands::lookup(&args[0]).is_some_and(|s| s.name == "exec") => {
+            conn.multi = None;
+            conn.watch.clear();
+            let why = text.strip_prefix("ERR ").unwrap_or(&text);
+            return Some(Queued::Ready(Reply::Error(format!(
+                "EXECABORT Transaction discarded because of: {why}"
+            ))));
+        }
         Err(reply) => return Some(Queued::Ready(reply)),
     };
     let args = &args[..];

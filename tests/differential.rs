@@ -9,6 +9,9 @@
 //! pipeline) the counters INFO shows must have moved alike: keyspace hits
 //! and misses, error replies, and the keys with and without an expiry. At
 //! the end a replica replays ferry's whole log and must hold the same data.
+//! Fixed cases compare the raw bytes of the replies: logins, HELLO's
+//! options, rounding, refused EXECs, string size limits, and the limits on
+//! a client yet to authenticate.
 
 mod common;
 
@@ -36,6 +39,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// As [`Redis::start`], with more arguments.
+    fn start_with(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -48,6 +56,7 @@ impl Redis {
                 // ferry has one database, as Redis with this setting.
                 .args(["--databases", "1"])
                 .args(SLOWLOG_EVERYTHING)
+                .args(extra)
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -61,8 +70,11 @@ impl Redis {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // the port was taken meanwhile: another one
                 }
+                // Up: it answers (with --requirepass, that it wants it).
                 if let Ok(mut c) = Redis::connect(port)
-                    && redis::cmd("PING").query::<String>(&mut c).is_ok()
+                    && redis::cmd("PING")
+                        .query::<String>(&mut c)
+                        .map_or_else(|e| e.code() == Some("NOAUTH"), |_| true)
                 {
                     return Redis {
                         child,
@@ -930,4 +942,152 @@ fn random_commands_get_the_replies_redis_gives() {
     // Its count of keys, and of those with an expiry, too.
     let on = |server: &Server| counters(&mut connect(&server.url(), false).expect("connect"));
     assert_eq!(on(&ferry)[3..], on(&replica)[3..]);
+}
+
+/// The raw replies to `request` (RESP bytes) from the server at `addr`:
+/// up to a `PING`'s `+PONG` sent after it, or to the connection's end.
+fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let _ = s.write_all(b"*1\r\n$4\r\nPING\r\n");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !got.ends_with(b"+PONG\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+/// One request as RESP.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The replies where ferry and Redis 7 must agree byte for byte (HELLO's
+/// map only in its first line: versions and ids differ).
+#[test]
+fn fixed_cases_get_the_bytes_redis_gives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = "1048576";
+    let ferry = Server::start(&dir.path().join("node"), &["--proto-max-bulk-len", limit]);
+    let redis = Redis::start_with(&["--proto-max-bulk-len", limit]);
+    let (f, r) = (ferry.resp.to_string(), format!("127.0.0.1:{}", redis.port));
+    let big = vec![b'x'; 1 << 20];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // Without --requirepass the default user takes any password, but
+        // the one-argument AUTH is an error.
+        (
+            "AUTH without a password set",
+            [
+                resp(&[b"AUTH", b"default", b"anything"]),
+                resp(&[b"AUTH", b"someone", b"pw"]),
+                resp(&[b"AUTH", b"pw"]),
+            ]
+            .concat(),
+        ),
+        (
+            "HELLO AUTH without a password set",
+            resp(&[b"HELLO", b"2", b"AUTH", b"default", b"pw"]),
+        ),
+        (
+            "HELLO SETNAME checks the name",
+            [
+                resp(&[b"HELLO", b"3", b"SETNAME", b"my name"]),
+                resp(&[b"CLIENT", b"GETNAME"]),
+            ]
+            .concat(),
+        ),
+        (
+            "EXPIRETIME rounds",
+            [
+                resp(&[b"SET", b"a", b"1"]),
+                resp(&[b"PEXPIREAT", b"a", b"99999999999500"]),
+                resp(&[b"EXPIRETIME", b"a"]),
+                resp(&[b"PEXPIREAT", b"a", b"99999999999499"]),
+                resp(&[b"EXPIRETIME", b"a"]),
+            ]
+            .concat(),
+        ),
+        (
+            "a refused EXEC discards the transaction",
+            [
+                resp(&[b"EXEC", b"x"]),
+                resp(&[b"MULTI"]),
+                resp(&[b"SET", b"k", b"v"]),
+                resp(&[b"EXEC", b"x"]),
+                resp(&[b"EXEC"]),
+                resp(&[b"EXISTS", b"k"]),
+            ]
+            .concat(),
+        ),
+        (
+            "strings stop at proto-max-bulk-len",
+            [
+                resp(&[b"SET", b"s", b"x"]),
+                resp(&[b"APPEND", b"s", &big]),
+                resp(&[b"APPEND", b"s", &big[1..]]),
+                resp(&[b"STRLEN", b"s"]),
+                resp(&[b"SETRANGE", b"t", b"1048570", b"abcdefghij"]),
+                resp(&[b"SETRANGE", b"t", b"1048566", b"abcdefghij"]),
+                resp(&[b"STRLEN", b"t"]),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, request) in &cases {
+        for addr in [&f, &r] {
+            assert_eq!(
+                raw_exchange(addr, &resp(&[b"FLUSHALL"])),
+                b"+OK\r\n+PONG\r\n"
+            );
+        }
+        let (fb, rb) = (raw_exchange(&f, request), raw_exchange(&r, request));
+        let hello_head = |b: &[u8]| -> Vec<u8> {
+            // HELLO's map: its first line only.
+            let text = String::from_utf8_lossy(b).into_owned();
+            match text.find("%7\r\n").or_else(|| text.find("*14\r\n")) {
+                Some(at) if what.starts_with("HELLO AUTH") => {
+                    let end = at + text[at..].find("\r\n").unwrap() + 2;
+                    text.as_bytes()[..end].to_vec()
+                }
+                _ => b.to_vec(),
+            }
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&hello_head(&fb)),
+            String::from_utf8_lossy(&hello_head(&rb)),
+            "{what}"
+        );
+    }
+
+    // A client yet to authenticate: Redis's tighter limits, then closed.
+    drop((ferry, redis));
+    let ferry = Server::start(&dir.path().join("auth"), &["--requirepass", "pw"]);
+    let redis = Redis::start_with(&["--requirepass", "pw"]);
+    let (f, r) = (ferry.resp.to_string(), format!("127.0.0.1:{}", redis.port));
+    let args: Vec<&[u8]> = vec![b"x"; 11];
+    for (what, request) in [
+        ("too many arguments", resp(&args)),
+        ("too long an argument", b"*1\r\n$16385\r\n".to_vec()),
+        ("within the limits", resp(&[b"GET", &[b'k'; 16384]])),
+    ] {
+        // Then AUTH, so a connection still open answers the PING.
+        let request = [request, resp(&[b"AUTH", b"pw"])].concat();
+        assert_eq!(
+            String::from_utf8_lossy(&raw_exchange(&f, &request)),
+            String::from_utf8_lossy(&raw_exchange(&r, &request)),
+            "{what}"
+        );
+    }
 }
