@@ -322,6 +322,7 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
         "client",
         &[
             ("getname", 2),
+            ("help", 2),
             ("id", 2),
             ("info", 2),
             ("list", -2),
@@ -329,8 +330,14 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
             ("setname", 3),
         ],
     ),
-    ("command", &[("count", 2), ("docs", -2), ("info", -2)]),
-    ("config", &[("get", -3), ("resetstat", 2), ("set", -4)]),
+    (
+        "command",
+        &[("count", 2), ("docs", -2), ("help", 2), ("info", -2)],
+    ),
+    (
+        "config",
+        &[("get", -3), ("help", 2), ("resetstat", 2), ("set", -4)],
+    ),
     (
         "slowlog",
         &[("get", -2), ("help", 2), ("len", 2), ("reset", 2)],
@@ -1779,8 +1786,8 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
         ("info", 2) => {
             let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
             match clients.get(&conn.id) {
-                Some(info) => Reply::bulk(crate::info::client_line(info, conn)),
-                None => Reply::bulk_str(""),
+                Some(info) => Reply::Verbatim(crate::info::client_line(info, conn).into()),
+                None => Reply::Verbatim(Bytes::new()),
             }
         }
         ("list", n) => {
@@ -1825,8 +1832,31 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
                 .filter_map(|id| clients.get(id))
                 .map(|info| crate::info::client_line(info, conn))
                 .collect();
-            Reply::bulk(text)
+            Reply::Verbatim(text.into())
         }
+        ("help", 2) => help(&[
+            "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GETNAME",
+            "    Return the name of the current connection.",
+            "ID",
+            "    Return the ID of the current connection.",
+            "INFO",
+            "    Return information about the current client connection.",
+            "LIST [options ...]",
+            "    Return information about client connections. Options:",
+            "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+            "      Return clients of specified type.",
+            "    * ID <client-id> [<client-id> ...]",
+            "      Return clients of specified IDs only.",
+            "SETINFO <option> <value>",
+            "    Set client meta attr. Options are:",
+            "    * LIB-NAME: the client lib name.",
+            "    * LIB-VER: the client lib version.",
+            "SETNAME <name>",
+            "    Assign the name <name> to the current connection.",
+            "HELP",
+            "    Print this help.",
+        ]),
         ("setinfo", 4) => {
             let attr = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
             let slot = match attr.as_str() {
@@ -1861,6 +1891,16 @@ fn is_printable_word(text: &[u8]) -> bool {
 /// Redis's error for a subcommand of a container command (CLIENT, CONFIG,
 /// COMMAND) that it cannot run: a known one (in [`SUBCOMMANDS`]) with the
 /// wrong number of arguments, or an unknown one.
+/// A container's HELP: its lines as simple strings, as Redis's.
+fn help(lines: &[&str]) -> Reply {
+    Reply::Array(
+        lines
+            .iter()
+            .map(|line| Reply::Simple(line.to_string().into()))
+            .collect(),
+    )
+}
+
 fn subcommand_error(command: &str, sub: &[u8]) -> Reply {
     let lowered = String::from_utf8_lossy(sub).to_ascii_lowercase();
     if subcommands_of(command)
@@ -1912,12 +1952,34 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     match sub.as_deref() {
         None => Reply::Array(COMMANDS.iter().map(command_info).collect()),
         Some("count") if args.len() == 2 => Reply::Int(COMMANDS.len() as i64),
+        // Every command without names, as COMMAND; a null for an unknown
+        // one.
+        Some("info") if args.len() == 2 => {
+            Reply::Array(COMMANDS.iter().map(command_info).collect())
+        }
         Some("info") => Reply::Array(
             args[2..]
                 .iter()
-                .map(|name| lookup(name).map_or(Reply::NullArray, command_info))
+                .map(|name| lookup(name).map_or(Reply::Null, command_info))
                 .collect(),
         ),
+        Some("help") if args.len() == 2 => help(&[
+            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "(no subcommand)",
+            "    Return details about all Redis commands.",
+            "COUNT",
+            "    Return the total number of commands in this Redis server.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about multiple Redis commands.",
+            "    If no command names are given, documentation details for all",
+            "    commands are returned.",
+            "INFO [<command-name> ...]",
+            "    Return details about multiple Redis commands.",
+            "    If no command names are given, documentation details for all",
+            "    commands are returned.",
+            "HELP",
+            "    Print this help.",
+        ]),
         Some("docs") => {
             let specs: Vec<&Spec> = if args.len() > 2 {
                 args[2..].iter().filter_map(|n| lookup(n)).collect()
@@ -1965,6 +2027,17 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             node.stats.reset(crate::info::rss_bytes());
             Reply::ok()
         }
+        "help" if args.len() == 2 => help(&[
+            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+            "SET <directive> <value>",
+            "    Not supported: ferry takes its settings as flags at start.",
+            "RESETSTAT",
+            "    Reset statistics reported by the INFO command.",
+            "HELP",
+            "    Print this help.",
+        ]),
         _ => subcommand_error("config", &args[1]),
     }
 }
@@ -2011,25 +2084,20 @@ fn slowlog(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
                 .reset();
             Reply::ok()
         }
-        ("help", 2) => Reply::Array(
-            [
-                "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-                "GET [<count>]",
-                "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
-                "    Entries are made of:",
-                "    id, timestamp, time in microseconds, arguments array, client IP and port,",
-                "    client name",
-                "LEN",
-                "    Return the length of the slowlog.",
-                "RESET",
-                "    Reset the slowlog.",
-                "HELP",
-                "    Print this help.",
-            ]
-            .into_iter()
-            .map(|line| Reply::Simple(line.into()))
-            .collect(),
-        ),
+        ("help", 2) => help(&[
+            "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET [<count>]",
+            "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+            "    Entries are made of:",
+            "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+            "    client name",
+            "LEN",
+            "    Return the length of the slowlog.",
+            "RESET",
+            "    Reset the slowlog.",
+            "HELP",
+            "    Print this help.",
+        ]),
         _ => subcommand_error("slowlog", &args[1]),
     }
 }

@@ -50,7 +50,7 @@ pub fn info(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             section_text(node, section, &mut out);
         }
     }
-    Reply::bulk(out)
+    Reply::Verbatim(out.into())
 }
 
 /// INFO's `hz`: how many times a second the server's background work runs

@@ -277,6 +277,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3, a flat array of pairs in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// Text to show as it is (INFO, CLIENT LIST): a verbatim string
+    /// (`=N\r\ntxt:...`) in RESP3, a bulk string in RESP2.
+    Verbatim(Bytes),
     /// A reply in the protocol given, whatever the connection's: inside
     /// EXEC's array, the replies before a HELLO among its commands keep the
     /// protocol they were made in.
@@ -360,6 +363,12 @@ impl Reply {
                 }
             }
             Reply::In { resp3, reply } => reply.encode(out, *resp3),
+            Reply::Verbatim(b) if resp3 => {
+                let _ = write!(out, "={}\r\ntxt:", b.len() + 4);
+                out.extend_from_slice(b);
+                out.extend_from_slice(b"\r\n");
+            }
+            Reply::Verbatim(b) => Reply::Bulk(b.clone()).encode(out, false),
         }
     }
 }

@@ -579,6 +579,20 @@ fn connection_and_server_commands_answer_like_redis() {
         V::Map(vec![(bulk("f"), bulk("v"))])
     );
     assert_eq!(raw(c, &["GET", "nothing"]), V::Nil);
+    // INFO and CLIENT's texts are verbatim strings, as Redis's.
+    for args in [
+        &["INFO", "server"][..],
+        &["CLIENT", "INFO"],
+        &["CLIENT", "LIST"],
+    ] {
+        match raw(c, args) {
+            V::VerbatimString { format, text } => {
+                assert_eq!(format, redis::VerbatimFormat::Text, "{args:?}");
+                assert!(!text.is_empty(), "{args:?}");
+            }
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
     assert_eq!(raw(c, &["QUIT"]), ok());
 }
 

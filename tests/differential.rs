@@ -1032,6 +1032,10 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "COMMAND INFO of an unknown command",
+            resp(&[b"COMMAND", b"INFO", b"nosuch"]),
+        ),
+        (
             "strings stop at proto-max-bulk-len",
             [
                 resp(&[b"SET", b"s", b"x"]),
