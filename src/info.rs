@@ -21,11 +21,17 @@ const SECTIONS: &[&str] = &[
     "persistence",
     "stats",
     "replication",
+    "cpu",
+    "modules",
     "commandstats",
     "errorstats",
     "latencystats",
+    "cluster",
     "keyspace",
 ];
+
+/// Clock ticks per second in `/proc`'s CPU times (Linux's `USER_HZ`).
+const PROC_TICKS_PER_SEC: u64 = 100;
 
 /// The percentiles INFO latencystats shows, as Redis's default
 /// `latency-tracking-info-percentiles`.
@@ -97,6 +103,30 @@ fn total_system_memory() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// CPU seconds from `/proc/<path>/stat`: user, system, and those of
+/// waited-for children (zeros if unknown).
+fn cpu_times(path: &str) -> [f64; 4] {
+    let fields: Vec<u64> = std::fs::read_to_string(format!("/proc/{path}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The fields after the command name, which may hold spaces.
+            let rest = &s[s.rfind(')')? + 2..];
+            Some(
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(4)
+                    .filter_map(|f| f.parse().ok())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    let mut out = [0.0; 4];
+    for (slot, ticks) in out.iter_mut().zip(fields) {
+        *slot = ticks as f64 / PROC_TICKS_PER_SEC as f64;
+    }
+    out
+}
+
 /// Resident set size of this process, in bytes (Linux).
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -154,6 +184,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  used_memory_rss_human:{}\r\nused_memory_peak:{peak}\r\nused_memory_peak_human:{}\r\n\
                  total_system_memory:{system}\r\ntotal_system_memory_human:{}\r\n\
                  maxmemory:0\r\nmaxmemory_human:0B\r\nmaxmemory_policy:noeviction\r\nmem_allocator:libc\r\n\
+                 mem_fragmentation_ratio:1.00\r\n\
                  read_cache_bytes:{}\r\nread_cache_entries:{}\r\nread_cache_bytes_max:{}\r\n",
                 human(rss),
                 human(rss),
@@ -173,6 +204,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             let _ = write!(
                 out,
                 "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n\
+                 aof_rewrite_scheduled:0\r\naof_last_bgrewrite_status:ok\r\nrdb_last_bgsave_status:ok\r\n\
                  aof_last_write_status:{}\r\nrdb_changes_since_last_save:{}\r\nrdb_bgsave_in_progress:0\r\n\
                  appendfsync:{}\r\nwal_first_lsn:{}\r\nwal_last_lsn:{}\r\nwal_durable_lsn:{}\r\n\
                  wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n\
@@ -200,6 +232,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  instantaneous_input_kbps:{:.2}\r\ninstantaneous_output_kbps:{:.2}\r\n\
                  rejected_connections:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\
                  expired_keys:{}\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
+                 pubsub_channels:0\r\npubsub_patterns:0\r\nlatest_fork_usec:0\r\ntotal_forks:0\r\n\
                  total_error_replies:{}\r\nread_cache_hits:{}\r\nread_cache_misses:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
                 stats.total_commands_processed.load(Ordering::Relaxed),
@@ -227,6 +260,18 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             );
         }
         "replication" => replication_text(node, out),
+        "cpu" => {
+            let [user, sys, user_children, sys_children] = cpu_times("self");
+            let [user_main, sys_main, ..] = cpu_times(&format!("self/task/{}", std::process::id()));
+            let _ = write!(
+                out,
+                "# CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n\
+                 used_cpu_sys_children:{sys_children:.6}\r\nused_cpu_user_children:{user_children:.6}\r\n\
+                 used_cpu_sys_main_thread:{sys_main:.6}\r\nused_cpu_user_main_thread:{user_main:.6}\r\n"
+            );
+        }
+        "modules" => out.push_str("# Modules\r\n"),
+        "cluster" => out.push_str("# Cluster\r\ncluster_enabled:0\r\n"),
         "commandstats" => {
             out.push_str("# Commandstats\r\n");
             for (name, c) in stats.per_command() {

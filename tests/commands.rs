@@ -538,9 +538,37 @@ fn connection_and_server_commands_answer_like_redis() {
         "aof_enabled:1",
         "role:master",
         "total_commands_processed:",
+        "# CPU\r\nused_cpu_sys:",
+        "# Modules\r\n",
+        "cluster_enabled:0",
+        "mem_fragmentation_ratio:",
+        "rdb_last_bgsave_status:ok",
+        "pubsub_channels:0",
     ] {
         assert!(info.contains(field), "INFO lacks {field}");
     }
+    // The sections in Redis's order.
+    let order: Vec<usize> = [
+        "# Server",
+        "# Clients",
+        "# Memory",
+        "# Persistence",
+        "# Stats",
+        "# Replication",
+        "# CPU",
+        "# Modules",
+        "# Errorstats",
+        "# Cluster",
+        "# Keyspace",
+    ]
+    .iter()
+    .map(|s| info.find(s).unwrap_or_else(|| panic!("INFO lacks {s}")))
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{info}");
+    // CPU time this process spent, as seconds.
+    let user: f64 = section_field(&info, "used_cpu_user");
+    let sys: f64 = section_field(&info, "used_cpu_sys");
+    assert!(user + sys > 0.0, "{info}");
     let V::BulkString(repl) = raw(c, &["INFO", "replication"]) else {
         panic!()
     };
@@ -1408,4 +1436,17 @@ fn replies_before_and_inside_a_transaction_keep_their_protocol() {
     assert!(exec.contains("\r\n_\r\n%0\r\n*14\r\n"), "{exec}");
     assert!(exec.ends_with("\r\n$-1\r\n$-1\r\n+PONG\r\n"), "{exec}");
     assert_eq!(exec.matches("_\r\n").count(), 1, "{exec}");
+}
+
+/// A field of INFO's text, parsed.
+fn section_field<T: std::str::FromStr>(info: &str, field: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("INFO lacks {field}"))
+        .trim()
+        .parse()
+        .expect("a number")
 }
