@@ -28,6 +28,8 @@ pub const MEMTABLE_BYTES: usize = 16 << 20;
 /// byte (see [`options`]).
 const MEMTABLE_INSERT_HINT_OPTION: &str =
     "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.1";
+/// The prefix RocksDB's filters know keys by: the kind of entry.
+const KIND_PREFIX_BYTES: usize = 1;
 /// Share of the memtable given to its bloom filter.
 pub const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 /// Bloom filter bits per key in SST files (about 1 % false positives).
@@ -51,6 +53,14 @@ fn options() -> Options {
     // filters on whole keys answer those misses without a search.
     opts.set_memtable_whole_key_filtering(true);
     opts.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+    // Each kind of entry (its first byte, see `keys`) is a prefix, in the
+    // filters too: an iterator over one kind (the expiry index, which the
+    // sweep reads ten times a second) skips the files that hold none of
+    // it, instead of reading the first block past where it would be (a
+    // large string's, decompressed on every sweep).
+    opts.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(
+        KIND_PREFIX_BYTES,
+    ));
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_bloom_filter(SST_BLOOM_BITS_PER_KEY, false);
     // GET is a point lookup: a hash index in each data block finds the key
@@ -125,7 +135,20 @@ trait Stored {
         &self,
         key: &[u8],
     ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error>;
-    fn iter(&self) -> rocksdb::DBRawIterator<'_>;
+    /// An iterator over the keys that start with `prefix` only: RocksDB
+    /// stops at the prefix's end instead of reading on into the blocks of
+    /// other kinds of entries (a large string's among them).
+    fn iter_over(&self, prefix: &[u8]) -> rocksdb::DBRawIterator<'_>;
+}
+
+/// Read options bounding an iterator to `prefix` (which starts with the
+/// kind of entry: RocksDB's prefix filters apply).
+fn within(prefix: &[u8]) -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_prefix_same_as_start(true);
+    opts.set_iterate_lower_bound(prefix.to_vec());
+    opts.set_iterate_upper_bound(keys::prefix_end(prefix));
+    opts
 }
 
 /// The database and its snapshots read alike.
@@ -138,8 +161,8 @@ macro_rules! stored {
             ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error> {
                 self.get_pinned(key)
             }
-            fn iter(&self) -> rocksdb::DBRawIterator<'_> {
-                self.raw_iterator()
+            fn iter_over(&self, prefix: &[u8]) -> rocksdb::DBRawIterator<'_> {
+                self.raw_iterator_opt(within(prefix))
             }
         }
     };
@@ -179,7 +202,7 @@ fn hash_fields_in(
     limit: usize,
 ) -> Result<Vec<(Bytes, Bytes)>> {
     let prefix = keys::field_prefix(key);
-    let mut it = db.iter();
+    let mut it = db.iter_over(&prefix);
     match after {
         Some(after) => {
             let mut start = keys::field_key(key, after);
@@ -213,7 +236,7 @@ fn each_key(
     after: Option<&[u8]>,
     mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
 ) -> Result<()> {
-    let mut it = db.iter();
+    let mut it = db.iter_over(&[keys::KEY]);
     match after {
         Some(after) => {
             let mut start = keys::key_key(after);
@@ -399,7 +422,7 @@ fn read_meta(db: &DB) -> Result<(Lsn, u64, Expiring)> {
 /// The keys with an expiry, counted from the expiry index.
 fn expiring_in(db: &DB) -> Result<Expiring> {
     let mut expiring = Expiring::default();
-    let mut it = db.raw_iterator();
+    let mut it = db.iter_over(&[keys::EXPIRY]);
     it.seek([keys::EXPIRY]);
     while let Some(k) = it.key() {
         if k.first() != Some(&keys::EXPIRY) {
@@ -1052,8 +1075,13 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn expired_keys(&self, now_ms: u64, limit: usize) -> Result<Vec<Bytes>> {
+        // The sweep runs ten times a second: with no key to expire it
+        // reads nothing.
+        if self.expiring().keys == 0 {
+            return Ok(Vec::new());
+        }
         let db = self.db()?;
-        let mut it = db.raw_iterator();
+        let mut it = db.iter_over(&[keys::EXPIRY]);
         it.seek([keys::EXPIRY]);
         let mut out = Vec::new();
         while it.valid() && out.len() < limit {

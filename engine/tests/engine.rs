@@ -1224,3 +1224,79 @@ fn reads_of_several_keys_see_each_record_whole() {
     assert_eq!(engine.applied_lsn(), Lsn(RECORDS));
     eprintln!("{reads} reads beside {RECORDS} writes");
 }
+
+/// The sweep for expired keys, ten times a second on a primary, reads only
+/// the expiry index: with no key to expire it reads no block at all, and
+/// with some it stops at the index's end instead of reading on into the
+/// block of a large string (which RocksDB would decompress on every sweep).
+#[test]
+fn the_expiry_sweep_reads_only_the_expiry_index() {
+    use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel, set_perf_stats};
+    const LARGE: usize = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let mut rng = SeededRng::new(seed());
+    let large: Vec<u8> = (0..LARGE).map(|_| rng.next_u64() as u8).collect();
+    let set = |key: &str, value: Bytes, expire_at_ms: u64| {
+        Op::SetString(pb::SetString {
+            key: b(key),
+            value,
+            expire_at_ms,
+        })
+    };
+    engine
+        .apply(&[(
+            Lsn(1),
+            record(vec![
+                set("large", Bytes::from(large), 0),
+                set("small", b("v"), 0),
+            ]),
+        )])
+        .unwrap();
+    engine.flush().unwrap();
+    let now = 10_000_000_000_000;
+    set_perf_stats(PerfStatsLevel::EnableCount);
+    let mut perf = PerfContext::default();
+    perf.reset();
+    assert!(engine.expired_keys(now, 100).unwrap().is_empty());
+    assert_eq!(
+        perf.metric(PerfMetric::BlockReadCount),
+        0,
+        "{}",
+        perf.report(true)
+    );
+
+    // A key that is due, and one that is not: the sweep finds the first
+    // without reading the large string's block.
+    engine
+        .apply(&[(
+            Lsn(2),
+            record(vec![
+                set("due", b("v"), 1_000),
+                set("later", b("v"), now + 1),
+            ]),
+        )])
+        .unwrap();
+    engine.flush().unwrap();
+    perf.reset();
+    assert_eq!(engine.expired_keys(now, 100).unwrap(), vec![b("due")]);
+    let read = perf.metric(PerfMetric::BlockReadByte);
+    assert!(
+        read < LARGE as u64 / 4,
+        "read {read} bytes: {}",
+        perf.report(true)
+    );
+    // All due: the sweep walks the whole index, and still not the string.
+    perf.reset();
+    assert_eq!(
+        engine.expired_keys(now + 2, 100).unwrap(),
+        vec![b("due"), b("later")]
+    );
+    let read = perf.metric(PerfMetric::BlockReadByte);
+    assert!(
+        read < LARGE as u64 / 4,
+        "read {read} bytes: {}",
+        perf.report(true)
+    );
+    set_perf_stats(PerfStatsLevel::Disable);
+}
