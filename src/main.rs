@@ -86,6 +86,11 @@ struct ServeArgs {
     /// Where clients connect with the Redis protocol (port 0: any free port).
     #[arg(long, env = "FERRY_RESP_ADDR", default_value = "127.0.0.1:6379")]
     resp_addr: SocketAddr,
+    /// A second address for the Redis protocol, over TLS (as Redis's
+    /// tls-port; `rediss://` URLs), with the node's --tls-cert-file and
+    /// its check of client certificates (--tls-auth-clients). Default: none.
+    #[arg(long, env = "FERRY_RESP_TLS_ADDR")]
+    resp_tls_addr: Option<SocketAddr>,
     /// Where the gRPC status service listens (port 0: any free port).
     #[arg(long, env = "FERRY_GRPC_ADDR", default_value = "127.0.0.1:7379")]
     grpc_addr: SocketAddr,
@@ -580,6 +585,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {}", args.grpc_addr))?;
         let (resp_addr, grpc_addr) = (resp.local_addr()?, grpc.local_addr()?);
+        let resp_tls = match args.resp_tls_addr {
+            Some(addr) => {
+                let Some(config) = tls.resp_config() else {
+                    anyhow::bail!(
+                        "--resp-tls-addr needs TLS: --tls-cert-file, --tls-key-file and --tls-ca-cert-file"
+                    );
+                };
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening on {addr}"))?;
+                Some((listener, tokio_rustls::TlsAcceptor::from(config)))
+            }
+            None => None,
+        };
+        let resp_tls_addr = resp_tls
+            .as_ref()
+            .map(|(l, _)| l.local_addr())
+            .transpose()?;
         let metrics = match args.metrics_addr {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -637,13 +660,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "ferry is ready"
         );
         // Tools and tests wait for this line to know the node is ready.
-        match metrics_addr {
-            Some(metrics_addr) => {
-                println!("ferry listening resp={resp_addr} grpc={grpc_addr} metrics={metrics_addr}")
-            }
-            None => println!("ferry listening resp={resp_addr} grpc={grpc_addr}"),
+        let mut ready = format!("ferry listening resp={resp_addr} grpc={grpc_addr}");
+        if let Some(addr) = metrics_addr {
+            ready.push_str(&format!(" metrics={addr}"));
         }
-        server::run(node.clone(), resp, shutdown_signal()).await?;
+        if let Some(addr) = resp_tls_addr {
+            ready.push_str(&format!(" resp_tls={addr}"));
+        }
+        println!("{ready}");
+        server::run(node.clone(), resp, resp_tls, shutdown_signal()).await?;
         node.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = failover.await;

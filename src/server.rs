@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ferry_engine::{EngineError, Ticket, View};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::commands::{self, Conn, Handler, Multi, Spec, WriteHandler};
 use crate::node::{
@@ -71,6 +72,7 @@ fn engine_error_reply(err: EngineError) -> Reply {
 pub async fn run(
     node: Arc<Node>,
     listener: TcpListener,
+    tls_listener: Option<(TcpListener, TlsAcceptor)>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -82,27 +84,36 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => {
-                let (socket, addr) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                node.stats.total_connections_received.fetch_add(1, Ordering::Relaxed);
-                if node.stats.connected_clients.load(Ordering::Relaxed) as usize >= node.config.maxclients {
-                    node.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                    let mut socket = socket;
-                    let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                let Some((socket, addr, laddr)) = accepted_socket(accepted) else {
                     continue;
-                }
-                connections.spawn(connection(node.clone(), socket, addr.to_string(), stop_rx.clone()));
+                };
+                let (node, stop) = (node.clone(), stop_rx.clone());
+                connections.spawn(async move {
+                    serve(node, socket, addr, laddr, stop).await;
+                });
+            }
+            accepted = accept_tls(tls_listener.as_ref()) => {
+                let Some((socket, addr, laddr)) = accepted_socket(accepted) else {
+                    continue;
+                };
+                let acceptor = tls_listener.as_ref().map(|(_, a)| a.clone()).expect("a TLS listener");
+                let (node, stop) = (node.clone(), stop_rx.clone());
+                connections.spawn(async move {
+                    // The handshake in the connection's own task: a slow
+                    // or silent client holds up no other.
+                    match tokio::time::timeout(ferry_proto::tls::HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                        Ok(Ok(stream)) => serve(node, stream, addr, laddr, stop).await,
+                        Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
+                    }
+                });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     drop(listener);
+    drop(tls_listener);
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
@@ -120,6 +131,63 @@ pub async fn run(
     let durable = node.wal.sync().await?;
     tracing::info!(durable_lsn = %durable, "WAL synced; bye");
     Ok(())
+}
+
+/// The next connection of the TLS listener, if there is one (never
+/// otherwise).
+async fn accept_tls(
+    tls: Option<&(TcpListener, TlsAcceptor)>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match tls {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An accepted socket, its peer's and its own address, set up for
+/// replies that leave at once; `None` if accepting failed.
+fn accepted_socket(
+    accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
+) -> Option<(TcpStream, String, String)> {
+    match accepted {
+        Ok((socket, addr)) => {
+            let _ = socket.set_nodelay(true);
+            let laddr = socket
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            Some((socket, addr.to_string(), laddr))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            None
+        }
+    }
+}
+
+/// Serves a client connection, unless the node has as many as
+/// `--maxclients`: then it says so and closes.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    node: Arc<Node>,
+    mut socket: S,
+    addr: String,
+    laddr: String,
+    stop: watch::Receiver<bool>,
+) {
+    node.stats
+        .total_connections_received
+        .fetch_add(1, Ordering::Relaxed);
+    if node.stats.connected_clients.load(Ordering::Relaxed) as usize >= node.config.maxclients {
+        node.stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = socket
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        let _ = socket.shutdown().await;
+        return;
+    }
+    connection(node, socket, addr, laddr, stop).await;
 }
 
 /// Samples what INFO's rates and memory peak are made of, every
@@ -247,18 +315,14 @@ async fn wait_replicas(node: &Node, conn: &Conn, wanted: usize, timeout_ms: u64)
     Reply::Int(count as i64)
 }
 
-async fn connection(
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     node: Arc<Node>,
-    mut socket: TcpStream,
+    mut socket: S,
     addr: String,
+    laddr: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = socket.set_nodelay(true);
     let id = node.next_client_id();
-    let laddr = socket
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let mut conn = Conn {
         id,
         resp3: false,

@@ -76,6 +76,18 @@ impl Pki {
     }
 }
 
+/// One CA file holding the certificates of `cas`, for a caller that
+/// trusts them all.
+fn bundle(dir: &Path, cas: &[&Path]) -> PathBuf {
+    let path = dir.join("bundle-ca.pem");
+    let pem: Vec<u8> = cas
+        .iter()
+        .flat_map(|ca| std::fs::read(ca).expect("a CA"))
+        .collect();
+    std::fs::write(&path, pem).expect("write the bundle");
+    path
+}
+
 /// `ferry serve` (and tool) flags for a certificate, its key and a CA.
 fn tls_flags<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> Vec<&'a str> {
     vec![
@@ -211,16 +223,7 @@ async fn tls_guards_and_encrypts_the_grpc_channel() {
         .await
         .expect_err("served without a certificate");
     assert!(refused_by_peer(&err), "{err}");
-    let both_cas = dir.path().join("both-ca.pem");
-    std::fs::write(
-        &both_cas,
-        [
-            std::fs::read(&pki.ca).unwrap(),
-            std::fs::read(&rogue.ca).unwrap(),
-        ]
-        .concat(),
-    )
-    .unwrap();
+    let both_cas = bundle(dir.path(), &[&pki.ca, &rogue.ca]);
     let intruder = TlsFiles {
         cert: Some(rogue_cert.clone()),
         key: Some(rogue_key.clone()),
@@ -446,52 +449,36 @@ async fn client_certificates_can_be_optional_or_not_asked() {
         ca: Some(pki.ca.clone()),
         ..TlsFiles::default()
     };
-    let both_cas = dir.path().join("both-ca.pem");
-    std::fs::write(
-        &both_cas,
-        [
-            std::fs::read(&pki.ca).unwrap(),
-            std::fs::read(&rogue.ca).unwrap(),
-        ]
-        .concat(),
-    )
-    .unwrap();
+    let both_cas = bundle(dir.path(), &[&pki.ca, &rogue.ca]);
     let intruder = TlsFiles {
         cert: Some(rogue_cert),
         key: Some(rogue_key),
         ca: Some(both_cas),
     };
-    let optional = Server::start(
-        &dir.path().join("o"),
-        &[
-            tls_flags(&cert, &key, &pki.ca),
-            vec!["--tls-auth-clients", "optional"],
-        ]
-        .concat(),
-    );
-    let url = https(optional.grpc);
-    status_over(&url, &anonymous)
-        .await
-        .expect("no certificate, optional");
-    let err = status_over(&url, &intruder)
-        .await
-        .expect_err("a certificate of another CA, optional");
-    assert!(refused_by_peer(&err), "{err}");
-    let open = Server::start(
-        &dir.path().join("n"),
-        &[
-            tls_flags(&cert, &key, &pki.ca),
-            vec!["--tls-auth-clients", "no"],
-        ]
-        .concat(),
-    );
-    let url = https(open.grpc);
-    status_over(&url, &anonymous)
-        .await
-        .expect("no certificate, none asked");
-    status_over(&url, &intruder)
-        .await
-        .expect("any certificate, none asked");
+    for (mode, any_certificate) in [("optional", false), ("no", true)] {
+        let node = Server::start(
+            &dir.path().join(mode),
+            &[
+                tls_flags(&cert, &key, &pki.ca),
+                vec!["--tls-auth-clients", mode],
+            ]
+            .concat(),
+        );
+        let url = https(node.grpc);
+        if let Err(e) = status_over(&url, &anonymous).await {
+            panic!("no certificate, {mode}: {e}");
+        }
+        match status_over(&url, &intruder).await {
+            Ok(_) => assert!(any_certificate, "a certificate of another CA, {mode}"),
+            Err(err) => {
+                assert!(
+                    !any_certificate,
+                    "a certificate of another CA, {mode}: {err}"
+                );
+                assert!(refused_by_peer(&err), "{err}");
+            }
+        }
+    }
 }
 
 /// Bad TLS settings stop a node at start, naming the flag and the file.
@@ -637,4 +624,104 @@ async fn a_replica_keeps_following_when_tls_is_turned_on() {
     .await;
     assert_eq!(r.primary_link.expect("a link").primary, https(proxy.addr()));
     assert_eq!(digest(&primary), digest(&replica));
+}
+
+/// `--resp-tls-addr`: the Redis protocol over TLS, for a real client
+/// (redis-rs with rustls, `rediss://`): it reads and writes the keyspace
+/// the plain port serves, presents a certificate the CA signed (one
+/// without is refused), and nothing of what it sends shows on the wire.
+#[test]
+fn redis_clients_connect_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "cluster");
+    let (cert, key) = pki.node("node");
+    let (tool_cert, tool_key) = pki.node("app");
+    let node = Server::start(
+        &dir.path().join("n"),
+        &[
+            tls_flags(&cert, &key, &pki.ca),
+            vec!["--resp-tls-addr", "127.0.0.1:0"],
+        ]
+        .concat(),
+    );
+    let tls_addr = node.resp_tls.expect("resp_tls= in the ready line");
+    let proxy = Proxy::start(tls_addr);
+    let read = |p: &Path| std::fs::read(p).expect("a PEM file");
+    let client = |addr: SocketAddr, with_cert: bool| {
+        redis::Client::build_with_tls(
+            format!("rediss://{addr}/"),
+            redis::TlsCertificates {
+                client_tls: with_cert.then(|| redis::ClientTlsConfig {
+                    client_cert: read(&tool_cert),
+                    client_key: read(&tool_key),
+                }),
+                root_cert: Some(read(&pki.ca)),
+            },
+        )
+        .expect("a TLS client")
+    };
+    let mut c = client(proxy.addr(), true)
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .expect("connect over TLS");
+    let secret = "secret-over-tls";
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg(secret)
+        .query(&mut c)
+        .unwrap();
+    let n: i64 = redis::cmd("INCR").arg("n").query(&mut c).unwrap();
+    assert_eq!(n, 1);
+    let got: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+    assert_eq!(got, secret);
+    // The same keyspace on the plain port.
+    assert_eq!(
+        raw(&mut node.client(), &["GET", "k"]),
+        redis::Value::BulkString(secret.into())
+    );
+    assert!(proxy.captured_bytes() > 0);
+    assert!(!proxy.saw(secret.as_bytes()), "a value in the clear");
+    assert!(!proxy.saw(b"INCR"), "a command in the clear");
+    // The control: through the same kind of proxy to the plain port, the
+    // value shows.
+    let plain_proxy = Proxy::start(node.resp);
+    let mut p = redis::Client::open(format!("redis://{}/", plain_proxy.addr()))
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .unwrap();
+    let got: String = redis::cmd("GET").arg("k").query(&mut p).unwrap();
+    assert_eq!(got, secret);
+    assert!(
+        plain_proxy.saw(secret.as_bytes()),
+        "the plain port shows it"
+    );
+    // Without a certificate: refused, at the handshake or the first call.
+    let refused = client(tls_addr, false)
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    assert!(
+        refused.is_err(),
+        "served without a certificate: {refused:?}"
+    );
+    // Plain RESP to the TLS port gets no reply.
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(tls_addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    assert!(
+        !buf[..n].starts_with(b"+PONG"),
+        "a plaintext PING was answered"
+    );
+    // INFO counts both ports' clients.
+    let clients: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
+    assert!(clients.contains("connected_clients:"), "{clients}");
+
+    // Without the TLS files the flag is refused at start.
+    let err = Server::try_start(&dir.path().join("x"), &["--resp-tls-addr", "127.0.0.1:0"])
+        .err()
+        .expect("started without TLS files");
+    assert!(err.contains("--resp-tls-addr needs TLS"), "{err}");
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 use crate::auth::AuthError;
@@ -72,6 +72,9 @@ struct Loaded {
     identity: Option<Identity>,
     ca: Option<Certificate>,
     client_auth: ClientAuth,
+    /// What a TLS listener of the Redis protocol serves with (built from
+    /// the same files, for a node that has them).
+    resp: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -199,6 +202,47 @@ pub fn causes(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The rustls configuration a TLS listener of the Redis protocol serves
+/// with (tonic builds its own for gRPC from the same files).
+fn resp_config(
+    cert: &PemFile,
+    key: &PemFile,
+    ca: Option<&PemFile>,
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, AuthError> {
+    let settings = |e: &dyn std::fmt::Display| {
+        AuthError::TlsSettings(format!("the certificate, key or CA cannot serve TLS: {e}"))
+    };
+    let chain = cert.certificates()?;
+    let private = PrivateKeyDer::from_pem_slice(&key.bytes)
+        .map_err(|e| key.error(format!("a key that does not parse: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| settings(&e))?;
+    let builder = match ca {
+        Some(ca) if client_auth != ClientAuth::None => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(ca.certificates()?);
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if client_auth == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| settings(&e))?)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| settings(&e))?;
+    Ok(Arc::new(config))
+}
+
 impl Tls {
     /// Reads and checks `files`.
     ///
@@ -228,6 +272,10 @@ impl Tls {
         if let Some(ca) = &ca {
             check_chain(cert.as_ref(), ca)?;
         }
+        let resp = match (&cert, &key) {
+            (Some(cert), Some(key)) => Some(resp_config(cert, key, ca.as_ref(), client_auth)?),
+            _ => None,
+        };
         let identity = cert
             .zip(key)
             .map(|(cert, key)| Identity::from_pem(cert.bytes, key.bytes));
@@ -239,6 +287,7 @@ impl Tls {
             identity,
             ca,
             client_auth,
+            resp,
         })));
         // rustls reads the files now, not at the first connection.
         if let Some(config) = tls.server_config() {
@@ -284,6 +333,13 @@ impl Tls {
         } else {
             format!("{}://{addr}", self.scheme())
         }
+    }
+
+    /// What a TLS listener of the Redis protocol serves with, if the node
+    /// has a certificate: the same certificate, and the same check of
+    /// clients' certificates as the gRPC server's.
+    pub fn resp_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.0.as_ref().and_then(|l| l.resp.clone())
     }
 
     /// What the gRPC server serves with, if it serves TLS.

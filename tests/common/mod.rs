@@ -19,6 +19,8 @@ pub struct Server {
     pub grpc: SocketAddr,
     /// With `--metrics-addr`.
     pub metrics: Option<SocketAddr>,
+    /// With `--resp-tls-addr`.
+    pub resp_tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     stderr_log: PathBuf,
 }
@@ -114,6 +116,7 @@ impl Server {
             resp: addr("resp").expect("resp= in the ready line"),
             grpc: addr("grpc").expect("grpc= in the ready line"),
             metrics: addr("metrics"),
+            resp_tls: addr("resp_tls"),
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             stderr_log,
