@@ -527,6 +527,18 @@ fn connection_and_server_commands_answer_like_redis() {
         raw(c, &["CONFIG", "GET", "appendonly"]),
         V::Array(vec![bulk("appendonly"), bulk("yes")])
     );
+    // The server's CPU seconds as /proc counts them, before and after.
+    let cpu = || -> (f64, f64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
+        let fields: Vec<f64> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse::<f64>().unwrap() / 100.0)
+            .collect();
+        (fields[0], fields[1])
+    };
+    let cpu_before = cpu();
     let V::BulkString(info) = raw(c, &["INFO"]) else {
         panic!()
     };
@@ -565,10 +577,18 @@ fn connection_and_server_commands_answer_like_redis() {
     .map(|s| info.find(s).unwrap_or_else(|| panic!("INFO lacks {s}")))
     .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{info}");
-    // CPU time this process spent, as seconds.
+    // The CPU time the process spent, in seconds.
+    let cpu_after = cpu();
     let user: f64 = section_field(&info, "used_cpu_user");
     let sys: f64 = section_field(&info, "used_cpu_sys");
-    assert!(user + sys > 0.0, "{info}");
+    assert!(
+        (cpu_before.0..=cpu_after.0).contains(&user),
+        "{cpu_before:?} {cpu_after:?} {info}"
+    );
+    assert!(
+        (cpu_before.1..=cpu_after.1).contains(&sys),
+        "{cpu_before:?} {cpu_after:?} {info}"
+    );
     let V::BulkString(repl) = raw(c, &["INFO", "replication"]) else {
         panic!()
     };
