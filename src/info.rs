@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::commands::{self, Args, Conn};
 use crate::node::{ClientInfo, Node};
@@ -536,15 +537,33 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default()
     };
+    // The asking connection is busy now; the others since their last
+    // request.
+    let age = info.connected_at.elapsed();
+    let (idle, multi) = if own {
+        (
+            0,
+            conn.multi.as_ref().map_or(-1, |m| m.commands.len() as i64),
+        )
+    } else {
+        let last = Duration::from_millis(info.activity.last_ms.load(Ordering::Relaxed));
+        (
+            age.saturating_sub(last).as_secs(),
+            info.activity.multi.load(Ordering::Relaxed),
+        )
+    };
+    // Redis's fields, in its order, for those ferry has.
     format!(
-        "id={} addr={} laddr={} name={} age={} db=0 resp={} cmd={} lib-name={} lib-ver={}\n",
+        "id={} addr={} laddr={} name={} age={} idle={idle} flags={} db=0 sub=0 psub=0 ssub=0 \
+         multi={multi} cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
         info.id,
         info.addr,
         info.laddr,
         text(name),
-        info.connected_at.elapsed().as_secs(),
-        if own && conn.resp3 { 3 } else { info.resp },
+        age.as_secs(),
+        if multi >= 0 { "x" } else { "N" },
         info.last_command,
+        if own && conn.resp3 { 3 } else { info.resp },
         text(lib_name),
         text(lib_ver),
     )

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -566,6 +566,27 @@ pub struct ClientInfo {
     pub connected_at: Instant,
     pub resp: u8,
     pub last_command: String,
+    /// What changes with every request, updated without the list's lock.
+    pub activity: Arc<Activity>,
+}
+
+/// The parts of a connection's CLIENT LIST line that change with every
+/// request: atomics its connection sets after each batch it reads.
+#[derive(Debug)]
+pub struct Activity {
+    /// When it last sent a request: ms since it connected.
+    pub last_ms: AtomicU64,
+    /// Commands queued in its transaction; -1 outside MULTI.
+    pub multi: AtomicI64,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            last_ms: AtomicU64::new(0),
+            multi: AtomicI64::new(-1),
+        }
+    }
 }
 
 /// SCAN and HSCAN cursors: a number standing for the last key returned, as

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::commands::{self, Conn, Handler, Multi, Spec, WriteHandler};
 use crate::node::{
-    ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node, STATS_SAMPLE_INTERVAL,
+    Activity, ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node, STATS_SAMPLE_INTERVAL,
 };
 use crate::resp::{ParseLimits, Reply, parse_request};
 
@@ -335,6 +335,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         multi: None,
         watch: node.engine.new_watch(),
     };
+    let activity = Arc::new(Activity::default());
+    let connected_at = Instant::now();
     node.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
     node.clients
         .lock()
@@ -348,9 +350,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 name: None,
                 lib_name: None,
                 lib_ver: None,
-                connected_at: Instant::now(),
+                connected_at,
                 resp: 2,
                 last_command: "NULL".into(),
+                activity: activity.clone(),
             },
         );
     let limits = |conn: &Conn| ParseLimits {
@@ -427,6 +430,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         run_writes(&node, &conn, &mut writes, &mut queue).await;
         drain(&node, &mut queue, &mut out, &mut conn).await;
+        activity
+            .last_ms
+            .store(connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+        activity.multi.store(
+            conn.multi.as_ref().map_or(-1, |m| m.commands.len() as i64),
+            Ordering::Relaxed,
+        );
         // The client list (CLIENT LIST, INFO) is shared by every
         // connection: it is locked only when what it shows changes.
         if let Some(cmd) = last_command

@@ -811,6 +811,27 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
     raw(c, &["HELLO", "3"]);
     raw(c, &["GET", "k"]);
     assert!(line_of(watcher, id).contains("resp=3"));
+    // In a transaction: the x flag and the commands queued; out of it, N
+    // and -1. Idle is counted from its last request.
+    let line = line_of(watcher, id);
+    assert!(
+        line.contains(" idle=0 flags=N ") && line.contains(" multi=-1 "),
+        "{line}"
+    );
+    raw(c, &["MULTI"]);
+    raw(c, &["SET", "k", "x"]);
+    raw(c, &["GET", "k"]);
+    let line = line_of(watcher, id);
+    assert!(
+        line.contains(" flags=x ") && line.contains(" multi=2 "),
+        "{line}"
+    );
+    raw(c, &["EXEC"]);
+    let line = line_of(watcher, id);
+    assert!(
+        line.contains(" flags=N ") && line.contains(" multi=-1 "),
+        "{line}"
+    );
 }
 
 /// One INFO section's text.
