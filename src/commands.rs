@@ -1722,6 +1722,9 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
         }
         i = 2;
     }
+    // The options in order, as Redis 7.0 takes them: AUTH logs in as it
+    // comes (a bad option after it leaves the client logged in), a name is
+    // checked as it comes (a bad one before AUTH leaves it logged out).
     let mut name = None;
     while i < args.len() {
         if eq(&args[i], "auth") && i + 2 < args.len() {
@@ -1731,6 +1734,11 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             conn.authenticated = true;
             i += 3;
         } else if eq(&args[i], "setname") && i + 1 < args.len() {
+            if !is_printable_word(&args[i + 1]) {
+                return Reply::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
             name = Some(args[i + 1].clone());
             i += 2;
         } else {
@@ -1742,11 +1750,6 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     }
     if !conn.authenticated {
         return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
-    }
-    if let Some(name) = &name
-        && !is_printable_word(name)
-    {
-        return Reply::err("Client names cannot contain spaces, newlines or special characters.");
     }
     conn.resp3 = resp3;
     if let Some(name) = name {

@@ -31,7 +31,8 @@ const SECTIONS: &[&str] = &[
     "keyspace",
 ];
 
-/// Clock ticks per second in `/proc`'s CPU times (Linux's `USER_HZ`).
+/// Clock ticks per second in `/proc`'s CPU times: Linux's `USER_HZ`, 100
+/// on every architecture it reports to user space with.
 const PROC_TICKS_PER_SEC: u64 = 100;
 
 /// The percentiles INFO latencystats shows, as Redis's default
@@ -104,10 +105,10 @@ fn total_system_memory() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// CPU seconds from `/proc/<path>/stat`: user, system, and those of
-/// waited-for children (zeros if unknown).
-fn cpu_times(path: &str) -> [f64; 4] {
-    let fields: Vec<u64> = std::fs::read_to_string(format!("/proc/{path}/stat"))
+/// This process's CPU seconds from `/proc/self/stat`: user, system, and
+/// those of waited-for children (zeros if unknown).
+fn cpu_times() -> [f64; 4] {
+    let fields: Vec<u64> = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
             // The fields after the command name, which may hold spaces.
@@ -262,13 +263,13 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         }
         "replication" => replication_text(node, out),
         "cpu" => {
-            let [user, sys, user_children, sys_children] = cpu_times("self");
-            let [user_main, sys_main, ..] = cpu_times(&format!("self/task/{}", std::process::id()));
+            // Not Redis's main-thread figures: ferry's commands run on
+            // several threads, none of them the main one.
+            let [user, sys, user_children, sys_children] = cpu_times();
             let _ = write!(
                 out,
                 "# CPU\r\nused_cpu_sys:{sys:.6}\r\nused_cpu_user:{user:.6}\r\n\
-                 used_cpu_sys_children:{sys_children:.6}\r\nused_cpu_user_children:{user_children:.6}\r\n\
-                 used_cpu_sys_main_thread:{sys_main:.6}\r\nused_cpu_user_main_thread:{user_main:.6}\r\n"
+                 used_cpu_sys_children:{sys_children:.6}\r\nused_cpu_user_children:{user_children:.6}\r\n"
             );
         }
         "modules" => out.push_str("# Modules\r\n"),

@@ -113,7 +113,11 @@ fn parse_multibulk(
         }
         return Ok(None);
     };
-    let count = parse_i64(head).ok_or_else(|| err("invalid multibulk length"))?;
+    // Redis's order: a length no request may have, then one a client yet
+    // to authenticate may not, then ferry's own limit.
+    let count = parse_i64(head)
+        .filter(|&n| n <= i64::from(i32::MAX))
+        .ok_or_else(|| err("invalid multibulk length"))?;
     if limits.unauthenticated && count > UNAUTHENTICATED_MULTIBULK_LEN_MAX {
         return Err(err("unauthenticated multibulk length"));
     }
@@ -142,12 +146,11 @@ fn parse_multibulk(
             }
             return Ok(None);
         };
-        let len = parse_i64(head).ok_or_else(|| err("invalid bulk length"))?;
+        let len = parse_i64(head)
+            .filter(|&n| n >= 0 && n as u64 <= limits.bulk_bytes_max as u64)
+            .ok_or_else(|| err("invalid bulk length"))?;
         if limits.unauthenticated && len > UNAUTHENTICATED_BULK_BYTES_MAX {
             return Err(err("unauthenticated bulk length"));
-        }
-        if len < 0 || len as u64 > limits.bulk_bytes_max as u64 {
-            return Err(err("invalid bulk length"));
         }
         let len = len as usize;
         if buf.len() < next + len + 2 {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -77,6 +77,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    // TLS handshakes under way: they count against --maxclients.
+    let handshakes = Arc::new(AtomicUsize::new(0));
     let sweeper = tokio::spawn(expire_sweeper(node.clone(), stop_rx.clone()));
     let sampler = tokio::spawn(stats_sampler(node.clone(), stop_rx.clone()));
     tokio::pin!(shutdown);
@@ -84,25 +86,38 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => {
-                let Some((socket, addr, laddr)) = accepted_socket(accepted) else {
+                let Some((mut socket, addr, laddr)) = accepted_socket(accepted) else {
                     continue;
                 };
-                let (node, stop) = (node.clone(), stop_rx.clone());
-                connections.spawn(async move {
-                    serve(node, socket, addr, laddr, stop).await;
-                });
+                if !admit(&node, &handshakes) {
+                    connections.spawn(async move {
+                        let _ = socket.write_all(MAXCLIENTS_REPLY).await;
+                    });
+                    continue;
+                }
+                connections.spawn(connection(node.clone(), socket, addr, laddr, stop_rx.clone()));
             }
             accepted = accept_tls(tls_listener.as_ref()) => {
                 let Some((socket, addr, laddr)) = accepted_socket(accepted) else {
                     continue;
                 };
+                // Over the limit, closed before a handshake costs anything.
+                if !admit(&node, &handshakes) {
+                    continue;
+                }
+                let handshake = Handshake::begin(&handshakes);
                 let acceptor = tls_listener.as_ref().map(|(_, a)| a.clone()).expect("a TLS listener");
-                let (node, stop) = (node.clone(), stop_rx.clone());
+                let (node, mut stop) = (node.clone(), stop_rx.clone());
                 connections.spawn(async move {
                     // The handshake in the connection's own task: a slow
-                    // or silent client holds up no other.
-                    match tokio::time::timeout(ferry_proto::tls::HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => serve(node, stream, addr, laddr, stop).await,
+                    // or silent client holds up no other, nor a shutdown.
+                    let accepted = tokio::select! {
+                        r = tokio::time::timeout(ferry_proto::tls::HANDSHAKE_TIMEOUT, acceptor.accept(socket)) => r,
+                        _ = stop.changed() => return,
+                    };
+                    drop(handshake);
+                    match accepted {
+                        Ok(Ok(stream)) => connection(node, stream, addr, laddr, stop).await,
                         Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake refused"),
                         Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
                     }
@@ -165,29 +180,44 @@ fn accepted_socket(
     }
 }
 
-/// Serves a client connection, unless the node has as many as
-/// `--maxclients`: then it says so and closes.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    node: Arc<Node>,
-    mut socket: S,
-    addr: String,
-    laddr: String,
-    stop: watch::Receiver<bool>,
-) {
+/// How long a closing connection may take to send what it still holds.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a client over `--maxclients` is told before it is closed.
+const MAXCLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// Counts a new connection, and whether it fits under `--maxclients` with
+/// the clients connected and the TLS handshakes under way (a refusal is
+/// counted too).
+fn admit(node: &Node, handshakes: &AtomicUsize) -> bool {
     node.stats
         .total_connections_received
         .fetch_add(1, Ordering::Relaxed);
-    if node.stats.connected_clients.load(Ordering::Relaxed) as usize >= node.config.maxclients {
+    let busy = node.stats.connected_clients.load(Ordering::Relaxed) as usize
+        + handshakes.load(Ordering::Relaxed);
+    if busy >= node.config.maxclients {
         node.stats
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);
-        let _ = socket
-            .write_all(b"-ERR max number of clients reached\r\n")
-            .await;
-        let _ = socket.shutdown().await;
-        return;
+        return false;
     }
-    connection(node, socket, addr, laddr, stop).await;
+    true
+}
+
+/// A TLS handshake under way, counted until it ends (dropped).
+struct Handshake(Arc<AtomicUsize>);
+
+impl Handshake {
+    fn begin(handshakes: &Arc<AtomicUsize>) -> Handshake {
+        handshakes.fetch_add(1, Ordering::Relaxed);
+        Handshake(handshakes.clone())
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Samples what INFO's rates and memory peak are made of, every
@@ -409,6 +439,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     drain(&node, &mut queue, &mut out, &mut conn).await;
                     send(&node, &Reply::err(&e), &mut out, conn.resp3);
                     let _ = socket.write_all(&out).await;
+                    let _ = socket.flush().await;
                     break 'serve;
                 }
             };
@@ -461,7 +492,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             node.stats
                 .total_net_output_bytes
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            if socket.write_all(&out).await.is_err() {
+            // A TLS stream keeps what it encrypted until flushed.
+            if socket.write_all(&out).await.is_err() || socket.flush().await.is_err() {
                 break;
             }
             out.clear();
@@ -475,6 +507,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
     node.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
+    // Over TLS, the close_notify and anything still buffered; a client
+    // that no longer reads gets no more time than this.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
 }
 
 /// A write a connection has read and not yet run: consecutive ones run

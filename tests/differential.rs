@@ -947,11 +947,16 @@ fn random_commands_get_the_replies_redis_gives() {
 /// The raw replies to `request` (RESP bytes) from the server at `addr`:
 /// up to a `PING`'s `+PONG` sent after it, or to the connection's end.
 fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {
+    raw_replies(addr, &[request, b"*1\r\n$4\r\nPING\r\n"].concat())
+}
+
+/// The raw replies to `request`, read until a `+PONG` ends them or the
+/// server closes the connection.
+fn raw_replies(addr: &str, request: &[u8]) -> Vec<u8> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(request).unwrap();
-    let _ = s.write_all(b"*1\r\n$4\r\nPING\r\n");
     let mut got = Vec::new();
     let mut buf = [0u8; 65536];
     while !got.ends_with(b"+PONG\r\n") {
@@ -1105,16 +1110,48 @@ fn fixed_cases_get_the_bytes_redis_gives() {
     let redis = Redis::start_with(&["--requirepass", "pw"]);
     let (f, r) = (ferry.resp.to_string(), format!("127.0.0.1:{}", redis.port));
     let args: Vec<&[u8]> = vec![b"x"; 11];
+    let auth = resp(&[b"AUTH", b"pw"]);
+    let ping = resp(&[b"PING"]);
     for (what, request) in [
+        // Refused, and closed: nothing follows them.
         ("too many arguments", resp(&args)),
         ("too long an argument", b"*1\r\n$16385\r\n".to_vec()),
-        ("within the limits", resp(&[b"GET", &[b'k'; 16384]])),
-    ] {
-        // Then AUTH, so a connection still open answers the PING.
-        let request = [request, resp(&[b"AUTH", b"pw"])].concat();
+        ("a length no request may have", b"*1\r\n$-5\r\n".to_vec()),
+        // Then AUTH, so the connection, still open, answers the PING.
+        (
+            "within the limits",
+            [resp(&[b"GET", &[b'k'; 16384]]), auth.clone(), ping.clone()].concat(),
+        ),
+    ]
+    .into_iter()
+    .chain(
+        // HELLO's options take effect in order: AUTH as it comes, a name
+        // checked as it comes, before NOAUTH.
+        [
+            &[&b"AUTH"[..], b"default", b"pw", b"SETNAME", b"a b"][..],
+            &[b"SETNAME", b"a b", b"AUTH", b"default", b"pw"],
+            &[b"AUTH", b"default", b"pw", b"BOGUS"],
+            &[b"AUTH", b"default", b"wrong", b"SETNAME", b"a b"],
+            &[b"SETNAME", b"a b"],
+        ]
+        .into_iter()
+        .map(|options| {
+            let hello = [&[&b"HELLO"[..], b"3"][..], options].concat();
+            (
+                "HELLO's options in order",
+                [
+                    resp(&hello),
+                    resp(&[b"GET", b"k"]),
+                    auth.clone(),
+                    ping.clone(),
+                ]
+                .concat(),
+            )
+        }),
+    ) {
         assert_eq!(
-            String::from_utf8_lossy(&raw_exchange(&f, &request)),
-            String::from_utf8_lossy(&raw_exchange(&r, &request)),
+            String::from_utf8_lossy(&raw_replies(&f, &request)),
+            String::from_utf8_lossy(&raw_replies(&r, &request)),
             "{what}"
         );
     }

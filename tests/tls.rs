@@ -715,13 +715,124 @@ fn redis_clients_connect_over_tls() {
         !buf[..n].starts_with(b"+PONG"),
         "a plaintext PING was answered"
     );
-    // INFO counts both ports' clients.
+    // INFO counts both ports' clients: this one, the plain one, and the
+    // test's own below.
     let clients: String = redis::cmd("INFO").arg("clients").query(&mut c).unwrap();
-    assert!(clients.contains("connected_clients:"), "{clients}");
+    let connected: u64 = clients
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .expect("connected_clients")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(connected >= 2, "{clients}");
+    // Large replies and a pipeline leave whole: TLS keeps what it has
+    // encrypted until the connection flushes it.
+    let large: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8).collect();
+    let () = redis::cmd("SET")
+        .arg("large")
+        .arg(&large)
+        .query(&mut c)
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut pipe = redis::pipe();
+    for _ in 0..3 {
+        pipe.cmd("GET").arg("large");
+    }
+    let got: Vec<Vec<u8>> = pipe.query(&mut c).expect("three large replies over TLS");
+    assert!(got.iter().all(|v| *v == large));
 
     // Without the TLS files the flag is refused at start.
     let err = Server::try_start(&dir.path().join("x"), &["--resp-tls-addr", "127.0.0.1:0"])
         .err()
         .expect("started without TLS files");
     assert!(err.contains("--resp-tls-addr needs TLS"), "{err}");
+}
+
+/// A client that reads large replies slowly over TLS gets all of them:
+/// the server's socket stays full, so TLS holds encrypted bytes back when
+/// the write returns, and only a flush sends them.
+#[tokio::test]
+async fn a_slow_reader_over_tls_gets_the_whole_reply() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "cluster");
+    let (cert, key) = pki.node("node");
+    let (app_cert, app_key) = pki.node("app");
+    let node = Server::start(
+        &dir.path().join("n"),
+        &[
+            tls_flags(&cert, &key, &pki.ca),
+            vec!["--resp-tls-addr", "127.0.0.1:0"],
+        ]
+        .concat(),
+    );
+    let large: String = (0..(8 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    assert_eq!(
+        raw(&mut node.client(), &["SET", "large", &large]),
+        redis::Value::Okay
+    );
+    let certs = |p: &Path| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(p)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs(&pki.ca));
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        certs(&app_cert),
+        PrivateKeyDer::from_pem_file(&app_key).unwrap(),
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(node.resp_tls.expect("resp_tls"))
+        .await
+        .unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("a TLS connection");
+    // Without the flush, a reply's tail stays behind in about half of the
+    // requests: three in a row.
+    let header = format!("${}\r\n", large.len());
+    let whole = header.len() + large.len() + 2;
+    let mut buf = vec![0u8; 4096];
+    for request in 0..3 {
+        tls.write_all(b"*2\r\n$3\r\nGET\r\n$5\r\nlarge\r\n")
+            .await
+            .unwrap();
+        tls.flush().await.unwrap();
+        let mut got = Vec::with_capacity(whole);
+        while got.len() < whole {
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "request {request}: stuck after {} of {whole} bytes",
+                        got.len()
+                    )
+                })
+                .expect("read");
+            assert!(n > 0, "closed after {} of {whole} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            // A slow reader: the server's socket stays full as it writes.
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        assert_eq!(got.len(), whole, "request {request}");
+        assert!(got.starts_with(header.as_bytes()));
+        assert_eq!(&got[header.len()..whole - 2], large.as_bytes());
+    }
 }

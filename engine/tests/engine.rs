@@ -1226,9 +1226,10 @@ fn reads_of_several_keys_see_each_record_whole() {
 }
 
 /// The sweep for expired keys, ten times a second on a primary, reads only
-/// the expiry index: with no key to expire it reads no block at all, and
-/// with some it stops at the index's end instead of reading on into the
-/// block of a large string (which RocksDB would decompress on every sweep).
+/// the expiry index: the prefix filters keep it off the files without an
+/// expiry entry (with no key to expire it reads no block at all), and it
+/// stops at the index's end instead of reading on into the block of a
+/// large string (which RocksDB would decompress on every sweep).
 #[test]
 fn the_expiry_sweep_reads_only_the_expiry_index() {
     use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel, set_perf_stats};
