@@ -626,6 +626,23 @@ async fn a_replica_keeps_following_when_tls_is_turned_on() {
     assert_eq!(digest(&primary), digest(&replica));
 }
 
+/// A node with the TLS files and `--resp-tls-addr`, its CA, and a client
+/// certificate and key the CA signed.
+fn resp_over_tls(dir: &Path) -> (Pki, Server, (PathBuf, PathBuf)) {
+    let pki = Pki::new(dir, "cluster");
+    let (cert, key) = pki.node("node");
+    let app = pki.node("app");
+    let node = Server::start(
+        &dir.join("n"),
+        &[
+            tls_flags(&cert, &key, &pki.ca),
+            vec!["--resp-tls-addr", "127.0.0.1:0"],
+        ]
+        .concat(),
+    );
+    (pki, node, app)
+}
+
 /// `--resp-tls-addr`: the Redis protocol over TLS, for a real client
 /// (redis-rs with rustls, `rediss://`): it reads and writes the keyspace
 /// the plain port serves, presents a certificate the CA signed (one
@@ -633,17 +650,7 @@ async fn a_replica_keeps_following_when_tls_is_turned_on() {
 #[test]
 fn redis_clients_connect_over_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new(dir.path(), "cluster");
-    let (cert, key) = pki.node("node");
-    let (tool_cert, tool_key) = pki.node("app");
-    let node = Server::start(
-        &dir.path().join("n"),
-        &[
-            tls_flags(&cert, &key, &pki.ca),
-            vec!["--resp-tls-addr", "127.0.0.1:0"],
-        ]
-        .concat(),
-    );
+    let (pki, node, (tool_cert, tool_key)) = resp_over_tls(dir.path());
     let tls_addr = node.resp_tls.expect("resp_tls= in the ready line");
     let proxy = Proxy::start(tls_addr);
     let read = |p: &Path| std::fs::read(p).expect("a PEM file");
@@ -759,17 +766,7 @@ async fn a_slow_reader_over_tls_gets_the_whole_reply() {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::new(dir.path(), "cluster");
-    let (cert, key) = pki.node("node");
-    let (app_cert, app_key) = pki.node("app");
-    let node = Server::start(
-        &dir.path().join("n"),
-        &[
-            tls_flags(&cert, &key, &pki.ca),
-            vec!["--resp-tls-addr", "127.0.0.1:0"],
-        ]
-        .concat(),
-    );
+    let (pki, node, (app_cert, app_key)) = resp_over_tls(dir.path());
     let large: String = (0..(8 << 20))
         .map(|i| (b'a' + (i % 26) as u8) as char)
         .collect();
