@@ -8,6 +8,10 @@
 # CPU time each server spent per request (from /proc/PID/stat around each
 # run), steadier than rates on a machine whose speed drifts.
 #
+# A policy ending in -tls (POLICIES="everysec-tls") runs the same over TLS:
+# ferry's --resp-tls-addr against Redis's tls-port, client certificates
+# required on both, from a CA this script makes with openssl.
+#
 # usage: bench/resp.sh            (RUNS=3 POLICIES="always everysec" KEYS=1000000 to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,16 +30,54 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 600); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; return 1; }
+
+# TLS: a CA and a certificate for loopback, good for serving and calling.
+pki="$work/pki"
+tls=()
+make_pki() {
+    [ -f "$pki/node.pem" ] && return 0
+    mkdir -p "$pki"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=bench CA" -keyout "$pki/ca.key" -out "$pki/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench" \
+        -keyout "$pki/node.key" -out "$pki/node.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$pki/ext.cnf"
+    openssl x509 -req -in "$pki/node.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
+        -days 2 -extfile "$pki/ext.cnf" -out "$pki/node.pem" 2>/dev/null
+    chmod 600 "$pki/node.key"
+}
+# Sets tls (the client flags) for a policy, and prints its durability.
+tls_for() {
+    case "$1" in
+        *-tls) make_pki; tls=(--tls --cacert "$pki/ca.pem" --cert "$pki/node.pem" --key "$pki/node.key"); echo "${1%-tls}" ;;
+        *) tls=(); echo "$1" ;;
+    esac
+}
+wait_port() { for _ in $(seq 1 600); do redis-cli "${tls[@]}" -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "server on $1 did not start" >&2; return 1; }
 
 start_ferry() { # policy dir -> sets port, pid
+    local fsync; fsync=$(tls_for "$1"); tls_for "$1" >/dev/null
     port=$(free_port)
-    "$ferry_bin" serve --data-dir "$2" --resp-addr "127.0.0.1:$port" --grpc-addr 127.0.0.1:0 --fsync "$1" >"$2.out" 2>"$2.err" &
+    local extra=()
+    if [ ${#tls[@]} -gt 0 ]; then
+        local plain; plain=$(free_port)
+        extra=(--resp-addr "127.0.0.1:$plain" --resp-tls-addr "127.0.0.1:$port"
+            --tls-cert-file "$pki/node.pem" --tls-key-file "$pki/node.key" --tls-ca-cert-file "$pki/ca.pem")
+    else
+        extra=(--resp-addr "127.0.0.1:$port")
+    fi
+    "$ferry_bin" serve --data-dir "$2" "${extra[@]}" --grpc-addr 127.0.0.1:0 --fsync "$fsync" >"$2.out" 2>"$2.err" &
     pid=$!; pids+=("$pid"); wait_port "$port"
 }
 start_redis() { # policy dir
+    local fsync; fsync=$(tls_for "$1"); tls_for "$1" >/dev/null
     port=$(free_port); mkdir -p "$2"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$2" --save "" --appendonly yes --appendfsync "$1" \
+    local listen=(--port "$port")
+    if [ ${#tls[@]} -gt 0 ]; then
+        listen=(--port 0 --tls-port "$port" --tls-cert-file "$pki/node.pem" --tls-key-file "$pki/node.key"
+            --tls-ca-cert-file "$pki/ca.pem" --tls-auth-clients yes)
+    fi
+    redis-server "${listen[@]}" --bind 127.0.0.1 --dir "$2" --save "" --appendonly yes --appendfsync "$fsync" \
         --daemonize no --logfile "$2/redis.log" &
     pid=$!; pids+=("$pid"); wait_port "$port"
 }
@@ -50,7 +92,7 @@ bench_one() { # server policy port pid
         for t in set get; do
             local before after
             before=$(cpu_ticks "$4")
-            redis-benchmark -p "$3" -t "$t" -n "$REQUESTS" -c 50 -d 100 -r 100000 -P "$p" --csv -q 2>/dev/null >"$work/one.csv"
+            redis-benchmark "${tls[@]}" -p "$3" -t "$t" -n "$REQUESTS" -c 50 -d 100 -r 100000 -P "$p" --csv -q 2>/dev/null >"$work/one.csv"
             after=$(cpu_ticks "$4")
             python3 -c '
 import csv, os, sys
@@ -87,6 +129,7 @@ for i in range(n):
     out.write(b'*3\r\n\$3\r\nSET\r\n\$%d\r\n%s\r\n\$100\r\n%s\r\n' % (len(k), k, v))
 " "$KEYS" >"$work/load.resp"
 rss_of() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
+tls=()
 for server in ferry redis; do
     dir="$work/$server-rss"
     if [ "$server" = ferry ]; then start_ferry everysec "$dir"; else start_redis everysec "$dir"; fi
