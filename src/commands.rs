@@ -1710,6 +1710,18 @@ fn auth(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     }
 }
 
+/// A client name as CLIENT SETNAME and HELLO SETNAME take it, or Redis's
+/// error.
+fn check_client_name(name: &[u8]) -> Result<(), Reply> {
+    if is_printable_word(name) {
+        Ok(())
+    } else {
+        Err(Reply::err(
+            "Client names cannot contain spaces, newlines or special characters.",
+        ))
+    }
+}
+
 fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     let mut i = 1;
     let mut resp3 = conn.resp3;
@@ -1734,10 +1746,8 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             conn.authenticated = true;
             i += 3;
         } else if eq(&args[i], "setname") && i + 1 < args.len() {
-            if !is_printable_word(&args[i + 1]) {
-                return Reply::err(
-                    "Client names cannot contain spaces, newlines or special characters.",
-                );
+            if let Err(reply) = check_client_name(&args[i + 1]) {
+                return reply;
             }
             name = Some(args[i + 1].clone());
             i += 2;
@@ -1776,10 +1786,8 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
     match (sub.as_str(), args.len()) {
         ("setname", 3) => {
-            if !is_printable_word(&args[2]) {
-                return Reply::err(
-                    "Client names cannot contain spaces, newlines or special characters.",
-                );
+            if let Err(reply) = check_client_name(&args[2]) {
+                return reply;
             }
             conn.name = (!args[2].is_empty()).then(|| args[2].clone());
             Reply::ok()

@@ -43,14 +43,6 @@ pub struct Switchover {
     pub first: Lsn,
 }
 
-/// Whether a call's error says its TLS handshake failed.
-fn is_tls_failure(error: &str) -> bool {
-    let error = error.to_ascii_lowercase();
-    ["certificate", "tls", "alert", "handshake"]
-        .iter()
-        .any(|word| error.contains(word))
-}
-
 /// A gRPC URL for `listen` (host:port as a node said it listens), with the
 /// host taken from `peer` (the address its stream came from) when it
 /// listens on every interface.
@@ -1467,7 +1459,10 @@ impl Node {
                 }
                 // Nor is one whose TLS handshake fails (a certificate
                 // refused either way, a name it does not hold).
-                Ok(Err(e)) if is_tls_failure(&format!("{e:#}")) => {
+                Ok(Err(e))
+                    if self.config.tls.calls_over_tls()
+                        && ferry_proto::tls::handshake_failed(&format!("{e:#}")) =>
+                {
                     tracing::warn!(peer = %id, %url, error = %format!("{e:#}"), "TLS with a peer failed");
                     continue;
                 }

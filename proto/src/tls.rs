@@ -202,6 +202,23 @@ pub fn causes(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether a call's error text says its TLS handshake failed: a
+/// certificate refused either way, an alert, or (TLS 1.3, where the server
+/// checks the caller's certificate after the handshake seemed done) the
+/// connection closing at the first call.
+pub fn handshake_failed(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "certificate",
+        "alert",
+        "handshake",
+        "connection closed",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|sign| error.contains(sign))
+}
+
 /// The rustls configuration a TLS listener of the Redis protocol serves
 /// with (tonic builds its own for gRPC from the same files).
 fn resp_config(

@@ -919,9 +919,7 @@ impl Context {
             .stream(ReceiverStream::new(out_rx))
             .await
             .map_err(|s| {
-                let closed = ["connection closed", "broken pipe", "fatal alert"]
-                    .iter()
-                    .any(|sign| s.to_string().contains(sign));
+                let closed = ferry_proto::tls::handshake_failed(&s.to_string());
                 match link_status(s) {
                     // With TLS 1.3 the primary checks this node's
                     // certificate after the handshake seemed done: a
