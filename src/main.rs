@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -587,15 +588,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (resp_addr, grpc_addr) = (resp.local_addr()?, grpc.local_addr()?);
         let resp_tls = match args.resp_tls_addr {
             Some(addr) => {
-                let Some(config) = tls.resp_config() else {
+                if tls.resp_config().is_none() {
                     anyhow::bail!(
                         "--resp-tls-addr needs TLS: --tls-cert-file, --tls-key-file and --tls-ca-cert-file"
                     );
-                };
+                }
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("listening on {addr}"))?;
-                Some((listener, tokio_rustls::TlsAcceptor::from(config)))
+                Some((listener, tls.clone()))
             }
             None => None,
         };
@@ -650,6 +651,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let metrics_task = metrics
             .map(|listener| tokio::spawn(metrics::serve(node.clone(), listener, stop_rx.clone())));
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("watching SIGHUP")?;
+        let reloads = tokio::spawn(reload_on_sighup(node.clone(), hangups, stop_rx.clone()));
         let retention = tokio::spawn(node.clone().keep_wal(stop_rx));
         tracing::info!(
             %resp_addr,
@@ -672,6 +676,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         node.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = failover.await;
+        let _ = reloads.await;
         let _ = retention.await;
         if let Some(task) = metrics_task {
             let _ = task.await;
@@ -689,6 +694,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// On each SIGHUP, reads the TLS files again (as PostgreSQL does its SSL
+/// files): a rotated certificate, key or CA is used from the next
+/// connection on, and files that fail the checks of the start leave the
+/// old ones in use. Without TLS, SIGHUP changes nothing (and, as for
+/// Redis, does not stop the node).
+async fn reload_on_sighup(
+    node: Arc<Node>,
+    mut hangups: tokio::signal::unix::Signal,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {}
+            _ = stop.wait_for(|&s| s) => return,
+        }
+        match node.config.tls.reload() {
+            Ok(true) => {
+                node.stats.tls_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("SIGHUP: TLS files reloaded; new connections use them");
+            }
+            Ok(false) => tracing::info!("SIGHUP: no TLS files to reload"),
+            Err(e) => {
+                node.stats
+                    .tls_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; the ones read before stay in use");
+            }
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

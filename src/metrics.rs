@@ -366,6 +366,21 @@ fn render(node: &Node) -> String {
             &stats.rejected_connections,
         ),
         (
+            "ferry_tls_handshake_failures_total",
+            "TLS handshakes refused or timed out, on the gRPC and RESP listeners.",
+            &stats.tls_handshake_failures,
+        ),
+        (
+            "ferry_tls_reloads_total",
+            "Reloads of the TLS files (SIGHUP) that took.",
+            &stats.tls_reloads,
+        ),
+        (
+            "ferry_tls_reload_failures_total",
+            "Reloads of the TLS files (SIGHUP) refused: the files read before stay in use.",
+            &stats.tls_reload_failures,
+        ),
+        (
             "ferry_commands_processed_total",
             "Commands run.",
             &stats.total_commands_processed,

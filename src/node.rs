@@ -368,6 +368,12 @@ pub struct Stats {
     pub total_error_replies: AtomicU64,
     /// The largest resident set size sampled.
     pub used_memory_peak: AtomicU64,
+    /// SIGHUP reloads of the TLS files that took, and that were refused.
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
+    /// TLS handshakes that failed or timed out, on the gRPC and the RESP
+    /// listeners.
+    pub tls_handshake_failures: AtomicU64,
     rates: Mutex<VecDeque<RateSample>>,
     /// By [`crate::commands::stat_names`].
     pub commands: Box<[CommandCounters]>,
@@ -389,6 +395,9 @@ impl Default for Stats {
             keyspace_misses: AtomicU64::default(),
             total_error_replies: AtomicU64::default(),
             used_memory_peak: AtomicU64::default(),
+            tls_reloads: AtomicU64::default(),
+            tls_reload_failures: AtomicU64::default(),
+            tls_handshake_failures: AtomicU64::default(),
             rates: Mutex::default(),
             commands: crate::commands::stat_names()
                 .iter()

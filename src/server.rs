@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ferry_engine::{EngineError, Ticket, View};
+use ferry_proto::tls::Tls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -72,7 +73,7 @@ fn engine_error_reply(err: EngineError) -> Reply {
 pub async fn run(
     node: Arc<Node>,
     listener: TcpListener,
-    tls_listener: Option<(TcpListener, TlsAcceptor)>,
+    tls_listener: Option<(TcpListener, Tls)>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -106,20 +107,21 @@ pub async fn run(
                     continue;
                 }
                 let handshake = Handshake::begin(&handshakes);
-                let acceptor = tls_listener.as_ref().map(|(_, a)| a.clone()).expect("a TLS listener");
+                // The certificate as of now: a reload reaches new clients.
+                let Some(config) = tls_listener.as_ref().and_then(|(_, tls)| tls.resp_config()) else {
+                    continue;
+                };
                 let (node, mut stop) = (node.clone(), stop_rx.clone());
                 connections.spawn(async move {
                     // The handshake in the connection's own task: a slow
                     // or silent client holds up no other, nor a shutdown.
                     let accepted = tokio::select! {
-                        r = tokio::time::timeout(ferry_proto::tls::HANDSHAKE_TIMEOUT, acceptor.accept(socket)) => r,
+                        s = tls_handshake(&node, config, socket, &addr) => s,
                         _ = stop.changed() => return,
                     };
                     drop(handshake);
-                    match accepted {
-                        Ok(Ok(stream)) => connection(node, stream, addr, laddr, stop).await,
-                        Ok(Err(e)) => tracing::debug!(client = %addr, error = %e, "TLS handshake refused"),
-                        Err(_) => tracing::debug!(client = %addr, "TLS handshake timed out"),
+                    if let Some(stream) = accepted {
+                        connection(node, stream, addr, laddr, stop).await;
                     }
                 });
             }
@@ -148,10 +150,37 @@ pub async fn run(
     Ok(())
 }
 
+/// The TLS handshake of the client at `addr`, with `config` (the node's
+/// certificate as it is when the client came), within
+/// [`ferry_proto::tls::HANDSHAKE_TIMEOUT`]; a refused or timed-out one is
+/// counted and logged.
+pub async fn tls_handshake(
+    node: &Node,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    socket: TcpStream,
+    addr: &str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accepted = tokio::time::timeout(
+        ferry_proto::tls::HANDSHAKE_TIMEOUT,
+        TlsAcceptor::from(config).accept(socket),
+    )
+    .await;
+    let error = match accepted {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    node.stats
+        .tls_handshake_failures
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(client = %addr, %error, "TLS handshake failed");
+    None
+}
+
 /// The next connection of the TLS listener, if there is one (never
 /// otherwise).
 async fn accept_tls(
-    tls: Option<&(TcpListener, TlsAcceptor)>,
+    tls: Option<&(TcpListener, Tls)>,
 ) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
     match tls {
         Some((listener, _)) => listener.accept().await,

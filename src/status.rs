@@ -13,8 +13,9 @@ use ferry_proto::v1::{
     PromoteResponse, ReplicaOfRequest, ReplicaOfResponse, ReplicaRow, RetentionSlot, SnapshotSync,
     SwitchoverRequest, SwitchoverResponse, WalPosition,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::node::Node;
@@ -255,6 +256,63 @@ impl Admin for AdminService {
 /// How often HTTP/2 pings check that a gRPC peer is still there.
 const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// TLS handshakes the gRPC listener runs at once; more connections wait
+/// in the listen backlog.
+pub const GRPC_HANDSHAKES_MAX: usize = 256;
+
+/// The connections of `listener` once their TLS handshakes are done, each
+/// with the node's certificate as it is when the connection comes (so a
+/// reload reaches every new one). Handshakes run side by side, so a slow
+/// or silent caller holds up no other; the stream ends when the server
+/// drops it.
+fn tls_incoming(
+    node: Arc<Node>,
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let (done, incoming) = tokio::sync::mpsc::channel(GRPC_HANDSHAKES_MAX);
+    tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(GRPC_HANDSHAKES_MAX));
+        loop {
+            let accepted = tokio::select! {
+                () = done.closed() => return,
+                accepted = async {
+                    let slot = slots.clone().acquire_owned().await;
+                    (slot, listener.accept().await)
+                } => accepted,
+            };
+            let (Ok(slot), accepted) = accepted else {
+                return;
+            };
+            let (socket, addr) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let Some(config) = node.config.tls.grpc_config() else {
+                return;
+            };
+            let (node, done) = (node.clone(), done.clone());
+            tokio::spawn(async move {
+                let stream =
+                    crate::server::tls_handshake(&node, config, socket, &addr.to_string()).await;
+                drop(slot);
+                if let Some(stream) = stream {
+                    let _ = done.send(Ok(stream)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
+/// How long the gRPC listener waits after a failed accept (out of file
+/// descriptors, say) before the next.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Serves every gRPC service on `listener` until `stop` turns true.
 ///
 /// # Errors
@@ -283,12 +341,7 @@ pub async fn serve(
     ) -> tonic::service::interceptor::InterceptedService<S, ferry_proto::auth::Check> {
         tonic::service::interceptor::InterceptedService::new(service, check.clone())
     }
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = node.config.tls.server_config() {
-        server = server.tls_config(tls)?;
-    }
-    server
-        .tcp_nodelay(true)
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .add_service(health_service)
         .add_service(reflection)
@@ -300,10 +353,23 @@ pub async fn serve(
             AdminServer::new(AdminService { node: node.clone() }),
             &check,
         ))
-        .add_service(guarded(node.shipper.service(), &check))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop.wait_for(|&s| s).await;
-        })
-        .await?;
+        .add_service(guarded(node.shipper.service(), &check));
+    let stopped = async move {
+        let _ = stop.wait_for(|&s| s).await;
+    };
+    if node.config.tls.serves() {
+        router
+            .serve_with_incoming_shutdown(tls_incoming(node.clone(), listener), stopped)
+            .await?;
+    } else {
+        let incoming = TcpListenerStream::new(listener).map(|socket| {
+            let socket = socket?;
+            socket.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(socket)
+        });
+        router
+            .serve_with_incoming_shutdown(incoming, stopped)
+            .await?;
+    }
     Ok(())
 }

@@ -48,6 +48,17 @@ impl Pki {
         self.node_named(name, true)
     }
 
+    /// The files of a caller with a certificate of this CA, trusting it
+    /// alone.
+    fn caller(&self, name: &str) -> TlsFiles {
+        let (cert, key) = self.node(name);
+        TlsFiles {
+            cert: Some(cert),
+            key: Some(key),
+            ca: Some(self.ca.clone()),
+        }
+    }
+
     /// As [`Pki::node`], with 127.0.0.1 among its names or not.
     fn node_named(&self, name: &str, with_ip: bool) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().expect("a key");
@@ -643,6 +654,23 @@ fn resp_over_tls(dir: &Path) -> (Pki, Server, (PathBuf, PathBuf)) {
     (pki, node, app)
 }
 
+/// A Redis client over TLS (`rediss://`) to `addr`, trusting `ca`, with a
+/// certificate and key or none.
+fn rediss(addr: SocketAddr, ca: &Path, identity: Option<(&Path, &Path)>) -> redis::Client {
+    let read = |p: &Path| std::fs::read(p).expect("a PEM file");
+    redis::Client::build_with_tls(
+        format!("rediss://{addr}/"),
+        redis::TlsCertificates {
+            client_tls: identity.map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: read(cert),
+                client_key: read(key),
+            }),
+            root_cert: Some(read(ca)),
+        },
+    )
+    .expect("a TLS client")
+}
+
 /// `--resp-tls-addr`: the Redis protocol over TLS, for a real client
 /// (redis-rs with rustls, `rediss://`): it reads and writes the keyspace
 /// the plain port serves, presents a certificate the CA signed (one
@@ -653,19 +681,12 @@ fn redis_clients_connect_over_tls() {
     let (pki, node, (tool_cert, tool_key)) = resp_over_tls(dir.path());
     let tls_addr = node.resp_tls.expect("resp_tls= in the ready line");
     let proxy = Proxy::start(tls_addr);
-    let read = |p: &Path| std::fs::read(p).expect("a PEM file");
     let client = |addr: SocketAddr, with_cert: bool| {
-        redis::Client::build_with_tls(
-            format!("rediss://{addr}/"),
-            redis::TlsCertificates {
-                client_tls: with_cert.then(|| redis::ClientTlsConfig {
-                    client_cert: read(&tool_cert),
-                    client_key: read(&tool_key),
-                }),
-                root_cert: Some(read(&pki.ca)),
-            },
+        rediss(
+            addr,
+            &pki.ca,
+            with_cert.then_some((tool_cert.as_path(), tool_key.as_path())),
         )
-        .expect("a TLS client")
     };
     let mut c = client(proxy.addr(), true)
         .get_connection_with_timeout(Duration::from_secs(10))
@@ -832,4 +853,179 @@ async fn a_slow_reader_over_tls_gets_the_whole_reply() {
         assert!(got.starts_with(header.as_bytes()));
         assert_eq!(&got[header.len()..whole - 2], large.as_bytes());
     }
+}
+
+/// `kill -HUP`.
+fn hang_up(node: &Server) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+}
+
+/// Waits until the node's log says `line` `times` times.
+fn wait_log(node: &Server, line: &str, times: usize) {
+    assert!(
+        wait_until(Duration::from_secs(20), || node
+            .stderr()
+            .matches(line)
+            .count()
+            >= times),
+        "{line:?} not {times} times in the log:\n{}",
+        node.stderr()
+    );
+}
+
+const RELOADED: &str = "TLS files reloaded";
+
+/// Copies a certificate and key over the files a node was started with.
+fn replace(with: &(PathBuf, PathBuf), files: &(PathBuf, PathBuf)) {
+    std::fs::copy(&with.0, &files.0).expect("copy the certificate");
+    std::fs::copy(&with.1, &files.1).expect("copy the key");
+}
+
+/// SIGHUP reads the TLS files again, so a whole CA rotation runs without
+/// a restart: every node trusts the old and the new CA, the primary and
+/// the replica take certificates of the new one, then the old one is
+/// dropped. Each step is used from the next connection on, on the gRPC
+/// and the RESP listeners and by a replica's link, which reconnects
+/// through each step (a proxy cuts it) and keeps replicating. Files that
+/// fail the checks are refused with the old ones kept; a node without
+/// TLS ignores SIGHUP.
+#[tokio::test]
+async fn sighup_rotates_certificates_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = Pki::new(dir.path(), "old");
+    let new = Pki::new(dir.path(), "new");
+    // The files the nodes are started with, rewritten in place.
+    let trusted = dir.path().join("trusted.pem");
+    std::fs::copy(&old.ca, &trusted).unwrap();
+    let (p_files, r_files) = (old.node("p"), old.node("r"));
+    let primary = Server::start(
+        &dir.path().join("primary"),
+        &[
+            tls_flags(&p_files.0, &p_files.1, &trusted),
+            vec!["--resp-tls-addr", "127.0.0.1:0"],
+            vec!["--metrics-addr", "127.0.0.1:0"],
+        ]
+        .concat(),
+    );
+    let proxy = Proxy::start(primary.grpc);
+    let replica = Server::replica(
+        &dir.path().join("replica"),
+        &https(proxy.addr()),
+        &tls_flags(&r_files.0, &r_files.1, &trusted),
+    );
+    let purl = https(primary.grpc);
+    let old_caller = old.caller("old-caller");
+    let new_caller = new.caller("new-caller");
+    let replicated = async |n: u64, via: &TlsFiles| {
+        let c = &mut primary.client();
+        raw(c, &["SET", &format!("k{n}"), "v"]);
+        let lsn = status_over(&purl, via).await.unwrap().wal.unwrap().last_lsn;
+        wait_status(&https(replica.grpc), via, "the replica", |s| {
+            s.applied_lsn == lsn
+        })
+        .await;
+    };
+    replicated(1, &old_caller).await;
+    // A caller with a certificate of the new CA, trusting both.
+    let both = bundle(dir.path(), &[&old.ca, &new.ca]);
+    let mixed_caller = TlsFiles {
+        ca: Some(both.clone()),
+        ..new_caller.clone()
+    };
+    let refused = status_over(&purl, &mixed_caller)
+        .await
+        .expect_err("a certificate of a CA the node does not trust");
+    assert!(refused_by_peer(&refused), "{refused}");
+
+    // 1. Both CAs trusted everywhere: the node takes the new CA's
+    // certificates from the next connection on.
+    std::fs::copy(&both, &trusted).unwrap();
+    hang_up(&primary);
+    hang_up(&replica);
+    wait_log(&primary, RELOADED, 1);
+    wait_log(&replica, RELOADED, 1);
+    status_over(&purl, &mixed_caller)
+        .await
+        .expect("a certificate of the new CA, now trusted");
+    let refused = status_over(&purl, &new_caller).await.expect_err("old CA");
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+    // 2. The primary serves a certificate of the new CA: a caller trusting
+    // only the new CA gets in, one trusting only the old is refused; over
+    // RESP too. The replica reconnects, checking it against its bundle.
+    replace(&new.node("p2"), &p_files);
+    hang_up(&primary);
+    wait_log(&primary, RELOADED, 2);
+    status_over(&purl, &new_caller)
+        .await
+        .expect("the new certificate, trusted by the new CA");
+    let refused = status_over(&purl, &old_caller).await.expect_err("new CA");
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    let resp_tls = primary.resp_tls.expect("resp_tls");
+    let new_identity = (
+        new_caller.cert.clone().unwrap(),
+        new_caller.key.clone().unwrap(),
+    );
+    let mut c = rediss(resp_tls, &new.ca, Some((&new_identity.0, &new_identity.1)))
+        .get_connection_with_timeout(Duration::from_secs(10))
+        .expect("RESP over TLS with the new certificate");
+    assert_eq!(
+        raw(&mut c, &["GET", "k1"]),
+        redis::Value::BulkString(b"v".to_vec())
+    );
+    let connections = proxy.connections();
+    proxy.cut();
+    replicated(2, &mixed_caller).await;
+    assert!(
+        proxy.connections() > connections,
+        "the link did not reconnect"
+    );
+
+    // 3. The replica presents a certificate of the new CA, and the old CA
+    // is dropped on the primary: the replica's next link is accepted only
+    // if it presents the new one.
+    replace(&new.node("r2"), &r_files);
+    hang_up(&replica);
+    wait_log(&replica, RELOADED, 2);
+    std::fs::copy(&new.ca, &trusted).unwrap();
+    hang_up(&primary);
+    wait_log(&primary, RELOADED, 3);
+    let connections = proxy.connections();
+    proxy.cut();
+    replicated(3, &mixed_caller).await;
+    assert!(
+        proxy.connections() > connections,
+        "the link did not reconnect"
+    );
+
+    // Files that fail the checks: refused, the ones before kept.
+    std::fs::write(&p_files.1, "not a key").unwrap();
+    hang_up(&primary);
+    wait_log(&primary, "TLS files not reloaded", 1);
+    assert!(
+        primary.stderr().contains("--tls-key-file"),
+        "{}",
+        primary.stderr()
+    );
+    status_over(&purl, &new_caller)
+        .await
+        .expect("served with the files read before");
+    let metrics = common::metrics::scrape(&primary);
+    assert_eq!(metrics["ferry_tls_reloads_total"], 3.0);
+    assert_eq!(metrics["ferry_tls_reload_failures_total"], 1.0);
+    // The old caller's refused handshakes, at least.
+    assert!(metrics["ferry_tls_handshake_failures_total"] >= 1.0);
+
+    // Without TLS, SIGHUP changes nothing and stops nothing.
+    let plain = Server::start(&dir.path().join("plain"), &[]);
+    hang_up(&plain);
+    wait_log(&plain, "no TLS files to reload", 1);
+    assert_eq!(
+        raw(&mut plain.client(), &["PING"]),
+        redis::Value::SimpleString("PONG".into())
+    );
 }

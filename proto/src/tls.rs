@@ -9,16 +9,20 @@
 //!   signed (mutual TLS) unless `--tls-auth-clients` says `optional` or `no`.
 //!
 //! The files are read and checked when the settings are loaded, so a bad
-//! file stops a node at start, not at its first connection.
+//! file stops a node at start, not at its first connection. They are read
+//! again on [`Tls::reload`] (a node's SIGHUP), so certificates are rotated
+//! without a restart: connections made after it use the new files, those
+//! open keep going, and files that fail the checks leave the old ones in
+//! use.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::auth::AuthError;
 
@@ -65,16 +69,26 @@ pub struct TlsFiles {
 }
 
 /// Loaded TLS settings; the default is none (plain TCP, `http://`).
+/// Clones share one set of files: a [`Tls::reload`] reaches them all.
 #[derive(Clone, Default)]
-pub struct Tls(Option<Arc<Loaded>>);
+pub struct Tls(Option<Arc<Settings>>);
 
+struct Settings {
+    files: TlsFiles,
+    client_auth: ClientAuth,
+    /// What the files held when last read.
+    current: RwLock<Arc<Loaded>>,
+}
+
+/// The files as read and checked once.
 struct Loaded {
     identity: Option<Identity>,
     ca: Option<Certificate>,
-    client_auth: ClientAuth,
     /// What a TLS listener of the Redis protocol serves with (built from
     /// the same files, for a node that has them).
     resp: Option<Arc<rustls::ServerConfig>>,
+    /// What the gRPC server serves with: the same, speaking HTTP/2.
+    grpc: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -83,10 +97,13 @@ impl std::fmt::Debug for Tls {
         f.debug_struct("Tls")
             .field("serves", &self.serves())
             .field("calls_over_tls", &self.calls_over_tls())
-            .field("client_auth", &self.0.as_ref().map(|l| l.client_auth))
+            .field("client_auth", &self.0.as_ref().map(|s| s.client_auth))
             .finish()
     }
 }
+
+/// The protocol a gRPC server names in the TLS handshake (ALPN).
+const ALPN_H2: &[u8] = b"h2";
 
 /// The PEM marker each file must hold.
 const CERTIFICATE_PEM: &str = "-----BEGIN CERTIFICATE-----";
@@ -219,9 +236,10 @@ pub fn handshake_failed(error: &str) -> bool {
     .any(|sign| error.contains(sign))
 }
 
-/// The rustls configuration a TLS listener of the Redis protocol serves
-/// with (tonic builds its own for gRPC from the same files).
-fn resp_config(
+/// The rustls configuration a TLS listener serves with: the node's
+/// certificate, and the check of its callers' certificates that
+/// `client_auth` asks for.
+fn server_config(
     cert: &PemFile,
     key: &PemFile,
     ca: Option<&PemFile>,
@@ -260,6 +278,56 @@ fn resp_config(
     Ok(Arc::new(config))
 }
 
+/// Reads and checks `files` (see [`Tls::load`]); `None` if none are given.
+fn read(files: &TlsFiles, client_auth: ClientAuth) -> Result<Option<Loaded>, AuthError> {
+    let (cert, key) = match (&files.cert, &files.key) {
+        (None, None) => (None, None),
+        (Some(cert), Some(key)) => (
+            Some(PemFile::read("--tls-cert-file", cert, CERTIFICATE_PEM)?),
+            Some(PemFile::read("--tls-key-file", key, KEY_PEM)?),
+        ),
+        _ => {
+            return Err(AuthError::TlsSettings(
+                "--tls-cert-file and --tls-key-file go together".into(),
+            ));
+        }
+    };
+    let ca = match &files.ca {
+        Some(ca) => Some(PemFile::read("--tls-ca-cert-file", ca, CERTIFICATE_PEM)?),
+        None => None,
+    };
+    if let Some(ca) = &ca {
+        check_chain(cert.as_ref(), ca)?;
+    }
+    let resp = match (&cert, &key) {
+        (Some(cert), Some(key)) => Some(server_config(cert, key, ca.as_ref(), client_auth)?),
+        _ => None,
+    };
+    let grpc = resp.as_ref().map(|resp| {
+        let mut config = rustls::ServerConfig::clone(resp);
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Arc::new(config)
+    });
+    let identity = cert
+        .zip(key)
+        .map(|(cert, key)| Identity::from_pem(cert.bytes, key.bytes));
+    let ca = ca.map(|ca| Certificate::from_pem(ca.bytes));
+    if identity.is_none() && ca.is_none() {
+        return Ok(None);
+    }
+    let loaded = Loaded {
+        identity,
+        ca,
+        resp,
+        grpc,
+    };
+    // rustls reads the files now, not at the first call.
+    if let Some(ca) = &loaded.ca {
+        over_tls(Endpoint::from_static("https://localhost"), &loaded, ca)?;
+    }
+    Ok(Some(loaded))
+}
+
 impl Tls {
     /// Reads and checks `files`.
     ///
@@ -270,67 +338,54 @@ impl Tls {
     /// its key (or the other way round), or files rustls refuses (a key
     /// that does not parse, a CA that is not a certificate).
     pub fn load(files: &TlsFiles, client_auth: ClientAuth) -> Result<Tls, AuthError> {
-        let (cert, key) = match (&files.cert, &files.key) {
-            (None, None) => (None, None),
-            (Some(cert), Some(key)) => (
-                Some(PemFile::read("--tls-cert-file", cert, CERTIFICATE_PEM)?),
-                Some(PemFile::read("--tls-key-file", key, KEY_PEM)?),
-            ),
-            _ => {
-                return Err(AuthError::TlsSettings(
-                    "--tls-cert-file and --tls-key-file go together".into(),
-                ));
-            }
+        Ok(Tls(read(files, client_auth)?.map(|loaded| {
+            Arc::new(Settings {
+                files: files.clone(),
+                client_auth,
+                current: RwLock::new(Arc::new(loaded)),
+            })
+        })))
+    }
+
+    /// Reads the files again, with the checks of [`Tls::load`], and uses
+    /// them for the connections made from now on. Returns whether there
+    /// were files to read.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tls::load`]; the files read before stay in use.
+    pub fn reload(&self) -> Result<bool, AuthError> {
+        let Some(settings) = &self.0 else {
+            return Ok(false);
         };
-        let ca = match &files.ca {
-            Some(ca) => Some(PemFile::read("--tls-ca-cert-file", ca, CERTIFICATE_PEM)?),
-            None => None,
-        };
-        if let Some(ca) = &ca {
-            check_chain(cert.as_ref(), ca)?;
-        }
-        let resp = match (&cert, &key) {
-            (Some(cert), Some(key)) => Some(resp_config(cert, key, ca.as_ref(), client_auth)?),
-            _ => None,
-        };
-        let identity = cert
-            .zip(key)
-            .map(|(cert, key)| Identity::from_pem(cert.bytes, key.bytes));
-        let ca = ca.map(|ca| Certificate::from_pem(ca.bytes));
-        if identity.is_none() && ca.is_none() {
-            return Ok(Tls(None));
-        }
-        let tls = Tls(Some(Arc::new(Loaded {
-            identity,
-            ca,
-            client_auth,
-            resp,
-        })));
-        // rustls reads the files now, not at the first connection.
-        if let Some(config) = tls.server_config() {
-            tonic::transport::Server::builder()
-                .tls_config(config)
-                .map_err(|e| {
-                    AuthError::TlsSettings(format!(
-                        "the certificate, key or CA cannot serve TLS: {}",
-                        causes(&e)
-                    ))
-                })?;
-        }
-        if tls.calls_over_tls() {
-            tls.endpoint("https://localhost")?;
-        }
-        Ok(tls)
+        let loaded = read(&settings.files, settings.client_auth)?
+            .expect("the same paths as at load: files to read");
+        *settings
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
+        Ok(true)
+    }
+
+    /// The files as last read.
+    fn loaded(&self) -> Option<Arc<Loaded>> {
+        self.0.as_ref().map(|settings| {
+            settings
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
     }
 
     /// Whether the node serves TLS (it has a certificate and key).
     pub fn serves(&self) -> bool {
-        self.0.as_ref().is_some_and(|l| l.identity.is_some())
+        self.loaded().is_some_and(|l| l.identity.is_some())
     }
 
     /// Whether the node or tool calls others over TLS (it has a CA).
     pub fn calls_over_tls(&self) -> bool {
-        self.0.as_ref().is_some_and(|l| l.ca.is_some())
+        self.loaded().is_some_and(|l| l.ca.is_some())
     }
 
     /// The scheme of the addresses this node calls: `https` with a CA.
@@ -356,22 +411,12 @@ impl Tls {
     /// has a certificate: the same certificate, and the same check of
     /// clients' certificates as the gRPC server's.
     pub fn resp_config(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.0.as_ref().and_then(|l| l.resp.clone())
+        self.loaded().and_then(|l| l.resp.clone())
     }
 
     /// What the gRPC server serves with, if it serves TLS.
-    pub fn server_config(&self) -> Option<ServerTlsConfig> {
-        let loaded = self.0.as_deref()?;
-        let identity = loaded.identity.clone()?;
-        let config = ServerTlsConfig::new()
-            .identity(identity)
-            .timeout(HANDSHAKE_TIMEOUT);
-        Some(match &loaded.ca {
-            Some(ca) if loaded.client_auth != ClientAuth::None => config
-                .client_ca_root(ca.clone())
-                .client_auth_optional(loaded.client_auth == ClientAuth::Optional),
-            _ => config,
-        })
+    pub fn grpc_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.loaded().and_then(|l| l.grpc.clone())
     }
 
     /// An endpoint for the node at `url`, over TLS for `https://`.
@@ -388,8 +433,13 @@ impl Tls {
                 reason: causes(&e),
             })?;
         let https = endpoint.uri().scheme_str() == Some("https");
-        let loaded = self.0.as_deref();
-        match (https, loaded.and_then(|l| l.ca.as_ref().map(|ca| (l, ca)))) {
+        let loaded = self.loaded();
+        match (
+            https,
+            loaded
+                .as_deref()
+                .and_then(|l| l.ca.as_ref().map(|ca| (l, ca))),
+        ) {
             (false, None) => Ok(endpoint),
             (false, Some(_)) => Err(AuthError::Plaintext {
                 url: url.to_string(),
@@ -397,29 +447,33 @@ impl Tls {
             (true, None) => Err(AuthError::NoCa {
                 url: url.to_string(),
             }),
-            (true, Some((loaded, ca))) => {
-                let mut config = ClientTlsConfig::new()
-                    .ca_certificate(ca.clone())
-                    .timeout(HANDSHAKE_TIMEOUT);
-                // The name the certificate must hold: the host, without the
-                // brackets of an IPv6 address.
-                if let Some(host) = endpoint.uri().host()
-                    && host.starts_with('[')
-                {
-                    config = config.domain_name(host.trim_matches(['[', ']']));
-                }
-                if let Some(identity) = &loaded.identity {
-                    config = config.identity(identity.clone());
-                }
-                endpoint.tls_config(config).map_err(|e| {
-                    AuthError::TlsSettings(format!(
-                        "the CA, certificate or key cannot call over TLS: {}",
-                        causes(&e)
-                    ))
-                })
-            }
+            (true, Some((loaded, ca))) => over_tls(endpoint, loaded, ca),
         }
     }
+}
+
+/// `endpoint` calling over TLS: checking the node's certificate against
+/// `ca`, presenting the caller's own if it has one.
+fn over_tls(endpoint: Endpoint, loaded: &Loaded, ca: &Certificate) -> Result<Endpoint, AuthError> {
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(ca.clone())
+        .timeout(HANDSHAKE_TIMEOUT);
+    // The name the certificate must hold: the host, without the brackets
+    // of an IPv6 address.
+    if let Some(host) = endpoint.uri().host()
+        && host.starts_with('[')
+    {
+        config = config.domain_name(host.trim_matches(['[', ']']));
+    }
+    if let Some(identity) = &loaded.identity {
+        config = config.identity(identity.clone());
+    }
+    endpoint.tls_config(config).map_err(|e| {
+        AuthError::TlsSettings(format!(
+            "the CA, certificate or key cannot call over TLS: {}",
+            causes(&e)
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -542,5 +596,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("encrypted"), "{err}");
+    }
+
+    /// A reload swaps in files that pass the checks, for every clone, and
+    /// keeps the files read before when the new ones fail them.
+    #[test]
+    fn a_reload_takes_good_files_and_keeps_the_old_on_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = files(dir.path(), "a", (2020, 2200));
+        let tls = Tls::load(&tls_files(&ca, &cert, &key), ClientAuth::Required).unwrap();
+        let first = tls.resp_config().unwrap();
+        let clone = tls.clone();
+        std::fs::write(&key, "not a key").unwrap();
+        let err = clone.reload().unwrap_err().to_string();
+        assert!(err.contains("--tls-key-file"), "{err}");
+        assert!(Arc::ptr_eq(&first, &tls.resp_config().unwrap()));
+        let (ca2, cert2, key2) = files(dir.path(), "b", (2020, 2200));
+        for (from, to) in [(&ca2, &ca), (&cert2, &cert), (&key2, &key)] {
+            std::fs::copy(from, to).unwrap();
+        }
+        assert!(clone.reload().unwrap());
+        assert!(!Arc::ptr_eq(&first, &tls.resp_config().unwrap()));
+        assert!(tls.serves() && tls.calls_over_tls());
+        // gRPC speaks HTTP/2; the Redis protocol names none.
+        assert_eq!(tls.grpc_config().unwrap().alpn_protocols, [b"h2".to_vec()]);
+        assert!(tls.resp_config().unwrap().alpn_protocols.is_empty());
+        assert!(!Tls::default().reload().unwrap());
     }
 }

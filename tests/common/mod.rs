@@ -214,6 +214,7 @@ pub fn error(con: &mut redis::Connection, args: &[&str]) -> String {
     }
 }
 
+pub mod metrics;
 pub mod proxy;
 
 /// The node's status over gRPC, from the real client.
