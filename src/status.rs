@@ -363,9 +363,9 @@ pub async fn serve(
             .await?;
     } else {
         let incoming = TcpListenerStream::new(listener).map(|socket| {
-            let socket = socket?;
-            socket.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(socket)
+            socket.inspect(|socket| {
+                let _ = socket.set_nodelay(true);
+            })
         });
         router
             .serve_with_incoming_shutdown(incoming, stopped)
