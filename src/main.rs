@@ -12,6 +12,7 @@
 //! - `report`: `ferry status`, the text and JSON views of a node's status.
 //! - `tools`: `ferry wal inspect | dump | verify | repair` and `ferry replay`.
 
+mod certs;
 mod commands;
 mod glob;
 mod info;
@@ -651,6 +652,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let metrics_task = metrics
             .map(|listener| tokio::spawn(metrics::serve(node.clone(), listener, stop_rx.clone())));
+        certs::log_expiry(&node.config.tls);
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("watching SIGHUP")?;
         let reloads = tokio::spawn(reload_on_sighup(node.clone(), hangups, stop_rx.clone()));
@@ -715,6 +717,7 @@ async fn reload_on_sighup(
             Ok(true) => {
                 node.stats.tls_reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("SIGHUP: TLS files reloaded; new connections use them");
+                certs::log_expiry(&node.config.tls);
             }
             Ok(false) => tracing::info!("SIGHUP: no TLS files to reload"),
             Err(e) => {

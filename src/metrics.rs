@@ -333,6 +333,18 @@ fn render(node: &Node) -> String {
             1.0,
         )],
     );
+    let expiries: Vec<(String, f64)> = crate::certs::expiries(&node.config.tls)
+        .into_iter()
+        .filter_map(|(file, expiry)| expiry.map(|e| (labels(&[("file", file)]), e as f64)))
+        .collect();
+    if !expiries.is_empty() {
+        out.metric(
+            "ferry_tls_cert_expiry_timestamp_seconds",
+            "gauge",
+            "When the soonest certificate of --tls-cert-file (file=\"cert\") and of --tls-ca-cert-file (file=\"ca\") expires, as last read: Unix time.",
+            &expiries,
+        );
+    }
     out.metric(
         "ferry_role",
         "gauge",

@@ -61,9 +61,22 @@ impl Pki {
 
     /// As [`Pki::node`], with 127.0.0.1 among its names or not.
     fn node_named(&self, name: &str, with_ip: bool) -> (PathBuf, PathBuf) {
+        self.node_with(name, with_ip, None)
+    }
+
+    /// As [`Pki::node`], valid until the start of `until_year` (rcgen's
+    /// default is 4096).
+    fn node_until(&self, name: &str, until_year: i32) -> (PathBuf, PathBuf) {
+        self.node_with(name, true, Some(until_year))
+    }
+
+    fn node_with(&self, name: &str, with_ip: bool, until_year: Option<i32>) -> (PathBuf, PathBuf) {
         let key = rcgen::KeyPair::generate().expect("a key");
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        if let Some(year) = until_year {
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        }
         if with_ip {
             params
                 .subject_alt_names
@@ -957,12 +970,28 @@ async fn sighup_rotates_certificates_without_a_restart() {
     // 2. The primary serves a certificate of the new CA: a caller trusting
     // only the new CA gets in, one trusting only the old is refused; over
     // RESP too. The replica reconnects, checking it against its bundle.
-    replace(&new.node("p2"), &p_files);
+    let expiry = |node: &Server| {
+        let metrics = common::metrics::scrape(node);
+        (
+            metrics[r#"ferry_tls_cert_expiry_timestamp_seconds{file="cert"}"#],
+            metrics[r#"ferry_tls_cert_expiry_timestamp_seconds{file="ca"}"#],
+        )
+    };
+    // rcgen's default: 4096-01-01.
+    assert_eq!(expiry(&primary), (67_090_118_400.0, 67_090_118_400.0));
+    replace(&new.node_until("p2", 2040), &p_files);
     hang_up(&primary);
     wait_log(&primary, RELOADED, 2);
     status_over(&purl, &new_caller)
         .await
         .expect("the new certificate, trusted by the new CA");
+    // 2040-01-01, the new certificate's, in the metrics and the log.
+    assert_eq!(expiry(&primary), (2_208_988_800.0, 67_090_118_400.0));
+    assert!(
+        primary.stderr().contains("2040-01-01T00:00:00.000Z"),
+        "{}",
+        primary.stderr()
+    );
     let refused = status_over(&purl, &old_caller).await.expect_err("new CA");
     assert!(refused.contains("UnknownIssuer"), "{refused}");
     let resp_tls = primary.resp_tls.expect("resp_tls");

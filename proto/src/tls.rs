@@ -89,6 +89,16 @@ struct Loaded {
     resp: Option<Arc<rustls::ServerConfig>>,
     /// What the gRPC server serves with: the same, speaking HTTP/2.
     grpc: Option<Arc<rustls::ServerConfig>>,
+    certificates: Certificates,
+}
+
+/// The certificates in the files, as last read (DER).
+#[derive(Debug, Clone, Default)]
+pub struct Certificates {
+    /// The node's or tool's own chain, its certificate first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The CA's.
+    pub ca: Vec<CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -308,6 +318,16 @@ fn read(files: &TlsFiles, client_auth: ClientAuth) -> Result<Option<Loaded>, Aut
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Arc::new(config)
     });
+    let certificates = Certificates {
+        chain: match &cert {
+            Some(cert) => cert.certificates()?,
+            None => Vec::new(),
+        },
+        ca: match &ca {
+            Some(ca) => ca.certificates()?,
+            None => Vec::new(),
+        },
+    };
     let identity = cert
         .zip(key)
         .map(|(cert, key)| Identity::from_pem(cert.bytes, key.bytes));
@@ -320,6 +340,7 @@ fn read(files: &TlsFiles, client_auth: ClientAuth) -> Result<Option<Loaded>, Aut
         ca,
         resp,
         grpc,
+        certificates,
     };
     // rustls reads the files now, not at the first call.
     if let Some(ca) = &loaded.ca {
@@ -412,6 +433,13 @@ impl Tls {
     /// clients' certificates as the gRPC server's.
     pub fn resp_config(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.loaded().and_then(|l| l.resp.clone())
+    }
+
+    /// The certificates in the files as last read (none without TLS).
+    pub fn certificates(&self) -> Certificates {
+        self.loaded()
+            .map(|l| l.certificates.clone())
+            .unwrap_or_default()
     }
 
     /// What the gRPC server serves with, if it serves TLS.
