@@ -2,14 +2,16 @@
 //! status service and INFO report, in Prometheus's text format, for
 //! scrapers. `GET /metrics` (or `HEAD`) answers; anything else is a 404 or
 //! a 405. Connections are kept alive between scrapes as HTTP/1.1 allows.
+//! A node that serves TLS serves these over TLS too (HTTPS), with its
+//! certificate as last read and its check of callers' certificates.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::node::Node;
@@ -46,7 +48,20 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stop: watch::Rece
         };
         let node = node.clone();
         connections.spawn(async move {
-            if let Err(e) = connection(&node, stream).await {
+            let ended = match node.config.tls.resp_config() {
+                Some(config) => {
+                    let addr = stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    match crate::server::tls_handshake(&node, config, stream, &addr).await {
+                        Some(stream) => connection(&node, stream).await,
+                        None => Ok(()),
+                    }
+                }
+                None => connection(&node, stream).await,
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "metrics connection ended");
             }
             drop(permit);
@@ -121,7 +136,10 @@ fn parse_head(head: &[u8]) -> Result<Request, BadRequest> {
 const LINGER: Duration = Duration::from_secs(1);
 
 /// Answers requests on one connection, then closes it gracefully.
-async fn connection(node: &Node, mut stream: TcpStream) -> std::io::Result<()> {
+async fn connection(
+    node: &Node,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+) -> std::io::Result<()> {
     let answered = answer(node, &mut stream).await;
     let _ = stream.shutdown().await;
     let _ = tokio::time::timeout(LINGER, async {
@@ -140,7 +158,10 @@ async fn connection(node: &Node, mut stream: TcpStream) -> std::io::Result<()> {
 
 /// Answers requests until the peer closes, errs, idles past
 /// [`METRICS_REQUEST_TIMEOUT`] or asks to close.
-async fn answer(node: &Node, stream: &mut TcpStream) -> std::io::Result<()> {
+async fn answer(
+    node: &Node,
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let head = tokio::time::timeout(METRICS_REQUEST_TIMEOUT, read_head(stream, &mut buf))
@@ -203,7 +224,7 @@ async fn answer(node: &Node, stream: &mut TcpStream) -> std::io::Result<()> {
 /// Reads the next request head into `buf` (which keeps what follows it):
 /// `None` when the peer closed between requests.
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<Result<Request, BadRequest>>> {
     loop {
@@ -232,7 +253,7 @@ async fn read_head(
 }
 
 async fn respond(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     status: u16,
     body: &str,
     head_only: bool,
@@ -379,7 +400,7 @@ fn render(node: &Node) -> String {
         ),
         (
             "ferry_tls_handshake_failures_total",
-            "TLS handshakes refused or timed out, on the gRPC and RESP listeners.",
+            "TLS handshakes refused or timed out, on the gRPC, RESP and metrics listeners.",
             &stats.tls_handshake_failures,
         ),
         (

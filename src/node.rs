@@ -371,8 +371,8 @@ pub struct Stats {
     /// SIGHUP reloads of the TLS files that took, and that were refused.
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
-    /// TLS handshakes that failed or timed out, on the gRPC and the RESP
-    /// listeners.
+    /// TLS handshakes that failed or timed out, on the gRPC, RESP and
+    /// metrics listeners.
     pub tls_handshake_failures: AtomicU64,
     rates: Mutex<VecDeque<RateSample>>,
     /// By [`crate::commands::stat_names`].

@@ -796,9 +796,7 @@ fn redis_clients_connect_over_tls() {
 #[tokio::test]
 async fn a_slow_reader_over_tls_gets_the_whole_reply() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls::pki_types::ServerName;
     let dir = tempfile::tempdir().expect("tempdir");
     let (pki, node, (app_cert, app_key)) = resp_over_tls(dir.path());
     let large: String = (0..(8 << 20))
@@ -808,26 +806,12 @@ async fn a_slow_reader_over_tls_gets_the_whole_reply() {
         raw(&mut node.client(), &["SET", "large", &large]),
         redis::Value::Okay
     );
-    let certs = |p: &Path| -> Vec<CertificateDer<'static>> {
-        CertificateDer::pem_file_iter(p)
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(certs(&pki.ca));
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        certs(&app_cert),
-        PrivateKeyDer::from_pem_file(&app_key).unwrap(),
-    )
-    .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let config = common::metrics::client_config(&TlsFiles {
+        cert: Some(app_cert),
+        key: Some(app_key),
+        ca: Some(pki.ca.clone()),
+    });
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = tokio::net::TcpStream::connect(node.resp_tls.expect("resp_tls"))
         .await
         .unwrap();
@@ -867,6 +851,10 @@ async fn a_slow_reader_over_tls_gets_the_whole_reply() {
         assert_eq!(&got[header.len()..whole - 2], large.as_bytes());
     }
 }
+
+/// A connection to read and write, plain or over TLS.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 /// `kill -HUP`.
 fn hang_up(node: &Server) {
@@ -971,7 +959,7 @@ async fn sighup_rotates_certificates_without_a_restart() {
     // only the new CA gets in, one trusting only the old is refused; over
     // RESP too. The replica reconnects, checking it against its bundle.
     let expiry = |node: &Server| {
-        let metrics = common::metrics::scrape(node);
+        let metrics = common::metrics::scrape_over_tls(node, &mixed_caller);
         (
             metrics[r#"ferry_tls_cert_expiry_timestamp_seconds{file="cert"}"#],
             metrics[r#"ferry_tls_cert_expiry_timestamp_seconds{file="ca"}"#],
@@ -1043,11 +1031,36 @@ async fn sighup_rotates_certificates_without_a_restart() {
     status_over(&purl, &new_caller)
         .await
         .expect("served with the files read before");
-    let metrics = common::metrics::scrape(&primary);
+    let metrics = common::metrics::scrape_over_tls(&primary, &new_caller);
     assert_eq!(metrics["ferry_tls_reloads_total"], 3.0);
     assert_eq!(metrics["ferry_tls_reload_failures_total"], 1.0);
     // The old caller's refused handshakes, at least.
     assert!(metrics["ferry_tls_handshake_failures_total"] >= 1.0);
+
+    // The metrics listener serves TLS as the node does: plain HTTP gets
+    // no answer, nor a caller without a certificate.
+    let answered = |stream: &mut dyn ReadWrite| {
+        let _ = stream.write_all(common::metrics::SCRAPE.as_bytes());
+        let _ = stream.flush();
+        let mut head = [0u8; 12];
+        stream
+            .read_exact(&mut head)
+            .is_ok_and(|()| head.starts_with(b"HTTP/1.1 "))
+    };
+    let mut plain = std::net::TcpStream::connect(primary.metrics.unwrap()).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(!answered(&mut plain), "plain HTTP answered");
+    let anonymous = TlsFiles {
+        cert: None,
+        key: None,
+        ca: Some(new.ca.clone()),
+    };
+    let mut refused = common::metrics::tls_to_metrics(&primary, &anonymous);
+    assert!(!answered(&mut refused), "answered without a certificate");
+    let mut allowed = common::metrics::tls_to_metrics(&primary, &new_caller);
+    assert!(answered(&mut allowed), "the control: with a certificate");
 
     // Without TLS, SIGHUP changes nothing and stops nothing.
     let plain = Server::start(&dir.path().join("plain"), &[]);

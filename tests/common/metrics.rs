@@ -1,13 +1,52 @@
-//! Talking to a node's metrics listener as a Prometheus scraper does.
+//! Talking to a node's metrics listener as a Prometheus scraper does,
+//! over plain HTTP or over TLS.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry_proto::tls::TlsFiles;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::common::Server;
 
+/// A rustls client configuration from `files`: trusting their CA,
+/// presenting their certificate if they have one.
+pub fn client_config(files: &TlsFiles) -> Arc<rustls::ClientConfig> {
+    let certs = |p: &Path| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(p)
+            .expect("a PEM file")
+            .collect::<Result<_, _>>()
+            .expect("certificates")
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs(files.ca.as_deref().expect("a CA")));
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    Arc::new(match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(
+                certs(cert),
+                PrivateKeyDer::from_pem_file(key).expect("a key"),
+            )
+            .expect("a client certificate"),
+        _ => builder.with_no_client_auth(),
+    })
+}
+
 /// One HTTP/1.1 exchange on `stream`: the request as given, then the
 /// response's status line, headers and body (read up to Content-Length).
-pub fn http(stream: &mut std::net::TcpStream, request: &str) -> (u16, Vec<String>, String) {
-    use std::io::{BufRead, BufReader, Read, Write};
+pub fn http(stream: &mut (impl Read + Write), request: &str) -> (u16, Vec<String>, String) {
     stream.write_all(request.as_bytes()).expect("send");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    stream.flush().expect("send");
+    // Nothing follows the response before the next request.
+    let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).expect("status line");
     let status: u16 = status_line
@@ -43,13 +82,45 @@ pub fn http(stream: &mut std::net::TcpStream, request: &str) -> (u16, Vec<String
     (status, headers, String::from_utf8(body).expect("utf-8"))
 }
 
+/// The request of a scrape.
+pub const SCRAPE: &str = "GET /metrics HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n";
+
+/// The samples a plain HTTP scrape of `server` gets, by series.
 pub fn scrape(server: &Server) -> std::collections::HashMap<String, f64> {
     let addr = server.metrics.expect("a metrics address");
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    let (status, headers, body) = http(
-        &mut stream,
-        "GET /metrics HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n",
-    );
+    samples(http(&mut stream, SCRAPE))
+}
+
+/// A TLS connection to `server`'s metrics listener, as a caller with
+/// `files`.
+pub fn tls_to_metrics(
+    server: &Server,
+    files: &TlsFiles,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let addr = server.metrics.expect("a metrics address");
+    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("a timeout");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let connection =
+        rustls::ClientConnection::new(client_config(files), name).expect("a TLS client");
+    rustls::StreamOwned::new(connection, tcp)
+}
+
+/// The samples a scrape of `server` over TLS gets, as a caller with
+/// `files`.
+pub fn scrape_over_tls(
+    server: &Server,
+    files: &TlsFiles,
+) -> std::collections::HashMap<String, f64> {
+    samples(http(&mut tls_to_metrics(server, files), SCRAPE))
+}
+
+/// The samples of a scrape's response, checked as Prometheus reads them.
+fn samples(
+    (status, headers, body): (u16, Vec<String>, String),
+) -> std::collections::HashMap<String, f64> {
     assert_eq!(status, 200);
     assert!(headers.contains(&"Content-Type: text/plain; version=0.0.4; charset=utf-8".into()));
     let mut samples = std::collections::HashMap::new();
