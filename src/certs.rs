@@ -160,14 +160,40 @@ pub fn log_expiry(tls: &Tls) {
 mod tests {
     use super::*;
 
-    fn certificate(not_after: (i32, u8, u8), version_field: bool) -> Vec<u8> {
+    /// A v3 certificate (with its `[0]` version field) valid until
+    /// `not_after`.
+    fn certificate(not_after: (i32, u8, u8)) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         let der = params.self_signed(&key).unwrap().der().to_vec();
-        assert!(!version_field || der.windows(3).any(|w| w == [0xa0, 3, 2]));
+        assert!(der.windows(3).any(|w| w == [VERSION, 3, 2]));
         der
+    }
+
+    /// `der` as a v1 certificate: the same without its version field (and
+    /// so with shorter lengths around it).
+    fn without_version(der: &[u8]) -> Vec<u8> {
+        fn element(tag: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            match content.len() {
+                n if n < 0x80 => out.push(n as u8),
+                n if n < 0x100 => out.extend([0x81, n as u8]),
+                n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+            }
+            out.extend_from_slice(content);
+            out
+        }
+        let (_, certificate) = Elements(der).next().unwrap();
+        let mut parts = Elements(certificate);
+        let (_, tbs) = parts.next().unwrap();
+        let rest: Vec<u8> = parts.flat_map(|(tag, c)| element(tag, c)).collect();
+        let fields: Vec<u8> = Elements(tbs)
+            .filter(|(tag, _)| *tag != VERSION)
+            .flat_map(|(tag, c)| element(tag, c))
+            .collect();
+        element(SEQUENCE, &[element(SEQUENCE, &fields), rest].concat())
     }
 
     /// UTCTime (to 2049) and GeneralizedTime (from 2050), as RFC 5280
@@ -175,10 +201,13 @@ mod tests {
     #[test]
     fn not_after_reads_both_kinds_of_time() {
         for (y, m, d) in [(2030, 6, 15), (2049, 12, 31), (2050, 1, 1), (2107, 2, 28)] {
-            let der = certificate((y, m, d), true);
+            let der = certificate((y, m, d));
             let want =
                 crate::tools::days_from_civil(i64::from(y), i64::from(m), i64::from(d)) * 86_400;
             assert_eq!(not_after(&der), Some(want as u64), "{y}-{m}-{d}");
+            let v1 = without_version(&der);
+            assert!(v1.len() < der.len());
+            assert_eq!(not_after(&v1), Some(want as u64), "v1 {y}-{m}-{d}");
             assert_eq!(
                 earliest(&[CertificateDer::from(der.clone())]),
                 Some(want as u64)

@@ -325,6 +325,7 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
             ("help", 2),
             ("id", 2),
             ("info", 2),
+            ("kill", -3),
             ("list", -2),
             ("setinfo", 4),
             ("setname", 3),
@@ -1845,6 +1846,7 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
                 .collect();
             Reply::Verbatim(text.into())
         }
+        ("kill", n) if n >= 3 => client_kill(node, conn, &args[2..]),
         ("help", 2) => help(&[
             "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "GETNAME",
@@ -1853,6 +1855,22 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             "    Return the ID of the current connection.",
             "INFO",
             "    Return information about the current client connection.",
+            "KILL <ip:port>",
+            "    Kill connection made from <ip:port>.",
+            "KILL <option> <value> [<option> <value> [...]]",
+            "    Kill connections. Options are:",
+            "    * ADDR (<ip:port>|<unixsocket>:0)",
+            "      Kill connections made from the specified address",
+            "    * LADDR (<ip:port>|<unixsocket>:0)",
+            "      Kill connections made to specified local address",
+            "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+            "      Kill connections by type.",
+            "    * USER <username>",
+            "      Kill connections authenticated by <username>.",
+            "    * SKIPME (YES|NO)",
+            "      Skip killing current connection (default: yes).",
+            "    * ID <client-id>",
+            "      Kill connections by client id.",
             "LIST [options ...]",
             "    Return information about client connections. Options:",
             "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
@@ -1890,6 +1908,80 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             Reply::ok()
         }
         _ => subcommand_error("client", &args[1]),
+    }
+}
+
+/// CLIENT KILL, as Redis 7's: the old form (`CLIENT KILL ip:port`, which
+/// may kill the caller) answers OK or an error; the filters (ID, ADDR,
+/// LADDR, TYPE, USER, SKIPME, all of them to match) answer how many
+/// connections were killed. A killed connection closes once what it is
+/// running is answered; the caller, if killed, after this reply.
+fn client_kill(node: &Node, conn: &mut Conn, filters: &[Bytes]) -> Reply {
+    let old_form = filters.len() == 1;
+    let (mut id, mut addr, mut laddr, mut normal, mut skipme) = (None, None, None, true, !old_form);
+    if old_form {
+        addr = Some(&filters[0]);
+    } else if filters.len() % 2 == 1 {
+        return syntax_error();
+    }
+    let pairs = if old_form { &[][..] } else { filters };
+    for pair in pairs.chunks_exact(2) {
+        let (option, value) = (&pair[0], &pair[1]);
+        let option = String::from_utf8_lossy(option).to_ascii_lowercase();
+        match option.as_str() {
+            "id" => match parse_i64(value) {
+                Some(n) if n >= 1 => id = Some(n as u64),
+                _ => return Reply::err("client-id should be greater than 0"),
+            },
+            "type" => {
+                let kind = String::from_utf8_lossy(value).to_ascii_lowercase();
+                match kind.as_str() {
+                    "normal" => {}
+                    // Replicas stream over gRPC: every RESP client here is
+                    // a normal one.
+                    "master" | "replica" | "slave" | "pubsub" => normal = false,
+                    _ => {
+                        return Reply::err(format!(
+                            "Unknown client type '{}'",
+                            String::from_utf8_lossy(value)
+                        ));
+                    }
+                }
+            }
+            "addr" => addr = Some(value),
+            "laddr" => laddr = Some(value),
+            // Every client is the default user's.
+            "user" if value.as_ref() == b"default" => {}
+            "user" => {
+                return Reply::err(format!("No such user '{}'", String::from_utf8_lossy(value)));
+            }
+            "skipme" if eq(value, "yes") => skipme = true,
+            "skipme" if eq(value, "no") => skipme = false,
+            _ => return syntax_error(),
+        }
+    }
+    let mut killed = 0;
+    if normal {
+        let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
+        for info in clients.values() {
+            let matches = id.is_none_or(|id| info.id == id)
+                && addr.is_none_or(|a| a.as_ref() == info.addr.as_bytes())
+                && laddr.is_none_or(|a| a.as_ref() == info.laddr.as_bytes());
+            if !matches || (skipme && info.id == conn.id) {
+                continue;
+            }
+            if info.id == conn.id {
+                conn.quit = true;
+            } else {
+                info.activity.kill();
+            }
+            killed += 1;
+        }
+    }
+    match (old_form, killed) {
+        (true, 0) => Reply::err("No such client"),
+        (true, _) => Reply::ok(),
+        (false, n) => Reply::Int(n),
     }
 }
 

@@ -507,14 +507,8 @@ impl ClusterArgs {
             .map(|(flag, _)| *flag)
             .collect();
         if missing.is_empty() {
-            #[cfg(unix)]
-            if let Some(key) = &self.tls_key_file
-                && let Ok(meta) = std::fs::metadata(key)
-            {
-                use std::os::unix::fs::PermissionsExt;
-                if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(key = %key.display(), "the TLS key can be read by other users than its owner: chmod 600 it");
-                }
+            if let Some(key) = &self.tls_key_file {
+                warn_if_others_read(key);
             }
         } else if missing.len() < files.len() {
             anyhow::bail!(
@@ -580,6 +574,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // From here on SIGHUP never stops the node (see `reload_on_sighup`).
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("watching SIGHUP")?;
         let resp = tokio::net::TcpListener::bind(args.resp_addr)
             .await
             .with_context(|| format!("listening on {}", args.resp_addr))?;
@@ -653,8 +650,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let metrics_task = metrics
             .map(|listener| tokio::spawn(metrics::serve(node.clone(), listener, stop_rx.clone())));
         certs::log_expiry(&node.config.tls);
-        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("watching SIGHUP")?;
         let reloads = tokio::spawn(reload_on_sighup(node.clone(), hangups, stop_rx.clone()));
         let retention = tokio::spawn(node.clone().keep_wal(stop_rx));
         tracing::info!(
@@ -698,6 +693,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Warns of a TLS key that other users than its owner can read.
+fn warn_if_others_read(key: &std::path::Path) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(key) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(key = %key.display(), "the TLS key can be read by other users than its owner: chmod 600 it");
+        }
+    }
+}
+
 /// On each SIGHUP, reads the TLS files again (as PostgreSQL does its SSL
 /// files): a rotated certificate, key or CA is used from the next
 /// connection on, and files that fail the checks of the start leave the
@@ -718,6 +724,9 @@ async fn reload_on_sighup(
                 node.stats.tls_reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("SIGHUP: TLS files reloaded; new connections use them");
                 certs::log_expiry(&node.config.tls);
+                if let Some(key) = node.config.tls.key_file() {
+                    warn_if_others_read(key);
+                }
             }
             Ok(false) => tracing::info!("SIGHUP: no TLS files to reload"),
             Err(e) => {

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -579,6 +579,11 @@ pub struct Activity {
     pub last_ms: AtomicU64,
     /// Commands queued in its transaction; -1 outside MULTI.
     pub multi: AtomicI64,
+    /// Set by CLIENT KILL: the connection closes once the requests it is
+    /// running are answered, or at once if it is waiting for one.
+    pub killed: AtomicBool,
+    /// Wakes the connection when it is killed.
+    pub kill: tokio::sync::Notify,
 }
 
 impl Default for Activity {
@@ -586,7 +591,18 @@ impl Default for Activity {
         Activity {
             last_ms: AtomicU64::new(0),
             multi: AtomicI64::new(-1),
+            killed: AtomicBool::new(false),
+            kill: tokio::sync::Notify::new(),
         }
+    }
+}
+
+impl Activity {
+    /// CLIENT KILL.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        // A permit if the connection is not waiting now: its next wait ends.
+        self.kill.notify_one();
     }
 }
 

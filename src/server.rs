@@ -14,7 +14,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use crate::commands::{self, Conn, Handler, Multi, Spec, WriteHandler};
 use crate::node::{
@@ -150,25 +149,50 @@ pub async fn run(
     Ok(())
 }
 
+/// How long a TLS listener waits for a new connection's ClientHello: a
+/// silent connection holds a handshake slot no longer than this.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The TLS handshake of the client at `addr`, with `config` (the node's
-/// certificate as it is when the client came), within
-/// [`ferry_proto::tls::HANDSHAKE_TIMEOUT`]; a refused or timed-out one is
-/// counted and logged.
+/// certificate as it is when the client came): its ClientHello within
+/// [`CLIENT_HELLO_TIMEOUT`], the rest within
+/// [`ferry_proto::tls::HANDSHAKE_TIMEOUT`]. A handshake that fails once
+/// begun (or a client speaking something else than TLS) is counted and
+/// logged; a connection closed or silent before it sent a byte (a port
+/// check) is only logged.
 pub async fn tls_handshake(
     node: &Node,
     config: Arc<tokio_rustls::rustls::ServerConfig>,
     socket: TcpStream,
     addr: &str,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let accepted = tokio::time::timeout(
-        ferry_proto::tls::HANDSHAKE_TIMEOUT,
-        TlsAcceptor::from(config).accept(socket),
+    let hello = tokio::time::timeout(
+        CLIENT_HELLO_TIMEOUT,
+        tokio_rustls::LazyConfigAcceptor::new(Default::default(), socket),
     )
     .await;
-    let error = match accepted {
-        Ok(Ok(stream)) => return Some(stream),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_string(),
+    let error = match hello {
+        Ok(Ok(start)) => {
+            match tokio::time::timeout(
+                ferry_proto::tls::HANDSHAKE_TIMEOUT,
+                start.into_stream(config),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => return Some(stream),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            }
+        }
+        Ok(Err(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => e.to_string(),
+        Ok(Err(_)) => {
+            tracing::debug!(client = %addr, "closed before a TLS handshake");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(client = %addr, "no TLS ClientHello in time");
+            return None;
+        }
     };
     node.stats
         .tls_handshake_failures
@@ -438,9 +462,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
-            r = socket.read_buf(&mut buf) => r,
+            biased;
+            () = activity.kill.notified() => break,
             _ = stop.changed() => break,
+            r = socket.read_buf(&mut buf) => r,
         };
+        // Killed while the request was on its way: it is not run.
+        if activity.killed.load(Ordering::Acquire) {
+            break;
+        }
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
@@ -527,7 +557,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             out.clear();
         }
-        if conn.quit || *stop.borrow() {
+        if conn.quit || *stop.borrow() || activity.killed.load(Ordering::Acquire) {
             break;
         }
     }

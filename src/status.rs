@@ -257,31 +257,34 @@ impl Admin for AdminService {
 const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// TLS handshakes the gRPC listener runs at once; more connections wait
-/// in the listen backlog.
-pub const GRPC_HANDSHAKES_MAX: usize = 256;
+/// in the listen backlog. A silent one holds its slot for
+/// [`crate::server::CLIENT_HELLO_TIMEOUT`] at most.
+pub const GRPC_HANDSHAKES_MAX: usize = 1024;
 
 /// The connections of `listener` once their TLS handshakes are done, each
 /// with the node's certificate as it is when the connection comes (so a
 /// reload reaches every new one). Handshakes run side by side, so a slow
-/// or silent caller holds up no other; the stream ends when the server
-/// drops it.
+/// or silent caller holds up no other. Accepting stops, and handshakes
+/// under way are dropped, when `stop` turns true or the server drops the
+/// stream.
 fn tls_incoming(
     node: Arc<Node>,
     listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
     let (done, incoming) = tokio::sync::mpsc::channel(GRPC_HANDSHAKES_MAX);
     tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(GRPC_HANDSHAKES_MAX));
+        let mut handshakes = tokio::task::JoinSet::new();
         loop {
-            let accepted = tokio::select! {
-                () = done.closed() => return,
+            while handshakes.try_join_next().is_some() {}
+            let (slot, accepted) = tokio::select! {
+                _ = stop.wait_for(|&s| s) => break,
+                () = done.closed() => break,
                 accepted = async {
-                    let slot = slots.clone().acquire_owned().await;
+                    let slot = slots.clone().acquire_owned().await.expect("never closed");
                     (slot, listener.accept().await)
                 } => accepted,
-            };
-            let (Ok(slot), accepted) = accepted else {
-                return;
             };
             let (socket, addr) = match accepted {
                 Ok(accepted) => accepted,
@@ -293,18 +296,23 @@ fn tls_incoming(
             };
             let _ = socket.set_nodelay(true);
             let Some(config) = node.config.tls.grpc_config() else {
-                return;
+                tracing::error!("the gRPC listener has no TLS certificate: connection closed");
+                continue;
             };
             let (node, done) = (node.clone(), done.clone());
-            tokio::spawn(async move {
-                let stream =
-                    crate::server::tls_handshake(&node, config, socket, &addr.to_string()).await;
-                drop(slot);
-                if let Some(stream) = stream {
+            handshakes.spawn(async move {
+                let addr = addr.to_string();
+                if let Some(stream) =
+                    crate::server::tls_handshake(&node, config, socket, &addr).await
+                {
                     let _ = done.send(Ok(stream)).await;
                 }
+                // Held until the server has the connection: the slots
+                // bound what waits for it too.
+                drop(slot);
             });
         }
+        handshakes.abort_all();
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
@@ -354,18 +362,29 @@ pub async fn serve(
             &check,
         ))
         .add_service(guarded(node.shipper.service(), &check));
+    let accepting = stop.clone();
     let stopped = async move {
         let _ = stop.wait_for(|&s| s).await;
     };
     if node.config.tls.serves() {
+        let incoming = tls_incoming(node.clone(), listener, accepting);
         router
-            .serve_with_incoming_shutdown(tls_incoming(node.clone(), listener), stopped)
+            .serve_with_incoming_shutdown(incoming, stopped)
             .await?;
     } else {
-        let incoming = TcpListenerStream::new(listener).map(|socket| {
-            socket.inspect(|socket| {
-                let _ = socket.set_nodelay(true);
-            })
+        // tonic goes on to the next connection at once after a failed
+        // accept: the pause keeps that from spinning.
+        let incoming = TcpListenerStream::new(listener).then(|socket| async move {
+            match &socket {
+                Ok(socket) => {
+                    let _ = socket.set_nodelay(true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                }
+            }
+            socket
         });
         router
             .serve_with_incoming_shutdown(incoming, stopped)

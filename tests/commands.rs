@@ -644,6 +644,72 @@ fn connection_and_server_commands_answer_like_redis() {
     assert_eq!(raw(c, &["QUIT"]), ok());
 }
 
+/// CLIENT KILL closes the connections it matches (by ID, by address in
+/// the old form and the new, by local address), each of them closed
+/// whether it is idle or not; it skips the caller unless told not to,
+/// and then answers before closing it.
+#[test]
+fn client_kill_closes_the_connections_it_matches() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let field = |c: &mut redis::Connection, name: &str| -> String {
+        let V::BulkString(info) = raw(c, &["CLIENT", "INFO"]) else {
+            panic!()
+        };
+        let info = String::from_utf8(info).unwrap();
+        info.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {info}"))
+            .to_string()
+    };
+    // A killed connection gets nothing more: its next command fails.
+    let closed = |c: &mut redis::Connection| cmd(&["PING"]).query::<V>(c).is_err();
+    let by_id = &mut server.client();
+    let id = field(by_id, "id");
+    assert_eq!(raw(c, &["CLIENT", "KILL", "ID", &id]), V::Int(1));
+    assert!(closed(by_id), "killed by ID");
+    assert_eq!(raw(c, &["CLIENT", "KILL", "ID", &id]), V::Int(0));
+
+    let by_addr = &mut server.client();
+    let addr = field(by_addr, "addr");
+    assert_eq!(raw(c, &["CLIENT", "KILL", &addr]), ok());
+    assert!(closed(by_addr), "killed by address, the old form");
+    assert_eq!(error(c, &["CLIENT", "KILL", &addr]), "ERR No such client");
+
+    let by_new_form = &mut server.client();
+    let addr = field(by_new_form, "addr");
+    assert_eq!(
+        raw(c, &["CLIENT", "KILL", "ADDR", &addr, "TYPE", "normal"]),
+        V::Int(1)
+    );
+    assert!(closed(by_new_form));
+
+    // LADDR matches every connection to the port, the caller skipped.
+    let (a, b) = (&mut server.client(), &mut server.client());
+    let laddr = field(a, "laddr");
+    assert_eq!(raw(b, &["PING"]), V::SimpleString("PONG".into()));
+    assert_eq!(
+        raw(c, &["CLIENT", "KILL", "LADDR", &laddr, "USER", "default"]),
+        V::Int(2)
+    );
+    assert!(closed(a) && closed(b));
+    assert_eq!(raw(c, &["PING"]), V::SimpleString("PONG".into()));
+
+    // No client of these types here: replicas stream over gRPC.
+    let other = &mut server.client();
+    assert_eq!(raw(c, &["CLIENT", "KILL", "TYPE", "replica"]), V::Int(0));
+    assert_eq!(raw(other, &["PING"]), V::SimpleString("PONG".into()));
+
+    // The caller, when asked: the reply, then the close.
+    let own = field(c, "id");
+    assert_eq!(
+        raw(c, &["CLIENT", "KILL", "ID", &own, "SKIPME", "no"]),
+        V::Int(1)
+    );
+    assert!(closed(c), "the caller, after its reply");
+    assert_eq!(raw(other, &["PING"]), V::SimpleString("PONG".into()));
+}
+
 #[test]
 fn reads_are_served_from_the_read_cache_and_writes_replace_what_it_holds() {
     let (_dir, server) = start();

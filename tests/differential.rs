@@ -1014,6 +1014,24 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "CLIENT KILL's errors and counts",
+            [
+                resp(&[b"CLIENT", b"KILL", b"127.0.0.1:1"]),
+                resp(&[b"CLIENT", b"KILL", b"ID", b"0"]),
+                resp(&[b"CLIENT", b"KILL", b"ID", b"x"]),
+                resp(&[b"CLIENT", b"KILL", b"ID", b"999999"]),
+                resp(&[b"CLIENT", b"KILL", b"ID", b"999999", b"USER", b"default"]),
+                resp(&[b"CLIENT", b"KILL", b"TYPE", b"nosuch"]),
+                resp(&[b"CLIENT", b"KILL", b"TYPE", b"master"]),
+                resp(&[b"CLIENT", b"KILL", b"USER", b"nobody"]),
+                resp(&[b"CLIENT", b"KILL", b"SKIPME", b"maybe"]),
+                resp(&[b"CLIENT", b"KILL", b"ID", b"1", b"TYPE"]),
+                resp(&[b"CLIENT", b"KILL", b"COLOR", b"red"]),
+                resp(&[b"CLIENT", b"KILL"]),
+            ]
+            .concat(),
+        ),
+        (
             "EXPIRETIME rounds",
             [
                 resp(&[b"SET", b"a", b"1"]),

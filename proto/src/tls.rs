@@ -379,13 +379,20 @@ impl Tls {
         let Some(settings) = &self.0 else {
             return Ok(false);
         };
-        let loaded = read(&settings.files, settings.client_auth)?
-            .expect("the same paths as at load: files to read");
+        // The same paths as at load: there are files to read.
+        let Some(loaded) = read(&settings.files, settings.client_auth)? else {
+            return Ok(false);
+        };
         *settings
             .current
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
         Ok(true)
+    }
+
+    /// The key file given, if any.
+    pub fn key_file(&self) -> Option<&Path> {
+        self.0.as_ref().and_then(|s| s.files.key.as_deref())
     }
 
     /// The files as last read.
