@@ -333,7 +333,14 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
     ),
     (
         "command",
-        &[("count", 2), ("docs", -2), ("help", 2), ("info", -2)],
+        &[
+            ("count", 2),
+            ("docs", -2),
+            ("getkeys", -4),
+            ("help", 2),
+            ("info", -2),
+            ("list", -2),
+        ],
     ),
     (
         "config",
@@ -1869,8 +1876,6 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             "      Kill connections authenticated by <username>.",
             "    * SKIPME (YES|NO)",
             "      Skip killing current connection (default: yes).",
-            "    * ID <client-id>",
-            "      Kill connections by client id.",
             "LIST [options ...]",
             "    Return information about client connections. Options:",
             "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
@@ -1884,7 +1889,7 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             "SETNAME <name>",
             "    Assign the name <name> to the current connection.",
             "HELP",
-            "    Print this help.",
+            "    Prints this help.",
         ]),
         ("setinfo", 4) => {
             let attr = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
@@ -2072,16 +2077,20 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    Return details about all Redis commands.",
             "COUNT",
             "    Return the total number of commands in this Redis server.",
-            "DOCS [<command-name> ...]",
-            "    Return documentation details about multiple Redis commands.",
-            "    If no command names are given, documentation details for all",
-            "    commands are returned.",
+            "LIST",
+            "    Return a list of all commands in this Redis server.",
             "INFO [<command-name> ...]",
             "    Return details about multiple Redis commands.",
             "    If no command names are given, documentation details for all",
             "    commands are returned.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about multiple Redis commands.",
+            "    If no command names are given, documentation details for all",
+            "    commands are returned.",
+            "GETKEYS <full-command>",
+            "    Return the keys from a full Redis command.",
             "HELP",
-            "    Print this help.",
+            "    Prints this help.",
         ]),
         Some("docs") => {
             let specs: Vec<&Spec> = if args.len() > 2 {
@@ -2103,8 +2112,96 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
                     .collect(),
             )
         }
+        Some("getkeys") if args.len() >= 4 => command_getkeys(&args[2..]),
+        Some("list") => command_list(&args[2..]),
         Some(_) => subcommand_error("command", &args[1]),
     }
+}
+
+/// COMMAND GETKEYS: the keys of a command line, by its key positions
+/// (first, last, step), with Redis's errors.
+fn command_getkeys(line: &[Bytes]) -> Reply {
+    let Some(spec) = lookup(&line[0]) else {
+        return Reply::err("Invalid command specified");
+    };
+    if spec.first_key == 0 {
+        return Reply::err("The command has no key arguments");
+    }
+    let argc = line.len() as i64;
+    if (spec.arity > 0 && spec.arity != argc) || argc < -spec.arity {
+        return Reply::err("Invalid number of arguments specified for command");
+    }
+    let last = if spec.last_key < 0 {
+        argc + spec.last_key
+    } else {
+        spec.last_key
+    };
+    if last >= argc {
+        return Reply::err("Invalid arguments specified for command");
+    }
+    Reply::Array(
+        (spec.first_key..=last)
+            .step_by(spec.step.max(1) as usize)
+            .map(|i| Reply::Bulk(line[i as usize].clone()))
+            .collect(),
+    )
+}
+
+/// The ACL categories ferry can tell a command's flags stand for.
+fn in_acl_category(spec: &Spec, category: &str) -> bool {
+    let has = |flag: &str| spec.flags.contains(&flag);
+    match category
+        .trim_start_matches('@')
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "all" => true,
+        "read" => has("readonly"),
+        "write" => has("write"),
+        "fast" => has("fast"),
+        "slow" => !has("fast"),
+        "admin" => has("admin"),
+        _ => false,
+    }
+}
+
+/// COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN glob]:
+/// the names of the commands and of their subcommands (`client|kill`).
+fn command_list(options: &[Bytes]) -> Reply {
+    let mut names: Vec<String> = Vec::new();
+    for spec in COMMANDS {
+        names.push(spec.name.to_string());
+        for (sub, _) in subcommands_of(spec.name).unwrap_or_default() {
+            names.push(format!("{}|{sub}", spec.name));
+        }
+    }
+    let keep: Box<dyn Fn(&str) -> bool> = match options {
+        [] => Box::new(|_| true),
+        [filterby, kind, arg] if eq(filterby, "filterby") => {
+            let kind = String::from_utf8_lossy(kind).to_ascii_lowercase();
+            match kind.as_str() {
+                // No modules here.
+                "module" => Box::new(|_| false),
+                "pattern" => Box::new(move |name| crate::glob::matches(arg, name.as_bytes(), true)),
+                "aclcat" => {
+                    let category = String::from_utf8_lossy(arg).into_owned();
+                    Box::new(move |name| {
+                        let top = name.split('|').next().unwrap_or(name);
+                        lookup(top.as_bytes()).is_some_and(|s| in_acl_category(s, &category))
+                    })
+                }
+                _ => return syntax_error(),
+            }
+        }
+        _ => return syntax_error(),
+    };
+    Reply::Array(
+        names
+            .into_iter()
+            .filter(|name| keep(name))
+            .map(|name| Reply::Bulk(name.into()))
+            .collect(),
+    )
 }
 
 fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
@@ -2139,7 +2236,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
             "HELP",
-            "    Print this help.",
+            "    Prints this help.",
         ]),
         _ => subcommand_error("config", &args[1]),
     }
@@ -2199,7 +2296,7 @@ fn slowlog(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "RESET",
             "    Reset the slowlog.",
             "HELP",
-            "    Print this help.",
+            "    Prints this help.",
         ]),
         _ => subcommand_error("slowlog", &args[1]),
     }

@@ -517,6 +517,35 @@ fn connection_and_server_commands_answer_like_redis() {
             .ends_with("lib-name=app-lib lib-ver=\n")
     );
     assert!(matches!(raw(c, &["COMMAND", "COUNT"]), V::Int(n) if n >= 60));
+    // COMMAND LIST: every command and subcommand, or those a filter keeps.
+    let names = |c: &mut redis::Connection, args: &[&str]| -> Vec<String> {
+        let V::Array(names) = raw(c, args) else {
+            panic!("{args:?}")
+        };
+        names
+            .into_iter()
+            .map(|n| match n {
+                V::BulkString(b) => String::from_utf8(b).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let all = names(c, &["COMMAND", "LIST"]);
+    let V::Int(count) = raw(c, &["COMMAND", "COUNT"]) else {
+        panic!()
+    };
+    assert_eq!(
+        all.iter().filter(|n| !n.contains('|')).count() as i64,
+        count
+    );
+    assert!(all.contains(&"client|kill".to_string()) && all.contains(&"hset".to_string()));
+    let mut h = names(c, &["COMMAND", "LIST", "FILTERBY", "PATTERN", "hinc*"]);
+    h.sort();
+    assert_eq!(h, ["hincrby", "hincrbyfloat"]);
+    let writes = names(c, &["COMMAND", "LIST", "FILTERBY", "ACLCAT", "write"]);
+    assert!(writes.contains(&"set".to_string()) && !writes.contains(&"get".to_string()));
+    let reads = names(c, &["COMMAND", "LIST", "FILTERBY", "ACLCAT", "@read"]);
+    assert!(reads.contains(&"get".to_string()) && !reads.contains(&"set".to_string()));
     let V::Array(get) = raw(c, &["COMMAND", "INFO", "get"]) else {
         panic!()
     };

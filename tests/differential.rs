@@ -1032,6 +1032,28 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "COMMAND GETKEYS",
+            [
+                resp(&[b"COMMAND", b"GETKEYS", b"MSET", b"a", b"1", b"b", b"2"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"MSET", b"a", b"1", b"b"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"MGET", b"a", b"b", b"c"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"set", b"k", b"v", b"EX", b"10"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"RENAME", b"a", b"b"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"HSET", b"h", b"f", b"v"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"GET", b"a"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"GET", b"a", b"b"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"MSET", b"a"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"ECHO", b"a"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"NOSUCH", b"a"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"GET"]),
+                resp(&[b"COMMAND", b"LIST", b"FILTERBY", b"PATTERN", b"client|k*"]),
+                resp(&[b"COMMAND", b"LIST", b"FILTERBY", b"MODULE", b"x"]),
+                resp(&[b"COMMAND", b"LIST", b"FILTERBY", b"COLOR", b"x"]),
+                resp(&[b"COMMAND", b"LIST", b"x"]),
+            ]
+            .concat(),
+        ),
+        (
             "EXPIRETIME rounds",
             [
                 resp(&[b"SET", b"a", b"1"]),
