@@ -67,6 +67,8 @@ pub struct Conn {
     pub multi: Option<Multi>,
     /// The keys WATCHed for the next EXEC.
     pub watch: ferry_engine::Watch,
+    /// What CLIENT LIST shows of it, and CLIENT KILL's mark.
+    pub activity: std::sync::Arc<crate::node::Activity>,
 }
 
 /// A transaction being queued (MULTI ... EXEC).
@@ -91,6 +93,8 @@ impl std::fmt::Debug for Multi {
 
 const W: &[&str] = &["write"];
 const WD: &[&str] = &["write", "denyoom"];
+const WDF: &[&str] = &["write", "denyoom", "fast"];
+const WF: &[&str] = &["write", "fast"];
 const R: &[&str] = &["readonly", "fast"];
 const RS: &[&str] = &["readonly"];
 const C: &[&str] = &["fast"];
@@ -113,43 +117,34 @@ macro_rules! spec {
 
 /// Every command, sorted by name.
 pub static COMMANDS: &[Spec] = &[
-    spec!("append", 3, WD, 1, 1, 1, Handler::Write(append)),
+    spec!("append", 3, WDF, 1, 1, 1, Handler::Write(append)),
     spec!(
         "auth",
         -2,
-        &["noscript", "loading", "stale", "fast"],
+        &[
+            "noscript",
+            "loading",
+            "stale",
+            "fast",
+            "no_auth",
+            "allow_busy"
+        ],
         0,
         0,
         0,
         Handler::Conn(auth)
     ),
-    spec!(
-        "client",
-        -2,
-        &["admin", "noscript", "loading", "stale"],
-        0,
-        0,
-        0,
-        Handler::Conn(client)
-    ),
+    spec!("client", -2, &[], 0, 0, 0, Handler::Conn(client)),
     spec!(
         "command",
         -1,
-        &["random", "loading", "stale"],
+        &["loading", "stale"],
         0,
         0,
         0,
         Handler::Conn(command)
     ),
-    spec!(
-        "config",
-        -2,
-        &["admin", "noscript", "loading", "stale"],
-        0,
-        0,
-        0,
-        Handler::Conn(config)
-    ),
+    spec!("config", -2, &[], 0, 0, 0, Handler::Conn(config)),
     spec!("dbsize", 1, R, 0, 0, 0, Handler::Read(dbsize)),
     spec!(
         "debug",
@@ -160,11 +155,19 @@ pub static COMMANDS: &[Spec] = &[
         0,
         Handler::Read(debug)
     ),
-    spec!("decr", 2, WD, 1, 1, 1, Handler::Write(decr)),
-    spec!("decrby", 3, WD, 1, 1, 1, Handler::Write(decrby)),
+    spec!("decr", 2, WDF, 1, 1, 1, Handler::Write(decr)),
+    spec!("decrby", 3, WDF, 1, 1, 1, Handler::Write(decrby)),
     spec!("del", -2, W, 1, -1, 1, Handler::Write(del)),
     spec!("discard", 1, TX, 0, 0, 0, Handler::Transaction),
-    spec!("echo", 2, C, 0, 0, 0, Handler::Conn(echo)),
+    spec!(
+        "echo",
+        2,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(echo)
+    ),
     spec!(
         "exec",
         1,
@@ -175,21 +178,28 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Transaction
     ),
     spec!("exists", -2, R, 1, -1, 1, Handler::Read(exists)),
-    spec!("expire", -3, W, 1, 1, 1, Handler::Write(expire)),
-    spec!("expireat", -3, W, 1, 1, 1, Handler::Write(expireat)),
+    spec!("expire", -3, WF, 1, 1, 1, Handler::Write(expire)),
+    spec!("expireat", -3, WF, 1, 1, 1, Handler::Write(expireat)),
     spec!("expiretime", 2, R, 1, 1, 1, Handler::Read(expiretime)),
     spec!("flushall", -1, W, 0, 0, 0, Handler::Write(flushall)),
     spec!("flushdb", -1, W, 0, 0, 0, Handler::Write(flushall)),
     spec!("get", 2, R, 1, 1, 1, Handler::Read(get)),
-    spec!("getdel", 2, W, 1, 1, 1, Handler::Write(getdel)),
-    spec!("getex", -2, W, 1, 1, 1, Handler::Write(getex)),
+    spec!("getdel", 2, WF, 1, 1, 1, Handler::Write(getdel)),
+    spec!("getex", -2, WF, 1, 1, 1, Handler::Write(getex)),
     spec!("getrange", 4, RS, 1, 1, 1, Handler::Read(getrange)),
-    spec!("getset", 3, WD, 1, 1, 1, Handler::Write(getset)),
-    spec!("hdel", -3, W, 1, 1, 1, Handler::Write(hdel)),
+    spec!("getset", 3, WDF, 1, 1, 1, Handler::Write(getset)),
+    spec!("hdel", -3, WF, 1, 1, 1, Handler::Write(hdel)),
     spec!(
         "hello",
         -1,
-        &["noscript", "loading", "stale", "fast"],
+        &[
+            "noscript",
+            "loading",
+            "stale",
+            "fast",
+            "no_auth",
+            "allow_busy"
+        ],
         0,
         0,
         0,
@@ -198,45 +208,45 @@ pub static COMMANDS: &[Spec] = &[
     spec!("hexists", 3, R, 1, 1, 1, Handler::Read(hexists)),
     spec!("hget", 3, R, 1, 1, 1, Handler::Read(hget)),
     spec!("hgetall", 2, RS, 1, 1, 1, Handler::Read(hgetall)),
-    spec!("hincrby", 4, WD, 1, 1, 1, Handler::Write(hincrby)),
-    spec!("hincrbyfloat", 4, WD, 1, 1, 1, Handler::Write(hincrbyfloat)),
+    spec!("hincrby", 4, WDF, 1, 1, 1, Handler::Write(hincrby)),
+    spec!(
+        "hincrbyfloat",
+        4,
+        WDF,
+        1,
+        1,
+        1,
+        Handler::Write(hincrbyfloat)
+    ),
     spec!("hkeys", 2, RS, 1, 1, 1, Handler::Read(hkeys)),
     spec!("hlen", 2, R, 1, 1, 1, Handler::Read(hlen)),
     spec!("hmget", -3, R, 1, 1, 1, Handler::Read(hmget)),
-    spec!("hmset", -4, WD, 1, 1, 1, Handler::Write(hmset)),
+    spec!("hmset", -4, WDF, 1, 1, 1, Handler::Write(hmset)),
     spec!("hscan", -3, RS, 1, 1, 1, Handler::Read(hscan)),
-    spec!("hset", -4, WD, 1, 1, 1, Handler::Write(hset)),
-    spec!("hsetnx", 4, WD, 1, 1, 1, Handler::Write(hsetnx)),
+    spec!("hset", -4, WDF, 1, 1, 1, Handler::Write(hset)),
+    spec!("hsetnx", 4, WDF, 1, 1, 1, Handler::Write(hsetnx)),
     spec!("hstrlen", 3, R, 1, 1, 1, Handler::Read(hstrlen)),
     spec!("hvals", 2, RS, 1, 1, 1, Handler::Read(hvals)),
-    spec!("incr", 2, WD, 1, 1, 1, Handler::Write(incr)),
-    spec!("incrby", 3, WD, 1, 1, 1, Handler::Write(incrby)),
-    spec!("incrbyfloat", 3, WD, 1, 1, 1, Handler::Write(incrbyfloat)),
+    spec!("incr", 2, WDF, 1, 1, 1, Handler::Write(incr)),
+    spec!("incrby", 3, WDF, 1, 1, 1, Handler::Write(incrby)),
+    spec!("incrbyfloat", 3, WDF, 1, 1, 1, Handler::Write(incrbyfloat)),
     spec!(
         "info",
         -1,
-        &["random", "loading", "stale"],
+        &["loading", "stale"],
         0,
         0,
         0,
         Handler::Conn(crate::info::info)
     ),
-    spec!(
-        "keys",
-        2,
-        &["readonly", "sort_for_script"],
-        0,
-        0,
-        0,
-        Handler::Read(keys)
-    ),
+    spec!("keys", 2, &["readonly"], 0, 0, 0, Handler::Read(keys)),
     spec!("mget", -2, R, 1, -1, 1, Handler::Read(mget)),
     spec!("mset", -3, WD, 1, -1, 2, Handler::Write(mset)),
     spec!("msetnx", -3, WD, 1, -1, 2, Handler::Write(msetnx)),
     spec!("multi", 1, TX, 0, 0, 0, Handler::Transaction),
-    spec!("persist", 2, W, 1, 1, 1, Handler::Write(persist)),
-    spec!("pexpire", -3, W, 1, 1, 1, Handler::Write(pexpire)),
-    spec!("pexpireat", -3, W, 1, 1, 1, Handler::Write(pexpireat)),
+    spec!("persist", 2, WF, 1, 1, 1, Handler::Write(persist)),
+    spec!("pexpire", -3, WF, 1, 1, 1, Handler::Write(pexpire)),
+    spec!("pexpireat", -3, WF, 1, 1, 1, Handler::Write(pexpireat)),
     spec!("pexpiretime", 2, R, 1, 1, 1, Handler::Read(pexpiretime)),
     spec!("ping", -1, C, 0, 0, 0, Handler::Conn(ping)),
     spec!("psetex", 4, WD, 1, 1, 1, Handler::Write(psetex)),
@@ -244,7 +254,14 @@ pub static COMMANDS: &[Spec] = &[
     spec!(
         "quit",
         -1,
-        &["noscript", "loading", "stale", "fast"],
+        &[
+            "noscript",
+            "loading",
+            "stale",
+            "fast",
+            "no_auth",
+            "allow_busy"
+        ],
         0,
         0,
         0,
@@ -254,7 +271,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!(
         "replicaof",
         3,
-        &["admin", "noscript", "stale"],
+        &["admin", "noscript", "stale", "no_async_loading"],
         0,
         0,
         0,
@@ -281,30 +298,22 @@ pub static COMMANDS: &[Spec] = &[
     ),
     spec!("set", -3, WD, 1, 1, 1, Handler::Write(set)),
     spec!("setex", 4, WD, 1, 1, 1, Handler::Write(setex)),
-    spec!("setnx", 3, WD, 1, 1, 1, Handler::Write(setnx)),
+    spec!("setnx", 3, WDF, 1, 1, 1, Handler::Write(setnx)),
     spec!("setrange", 4, WD, 1, 1, 1, Handler::Write(setrange)),
     spec!(
         "slaveof",
         3,
-        &["admin", "noscript", "stale"],
+        &["admin", "noscript", "stale", "no_async_loading"],
         0,
         0,
         0,
         Handler::ReplicaOf
     ),
-    spec!(
-        "slowlog",
-        -2,
-        &["admin", "loading", "stale"],
-        0,
-        0,
-        0,
-        Handler::Conn(slowlog)
-    ),
+    spec!("slowlog", -2, &[], 0, 0, 0, Handler::Conn(slowlog)),
     spec!("strlen", 2, R, 1, 1, 1, Handler::Read(strlen)),
     spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
     spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
-    spec!("unlink", -2, W, 1, -1, 1, Handler::Write(del)),
+    spec!("unlink", -2, WF, 1, -1, 1, Handler::Write(del)),
     spec!("unwatch", 1, TX, 0, 0, 0, Handler::Transaction),
     spec!("wait", 3, &["noscript"], 0, 0, 0, Handler::Wait),
     spec!("watch", -2, TX, 1, -1, 1, Handler::Transaction),
@@ -350,6 +359,108 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
         "slowlog",
         &[("get", -2), ("help", 2), ("len", 2), ("reset", 2)],
     ),
+];
+
+/// Each command's and subcommand's ACL categories, as Redis 7.0 gives
+/// them (COMMAND INFO, COMMAND LIST FILTERBY ACLCAT), sorted by name.
+pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
+    ("append", &["write", "string", "fast"]),
+    ("auth", &["fast", "connection"]),
+    ("client", &["slow"]),
+    ("client|getname", &["slow", "connection"]),
+    ("client|help", &["slow", "connection"]),
+    ("client|id", &["slow", "connection"]),
+    ("client|info", &["slow", "connection"]),
+    ("client|kill", &["admin", "slow", "dangerous", "connection"]),
+    ("client|list", &["admin", "slow", "dangerous", "connection"]),
+    ("client|setinfo", &["slow", "connection"]),
+    ("client|setname", &["slow", "connection"]),
+    ("command", &["slow", "connection"]),
+    ("command|count", &["slow", "connection"]),
+    ("command|docs", &["slow", "connection"]),
+    ("command|getkeys", &["slow", "connection"]),
+    ("command|help", &["slow", "connection"]),
+    ("command|info", &["slow", "connection"]),
+    ("command|list", &["slow", "connection"]),
+    ("config", &["slow"]),
+    ("config|get", &["admin", "slow", "dangerous"]),
+    ("config|help", &["slow"]),
+    ("config|resetstat", &["admin", "slow", "dangerous"]),
+    ("config|set", &["admin", "slow", "dangerous"]),
+    ("dbsize", &["keyspace", "read", "fast"]),
+    ("debug", &["admin", "slow", "dangerous"]),
+    ("decr", &["write", "string", "fast"]),
+    ("decrby", &["write", "string", "fast"]),
+    ("del", &["keyspace", "write", "slow"]),
+    ("discard", &["fast", "transaction"]),
+    ("echo", &["fast", "connection"]),
+    ("exec", &["slow", "transaction"]),
+    ("exists", &["keyspace", "read", "fast"]),
+    ("expire", &["keyspace", "write", "fast"]),
+    ("expireat", &["keyspace", "write", "fast"]),
+    ("expiretime", &["keyspace", "read", "fast"]),
+    ("flushall", &["keyspace", "write", "slow", "dangerous"]),
+    ("flushdb", &["keyspace", "write", "slow", "dangerous"]),
+    ("get", &["read", "string", "fast"]),
+    ("getdel", &["write", "string", "fast"]),
+    ("getex", &["write", "string", "fast"]),
+    ("getrange", &["read", "string", "slow"]),
+    ("getset", &["write", "string", "fast"]),
+    ("hdel", &["write", "hash", "fast"]),
+    ("hello", &["fast", "connection"]),
+    ("hexists", &["read", "hash", "fast"]),
+    ("hget", &["read", "hash", "fast"]),
+    ("hgetall", &["read", "hash", "slow"]),
+    ("hincrby", &["write", "hash", "fast"]),
+    ("hincrbyfloat", &["write", "hash", "fast"]),
+    ("hkeys", &["read", "hash", "slow"]),
+    ("hlen", &["read", "hash", "fast"]),
+    ("hmget", &["read", "hash", "fast"]),
+    ("hmset", &["write", "hash", "fast"]),
+    ("hscan", &["read", "hash", "slow"]),
+    ("hset", &["write", "hash", "fast"]),
+    ("hsetnx", &["write", "hash", "fast"]),
+    ("hstrlen", &["read", "hash", "fast"]),
+    ("hvals", &["read", "hash", "slow"]),
+    ("incr", &["write", "string", "fast"]),
+    ("incrby", &["write", "string", "fast"]),
+    ("incrbyfloat", &["write", "string", "fast"]),
+    ("info", &["slow", "dangerous"]),
+    ("keys", &["keyspace", "read", "slow", "dangerous"]),
+    ("mget", &["read", "string", "fast"]),
+    ("mset", &["write", "string", "slow"]),
+    ("msetnx", &["write", "string", "slow"]),
+    ("multi", &["fast", "transaction"]),
+    ("persist", &["keyspace", "write", "fast"]),
+    ("pexpire", &["keyspace", "write", "fast"]),
+    ("pexpireat", &["keyspace", "write", "fast"]),
+    ("pexpiretime", &["keyspace", "read", "fast"]),
+    ("ping", &["fast", "connection"]),
+    ("psetex", &["write", "string", "slow"]),
+    ("pttl", &["keyspace", "read", "fast"]),
+    ("quit", &["fast", "connection"]),
+    ("rename", &["keyspace", "write", "slow"]),
+    ("replicaof", &["admin", "slow", "dangerous"]),
+    ("role", &["admin", "fast", "dangerous"]),
+    ("scan", &["keyspace", "read", "slow"]),
+    ("select", &["fast", "connection"]),
+    ("set", &["write", "string", "slow"]),
+    ("setex", &["write", "string", "slow"]),
+    ("setnx", &["write", "string", "fast"]),
+    ("setrange", &["write", "string", "slow"]),
+    ("slaveof", &["admin", "slow", "dangerous"]),
+    ("slowlog", &["slow"]),
+    ("slowlog|get", &["admin", "slow", "dangerous"]),
+    ("slowlog|help", &["slow"]),
+    ("slowlog|len", &["admin", "slow", "dangerous"]),
+    ("slowlog|reset", &["admin", "slow", "dangerous"]),
+    ("strlen", &["read", "string", "fast"]),
+    ("ttl", &["keyspace", "read", "fast"]),
+    ("type", &["keyspace", "read", "fast"]),
+    ("unlink", &["keyspace", "write", "fast"]),
+    ("unwatch", &["fast", "transaction"]),
+    ("wait", &["slow", "connection"]),
+    ("watch", &["fast", "transaction"]),
 ];
 
 fn subcommands_of(name: &str) -> Option<Subcommands> {
@@ -1924,14 +2035,19 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
 fn client_kill(node: &Node, conn: &mut Conn, filters: &[Bytes]) -> Reply {
     let old_form = filters.len() == 1;
     let (mut id, mut addr, mut laddr, mut normal, mut skipme) = (None, None, None, true, !old_form);
-    if old_form {
+    let mut rest = if old_form {
         addr = Some(&filters[0]);
-    } else if filters.len() % 2 == 1 {
-        return syntax_error();
-    }
-    let pairs = if old_form { &[][..] } else { filters };
-    for pair in pairs.chunks_exact(2) {
-        let (option, value) = (&pair[0], &pair[1]);
+        &[][..]
+    } else {
+        filters
+    };
+    // Option by option, as Redis: an error in one comes before a later
+    // option's missing value.
+    while let Some((option, after)) = rest.split_first() {
+        let Some((value, after)) = after.split_first() else {
+            return syntax_error();
+        };
+        rest = after;
         let option = String::from_utf8_lossy(option).to_ascii_lowercase();
         match option.as_str() {
             "id" => match parse_i64(value) {
@@ -1941,7 +2057,7 @@ fn client_kill(node: &Node, conn: &mut Conn, filters: &[Bytes]) -> Reply {
             "type" => {
                 let kind = String::from_utf8_lossy(value).to_ascii_lowercase();
                 match kind.as_str() {
-                    "normal" => {}
+                    "normal" => normal = true,
                     // Replicas stream over gRPC: every RESP client here is
                     // a normal one.
                     "master" | "replica" | "slave" | "pubsub" => normal = false,
@@ -1972,7 +2088,12 @@ fn client_kill(node: &Node, conn: &mut Conn, filters: &[Bytes]) -> Reply {
             let matches = id.is_none_or(|id| info.id == id)
                 && addr.is_none_or(|a| a.as_ref() == info.addr.as_bytes())
                 && laddr.is_none_or(|a| a.as_ref() == info.laddr.as_bytes());
-            if !matches || (skipme && info.id == conn.id) {
+            // One killed already and still closing is not counted again.
+            let closing = info
+                .activity
+                .killed
+                .load(std::sync::atomic::Ordering::Acquire);
+            if !matches || closing || (skipme && info.id == conn.id) {
                 continue;
             }
             if info.id == conn.id {
@@ -2046,7 +2167,12 @@ fn command_info(spec: &Spec) -> Reply {
         Reply::Int(spec.first_key),
         Reply::Int(spec.last_key),
         Reply::Int(spec.step),
-        Reply::Array(Vec::new()),
+        Reply::Array(
+            acl_categories(spec.name)
+                .iter()
+                .map(|c| Reply::Simple(format!("@{c}").into()))
+                .collect(),
+        ),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),
         Reply::Array(Vec::new()),
@@ -2124,6 +2250,14 @@ fn command_getkeys(line: &[Bytes]) -> Reply {
     let Some(spec) = lookup(&line[0]) else {
         return Reply::err("Invalid command specified");
     };
+    // A container's subcommand must exist.
+    if let (Some(subcommands), Some(sub)) = (subcommands_of(spec.name), line.get(1))
+        && !subcommands
+            .iter()
+            .any(|(name, _)| sub.eq_ignore_ascii_case(name.as_bytes()))
+    {
+        return Reply::err("Invalid command specified");
+    }
     if spec.first_key == 0 {
         return Reply::err("The command has no key arguments");
     }
@@ -2147,22 +2281,12 @@ fn command_getkeys(line: &[Bytes]) -> Reply {
     )
 }
 
-/// The ACL categories ferry can tell a command's flags stand for.
-fn in_acl_category(spec: &Spec, category: &str) -> bool {
-    let has = |flag: &str| spec.flags.contains(&flag);
-    match category
-        .trim_start_matches('@')
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "all" => true,
-        "read" => has("readonly"),
-        "write" => has("write"),
-        "fast" => has("fast"),
-        "slow" => !has("fast"),
-        "admin" => has("admin"),
-        _ => false,
-    }
+/// The ACL categories of a command or subcommand (`client|kill`), as
+/// Redis 7.0 gives them.
+fn acl_categories(full_name: &str) -> &'static [&'static str] {
+    ACL_CATEGORIES
+        .binary_search_by(|(name, _)| name.cmp(&full_name))
+        .map_or(&[], |i| ACL_CATEGORIES[i].1)
 }
 
 /// COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN glob]:
@@ -2186,8 +2310,9 @@ fn command_list(options: &[Bytes]) -> Reply {
                 "aclcat" => {
                     let category = String::from_utf8_lossy(arg).into_owned();
                     Box::new(move |name| {
-                        let top = name.split('|').next().unwrap_or(name);
-                        lookup(top.as_bytes()).is_some_and(|s| in_acl_category(s, &category))
+                        acl_categories(name)
+                            .iter()
+                            .any(|c| c.eq_ignore_ascii_case(&category))
                     })
                 }
                 _ => return syntax_error(),
@@ -2424,6 +2549,24 @@ fn debug(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command and subcommand has its ACL categories, in a table
+    /// sorted for the binary search.
+    #[test]
+    fn acl_categories_cover_every_command() {
+        assert!(ACL_CATEGORIES.windows(2).all(|w| w[0].0 < w[1].0));
+        for spec in COMMANDS {
+            assert!(!acl_categories(spec.name).is_empty(), "{}", spec.name);
+            for (sub, _) in subcommands_of(spec.name).unwrap_or_default() {
+                let full = format!("{}|{sub}", spec.name);
+                assert!(!acl_categories(&full).is_empty(), "{full}");
+            }
+        }
+        assert_eq!(ACL_CATEGORIES.len(), {
+            let subs: usize = SUBCOMMANDS.iter().map(|(_, s)| s.len()).sum();
+            COMMANDS.len() + subs
+        });
+    }
 
     #[test]
     fn the_table_is_sorted_and_lookups_ignore_case() {

@@ -167,9 +167,10 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         "clients" => {
             let _ = write!(
                 out,
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n",
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n",
                 stats.connected_clients.load(Ordering::Relaxed),
-                node.config.maxclients
+                node.config.maxclients,
+                stats.blocked_clients.load(Ordering::Relaxed),
             );
         }
         "memory" => {

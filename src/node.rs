@@ -356,6 +356,8 @@ pub struct Stats {
     pub total_commands_processed: AtomicU64,
     pub rejected_connections: AtomicU64,
     pub connected_clients: AtomicU64,
+    /// Clients waiting in a blocking command (WAIT).
+    pub blocked_clients: AtomicU64,
     pub expired_keys: AtomicU64,
     pub total_net_input_bytes: AtomicU64,
     pub total_net_output_bytes: AtomicU64,
@@ -388,6 +390,7 @@ impl Default for Stats {
             total_commands_processed: AtomicU64::default(),
             rejected_connections: AtomicU64::default(),
             connected_clients: AtomicU64::default(),
+            blocked_clients: AtomicU64::default(),
             expired_keys: AtomicU64::default(),
             total_net_input_bytes: AtomicU64::default(),
             total_net_output_bytes: AtomicU64::default(),

@@ -392,10 +392,33 @@ async fn flushed_by(
 /// WAIT: how many replicas flushed the connection's last write, waiting up
 /// to `timeout_ms` (0: without limit) for `wanted` of them.
 async fn wait_replicas(node: &Node, conn: &Conn, wanted: usize, timeout_ms: u64) -> Reply {
+    let lsn = ferry_wal::Lsn(conn.last_write_lsn);
+    let count = node.shipper.flushed_count(lsn);
+    if count >= wanted {
+        return Reply::Int(count as i64);
+    }
+    // A blocked client (INFO clients) while it waits.
+    let _blocked = Blocked::begin(&node.stats.blocked_clients);
     let deadline =
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
-    let count = flushed_by(node, ferry_wal::Lsn(conn.last_write_lsn), wanted, deadline).await;
+    let count = flushed_by(node, lsn, wanted, deadline).await;
     Reply::Int(count as i64)
+}
+
+/// Counts a client as blocked for as long as it lives.
+struct Blocked<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Blocked<'a> {
+    fn begin(count: &'a std::sync::atomic::AtomicU64) -> Blocked<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Blocked(count)
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -417,8 +440,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         last_write_lsn: 0,
         multi: None,
         watch: node.engine.new_watch(),
+        activity: Arc::new(Activity::default()),
     };
-    let activity = Arc::new(Activity::default());
+    let activity = conn.activity.clone();
     let connected_at = Instant::now();
     node.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
     node.clients
@@ -463,7 +487,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         buf.reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
             biased;
-            () = activity.kill.notified() => break,
+            () = until_killed(&activity) => break,
             _ = stop.changed() => break,
             r = socket.read_buf(&mut buf) => r,
         };
@@ -489,6 +513,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut last_command = None;
         loop {
+            // Killed mid-batch: nothing more of it runs.
+            if activity.killed.load(Ordering::Acquire) {
+                break 'serve;
+            }
             let args = match parse_request(&mut buf, limits(&conn)) {
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => args,
@@ -551,8 +579,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             node.stats
                 .total_net_output_bytes
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            // A TLS stream keeps what it encrypted until flushed.
-            if socket.write_all(&out).await.is_err() || socket.flush().await.is_err() {
+            // A TLS stream keeps what it encrypted until flushed. A client
+            // that does not read holds the write up until it is killed.
+            let written = tokio::select! {
+                biased;
+                () = until_killed(&activity) => break,
+                written = async {
+                    socket.write_all(&out).await?;
+                    socket.flush().await
+                } => written,
+            };
+            if written.is_err() {
                 break;
             }
             out.clear();
@@ -569,6 +606,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     // Over TLS, the close_notify and anything still buffered; a client
     // that no longer reads gets no more time than this.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
+}
+
+/// Resolves once the connection is killed (CLIENT KILL), at once if it
+/// already is.
+async fn until_killed(activity: &Activity) {
+    let notified = activity.kill.notified();
+    tokio::pin!(notified);
+    // Waiting before the check: a kill between the two still wakes it.
+    notified.as_mut().enable();
+    if !activity.killed.load(Ordering::Acquire) {
+        notified.await;
+    }
 }
 
 /// A write a connection has read and not yet run: consecutive ones run
@@ -765,7 +814,12 @@ async fn run_command(
                 )
             } else {
                 match commands::wait_args(args) {
-                    Ok((wanted, timeout_ms)) => wait_replicas(node, conn, wanted, timeout_ms).await,
+                    // Until killed, for a WAIT without a timeout.
+                    Ok((wanted, timeout_ms)) => tokio::select! {
+                        biased;
+                        () = until_killed(&conn.activity) => Reply::Int(0),
+                        reply = wait_replicas(node, conn, wanted, timeout_ms) => reply,
+                    },
                     Err(reply) => reply,
                 }
             }

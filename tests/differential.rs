@@ -981,6 +981,102 @@ fn resp(args: &[&[u8]]) -> Vec<u8> {
 
 /// The replies where ferry and Redis 7 must agree byte for byte (HELLO's
 /// map only in its first line: versions and ids differ).
+/// COMMAND INFO of every command ferry has: name, arity, flags, key
+/// positions and ACL categories as Redis gives them (its tips, key specs
+/// and subcommands ferry leaves empty); COMMAND LIST FILTERBY ACLCAT
+/// names the same commands and subcommands per category.
+#[test]
+fn command_info_and_categories_are_redis_s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let redis = Redis::start();
+    let f = &mut connect(&ferry.url(), false).expect("ferry");
+    let r = &mut connect(&format!("redis://127.0.0.1:{}/", redis.port), false).expect("redis");
+    let Value::Array(names) = common::cmd(&["COMMAND", "LIST"]).query::<Value>(f).unwrap() else {
+        panic!()
+    };
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|n| match n {
+            Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let top: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.contains('|'))
+        .collect();
+    let info = |c: &mut redis::Connection| -> Vec<Value> {
+        let mut args = vec!["COMMAND", "INFO"];
+        args.extend(&top);
+        let Value::Array(infos) = common::cmd(&args).query::<Value>(c).unwrap() else {
+            panic!()
+        };
+        infos
+    };
+    for (name, (ours, theirs)) in top.iter().zip(info(f).into_iter().zip(info(r))) {
+        let (Value::Array(ours), Value::Array(theirs)) = (ours, theirs) else {
+            panic!("{name}: not an array")
+        };
+        assert_eq!(ours[..7], theirs[..7], "COMMAND INFO {name}");
+    }
+    let sorted = |c: &mut redis::Connection, category: &str| -> Vec<String> {
+        let Value::Array(list) = common::cmd(&["COMMAND", "LIST", "FILTERBY", "ACLCAT", category])
+            .query::<Value>(c)
+            .unwrap()
+        else {
+            panic!()
+        };
+        let mut list: Vec<String> = list
+            .into_iter()
+            .map(|n| match n {
+                Value::BulkString(b) => String::from_utf8(b).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        list.sort();
+        list
+    };
+    // Names both have (CLIENT SETINFO came in Redis 7.2).
+    let Value::Array(known) = common::cmd(&["COMMAND", "LIST"]).query::<Value>(r).unwrap() else {
+        panic!()
+    };
+    let known: Vec<String> = known
+        .into_iter()
+        .filter_map(|n| match n {
+            Value::BulkString(b) => String::from_utf8(b).ok(),
+            _ => None,
+        })
+        .collect();
+    for category in [
+        "read",
+        "write",
+        "fast",
+        "slow",
+        "admin",
+        "dangerous",
+        "keyspace",
+        "string",
+        "hash",
+        "connection",
+        "transaction",
+        "@read",
+        "all",
+        "nosuch",
+    ] {
+        let theirs: Vec<String> = sorted(r, category)
+            .into_iter()
+            .filter(|n| names.contains(n))
+            .collect();
+        let ours: Vec<String> = sorted(f, category)
+            .into_iter()
+            .filter(|n| known.contains(n))
+            .collect();
+        assert_eq!(ours, theirs, "ACLCAT {category}");
+    }
+}
+
 #[test]
 fn fixed_cases_get_the_bytes_redis_gives() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1028,6 +1124,13 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 resp(&[b"CLIENT", b"KILL", b"ID", b"1", b"TYPE"]),
                 resp(&[b"CLIENT", b"KILL", b"COLOR", b"red"]),
                 resp(&[b"CLIENT", b"KILL"]),
+                resp(&[b"CLIENT", b"KILL", b"ID", b"0", b"TYPE"]),
+                resp(&[b"CLIENT", b"KILL", b"TYPE", b"nosuch", b"ID"]),
+                resp(&[b"CLIENT", b"KILL", b"USER", b"nobody", b"x"]),
+                resp(&[b"CLIENT", b"KILL", b"SKIPME", b"yes", b"ADDR"]),
+                resp(&[
+                    b"CLIENT", b"KILL", b"TYPE", b"master", b"TYPE", b"normal", b"ID", b"999999",
+                ]),
             ]
             .concat(),
         ),
@@ -1046,6 +1149,9 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 resp(&[b"COMMAND", b"GETKEYS", b"ECHO", b"a"]),
                 resp(&[b"COMMAND", b"GETKEYS", b"NOSUCH", b"a"]),
                 resp(&[b"COMMAND", b"GETKEYS", b"GET"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"client", b"nosuch"]),
+                resp(&[b"COMMAND", b"GETKEYS", b"client", b"kill"]),
+                resp(&[b"COMMAND", b"LIST", b"FILTERBY", b"ACLCAT", b"@read"]),
                 resp(&[b"COMMAND", b"LIST", b"FILTERBY", b"PATTERN", b"client|k*"]),
                 resp(&[b"COMMAND", b"LIST", b"FILTERBY", b"MODULE", b"x"]),
                 resp(&[b"COMMAND", b"LIST", b"FILTERBY", b"COLOR", b"x"]),
