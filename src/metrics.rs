@@ -41,7 +41,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, mut stop: watch::Rece
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(crate::server::ACCEPT_RETRY_PAUSE).await;
                     continue;
                 }
             },

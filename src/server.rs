@@ -87,6 +87,7 @@ pub async fn run(
             () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let Some((mut socket, addr, laddr)) = accepted_socket(accepted) else {
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 };
                 if !admit(&node, &handshakes) {
@@ -99,6 +100,7 @@ pub async fn run(
             }
             accepted = accept_tls(tls_listener.as_ref()) => {
                 let Some((socket, addr, laddr)) = accepted_socket(accepted) else {
+                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 };
                 // Over the limit, closed before a handshake costs anything.
@@ -148,6 +150,10 @@ pub async fn run(
     tracing::info!(durable_lsn = %durable, "WAL synced; bye");
     Ok(())
 }
+
+/// How long a listener waits after a failed accept (out of file
+/// descriptors, say) before the next, instead of spinning on it.
+pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a TLS listener waits for a new connection's ClientHello: a
 /// silent connection holds a handshake slot no longer than this.

@@ -290,7 +290,7 @@ fn tls_incoming(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "gRPC accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                    tokio::time::sleep(crate::server::ACCEPT_RETRY_PAUSE).await;
                     continue;
                 }
             };
@@ -316,10 +316,6 @@ fn tls_incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
-
-/// How long the gRPC listener waits after a failed accept (out of file
-/// descriptors, say) before the next.
-const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves every gRPC service on `listener` until `stop` turns true.
 ///
@@ -381,7 +377,7 @@ pub async fn serve(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "gRPC accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                    tokio::time::sleep(crate::server::ACCEPT_RETRY_PAUSE).await;
                 }
             }
             socket

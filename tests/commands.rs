@@ -808,6 +808,64 @@ fn client_kill_closes_the_connections_it_matches() {
     assert_eq!(raw(other, &["PING"]), V::SimpleString("PONG".into()));
 }
 
+/// `--maxclients` fits the open files limit, as Redis's does: ferry raises
+/// the soft limit toward the hard one to fit it, and where the hard limit
+/// is too low it serves fewer clients (a warning says so) and refuses the
+/// next with Redis's error, instead of failing to accept.
+#[test]
+fn maxclients_fits_the_open_files_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let info_maxclients = |node: &Server| -> u64 {
+        let V::BulkString(text) = raw(&mut node.client(), &["INFO", "clients"]) else {
+            panic!()
+        };
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("maxclients:"))
+            .expect("maxclients")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Soft and hard at 300: 300 less the 256 kept for the node's own files.
+    let low = Server::start_under_ulimit(&dir.path().join("low"), &[], "-n 300");
+    assert_eq!(info_maxclients(&low), 44);
+    assert!(
+        low.stderr().contains("maxclients lowered"),
+        "{}",
+        low.stderr()
+    );
+    let clients: Vec<redis::Connection> = (0..44).map(|_| low.client()).collect();
+    use std::io::Read;
+    let mut refused = std::net::TcpStream::connect(low.resp).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = refused.read_to_end(&mut reply);
+    assert_eq!(reply, b"-ERR max number of clients reached\r\n");
+    drop(clients);
+
+    // Only the soft limit at 300: raised as far as the hard one lets it.
+    let hard: u64 = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(u64::MAX);
+    let raised = Server::start_under_ulimit(&dir.path().join("raised"), &[], "-Sn 300");
+    let soft: u64 = std::fs::read_to_string(format!("/proc/{}/limits", raised.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert_eq!(soft, hard.min(10_000 + 256));
+    assert_eq!(info_maxclients(&raised), soft.min(10_256) - 256);
+}
+
 #[test]
 fn reads_are_served_from_the_read_cache_and_writes_replace_what_it_holds() {
     let (_dir, server) = start();

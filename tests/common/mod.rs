@@ -61,10 +61,32 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Server, String> {
+        Server::spawn(ferry(), data_dir, extra, env)
+    }
+
+    /// As [`Server::start`], under `ulimit ULIMIT` (`-n 300`: the open
+    /// files limit, soft and hard; `-Sn 300`: the soft one).
+    pub fn start_under_ulimit(data_dir: &Path, extra: &[&str], ulimit: &str) -> Server {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("ulimit {ulimit} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_ferry"),
+        ]);
+        Server::spawn(command, data_dir, extra, &[])
+            .unwrap_or_else(|e| panic!("ferry serve did not start: {e}"))
+    }
+
+    fn spawn(
+        mut command: Command,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let stderr_log = data_dir.with_extension(format!("stderr.{}.log", std::process::id()));
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
-        let mut child = ferry()
+        let mut child = command
             .args([
                 "serve",
                 "--resp-addr",
