@@ -556,11 +556,12 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
     };
     // Redis's fields, in its order, for those ferry has.
     format!(
-        "id={} addr={} laddr={} name={} age={} idle={idle} flags={} db=0 sub=0 psub=0 ssub=0 \
+        "id={} addr={} laddr={} fd={} name={} age={} idle={idle} flags={} db=0 sub=0 psub=0 ssub=0 \
          multi={multi} cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
         info.id,
         info.addr,
         info.laddr,
+        info.activity.fd,
         text(name),
         age.as_secs(),
         if multi >= 0 { "x" } else { "N" },

@@ -582,30 +582,39 @@ pub struct Activity {
     pub last_ms: AtomicU64,
     /// Commands queued in its transaction; -1 outside MULTI.
     pub multi: AtomicI64,
-    /// Set by CLIENT KILL: the connection closes once the requests it is
-    /// running are answered, or at once if it is waiting for one.
+    /// Set by CLIENT KILL: the connection runs nothing more and closes.
     pub killed: AtomicBool,
-    /// Wakes the connection when it is killed.
+    /// Wakes the connection's WAIT when it is killed.
     pub kill: tokio::sync::Notify,
+    /// The connection's socket (CLIENT LIST's `fd`).
+    pub fd: std::os::fd::RawFd,
 }
 
-impl Default for Activity {
-    fn default() -> Activity {
+impl Activity {
+    pub fn new(fd: std::os::fd::RawFd) -> Activity {
         Activity {
             last_ms: AtomicU64::new(0),
             multi: AtomicI64::new(-1),
             killed: AtomicBool::new(false),
             kill: tokio::sync::Notify::new(),
+            fd,
         }
     }
-}
 
-impl Activity {
-    /// CLIENT KILL.
+    /// CLIENT KILL. The caller holds the client list's lock, and the
+    /// connection's entry is still in it: its socket is open, so `fd` is
+    /// its own.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         // A permit if the connection is not waiting now: its next wait ends.
         self.kill.notify_one();
+        // Its read ends and its write fails at once, over TLS too, without
+        // the connection watching for the kill on every request.
+        // SAFETY: shutdown takes a descriptor and changes no memory; on one
+        // that is not a socket it only fails.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
     }
 }
 

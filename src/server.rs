@@ -96,7 +96,8 @@ pub async fn run(
                     });
                     continue;
                 }
-                connections.spawn(connection(node.clone(), socket, addr, laddr, stop_rx.clone()));
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+                connections.spawn(connection(node.clone(), socket, fd, addr, laddr, stop_rx.clone()));
             }
             accepted = accept_tls(tls_listener.as_ref()) => {
                 let Some((socket, addr, laddr)) = accepted_socket(accepted) else {
@@ -122,7 +123,8 @@ pub async fn run(
                     };
                     drop(handshake);
                     if let Some(stream) = accepted {
-                        connection(node, stream, addr, laddr, stop).await;
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+                        connection(node, stream, fd, addr, laddr, stop).await;
                     }
                 });
             }
@@ -430,6 +432,7 @@ impl Drop for Blocked<'_> {
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     node: Arc<Node>,
     mut socket: S,
+    fd: std::os::fd::RawFd,
     addr: String,
     laddr: String,
     mut stop: watch::Receiver<bool>,
@@ -446,7 +449,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         last_write_lsn: 0,
         multi: None,
         watch: node.engine.new_watch(),
-        activity: Arc::new(Activity::default()),
+        activity: Arc::new(Activity::new(fd)),
     };
     let activity = conn.activity.clone();
     let connected_at = Instant::now();
@@ -492,10 +495,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
-            biased;
-            () = until_killed(&activity) => break,
-            _ = stop.changed() => break,
             r = socket.read_buf(&mut buf) => r,
+            _ = stop.changed() => break,
         };
         // Killed while the request was on its way: it is not run.
         if activity.killed.load(Ordering::Acquire) {
@@ -585,17 +586,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             node.stats
                 .total_net_output_bytes
                 .fetch_add(out.len() as u64, Ordering::Relaxed);
-            // A TLS stream keeps what it encrypted until flushed. A client
-            // that does not read holds the write up until it is killed.
-            let written = tokio::select! {
-                biased;
-                () = until_killed(&activity) => break,
-                written = async {
-                    socket.write_all(&out).await?;
-                    socket.flush().await
-                } => written,
-            };
-            if written.is_err() {
+            // A TLS stream keeps what it encrypted until flushed. (A kill
+            // shuts the socket down: a write to a client that does not read
+            // then fails.)
+            if socket.write_all(&out).await.is_err() || socket.flush().await.is_err() {
                 break;
             }
             out.clear();
@@ -615,7 +609,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Resolves once the connection is killed (CLIENT KILL), at once if it
-/// already is.
+/// already is: for a WAIT, which reads nothing of the socket.
 async fn until_killed(activity: &Activity) {
     let notified = activity.kill.notified();
     tokio::pin!(notified);

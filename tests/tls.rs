@@ -783,6 +783,23 @@ fn redis_clients_connect_over_tls() {
     let got: Vec<Vec<u8>> = pipe.query(&mut c).expect("three large replies over TLS");
     assert!(got.iter().all(|v| *v == large));
 
+    // CLIENT KILL closes a client over TLS too.
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c).unwrap();
+    assert_eq!(
+        raw(
+            &mut node.client(),
+            &["CLIENT", "KILL", "ID", &id.to_string()]
+        ),
+        redis::Value::Int(1)
+    );
+    let after = redis::cmd("PING").query::<String>(&mut c);
+    assert!(
+        after
+            .as_ref()
+            .is_err_and(|e| e.is_io_error() || e.is_connection_dropped()),
+        "{after:?}"
+    );
+
     // Without the TLS files the flag is refused at start.
     let err = Server::try_start(&dir.path().join("x"), &["--resp-tls-addr", "127.0.0.1:0"])
         .err()
