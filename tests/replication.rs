@@ -1245,15 +1245,19 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_after_the_heal_fol
     // Clients write all along; the link between the two is cut.
     let stop = Arc::new(AtomicBool::new(false));
     let refused_at = Arc::new(Mutex::new(None::<Instant>));
+    let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let (stop, refused_at) = (stop.clone(), refused_at.clone());
+        let (stop, refused_at, acks) = (stop.clone(), refused_at.clone(), acks.clone());
         let mut c = old.client();
         std::thread::spawn(move || {
             let mut acked = Vec::new();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && i < 1_000_000 {
                 match cmd(&["SET", &format!("w{i}"), "v"]).query::<()>(&mut c) {
-                    Ok(()) => acked.push(i),
+                    Ok(()) => {
+                        acked.push(i);
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) if e.code() == Some("NOREPLICAS") => {
                         refused_at.lock().unwrap().get_or_insert_with(Instant::now);
                         std::thread::sleep(Duration::from_millis(5));
@@ -1265,9 +1269,11 @@ fn with_a_lease_the_old_primary_stops_before_the_failover_and_after_the_heal_fol
             acked
         })
     };
-    // Let writes flow through the lease before the cut.
-    let before = old.durable_lsn();
-    assert!(wait_until(Duration::from_secs(10), || old.durable_lsn() > before + 50));
+    // Let writes flow through the lease before the cut: more than 50
+    // acknowledged (each flushed by the replica first).
+    assert!(wait_until(Duration::from_secs(10), || acks
+        .load(Ordering::Relaxed)
+        > 50));
     up.isolate();
     down.isolate();
     // The lease runs out (2 s) before the replica may promote itself (4 s).
