@@ -498,10 +498,6 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             r = socket.read_buf(&mut buf) => r,
             _ = stop.changed() => break,
         };
-        // Killed while the request was on its way: it is not run.
-        if activity.killed.load(Ordering::Acquire) {
-            break;
-        }
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
@@ -520,7 +516,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut last_command = None;
         loop {
-            // Killed mid-batch: nothing more of it runs.
+            // Killed before or during the batch: nothing more of it runs.
             if activity.killed.load(Ordering::Acquire) {
                 break 'serve;
             }

@@ -992,16 +992,19 @@ fn command_info_and_categories_are_redis_s() {
     let redis = Redis::start();
     let f = &mut connect(&ferry.url(), false).expect("ferry");
     let r = &mut connect(&format!("redis://127.0.0.1:{}/", redis.port), false).expect("redis");
-    let Value::Array(names) = common::cmd(&["COMMAND", "LIST"]).query::<Value>(f).unwrap() else {
-        panic!()
+    // A reply that is an array of names.
+    let names_of = |c: &mut redis::Connection, args: &[&str]| -> Vec<String> {
+        let Value::Array(list) = common::cmd(args).query::<Value>(c).unwrap() else {
+            panic!("{args:?}")
+        };
+        list.into_iter()
+            .map(|n| match n {
+                Value::BulkString(b) => String::from_utf8(b).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
     };
-    let names: Vec<String> = names
-        .into_iter()
-        .map(|n| match n {
-            Value::BulkString(b) => String::from_utf8(b).unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let names = names_of(f, &["COMMAND", "LIST"]);
     let top: Vec<&str> = names
         .iter()
         .map(String::as_str)
@@ -1022,33 +1025,12 @@ fn command_info_and_categories_are_redis_s() {
         assert_eq!(ours[..7], theirs[..7], "COMMAND INFO {name}");
     }
     let sorted = |c: &mut redis::Connection, category: &str| -> Vec<String> {
-        let Value::Array(list) = common::cmd(&["COMMAND", "LIST", "FILTERBY", "ACLCAT", category])
-            .query::<Value>(c)
-            .unwrap()
-        else {
-            panic!()
-        };
-        let mut list: Vec<String> = list
-            .into_iter()
-            .map(|n| match n {
-                Value::BulkString(b) => String::from_utf8(b).unwrap(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let mut list = names_of(c, &["COMMAND", "LIST", "FILTERBY", "ACLCAT", category]);
         list.sort();
         list
     };
     // Names both have (CLIENT SETINFO came in Redis 7.2).
-    let Value::Array(known) = common::cmd(&["COMMAND", "LIST"]).query::<Value>(r).unwrap() else {
-        panic!()
-    };
-    let known: Vec<String> = known
-        .into_iter()
-        .filter_map(|n| match n {
-            Value::BulkString(b) => String::from_utf8(b).ok(),
-            _ => None,
-        })
-        .collect();
+    let known = names_of(r, &["COMMAND", "LIST"]);
     for category in [
         "read",
         "write",

@@ -1056,12 +1056,14 @@ async fn sighup_rotates_certificates_without_a_restart() {
         "the link did not reconnect"
     );
     // A certificate of the old CA is refused now, by gRPC and RESP alike.
-    let (old_cert, old_key) = old.node("old-again");
     let old_cert_caller = TlsFiles {
-        cert: Some(old_cert.clone()),
-        key: Some(old_key.clone()),
         ca: Some(both.clone()),
+        ..old.caller("old-again")
     };
+    let (old_cert, old_key) = (
+        old_cert_caller.cert.clone().unwrap(),
+        old_cert_caller.key.clone().unwrap(),
+    );
     let refused = status_over(&purl, &old_cert_caller)
         .await
         .expect_err("a certificate of the dropped CA");
