@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use ferry_engine::{Entry, Reader, Value, View};
+use ferry_engine::{Entry, Reader, Value, View, string_bytes};
 use ferry_proto::v1::{self as pb, mutation::Op};
 
 use crate::glob;
@@ -699,14 +699,45 @@ fn read_hash_with<T: Default>(
     Ok((hash_len(&entry)?, fields))
 }
 
-fn read_string(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Option<Bytes>, Reply> {
-    match read_entry(node, r, key)? {
+/// The live string at `key` (`None`: missing): its length, and its bytes
+/// in the range `range` gives for that length, read in one state; counted
+/// as one lookup.
+fn read_string(
+    node: &Node,
+    r: &dyn Reader,
+    key: &[u8],
+    range: impl Fn(u64) -> std::ops::Range<u64>,
+) -> Result<Option<(u64, Bytes)>, Reply> {
+    let now = now_ms();
+    let read = |r: &dyn Reader| {
+        let entry = r.live(key, now)?;
+        let bytes = match &entry {
+            Some(e) => string_bytes(r, key, e, range(e.string_len()))?,
+            None => Bytes::new(),
+        };
+        Ok((entry, bytes))
+    };
+    // A long string's entry and chunks are read in one state; any other
+    // entry holds all there is to read.
+    let (entry, bytes) = match r.live(key, now).map_err(engine_error)? {
+        Some(Entry {
+            value: Value::LongString { .. },
+            ..
+        }) => stable(r, read)?,
+        Some(e) => {
+            let bytes = string_bytes(r, key, &e, range(e.string_len())).map_err(engine_error)?;
+            (Some(e), bytes)
+        }
+        None => (None, Bytes::new()),
+    };
+    count_lookup(node, &entry);
+    match entry {
         None => Ok(None),
         Some(Entry {
-            value: Value::String(s),
+            value: Value::Hash { .. },
             ..
-        }) => Ok(Some(s)),
-        Some(_) => Err(Reply::wrong_type()),
+        }) => Err(Reply::wrong_type()),
+        Some(e) => Ok(Some((e.string_len(), bytes))),
     }
 }
 
@@ -716,19 +747,38 @@ fn read_hash(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<u64, Reply> {
 }
 
 fn view_string(view: &View<'_>, key: &[u8]) -> EResult<Result<Option<(Bytes, u64)>, Reply>> {
-    Ok(string_of(view.get(key)?))
+    string_of(view, key, view.get(key)?)
 }
 
-/// The string and expiry of an entry, WRONGTYPE for a hash.
-fn string_of(entry: Option<Entry>) -> Result<Option<(Bytes, u64)>, Reply> {
-    match entry {
+/// The length of the string at `key`, WRONGTYPE for a hash.
+fn view_string_len(view: &View<'_>, key: &[u8]) -> EResult<Result<Option<u64>, Reply>> {
+    Ok(match view.get(key)? {
+        Some(Entry {
+            value: Value::Hash { .. },
+            ..
+        }) => Err(Reply::wrong_type()),
+        entry => Ok(entry.map(|e| e.string_len())),
+    })
+}
+
+/// The string and expiry of `entry`, the entry of `key` in `r` (a long
+/// string's bytes read from there); WRONGTYPE for a hash.
+fn string_of(
+    r: &dyn Reader,
+    key: &[u8],
+    entry: Option<Entry>,
+) -> EResult<Result<Option<(Bytes, u64)>, Reply>> {
+    Ok(match entry {
         None => Ok(None),
         Some(Entry {
-            value: Value::String(s),
-            expire_at_ms,
-        }) => Ok(Some((s, expire_at_ms))),
-        Some(_) => Err(Reply::wrong_type()),
-    }
+            value: Value::Hash { .. },
+            ..
+        }) => Err(Reply::wrong_type()),
+        Some(e) => Ok(Some((
+            string_bytes(r, key, &e, 0..e.string_len())?,
+            e.expire_at_ms,
+        ))),
+    })
 }
 
 /// The hash at `key`: `Ok(None)` if missing, its expiry otherwise.
@@ -770,7 +820,7 @@ fn reap_expired(view: &mut View<'_>, key: &Bytes) -> EResult<()> {
 // ---------------------------------------------------------------- strings
 
 fn get(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
-    Reply::opt_bulk(tri_read!(read_string(node, r, &args[1])))
+    Reply::opt_bulk(tri_read!(read_string(node, r, &args[1], |len| 0..len)).map(|(_, s)| s))
 }
 
 /// The live entries of `keys`, in one state, counted as lookups.
@@ -784,23 +834,35 @@ fn read_entries(node: &Node, r: &dyn Reader, keys: &Args) -> Result<Vec<Option<E
 }
 
 fn mget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
-    let entries = tri_read!(read_entries(node, r, &args[1..]));
+    let now = now_ms();
+    let read = tri_read!(stable(r, |r| {
+        args[1..]
+            .iter()
+            .map(|key| {
+                let entry = r.live(key, now)?;
+                let string = match &entry {
+                    Some(e) if !matches!(e.value, Value::Hash { .. }) => {
+                        Some(string_bytes(r, key, e, 0..e.string_len())?)
+                    }
+                    _ => None,
+                };
+                Ok((entry, string))
+            })
+            .collect::<ferry_engine::Result<Vec<_>>>()
+    }));
     Reply::Array(
-        entries
-            .into_iter()
-            .map(|entry| match entry {
-                Some(Entry {
-                    value: Value::String(s),
-                    ..
-                }) => Reply::Bulk(s),
-                _ => Reply::Null,
+        read.into_iter()
+            .map(|(entry, string)| {
+                // A hash reads as missing, and counts as found.
+                count_lookup(node, &entry);
+                Reply::opt_bulk(string)
             })
             .collect(),
     )
 }
 
 fn strlen(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
-    Reply::Int(tri_read!(read_string(node, r, &args[1])).map_or(0, |s| s.len() as i64))
+    Reply::Int(tri_read!(read_string(node, r, &args[1], |_| 0..0)).map_or(0, |(len, _)| len as i64))
 }
 
 fn getrange(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -808,17 +870,22 @@ fn getrange(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
         (Some(s), Some(e)) => (s, e),
         _ => return not_integer(),
     };
-    let s = tri_read!(read_string(node, r, &args[1])).unwrap_or_default();
-    let len = s.len() as i64;
-    if start < 0 && end < 0 && start > end {
-        return Reply::bulk_str("");
-    }
-    let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
-    let (start, end) = (norm(start), norm(end).min(len - 1));
-    if len == 0 || start > end || start >= len {
-        return Reply::bulk_str("");
-    }
-    Reply::Bulk(s.slice(start as usize..=end as usize))
+    // Redis's indexes, from the end when negative, inclusive; nothing when
+    // they cross.
+    let range = |len: u64| {
+        if start < 0 && end < 0 && start > end {
+            return 0..0;
+        }
+        let len = len as i64;
+        let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+        let (from, to) = (norm(start), norm(end).min(len - 1));
+        if len == 0 || from > to || from >= len {
+            return 0..0;
+        }
+        from as u64..to as u64 + 1
+    };
+    let s = tri_read!(read_string(node, r, &args[1], range)).map_or(Bytes::new(), |(_, s)| s);
+    Reply::Bulk(s)
 }
 
 /// Expiry options of SET and GETEX.
@@ -949,17 +1016,14 @@ fn set(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     } else {
         None
     };
-    let old_string = match &old {
-        Some(Entry {
-            value: Value::String(s),
-            expire_at_ms,
-        }) => Some((s.clone(), *expire_at_ms)),
-        Some(_) if get => return Ok(Reply::wrong_type()),
-        _ => None,
+    let old_string = if get {
+        tri!(string_of(view, key, old.clone())?).map(|(s, _)| s)
+    } else {
+        None
     };
     let reply_for = |done: bool| {
         if get {
-            Reply::opt_bulk(old_string.as_ref().map(|(s, _)| s.clone()))
+            Reply::opt_bulk(old_string.clone())
         } else if done {
             Reply::ok()
         } else {
@@ -1018,13 +1082,15 @@ fn psetex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 }
 
 fn getset(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let old = tri!(string_of(view.lookup(&args[1])?));
+    let old = view.lookup(&args[1])?;
+    let old = tri!(string_of(view, &args[1], old)?);
     set_string(view, &args[1], args[2].clone(), 0)?;
     Ok(Reply::opt_bulk(old.map(|(s, _)| s)))
 }
 
 fn getdel(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
-    let old = tri!(string_of(view.lookup(&args[1])?));
+    let old = view.lookup(&args[1])?;
+    let old = tri!(string_of(view, &args[1], old)?);
     if old.is_some() {
         delete(view, &args[1])?;
     }
@@ -1035,7 +1101,8 @@ fn getex(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let now = view.now_ms();
     let options = tri!(write_options(args, 2, "getex"));
     // As Redis: a missing key, then its type, then the expiry's value.
-    let Some((value, old_at)) = tri!(string_of(view.lookup(&args[1])?)) else {
+    let old = view.lookup(&args[1])?;
+    let Some((value, old_at)) = tri!(string_of(view, &args[1], old)?) else {
         return Ok(Reply::Null);
     };
     let expiry = tri!(options.resolve(args, now, "getex")).expiry;
@@ -1076,15 +1143,15 @@ fn msetnx(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 
 fn append(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let (key, data) = (&args[1], &args[2]);
-    match tri!(view_string(view, key)?) {
-        Some((old, _)) => {
-            let len = old.len() + data.len();
-            if let Err(reply) = check_string_length(len as u64) {
+    match tri!(view_string_len(view, key)?) {
+        Some(old_len) => {
+            let len = old_len + data.len() as u64;
+            if let Err(reply) = check_string_length(len) {
                 return Ok(reply);
             }
             view.push(Op::SetRange(pb::SetRange {
                 key: key.clone(),
-                offset: old.len() as u64,
+                offset: old_len,
                 data: data.clone(),
             }))?;
             Ok(Reply::Int(len as i64))
@@ -1122,8 +1189,8 @@ fn setrange(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     if offset < 0 {
         return Ok(Reply::err("offset is out of range"));
     }
-    let old = tri!(view_string(view, key)?);
-    let old_len = old.as_ref().map_or(0, |(s, _)| s.len() as u64);
+    let old = tri!(view_string_len(view, key)?);
+    let old_len = old.unwrap_or(0);
     if data.is_empty() {
         return Ok(Reply::Int(old_len as i64));
     }
@@ -1282,7 +1349,8 @@ fn rename(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
         return Ok(Reply::ok());
     }
     match entry.value {
-        Value::String(s) => {
+        Value::String(_) | Value::LongString { .. } => {
+            let s = string_bytes(view, from, &entry, 0..entry.string_len())?;
             delete(view, from)?;
             set_string(view, to, s, entry.expire_at_ms)?;
         }

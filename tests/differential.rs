@@ -944,6 +944,124 @@ fn random_commands_get_the_replies_redis_gives() {
     assert_eq!(on(&ferry)[3..], on(&replica)[3..]);
 }
 
+/// Commands of the long strings' test.
+const LONG_STRING_COMMANDS: usize = 600;
+
+/// Strings past the length at which ferry stores them in chunks
+/// (`LONG_STRING_BYTES`, in chunks of `STRING_CHUNK_BYTES`), written whole and in pieces (APPEND, SETRANGE
+/// past the end and across chunk boundaries) and read whole and in ranges,
+/// over three keys that change type, name and expiry: every reply is
+/// Redis's, and a replica fed the log holds the same data.
+#[test]
+fn long_strings_get_the_replies_redis_gives() {
+    const CHUNK: u64 = ferry_engine::STRING_CHUNK_BYTES as u64;
+    const LONG: u64 = ferry_engine::LONG_STRING_BYTES as u64;
+    let seed = ferry_wal::testing::test_seed("differential-long-strings");
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let redis = Redis::start();
+    let mut f = connect(&ferry.url(), false).expect("connect to ferry");
+    let mut r = connect(&format!("redis://127.0.0.1:{}/", redis.port), false)
+        .expect("connect to redis-server");
+    let mut rng = SeededRng::new(seed);
+    let pick = |rng: &mut SeededRng, from: &[u64]| from[rng.below(from.len() as u64) as usize];
+    let sizes = [
+        1,
+        100,
+        CHUNK + 1,
+        40_000,
+        LONG - 1,
+        LONG,
+        LONG + 1,
+        2 * LONG + 7,
+    ];
+    let offsets = [0, 1, CHUNK - 1, CHUNK, LONG - 1, LONG, LONG + 3, 3 * LONG];
+    let indexes = [0, 1, 5, CHUNK - 1, CHUNK, LONG, 3 * LONG];
+    for n in 0..LONG_STRING_COMMANDS {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "over {DEADLINE:?} after {n} commands"
+        );
+        let key = format!("s{}", rng.below(3));
+        // Data whose bytes tell where in it they are.
+        let size = pick(&mut rng, &sizes);
+        let tag = rng.below(26);
+        let data: String = (0..size)
+            .map(|i| char::from(b'a' + ((i / 7 + tag) % 26) as u8))
+            .collect();
+        let index = |rng: &mut SeededRng| {
+            let i = pick(rng, &indexes).to_string();
+            if rng.below(3) == 0 {
+                format!("-{i}")
+            } else {
+                i
+            }
+        };
+        let s = |x: &str| x.to_string();
+        let args: Vec<String> = match rng.below(16) {
+            0 | 1 => vec![s("SET"), key, data],
+            2 | 3 => vec![s("APPEND"), key, data],
+            4 | 5 => {
+                let offset = if rng.below(4) == 0 {
+                    rng.below(4 * LONG)
+                } else {
+                    pick(&mut rng, &offsets)
+                };
+                vec![s("SETRANGE"), key, offset.to_string(), data]
+            }
+            6 => vec![s("GET"), key],
+            7 | 8 => vec![s("GETRANGE"), key, index(&mut rng), index(&mut rng)],
+            9 => vec![s("STRLEN"), key],
+            10 => vec![s("MGET"), s("s0"), s("s1"), s("s2"), s("missing")],
+            11 => vec![s("GETSET"), key, data],
+            12 => vec![s("RENAME"), key, format!("s{}", rng.below(3))],
+            13 => match rng.below(4) {
+                0 => vec![s("SET"), key, data, s("GET")],
+                1 => vec![s("SET"), key, data, s("KEEPTTL")],
+                2 => vec![s("EXPIRE"), key, s("100000")],
+                _ => vec![s("PERSIST"), key],
+            },
+            14 => match rng.below(4) {
+                0 => vec![s("HSET"), key, s("f"), s("v")],
+                1 => vec![s("INCR"), key],
+                2 => vec![s("TYPE"), key],
+                _ => vec![s("EXISTS"), key],
+            },
+            _ => match rng.below(2) {
+                0 => vec![s("DEL"), key],
+                _ => vec![s("GETDEL"), key],
+            },
+        };
+        let (from_ferry, from_redis) = (reply(&mut f, &args), reply(&mut r, &args));
+        assert!(
+            from_ferry == from_redis,
+            "seed {seed}, command {n}: {:?} (argument lengths {:?}): ferry {:.200?}, redis {:.200?}",
+            args[0],
+            args.iter().map(|a| a.len()).collect::<Vec<_>>(),
+            from_ferry,
+            from_redis
+        );
+    }
+    // What each key holds at the end, read whole.
+    for key in ["s0", "s1", "s2"] {
+        let get = ["GET".to_string(), key.to_string()];
+        assert!(
+            reply(&mut f, &get) == reply(&mut r, &get),
+            "seed {seed}: {key}"
+        );
+    }
+    let replica = Server::replica(&dir.path().join("replica"), &ferry.grpc_url(), &[]);
+    assert!(
+        common::wait_until(Duration::from_secs(60), || common::caught_up(
+            &ferry, &replica
+        )),
+        "the replica did not catch up: {:?}",
+        common::status(replica.grpc)
+    );
+    assert_eq!(common::digest(&ferry), common::digest(&replica));
+}
+
 /// The raw replies to `request` (RESP bytes) from the server at `addr`:
 /// up to a `PING`'s `+PONG` sent after it, or to the connection's end.
 fn raw_exchange(addr: &str, request: &[u8]) -> Vec<u8> {

@@ -133,6 +133,9 @@ impl Arena {
         match value {
             Value::String(s) => self.push(s),
             Value::Hash { len } => HeldValue::Hash { len: *len },
+            Value::LongString { .. } => {
+                unreachable!("a state built in memory holds its strings whole")
+            }
         }
     }
 
@@ -160,6 +163,12 @@ pub struct StateBuilder {
     bytes: usize,
 }
 
+/// The rows a key has beside its entry.
+enum Rows<'a> {
+    Fields(&'a FxHashMap<Bytes, Bytes>),
+    Chunks(&'a [u8]),
+}
+
 impl Default for StateBuilder {
     fn default() -> StateBuilder {
         StateBuilder::with_compaction_floor(STATE_ARENA_COMPACTION_FLOOR)
@@ -179,8 +188,13 @@ impl Target for StateBuilder {
         }))
     }
 
-    fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
-        Ok(self.fields.get(key).is_some_and(|f| f.contains_key(field)))
+    fn field(&mut self, key: &Bytes, field: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.fields.get(key).and_then(|f| f.get(field)).cloned())
+    }
+
+    /// Strings are chunked as they are written out ([`StateBuilder::write_rows`]).
+    fn chunks_long_strings(&self) -> bool {
+        false
     }
 
     fn put_entry(&mut self, key: &Bytes, _old: Option<&Entry>, new: Entry) {
@@ -485,18 +499,47 @@ impl StateBuilder {
         for (at, k) in expiring {
             writer.put(keys::expiry_key(at, k), b"")?;
         }
-        let mut hashes: Vec<(&Bytes, &FxHashMap<Bytes, Bytes>)> = self.fields.iter().collect();
-        // The length prefix is fixed-width big-endian: shorter keys first.
-        hashes.sort_unstable_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
-        for (k, fields) in hashes {
-            let mut fields: Vec<(&Bytes, &Bytes)> = fields.iter().collect();
-            fields.sort_unstable();
+        // The rows of hashes' fields and of long strings' chunks, key by
+        // key; the length prefix is fixed-width big-endian: shorter keys
+        // first.
+        let long = |held: &Held| match held.value {
+            HeldValue::String { at, len } if keys::is_long(len as u64) => {
+                Some(self.arena.get(at, len))
+            }
+            _ => None,
+        };
+        let mut with_rows: Vec<(&[u8], Rows<'_>)> = self
+            .fields
+            .iter()
+            .map(|(k, fields)| (k.as_ref(), Rows::Fields(fields)))
+            .chain(
+                self.entries
+                    .iter()
+                    .filter_map(|(k, held)| Some((k.as_slice(), Rows::Chunks(long(held)?)))),
+            )
+            .collect();
+        with_rows.sort_unstable_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
+        for (k, rows) in with_rows {
             let prefix = keys::field_prefix(k);
-            for (field, v) in fields {
+            let mut put = |field: &[u8], v: &[u8]| {
                 key.clear();
                 key.extend_from_slice(&prefix);
                 key.extend_from_slice(field);
-                writer.put(&key, v)?;
+                writer.put(&key, v)
+            };
+            match rows {
+                Rows::Fields(fields) => {
+                    let mut fields: Vec<(&Bytes, &Bytes)> = fields.iter().collect();
+                    fields.sort_unstable();
+                    for (field, v) in fields {
+                        put(field, v)?;
+                    }
+                }
+                Rows::Chunks(bytes) => {
+                    for (index, chunk) in bytes.chunks(keys::STRING_CHUNK_BYTES).enumerate() {
+                        put(&keys::chunk_field(index as u64), chunk)?;
+                    }
+                }
             }
         }
         // Sorted by the first bytes held inline, then the whole key: most
@@ -513,6 +556,9 @@ impl StateBuilder {
             key.extend_from_slice(k);
             value.clear();
             match held.value {
+                HeldValue::String { len, .. } if keys::is_long(len as u64) => {
+                    keys::encode_long_string_into(len as u64, held.expire_at_ms, &mut value)
+                }
                 HeldValue::String { at, len } => {
                     keys::encode_string_into(self.arena.get(at, len), held.expire_at_ms, &mut value)
                 }

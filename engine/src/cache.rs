@@ -39,6 +39,7 @@ const ENTRY_OVERHEAD_BYTES: usize =
 const ABSENT: u8 = 0;
 const STRING: u8 = 1;
 const HASH: u8 = 2;
+const LONG_STRING: u8 = 3;
 
 /// What [`ReadCache::get`] gives on a miss: the shard's generation, to hand
 /// back to [`ReadCache::insert`] with what was read.
@@ -102,6 +103,13 @@ impl Slot {
                 len_bytes = len.to_le_bytes();
                 (HASH, *expire_at_ms, &len_bytes)
             }
+            Some(Entry {
+                value: Value::LongString { len },
+                expire_at_ms,
+            }) => {
+                len_bytes = len.to_le_bytes();
+                (LONG_STRING, *expire_at_ms, &len_bytes)
+            }
         };
         let mut data = Vec::with_capacity(key.len() + value.len());
         data.extend_from_slice(key);
@@ -160,6 +168,9 @@ impl Slot {
             STRING if header_only => Value::String(Bytes::new()),
             STRING => Value::String(Bytes::copy_from_slice(self.value())),
             HASH => Value::Hash {
+                len: u64::from_le_bytes(self.value().try_into().expect("8 bytes")),
+            },
+            LONG_STRING => Value::LongString {
                 len: u64::from_le_bytes(self.value().try_into().expect("8 bytes")),
             },
             _ => return None,
@@ -275,7 +286,7 @@ fn entry_bytes(key: &[u8], entry: Option<&Entry>) -> usize {
             ..
         }) => s.len(),
         Some(Entry {
-            value: Value::Hash { .. },
+            value: Value::Hash { .. } | Value::LongString { .. },
             ..
         }) => 8,
         None => 0,

@@ -306,9 +306,10 @@ fn digest_in(db: &impl Stored, now_ms: u64) -> Result<Digest> {
     each_key(db, None, |key, v| {
         let entry = keys::decode_entry(key, v)?;
         if !entry.is_expired(now_ms) {
-            let fields = match entry.value {
-                Value::Hash { .. } => hash_fields_in(db, key, None, usize::MAX)?,
-                Value::String(_) => Vec::new(),
+            let fields = if entry.has_rows() {
+                hash_fields_in(db, key, None, usize::MAX)?
+            } else {
+                Vec::new()
             };
             acc.add(key, &entry, &fields);
         }
@@ -495,7 +496,7 @@ pub(crate) struct Digest([u8; 20]);
 
 impl Digest {
     /// XORs in (or, done twice, out) one key with its entry and, for a
-    /// hash, its fields in byte order.
+    /// hash, its fields in byte order (for a long string, its chunks).
     pub(crate) fn add(&mut self, key: &[u8], entry: &Entry, fields: &[(Bytes, Bytes)]) {
         let mut h = sha1_smol::Sha1::new();
         h.update(&(key.len() as u64).to_be_bytes());
@@ -505,6 +506,12 @@ impl Digest {
             Value::String(s) => {
                 h.update(b"s");
                 h.update(s);
+            }
+            // As the same bytes held whole: the digest is of the data,
+            // whatever rows hold it.
+            Value::LongString { len } => {
+                h.update(b"s");
+                h.update(&keys::assemble(*len, fields, 0..*len).unwrap_or_default());
             }
             Value::Hash { .. } => {
                 h.update(b"h");
@@ -1249,8 +1256,9 @@ struct BatchTarget<'e> {
     cache: &'e ReadCache,
     batch: SortedBatch,
     entries: FastMap<Bytes, Option<Entry>>,
-    /// Fields written or deleted in this batch: `field_key -> exists`.
-    fields: FastMap<Vec<u8>, bool>,
+    /// Fields (and chunks) written or deleted in this batch:
+    /// `field_key -> value`.
+    fields: FastMap<Vec<u8>, Option<Bytes>>,
     /// Keys whose stored fields were all deleted in this batch.
     cleared: HashSet<Bytes, foldhash::fast::RandomState>,
     /// Everything stored before was deleted in this batch.
@@ -1304,10 +1312,22 @@ impl Target for BatchTarget<'_> {
         }
     }
 
+    fn field(&mut self, key: &Bytes, field: &[u8]) -> Result<Option<Bytes>> {
+        let fk = keys::field_key(key, field);
+        if let Some(value) = self.fields.get(&fk) {
+            return Ok(value.clone());
+        }
+        if self.flushed || self.cleared.contains(key) {
+            return Ok(None);
+        }
+        Ok(self.db.get_pinned(&fk)?.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    /// As [`Target::field`], with no copy of the value.
     fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
         let fk = keys::field_key(key, field);
-        if let Some(&exists) = self.fields.get(&fk) {
-            return Ok(exists);
+        if let Some(value) = self.fields.get(&fk) {
+            return Ok(value.is_some());
         }
         if self.flushed || self.cleared.contains(key) {
             return Ok(false);
@@ -1342,7 +1362,7 @@ impl Target for BatchTarget<'_> {
         if old.expire_at_ms != 0 {
             self.batch.delete(keys::expiry_key(old.expire_at_ms, key));
         }
-        if let Value::Hash { .. } = old.value {
+        if old.has_rows() {
             let prefix = keys::field_prefix(key);
             self.batch.delete_range(&prefix, &keys::prefix_end(&prefix));
             self.fields.retain(|k, _| !k.starts_with(&prefix));
@@ -1356,13 +1376,13 @@ impl Target for BatchTarget<'_> {
     fn put_field(&mut self, key: &Bytes, field: &Bytes, value: &Bytes) {
         let fk = keys::field_key(key, field);
         self.batch.put(&fk, value);
-        self.fields.insert(fk, true);
+        self.fields.insert(fk, Some(value.clone()));
     }
 
     fn delete_field(&mut self, key: &Bytes, field: &Bytes) {
         let fk = keys::field_key(key, field);
         self.batch.delete(&fk);
-        self.fields.insert(fk, false);
+        self.fields.insert(fk, None);
     }
 
     fn flush_all(&mut self) {
@@ -1384,8 +1404,13 @@ impl Target for BatchTarget<'_> {
 pub(crate) trait Target {
     /// The stored entry of `key`, expired or not.
     fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>>;
+    /// The value of `field` of `key`: a hash's field, or a long string's
+    /// chunk ([`keys::chunk_field`]).
+    fn field(&mut self, key: &Bytes, field: &[u8]) -> Result<Option<Bytes>>;
     /// Whether the hash at `key` has `field`.
-    fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool>;
+    fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
+        Ok(self.field(key, field)?.is_some())
+    }
     /// `key`, which held `old` of the same kind (or nothing), now holds `new`.
     fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry);
     /// `key`, which held `old`, is gone with its fields.
@@ -1393,6 +1418,13 @@ pub(crate) trait Target {
     fn put_field(&mut self, key: &Bytes, field: &Bytes, value: &Bytes);
     fn delete_field(&mut self, key: &Bytes, field: &Bytes);
     fn flush_all(&mut self);
+
+    /// Whether strings longer than [`keys::LONG_STRING_BYTES`] are held
+    /// in chunks, as RocksDB holds them; a state built in memory holds
+    /// them whole and chunks them as it writes them out.
+    fn chunks_long_strings(&self) -> bool {
+        true
+    }
 
     /// The entry of `key` for a write that replaces its value whatever it
     /// is: only its kind and expiry count (a string's bytes may be left
@@ -1407,14 +1439,120 @@ pub(crate) trait Target {
     where
         Self: Sized,
     {
-        let found = self.entry_to_replace(key)?;
-        let old = keep_kind(self, key, found, false);
+        // A hash's fields or a long string's chunks go with it.
+        let old = match self.entry_to_replace(key)? {
+            Some(old) if old.has_rows() => {
+                self.remove(key, &old);
+                None
+            }
+            other => other,
+        };
+        put_string(self, key, old.as_ref(), value.clone(), expire_at_ms);
+        Ok(())
+    }
+}
+
+/// `key`, which held the string `old` (or nothing), now holds `value`:
+/// whole, or in chunks if it is long (and `t` chunks long strings).
+fn put_string(
+    t: &mut impl Target,
+    key: &Bytes,
+    old: Option<&Entry>,
+    value: Bytes,
+    expire_at_ms: u64,
+) {
+    let len = value.len() as u64;
+    if !(t.chunks_long_strings() && keys::is_long(len)) {
         let new = Entry {
-            value: Value::String(value.clone()),
+            value: Value::String(value),
             expire_at_ms,
         };
-        self.put_entry(key, old.as_ref(), new);
-        Ok(())
+        t.put_entry(key, old, new);
+        return;
+    }
+    let new = Entry {
+        value: Value::LongString { len },
+        expire_at_ms,
+    };
+    t.put_entry(key, old, new);
+    for (field, chunk) in keys::chunks(&value) {
+        t.put_field(key, &field, &chunk);
+    }
+}
+
+/// Writes `data` at `offset` into the long string `old` of `key`,
+/// rewriting only the chunks the write touches (and, past the old end,
+/// the chunks up to it, with zeros).
+fn set_long_range(
+    t: &mut impl Target,
+    key: &Bytes,
+    old: &Entry,
+    len: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<()> {
+    let chunk_bytes = keys::STRING_CHUNK_BYTES as u64;
+    let end = offset.saturating_add(data.len() as u64);
+    let new_len = len.max(end);
+    let new = Entry {
+        value: Value::LongString { len: new_len },
+        expire_at_ms: old.expire_at_ms,
+    };
+    t.put_entry(key, Some(old), new);
+    let from = offset.min(len);
+    if from >= end {
+        return Ok(());
+    }
+    for index in from / chunk_bytes..=(end - 1) / chunk_bytes {
+        let field = Bytes::copy_from_slice(&keys::chunk_field(index));
+        let mut chunk = t.field(key, &field)?.map(Vec::from).unwrap_or_default();
+        chunk.resize(keys::chunk_len(new_len, index), 0);
+        let start = index * chunk_bytes;
+        let (lo, hi) = (offset.max(start), end.min(start + chunk_bytes));
+        if lo < hi {
+            chunk[(lo - start) as usize..(hi - start) as usize]
+                .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
+        }
+        t.put_field(key, &field, &Bytes::from(chunk));
+    }
+    Ok(())
+}
+
+/// The bytes `range` of the string `entry` of `key` (cut to its length),
+/// read from `r` for a long string, whose chunks are rows of their own;
+/// empty for a hash.
+///
+/// # Errors
+///
+/// Engine read errors.
+pub fn string_bytes(
+    r: &dyn Reader,
+    key: &[u8],
+    entry: &Entry,
+    range: std::ops::Range<u64>,
+) -> Result<Bytes> {
+    match &entry.value {
+        Value::String(s) => {
+            let len = s.len() as u64;
+            let (start, end) = (range.start.min(len), range.end.min(len));
+            Ok(s.slice(start as usize..end.max(start) as usize))
+        }
+        Value::LongString { len } => {
+            let end = range.end.min(*len);
+            if range.start >= end {
+                return Ok(Bytes::new());
+            }
+            let chunk_bytes = keys::STRING_CHUNK_BYTES as u64;
+            let (first, last) = (range.start / chunk_bytes, (end - 1) / chunk_bytes);
+            let after = first.checked_sub(1).map(keys::chunk_field);
+            let chunks = r.fields(
+                key,
+                after.as_ref().map(|a| &a[..]),
+                (last - first + 1) as usize,
+            )?;
+            keys::assemble(*len, &chunks, range.start..end)
+        }
+        Value::Hash { .. } => Ok(Bytes::new()),
     }
 }
 
@@ -1463,6 +1601,15 @@ pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
         Op::SetString(m) => t.set_string(&m.key, &m.value, m.expire_at_ms)?,
         Op::SetRange(m) => {
             let old = entry_of_kind(t, &m.key, false)?;
+            if let Some(
+                old @ Entry {
+                    value: Value::LongString { len },
+                    ..
+                },
+            ) = &old
+            {
+                return set_long_range(t, &m.key, old, *len, m.offset, &m.data);
+            }
             let (mut value, expire_at_ms) = match &old {
                 Some(Entry {
                     value: Value::String(s),
@@ -1476,11 +1623,7 @@ pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
                 value.resize(end, 0);
             }
             value[offset..end].copy_from_slice(&m.data);
-            let new = Entry {
-                value: Value::String(Bytes::from(value)),
-                expire_at_ms,
-            };
-            t.put_entry(&m.key, old.as_ref(), new);
+            put_string(t, &m.key, old.as_ref(), Bytes::from(value), expire_at_ms);
         }
         Op::Delete(m) => {
             if let Some(old) = t.entry(&m.key)? {

@@ -5,7 +5,9 @@
 //! M name                              -> meta value (applied LSN, key count, keys with an expiry)
 //! K user_key                          -> key entry: kind u8 | expire_at_ms u64 BE | payload
 //!                                        payload: string bytes (kind 1) | field count u64 BE (kind 2)
-//! F key_len u32 BE | user_key | field -> field value (hashes)
+//!                                                 | string length u64 BE (kind 3, a long string)
+//! F key_len u32 BE | user_key | field -> field value (hashes), or chunk
+//!                                        (long strings: field = chunk index u32 BE)
 //! E expire_at_ms u64 BE | user_key    -> empty (expiry index, for the active sweep)
 //! ```
 //!
@@ -28,6 +30,19 @@ pub(crate) const META_EXPIRING: &[u8] = b"Mexpiring";
 
 const KIND_STRING: u8 = 1;
 const KIND_HASH: u8 = 2;
+const KIND_LONG_STRING: u8 = 3;
+
+/// Strings longer than this are stored in chunks of [`STRING_CHUNK_BYTES`]
+/// (the last one shorter), each a row of its own, beside an entry that
+/// holds the length: an APPEND or SETRANGE rewrites the chunks it touches,
+/// not the whole string, and a read of the type, expiry or length reads no
+/// chunk. Shorter strings are one row, read with one lookup (and held in
+/// the read cache). Which form a string takes follows from its length
+/// alone, so two nodes that hold the same data store the same rows.
+pub const LONG_STRING_BYTES: usize = 64 << 10;
+/// The size of a long string's chunks: what an APPEND to one rewrites at
+/// most (twice that across a boundary).
+pub const STRING_CHUNK_BYTES: usize = 4 << 10;
 
 /// The keys that have an expiry (INFO's `expires`), and the sum of their
 /// expiry times, from which their average time to live follows (`avg_ttl`).
@@ -88,6 +103,11 @@ pub enum Value {
     Hash {
         len: u64,
     },
+    /// A string longer than [`LONG_STRING_BYTES`], by its length; its
+    /// bytes are read by chunk ([`crate::string_bytes`]).
+    LongString {
+        len: u64,
+    },
 }
 
 /// A key's value and expiry.
@@ -107,9 +127,24 @@ impl Entry {
     /// Redis's name of the type: `string` or `hash`.
     pub fn type_name(&self) -> &'static str {
         match self.value {
-            Value::String(_) => "string",
+            Value::String(_) | Value::LongString { .. } => "string",
             Value::Hash { .. } => "hash",
         }
+    }
+
+    /// A string's length (0 for a hash).
+    pub fn string_len(&self) -> u64 {
+        match &self.value {
+            Value::String(s) => s.len() as u64,
+            Value::LongString { len } => *len,
+            Value::Hash { .. } => 0,
+        }
+    }
+
+    /// Whether other rows hold parts of it: a hash's fields or a long
+    /// string's chunks (removed with the key).
+    pub(crate) fn has_rows(&self) -> bool {
+        matches!(self.value, Value::Hash { .. } | Value::LongString { .. })
     }
 }
 
@@ -165,7 +200,10 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub(crate) fn encode_entry_into(entry: &Entry, v: &mut Vec<u8>) {
     match &entry.value {
         Value::String(s) => encode_string_into(s, entry.expire_at_ms, v),
-        Value::Hash { len } => encode_hash_into(*len, entry.expire_at_ms, v),
+        Value::Hash { len } => encode_counted_into(KIND_HASH, *len, entry.expire_at_ms, v),
+        Value::LongString { len } => {
+            encode_counted_into(KIND_LONG_STRING, *len, entry.expire_at_ms, v)
+        }
     }
 }
 
@@ -179,9 +217,78 @@ pub(crate) fn encode_string_into(s: &[u8], expire_at_ms: u64, v: &mut Vec<u8>) {
 
 /// The stored form of a hash entry of `len` fields, appended to `v`.
 pub(crate) fn encode_hash_into(len: u64, expire_at_ms: u64, v: &mut Vec<u8>) {
-    v.push(KIND_HASH);
+    encode_counted_into(KIND_HASH, len, expire_at_ms, v);
+}
+
+/// The stored form of a long string's entry of `len` bytes, appended to `v`.
+pub(crate) fn encode_long_string_into(len: u64, expire_at_ms: u64, v: &mut Vec<u8>) {
+    encode_counted_into(KIND_LONG_STRING, len, expire_at_ms, v);
+}
+
+/// An entry whose payload is a count (a hash's fields, a long string's
+/// bytes).
+fn encode_counted_into(kind: u8, count: u64, expire_at_ms: u64, v: &mut Vec<u8>) {
+    v.push(kind);
     v.extend_from_slice(&expire_at_ms.to_be_bytes());
-    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(&count.to_be_bytes());
+}
+
+/// The field under which a long string keeps chunk `index`.
+pub(crate) fn chunk_field(index: u64) -> [u8; 4] {
+    u32::try_from(index)
+        .expect("a string within the largest length")
+        .to_be_bytes()
+}
+
+/// The chunks of a long string `value`, each with its field: slices of it.
+pub(crate) fn chunks(value: &Bytes) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
+    value
+        .chunks(STRING_CHUNK_BYTES)
+        .enumerate()
+        .map(|(index, chunk)| {
+            let field = Bytes::copy_from_slice(&chunk_field(index as u64));
+            (field, value.slice_ref(chunk))
+        })
+}
+
+/// The chunks a long string of `len` bytes is stored in: its bytes from
+/// `index * STRING_CHUNK_BYTES`, [`STRING_CHUNK_BYTES`] of them or the rest.
+pub(crate) fn chunk_len(len: u64, index: u64) -> usize {
+    let start = index * STRING_CHUNK_BYTES as u64;
+    len.saturating_sub(start).min(STRING_CHUNK_BYTES as u64) as usize
+}
+
+/// Whether a string of `len` bytes is stored in chunks.
+pub(crate) fn is_long(len: u64) -> bool {
+    len > LONG_STRING_BYTES as u64
+}
+
+/// The bytes `range` of a long string of `len` bytes from its chunks
+/// (`(field, chunk)`, in order, of the chunks that overlap the range; a
+/// chunk missing or short reads as zeros).
+pub(crate) fn assemble(
+    len: u64,
+    chunks: &[(Bytes, Bytes)],
+    range: std::ops::Range<u64>,
+) -> Result<Bytes> {
+    let range = range.start.min(len)..range.end.min(len);
+    let mut out = Vec::with_capacity((range.end - range.start) as usize);
+    for (field, chunk) in chunks {
+        let index = <[u8; 4]>::try_from(field.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| EngineError::CorruptEntry {
+                key: format!("a chunk named {field:?}"),
+            })?;
+        let start = u64::from(index) * STRING_CHUNK_BYTES as u64;
+        let from = (range.start + out.len() as u64).max(start);
+        let to = range.end.min(start + chunk.len() as u64);
+        if from < to {
+            out.resize((from - range.start) as usize, 0);
+            out.extend_from_slice(&chunk[(from - start) as usize..(to - start) as usize]);
+        }
+    }
+    out.resize((range.end - range.start) as usize, 0);
+    Ok(Bytes::from(out))
 }
 
 pub(crate) fn decode_entry(key: &[u8], v: &[u8]) -> Result<Entry> {
@@ -205,12 +312,16 @@ fn decode(key: &[u8], v: &[u8], with_value: bool) -> Result<Entry> {
     let value = match v[0] {
         KIND_STRING if with_value => Value::String(Bytes::copy_from_slice(&v[9..])),
         KIND_STRING => Value::String(Bytes::new()),
-        KIND_HASH => {
+        kind @ (KIND_HASH | KIND_LONG_STRING) => {
             let len = v[9..]
                 .try_into()
                 .map(u64::from_be_bytes)
                 .map_err(|_| bad())?;
-            Value::Hash { len }
+            if kind == KIND_HASH {
+                Value::Hash { len }
+            } else {
+                Value::LongString { len }
+            }
         }
         _ => return Err(bad()),
     };
@@ -243,6 +354,10 @@ mod tests {
                 value: Value::Hash { len: 42 },
                 expire_at_ms: 7,
             },
+            Entry {
+                value: Value::LongString { len: 1 << 20 },
+                expire_at_ms: 9,
+            },
         ] {
             let mut stored = Vec::new();
             encode_entry_into(&entry, &mut stored);
@@ -255,6 +370,46 @@ mod tests {
             }
         }
         assert!(decode_entry(b"k", b"\x09\0\0\0\0\0\0\0\0").is_err());
+    }
+
+    #[test]
+    fn a_long_string_reads_from_its_chunks_with_gaps_as_zeros() {
+        const C: usize = STRING_CHUNK_BYTES;
+        let chunk = |index: u64, byte: u8, len: usize| {
+            (
+                Bytes::copy_from_slice(&chunk_field(index)),
+                Bytes::from(vec![byte; len]),
+            )
+        };
+        // Chunk 1 missing, chunk 2 short of its length.
+        let chunks = [chunk(0, 1, C), chunk(2, 3, 10), chunk(3, 4, 5)];
+        let len = (3 * C + 5) as u64;
+        let whole = assemble(len, &chunks, 0..u64::MAX).unwrap();
+        let mut expected = vec![1; C];
+        expected.resize(2 * C, 0);
+        expected.extend([3; 10]);
+        expected.resize(3 * C, 0);
+        expected.extend([4; 5]);
+        assert_eq!(whole, expected);
+        for range in [
+            0..1,
+            C as u64 - 2..2 * C as u64 + 12,
+            2 * C as u64 + 5..len,
+            7..7,
+        ] {
+            let (start, end) = (range.start as usize, range.end as usize);
+            assert_eq!(
+                assemble(len, &chunks, range).unwrap(),
+                expected[start..end],
+                "{start}..{end}"
+            );
+        }
+        assert!(assemble(len, &[(Bytes::from_static(b"x"), Bytes::new())], 0..1).is_err());
+        assert_eq!(
+            (chunk_len(len, 2), chunk_len(len, 3), chunk_len(len, 4)),
+            (C, 5, 0)
+        );
+        assert!(!is_long(LONG_STRING_BYTES as u64) && is_long(LONG_STRING_BYTES as u64 + 1));
     }
 
     #[test]

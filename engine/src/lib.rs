@@ -40,9 +40,9 @@ pub use builder::{StateBuilder, StringSet, single_string_set};
 pub use cache::{READ_CACHE_BYTES_DEFAULT, ReadCacheStats};
 pub use engine::{
     Engine, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, Scanned, checkpoint_meta,
-    complete_checkpoint_swap, decode_record, op_key,
+    complete_checkpoint_swap, decode_record, op_key, string_bytes,
 };
 pub use error::{EngineError, Result};
-pub use keys::{Entry, Expiring, Value};
+pub use keys::{Entry, Expiring, LONG_STRING_BYTES, STRING_CHUNK_BYTES, Value};
 pub use pipeline::{Pipeline, Reader, Ticket, View};
 pub use watch::Watch;

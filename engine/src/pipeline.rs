@@ -28,7 +28,7 @@ use crate::engine::{
     Digest, Engine, FastMap, Scanned, StoredState, Target, apply_mutation, digest_hex, op_key,
 };
 use crate::error::{EngineError, Result};
-use crate::keys::{Entry, Value};
+use crate::keys::{self, Entry, Value};
 use crate::watch::Watch;
 
 /// Effects not yet applied to the engine, by key.
@@ -169,8 +169,8 @@ impl Target for OverlayTarget<'_> {
         Ok(entry)
     }
 
-    fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
-        Ok(self.overlay.field(self.engine, key, field)?.is_some())
+    fn field(&mut self, key: &Bytes, field: &[u8]) -> Result<Option<Bytes>> {
+        self.overlay.field(self.engine, key, field)
     }
 
     fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry) {
@@ -207,12 +207,23 @@ impl Target for OverlayTarget<'_> {
     /// Whatever the key held, it now holds this string: no read of the
     /// engine. Its fields there (were it a hash) no longer count.
     fn set_string(&mut self, key: &Bytes, value: &Bytes, expire_at_ms: u64) -> Result<()> {
+        let (value, fields) = if keys::is_long(value.len() as u64) {
+            let chunks = keys::chunks(value).map(|(field, chunk)| (field, Some(chunk)));
+            (
+                Value::LongString {
+                    len: value.len() as u64,
+                },
+                chunks.collect(),
+            )
+        } else {
+            (Value::String(value.clone()), HashMap::new())
+        };
         self.pending(key).state = Some(PendingEntry {
             entry: Entry {
-                value: Value::String(value.clone()),
+                value,
                 expire_at_ms,
             },
-            fields: HashMap::new(),
+            fields,
             base_cleared: true,
         });
         Ok(())
@@ -637,11 +648,13 @@ impl Reader for View<'_> {
 
     fn digest(&self, now_ms: u64) -> Result<String> {
         let flushed = self.overlay.flushed_seq.is_some();
-        let fields_of =
-            |entry: &Entry, read: &dyn Fn() -> Result<Vec<(Bytes, Bytes)>>| match entry.value {
-                Value::Hash { .. } => read(),
-                Value::String(_) => Ok(Vec::new()),
-            };
+        let fields_of = |entry: &Entry, read: &dyn Fn() -> Result<Vec<(Bytes, Bytes)>>| {
+            if entry.has_rows() {
+                read()
+            } else {
+                Ok(Vec::new())
+            }
+        };
         let digest = self.engine.snapshot_read(|stored| {
             let mut acc = if flushed {
                 Digest::default()

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_engine::{Engine, Entry, Pipeline, Reader, Value};
+use ferry_engine::{
+    Engine, Entry, LONG_STRING_BYTES, Pipeline, Reader, STRING_CHUNK_BYTES, Value, string_bytes,
+};
 use ferry_proto::v1::{self as pb, Mutation, WalRecord, mutation::Op};
 use ferry_wal::testing::SeededRng;
 use ferry_wal::{Lsn, SyncPolicy, Wal, WalOptions};
@@ -27,7 +29,14 @@ fn record(ops: Vec<Op>) -> WalRecord {
 fn random_op(rng: &mut SeededRng) -> Op {
     let key = b(&format!("k{}", rng.below(8)));
     let field = b(&format!("f{}", rng.below(4)));
-    let value = b(&format!("v{}", rng.below(1000)));
+    // Now and then a value or a write past the length at which strings are
+    // stored in chunks, in place or across chunk boundaries.
+    let long = rng.below(16) == 0;
+    let value = if long {
+        long_value(rng)
+    } else {
+        b(&format!("v{}", rng.below(1000)))
+    };
     let expire_at_ms = if rng.below(4) == 0 {
         4_000_000_000_000 + rng.below(1000)
     } else {
@@ -41,7 +50,11 @@ fn random_op(rng: &mut SeededRng) -> Op {
         }),
         2 => Op::SetRange(pb::SetRange {
             key,
-            offset: rng.below(6),
+            offset: if long || rng.below(8) == 0 {
+                rng.below(3 * LONG_STRING_BYTES as u64)
+            } else {
+                rng.below(6)
+            },
             data: value,
         }),
         3 => Op::Delete(pb::Delete { key }),
@@ -56,6 +69,16 @@ fn random_op(rng: &mut SeededRng) -> Op {
             fields: vec![field],
         }),
     }
+}
+
+/// A value about as long as a chunk of a long string, or a few chunks,
+/// whose bytes tell where they are.
+fn long_value(rng: &mut SeededRng) -> Bytes {
+    let len = LONG_STRING_BYTES as u64 - 2 + rng.below(2 * LONG_STRING_BYTES as u64);
+    let tag = rng.below(256) as u8;
+    (0..len as usize)
+        .map(|i| tag.wrapping_add((i % 251) as u8))
+        .collect()
 }
 
 fn random_records(seed: u64, n: usize) -> Vec<(Lsn, WalRecord)> {
@@ -210,6 +233,222 @@ fn mutations_do_what_wal_proto_says() {
     assert_eq!(engine.expiring(), ferry_engine::Expiring::default());
     assert_eq!(engine.scan(None, 100, 0).unwrap().entries.len(), 0);
     assert_eq!(engine.digest(0).unwrap(), "0".repeat(40));
+}
+
+/// A string and its rows: its entry, and its chunks' lengths.
+fn stored_string(engine: &Engine, key: &[u8]) -> (Option<Entry>, Vec<usize>) {
+    let chunks = engine.hash_fields(key, None, usize::MAX).unwrap();
+    (
+        engine.get(key, 0).unwrap(),
+        chunks.iter().map(|(_, c)| c.len()).collect(),
+    )
+}
+
+/// The whole string at `key` of `engine`.
+fn string_at(engine: &Engine, key: &[u8]) -> Bytes {
+    let entry = engine.get(key, 0).unwrap().expect("present");
+    string_bytes(engine, key, &entry, 0..entry.string_len()).unwrap()
+}
+
+#[test]
+fn long_strings_are_stored_in_chunks_and_read_as_one() {
+    const CHUNK: usize = STRING_CHUNK_BYTES;
+    const LONG: usize = LONG_STRING_BYTES;
+    // The chunks' lengths a long string of `len` bytes is stored in.
+    let chunk_lens = |len: usize| -> Vec<usize> {
+        (0..len)
+            .step_by(CHUNK)
+            .map(|at| CHUNK.min(len - at))
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("a")).unwrap();
+    let mut lsn = 0;
+    let mut apply = |engine: &Engine, op: Op| {
+        lsn += 1;
+        engine.apply(&[(Lsn(lsn), record(vec![op]))]).unwrap();
+    };
+    let long = |entry: Option<Entry>| entry.map(|e| e.value);
+    let value: Bytes = (0..LONG + 100).map(|i| (i % 251) as u8).collect();
+    apply(
+        &engine,
+        Op::SetString(pb::SetString {
+            key: b("s"),
+            value: value.clone(),
+            expire_at_ms: 9_000_000_000_000,
+        }),
+    );
+    let (entry, chunks) = stored_string(&engine, b"s");
+    assert_eq!(
+        long(entry),
+        Some(Value::LongString {
+            len: value.len() as u64
+        })
+    );
+    assert_eq!(chunks, chunk_lens(LONG + 100));
+    assert_eq!(chunks.last(), Some(&100));
+    assert_eq!(string_at(&engine, b"s"), value);
+    let entry = engine.get(b"s", 0).unwrap().unwrap();
+    let across = CHUNK as u64 - 3..2 * CHUNK as u64 + 5;
+    assert_eq!(
+        string_bytes(&engine, b"s", &entry, across.clone()).unwrap(),
+        value.slice(across.start as usize..across.end as usize)
+    );
+    assert_eq!(
+        string_bytes(&engine, b"s", &entry, LONG as u64 + 90..u64::MAX).unwrap(),
+        value.slice(LONG + 90..)
+    );
+
+    // A write past the end: the old last chunk grows, the gap reads as
+    // zeros and is stored, and only the chunks from the old end on change.
+    apply(
+        &engine,
+        Op::SetRange(pb::SetRange {
+            key: b("s"),
+            offset: (LONG + 3 * CHUNK + 1) as u64,
+            data: b("xy"),
+        }),
+    );
+    let mut expected = value.to_vec();
+    expected.resize(LONG + 3 * CHUNK + 1, 0);
+    expected.extend_from_slice(b"xy");
+    assert_eq!(string_at(&engine, b"s"), expected);
+    assert_eq!(
+        stored_string(&engine, b"s").1,
+        chunk_lens(LONG + 3 * CHUNK + 3)
+    );
+    assert_eq!(
+        engine.get(b"s", 0).unwrap().unwrap().expire_at_ms,
+        9_000_000_000_000
+    );
+    // A write across a chunk boundary, inside the string.
+    apply(
+        &engine,
+        Op::SetRange(pb::SetRange {
+            key: b("s"),
+            offset: CHUNK as u64 - 1,
+            data: b("AB"),
+        }),
+    );
+    expected[CHUNK - 1..CHUNK + 1].copy_from_slice(b"AB");
+    assert_eq!(string_at(&engine, b"s"), expected);
+
+    // A short string that grows past the threshold is stored in chunks
+    // from then on; one that reaches it is still one row.
+    apply(
+        &engine,
+        Op::SetString(pb::SetString {
+            key: b("t"),
+            value: b("abc"),
+            expire_at_ms: 0,
+        }),
+    );
+    apply(
+        &engine,
+        Op::SetRange(pb::SetRange {
+            key: b("t"),
+            offset: 3,
+            data: value.slice(..LONG),
+        }),
+    );
+    assert_eq!(stored_string(&engine, b"t").1, chunk_lens(LONG + 3));
+    let mut t = b"abc".to_vec();
+    t.extend_from_slice(&value[..LONG]);
+    assert_eq!(string_at(&engine, b"t"), t);
+    apply(
+        &engine,
+        Op::SetRange(pb::SetRange {
+            key: b("w"),
+            offset: 0,
+            data: value.slice(..LONG),
+        }),
+    );
+    assert_eq!(
+        stored_string(&engine, b"w"),
+        (
+            Some(Entry {
+                value: Value::String(value.slice(..LONG)),
+                expire_at_ms: 0
+            }),
+            vec![]
+        )
+    );
+    apply(&engine, Op::Delete(pb::Delete { key: b("w") }));
+
+    // The same data, whatever writes made it, stores the same rows and
+    // digests alike; another engine SET it whole.
+    let other = Engine::open(&dir.path().join("b")).unwrap();
+    for (i, (key, bytes)) in [(b("s"), expected.clone()), (b("t"), t)]
+        .into_iter()
+        .enumerate()
+    {
+        other
+            .apply(&[(
+                Lsn(i as u64 + 1),
+                record(vec![Op::SetString(pb::SetString {
+                    key: key.clone(),
+                    value: Bytes::from(bytes),
+                    expire_at_ms: if i == 0 { 9_000_000_000_000 } else { 0 },
+                })]),
+            )])
+            .unwrap();
+        assert_eq!(stored_string(&engine, &key), stored_string(&other, &key));
+    }
+    assert_eq!(engine.digest(0).unwrap(), other.digest(0).unwrap());
+    assert_eq!(
+        (engine.key_count(), engine.expiring()),
+        (other.key_count(), other.expiring())
+    );
+
+    // A short string over a long one, a hash over one, a deletion: the
+    // chunks go with it.
+    apply(
+        &engine,
+        Op::SetString(pb::SetString {
+            key: b("s"),
+            value: b("short"),
+            expire_at_ms: 0,
+        }),
+    );
+    assert_eq!(
+        stored_string(&engine, b"s"),
+        (
+            Some(Entry {
+                value: Value::String(b("short")),
+                expire_at_ms: 0
+            }),
+            vec![]
+        )
+    );
+    apply(
+        &engine,
+        Op::HashSet(pb::HashSet {
+            key: b("t"),
+            fields: vec![pb::FieldValue {
+                field: b("f"),
+                value: b("v"),
+            }],
+        }),
+    );
+    assert_eq!(
+        engine.hash_fields(b"t", None, 10).unwrap(),
+        vec![(b("f"), b("v"))]
+    );
+    apply(
+        &engine,
+        Op::SetString(pb::SetString {
+            key: b("u"),
+            value: value.clone(),
+            expire_at_ms: 0,
+        }),
+    );
+    apply(&engine, Op::Delete(pb::Delete { key: b("u") }));
+    assert_eq!(stored_string(&engine, b"u"), (None, vec![]));
+    assert_eq!(engine.key_count(), 2);
+    assert!(
+        engine.expiring().keys == 0,
+        "the expiry went with the long string"
+    );
 }
 
 #[test]
@@ -733,9 +972,10 @@ fn seen(
         .map(|k| {
             let key = format!("k{k}");
             let entry = entry(key.as_bytes());
+            // A long string's chunks are compared as a hash's fields are.
             let fields = match &entry {
                 Some(Entry {
-                    value: Value::Hash { .. },
+                    value: Value::Hash { .. } | Value::LongString { .. },
                     ..
                 }) => fields(key.as_bytes()),
                 _ => Vec::new(),
