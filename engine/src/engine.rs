@@ -38,6 +38,10 @@ pub const SST_BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// default).
 pub const DATA_BLOCK_HASH_RATIO: f64 = 0.75;
 
+/// Chunks of a long string a read looks up one by one at most; a read of
+/// more passes over them with an iterator.
+pub const STRING_CHUNK_LOOKUPS_MAX: u64 = 4;
+
 /// How long a swap waits for operations holding the old database.
 pub const SWAP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -1544,12 +1548,22 @@ pub fn string_bytes(
             }
             let chunk_bytes = keys::STRING_CHUNK_BYTES as u64;
             let (first, last) = (range.start / chunk_bytes, (end - 1) / chunk_bytes);
-            let after = first.checked_sub(1).map(keys::chunk_field);
-            let chunks = r.fields(
-                key,
-                after.as_ref().map(|a| &a[..]),
-                (last - first + 1) as usize,
-            )?;
+            // A few chunks (the end of a time series) are looked up one by
+            // one; more, with one pass of an iterator.
+            let chunks = if last - first < STRING_CHUNK_LOOKUPS_MAX {
+                let mut chunks = Vec::new();
+                for index in first..=last {
+                    let field = keys::chunk_field(index);
+                    if let Some(chunk) = r.field(key, &field)? {
+                        chunks.push((Bytes::copy_from_slice(&field), chunk));
+                    }
+                }
+                chunks
+            } else {
+                let after = first.checked_sub(1).map(keys::chunk_field);
+                let limit = (last - first + 1) as usize;
+                r.fields(key, after.as_ref().map(|a| &a[..]), limit)?
+            };
             keys::assemble(*len, &chunks, range.start..end)
         }
         Value::Hash { .. } => Ok(Bytes::new()),
