@@ -930,15 +930,7 @@ fn random_commands_get_the_replies_redis_gives() {
 
     // A replica fed the whole log (every round's records, the FLUSHALLs
     // between them, the floats and the expiry times) holds what ferry holds.
-    let replica = Server::replica(&dir.path().join("replica"), &ferry.grpc_url(), &[]);
-    assert!(
-        common::wait_until(Duration::from_secs(60), || common::caught_up(
-            &ferry, &replica
-        )),
-        "the replica did not catch up: {:?}",
-        common::status(replica.grpc)
-    );
-    assert_eq!(common::digest(&ferry), common::digest(&replica));
+    let replica = replica_holding_what(&ferry, &dir.path().join("replica"));
     // Its count of keys, and of those with an expiry, too.
     let on = |server: &Server| counters(&mut connect(&server.url(), false).expect("connect"));
     assert_eq!(on(&ferry)[3..], on(&replica)[3..]);
@@ -1051,15 +1043,22 @@ fn long_strings_get_the_replies_redis_gives() {
             "seed {seed}: {key}"
         );
     }
-    let replica = Server::replica(&dir.path().join("replica"), &ferry.grpc_url(), &[]);
+    replica_holding_what(&ferry, &dir.path().join("replica"));
+}
+
+/// A new replica of `ferry` in `dir`, once it has replayed ferry's whole
+/// log, checked to hold the same data (`DEBUG DIGEST`).
+fn replica_holding_what(ferry: &Server, dir: &std::path::Path) -> Server {
+    let replica = Server::replica(dir, &ferry.grpc_url(), &[]);
     assert!(
         common::wait_until(Duration::from_secs(60), || common::caught_up(
-            &ferry, &replica
+            ferry, &replica
         )),
         "the replica did not catch up: {:?}",
         common::status(replica.grpc)
     );
-    assert_eq!(common::digest(&ferry), common::digest(&replica));
+    assert_eq!(common::digest(ferry), common::digest(&replica));
+    replica
 }
 
 /// The raw replies to `request` (RESP bytes) from the server at `addr`:

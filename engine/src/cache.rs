@@ -96,19 +96,17 @@ impl Slot {
                 value: Value::String(s),
                 expire_at_ms,
             }) => (STRING, *expire_at_ms, s),
+            // A count: a hash's fields, a long string's bytes.
             Some(Entry {
-                value: Value::Hash { len },
+                value: value @ (Value::Hash { len } | Value::LongString { len }),
                 expire_at_ms,
             }) => {
                 len_bytes = len.to_le_bytes();
-                (HASH, *expire_at_ms, &len_bytes)
-            }
-            Some(Entry {
-                value: Value::LongString { len },
-                expire_at_ms,
-            }) => {
-                len_bytes = len.to_le_bytes();
-                (LONG_STRING, *expire_at_ms, &len_bytes)
+                let kind = match value {
+                    Value::Hash { .. } => HASH,
+                    _ => LONG_STRING,
+                };
+                (kind, *expire_at_ms, &len_bytes)
             }
         };
         let mut data = Vec::with_capacity(key.len() + value.len());
