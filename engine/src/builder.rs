@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ferry_proto::v1::WalRecord;
 use ferry_wal::Lsn;
 
-use crate::engine::{Engine, Target, apply_mutation};
+use crate::engine::{Engine, Target, apply_mutation, put_string};
 use crate::error::Result;
 use crate::keys::{self, Entry, Expiring, Value};
 
@@ -89,11 +89,13 @@ pub const STATE_ARENA_COMPACTION_FLOOR: usize = 64 << 20;
 pub const STATE_ARENA_GARBAGE_RATIO: usize = 2;
 
 /// A key's value in the state: a string's bytes in the value arena, or a
-/// hash's field count (its fields are kept on their own).
+/// hash's field count or a long string's length (its fields or chunks are
+/// kept on their own).
 #[derive(Debug, Clone, Copy)]
 enum HeldValue {
     String { at: usize, len: usize },
     Hash { len: u64 },
+    LongString { len: u64 },
 }
 
 /// A key's value and expiry in the state.
@@ -133,9 +135,7 @@ impl Arena {
         match value {
             Value::String(s) => self.push(s),
             Value::Hash { len } => HeldValue::Hash { len: *len },
-            Value::LongString { .. } => {
-                unreachable!("a state built in memory holds its strings whole")
-            }
+            Value::LongString { len } => HeldValue::LongString { len: *len },
         }
     }
 
@@ -163,12 +163,6 @@ pub struct StateBuilder {
     bytes: usize,
 }
 
-/// The rows a key has beside its entry.
-enum Rows<'a> {
-    Fields(&'a FxHashMap<Bytes, Bytes>),
-    Chunks(&'a [u8]),
-}
-
 impl Default for StateBuilder {
     fn default() -> StateBuilder {
         StateBuilder::with_compaction_floor(STATE_ARENA_COMPACTION_FLOOR)
@@ -183,6 +177,7 @@ impl Target for StateBuilder {
                     Value::String(Bytes::copy_from_slice(self.arena.get(at, len)))
                 }
                 HeldValue::Hash { len } => Value::Hash { len },
+                HeldValue::LongString { len } => Value::LongString { len },
             },
             expire_at_ms: held.expire_at_ms,
         }))
@@ -190,11 +185,6 @@ impl Target for StateBuilder {
 
     fn field(&mut self, key: &Bytes, field: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.fields.get(key).and_then(|f| f.get(field)).cloned())
-    }
-
-    /// Strings are chunked as they are written out ([`StateBuilder::write_rows`]).
-    fn chunks_long_strings(&self) -> bool {
-        false
     }
 
     fn put_entry(&mut self, key: &Bytes, _old: Option<&Entry>, new: Entry) {
@@ -355,27 +345,34 @@ impl StateBuilder {
     }
 
     /// One lookup where the general path takes two and a copy of the old
-    /// entry; a key that holds a hash takes the general path.
+    /// entry; a key that holds a hash or a long string, and a long value,
+    /// take the general path.
     fn set_string_slices(&mut self, key: &[u8], value: &[u8], expire_at_ms: u64) -> Result<()> {
+        let long = keys::is_long(value.len() as u64);
         match self.entries.get_mut(key) {
-            Some(slot) if matches!(slot.value, HeldValue::String { .. }) => {
+            Some(slot) if !long && matches!(slot.value, HeldValue::String { .. }) => {
                 self.arena.release(&slot.value);
                 *slot = Held {
                     value: self.arena.push(value),
                     expire_at_ms,
                 };
             }
-            Some(_) => {
+            found if long || found.is_some() => {
+                let existed = found.is_some();
                 let key = Bytes::copy_from_slice(key);
-                let old = self.entry(&key)?.expect("present");
-                self.remove(&key, &old);
-                let new = Entry {
-                    value: Value::String(Bytes::copy_from_slice(value)),
+                if existed {
+                    let old = self.entry(&key)?.expect("present");
+                    self.remove(&key, &old);
+                }
+                put_string(
+                    self,
+                    &key,
+                    None,
+                    Bytes::copy_from_slice(value),
                     expire_at_ms,
-                };
-                self.put_entry(&key, None, new);
+                );
             }
-            None => {
+            _ => {
                 self.bytes += key.len() + ENTRY_OVERHEAD_BYTES;
                 let held = Held {
                     value: self.arena.push(value),
@@ -502,44 +499,17 @@ impl StateBuilder {
         // The rows of hashes' fields and of long strings' chunks, key by
         // key; the length prefix is fixed-width big-endian: shorter keys
         // first.
-        let long = |held: &Held| match held.value {
-            HeldValue::String { at, len } if keys::is_long(len as u64) => {
-                Some(self.arena.get(at, len))
-            }
-            _ => None,
-        };
-        let mut with_rows: Vec<(&[u8], Rows<'_>)> = self
-            .fields
-            .iter()
-            .map(|(k, fields)| (k.as_ref(), Rows::Fields(fields)))
-            .chain(
-                self.entries
-                    .iter()
-                    .filter_map(|(k, held)| Some((k.as_slice(), Rows::Chunks(long(held)?)))),
-            )
-            .collect();
+        let mut with_rows: Vec<(&Bytes, &FxHashMap<Bytes, Bytes>)> = self.fields.iter().collect();
         with_rows.sort_unstable_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
-        for (k, rows) in with_rows {
+        for (k, fields) in with_rows {
+            let mut fields: Vec<(&Bytes, &Bytes)> = fields.iter().collect();
+            fields.sort_unstable();
             let prefix = keys::field_prefix(k);
-            let mut put = |field: &[u8], v: &[u8]| {
+            for (field, v) in fields {
                 key.clear();
                 key.extend_from_slice(&prefix);
                 key.extend_from_slice(field);
-                writer.put(&key, v)
-            };
-            match rows {
-                Rows::Fields(fields) => {
-                    let mut fields: Vec<(&Bytes, &Bytes)> = fields.iter().collect();
-                    fields.sort_unstable();
-                    for (field, v) in fields {
-                        put(field, v)?;
-                    }
-                }
-                Rows::Chunks(bytes) => {
-                    for (index, chunk) in bytes.chunks(keys::STRING_CHUNK_BYTES).enumerate() {
-                        put(&keys::chunk_field(index as u64), chunk)?;
-                    }
-                }
+                writer.put(&key, v)?;
             }
         }
         // Sorted by the first bytes held inline, then the whole key: most
@@ -556,8 +526,8 @@ impl StateBuilder {
             key.extend_from_slice(k);
             value.clear();
             match held.value {
-                HeldValue::String { len, .. } if keys::is_long(len as u64) => {
-                    keys::encode_long_string_into(len as u64, held.expire_at_ms, &mut value)
+                HeldValue::LongString { len } => {
+                    keys::encode_long_string_into(len, held.expire_at_ms, &mut value)
                 }
                 HeldValue::String { at, len } => {
                     keys::encode_string_into(self.arena.get(at, len), held.expire_at_ms, &mut value)

@@ -1423,13 +1423,6 @@ pub(crate) trait Target {
     fn delete_field(&mut self, key: &Bytes, field: &Bytes);
     fn flush_all(&mut self);
 
-    /// Whether strings longer than [`keys::LONG_STRING_BYTES`] are held
-    /// in chunks, as RocksDB holds them; a state built in memory holds
-    /// them whole and chunks them as it writes them out.
-    fn chunks_long_strings(&self) -> bool {
-        true
-    }
-
     /// The entry of `key` for a write that replaces its value whatever it
     /// is: only its kind and expiry count (a string's bytes may be left
     /// out, and the entry must be replaced before anything reads it).
@@ -1457,8 +1450,8 @@ pub(crate) trait Target {
 }
 
 /// `key`, which held the string `old` (or nothing), now holds `value`:
-/// whole, or in chunks if it is long (and `t` chunks long strings).
-fn put_string(
+/// whole, or in chunks if it is long.
+pub(crate) fn put_string(
     t: &mut impl Target,
     key: &Bytes,
     old: Option<&Entry>,
@@ -1466,7 +1459,7 @@ fn put_string(
     expire_at_ms: u64,
 ) {
     let len = value.len() as u64;
-    if !(t.chunks_long_strings() && keys::is_long(len)) {
+    if !keys::is_long(len) {
         let new = Entry {
             value: Value::String(value),
             expire_at_ms,
