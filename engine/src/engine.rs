@@ -1287,6 +1287,17 @@ impl BatchTarget<'_> {
     }
 }
 
+impl BatchTarget<'_> {
+    /// A field (or chunk) as this batch has left it, `Some(None)` if gone;
+    /// `None` if the batch has not touched it, so RocksDB holds it.
+    fn field_in_batch(&self, key: &Bytes, field_key: &[u8]) -> Option<Option<Bytes>> {
+        if let Some(value) = self.fields.get(field_key) {
+            return Some(value.clone());
+        }
+        (self.flushed || self.cleared.contains(key)).then_some(None)
+    }
+}
+
 impl Target for BatchTarget<'_> {
     fn entry(&mut self, key: &Bytes) -> Result<Option<Entry>> {
         if let Some(entry) = self.entries.get(key) {
@@ -1318,25 +1329,19 @@ impl Target for BatchTarget<'_> {
 
     fn field(&mut self, key: &Bytes, field: &[u8]) -> Result<Option<Bytes>> {
         let fk = keys::field_key(key, field);
-        if let Some(value) = self.fields.get(&fk) {
-            return Ok(value.clone());
+        match self.field_in_batch(key, &fk) {
+            Some(value) => Ok(value),
+            None => Ok(self.db.get_pinned(&fk)?.map(|v| Bytes::copy_from_slice(&v))),
         }
-        if self.flushed || self.cleared.contains(key) {
-            return Ok(None);
-        }
-        Ok(self.db.get_pinned(&fk)?.map(|v| Bytes::copy_from_slice(&v)))
     }
 
     /// As [`Target::field`], with no copy of the value.
     fn field_exists(&mut self, key: &Bytes, field: &Bytes) -> Result<bool> {
         let fk = keys::field_key(key, field);
-        if let Some(value) = self.fields.get(&fk) {
-            return Ok(value.is_some());
+        match self.field_in_batch(key, &fk) {
+            Some(value) => Ok(value.is_some()),
+            None => Ok(self.db.get_pinned(&fk)?.is_some()),
         }
-        if self.flushed || self.cleared.contains(key) {
-            return Ok(false);
-        }
-        Ok(self.db.get_pinned(&fk)?.is_some())
     }
 
     fn put_entry(&mut self, key: &Bytes, old: Option<&Entry>, new: Entry) {
