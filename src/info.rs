@@ -211,7 +211,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  aof_last_write_status:{}\r\nrdb_changes_since_last_save:{}\r\nrdb_bgsave_in_progress:0\r\n\
                  appendfsync:{}\r\nwal_first_lsn:{}\r\nwal_last_lsn:{}\r\nwal_durable_lsn:{}\r\n\
                  wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n\
-                 engine_persisted_lsn:{}\r\n",
+                 engine_persisted_lsn:{}\r\nengine_disk_bytes:{}\r\nwal_bytes:{}\r\n",
                 if node.wal.has_failed() { "err" } else { "ok" },
                 applied.0.saturating_sub(persisted.0),
                 node.config.fsync,
@@ -223,6 +223,8 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 wal.syncs,
                 applied,
                 persisted,
+                node.engine.disk_bytes().unwrap_or(0),
+                node.wal.bytes_after(ferry_wal::Lsn::ZERO),
             );
         }
         "stats" => {

@@ -581,6 +581,13 @@ fn render(node: &Node) -> String {
         "Bytes of WAL frames retained.",
         node.wal.bytes_after(ferry_wal::Lsn::ZERO),
     );
+    if let Ok(bytes) = node.engine.disk_bytes() {
+        out.gauge(
+            "ferry_engine_disk_bytes",
+            "Bytes of the engine's live files on disk (RocksDB's SST files).",
+            bytes,
+        );
+    }
     out.gauge(
         "ferry_wal_failed",
         "1 once a WAL write or sync has failed (the node takes no more writes).",

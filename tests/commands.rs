@@ -1057,6 +1057,17 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
 }
 
 /// One INFO section's text.
+/// The number on the line `name:` of an INFO section's text.
+fn info_figure(section: &str, name: &str) -> u64 {
+    section
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .expect(name)
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
 fn section_text(server: &Server, name: &str) -> String {
     let mut c = server.client();
     cmd(&["INFO", name]).query(&mut c).expect("INFO")
@@ -1143,15 +1154,7 @@ fn info_counts_lookups_errors_expiring_keys_and_rates() {
     // Changes since the engine last wrote its files: what a restart would
     // replay (a few records: no flush yet).
     let persistence = section_text(&server, "persistence");
-    let figure = |name: &str| -> u64 {
-        persistence
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .expect(name)
-            .trim()
-            .parse()
-            .expect("a number")
-    };
+    let figure = |name: &str| info_figure(&persistence, name);
     assert!(figure("rdb_changes_since_last_save") > 0);
     assert_eq!(
         figure("rdb_changes_since_last_save"),
@@ -1167,6 +1170,12 @@ fn info_counts_lookups_errors_expiring_keys_and_rates() {
         (5, 1),
         "{line}"
     );
+    // The sizes on disk: the engine's files (written at the shutdown) and
+    // the WAL's frames.
+    let persistence = section_text(&server, "persistence");
+    for name in ["engine_disk_bytes", "wal_bytes"] {
+        assert!(info_figure(&persistence, name) > 0, "{name}: {persistence}");
+    }
 
     // The rates follow the commands of the last moments.
     let mut pipe = redis::pipe();

@@ -154,6 +154,9 @@ fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
     );
     assert!(0.0 < p50 && p50 <= p999 && p999 < 1.0, "{p50} {p999}");
     assert!(get(&p, "ferry_wal_records_written_total") >= 25.0);
+    assert!(get(&p, "ferry_wal_bytes") > 0.0);
+    // Nothing flushed to the engine's files yet, but the figure is there.
+    assert_eq!(get(&p, "ferry_engine_disk_bytes"), 0.0);
     assert!(get(&p, "process_resident_memory_bytes") > 0.0);
     assert_eq!(get(&p, "ferry_connected_replicas"), 1.0);
     let replica_id = status(replica.grpc).node_id;

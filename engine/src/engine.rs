@@ -466,6 +466,41 @@ pub struct Engine {
     /// Held by every write, and by a reader that failed to read between
     /// writes [`STABLE_READ_ATTEMPTS`] times.
     gate: RwLock<()>,
+    /// The compaction that gives a FLUSHALL's disk space back.
+    reclaim: Arc<Mutex<Reclaim>>,
+}
+
+/// A FLUSHALL deletes every key with three range deletions, which free no
+/// disk space by themselves: the files they cover stay until a compaction
+/// reads them, and with no more writes none comes. So after one, a thread
+/// compacts the whole keyspace (in the background, reads and writes go on;
+/// snapshots taken before still see the old state); a FLUSHALL while it
+/// runs asks for one more pass after it.
+#[derive(Debug, Default)]
+struct Reclaim {
+    thread: Option<std::thread::JoinHandle<()>>,
+    running: bool,
+    again: bool,
+}
+
+impl Drop for Engine {
+    /// Stops a compaction under way (RocksDB's shutdown of its background
+    /// work, which flushes what is unpersisted as closing does) and waits
+    /// for its thread, so the database is closed when the engine is.
+    fn drop(&mut self) {
+        let thread = {
+            let mut reclaim = self.reclaim.lock().unwrap_or_else(|e| e.into_inner());
+            if reclaim.running
+                && let Ok(db) = self.db()
+            {
+                db.cancel_all_background_work(true);
+            }
+            reclaim.thread.take()
+        };
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Tries of a read of several keys between writes before it holds writes
@@ -571,6 +606,7 @@ impl Engine {
             watchers: Arc::default(),
             generation: AtomicU64::new(0),
             gate: RwLock::new(()),
+            reclaim: Arc::default(),
         })
     }
 
@@ -774,12 +810,12 @@ impl Engine {
         // Records from outside the write path change watched keys as they
         // are applied: a FLUSHALL changes those that exist before it.
         let watching = self.watchers.on_apply();
-        let flushed_watched: Vec<Bytes> = if watching
-            && records.iter().any(|(_, r)| {
-                r.mutations
-                    .iter()
-                    .any(|m| matches!(m.op, Some(Op::FlushAll(_))))
-            }) {
+        let flushes_all = records.iter().any(|(_, r)| {
+            r.mutations
+                .iter()
+                .any(|m| matches!(m.op, Some(Op::FlushAll(_))))
+        });
+        let flushed_watched: Vec<Bytes> = if watching && flushes_all {
             let keys = self.watchers.keys();
             keys.into_iter()
                 .filter(|k| self.entry(k).map_or(true, |e| e.is_some()))
@@ -843,7 +879,66 @@ impl Engine {
         self.key_count.store(key_count, Ordering::Release);
         self.set_expiring(expiring);
         self.applied_lsn.store(last.0, Ordering::Release);
+        if flushes_all {
+            self.reclaim_space(db);
+        }
         Ok(())
+    }
+
+    /// Compacts the whole keyspace in the background, once more if a
+    /// compaction runs already (see [`Reclaim`]).
+    fn reclaim_space(&self, db: Arc<DB>) {
+        let mut reclaim = self.reclaim.lock().unwrap_or_else(|e| e.into_inner());
+        if reclaim.running {
+            reclaim.again = true;
+            return;
+        }
+        if let Some(done) = reclaim.thread.take() {
+            let _ = done.join();
+        }
+        let shared = Arc::clone(&self.reclaim);
+        let spawned = std::thread::Builder::new()
+            .name("ferry-reclaim".into())
+            .spawn(move || {
+                loop {
+                    let mut opts = rocksdb::CompactOptions::default();
+                    // The last level too: it holds most of the data.
+                    opts.set_bottommost_level_compaction(
+                        rocksdb::BottommostLevelCompaction::ForceOptimized,
+                    );
+                    let started = std::time::Instant::now();
+                    db.compact_range_opt::<&[u8], &[u8]>(None, None, &opts);
+                    tracing::info!(
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "compacted the keyspace after a FLUSHALL"
+                    );
+                    let mut reclaim = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if !std::mem::take(&mut reclaim.again) {
+                        reclaim.running = false;
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => {
+                reclaim.thread = Some(thread);
+                reclaim.running = true;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not start the compaction after a FLUSHALL"),
+        }
+    }
+
+    /// The size of the engine's live files on disk (RocksDB's SST files;
+    /// the WAL's segments are apart), in bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn disk_bytes(&self) -> Result<u64> {
+        Ok(self
+            .db()?
+            .property_int_value(rocksdb::properties::LIVE_SST_FILES_SIZE)?
+            .unwrap_or(0))
     }
 
     /// The read cache's figures.
@@ -976,11 +1071,13 @@ impl Engine {
         self.watchers.spoil_all();
         written?;
         // RocksDB's WAL is off: flush, or a crash would bring the keys back.
-        self.db()?.flush()?;
+        let db = self.db()?;
+        db.flush()?;
         self.key_count.store(0, Ordering::Release);
         self.set_expiring(Expiring::default());
         self.applied_lsn.store(0, Ordering::Release);
         self.persisted_lsn.store(0, Ordering::Release);
+        self.reclaim_space(db);
         Ok(())
     }
 
