@@ -1056,7 +1056,6 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
     );
 }
 
-/// One INFO section's text.
 /// The number on the line `name:` of an INFO section's text.
 fn info_figure(section: &str, name: &str) -> u64 {
     section
@@ -1068,6 +1067,7 @@ fn info_figure(section: &str, name: &str) -> u64 {
         .expect("a number")
 }
 
+/// One INFO section's text.
 fn section_text(server: &Server, name: &str) -> String {
     let mut c = server.client();
     cmd(&["INFO", name]).query(&mut c).expect("INFO")
