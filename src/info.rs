@@ -2,7 +2,7 @@
 //! tools written for Redis read them.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::commands::{self, Args, Conn};
@@ -556,10 +556,19 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
             info.activity.multi.load(Ordering::Relaxed),
         )
     };
+    // The buffers as the connection left them after its last batch of
+    // requests; `omem` while its replies wait for the client to read them.
+    let figure = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let a = &info.activity;
+    let (qbuf, qbuf_free, omem) = (figure(&a.qbuf), figure(&a.qbuf_free), figure(&a.omem));
+    let multi_mem = figure(&a.multi_mem);
+    let tot_mem = qbuf + qbuf_free + figure(&a.obuf_bytes) + multi_mem;
     // Redis's fields, in its order, for those ferry has.
     format!(
         "id={} addr={} laddr={} fd={} name={} age={} idle={idle} flags={} db=0 sub=0 psub=0 ssub=0 \
-         multi={multi} cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+         multi={multi} qbuf={qbuf} qbuf-free={qbuf_free} argv-mem=0 multi-mem={multi_mem} obl=0 oll=0 \
+         omem={omem} tot-mem={tot_mem} events={} cmd={} user=default redir=-1 resp={} lib-name={} \
+         lib-ver={}\n",
         info.id,
         info.addr,
         info.laddr,
@@ -567,6 +576,7 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
         text(name),
         age.as_secs(),
         if multi >= 0 { "x" } else { "N" },
+        if omem > 0 { "rw" } else { "r" },
         info.last_command,
         if own && conn.resp3 { 3 } else { info.resp },
         text(lib_name),

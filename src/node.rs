@@ -582,6 +582,17 @@ pub struct Activity {
     pub last_ms: AtomicU64,
     /// Commands queued in its transaction; -1 outside MULTI.
     pub multi: AtomicI64,
+    /// Bytes of the commands queued in its transaction (`multi-mem`).
+    pub multi_mem: AtomicU64,
+    /// Bytes read and not yet parsed (`qbuf`: a request in part), and the
+    /// room left in the buffer they are read into (`qbuf-free`).
+    pub qbuf: AtomicU64,
+    pub qbuf_free: AtomicU64,
+    /// Reply bytes not yet written to the socket (`omem`, with `events=rw`):
+    /// more than a moment's worth only while the client is slow to read.
+    pub omem: AtomicU64,
+    /// The reply buffer's size, written or not.
+    pub obuf_bytes: AtomicU64,
     /// Set by CLIENT KILL: the connection runs nothing more and closes.
     pub killed: AtomicBool,
     /// Wakes the connection's WAIT when it is killed.
@@ -595,6 +606,11 @@ impl Activity {
         Activity {
             last_ms: AtomicU64::new(0),
             multi: AtomicI64::new(-1),
+            multi_mem: AtomicU64::new(0),
+            qbuf: AtomicU64::new(0),
+            qbuf_free: AtomicU64::new(0),
+            omem: AtomicU64::new(0),
+            obuf_bytes: AtomicU64::new(0),
             killed: AtomicBool::new(false),
             kill: tokio::sync::Notify::new(),
             fd,

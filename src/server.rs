@@ -558,6 +558,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             conn.multi.as_ref().map_or(-1, |m| m.commands.len() as i64),
             Ordering::Relaxed,
         );
+        activity.multi_mem.store(
+            conn.multi.as_ref().map_or(0, |m| m.bytes),
+            Ordering::Relaxed,
+        );
+        activity.qbuf.store(buf.len() as u64, Ordering::Relaxed);
+        activity
+            .qbuf_free
+            .store((buf.capacity() - buf.len()) as u64, Ordering::Relaxed);
+        activity.omem.store(out.len() as u64, Ordering::Relaxed);
+        activity
+            .obuf_bytes
+            .store(out.capacity() as u64, Ordering::Relaxed);
         // The client list (CLIENT LIST, INFO) is shared by every
         // connection: it is locked only when what it shows changes.
         if let Some(cmd) = last_command
@@ -589,6 +601,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 break;
             }
             out.clear();
+            activity.omem.store(0, Ordering::Relaxed);
         }
         if conn.quit || *stop.borrow() || activity.killed.load(Ordering::Acquire) {
             break;

@@ -787,10 +787,28 @@ fn client_kill_closes_the_connections_it_matches() {
             .unwrap();
     }
     // 32 MiB of replies fill the socket's buffers: the server waits on the
-    // write, with GET as the last command it read.
+    // write, with GET as the last command it read, and shows the replies
+    // it is writing.
     assert!(wait_until(Duration::from_secs(10), || listed(
         c, &stuck_id, "cmd=get"
     )));
+    assert!(wait_until(Duration::from_secs(10), || listed(
+        c,
+        &stuck_id,
+        " events=rw "
+    )));
+    let V::BulkString(line) = raw(c, &["CLIENT", "LIST", "ID", &stuck_id]) else {
+        panic!()
+    };
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let figure = |name: &str| -> u64 {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert!(figure("omem") >= 8 << 20, "{line}");
+    assert!(figure("tot-mem") >= figure("omem"), "{line}");
     assert_eq!(raw(c, &["CLIENT", "KILL", "ID", &stuck_id]), V::Int(1));
     assert!(
         wait_until(Duration::from_secs(10), || !listed(c, &stuck_id, "id=")),
@@ -1040,6 +1058,7 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
         line.contains(" idle=0 flags=N ") && line.contains(" multi=-1 "),
         "{line}"
     );
+    assert!(line.contains(" multi-mem=0 ") && line.contains(" events=r "));
     raw(c, &["MULTI"]);
     raw(c, &["SET", "k", "x"]);
     raw(c, &["GET", "k"]);
@@ -1048,11 +1067,33 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
         line.contains(" flags=x ") && line.contains(" multi=2 "),
         "{line}"
     );
+    assert!(!line.contains(" multi-mem=0 "), "{line}");
     raw(c, &["EXEC"]);
     let line = line_of(watcher, id);
     assert!(
-        line.contains(" flags=N ") && line.contains(" multi=-1 "),
+        line.contains(" flags=N ") && line.contains(" multi=-1 ") && line.contains(" multi-mem=0 "),
         "{line}"
+    );
+
+    // A request read in part waits in the query buffer.
+    use std::io::{Read, Write};
+    let mut part = std::net::TcpStream::connect(server.resp).unwrap();
+    part.write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
+        .unwrap();
+    let mut reply = [0u8; 32];
+    let n = part.read(&mut reply).unwrap();
+    let part_id: i64 = String::from_utf8_lossy(&reply[1..n])
+        .trim()
+        .parse()
+        .unwrap();
+    let partial = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\nabc";
+    part.write_all(partial).unwrap();
+    let qbuf = format!(" qbuf={} ", partial.len());
+    assert!(
+        wait_until(Duration::from_secs(10), || line_of(watcher, part_id)
+            .contains(&qbuf)),
+        "{}",
+        line_of(watcher, part_id)
     );
 }
 
