@@ -240,6 +240,7 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(crate::info::info)
     ),
     spec!("keys", 2, &["readonly"], 0, 0, 0, Handler::Read(keys)),
+    spec!("memory", -2, &[], 0, 0, 0, Handler::Read(memory)),
     spec!("mget", -2, R, 1, -1, 1, Handler::Read(mget)),
     spec!("mset", -3, WD, 1, -1, 2, Handler::Write(mset)),
     spec!("msetnx", -3, WD, 1, -1, 2, Handler::Write(msetnx)),
@@ -356,6 +357,15 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
         &[("get", -3), ("help", 2), ("resetstat", 2), ("set", -4)],
     ),
     (
+        "memory",
+        &[
+            ("help", 2),
+            ("malloc-stats", 2),
+            ("purge", 2),
+            ("usage", -3),
+        ],
+    ),
+    (
         "slowlog",
         &[("get", -2), ("help", 2), ("len", 2), ("reset", 2)],
     ),
@@ -427,6 +437,11 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("incrbyfloat", &["write", "string", "fast"]),
     ("info", &["slow", "dangerous"]),
     ("keys", &["keyspace", "read", "slow", "dangerous"]),
+    ("memory", &["slow"]),
+    ("memory|help", &["slow"]),
+    ("memory|malloc-stats", &["slow"]),
+    ("memory|purge", &["slow"]),
+    ("memory|usage", &["read", "slow"]),
     ("mget", &["read", "string", "fast"]),
     ("mset", &["write", "string", "slow"]),
     ("msetnx", &["write", "string", "slow"]),
@@ -2432,6 +2447,79 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    Prints this help.",
         ]),
         _ => subcommand_error("config", &args[1]),
+    }
+}
+
+/// MEMORY USAGE's fields of a hash read when no SAMPLES is given, as
+/// Redis's.
+pub const MEMORY_USAGE_SAMPLES_DEFAULT: u64 = 5;
+
+/// MEMORY USAGE key [SAMPLES count] | PURGE | MALLOC-STATS | HELP.
+fn memory(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match (sub.as_str(), args.len()) {
+        ("usage", 3..) => memory_usage(r, args),
+        ("purge", 2) => {
+            // Gives the allocator's free memory back to the system.
+            // SAFETY: malloc_trim takes a size and changes only the
+            // allocator's own state.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            Reply::ok()
+        }
+        ("malloc-stats", 2) => Reply::bulk("Stats not supported for the current allocator"),
+        ("help", 2) => help(&[
+            "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "MALLOC-STATS",
+            "    Return internal statistics report from the memory allocator.",
+            "PURGE",
+            "    Attempt to purge dirty pages for reclamation by the allocator.",
+            "USAGE <key> [SAMPLES <count>]",
+            "    Return the bytes <key> and its value take as stored (its rows in RocksDB,",
+            "    before compression). A hash's fields are sampled up to <count> times",
+            "    (default: 5, 0 means sample all).",
+            "HELP",
+            "    Prints this help.",
+        ]),
+        _ => subcommand_error("memory", &args[1]),
+    }
+}
+
+/// MEMORY USAGE: the bytes a key's rows take as stored
+/// ([`ferry_engine::stored_bytes`]); nil for a missing key.
+fn memory_usage(r: &dyn Reader, args: &Args) -> Reply {
+    let mut samples = MEMORY_USAGE_SAMPLES_DEFAULT;
+    let mut i = 3;
+    while i < args.len() {
+        if !eq(&args[i], "samples") || i + 1 == args.len() {
+            return syntax_error();
+        }
+        samples = match parse_i64(&args[i + 1]) {
+            None => return not_integer(),
+            Some(n) if n < 0 => return syntax_error(),
+            Some(0) => u64::MAX,
+            Some(n) => n as u64,
+        };
+        i += 2;
+    }
+    let key = &args[2];
+    let now = now_ms();
+    let read = stable(r, |r| {
+        let Some(entry) = r.live(key, now)? else {
+            return Ok(None);
+        };
+        let sample = match entry.value {
+            Value::Hash { .. } => {
+                r.fields(key, None, usize::try_from(samples).unwrap_or(usize::MAX))?
+            }
+            _ => Vec::new(),
+        };
+        Ok(Some(ferry_engine::stored_bytes(key, &entry, &sample)))
+    });
+    match tri_read!(read) {
+        Some(bytes) => Reply::Int(bytes as i64),
+        None => Reply::Null,
     }
 }
 

@@ -479,6 +479,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    activity
+        .qbuf_free
+        .store(buf.capacity() as u64, Ordering::Relaxed);
+    activity
+        .obuf_bytes
+        .store(out.capacity() as u64, Ordering::Relaxed);
     let mut queue = VecDeque::new();
     let mut writes = Vec::new();
     // What the client list shows of this connection: its last command,

@@ -1097,6 +1097,48 @@ fn the_client_list_follows_each_connections_last_command_and_name() {
     );
 }
 
+/// MEMORY USAGE: what a key's rows take as stored, from the sizes of its
+/// key, value, fields and chunks; a hash's fields sampled.
+#[test]
+fn memory_usage_follows_what_a_key_stores() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let usage = |c: &mut redis::Connection, args: &[&str]| -> i64 {
+        let mut all = vec!["MEMORY", "USAGE"];
+        all.extend(args);
+        match raw(c, &all) {
+            V::Int(n) => n,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    };
+    assert_eq!(raw(c, &["MEMORY", "USAGE", "nosuch"]), V::Nil);
+    raw(c, &["SET", "s", "v"]);
+    raw(c, &["SET", "s1k", &"x".repeat(1000)]);
+    let (small, kilo) = (usage(c, &["s"]), usage(c, &["s1k"]));
+    // The value's bytes and the key's one more byte, nothing else.
+    assert_eq!(kilo - small, 999 + 2, "{small} {kilo}");
+    // An expiry adds its index row.
+    raw(c, &["EXPIRE", "s", "100"]);
+    assert!(usage(c, &["s"]) > small);
+    // A long string: its bytes and a row per 4 KiB chunk.
+    raw(c, &["SET", "long", &"y".repeat(400 << 10)]);
+    let long = usage(c, &["long"]);
+    assert!(
+        (400 << 10) < long && long < (400 << 10) + 100 * 64,
+        "{long}"
+    );
+    // A hash of 100 fields alike: a sample stands for them all.
+    for i in 0..100 {
+        raw(c, &["HSET", "h", &format!("f{i:03}"), &"z".repeat(100)]);
+    }
+    let (sampled, all) = (usage(c, &["h"]), usage(c, &["h", "SAMPLES", "0"]));
+    assert_eq!(sampled, all);
+    assert!(all > 100 * 104, "{all}");
+    assert_eq!(usage(c, &["h", "SAMPLES", "1", "SAMPLES", "7"]), all);
+    assert!(error(c, &["MEMORY", "USAGE", "h", "SAMPLES", "x"]).starts_with("ERR value is not"));
+    assert_eq!(raw(c, &["MEMORY", "PURGE"]), ok());
+}
+
 /// The number on the line `name:` of an INFO section's text.
 fn info_figure(section: &str, name: &str) -> u64 {
     section

@@ -1234,6 +1234,24 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "MEMORY's errors, a missing key, PURGE",
+            [
+                resp(&[b"SET", b"m", b"v"]),
+                resp(&[b"MEMORY", b"USAGE", b"nosuch"]),
+                resp(&[b"MEMORY", b"USAGE", b"nosuch", b"SAMPLES", b"0"]),
+                resp(&[b"MEMORY", b"USAGE", b"m", b"SAMPLES", b"x"]),
+                resp(&[b"MEMORY", b"USAGE", b"m", b"SAMPLES", b"-1"]),
+                resp(&[b"MEMORY", b"USAGE", b"m", b"SAMPLES"]),
+                resp(&[b"MEMORY", b"USAGE", b"m", b"COUNT", b"1"]),
+                resp(&[b"MEMORY", b"USAGE"]),
+                resp(&[b"MEMORY", b"PURGE", b"now"]),
+                resp(&[b"MEMORY", b"PURGE"]),
+                resp(&[b"MEMORY", b"NOSUCH"]),
+                resp(&[b"MEMORY"]),
+            ]
+            .concat(),
+        ),
+        (
             "COMMAND GETKEYS",
             [
                 resp(&[b"COMMAND", b"GETKEYS", b"MSET", b"a", b"1", b"b", b"2"]),

@@ -176,6 +176,46 @@ pub(crate) fn field_key(key: &[u8], field: &[u8]) -> Vec<u8> {
     k
 }
 
+/// What RocksDB keeps beside each row's key and value, in bytes: the
+/// internal key's sequence number and type (8) and the lengths it stores
+/// with them (about 8).
+pub const ROW_OVERHEAD_BYTES: u64 = 16;
+
+/// The bytes the rows of `key`, whose entry is `entry`, take as stored
+/// (before RocksDB compresses its files): its entry, its expiry index row,
+/// and a long string's chunks or a hash's fields. `sample` is some of a
+/// hash's fields (the first, say); their mean size stands for all of them.
+pub fn stored_bytes(key: &[u8], entry: &Entry, sample: &[(Bytes, Bytes)]) -> u64 {
+    let key_len = key.len() as u64;
+    let row = |k: u64, v: u64| k + v + ROW_OVERHEAD_BYTES;
+    // Kind and expiry, then the string's bytes or a count or a length.
+    let header = 1 + 8;
+    let mut bytes = match &entry.value {
+        Value::String(s) => row(1 + key_len, header + s.len() as u64),
+        Value::Hash { .. } | Value::LongString { .. } => row(1 + key_len, header + 8),
+    };
+    if entry.expire_at_ms != 0 {
+        bytes += row(1 + 8 + key_len, 0);
+    }
+    let field_row = |field: u64, value: u64| row(1 + 4 + key_len + field, value);
+    match &entry.value {
+        Value::String(_) => {}
+        Value::LongString { len } => {
+            bytes += len.div_ceil(STRING_CHUNK_BYTES as u64) * field_row(4, 0) + len;
+        }
+        Value::Hash { len } => {
+            if !sample.is_empty() {
+                let sampled: u64 = sample
+                    .iter()
+                    .map(|(f, v)| field_row(f.len() as u64, v.len() as u64))
+                    .sum();
+                bytes += sampled * len / sample.len() as u64;
+            }
+        }
+    }
+    bytes
+}
+
 pub(crate) fn expiry_key(expire_at_ms: u64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(9 + key.len());
     k.push(EXPIRY);

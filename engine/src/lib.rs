@@ -43,6 +43,8 @@ pub use engine::{
     complete_checkpoint_swap, decode_record, op_key, string_bytes,
 };
 pub use error::{EngineError, Result};
-pub use keys::{Entry, Expiring, LONG_STRING_BYTES, STRING_CHUNK_BYTES, Value};
+pub use keys::{
+    Entry, Expiring, LONG_STRING_BYTES, ROW_OVERHEAD_BYTES, STRING_CHUNK_BYTES, Value, stored_bytes,
+};
 pub use pipeline::{Pipeline, Reader, Ticket, View};
 pub use watch::Watch;
