@@ -124,6 +124,11 @@ struct ServeArgs {
     /// no, as Redis's tls-auth-clients. Default with TLS: yes.
     #[arg(long, env = "FERRY_TLS_AUTH_CLIENTS", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<ferry_proto::tls::ClientAuth>()))]
     tls_auth_clients: Option<ferry_proto::tls::ClientAuth>,
+    /// The TLS versions served on every TLS listener (gRPC, Redis
+    /// protocol, metrics), space-separated as Redis's tls-protocols:
+    /// "TLSv1.2 TLSv1.3" (the default), "TLSv1.3" or "TLSv1.2".
+    #[arg(long, env = "FERRY_TLS_PROTOCOLS", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<ferry_proto::tls::TlsProtocols>()))]
+    tls_protocols: Option<ferry_proto::tls::TlsProtocols>,
     /// A token Prometheus must send (`Authorization: Bearer TOKEN`, its
     /// scrape config's `authorization: credentials:`) to read the metrics;
     /// 401 without it. Printable ASCII without spaces. Default: none asked.
@@ -476,13 +481,17 @@ impl ClusterArgs {
     /// # Errors
     ///
     /// As [`ferry_proto::tls::Tls::load`].
-    pub fn tls(&self, client_auth: ferry_proto::tls::ClientAuth) -> anyhow::Result<Tls> {
+    pub fn tls(
+        &self,
+        client_auth: ferry_proto::tls::ClientAuth,
+        protocols: ferry_proto::tls::TlsProtocols,
+    ) -> anyhow::Result<Tls> {
         let files = ferry_proto::tls::TlsFiles {
             cert: self.tls_cert_file.clone(),
             key: self.tls_key_file.clone(),
             ca: self.tls_ca_cert_file.clone(),
         };
-        Ok(Tls::load(&files, client_auth)?)
+        Ok(Tls::load_serving(&files, client_auth, protocols)?)
     }
 
     /// A node's TLS: the three files together or none, and
@@ -495,6 +504,7 @@ impl ClusterArgs {
     pub fn node_tls(
         &self,
         client_auth: Option<ferry_proto::tls::ClientAuth>,
+        protocols: Option<ferry_proto::tls::TlsProtocols>,
     ) -> anyhow::Result<Tls> {
         let files = [
             ("--tls-cert-file", &self.tls_cert_file),
@@ -515,12 +525,22 @@ impl ClusterArgs {
                 "a node's TLS needs --tls-cert-file, --tls-key-file and --tls-ca-cert-file together (it serves with the first two and checks its peers with the CA): {} missing",
                 missing.join(", ")
             );
-        } else if client_auth.is_some() {
+        } else if let Some(flag) = [
+            client_auth.map(|_| "--tls-auth-clients"),
+            protocols.map(|_| "--tls-protocols"),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        {
             anyhow::bail!(
-                "--tls-auth-clients needs TLS: --tls-cert-file, --tls-key-file and --tls-ca-cert-file"
+                "{flag} needs TLS: --tls-cert-file, --tls-key-file and --tls-ca-cert-file"
             );
         }
-        self.tls(client_auth.unwrap_or_default())
+        self.tls(
+            client_auth.unwrap_or_default(),
+            protocols.unwrap_or_default(),
+        )
     }
 
     /// How a tool calls the node: the token and TLS.
@@ -532,7 +552,10 @@ impl ClusterArgs {
         Ok(report::Caller {
             token: ferry_proto::auth::Attach::new(self.cluster_token.as_deref())
                 .context("--cluster-token")?,
-            tls: self.tls(ferry_proto::tls::ClientAuth::default())?,
+            tls: self.tls(
+                ferry_proto::tls::ClientAuth::default(),
+                ferry_proto::tls::TlsProtocols::default(),
+            )?,
         })
     }
 }
@@ -545,7 +568,9 @@ fn worker_threads_default() -> usize {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.cluster.check_token()?;
-    let tls = args.cluster.node_tls(args.tls_auth_clients)?;
+    let tls = args
+        .cluster
+        .node_tls(args.tls_auth_clients, args.tls_protocols)?;
     if let Some(token) = &args.metrics_token {
         ferry_proto::auth::header_value(token).context("--metrics-token")?;
     }

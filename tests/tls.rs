@@ -12,6 +12,7 @@ use common::proxy::Proxy;
 use common::*;
 use ferry_proto::tls::{ClientAuth, Tls, TlsFiles};
 use ferry_proto::v1::{GetStatusRequest, GetStatusResponse};
+use tokio_rustls::rustls;
 
 /// A CA and the certificates it signed, as PEM files in a directory.
 struct Pki {
@@ -867,6 +868,95 @@ async fn a_slow_reader_over_tls_gets_the_whole_reply() {
         assert!(got.starts_with(header.as_bytes()));
         assert_eq!(&got[header.len()..whole - 2], large.as_bytes());
     }
+}
+
+/// `--tls-protocols`: a node told to serve TLSv1.3 only refuses a client
+/// that offers TLSv1.2 alone, on the Redis protocol's listener and the
+/// metrics', where a node left to the default takes it; a client that
+/// offers TLSv1.3 is served, a real Redis client among them. A version
+/// ferry does not serve, or the flag without TLS, stops the node at start.
+#[test]
+fn tls_protocols_limit_the_versions_served() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "cluster");
+    let (cert, key) = pki.node("node");
+    let files = pki.caller("app");
+    let node_with = |name: &str, extra: &[&str]| {
+        Server::start(
+            &dir.path().join(name),
+            &[
+                tls_flags(&cert, &key, &pki.ca),
+                vec!["--resp-tls-addr", "127.0.0.1:0"],
+                vec!["--metrics-addr", "127.0.0.1:0"],
+                extra.to_vec(),
+            ]
+            .concat(),
+        )
+    };
+    // PING over TLS to `addr`, offering `versions`: the reply, or why not.
+    let ping = |addr: SocketAddr, versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let connection = rustls::ClientConnection::new(
+            common::metrics::client_config_speaking(&files, versions),
+            name,
+        )
+        .unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        tls.write_all(b"*1\r\n$4\r\nPING\r\n")
+            .and_then(|()| tls.flush())
+            .map_err(|e| e.to_string())?;
+        let mut reply = [0u8; 7];
+        tls.read_exact(&mut reply).map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&reply).into_owned())
+    };
+    let (v12, v13) = (
+        &[&rustls::version::TLS12][..],
+        &[&rustls::version::TLS13][..],
+    );
+
+    let default = node_with("default", &[]);
+    let resp = default.resp_tls.expect("resp_tls");
+    assert_eq!(ping(resp, v12).as_deref(), Ok("+PONG\r\n"));
+    assert_eq!(ping(resp, v13).as_deref(), Ok("+PONG\r\n"));
+
+    let strict = node_with("strict", &["--tls-protocols", "TLSv1.3"]);
+    let resp = strict.resp_tls.expect("resp_tls");
+    let refused = ping(resp, v12).expect_err("TLSv1.2 served");
+    assert!(refused.contains("ProtocolVersion"), "{refused}");
+    assert_eq!(ping(resp, v13).as_deref(), Ok("+PONG\r\n"));
+    let metrics = strict.metrics.expect("metrics");
+    let refused = ping(metrics, v12).expect_err("TLSv1.2 served on metrics");
+    assert!(refused.contains("ProtocolVersion"), "{refused}");
+    // A real Redis client.
+    let mut c = rediss(resp, &pki.ca, Some((&cert, &key)))
+        .get_connection()
+        .expect("a TLSv1.3 client");
+    assert_eq!(raw(&mut c, &["SET", "k", "v"]), redis::Value::Okay);
+
+    for (value, expected) in [
+        ("TLSv1.1", "ferry serves TLSv1.2 and TLSv1.3 only"),
+        ("SSLv3", "expected TLSv1.2, TLSv1.3 or both"),
+        ("", "no TLS version given"),
+    ] {
+        let err = Server::try_start(
+            &dir.path().join("bad"),
+            &[
+                tls_flags(&cert, &key, &pki.ca),
+                vec!["--tls-protocols", value],
+            ]
+            .concat(),
+        )
+        .err()
+        .expect(value);
+        assert!(err.contains(expected), "{value}: {err}");
+    }
+    let err = Server::try_start(&dir.path().join("plain"), &["--tls-protocols", "TLSv1.3"])
+        .err()
+        .expect("--tls-protocols without TLS");
+    assert!(err.contains("--tls-protocols needs TLS"), "{err}");
 }
 
 /// Seconds since the Unix epoch at the start of `year`.

@@ -56,6 +56,67 @@ impl FromStr for ClientAuth {
     }
 }
 
+/// The TLS versions a node serves (`--tls-protocols`, as Redis's
+/// `tls-protocols`): TLSv1.2 and TLSv1.3 unless told otherwise. Older ones
+/// are never served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsProtocols {
+    v1_2: bool,
+    v1_3: bool,
+}
+
+impl Default for TlsProtocols {
+    fn default() -> TlsProtocols {
+        TlsProtocols {
+            v1_2: true,
+            v1_3: true,
+        }
+    }
+}
+
+impl FromStr for TlsProtocols {
+    type Err = String;
+
+    /// Redis's form: names separated by spaces (`"TLSv1.2 TLSv1.3"`).
+    fn from_str(s: &str) -> Result<TlsProtocols, String> {
+        let mut protocols = TlsProtocols {
+            v1_2: false,
+            v1_3: false,
+        };
+        for name in s.split_whitespace() {
+            if name.eq_ignore_ascii_case("TLSv1.2") {
+                protocols.v1_2 = true;
+            } else if name.eq_ignore_ascii_case("TLSv1.3") {
+                protocols.v1_3 = true;
+            } else if name.eq_ignore_ascii_case("TLSv1") || name.eq_ignore_ascii_case("TLSv1.1") {
+                return Err(format!(
+                    "{name}: ferry serves TLSv1.2 and TLSv1.3 only (older versions are unsafe)"
+                ));
+            } else {
+                return Err(format!(
+                    "{name:?}: expected TLSv1.2, TLSv1.3 or both, separated by a space"
+                ));
+            }
+        }
+        if !(protocols.v1_2 || protocols.v1_3) {
+            return Err("no TLS version given: expected TLSv1.2, TLSv1.3 or both".into());
+        }
+        Ok(protocols)
+    }
+}
+
+impl TlsProtocols {
+    fn versions(self) -> Vec<&'static rustls::SupportedProtocolVersion> {
+        [
+            (self.v1_3, &rustls::version::TLS13),
+            (self.v1_2, &rustls::version::TLS12),
+        ]
+        .into_iter()
+        .filter_map(|(on, version)| on.then_some(version))
+        .collect()
+    }
+}
+
 /// The PEM files a node or tool is given.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
@@ -76,6 +137,7 @@ pub struct Tls(Option<Arc<Settings>>);
 struct Settings {
     files: TlsFiles,
     client_auth: ClientAuth,
+    protocols: TlsProtocols,
     /// What the files held when last read.
     current: RwLock<Arc<Loaded>>,
 }
@@ -254,6 +316,7 @@ fn server_config(
     key: &PemFile,
     ca: Option<&PemFile>,
     client_auth: ClientAuth,
+    protocols: TlsProtocols,
 ) -> Result<Arc<rustls::ServerConfig>, AuthError> {
     let settings = |e: &dyn std::fmt::Display| {
         AuthError::TlsSettings(format!("the certificate, key or CA cannot serve TLS: {e}"))
@@ -263,7 +326,7 @@ fn server_config(
         .map_err(|e| key.error(format!("a key that does not parse: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&protocols.versions())
         .map_err(|e| settings(&e))?;
     let builder = match ca {
         Some(ca) if client_auth != ClientAuth::None => {
@@ -289,7 +352,11 @@ fn server_config(
 }
 
 /// Reads and checks `files` (see [`Tls::load`]); `None` if none are given.
-fn read(files: &TlsFiles, client_auth: ClientAuth) -> Result<Option<Loaded>, AuthError> {
+fn read(
+    files: &TlsFiles,
+    client_auth: ClientAuth,
+    protocols: TlsProtocols,
+) -> Result<Option<Loaded>, AuthError> {
     let (cert, key) = match (&files.cert, &files.key) {
         (None, None) => (None, None),
         (Some(cert), Some(key)) => (
@@ -310,7 +377,13 @@ fn read(files: &TlsFiles, client_auth: ClientAuth) -> Result<Option<Loaded>, Aut
         check_chain(cert.as_ref(), ca)?;
     }
     let resp = match (&cert, &key) {
-        (Some(cert), Some(key)) => Some(server_config(cert, key, ca.as_ref(), client_auth)?),
+        (Some(cert), Some(key)) => Some(server_config(
+            cert,
+            key,
+            ca.as_ref(),
+            client_auth,
+            protocols,
+        )?),
         _ => None,
     };
     let grpc = resp.as_ref().map(|resp| {
@@ -359,10 +432,24 @@ impl Tls {
     /// its key (or the other way round), or files rustls refuses (a key
     /// that does not parse, a CA that is not a certificate).
     pub fn load(files: &TlsFiles, client_auth: ClientAuth) -> Result<Tls, AuthError> {
-        Ok(Tls(read(files, client_auth)?.map(|loaded| {
+        Tls::load_serving(files, client_auth, TlsProtocols::default())
+    }
+
+    /// As [`Tls::load`], serving the TLS versions of `protocols` only.
+    ///
+    /// # Errors
+    ///
+    /// As [`Tls::load`].
+    pub fn load_serving(
+        files: &TlsFiles,
+        client_auth: ClientAuth,
+        protocols: TlsProtocols,
+    ) -> Result<Tls, AuthError> {
+        Ok(Tls(read(files, client_auth, protocols)?.map(|loaded| {
             Arc::new(Settings {
                 files: files.clone(),
                 client_auth,
+                protocols,
                 current: RwLock::new(Arc::new(loaded)),
             })
         })))
@@ -380,7 +467,7 @@ impl Tls {
             return Ok(false);
         };
         // The same paths as at load: there are files to read.
-        let Some(loaded) = read(&settings.files, settings.client_auth)? else {
+        let Some(loaded) = read(&settings.files, settings.client_auth, settings.protocols)? else {
             return Ok(false);
         };
         *settings

@@ -15,6 +15,14 @@ use crate::common::Server;
 /// A rustls client configuration from `files`: trusting their CA,
 /// presenting their certificate if they have one.
 pub fn client_config(files: &TlsFiles) -> Arc<rustls::ClientConfig> {
+    client_config_speaking(files, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`client_config`], offering only the TLS `versions`.
+pub fn client_config_speaking(
+    files: &TlsFiles,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let certs = |p: &Path| -> Vec<CertificateDer<'static>> {
         CertificateDer::pem_file_iter(p)
             .expect("a PEM file")
@@ -26,7 +34,7 @@ pub fn client_config(files: &TlsFiles) -> Arc<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .expect("TLS versions")
     .with_root_certificates(roots);
     Arc::new(match (&files.cert, &files.key) {
