@@ -468,33 +468,64 @@ pub struct Engine {
     gate: RwLock<()>,
     /// The compaction that gives a FLUSHALL's disk space back.
     reclaim: Arc<Mutex<Reclaim>>,
+    /// [`RECLAIM_STEP_BYTES`] unless set ([`Engine::set_reclaim_step_bytes`]).
+    reclaim_step_bytes: AtomicU64,
 }
 
 /// A FLUSHALL deletes every key with three range deletions, which free no
 /// disk space by themselves: the files they cover stay until a compaction
 /// reads them, and with no more writes none comes. So after one, a thread
 /// compacts the whole keyspace (in the background, reads and writes go on;
-/// snapshots taken before still see the old state); a FLUSHALL while it
-/// runs asks for one more pass after it.
+/// snapshots taken before still see the old state), in steps of about
+/// [`RECLAIM_STEP_BYTES`] of files, so that a swap of the database or
+/// closing it waits for one step, not the whole compaction; a FLUSHALL
+/// while it runs asks for one more pass after it.
 #[derive(Debug, Default)]
 struct Reclaim {
     thread: Option<std::thread::JoinHandle<()>>,
     running: bool,
     again: bool,
+    /// Set to end the compaction after its step under way: its database
+    /// is being swapped out or closed.
+    stop: bool,
+}
+
+/// Bytes of RocksDB files one step of the compaction after a FLUSHALL
+/// covers (about: a file is not split).
+pub const RECLAIM_STEP_BYTES: u64 = 256 << 20;
+
+/// Where the steps of a compaction of `files` end: keys in order, each
+/// about `step_bytes` of files past the one before. The steps are the key
+/// ranges between them (the first from the start, the last to the end).
+fn reclaim_bounds(files: &[rocksdb::LiveFile], step_bytes: u64) -> Vec<Vec<u8>> {
+    let mut ends: Vec<(&[u8], u64)> = files
+        .iter()
+        .filter_map(|f| Some((f.end_key.as_deref()?, f.size as u64)))
+        .collect();
+    ends.sort_unstable();
+    let mut bounds = Vec::new();
+    let mut bytes = 0;
+    for (end, size) in ends {
+        bytes += size;
+        if bytes >= step_bytes
+            && bounds
+                .last()
+                .is_none_or(|last: &Vec<u8>| last.as_slice() < end)
+        {
+            bounds.push(end.to_vec());
+            bytes = 0;
+        }
+    }
+    bounds
 }
 
 impl Drop for Engine {
-    /// Stops a compaction under way (RocksDB's shutdown of its background
-    /// work, which flushes what is unpersisted as closing does) and waits
-    /// for its thread, so the database is closed when the engine is.
+    /// Ends a compaction under way after its step and waits for its
+    /// thread, so the database is closed when the engine is.
     fn drop(&mut self) {
         let thread = {
             let mut reclaim = self.reclaim.lock().unwrap_or_else(|e| e.into_inner());
-            if reclaim.running
-                && let Ok(db) = self.db()
-            {
-                db.cancel_all_background_work(true);
-            }
+            reclaim.stop = true;
             reclaim.thread.take()
         };
         if let Some(thread) = thread {
@@ -607,6 +638,7 @@ impl Engine {
             generation: AtomicU64::new(0),
             gate: RwLock::new(()),
             reclaim: Arc::default(),
+            reclaim_step_bytes: AtomicU64::new(RECLAIM_STEP_BYTES),
         })
     }
 
@@ -889,17 +921,31 @@ impl Engine {
     /// compaction runs already (see [`Reclaim`]).
     fn reclaim_space(&self, db: Arc<DB>) {
         let mut reclaim = self.reclaim.lock().unwrap_or_else(|e| e.into_inner());
-        if reclaim.running {
+        if reclaim.running && !reclaim.stop {
             reclaim.again = true;
             return;
         }
+        // One that was told to stop ends after its step (on a database
+        // swapped out since).
         if let Some(done) = reclaim.thread.take() {
+            drop(reclaim);
             let _ = done.join();
+            reclaim = self.reclaim.lock().unwrap_or_else(|e| e.into_inner());
         }
+        reclaim.stop = false;
+        reclaim.again = false;
         let shared = Arc::clone(&self.reclaim);
+        let step_bytes = self.reclaim_step_bytes.load(Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("ferry-reclaim".into())
             .spawn(move || {
+                let stopped = || {
+                    let mut reclaim = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if reclaim.stop {
+                        reclaim.running = false;
+                    }
+                    reclaim.stop
+                };
                 loop {
                     let mut opts = rocksdb::CompactOptions::default();
                     // The last level too: it holds most of the data.
@@ -907,13 +953,24 @@ impl Engine {
                         rocksdb::BottommostLevelCompaction::ForceOptimized,
                     );
                     let started = std::time::Instant::now();
-                    db.compact_range_opt::<&[u8], &[u8]>(None, None, &opts);
+                    let files = db.live_files().unwrap_or_default();
+                    let bounds = reclaim_bounds(&files, step_bytes);
+                    let steps = bounds.len() + 1;
+                    let mut from: Option<Vec<u8>> = None;
+                    for to in bounds.into_iter().map(Some).chain([None]) {
+                        if stopped() {
+                            return;
+                        }
+                        db.compact_range_opt(from.as_deref(), to.as_deref(), &opts);
+                        from = to;
+                    }
                     tracing::info!(
                         took_ms = started.elapsed().as_millis() as u64,
+                        steps,
                         "compacted the keyspace after a FLUSHALL"
                     );
                     let mut reclaim = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    if !std::mem::take(&mut reclaim.again) {
+                    if reclaim.stop || !std::mem::take(&mut reclaim.again) {
                         reclaim.running = false;
                         return;
                     }
@@ -926,6 +983,14 @@ impl Engine {
             }
             Err(e) => tracing::warn!(error = %e, "could not start the compaction after a FLUSHALL"),
         }
+    }
+
+    /// Sets the bytes of files each step of the compaction after a FLUSHALL
+    /// covers (see [`RECLAIM_STEP_BYTES`]), for the compactions started
+    /// from now on.
+    pub fn set_reclaim_step_bytes(&self, bytes: u64) {
+        self.reclaim_step_bytes
+            .store(bytes.max(1), Ordering::Relaxed);
     }
 
     /// The size of the engine's live files on disk (RocksDB's SST files;
@@ -992,6 +1057,9 @@ impl Engine {
     /// completes the swap).
     pub fn replace_with_checkpoint(&self, checkpoint: &Path) -> Result<Lsn> {
         let _changing = self.changing();
+        // A compaction after a FLUSHALL holds the database: it ends after
+        // its step (the new state needs none).
+        self.reclaim.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         let Some(mut old) = slot.take() else {
             return Err(EngineError::Io(
@@ -1807,4 +1875,41 @@ pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
         Op::EpochChange(_) => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reclaim_bounds;
+
+    fn file(end: &str, size: usize) -> rocksdb::LiveFile {
+        rocksdb::LiveFile {
+            column_family_name: "default".into(),
+            name: format!("{end}.sst"),
+            size,
+            level: 1,
+            start_key: Some(b"A".to_vec()),
+            end_key: Some(end.as_bytes().to_vec()),
+            num_entries: 1,
+            num_deletions: 0,
+        }
+    }
+
+    #[test]
+    fn a_reclaim_steps_over_about_so_many_bytes_of_files() {
+        // Out of order, one end twice (files of two levels): a step ends
+        // once past its bytes, never twice at one key.
+        let files = [
+            file("K5", 10),
+            file("K1", 60),
+            file("K3", 50),
+            file("K3", 200),
+            file("K9", 10),
+            file("K7", 100),
+        ];
+        let bounds = reclaim_bounds(&files, 100);
+        assert_eq!(bounds, vec![b"K3".to_vec(), b"K5".to_vec(), b"K7".to_vec()]);
+        // Fewer bytes than a step: one step, the whole keyspace.
+        assert!(reclaim_bounds(&files, 1000).is_empty());
+        assert!(reclaim_bounds(&[], 1).is_empty());
+    }
 }

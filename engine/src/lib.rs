@@ -39,7 +39,7 @@ mod watch;
 pub use builder::{StateBuilder, StringSet, single_string_set};
 pub use cache::{READ_CACHE_BYTES_DEFAULT, ReadCacheStats};
 pub use engine::{
-    Engine, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, Scanned, checkpoint_meta,
+    Engine, RECLAIM_STEP_BYTES, REPLAY_BATCH_RECORDS, SWAP_WAIT_MAX, Scanned, checkpoint_meta,
     complete_checkpoint_swap, decode_record, op_key, string_bytes,
 };
 pub use error::{EngineError, Result};
