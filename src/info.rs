@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "latencystats",
     "cluster",
     "keyspace",
+    "rocksdb",
 ];
 
 /// Clock ticks per second in `/proc`'s CPU times: Linux's `USER_HZ`, 100
@@ -322,6 +323,26 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             for (code, count) in stats.error_codes() {
                 let _ = write!(out, "errorstat_{code}:count={count}\r\n");
             }
+        }
+        "rocksdb" => {
+            // What the engine's RocksDB is doing: a stall of writes shows
+            // here first.
+            let f = node.engine.rocksdb_figures().unwrap_or_default();
+            let _ = write!(
+                out,
+                "# RocksDB\r\nmemtable_bytes:{}\r\nlevel0_files:{}\r\npending_compaction_bytes:{}\r\n\
+                 running_compactions:{}\r\nrunning_flushes:{}\r\ndelayed_write_rate:{}\r\n\
+                 writes_stopped:{}\r\nblock_cache_bytes:{}\r\nflushall_compaction_running:{}\r\n",
+                f.memtable_bytes,
+                f.level0_files,
+                f.pending_compaction_bytes,
+                f.running_compactions,
+                f.running_flushes,
+                f.delayed_write_rate,
+                u8::from(f.writes_stopped),
+                f.block_cache_bytes,
+                u8::from(f.reclaiming),
+            );
         }
         "keyspace" => {
             out.push_str("# Keyspace\r\n");

@@ -588,6 +588,57 @@ fn render(node: &Node) -> String {
             bytes,
         );
     }
+    if let Ok(f) = node.engine.rocksdb_figures() {
+        for (name, help, value) in [
+            (
+                "ferry_rocksdb_memtable_bytes",
+                "Bytes in RocksDB's memtables.",
+                f.memtable_bytes,
+            ),
+            (
+                "ferry_rocksdb_level0_files",
+                "SST files in level 0 (writes slow down past 20, stop at 36).",
+                f.level0_files,
+            ),
+            (
+                "ferry_rocksdb_pending_compaction_bytes",
+                "Bytes compactions have yet to rewrite, by RocksDB's estimate.",
+                f.pending_compaction_bytes,
+            ),
+            (
+                "ferry_rocksdb_running_compactions",
+                "Compactions running.",
+                f.running_compactions,
+            ),
+            (
+                "ferry_rocksdb_running_flushes",
+                "Memtable flushes running.",
+                f.running_flushes,
+            ),
+            (
+                "ferry_rocksdb_delayed_write_rate_bytes",
+                "The rate RocksDB holds writes to while it slows them down, bytes/s (0: not slowed).",
+                f.delayed_write_rate,
+            ),
+            (
+                "ferry_rocksdb_writes_stopped",
+                "1 while RocksDB stops writes until a flush or compaction catches up.",
+                u64::from(f.writes_stopped),
+            ),
+            (
+                "ferry_rocksdb_block_cache_bytes",
+                "Bytes of RocksDB's block cache in use.",
+                f.block_cache_bytes,
+            ),
+            (
+                "ferry_flushall_compaction_running",
+                "1 while the compaction after a FLUSHALL gives its disk space back.",
+                u64::from(f.reclaiming),
+            ),
+        ] {
+            out.gauge(name, help, value);
+        }
+    }
     out.gauge(
         "ferry_wal_failed",
         "1 once a WAL write or sync has failed (the node takes no more writes).",

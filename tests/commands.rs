@@ -1259,6 +1259,25 @@ fn info_counts_lookups_errors_expiring_keys_and_rates() {
     for name in ["engine_disk_bytes", "wal_bytes"] {
         assert!(info_figure(&persistence, name) > 0, "{name}: {persistence}");
     }
+    // RocksDB's own figures, in a plain INFO too: nothing stalled on an
+    // idle node.
+    let rocksdb = section_text(&server, "rocksdb");
+    assert!(rocksdb.starts_with("# RocksDB\r\n"), "{rocksdb}");
+    assert_eq!(info_figure(&rocksdb, "writes_stopped"), 0, "{rocksdb}");
+    assert_eq!(info_figure(&rocksdb, "delayed_write_rate"), 0, "{rocksdb}");
+    for name in [
+        "memtable_bytes",
+        "level0_files",
+        "pending_compaction_bytes",
+        "running_compactions",
+        "running_flushes",
+        "block_cache_bytes",
+        "flushall_compaction_running",
+    ] {
+        info_figure(&rocksdb, name);
+    }
+    let everything: String = cmd(&["INFO"]).query(c).expect("INFO");
+    assert!(everything.contains("# RocksDB\r\n"));
 
     // The rates follow the commands of the last moments.
     let mut pipe = redis::pipe();

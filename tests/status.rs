@@ -157,6 +157,21 @@ fn prometheus_metrics_report_the_node_its_writes_and_its_replicas() {
     assert!(get(&p, "ferry_wal_bytes") > 0.0);
     // Nothing flushed to the engine's files yet, but the figure is there.
     assert_eq!(get(&p, "ferry_engine_disk_bytes"), 0.0);
+    // RocksDB's figures: what was written is in the memtable, none of it
+    // flushed yet; nothing is stalled, and no FLUSHALL's compaction runs.
+    assert!(get(&p, "ferry_rocksdb_memtable_bytes") > 0.0);
+    assert_eq!(get(&p, "ferry_rocksdb_level0_files"), 0.0);
+    assert_eq!(get(&p, "ferry_rocksdb_writes_stopped"), 0.0);
+    assert_eq!(get(&p, "ferry_rocksdb_delayed_write_rate_bytes"), 0.0);
+    assert_eq!(get(&p, "ferry_flushall_compaction_running"), 0.0);
+    for series in [
+        "ferry_rocksdb_pending_compaction_bytes",
+        "ferry_rocksdb_running_compactions",
+        "ferry_rocksdb_running_flushes",
+        "ferry_rocksdb_block_cache_bytes",
+    ] {
+        get(&p, series);
+    }
     assert!(get(&p, "process_resident_memory_bytes") > 0.0);
     assert_eq!(get(&p, "ferry_connected_replicas"), 1.0);
     let replica_id = status(replica.grpc).node_id;

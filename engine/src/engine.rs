@@ -490,6 +490,30 @@ struct Reclaim {
     stop: bool,
 }
 
+/// RocksDB's figures an operator watches ([`Engine::rocksdb_figures`]):
+/// INFO rocksdb and the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RocksFigures {
+    /// Bytes in memtables, the one written to and those being flushed.
+    pub memtable_bytes: u64,
+    /// SST files in level 0: RocksDB slows writes down past 20 and stops
+    /// them at 36 (its defaults).
+    pub level0_files: u64,
+    /// Bytes compactions have yet to rewrite, by RocksDB's estimate.
+    pub pending_compaction_bytes: u64,
+    pub running_compactions: u64,
+    pub running_flushes: u64,
+    /// The rate RocksDB holds writes to while it slows them down, bytes/s
+    /// (0: not slowed).
+    pub delayed_write_rate: u64,
+    /// Writes stopped until a flush or compaction catches up.
+    pub writes_stopped: bool,
+    /// Bytes of the block cache in use (data, index and filter blocks).
+    pub block_cache_bytes: u64,
+    /// The compaction after a FLUSHALL is running.
+    pub reclaiming: bool,
+}
+
 /// Bytes of RocksDB files one step of the compaction after a FLUSHALL
 /// covers (about: a file is not split).
 pub const RECLAIM_STEP_BYTES: u64 = 256 << 20;
@@ -1004,6 +1028,37 @@ impl Engine {
             .db()?
             .property_int_value(rocksdb::properties::LIVE_SST_FILES_SIZE)?
             .unwrap_or(0))
+    }
+
+    /// What RocksDB is doing and holding, as an operator watches it.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Rocks`].
+    pub fn rocksdb_figures(&self) -> Result<RocksFigures> {
+        use rocksdb::properties as p;
+        let db = self.db()?;
+        let int = |name: &rocksdb::properties::PropName| -> Result<u64> {
+            Ok(db.property_int_value(name)?.unwrap_or(0))
+        };
+        let level0_files = db
+            .property_int_value(p::num_files_at_level(0))?
+            .unwrap_or(0);
+        Ok(RocksFigures {
+            memtable_bytes: int(p::CUR_SIZE_ALL_MEM_TABLES)?,
+            level0_files,
+            pending_compaction_bytes: int(p::ESTIMATE_PENDING_COMPACTION_BYTES)?,
+            running_compactions: int(p::NUM_RUNNING_COMPACTIONS)?,
+            running_flushes: int(p::NUM_RUNNING_FLUSHES)?,
+            delayed_write_rate: int(p::ACTUAL_DELAYED_WRITE_RATE)?,
+            writes_stopped: int(p::IS_WRITE_STOPPED)? != 0,
+            block_cache_bytes: int(p::BLOCK_CACHE_USAGE)?,
+            reclaiming: self
+                .reclaim
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .running,
+        })
     }
 
     /// The read cache's figures.

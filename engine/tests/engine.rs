@@ -256,6 +256,18 @@ fn incompressible_sets(rng: &mut SeededRng, first: u64, n: usize) -> Vec<(Lsn, W
         .collect()
 }
 
+/// Whether `done` holds within 60 s (polled).
+fn holds_within_a_minute(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
 #[test]
 fn a_flushall_gives_its_disk_space_back() {
     let seed = seed();
@@ -270,8 +282,18 @@ fn a_flushall_gives_its_disk_space_back() {
         engine
             .apply(&incompressible_sets(&mut rng, first, 1000))
             .unwrap();
+        // RocksDB's figures follow: the memtable holds what was applied,
+        // then a flush makes it a file of level 0.
+        let before = engine.rocksdb_figures().unwrap();
+        assert!(before.memtable_bytes > 2 << 20, "{before:?}");
         engine.flush().unwrap();
     }
+    let figures = engine.rocksdb_figures().unwrap();
+    assert_eq!(figures.level0_files, 3, "{figures:?}");
+    assert!(
+        !figures.writes_stopped && !figures.reclaiming,
+        "{figures:?}"
+    );
     let full = engine.disk_bytes().unwrap();
     assert!(full > 5 << 20, "6 MiB written, {full} bytes in files");
     engine
@@ -279,16 +301,16 @@ fn a_flushall_gives_its_disk_space_back() {
         .unwrap();
     assert_eq!(engine.key_count(), 0);
     // The compaction runs beside: bounded wait for its outcome.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut left = engine.disk_bytes().unwrap();
-    while left > 64 << 10 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        left = engine.disk_bytes().unwrap();
-    }
+    holds_within_a_minute(|| engine.disk_bytes().unwrap() <= 64 << 10);
+    let left = engine.disk_bytes().unwrap();
     assert!(
         left <= 64 << 10,
         "{left} bytes still in files after a FLUSHALL of {full}"
     );
+    assert!(holds_within_a_minute(|| !engine
+        .rocksdb_figures()
+        .unwrap()
+        .reclaiming));
 
     // Dropped while a compaction may still run: the database is closed with
     // the engine, so it opens again at once, with what was applied.
