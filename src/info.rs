@@ -500,6 +500,11 @@ fn replication_text(node: &Node, out: &mut String) {
     }
 }
 
+/// A file's path as CONFIG GET shows it ("" for none).
+fn path_text(path: Option<&std::path::Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
 /// The parameters CONFIG GET answers, with their values.
 pub fn config_params(node: &Node) -> Vec<(String, String)> {
     let c = &node.config;
@@ -540,6 +545,20 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.requirepass.clone().unwrap_or_default(),
         ),
         ("save".into(), String::new()),
+        ("tls-auth-clients".into(), c.tls.client_auth().to_string()),
+        (
+            "tls-ca-cert-file".into(),
+            path_text(c.tls.files().ca.as_deref()),
+        ),
+        (
+            "tls-cert-file".into(),
+            path_text(c.tls.files().cert.as_deref()),
+        ),
+        (
+            "tls-key-file".into(),
+            path_text(c.tls.files().key.as_deref()),
+        ),
+        ("tls-protocols".into(), c.tls.protocols().to_string()),
         (
             "slowlog-log-slower-than".into(),
             c.slowlog_log_slower_than.to_string(),

@@ -918,11 +918,36 @@ fn tls_protocols_limit_the_versions_served() {
     );
 
     let default = node_with("default", &[]);
+    let config = |node: &Server, name: &str| -> redis::Value {
+        raw(&mut node.client(), &["CONFIG", "GET", name])
+    };
+    let pair = |name: &str, value: &str| {
+        redis::Value::Array(vec![
+            redis::Value::BulkString(name.into()),
+            redis::Value::BulkString(value.into()),
+        ])
+    };
+    assert_eq!(
+        config(&default, "tls-protocols"),
+        pair("tls-protocols", "TLSv1.2 TLSv1.3")
+    );
+    assert_eq!(
+        config(&default, "tls-auth-clients"),
+        pair("tls-auth-clients", "yes")
+    );
+    assert_eq!(
+        config(&default, "tls-cert-file"),
+        pair("tls-cert-file", &cert.display().to_string())
+    );
     let resp = default.resp_tls.expect("resp_tls");
     assert_eq!(ping(resp, v12).as_deref(), Ok("+PONG\r\n"));
     assert_eq!(ping(resp, v13).as_deref(), Ok("+PONG\r\n"));
 
     let strict = node_with("strict", &["--tls-protocols", "TLSv1.3"]);
+    assert_eq!(
+        config(&strict, "tls-protocols"),
+        pair("tls-protocols", "TLSv1.3")
+    );
     let resp = strict.resp_tls.expect("resp_tls");
     let refused = ping(resp, v12).expect_err("TLSv1.2 served");
     assert!(refused.contains("ProtocolVersion"), "{refused}");

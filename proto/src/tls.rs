@@ -117,6 +117,27 @@ impl TlsProtocols {
     }
 }
 
+impl std::fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientAuth::Required => "yes",
+            ClientAuth::Optional => "optional",
+            ClientAuth::None => "no",
+        })
+    }
+}
+
+impl std::fmt::Display for TlsProtocols {
+    /// As `--tls-protocols` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [(self.v1_2, "TLSv1.2"), (self.v1_3, "TLSv1.3")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(" "))
+    }
+}
+
 /// The PEM files a node or tool is given.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
@@ -480,6 +501,21 @@ impl Tls {
     /// The key file given, if any.
     pub fn key_file(&self) -> Option<&Path> {
         self.0.as_ref().and_then(|s| s.files.key.as_deref())
+    }
+
+    /// The files given (none without TLS).
+    pub fn files(&self) -> TlsFiles {
+        self.0.as_ref().map(|s| s.files.clone()).unwrap_or_default()
+    }
+
+    /// The check of callers' certificates (the default without TLS).
+    pub fn client_auth(&self) -> ClientAuth {
+        self.0.as_ref().map(|s| s.client_auth).unwrap_or_default()
+    }
+
+    /// The TLS versions served (the default without TLS).
+    pub fn protocols(&self) -> TlsProtocols {
+        self.0.as_ref().map(|s| s.protocols).unwrap_or_default()
     }
 
     /// The files as last read.
