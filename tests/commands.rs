@@ -1115,7 +1115,7 @@ fn memory_usage_follows_what_a_key_stores() {
     raw(c, &["SET", "s", "v"]);
     raw(c, &["SET", "s1k", &"x".repeat(1000)]);
     let (small, kilo) = (usage(c, &["s"]), usage(c, &["s1k"]));
-    // The value's bytes and the key's one more byte, nothing else.
+    // The value's 999 bytes more and the key's 2, nothing else.
     assert_eq!(kilo - small, 999 + 2, "{small} {kilo}");
     // An expiry adds its index row.
     raw(c, &["EXPIRE", "s", "100"]);
