@@ -894,8 +894,12 @@ fn tls_protocols_limit_the_versions_served() {
             .concat(),
         )
     };
-    // PING over TLS to `addr`, offering `versions`: the reply, or why not.
-    let ping = |addr: SocketAddr, versions: &[&'static rustls::SupportedProtocolVersion]| {
+    // `request` over TLS to `addr`, offering `versions`: the first bytes
+    // of the reply, as many as `expected` has, or why not.
+    let exchange = |addr: SocketAddr,
+                    versions: &[&'static rustls::SupportedProtocolVersion],
+                    request: &[u8],
+                    expected: &str| {
         let tcp = std::net::TcpStream::connect(addr).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -905,12 +909,23 @@ fn tls_protocols_limit_the_versions_served() {
         )
         .unwrap();
         let mut tls = rustls::StreamOwned::new(connection, tcp);
-        tls.write_all(b"*1\r\n$4\r\nPING\r\n")
+        tls.write_all(request)
             .and_then(|()| tls.flush())
             .map_err(|e| e.to_string())?;
-        let mut reply = [0u8; 7];
+        let mut reply = vec![0u8; expected.len()];
         tls.read_exact(&mut reply).map_err(|e| e.to_string())?;
         Ok::<_, String>(String::from_utf8_lossy(&reply).into_owned())
+    };
+    let ping = |addr, versions: &[&'static rustls::SupportedProtocolVersion]| {
+        exchange(addr, versions, b"*1\r\n$4\r\nPING\r\n", "+PONG\r\n")
+    };
+    let scrape = |addr, versions: &[&'static rustls::SupportedProtocolVersion]| {
+        exchange(
+            addr,
+            versions,
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "HTTP/1.1 200",
+        )
     };
     let (v12, v13) = (
         &[&rustls::version::TLS12][..],
@@ -942,6 +957,8 @@ fn tls_protocols_limit_the_versions_served() {
     let resp = default.resp_tls.expect("resp_tls");
     assert_eq!(ping(resp, v12).as_deref(), Ok("+PONG\r\n"));
     assert_eq!(ping(resp, v13).as_deref(), Ok("+PONG\r\n"));
+    let metrics = default.metrics.expect("metrics");
+    assert_eq!(scrape(metrics, v12).as_deref(), Ok("HTTP/1.1 200"));
 
     let strict = node_with("strict", &["--tls-protocols", "TLSv1.3"]);
     assert_eq!(
@@ -953,8 +970,9 @@ fn tls_protocols_limit_the_versions_served() {
     assert!(refused.contains("ProtocolVersion"), "{refused}");
     assert_eq!(ping(resp, v13).as_deref(), Ok("+PONG\r\n"));
     let metrics = strict.metrics.expect("metrics");
-    let refused = ping(metrics, v12).expect_err("TLSv1.2 served on metrics");
+    let refused = scrape(metrics, v12).expect_err("TLSv1.2 served on metrics");
     assert!(refused.contains("ProtocolVersion"), "{refused}");
+    assert_eq!(scrape(metrics, v13).as_deref(), Ok("HTTP/1.1 200"));
     // A real Redis client.
     let mut c = rediss(resp, &pki.ca, Some((&cert, &key)))
         .get_connection()
