@@ -508,6 +508,7 @@ fn path_text(path: Option<&std::path::Path>) -> String {
 /// The parameters CONFIG GET answers, with their values.
 pub fn config_params(node: &Node) -> Vec<(String, String)> {
     let c = &node.config;
+    let tls_files = c.tls.files();
     vec![
         ("appendfsync".into(), c.fsync.to_string()),
         ("appendonly".into(), "yes".into()),
@@ -548,16 +549,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("tls-auth-clients".into(), c.tls.client_auth().to_string()),
         (
             "tls-ca-cert-file".into(),
-            path_text(c.tls.files().ca.as_deref()),
+            path_text(tls_files.ca.as_deref()),
         ),
-        (
-            "tls-cert-file".into(),
-            path_text(c.tls.files().cert.as_deref()),
-        ),
-        (
-            "tls-key-file".into(),
-            path_text(c.tls.files().key.as_deref()),
-        ),
+        ("tls-cert-file".into(), path_text(tls_files.cert.as_deref())),
+        ("tls-key-file".into(), path_text(tls_files.key.as_deref())),
         ("tls-protocols".into(), c.tls.protocols().to_string()),
         (
             "slowlog-log-slower-than".into(),

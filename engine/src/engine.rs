@@ -866,12 +866,12 @@ impl Engine {
         // Records from outside the write path change watched keys as they
         // are applied: a FLUSHALL changes those that exist before it.
         let watching = self.watchers.on_apply();
-        let flushes_all = records.iter().any(|(_, r)| {
-            r.mutations
-                .iter()
-                .any(|m| matches!(m.op, Some(Op::FlushAll(_))))
-        });
-        let flushed_watched: Vec<Bytes> = if watching && flushes_all {
+        let flushed_watched: Vec<Bytes> = if watching
+            && records.iter().any(|(_, r)| {
+                r.mutations
+                    .iter()
+                    .any(|m| matches!(m.op, Some(Op::FlushAll(_))))
+            }) {
             let keys = self.watchers.keys();
             keys.into_iter()
                 .filter(|k| self.entry(k).map_or(true, |e| e.is_some()))
@@ -893,6 +893,7 @@ impl Engine {
             entries,
             key_count,
             expiring,
+            flushed,
             ..
         } = target;
         let mut batch = batch.into_write_batch();
@@ -935,7 +936,7 @@ impl Engine {
         self.key_count.store(key_count, Ordering::Release);
         self.set_expiring(expiring);
         self.applied_lsn.store(last.0, Ordering::Release);
-        if flushes_all {
+        if flushed {
             self.reclaim_space(db);
         }
         Ok(())

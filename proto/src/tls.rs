@@ -106,14 +106,20 @@ impl FromStr for TlsProtocols {
 }
 
 impl TlsProtocols {
-    fn versions(self) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    /// The versions served, by name, in `--tls-protocols`' order.
+    fn served(
+        self,
+    ) -> impl Iterator<Item = (&'static str, &'static rustls::SupportedProtocolVersion)> {
         [
-            (self.v1_3, &rustls::version::TLS13),
-            (self.v1_2, &rustls::version::TLS12),
+            (self.v1_2, "TLSv1.2", &rustls::version::TLS12),
+            (self.v1_3, "TLSv1.3", &rustls::version::TLS13),
         ]
         .into_iter()
-        .filter_map(|(on, version)| on.then_some(version))
-        .collect()
+        .filter_map(|(on, name, version)| on.then_some((name, version)))
+    }
+
+    fn versions(self) -> Vec<&'static rustls::SupportedProtocolVersion> {
+        self.served().map(|(_, version)| version).collect()
     }
 }
 
@@ -130,10 +136,7 @@ impl std::fmt::Display for ClientAuth {
 impl std::fmt::Display for TlsProtocols {
     /// As `--tls-protocols` takes it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = [(self.v1_2, "TLSv1.2"), (self.v1_3, "TLSv1.3")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        let names: Vec<&str> = self.served().map(|(name, _)| name).collect();
         f.write_str(&names.join(" "))
     }
 }
