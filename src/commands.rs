@@ -1588,12 +1588,17 @@ fn scan_options(args: &Args, from: usize, allow_type: bool) -> Result<ScanOption
     Ok(o)
 }
 
-/// The position a cursor stands for: `Ok(None)` for cursor 0.
-fn cursor_position(node: &Node, arg: &[u8]) -> Result<Option<Bytes>, Reply> {
-    let cursor = std::str::from_utf8(arg)
+/// A cursor as a number, as Redis reads one.
+fn cursor_number(arg: &[u8]) -> Result<u64, Reply> {
+    std::str::from_utf8(arg)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
-        .ok_or_else(|| Reply::err("invalid cursor"))?;
+        .ok_or_else(|| Reply::err("invalid cursor"))
+}
+
+/// The field an HSCAN cursor goes on after: `Ok(None)` for cursor 0.
+fn cursor_position(node: &Node, arg: &[u8]) -> Result<Option<Bytes>, Reply> {
+    let cursor = cursor_number(arg)?;
     if cursor == 0 {
         return Ok(None);
     }
@@ -1616,10 +1621,13 @@ fn next_cursor(node: &Node, last: Option<Bytes>) -> Reply {
     Reply::bulk(id.to_string())
 }
 
+/// A SCAN cursor is the scan position where the call goes on (see
+/// [`ferry_engine::scan_hash`]): any node reads it alike, before and after
+/// a restart, and the server keeps nothing for it.
 fn scan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
-    let after = tri_read!(cursor_position(node, &args[1]));
+    let from = tri_read!(cursor_number(&args[1]));
     let o = tri_read!(scan_options(args, 2, true));
-    let scanned = match r.scan(after.as_deref(), o.count, now_ms()) {
+    let scanned = match r.scan(from, o.count, now_ms()) {
         Ok(scanned) => scanned,
         Err(e) => return engine_error(e),
     };
@@ -1641,7 +1649,10 @@ fn scan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
         .filter(|(_, e)| o.type_name.as_deref().is_none_or(|t| e.type_name() == t))
         .map(|(k, _)| Reply::Bulk(k))
         .collect();
-    Reply::Array(vec![next_cursor(node, scanned.resume), Reply::Array(keys)])
+    Reply::Array(vec![
+        Reply::bulk(scanned.resume.unwrap_or(0).to_string()),
+        Reply::Array(keys),
+    ])
 }
 
 // ----------------------------------------------------------------- hashes
@@ -1811,13 +1822,24 @@ fn hstrlen(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     Reply::Int(tri_read!(read_field(node, r, &args[1], &args[2])).map_or(0, |v| v.len() as i64))
 }
 
+/// A hash of at most this many fields is given whole by an HSCAN from
+/// cursor 0, whatever its COUNT (Redis's `hash-max-listpack-entries`).
+pub const HSCAN_WHOLE_FIELDS_MAX: usize = 128;
+
+/// An HSCAN cursor of a larger hash stands for a field the server
+/// remembers ([`crate::node::HSCAN_CURSORS_MAX`] of them).
 fn hscan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let key = &args[1];
     let after = tri_read!(cursor_position(node, &args[2]));
     // As Redis: the key (missing: an empty scan) and its type before the
     // options.
     let options = scan_options(args, 3, false);
-    let page = options.as_ref().map_or(0, |o| o.count + 1);
+    // From the start, a small hash whole and cursor 0 (as Redis gives one
+    // it holds as a listpack): no cursor to remember.
+    let page = options.as_ref().map_or(0, |o| match after {
+        None => o.count.max(HSCAN_WHOLE_FIELDS_MAX) + 1,
+        Some(_) => o.count + 1,
+    });
     let (len, batch) = tri_read!(read_hash_with(node, r, key, |r| {
         r.fields(key, after.as_deref(), page)
     }));
@@ -1825,8 +1847,13 @@ fn hscan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
         return Reply::Array(vec![Reply::bulk_str("0"), Reply::Array(Vec::new())]);
     }
     let o = tri_read!(options);
-    let more = batch.len() > o.count;
-    let batch = &batch[..batch.len().min(o.count)];
+    let take = if after.is_none() && batch.len() <= HSCAN_WHOLE_FIELDS_MAX {
+        batch.len()
+    } else {
+        o.count
+    };
+    let more = batch.len() > take;
+    let batch = &batch[..batch.len().min(take)];
     let last = batch.last().map(|(f, _)| f.clone());
     let mut items = Vec::new();
     for (f, v) in batch {

@@ -81,8 +81,9 @@ const FAILOVER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Default for `--repl-timeout`, in seconds.
 pub const REPL_TIMEOUT_DEFAULT_SECS: u64 = 10;
-/// SCAN cursors remembered (the oldest are forgotten first).
-pub const SCAN_CURSORS_MAX: usize = 16_384;
+/// HSCAN cursors of large hashes remembered (the oldest are forgotten
+/// first).
+pub const HSCAN_CURSORS_MAX: usize = 16_384;
 
 /// The file in the data directory that keeps the node's identity and role.
 pub const NODE_FILE: &str = "node.conf";
@@ -634,8 +635,8 @@ impl Activity {
     }
 }
 
-/// SCAN and HSCAN cursors: a number standing for the last key returned, as
-/// clients expect numeric cursors.
+/// HSCAN cursors of large hashes: a number standing for the last field
+/// returned, as clients expect numeric cursors.
 #[derive(Debug, Default)]
 pub struct Cursors {
     next: u64,
@@ -650,7 +651,7 @@ impl Cursors {
         let id = self.next;
         self.positions.insert(id, key);
         self.order.push_back(id);
-        while self.order.len() > SCAN_CURSORS_MAX {
+        while self.order.len() > HSCAN_CURSORS_MAX {
             if let Some(old) = self.order.pop_front() {
                 self.positions.remove(&old);
             }

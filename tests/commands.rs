@@ -313,9 +313,25 @@ fn hashes_behave_as_in_redis() {
     for i in 0..50 {
         raw(c, &["HSET", "big", &format!("f{i:02}"), &i.to_string()]);
     }
+    // ... in one call from cursor 0 for a small hash, as Redis's listpack.
+    let V::Array(parts) = raw(c, &["HSCAN", "big", "0", "COUNT", "7"]) else {
+        panic!()
+    };
+    assert_eq!(parts[0], bulk("0"));
+    assert!(matches!(&parts[1], V::Array(items) if items.len() == 100));
+    let V::Array(parts) = raw(c, &["HSCAN", "big", "0", "MATCH", "f1*", "COUNT", "100"]) else {
+        panic!()
+    };
+    let V::Array(items) = &parts[1] else { panic!() };
+    assert_eq!(items.len(), 20);
+    for i in 50..300 {
+        raw(c, &["HSET", "big", &format!("f{i:02}"), &i.to_string()]);
+    }
     let mut cursor = "0".to_string();
     let mut seen = Vec::new();
+    let mut calls = 0;
     for _ in 0..100 {
+        calls += 1;
         let V::Array(parts) = raw(c, &["HSCAN", "big", &cursor, "COUNT", "7"]) else {
             panic!()
         };
@@ -330,12 +346,8 @@ fn hashes_behave_as_in_redis() {
         }
     }
     assert_eq!(cursor, "0");
-    assert_eq!(seen.len(), 50);
-    let V::Array(parts) = raw(c, &["HSCAN", "big", "0", "MATCH", "f1*", "COUNT", "100"]) else {
-        panic!()
-    };
-    let V::Array(items) = &parts[1] else { panic!() };
-    assert_eq!(items.len(), 20);
+    assert_eq!(seen.len(), 300);
+    assert_eq!(calls, 300_usize.div_ceil(7), "COUNT fields a call past 128");
 
     // Pipelined writes see each other's field changes before they are
     // applied: HDEL then HSETNX of the same field sets it again.
@@ -356,6 +368,48 @@ fn hashes_behave_as_in_redis() {
         .expect("pipeline");
     assert_eq!(replies, vec![V::Int(1), V::Int(1), V::Int(4)]);
     assert_eq!(raw(c, &["HGET", "p", "f"]), bulk("4"));
+}
+
+/// One SCAN call: the next cursor and the keys.
+fn scan_page(c: &mut redis::Connection, cursor: &str, count: usize) -> (String, Vec<String>) {
+    let (next, keys): (String, Vec<String>) = cmd(&["SCAN", cursor, "COUNT", &count.to_string()])
+        .query(c)
+        .expect("SCAN");
+    (next, keys)
+}
+
+/// A SCAN cursor is a position in the keyspace, not something the server
+/// remembers: a scan goes on across a restart of the node, and every key
+/// comes back.
+#[test]
+fn a_scan_goes_on_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let mut server = Server::start(&data, &[]);
+    let all: std::collections::BTreeSet<String> = (0..300).map(|i| format!("k:{i}")).collect();
+    let mut c = server.client();
+    let mut mset = vec!["MSET"];
+    for key in &all {
+        mset.extend([key.as_str(), "v"]);
+    }
+    assert_eq!(raw(&mut c, &mset), ok());
+    let (mut cursor, first) = scan_page(&mut c, "0", 50);
+    assert_ne!(cursor, "0");
+    let mut seen: std::collections::BTreeSet<String> = first.into_iter().collect();
+    drop(c);
+    assert!(server.terminate().success());
+    let server = Server::start(&data, &[]);
+    let mut c = server.client();
+    for _ in 0..100 {
+        let (next, keys) = scan_page(&mut c, &cursor, 50);
+        seen.extend(keys);
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0", "the scan ended");
+    assert_eq!(seen, all);
 }
 
 #[test]
@@ -402,7 +456,14 @@ fn scan_keys_and_dbsize_cover_the_keyspace() {
         }
     }
     assert_eq!(hashes, 1);
-    assert_eq!(error(c, &["SCAN", "12345678"]), "ERR invalid cursor");
+    // A cursor is a position, any number one: as Redis, only what is not
+    // a number is refused.
+    assert_eq!(error(c, &["SCAN", "x1"]), "ERR invalid cursor");
+    assert_eq!(error(c, &["SCAN", "-1"]), "ERR invalid cursor");
+    let V::Array(parts) = raw(c, &["SCAN", "18446744073709551615"]) else {
+        panic!()
+    };
+    assert_eq!(parts, vec![bulk("0"), V::Array(Vec::new())], "past the end");
     assert_eq!(raw(c, &["FLUSHALL"]), ok());
     assert_eq!(raw(c, &["DBSIZE"]), V::Int(0));
     assert_eq!(raw(c, &["GET", "user:1"]), V::Nil);
@@ -1473,9 +1534,14 @@ fn transactions_run_their_commands_together_as_in_redis() {
     assert_eq!(replies[..3], [ok(), V::Int(2), bulk("2")]);
     assert_eq!(error_code(&replies[3]), Some("WRONGTYPE"));
     assert_eq!(replies[4..6], [ok(), V::Int(3)]);
+    let mut keys = match &replies[6] {
+        V::Array(keys) => keys.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>(),
+        other => panic!("KEYS: {other:?}"),
+    };
+    keys.sort();
     assert_eq!(
-        replies[6],
-        V::Array(vec![bulk("a"), bulk("b"), bulk("c")]),
+        keys,
+        [bulk("a"), bulk("b"), bulk("c")].map(|k| format!("{k:?}")),
         "KEYS sees the keys written before it in the transaction"
     );
     assert_eq!(

@@ -80,6 +80,42 @@ fn two_replicas_and_a_cascaded_one_converge_after_100k_concurrent_writes() {
     assert_eq!(status(r3.grpc).cluster_id, p.cluster_id);
 }
 
+/// A SCAN cursor names a position every node reads alike: a scan whose
+/// calls go to the primary and its replica in turn (as through a pool of
+/// read connections) returns every key, each once when nothing changes.
+#[test]
+fn a_scan_goes_on_from_node_to_node() {
+    let _one = serial();
+    let seed = test_seed("a_scan_goes_on_from_node_to_node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    load(&primary, seed, 5_000, 2_000, 500);
+    assert!(wait_until(CONVERGE_TIMEOUT, || caught_up(
+        &primary, &replica
+    )));
+    let mut all: Vec<String> = cmd(&["KEYS", "*"])
+        .query(&mut primary.client())
+        .expect("KEYS");
+    all.sort();
+    let mut clients = [primary.client(), replica.client()];
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    for call in 0..1000 {
+        let (next, keys): (String, Vec<String>) = cmd(&["SCAN", &cursor, "COUNT", "100"])
+            .query(&mut clients[call % 2])
+            .expect("SCAN");
+        seen.extend(keys);
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(cursor, "0", "the scan ended");
+    seen.sort();
+    assert_eq!(seen, all, "seed {seed}");
+}
+
 #[test]
 fn receiver_resumes_after_cuts_every_2s_without_gaps_or_double_applies() {
     let _one = serial();

@@ -68,18 +68,6 @@ impl std::hash::Hash for StoredKey {
     }
 }
 
-/// Leading key bytes kept beside each key while sorting.
-const SORT_HEAD_BYTES: usize = 16;
-
-/// The first bytes of `key`, zero-padded: ordering by them, then by the
-/// whole key, is the keys' order.
-fn sort_head(key: &[u8]) -> [u8; SORT_HEAD_BYTES] {
-    let mut head = [0u8; SORT_HEAD_BYTES];
-    let n = key.len().min(SORT_HEAD_BYTES);
-    head[..n].copy_from_slice(&key[..n]);
-    head
-}
-
 /// Bytes a key costs in a [`StateBuilder`] beyond its key and value bytes.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// The value arena of a [`StateBuilder`] is not compacted below this size.
@@ -468,7 +456,7 @@ impl StateBuilder {
     }
 
     /// Writes every stored row of the state, as the engine stores them, in
-    /// key order: the kinds of rows by their first byte (`E` < `F` < `K` <
+    /// key order: the kinds of rows by their first byte (`E` < `F` < `H` <
     /// `M`), each kind sorted on its own. Rows are encoded one at a time.
     fn write_rows(&self, writer: &mut rocksdb::SstFileWriter) -> Result<()> {
         const _: () = assert!(
@@ -512,18 +500,17 @@ impl StateBuilder {
                 writer.put(&key, v)?;
             }
         }
-        // Sorted by the first bytes held inline, then the whole key: most
-        // comparisons touch no key bytes elsewhere in memory.
-        let mut entries: Vec<([u8; SORT_HEAD_BYTES], &[u8], &Held)> = self
+        // In scan order: by each key's hash, held inline (most comparisons
+        // touch no key bytes elsewhere in memory), then the key.
+        let mut entries: Vec<(u64, &[u8], &Held)> = self
             .entries
             .iter()
-            .map(|(k, e)| (sort_head(k.as_slice()), k.as_slice(), e))
+            .map(|(k, e)| (keys::scan_hash(k.as_slice()), k.as_slice(), e))
             .collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         for (_, k, held) in entries {
             key.clear();
-            key.push(keys::KEY);
-            key.extend_from_slice(k);
+            keys::key_key_into(k, &mut key);
             value.clear();
             match held.value {
                 HeldValue::LongString { len } => {

@@ -84,7 +84,76 @@ fn options() -> Options {
 }
 
 fn open_db(dir: &Path) -> Result<DB> {
-    Ok(DB::open(&options(), dir)?)
+    let db = DB::open(&options(), dir)?;
+    ensure_layout(&db)?;
+    Ok(db)
+}
+
+/// Key entries moved in one RocksDB write when a keyspace of layout 1 is
+/// opened ([`ensure_layout`]).
+pub const LAYOUT_MOVE_BATCH_ROWS: usize = 65_536;
+
+/// Brings the keyspace in `db` to [`keys::LAYOUT`]: one of layout 1 has
+/// its key entries moved into scan order, a batch at a time, each entry's
+/// old row deleted in the write that puts its new one (so a crash midway
+/// leaves every key in one of the two, and the next open goes on); one of
+/// a later layout is refused. With RocksDB's WAL off, the layout row
+/// reaches disk no later than anything written after it.
+fn ensure_layout(db: &DB) -> Result<()> {
+    let stored = db
+        .get_pinned(keys::META_LAYOUT)?
+        .map(|v| keys::decode_u64(&v));
+    match stored {
+        Some(Some(keys::LAYOUT)) => return Ok(()),
+        Some(Some(found)) if found > keys::LAYOUT => {
+            return Err(EngineError::UnknownLayout {
+                found,
+                supported: keys::LAYOUT,
+            });
+        }
+        Some(None) => {
+            return Err(EngineError::CorruptEntry {
+                key: String::from_utf8_lossy(keys::META_LAYOUT).into_owned(),
+            });
+        }
+        _ => {}
+    }
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
+    let mut moved = 0;
+    loop {
+        let mut batch = WriteBatch::default();
+        let mut rows = 0;
+        {
+            let mut it = db.iter_over(&[keys::LEGACY_KEY]);
+            it.seek([keys::LEGACY_KEY]);
+            while rows < LAYOUT_MOVE_BATCH_ROWS && it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
+                if k.first() != Some(&keys::LEGACY_KEY) {
+                    break;
+                }
+                batch.delete(k);
+                batch.put(keys::key_key(&k[1..]), v);
+                rows += 1;
+                it.next();
+            }
+            it.status()?;
+        }
+        if rows == 0 {
+            break;
+        }
+        db.write_opt(batch, &opts)?;
+        moved += rows;
+    }
+    let mut batch = WriteBatch::default();
+    batch.put(keys::META_LAYOUT, keys::LAYOUT.to_be_bytes());
+    db.write_opt(batch, &opts)?;
+    if moved > 0 {
+        tracing::info!(keys = moved, "key entries moved into scan order (layout 2)");
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -233,27 +302,24 @@ fn hash_fields_in(
     Ok(out)
 }
 
-/// Visits the stored keys in byte order, after `after` (or from the
-/// first), each with its stored value, while `visit` says go on.
+/// Visits the stored keys in scan order ([`keys::scan_hash`], then the
+/// key) from scan position `from`, each with its hash and stored value,
+/// while `visit` says go on.
 fn each_key(
     db: &impl Stored,
-    after: Option<&[u8]>,
-    mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    from: u64,
+    mut visit: impl FnMut(u64, &[u8], &[u8]) -> Result<bool>,
 ) -> Result<()> {
     let mut it = db.iter_over(&[keys::KEY]);
-    match after {
-        Some(after) => {
-            let mut start = keys::key_key(after);
-            start.push(0);
-            it.seek(&start);
-        }
-        None => it.seek([keys::KEY]),
-    }
+    it.seek(keys::key_position(from));
     while it.valid() {
         let (Some(k), Some(v)) = (it.key(), it.value()) else {
             break;
         };
-        if k.first() != Some(&keys::KEY) || !visit(&k[1..], v)? {
+        let Some((hash, key)) = keys::split_key_row(k) else {
+            break;
+        };
+        if !visit(hash, key, v)? {
             break;
         }
         it.next();
@@ -262,31 +328,26 @@ fn each_key(
     Ok(())
 }
 
-fn scan_in(db: &impl Stored, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+fn scan_in(db: &impl Stored, from: u64, limit: usize, now_ms: u64) -> Result<Scanned> {
     let mut out = Scanned::default();
     let mut visited = 0;
-    let mut more = false;
-    // The last key looked at, when it was an expired one left out.
-    let mut skipped: Option<Bytes> = None;
-    each_key(db, after, |k, v| {
-        if visited == limit {
-            more = true;
+    let mut last_hash = None;
+    each_key(db, from, |hash, k, v| {
+        // Keys of one hash go together, so the next call, which goes on at
+        // a hash, repeats none and always moves on.
+        if visited >= limit.max(1) && last_hash != Some(hash) {
+            out.resume = Some(hash);
             return Ok(false);
         }
         visited += 1;
+        last_hash = Some(hash);
         let key = Bytes::copy_from_slice(k);
         let entry = keys::decode_entry(&key, v)?;
-        if entry.is_expired(now_ms) {
-            skipped = Some(key);
-        } else {
-            skipped = None;
+        if !entry.is_expired(now_ms) {
             out.entries.push((key, entry));
         }
         Ok(true)
     })?;
-    if more {
-        out.resume = skipped.or_else(|| out.entries.last().map(|(k, _)| k.clone()));
-    }
     Ok(out)
 }
 
@@ -296,7 +357,7 @@ fn keys_in(
     keep: &mut dyn FnMut(&[u8]) -> bool,
 ) -> Result<Vec<Bytes>> {
     let mut out = Vec::new();
-    each_key(db, None, |key, v| {
+    each_key(db, 0, |_, key, v| {
         if keep(key) && !keys::decode_entry_header(key, v)?.is_expired(now_ms) {
             out.push(Bytes::copy_from_slice(key));
         }
@@ -307,7 +368,7 @@ fn keys_in(
 
 fn digest_in(db: &impl Stored, now_ms: u64) -> Result<Digest> {
     let mut acc = Digest::default();
-    each_key(db, None, |key, v| {
+    each_key(db, 0, |_, key, v| {
         let entry = keys::decode_entry(key, v)?;
         if !entry.is_expired(now_ms) {
             let fields = if entry.has_rows() {
@@ -343,8 +404,8 @@ impl StoredState<'_> {
         hash_fields_in(&self.0, key, after, limit)
     }
 
-    pub(crate) fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
-        scan_in(&self.0, after, limit, now_ms)
+    pub(crate) fn scan(&self, from: u64, limit: usize, now_ms: u64) -> Result<Scanned> {
+        scan_in(&self.0, from, limit, now_ms)
     }
 
     pub(crate) fn keys(
@@ -378,7 +439,8 @@ impl StoredState<'_> {
 ///
 /// # Errors
 ///
-/// [`EngineError::Rocks`] if RocksDB cannot open it read-only.
+/// [`EngineError::Rocks`] if RocksDB cannot open it read-only;
+/// [`EngineError::UnknownLayout`] if a later version wrote it.
 pub fn checkpoint_meta(dir: &Path) -> Result<(Lsn, u64)> {
     let db = DB::open_for_read_only(&Options::default(), dir, false)?;
     let read_u64 = |name: &[u8]| -> Result<u64> {
@@ -387,6 +449,14 @@ pub fn checkpoint_meta(dir: &Path) -> Result<(Lsn, u64)> {
             .and_then(|v| keys::decode_u64(&v))
             .unwrap_or(0))
     };
+    // One this version could not open is refused before it is installed.
+    let layout = read_u64(keys::META_LAYOUT)?;
+    if layout > keys::LAYOUT {
+        return Err(EngineError::UnknownLayout {
+            found: layout,
+            supported: keys::LAYOUT,
+        });
+    }
     Ok((
         Lsn(read_u64(keys::META_APPLIED_LSN)?),
         read_u64(keys::META_KEY_COUNT)?,
@@ -574,13 +644,14 @@ impl Drop for Changing<'_> {
     }
 }
 
-/// A stretch of [`Engine::scan`]: the live keys found, and where the next
-/// stretch resumes when more keys may follow (the last key looked at,
-/// which may be an expired one left out).
+/// A stretch of [`Engine::scan`]: the live keys found, in scan order, and
+/// the scan position where the next stretch goes on when more keys follow
+/// (the [`keys::scan_hash`] of the first key not looked at: every key
+/// before it was).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scanned {
     pub entries: Vec<(Bytes, Entry)>,
-    pub resume: Option<Bytes>,
+    pub resume: Option<u64>,
 }
 
 /// The keyspace digest: each live key's SHA-1 XORed in, so keys can be
@@ -1168,6 +1239,9 @@ impl Engine {
         self.cache.clear();
         self.watchers.spoil_all();
         let db = db?;
+        // A checkpoint from a node of an earlier version is moved into
+        // this one's layout.
+        ensure_layout(&db)?;
         let (applied, key_count, expiring) = read_meta(&db)?;
         *slot = Some(Arc::new(db));
         self.key_count.store(key_count, Ordering::Release);
@@ -1279,18 +1353,20 @@ impl Engine {
         hash_fields_in(&*self.db()?, key, after, limit)
     }
 
-    /// Keys in byte order after `after`, with their entries: `limit` keys
-    /// looked at at most, logically expired ones left out (so a stretch of
-    /// expired keys gives an empty batch that still resumes past them).
+    /// Keys in scan order from scan position `from` (0: the first; see
+    /// [`keys::scan_hash`]), with their entries: `limit` keys looked at,
+    /// more only while they share the last one's hash, logically expired
+    /// ones left out (so a stretch of expired keys gives an empty batch
+    /// that still goes on past them).
     ///
     /// # Errors
     ///
     /// [`EngineError::Rocks`], [`EngineError::CorruptEntry`].
-    pub fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
-        scan_in(&*self.db()?, after, limit, now_ms)
+    pub fn scan(&self, from: u64, limit: usize, now_ms: u64) -> Result<Scanned> {
+        scan_in(&*self.db()?, from, limit, now_ms)
     }
 
-    /// Every live key that `keep` keeps, in byte order, read in one pass
+    /// Every live key that `keep` keeps, in scan order, read in one pass
     /// (one state: KEYS).
     ///
     /// # Errors
@@ -1935,7 +2011,119 @@ pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::reclaim_bounds;
+    use super::*;
+
+    fn string_row(value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        keys::encode_string_into(value, 0, &mut v);
+        v
+    }
+
+    /// Keys that share a hash (written here by hand: finding 53-bit
+    /// collisions would take long) come in one stretch, however small the
+    /// limit, so a scan that goes on at a hash neither repeats nor loops.
+    #[test]
+    fn a_scan_keeps_the_keys_of_one_hash_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let row = |hash: u64, key: &[u8]| {
+            let mut k = keys::key_position(hash).to_vec();
+            k.extend_from_slice(key);
+            k
+        };
+        for key in [&b"x"[..], b"y", b"z"] {
+            db.put(row(7, key), string_row(key)).unwrap();
+        }
+        db.put(row(9, b"w"), string_row(b"w")).unwrap();
+        let keys_of =
+            |s: &Scanned| -> Vec<Bytes> { s.entries.iter().map(|e| e.0.clone()).collect() };
+        let first = scan_in(&db, 0, 1, 0).unwrap();
+        assert_eq!(keys_of(&first), [&b"x"[..], b"y", b"z"]);
+        assert_eq!(first.resume, Some(9));
+        let second = scan_in(&db, 9, 1, 0).unwrap();
+        assert_eq!(keys_of(&second), [&b"w"[..]]);
+        assert_eq!(second.resume, None);
+        // A limit of 0 looks at one hash's keys all the same.
+        assert_eq!(scan_in(&db, 0, 0, 0).unwrap(), first);
+        // A position between hashes goes on at the next one.
+        assert_eq!(scan_in(&db, 8, 10, 0).unwrap(), second);
+    }
+
+    /// A keyspace of layout 1 (`K user_key` rows, no layout row) opens with
+    /// every key readable and scanned, in more than one batch; a crash
+    /// midway (some keys moved, the rest not, no layout row) is finished by
+    /// the next open.
+    #[test]
+    fn a_keyspace_of_layout_1_is_moved_into_scan_order_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = LAYOUT_MOVE_BATCH_ROWS + 10;
+        let key = |i: usize| format!("key:{i:06}").into_bytes();
+        {
+            let db = DB::open(&options(), dir.path()).unwrap();
+            let mut opts = WriteOptions::default();
+            opts.disable_wal(true);
+            let mut batch = WriteBatch::default();
+            for i in 0..count {
+                let mut k = vec![keys::LEGACY_KEY];
+                k.extend_from_slice(&key(i));
+                batch.put(k, string_row(&key(i)));
+            }
+            // The first ten as a crash midway left them: moved already.
+            for i in 0..10 {
+                let mut k = vec![keys::LEGACY_KEY];
+                k.extend_from_slice(&key(i));
+                batch.delete(k);
+                batch.put(keys::key_key(&key(i)), string_row(&key(i)));
+            }
+            batch.put(keys::META_APPLIED_LSN, 5u64.to_be_bytes());
+            batch.put(keys::META_KEY_COUNT, (count as u64).to_be_bytes());
+            db.write_opt(batch, &opts).unwrap();
+            db.flush().unwrap();
+        }
+        let engine = Engine::open(dir.path()).unwrap();
+        assert_eq!(engine.applied_lsn(), Lsn(5));
+        assert_eq!(engine.key_count(), count as u64);
+        for i in [0, 9, 10, count / 2, count - 1] {
+            let entry = engine.entry(&key(i)).unwrap().expect("a moved key");
+            assert_eq!(entry.value, Value::String(Bytes::from(key(i))));
+        }
+        let scanned = engine.scan(0, usize::MAX, 0).unwrap();
+        assert_eq!(scanned.entries.len(), count);
+        let db = engine.db().unwrap();
+        let mut it = db.iter_over(&[keys::LEGACY_KEY]);
+        it.seek([keys::LEGACY_KEY]);
+        assert!(!it.valid(), "no row of layout 1 left");
+        drop(it);
+        let layout = db.get_pinned(keys::META_LAYOUT).unwrap().unwrap();
+        assert_eq!(keys::decode_u64(&layout), Some(keys::LAYOUT));
+    }
+
+    /// A keyspace a later version wrote is refused, opened or offered as a
+    /// checkpoint, with a message that says so.
+    #[test]
+    fn a_keyspace_of_a_later_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open_db(dir.path()).unwrap();
+            db.put(keys::META_LAYOUT, (keys::LAYOUT + 1).to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let Err(refused) = Engine::open(dir.path()) else {
+            panic!("a later layout opened");
+        };
+        assert!(
+            matches!(refused, EngineError::UnknownLayout { found, .. } if found == keys::LAYOUT + 1)
+        );
+        assert!(
+            refused.to_string().contains("newer than this version"),
+            "{refused}"
+        );
+        assert!(matches!(
+            checkpoint_meta(dir.path()),
+            Err(EngineError::UnknownLayout { .. })
+        ));
+    }
 
     fn file(end: &str, size: usize) -> rocksdb::LiveFile {
         rocksdb::LiveFile {

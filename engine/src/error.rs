@@ -16,6 +16,13 @@ pub enum EngineError {
     /// A stored key entry does not decode.
     #[error("stored entry of key {key:?} does not decode")]
     CorruptEntry { key: String },
+    /// The keyspace is stored in a layout this version does not know (a
+    /// later version wrote it).
+    #[error(
+        "the keyspace is stored in layout {found}, newer than this version's {supported}: \
+         run a ferry at least as new as the one that wrote it"
+    )]
+    UnknownLayout { found: u64, supported: u64 },
     /// The engine holds records the WAL does not reach back to.
     #[error(
         "the engine has applied up to lsn {applied}, but the WAL holds {first}..={last}: \

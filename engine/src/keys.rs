@@ -2,8 +2,9 @@
 //! entries told apart by their first byte.
 //!
 //! ```text
-//! M name                              -> meta value (applied LSN, key count, keys with an expiry)
-//! K user_key                          -> key entry: kind u8 | expire_at_ms u64 BE | payload
+//! M name                              -> meta value (applied LSN, key count, keys with an expiry,
+//!                                        layout)
+//! H scan_hash u64 BE | user_key       -> key entry: kind u8 | expire_at_ms u64 BE | payload
 //!                                        payload: string bytes (kind 1) | field count u64 BE (kind 2)
 //!                                                 | string length u64 BE (kind 3, a long string)
 //! F key_len u32 BE | user_key | field -> field value (hashes), or chunk
@@ -14,12 +15,21 @@
 //! One column family keeps every flush atomic: the applied LSN never
 //! reaches disk without the data it covers (with RocksDB's own WAL off,
 //! several column families would need `atomic_flush`).
+//!
+//! Key entries are ordered by [`scan_hash`] of the key, then the key: a
+//! SCAN cursor is the hash where the next call goes on, which every node
+//! and every restart of a node reads alike, so a cursor needs no memory on
+//! the server. Layout 1 stored them as `K user_key`; an engine opening
+//! such a keyspace moves them ([`LEGACY_KEY`]).
 
 use bytes::Bytes;
 
 use crate::error::{EngineError, Result};
 
-pub(crate) const KEY: u8 = b'K';
+pub(crate) const KEY: u8 = b'H';
+/// Key entries as layout 1 stored them (`K user_key`), moved to [`KEY`]
+/// rows when an engine opens a keyspace of that layout.
+pub(crate) const LEGACY_KEY: u8 = b'K';
 pub(crate) const FIELD: u8 = b'F';
 pub(crate) const EXPIRY: u8 = b'E';
 
@@ -27,6 +37,11 @@ pub(crate) const META_APPLIED_LSN: &[u8] = b"Mapplied_lsn";
 pub(crate) const META_KEY_COUNT: &[u8] = b"Mkey_count";
 /// [`Expiring`]: count u64 BE | sum of expiry times u128 BE.
 pub(crate) const META_EXPIRING: &[u8] = b"Mexpiring";
+/// The layout the keyspace is stored in, u64 BE ([`LAYOUT`]); missing in
+/// a keyspace of layout 1.
+pub(crate) const META_LAYOUT: &[u8] = b"Mlayout";
+/// The layout this version stores: key entries by [`scan_hash`].
+pub(crate) const LAYOUT: u64 = 2;
 
 const KIND_STRING: u8 = 1;
 const KIND_HASH: u8 = 2;
@@ -148,16 +163,63 @@ impl Entry {
     }
 }
 
+/// The largest [`scan_hash`] (53 bits: a SCAN cursor is one, and clients
+/// that hold numbers as doubles keep 53 bits exactly).
+pub const SCAN_HASH_MAX: u64 = (1 << 53) - 1;
+
+/// Where `key` stands in the order of key entries, and so the SCAN cursor
+/// of a call that goes on at it: from 1 to [`SCAN_HASH_MAX`] (0 is the
+/// cursor of a scan's start and end). Part of the stored layout: it must
+/// never change.
+pub fn scan_hash(key: &[u8]) -> u64 {
+    const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ (key.len() as u64).wrapping_mul(MUL);
+    let mut words = key.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        h = (h ^ word).wrapping_mul(MUL).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(MUL);
+    // splitmix64's finish: every bit of the key moves the top bits.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h >> 11).max(1)
+}
+
+/// The first row key of the entries at or after scan position `from`.
+pub(crate) fn key_position(from: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = KEY;
+    k[1..].copy_from_slice(&from.to_be_bytes());
+    k
+}
+
+/// A key entry's row key: its user key and [`scan_hash`], or `None` if it
+/// is not one.
+pub(crate) fn split_key_row(row: &[u8]) -> Option<(u64, &[u8])> {
+    if row.first() != Some(&KEY) || row.len() < 9 {
+        return None;
+    }
+    let hash = u64::from_be_bytes(row[1..9].try_into().expect("8 bytes"));
+    Some((hash, &row[9..]))
+}
+
 pub(crate) fn key_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key.len());
+    let mut k = Vec::with_capacity(9 + key.len());
     key_key_into(key, &mut k);
     k
 }
 
 /// [`key_key`], appended to `k`.
 pub(crate) fn key_key_into(key: &[u8], k: &mut Vec<u8>) {
-    k.reserve(1 + key.len());
+    k.reserve(9 + key.len());
     k.push(KEY);
+    k.extend_from_slice(&scan_hash(key).to_be_bytes());
     k.extend_from_slice(key);
 }
 
@@ -191,8 +253,8 @@ pub fn stored_bytes(key: &[u8], entry: &Entry, sample: &[(Bytes, Bytes)]) -> u64
     // Kind and expiry, then the string's bytes or a count or a length.
     let header = 1 + 8;
     let mut bytes = match &entry.value {
-        Value::String(s) => row(1 + key_len, header + s.len() as u64),
-        Value::Hash { .. } | Value::LongString { .. } => row(1 + key_len, header + 8),
+        Value::String(s) => row(9 + key_len, header + s.len() as u64),
+        Value::Hash { .. } | Value::LongString { .. } => row(9 + key_len, header + 8),
     };
     if entry.expire_at_ms != 0 {
         bytes += row(1 + 8 + key_len, 0);
@@ -378,6 +440,47 @@ pub(crate) fn decode_u64(v: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hash is part of the stored layout and of every SCAN cursor a
+    /// client holds: these values must never change.
+    #[test]
+    fn scan_hashes_stay_what_they_were() {
+        let pinned: [(&[u8], u64); 5] = [
+            (b"", 281_938_383_706_145),
+            (b"a", 4_565_370_621_776_637),
+            (b"key:000000012345", 981_520_104_251_719),
+            (b"a key longer than one word", 6_464_408_933_117_257),
+            (&[0xff; 40], 8_286_867_361_409_563),
+        ];
+        for (key, hash) in pinned {
+            assert_eq!(scan_hash(key), hash, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn scan_hashes_are_cursors_from_1_to_53_bits_and_order_key_rows() {
+        let mut rows = Vec::new();
+        for i in 0..10_000u32 {
+            let key = format!("user:{i}").into_bytes();
+            let hash = scan_hash(&key);
+            assert!((1..=SCAN_HASH_MAX).contains(&hash));
+            let row = key_key(&key);
+            assert_eq!(split_key_row(&row), Some((hash, &key[..])));
+            assert!(row.as_slice() >= key_position(hash).as_slice());
+            rows.push(row);
+        }
+        // Spread over the whole range: each eighth holds about an eighth.
+        let mut eighths = [0u32; 8];
+        for row in &rows {
+            eighths[(split_key_row(row).unwrap().0 >> 50) as usize] += 1;
+        }
+        assert!(
+            eighths.iter().all(|n| (1_000..1_500).contains(n)),
+            "{eighths:?}"
+        );
+        assert_eq!(split_key_row(b"Fxyz"), None);
+        assert_eq!(split_key_row(b"H1234567"), None);
+    }
 
     #[test]
     fn entries_round_trip() {

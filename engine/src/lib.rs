@@ -44,7 +44,8 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use keys::{
-    Entry, Expiring, LONG_STRING_BYTES, ROW_OVERHEAD_BYTES, STRING_CHUNK_BYTES, Value, stored_bytes,
+    Entry, Expiring, LONG_STRING_BYTES, ROW_OVERHEAD_BYTES, SCAN_HASH_MAX, STRING_CHUNK_BYTES,
+    Value, scan_hash, stored_bytes,
 };
 pub use pipeline::{Pipeline, Reader, Ticket, View};
 pub use watch::Watch;

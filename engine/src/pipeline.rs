@@ -425,14 +425,14 @@ pub trait Reader {
     fn fields(&self, key: &[u8], after: Option<&[u8]>, limit: usize)
     -> Result<Vec<(Bytes, Bytes)>>;
 
-    /// Keys in byte order after `after`, as [`Engine::scan`].
+    /// Keys in scan order from scan position `from`, as [`Engine::scan`].
     ///
     /// # Errors
     ///
     /// Engine read errors.
-    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned>;
+    fn scan(&self, from: u64, limit: usize, now_ms: u64) -> Result<Scanned>;
 
-    /// Every live key that `keep` keeps, in byte order, of one state.
+    /// Every live key that `keep` keeps, in scan order, of one state.
     ///
     /// # Errors
     ///
@@ -481,8 +481,8 @@ impl Reader for Engine {
         self.hash_fields(key, after, limit)
     }
 
-    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
-        Engine::scan(self, after, limit, now_ms)
+    fn scan(&self, from: u64, limit: usize, now_ms: u64) -> Result<Scanned> {
+        Engine::scan(self, from, limit, now_ms)
     }
 
     fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
@@ -522,8 +522,8 @@ impl Reader for StoredState<'_> {
         StoredState::fields(self, key, after, limit)
     }
 
-    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
-        StoredState::scan(self, after, limit, now_ms)
+    fn scan(&self, from: u64, limit: usize, now_ms: u64) -> Result<Scanned> {
+        StoredState::scan(self, from, limit, now_ms)
     }
 
     fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
@@ -575,47 +575,57 @@ impl Reader for View<'_> {
             .collect())
     }
 
-    fn scan(&self, after: Option<&[u8]>, limit: usize, now_ms: u64) -> Result<Scanned> {
+    fn scan(&self, from: u64, limit: usize, now_ms: u64) -> Result<Scanned> {
         let flushed = self.overlay.flushed_seq.is_some();
         let mut out = if flushed {
             Scanned::default()
         } else {
-            self.engine.scan(after, limit, now_ms)?
+            self.engine.scan(from, limit, now_ms)?
         };
         out.entries
             .retain(|(k, _)| !self.overlay.keys.contains_key(k.as_ref()));
         // The overlay's live keys in the stretch the engine's batch covers
-        // (all of them past `after` when the engine's keys do not count).
-        let resume = out.resume.clone();
-        let mut ours: Vec<(Bytes, Entry)> = self
+        // (all of them from `from` when the engine's keys do not count).
+        let resume = out.resume;
+        let mut ours: Vec<(u64, Bytes, Entry)> = self
             .overlay
             .keys
             .iter()
-            .filter(|(k, _)| {
-                after.is_none_or(|a| k.as_ref() > a)
-                    && resume.as_deref().is_none_or(|r| k.as_ref() <= r)
-            })
             .filter_map(|(k, p)| {
+                let hash = keys::scan_hash(k);
+                if hash < from || resume.is_some_and(|r| hash >= r) {
+                    return None;
+                }
                 let state = p.state.as_ref()?;
-                (!state.entry.is_expired(now_ms)).then(|| (k.clone(), state.entry.clone()))
+                (!state.entry.is_expired(now_ms)).then(|| (hash, k.clone(), state.entry.clone()))
             })
             .collect();
-        ours.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if flushed && ours.len() > limit {
-            ours.truncate(limit);
-            out.resume = ours.last().map(|(k, _)| k.clone());
+        ours.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        if flushed && ours.len() > limit.max(1) {
+            // Keys of one hash together, as the engine's scan keeps them.
+            let last = ours[limit.max(1) - 1].0;
+            let end = ours.partition_point(|(hash, _, _)| *hash <= last);
+            if let Some(&(next, _, _)) = ours.get(end) {
+                out.resume = Some(next);
+                ours.truncate(end);
+            }
         }
-        out.entries.extend(ours);
-        out.entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut all: Vec<(u64, Bytes, Entry)> = std::mem::take(&mut out.entries)
+            .into_iter()
+            .map(|(k, e)| (keys::scan_hash(&k), k, e))
+            .chain(ours)
+            .collect();
+        all.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        out.entries = all.into_iter().map(|(_, k, e)| (k, e)).collect();
         Ok(out)
     }
 
     /// The view's state stands still: its scan, stretch by stretch.
     fn keys(&self, now_ms: u64, keep: &mut dyn FnMut(&[u8]) -> bool) -> Result<Vec<Bytes>> {
         let mut out = Vec::new();
-        let mut after: Option<Bytes> = None;
+        let mut from = 0;
         loop {
-            let scanned = Reader::scan(self, after.as_deref(), 1024, now_ms)?;
+            let scanned = Reader::scan(self, from, 1024, now_ms)?;
             out.extend(
                 scanned
                     .entries
@@ -624,7 +634,7 @@ impl Reader for View<'_> {
                     .filter(|k| keep(k)),
             );
             match scanned.resume {
-                Some(resume) => after = Some(resume),
+                Some(resume) => from = resume,
                 None => return Ok(out),
             }
         }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_engine::{
-    Engine, Entry, LONG_STRING_BYTES, Pipeline, Reader, STRING_CHUNK_BYTES, Value, string_bytes,
+    Engine, Entry, LONG_STRING_BYTES, Pipeline, Reader, STRING_CHUNK_BYTES, Value, scan_hash,
+    string_bytes,
 };
 use ferry_proto::v1::{self as pb, Mutation, WalRecord, mutation::Op};
 use ferry_wal::testing::SeededRng;
@@ -98,7 +99,7 @@ fn seed() -> u64 {
 /// The keys with an expiry and their expiry times' sum, from the stored
 /// entries (as a scan at time 0, before anything expires, lists them).
 fn expiring_in_entries(engine: &Engine) -> ferry_engine::Expiring {
-    let scanned = engine.scan(None, usize::MAX, 0).unwrap();
+    let scanned = engine.scan(0, usize::MAX, 0).unwrap();
     assert!(scanned.resume.is_none());
     let with_expiry: Vec<u64> = scanned
         .entries
@@ -231,7 +232,7 @@ fn mutations_do_what_wal_proto_says() {
         .unwrap();
     assert_eq!(engine.key_count(), 0);
     assert_eq!(engine.expiring(), ferry_engine::Expiring::default());
-    assert_eq!(engine.scan(None, 100, 0).unwrap().entries.len(), 0);
+    assert_eq!(engine.scan(0, 100, 0).unwrap().entries.len(), 0);
     assert_eq!(engine.digest(0).unwrap(), "0".repeat(40));
 }
 
@@ -1341,11 +1342,20 @@ type Shown = (Vec<(Bytes, Entry, Vec<(Bytes, Bytes)>)>, u64, String);
 
 fn read_all(r: &dyn Reader, step: usize, now_ms: u64) -> Shown {
     let mut keys = Vec::new();
-    let mut after: Option<Bytes> = None;
+    let mut from = 0;
+    // The scan order: each key's hash, then the key.
+    let mut last: Option<(u64, Bytes)> = None;
     loop {
-        let scanned = r.scan(after.as_deref(), step, now_ms).unwrap();
+        let scanned = r.scan(from, step, now_ms).unwrap();
         for (key, entry) in scanned.entries {
-            assert!(after.as_ref().is_none_or(|a| key > a), "keys in order");
+            let at = (scan_hash(&key), key.clone());
+            assert!(at.0 >= from, "a key from the scan position on");
+            assert!(
+                scanned.resume.is_none_or(|resume| at.0 < resume),
+                "a key before where the next stretch goes on"
+            );
+            assert!(last.as_ref().is_none_or(|l| at > *l), "keys in order");
+            last = Some(at);
             assert_eq!(r.live(&key, now_ms).unwrap().as_ref(), Some(&entry));
             let fields = r.fields(&key, None, usize::MAX).unwrap();
             if let Some((first, value)) = fields.first() {
@@ -1356,11 +1366,13 @@ fn read_all(r: &dyn Reader, step: usize, now_ms: u64) -> Shown {
                 );
                 assert_eq!(r.fields(&key, None, 1).unwrap(), fields[..1]);
             }
-            after = Some(key.clone());
             keys.push((key, entry, fields));
         }
         match scanned.resume {
-            Some(resume) => after = Some(resume),
+            Some(resume) => {
+                assert!(resume > from, "every stretch moves on");
+                from = resume;
+            }
             None => break,
         }
     }
@@ -1433,12 +1445,24 @@ fn a_scan_resumes_past_a_stretch_of_expired_keys() {
         expire_at_ms: 0,
     }));
     engine.apply(&[(Lsn(1), record(ops))]).unwrap();
-    let first = engine.scan(None, 3, 1000).unwrap();
-    assert!(first.entries.is_empty());
+    // The first three keys in scan order, and the fourth.
+    let mut order: Vec<Bytes> = (0..10)
+        .map(|i| b(&format!("a{i}")))
+        .chain([b("b")])
+        .collect();
+    order.sort_by_key(|k| (scan_hash(k), k.clone()));
+    let first = engine.scan(0, 3, 1000).unwrap();
+    let live: Vec<Bytes> = first.entries.iter().map(|(k, _)| k.clone()).collect();
+    let expected: Vec<Bytes> = order[..3]
+        .iter()
+        .filter(|k| **k == b("b"))
+        .cloned()
+        .collect();
+    assert_eq!(live, expected, "the live keys among the first three");
     assert_eq!(
         first.resume,
-        Some(b("a2")),
-        "resumes after the last key looked at"
+        Some(scan_hash(&order[3])),
+        "goes on at the first key not looked at"
     );
     let (keys, count, _) = read_all(&engine, 3, 1000);
     assert_eq!(keys.len(), 1, "only the live key");
