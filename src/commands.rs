@@ -145,6 +145,7 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(command)
     ),
     spec!("config", -2, &[], 0, 0, 0, Handler::Conn(config)),
+    spec!("copy", -3, WD, 1, 2, 1, Handler::Write(copy)),
     spec!("dbsize", 1, R, 0, 0, 0, Handler::Read(dbsize)),
     spec!(
         "debug",
@@ -268,7 +269,9 @@ pub static COMMANDS: &[Spec] = &[
         0,
         Handler::Conn(quit)
     ),
+    spec!("randomkey", 1, RS, 0, 0, 0, Handler::Read(randomkey)),
     spec!("rename", 3, W, 1, 2, 1, Handler::Write(rename)),
+    spec!("renamenx", 3, WF, 1, 2, 1, Handler::Write(renamenx)),
     spec!(
         "replicaof",
         3,
@@ -312,6 +315,16 @@ pub static COMMANDS: &[Spec] = &[
     ),
     spec!("slowlog", -2, &[], 0, 0, 0, Handler::Conn(slowlog)),
     spec!("strlen", 2, R, 1, 1, 1, Handler::Read(strlen)),
+    spec!(
+        "time",
+        1,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(time)
+    ),
+    spec!("touch", -2, R, 1, -1, 1, Handler::Read(exists)),
     spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
     spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
     spec!("unlink", -2, WF, 1, -1, 1, Handler::Write(del)),
@@ -397,6 +410,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("config|help", &["slow"]),
     ("config|resetstat", &["admin", "slow", "dangerous"]),
     ("config|set", &["admin", "slow", "dangerous"]),
+    ("copy", &["keyspace", "write", "slow"]),
     ("dbsize", &["keyspace", "read", "fast"]),
     ("debug", &["admin", "slow", "dangerous"]),
     ("decr", &["write", "string", "fast"]),
@@ -454,7 +468,9 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("psetex", &["write", "string", "slow"]),
     ("pttl", &["keyspace", "read", "fast"]),
     ("quit", &["fast", "connection"]),
+    ("randomkey", &["keyspace", "read", "slow"]),
     ("rename", &["keyspace", "write", "slow"]),
+    ("renamenx", &["keyspace", "write", "fast"]),
     ("replicaof", &["admin", "slow", "dangerous"]),
     ("role", &["admin", "fast", "dangerous"]),
     ("scan", &["keyspace", "read", "slow"]),
@@ -470,6 +486,8 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("slowlog|len", &["admin", "slow", "dangerous"]),
     ("slowlog|reset", &["admin", "slow", "dangerous"]),
     ("strlen", &["read", "string", "fast"]),
+    ("time", &["fast"]),
+    ("touch", &["keyspace", "read", "fast"]),
     ("ttl", &["keyspace", "read", "fast"]),
     ("type", &["keyspace", "read", "fast"]),
     ("unlink", &["keyspace", "write", "fast"]),
@@ -1363,15 +1381,78 @@ fn rename(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     if from == to {
         return Ok(Reply::ok());
     }
+    write_copy(view, from, to, &entry)?;
+    delete(view, from)?;
+    Ok(Reply::ok())
+}
+
+/// RENAMENX: as RENAME, unless `to` exists (0 then, and for a key renamed
+/// to itself).
+fn renamenx(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (from, to) = (&args[1], &args[2]);
+    let Some(entry) = view.get(from)? else {
+        return Ok(Reply::err("no such key"));
+    };
+    if from == to || view.get(to)?.is_some() {
+        return Ok(Reply::Int(0));
+    }
+    write_copy(view, from, to, &entry)?;
+    delete(view, from)?;
+    Ok(Reply::Int(1))
+}
+
+/// COPY source destination [DB 0] [REPLACE]: 1 if copied, 0 if the source
+/// is missing or the destination exists without REPLACE. Only database 0
+/// exists: any other is out of range.
+fn copy(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let (from, to) = (&args[1], &args[2]);
+    // As Redis: the options, then the keys.
+    let mut replace = false;
+    let mut i = 3;
+    while i < args.len() {
+        if eq(&args[i], "replace") {
+            replace = true;
+        } else if eq(&args[i], "db") && i + 1 < args.len() {
+            match parse_i64(&args[i + 1]).map(i32::try_from) {
+                Some(Ok(0)) => {}
+                Some(Ok(_)) => return Ok(Reply::err("DB index is out of range")),
+                // Redis's words for an int out of range.
+                Some(Err(_)) => {
+                    return Ok(Reply::err(
+                        "value is out of range, value must between -2147483648 and 2147483647",
+                    ));
+                }
+                None => return Ok(not_integer()),
+            }
+            i += 1;
+        } else {
+            return Ok(syntax_error());
+        }
+        i += 1;
+    }
+    if from == to {
+        return Ok(Reply::err("source and destination objects are the same"));
+    }
+    let Some(entry) = view.lookup(from)? else {
+        return Ok(Reply::Int(0));
+    };
+    if view.get(to)?.is_some() && !replace {
+        return Ok(Reply::Int(0));
+    }
+    write_copy(view, from, to, &entry)?;
+    Ok(Reply::Int(1))
+}
+
+/// Writes the value of `from` (its `entry`) with its expiry at `to`, in
+/// place of whatever `to` holds.
+fn write_copy(view: &mut View<'_>, from: &Bytes, to: &Bytes, entry: &Entry) -> EResult<()> {
     match entry.value {
         Value::String(_) | Value::LongString { .. } => {
-            let s = string_bytes(view, from, &entry, 0..entry.string_len())?;
-            delete(view, from)?;
+            let s = string_bytes(view, from, entry, 0..entry.string_len())?;
             set_string(view, to, s, entry.expire_at_ms)?;
         }
         Value::Hash { .. } => {
             let fields = view.hash_fields(from)?;
-            delete(view, from)?;
             if view.entry(to)?.is_some() {
                 delete(view, to)?;
             }
@@ -1387,7 +1468,46 @@ fn rename(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
             }
         }
     }
-    Ok(Reply::ok())
+    Ok(())
+}
+
+/// Keys looked at per stretch of RANDOMKEY's scan.
+const RANDOMKEY_STRETCH: usize = 64;
+
+/// RANDOMKEY: the first live key from a random scan position (round to the
+/// start past the end), nil if there is none.
+fn randomkey(_node: &Node, r: &dyn Reader, _args: &Args) -> Reply {
+    let now = now_ms();
+    let start = 1 + random_u64() % ferry_engine::SCAN_HASH_MAX;
+    let mut from = start;
+    let mut wrapped = false;
+    loop {
+        let scanned = match r.scan(from, RANDOMKEY_STRETCH, now) {
+            Ok(scanned) => scanned,
+            Err(e) => return engine_error(e),
+        };
+        if let Some((key, _)) = scanned.entries.into_iter().next() {
+            return Reply::Bulk(key);
+        }
+        match scanned.resume {
+            Some(next) if !wrapped || next < start => from = next,
+            None if !wrapped => {
+                wrapped = true;
+                from = 0;
+            }
+            _ => return Reply::Null,
+        }
+    }
+}
+
+/// A random number, new at each call (from the standard library's
+/// randomly keyed hasher).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    h.finish()
 }
 
 fn set_expiry(view: &mut View<'_>, key: &Bytes, expire_at_ms: u64) -> EResult<()> {
@@ -1881,6 +2001,17 @@ fn ping(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         2 => Reply::Bulk(args[1].clone()),
         _ => wrong_arity("ping"),
     }
+}
+
+/// TIME: the server's clock, seconds and microseconds.
+fn time(_node: &Node, _conn: &mut Conn, _args: &Args) -> Reply {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Reply::Array(vec![
+        Reply::bulk(now.as_secs().to_string()),
+        Reply::bulk(now.subsec_micros().to_string()),
+    ])
 }
 
 fn echo(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {

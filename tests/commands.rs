@@ -370,6 +370,101 @@ fn hashes_behave_as_in_redis() {
     assert_eq!(raw(c, &["HGET", "p", "f"]), bulk("4"));
 }
 
+#[test]
+fn copy_renamenx_touch_randomkey_and_time_behave_as_in_redis() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    // COPY: value and expiry, the source left as it was.
+    raw(c, &["SET", "s", "v", "EX", "1000"]);
+    assert_eq!(raw(c, &["COPY", "s", "s2"]), V::Int(1));
+    assert_eq!(raw(c, &["GET", "s2"]), bulk("v"));
+    let ttl = |c: &mut redis::Connection, k: &str| match raw(c, &["TTL", k]) {
+        V::Int(t) => t,
+        other => panic!("TTL: {other:?}"),
+    };
+    assert!((990..=1000).contains(&ttl(c, "s2")));
+    assert_eq!(raw(c, &["GET", "s"]), bulk("v"));
+    // An existing destination only with REPLACE.
+    raw(c, &["SET", "d", "old"]);
+    assert_eq!(raw(c, &["COPY", "s", "d"]), V::Int(0));
+    assert_eq!(raw(c, &["GET", "d"]), bulk("old"));
+    assert_eq!(raw(c, &["COPY", "s", "d", "replace", "DB", "0"]), V::Int(1));
+    assert_eq!(raw(c, &["GET", "d"]), bulk("v"));
+    assert_eq!(raw(c, &["COPY", "nosuch", "d2"]), V::Int(0));
+    // A hash: its fields, then each copy on its own.
+    raw(c, &["HSET", "h", "f1", "a", "f2", "b"]);
+    assert_eq!(raw(c, &["COPY", "h", "d", "REPLACE"]), V::Int(1));
+    assert_eq!(raw(c, &["TYPE", "d"]), V::SimpleString("hash".into()));
+    assert_eq!(raw(c, &["HDEL", "h", "f1"]), V::Int(1));
+    assert_eq!(raw(c, &["HGET", "d", "f1"]), bulk("a"));
+    assert_eq!(raw(c, &["HLEN", "d"]), V::Int(2));
+    // A long string, stored in chunks.
+    let long = "z".repeat(200 << 10);
+    raw(c, &["SET", "long", &long]);
+    assert_eq!(raw(c, &["COPY", "long", "long2"]), V::Int(1));
+    assert_eq!(raw(c, &["APPEND", "long", "!"]), V::Int((200 << 10) + 1));
+    assert_eq!(raw(c, &["GET", "long2"]), bulk(&long));
+    assert_eq!(
+        error(c, &["COPY", "s", "s"]),
+        "ERR source and destination objects are the same"
+    );
+    assert_eq!(
+        error(c, &["COPY", "s", "x", "DB", "1"]),
+        "ERR DB index is out of range"
+    );
+    assert!(error(c, &["COPY", "s", "x", "DB", "z"]).starts_with("ERR value is not an integer"));
+    assert_eq!(error(c, &["COPY", "s", "x", "DB"]), "ERR syntax error");
+    assert_eq!(
+        error(c, &["COPY", "s", "x", "REPLACE", "NOW"]),
+        "ERR syntax error"
+    );
+    // RENAMENX: not over an existing key, nor to itself.
+    assert_eq!(raw(c, &["RENAMENX", "s", "d"]), V::Int(0));
+    assert_eq!(raw(c, &["RENAMENX", "s", "s"]), V::Int(0));
+    assert_eq!(raw(c, &["RENAMENX", "s", "moved"]), V::Int(1));
+    assert_eq!(raw(c, &["GET", "moved"]), bulk("v"));
+    assert!((990..=1000).contains(&ttl(c, "moved")));
+    assert_eq!(raw(c, &["EXISTS", "s"]), V::Int(0));
+    assert_eq!(error(c, &["RENAMENX", "s", "t"]), "ERR no such key");
+    // TOUCH counts the keys that exist, each time named.
+    assert_eq!(raw(c, &["TOUCH", "moved", "d", "nosuch", "d"]), V::Int(3));
+    // TIME: the server's clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (secs, micros): (u64, u64) = cmd(&["TIME"]).query(c).expect("TIME");
+    assert!(secs.abs_diff(now) <= 5, "{secs} {now}");
+    assert!(micros < 1_000_000);
+    // RANDOMKEY: nil with no key, else one that exists, not always the same.
+    assert_eq!(raw(c, &["FLUSHALL"]), ok());
+    assert_eq!(raw(c, &["RANDOMKEY"]), V::Nil);
+    raw(c, &["SET", "only", "1"]);
+    assert_eq!(raw(c, &["RANDOMKEY"]), bulk("only"));
+    let mut mset = vec!["MSET".to_string()];
+    for i in 0..50 {
+        mset.extend([format!("r{i}"), "x".into()]);
+    }
+    let mset: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(raw(c, &mset), ok());
+    let mut drawn = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let key: String = cmd(&["RANDOMKEY"]).query(c).expect("RANDOMKEY");
+        assert_eq!(raw(c, &["EXISTS", &key]), V::Int(1), "{key}");
+        drawn.insert(key);
+    }
+    assert!(drawn.len() >= 10, "{} keys drawn", drawn.len());
+    // Expired keys are never drawn.
+    assert_eq!(raw(c, &["FLUSHALL"]), ok());
+    raw(c, &["SET", "gone", "1", "PX", "1"]);
+    raw(c, &["SET", "live", "1"]);
+    std::thread::sleep(Duration::from_millis(5));
+    for _ in 0..20 {
+        let key: Option<String> = cmd(&["RANDOMKEY"]).query(c).expect("RANDOMKEY");
+        assert_eq!(key.as_deref(), Some("live"));
+    }
+}
+
 /// One SCAN call: the next cursor and the keys.
 fn scan_page(c: &mut redis::Connection, cursor: &str, count: usize) -> (String, Vec<String>) {
     let (next, keys): (String, Vec<String>) = cmd(&["SCAN", cursor, "COUNT", &count.to_string()])

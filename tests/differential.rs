@@ -331,7 +331,7 @@ fn replies(con: &mut redis::Connection, commands: &[Vec<String>]) -> Vec<Result<
 
 /// Sorts what Redis leaves unordered: an array's elements (KEYS, SCAN,
 /// HKEYS, HVALS), or the field-value pairs of HGETALL (a map in RESP3) and
-/// HSCAN.
+/// HSCAN; RANDOMKEY's key stands for any.
 fn unordered(name: &str, v: Value) -> Value {
     match (name, v) {
         ("HGETALL", Value::Map(mut pairs)) => {
@@ -347,6 +347,8 @@ fn unordered(name: &str, v: Value) -> Value {
             items.sort_by_key(|i| format!("{i:?}"));
             Value::Array(items)
         }
+        // Which key is each server's draw: that there is one is compared.
+        ("RANDOMKEY", Value::BulkString(_)) => Value::BulkString(b"(a key)".to_vec()),
         (_, v) => v,
     }
 }
@@ -545,7 +547,7 @@ impl Gen {
     fn command(&mut self) -> Vec<String> {
         let s = |x: &str| x.to_string();
         let (k, k2) = (self.key(), self.key());
-        let mut args: Vec<String> = match self.below(50) {
+        let mut args: Vec<String> = match self.below(54) {
             0..=3 => {
                 let mut a = vec![s("SET"), k, self.value()];
                 for _ in 0..self.below(3) {
@@ -680,6 +682,25 @@ impl Gen {
                 self.field(),
                 self.value(),
             ],
+            50 => {
+                let mut a = vec![s("COPY"), k, k2];
+                for _ in 0..self.below(3) {
+                    match self.below(5) {
+                        0 | 1 => a.push(s("REPLACE")),
+                        // Not another database: Redis has 16, ferry one.
+                        2 => a.extend([
+                            s("DB"),
+                            s(self.pick(&["0", "0", "99", "-1", "abc", "2147483648"])),
+                        ]),
+                        3 => a.push(s("DB")),
+                        _ => a.push(s("BOGUS")),
+                    }
+                }
+                a
+            }
+            51 => vec![s("RENAMENX"), k, k2],
+            52 => vec![s("TOUCH"), k, k2, self.key()],
+            53 => vec![s("RANDOMKEY")],
             48 if self.below(20) == 0 => vec![s("FLUSHDB")],
             // Outside a transaction, mostly.
             49 if self.below(10) == 0 => vec![s(self.pick(&["EXEC", "DISCARD", "UNWATCH"]))],
