@@ -10,6 +10,7 @@ use bytes::Bytes;
 use ferry_engine::{Entry, Reader, Value, View, string_bytes};
 use ferry_proto::v1::{self as pb, mutation::Op};
 
+use crate::dump::Dumped;
 use crate::glob;
 use crate::long_double;
 use crate::node::{Node, now_ms};
@@ -160,6 +161,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("decrby", 3, WDF, 1, 1, 1, Handler::Write(decrby)),
     spec!("del", -2, W, 1, -1, 1, Handler::Write(del)),
     spec!("discard", 1, TX, 0, 0, 0, Handler::Transaction),
+    spec!("dump", 2, RS, 1, 1, 1, Handler::Read(dump)),
     spec!(
         "echo",
         2,
@@ -281,6 +283,7 @@ pub static COMMANDS: &[Spec] = &[
         0,
         Handler::ReplicaOf
     ),
+    spec!("restore", -4, WD, 1, 1, 1, Handler::Write(restore)),
     spec!(
         "role",
         1,
@@ -417,6 +420,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("decrby", &["write", "string", "fast"]),
     ("del", &["keyspace", "write", "slow"]),
     ("discard", &["fast", "transaction"]),
+    ("dump", &["keyspace", "read", "slow"]),
     ("echo", &["fast", "connection"]),
     ("exec", &["slow", "transaction"]),
     ("exists", &["keyspace", "read", "fast"]),
@@ -472,6 +476,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("rename", &["keyspace", "write", "slow"]),
     ("renamenx", &["keyspace", "write", "fast"]),
     ("replicaof", &["admin", "slow", "dangerous"]),
+    ("restore", &["keyspace", "write", "slow", "dangerous"]),
     ("role", &["admin", "fast", "dangerous"]),
     ("scan", &["keyspace", "read", "slow"]),
     ("select", &["fast", "connection"]),
@@ -1469,6 +1474,117 @@ fn write_copy(view: &mut View<'_>, from: &Bytes, to: &Bytes, entry: &Entry) -> E
         }
     }
     Ok(())
+}
+
+/// DUMP: the key's value as a payload RESTORE takes, here or in Redis
+/// ([`crate::dump`]); nil for a missing key.
+fn dump(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let key = &args[1];
+    let now = now_ms();
+    let (entry, value) = tri_read!(stable(r, |r| {
+        let entry = r.live(key, now)?;
+        let value = match &entry {
+            None => None,
+            Some(e) if matches!(e.value, Value::Hash { .. }) => {
+                Some(Dumped::Hash(r.fields(key, None, usize::MAX)?))
+            }
+            Some(e) => Some(Dumped::String(string_bytes(r, key, e, 0..e.string_len())?)),
+        };
+        Ok((entry, value))
+    }));
+    count_lookup(node, &entry);
+    match value {
+        Some(value) => Reply::Bulk(Bytes::from(crate::dump::encode(&value))),
+        None => Reply::Null,
+    }
+}
+
+/// RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]: the
+/// value of a DUMP (ferry's or Redis's) at `key`, expiring `ttl` ms from
+/// now (at `ttl` with ABSTTL; 0: never). IDLETIME and FREQ are checked as
+/// Redis checks them, and kept nowhere: ferry evicts nothing.
+fn restore(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let key = &args[1];
+    let (mut replace, mut absttl) = (false, false);
+    let (mut idle, mut freq) = (false, false);
+    let mut i = 4;
+    while i < args.len() {
+        let more = i + 1 < args.len();
+        if eq(&args[i], "replace") {
+            replace = true;
+        } else if eq(&args[i], "absttl") {
+            absttl = true;
+        } else if eq(&args[i], "idletime") && more && !freq {
+            match parse_i64(&args[i + 1]) {
+                Some(n) if n >= 0 => idle = true,
+                Some(_) => return Ok(Reply::err("Invalid IDLETIME value, must be >= 0")),
+                None => return Ok(not_integer()),
+            }
+            i += 1;
+        } else if eq(&args[i], "freq") && more && !idle {
+            match parse_i64(&args[i + 1]) {
+                Some(0..=255) => freq = true,
+                Some(_) => {
+                    return Ok(Reply::err("Invalid FREQ value, must be >= 0 and <= 255"));
+                }
+                None => return Ok(not_integer()),
+            }
+            i += 1;
+        } else {
+            return Ok(syntax_error());
+        }
+        i += 1;
+    }
+    let exists = view.get(key)?.is_some();
+    if exists && !replace {
+        return Ok(Reply::Error(
+            "BUSYKEY Target key name already exists.".into(),
+        ));
+    }
+    let ttl = match parse_i64(&args[2]) {
+        Some(ttl) if ttl >= 0 => ttl as u64,
+        Some(_) => return Ok(Reply::err("Invalid TTL value, must be >= 0")),
+        None => return Ok(not_integer()),
+    };
+    let max_len = STRING_BYTES_MAX.load(Ordering::Relaxed);
+    let value = match crate::dump::decode(&args[3], max_len) {
+        Ok(value) => value,
+        Err(refused) => return Ok(Reply::err(refused.message())),
+    };
+    let expire_at_ms = match ttl {
+        0 => 0,
+        ttl if absttl => ttl,
+        ttl => view.now_ms().saturating_add(ttl),
+    };
+    // Whatever is stored goes (a hash's fields would otherwise stay);
+    // a value already expired is not stored.
+    if view.entry(key)?.is_some() {
+        delete(view, key)?;
+    }
+    if expire_at_ms != 0 && expire_at_ms <= view.now_ms() {
+        return Ok(Reply::ok());
+    }
+    match value {
+        Dumped::String(s) => {
+            if let Err(reply) = check_string_length(s.len() as u64) {
+                return Ok(reply);
+            }
+            set_string(view, key, s, expire_at_ms)?;
+        }
+        Dumped::Hash(fields) => {
+            view.push(Op::HashSet(pb::HashSet {
+                key: key.clone(),
+                fields: fields
+                    .into_iter()
+                    .map(|(field, value)| pb::FieldValue { field, value })
+                    .collect(),
+            }))?;
+            if expire_at_ms != 0 {
+                set_expiry(view, key, expire_at_ms)?;
+            }
+        }
+    }
+    Ok(Reply::ok())
 }
 
 /// Keys looked at per stretch of RANDOMKEY's scan.
@@ -2869,6 +2985,8 @@ mod tests {
     #[test]
     fn acl_categories_cover_every_command() {
         assert!(ACL_CATEGORIES.windows(2).all(|w| w[0].0 < w[1].0));
+        // [`lookup`] searches the commands by name.
+        assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
         for spec in COMMANDS {
             assert!(!acl_categories(spec.name).is_empty(), "{}", spec.name);
             for (sub, _) in subcommands_of(spec.name).unwrap_or_default() {

@@ -14,6 +14,7 @@
 
 mod certs;
 mod commands;
+mod dump;
 mod glob;
 mod info;
 mod long_double;

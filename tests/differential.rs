@@ -1440,3 +1440,277 @@ fn fixed_cases_get_the_bytes_redis_gives() {
         );
     }
 }
+
+/// What a key holds, read the same way from either server: its type, its
+/// value (a hash's fields sorted) and whether it has an expiry.
+fn held(con: &mut redis::Connection, key: &str) -> (String, Vec<Vec<u8>>, bool) {
+    let kind: String = redis::cmd("TYPE").arg(key).query(con).expect("TYPE");
+    let value: Vec<Vec<u8>> = match kind.as_str() {
+        "string" => vec![redis::cmd("GET").arg(key).query(con).expect("GET")],
+        "hash" => {
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                redis::cmd("HGETALL").arg(key).query(con).expect("HGETALL");
+            pairs.sort();
+            pairs.into_iter().flat_map(|(f, v)| [f, v]).collect()
+        }
+        _ => Vec::new(),
+    };
+    let pttl: i64 = redis::cmd("PTTL").arg(key).query(con).expect("PTTL");
+    (kind, value, pttl > 0)
+}
+
+/// DUMP's payloads go both ways between ferry and Redis: what Redis dumps
+/// (plain, integer and LZF strings; hashes as listpacks and as tables)
+/// RESTOREs into ferry, what ferry dumps RESTOREs into Redis, with the
+/// same values and expiries; Redis's MIGRATE moves keys into ferry; and
+/// RESTORE's errors are Redis's.
+#[test]
+fn dump_and_restore_carry_values_between_ferry_and_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let redis = Redis::start();
+    let mut f = connect(&ferry.url(), false).expect("connect to ferry");
+    let mut r = Redis::connect(redis.port).expect("connect to redis-server");
+    let binary: Vec<u8> = (0..1000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let big_hash: Vec<(String, String)> =
+        (0..300).map(|i| (format!("f{i}"), i.to_string())).collect();
+    let fill = |con: &mut redis::Connection| {
+        let set = |con: &mut redis::Connection, key: &str, value: &[u8]| {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query::<()>(con)
+                .expect("SET");
+        };
+        set(con, "plain", b"hello");
+        set(con, "int", b"123");
+        set(con, "negative", b"-70000");
+        set(con, "wide", b"12345678901");
+        set(con, "empty", b"");
+        set(con, "repeats", &[b'a'; 40]);
+        set(con, "binary", &binary);
+        set(con, "long", &b"0123456789".repeat(20_000));
+        redis::cmd("HSET")
+            .arg("small")
+            .arg(&[
+                "a",
+                "1",
+                "b",
+                "xyz",
+                "c",
+                "-5",
+                "d",
+                "100000",
+                "e",
+                "9999999999",
+            ])
+            .query::<()>(con)
+            .expect("HSET");
+        redis::cmd("HSET")
+            .arg("big")
+            .arg(&big_hash)
+            .query::<()>(con)
+            .expect("HSET");
+        redis::cmd("HSET")
+            .arg("wide-values")
+            .arg(&["v", &"w".repeat(100)])
+            .query::<()>(con)
+            .expect("HSET");
+        redis::cmd("PEXPIRE")
+            .arg("plain")
+            .arg(100_000_000)
+            .query::<()>(con)
+            .expect("PEXPIRE");
+        redis::cmd("PEXPIRE")
+            .arg("small")
+            .arg(100_000_000)
+            .query::<()>(con)
+            .expect("PEXPIRE");
+    };
+    fill(&mut r);
+    fill(&mut f);
+    let keys = [
+        "plain",
+        "int",
+        "negative",
+        "wide",
+        "empty",
+        "repeats",
+        "binary",
+        "long",
+        "small",
+        "big",
+        "wide-values",
+    ];
+    for key in keys {
+        // Redis -> ferry, and ferry -> Redis, under a new name.
+        for redis_to_ferry in [true, false] {
+            let (from, to) = if redis_to_ferry {
+                (&mut r, &mut f)
+            } else {
+                (&mut f, &mut r)
+            };
+            let payload: Vec<u8> = redis::cmd("DUMP").arg(key).query(from).expect("DUMP");
+            let pttl: i64 = redis::cmd("PTTL").arg(key).query(from).expect("PTTL");
+            let copy = format!("{key}-copy");
+            let restored: redis::RedisResult<String> = redis::cmd("RESTORE")
+                .arg(&copy)
+                .arg(pttl.max(0))
+                .arg(&payload)
+                .arg("REPLACE")
+                .query(to);
+            assert_eq!(restored.as_deref(), Ok("OK"), "RESTORE of {key}");
+            assert_eq!(held(to, &copy), held(from, key), "{key}");
+        }
+    }
+    // Redis's MIGRATE sends its keys to ferry as RESTOREs.
+    let mut migrate = redis::cmd("MIGRATE");
+    migrate
+        .arg("127.0.0.1")
+        .arg(
+            ferry
+                .url()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches('/'),
+        )
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("REPLACE")
+        .arg("KEYS");
+    for key in keys {
+        migrate.arg(key);
+    }
+    let migrated: String = migrate.query(&mut r).expect("MIGRATE");
+    assert_eq!(migrated, "OK");
+    for key in keys {
+        let ours = held(&mut f, key);
+        let (kind, value, _) = ours;
+        assert_eq!(
+            redis::cmd("EXISTS").arg(key).query::<i64>(&mut r),
+            Ok(0),
+            "{key} moved"
+        );
+        let (want_kind, want_value, _) = held(&mut f, &format!("{key}-copy"));
+        assert_eq!((kind, value), (want_kind, want_value), "{key}");
+    }
+    // A type ferry does not hold (a list): Redis's words for a payload it
+    // cannot load.
+    redis::cmd("RPUSH")
+        .arg("list")
+        .arg("x")
+        .query::<()>(&mut r)
+        .expect("RPUSH");
+    let list: Vec<u8> = redis::cmd("DUMP").arg("list").query(&mut r).expect("DUMP");
+    let refused = redis::cmd("RESTORE")
+        .arg("new")
+        .arg(0)
+        .arg(&list)
+        .query::<Value>(&mut f);
+    assert_eq!(
+        refused.map_err(error_text),
+        Err("ERR Bad data format".into())
+    );
+    // The errors, to the byte: a key that exists, a bad TTL, a payload cut
+    // short or with a flipped bit, options.
+    for con in [&mut f, &mut r] {
+        redis::cmd("SET")
+            .arg("int")
+            .arg(123)
+            .query::<()>(con)
+            .expect("SET");
+    }
+    let good: Vec<u8> = redis::cmd("DUMP").arg("int").query(&mut f).expect("DUMP");
+    let mut flipped = good.clone();
+    flipped[1] ^= 4;
+    let cases: Vec<Vec<Vec<u8>>> = vec![
+        vec![
+            b"RESTORE".to_vec(),
+            b"int".to_vec(),
+            b"0".to_vec(),
+            good.clone(),
+        ],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"-1".to_vec(),
+            good.clone(),
+        ],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"x".to_vec(),
+            good.clone(),
+        ],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"0".to_vec(),
+            good[..5].to_vec(),
+        ],
+        vec![b"RESTORE".to_vec(), b"new".to_vec(), b"0".to_vec(), flipped],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"0".to_vec(),
+            good.clone(),
+            b"IDLETIME".to_vec(),
+            b"-1".to_vec(),
+        ],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"0".to_vec(),
+            good.clone(),
+            b"FREQ".to_vec(),
+            b"256".to_vec(),
+        ],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"0".to_vec(),
+            good.clone(),
+            b"FREQ".to_vec(),
+            b"1".to_vec(),
+            b"IDLETIME".to_vec(),
+            b"1".to_vec(),
+        ],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"0".to_vec(),
+            good.clone(),
+            b"NOW".to_vec(),
+        ],
+        // Already expired: nothing stored, OK.
+        vec![
+            b"RESTORE".to_vec(),
+            b"gone".to_vec(),
+            b"1".to_vec(),
+            good.clone(),
+            b"ABSTTL".to_vec(),
+        ],
+        vec![b"EXISTS".to_vec(), b"gone".to_vec()],
+        vec![
+            b"RESTORE".to_vec(),
+            b"new".to_vec(),
+            b"0".to_vec(),
+            good.clone(),
+            b"IDLETIME".to_vec(),
+            b"5".to_vec(),
+        ],
+        vec![b"GET".to_vec(), b"new".to_vec()],
+        vec![b"DUMP".to_vec(), b"nosuch".to_vec()],
+    ];
+    for case in cases {
+        let mut c = redis::Cmd::new();
+        for arg in &case {
+            c.arg(arg.as_slice());
+        }
+        let ours = c.query::<Value>(&mut f).map_err(error_text);
+        let theirs = c.query::<Value>(&mut r).map_err(error_text);
+        assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&case.concat()));
+    }
+}
