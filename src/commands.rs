@@ -135,6 +135,9 @@ pub static COMMANDS: &[Spec] = &[
         0,
         Handler::Conn(auth)
     ),
+    spec!("bitcount", -2, RS, 1, 1, 1, Handler::Read(bitcount)),
+    spec!("bitop", -4, WD, 2, -1, 1, Handler::Write(bitop)),
+    spec!("bitpos", -3, RS, 1, 1, 1, Handler::Read(bitpos)),
     spec!("client", -2, &[], 0, 0, 0, Handler::Conn(client)),
     spec!(
         "command",
@@ -187,6 +190,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("flushall", -1, W, 0, 0, 0, Handler::Write(flushall)),
     spec!("flushdb", -1, W, 0, 0, 0, Handler::Write(flushall)),
     spec!("get", 2, R, 1, 1, 1, Handler::Read(get)),
+    spec!("getbit", 3, R, 1, 1, 1, Handler::Read(getbit)),
     spec!("getdel", 2, WF, 1, 1, 1, Handler::Write(getdel)),
     spec!("getex", -2, WF, 1, 1, 1, Handler::Write(getex)),
     spec!("getrange", 4, RS, 1, 1, 1, Handler::Read(getrange)),
@@ -304,6 +308,7 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(select)
     ),
     spec!("set", -3, WD, 1, 1, 1, Handler::Write(set)),
+    spec!("setbit", 4, WD, 1, 1, 1, Handler::Write(setbit)),
     spec!("setex", 4, WD, 1, 1, 1, Handler::Write(setex)),
     spec!("setnx", 3, WDF, 1, 1, 1, Handler::Write(setnx)),
     spec!("setrange", 4, WD, 1, 1, 1, Handler::Write(setrange)),
@@ -392,6 +397,9 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
 pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("append", &["write", "string", "fast"]),
     ("auth", &["fast", "connection"]),
+    ("bitcount", &["read", "bitmap", "slow"]),
+    ("bitop", &["write", "bitmap", "slow"]),
+    ("bitpos", &["read", "bitmap", "slow"]),
     ("client", &["slow"]),
     ("client|getname", &["slow", "connection"]),
     ("client|help", &["slow", "connection"]),
@@ -430,6 +438,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("flushall", &["keyspace", "write", "slow", "dangerous"]),
     ("flushdb", &["keyspace", "write", "slow", "dangerous"]),
     ("get", &["read", "string", "fast"]),
+    ("getbit", &["read", "bitmap", "fast"]),
     ("getdel", &["write", "string", "fast"]),
     ("getex", &["write", "string", "fast"]),
     ("getrange", &["read", "string", "slow"]),
@@ -481,6 +490,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("scan", &["keyspace", "read", "slow"]),
     ("select", &["fast", "connection"]),
     ("set", &["write", "string", "slow"]),
+    ("setbit", &["write", "bitmap", "slow"]),
     ("setex", &["write", "string", "slow"]),
     ("setnx", &["write", "string", "fast"]),
     ("setrange", &["write", "string", "slow"]),
@@ -1246,6 +1256,245 @@ fn setrange(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     Ok(Reply::Int(
         old_len.max(offset as u64 + data.len() as u64) as i64
     ))
+}
+
+// ----------------------------------------------------------------- bitmaps
+
+/// A bit offset of SETBIT and GETBIT: a number of bits within the largest
+/// string ([`STRING_BYTES_MAX`] bytes).
+fn bit_offset(arg: &[u8]) -> Result<u64, Reply> {
+    match parse_i64(arg) {
+        Some(offset)
+            if offset >= 0 && (offset as u64 >> 3) < STRING_BYTES_MAX.load(Ordering::Relaxed) =>
+        {
+            Ok(offset as u64)
+        }
+        _ => Err(Reply::err("bit offset is not an integer or out of range")),
+    }
+}
+
+/// The mask of bit `offset` within its byte: bit 0 is the first byte's
+/// most significant.
+fn bit_mask(offset: u64) -> u8 {
+    0x80 >> (offset & 7)
+}
+
+fn setbit(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let key = &args[1];
+    let offset = tri!(bit_offset(&args[2]));
+    let on = match parse_i64(&args[3]) {
+        Some(0) => false,
+        Some(1) => true,
+        _ => return Ok(Reply::err("bit is not an integer or out of range")),
+    };
+    let byte = offset >> 3;
+    let old_byte = match view.get(key)? {
+        Some(Entry {
+            value: Value::Hash { .. },
+            ..
+        }) => return Ok(Reply::wrong_type()),
+        Some(e) if byte < e.string_len() => Some(string_bytes(view, key, &e, byte..byte + 1)?[0]),
+        Some(_) => None,
+        None => {
+            reap_expired(view, key)?;
+            None
+        }
+    };
+    let was = old_byte.unwrap_or(0);
+    let new = if on {
+        was | bit_mask(offset)
+    } else {
+        was & !bit_mask(offset)
+    };
+    // Nothing to write when the byte is there and the bit as asked.
+    if old_byte != Some(new) {
+        view.push(Op::SetRange(pb::SetRange {
+            key: key.clone(),
+            offset: byte,
+            data: Bytes::copy_from_slice(&[new]),
+        }))?;
+    }
+    Ok(Reply::Int(i64::from(was & bit_mask(offset) != 0)))
+}
+
+fn getbit(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let offset = tri_read!(bit_offset(&args[2]));
+    let byte = offset >> 3;
+    let read = tri_read!(read_string(node, r, &args[1], |len| {
+        byte.min(len)..(byte + 1).min(len)
+    }));
+    let bit =
+        read.is_some_and(|(_, bytes)| bytes.first().is_some_and(|b| b & bit_mask(offset) != 0));
+    Reply::Int(i64::from(bit))
+}
+
+/// The bits BITCOUNT and BITPOS look at, first and last: `start..=end`
+/// of their arguments in bytes or (with BIT) in bits, negative ones from
+/// the end, within a string of `len` bytes; `None` when none.
+fn bit_span(start: i64, end: i64, bits: bool, len: u64) -> Option<(u64, u64)> {
+    let total = if bits { len as i64 * 8 } else { len as i64 };
+    let from_end = |i: i64| if i < 0 { (total + i).max(0) } else { i };
+    let (start, end) = (from_end(start), from_end(end).min(total - 1));
+    if start > end {
+        return None;
+    }
+    Some(if bits {
+        (start as u64, end as u64)
+    } else {
+        (start as u64 * 8, end as u64 * 8 + 7)
+    })
+}
+
+/// BIT or BYTE, as BITCOUNT's and BITPOS's last argument.
+fn bit_unit(arg: &[u8]) -> Result<bool, Reply> {
+    if eq(arg, "bit") {
+        Ok(true)
+    } else if eq(arg, "byte") {
+        Ok(false)
+    } else {
+        Err(syntax_error())
+    }
+}
+
+/// The string at `key` as BITCOUNT and BITPOS read it: its length and the
+/// bytes that the bits `span` gives for that length fall in, read in one
+/// state; WRONGTYPE for a hash, `None` if missing.
+fn read_bits(
+    node: &Node,
+    r: &dyn Reader,
+    key: &[u8],
+    span: impl Fn(u64) -> Option<(u64, u64)>,
+) -> Result<Option<(u64, Bytes)>, Reply> {
+    read_string(node, r, key, |len| match span(len) {
+        Some((first, last)) => first / 8..last / 8 + 1,
+        None => 0..0,
+    })
+}
+
+/// The bits from `first` to `last` of `bytes`, which begin at the byte
+/// `first` is in.
+fn bits_in(bytes: &[u8], first: u64, last: u64) -> impl Iterator<Item = (u64, bool)> + '_ {
+    let base = first / 8 * 8;
+    (first..=last).map(move |bit| (bit, bytes[((bit - base) / 8) as usize] & bit_mask(bit) != 0))
+}
+
+fn bitcount(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    // As Redis: a missing key counts 0 whatever the arguments are; two
+    // negative indexes out of order count 0 before the unit is read.
+    let range: Result<Option<(i64, i64, bool)>, Reply> = match args.len() {
+        2 => Ok(None),
+        4 | 5 => (|| {
+            let start = int_arg(&args[2])?;
+            let end = int_arg(&args[3])?;
+            let bits = match args.get(4) {
+                Some(_) if start < 0 && end < 0 && start > end => false,
+                Some(unit) => bit_unit(unit)?,
+                None => false,
+            };
+            Ok(Some((start, end, bits)))
+        })(),
+        _ => Err(syntax_error()),
+    };
+    let span = |len: u64| match &range {
+        Ok(None) => bit_span(0, -1, false, len),
+        Ok(Some((start, end, bits))) => bit_span(*start, *end, *bits, len),
+        Err(_) => None,
+    };
+    let Some((len, bytes)) = tri_read!(read_bits(node, r, &args[1], span)) else {
+        return Reply::Int(0);
+    };
+    if let Err(reply) = &range {
+        return reply.clone();
+    }
+    let count = span(len).map_or(0, |(first, last)| {
+        bits_in(&bytes, first, last).filter(|(_, set)| *set).count()
+    });
+    Reply::Int(count as i64)
+}
+
+fn bitpos(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let bit = match parse_i64(&args[2]) {
+        Some(bit @ (0 | 1)) => bit == 1,
+        Some(_) => return Reply::err("The bit argument must be 1 or 0."),
+        None => return not_integer(),
+    };
+    // start [end [BIT|BYTE]], checked in Redis's order; without an end,
+    // the string's end, past which its bits count as clear.
+    let range: Result<Option<(i64, Option<i64>, bool)>, Reply> = match args.len() {
+        3 => Ok(None),
+        4..=6 => (|| {
+            let start = int_arg(&args[3])?;
+            let bits = match args.get(5) {
+                Some(unit) => bit_unit(unit)?,
+                None => false,
+            };
+            let end = args.get(4).map(|end| int_arg(end)).transpose()?;
+            Ok(Some((start, end, bits)))
+        })(),
+        _ => Err(syntax_error()),
+    };
+    let span = |len: u64| match &range {
+        Ok(None) => bit_span(0, -1, false, len),
+        Ok(Some((start, end, bits))) => bit_span(*start, end.unwrap_or(-1), *bits, len),
+        Err(_) => None,
+    };
+    let Some((len, bytes)) = tri_read!(read_bits(node, r, &args[1], span)) else {
+        // A missing key is all clear bits.
+        return Reply::Int(if bit { -1 } else { 0 });
+    };
+    if let Err(reply) = &range {
+        return reply.clone();
+    }
+    let Some((first, last)) = span(len) else {
+        return Reply::Int(-1);
+    };
+    let end_given = matches!(range, Ok(Some((_, Some(_), _))));
+    Reply::Int(
+        match bits_in(&bytes, first, last).find(|(_, set)| *set == bit) {
+            Some((pos, _)) => pos as i64,
+            None if !bit && !end_given => last as i64 + 1,
+            None => -1,
+        },
+    )
+}
+
+/// BITOP AND|OR|XOR|NOT destkey key [key ...]: the result at `destkey`
+/// (without an expiry), or `destkey` deleted if it is empty; its length.
+/// A missing key reads as an empty string.
+fn bitop(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let op = args[1].to_ascii_lowercase();
+    if !matches!(&op[..], b"and" | b"or" | b"xor" | b"not") {
+        return Ok(syntax_error());
+    }
+    let (dest, sources) = (&args[2], &args[3..]);
+    if op == b"not" && sources.len() != 1 {
+        return Ok(Reply::err(
+            "BITOP NOT must be called with a single source key.",
+        ));
+    }
+    let mut values = Vec::with_capacity(sources.len());
+    for key in sources {
+        let entry = view.lookup(key)?;
+        values.push(tri!(string_of(view, key, entry)?).map_or_else(Bytes::new, |(s, _)| s));
+    }
+    let len = values.iter().map(Bytes::len).max().unwrap_or(0);
+    if len == 0 {
+        if view.entry(dest)?.is_some() {
+            delete(view, dest)?;
+        }
+        return Ok(Reply::Int(0));
+    }
+    let byte = |v: &Bytes, i: usize| v.get(i).copied().unwrap_or(0);
+    let result: Vec<u8> = (0..len)
+        .map(|i| match &op[..] {
+            b"not" => !byte(&values[0], i),
+            b"and" => values.iter().fold(0xff, |acc, v| acc & byte(v, i)),
+            b"or" => values.iter().fold(0, |acc, v| acc | byte(v, i)),
+            _ => values.iter().fold(0, |acc, v| acc ^ byte(v, i)),
+        })
+        .collect();
+    set_string(view, dest, Bytes::from(result), 0)?;
+    Ok(Reply::Int(len as i64))
 }
 
 /// Replaces the number in the string at `key` (keeping its expiry), or in

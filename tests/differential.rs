@@ -547,7 +547,7 @@ impl Gen {
     fn command(&mut self) -> Vec<String> {
         let s = |x: &str| x.to_string();
         let (k, k2) = (self.key(), self.key());
-        let mut args: Vec<String> = match self.below(54) {
+        let mut args: Vec<String> = match self.below(59) {
             0..=3 => {
                 let mut a = vec![s("SET"), k, self.value()];
                 for _ in 0..self.below(3) {
@@ -701,6 +701,48 @@ impl Gen {
             51 => vec![s("RENAMENX"), k, k2],
             52 => vec![s("TOUCH"), k, k2, self.key()],
             53 => vec![s("RANDOMKEY")],
+            // Bit offsets within both servers' largest string (ferry's
+            // is smaller), or past both.
+            54 => vec![
+                s("SETBIT"),
+                k,
+                s(self.pick(&["0", "7", "8", "13", "100", "-1", "x", "4294967296"])),
+                s(self.pick(&["0", "1", "1", "2", "x"])),
+            ],
+            55 => vec![
+                s("GETBIT"),
+                k,
+                s(self.pick(&["0", "3", "7", "9", "100", "-1", "y"])),
+            ],
+            56 | 57 => {
+                let bitpos = self.below(2) == 0;
+                let mut a = vec![s(if bitpos { "BITPOS" } else { "BITCOUNT" }), k];
+                if bitpos {
+                    a.push(s(self.pick(&["0", "1", "1", "2", "x"])));
+                }
+                let index = ["0", "1", "2", "-1", "-2", "-3", "5", "100", "-100", "x"];
+                for _ in 0..self.below(5) {
+                    let arg = if a.len() >= 4 + usize::from(bitpos) && self.below(2) == 0 {
+                        self.pick(&["BIT", "BYTE", "bit", "WORD"])
+                    } else {
+                        self.pick(&index)
+                    };
+                    a.push(s(arg));
+                }
+                a
+            }
+            58 => {
+                let mut a = vec![
+                    s("BITOP"),
+                    s(self.pick(&["AND", "OR", "XOR", "NOT", "not", "NOPE"])),
+                    k,
+                    k2,
+                ];
+                for _ in 0..self.below(3) {
+                    a.push(self.key());
+                }
+                a
+            }
             48 if self.below(20) == 0 => vec![s("FLUSHDB")],
             // Outside a transaction, mostly.
             49 if self.below(10) == 0 => vec![s(self.pick(&["EXEC", "DISCARD", "UNWATCH"]))],
@@ -1012,7 +1054,7 @@ fn long_strings_get_the_replies_redis_gives() {
             }
         };
         let s = |x: &str| x.to_string();
-        let args: Vec<String> = match rng.below(16) {
+        let args: Vec<String> = match rng.below(18) {
             0 | 1 => vec![s("SET"), key, data],
             2 | 3 => vec![s("APPEND"), key, data],
             4 | 5 => {
@@ -1035,6 +1077,27 @@ fn long_strings_get_the_replies_redis_gives() {
                 2 => vec![s("EXPIRE"), key, s("100000")],
                 _ => vec![s("PERSIST"), key],
             },
+            // Bits across the chunks.
+            16 => {
+                let bit = (pick(&mut rng, &offsets) * 8 + rng.below(8)).to_string();
+                match rng.below(2) {
+                    0 => vec![s("SETBIT"), key, bit, rng.below(2).to_string()],
+                    _ => vec![s("GETBIT"), key, bit],
+                }
+            }
+            17 => {
+                let mut a = match rng.below(2) {
+                    0 => vec![s("BITCOUNT"), key],
+                    _ => vec![s("BITPOS"), key, rng.below(2).to_string()],
+                };
+                if rng.below(3) > 0 {
+                    a.extend([index(&mut rng), index(&mut rng)]);
+                    if rng.below(2) == 0 {
+                        a.push(s("BIT"));
+                    }
+                }
+                a
+            }
             14 => match rng.below(4) {
                 0 => vec![s("HSET"), key, s("f"), s("v")],
                 1 => vec![s("INCR"), key],

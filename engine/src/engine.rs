@@ -244,6 +244,34 @@ macro_rules! stored {
 stored!(DB);
 stored!(rocksdb::Snapshot<'_>);
 
+/// The applier's reads, which learn a key's old state to replace it: they
+/// leave RocksDB's block cache as it was. Most of them find that a key is
+/// new, and a block read for that (a filter's false positive, one file in a
+/// hundred) would evict one that clients read: a load of new keys filled
+/// the cache with them.
+struct Uncached<'a>(&'a DB, &'a rocksdb::ReadOptions);
+
+impl Stored for Uncached<'_> {
+    fn pinned(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<rocksdb::DBPinnableSlice<'_>>, rocksdb::Error> {
+        self.0.get_pinned_opt(key, self.1)
+    }
+    fn iter_over(&self, prefix: &[u8]) -> rocksdb::DBRawIterator<'_> {
+        let mut opts = within(prefix);
+        opts.fill_cache(false);
+        self.0.raw_iterator_opt(opts)
+    }
+}
+
+/// Read options that leave the block cache as it was ([`Uncached`]).
+fn uncached_reads() -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.fill_cache(false);
+    opts
+}
+
 /// The stored entry of `key` in `db` (see [`Engine::entry`]).
 fn entry_in(db: &impl Stored, key: &[u8]) -> Result<Option<Entry>> {
     match db.pinned(&keys::key_key(key))? {
@@ -1556,6 +1584,8 @@ struct BatchTarget<'e> {
     /// batch, as RocksDB holds it.
     cache: &'e ReadCache,
     batch: SortedBatch,
+    /// Options of the batch's reads ([`Uncached`]).
+    uncached: rocksdb::ReadOptions,
     entries: FastMap<Bytes, Option<Entry>>,
     /// Fields (and chunks) written or deleted in this batch:
     /// `field_key -> value`.
@@ -1574,6 +1604,7 @@ impl BatchTarget<'_> {
             db: engine.db()?,
             cache: &engine.cache,
             batch: SortedBatch::default(),
+            uncached: uncached_reads(),
             entries: FastMap::default(),
             fields: FastMap::default(),
             cleared: HashSet::default(),
@@ -1585,6 +1616,11 @@ impl BatchTarget<'_> {
 }
 
 impl BatchTarget<'_> {
+    /// The stored state the batch reads, through [`Uncached`].
+    fn stored(&self) -> Uncached<'_> {
+        Uncached(&self.db, &self.uncached)
+    }
+
     /// A field (or chunk) as this batch has left it, `Some(None)` if gone;
     /// `None` if the batch has not touched it, so RocksDB holds it.
     fn field_in_batch(&self, key: &Bytes, field_key: &[u8]) -> Option<Option<Bytes>> {
@@ -1605,7 +1641,7 @@ impl Target for BatchTarget<'_> {
         }
         let entry = match self.cache.peek(key) {
             Some(cached) => cached,
-            None => entry_in(&*self.db, key)?,
+            None => entry_in(&self.stored(), key)?,
         };
         self.entries.insert(key.clone(), entry.clone());
         Ok(entry)
@@ -1619,7 +1655,7 @@ impl Target for BatchTarget<'_> {
             None if self.flushed => Ok(None),
             None => match self.cache.peek_header(key) {
                 Some(cached) => Ok(cached),
-                None => entry_header_in(&*self.db, key),
+                None => entry_header_in(&self.stored(), key),
             },
         }
     }
@@ -1628,7 +1664,10 @@ impl Target for BatchTarget<'_> {
         let fk = keys::field_key(key, field);
         match self.field_in_batch(key, &fk) {
             Some(value) => Ok(value),
-            None => Ok(self.db.get_pinned(&fk)?.map(|v| Bytes::copy_from_slice(&v))),
+            None => Ok(self
+                .stored()
+                .pinned(&fk)?
+                .map(|v| Bytes::copy_from_slice(&v))),
         }
     }
 
@@ -1637,7 +1676,7 @@ impl Target for BatchTarget<'_> {
         let fk = keys::field_key(key, field);
         match self.field_in_batch(key, &fk) {
             Some(value) => Ok(value.is_some()),
-            None => Ok(self.db.get_pinned(&fk)?.is_some()),
+            None => Ok(self.stored().pinned(&fk)?.is_some()),
         }
     }
 
