@@ -1379,31 +1379,37 @@ fn bits_in(bytes: &[u8], first: u64, last: u64) -> impl Iterator<Item = (u64, bo
 }
 
 fn bitcount(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
-    // As Redis: a missing key counts 0 whatever the arguments are; two
-    // negative indexes out of order count 0 before the unit is read.
-    let range: Result<Option<(i64, i64, bool)>, Reply> = match args.len() {
-        2 => Ok(None),
+    /// The bits BITCOUNT counts, as its arguments give them.
+    enum Counted {
+        Whole,
+        Span(i64, i64, bool),
+        /// Two negative indexes out of order: nothing, as Redis decides
+        /// before it reads the unit.
+        Nothing,
+    }
+    // As Redis: a missing key counts 0 whatever the arguments are.
+    let counted: Result<Counted, Reply> = match args.len() {
+        2 => Ok(Counted::Whole),
         4 | 5 => (|| {
             let start = int_arg(&args[2])?;
             let end = int_arg(&args[3])?;
-            let bits = match args.get(4) {
-                Some(_) if start < 0 && end < 0 && start > end => false,
-                Some(unit) => bit_unit(unit)?,
-                None => false,
-            };
-            Ok(Some((start, end, bits)))
+            if start < 0 && end < 0 && start > end {
+                return Ok(Counted::Nothing);
+            }
+            let bits = args.get(4).map(|unit| bit_unit(unit)).transpose()?;
+            Ok(Counted::Span(start, end, bits.unwrap_or(false)))
         })(),
         _ => Err(syntax_error()),
     };
-    let span = |len: u64| match &range {
-        Ok(None) => bit_span(0, -1, false, len),
-        Ok(Some((start, end, bits))) => bit_span(*start, *end, *bits, len),
-        Err(_) => None,
+    let span = |len: u64| match &counted {
+        Ok(Counted::Whole) => bit_span(0, -1, false, len),
+        Ok(Counted::Span(start, end, bits)) => bit_span(*start, *end, *bits, len),
+        Ok(Counted::Nothing) | Err(_) => None,
     };
     let Some((len, bytes)) = tri_read!(read_bits(node, r, &args[1], span)) else {
         return Reply::Int(0);
     };
-    if let Err(reply) = &range {
+    if let Err(reply) = &counted {
         return reply.clone();
     }
     let count = span(len).map_or(0, |(first, last)| {

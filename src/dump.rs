@@ -261,15 +261,20 @@ fn lzf_decompress(input: &[u8], len: usize) -> Result<Vec<u8>, Refused> {
     }
 }
 
-/// The entries of a ziplist (Redis 6 and before): a header, entries that
-/// each begin with the previous entry's length, an end byte.
-fn ziplist(zl: &[u8]) -> Result<Vec<Bytes>, Refused> {
-    let total = zl.get(..4).ok_or(Refused::BadFormat)?;
-    if u32::from_le_bytes(total.try_into().expect("4 bytes")) as usize != zl.len() {
+/// The entries of a ziplist or a listpack: `header` bytes (the first four
+/// the blob's length), then entries, each read by `entry` from its first
+/// byte on, up to the end byte (0xff), which must be the last.
+fn packed(
+    blob: &[u8],
+    header: usize,
+    mut entry: impl FnMut(&mut Rdb<'_>, u8) -> Result<Bytes, Refused>,
+) -> Result<Vec<Bytes>, Refused> {
+    let total = blob.get(..4).ok_or(Refused::BadFormat)?;
+    if u32::from_le_bytes(total.try_into().expect("4 bytes")) as usize != blob.len() {
         return Err(Refused::BadFormat);
     }
     let mut p = Rdb {
-        bytes: zl.get(10..).ok_or(Refused::BadFormat)?,
+        bytes: blob.get(header..).ok_or(Refused::BadFormat)?,
         max_len: 0,
     };
     let mut out = Vec::new();
@@ -278,11 +283,24 @@ fn ziplist(zl: &[u8]) -> Result<Vec<Bytes>, Refused> {
         if first == 0xff {
             break;
         }
+        out.push(entry(&mut p, first)?);
+    }
+    if p.bytes.is_empty() {
+        Ok(out)
+    } else {
+        Err(Refused::BadFormat)
+    }
+}
+
+/// The entries of a ziplist (Redis 6 and before): a header of 10 bytes,
+/// entries that each begin with the previous entry's length.
+fn ziplist(zl: &[u8]) -> Result<Vec<Bytes>, Refused> {
+    packed(zl, 10, |p, first| {
         if first == 0xfe {
             p.take(4)?;
         }
         let enc = p.byte()?;
-        let entry = match enc >> 6 {
+        Ok(match enc >> 6 {
             0 => Bytes::copy_from_slice(p.take(u64::from(enc & 0x3f))?),
             1 => {
                 let len = u64::from(enc & 0x3f) << 8 | u64::from(p.byte()?);
@@ -304,34 +322,16 @@ fn ziplist(zl: &[u8]) -> Result<Vec<Bytes>, Refused> {
                 0xf1..=0xfd => i64::from(enc & 0x0f) - 1,
                 _ => return Err(Refused::BadFormat),
             }),
-        };
-        out.push(entry);
-    }
-    if p.bytes.is_empty() {
-        Ok(out)
-    } else {
-        Err(Refused::BadFormat)
-    }
+        })
+    })
 }
 
-/// The entries of a listpack (Redis 7): a header, entries that each end
-/// with their own length, an end byte.
+/// The entries of a listpack (Redis 7): a header of 6 bytes, entries that
+/// each end with their own length.
 fn listpack(lp: &[u8]) -> Result<Vec<Bytes>, Refused> {
-    let total = lp.get(..4).ok_or(Refused::BadFormat)?;
-    if u32::from_le_bytes(total.try_into().expect("4 bytes")) as usize != lp.len() {
-        return Err(Refused::BadFormat);
-    }
-    let mut p = Rdb {
-        bytes: lp.get(6..).ok_or(Refused::BadFormat)?,
-        max_len: 0,
-    };
-    let mut out = Vec::new();
-    loop {
-        let before = p.bytes.len();
-        let enc = p.byte()?;
-        if enc == 0xff {
-            break;
-        }
+    packed(lp, 6, |p, enc| {
+        // With the byte already read.
+        let before = p.bytes.len() + 1;
         let entry = if enc & 0x80 == 0 {
             int_string(i64::from(enc))
         } else if enc & 0xc0 == 0x80 {
@@ -364,8 +364,7 @@ fn listpack(lp: &[u8]) -> Result<Vec<Bytes>, Refused> {
             }
         };
         // The entry's length, written after it in 1 to 5 bytes.
-        let len = before - p.bytes.len();
-        let backlen = match len {
+        let backlen = match before - p.bytes.len() {
             0..=127 => 1,
             128..=16_382 => 2,
             16_383..=2_097_150 => 3,
@@ -373,13 +372,8 @@ fn listpack(lp: &[u8]) -> Result<Vec<Bytes>, Refused> {
             _ => 5,
         };
         p.take(backlen)?;
-        out.push(entry);
-    }
-    if p.bytes.is_empty() {
-        Ok(out)
-    } else {
-        Err(Refused::BadFormat)
-    }
+        Ok(entry)
+    })
 }
 
 /// Entries as field-value pairs.

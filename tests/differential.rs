@@ -1688,82 +1688,30 @@ fn dump_and_restore_carry_values_between_ferry_and_redis() {
     let good: Vec<u8> = redis::cmd("DUMP").arg("int").query(&mut f).expect("DUMP");
     let mut flipped = good.clone();
     flipped[1] ^= 4;
+    let restore = |key: &str, ttl: &str, payload: &[u8], options: &[&str]| {
+        let mut args = vec![
+            b"RESTORE".to_vec(),
+            key.into(),
+            ttl.into(),
+            payload.to_vec(),
+        ];
+        args.extend(options.iter().map(|o| o.as_bytes().to_vec()));
+        args
+    };
     let cases: Vec<Vec<Vec<u8>>> = vec![
-        vec![
-            b"RESTORE".to_vec(),
-            b"int".to_vec(),
-            b"0".to_vec(),
-            good.clone(),
-        ],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"-1".to_vec(),
-            good.clone(),
-        ],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"x".to_vec(),
-            good.clone(),
-        ],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"0".to_vec(),
-            good[..5].to_vec(),
-        ],
-        vec![b"RESTORE".to_vec(), b"new".to_vec(), b"0".to_vec(), flipped],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"0".to_vec(),
-            good.clone(),
-            b"IDLETIME".to_vec(),
-            b"-1".to_vec(),
-        ],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"0".to_vec(),
-            good.clone(),
-            b"FREQ".to_vec(),
-            b"256".to_vec(),
-        ],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"0".to_vec(),
-            good.clone(),
-            b"FREQ".to_vec(),
-            b"1".to_vec(),
-            b"IDLETIME".to_vec(),
-            b"1".to_vec(),
-        ],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"0".to_vec(),
-            good.clone(),
-            b"NOW".to_vec(),
-        ],
+        restore("int", "0", &good, &[]),
+        restore("new", "-1", &good, &[]),
+        restore("new", "x", &good, &[]),
+        restore("new", "0", &good[..5], &[]),
+        restore("new", "0", &flipped, &[]),
+        restore("new", "0", &good, &["IDLETIME", "-1"]),
+        restore("new", "0", &good, &["FREQ", "256"]),
+        restore("new", "0", &good, &["FREQ", "1", "IDLETIME", "1"]),
+        restore("new", "0", &good, &["NOW"]),
         // Already expired: nothing stored, OK.
-        vec![
-            b"RESTORE".to_vec(),
-            b"gone".to_vec(),
-            b"1".to_vec(),
-            good.clone(),
-            b"ABSTTL".to_vec(),
-        ],
+        restore("gone", "1", &good, &["ABSTTL"]),
         vec![b"EXISTS".to_vec(), b"gone".to_vec()],
-        vec![
-            b"RESTORE".to_vec(),
-            b"new".to_vec(),
-            b"0".to_vec(),
-            good.clone(),
-            b"IDLETIME".to_vec(),
-            b"5".to_vec(),
-        ],
+        restore("new", "0", &good, &["IDLETIME", "5"]),
         vec![b"GET".to_vec(), b"new".to_vec()],
         vec![b"DUMP".to_vec(), b"nosuch".to_vec()],
     ];
