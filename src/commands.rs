@@ -1371,11 +1371,21 @@ fn read_bits(
     })
 }
 
-/// The bits from `first` to `last` of `bytes`, which begin at the byte
-/// `first` is in.
-fn bits_in(bytes: &[u8], first: u64, last: u64) -> impl Iterator<Item = (u64, bool)> + '_ {
-    let base = first / 8 * 8;
-    (first..=last).map(move |bit| (bit, bytes[((bit - base) / 8) as usize] & bit_mask(bit) != 0))
+/// The bytes that bits `first..=last` fall in, from `bytes` (which begin
+/// at `first`'s byte): each with its index and the mask of its bits in the
+/// span.
+fn span_bytes(bytes: &[u8], first: u64, last: u64) -> impl Iterator<Item = (u64, u8, u8)> + '_ {
+    let (first_byte, last_byte) = (first / 8, last / 8);
+    (first_byte..=last_byte).map(move |i| {
+        let mut mask = 0xff_u8;
+        if i == first_byte {
+            mask &= 0xff >> (first % 8);
+        }
+        if i == last_byte {
+            mask &= 0xff << (7 - last % 8);
+        }
+        (i, bytes[(i - first_byte) as usize], mask)
+    })
 }
 
 fn bitcount(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -1412,10 +1422,12 @@ fn bitcount(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     if let Err(reply) = &counted {
         return reply.clone();
     }
-    let count = span(len).map_or(0, |(first, last)| {
-        bits_in(&bytes, first, last).filter(|(_, set)| *set).count()
+    let count: u32 = span(len).map_or(0, |(first, last)| {
+        span_bytes(&bytes, first, last)
+            .map(|(_, byte, mask)| (byte & mask).count_ones())
+            .sum()
     });
-    Reply::Int(count as i64)
+    Reply::Int(i64::from(count))
 }
 
 fn bitpos(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
@@ -1455,18 +1467,23 @@ fn bitpos(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
         return Reply::Int(-1);
     };
     let end_given = matches!(range, Ok(Some((_, Some(_), _))));
-    Reply::Int(
-        match bits_in(&bytes, first, last).find(|(_, set)| *set == bit) {
-            Some((pos, _)) => pos as i64,
-            None if !bit && !end_given => last as i64 + 1,
-            None => -1,
-        },
-    )
+    // The first byte with a bit as asked in the span, and that bit.
+    let found = span_bytes(&bytes, first, last).find_map(|(i, byte, mask)| {
+        let matching = if bit { byte } else { !byte } & mask;
+        (matching != 0).then(|| i * 8 + u64::from(matching.leading_zeros()))
+    });
+    Reply::Int(match found {
+        Some(pos) => pos as i64,
+        None if !bit && !end_given => last as i64 + 1,
+        None => -1,
+    })
 }
 
 /// BITOP AND|OR|XOR|NOT destkey key [key ...]: the result at `destkey`
 /// (without an expiry), or `destkey` deleted if it is empty; its length.
-/// A missing key reads as an empty string.
+/// A missing key reads as an empty string, and a shorter one as padded
+/// with zero bytes. The sources are folded in one at a time: one of them
+/// and the result in memory, however many keys are named.
 fn bitop(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     let op = args[1].to_ascii_lowercase();
     if !matches!(&op[..], b"and" | b"or" | b"xor" | b"not") {
@@ -1478,27 +1495,44 @@ fn bitop(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
             "BITOP NOT must be called with a single source key.",
         ));
     }
-    let mut values = Vec::with_capacity(sources.len());
-    for key in sources {
+    let mut result: Vec<u8> = Vec::new();
+    for (n, key) in sources.iter().enumerate() {
         let entry = view.lookup(key)?;
-        values.push(tri!(string_of(view, key, entry)?).map_or_else(Bytes::new, |(s, _)| s));
+        let value = tri!(string_of(view, key, entry)?).map_or_else(Bytes::new, |(s, _)| s);
+        if result.len() < value.len() {
+            result.resize(value.len(), 0);
+        }
+        let byte = |i: usize| value.get(i).copied().unwrap_or(0);
+        match &op[..] {
+            b"not" => result
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, r)| *r = !byte(i)),
+            _ if n == 0 => result
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, r)| *r = byte(i)),
+            b"and" => result
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, r)| *r &= byte(i)),
+            b"or" => result
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, r)| *r |= byte(i)),
+            _ => result
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, r)| *r ^= byte(i)),
+        }
     }
-    let len = values.iter().map(Bytes::len).max().unwrap_or(0);
-    if len == 0 {
+    if result.is_empty() {
         if view.entry(dest)?.is_some() {
             delete(view, dest)?;
         }
         return Ok(Reply::Int(0));
     }
-    let byte = |v: &Bytes, i: usize| v.get(i).copied().unwrap_or(0);
-    let result: Vec<u8> = (0..len)
-        .map(|i| match &op[..] {
-            b"not" => !byte(&values[0], i),
-            b"and" => values.iter().fold(0xff, |acc, v| acc & byte(v, i)),
-            b"or" => values.iter().fold(0, |acc, v| acc | byte(v, i)),
-            _ => values.iter().fold(0, |acc, v| acc ^ byte(v, i)),
-        })
-        .collect();
+    let len = result.len();
     set_string(view, dest, Bytes::from(result), 0)?;
     Ok(Reply::Int(len as i64))
 }

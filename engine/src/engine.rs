@@ -121,12 +121,15 @@ fn ensure_layout(db: &DB) -> Result<()> {
     let mut opts = WriteOptions::default();
     opts.disable_wal(true);
     let mut moved = 0;
+    // Each batch seeks past the last row moved, not over the deletions
+    // before it.
+    let mut from = vec![keys::LEGACY_KEY];
     loop {
         let mut batch = WriteBatch::default();
         let mut rows = 0;
         {
             let mut it = db.iter_over(&[keys::LEGACY_KEY]);
-            it.seek([keys::LEGACY_KEY]);
+            it.seek(&from);
             while rows < LAYOUT_MOVE_BATCH_ROWS && it.valid() {
                 let (Some(k), Some(v)) = (it.key(), it.value()) else {
                     break;
@@ -136,6 +139,9 @@ fn ensure_layout(db: &DB) -> Result<()> {
                 }
                 batch.delete(k);
                 batch.put(keys::key_key(&k[1..]), v);
+                from.clear();
+                from.extend_from_slice(k);
+                from.push(0);
                 rows += 1;
                 it.next();
             }
