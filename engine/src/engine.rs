@@ -84,9 +84,30 @@ fn options() -> Options {
 }
 
 fn open_db(dir: &Path) -> Result<DB> {
-    let db = DB::open(&options(), dir)?;
+    let db = open_families(options(), dir)?;
     ensure_layout(&db)?;
     Ok(db)
+}
+
+/// An empty column family in every keyspace of layout 2 and later. It
+/// holds nothing: RocksDB opens a database for writing only with all of
+/// its column families named, so a version before layout 2, which names
+/// none, refuses the directory ("Column families not opened: layout-2")
+/// instead of serving it as empty and writing rows of the old layout.
+pub const LAYOUT_COLUMN_FAMILY: &str = "layout-2";
+
+/// Opens the database in `dir` with its column families: the default one,
+/// which holds the keyspace, and [`LAYOUT_COLUMN_FAMILY`] (made if
+/// missing).
+fn open_families(mut opts: Options, dir: &Path) -> Result<DB> {
+    opts.create_missing_column_families(true);
+    // Each family with its own options (the keyspace's are `opts`, which
+    // RocksDB would not apply to a family named without them).
+    let families = [
+        rocksdb::ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, opts.clone()),
+        rocksdb::ColumnFamilyDescriptor::new(LAYOUT_COLUMN_FAMILY, Options::default()),
+    ];
+    Ok(DB::open_cf_descriptors(&opts, dir, families)?)
 }
 
 /// Key entries moved in one RocksDB write when a keyspace of layout 1 is
@@ -1262,7 +1283,7 @@ impl Engine {
         // Never create an empty database in place of the one that was here.
         let mut opts = options();
         opts.create_if_missing(false);
-        let db = DB::open(&opts, &self.dir).map_err(|e| {
+        let db = open_families(opts, &self.dir).map_err(|e| {
             EngineError::Io(format!(
                 "reopening the engine in {} after a checkpoint swap: {e}; restart the node",
                 self.dir.display()
@@ -2141,6 +2162,34 @@ mod tests {
         drop(it);
         let layout = db.get_pinned(keys::META_LAYOUT).unwrap().unwrap();
         assert_eq!(keys::decode_u64(&layout), Some(keys::LAYOUT));
+    }
+
+    /// A version before layout 2 opens its database naming no column
+    /// family: it is refused, so it neither serves the keyspace as empty
+    /// nor writes rows of the old layout into it.
+    #[test]
+    fn a_version_before_layout_2_cannot_open_the_keyspace() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Engine::open(dir.path()).unwrap());
+        let refused = DB::open(&options(), dir.path())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains(LAYOUT_COLUMN_FAMILY)),
+            "{refused:?}"
+        );
+        // This version opens it again, and a checkpoint of it.
+        let engine = Engine::open(dir.path()).unwrap();
+        let checkpoint = dir.path().join("checkpoint");
+        engine.checkpoint(&checkpoint).unwrap();
+        assert_eq!(
+            checkpoint_meta(&checkpoint).unwrap().0,
+            engine.applied_lsn()
+        );
+        drop(engine);
+        assert!(Engine::open(&checkpoint).is_ok());
     }
 
     /// A keyspace a later version wrote is refused, opened or offered as a

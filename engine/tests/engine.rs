@@ -785,6 +785,16 @@ fn a_state_built_in_memory_and_ingested_equals_applying_record_by_record() {
     }
 }
 
+/// The engine's RocksDB database in `path`, opened as it is, to change it
+/// by hand.
+fn open_raw(path: &std::path::Path) -> rocksdb::DB {
+    let families = [
+        rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+        ferry_engine::LAYOUT_COLUMN_FAMILY,
+    ];
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), path, families).unwrap()
+}
+
 #[test]
 fn a_keyspace_without_its_expiry_count_gets_it_from_the_expiry_index() {
     let dir = tempfile::tempdir().unwrap();
@@ -803,7 +813,7 @@ fn a_keyspace_without_its_expiry_count_gets_it_from_the_expiry_index() {
     assert_eq!(engine.expiring(), expected);
     drop(engine);
     // As a keyspace written before the count was stored.
-    let db = rocksdb::DB::open_default(&path).unwrap();
+    let db = open_raw(&path);
     db.delete(b"Mexpiring").unwrap();
     db.flush().unwrap();
     drop(db);
@@ -811,7 +821,7 @@ fn a_keyspace_without_its_expiry_count_gets_it_from_the_expiry_index() {
     assert_eq!(engine.expiring(), expected);
     drop(engine);
     // A stored count that does not decode is counted again, not refused.
-    let db = rocksdb::DB::open_default(&path).unwrap();
+    let db = open_raw(&path);
     db.put(b"Mexpiring", b"bad").unwrap();
     db.flush().unwrap();
     drop(db);
