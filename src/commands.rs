@@ -323,6 +323,7 @@ pub static COMMANDS: &[Spec] = &[
     ),
     spec!("slowlog", -2, &[], 0, 0, 0, Handler::Conn(slowlog)),
     spec!("strlen", 2, R, 1, 1, 1, Handler::Read(strlen)),
+    spec!("substr", 4, RS, 1, 1, 1, Handler::Read(getrange)),
     spec!(
         "time",
         1,
@@ -501,6 +502,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("slowlog|len", &["admin", "slow", "dangerous"]),
     ("slowlog|reset", &["admin", "slow", "dangerous"]),
     ("strlen", &["read", "string", "fast"]),
+    ("substr", &["read", "string", "slow"]),
     ("time", &["fast"]),
     ("touch", &["keyspace", "read", "fast"]),
     ("ttl", &["keyspace", "read", "fast"]),

@@ -591,7 +591,12 @@ impl Gen {
             13 => vec![s("MSETNX"), k, self.value(), k2, self.value()],
             14 => vec![s("APPEND"), k, self.value()],
             15 => vec![s("STRLEN"), k],
-            16 => vec![s("GETRANGE"), k, self.int(), self.int()],
+            16 => vec![
+                s(self.pick(&["GETRANGE", "GETRANGE", "SUBSTR"])),
+                k,
+                self.int(),
+                self.int(),
+            ],
             17 => vec![
                 s("SETRANGE"),
                 k,
