@@ -437,6 +437,33 @@ mod tests {
         Bytes::copy_from_slice(s)
     }
 
+    /// `body` with its footer: the RDB version DUMP writes and the
+    /// checksum.
+    fn sealed(body: &[u8]) -> Vec<u8> {
+        let mut p = body.to_vec();
+        p.extend_from_slice(&RDB_VERSION_WRITTEN.to_le_bytes());
+        let crc = crc64(0, &p);
+        p.extend_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    /// A ziplist's or listpack's bytes: a `header`-byte header (its total
+    /// length first), `entries`, the end byte.
+    fn packed_blob(header: usize, entries: &[u8]) -> Vec<u8> {
+        let mut blob = ((header + entries.len() + 1) as u32).to_le_bytes().to_vec();
+        blob.resize(header, 0);
+        blob.extend_from_slice(entries);
+        blob.push(0xff);
+        blob
+    }
+
+    fn texts(entries: Vec<Bytes>) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(e).into_owned())
+            .collect()
+    }
+
     #[test]
     fn crc64_is_redis_s() {
         // The check value of CRC-64/Jones, in Redis's own crc64 test.
@@ -504,13 +531,6 @@ mod tests {
         // past the end, a hash claiming 2^32 fields, an LZF string longer
         // than the largest value, a list (type 1), bytes left over, a hash
         // with a field twice.
-        let seal = |body: &[u8]| {
-            let mut p = body.to_vec();
-            p.extend_from_slice(&RDB_VERSION_WRITTEN.to_le_bytes());
-            let crc = crc64(0, &p);
-            p.extend_from_slice(&crc.to_le_bytes());
-            p
-        };
         for body in [
             &b"\x00\x80\xff\xff\xff\xffab"[..],
             b"\x04\x80\xff\xff\xff\xff\x01a\x01b",
@@ -521,7 +541,7 @@ mod tests {
             b"\x04\x00",
         ] {
             assert_eq!(
-                decode(&seal(body), 1 << 20),
+                decode(&sealed(body), 1 << 20),
                 Err(Refused::BadFormat),
                 "{body:?}"
             );
@@ -542,15 +562,10 @@ mod tests {
             encode(&Dumped::Hash(vec![(b(b"f"), b(b"v")), (b(b"g"), b(b"123"))])),
         ];
         // A ziplist hash, as Redis 6 dumps one.
-        let mut zl = vec![0u8; 10];
-        zl.extend_from_slice(b"\x00\x01f\x02\xf2\x03\x02gh\x04\x01v\xff");
-        let total = zl.len() as u32;
-        zl[..4].copy_from_slice(&total.to_le_bytes());
+        let zl = packed_blob(10, b"\x00\x01f\x02\xf2\x03\x02gh\x04\x01v");
         let mut body = vec![TYPE_HASH_ZIPLIST, zl.len() as u8];
         body.extend_from_slice(&zl);
-        body.extend_from_slice(&RDB_VERSION_WRITTEN.to_le_bytes());
-        let crc = crc64(0, &body);
-        body.extend_from_slice(&crc.to_le_bytes());
+        let body = sealed(&body);
         assert!(decode(&body, 1 << 20).is_ok(), "seed {seed}");
         seeds.push(body);
         let max_len = 1 << 16;
@@ -600,17 +615,7 @@ mod tests {
         push(&[0xd0, 0x00, 0x00, 0x00, 0x80]);
         push(&[0xe0, 1, 0, 0, 0, 0, 0, 0, 0]);
         push(&[0xf3]);
-        let mut zl = Vec::new();
-        zl.extend_from_slice(&((10 + entries.len() + 1) as u32).to_le_bytes());
-        zl.extend_from_slice(&[0; 4]);
-        zl.extend_from_slice(&8u16.to_le_bytes());
-        zl.extend_from_slice(&entries);
-        zl.push(0xff);
-        let got: Vec<String> = ziplist(&zl)
-            .unwrap()
-            .iter()
-            .map(|e| String::from_utf8_lossy(e).into_owned())
-            .collect();
+        let got = texts(ziplist(&packed_blob(10, &entries)).unwrap());
         assert_eq!(
             got,
             [
@@ -641,16 +646,7 @@ mod tests {
         push(&[0xf3, 0x00, 0x00, 0x00, 0x80]);
         push(&[0xf4, 2, 0, 0, 0, 0, 0, 0, 0]);
         push(&[0xf0, 1, 0, 0, 0, b'z']);
-        let mut lp = Vec::new();
-        lp.extend_from_slice(&((6 + entries.len() + 1) as u32).to_le_bytes());
-        lp.extend_from_slice(&8u16.to_le_bytes());
-        lp.extend_from_slice(&entries);
-        lp.push(0xff);
-        let got: Vec<String> = listpack(&lp)
-            .unwrap()
-            .iter()
-            .map(|e| String::from_utf8_lossy(e).into_owned())
-            .collect();
+        let got = texts(listpack(&packed_blob(6, &entries)).unwrap());
         assert_eq!(
             got,
             ["5", "-1", "xy", "-32768", "-1", "-2147483648", "2", "z"]
