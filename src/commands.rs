@@ -229,6 +229,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("hlen", 2, R, 1, 1, 1, Handler::Read(hlen)),
     spec!("hmget", -3, R, 1, 1, 1, Handler::Read(hmget)),
     spec!("hmset", -4, WDF, 1, 1, 1, Handler::Write(hmset)),
+    spec!("hrandfield", -2, RS, 1, 1, 1, Handler::Read(hrandfield)),
     spec!("hscan", -3, RS, 1, 1, 1, Handler::Read(hscan)),
     spec!("hset", -4, WDF, 1, 1, 1, Handler::Write(hset)),
     spec!("hsetnx", 4, WDF, 1, 1, 1, Handler::Write(hsetnx)),
@@ -455,6 +456,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("hlen", &["read", "hash", "fast"]),
     ("hmget", &["read", "hash", "fast"]),
     ("hmset", &["write", "hash", "fast"]),
+    ("hrandfield", &["read", "hash", "slow"]),
     ("hscan", &["read", "hash", "slow"]),
     ("hset", &["write", "hash", "fast"]),
     ("hsetnx", &["write", "hash", "fast"]),
@@ -2347,6 +2349,94 @@ fn hexists(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 
 fn hstrlen(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     Reply::Int(tri_read!(read_field(node, r, &args[1], &args[2])).map_or(0, |v| v.len() as i64))
+}
+
+/// The most fields HRANDFIELD gives for a negative count, which may repeat
+/// them (its reply is built whole; Redis's, as it goes).
+pub const HRANDFIELD_REPEATS_MAX: u64 = 1 << 20;
+
+/// HRANDFIELD key [count [WITHVALUES]]: a random field (nil for a missing
+/// key); with a count, that many distinct fields (all of a smaller hash),
+/// or for a negative count that many drawn with repeats. The hash's fields
+/// are read whole (O(N) in the hash's size).
+fn hrandfield(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    // The count and WITHVALUES before the key, as Redis checks them.
+    let counted = if args.len() >= 3 {
+        let count = match parse_i64(&args[2]) {
+            Some(i64::MIN) => {
+                return Reply::err(
+                    "value is out of range, value must between -9223372036854775807 and 9223372036854775807",
+                );
+            }
+            Some(count) => count,
+            None => return not_integer(),
+        };
+        if args.len() > 4 || (args.len() == 4 && !eq(&args[3], "withvalues")) {
+            return syntax_error();
+        }
+        let withvalues = args.len() == 4;
+        if withvalues && !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&count) {
+            return Reply::err("value is out of range");
+        }
+        Some((count, withvalues))
+    } else {
+        None
+    };
+    let key = &args[1];
+    let (len, fields) = tri_read!(read_hash_with(node, r, key, |r| {
+        r.fields(key, None, usize::MAX)
+    }));
+    let pick = |n: usize| (random_u64() % n as u64) as usize;
+    let Some((count, withvalues)) = counted else {
+        return match len {
+            0 => Reply::Null,
+            _ => Reply::Bulk(fields[pick(fields.len())].0.clone()),
+        };
+    };
+    if len == 0 || count == 0 || fields.is_empty() {
+        return Reply::Array(Vec::new());
+    }
+    let chosen: Vec<usize> = if count < 0 {
+        if count.unsigned_abs() > HRANDFIELD_REPEATS_MAX {
+            return Reply::err(format!(
+                "count is past the most fields HRANDFIELD gives with repeats ({HRANDFIELD_REPEATS_MAX})"
+            ));
+        }
+        (0..count.unsigned_abs())
+            .map(|_| pick(fields.len()))
+            .collect()
+    } else if count as u64 >= fields.len() as u64 {
+        (0..fields.len()).collect()
+    } else {
+        // A partial shuffle: `count` distinct fields in random order.
+        let mut order: Vec<usize> = (0..fields.len()).collect();
+        for i in 0..count as usize {
+            let j = i + pick(order.len() - i);
+            order.swap(i, j);
+        }
+        order.truncate(count as usize);
+        order
+    };
+    if withvalues {
+        Reply::Pairs(
+            chosen
+                .into_iter()
+                .map(|i| {
+                    (
+                        Reply::Bulk(fields[i].0.clone()),
+                        Reply::Bulk(fields[i].1.clone()),
+                    )
+                })
+                .collect(),
+        )
+    } else {
+        Reply::Array(
+            chosen
+                .into_iter()
+                .map(|i| Reply::Bulk(fields[i].0.clone()))
+                .collect(),
+        )
+    }
 }
 
 /// A hash of at most this many fields is given whole by an HSCAN from

@@ -280,6 +280,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3, a flat array of pairs in RESP2.
     Map(Vec<(Reply, Reply)>),
+    /// Pairs that may repeat (HRANDFIELD's fields with values): an array
+    /// of two-element arrays in RESP3, a flat array in RESP2.
+    Pairs(Vec<(Reply, Reply)>),
     /// Text to show as it is (INFO, CLIENT LIST): a verbatim string
     /// (`=N\r\ntxt:...`) in RESP3, a bulk string in RESP2.
     Verbatim(Bytes),
@@ -361,6 +364,17 @@ impl Reply {
                     let _ = write!(out, "*{}\r\n", pairs.len() * 2);
                 }
                 for (k, v) in pairs {
+                    k.encode(out, resp3);
+                    v.encode(out, resp3);
+                }
+            }
+            Reply::Pairs(pairs) => {
+                let len = if resp3 { pairs.len() } else { pairs.len() * 2 };
+                let _ = write!(out, "*{len}\r\n");
+                for (k, v) in pairs {
+                    if resp3 {
+                        out.extend_from_slice(b"*2\r\n");
+                    }
                     k.encode(out, resp3);
                     v.encode(out, resp3);
                 }
@@ -494,6 +508,15 @@ mod tests {
         let map = Reply::Map(vec![(Reply::bulk_str("a"), Reply::Int(1))]);
         assert_eq!(enc(&map, false), b"*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(enc(&map, true), b"%1\r\n$1\r\na\r\n:1\r\n");
+        let pairs = Reply::Pairs(vec![(Reply::bulk_str("a"), Reply::Int(1)); 2]);
+        assert_eq!(
+            enc(&pairs, false),
+            b"*4\r\n$1\r\na\r\n:1\r\n$1\r\na\r\n:1\r\n"
+        );
+        assert_eq!(
+            enc(&pairs, true),
+            b"*2\r\n*2\r\n$1\r\na\r\n:1\r\n*2\r\n$1\r\na\r\n:1\r\n"
+        );
         assert_eq!(enc(&Reply::Null, false), b"$-1\r\n");
         assert_eq!(enc(&Reply::Null, true), b"_\r\n");
         assert_eq!(

@@ -465,6 +465,51 @@ fn copy_renamenx_touch_randomkey_and_time_behave_as_in_redis() {
     }
 }
 
+#[test]
+fn hrandfield_draws_fields_of_the_hash() {
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    let mut hset = vec!["HSET".to_string(), "h".to_string()];
+    for i in 0..10 {
+        hset.extend([format!("f{i}"), format!("v{i}")]);
+    }
+    let hset: Vec<&str> = hset.iter().map(String::as_str).collect();
+    assert_eq!(raw(c, &hset), V::Int(10));
+    let field = |f: &str| f.len() == 2 && f.starts_with('f');
+    let mut drawn = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let f: String = cmd(&["HRANDFIELD", "h"]).query(c).expect("HRANDFIELD");
+        assert!(field(&f), "{f}");
+        drawn.insert(f);
+    }
+    assert!(drawn.len() >= 3, "{drawn:?}");
+    // A positive count: distinct fields, all of them past the hash's size.
+    for (count, want) in [(5, 5), (10, 10), (20, 10)] {
+        let fields: Vec<String> = cmd(&["HRANDFIELD", "h", &count.to_string()])
+            .query(c)
+            .expect("HRANDFIELD");
+        let distinct: std::collections::BTreeSet<&String> = fields.iter().collect();
+        assert_eq!((fields.len(), distinct.len()), (want, want), "{fields:?}");
+        assert!(fields.iter().all(|f| field(f)));
+    }
+    // A negative one: that many, with repeats, each with its own value.
+    let pairs: Vec<String> = cmd(&["HRANDFIELD", "h", "-30", "WITHVALUES"])
+        .query(c)
+        .expect("HRANDFIELD");
+    assert_eq!(pairs.len(), 60);
+    for pair in pairs.chunks(2) {
+        assert_eq!(pair[1], format!("v{}", &pair[0][1..]), "{pair:?}");
+    }
+    assert!(
+        error(c, &["HRANDFIELD", "h", "-2000000"]).contains("the most fields HRANDFIELD gives")
+    );
+    assert_eq!(raw(c, &["HRANDFIELD", "nosuch"]), V::Nil);
+    assert_eq!(
+        raw(c, &["HRANDFIELD", "nosuch", "-2000000"]),
+        V::Array(Vec::new())
+    );
+}
+
 /// One SCAN call: the next cursor and the keys.
 fn scan_page(c: &mut redis::Connection, cursor: &str, count: usize) -> (String, Vec<String>) {
     let (next, keys): (String, Vec<String>) = cmd(&["SCAN", cursor, "COUNT", &count.to_string()])

@@ -331,7 +331,7 @@ fn replies(con: &mut redis::Connection, commands: &[Vec<String>]) -> Vec<Result<
 
 /// Sorts what Redis leaves unordered: an array's elements (KEYS, SCAN,
 /// HKEYS, HVALS), or the field-value pairs of HGETALL (a map in RESP3) and
-/// HSCAN; RANDOMKEY's key stands for any.
+/// HSCAN; RANDOMKEY's key and HRANDFIELD's fields stand for any.
 fn unordered(name: &str, v: Value) -> Value {
     match (name, v) {
         ("HGETALL", Value::Map(mut pairs)) => {
@@ -349,7 +349,18 @@ fn unordered(name: &str, v: Value) -> Value {
         }
         // Which key is each server's draw: that there is one is compared.
         ("RANDOMKEY", Value::BulkString(_)) => Value::BulkString(b"(a key)".to_vec()),
+        // Which fields: how many, and the reply's shape.
+        ("HRANDFIELD", v) => drawn(v),
         (_, v) => v,
+    }
+}
+
+/// A reply of random strings as its shape: each string stands for any.
+fn drawn(v: Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(items.into_iter().map(drawn).collect()),
+        Value::BulkString(_) => Value::BulkString(b"(drawn)".to_vec()),
+        v => v,
     }
 }
 
@@ -547,7 +558,7 @@ impl Gen {
     fn command(&mut self) -> Vec<String> {
         let s = |x: &str| x.to_string();
         let (k, k2) = (self.key(), self.key());
-        let mut args: Vec<String> = match self.below(59) {
+        let mut args: Vec<String> = match self.below(60) {
             0..=3 => {
                 let mut a = vec![s("SET"), k, self.value()];
                 for _ in 0..self.below(3) {
@@ -733,6 +744,27 @@ impl Gen {
                         self.pick(&index)
                     };
                     a.push(s(arg));
+                }
+                a
+            }
+            59 => {
+                let mut a = vec![s("HRANDFIELD"), k];
+                if self.below(4) > 0 {
+                    a.push(s(self.pick(&[
+                        "1",
+                        "2",
+                        "3",
+                        "5",
+                        "0",
+                        "-1",
+                        "-3",
+                        "-7",
+                        "x",
+                        "-9223372036854775808",
+                    ])));
+                    if self.below(2) == 0 {
+                        a.push(s(self.pick(&["WITHVALUES", "withvalues", "VALUES"])));
+                    }
                 }
                 a
             }
