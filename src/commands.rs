@@ -1499,6 +1499,12 @@ fn bitop(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
             "BITOP NOT must be called with a single source key.",
         ));
     }
+    let combine: fn(u8, u8) -> u8 = match &op[..] {
+        b"not" => |_, b| !b,
+        b"and" => |a, b| a & b,
+        b"or" => |a, b| a | b,
+        _ => |a, b| a ^ b,
+    };
     let mut result: Vec<u8> = Vec::new();
     for (n, key) in sources.iter().enumerate() {
         let entry = view.lookup(key)?;
@@ -1506,28 +1512,15 @@ fn bitop(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
         if result.len() < value.len() {
             result.resize(value.len(), 0);
         }
-        let byte = |i: usize| value.get(i).copied().unwrap_or(0);
-        match &op[..] {
-            b"not" => result
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, r)| *r = !byte(i)),
-            _ if n == 0 => result
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, r)| *r = byte(i)),
-            b"and" => result
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, r)| *r &= byte(i)),
-            b"or" => result
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, r)| *r |= byte(i)),
-            _ => result
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, r)| *r ^= byte(i)),
+        // The first source as it is (NOT's inverted); a shorter one reads
+        // as padded with zero bytes.
+        for (i, r) in result.iter_mut().enumerate() {
+            let byte = value.get(i).copied().unwrap_or(0);
+            *r = if n == 0 && op != b"not" {
+                byte
+            } else {
+                combine(*r, byte)
+            };
         }
     }
     if result.is_empty() {
@@ -1744,29 +1737,41 @@ fn copy(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 /// Writes the value of `from` (its `entry`) with its expiry at `to`, in
 /// place of whatever `to` holds.
 fn write_copy(view: &mut View<'_>, from: &Bytes, to: &Bytes, entry: &Entry) -> EResult<()> {
-    match entry.value {
-        Value::String(_) | Value::LongString { .. } => {
-            let s = string_bytes(view, from, entry, 0..entry.string_len())?;
-            set_string(view, to, s, entry.expire_at_ms)?;
-        }
-        Value::Hash { .. } => {
-            let fields = view.hash_fields(from)?;
-            if view.entry(to)?.is_some() {
-                delete(view, to)?;
+    let value = value_of(view, from, entry)?;
+    write_value(view, to, value, entry.expire_at_ms)
+}
+
+/// The value of `key`, whose live entry is `entry`: a string's bytes or a
+/// hash's fields (COPY, RENAME and DUMP read it so).
+fn value_of(r: &dyn Reader, key: &[u8], entry: &Entry) -> EResult<Dumped> {
+    Ok(match entry.value {
+        Value::Hash { .. } => Dumped::Hash(r.fields(key, None, usize::MAX)?),
+        _ => Dumped::String(string_bytes(r, key, entry, 0..entry.string_len())?),
+    })
+}
+
+/// Writes `value` expiring at `expire_at_ms` (0: never) at `key`, in place
+/// of whatever `key` holds.
+fn write_value(view: &mut View<'_>, key: &Bytes, value: Dumped, expire_at_ms: u64) -> EResult<()> {
+    match value {
+        Dumped::String(s) => set_string(view, key, s, expire_at_ms),
+        Dumped::Hash(fields) => {
+            if view.entry(key)?.is_some() {
+                delete(view, key)?;
             }
             view.push(Op::HashSet(pb::HashSet {
-                key: to.clone(),
+                key: key.clone(),
                 fields: fields
                     .into_iter()
                     .map(|(field, value)| pb::FieldValue { field, value })
                     .collect(),
             }))?;
-            if entry.expire_at_ms != 0 {
-                set_expiry(view, to, entry.expire_at_ms)?;
+            if expire_at_ms != 0 {
+                set_expiry(view, key, expire_at_ms)?;
             }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 /// DUMP: the key's value as a payload RESTORE takes, here or in Redis
@@ -1776,13 +1781,7 @@ fn dump(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let now = now_ms();
     let (entry, value) = tri_read!(stable(r, |r| {
         let entry = r.live(key, now)?;
-        let value = match &entry {
-            None => None,
-            Some(e) if matches!(e.value, Value::Hash { .. }) => {
-                Some(Dumped::Hash(r.fields(key, None, usize::MAX)?))
-            }
-            Some(e) => Some(Dumped::String(string_bytes(r, key, e, 0..e.string_len())?)),
-        };
+        let value = entry.as_ref().map(|e| value_of(r, key, e)).transpose()?;
         Ok((entry, value))
     }));
     count_lookup(node, &entry);
@@ -1857,26 +1856,9 @@ fn restore(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     if expire_at_ms != 0 && expire_at_ms <= view.now_ms() {
         return Ok(Reply::ok());
     }
-    match value {
-        Dumped::String(s) => {
-            if let Err(reply) = check_string_length(s.len() as u64) {
-                return Ok(reply);
-            }
-            set_string(view, key, s, expire_at_ms)?;
-        }
-        Dumped::Hash(fields) => {
-            view.push(Op::HashSet(pb::HashSet {
-                key: key.clone(),
-                fields: fields
-                    .into_iter()
-                    .map(|(field, value)| pb::FieldValue { field, value })
-                    .collect(),
-            }))?;
-            if expire_at_ms != 0 {
-                set_expiry(view, key, expire_at_ms)?;
-            }
-        }
-    }
+    // A string in the payload is within the largest: a plain one is no
+    // longer than the argument, a compressed one was checked by `decode`.
+    write_value(view, key, value, expire_at_ms)?;
     Ok(Reply::ok())
 }
 

@@ -458,7 +458,11 @@ fn copy_renamenx_touch_randomkey_and_time_behave_as_in_redis() {
     assert_eq!(raw(c, &["FLUSHALL"]), ok());
     raw(c, &["SET", "gone", "1", "PX", "1"]);
     raw(c, &["SET", "live", "1"]);
-    std::thread::sleep(Duration::from_millis(5));
+    // Due: PTTL says it is gone (bounded wait on that, not a sleep).
+    assert!(wait_until(Duration::from_secs(5), || raw(
+        c,
+        &["PTTL", "gone"]
+    ) == V::Int(-2)));
     for _ in 0..20 {
         let key: Option<String> = cmd(&["RANDOMKEY"]).query(c).expect("RANDOMKEY");
         assert_eq!(key.as_deref(), Some("live"));
