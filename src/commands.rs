@@ -248,6 +248,7 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(crate::info::info)
     ),
     spec!("keys", 2, &["readonly"], 0, 0, 0, Handler::Read(keys)),
+    spec!("lcs", -3, RS, 1, 2, 1, Handler::Read(lcs)),
     spec!("memory", -2, &[], 0, 0, 0, Handler::Read(memory)),
     spec!("mget", -2, R, 1, -1, 1, Handler::Read(mget)),
     spec!("mset", -3, WD, 1, -1, 2, Handler::Write(mset)),
@@ -287,6 +288,22 @@ pub static COMMANDS: &[Spec] = &[
         0,
         0,
         Handler::ReplicaOf
+    ),
+    spec!(
+        "reset",
+        1,
+        &[
+            "noscript",
+            "loading",
+            "stale",
+            "fast",
+            "no_auth",
+            "allow_busy"
+        ],
+        0,
+        0,
+        0,
+        Handler::Conn(reset)
     ),
     spec!("restore", -4, WD, 1, 1, 1, Handler::Write(restore)),
     spec!(
@@ -467,6 +484,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("incrbyfloat", &["write", "string", "fast"]),
     ("info", &["slow", "dangerous"]),
     ("keys", &["keyspace", "read", "slow", "dangerous"]),
+    ("lcs", &["read", "string", "slow"]),
     ("memory", &["slow"]),
     ("memory|help", &["slow"]),
     ("memory|malloc-stats", &["slow"]),
@@ -488,6 +506,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("rename", &["keyspace", "write", "slow"]),
     ("renamenx", &["keyspace", "write", "fast"]),
     ("replicaof", &["admin", "slow", "dangerous"]),
+    ("reset", &["fast", "connection"]),
     ("restore", &["keyspace", "write", "slow", "dangerous"]),
     ("role", &["admin", "fast", "dangerous"]),
     ("scan", &["keyspace", "read", "slow"]),
@@ -938,6 +957,153 @@ fn getrange(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     };
     let s = tri_read!(read_string(node, r, &args[1], range)).map_or(Bytes::new(), |(_, s)| s);
     Reply::Bulk(s)
+}
+
+/// The most memory LCS's table may take (4 bytes for each pair of
+/// positions of the two strings, plus one row and column): past it, LCS
+/// refuses with the error Redis gives when it cannot allocate the table.
+pub const LCS_TABLE_BYTES_MAX: u64 = 512 << 20;
+
+/// LCS: the longest common subsequence of two strings, as Redis 7.0 finds
+/// it (the same one of several of equal length, the same ranges).
+fn lcs(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let now = now_ms();
+    let (a, b) = (&args[1], &args[2]);
+    // Both strings in one state.
+    let read = |r: &dyn Reader| {
+        let entries = (r.live(a, now)?, r.live(b, now)?);
+        let bytes = |key: &[u8], entry: &Option<Entry>| match entry {
+            Some(
+                e @ Entry {
+                    value: Value::String(_) | Value::LongString { .. },
+                    ..
+                },
+            ) => string_bytes(r, key, e, 0..e.string_len()),
+            _ => Ok(Bytes::new()),
+        };
+        let values = (bytes(a, &entries.0)?, bytes(b, &entries.1)?);
+        Ok((entries, values))
+    };
+    let ((entry_a, entry_b), (a, b)) = tri_read!(stable(r, read));
+    count_lookup(node, &entry_a);
+    count_lookup(node, &entry_b);
+    let is_hash = |e: &Option<Entry>| {
+        matches!(
+            e,
+            Some(Entry {
+                value: Value::Hash { .. },
+                ..
+            })
+        )
+    };
+    if is_hash(&entry_a) || is_hash(&entry_b) {
+        return Reply::err("The specified keys must contain string values");
+    }
+    let (mut idx, mut len, mut with_match_len, mut min_match_len) = (false, false, false, 0u64);
+    let mut i = 3;
+    while i < args.len() {
+        let opt = &args[i];
+        if eq(opt, "idx") {
+            idx = true;
+        } else if eq(opt, "len") {
+            len = true;
+        } else if eq(opt, "withmatchlen") {
+            with_match_len = true;
+        } else if eq(opt, "minmatchlen") && i + 1 < args.len() {
+            min_match_len = tri_read!(int_arg(&args[i + 1])).max(0) as u64;
+            i += 1;
+        } else {
+            return syntax_error();
+        }
+        i += 1;
+    }
+    if idx && len {
+        return Reply::err("If you want both the length and indexes, please just use IDX.");
+    }
+    let (rows, cols) = (a.len() + 1, b.len() + 1);
+    let cells = (rows as u64).saturating_mul(cols as u64);
+    let mut table: Vec<u32> = Vec::new();
+    if cells.saturating_mul(4) > LCS_TABLE_BYTES_MAX
+        || table.try_reserve_exact(cells as usize).is_err()
+    {
+        return Reply::err("Insufficient memory, failed allocating transient memory for LCS");
+    }
+    // table[i * cols + j]: the LCS's length of a[..i] and b[..j].
+    table.resize(cols, 0);
+    for i in 1..rows {
+        table.push(0);
+        for j in 1..cols {
+            let cell = if a[i - 1] == b[j - 1] {
+                table[(i - 1) * cols + j - 1] + 1
+            } else {
+                table[(i - 1) * cols + j].max(table[i * cols + j - 1])
+            };
+            table.push(cell);
+        }
+    }
+    let at = |i: usize, j: usize| table[i * cols + j];
+    let total = at(a.len(), b.len());
+    if len {
+        return Reply::Int(i64::from(total));
+    }
+    // Back from the ends: each match taken, ranges of matches contiguous
+    // in both strings given from the last to the first.
+    let mut common = vec![0u8; total as usize];
+    let mut left = total as usize;
+    let mut matches = Vec::new();
+    // The range being grown: (start in a, end in a, start in b, end in b).
+    let mut range: Option<(usize, usize, usize, usize)> = None;
+    let (mut i, mut j) = (a.len(), b.len());
+    while i > 0 && j > 0 {
+        let mut emit = false;
+        if a[i - 1] == b[j - 1] {
+            left -= 1;
+            common[left] = a[i - 1];
+            range = match range {
+                None => Some((i - 1, i - 1, j - 1, j - 1)),
+                // Always contiguous: a match steps back in both.
+                Some((sa, ea, sb, eb)) => Some((sa - 1, ea, sb - 1, eb)),
+            };
+            if range.is_some_and(|(sa, _, sb, _)| sa == 0 || sb == 0) {
+                emit = true;
+            }
+            i -= 1;
+            j -= 1;
+        } else {
+            if at(i - 1, j) > at(i, j - 1) {
+                i -= 1;
+            } else {
+                j -= 1;
+            }
+            emit = range.is_some();
+        }
+        if emit && let Some((sa, ea, sb, eb)) = range.take() {
+            let match_len = (ea - sa + 1) as u64;
+            if match_len >= min_match_len {
+                let mut item = vec![
+                    Reply::Array(vec![Reply::Int(sa as i64), Reply::Int(ea as i64)]),
+                    Reply::Array(vec![Reply::Int(sb as i64), Reply::Int(eb as i64)]),
+                ];
+                if with_match_len {
+                    item.push(Reply::Int(match_len as i64));
+                }
+                matches.push(Reply::Array(item));
+            }
+        }
+    }
+    if idx {
+        return Reply::Map(vec![
+            (
+                Reply::Bulk(Bytes::from_static(b"matches")),
+                Reply::Array(matches),
+            ),
+            (
+                Reply::Bulk(Bytes::from_static(b"len")),
+                Reply::Int(i64::from(total)),
+            ),
+        ]);
+    }
+    Reply::Bulk(Bytes::from(common))
 }
 
 /// Expiry options of SET and GETEX.
@@ -2500,6 +2666,18 @@ fn echo(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
 fn quit(_node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
     conn.quit = true;
     Reply::ok()
+}
+
+/// RESET: the connection as a new one finds it, as Redis 7.0 leaves it: no
+/// transaction or watched keys, RESP2, no name, logged out if a password
+/// is required; the library it named stays (CLIENT SETINFO).
+fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
+    conn.multi = None;
+    conn.watch.clear();
+    conn.resp3 = false;
+    conn.name = None;
+    conn.authenticated = node.config.requirepass.is_none();
+    Reply::Simple("RESET".into())
 }
 
 fn select(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {

@@ -681,7 +681,7 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
     if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
         return Err(commands::wrong_arity(spec.name));
     }
-    if !conn.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+    if !conn.authenticated && !spec.flags.contains(&"no_auth") {
         return Err(Reply::Error("NOAUTH Authentication required.".into()));
     }
     let data_command = matches!(spec.handler, Handler::Write(_) | Handler::Read(_));
@@ -886,7 +886,7 @@ fn ran(
 
 /// Commands that run at once inside MULTI instead of being queued.
 fn runs_in_multi(name: &[u8]) -> bool {
-    ["exec", "discard", "multi", "watch", "quit"]
+    ["exec", "discard", "multi", "watch", "quit", "reset"]
         .iter()
         .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
 }

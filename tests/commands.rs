@@ -871,6 +871,19 @@ fn connection_and_server_commands_answer_like_redis() {
             other => panic!("{args:?}: {other:?}"),
         }
     }
+    // RESET: RESP2 again, no name, logged out (a password is required).
+    raw(c, &["CLIENT", "SETNAME", "named"]);
+    assert_eq!(raw(c, &["RESET"]), V::SimpleString("RESET".into()));
+    assert_eq!(
+        error(c, &["HGETALL", "h"]),
+        "NOAUTH Authentication required."
+    );
+    assert_eq!(raw(c, &["AUTH", "sesame"]), ok());
+    assert_eq!(
+        raw(c, &["HGETALL", "h"]),
+        V::Array(vec![bulk("f"), bulk("v")])
+    );
+    assert_eq!(raw(c, &["CLIENT", "GETNAME"]), V::Nil);
     assert_eq!(raw(c, &["QUIT"]), ok());
 }
 

@@ -601,7 +601,23 @@ impl Gen {
             12 => vec![s("MSET"), k, self.value(), k2, self.value()],
             13 => vec![s("MSETNX"), k, self.value(), k2, self.value()],
             14 => vec![s("APPEND"), k, self.value()],
-            15 => vec![s("STRLEN"), k],
+            15 if self.below(2) == 0 => vec![s("STRLEN"), k],
+            15 => {
+                let mut a = vec![s("LCS"), k, k2];
+                for _ in 0..self.below(4) {
+                    match self.below(6) {
+                        0 => a.push(s("LEN")),
+                        1 | 2 => a.push(s("IDX")),
+                        3 => a.push(s("WITHMATCHLEN")),
+                        4 => a.extend([
+                            s("MINMATCHLEN"),
+                            s(self.pick(&["0", "1", "2", "4", "-1", "x"])),
+                        ]),
+                        _ => a.push(s(self.pick(&["BOGUS", "MINMATCHLEN"]))),
+                    }
+                }
+                a
+            }
             16 => vec![
                 s(self.pick(&["GETRANGE", "GETRANGE", "SUBSTR"])),
                 k,
@@ -1057,6 +1073,10 @@ fn long_strings_get_the_replies_redis_gives() {
     let mut r = connect(&format!("redis://127.0.0.1:{}/", redis.port), false)
         .expect("connect to redis-server");
     let mut rng = SeededRng::new(seed);
+    // What LCS compares the long strings with (LCS of two long strings
+    // takes a table past ferry's LCS_TABLE_BYTES_MAX).
+    let short = ["SET".to_string(), "short".into(), "kmtaxbzhpq".repeat(5)];
+    assert_eq!(reply(&mut f, &short), reply(&mut r, &short));
     let pick = |rng: &mut SeededRng, from: &[u64]| from[rng.below(from.len() as u64) as usize];
     let sizes = [
         1,
@@ -1104,7 +1124,11 @@ fn long_strings_get_the_replies_redis_gives() {
             }
             6 => vec![s("GET"), key],
             7 | 8 => vec![s("GETRANGE"), key, index(&mut rng), index(&mut rng)],
-            9 => vec![s("STRLEN"), key],
+            9 => match rng.below(3) {
+                0 => vec![s("STRLEN"), key],
+                1 => vec![s("LCS"), key, s("short"), s("IDX"), s("WITHMATCHLEN")],
+                _ => vec![s("LCS"), s("short"), key],
+            },
             10 => vec![s("MGET"), s("s0"), s("s1"), s("s2"), s("missing")],
             11 => vec![s("GETSET"), key, data],
             12 => vec![s("RENAME"), key, format!("s{}", rng.below(3))],
@@ -1326,6 +1350,52 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             [
                 resp(&[b"HELLO", b"3", b"SETNAME", b"my name"]),
                 resp(&[b"CLIENT", b"GETNAME"]),
+            ]
+            .concat(),
+        ),
+        (
+            "RESET leaves a new connection's state",
+            [
+                resp(&[b"CLIENT", b"SETNAME", b"before"]),
+                resp(&[b"SET", b"reset-k", b"1"]),
+                resp(&[b"WATCH", b"reset-k"]),
+                resp(&[b"MULTI"]),
+                resp(&[b"INCR", b"reset-k"]),
+                resp(&[b"RESET"]),
+                resp(&[b"EXEC"]),
+                resp(&[b"CLIENT", b"GETNAME"]),
+                resp(&[b"LCS", b"reset-k", b"reset-k", b"IDX"]),
+                resp(&[b"INCR", b"reset-k"]),
+                resp(&[b"RESET", b"extra"]),
+                resp(&[b"reset"]),
+            ]
+            .concat(),
+        ),
+        (
+            "LCS of missing keys, a hash, and its option errors",
+            [
+                resp(&[b"SET", b"lcs-a", b"ohmytext"]),
+                resp(&[b"SET", b"lcs-b", b"mynewtext"]),
+                resp(&[b"LCS", b"lcs-a", b"lcs-b"]),
+                resp(&[b"LCS", b"lcs-a", b"lcs-b", b"LEN"]),
+                resp(&[
+                    b"LCS",
+                    b"lcs-a",
+                    b"lcs-b",
+                    b"IDX",
+                    b"MINMATCHLEN",
+                    b"4",
+                    b"WITHMATCHLEN",
+                ]),
+                resp(&[b"LCS", b"lcs-a", b"lcs-b", b"IDX", b"LEN"]),
+                resp(&[b"LCS", b"lcs-a", b"nosuch"]),
+                resp(&[b"LCS", b"nosuch", b"nosuch2", b"IDX"]),
+                resp(&[b"HSET", b"lcs-h", b"f", b"v"]),
+                resp(&[b"LCS", b"lcs-a", b"lcs-h", b"BOGUS"]),
+                resp(&[b"LCS", b"lcs-a", b"lcs-b", b"BOGUS"]),
+                resp(&[b"LCS", b"lcs-a", b"lcs-b", b"MINMATCHLEN"]),
+                resp(&[b"LCS", b"lcs-a", b"lcs-b", b"MINMATCHLEN", b"x"]),
+                resp(&[b"LCS", b"lcs-a"]),
             ]
             .concat(),
         ),
