@@ -248,6 +248,7 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(crate::info::info)
     ),
     spec!("keys", 2, &["readonly"], 0, 0, 0, Handler::Read(keys)),
+    spec!("latency", -2, &[], 0, 0, 0, Handler::Conn(latency)),
     spec!("lcs", -3, RS, 1, 2, 1, Handler::Read(lcs)),
     spec!("memory", -2, &[], 0, 0, 0, Handler::Read(memory)),
     spec!("mget", -2, R, 1, -1, 1, Handler::Read(mget)),
@@ -364,9 +365,9 @@ pub static COMMANDS: &[Spec] = &[
 type Subcommands = &'static [(&'static str, i64)];
 
 /// The subcommands of the container commands (CLIENT, COMMAND, CONFIG,
-/// SLOWLOG), as Redis 7 names them in its errors and in INFO
-/// commandstats (`client|setname`), with their arity as Redis counts it
-/// (the container's name included; negative: at least).
+/// LATENCY, MEMORY, SLOWLOG), as Redis 7 names them in its errors and in
+/// INFO commandstats (`client|setname`), with their arity as Redis counts
+/// it (the container's name included; negative: at least).
 pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
     (
         "client",
@@ -395,6 +396,18 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
     (
         "config",
         &[("get", -3), ("help", 2), ("resetstat", 2), ("set", -4)],
+    ),
+    (
+        "latency",
+        &[
+            ("doctor", 2),
+            ("graph", 3),
+            ("help", 2),
+            ("histogram", -2),
+            ("history", 3),
+            ("latest", 2),
+            ("reset", -2),
+        ],
     ),
     (
         "memory",
@@ -484,6 +497,14 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("incrbyfloat", &["write", "string", "fast"]),
     ("info", &["slow", "dangerous"]),
     ("keys", &["keyspace", "read", "slow", "dangerous"]),
+    ("latency", &["slow"]),
+    ("latency|doctor", &["admin", "slow", "dangerous"]),
+    ("latency|graph", &["admin", "slow", "dangerous"]),
+    ("latency|help", &["slow"]),
+    ("latency|histogram", &["admin", "slow", "dangerous"]),
+    ("latency|history", &["admin", "slow", "dangerous"]),
+    ("latency|latest", &["admin", "slow", "dangerous"]),
+    ("latency|reset", &["admin", "slow", "dangerous"]),
     ("lcs", &["read", "string", "slow"]),
     ("memory", &["slow"]),
     ("memory|help", &["slow"]),
@@ -3395,6 +3416,108 @@ fn slowlog(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    Prints this help.",
         ]),
         _ => subcommand_error("slowlog", &args[1]),
+    }
+}
+
+/// LATENCY: the latency monitor's events ([`crate::latency`]) and each
+/// command's histogram, as Redis 7.0 gives them.
+fn latency(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    let monitor = &node.latency;
+    match (sub.as_str(), args.len()) {
+        ("latest", 2) => Reply::Array(
+            monitor
+                .latest()
+                .into_iter()
+                .map(|(name, secs, ms, max)| {
+                    Reply::Array(vec![
+                        Reply::bulk(name),
+                        Reply::Int(secs as i64),
+                        Reply::Int(ms as i64),
+                        Reply::Int(max as i64),
+                    ])
+                })
+                .collect(),
+        ),
+        ("history", 3) => Reply::Array(
+            monitor
+                .history(&args[2])
+                .into_iter()
+                .map(|(secs, ms)| {
+                    Reply::Array(vec![Reply::Int(secs as i64), Reply::Int(ms as i64)])
+                })
+                .collect(),
+        ),
+        ("reset", _) => Reply::Int(monitor.reset(&args[2..]) as i64),
+        ("graph", 3) => match monitor.graph(&args[2]) {
+            Some(text) => Reply::Verbatim(text.into()),
+            None => Reply::err(format!(
+                "No samples available for event '{}'",
+                String::from_utf8_lossy(&args[2])
+            )),
+        },
+        ("doctor", 2) => {
+            Reply::Verbatim(monitor.doctor(node.config.slowlog_log_slower_than).into())
+        }
+        ("histogram", _) => {
+            let named: Vec<String> = args[2..]
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+                .collect();
+            // A name given is the command, or a container and its
+            // subcommands.
+            let wanted = |name: &str| {
+                named.is_empty()
+                    || named.iter().any(|n| {
+                        name == n
+                            || name
+                                .strip_prefix(n.as_str())
+                                .is_some_and(|rest| rest.starts_with('|'))
+                    })
+            };
+            Reply::Map(
+                node.stats
+                    .per_command()
+                    .filter(|(name, _)| wanted(name))
+                    .filter_map(|(name, c)| {
+                        let (calls, buckets) = crate::latency::cumulative(&c.latency);
+                        (calls > 0).then(|| {
+                            let buckets = buckets
+                                .into_iter()
+                                .map(|(us, n)| (Reply::Int(us as i64), Reply::Int(n as i64)))
+                                .collect();
+                            (
+                                Reply::bulk(name),
+                                Reply::Map(vec![
+                                    (Reply::bulk("calls"), Reply::Int(calls as i64)),
+                                    (Reply::bulk("histogram_usec"), Reply::Map(buckets)),
+                                ]),
+                            )
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        ("help", 2) => help(&[
+            "LATENCY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "DOCTOR",
+            "    Return a human readable latency analysis report.",
+            "GRAPH <event>",
+            "    Return an ASCII latency graph for the <event> class.",
+            "HISTORY <event>",
+            "    Return time-latency samples for the <event> class.",
+            "LATEST",
+            "    Return the latest latency samples for all events.",
+            "RESET [<event> ...]",
+            "    Reset latency data of one or more <event> classes.",
+            "    (default: reset all data for all event classes)",
+            "HISTOGRAM [COMMAND ...]",
+            "    Return a cumulative distribution of latencies in the format of a histogram for the specified command names.",
+            "    If no commands are specified then all histograms are replied.",
+            "HELP",
+            "    Prints this help.",
+        ]),
+        _ => subcommand_error("latency", &args[1]),
     }
 }
 

@@ -559,6 +559,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.slowlog_log_slower_than.to_string(),
         ),
         ("slowlog-max-len".into(), c.slowlog_max_len.to_string()),
+        (
+            "latency-monitor-threshold".into(),
+            c.latency_monitor_threshold.to_string(),
+        ),
     ]
 }
 

@@ -17,6 +17,7 @@ mod commands;
 mod dump;
 mod glob;
 mod info;
+mod latency;
 mod long_double;
 mod metrics;
 mod node;
@@ -151,6 +152,12 @@ struct ServeArgs {
     /// slowlog-max-len.
     #[arg(long, env = "FERRY_SLOWLOG_MAX_LEN", default_value_t = node::SLOWLOG_MAX_LEN_DEFAULT)]
     slowlog_max_len: usize,
+    /// Events (commands, WAL writes and syncs, RocksDB writes, expiry
+    /// sweeps) that take at least this many milliseconds are noted for
+    /// LATENCY LATEST, HISTORY, GRAPH and DOCTOR; 0: none. As Redis's
+    /// latency-monitor-threshold.
+    #[arg(long, env = "FERRY_LATENCY_MONITOR_THRESHOLD", default_value_t = 0)]
+    latency_monitor_threshold: u64,
     /// Threads that serve connections (RESP and gRPC). Default: one per core
     /// but one, which is left to the WAL writer thread that logs and applies
     /// every write. On two cores a second worker only adds wake-ups and
@@ -657,6 +664,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             maxclients: fit_maxclients(args.maxclients),
             slowlog_log_slower_than: args.slowlog_log_slower_than,
             slowlog_max_len: args.slowlog_max_len,
+            latency_monitor_threshold: args.latency_monitor_threshold,
             read_cache_bytes: args.read_cache_bytes,
             proto_max_bulk_len: args.proto_max_bulk_len,
             proto_max_multibulk_len: args.proto_max_multibulk_len,

@@ -144,6 +144,9 @@ pub struct Config {
     /// none).
     pub slowlog_log_slower_than: i64,
     pub slowlog_max_len: usize,
+    /// Milliseconds from which events are noted (0: none; see
+    /// [`crate::latency`]).
+    pub latency_monitor_threshold: u64,
     /// Bytes of key entries kept in memory for reads (0: none).
     pub read_cache_bytes: usize,
     pub proto_max_bulk_len: usize,
@@ -325,6 +328,20 @@ impl LatencyHistogram {
                 })
                 .collect(),
         )
+    }
+
+    /// Durations recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Durations recorded shorter than `nanos`: exact where a bucket
+    /// starts (at every power of two).
+    pub fn count_below(&self, nanos: u64) -> u64 {
+        self.buckets[..Self::bucket(nanos)]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn reset(&self) {
@@ -980,6 +997,7 @@ pub struct Node {
     pub stats: Stats,
     pub clients: Mutex<HashMap<u64, ClientInfo>>,
     pub slowlog: Mutex<SlowLog>,
+    pub latency: Arc<crate::latency::LatencyMonitor>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1107,6 +1125,15 @@ impl Node {
             identity.update(|s| s.replica_of = Some(primary.clone()))?;
         }
         let identity = Arc::new(identity);
+        let latency = Arc::new(crate::latency::LatencyMonitor::new(
+            config.latency_monitor_threshold,
+        ));
+        if latency.enabled() {
+            let hook = latency.clone();
+            let hook: ferry_wal::LatencyHook = Arc::new(move |event, took| hook.note(event, took));
+            wal.set_latency_hook(hook.clone());
+            engine.set_latency_hook(hook);
+        }
         let pipeline = Pipeline::start(engine.clone(), wal.clone());
         let (stop, stop_rx) = watch::channel(false);
         let shipper = Arc::new(Shipper::new(
@@ -1136,6 +1163,7 @@ impl Node {
             stats: Stats::default(),
             clients: Mutex::new(HashMap::new()),
             slowlog: Mutex::default(),
+            latency,
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),

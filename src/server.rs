@@ -306,7 +306,10 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         for _ in 0..EXPIRE_SWEEPS_PER_TICK_MAX {
-            match node.pipeline.expire_keys(EXPIRE_SWEEP_KEYS_MAX).await {
+            let started = Instant::now();
+            let swept = node.pipeline.expire_keys(EXPIRE_SWEEP_KEYS_MAX).await;
+            node.latency.note("expire-cycle", started.elapsed());
+            match swept {
                 Ok(n) => {
                     node.stats
                         .expired_keys
@@ -879,6 +882,11 @@ fn ran(
     failed: bool,
 ) {
     node.stats.command_ran(slot, took, failed);
+    if node.latency.over(took) {
+        let fast = commands::lookup(&args[0]).is_some_and(|spec| spec.flags.contains(&"fast"));
+        node.latency
+            .note(if fast { "fast-command" } else { "command" }, took);
+    }
     if slot.is_some() {
         node.slow_command((conn.id, conn.name.as_ref()), args, took);
     }

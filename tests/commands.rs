@@ -2047,3 +2047,107 @@ where
         .parse()
         .expect("a number")
 }
+
+/// LATENCY as Redis 7.0's: with `--latency-monitor-threshold`, a command
+/// that runs that long is an event (LATEST, HISTORY, GRAPH, DOCTOR,
+/// RESET); every command's running times make its histogram.
+#[test]
+fn the_latency_monitor_notes_slow_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &dir.path().join("node"),
+        &["--latency-monitor-threshold", "1"],
+    );
+    let c = &mut server.client();
+    assert_eq!(
+        raw(c, &["CONFIG", "GET", "latency-monitor-threshold"]),
+        V::Array(vec![bulk("latency-monitor-threshold"), bulk("1")])
+    );
+    assert_eq!(raw(c, &["LATENCY", "LATEST"]), V::Array(Vec::new()));
+    assert!(
+        error(c, &["LATENCY", "GRAPH", "command"])
+            .starts_with("ERR No samples available for event 'command'")
+    );
+    // An LCS of two 2,000-byte strings fills a table of 4M cells: well
+    // over a millisecond in any build.
+    raw(c, &["SET", "a", &"ab".repeat(1000)]);
+    raw(c, &["SET", "b", &"ba".repeat(1000)]);
+    assert_eq!(raw(c, &["LCS", "a", "b", "LEN"]), V::Int(1999));
+    let V::Array(latest) = raw(c, &["LATENCY", "LATEST"]) else {
+        panic!()
+    };
+    let [V::Array(event)] = &latest[..] else {
+        panic!("one event: {latest:?}")
+    };
+    assert_eq!(event[0], bulk("command"));
+    let (V::Int(at), V::Int(ms), V::Int(max)) = (&event[1], &event[2], &event[3]) else {
+        panic!("{event:?}")
+    };
+    assert!(*ms >= 1 && max >= ms, "{event:?}");
+    assert_eq!(
+        raw(c, &["LATENCY", "HISTORY", "command"]),
+        V::Array(vec![V::Array(vec![V::Int(*at), V::Int(*ms)])])
+    );
+    let V::BulkString(graph) = raw(c, &["LATENCY", "GRAPH", "command"]) else {
+        panic!()
+    };
+    let graph = String::from_utf8(graph).unwrap();
+    assert!(
+        graph.starts_with(&format!("command - high {ms} ms, low {ms} ms")),
+        "{graph}"
+    );
+    let V::BulkString(doctor) = raw(c, &["LATENCY", "DOCTOR"]) else {
+        panic!()
+    };
+    let doctor = String::from_utf8(doctor).unwrap();
+    assert!(doctor.contains("1. command: 1 latency spikes"), "{doctor}");
+    // The histogram of LCS: one call, counted under a bound of at least
+    // a millisecond; of CLIENT, each subcommand run.
+    raw(c, &["CLIENT", "SETNAME", "me"]);
+    raw(c, &["HELLO", "3"]);
+    let V::Map(histograms) = raw(c, &["LATENCY", "HISTOGRAM", "lcs", "CLIENT", "nosuch"]) else {
+        panic!()
+    };
+    // In the table's order; the client library's CLIENT SETINFO on
+    // connecting is there too, HELLO (not a CLIENT subcommand) is not.
+    let names: Vec<&V> = histograms.iter().map(|(name, _)| name).collect();
+    assert_eq!(
+        names,
+        vec![
+            &bulk("client|setinfo"),
+            &bulk("client|setname"),
+            &bulk("lcs")
+        ]
+    );
+    let V::Map(lcs) = &histograms[2].1 else {
+        panic!()
+    };
+    assert_eq!(lcs[0], (bulk("calls"), V::Int(1)));
+    let V::Map(buckets) = &lcs[1].1 else { panic!() };
+    assert!(
+        matches!(buckets[..], [(V::Int(us), V::Int(1))] if us >= 1000),
+        "{buckets:?}"
+    );
+    assert_eq!(raw(c, &["LATENCY", "RESET", "nosuch"]), V::Int(0));
+    assert_eq!(raw(c, &["LATENCY", "RESET"]), V::Int(1));
+    assert_eq!(raw(c, &["LATENCY", "LATEST"]), V::Array(Vec::new()));
+    assert_eq!(
+        error(c, &["LATENCY", "NOSUCH"]),
+        "ERR unknown subcommand 'NOSUCH'. Try LATENCY HELP."
+    );
+
+    // Off by default: nothing noted, and DOCTOR says how to turn it on.
+    let other = Server::start(&dir.path().join("other"), &[]);
+    let c = &mut other.client();
+    raw(c, &["SET", "a", &"ab".repeat(1000)]);
+    raw(c, &["LCS", "a", "a", "LEN"]);
+    assert_eq!(raw(c, &["LATENCY", "LATEST"]), V::Array(Vec::new()));
+    let V::BulkString(doctor) = raw(c, &["LATENCY", "DOCTOR"]) else {
+        panic!()
+    };
+    assert!(
+        String::from_utf8(doctor)
+            .unwrap()
+            .contains("--latency-monitor-threshold"),
+    );
+}

@@ -595,6 +595,8 @@ pub struct Engine {
     reclaim: Arc<Mutex<Reclaim>>,
     /// [`RECLAIM_STEP_BYTES`] unless set ([`Engine::set_reclaim_step_bytes`]).
     reclaim_step_bytes: AtomicU64,
+    /// Told how long each RocksDB write of applied records took.
+    latency: ferry_wal::LatencySlot,
 }
 
 /// A FLUSHALL deletes every key with three range deletions, which free no
@@ -789,6 +791,7 @@ impl Engine {
             gate: RwLock::new(()),
             reclaim: Arc::default(),
             reclaim_step_bytes: AtomicU64::new(RECLAIM_STEP_BYTES),
+            latency: ferry_wal::LatencySlot::default(),
         })
     }
 
@@ -981,6 +984,13 @@ impl Engine {
         self.apply(&records[start..])
     }
 
+    /// Has the engine tell `hook` how long each RocksDB write of applied
+    /// records took (`engine-apply`): RocksDB's write stalls show there.
+    /// Set once; later calls change nothing.
+    pub fn set_latency_hook(&self, hook: ferry_wal::LatencyHook) {
+        self.latency.set(hook);
+    }
+
     fn write(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {
         let Some(&(last, _)) = records.last() else {
             return Ok(());
@@ -1034,7 +1044,11 @@ impl Engine {
         }
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
+        let started = self.latency.get().map(|_| std::time::Instant::now());
         let written = db.write_opt(batch, &opts);
+        if let (Some(hook), Some(started)) = (self.latency.get(), started) {
+            hook("engine-apply", started.elapsed());
+        }
         // After the write (see the cache's module documentation): a cached
         // key takes the entry the batch left it, or is forgotten if the
         // write failed.

@@ -1739,3 +1739,24 @@ fn the_expiry_sweep_reads_only_the_expiry_index() {
     );
     set_perf_stats(PerfStatsLevel::Disable);
 }
+
+/// The latency hook hears of each RocksDB write of applied records.
+#[test]
+fn the_latency_hook_hears_of_each_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path()).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook = heard.clone();
+    engine.set_latency_hook(std::sync::Arc::new(move |event, _took| {
+        hook.lock().unwrap().push(event);
+    }));
+    for lsn in 1..=3 {
+        let op = Op::SetString(pb::SetString {
+            key: b("k"),
+            value: b(&lsn.to_string()),
+            expire_at_ms: 0,
+        });
+        engine.apply(&[(Lsn(lsn), record(vec![op]))]).unwrap();
+    }
+    assert_eq!(*heard.lock().unwrap(), vec!["engine-apply"; 3]);
+}

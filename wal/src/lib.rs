@@ -44,9 +44,9 @@ pub use error::{Result, WalError};
 pub use format::{FrameHeader, FrameLimits};
 pub use reader::{FrameReader, RawFrame, Record, RecordReader};
 pub use wal::{
-    AfterCommit, CheckedFrames, EagerSync, LogSummary, LsnRange, PendingAppend,
-    SEGMENT_BYTES_MAX_DEFAULT, SyncPolicy, TornTail, Wal, WalOptions, WalStats, check_frames,
-    verify, verify_frames,
+    AfterCommit, CheckedFrames, EagerSync, LatencyHook, LatencySlot, LogSummary, LsnRange,
+    PendingAppend, SEGMENT_BYTES_MAX_DEFAULT, SyncPolicy, TornTail, Wal, WalOptions, WalStats,
+    check_frames, verify, verify_frames,
 };
 
 /// A log sequence number: the position of one record in the log. The first

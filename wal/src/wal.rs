@@ -195,6 +195,45 @@ pub(crate) struct Shared {
     /// syncs as soon as something is written.
     eager: AtomicU64,
     after_commit: AfterCommitSlot,
+    latency: LatencySlot,
+}
+
+/// What the WAL tells of its slow steps, if set (see
+/// [`Wal::set_latency_hook`]): `wal-write` or `wal-fsync`, and how long.
+pub type LatencyHook = Arc<dyn Fn(&'static str, std::time::Duration) + Send + Sync>;
+
+/// A [`LatencyHook`] set once, or not at all.
+#[derive(Default)]
+pub struct LatencySlot(std::sync::OnceLock<LatencyHook>);
+
+impl LatencySlot {
+    pub fn get(&self) -> Option<&LatencyHook> {
+        self.0.get()
+    }
+
+    /// Sets it unless set already.
+    pub fn set(&self, hook: LatencyHook) {
+        let _ = self.0.set(hook);
+    }
+}
+
+impl std::fmt::Debug for LatencySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.get().is_some() { "set" } else { "none" })
+    }
+}
+
+impl Shared {
+    /// Runs `step`, telling the latency hook how long it took.
+    fn timed<T>(&self, event: &'static str, step: impl FnOnce() -> T) -> T {
+        let Some(hook) = self.latency.get() else {
+            return step();
+        };
+        let started = std::time::Instant::now();
+        let out = step();
+        hook(event, started.elapsed());
+        out
+    }
 }
 
 /// What the writer calls after each group commit (see
@@ -424,6 +463,7 @@ impl Wal {
             }),
             eager: AtomicU64::new(0),
             after_commit: AfterCommitSlot::default(),
+            latency: LatencySlot::default(),
             options,
             segments: RwLock::new(recovered.segments),
             durable,
@@ -470,6 +510,14 @@ impl Wal {
     /// hook runs on the writer thread, so the next group waits for it.
     pub fn set_after_commit(&self, hook: Option<AfterCommit>) {
         *lock(&self.shared.after_commit.0) = hook;
+    }
+
+    /// Has the WAL tell `hook` how long each write of a group commit
+    /// (`wal-write`) and each sync of segment data (`wal-fsync`, by the
+    /// writer or the everysec syncer) took. Set once; later calls change
+    /// nothing.
+    pub fn set_latency_hook(&self, hook: LatencyHook) {
+        self.shared.latency.set(hook);
     }
 
     /// The most an append's records may take, framed
@@ -1569,8 +1617,9 @@ impl Writer {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_at(bytes, self.offset)
+        let file = &self.file;
+        self.shared
+            .timed("wal-write", || file.write_at(bytes, self.offset))
             .map_err(|e| WalError::io("writing", &self.segment.path, e))?;
         self.offset += bytes.len() as u64;
         self.segment.end.store(self.offset, Ordering::Release);
@@ -1578,8 +1627,9 @@ impl Writer {
     }
 
     fn sync_file(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
+        let file = &self.file;
+        self.shared
+            .timed("wal-fsync", || file.sync_data())
             .map_err(|e| WalError::io("syncing", &self.segment.path, e))?;
         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1803,7 +1853,7 @@ fn run_syncer(shared: &Shared) {
             continue;
         }
         drop(target);
-        match file.sync_data() {
+        match shared.timed("wal-fsync", || file.sync_data()) {
             Ok(()) => {
                 shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 shared.publish_durable(written);

@@ -674,3 +674,38 @@ async fn the_after_commit_hook_finds_every_append_it_committed() {
         assert_eq!(lsns, (1..=500).collect::<Vec<_>>(), "{policy:?}");
     }
 }
+
+/// The latency hook hears of each group's write and of each sync, by the
+/// writer under `always` and by the syncer under `everysec`.
+#[tokio::test]
+async fn the_latency_hook_hears_of_writes_and_syncs() {
+    for policy in [SyncPolicy::Always, SyncPolicy::EverySec] {
+        let storage = MemStorage::new();
+        let options = WalOptions {
+            sync_interval: Duration::from_millis(20),
+            ..options(policy)
+        };
+        let wal = open(&storage, options);
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook = heard.clone();
+        wal.set_latency_hook(Arc::new(move |event, _took| {
+            hook.lock().unwrap().push(event);
+        }));
+        let range = wal.append(vec![record("l", 0)]).await.expect("append");
+        tokio::time::timeout(Duration::from_secs(10), wal.wait_durable(range.last))
+            .await
+            .expect("durable in time")
+            .expect("durable");
+        let heard = heard.lock().unwrap().clone();
+        assert!(
+            heard.contains(&"wal-write") && heard.contains(&"wal-fsync"),
+            "{policy:?}: {heard:?}"
+        );
+        assert!(
+            heard
+                .iter()
+                .all(|e| matches!(*e, "wal-write" | "wal-fsync")),
+            "{heard:?}"
+        );
+    }
+}
