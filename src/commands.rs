@@ -37,6 +37,9 @@ pub enum Handler {
     Wait,
     /// MULTI, EXEC, DISCARD, WATCH and UNWATCH (see `server::transaction`).
     Transaction,
+    /// SAVE: waits for the WAL's sync and the engine's flush
+    /// ([`Node::save`]).
+    Save,
 }
 
 /// A command's entry in the table: arity as Redis counts it (negative: at
@@ -134,6 +137,15 @@ pub static COMMANDS: &[Spec] = &[
         0,
         0,
         Handler::Conn(auth)
+    ),
+    spec!(
+        "bgsave",
+        -1,
+        &["admin", "noscript", "no_async_loading"],
+        0,
+        0,
+        0,
+        Handler::Conn(bgsave)
     ),
     spec!("bitcount", -2, RS, 1, 1, 1, Handler::Read(bitcount)),
     spec!("bitop", -4, WD, 2, -1, 1, Handler::Write(bitop)),
@@ -248,6 +260,15 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(crate::info::info)
     ),
     spec!("keys", 2, &["readonly"], 0, 0, 0, Handler::Read(keys)),
+    spec!(
+        "lastsave",
+        1,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(lastsave)
+    ),
     spec!("latency", -2, &[], 0, 0, 0, Handler::Conn(latency)),
     spec!("lcs", -3, RS, 1, 2, 1, Handler::Read(lcs)),
     spec!("memory", -2, &[], 0, 0, 0, Handler::Read(memory)),
@@ -315,6 +336,15 @@ pub static COMMANDS: &[Spec] = &[
         0,
         0,
         Handler::Read(role)
+    ),
+    spec!(
+        "save",
+        1,
+        &["admin", "noscript", "no_async_loading", "no_multi"],
+        0,
+        0,
+        0,
+        Handler::Save
     ),
     spec!("scan", -2, RS, 0, 0, 0, Handler::Read(scan)),
     spec!(
@@ -429,6 +459,7 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
 pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("append", &["write", "string", "fast"]),
     ("auth", &["fast", "connection"]),
+    ("bgsave", &["admin", "slow", "dangerous"]),
     ("bitcount", &["read", "bitmap", "slow"]),
     ("bitop", &["write", "bitmap", "slow"]),
     ("bitpos", &["read", "bitmap", "slow"]),
@@ -497,6 +528,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("incrbyfloat", &["write", "string", "fast"]),
     ("info", &["slow", "dangerous"]),
     ("keys", &["keyspace", "read", "slow", "dangerous"]),
+    ("lastsave", &["admin", "fast", "dangerous"]),
     ("latency", &["slow"]),
     ("latency|doctor", &["admin", "slow", "dangerous"]),
     ("latency|graph", &["admin", "slow", "dangerous"]),
@@ -530,6 +562,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("reset", &["fast", "connection"]),
     ("restore", &["keyspace", "write", "slow", "dangerous"]),
     ("role", &["admin", "fast", "dangerous"]),
+    ("save", &["admin", "slow", "dangerous"]),
     ("scan", &["keyspace", "read", "slow"]),
     ("select", &["fast", "connection"]),
     ("set", &["write", "string", "slow"]),
@@ -3417,6 +3450,29 @@ fn slowlog(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         ]),
         _ => subcommand_error("slowlog", &args[1]),
     }
+}
+
+/// BGSAVE [SCHEDULE]: a SAVE in the background ([`Node::bgsave`]).
+fn bgsave(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    match args.len() {
+        1 => {}
+        2 if eq(&args[1], "schedule") => {}
+        _ => return syntax_error(),
+    }
+    match node.bgsave() {
+        Ok(()) => Reply::Simple("Background saving started".into()),
+        Err(text) => Reply::err(text),
+    }
+}
+
+/// LASTSAVE: when the last save ended well, or the node started.
+fn lastsave(node: &Node, _conn: &mut Conn, _args: &Args) -> Reply {
+    Reply::Int(
+        node.saves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_save_secs as i64,
+    )
 }
 
 /// LATENCY: the latency monitor's events ([`crate::latency`]) and each

@@ -205,16 +205,28 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             // restart replays from the WAL (Redis: changes since the last
             // snapshot on disk).
             let (applied, persisted) = (node.engine.applied_lsn(), node.engine.persisted_lsn());
+            let (save_ok, save_at, saving, saved) = {
+                let saves = node.saves.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    saves.last_ok,
+                    saves.last_save_secs,
+                    saves.in_progress,
+                    saves.count,
+                )
+            };
             let _ = write!(
                 out,
                 "# Persistence\r\nloading:0\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\n\
-                 aof_rewrite_scheduled:0\r\naof_last_bgrewrite_status:ok\r\nrdb_last_bgsave_status:ok\r\n\
-                 aof_last_write_status:{}\r\nrdb_changes_since_last_save:{}\r\nrdb_bgsave_in_progress:0\r\n\
+                 aof_rewrite_scheduled:0\r\naof_last_bgrewrite_status:ok\r\nrdb_last_bgsave_status:{}\r\n\
+                 rdb_last_save_time:{save_at}\r\nrdb_saves:{saved}\r\n\
+                 aof_last_write_status:{}\r\nrdb_changes_since_last_save:{}\r\nrdb_bgsave_in_progress:{}\r\n\
                  appendfsync:{}\r\nwal_first_lsn:{}\r\nwal_last_lsn:{}\r\nwal_durable_lsn:{}\r\n\
                  wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n\
                  engine_persisted_lsn:{}\r\nengine_disk_bytes:{}\r\nwal_bytes:{}\r\n",
+                if save_ok { "ok" } else { "err" },
                 if node.wal.has_failed() { "err" } else { "ok" },
                 applied.0.saturating_sub(persisted.0),
+                u8::from(saving),
                 node.config.fsync,
                 node.wal.first_lsn(),
                 node.wal.last_lsn(),

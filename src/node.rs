@@ -998,6 +998,8 @@ pub struct Node {
     pub clients: Mutex<HashMap<u64, ClientInfo>>,
     pub slowlog: Mutex<SlowLog>,
     pub latency: Arc<crate::latency::LatencyMonitor>,
+    /// SAVE's and BGSAVE's state.
+    pub saves: Arc<Mutex<Saves>>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1164,6 +1166,12 @@ impl Node {
             clients: Mutex::new(HashMap::new()),
             slowlog: Mutex::default(),
             latency,
+            saves: Arc::new(Mutex::new(Saves {
+                last_save_secs: now_ms() / 1000,
+                in_progress: false,
+                last_ok: true,
+                count: 0,
+            })),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),
@@ -1235,6 +1243,33 @@ impl Node {
             name: conn.1.cloned().unwrap_or_default(),
         };
         log.push(entry, self.config.slowlog_max_len);
+    }
+
+    /// SAVE: everything written so far made durable and put in the
+    /// engine's files (a sync of the WAL, then a flush of RocksDB's
+    /// memtables), so that a restart replays none of it.
+    ///
+    /// # Errors
+    ///
+    /// A BGSAVE is under way, or the sync or the flush failed (the text of
+    /// the error reply).
+    pub async fn save(&self) -> Result<(), String> {
+        begin_save(&self.saves)?;
+        let ok = persist_all(self.wal.clone(), self.engine.clone(), self.saves.clone()).await;
+        ok.then_some(())
+            .ok_or_else(|| "the save failed: see the node's log".to_string())
+    }
+
+    /// BGSAVE: [`Node::save`] in the background.
+    ///
+    /// # Errors
+    ///
+    /// A save is under way already.
+    pub fn bgsave(&self) -> Result<(), String> {
+        begin_save(&self.saves)?;
+        let (wal, engine, saves) = (self.wal.clone(), self.engine.clone(), self.saves.clone());
+        tokio::spawn(persist_all(wal, engine, saves));
+        Ok(())
     }
 
     /// Whether the node follows a primary.
@@ -1831,6 +1866,50 @@ fn run_id() -> String {
 }
 
 /// Wall-clock time in ms since the Unix epoch.
+/// SAVE's and BGSAVE's state, as INFO persistence shows it.
+#[derive(Debug)]
+pub struct Saves {
+    /// When the last save ended well (or the node started), unix seconds.
+    pub last_save_secs: u64,
+    pub in_progress: bool,
+    /// Whether the last save ended well.
+    pub last_ok: bool,
+    /// Saves that ended well.
+    pub count: u64,
+}
+
+/// Marks a save as under way, unless one is already.
+fn begin_save(saves: &Mutex<Saves>) -> Result<(), String> {
+    let mut saves = saves.lock().unwrap_or_else(|e| e.into_inner());
+    if saves.in_progress {
+        return Err("Background save already in progress".into());
+    }
+    saves.in_progress = true;
+    Ok(())
+}
+
+/// The save itself (see [`Node::save`]); whether it ended well.
+async fn persist_all(wal: Arc<Wal>, engine: Arc<Engine>, saves: Arc<Mutex<Saves>>) -> bool {
+    let outcome = match wal.sync().await {
+        Ok(_) => match tokio::task::spawn_blocking(move || engine.flush()).await {
+            Ok(flushed) => flushed.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "a save failed");
+    }
+    let mut saves = saves.lock().unwrap_or_else(|e| e.into_inner());
+    saves.in_progress = false;
+    saves.last_ok = outcome.is_ok();
+    if outcome.is_ok() {
+        saves.last_save_secs = now_ms() / 1000;
+        saves.count += 1;
+    }
+    outcome.is_ok()
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

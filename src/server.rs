@@ -857,6 +857,10 @@ async fn run_command(
                 Err(e) => Reply::err(format!("{e:#}")),
             },
         },
+        Handler::Save => match node.save().await {
+            Ok(()) => Reply::ok(),
+            Err(text) => Reply::err(text),
+        },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
         Handler::Transaction => unreachable!("run by transaction"),
         Handler::Read(f) => f(node, &*node.engine, args),
@@ -920,13 +924,11 @@ fn queue_command(
             multi.refused = true;
             reply
         }
-        // A change of role cannot be part of a transaction.
-        Ok(
-            spec @ Spec {
-                handler: Handler::ReplicaOf,
-                ..
-            },
-        ) => {
+        // A change of role cannot be part of a transaction, nor what Redis
+        // flags `no_multi` (SAVE).
+        Ok(spec)
+            if matches!(spec.handler, Handler::ReplicaOf) || spec.flags.contains(&"no_multi") =>
+        {
             node.stats
                 .command_rejected(commands::stat_slot(spec, &args));
             multi.refused = true;
@@ -1057,7 +1059,7 @@ fn run_queued(
             },
             // UNWATCH: the watch goes after EXEC anyway.
             Handler::Transaction => Reply::ok(),
-            Handler::ReplicaOf => unreachable!("refused while queueing"),
+            Handler::ReplicaOf | Handler::Save => unreachable!("refused while queueing"),
         };
         let took = started.elapsed();
         let (hits_after, misses_after) = view.lookups();

@@ -2151,3 +2151,73 @@ fn the_latency_monitor_notes_slow_commands() {
             .contains("--latency-monitor-threshold"),
     );
 }
+
+/// SAVE syncs the WAL and flushes RocksDB's memtables, so a restart
+/// replays nothing written before it; BGSAVE does it in the background;
+/// LASTSAVE and INFO persistence tell when, as Redis's do.
+#[test]
+fn save_and_bgsave_leave_nothing_for_a_restart_to_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &["--fsync", "everysec"]);
+    let c = &mut server.client();
+    let V::Int(started) = raw(c, &["LASTSAVE"]) else {
+        panic!()
+    };
+    let figure = |name: &str| info_figure(&section_text(&server, "persistence"), name);
+    for i in 0..50 {
+        raw(c, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert!(figure("rdb_changes_since_last_save") > 0);
+    assert_eq!(figure("rdb_saves"), 0);
+    assert_eq!(raw(c, &["SAVE"]), ok());
+    assert_eq!(figure("rdb_changes_since_last_save"), 0);
+    assert_eq!(figure("engine_persisted_lsn"), figure("engine_applied_lsn"));
+    assert_eq!(figure("wal_durable_lsn"), figure("wal_last_lsn"));
+    assert_eq!(figure("rdb_saves"), 1);
+    assert_eq!(
+        server.info_field("persistence", "rdb_last_bgsave_status"),
+        Some("ok".into())
+    );
+    let V::Int(saved) = raw(c, &["LASTSAVE"]) else {
+        panic!()
+    };
+    assert!(saved >= started);
+    assert_eq!(figure("rdb_last_save_time"), saved as u64);
+
+    raw(c, &["SET", "after", "v"]);
+    assert_eq!(
+        raw(c, &["BGSAVE"]),
+        V::SimpleString("Background saving started".into())
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || figure("rdb_saves") == 2),
+        "the background save ends"
+    );
+    assert_eq!(figure("rdb_bgsave_in_progress"), 0);
+    assert_eq!(figure("rdb_changes_since_last_save"), 0);
+    assert_eq!(
+        raw(c, &["BGSAVE", "SCHEDULE"]),
+        V::SimpleString("Background saving started".into())
+    );
+    assert_eq!(error(c, &["BGSAVE", "NOW"]), "ERR syntax error");
+    assert_eq!(
+        error(c, &["SAVE", "x"]),
+        "ERR wrong number of arguments for 'save' command"
+    );
+    // SAVE is not for transactions (BGSAVE is).
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    assert_eq!(
+        error(c, &["SAVE"]),
+        "ERR Command not allowed inside a transaction"
+    );
+    assert!(error(c, &["EXEC"]).starts_with("EXECABORT"));
+    assert!(wait_until(Duration::from_secs(10), || figure(
+        "rdb_bgsave_in_progress"
+    ) == 0));
+    assert_eq!(raw(c, &["MULTI"]), ok());
+    raw(c, &["BGSAVE"]);
+    assert_eq!(
+        raw(c, &["EXEC"]),
+        V::Array(vec![V::SimpleString("Background saving started".into())])
+    );
+}
