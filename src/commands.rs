@@ -73,6 +73,8 @@ pub struct Conn {
     pub watch: ferry_engine::Watch,
     /// What CLIENT LIST shows of it, and CLIENT KILL's mark.
     pub activity: std::sync::Arc<crate::node::Activity>,
+    /// After MONITOR: the lines of the commands run, until RESET.
+    pub monitor: Option<crate::node::Monitor>,
 }
 
 /// A transaction being queued (MULTI ... EXEC).
@@ -273,6 +275,15 @@ pub static COMMANDS: &[Spec] = &[
     spec!("lcs", -3, RS, 1, 2, 1, Handler::Read(lcs)),
     spec!("memory", -2, &[], 0, 0, 0, Handler::Read(memory)),
     spec!("mget", -2, R, 1, -1, 1, Handler::Read(mget)),
+    spec!(
+        "monitor",
+        1,
+        &["admin", "noscript", "loading", "stale"],
+        0,
+        0,
+        0,
+        Handler::Conn(monitor)
+    ),
     spec!("mset", -3, WD, 1, -1, 2, Handler::Write(mset)),
     spec!("msetnx", -3, WD, 1, -1, 2, Handler::Write(msetnx)),
     spec!("multi", 1, TX, 0, 0, 0, Handler::Transaction),
@@ -544,6 +555,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("memory|purge", &["slow"]),
     ("memory|usage", &["read", "slow"]),
     ("mget", &["read", "string", "fast"]),
+    ("monitor", &["admin", "slow", "dangerous"]),
     ("mset", &["write", "string", "slow"]),
     ("msetnx", &["write", "string", "slow"]),
     ("multi", &["fast", "transaction"]),
@@ -2723,9 +2735,10 @@ fn quit(_node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
 }
 
 /// RESET: the connection as a new one finds it, as Redis 7.0 leaves it: no
-/// transaction or watched keys, RESP2, no name, logged out if a password
-/// is required; the library it named stays (CLIENT SETINFO).
+/// MONITOR, transaction or watched keys, RESP2, no name, logged out if a
+/// password is required; the library it named stays (CLIENT SETINFO).
 fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
+    conn.monitor = None;
     conn.multi = None;
     conn.watch.clear();
     conn.resp3 = false;
@@ -3449,6 +3462,28 @@ fn slowlog(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    Prints this help.",
         ]),
         _ => subcommand_error("slowlog", &args[1]),
+    }
+}
+
+/// MONITOR: from now on the connection gets a line for each command run
+/// (see `server::connection`), and may no longer touch keys.
+fn monitor(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
+    if conn.monitor.is_none() {
+        conn.monitor = Some(crate::node::Monitor::new(node));
+    }
+    Reply::ok()
+}
+
+/// Whether a command (`client|kill` for a subcommand) is one Redis keeps
+/// from MONITOR: those it flags `admin` (a subcommand's flag as its ACL
+/// category `admin` tells it).
+pub fn hidden_from_monitor(spec: &Spec, name: &str) -> bool {
+    if name.contains('|') {
+        ACL_CATEGORIES
+            .binary_search_by(|(n, _)| n.cmp(&name))
+            .is_ok_and(|at| ACL_CATEGORIES[at].1.contains(&"admin"))
+    } else {
+        spec.flags.contains(&"admin")
     }
 }
 

@@ -212,19 +212,7 @@ impl SlowLog {
 /// last then counting the rest), each cut at [`SLOWLOG_ARG_BYTES_MAX`]
 /// bytes with a count of the rest, as Redis keeps them.
 pub fn slowlog_args(args: &[Bytes]) -> Vec<Bytes> {
-    let redacted = Bytes::from_static(b"(redacted)");
-    let mut args = args.to_vec();
-    if args[0].eq_ignore_ascii_case(b"auth") {
-        for a in &mut args[1..] {
-            *a = redacted.clone();
-        }
-    } else if args[0].eq_ignore_ascii_case(b"hello")
-        && let Some(at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"auth"))
-    {
-        for a in args.iter_mut().skip(at + 1).take(2) {
-            *a = redacted.clone();
-        }
-    }
+    let args = redacted_args(args);
     let kept = args.len().min(SLOWLOG_ENTRY_ARGS_MAX);
     (0..kept)
         .map(|j| {
@@ -242,6 +230,90 @@ pub fn slowlog_args(args: &[Bytes]) -> Vec<Bytes> {
             }
         })
         .collect()
+}
+
+/// A command's arguments with its secrets replaced by `(redacted)`, as
+/// Redis shows them in its slow log and to MONITOR: AUTH's, and HELLO
+/// AUTH's user and password.
+pub fn redacted_args(args: &[Bytes]) -> Vec<Bytes> {
+    let redacted = Bytes::from_static(b"(redacted)");
+    let mut args = args.to_vec();
+    if args[0].eq_ignore_ascii_case(b"auth") {
+        for a in &mut args[1..] {
+            *a = redacted.clone();
+        }
+    } else if args[0].eq_ignore_ascii_case(b"hello")
+        && let Some(at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"auth"))
+    {
+        for a in args.iter_mut().skip(at + 1).take(2) {
+            *a = redacted.clone();
+        }
+    }
+    args
+}
+
+/// Lines a MONITOR client may fall behind by; past them it is
+/// disconnected (its lines are built whether it reads them or not).
+pub const MONITOR_BACKLOG_LINES: usize = 65_536;
+
+/// A connection in MONITOR mode: the lines of the commands run, while it
+/// lasts (counted in [`Node::monitoring`], so that nothing is built for
+/// them without one).
+#[derive(Debug)]
+pub struct Monitor {
+    pub lines: tokio::sync::broadcast::Receiver<Bytes>,
+    count: Arc<AtomicU64>,
+}
+
+impl Monitor {
+    pub fn new(node: &Node) -> Monitor {
+        node.monitoring.fetch_add(1, Ordering::AcqRel);
+        Monitor {
+            lines: node.monitors.subscribe(),
+            count: node.monitoring.clone(),
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A MONITOR line for a command `args` run by the client at `addr`, as
+/// Redis writes it: `+secs.micros [0 addr] "arg" ...`, each argument
+/// quoted and escaped.
+pub fn monitor_line(addr: &str, args: &[Bytes]) -> Bytes {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let mut line = format!(
+        "+{}.{:06} [0 {addr}]",
+        micros / 1_000_000,
+        micros % 1_000_000
+    );
+    for arg in redacted_args(args) {
+        line.push_str(" \"");
+        for &b in arg.iter() {
+            match b {
+                b'\\' | b'"' => {
+                    line.push('\\');
+                    line.push(char::from(b));
+                }
+                b'\n' => line.push_str("\\n"),
+                b'\r' => line.push_str("\\r"),
+                b'\t' => line.push_str("\\t"),
+                0x07 => line.push_str("\\a"),
+                0x08 => line.push_str("\\b"),
+                0x20..=0x7e => line.push(char::from(b)),
+                _ => line.push_str(&format!("\\x{b:02x}")),
+            }
+        }
+        line.push('"');
+    }
+    line.push_str("\r\n");
+    Bytes::from(line)
 }
 
 /// How often the rates of INFO's `instantaneous_*` fields are sampled.
@@ -1000,6 +1072,9 @@ pub struct Node {
     pub latency: Arc<crate::latency::LatencyMonitor>,
     /// SAVE's and BGSAVE's state.
     pub saves: Arc<Mutex<Saves>>,
+    /// The lines of MONITOR, and how many connections read them.
+    pub monitors: tokio::sync::broadcast::Sender<Bytes>,
+    pub monitoring: Arc<AtomicU64>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1172,6 +1247,8 @@ impl Node {
                 last_ok: true,
                 count: 0,
             })),
+            monitors: tokio::sync::broadcast::channel(MONITOR_BACKLOG_LINES).0,
+            monitoring: Arc::new(AtomicU64::new(0)),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),

@@ -453,6 +453,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         multi: None,
         watch: node.engine.new_watch(),
         activity: Arc::new(Activity::new(fd)),
+        monitor: None,
     };
     let activity = conn.activity.clone();
     let connected_at = Instant::now();
@@ -505,6 +506,27 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         buf.reserve(READ_CHUNK_BYTES);
         let read = tokio::select! {
             r = socket.read_buf(&mut buf) => r,
+            lines = monitor_lines(&mut conn.monitor) => {
+                match lines {
+                    Ok(lines) => {
+                        if socket.write_all(&lines).await.is_err() || socket.flush().await.is_err() {
+                            break;
+                        }
+                        node.stats
+                            .total_net_output_bytes
+                            .fetch_add(lines.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(behind) => {
+                        tracing::warn!(
+                            client = id,
+                            lines = behind,
+                            "closing a MONITOR client that fell behind"
+                        );
+                        break;
+                    }
+                }
+            }
             _ = stop.changed() => break,
         };
         match read {
@@ -626,6 +648,29 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
 }
 
+/// The next MONITOR lines for a connection in MONITOR mode (all there are
+/// now, in one write); never, for any other. `Err`: the lines it fell
+/// behind by (more than [`crate::node::MONITOR_BACKLOG_LINES`]).
+async fn monitor_lines(monitor: &mut Option<crate::node::Monitor>) -> Result<Vec<u8>, u64> {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let Some(monitor) = monitor else {
+        return std::future::pending().await;
+    };
+    let mut out = match monitor.lines.recv().await {
+        Ok(line) => line.to_vec(),
+        Err(RecvError::Lagged(n)) => return Err(n),
+        // The node is going away: the connection ends with it.
+        Err(RecvError::Closed) => return std::future::pending().await,
+    };
+    loop {
+        match monitor.lines.try_recv() {
+            Ok(line) => out.extend_from_slice(&line),
+            Err(TryRecvError::Lagged(n)) => return Err(n),
+            Err(_) => return Ok(out),
+        }
+    }
+}
+
 /// Resolves once the connection is killed (CLIENT KILL), at once if it
 /// already is: for a WAIT, which reads nothing of the socket.
 async fn until_killed(activity: &Activity) {
@@ -688,6 +733,9 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
         return Err(Reply::Error("NOAUTH Authentication required.".into()));
     }
     let data_command = matches!(spec.handler, Handler::Write(_) | Handler::Read(_));
+    if data_command && conn.monitor.is_some() {
+        return Err(Reply::err("Replica can't interact with the keyspace"));
+    }
     if matches!(spec.handler, Handler::Write(_)) {
         if node.is_replica() {
             return Err(Reply::Error(READONLY_REPLY.into()));
@@ -787,8 +835,9 @@ async fn dispatch(
         let took = started.elapsed();
         if spec.name == "exec" {
             // EXEC's commands are in the slow log each; EXEC is not, as in
-            // Redis.
+            // Redis. MONITOR shows it after them.
             node.stats.command_ran(slot, took, failed);
+            feed_monitors(node, conn, slot, args);
         } else {
             ran(node, conn, slot, args, took, failed);
         }
@@ -886,6 +935,7 @@ fn ran(
     failed: bool,
 ) {
     node.stats.command_ran(slot, took, failed);
+    feed_monitors(node, conn, slot, args);
     if node.latency.over(took) {
         let fast = commands::lookup(&args[0]).is_some_and(|spec| spec.flags.contains(&"fast"));
         node.latency
@@ -894,6 +944,32 @@ fn ran(
     if slot.is_some() {
         node.slow_command((conn.id, conn.name.as_ref()), args, took);
     }
+}
+
+/// Sends the line of a command that ran to the MONITOR connections, if
+/// any, unless Redis keeps it from them (admin commands).
+fn feed_monitors(node: &Node, conn: &Conn, slot: Option<usize>, args: &[bytes::Bytes]) {
+    if node.monitoring.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let (Some(spec), Some(name)) = (
+        commands::lookup(&args[0]),
+        slot.and_then(|i| commands::stat_names().get(i)),
+    ) else {
+        return;
+    };
+    if commands::hidden_from_monitor(spec, name) {
+        return;
+    }
+    let addr = node
+        .clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&conn.id)
+        .map(|c| c.addr.clone())
+        .unwrap_or_default();
+    // No monitor left to read it is no failure.
+    let _ = node.monitors.send(crate::node::monitor_line(&addr, args));
 }
 
 /// Commands that run at once inside MULTI instead of being queued.
@@ -1043,6 +1119,9 @@ fn run_queued(
         let reply = match spec.handler {
             Handler::Write(f) => f(view, args)?,
             Handler::Read(f) => f(node, &*view, args),
+            Handler::Conn(_) if spec.name == "monitor" => {
+                Reply::err("MONITOR isn't allowed for DENY BLOCKING client")
+            }
             Handler::Conn(f) => f(node, conn, args),
             // WAIT cannot block inside a transaction: the replicas that
             // have flushed the connection's writes so far, as in Redis.

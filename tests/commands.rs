@@ -2221,3 +2221,117 @@ fn save_and_bgsave_leave_nothing_for_a_restart_to_replay() {
         V::Array(vec![V::SimpleString("Background saving started".into())])
     );
 }
+
+/// Reads from `socket` until `done` holds for all read so far (bounded in
+/// time); what was read.
+fn read_until(socket: &mut std::net::TcpStream, done: impl Fn(&str) -> bool) -> String {
+    use std::io::Read;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut text = Vec::new();
+    while !done(&String::from_utf8_lossy(&text)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting; read: {}",
+            String::from_utf8_lossy(&text)
+        );
+        let mut chunk = [0u8; 4096];
+        match socket.read(&mut chunk) {
+            Ok(0) => panic!("closed; read: {}", String::from_utf8_lossy(&text)),
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// MONITOR as Redis 7.0's: a line for each command that ran, after it,
+/// arguments quoted and escaped, secrets redacted, admin commands and
+/// refused ones left out, a transaction's commands at EXEC and EXEC after
+/// them; the monitoring connection may not touch keys until RESET.
+#[test]
+fn monitor_shows_each_command_that_ran() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let mut m = std::net::TcpStream::connect(server.resp).unwrap();
+    m.write_all(b"*1\r\n$7\r\nMONITOR\r\n").unwrap();
+    assert_eq!(read_until(&mut m, |t| t.ends_with("\r\n")), "+OK\r\n");
+    let c = &mut server.client();
+    raw(c, &["SET", "k", "a\"b\n\\\x01é"]);
+    error(c, &["AUTH", "secret"]);
+    raw(c, &["CONFIG", "GET", "maxclients"]);
+    error(c, &["GET"]);
+    raw(c, &["MULTI"]);
+    raw(c, &["INCR", "n"]);
+    raw(c, &["EXEC"]);
+    raw(c, &["CLIENT", "GETNAME"]);
+    raw(c, &["GET", "k"]);
+    let text = read_until(&mut m, |t| t.ends_with("\"GET\" \"k\"\r\n"));
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            // `+secs.micros [0 addr] args`
+            let (stamp, rest) = l.split_once(' ').unwrap();
+            let (secs, micros) = stamp[1..].split_once('.').unwrap();
+            assert!(
+                secs.parse::<u64>().unwrap() > 1_700_000_000 && micros.len() == 6,
+                "{l}"
+            );
+            let rest = rest.strip_prefix("[0 127.0.0.1:").expect(l);
+            rest.split_once("] ").unwrap().1
+        })
+        .collect();
+    let client_lines: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("\"CLIENT\" \"SETINFO\""))
+        .collect();
+    assert_eq!(
+        client_lines,
+        vec![
+            r#""SET" "k" "a\"b\n\\\x01\xc3\xa9""#,
+            r#""AUTH" "(redacted)""#,
+            r#""MULTI""#,
+            r#""INCR" "n""#,
+            r#""EXEC""#,
+            r#""CLIENT" "GETNAME""#,
+            r#""GET" "k""#,
+        ]
+    );
+    // The monitor itself: no keys, other commands (seen too), RESET.
+    m.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").unwrap();
+    assert_eq!(
+        read_until(&mut m, |t| t.ends_with("\r\n")),
+        "-ERR Replica can't interact with the keyspace\r\n"
+    );
+    m.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    let text = read_until(&mut m, |t| t.contains("\"PING\"\r\n"));
+    assert!(text.starts_with("+PONG\r\n"), "{text}");
+    m.write_all(b"*1\r\n$5\r\nRESET\r\n").unwrap();
+    assert_eq!(read_until(&mut m, |t| t.ends_with("\r\n")), "+RESET\r\n");
+    raw(c, &["PING"]);
+    m.write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").unwrap();
+    let text = read_until(&mut m, |t| t.ends_with("\r\n"));
+    assert!(text.starts_with('$'), "a reply, no more lines: {text}");
+    // Inside a transaction MONITOR cannot start, as in Redis.
+    raw(c, &["MULTI"]);
+    raw(c, &["MONITOR"]);
+    let V::Array(replies) = raw_keeping_errors(c, &["EXEC"]) else {
+        panic!()
+    };
+    let [V::ServerError(e)] = &replies[..] else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(
+        (e.code(), e.details()),
+        (
+            "ERR",
+            Some("MONITOR isn't allowed for DENY BLOCKING client")
+        )
+    );
+}
