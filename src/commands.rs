@@ -419,8 +419,10 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
             ("info", 2),
             ("kill", -3),
             ("list", -2),
+            ("pause", -3),
             ("setinfo", 4),
             ("setname", 3),
+            ("unpause", 2),
         ],
     ),
     (
@@ -481,8 +483,16 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("client|info", &["slow", "connection"]),
     ("client|kill", &["admin", "slow", "dangerous", "connection"]),
     ("client|list", &["admin", "slow", "dangerous", "connection"]),
+    (
+        "client|pause",
+        &["admin", "slow", "dangerous", "connection"],
+    ),
     ("client|setinfo", &["slow", "connection"]),
     ("client|setname", &["slow", "connection"]),
+    (
+        "client|unpause",
+        &["admin", "slow", "dangerous", "connection"],
+    ),
     ("command", &["slow", "connection"]),
     ("command|count", &["slow", "connection"]),
     ("command|docs", &["slow", "connection"]),
@@ -2866,6 +2876,10 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     ])
 }
 
+/// The longest CLIENT PAUSE, for a timeout past what the clock holds
+/// (about 31 years).
+pub const CLIENT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1_000_000_000);
+
 fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
     match (sub.as_str(), args.len()) {
@@ -2958,15 +2972,49 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             "      Return clients of specified type.",
             "    * ID <client-id> [<client-id> ...]",
             "      Return clients of specified IDs only.",
+            "PAUSE <timeout> [WRITE|ALL]",
+            "    Suspend all, or just write, clients for <timeout> milliseconds.",
             "SETINFO <option> <value>",
             "    Set client meta attr. Options are:",
             "    * LIB-NAME: the client lib name.",
             "    * LIB-VER: the client lib version.",
             "SETNAME <name>",
             "    Assign the name <name> to the current connection.",
+            "UNPAUSE",
+            "    Stop the current client pause, resuming traffic.",
             "HELP",
             "    Prints this help.",
         ]),
+        ("pause", 3 | 4) => {
+            let Some(ms) = parse_i64(&args[2]) else {
+                return Reply::err("timeout is not an integer or out of range");
+            };
+            if ms < 0 {
+                return Reply::err("timeout is negative");
+            }
+            let all = match args.get(3) {
+                None => true,
+                Some(mode) if eq(mode, "all") => true,
+                Some(mode) if eq(mode, "write") => false,
+                Some(_) => return Reply::err("CLIENT PAUSE mode must be WRITE or ALL"),
+            };
+            // Past what an Instant holds: as good as for ever.
+            let now = std::time::Instant::now();
+            let until = now
+                .checked_add(std::time::Duration::from_millis(ms as u64))
+                .unwrap_or(now + CLIENT_PAUSE_MAX);
+            node.pause_clients(Some((until, all)));
+            Reply::ok()
+        }
+        ("unpause", 2) => {
+            node.pause_clients(None);
+            Reply::ok()
+        }
+        // Past a mode: Redis's catch-all error.
+        ("pause", n) if n > 4 => Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
         ("setinfo", 4) => {
             let attr = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
             let slot = match attr.as_str() {

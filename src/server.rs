@@ -135,6 +135,12 @@ pub async fn run(
     drop(listener);
     drop(tls_listener);
     let _ = stop_tx.send(true);
+    // What a CLIENT PAUSE holds fails instead of waiting out the pause
+    // (writes held for a switchover must not run now).
+    if node.pipeline.refuse_paused() {
+        tracing::warn!("the commands held by CLIENT PAUSE fail: the node is shutting down");
+    }
+    node.pause_clients(None);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
     })
@@ -770,6 +776,11 @@ async fn dispatch(
     queue: &mut VecDeque<Queued>,
     out: &mut BytesMut,
 ) -> Option<Queued> {
+    // CLIENT PAUSE ALL holds every command but the one that ends it.
+    let unpause = args.len() == 2 && eq_ascii(&args[0], "client") && eq_ascii(&args[1], "unpause");
+    if !unpause {
+        node.until_clients_unpaused().await;
+    }
     let checked = check(node, conn, &args);
     if checked.is_err() {
         let slot = commands::lookup(&args[0]).and_then(|spec| commands::stat_slot(spec, &args));
@@ -913,7 +924,18 @@ async fn run_command(
         Handler::Write(_) => unreachable!("writes were added to the batch"),
         Handler::Transaction => unreachable!("run by transaction"),
         Handler::Read(f) => f(node, &*node.engine, args),
-        Handler::Conn(f) => f(node, conn, args),
+        Handler::Conn(f) => {
+            let reply = f(node, conn, args);
+            // CLIENT PAUSE answers once no write runs (one under way when
+            // it came ends first).
+            if spec.name == "client"
+                && args[1].eq_ignore_ascii_case(b"pause")
+                && !matches!(reply, Reply::Error(_))
+            {
+                node.pipeline.quiesce().await;
+            }
+            reply
+        }
     }
 }
 
@@ -970,6 +992,10 @@ fn feed_monitors(node: &Node, conn: &Conn, slot: Option<usize>, args: &[bytes::B
         .unwrap_or_default();
     // No monitor left to read it is no failure.
     let _ = node.monitors.send(crate::node::monitor_line(&addr, args));
+}
+
+fn eq_ascii(a: &[u8], b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.as_bytes())
 }
 
 /// Commands that run at once inside MULTI instead of being queued.

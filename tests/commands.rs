@@ -2335,3 +2335,78 @@ fn monitor_shows_each_command_that_ran() {
         )
     );
 }
+
+/// CLIENT PAUSE as Redis 7.0's: WRITE holds writes (reads go on), ALL
+/// holds every command, until the timeout or CLIENT UNPAUSE (which ALL
+/// lets through here); what was held then runs.
+#[test]
+fn client_pause_holds_writes_or_everything_until_unpaused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let admin = &mut server.client();
+    // Each connection made before the pause (a client library's
+    // handshake is a command too).
+    let held = |mut c: redis::Connection, args: &'static [&'static str]| {
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let reply = raw(&mut c, args);
+            (reply, started.elapsed())
+        })
+    };
+    let (writer, reader) = (server.client(), &mut server.client());
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
+    let write = held(writer, &["SET", "k", "v"]);
+    // Reads go on meanwhile, and the write has not run.
+    assert_eq!(raw(reader, &["GET", "k"]), V::Nil);
+    assert!(
+        !wait_until(Duration::from_millis(300), || write.is_finished()),
+        "a write ran during CLIENT PAUSE WRITE"
+    );
+    assert_eq!(raw(reader, &["GET", "k"]), V::Nil);
+    assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
+    assert_eq!(write.join().unwrap().0, ok());
+    assert_eq!(raw(reader, &["GET", "k"]), bulk("v"));
+
+    let pinger = server.client();
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000"]), ok());
+    let ping = held(pinger, &["PING"]);
+    assert!(
+        !wait_until(Duration::from_millis(300), || ping.is_finished()),
+        "a command ran during CLIENT PAUSE ALL"
+    );
+    assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
+    assert_eq!(ping.join().unwrap().0, V::SimpleString("PONG".into()));
+
+    // A pause ends at its timeout by itself.
+    let incr = server.client();
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "400", "write"]), ok());
+    let (reply, took) = held(incr, &["INCR", "n"]).join().unwrap();
+    assert_eq!(reply, V::Int(1));
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+}
+
+/// A write held by CLIENT PAUSE when the node is told to stop fails
+/// instead of running (a pause for a switchover must not end in a write on
+/// the old primary), and the node stops at once rather than after the
+/// pause.
+#[test]
+fn a_write_held_by_a_pause_fails_when_the_node_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let mut server = Server::start(&data, &[]);
+    let admin = &mut server.client();
+    let mut writer = server.client();
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
+    let write = std::thread::spawn(move || cmd(&["SET", "late", "v"]).query::<V>(&mut writer));
+    assert!(!wait_until(Duration::from_millis(300), || write.is_finished()));
+    let started = std::time::Instant::now();
+    assert!(server.terminate().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    assert!(write.join().unwrap().is_err(), "the held write failed");
+    let server = Server::start(&data, &[]);
+    assert_eq!(raw(&mut server.client(), &["GET", "late"]), V::Nil);
+}

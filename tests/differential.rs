@@ -1400,6 +1400,20 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "CLIENT PAUSE's errors, and a pause of none",
+            [
+                resp(&[b"CLIENT", b"PAUSE"]),
+                resp(&[b"CLIENT", b"PAUSE", b"x"]),
+                resp(&[b"CLIENT", b"PAUSE", b"-1"]),
+                resp(&[b"CLIENT", b"PAUSE", b"10", b"foo"]),
+                resp(&[b"CLIENT", b"PAUSE", b"10", b"WRITE", b"extra"]),
+                resp(&[b"CLIENT", b"PAUSE", b"0", b"WRITE"]),
+                resp(&[b"CLIENT", b"UNPAUSE", b"x"]),
+                resp(&[b"CLIENT", b"UNPAUSE"]),
+            ]
+            .concat(),
+        ),
+        (
             "CLIENT KILL's errors and counts",
             [
                 resp(&[b"CLIENT", b"KILL", b"127.0.0.1:1"]),

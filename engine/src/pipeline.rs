@@ -842,6 +842,10 @@ pub struct Pipeline {
     /// ([`EngineError::ReadOnly`]); checked under the executor lock, so
     /// [`Pipeline::fence`] knows no write slips past it.
     writable: AtomicBool,
+    /// Until when commands wait before they run ([`Pipeline::pause`]).
+    paused: watch::Sender<Option<std::time::Instant>>,
+    /// Set by [`Pipeline::refuse_paused`]: the held commands fail.
+    refusing: AtomicBool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -894,6 +898,55 @@ impl Pipeline {
             applier,
             applied_seq,
             writable: AtomicBool::new(true),
+            paused: watch::Sender::new(None),
+            refusing: AtomicBool::new(false),
+        }
+    }
+
+    /// Ends a pause by failing the commands it holds, and any after
+    /// ([`EngineError::Stopped`]), as the node shuts down: a write held by
+    /// a pause for a switchover must not run on the old primary once its
+    /// replica may have taken over. Whether a pause was on.
+    pub fn refuse_paused(&self) -> bool {
+        if !self.is_paused() {
+            return false;
+        }
+        self.refusing.store(true, Ordering::Release);
+        self.paused.send_replace(None);
+        true
+    }
+
+    /// Has commands wait until `until` before they run (`None`: no
+    /// more), as CLIENT PAUSE WRITE has writes wait. Checked under the
+    /// executor lock: once [`Pipeline::quiesce`] returns after it, no
+    /// command runs until the pause ends.
+    pub fn pause(&self, until: Option<std::time::Instant>) {
+        self.paused.send_replace(until);
+    }
+
+    /// Returns once no command is running (none starts while paused).
+    pub async fn quiesce(&self) {
+        drop(self.exec.lock().await);
+    }
+
+    fn is_paused(&self) -> bool {
+        matches!(*self.paused.borrow(), Some(until) if until > std::time::Instant::now())
+    }
+
+    /// Waits while commands are paused ([`Pipeline::pause`]).
+    async fn until_unpaused(&self) {
+        let mut paused = self.paused.subscribe();
+        loop {
+            let until = *paused.borrow_and_update();
+            match until {
+                Some(until) if until > std::time::Instant::now() => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until.into()) => {}
+                        _ = paused.changed() => {}
+                    }
+                }
+                _ => return,
+            }
         }
     }
 
@@ -994,7 +1047,24 @@ impl Pipeline {
     where
         C: FnOnce(&mut View<'_>) -> Result<R>,
     {
-        let mut exec = self.exec.lock().await;
+        // Not while paused: checked again under the lock, which a pause
+        // may have come before.
+        let mut exec = loop {
+            if self.is_paused() {
+                self.until_unpaused().await;
+            }
+            let exec = self.exec.lock().await;
+            if !self.is_paused() {
+                break exec;
+            }
+        };
+        if self.refusing.load(Ordering::Acquire) {
+            let why = "the node is shutting down during a CLIENT PAUSE";
+            return commands
+                .into_iter()
+                .map(|_| Err(EngineError::Stopped(why.into())))
+                .collect();
+        }
         let writable = self.writable.load(Ordering::Acquire);
         let append_max = self.wal.append_bytes_max();
         let mut outcomes: Vec<Outcome<R>> = Vec::new();
