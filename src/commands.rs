@@ -3003,11 +3003,11 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             let until = now
                 .checked_add(std::time::Duration::from_millis(ms as u64))
                 .unwrap_or(now + CLIENT_PAUSE_MAX);
-            node.pause_clients(Some((until, all)));
+            node.pipeline.pause(Some((until, all)));
             Reply::ok()
         }
         ("unpause", 2) => {
-            node.pause_clients(None);
+            node.pipeline.pause(None);
             Reply::ok()
         }
         // Past a mode: Redis's catch-all error.

@@ -1072,9 +1072,6 @@ pub struct Node {
     pub latency: Arc<crate::latency::LatencyMonitor>,
     /// SAVE's and BGSAVE's state.
     pub saves: Arc<Mutex<Saves>>,
-    /// CLIENT PAUSE: until when, and whether every command waits (else
-    /// only writes, which the pipeline holds back).
-    pub client_pause: watch::Sender<Option<(Instant, bool)>>,
     /// The lines of MONITOR, and how many connections read them.
     pub monitors: tokio::sync::broadcast::Sender<Bytes>,
     pub monitoring: Arc<AtomicU64>,
@@ -1250,7 +1247,6 @@ impl Node {
                 last_ok: true,
                 count: 0,
             })),
-            client_pause: watch::Sender::new(None),
             monitors: tokio::sync::broadcast::channel(MONITOR_BACKLOG_LINES).0,
             monitoring: Arc::new(AtomicU64::new(0)),
             cursors: Mutex::new(Cursors::default()),
@@ -1339,33 +1335,6 @@ impl Node {
         let ok = persist_all(self.wal.clone(), self.engine.clone(), self.saves.clone()).await;
         ok.then_some(())
             .ok_or_else(|| "the save failed: see the node's log".to_string())
-    }
-
-    /// CLIENT PAUSE: clients' commands wait until `until`, all of them or
-    /// (`all` false) those that write; `None`: CLIENT UNPAUSE.
-    pub fn pause_clients(&self, pause: Option<(Instant, bool)>) {
-        self.pipeline.pause(pause.map(|(until, _)| until));
-        self.client_pause.send_replace(pause);
-    }
-
-    /// Waits while CLIENT PAUSE ALL holds clients' commands.
-    pub async fn until_clients_unpaused(&self) {
-        if !matches!(*self.client_pause.borrow(), Some((_, true))) {
-            return;
-        }
-        let mut pause = self.client_pause.subscribe();
-        loop {
-            let now = *pause.borrow_and_update();
-            match now {
-                Some((until, true)) if until > Instant::now() => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(until.into()) => {}
-                        _ = pause.changed() => {}
-                    }
-                }
-                _ => return,
-            }
-        }
     }
 
     /// BGSAVE: [`Node::save`] in the background.

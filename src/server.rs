@@ -140,7 +140,7 @@ pub async fn run(
     if node.pipeline.refuse_paused() {
         tracing::warn!("the commands held by CLIENT PAUSE fail: the node is shutting down");
     }
-    node.pause_clients(None);
+    node.pipeline.pause(None);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
     })
@@ -779,7 +779,7 @@ async fn dispatch(
     // CLIENT PAUSE ALL holds every command but the one that ends it.
     let unpause = args.len() == 2 && eq_ascii(&args[0], "client") && eq_ascii(&args[1], "unpause");
     if !unpause {
-        node.until_clients_unpaused().await;
+        node.pipeline.until_all_unpaused().await;
     }
     let checked = check(node, conn, &args);
     if checked.is_err() {

@@ -1044,11 +1044,9 @@ impl Engine {
         }
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        let started = self.latency.get().map(|_| std::time::Instant::now());
-        let written = db.write_opt(batch, &opts);
-        if let (Some(hook), Some(started)) = (self.latency.get(), started) {
-            hook("engine-apply", started.elapsed());
-        }
+        let written = self
+            .latency
+            .timed("engine-apply", || db.write_opt(batch, &opts));
         // After the write (see the cache's module documentation): a cached
         // key takes the entry the batch left it, or is forgotten if the
         // write failed.

@@ -842,8 +842,9 @@ pub struct Pipeline {
     /// ([`EngineError::ReadOnly`]); checked under the executor lock, so
     /// [`Pipeline::fence`] knows no write slips past it.
     writable: AtomicBool,
-    /// Until when commands wait before they run ([`Pipeline::pause`]).
-    paused: watch::Sender<Option<std::time::Instant>>,
+    /// Until when commands wait before they run, and whether all of a
+    /// node's do or only those of the write path ([`Pipeline::pause`]).
+    paused: watch::Sender<Option<(std::time::Instant, bool)>>,
     /// Set by [`Pipeline::refuse_paused`]: the held commands fail.
     refusing: AtomicBool,
 }
@@ -916,12 +917,21 @@ impl Pipeline {
         true
     }
 
-    /// Has commands wait until `until` before they run (`None`: no
-    /// more), as CLIENT PAUSE WRITE has writes wait. Checked under the
-    /// executor lock: once [`Pipeline::quiesce`] returns after it, no
-    /// command runs until the pause ends.
-    pub fn pause(&self, until: Option<std::time::Instant>) {
-        self.paused.send_replace(until);
+    /// Has the write path's commands wait until `until` before they run
+    /// (`None`: no more), as CLIENT PAUSE WRITE has writes wait; with
+    /// `all`, [`Pipeline::until_all_unpaused`] holds every other command
+    /// too (CLIENT PAUSE ALL). Checked under the executor lock: once
+    /// [`Pipeline::quiesce`] returns after it, no command of the write path
+    /// runs until the pause ends.
+    pub fn pause(&self, pause: Option<(std::time::Instant, bool)>) {
+        self.paused.send_replace(pause);
+    }
+
+    /// Waits while a pause of everything holds ([`Pipeline::pause`]).
+    pub async fn until_all_unpaused(&self) {
+        if matches!(*self.paused.borrow(), Some((_, true))) {
+            self.until_unpaused(true).await;
+        }
     }
 
     /// Returns once no command is running (none starts while paused).
@@ -930,16 +940,19 @@ impl Pipeline {
     }
 
     fn is_paused(&self) -> bool {
-        matches!(*self.paused.borrow(), Some(until) if until > std::time::Instant::now())
+        matches!(*self.paused.borrow(), Some((until, _)) if until > std::time::Instant::now())
     }
 
-    /// Waits while commands are paused ([`Pipeline::pause`]).
-    async fn until_unpaused(&self) {
+    /// Waits while the write path's commands are paused, or (`all`) while
+    /// everything is.
+    async fn until_unpaused(&self, all: bool) {
         let mut paused = self.paused.subscribe();
         loop {
-            let until = *paused.borrow_and_update();
-            match until {
-                Some(until) if until > std::time::Instant::now() => {
+            let pause = *paused.borrow_and_update();
+            match pause {
+                Some((until, everything))
+                    if (everything || !all) && until > std::time::Instant::now() =>
+                {
                     tokio::select! {
                         () = tokio::time::sleep_until(until.into()) => {}
                         _ = paused.changed() => {}
@@ -1051,7 +1064,7 @@ impl Pipeline {
         // may have come before.
         let mut exec = loop {
             if self.is_paused() {
-                self.until_unpaused().await;
+                self.until_unpaused(false).await;
             }
             let exec = self.exec.lock().await;
             if !self.is_paused() {

@@ -215,24 +215,22 @@ impl LatencySlot {
     pub fn set(&self, hook: LatencyHook) {
         let _ = self.0.set(hook);
     }
-}
 
-impl std::fmt::Debug for LatencySlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.get().is_some() { "set" } else { "none" })
-    }
-}
-
-impl Shared {
-    /// Runs `step`, telling the latency hook how long it took.
-    fn timed<T>(&self, event: &'static str, step: impl FnOnce() -> T) -> T {
-        let Some(hook) = self.latency.get() else {
+    /// Runs `step`, telling the hook (if set) how long it took, as `event`.
+    pub fn timed<T>(&self, event: &'static str, step: impl FnOnce() -> T) -> T {
+        let Some(hook) = self.get() else {
             return step();
         };
         let started = std::time::Instant::now();
         let out = step();
         hook(event, started.elapsed());
         out
+    }
+}
+
+impl std::fmt::Debug for LatencySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.get().is_some() { "set" } else { "none" })
     }
 }
 
@@ -1619,6 +1617,7 @@ impl Writer {
         }
         let file = &self.file;
         self.shared
+            .latency
             .timed("wal-write", || file.write_at(bytes, self.offset))
             .map_err(|e| WalError::io("writing", &self.segment.path, e))?;
         self.offset += bytes.len() as u64;
@@ -1629,6 +1628,7 @@ impl Writer {
     fn sync_file(&mut self) -> Result<()> {
         let file = &self.file;
         self.shared
+            .latency
             .timed("wal-fsync", || file.sync_data())
             .map_err(|e| WalError::io("syncing", &self.segment.path, e))?;
         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -1853,7 +1853,7 @@ fn run_syncer(shared: &Shared) {
             continue;
         }
         drop(target);
-        match shared.timed("wal-fsync", || file.sync_data()) {
+        match shared.latency.timed("wal-fsync", || file.sync_data()) {
             Ok(()) => {
                 shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 shared.publish_durable(written);
