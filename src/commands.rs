@@ -1045,22 +1045,37 @@ pub const LCS_TABLE_BYTES_MAX: u64 = 512 << 20;
 fn lcs(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let now = now_ms();
     let (a, b) = (&args[1], &args[2]);
-    // Both strings in one state.
+    let is_string = |e: &Option<Entry>| {
+        matches!(
+            e,
+            Some(Entry {
+                value: Value::String(_) | Value::LongString { .. },
+                ..
+            })
+        )
+    };
+    // A string's length, 0 for anything else.
+    let len_of = |e: &Option<Entry>| {
+        e.as_ref()
+            .filter(|_| is_string(e))
+            .map_or(0, |e| e.string_len())
+    };
+    // Both strings in one state; not read if their table would be past
+    // the limit (`None`).
     let read = |r: &dyn Reader| {
         let entries = (r.live(a, now)?, r.live(b, now)?);
+        let cells = (len_of(&entries.0) + 1).saturating_mul(len_of(&entries.1) + 1);
+        if cells.saturating_mul(4) > LCS_TABLE_BYTES_MAX {
+            return Ok((entries, None));
+        }
         let bytes = |key: &[u8], entry: &Option<Entry>| match entry {
-            Some(
-                e @ Entry {
-                    value: Value::String(_) | Value::LongString { .. },
-                    ..
-                },
-            ) => string_bytes(r, key, e, 0..e.string_len()),
+            Some(e) if is_string(entry) => string_bytes(r, key, e, 0..e.string_len()),
             _ => Ok(Bytes::new()),
         };
         let values = (bytes(a, &entries.0)?, bytes(b, &entries.1)?);
-        Ok((entries, values))
+        Ok((entries, Some(values)))
     };
-    let ((entry_a, entry_b), (a, b)) = tri_read!(stable(r, read));
+    let ((entry_a, entry_b), values) = tri_read!(stable(r, read));
     count_lookup(node, &entry_a);
     count_lookup(node, &entry_b);
     let is_hash = |e: &Option<Entry>| {
@@ -1096,13 +1111,15 @@ fn lcs(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     if idx && len {
         return Reply::err("If you want both the length and indexes, please just use IDX.");
     }
+    let out_of_memory =
+        || Reply::err("Insufficient memory, failed allocating transient memory for LCS");
+    let Some((a, b)) = values else {
+        return out_of_memory();
+    };
     let (rows, cols) = (a.len() + 1, b.len() + 1);
-    let cells = (rows as u64).saturating_mul(cols as u64);
     let mut table: Vec<u32> = Vec::new();
-    if cells.saturating_mul(4) > LCS_TABLE_BYTES_MAX
-        || table.try_reserve_exact(cells as usize).is_err()
-    {
-        return Reply::err("Insufficient memory, failed allocating transient memory for LCS");
+    if table.try_reserve_exact(rows * cols).is_err() {
+        return out_of_memory();
     }
     // table[i * cols + j]: the LCS's length of a[..i] and b[..j].
     table.resize(cols, 0);

@@ -1332,8 +1332,16 @@ impl Node {
     /// the error reply).
     pub async fn save(&self) -> Result<(), String> {
         begin_save(&self.saves)?;
-        let ok = persist_all(self.wal.clone(), self.engine.clone(), self.saves.clone()).await;
-        ok.then_some(())
+        // A task of its own, so that the save ends (and says so) even if
+        // the connection that asked is gone.
+        let save = tokio::spawn(persist_all(
+            self.wal.clone(),
+            self.engine.clone(),
+            self.saves.clone(),
+        ));
+        save.await
+            .unwrap_or(false)
+            .then_some(())
             .ok_or_else(|| "the save failed: see the node's log".to_string())
     }
 

@@ -2410,3 +2410,29 @@ fn a_write_held_by_a_pause_fails_when_the_node_stops() {
     let server = Server::start(&data, &[]);
     assert_eq!(raw(&mut server.client(), &["GET", "late"]), V::Nil);
 }
+
+/// LCS refuses two strings whose table would pass `LCS_TABLE_BYTES_MAX`
+/// with Redis's out-of-memory error, without reading them, after the
+/// errors Redis gives first (a hash, a bad option).
+#[test]
+fn lcs_refuses_a_table_past_its_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let c = &mut server.client();
+    // 12,000 bytes each: 4 × 12,001² bytes, past 512 MiB.
+    let long = "x".repeat(12_000);
+    raw(c, &["SET", "a", &long]);
+    raw(c, &["SET", "b", &long]);
+    raw(c, &["HSET", "h", "f", "v"]);
+    let refused = "ERR Insufficient memory, failed allocating transient memory for LCS";
+    assert_eq!(error(c, &["LCS", "a", "b"]), refused);
+    assert_eq!(error(c, &["LCS", "a", "b", "LEN"]), refused);
+    assert_eq!(error(c, &["LCS", "a", "b", "NOPE"]), "ERR syntax error");
+    assert_eq!(
+        error(c, &["LCS", "a", "h"]),
+        "ERR The specified keys must contain string values"
+    );
+    // Within the limit: one of them against a short string.
+    raw(c, &["SET", "s", "xyx"]);
+    assert_eq!(raw(c, &["LCS", "a", "s", "LEN"]), V::Int(2));
+}
