@@ -287,6 +287,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("mset", -3, WD, 1, -1, 2, Handler::Write(mset)),
     spec!("msetnx", -3, WD, 1, -1, 2, Handler::Write(msetnx)),
     spec!("multi", 1, TX, 0, 0, 0, Handler::Transaction),
+    spec!("object", -2, &[], 0, 0, 0, Handler::Read(object)),
     spec!("persist", 2, WF, 1, 1, 1, Handler::Write(persist)),
     spec!("pexpire", -3, WF, 1, 1, 1, Handler::Write(pexpire)),
     spec!("pexpireat", -3, WF, 1, 1, 1, Handler::Write(pexpireat)),
@@ -406,7 +407,7 @@ pub static COMMANDS: &[Spec] = &[
 type Subcommands = &'static [(&'static str, i64)];
 
 /// The subcommands of the container commands (CLIENT, COMMAND, CONFIG,
-/// LATENCY, MEMORY, SLOWLOG), as Redis 7 names them in its errors and in
+/// LATENCY, MEMORY, OBJECT, SLOWLOG), as Redis 7 names them in its errors and in
 /// INFO commandstats (`client|setname`), with their arity as Redis counts
 /// it (the container's name included; negative: at least).
 pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
@@ -459,6 +460,16 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
             ("malloc-stats", 2),
             ("purge", 2),
             ("usage", -3),
+        ],
+    ),
+    (
+        "object",
+        &[
+            ("encoding", 3),
+            ("freq", 3),
+            ("help", 2),
+            ("idletime", 3),
+            ("refcount", 3),
         ],
     ),
     (
@@ -569,6 +580,12 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("mset", &["write", "string", "slow"]),
     ("msetnx", &["write", "string", "slow"]),
     ("multi", &["fast", "transaction"]),
+    ("object", &["slow"]),
+    ("object|encoding", &["keyspace", "read", "slow"]),
+    ("object|freq", &["keyspace", "read", "slow"]),
+    ("object|help", &["keyspace", "slow"]),
+    ("object|idletime", &["keyspace", "read", "slow"]),
+    ("object|refcount", &["keyspace", "read", "slow"]),
     ("persist", &["keyspace", "write", "fast"]),
     ("pexpire", &["keyspace", "write", "fast"]),
     ("pexpireat", &["keyspace", "write", "fast"]),
@@ -2681,8 +2698,9 @@ fn hrandfield(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 }
 
 /// A hash of at most this many fields is given whole by an HSCAN from
-/// cursor 0, whatever its COUNT (Redis's `hash-max-listpack-entries`).
-pub const HSCAN_WHOLE_FIELDS_MAX: usize = 128;
+/// cursor 0, whatever its COUNT (as Redis gives a hash it keeps as a
+/// listpack).
+pub const HSCAN_WHOLE_FIELDS_MAX: usize = HASH_LISTPACK_ENTRIES_MAX as usize;
 
 /// An HSCAN cursor of a larger hash stands for a field the server
 /// remembers ([`crate::node::HSCAN_CURSORS_MAX`] of them).
@@ -3549,6 +3567,94 @@ pub fn hidden_from_monitor(spec: &Spec, name: &str) -> bool {
             .is_ok_and(|at| ACL_CATEGORIES[at].1.contains(&"admin"))
     } else {
         spec.flags.contains(&"admin")
+    }
+}
+
+/// Hashes of at most this many fields, each field and value at most
+/// [`HASH_LISTPACK_VALUE_BYTES_MAX`] bytes, are what Redis keeps as a
+/// listpack (its `hash-max-listpack-entries` default): OBJECT ENCODING,
+/// and HSCAN's whole replies.
+pub const HASH_LISTPACK_ENTRIES_MAX: u64 = 512;
+/// Redis's `hash-max-listpack-value` default.
+pub const HASH_LISTPACK_VALUE_BYTES_MAX: usize = 64;
+/// Strings up to this long are embedded in their object in Redis
+/// (`embstr`).
+const EMBSTR_BYTES_MAX: usize = 44;
+/// Integers below this are objects Redis shares (OBJECT REFCOUNT gives
+/// `i32::MAX` for them).
+const SHARED_INTEGERS: i64 = 10_000;
+
+/// OBJECT ENCODING, REFCOUNT, FREQ, IDLETIME, HELP. ferry stores values its
+/// own way (a string in its key's row or in chunks, a hash in rows of
+/// fields): ENCODING and REFCOUNT give what Redis gives for the value as it
+/// is now, written whole (Redis says `raw` for a short string after an
+/// in-place change such as APPEND, and keeps `hashtable` for a hash that
+/// was once large). FREQ is Redis's error without an LFU policy (ferry
+/// evicts nothing); IDLETIME is an error, ferry keeping no access times.
+fn object(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match (sub.as_str(), args.len()) {
+        ("help", 2) => help(&[
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "ENCODING <key>",
+            "    Return the kind of internal representation used in order to store the value",
+            "    associated with a <key>.",
+            "FREQ <key>",
+            "    Return the access frequency index of the <key>. The returned integer is",
+            "    proportional to the logarithm of the recent access frequency of the key.",
+            "IDLETIME <key>",
+            "    Return the idle time of the <key>, that is the approximated number of",
+            "    seconds elapsed since the last access to the key.",
+            "REFCOUNT <key>",
+            "    Return the number of references of the value associated with the specified",
+            "    <key>.",
+            "HELP",
+            "    Prints this help.",
+        ]),
+        (name @ ("encoding" | "freq" | "idletime" | "refcount"), 3) => {
+            let key = &args[2];
+            let Some(entry) = tri_read!(read_entry(node, r, key)) else {
+                return Reply::Null;
+            };
+            // Redis keeps a string that reads as a 64-bit integer as one.
+            let integer = match &entry.value {
+                Value::String(s) => parse_i64(s),
+                _ => None,
+            };
+            match name {
+                "freq" => Reply::err(
+                    "An LFU maxmemory policy is not selected, access frequency not tracked. \
+                     Please note that when switching between policies at runtime LRU and LFU \
+                     data will take some time to adjust.",
+                ),
+                "idletime" => {
+                    Reply::err("ferry keeps no access times: OBJECT IDLETIME is not tracked")
+                }
+                "refcount" => Reply::Int(match integer {
+                    Some(n) if (0..SHARED_INTEGERS).contains(&n) => i64::from(i32::MAX),
+                    _ => 1,
+                }),
+                _ => Reply::bulk(match entry.value {
+                    Value::String(_) if integer.is_some() => "int",
+                    Value::String(s) if s.len() <= EMBSTR_BYTES_MAX => "embstr",
+                    Value::String(_) | Value::LongString { .. } => "raw",
+                    Value::Hash { len } if len > HASH_LISTPACK_ENTRIES_MAX => "hashtable",
+                    Value::Hash { .. } => {
+                        let fields = tri_read!(
+                            r.fields(key, None, HASH_LISTPACK_ENTRIES_MAX as usize)
+                                .map_err(engine_error)
+                        );
+                        let small = |b: &Bytes| b.len() <= HASH_LISTPACK_VALUE_BYTES_MAX;
+                        if fields.iter().all(|(f, v)| small(f) && small(v)) {
+                            "listpack"
+                        } else {
+                            "hashtable"
+                        }
+                    }
+                }),
+            }
+        }
+        _ => subcommand_error("object", &args[1]),
     }
 }
 

@@ -324,7 +324,7 @@ fn hashes_behave_as_in_redis() {
     };
     let V::Array(items) = &parts[1] else { panic!() };
     assert_eq!(items.len(), 20);
-    for i in 50..300 {
+    for i in 50..600 {
         raw(c, &["HSET", "big", &format!("f{i:02}"), &i.to_string()]);
     }
     let mut cursor = "0".to_string();
@@ -346,8 +346,8 @@ fn hashes_behave_as_in_redis() {
         }
     }
     assert_eq!(cursor, "0");
-    assert_eq!(seen.len(), 300);
-    assert_eq!(calls, 300_usize.div_ceil(7), "COUNT fields a call past 128");
+    assert_eq!(seen.len(), 600);
+    assert_eq!(calls, 600_usize.div_ceil(7), "COUNT fields a call past 512");
 
     // Pipelined writes see each other's field changes before they are
     // applied: HDEL then HSETNX of the same field sets it again.
@@ -2432,6 +2432,12 @@ fn lcs_refuses_a_table_past_its_limit() {
         error(c, &["LCS", "a", "h"]),
         "ERR The specified keys must contain string values"
     );
+    // No access times: OBJECT IDLETIME says so for a key, nil for none.
+    assert_eq!(
+        error(c, &["OBJECT", "IDLETIME", "a"]),
+        "ERR ferry keeps no access times: OBJECT IDLETIME is not tracked"
+    );
+    assert_eq!(raw(c, &["OBJECT", "IDLETIME", "nosuch"]), V::Nil);
     // Within the limit: one of them against a short string.
     raw(c, &["SET", "s", "xyx"]);
     assert_eq!(raw(c, &["LCS", "a", "s", "LEN"]), V::Int(2));

@@ -1399,6 +1399,55 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             ]
             .concat(),
         ),
+        ("OBJECT of values written whole", {
+            let mut wide_hash: Vec<Vec<u8>> = vec![b"HSET".to_vec(), b"ob-wide".to_vec()];
+            for i in 0..129 {
+                wide_hash.push(format!("f{i}").into_bytes());
+                wide_hash.push(b"v".to_vec());
+            }
+            let wide_hash: Vec<&[u8]> = wide_hash.iter().map(Vec::as_slice).collect();
+            let x44 = vec![b'x'; 44];
+            let x45 = vec![b'x'; 45];
+            let long = vec![b'y'; 70_000];
+            let v65 = vec![b'v'; 65];
+            let mut cases = vec![
+                resp(&[b"SET", b"ob-i", b"123"]),
+                resp(&[b"SET", b"ob-z", b"0123"]),
+                resp(&[b"SET", b"ob-n", b"-5"]),
+                resp(&[b"SET", b"ob-big", b"12345678901234567890"]),
+                resp(&[b"SET", b"ob-min", b"-9223372036854775808"]),
+                resp(&[b"SET", b"ob-e", b"abc"]),
+                resp(&[b"SET", b"ob-44", &x44]),
+                resp(&[b"SET", b"ob-45", &x45]),
+                resp(&[b"SET", b"ob-long", &long]),
+                resp(&[b"SET", b"ob-9999", b"9999"]),
+                resp(&[b"SET", b"ob-10000", b"10000"]),
+                resp(&[b"HSET", b"ob-h", b"f", b"v"]),
+                resp(&[b"HSET", b"ob-hv", b"f", &v65]),
+                resp(&wide_hash),
+            ];
+            for key in [
+                "ob-i", "ob-z", "ob-n", "ob-big", "ob-min", "ob-e", "ob-44", "ob-45", "ob-long",
+                "ob-h", "ob-hv", "ob-wide", "nosuch",
+            ] {
+                cases.push(resp(&[b"OBJECT", b"ENCODING", key.as_bytes()]));
+            }
+            for key in [
+                "ob-i", "ob-9999", "ob-10000", "ob-n", "ob-e", "ob-h", "nosuch",
+            ] {
+                cases.push(resp(&[b"OBJECT", b"REFCOUNT", key.as_bytes()]));
+            }
+            cases.extend([
+                resp(&[b"OBJECT", b"FREQ", b"ob-i"]),
+                resp(&[b"OBJECT", b"FREQ", b"nosuch"]),
+                resp(&[b"OBJECT", b"IDLETIME", b"nosuch"]),
+                resp(&[b"OBJECT", b"encoding"]),
+                resp(&[b"OBJECT", b"NOSUCH", b"ob-i"]),
+                resp(&[b"OBJECT", b"HELP"]),
+                resp(&[b"object", b"help", b"x"]),
+            ]);
+            cases.concat()
+        }),
         (
             "CLIENT PAUSE's errors, and a pause of none",
             [
