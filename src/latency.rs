@@ -191,8 +191,8 @@ impl LatencyMonitor {
             {
                 let _ = writeln!(
                     out,
-                    "- The slow log only logs commands slower than the latency threshold \
-                     with --slowlog-log-slower-than {} or less.",
+                    "- The slow log leaves out commands this slow: start the node with \
+                     --slowlog-log-slower-than {} (µs) to see them in SLOWLOG GET.",
                     self.threshold_ms * 1000
                 );
             }
