@@ -765,7 +765,7 @@ fn not_integer() -> Reply {
     Reply::err("value is not an integer or out of range")
 }
 
-fn eq(a: &[u8], b: &str) -> bool {
+pub fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
@@ -1095,15 +1095,7 @@ fn lcs(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let ((entry_a, entry_b), values) = tri_read!(stable(r, read));
     count_lookup(node, &entry_a);
     count_lookup(node, &entry_b);
-    let is_hash = |e: &Option<Entry>| {
-        matches!(
-            e,
-            Some(Entry {
-                value: Value::Hash { .. },
-                ..
-            })
-        )
-    };
+    let is_hash = |e: &Option<Entry>| e.is_some() && !is_string(e);
     if is_hash(&entry_a) || is_hash(&entry_b) {
         return Reply::err("The specified keys must contain string values");
     }
@@ -3562,9 +3554,7 @@ fn monitor(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
 /// category `admin` tells it).
 pub fn hidden_from_monitor(spec: &Spec, name: &str) -> bool {
     if name.contains('|') {
-        ACL_CATEGORIES
-            .binary_search_by(|(n, _)| n.cmp(&name))
-            .is_ok_and(|at| ACL_CATEGORIES[at].1.contains(&"admin"))
+        acl_categories(name).contains(&"admin")
     } else {
         spec.flags.contains(&"admin")
     }

@@ -128,14 +128,10 @@ impl LatencyMonitor {
     /// oldest on the left, each with its latency and age under it; `None`
     /// without samples.
     pub fn graph(&self, event: &[u8]) -> Option<String> {
-        let samples = self.history(event);
-        let name = String::from_utf8_lossy(event);
-        let max_ever = self
-            .latest()
-            .into_iter()
-            .find(|(n, ..)| n.as_bytes() == event)
-            .map_or(0, |(.., max)| max);
-        graph(&name, &samples, max_ever, now_secs())
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let (name, series) = events.iter().find(|(name, _)| name.as_bytes() == event)?;
+        let samples: Vec<(u64, u64)> = series.samples.iter().copied().collect();
+        graph(name, &samples, series.max_ms, now_secs())
     }
 
     /// LATENCY DOCTOR: what the samples say, event by event.
@@ -263,24 +259,18 @@ fn graph(name: &str, samples: &[(u64, u64)], max_ever: u64, now: u64) -> Option<
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    // Each column's latency and age, written downwards.
-    let labels: Vec<(String, String)> = samples
+    // Each column's latency, then its age, written downwards.
+    let latencies: Vec<String> = samples.iter().map(|s| s.1.to_string()).collect();
+    let ages: Vec<String> = samples
         .iter()
-        .map(|&(secs, ms)| (ms.to_string(), age(now.saturating_sub(secs))))
+        .map(|s| age(now.saturating_sub(s.0)))
         .collect();
-    for pick in [0, 1] {
-        let longest = labels
-            .iter()
-            .map(|l| if pick == 0 { l.0.len() } else { l.1.len() })
-            .max()
-            .unwrap_or(0);
+    for labels in [latencies, ages] {
+        let longest = labels.iter().map(String::len).max().unwrap_or(0);
         for i in 0..longest {
             let line: String = labels
                 .iter()
-                .map(|l| {
-                    let text = if pick == 0 { &l.0 } else { &l.1 };
-                    text.chars().nth(i).unwrap_or(' ')
-                })
+                .map(|l| l.chars().nth(i).unwrap_or(' '))
                 .collect();
             out.push_str(line.trim_end());
             out.push('\n');

@@ -777,7 +777,8 @@ async fn dispatch(
     out: &mut BytesMut,
 ) -> Option<Queued> {
     // CLIENT PAUSE ALL holds every command but the one that ends it.
-    let unpause = args.len() == 2 && eq_ascii(&args[0], "client") && eq_ascii(&args[1], "unpause");
+    let unpause =
+        args.len() == 2 && commands::eq(&args[0], "client") && commands::eq(&args[1], "unpause");
     if !unpause {
         node.pipeline.until_all_unpaused().await;
     }
@@ -992,10 +993,6 @@ fn feed_monitors(node: &Node, conn: &Conn, slot: Option<usize>, args: &[bytes::B
         .unwrap_or_default();
     // No monitor left to read it is no failure.
     let _ = node.monitors.send(crate::node::monitor_line(&addr, args));
-}
-
-fn eq_ascii(a: &[u8], b: &str) -> bool {
-    a.eq_ignore_ascii_case(b.as_bytes())
 }
 
 /// Commands that run at once inside MULTI instead of being queued.
