@@ -4,6 +4,8 @@
 //! the write pipeline (reading the latest state, pushing effects); connection
 //! commands act on the connection or the server.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -648,7 +650,7 @@ struct StatTable {
 }
 
 fn stat_table() -> &'static StatTable {
-    static TABLE: std::sync::OnceLock<StatTable> = std::sync::OnceLock::new();
+    static TABLE: OnceLock<StatTable> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut names = Vec::new();
         let mut at = Vec::with_capacity(COMMANDS.len());
@@ -712,14 +714,25 @@ pub fn is_subcommand_arity_error(reply: &Reply) -> bool {
     matches!(reply, Reply::Error(e) if e.starts_with("ERR wrong number of arguments for '"))
 }
 
+/// Longer than any command name: a name this long is unknown at once.
+const COMMAND_NAME_BYTES_MAX: usize = 32;
+
 /// The table entry of a command name, in any case.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    // Compared byte by byte, lowercased on the fly: no allocation per request.
-    let lowered = name.iter().map(u8::to_ascii_lowercase);
-    COMMANDS
-        .binary_search_by(|s| s.name.bytes().cmp(lowered.clone()))
-        .ok()
-        .map(|i| &COMMANDS[i])
+    type ByName = HashMap<&'static [u8], &'static Spec, foldhash::fast::RandomState>;
+    static BY_NAME: OnceLock<ByName> = OnceLock::new();
+    if name.len() > COMMAND_NAME_BYTES_MAX {
+        return None;
+    }
+    // Lowered on the stack: no allocation per request.
+    let mut lowered = [0u8; COMMAND_NAME_BYTES_MAX];
+    let lowered = &mut lowered[..name.len()];
+    lowered.copy_from_slice(name);
+    lowered.make_ascii_lowercase();
+    BY_NAME
+        .get_or_init(|| COMMANDS.iter().map(|s| (s.name.as_bytes(), s)).collect())
+        .get(&*lowered)
+        .copied()
 }
 
 /// Redis's reply to a command it does not know, built as Redis builds it:
@@ -3920,6 +3933,12 @@ mod tests {
     fn the_table_is_sorted_and_lookups_ignore_case() {
         assert!(COMMANDS.windows(2).all(|w| w[0].name < w[1].name));
         assert_eq!(lookup(b"GeT").map(|s| s.name), Some("get"));
+        for spec in COMMANDS {
+            assert!(spec.name.len() <= COMMAND_NAME_BYTES_MAX, "{}", spec.name);
+            let upper = spec.name.to_ascii_uppercase();
+            assert!(std::ptr::eq(lookup(upper.as_bytes()).unwrap(), spec));
+        }
         assert!(lookup(b"nosuch").is_none());
+        assert!(lookup(&[b'g'; COMMAND_NAME_BYTES_MAX + 1]).is_none());
     }
 }

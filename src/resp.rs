@@ -30,6 +30,9 @@ pub struct ParseLimits {
 pub const UNAUTHENTICATED_MULTIBULK_LEN_MAX: i64 = 10;
 /// Largest bulk string of a client yet to authenticate.
 pub const UNAUTHENTICATED_BULK_BYTES_MAX: i64 = 16 * 1024;
+/// Requests of up to this many arguments (most) are parsed without a
+/// scratch allocation.
+const SHORT_REQUEST_ARGS: usize = 8;
 
 /// A request the client sent that breaks the protocol: the connection is
 /// answered with this text and closed.
@@ -128,9 +131,15 @@ fn parse_multibulk(
         buf.advance(at);
         return Ok(Some(Vec::new()));
     }
-    // Bulk bounds first; the arguments are copied out only once all are here.
-    let mut bounds = Vec::with_capacity((count as usize).min(1024));
-    for _ in 0..count {
+    // Bulk bounds first (on the stack for a short request); the arguments
+    // are cut out only once all are here.
+    let count = count as usize;
+    let mut short = [(0, 0); SHORT_REQUEST_ARGS];
+    let mut long = Vec::new();
+    if count > SHORT_REQUEST_ARGS {
+        long.reserve(count.min(1024));
+    }
+    for i in 0..count {
         if at >= buf.len() {
             return Ok(None);
         }
@@ -156,16 +165,22 @@ fn parse_multibulk(
         if buf.len() < next + len + 2 {
             return Ok(None);
         }
-        bounds.push((next, next + len));
+        if count > SHORT_REQUEST_ARGS {
+            long.push((next, next + len));
+        } else {
+            short[i] = (next, next + len);
+        }
         at = next + len + 2;
     }
+    let bounds = if count > SHORT_REQUEST_ARGS {
+        &long[..]
+    } else {
+        &short[..count]
+    };
     let frozen = buf.split_to(at).freeze();
-    Ok(Some(
-        bounds
-            .into_iter()
-            .map(|(s, e)| frozen.slice(s..e))
-            .collect(),
-    ))
+    let mut args = Vec::with_capacity(count);
+    args.extend(bounds.iter().map(|&(s, e)| frozen.slice(s..e)));
+    Ok(Some(args))
 }
 
 fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
