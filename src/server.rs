@@ -1108,10 +1108,17 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
             "EXECABORT Transaction discarded because of previous errors.".into(),
         ));
     }
-    let executed = node
-        .pipeline
-        .execute(|view| run_queued(node, conn, view, &multi.commands))
-        .await;
+    // A transaction of reads runs through CLIENT PAUSE WRITE, as in Redis.
+    let reads_only = multi
+        .commands
+        .iter()
+        .all(|(spec, ..)| !matches!(spec.handler, Handler::Write(_)));
+    let run = |view: &mut View<'_>| run_queued(node, conn, view, &multi.commands);
+    let executed = if reads_only {
+        node.pipeline.execute_read(run).await
+    } else {
+        node.pipeline.execute(run).await
+    };
     conn.watch.clear();
     match executed {
         Ok(ticket) => Queued::Pending(ticket),
@@ -1145,6 +1152,11 @@ fn run_queued(
             Handler::Conn(_) if spec.name == "monitor" => {
                 Reply::err("MONITOR isn't allowed for DENY BLOCKING client")
             }
+            // Redis starts it after the transaction, and says so.
+            Handler::Conn(f) if spec.name == "bgsave" => match f(node, conn, args) {
+                Reply::Simple(_) => Reply::Simple("Background saving scheduled".into()),
+                other => other,
+            },
             Handler::Conn(f) => f(node, conn, args),
             // WAIT cannot block inside a transaction: the replicas that
             // have flushed the connection's writes so far, as in Redis.

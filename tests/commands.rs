@@ -2218,7 +2218,11 @@ fn save_and_bgsave_leave_nothing_for_a_restart_to_replay() {
     raw(c, &["BGSAVE"]);
     assert_eq!(
         raw(c, &["EXEC"]),
-        V::Array(vec![V::SimpleString("Background saving started".into())])
+        V::Array(vec![V::SimpleString("Background saving scheduled".into())])
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || figure("rdb_saves") == 4),
+        "the save from the transaction ends"
     );
 }
 
@@ -2350,17 +2354,30 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
         std::thread::spawn(move || raw(&mut c, args))
     };
     let (writer, reader) = (server.client(), &mut server.client());
+    let mut transaction = server.client();
     assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
     let write = held(writer, &["SET", "k", "v"]);
-    // Reads go on meanwhile, and the write has not run.
+    // A transaction with a write waits at its EXEC, as in Redis.
+    let queued = V::SimpleString("QUEUED".into());
+    assert_eq!(raw(&mut transaction, &["MULTI"]), ok());
+    assert_eq!(raw(&mut transaction, &["INCR", "n"]), queued);
+    let exec = held(transaction, &["EXEC"]);
+    // Reads go on meanwhile, a transaction of reads too, and the writes
+    // have not run.
     assert_eq!(raw(reader, &["GET", "k"]), V::Nil);
+    assert_eq!(raw(reader, &["MULTI"]), ok());
+    assert_eq!(raw(reader, &["GET", "k"]), queued);
+    assert_eq!(raw(reader, &["EXISTS", "n"]), queued);
+    assert_eq!(raw(reader, &["EXEC"]), V::Array(vec![V::Nil, V::Int(0)]));
     assert!(
-        !wait_until(Duration::from_millis(300), || write.is_finished()),
+        !wait_until(Duration::from_millis(300), || write.is_finished()
+            || exec.is_finished()),
         "a write ran during CLIENT PAUSE WRITE"
     );
     assert_eq!(raw(reader, &["GET", "k"]), V::Nil);
     assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
     assert_eq!(write.join().unwrap(), ok());
+    assert_eq!(exec.join().unwrap(), V::Array(vec![V::Int(1)]));
     assert_eq!(raw(reader, &["GET", "k"]), bulk("v"));
 
     let pinger = server.client();
@@ -2377,7 +2394,7 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     let incr = server.client();
     let paused_at = std::time::Instant::now();
     assert_eq!(raw(admin, &["CLIENT", "PAUSE", "400", "write"]), ok());
-    assert_eq!(held(incr, &["INCR", "n"]).join().unwrap(), V::Int(1));
+    assert_eq!(held(incr, &["INCR", "m"]).join().unwrap(), V::Int(1));
     // Not before the pause's end, which is 400 ms after it began.
     assert!(
         paused_at.elapsed() >= Duration::from_millis(400),

@@ -1049,6 +1049,25 @@ impl Pipeline {
             .expect("one outcome per command")
     }
 
+    /// [`Pipeline::execute`] for a command that only reads (a transaction
+    /// of reads): it runs through a pause of the write path's commands, as
+    /// Redis runs such an EXEC under CLIENT PAUSE WRITE. Effects it pushes
+    /// all the same are refused ([`EngineError::ReadOnly`]) while a pause
+    /// holds, so nothing reaches the WAL during one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::execute`].
+    pub async fn execute_read<R>(
+        &self,
+        command: impl FnOnce(&mut View<'_>) -> Result<R>,
+    ) -> Result<Ticket<R>> {
+        self.execute_held([command], false)
+            .await
+            .pop()
+            .expect("one outcome per command")
+    }
+
     /// [`Pipeline::execute`] for several commands in a row, as one client
     /// pipelines them: each runs alone and sees the ones before it, each
     /// has its own record and outcome, in order; the records go to the WAL
@@ -1060,14 +1079,27 @@ impl Pipeline {
     where
         C: FnOnce(&mut View<'_>) -> Result<R>,
     {
+        self.execute_held(commands, true).await
+    }
+
+    /// [`Pipeline::execute_many`]; `held`: they wait out a pause of the
+    /// write path's commands (else effects are refused during one).
+    async fn execute_held<R, C>(
+        &self,
+        commands: impl IntoIterator<Item = C>,
+        held: bool,
+    ) -> Vec<Result<Ticket<R>>>
+    where
+        C: FnOnce(&mut View<'_>) -> Result<R>,
+    {
         // Not while paused: checked again under the lock, which a pause
         // may have come before.
         let mut exec = loop {
-            if self.is_paused() {
+            if held && self.is_paused() {
                 self.until_unpaused(false).await;
             }
             let exec = self.exec.lock().await;
-            if !self.is_paused() {
+            if !held || !self.is_paused() {
                 break exec;
             }
         };
@@ -1078,7 +1110,8 @@ impl Pipeline {
                 .map(|_| Err(EngineError::Stopped(why.into())))
                 .collect();
         }
-        let writable = self.writable.load(Ordering::Acquire);
+        // A read's effects (there should be none) may not slip through.
+        let writable = self.writable.load(Ordering::Acquire) && (held || !self.is_paused());
         let append_max = self.wal.append_bytes_max();
         let mut outcomes: Vec<Outcome<R>> = Vec::new();
         let mut staged: Vec<Staged> = Vec::new();
