@@ -139,7 +139,8 @@ fn parse_multibulk(
     if count > SHORT_REQUEST_ARGS {
         long.reserve(count.min(1024));
     }
-    for i in 0..count {
+    let mut places = short.iter_mut();
+    for _ in 0..count {
         if at >= buf.len() {
             return Ok(None);
         }
@@ -165,10 +166,9 @@ fn parse_multibulk(
         if buf.len() < next + len + 2 {
             return Ok(None);
         }
-        if count > SHORT_REQUEST_ARGS {
-            long.push((next, next + len));
-        } else {
-            short[i] = (next, next + len);
+        match places.next() {
+            Some(place) if count <= SHORT_REQUEST_ARGS => *place = (next, next + len),
+            _ => long.push((next, next + len)),
         }
         at = next + len + 2;
     }
@@ -436,6 +436,28 @@ mod tests {
         assert!(parse_request(&mut two, LIMITS).unwrap().is_some());
         assert!(parse_request(&mut two, LIMITS).unwrap().is_some());
         assert!(two.is_empty());
+    }
+
+    /// Requests on either side of [`SHORT_REQUEST_ARGS`] (bounds on the
+    /// stack, or in a vector) parse alike.
+    #[test]
+    fn short_and_long_requests_parse_alike() {
+        for n in [
+            1,
+            SHORT_REQUEST_ARGS - 1,
+            SHORT_REQUEST_ARGS,
+            SHORT_REQUEST_ARGS + 1,
+            40,
+        ] {
+            let words: Vec<String> = (0..n).map(|i| "a".repeat(i)).collect();
+            let mut wire = format!("*{n}\r\n").into_bytes();
+            for w in &words {
+                wire.extend_from_slice(format!("${}\r\n{w}\r\n", w.len()).as_bytes());
+            }
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            assert_eq!(parse(&wire), Ok(Some(args(&words))), "{n} arguments");
+            assert_eq!(parse(&wire[..wire.len() - 1]), Ok(None), "{n} arguments");
+        }
     }
 
     #[test]
