@@ -42,6 +42,49 @@ pub enum Handler {
     /// SAVE: waits for the WAL's sync and the engine's flush
     /// ([`Node::save`]).
     Save,
+    /// SHUTDOWN: stops the node, after its replicas caught up
+    /// ([`Node::shutdown_by_command`]).
+    Shutdown,
+}
+
+/// What SHUTDOWN was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownArgs {
+    /// SHUTDOWN ABORT: cancel a shutdown waiting for its replicas.
+    Abort,
+    Stop {
+        /// SAVE (`Some(true)`) flushes the engine too; NOSAVE
+        /// (`Some(false)`) and neither only sync the WAL.
+        save: Option<bool>,
+        /// NOW: no wait for lagging replicas.
+        now: bool,
+        /// FORCE: stop even if the save fails.
+        force: bool,
+    },
+}
+
+/// SHUTDOWN's arguments, refused as Redis 7.0 refuses them.
+pub fn shutdown_args(args: &Args) -> Result<ShutdownArgs, Reply> {
+    let (mut save, mut nosave, mut now, mut force, mut abort) = (false, false, false, false, false);
+    for arg in &args[1..] {
+        let flag = match () {
+            () if eq(arg, "nosave") => &mut nosave,
+            () if eq(arg, "save") => &mut save,
+            () if eq(arg, "now") => &mut now,
+            () if eq(arg, "force") => &mut force,
+            () if eq(arg, "abort") => &mut abort,
+            () => return Err(syntax_error()),
+        };
+        *flag = true;
+    }
+    if (abort && (save || nosave || now || force)) || (save && nosave) {
+        return Err(syntax_error());
+    }
+    if abort {
+        return Ok(ShutdownArgs::Abort);
+    }
+    let save = (save || nosave).then_some(save);
+    Ok(ShutdownArgs::Stop { save, now, force })
 }
 
 /// A command's entry in the table: arity as Redis counts it (negative: at
@@ -376,6 +419,22 @@ pub static COMMANDS: &[Spec] = &[
     spec!("setnx", 3, WDF, 1, 1, 1, Handler::Write(setnx)),
     spec!("setrange", 4, WD, 1, 1, 1, Handler::Write(setrange)),
     spec!(
+        "shutdown",
+        -1,
+        &[
+            "admin",
+            "noscript",
+            "loading",
+            "stale",
+            "no_multi",
+            "allow_busy"
+        ],
+        0,
+        0,
+        0,
+        Handler::Shutdown
+    ),
+    spec!(
         "slaveof",
         3,
         &["admin", "noscript", "stale", "no_async_loading"],
@@ -611,6 +670,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("setex", &["write", "string", "slow"]),
     ("setnx", &["write", "string", "fast"]),
     ("setrange", &["write", "string", "slow"]),
+    ("shutdown", &["admin", "slow", "dangerous"]),
     ("slaveof", &["admin", "slow", "dangerous"]),
     ("slowlog", &["slow"]),
     ("slowlog|get", &["admin", "slow", "dangerous"]),

@@ -558,6 +558,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.requirepass.clone().unwrap_or_default(),
         ),
         ("save".into(), String::new()),
+        (
+            "shutdown-timeout".into(),
+            c.shutdown_timeout.as_secs().to_string(),
+        ),
         ("tls-auth-clients".into(), c.tls.client_auth().to_string()),
         (
             "tls-ca-cert-file".into(),

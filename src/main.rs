@@ -189,6 +189,11 @@ struct ServeArgs {
     /// Seconds within which a replica must have acked to count for the lease.
     #[arg(long, env = "FERRY_MIN_REPLICAS_MAX_LAG", default_value_t = node::MIN_REPLICAS_MAX_LAG_DEFAULT_SECS)]
     min_replicas_max_lag: u64,
+    /// Seconds SHUTDOWN waits, writes held, for replicas that have not
+    /// flushed the last write (Redis's shutdown-timeout; SHUTDOWN NOW does
+    /// not wait).
+    #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", default_value_t = node::SHUTDOWN_TIMEOUT_DEFAULT_SECS)]
+    shutdown_timeout: u64,
     /// Largest bulk string in a request, in bytes.
     #[arg(long, env = "FERRY_PROTO_MAX_BULK_LEN", default_value_t = node::PROTO_MAX_BULK_LEN_DEFAULT)]
     proto_max_bulk_len: usize,
@@ -656,6 +661,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             failover_after: args.failover_after.map(std::time::Duration::from_secs),
             min_replicas_to_write: args.min_replicas_to_write,
             min_replicas_max_lag: std::time::Duration::from_secs(args.min_replicas_max_lag),
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             fsync: args.fsync,
             requirepass: args.requirepass,
             cluster_token: args.cluster.cluster_token,
@@ -705,7 +711,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ready.push_str(&format!(" resp_tls={addr}"));
         }
         println!("{ready}");
-        server::run(node.clone(), resp, resp_tls, shutdown_signal()).await?;
+        let stop_asked = {
+            let node = node.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown_signal() => {}
+                    () = node.shutdown_requested() => {}
+                }
+            }
+        };
+        server::run(node.clone(), resp, resp_tls, stop_asked).await?;
         node.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = failover.await;

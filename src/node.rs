@@ -71,6 +71,12 @@ pub struct Promotion {
 pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
 /// Default for `--min-replicas-max-lag`, in seconds, as Redis.
 pub const MIN_REPLICAS_MAX_LAG_DEFAULT_SECS: u64 = 10;
+/// Default for `--shutdown-timeout`, in seconds, as Redis's
+/// `shutdown-timeout`: how long SHUTDOWN waits for lagging replicas.
+pub const SHUTDOWN_TIMEOUT_DEFAULT_SECS: u64 = 10;
+/// The longest SHUTDOWN holds writes: past its wait for the replicas, they
+/// stay held through the save and the stop, up to this should either hang.
+pub const SHUTDOWN_HOLD_MAX: Duration = Duration::from_secs(3600);
 /// How often a primary that has lost its replicas asks them whether one of
 /// them leads a newer epoch.
 const PEER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -130,6 +136,8 @@ pub struct Config {
     /// replicas acked within `min_replicas_max_lag` (0: no lease).
     pub min_replicas_to_write: usize,
     pub min_replicas_max_lag: Duration,
+    /// How long SHUTDOWN waits for lagging replicas, writes paused.
+    pub shutdown_timeout: Duration,
     pub fsync: SyncPolicy,
     pub requirepass: Option<String>,
     /// The shared secret of the cluster's gRPC calls (see
@@ -1075,6 +1083,10 @@ pub struct Node {
     /// The lines of MONITOR, and how many connections read them.
     pub monitors: tokio::sync::broadcast::Sender<Bytes>,
     pub monitoring: Arc<AtomicU64>,
+    /// Set by SHUTDOWN: the node stops as on SIGTERM.
+    shutdown_requested: watch::Sender<bool>,
+    /// While a SHUTDOWN waits for its replicas: SHUTDOWN ABORT ends it.
+    shutdown_waiting: Mutex<Option<watch::Sender<bool>>>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1249,6 +1261,8 @@ impl Node {
             })),
             monitors: tokio::sync::broadcast::channel(MONITOR_BACKLOG_LINES).0,
             monitoring: Arc::new(AtomicU64::new(0)),
+            shutdown_requested: watch::Sender::new(false),
+            shutdown_waiting: Mutex::new(None),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),
@@ -1355,6 +1369,142 @@ impl Node {
         let (wal, engine, saves) = (self.wal.clone(), self.engine.clone(), self.saves.clone());
         tokio::spawn(persist_all(wal, engine, saves));
         Ok(())
+    }
+
+    /// SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE], as Redis 7.0's: unless NOW,
+    /// a primary whose replicas have not all flushed its last write holds
+    /// writes (as CLIENT PAUSE WRITE) and waits for them up to
+    /// `--shutdown-timeout`, or until SHUTDOWN ABORT; then, with SAVE, a
+    /// save (its failure ends the shutdown unless FORCE); then the node
+    /// stops as on SIGTERM. `Err`: the shutdown did not happen (aborted,
+    /// or the save failed), the writes it held run.
+    pub async fn shutdown_by_command(
+        &self,
+        save: Option<bool>,
+        now: bool,
+        force: bool,
+    ) -> Result<(), ()> {
+        let held = if now || self.is_replica() {
+            None
+        } else {
+            self.wait_for_replicas_to_stop().await?
+        };
+        if save == Some(true)
+            && let Err(why) = self.save().await
+        {
+            tracing::warn!(why, force, "SHUTDOWN: the save failed");
+            if !force {
+                if let Some(before) = held {
+                    self.pipeline.pause(before);
+                }
+                return Err(());
+            }
+        }
+        tracing::info!("SHUTDOWN asked by a client");
+        self.shutdown_requested.send_replace(true);
+        Ok(())
+    }
+
+    /// Holds writes while replicas that have not flushed the last write
+    /// catch up, up to `--shutdown-timeout`; the pause it replaced, if it
+    /// held writes (`None`: every replica had everything). `Err` if a
+    /// SHUTDOWN ABORT came first (the writes run again).
+    async fn wait_for_replicas_to_stop(&self) -> Result<Option<Option<(Instant, bool)>>, ()> {
+        if self.shipper.behind(self.wal.last_lsn()) == 0 {
+            return Ok(None);
+        }
+        // The first SHUTDOWN holds the writes; another while it waits
+        // waits beside it, and ends as it ends.
+        let (mut aborted, owner) = {
+            let mut waiting = self
+                .shutdown_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match &*waiting {
+                Some(abort) => (abort.subscribe(), false),
+                None => {
+                    let (abort, aborted) = watch::channel(false);
+                    *waiting = Some(abort);
+                    (aborted, true)
+                }
+            }
+        };
+        let before = self.pipeline.paused();
+        let until = Instant::now() + self.config.shutdown_timeout;
+        if owner {
+            // Held past the wait, through the save and the stop.
+            self.pipeline
+                .pause(Some((Instant::now() + SHUTDOWN_HOLD_MAX, false)));
+        }
+        self.pipeline.quiesce().await;
+        let last = self.wal.last_lsn();
+        tracing::info!(
+            lagging = self.shipper.behind(last),
+            last_lsn = %last,
+            "SHUTDOWN: writes held while the replicas catch up"
+        );
+        let mut acks = self.shipper.subscribe_acks();
+        let caught_up = tokio::time::timeout_at(until.into(), async {
+            loop {
+                if self.shipper.behind(last) == 0 {
+                    return true;
+                }
+                tokio::select! {
+                    changed = acks.changed() => if changed.is_err() { return true },
+                    _ = aborted.wait_for(|&a| a) => return false,
+                }
+            }
+        })
+        .await;
+        if owner {
+            self.shutdown_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
+        match caught_up {
+            Ok(true) => Ok(Some(before)),
+            Ok(false) => {
+                if owner {
+                    tracing::info!("SHUTDOWN aborted: writes go on");
+                    self.pipeline.pause(before);
+                }
+                Err(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    lagging = self.shipper.behind(last),
+                    timeout = ?self.config.shutdown_timeout,
+                    "SHUTDOWN: replicas still lag after --shutdown-timeout; stopping all the same"
+                );
+                Ok(Some(before))
+            }
+        }
+    }
+
+    /// SHUTDOWN ABORT: whether a SHUTDOWN was waiting for its replicas
+    /// (it fails, and the writes it held run).
+    pub fn abort_shutdown(&self) -> bool {
+        match &*self
+            .shutdown_waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            Some(abort) => {
+                abort.send_replace(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns once a client asked the node to stop (SHUTDOWN).
+    pub async fn shutdown_requested(&self) {
+        let _ = self
+            .shutdown_requested
+            .subscribe()
+            .wait_for(|&asked| asked)
+            .await;
     }
 
     /// Whether the node follows a primary.

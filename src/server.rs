@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::commands::{self, Conn, Handler, Multi, Spec, WriteHandler};
+use crate::commands::{self, Conn, Handler, Multi, ShutdownArgs, Spec, WriteHandler};
 use crate::node::{
     Activity, ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node, STATS_SAMPLE_INTERVAL,
 };
@@ -859,7 +859,18 @@ async fn dispatch(
     // (a read sees the writes before it).
     drain(node, queue, out, conn).await;
     let started = Instant::now();
-    let reply = run_command(node, conn, spec, args).await;
+    let reply = match spec.handler {
+        Handler::Shutdown => match shutdown(node, args).await {
+            Some(reply) => reply,
+            None => {
+                // Stopping: the connection closes with no reply, as Redis's.
+                ran(node, conn, slot, args, started.elapsed(), false);
+                conn.quit = true;
+                return None;
+            }
+        },
+        _ => run_command(node, conn, spec, args).await,
+    };
     if commands::is_subcommand_arity_error(&reply) && commands::is_container(spec) && args.len() > 1
     {
         // A container's known subcommand with the wrong arguments: refused
@@ -876,6 +887,22 @@ async fn dispatch(
         );
     }
     Some(Queued::Ready(reply))
+}
+
+/// SHUTDOWN ([`Node::shutdown_by_command`]): its reply, or `None` once the
+/// node is stopping.
+async fn shutdown(node: &Node, args: &[bytes::Bytes]) -> Option<Reply> {
+    match commands::shutdown_args(args) {
+        Err(reply) => Some(reply),
+        Ok(ShutdownArgs::Abort) if node.abort_shutdown() => Some(Reply::ok()),
+        Ok(ShutdownArgs::Abort) => Some(Reply::err("No shutdown in progress.")),
+        Ok(ShutdownArgs::Stop { save, now, force }) => {
+            match node.shutdown_by_command(save, now, force).await {
+                Ok(()) => None,
+                Err(()) => Some(Reply::err("Errors trying to SHUTDOWN. Check logs.")),
+            }
+        }
+    }
 }
 
 /// Runs a command that is not a write (the replies before it are out).
@@ -923,6 +950,7 @@ async fn run_command(
             Err(text) => Reply::err(text),
         },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
+        Handler::Shutdown => unreachable!("run by dispatch"),
         Handler::Transaction => unreachable!("run by transaction"),
         Handler::Read(f) => f(node, &*node.engine, args),
         Handler::Conn(f) => {
@@ -1173,7 +1201,9 @@ fn run_queued(
             },
             // UNWATCH: the watch goes after EXEC anyway.
             Handler::Transaction => Reply::ok(),
-            Handler::ReplicaOf | Handler::Save => unreachable!("refused while queueing"),
+            Handler::ReplicaOf | Handler::Save | Handler::Shutdown => {
+                unreachable!("refused while queueing")
+            }
         };
         let took = started.elapsed();
         let (hits_after, misses_after) = view.lookups();

@@ -2403,6 +2403,47 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     );
 }
 
+/// SHUTDOWN stops the node as SIGTERM does: the asking connection closes
+/// with no reply (as Redis's), so do the others, the process exits 0, and
+/// every acknowledged write is there after a restart; with SAVE and FORCE
+/// too. A node without replicas does not wait.
+#[test]
+fn shutdown_stops_the_node_and_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    for (round, flags) in [&[][..], &["SAVE", "FORCE"][..], &["NOSAVE", "NOW"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut server = Server::start(&data, &["--fsync", "everysec"]);
+        let (c, other) = (&mut server.client(), &mut server.client());
+        for i in 0..100 {
+            raw(c, &["SET", &format!("k{round}:{i}"), "v"]);
+        }
+        let mut shutdown = vec!["SHUTDOWN"];
+        shutdown.extend_from_slice(flags);
+        let started = std::time::Instant::now();
+        assert!(
+            cmd(&shutdown).query::<V>(c).is_err(),
+            "{shutdown:?}: no reply, the connection closed"
+        );
+        let status = server
+            .wait_exit(Duration::from_secs(10))
+            .expect("the node stops");
+        assert!(status.success(), "{shutdown:?}: {status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(cmd(&["PING"]).query::<V>(other).is_err());
+        let server = Server::start(&data, &[]);
+        let c = &mut server.client();
+        assert_eq!(raw(c, &["DBSIZE"]), V::Int(100 * (round as i64 + 1)));
+        assert_eq!(raw(c, &["GET", &format!("k{round}:99")]), bulk("v"));
+    }
+}
+
 /// A write held by CLIENT PAUSE when the node is told to stop fails
 /// instead of running (a pause for a switchover must not end in a write on
 /// the old primary), and the node stops at once rather than after the

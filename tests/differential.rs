@@ -1372,6 +1372,21 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "SHUTDOWN's refusals (none of them stops the server)",
+            [
+                resp(&[b"SHUTDOWN", b"NOSAVE", b"SAVE"]),
+                resp(&[b"SHUTDOWN", b"ABORT", b"NOW"]),
+                resp(&[b"SHUTDOWN", b"SAVE", b"ABORT"]),
+                resp(&[b"SHUTDOWN", b"soon"]),
+                resp(&[b"shutdown", b"abort"]),
+                resp(&[b"SHUTDOWN", b"ABORT", b"ABORT"]),
+                resp(&[b"MULTI"]),
+                resp(&[b"SHUTDOWN", b"NOW"]),
+                resp(&[b"EXEC"]),
+            ]
+            .concat(),
+        ),
+        (
             "LCS of missing keys, a hash, and its option errors",
             [
                 resp(&[b"SET", b"lcs-a", b"ohmytext"]),

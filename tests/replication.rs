@@ -1523,3 +1523,115 @@ fn a_transaction_reaches_a_replica_whole_and_spoils_its_watches() {
     );
     assert_eq!(digest(&primary), digest(&replica));
 }
+
+/// SHUTDOWN on a primary whose replica has not flushed its last write holds
+/// writes and waits (as Redis 7.0's): SHUTDOWN ABORT ends the wait (the
+/// SHUTDOWN fails, the held write runs); once the replica catches up the
+/// primary stops, and the replica has every write it acknowledged.
+#[test]
+fn shutdown_waits_for_a_lagging_replica_until_aborted_or_caught_up() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut primary, proxy, replica) = behind_proxy(dir.path(), &[], &[]);
+    let c = &mut primary.client();
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
+    redis::cmd("SET")
+        .arg("early")
+        .arg("1")
+        .query::<()>(c)
+        .expect("SET");
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    proxy.stall();
+    redis::cmd("SET")
+        .arg("late")
+        .arg("1")
+        .query::<()>(c)
+        .expect("SET");
+    let spawn = |mut con: redis::Connection, args: &'static [&'static str]| {
+        std::thread::spawn(move || cmd(args).query::<redis::Value>(&mut con))
+    };
+    let shutdown = spawn(primary.client(), &["SHUTDOWN"]);
+    let held = spawn(primary.client(), &["SET", "held", "1"]);
+    assert!(
+        !wait_until(Duration::from_millis(500), || shutdown.is_finished()
+            || held.is_finished()),
+        "SHUTDOWN waits for the replica, and holds writes meanwhile"
+    );
+    // Reads go on.
+    assert_eq!(cmd(&["GET", "late"]).query::<String>(c).expect("GET"), "1");
+    assert_eq!(
+        cmd(&["SHUTDOWN", "ABORT"])
+            .query::<String>(c)
+            .expect("ABORT"),
+        "OK"
+    );
+    let refused = shutdown.join().unwrap().expect_err("the SHUTDOWN failed");
+    assert_eq!(
+        refused.detail(),
+        Some("Errors trying to SHUTDOWN. Check logs.")
+    );
+    held.join().unwrap().expect("the held write ran");
+    let again = spawn(primary.client(), &["SHUTDOWN"]);
+    assert!(!wait_until(Duration::from_millis(500), || again.is_finished()));
+    proxy.unstall();
+    let exited = primary
+        .wait_exit(Duration::from_secs(20))
+        .expect("the primary stops once its replica caught up");
+    assert!(exited.success());
+    assert!(again.join().unwrap().is_err(), "closed with no reply");
+    let r = &mut replica.client();
+    for key in ["early", "late", "held"] {
+        assert_eq!(
+            cmd(&["GET", key]).query::<Option<String>>(r).expect("GET"),
+            Some("1".into()),
+            "{key} reached the replica before the primary stopped"
+        );
+    }
+}
+
+/// SHUTDOWN stops a primary whose replica lags once --shutdown-timeout
+/// passed, and SHUTDOWN NOW does not wait at all.
+#[test]
+fn shutdown_stops_after_its_timeout_or_now() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut primary, proxy, _replica) =
+        behind_proxy(dir.path(), &["--shutdown-timeout", "2"], &[]);
+    for (round, shutdown) in [&["SHUTDOWN"][..], &["SHUTDOWN", "NOW"][..]]
+        .into_iter()
+        .enumerate()
+    {
+        let c = &mut primary.client();
+        assert!(wait_until(Duration::from_secs(10), || {
+            status(primary.grpc).replicas.len() == 1
+        }));
+        proxy.stall();
+        redis::cmd("SET")
+            .arg("k")
+            .arg(round)
+            .query::<()>(c)
+            .expect("SET");
+        let started = Instant::now();
+        // The connection closes as the node begins to stop.
+        assert!(cmd(shutdown).query::<redis::Value>(c).is_err());
+        let took = started.elapsed();
+        match round {
+            0 => assert!(took >= Duration::from_secs(2), "{took:?}"),
+            _ => assert!(took < Duration::from_secs(2), "{took:?}"),
+        }
+        // (A stalled link would hold the stop for its grace period.)
+        proxy.unstall();
+        assert!(
+            primary
+                .wait_exit(Duration::from_secs(20))
+                .expect("stops")
+                .success()
+        );
+        primary = Server::start(&dir.path().join("p"), &["--shutdown-timeout", "30"]);
+        proxy.forward_to(primary.grpc);
+    }
+}

@@ -927,6 +927,11 @@ impl Pipeline {
         self.paused.send_replace(pause);
     }
 
+    /// The pause set by [`Pipeline::pause`], if any (it may have ended).
+    pub fn paused(&self) -> Option<(std::time::Instant, bool)> {
+        *self.paused.borrow()
+    }
+
     /// Waits while a pause of everything holds ([`Pipeline::pause`]).
     pub async fn until_all_unpaused(&self) {
         if matches!(*self.paused.borrow(), Some((_, true))) {

@@ -360,6 +360,14 @@ impl Shipper {
             .count()
     }
 
+    /// How many connected replicas have not flushed `lsn`.
+    pub fn behind(&self, lsn: Lsn) -> usize {
+        self.replicas()
+            .values()
+            .filter(|t| t.flushed_lsn < lsn)
+            .count()
+    }
+
     /// The tonic service, with its message size limits set.
     pub fn service(self: &Arc<Self>) -> ReplicationServer<ShipperService> {
         ReplicationServer::new(ShipperService {
