@@ -328,7 +328,7 @@ fn replica_lag_stays_under_a_second_across_a_100ms_link() {
         if let Some(row) = p.replicas.first() {
             worst_ms = worst_ms.max(row.lag.expect("lag").ms);
             eprintln!(
-                "DBG {:?} {:?} applied {} sent {}",
+                "lag sample at {:?}: {:?}, applied {} sent {}",
                 started.elapsed(),
                 row.lag,
                 row.applied_lsn,

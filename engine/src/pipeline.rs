@@ -1109,7 +1109,7 @@ impl Pipeline {
             }
         };
         if self.refusing.load(Ordering::Acquire) {
-            let why = "the node is shutting down during a CLIENT PAUSE";
+            let why = "the node is shutting down during a pause of writes";
             return commands
                 .into_iter()
                 .map(|_| Err(EngineError::Stopped(why.into())))
