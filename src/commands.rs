@@ -45,6 +45,53 @@ pub enum Handler {
     /// SHUTDOWN: stops the node, after its replicas caught up
     /// ([`Node::shutdown_by_command`]).
     Shutdown,
+    /// FAILOVER: a switchover in the background
+    /// ([`Node::failover_command`]).
+    Failover,
+}
+
+/// What FAILOVER was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailoverArgs {
+    Abort,
+    Start {
+        /// TO host port.
+        to: Option<(String, i64)>,
+        /// TIMEOUT ms.
+        timeout: Option<std::time::Duration>,
+        force: bool,
+    },
+}
+
+/// FAILOVER's arguments, refused as Redis 7.0 refuses them (each option
+/// once; ABORT alone).
+pub fn failover_args(args: &Args) -> Result<FailoverArgs, Reply> {
+    if args.len() == 2 && eq(&args[1], "abort") {
+        return Ok(FailoverArgs::Abort);
+    }
+    let (mut to, mut timeout, mut force) = (None, None, false);
+    let mut i = 1;
+    while i < args.len() {
+        let left = args.len() - i - 1;
+        if eq(&args[i], "timeout") && left >= 1 && timeout.is_none() {
+            let ms = int_arg(&args[i + 1])?;
+            if ms <= 0 {
+                return Err(Reply::err("FAILOVER timeout must be greater than 0"));
+            }
+            timeout = Some(std::time::Duration::from_millis(ms as u64));
+            i += 2;
+        } else if eq(&args[i], "to") && left >= 2 && to.is_none() {
+            let port = int_arg(&args[i + 2])?;
+            to = Some((String::from_utf8_lossy(&args[i + 1]).into_owned(), port));
+            i += 3;
+        } else if eq(&args[i], "force") && !force {
+            force = true;
+            i += 1;
+        } else {
+            return Err(syntax_error());
+        }
+    }
+    Ok(FailoverArgs::Start { to, timeout, force })
 }
 
 /// What SHUTDOWN was asked to do.
@@ -246,6 +293,15 @@ pub static COMMANDS: &[Spec] = &[
     spec!("expire", -3, WF, 1, 1, 1, Handler::Write(expire)),
     spec!("expireat", -3, WF, 1, 1, 1, Handler::Write(expireat)),
     spec!("expiretime", 2, R, 1, 1, 1, Handler::Read(expiretime)),
+    spec!(
+        "failover",
+        -1,
+        &["admin", "noscript", "stale"],
+        0,
+        0,
+        0,
+        Handler::Failover
+    ),
     spec!("flushall", -1, W, 0, 0, 0, Handler::Write(flushall)),
     spec!("flushdb", -1, W, 0, 0, 0, Handler::Write(flushall)),
     spec!("get", 2, R, 1, 1, 1, Handler::Read(get)),
@@ -591,6 +647,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("expire", &["keyspace", "write", "fast"]),
     ("expireat", &["keyspace", "write", "fast"]),
     ("expiretime", &["keyspace", "read", "fast"]),
+    ("failover", &["admin", "slow", "dangerous"]),
     ("flushall", &["keyspace", "write", "slow", "dangerous"]),
     ("flushdb", &["keyspace", "write", "slow", "dangerous"]),
     ("get", &["read", "string", "fast"]),

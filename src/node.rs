@@ -1087,6 +1087,8 @@ pub struct Node {
     shutdown_requested: watch::Sender<bool>,
     /// While a SHUTDOWN waits for its replicas: SHUTDOWN ABORT ends it.
     shutdown_waiting: Mutex<Option<watch::Sender<bool>>>,
+    /// While a FAILOVER runs: FAILOVER ABORT ends its wait.
+    failover: Mutex<Option<watch::Sender<bool>>>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1263,6 +1265,7 @@ impl Node {
             monitoring: Arc::new(AtomicU64::new(0)),
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),
+            failover: Mutex::new(None),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),
@@ -1482,6 +1485,109 @@ impl Node {
         }
     }
 
+    /// FAILOVER [TO host port [FORCE]] [TIMEOUT ms], as Redis 7.0's: checks
+    /// as Redis does (its error texts), then starts a switchover
+    /// ([`Node::switchover`]) in the background to the replica whose RESP
+    /// address is `host:port` (or the one furthest ahead), waiting for it
+    /// without limit unless `timeout`; FAILOVER ABORT ends the wait.
+    /// Writes are refused from before the reply on.
+    pub async fn failover_command(
+        self: &Arc<Self>,
+        to: Option<(String, i64)>,
+        timeout: Option<Duration>,
+        force: bool,
+    ) -> Result<(), &'static str> {
+        let (target, aborted) = self.begin_failover(to, timeout, force)?;
+        self.pipeline.fence().await;
+        let node = self.clone();
+        tokio::spawn(async move {
+            match node
+                .switchover_with(target.as_deref(), timeout, force, aborted)
+                .await
+            {
+                Ok(done) => tracing::info!(
+                    new_primary = %done.new_primary,
+                    epoch = done.epoch,
+                    "FAILOVER done: following the new primary"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "FAILOVER ended without a switchover");
+                    // Fenced above, even if the switchover failed before
+                    // its own fence.
+                    if !node.is_replica() && !node.pipeline.is_writable() {
+                        node.pipeline.unfence();
+                    }
+                }
+            }
+            node.failover
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        });
+        Ok(())
+    }
+
+    /// FAILOVER's checks, in Redis's order; the target's node id (`None`:
+    /// the replica furthest ahead) and the receiver FAILOVER ABORT turns.
+    fn begin_failover(
+        &self,
+        to: Option<(String, i64)>,
+        timeout: Option<Duration>,
+        force: bool,
+    ) -> Result<(Option<String>, watch::Receiver<bool>), &'static str> {
+        let mut failover = self.failover.lock().unwrap_or_else(|e| e.into_inner());
+        // (A switchover asked over gRPC holds writes too.)
+        if failover.is_some() || (!self.is_replica() && !self.pipeline.is_writable()) {
+            return Err("FAILOVER already in progress.");
+        }
+        if self.is_replica() {
+            return Err("FAILOVER is not valid when server is a replica.");
+        }
+        let replicas = self.shipper.list();
+        if replicas.is_empty() {
+            return Err("FAILOVER requires connected replicas.");
+        }
+        if force && (timeout.is_none() || to.is_none()) {
+            return Err(
+                "FAILOVER with force option requires both a timeout and target HOST and IP.",
+            );
+        }
+        let target = match &to {
+            None => None,
+            Some((host, port)) => {
+                let replica = replicas
+                    .iter()
+                    .find(|r| {
+                        r.resp_addr
+                            .rsplit_once(':')
+                            .is_some_and(|(h, p)| h == host && p.parse() == Ok(*port))
+                    })
+                    .ok_or("FAILOVER target HOST and PORT is not a replica.")?;
+                if replica.state == ferry_shipper::ReplicaState::Connecting {
+                    return Err("FAILOVER target replica is not online.");
+                }
+                Some(replica.node_id.clone())
+            }
+        };
+        let (abort, aborted) = watch::channel(false);
+        *failover = Some(abort);
+        tracing::info!(to = ?target, ?timeout, force, "FAILOVER requested");
+        Ok((target, aborted))
+    }
+
+    /// FAILOVER ABORT: whether a FAILOVER was under way (if it still waits
+    /// for its replica, it ends there and writes resume; once the replica
+    /// was asked to promote, it goes on).
+    pub fn abort_failover(&self) -> bool {
+        match &*self.failover.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(abort) => {
+                abort.send_replace(true);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// SHUTDOWN ABORT: whether a SHUTDOWN was waiting for its replicas
     /// (it fails, and the writes it held run).
     pub fn abort_shutdown(&self) -> bool {
@@ -1694,6 +1800,22 @@ impl Node {
         to: Option<&str>,
         timeout: Duration,
     ) -> anyhow::Result<Switchover> {
+        let (_keep, never) = watch::channel(false);
+        self.switchover_with(to, Some(timeout), false, never).await
+    }
+
+    /// [`Node::switchover`], waiting for the replica without limit
+    /// (`timeout` `None`) or until `abort` turns true; with `force`, once
+    /// `timeout` passed the replica promotes all the same (FAILOVER ... FORCE:
+    /// writes it lacks stay on this node, which keeps them in its quarantine
+    /// log when it follows).
+    async fn switchover_with(
+        &self,
+        to: Option<&str>,
+        timeout: Option<Duration>,
+        force: bool,
+        mut abort: watch::Receiver<bool>,
+    ) -> anyhow::Result<Switchover> {
         anyhow::ensure!(
             !self.is_replica(),
             "switchover runs on a primary; this node is a replica"
@@ -1718,8 +1840,8 @@ impl Node {
         self.pipeline.fence().await;
         let promoted = async {
             let last = self.wal.sync().await.context("syncing the WAL")?;
-            let deadline = Instant::now() + timeout;
-            loop {
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let forced = loop {
                 let applied = self
                     .shipper
                     .list()
@@ -1727,15 +1849,28 @@ impl Node {
                     .find(|r| r.node_id == target.node_id)
                     .map(|r| r.applied_lsn);
                 match applied {
-                    Some(a) if a >= last => break,
-                    _ if Instant::now() >= deadline => anyhow::bail!(
-                        "replica {} did not reach lsn {last} within {timeout:?} (it is at {})",
+                    Some(a) if a >= last => break false,
+                    _ if deadline.is_some_and(|d| Instant::now() >= d) && force => {
+                        tracing::warn!(
+                            to = %target.node_id,
+                            at = %applied.map_or("-".to_string(), |a| a.to_string()),
+                            %last,
+                            "switchover: the replica did not catch up in time; it promotes all the same (FORCE)"
+                        );
+                        break true;
+                    }
+                    _ if deadline.is_some_and(|d| Instant::now() >= d) => anyhow::bail!(
+                        "replica {} did not reach lsn {last} within {:?} (it is at {})",
                         target.node_id,
+                        timeout.unwrap_or_default(),
                         applied.map_or("-".to_string(), |a| a.to_string())
                     ),
-                    _ => tokio::time::sleep(PROMOTE_POLL_INTERVAL).await,
+                    _ => tokio::select! {
+                        () = tokio::time::sleep(PROMOTE_POLL_INTERVAL) => {}
+                        _ = abort.wait_for(|&a| a) => anyhow::bail!("aborted"),
+                    },
                 }
-            }
+            };
             let channel = self
                 .config
                 .tls
@@ -1751,8 +1886,13 @@ impl Node {
             );
             let reply = admin
                 .promote(ferry_proto::v1::PromoteRequest {
-                    force: false,
-                    wait_ms: timeout.as_millis() as u64,
+                    force: forced,
+                    // Forced: the wait is over.
+                    wait_ms: if forced {
+                        0
+                    } else {
+                        timeout.unwrap_or(SWITCHOVER_TIMEOUT_DEFAULT).as_millis() as u64
+                    },
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("the replica refused to promote: {}", s.message()))?;

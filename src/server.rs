@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::commands::{self, Conn, Handler, Multi, ShutdownArgs, Spec, WriteHandler};
+use crate::commands::{self, Conn, FailoverArgs, Handler, Multi, ShutdownArgs, Spec, WriteHandler};
 use crate::node::{
     Activity, ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node, STATS_SAMPLE_INTERVAL,
 };
@@ -769,7 +769,7 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
 /// Runs one request, or adds it to `writes` if it is a write (they run
 /// before anything else does); what to queue as its reply.
 async fn dispatch(
-    node: &Node,
+    node: &Arc<Node>,
     conn: &mut Conn,
     args: Vec<bytes::Bytes>,
     writes: &mut Vec<PendingWrite>,
@@ -860,6 +860,17 @@ async fn dispatch(
     drain(node, queue, out, conn).await;
     let started = Instant::now();
     let reply = match spec.handler {
+        Handler::Failover => match commands::failover_args(args) {
+            Err(reply) => reply,
+            Ok(FailoverArgs::Abort) if node.abort_failover() => Reply::ok(),
+            Ok(FailoverArgs::Abort) => Reply::err("No failover in progress."),
+            Ok(FailoverArgs::Start { to, timeout, force }) => {
+                match node.failover_command(to, timeout, force).await {
+                    Ok(()) => Reply::ok(),
+                    Err(text) => Reply::err(text),
+                }
+            }
+        },
         Handler::Shutdown => match shutdown(node, args).await {
             Some(reply) => reply,
             None => {
@@ -950,7 +961,7 @@ async fn run_command(
             Err(text) => Reply::err(text),
         },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
-        Handler::Shutdown => unreachable!("run by dispatch"),
+        Handler::Shutdown | Handler::Failover => unreachable!("run by dispatch"),
         Handler::Transaction => unreachable!("run by transaction"),
         Handler::Read(f) => f(node, &*node.engine, args),
         Handler::Conn(f) => {
@@ -1051,10 +1062,11 @@ fn queue_command(
             multi.refused = true;
             reply
         }
-        // A change of role cannot be part of a transaction, nor what Redis
-        // flags `no_multi` (SAVE).
+        // A change of role (REPLICAOF, FAILOVER) cannot be part of a
+        // transaction, nor what Redis flags `no_multi` (SAVE, SHUTDOWN).
         Ok(spec)
-            if matches!(spec.handler, Handler::ReplicaOf) || spec.flags.contains(&"no_multi") =>
+            if matches!(spec.handler, Handler::ReplicaOf | Handler::Failover)
+                || spec.flags.contains(&"no_multi") =>
         {
             node.stats
                 .command_rejected(commands::stat_slot(spec, &args));
@@ -1201,7 +1213,7 @@ fn run_queued(
             },
             // UNWATCH: the watch goes after EXEC anyway.
             Handler::Transaction => Reply::ok(),
-            Handler::ReplicaOf | Handler::Save | Handler::Shutdown => {
+            Handler::ReplicaOf | Handler::Save | Handler::Shutdown | Handler::Failover => {
                 unreachable!("refused while queueing")
             }
         };

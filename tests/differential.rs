@@ -1372,6 +1372,24 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "FAILOVER's refusals on a primary without replicas",
+            [
+                resp(&[b"FAILOVER"]),
+                resp(&[b"FAILOVER", b"ABORT"]),
+                resp(&[b"failover", b"abort", b"now"]),
+                resp(&[b"FAILOVER", b"TIMEOUT", b"0"]),
+                resp(&[b"FAILOVER", b"TIMEOUT", b"x"]),
+                resp(&[b"FAILOVER", b"TIMEOUT", b"5", b"TIMEOUT", b"6"]),
+                resp(&[b"FAILOVER", b"TO", b"h"]),
+                resp(&[b"FAILOVER", b"TO", b"h", b"p"]),
+                resp(&[b"FAILOVER", b"TO", b"h", b"1", b"FORCE"]),
+                resp(&[b"FAILOVER", b"FORCE"]),
+                resp(&[b"FAILOVER", b"FORCE", b"FORCE"]),
+                resp(&[b"FAILOVER", b"bogus"]),
+            ]
+            .concat(),
+        ),
+        (
             "SHUTDOWN's refusals (none of them stops the server)",
             [
                 resp(&[b"SHUTDOWN", b"NOSAVE", b"SAVE"]),

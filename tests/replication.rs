@@ -1635,3 +1635,171 @@ fn shutdown_stops_after_its_timeout_or_now() {
         proxy.forward_to(primary.grpc);
     }
 }
+
+/// FAILOVER as Redis 7.0's, over ferry's switchover: refusals with Redis's
+/// texts; while the replica cannot catch up, writes are refused
+/// (`-READONLY`) and `master_failover_state` is `waiting-for-sync` until
+/// FAILOVER ABORT or the TIMEOUT, after which writes resume on the same
+/// primary; once the replica can catch up, FAILOVER TO it swaps the roles
+/// and no write is lost.
+#[test]
+fn failover_swaps_roles_unless_aborted_or_timed_out() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (primary, proxy, replica) = behind_proxy(dir.path(), &[], &[]);
+    let (p, r) = (&mut primary.client(), &mut replica.client());
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
+    let port = replica.resp.port().to_string();
+    let state = || primary.info_field("replication", "master_failover_state");
+    assert_eq!(
+        error(p, &["FAILOVER", "TO", "127.0.0.1", "1"]),
+        "ERR FAILOVER target HOST and PORT is not a replica."
+    );
+    assert_eq!(
+        error(p, &["FAILOVER", "TO", "127.0.0.1", &port, "FORCE"]),
+        "ERR FAILOVER with force option requires both a timeout and target HOST and IP."
+    );
+    assert_eq!(
+        error(r, &["FAILOVER"]),
+        "ERR FAILOVER is not valid when server is a replica."
+    );
+    assert_eq!(
+        error(p, &["FAILOVER", "ABORT"]),
+        "ERR No failover in progress."
+    );
+
+    // The replica cannot catch up: ABORT, then a TIMEOUT, end the wait.
+    proxy.stall();
+    let write = |c: &mut redis::Connection, key: &str| cmd(&["SET", key, "1"]).query::<String>(c);
+    write(p, "before").expect("SET");
+    for abort in [true, false] {
+        let failover: &[&str] = if abort {
+            &["FAILOVER"]
+        } else {
+            &["FAILOVER", "TIMEOUT", "1000"]
+        };
+        assert_eq!(raw(p, failover), redis::Value::Okay);
+        assert_eq!(state().as_deref(), Some("waiting-for-sync"));
+        assert_eq!(error(p, &["FAILOVER"]), "ERR FAILOVER already in progress.");
+        assert_eq!(
+            error(p, &["SET", "during", "1"]),
+            "READONLY You can't write against a read only replica."
+        );
+        if abort {
+            assert_eq!(raw(p, &["FAILOVER", "ABORT"]), redis::Value::Okay);
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || write(p, "after").is_ok()),
+            "writes resume"
+        );
+        assert!(wait_until(Duration::from_secs(5), || state().as_deref()
+            == Some("no-failover")));
+        assert_eq!(
+            primary.info_field("replication", "role").as_deref(),
+            Some("master")
+        );
+    }
+
+    // It can: the roles swap, and every write is on both.
+    proxy.unstall();
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    assert_eq!(
+        raw(
+            p,
+            &["FAILOVER", "TO", "127.0.0.1", &port, "TIMEOUT", "10000"]
+        ),
+        redis::Value::Okay
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            replica.info_field("replication", "role").as_deref() == Some("master")
+                && primary.info_field("replication", "role").as_deref() == Some("slave")
+        }),
+        "the roles swapped"
+    );
+    let r = &mut replica.client();
+    write(r, "on-new-primary").expect("the new primary takes writes");
+    let p = &mut primary.client();
+    assert!(wait_until(Duration::from_secs(10), || {
+        cmd(&["GET", "on-new-primary"])
+            .query::<Option<String>>(p)
+            .ok()
+            .flatten()
+            .is_some()
+    }));
+    for key in ["before", "after"] {
+        assert_eq!(
+            cmd(&["GET", key]).query::<Option<String>>(r).expect("GET"),
+            Some("1".into()),
+            "{key} is on the new primary"
+        );
+    }
+}
+
+/// FAILOVER TO ... TIMEOUT ... FORCE: once the timeout passed with the
+/// replica still behind, it promotes all the same (as Redis's); the old
+/// primary follows it and keeps the write the new one lacks in its
+/// quarantine log instead of dropping it.
+#[test]
+fn a_forced_failover_promotes_a_lagging_replica_and_quarantines_the_rest() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (primary, proxy, replica) = behind_proxy(dir.path(), &[], &[]);
+    let p = &mut primary.client();
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
+    cmd(&["SET", "shared", "1"]).query::<()>(p).expect("SET");
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    proxy.stall();
+    cmd(&["SET", "only-on-the-old-primary", "1"])
+        .query::<()>(p)
+        .expect("SET");
+    let port = replica.resp.port().to_string();
+    let started = Instant::now();
+    assert_eq!(
+        raw(
+            p,
+            &[
+                "FAILOVER",
+                "TO",
+                "127.0.0.1",
+                &port,
+                "TIMEOUT",
+                "500",
+                "FORCE"
+            ]
+        ),
+        redis::Value::Okay
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            replica.info_field("replication", "role").as_deref() == Some("master")
+                && primary.info_field("replication", "role").as_deref() == Some("slave")
+                && status(primary.grpc).quarantined_records == 1
+        }),
+        "the replica promoted, the old primary follows it with its extra write quarantined"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let r = &mut replica.client();
+    assert_eq!(
+        cmd(&["GET", "shared"])
+            .query::<Option<String>>(r)
+            .expect("GET"),
+        Some("1".into())
+    );
+    assert_eq!(
+        cmd(&["GET", "only-on-the-old-primary"])
+            .query::<Option<String>>(r)
+            .expect("GET"),
+        None
+    );
+    assert!(wait_until(Duration::from_secs(10), || digest(&primary)
+        == digest(&replica)));
+}
