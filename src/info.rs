@@ -529,6 +529,11 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.client_query_buffer_limit.to_string(),
         ),
         ("databases".into(), "1".into()),
+        (
+            "tcp-keepalive".into(),
+            c.tcp_keepalive.as_secs().to_string(),
+        ),
+        ("timeout".into(), c.idle_timeout.as_secs().to_string()),
         ("dir".into(), c.data_dir.display().to_string()),
         ("maxclients".into(), c.maxclients.to_string()),
         ("maxmemory".into(), "0".into()),

@@ -216,6 +216,15 @@ struct ServeArgs {
     /// Most unparsed bytes buffered for one client before it is closed.
     #[arg(long, env = "FERRY_CLIENT_QUERY_BUFFER_LIMIT", default_value_t = node::CLIENT_QUERY_BUFFER_LIMIT_DEFAULT)]
     client_query_buffer_limit: usize,
+    /// Closes a client idle this many seconds (Redis's timeout; 0: never).
+    /// A MONITOR client, or one waiting in WAIT, is not idle.
+    #[arg(long, env = "FERRY_TIMEOUT", default_value_t = 0)]
+    timeout: u64,
+    /// TCP keepalive probes on client connections after this many idle
+    /// seconds (Redis's tcp-keepalive), so the connection of a client host
+    /// that vanished is closed. 0: none.
+    #[arg(long, env = "FERRY_TCP_KEEPALIVE", default_value_t = node::TCP_KEEPALIVE_DEFAULT_SECS)]
+    tcp_keepalive: u64,
 }
 
 fn parse_policy(s: &str) -> Result<SyncPolicy, String> {
@@ -675,6 +684,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             proto_max_bulk_len: args.proto_max_bulk_len,
             proto_max_multibulk_len: args.proto_max_multibulk_len,
             client_query_buffer_limit: args.client_query_buffer_limit,
+            idle_timeout: std::time::Duration::from_secs(args.timeout),
+            tcp_keepalive: std::time::Duration::from_secs(args.tcp_keepalive),
             wal_retention_max_bytes: args.wal_retention_max_bytes,
             wal_segment_bytes: args.wal_segment_bytes.max(1 << 16),
             snapshot_rate_limit: args.snapshot_rate_limit,

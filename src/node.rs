@@ -71,6 +71,8 @@ pub struct Promotion {
 pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
 /// Default for `--min-replicas-max-lag`, in seconds, as Redis.
 pub const MIN_REPLICAS_MAX_LAG_DEFAULT_SECS: u64 = 10;
+/// Default for `--tcp-keepalive`, in seconds, as Redis's.
+pub const TCP_KEEPALIVE_DEFAULT_SECS: u64 = 300;
 /// Default for `--shutdown-timeout`, in seconds, as Redis's
 /// `shutdown-timeout`: how long SHUTDOWN waits for lagging replicas.
 pub const SHUTDOWN_TIMEOUT_DEFAULT_SECS: u64 = 10;
@@ -160,6 +162,11 @@ pub struct Config {
     pub proto_max_bulk_len: usize,
     pub proto_max_multibulk_len: usize,
     pub client_query_buffer_limit: usize,
+    /// A client idle this long is closed (`--timeout`; zero: never).
+    pub idle_timeout: Duration,
+    /// Idle time before TCP keepalive probes on a client connection
+    /// (`--tcp-keepalive`; zero: none).
+    pub tcp_keepalive: Duration,
     /// The most WAL bytes a replica's slot may hold back (0: no cap).
     pub wal_retention_max_bytes: u64,
     pub wal_segment_bytes: u64,

@@ -86,7 +86,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => {
-                let Some((mut socket, addr, laddr)) = accepted_socket(accepted) else {
+                let Some((mut socket, addr, laddr)) = accepted_socket(accepted, node.config.tcp_keepalive) else {
                     tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 };
@@ -100,7 +100,7 @@ pub async fn run(
                 connections.spawn(connection(node.clone(), socket, fd, addr, laddr, stop_rx.clone()));
             }
             accepted = accept_tls(tls_listener.as_ref()) => {
-                let Some((socket, addr, laddr)) = accepted_socket(accepted) else {
+                let Some((socket, addr, laddr)) = accepted_socket(accepted, node.config.tcp_keepalive) else {
                     tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 };
@@ -230,10 +230,22 @@ async fn accept_tls(
 /// replies that leave at once; `None` if accepting failed.
 fn accepted_socket(
     accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
+    keepalive: Duration,
 ) -> Option<(TcpStream, String, String)> {
     match accepted {
         Ok((socket, addr)) => {
             let _ = socket.set_nodelay(true);
+            if !keepalive.is_zero() {
+                // As Redis: probes after `keepalive` idle, then every
+                // third of it, three unanswered ones closing it.
+                let probes = socket2::TcpKeepalive::new()
+                    .with_time(keepalive)
+                    .with_interval((keepalive / 3).max(Duration::from_secs(1)))
+                    .with_retries(KEEPALIVE_PROBES);
+                if let Err(e) = socket2::SockRef::from(&socket).set_tcp_keepalive(&probes) {
+                    tracing::debug!(error = %e, "setting TCP keepalive");
+                }
+            }
             let laddr = socket
                 .local_addr()
                 .map(|a| a.to_string())
@@ -246,6 +258,10 @@ fn accepted_socket(
         }
     }
 }
+
+/// Unanswered keepalive probes after which a client connection is
+/// closed (Redis's).
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// How long a closing connection may take to send what it still holds.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -510,8 +526,16 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut shown = ("NULL".to_string(), labels(&conn));
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
+        // A MONITOR client is not idle (Redis exempts it too).
+        let idle = node.config.idle_timeout;
+        let watch_idle = !idle.is_zero() && conn.monitor.is_none();
         let read = tokio::select! {
             r = socket.read_buf(&mut buf) => r,
+            // (An async block: no timer is made unless it is polled.)
+            () = async { tokio::time::sleep(idle).await }, if watch_idle => {
+                tracing::debug!(client = id, ?idle, "closing an idle client");
+                break;
+            }
             lines = monitor_lines(&mut conn.monitor) => {
                 match lines {
                     Ok(lines) => {

@@ -2501,3 +2501,92 @@ fn lcs_refuses_a_table_past_its_limit() {
     raw(c, &["SET", "s", "xyx"]);
     assert_eq!(raw(c, &["LCS", "a", "s", "LEN"]), V::Int(2));
 }
+
+/// The kernel's timer on the server's end of the loopback connection from
+/// `client_port` to `server_port` (`/proc/net/tcp`'s `tr:when`: 00 none,
+/// 01 retransmission, 02 keepalive; when in clock ticks).
+fn tcp_timer(server_port: u16, client_port: u16) -> Option<(String, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if port(f[1]) != Some(server_port) || port(f[2]) != Some(client_port) {
+            return None;
+        }
+        let (kind, when) = f[5].split_once(':')?;
+        Some((kind.to_string(), u64::from_str_radix(when, 16).ok()?))
+    })
+}
+
+/// `--timeout` closes a client idle that long, not one that keeps sending
+/// commands nor a MONITOR client (as Redis's timeout); `--tcp-keepalive`
+/// arms TCP keepalive on client connections (the kernel's keepalive timer
+/// runs on the server's end), and 0 leaves it off.
+#[test]
+fn idle_clients_are_closed_and_client_connections_keep_alive() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        &dir.path().join("node"),
+        &["--timeout", "1", "--tcp-keepalive", "60"],
+    );
+    let connect = |server: &Server| {
+        let mut s = std::net::TcpStream::connect(server.resp).expect("connect");
+        s.write_all(b"PING\r\n").unwrap();
+        assert_eq!(read_until(&mut s, |t| t.ends_with("\r\n")), "+PONG\r\n");
+        s
+    };
+    let mut idle = connect(&server);
+    let spoke = std::time::Instant::now();
+    let client_port = idle.local_addr().unwrap().port();
+    // 60 s, in ticks of 1/100 s: the timer is set within it.
+    assert!(
+        wait_until(Duration::from_secs(5), || matches!(
+            tcp_timer(server.resp.port(), client_port),
+            Some((kind, t)) if kind == "02" && t > 0 && t <= 6000
+        )),
+        "no keepalive timer: {:?}",
+        tcp_timer(server.resp.port(), client_port)
+    );
+    let busy = &mut server.client();
+    let mut monitor = std::net::TcpStream::connect(server.resp).expect("connect");
+    monitor.write_all(b"MONITOR\r\n").unwrap();
+    assert_eq!(read_until(&mut monitor, |t| t.ends_with("\r\n")), "+OK\r\n");
+    idle.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            assert_eq!(raw(busy, &["PING"]), V::SimpleString("PONG".into()));
+            matches!(idle.read(&mut byte), Ok(0))
+        }),
+        "the idle client was closed"
+    );
+    assert!(
+        spoke.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        spoke.elapsed()
+    );
+    // The busy client and the monitor (idle as a client, but a monitor)
+    // are still served a second later.
+    let later = std::time::Instant::now();
+    while later.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(raw(busy, &["PING"]), V::SimpleString("PONG".into()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    monitor.write_all(b"PING\r\n").unwrap();
+    assert!(read_until(&mut monitor, |t| t.contains("+PONG\r\n")).contains("\"PING\""));
+
+    let server = Server::start(&dir.path().join("other"), &["--tcp-keepalive", "0"]);
+    let plain = connect(&server);
+    let client_port = plain.local_addr().unwrap().port();
+    // Settled, the connection has no timer at all.
+    assert!(
+        wait_until(Duration::from_secs(5), || matches!(
+            tcp_timer(server.resp.port(), client_port),
+            Some((kind, _)) if kind == "00"
+        )),
+        "{:?}",
+        tcp_timer(server.resp.port(), client_port)
+    );
+}
