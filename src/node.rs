@@ -1505,9 +1505,13 @@ impl Node {
         force: bool,
     ) -> Result<(), &'static str> {
         let (target, aborted) = self.begin_failover(to, timeout, force)?;
-        self.pipeline.fence().await;
+        // All in a task of its own, so that it runs to its end (and clears
+        // its state) whatever becomes of the asking connection.
+        let (fenced_tx, fenced) = tokio::sync::oneshot::channel();
         let node = self.clone();
         tokio::spawn(async move {
+            node.pipeline.fence().await;
+            let _ = fenced_tx.send(());
             match node
                 .switchover_with(target.as_deref(), timeout, force, aborted)
                 .await
@@ -1531,6 +1535,7 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
         });
+        let _ = fenced.await;
         Ok(())
     }
 
