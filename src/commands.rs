@@ -3515,9 +3515,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             }
             Reply::Map(out)
         }
-        "set" => {
-            Reply::err("CONFIG SET is not supported: restart ferry serve with the flag instead")
-        }
+        "set" if args.len() >= 4 => config_set(node, &args[2..]),
         "resetstat" if args.len() == 2 => {
             node.stats.reset(crate::info::rss_bytes());
             Reply::ok()
@@ -3526,8 +3524,11 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "GET <pattern>",
             "    Return parameters matching the glob-like <pattern> and their values.",
-            "SET <directive> <value>",
-            "    Not supported: ferry takes its settings as flags at start.",
+            "SET <directive> <value> [<directive> <value> ...]",
+            "    Set the configuration <directive> to <value>: timeout, tcp-keepalive,",
+            "    shutdown-timeout, slowlog-log-slower-than, slowlog-max-len,",
+            "    latency-monitor-threshold, replica-serve-stale-data. Others are flags",
+            "    of ferry serve.",
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
             "HELP",
@@ -3535,6 +3536,99 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         ]),
         _ => subcommand_error("config", &args[1]),
     }
+}
+
+/// What CONFIG SET may change while the node runs, under Redis's names:
+/// the bounds Redis gives each, and where it goes.
+#[derive(Debug, Clone, Copy)]
+enum Settable {
+    /// An integer within bounds (inclusive).
+    Int(i64, i64),
+    /// `yes` or `no`.
+    YesNo,
+}
+
+const SETTABLE: &[(&str, Settable)] = &[
+    ("latency-monitor-threshold", Settable::Int(0, i64::MAX)),
+    ("replica-serve-stale-data", Settable::YesNo),
+    ("shutdown-timeout", Settable::Int(0, i32::MAX as i64)),
+    ("slowlog-log-slower-than", Settable::Int(-1, i64::MAX)),
+    ("slowlog-max-len", Settable::Int(0, i64::MAX)),
+    ("tcp-keepalive", Settable::Int(0, i32::MAX as i64)),
+    ("timeout", Settable::Int(0, i32::MAX as i64)),
+];
+
+/// CONFIG SET name value [name value ...], as Redis 7.0's: every pair is
+/// checked (Redis's errors, in its order) before any is set, so either all
+/// take effect or none. The parameters CONFIG GET shows but [`SETTABLE`]
+/// lacks are flags of `ferry serve`, refused as Redis refuses its
+/// immutable ones.
+fn config_set(node: &Node, pairs: &Args) -> Reply {
+    if !pairs.len().is_multiple_of(2) {
+        return syntax_error();
+    }
+    let failed = |name: &str, why: &str| {
+        Reply::err(format!(
+            "CONFIG SET failed (possibly related to argument '{name}') - {why}"
+        ))
+    };
+    let known = crate::info::config_params(node);
+    // Errors name the parameter as the client wrote it, as Redis's do.
+    let mut chosen: Vec<(&'static str, String, Settable, &Bytes)> = Vec::new();
+    for pair in pairs.chunks(2) {
+        let given = String::from_utf8_lossy(&pair[0]).into_owned();
+        let name = given.to_ascii_lowercase();
+        let Some(&(setting, kind)) = SETTABLE.iter().find(|(n, _)| *n == name) else {
+            if known.iter().any(|(n, _)| *n == name) {
+                return failed(&given, "can't set immutable config");
+            }
+            return Reply::err(format!(
+                "Unknown option or number of arguments for CONFIG SET - '{given}'"
+            ));
+        };
+        if chosen.iter().any(|(n, ..)| *n == setting) {
+            return failed(&given, "duplicate parameter");
+        }
+        chosen.push((setting, given, kind, &pair[1]));
+    }
+    let mut values = Vec::with_capacity(chosen.len());
+    for (setting, name, kind, value) in &chosen {
+        let parsed = match *kind {
+            Settable::Int(low, high) => match parse_i64(value) {
+                None => return failed(name, "argument couldn't be parsed into an integer"),
+                Some(v) if v < low || v > high => {
+                    return failed(
+                        name,
+                        &format!("argument must be between {low} and {high} inclusive"),
+                    );
+                }
+                Some(v) => v,
+            },
+            Settable::YesNo if eq(value, "yes") => 1,
+            Settable::YesNo if eq(value, "no") => 0,
+            Settable::YesNo => return failed(name, "argument must be 'yes' or 'no'"),
+        };
+        values.push((*setting, parsed));
+    }
+    let c = &node.config;
+    for (name, v) in values {
+        let unsigned = v.max(0) as u64;
+        match name {
+            "latency-monitor-threshold" => node.latency.set_threshold_ms(unsigned),
+            "replica-serve-stale-data" => {
+                c.replica_serve_stale_data.store(v == 1, Ordering::Relaxed)
+            }
+            "shutdown-timeout" => c.shutdown_timeout_secs.store(unsigned, Ordering::Relaxed),
+            "slowlog-log-slower-than" => c.slowlog_log_slower_than.store(v, Ordering::Relaxed),
+            "slowlog-max-len" => c.slowlog_max_len.store(unsigned, Ordering::Relaxed),
+            "tcp-keepalive" => c.tcp_keepalive_secs.store(unsigned, Ordering::Relaxed),
+            "timeout" => c.timeout_secs.store(unsigned, Ordering::Relaxed),
+            other => unreachable!("{other} is in SETTABLE"),
+        }
+        tracing::info!(parameter = name, value = v, "CONFIG SET");
+    }
+    node.config_changed.send_replace(());
+    Reply::ok()
 }
 
 /// MEMORY USAGE's fields of a hash read when no SAMPLES is given, as
@@ -3838,9 +3932,11 @@ fn latency(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
                 String::from_utf8_lossy(&args[2])
             )),
         },
-        ("doctor", 2) => {
-            Reply::Verbatim(monitor.doctor(node.config.slowlog_log_slower_than).into())
-        }
+        ("doctor", 2) => Reply::Verbatim(
+            monitor
+                .doctor(node.config.slowlog_log_slower_than.load(Ordering::Relaxed))
+                .into(),
+        ),
         ("histogram", _) => {
             let named: Vec<String> = args[2..]
                 .iter()

@@ -531,9 +531,12 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("databases".into(), "1".into()),
         (
             "tcp-keepalive".into(),
-            c.tcp_keepalive.as_secs().to_string(),
+            c.tcp_keepalive_secs.load(Ordering::Relaxed).to_string(),
         ),
-        ("timeout".into(), c.idle_timeout.as_secs().to_string()),
+        (
+            "timeout".into(),
+            c.timeout_secs.load(Ordering::Relaxed).to_string(),
+        ),
         ("dir".into(), c.data_dir.display().to_string()),
         ("maxclients".into(), c.maxclients.to_string()),
         ("maxmemory".into(), "0".into()),
@@ -543,7 +546,7 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("replica-read-only".into(), "yes".into()),
         (
             "replica-serve-stale-data".into(),
-            if c.replica_serve_stale_data {
+            if c.replica_serve_stale_data.load(Ordering::Relaxed) {
                 "yes"
             } else {
                 "no"
@@ -565,7 +568,7 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("save".into(), String::new()),
         (
             "shutdown-timeout".into(),
-            c.shutdown_timeout.as_secs().to_string(),
+            c.shutdown_timeout_secs.load(Ordering::Relaxed).to_string(),
         ),
         ("tls-auth-clients".into(), c.tls.client_auth().to_string()),
         (
@@ -577,12 +580,17 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("tls-protocols".into(), c.tls.protocols().to_string()),
         (
             "slowlog-log-slower-than".into(),
-            c.slowlog_log_slower_than.to_string(),
+            c.slowlog_log_slower_than
+                .load(Ordering::Relaxed)
+                .to_string(),
         ),
-        ("slowlog-max-len".into(), c.slowlog_max_len.to_string()),
+        (
+            "slowlog-max-len".into(),
+            c.slowlog_max_len.load(Ordering::Relaxed).to_string(),
+        ),
         (
             "latency-monitor-threshold".into(),
-            c.latency_monitor_threshold.to_string(),
+            node.latency.threshold_ms().to_string(),
         ),
     ]
 }

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::node::LatencyHistogram;
@@ -29,7 +30,8 @@ struct Series {
 /// See the module documentation.
 #[derive(Debug)]
 pub struct LatencyMonitor {
-    threshold_ms: u64,
+    /// CONFIG SET latency-monitor-threshold changes it.
+    threshold_ms: AtomicU64,
     events: Mutex<BTreeMap<&'static str, Series>>,
 }
 
@@ -43,19 +45,30 @@ impl LatencyMonitor {
     /// A monitor noting events of at least `threshold_ms` (0: none).
     pub fn new(threshold_ms: u64) -> LatencyMonitor {
         LatencyMonitor {
-            threshold_ms,
+            threshold_ms: AtomicU64::new(threshold_ms),
             events: Mutex::default(),
         }
     }
 
+    /// Milliseconds from which events are noted (0: none).
+    pub fn threshold_ms(&self) -> u64 {
+        self.threshold_ms.load(Ordering::Relaxed)
+    }
+
+    /// CONFIG SET latency-monitor-threshold.
+    pub fn set_threshold_ms(&self, ms: u64) {
+        self.threshold_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub fn enabled(&self) -> bool {
-        self.threshold_ms > 0
+        self.threshold_ms() > 0
     }
 
     /// Whether an event that took `took` is noted (a check before working
     /// out its name).
     pub fn over(&self, took: Duration) -> bool {
-        self.enabled() && took.as_millis() >= u128::from(self.threshold_ms)
+        let threshold = self.threshold_ms();
+        threshold > 0 && took.as_millis() >= u128::from(threshold)
     }
 
     /// Notes that `event` took `took`, if that reaches the threshold.
@@ -138,7 +151,8 @@ impl LatencyMonitor {
     pub fn doctor(&self, slowlog_slower_than_us: i64) -> String {
         if !self.enabled() {
             return "Latency monitoring is disabled on this ferry node: start it with \
-                    --latency-monitor-threshold <milliseconds> (FERRY_LATENCY_MONITOR_THRESHOLD) \
+                    --latency-monitor-threshold <milliseconds> (FERRY_LATENCY_MONITOR_THRESHOLD), \
+                    or CONFIG SET latency-monitor-threshold <milliseconds>, \
                     to note every event at least that long.\n"
                 .to_string();
         }
@@ -146,7 +160,7 @@ impl LatencyMonitor {
         if events.values().all(|s| s.samples.is_empty()) {
             return format!(
                 "No event took {} ms or more since this node started (or since LATENCY RESET).\n",
-                self.threshold_ms
+                self.threshold_ms()
             );
         }
         let mut out = String::from("Latency spikes were observed on this node:\n\n");
@@ -183,13 +197,13 @@ impl LatencyMonitor {
         let has = |e: &str| events.get(e).is_some_and(|s| !s.samples.is_empty());
         if has("command") || has("fast-command") {
             if slowlog_slower_than_us < 0
-                || slowlog_slower_than_us as u64 > self.threshold_ms * 1000
+                || slowlog_slower_than_us as u64 > self.threshold_ms() * 1000
             {
                 let _ = writeln!(
                     out,
                     "- The slow log leaves out commands this slow: start the node with \
                      --slowlog-log-slower-than {} (µs) to see them in SLOWLOG GET.",
-                    self.threshold_ms * 1000
+                    self.threshold_ms() * 1000
                 );
             }
             out.push_str(

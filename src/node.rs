@@ -117,8 +117,10 @@ async fn complete_reset(data_dir: &Path, wal: &Wal, engine: &Engine) -> anyhow::
 /// How often the node looks for WAL segments it may delete.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What `ferry serve` was told.
-#[derive(Debug, Clone)]
+/// What `ferry serve` was told. The atomic ones CONFIG SET may change
+/// while the node runs (see `commands::config_set`): read where used, a
+/// change takes effect at once.
+#[derive(Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
     /// The addresses given to other nodes, when not where this one listens
@@ -128,7 +130,7 @@ pub struct Config {
     /// Follow this primary (a gRPC address); persisted in the data dir.
     pub replica_of: Option<String>,
     /// Whether a replica answers reads while its link is down.
-    pub replica_serve_stale_data: bool,
+    pub replica_serve_stale_data: AtomicBool,
     /// A replica drops a link on which the primary is silent this long.
     pub repl_timeout: Duration,
     /// A replica promotes itself when its primary has been unreachable this
@@ -138,8 +140,8 @@ pub struct Config {
     /// replicas acked within `min_replicas_max_lag` (0: no lease).
     pub min_replicas_to_write: usize,
     pub min_replicas_max_lag: Duration,
-    /// How long SHUTDOWN waits for lagging replicas, writes paused.
-    pub shutdown_timeout: Duration,
+    /// Seconds SHUTDOWN waits for lagging replicas, writes paused.
+    pub shutdown_timeout_secs: AtomicU64,
     pub fsync: SyncPolicy,
     pub requirepass: Option<String>,
     /// The shared secret of the cluster's gRPC calls (see
@@ -152,21 +154,22 @@ pub struct Config {
     pub maxclients: usize,
     /// Microseconds from which a command enters the slow log (negative:
     /// none).
-    pub slowlog_log_slower_than: i64,
-    pub slowlog_max_len: usize,
-    /// Milliseconds from which events are noted (0: none; see
-    /// [`crate::latency`]).
+    pub slowlog_log_slower_than: AtomicI64,
+    pub slowlog_max_len: AtomicU64,
+    /// Milliseconds from which events are noted at start (0: none; the
+    /// live figure is [`crate::latency::LatencyMonitor`]'s).
     pub latency_monitor_threshold: u64,
     /// Bytes of key entries kept in memory for reads (0: none).
     pub read_cache_bytes: usize,
     pub proto_max_bulk_len: usize,
     pub proto_max_multibulk_len: usize,
     pub client_query_buffer_limit: usize,
-    /// A client idle this long is closed (`--timeout`; zero: never).
-    pub idle_timeout: Duration,
-    /// Idle time before TCP keepalive probes on a client connection
-    /// (`--tcp-keepalive`; zero: none).
-    pub tcp_keepalive: Duration,
+    /// Seconds after which an idle client is closed (`--timeout`; 0:
+    /// never).
+    pub timeout_secs: AtomicU64,
+    /// Idle seconds before TCP keepalive probes on a new client connection
+    /// (`--tcp-keepalive`; 0: none).
+    pub tcp_keepalive_secs: AtomicU64,
     /// The most WAL bytes a replica's slot may hold back (0: no cap).
     pub wal_retention_max_bytes: u64,
     pub wal_segment_bytes: u64,
@@ -1096,6 +1099,8 @@ pub struct Node {
     shutdown_waiting: Mutex<Option<watch::Sender<bool>>>,
     /// While a FAILOVER runs: FAILOVER ABORT ends its wait.
     failover: Mutex<Option<watch::Sender<bool>>>,
+    /// Told of every CONFIG SET (connections read the idle timeout again).
+    pub config_changed: watch::Sender<()>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1273,6 +1278,7 @@ impl Node {
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),
             failover: Mutex::new(None),
+            config_changed: watch::Sender::new(()),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),
@@ -1320,7 +1326,7 @@ impl Node {
     /// enough (`--slowlog-log-slower-than`); `conn` is the client's id and
     /// name.
     pub fn slow_command(&self, conn: (u64, Option<&Bytes>), args: &[Bytes], took: Duration) {
-        let threshold = self.config.slowlog_log_slower_than;
+        let threshold = self.config.slowlog_log_slower_than.load(Ordering::Relaxed);
         let micros = took.as_micros() as u64;
         if threshold < 0 || micros < threshold as u64 {
             return;
@@ -1343,7 +1349,10 @@ impl Node {
             addr,
             name: conn.1.cloned().unwrap_or_default(),
         };
-        log.push(entry, self.config.slowlog_max_len);
+        log.push(
+            entry,
+            self.config.slowlog_max_len.load(Ordering::Relaxed) as usize,
+        );
     }
 
     /// SAVE: everything written so far made durable and put in the
@@ -1440,7 +1449,9 @@ impl Node {
             }
         };
         let before = self.pipeline.paused();
-        let until = Instant::now() + self.config.shutdown_timeout;
+        let timeout =
+            Duration::from_secs(self.config.shutdown_timeout_secs.load(Ordering::Relaxed));
+        let until = Instant::now() + timeout;
         if owner {
             // Held past the wait, through the save and the stop.
             self.pipeline
@@ -1484,7 +1495,7 @@ impl Node {
             Err(_) => {
                 tracing::warn!(
                     lagging = self.shipper.behind(last),
-                    timeout = ?self.config.shutdown_timeout,
+                    ?timeout,
                     "SHUTDOWN: replicas still lag after --shutdown-timeout; stopping all the same"
                 );
                 Ok(Some(before))

@@ -86,7 +86,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => {
-                let Some((mut socket, addr, laddr)) = accepted_socket(accepted, node.config.tcp_keepalive) else {
+                let Some((mut socket, addr, laddr)) = accepted_socket(accepted, &node.config) else {
                     tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 };
@@ -100,7 +100,7 @@ pub async fn run(
                 connections.spawn(connection(node.clone(), socket, fd, addr, laddr, stop_rx.clone()));
             }
             accepted = accept_tls(tls_listener.as_ref()) => {
-                let Some((socket, addr, laddr)) = accepted_socket(accepted, node.config.tcp_keepalive) else {
+                let Some((socket, addr, laddr)) = accepted_socket(accepted, &node.config) else {
                     tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
                     continue;
                 };
@@ -230,10 +230,11 @@ async fn accept_tls(
 /// replies that leave at once; `None` if accepting failed.
 fn accepted_socket(
     accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
-    keepalive: Duration,
+    config: &crate::node::Config,
 ) -> Option<(TcpStream, String, String)> {
     match accepted {
         Ok((socket, addr)) => {
+            let keepalive = Duration::from_secs(config.tcp_keepalive_secs.load(Ordering::Relaxed));
             let _ = socket.set_nodelay(true);
             if !keepalive.is_zero() {
                 // As Redis: probes after `keepalive` idle, then every
@@ -524,18 +525,24 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         )
     };
     let mut shown = ("NULL".to_string(), labels(&conn));
+    // Since when the client is idle (`--timeout`), and CONFIG SET's changes
+    // (a new timeout applies to a client already waiting).
+    let mut last_read = tokio::time::Instant::now();
+    let mut settings = node.config_changed.subscribe();
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
         // A MONITOR client is not idle (Redis exempts it too).
-        let idle = node.config.idle_timeout;
+        let idle = Duration::from_secs(node.config.timeout_secs.load(Ordering::Relaxed));
         let watch_idle = !idle.is_zero() && conn.monitor.is_none();
         let read = tokio::select! {
             r = socket.read_buf(&mut buf) => r,
             // (An async block: no timer is made unless it is polled.)
-            () = async { tokio::time::sleep(idle).await }, if watch_idle => {
+            () = async { tokio::time::sleep_until(last_read + idle).await }, if watch_idle => {
                 tracing::debug!(client = id, ?idle, "closing an idle client");
                 break;
             }
+            // (Reading is cancel safe: nothing read is lost.)
+            _ = settings.changed() => continue 'serve,
             lines = monitor_lines(&mut conn.monitor) => {
                 match lines {
                     Ok(lines) => {
@@ -562,6 +569,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                last_read = tokio::time::Instant::now();
                 node.stats
                     .total_net_input_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
@@ -781,7 +789,7 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
         }
     }
     if data_command
-        && !node.config.replica_serve_stale_data
+        && !node.config.replica_serve_stale_data.load(Ordering::Relaxed)
         && !spec.flags.contains(&"stale")
         && node.link_down()
     {

@@ -2590,3 +2590,91 @@ fn idle_clients_are_closed_and_client_connections_keep_alive() {
         tcp_timer(server.resp.port(), client_port)
     );
 }
+
+/// CONFIG SET changes what it sets at once, several together or none:
+/// the slow log's threshold and length, the idle timeout (a client idle
+/// past it is closed), the latency monitor's threshold, replicas' stale
+/// reads; a flag of `ferry serve` is refused as immutable.
+#[test]
+fn config_set_takes_effect_at_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let c = &mut server.client();
+    let get = |c: &mut redis::Connection, name: &str| -> String {
+        match raw(c, &["CONFIG", "GET", name]) {
+            V::Array(pair) => match &pair[..] {
+                [_, V::BulkString(v)] => String::from_utf8(v.clone()).unwrap(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(raw(c, &["SLOWLOG", "RESET"]), ok());
+    assert_eq!(
+        raw(
+            c,
+            &[
+                "CONFIG",
+                "SET",
+                "slowlog-log-slower-than",
+                "0",
+                "slowlog-max-len",
+                "3"
+            ]
+        ),
+        ok()
+    );
+    for _ in 0..10 {
+        raw(c, &["PING"]);
+    }
+    assert_eq!(raw(c, &["SLOWLOG", "LEN"]), V::Int(3));
+    assert_eq!(
+        raw(c, &["CONFIG", "SET", "slowlog-log-slower-than", "-1"]),
+        ok()
+    );
+    assert_eq!(raw(c, &["SLOWLOG", "RESET"]), ok());
+    raw(c, &["PING"]);
+    assert_eq!(raw(c, &["SLOWLOG", "LEN"]), V::Int(0));
+
+    assert_eq!(
+        error(
+            c,
+            &["CONFIG", "SET", "timeout", "1", "appendfsync", "always"]
+        ),
+        "ERR CONFIG SET failed (possibly related to argument 'appendfsync') - can't set immutable config"
+    );
+    assert_eq!(get(c, "timeout"), "0");
+    let mut idle = std::net::TcpStream::connect(server.resp).expect("connect");
+    idle.write_all(b"PING\r\n").unwrap();
+    assert_eq!(read_until(&mut idle, |t| t.ends_with("\r\n")), "+PONG\r\n");
+    assert_eq!(raw(c, &["CONFIG", "SET", "timeout", "1"]), ok());
+    assert_eq!(get(c, "timeout"), "1");
+    idle.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            raw(c, &["PING"]);
+            matches!(std::io::Read::read(&mut idle, &mut byte), Ok(0))
+        }),
+        "the idle client was closed once the timeout was set"
+    );
+    assert_eq!(raw(c, &["CONFIG", "SET", "timeout", "0"]), ok());
+
+    assert_eq!(
+        raw(c, &["CONFIG", "SET", "latency-monitor-threshold", "100"]),
+        ok()
+    );
+    assert_eq!(get(c, "latency-monitor-threshold"), "100");
+    let V::BulkString(text) = raw(c, &["LATENCY", "DOCTOR"]) else {
+        panic!()
+    };
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.starts_with("No event took 100 ms"), "{text}");
+    assert_eq!(
+        raw(c, &["CONFIG", "SET", "replica-serve-stale-data", "no"]),
+        ok()
+    );
+    assert_eq!(get(c, "replica-serve-stale-data"), "no");
+}

@@ -1372,6 +1372,51 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "CONFIG SET's refusals, and sets that change nothing",
+            [
+                resp(&[b"CONFIG", b"SET", b"foo", b"1"]),
+                resp(&[b"CONFIG", b"SET", b"timeout", b"x"]),
+                resp(&[b"CONFIG", b"SET", b"timeout", b"05"]),
+                resp(&[b"CONFIG", b"SET", b"timeout", b"-1"]),
+                resp(&[b"CONFIG", b"SET", b"timeout", b"0", b"TIMEOUT", b"0"]),
+                resp(&[b"CONFIG", b"SET", b"databases", b"4"]),
+                resp(&[b"CONFIG", b"SET", b"slowlog-log-slower-than", b"-5"]),
+                resp(&[b"CONFIG", b"SET", b"slowlog-max-len", b"-1"]),
+                resp(&[
+                    b"CONFIG",
+                    b"SET",
+                    b"slowlog-max-len",
+                    b"99999999999999999999",
+                ]),
+                resp(&[b"CONFIG", b"SET", b"latency-monitor-threshold", b"-1"]),
+                resp(&[b"CONFIG", b"SET", b"tcp-keepalive", b"2147483648"]),
+                resp(&[b"CONFIG", b"SET", b"shutdown-timeout", b"-1"]),
+                resp(&[b"CONFIG", b"SET", b"replica-serve-stale-data", b"maybe"]),
+                resp(&[b"CONFIG", b"SET", b"timeout"]),
+                resp(&[b"CONFIG", b"SET", b"timeout", b"0", b"slowlog-max-len"]),
+                // An error in the second pair: the first is not set.
+                resp(&[
+                    b"CONFIG",
+                    b"SET",
+                    b"timeout",
+                    b"7",
+                    b"slowlog-max-len",
+                    b"x",
+                ]),
+                resp(&[b"CONFIG", b"GET", b"timeout"]),
+                resp(&[
+                    b"CONFIG",
+                    b"SET",
+                    b"TIMEOUT",
+                    b"0",
+                    b"replica-serve-stale-data",
+                    b"YES",
+                ]),
+                resp(&[b"CONFIG", b"GET", b"replica-serve-stale-data"]),
+            ]
+            .concat(),
+        ),
+        (
             "FAILOVER's refusals on a primary without replicas",
             [
                 resp(&[b"FAILOVER"]),
