@@ -2536,8 +2536,9 @@ fn idle_clients_are_closed_and_client_connections_keep_alive() {
         assert_eq!(read_until(&mut s, |t| t.ends_with("\r\n")), "+PONG\r\n");
         s
     };
-    let mut idle = connect(&server);
+    // Before the server last read from it.
     let spoke = std::time::Instant::now();
+    let mut idle = connect(&server);
     let client_port = idle.local_addr().unwrap().port();
     // 60 s, in ticks of 1/100 s: the timer is set within it.
     assert!(
