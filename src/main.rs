@@ -722,12 +722,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             ready.push_str(&format!(" resp_tls={addr}"));
         }
         println!("{ready}");
+        // SIGINT or SIGTERM stop the node as SHUTDOWN does (Redis's
+        // shutdown-on-sigterm default): a primary first waits for lagging
+        // replicas, up to --shutdown-timeout; SHUTDOWN ABORT cancels that
+        // wait, and a second signal during it stops the node at once.
         let stop_asked = {
             let node = node.clone();
             async move {
-                tokio::select! {
-                    () = shutdown_signal() => {}
-                    () = node.shutdown_requested() => {}
+                loop {
+                    tokio::select! {
+                        () = shutdown_signal() => {
+                            tokio::select! {
+                                stopping = node.shutdown_by_command(None, false, false) => {
+                                    if stopping.is_ok() {
+                                        return;
+                                    }
+                                }
+                                () = shutdown_signal() => {
+                                    tracing::warn!("a second signal: stopping now");
+                                    return;
+                                }
+                            }
+                        }
+                        () = node.shutdown_requested() => return,
+                    }
                 }
             }
         };

@@ -1419,7 +1419,7 @@ impl Node {
                 return Err(());
             }
         }
-        tracing::info!("SHUTDOWN asked by a client");
+        tracing::info!("stopping");
         self.shutdown_requested.send_replace(true);
         Ok(())
     }

@@ -1575,6 +1575,22 @@ fn shutdown_waits_for_a_lagging_replica_until_aborted_or_caught_up() {
         Some("Errors trying to SHUTDOWN. Check logs.")
     );
     held.join().unwrap().expect("the held write ran");
+    // SIGTERM waits the same way (as Redis's), and is aborted the same way.
+    primary.sigterm();
+    let held = spawn(primary.client(), &["SET", "held-too", "1"]);
+    assert!(
+        !wait_until(Duration::from_millis(500), || !primary.running()
+            || held.is_finished()),
+        "SIGTERM waits for the replica, writes held"
+    );
+    assert_eq!(
+        cmd(&["SHUTDOWN", "ABORT"])
+            .query::<String>(c)
+            .expect("ABORT"),
+        "OK"
+    );
+    held.join().unwrap().expect("the held write ran");
+    assert!(primary.running());
     let again = spawn(primary.client(), &["SHUTDOWN"]);
     assert!(!wait_until(Duration::from_millis(500), || again.is_finished()));
     proxy.unstall();
@@ -1584,7 +1600,7 @@ fn shutdown_waits_for_a_lagging_replica_until_aborted_or_caught_up() {
     assert!(exited.success());
     assert!(again.join().unwrap().is_err(), "closed with no reply");
     let r = &mut replica.client();
-    for key in ["early", "late", "held"] {
+    for key in ["early", "late", "held", "held-too"] {
         assert_eq!(
             cmd(&["GET", key]).query::<Option<String>>(r).expect("GET"),
             Some("1".into()),
@@ -1594,14 +1610,14 @@ fn shutdown_waits_for_a_lagging_replica_until_aborted_or_caught_up() {
 }
 
 /// SHUTDOWN stops a primary whose replica lags once --shutdown-timeout
-/// passed, and SHUTDOWN NOW does not wait at all.
+/// passed, SHUTDOWN NOW does not wait at all, nor does a second SIGTERM.
 #[test]
 fn shutdown_stops_after_its_timeout_or_now() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut primary, proxy, _replica) =
         behind_proxy(dir.path(), &["--shutdown-timeout", "2"], &[]);
-    for (round, shutdown) in [&["SHUTDOWN"][..], &["SHUTDOWN", "NOW"][..]]
+    for (round, shutdown) in [&["SHUTDOWN"][..], &["SHUTDOWN", "NOW"][..], &[][..]]
         .into_iter()
         .enumerate()
     {
@@ -1616,12 +1632,24 @@ fn shutdown_stops_after_its_timeout_or_now() {
             .query::<()>(c)
             .expect("SET");
         let started = Instant::now();
-        // The connection closes as the node begins to stop.
-        assert!(cmd(shutdown).query::<redis::Value>(c).is_err());
+        if shutdown.is_empty() {
+            primary.sigterm();
+            assert!(!wait_until(Duration::from_millis(500), || !primary.running()));
+            primary.sigterm();
+            // Stopping: the connection closes.
+            assert!(wait_until(Duration::from_secs(5), || cmd(&["PING"])
+                .query::<redis::Value>(c)
+                .is_err()));
+        } else {
+            // The connection closes as the node begins to stop.
+            assert!(cmd(shutdown).query::<redis::Value>(c).is_err());
+        }
         let took = started.elapsed();
         match round {
             0 => assert!(took >= Duration::from_secs(2), "{took:?}"),
-            _ => assert!(took < Duration::from_secs(2), "{took:?}"),
+            1 => assert!(took < Duration::from_secs(2), "{took:?}"),
+            // Well before the 30 s the restarted primary would wait.
+            _ => assert!(took < Duration::from_secs(10), "{took:?}"),
         }
         // (A stalled link would hold the stop for its grace period.)
         proxy.unstall();
