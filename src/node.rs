@@ -1602,29 +1602,13 @@ impl Node {
     /// for its replica, it ends there and writes resume; once the replica
     /// was asked to promote, it goes on).
     pub fn abort_failover(&self) -> bool {
-        match &*self.failover.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(abort) => {
-                abort.send_replace(true);
-                true
-            }
-            None => false,
-        }
+        abort_wait(&self.failover)
     }
 
     /// SHUTDOWN ABORT: whether a SHUTDOWN was waiting for its replicas
     /// (it fails, and the writes it held run).
     pub fn abort_shutdown(&self) -> bool {
-        match &*self
-            .shutdown_waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        {
-            Some(abort) => {
-                abort.send_replace(true);
-                true
-            }
-            None => false,
-        }
+        abort_wait(&self.shutdown_waiting)
     }
 
     /// Returns once a client asked the node to stop (SHUTDOWN).
@@ -2247,6 +2231,18 @@ impl Node {
     pub async fn shutdown(&self) {
         self.stop.send_replace(true);
         self.stop_receiver().await;
+    }
+}
+
+/// Ends the wait `slot` holds the abort switch of (FAILOVER ABORT,
+/// SHUTDOWN ABORT); whether one was under way.
+fn abort_wait(slot: &Mutex<Option<watch::Sender<bool>>>) -> bool {
+    match &*slot.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(abort) => {
+            abort.send_replace(true);
+            true
+        }
+        None => false,
     }
 }
 
