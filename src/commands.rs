@@ -157,6 +157,12 @@ pub struct Conn {
     pub lib_ver: Option<Bytes>,
     pub authenticated: bool,
     pub quit: bool,
+    /// CLIENT REPLY OFF: no replies until CLIENT REPLY ON.
+    pub reply_off: bool,
+    /// CLIENT REPLY SKIP: the next command's reply is dropped...
+    pub skip_next: bool,
+    /// ... and this command's (the one running now).
+    pub skip_this: bool,
     /// The LSN of this connection's last write, for WAIT.
     pub last_write_lsn: u64,
     /// The transaction being queued, after MULTI.
@@ -537,7 +543,9 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
             ("info", 2),
             ("kill", -3),
             ("list", -2),
+            ("no-evict", 3),
             ("pause", -3),
+            ("reply", 3),
             ("setinfo", 4),
             ("setname", 3),
             ("unpause", 2),
@@ -612,9 +620,14 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("client|kill", &["admin", "slow", "dangerous", "connection"]),
     ("client|list", &["admin", "slow", "dangerous", "connection"]),
     (
+        "client|no-evict",
+        &["admin", "slow", "dangerous", "connection"],
+    ),
+    (
         "client|pause",
         &["admin", "slow", "dangerous", "connection"],
     ),
+    ("client|reply", &["slow", "connection"]),
     ("client|setinfo", &["slow", "connection"]),
     ("client|setname", &["slow", "connection"]),
     (
@@ -2905,6 +2918,7 @@ fn quit(_node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
 /// MONITOR, transaction or watched keys, RESP2, no name, logged out if a
 /// password is required; the library it named stays (CLIENT SETINFO).
 fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
+    (conn.reply_off, conn.skip_next) = (false, false);
     conn.monitor = None;
     conn.multi = None;
     conn.watch.clear();
@@ -3129,8 +3143,12 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             "      Return clients of specified type.",
             "    * ID <client-id> [<client-id> ...]",
             "      Return clients of specified IDs only.",
+            "NO-EVICT (ON|OFF)",
+            "    Protect current client connection from eviction (ferry never evicts).",
             "PAUSE <timeout> [WRITE|ALL]",
             "    Suspend all, or just write, clients for <timeout> milliseconds.",
+            "REPLY (ON|OFF|SKIP)",
+            "    Control the replies sent to the current connection.",
             "SETINFO <option> <value>",
             "    Set client meta attr. Options are:",
             "    * LIB-NAME: the client lib name.",
@@ -3167,6 +3185,26 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             node.pipeline.pause(None);
             Reply::ok()
         }
+        // As Redis's: OFF's and SKIP's own replies are not sent either.
+        ("reply", 3) if eq(&args[2], "on") => {
+            (conn.reply_off, conn.skip_next) = (false, false);
+            Reply::ok()
+        }
+        ("reply", 3) if eq(&args[2], "off") => {
+            conn.reply_off = true;
+            Reply::ok()
+        }
+        // (Under OFF, SKIP changes nothing: ON's reply is sent.)
+        ("reply", 3) if eq(&args[2], "skip") => {
+            if !conn.reply_off {
+                (conn.skip_this, conn.skip_next) = (true, true);
+            }
+            Reply::ok()
+        }
+        ("reply", 3) => syntax_error(),
+        // Nothing to protect from: ferry never evicts a client.
+        ("no-evict", 3) if eq(&args[2], "on") || eq(&args[2], "off") => Reply::ok(),
+        ("no-evict", 3) => syntax_error(),
         // Past a mode: Redis's catch-all error.
         ("pause", n) if n > 4 => Reply::err(format!(
             "unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",

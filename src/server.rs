@@ -37,6 +37,9 @@ const EXPIRE_SWEEPS_PER_TICK_MAX: usize = 16;
 enum Queued {
     Ready(Reply),
     Pending(Ticket<Reply>),
+    /// Its reply is not sent (CLIENT REPLY OFF or SKIP); it is awaited
+    /// all the same, and an error counted.
+    Silent(Box<Queued>),
 }
 
 /// Redis's reply to a write on a replica.
@@ -360,7 +363,12 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
     // One deadline for the whole batch of replies.
     let mut deadline = None;
     while let Some(item) = queue.pop_front() {
+        let (item, silent) = match item {
+            Queued::Silent(item) => (*item, true),
+            item => (item, false),
+        };
         let reply = match item {
+            Queued::Silent(_) => unreachable!("never wrapped twice (see `silenced`)"),
             Queued::Ready(reply) => reply,
             Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
                 Ok((reply, Some(lsn))) => {
@@ -386,7 +394,21 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
                 Err(e) => engine_error_reply(e),
             },
         };
-        send(node, &reply, out, conn.resp3);
+        match &reply {
+            // Counted as Redis counts it, sent or not.
+            Reply::Error(text) if silent => node.stats.error_reply(text),
+            _ if silent => {}
+            _ => send(node, &reply, out, conn.resp3),
+        }
+    }
+}
+
+/// `queued`, its reply dropped if `silent` (CLIENT REPLY OFF or SKIP).
+fn silenced(queued: Queued, silent: bool) -> Queued {
+    match queued {
+        Queued::Silent(_) => queued,
+        _ if silent => Queued::Silent(Box::new(queued)),
+        _ => queued,
     }
 }
 
@@ -472,6 +494,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         lib_ver: None,
         authenticated: node.config.requirepass.is_none(),
         quit: false,
+        reply_off: false,
+        skip_next: false,
+        skip_this: false,
         last_write_lsn: 0,
         multi: None,
         watch: node.engine.new_watch(),
@@ -608,8 +633,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             last_command = Some(args[0].clone());
             let reply = dispatch(&node, &mut conn, args, &mut writes, &mut queue, &mut out).await;
             if let Some(reply) = reply {
-                queue.push_back(reply);
+                // Decided once it ran: CLIENT REPLY ON's own reply is sent.
+                queue.push_back(silenced(reply, conn.reply_off || conn.skip_this));
             }
+            // CLIENT REPLY SKIP drops the next command's reply, then no more.
+            conn.skip_this = std::mem::take(&mut conn.skip_next);
             if conn.quit {
                 break;
             }
@@ -724,7 +752,9 @@ async fn until_killed(activity: &Activity) {
 /// A write a connection has read and not yet run: consecutive ones run
 /// together ([`Pipeline::execute_many`](ferry_engine::Pipeline::execute_many)).
 /// With where it counts in INFO commandstats.
-type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>);
+/// A write read and not yet run: its handler, arguments, place in the
+/// command figures, and whether its reply is to be dropped.
+type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>, bool);
 
 /// Runs the writes read so far, queueing their replies in order.
 async fn run_writes(
@@ -738,7 +768,7 @@ async fn run_writes(
     }
     let outcomes = node
         .pipeline
-        .execute_many(writes.iter().map(|(f, args, slot)| {
+        .execute_many(writes.iter().map(|(f, args, slot, _)| {
             move |view: &mut View<'_>| {
                 let started = Instant::now();
                 let reply = f(view, args);
@@ -751,11 +781,18 @@ async fn run_writes(
             }
         }))
         .await;
-    writes.clear();
-    queue.extend(outcomes.into_iter().map(|outcome| match outcome {
-        Ok(ticket) => Queued::Pending(ticket),
-        Err(e) => Queued::Ready(engine_error_reply(e)),
-    }));
+    queue.extend(
+        outcomes
+            .into_iter()
+            .zip(writes.drain(..))
+            .map(|(outcome, (.., silent))| {
+                let queued = match outcome {
+                    Ok(ticket) => Queued::Pending(ticket),
+                    Err(e) => Queued::Ready(engine_error_reply(e)),
+                };
+                silenced(queued, silent)
+            }),
+    );
 }
 
 /// The command `args` asks for, unless it must be refused as it stands.
@@ -837,7 +874,7 @@ async fn dispatch(
     ) = checked
     {
         let slot = commands::stat_slot(spec, &args);
-        writes.push((*f, args, slot));
+        writes.push((*f, args, slot, conn.reply_off || conn.skip_this));
         if writes.len() >= WRITES_TOGETHER_MAX {
             run_writes(node, conn, writes, queue).await;
         }
