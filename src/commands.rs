@@ -3665,7 +3665,6 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
         }
         tracing::info!(parameter = name, value = v, "CONFIG SET");
     }
-    node.config_changed.send_replace(());
     Reply::ok()
 }
 

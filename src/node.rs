@@ -703,6 +703,8 @@ pub struct Activity {
     pub obuf_bytes: AtomicU64,
     /// Set by CLIENT KILL: the connection runs nothing more and closes.
     pub killed: AtomicBool,
+    /// A MONITOR client, or one in WAIT: never idle (`--timeout`).
+    pub idle_exempt: AtomicBool,
     /// Wakes the connection's WAIT when it is killed.
     pub kill: tokio::sync::Notify,
     /// The connection's socket (CLIENT LIST's `fd`).
@@ -720,6 +722,7 @@ impl Activity {
             omem: AtomicU64::new(0),
             obuf_bytes: AtomicU64::new(0),
             killed: AtomicBool::new(false),
+            idle_exempt: AtomicBool::new(false),
             kill: tokio::sync::Notify::new(),
             fd,
         }
@@ -1099,8 +1102,6 @@ pub struct Node {
     shutdown_waiting: Mutex<Option<watch::Sender<bool>>>,
     /// While a FAILOVER runs: FAILOVER ABORT ends its wait.
     failover: Mutex<Option<watch::Sender<bool>>>,
-    /// Told of every CONFIG SET (connections read the idle timeout again).
-    pub config_changed: watch::Sender<()>,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1278,7 +1279,6 @@ impl Node {
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),
             failover: Mutex::new(None),
-            config_changed: watch::Sender::new(()),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),

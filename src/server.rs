@@ -84,6 +84,7 @@ pub async fn run(
     let handshakes = Arc::new(AtomicUsize::new(0));
     let sweeper = tokio::spawn(expire_sweeper(node.clone(), stop_rx.clone()));
     let sampler = tokio::spawn(stats_sampler(node.clone(), stop_rx.clone()));
+    let idle = tokio::spawn(close_idle_clients(node.clone(), stop_rx.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -157,6 +158,7 @@ pub async fn run(
     }
     let _ = sweeper.await;
     let _ = sampler.await;
+    let _ = idle.await;
     let durable = node.wal.sync().await?;
     tracing::info!(durable_lsn = %durable, "WAL synced; bye");
     Ok(())
@@ -316,6 +318,39 @@ async fn stats_sampler(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => node.stats.sample(crate::info::rss_bytes()),
+        }
+    }
+}
+
+/// How often clients are checked for `--timeout` (as Redis's clientsCron
+/// reaches each client within a second).
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Closes the clients idle for `--timeout` seconds (CONFIG SET's value at
+/// each check), as CLIENT KILL closes them: nothing on the request path.
+async fn close_idle_clients(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(IDLE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let timeout = Duration::from_secs(node.config.timeout_secs.load(Ordering::Relaxed));
+        if timeout.is_zero() {
+            continue;
+        }
+        let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
+        for info in clients.values() {
+            let a = &info.activity;
+            let last = info.connected_at + Duration::from_millis(a.last_ms.load(Ordering::Relaxed));
+            if !a.idle_exempt.load(Ordering::Relaxed)
+                && !a.killed.load(Ordering::Relaxed)
+                && last.elapsed() >= timeout
+            {
+                tracing::debug!(client = info.id, ?timeout, "closing an idle client");
+                a.kill();
+            }
         }
     }
 }
@@ -550,24 +585,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         )
     };
     let mut shown = ("NULL".to_string(), labels(&conn));
-    // Since when the client is idle (`--timeout`), and CONFIG SET's changes
-    // (a new timeout applies to a client already waiting).
-    let mut last_read = tokio::time::Instant::now();
-    let mut settings = node.config_changed.subscribe();
     'serve: loop {
         buf.reserve(READ_CHUNK_BYTES);
-        // A MONITOR client is not idle (Redis exempts it too).
-        let idle = Duration::from_secs(node.config.timeout_secs.load(Ordering::Relaxed));
-        let watch_idle = !idle.is_zero() && conn.monitor.is_none();
         let read = tokio::select! {
             r = socket.read_buf(&mut buf) => r,
-            // (An async block: no timer is made unless it is polled.)
-            () = async { tokio::time::sleep_until(last_read + idle).await }, if watch_idle => {
-                tracing::debug!(client = id, ?idle, "closing an idle client");
-                break;
-            }
-            // (Reading is cancel safe: nothing read is lost.)
-            _ = settings.changed() => continue 'serve,
             lines = monitor_lines(&mut conn.monitor) => {
                 match lines {
                     Ok(lines) => {
@@ -594,7 +615,6 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                last_read = tokio::time::Instant::now();
                 node.stats
                     .total_net_input_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
@@ -651,6 +671,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         activity
             .last_ms
             .store(connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // A MONITOR client is never idle (`--timeout`), as in Redis.
+        activity
+            .idle_exempt
+            .store(conn.monitor.is_some(), Ordering::Relaxed);
         activity.multi.store(
             conn.multi.as_ref().map_or(-1, |m| m.commands.len() as i64),
             Ordering::Relaxed,
@@ -1001,11 +1025,17 @@ async fn run_command(
             } else {
                 match commands::wait_args(args) {
                     // Until killed, for a WAIT without a timeout.
-                    Ok((wanted, timeout_ms)) => tokio::select! {
-                        biased;
-                        () = until_killed(&conn.activity) => Reply::Int(0),
-                        reply = wait_replicas(node, conn, wanted, timeout_ms) => reply,
-                    },
+                    Ok((wanted, timeout_ms)) => {
+                        // Waiting is not idling (`--timeout`), as in Redis.
+                        conn.activity.idle_exempt.store(true, Ordering::Relaxed);
+                        let reply = tokio::select! {
+                            biased;
+                            () = until_killed(&conn.activity) => Reply::Int(0),
+                            reply = wait_replicas(node, conn, wanted, timeout_ms) => reply,
+                        };
+                        conn.activity.idle_exempt.store(false, Ordering::Relaxed);
+                        reply
+                    }
                     Err(reply) => reply,
                 }
             }

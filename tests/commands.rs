@@ -2550,6 +2550,9 @@ fn idle_clients_are_closed_and_client_connections_keep_alive() {
         tcp_timer(server.resp.port(), client_port)
     );
     let busy = &mut server.client();
+    // A client in WAIT is not idle either: it waits out its 2.5 s.
+    let mut waiting = server.client();
+    let wait = std::thread::spawn(move || raw(&mut waiting, &["WAIT", "1", "2500"]));
     let mut monitor = std::net::TcpStream::connect(server.resp).expect("connect");
     monitor.write_all(b"MONITOR\r\n").unwrap();
     assert_eq!(read_until(&mut monitor, |t| t.ends_with("\r\n")), "+OK\r\n");
@@ -2577,6 +2580,7 @@ fn idle_clients_are_closed_and_client_connections_keep_alive() {
     }
     monitor.write_all(b"PING\r\n").unwrap();
     assert!(read_until(&mut monitor, |t| t.contains("+PONG\r\n")).contains("\"PING\""));
+    assert_eq!(wait.join().unwrap(), V::Int(0));
 
     let server = Server::start(&dir.path().join("other"), &["--tcp-keepalive", "0"]);
     let plain = connect(&server);
