@@ -844,7 +844,7 @@ pub fn is_subcommand_arity_error(reply: &Reply) -> bool {
     matches!(reply, Reply::Error(e) if e.starts_with("ERR wrong number of arguments for '"))
 }
 
-/// Longer than any command name: a name this long is unknown at once.
+/// No command name is longer: a longer name is unknown at once.
 const COMMAND_NAME_BYTES_MAX: usize = 32;
 
 /// The table entry of a command name, in any case.

@@ -775,9 +775,8 @@ async fn until_killed(activity: &Activity) {
 
 /// A write a connection has read and not yet run: consecutive ones run
 /// together ([`Pipeline::execute_many`](ferry_engine::Pipeline::execute_many)).
-/// With where it counts in INFO commandstats.
-/// A write read and not yet run: its handler, arguments, place in the
-/// command figures, and whether its reply is to be dropped.
+/// Its handler, arguments, where it counts in INFO commandstats, and
+/// whether its reply is dropped (CLIENT REPLY).
 type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>, bool);
 
 /// Runs the writes read so far, queueing their replies in order.
