@@ -445,11 +445,14 @@ fn replication_text(node: &Node, out: &mut String) {
         "master_failover_state:{}\r\nferry_failover_state:{failover}\r\nmaster_replid:{}\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n\
          master_repl_offset:{}\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:1\r\n\
          repl_backlog_size:{}\r\nrepl_backlog_first_byte_offset:{}\r\nrepl_backlog_histlen:{}\r\n",
-        // Redis's names: a switchover waits for its replica to sync.
-        if failover == "switchover" {
-            "waiting-for-sync"
-        } else {
-            "no-failover"
+        // Redis's names: a switchover waits for its replica to sync, then
+        // hands over to it.
+        match failover.as_str() {
+            "switchover" if node.switchover_promoting.load(Ordering::Acquire) => {
+                "failover-in-progress"
+            }
+            "switchover" => "waiting-for-sync",
+            _ => "no-failover",
         },
         if node.identity.cluster_id().is_empty() {
             "0000000000000000000000000000000000000000".to_string()

@@ -1102,6 +1102,9 @@ pub struct Node {
     shutdown_waiting: Mutex<Option<watch::Sender<bool>>>,
     /// While a FAILOVER runs: FAILOVER ABORT ends its wait.
     failover: Mutex<Option<watch::Sender<bool>>>,
+    /// A switchover has asked its replica to promote and awaits the answer
+    /// (INFO's `master_failover_state:failover-in-progress`).
+    pub switchover_promoting: AtomicBool,
     pub cursors: Mutex<Cursors>,
     pub started: Instant,
     pub run_id: String,
@@ -1279,6 +1282,7 @@ impl Node {
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),
             failover: Mutex::new(None),
+            switchover_promoting: AtomicBool::new(false),
             cursors: Mutex::new(Cursors::default()),
             started: Instant::now(),
             run_id: run_id(),
@@ -1878,6 +1882,7 @@ impl Node {
                     },
                 }
             };
+            self.switchover_promoting.store(true, Ordering::Release);
             let channel = self
                 .config
                 .tls
@@ -1906,6 +1911,7 @@ impl Node {
             Ok(reply.into_inner())
         }
         .await;
+        self.switchover_promoting.store(false, Ordering::Release);
         let promoted = match promoted {
             Ok(p) => p,
             Err(e) => {

@@ -1831,3 +1831,45 @@ fn a_forced_failover_promotes_a_lagging_replica_and_quarantines_the_rest() {
     assert!(wait_until(Duration::from_secs(10), || digest(&primary)
         == digest(&replica)));
 }
+
+/// While the replica is being asked to promote, the old primary's
+/// `master_failover_state` is `failover-in-progress` (Redis's name for the
+/// hand-over); once it follows the new primary it is `no-failover`.
+#[test]
+fn failover_shows_the_hand_over_in_progress() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    // The primary reaches the replica's gRPC (to have it promote) through
+    // `down` only.
+    let down = Proxy::unbound();
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &primary.grpc_url(),
+        &["--announce-grpc-addr", &down.addr().to_string()],
+    );
+    down.forward_to(replica.grpc);
+    let p = &mut primary.client();
+    cmd(&["SET", "k", "1"]).query::<()>(p).expect("SET");
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let state = || primary.info_field("replication", "master_failover_state");
+    down.stall();
+    assert_eq!(raw(p, &["FAILOVER"]), redis::Value::Okay);
+    assert!(
+        wait_until(Duration::from_secs(10), || state().as_deref()
+            == Some("failover-in-progress")),
+        "{:?}",
+        state()
+    );
+    down.unstall();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            replica.info_field("replication", "role").as_deref() == Some("master")
+                && primary.info_field("replication", "role").as_deref() == Some("slave")
+        }),
+        "the roles swapped"
+    );
+    assert_eq!(state().as_deref(), Some("no-failover"));
+}
