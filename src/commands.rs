@@ -221,6 +221,7 @@ macro_rules! spec {
 
 /// Every command, sorted by name.
 pub static COMMANDS: &[Spec] = &[
+    spec!("acl", -2, &[], 0, 0, 0, Handler::Conn(acl)),
     spec!("append", 3, WDF, 1, 1, 1, Handler::Write(append)),
     spec!(
         "auth",
@@ -535,6 +536,24 @@ type Subcommands = &'static [(&'static str, i64)];
 /// it (the container's name included; negative: at least).
 pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
     (
+        "acl",
+        &[
+            ("cat", -2),
+            ("deluser", -3),
+            ("dryrun", -4),
+            ("genpass", -2),
+            ("getuser", 3),
+            ("help", 2),
+            ("list", 2),
+            ("load", 2),
+            ("log", -2),
+            ("save", 2),
+            ("setuser", -3),
+            ("users", 2),
+            ("whoami", 2),
+        ],
+    ),
+    (
         "client",
         &[
             ("getname", 2),
@@ -606,6 +625,20 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
 /// Each command's and subcommand's ACL categories, as Redis 7.0 gives
 /// them (COMMAND INFO, COMMAND LIST FILTERBY ACLCAT), sorted by name.
 pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
+    ("acl", &["slow"]),
+    ("acl|cat", &["slow"]),
+    ("acl|deluser", &["admin", "slow", "dangerous"]),
+    ("acl|dryrun", &["admin", "slow", "dangerous"]),
+    ("acl|genpass", &["slow"]),
+    ("acl|getuser", &["admin", "slow", "dangerous"]),
+    ("acl|help", &["slow"]),
+    ("acl|list", &["admin", "slow", "dangerous"]),
+    ("acl|load", &["admin", "slow", "dangerous"]),
+    ("acl|log", &["admin", "slow", "dangerous"]),
+    ("acl|save", &["admin", "slow", "dangerous"]),
+    ("acl|setuser", &["admin", "slow", "dangerous"]),
+    ("acl|users", &["admin", "slow", "dangerous"]),
+    ("acl|whoami", &["slow"]),
     ("append", &["write", "string", "fast"]),
     ("auth", &["fast", "connection"]),
     ("bgsave", &["admin", "slow", "dangerous"]),
@@ -3497,9 +3530,8 @@ fn acl_categories(full_name: &str) -> &'static [&'static str] {
         .map_or(&[], |i| ACL_CATEGORIES[i].1)
 }
 
-/// COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN glob]:
-/// the names of the commands and of their subcommands (`client|kill`).
-fn command_list(options: &[Bytes]) -> Reply {
+/// The names of the commands and of their subcommands (`client|kill`).
+fn command_names() -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for spec in COMMANDS {
         names.push(spec.name.to_string());
@@ -3507,6 +3539,202 @@ fn command_list(options: &[Bytes]) -> Reply {
             names.push(format!("{}|{sub}", spec.name));
         }
     }
+    names
+}
+
+/// ACL CAT's categories, in Redis's order.
+const ACL_CATEGORY_NAMES: &[&str] = &[
+    "keyspace",
+    "read",
+    "write",
+    "set",
+    "sortedset",
+    "list",
+    "hash",
+    "string",
+    "bitmap",
+    "hyperloglog",
+    "geo",
+    "stream",
+    "pubsub",
+    "admin",
+    "fast",
+    "slow",
+    "blocking",
+    "dangerous",
+    "connection",
+    "transaction",
+    "scripting",
+];
+
+/// Bits of ACL GENPASS's password unless asked (Redis's), and the most.
+const ACL_GENPASS_BITS_DEFAULT: i64 = 256;
+const ACL_GENPASS_BITS_MAX: i64 = 4096;
+
+/// ACL, as Redis 7.0 answers it for a server with the default user alone
+/// (ferry's one user, whose password is `--requirepass`): WHOAMI, USERS,
+/// LIST, GETUSER, CAT, LOG (empty: nothing is ever denied), DRYRUN,
+/// GENPASS, DELUSER (of users that do not exist) and HELP. Users cannot be
+/// added or changed: SETUSER, LOAD and SAVE are refused.
+fn acl(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    let password = node.config.requirepass.as_deref();
+    // Redis's catch-all, past what a subcommand takes.
+    let too_many = || {
+        Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'. Try ACL HELP.",
+            String::from_utf8_lossy(&args[1])
+        ))
+    };
+    match (sub.as_str(), args.len()) {
+        ("whoami", 2) => Reply::bulk_str("default"),
+        ("users", 2) => Reply::Array(vec![Reply::bulk_str("default")]),
+        ("list", 2) => Reply::Array(vec![Reply::bulk_str(&match password {
+            None => "user default on nopass ~* &* +@all".to_string(),
+            Some(p) => format!("user default on #{} ~* &* +@all", sha256_hex(p)),
+        })]),
+        ("getuser", 3) if args[2] != b"default"[..] => Reply::Null,
+        ("getuser", 3) => {
+            let (flags, passwords) = match password {
+                None => (vec!["on", "nopass"], vec![]),
+                Some(p) => (vec!["on"], vec![Reply::bulk_str(&sha256_hex(p))]),
+            };
+            Reply::Map(vec![
+                (
+                    Reply::bulk_str("flags"),
+                    Reply::Set(flags.into_iter().map(Reply::bulk_str).collect()),
+                ),
+                (Reply::bulk_str("passwords"), Reply::Array(passwords)),
+                (Reply::bulk_str("commands"), Reply::bulk_str("+@all")),
+                (Reply::bulk_str("keys"), Reply::bulk_str("~*")),
+                (Reply::bulk_str("channels"), Reply::bulk_str("&*")),
+                (Reply::bulk_str("selectors"), Reply::Array(vec![])),
+            ])
+        }
+        ("cat", 2) => Reply::Array(
+            ACL_CATEGORY_NAMES
+                .iter()
+                .map(|c| Reply::bulk_str(c))
+                .collect(),
+        ),
+        ("cat", 3) => {
+            let category = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
+            if !ACL_CATEGORY_NAMES.contains(&category.as_str()) {
+                return Reply::err(format!(
+                    "Unknown category '{}'",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            }
+            Reply::Array(
+                command_names()
+                    .into_iter()
+                    .filter(|name| acl_categories(name).contains(&category.as_str()))
+                    .map(|name| Reply::Bulk(name.into()))
+                    .collect(),
+            )
+        }
+        ("cat", 4..) => too_many(),
+        ("log", 2) => Reply::Array(vec![]),
+        ("log", 3) if eq(&args[2], "reset") => Reply::ok(),
+        ("log", 3) => match parse_i64(&args[2]) {
+            Some(_) => Reply::Array(vec![]),
+            None => not_integer(),
+        },
+        ("log", 4..) => too_many(),
+        ("dryrun", 4..) => {
+            if args[2] != b"default"[..] {
+                return Reply::err(format!(
+                    "User '{}' not found",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            }
+            let Some(spec) = lookup(&args[3]) else {
+                return Reply::err(format!(
+                    "Command '{}' not found",
+                    String::from_utf8_lossy(&args[3])
+                ));
+            };
+            let argc = args.len() as i64 - 3;
+            if (spec.arity > 0 && argc != spec.arity) || argc < -spec.arity {
+                return wrong_arity(spec.name);
+            }
+            // The default user may run everything.
+            Reply::ok()
+        }
+        ("genpass", 2 | 3) => {
+            let bits = match args.get(2) {
+                None => ACL_GENPASS_BITS_DEFAULT,
+                Some(b) => match int_arg(b) {
+                    Ok(bits) => bits,
+                    Err(reply) => return reply,
+                },
+            };
+            if bits <= 0 || bits > ACL_GENPASS_BITS_MAX {
+                return Reply::err(
+                    "ACL GENPASS argument must be the number of bits for the output password, a positive number up to 4096",
+                );
+            }
+            let chars = (bits as usize).div_ceil(4);
+            let mut bytes = vec![0u8; chars.div_ceil(2)];
+            if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err()
+            {
+                return Reply::err("ACL GENPASS: the system's random source failed");
+            }
+            let mut hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            hex.truncate(chars);
+            Reply::Bulk(hex.into())
+        }
+        ("genpass", 4..) => too_many(),
+        ("deluser", 3..) if args[2..].iter().any(|u| u == &b"default"[..]) => {
+            Reply::err("The 'default' user cannot be removed")
+        }
+        // No other user exists: none was removed.
+        ("deluser", 3..) => Reply::Int(0),
+        ("setuser", 3..) | ("load", 2) | ("save", 2) => Reply::err(
+            "ferry has the default user alone, whose password is --requirepass: users cannot be added or changed",
+        ),
+        ("help", 2) => help(&[
+            "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "CAT [<category>]",
+            "    List all commands that belong to <category>, or all command categories",
+            "    when no category is specified.",
+            "DELUSER <username> [<username> ...]",
+            "    Delete a list of users (ferry has the default user alone).",
+            "DRYRUN <username> <command> [<arg> ...]",
+            "    Returns whether the user can execute the given command without executing the command.",
+            "GETUSER <username>",
+            "    Get the user's details.",
+            "GENPASS [<bits>]",
+            "    Generate a secure 256-bit user password. The optional `bits` argument can",
+            "    be used to specify a different size.",
+            "LIST",
+            "    Show users details in config file format.",
+            "LOG [<count> | RESET]",
+            "    Show the ACL log entries.",
+            "USERS",
+            "    List all the registered usernames.",
+            "WHOAMI",
+            "    Return the current connection username.",
+            "HELP",
+            "    Prints this help.",
+        ]),
+        _ => subcommand_error("acl", &args[1]),
+    }
+}
+
+/// SHA-256 of `text` in hex, as ACL shows a password.
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// COMMAND LIST [FILTERBY MODULE name | ACLCAT category | PATTERN glob]:
+/// the names of the commands and of their subcommands (`client|kill`).
+fn command_list(options: &[Bytes]) -> Reply {
+    let names = command_names();
     let keep: Box<dyn Fn(&str) -> bool> = match options {
         [] => Box::new(|_| true),
         [filterby, kind, arg] if eq(filterby, "filterby") => {

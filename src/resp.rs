@@ -293,6 +293,8 @@ pub enum Reply {
     /// A missing array: `*-1` in RESP2, `_` in RESP3.
     NullArray,
     Array(Vec<Reply>),
+    /// A set (`~N`) in RESP3, an array in RESP2.
+    Set(Vec<Reply>),
     /// A map in RESP3, a flat array of pairs in RESP2.
     Map(Vec<(Reply, Reply)>),
     /// Pairs that may repeat (HRANDFIELD's fields with values): an array
@@ -366,8 +368,13 @@ impl Reply {
             Reply::Null => out.extend_from_slice(b"$-1\r\n"),
             Reply::NullArray if resp3 => out.extend_from_slice(b"_\r\n"),
             Reply::NullArray => out.extend_from_slice(b"*-1\r\n"),
-            Reply::Array(items) => {
-                let _ = write!(out, "*{}\r\n", items.len());
+            Reply::Array(items) | Reply::Set(items) => {
+                let kind = if resp3 && matches!(self, Reply::Set(_)) {
+                    '~'
+                } else {
+                    '*'
+                };
+                let _ = write!(out, "{kind}{}\r\n", items.len());
                 for item in items {
                     item.encode(out, resp3);
                 }

@@ -1319,6 +1319,83 @@ fn command_info_and_categories_are_redis_s() {
             .collect();
         assert_eq!(ours, theirs, "ACLCAT {category}");
     }
+    // ACL CAT names the same commands in each category.
+    for category in [
+        "keyspace",
+        "read",
+        "write",
+        "string",
+        "hash",
+        "admin",
+        "connection",
+    ] {
+        let acl_cat = |c: &mut redis::Connection| {
+            let mut list = names_of(c, &["ACL", "CAT", category]);
+            list.sort();
+            list
+        };
+        let theirs: Vec<String> = acl_cat(r)
+            .into_iter()
+            .filter(|n| names.contains(n))
+            .collect();
+        let ours: Vec<String> = acl_cat(f)
+            .into_iter()
+            .filter(|n| known.contains(n))
+            .collect();
+        assert!(!ours.is_empty(), "ACL CAT {category}");
+        assert_eq!(ours, theirs, "ACL CAT {category}");
+    }
+}
+
+/// ACL LIST and GETUSER of the default user with a password, as Redis
+/// shows them (the password's SHA-256), in RESP2 and RESP3; GENPASS's
+/// lengths.
+#[test]
+fn acl_shows_the_default_user_s_password_as_redis_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &["--requirepass", "s3cret"]);
+    let redis = Redis::start_with(&["--requirepass", "s3cret"]);
+    let (f, r) = (ferry.resp.to_string(), format!("127.0.0.1:{}", redis.port));
+    let request = [
+        resp(&[b"AUTH", b"s3cret"]),
+        resp(&[b"ACL", b"LIST"]),
+        resp(&[b"ACL", b"GETUSER", b"default"]),
+        resp(&[b"HELLO", b"3"]),
+        resp(&[b"ACL", b"GETUSER", b"default"]),
+        resp(&[b"ACL", b"WHOAMI"]),
+    ]
+    .concat();
+    let (ours, theirs) = (raw_exchange(&f, &request), raw_exchange(&r, &request));
+    // HELLO's map differs (server name, version, ids): compared apart.
+    let split = |bytes: &[u8]| -> (String, String) {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let hello = text.find("%7\r\n").expect("HELLO's map");
+        let after = text[hello..].find("%6\r\n").expect("GETUSER's map") + hello;
+        (text[..hello].to_string(), text[after..].to_string())
+    };
+    assert_eq!(split(&ours), split(&theirs));
+    let c = &mut ferry.client();
+    common::cmd(&["AUTH", "s3cret"]).query::<()>(c).unwrap();
+    for (bits, chars) in [
+        (None, 64),
+        (Some("1"), 1),
+        (Some("32"), 8),
+        (Some("4096"), 1024),
+    ] {
+        let mut args = vec!["ACL", "GENPASS"];
+        args.extend(bits);
+        let pass: String = common::cmd(&args).query(c).unwrap();
+        assert_eq!(pass.len(), chars, "{args:?}");
+        assert!(
+            pass.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+    let (a, b): (String, String) = (
+        common::cmd(&["ACL", "GENPASS"]).query(c).unwrap(),
+        common::cmd(&["ACL", "GENPASS"]).query(c).unwrap(),
+    );
+    assert_ne!(a, b);
 }
 
 #[test]
@@ -1368,6 +1445,47 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 resp(&[b"INCR", b"reset-k"]),
                 resp(&[b"RESET", b"extra"]),
                 resp(&[b"reset"]),
+            ]
+            .concat(),
+        ),
+        (
+            "ACL of a server with the default user alone",
+            [
+                resp(&[b"ACL", b"WHOAMI"]),
+                resp(&[b"acl", b"users"]),
+                resp(&[b"ACL", b"LIST"]),
+                resp(&[b"ACL", b"CAT"]),
+                resp(&[b"ACL", b"GETUSER", b"default"]),
+                resp(&[b"ACL", b"GETUSER", b"nobody"]),
+                // Redis logs the AUTH failures of the cases before.
+                resp(&[b"ACL", b"LOG", b"RESET"]),
+                resp(&[b"ACL", b"LOG"]),
+                resp(&[b"ACL", b"LOG", b"5"]),
+                resp(&[b"ACL", b"LOG", b"-1"]),
+                resp(&[b"ACL", b"LOG", b"x"]),
+                resp(&[b"ACL", b"LOG", b"RESET"]),
+                resp(&[b"ACL", b"LOG", b"1", b"2"]),
+                resp(&[b"ACL", b"DRYRUN", b"default", b"get", b"k"]),
+                resp(&[b"ACL", b"DRYRUN", b"default", b"CONFIG", b"GET", b"x"]),
+                resp(&[b"ACL", b"DRYRUN", b"nobody", b"get", b"k"]),
+                resp(&[b"ACL", b"DRYRUN", b"default", b"nosuch"]),
+                resp(&[b"ACL", b"DRYRUN", b"default", b"get"]),
+                resp(&[b"ACL", b"DRYRUN", b"default"]),
+                resp(&[b"ACL", b"GENPASS", b"0"]),
+                resp(&[b"ACL", b"GENPASS", b"5000"]),
+                resp(&[b"ACL", b"GENPASS", b"x"]),
+                resp(&[b"ACL", b"GENPASS", b"1", b"2"]),
+                resp(&[b"ACL", b"CAT", b"nosuch"]),
+                resp(&[b"ACL", b"CAT", b"keyspace", b"x"]),
+                resp(&[b"ACL", b"WHOAMI", b"x"]),
+                resp(&[b"ACL", b"USERS", b"x"]),
+                resp(&[b"ACL", b"GETUSER"]),
+                resp(&[b"ACL", b"NOSUCH"]),
+                resp(&[b"ACL"]),
+                resp(&[b"ACL", b"DELUSER"]),
+                resp(&[b"ACL", b"SETUSER"]),
+                resp(&[b"ACL", b"DELUSER", b"bob", b"alice"]),
+                resp(&[b"ACL", b"DELUSER", b"bob", b"default"]),
             ]
             .concat(),
         ),
