@@ -309,17 +309,25 @@ impl Drop for Handshake {
     }
 }
 
-/// Samples what INFO's rates and memory peak are made of, every
-/// [`STATS_SAMPLE_INTERVAL`].
-async fn stats_sampler(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(STATS_SAMPLE_INTERVAL);
+/// Runs `work` every `period` until the server stops.
+async fn every(period: Duration, mut stop: watch::Receiver<bool>, mut work: impl FnMut()) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tick.tick() => node.stats.sample(crate::info::rss_bytes()),
+            _ = tick.tick() => work(),
         }
     }
+}
+
+/// Samples what INFO's rates and memory peak are made of, every
+/// [`STATS_SAMPLE_INTERVAL`].
+async fn stats_sampler(node: Arc<Node>, stop: watch::Receiver<bool>) {
+    every(STATS_SAMPLE_INTERVAL, stop, || {
+        node.stats.sample(crate::info::rss_bytes());
+    })
+    .await;
 }
 
 /// How often clients are checked for `--timeout` (as Redis's clientsCron
@@ -328,29 +336,26 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Closes the clients idle for `--timeout` seconds (CONFIG SET's value at
 /// each check), as CLIENT KILL closes them: nothing on the request path.
-async fn close_idle_clients(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(IDLE_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        let timeout = Duration::from_secs(node.config.timeout_secs.load(Ordering::Relaxed));
-        if timeout.is_zero() {
-            continue;
-        }
-        let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
-        for info in clients.values() {
-            let a = &info.activity;
-            let last = info.connected_at + Duration::from_millis(a.last_ms.load(Ordering::Relaxed));
-            if !a.idle_exempt.load(Ordering::Relaxed)
-                && !a.killed.load(Ordering::Relaxed)
-                && last.elapsed() >= timeout
-            {
-                tracing::debug!(client = info.id, ?timeout, "closing an idle client");
-                a.kill();
-            }
+async fn close_idle_clients(node: Arc<Node>, stop: watch::Receiver<bool>) {
+    every(IDLE_CHECK_INTERVAL, stop, || close_idle(&node)).await;
+}
+
+/// One check of [`close_idle_clients`].
+fn close_idle(node: &Node) {
+    let timeout = Duration::from_secs(node.config.timeout_secs.load(Ordering::Relaxed));
+    if timeout.is_zero() {
+        return;
+    }
+    let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
+    for info in clients.values() {
+        let a = &info.activity;
+        let last = info.connected_at + Duration::from_millis(a.last_ms.load(Ordering::Relaxed));
+        if !a.idle_exempt.load(Ordering::Relaxed)
+            && !a.killed.load(Ordering::Relaxed)
+            && last.elapsed() >= timeout
+        {
+            tracing::debug!(client = info.id, ?timeout, "closing an idle client");
+            a.kill();
         }
     }
 }
