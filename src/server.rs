@@ -832,6 +832,10 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
     if (spec.arity > 0 && argc != spec.arity) || (spec.arity < 0 && argc < -spec.arity) {
         return Err(commands::wrong_arity(spec.name));
     }
+    // A container's subcommand, known and with its arity, as Redis's
+    // command lookup checks it: a handler never sees one short of its
+    // arguments.
+    commands::check_subcommand(spec, args)?;
     if !conn.authenticated && !spec.flags.contains(&"no_auth") {
         return Err(Reply::Error("NOAUTH Authentication required.".into()));
     }
@@ -1152,14 +1156,6 @@ fn queue_command(
     checked: Result<&'static Spec, Reply>,
     args: Vec<bytes::Bytes>,
 ) -> Reply {
-    let checked = checked.and_then(|spec| match commands::check_subcommand(spec, &args) {
-        Ok(()) => Ok(spec),
-        Err(reply) => {
-            node.stats
-                .command_rejected(commands::stat_slot(spec, &args));
-            Err(reply)
-        }
-    });
     match checked {
         Err(reply) => {
             multi.refused = true;
