@@ -139,7 +139,7 @@ fn parse_multibulk(
     if count > SHORT_REQUEST_ARGS {
         long.reserve(count.min(1024));
     }
-    let mut places = short.iter_mut();
+    let mut filled = 0;
     for _ in 0..count {
         if at >= buf.len() {
             return Ok(None);
@@ -166,9 +166,11 @@ fn parse_multibulk(
         if buf.len() < next + len + 2 {
             return Ok(None);
         }
-        match places.next() {
-            Some(place) if count <= SHORT_REQUEST_ARGS => *place = (next, next + len),
-            _ => long.push((next, next + len)),
+        if count > SHORT_REQUEST_ARGS {
+            long.push((next, next + len));
+        } else {
+            short[filled] = (next, next + len);
+            filled += 1;
         }
         at = next + len + 2;
     }
