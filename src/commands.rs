@@ -833,10 +833,7 @@ fn stat_table() -> &'static StatTable {
 /// subcommand has its own place, an unknown one none (as in Redis, where
 /// only the error counts).
 pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
-    let index =
-        (spec as *const Spec as usize - COMMANDS.as_ptr() as usize) / std::mem::size_of::<Spec>();
-    debug_assert!(std::ptr::eq(&COMMANDS[index], spec), "a spec of the table");
-    match (stat_table().at[index], args.get(1)) {
+    match (table_entry(spec), args.get(1)) {
         ((own, Some(subs)), Some(sub)) => subs
             .iter()
             .position(|(s, _)| s.as_bytes().eq_ignore_ascii_case(sub))
@@ -845,17 +842,27 @@ pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
     }
 }
 
+/// Where `spec`'s name is in [`stat_names`], and its subcommands if it is
+/// a container: found by its place in [`COMMANDS`], with no search (every
+/// request asks).
+fn table_entry(spec: &'static Spec) -> (usize, Option<Subcommands>) {
+    let index =
+        (spec as *const Spec as usize - COMMANDS.as_ptr() as usize) / std::mem::size_of::<Spec>();
+    debug_assert!(std::ptr::eq(&COMMANDS[index], spec), "a spec of the table");
+    stat_table().at[index]
+}
+
 /// Whether `spec` is a container command (see [`SUBCOMMANDS`]).
-pub fn is_container(spec: &Spec) -> bool {
-    subcommands_of(spec.name).is_some()
+pub fn is_container(spec: &'static Spec) -> bool {
+    table_entry(spec).1.is_some()
 }
 
 /// A container's subcommand checked before it runs, as Redis checks it
 /// (a command queued in MULTI is checked, not run): unknown, or known with
 /// the wrong number of arguments, it is refused with the error its
 /// container would give.
-pub fn check_subcommand(spec: &Spec, args: &Args) -> Result<(), Reply> {
-    let (Some(subs), Some(sub)) = (subcommands_of(spec.name), args.get(1)) else {
+pub fn check_subcommand(spec: &'static Spec, args: &Args) -> Result<(), Reply> {
+    let (Some(subs), Some(sub)) = (table_entry(spec).1, args.get(1)) else {
         return Ok(());
     };
     let argc = args.len() as i64;
