@@ -18,7 +18,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::storage::{Storage, StorageFile};
 
@@ -88,6 +89,18 @@ struct Faults {
     /// The next write stores only its first half, then fails.
     tear_next_write: AtomicBool,
     syncs: AtomicU64,
+    hold: Mutex<SyncHold>,
+    hold_changed: Condvar,
+}
+
+/// A sync held in the middle (see [`MemStorage::hold_next_sync`]).
+#[derive(Debug, Default)]
+struct SyncHold {
+    /// The next file sync is to be held.
+    armed: bool,
+    /// A sync is held now.
+    holding: bool,
+    released: bool,
 }
 
 impl Faults {
@@ -156,6 +169,33 @@ impl MemStorage {
     /// The next write stores the first half of its bytes, then fails with EIO.
     pub fn tear_next_write(&self) {
         self.faults.tear_next_write.store(true, Ordering::SeqCst);
+    }
+
+    /// The next file sync, by any thread, stops before it makes anything
+    /// durable and waits for [`MemStorage::release_sync`]; later ones run.
+    pub fn hold_next_sync(&self) {
+        *lock(&self.faults.hold) = SyncHold {
+            armed: true,
+            ..SyncHold::default()
+        };
+    }
+
+    /// Waits up to `timeout` for the sync armed by
+    /// [`MemStorage::hold_next_sync`] to be held; whether it is.
+    pub fn wait_for_held_sync(&self, timeout: Duration) -> bool {
+        let hold = lock(&self.faults.hold);
+        let (hold, _) = self
+            .faults
+            .hold_changed
+            .wait_timeout_while(hold, timeout, |h| !h.holding)
+            .unwrap_or_else(|e| e.into_inner());
+        hold.holding
+    }
+
+    /// Lets the held sync go on.
+    pub fn release_sync(&self) {
+        lock(&self.faults.hold).released = true;
+        self.faults.hold_changed.notify_all();
     }
 
     /// File syncs so far.
@@ -392,6 +432,22 @@ impl StorageFile for MemFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.faults.check()?;
+        {
+            let mut hold = lock(&self.faults.hold);
+            if hold.armed {
+                hold.armed = false;
+                hold.holding = true;
+                self.faults.hold_changed.notify_all();
+                while !hold.released {
+                    hold = self
+                        .faults
+                        .hold_changed
+                        .wait(hold)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                hold.holding = false;
+            }
+        }
         if self.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected sync failure"));
         }

@@ -258,6 +258,10 @@ struct SyncTarget {
     file: Arc<dyn StorageFile>,
     path: PathBuf,
     written: Lsn,
+    /// Raised when the log is cut or started again: a sync taken before
+    /// then must not publish its LSN, which may no longer exist (or hold
+    /// other records by the time it would be published).
+    generation: u64,
     /// Sync at once instead of at the end of the interval.
     soon: bool,
     stop: bool,
@@ -456,6 +460,7 @@ impl Wal {
                 file: recovered.file.clone(),
                 path: active.path.clone(),
                 written: last,
+                generation: 0,
                 soon: false,
                 stop: false,
             }),
@@ -1716,6 +1721,7 @@ impl Writer {
             target.file = file;
             target.path = segment.path.clone();
             target.written = lsn;
+            target.generation += 1;
         }
         shared.last_lsn.store(lsn.0, Ordering::Release);
         shared.epoch.store(self.epoch.0, Ordering::Release);
@@ -1760,6 +1766,7 @@ impl Writer {
             target.file = file.clone();
             target.path = path;
             target.written = last;
+            target.generation += 1;
         }
         self.file = file;
         self.segment = meta;
@@ -1848,21 +1855,32 @@ fn run_syncer(shared: &Shared) {
         if target.stop {
             return;
         }
-        let (file, path, written) = (target.file.clone(), target.path.clone(), target.written);
+        let (file, path, written, generation) = (
+            target.file.clone(),
+            target.path.clone(),
+            target.written,
+            target.generation,
+        );
         if written <= *shared.durable.borrow() {
             continue;
         }
         drop(target);
-        match shared.latency.timed("wal-fsync", || file.sync_data()) {
+        let synced = shared.latency.timed("wal-fsync", || file.sync_data());
+        target = lock(&shared.sync_target);
+        match synced {
             Ok(()) => {
                 shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
-                shared.publish_durable(written);
+                // Published with the target locked, so a cut cannot come
+                // between the check and the publication.
+                if target.generation == generation {
+                    shared.publish_durable(written);
+                }
             }
             Err(e) => {
+                drop(target);
                 shared.fail(&WalError::io("syncing", &path, e));
                 return;
             }
         }
-        target = lock(&shared.sync_target);
     }
 }

@@ -455,6 +455,45 @@ async fn an_eager_sync_guard_makes_everysec_sync_without_waiting_for_the_interva
     assert!(wal.durable_lsn() < third.last);
 }
 
+/// A cut of the log while the background sync is under way: that sync's
+/// LSN is not published once it ends, since the records it covered are
+/// gone and others take their LSNs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_that_ends_after_a_cut_does_not_publish_the_cut_lsns() {
+    let storage = MemStorage::new();
+    let options = WalOptions {
+        sync_interval: Duration::from_secs(3600),
+        ..options(SyncPolicy::EverySec)
+    };
+    let wal = open(&storage, options);
+    let mut last = Lsn(0);
+    for i in 0..10 {
+        last = wal.append(vec![record("c", i)]).await.expect("append").last;
+    }
+    assert_eq!((last, wal.durable_lsn()), (Lsn(10), Lsn(0)));
+    // The guard has the syncer sync what is written at once.
+    storage.hold_next_sync();
+    let _eager = wal.eager_sync();
+    let held = storage.clone();
+    let is_held =
+        tokio::task::spawn_blocking(move || held.wait_for_held_sync(Duration::from_secs(10)));
+    assert!(is_held.await.expect("waited"), "the syncer took its sync");
+    // The syncer holds a sync of LSNs 1..=10; the writer cuts after 5 and
+    // writes three others.
+    assert_eq!(wal.truncate_after(Lsn(5)).await.expect("cut"), Lsn(5));
+    for i in 0..3 {
+        wal.append(vec![record("d", i)]).await.expect("append");
+    }
+    assert_eq!(wal.last_lsn(), Lsn(8));
+    storage.release_sync();
+    let durable = tokio::time::timeout(Duration::from_secs(10), wal.wait_durable(Lsn(8)))
+        .await
+        .expect("the new records are synced")
+        .expect("durable");
+    assert_eq!(durable, Lsn(8), "durable past the end of the log");
+    assert_eq!(wal.durable_lsn(), Lsn(8));
+}
+
 #[tokio::test]
 async fn epochs_are_stored_per_frame_and_never_go_back() {
     let storage = MemStorage::new();
