@@ -2964,7 +2964,7 @@ fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
     conn.watch.clear();
     conn.resp3 = false;
     conn.name = None;
-    conn.authenticated = node.config.requirepass.is_none();
+    conn.authenticated = !node.config.requirepass.required();
     Reply::Simple("RESET".into())
 }
 
@@ -2976,12 +2976,18 @@ fn select(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     }
 }
 
+/// Whether the client must authenticate before a command that needs it:
+/// it has not, and a password is set now (see [`crate::node::Password`]).
+pub fn must_authenticate(node: &Node, conn: &Conn) -> bool {
+    !conn.authenticated && node.config.requirepass.required()
+}
+
 /// AUTH's check, as Redis's default user (the only one) makes it: without
 /// `--requirepass` it takes any password, though the one-argument form is
 /// an error then; with it, that password.
 fn check_password(node: &Node, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Reply> {
     let user_ok = user.is_none_or(|u| u == b"default");
-    let ok = match (&node.config.requirepass, user) {
+    let ok = match (node.config.requirepass.get(), user) {
         (None, None) => {
             return Err(Reply::err(
                 "AUTH <password> called without any password configured for the default user. \
@@ -2989,7 +2995,7 @@ fn check_password(node: &Node, user: Option<&[u8]>, pass: &[u8]) -> Result<(), R
             ));
         }
         (None, Some(_)) => user_ok,
-        (Some(required), _) => user_ok && ferry_proto::auth::same(pass, required.as_bytes()),
+        (Some(required), _) => user_ok && ferry_proto::auth::same(pass, &required),
     };
     if ok {
         Ok(())
@@ -3063,8 +3069,8 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             ));
         }
     }
-    if !conn.authenticated {
-        return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
+    if must_authenticate(node, conn) {
+        return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
     }
     conn.resp3 = resp3;
     if let Some(name) = name {
@@ -3585,7 +3591,7 @@ const ACL_GENPASS_BITS_MAX: i64 = 4096;
 /// added or changed: SETUSER, LOAD and SAVE are refused.
 fn acl(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
-    let password = node.config.requirepass.as_deref();
+    let password = node.config.requirepass.get();
     // Redis's catch-all, past what a subcommand takes.
     let too_many = || {
         Reply::err(format!(
@@ -3598,13 +3604,13 @@ fn acl(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         ("users", 2) => Reply::Array(vec![Reply::bulk_str("default")]),
         ("list", 2) => Reply::Array(vec![Reply::bulk_str(&match password {
             None => "user default on nopass ~* &* +@all".to_string(),
-            Some(p) => format!("user default on #{} ~* &* +@all", sha256_hex(p)),
+            Some(p) => format!("user default on #{} ~* &* +@all", sha256_hex(&p)),
         })]),
         ("getuser", 3) if args[2] != b"default"[..] => Reply::Null,
         ("getuser", 3) => {
             let (flags, passwords) = match password {
                 None => (vec!["on", "nopass"], vec![]),
-                Some(p) => (vec!["on"], vec![Reply::bulk_str(&sha256_hex(p))]),
+                Some(p) => (vec!["on"], vec![Reply::bulk_str(&sha256_hex(&p))]),
             };
             Reply::Map(vec![
                 (
@@ -3730,8 +3736,8 @@ fn acl(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
 }
 
 /// SHA-256 of `text` in hex, as ACL shows a password.
-fn sha256_hex(text: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+fn sha256_hex(text: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -3800,8 +3806,8 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "SET <directive> <value> [<directive> <value> ...]",
             "    Set the configuration <directive> to <value>: timeout, tcp-keepalive,",
             "    shutdown-timeout, slowlog-log-slower-than, slowlog-max-len,",
-            "    latency-monitor-threshold, replica-serve-stale-data. Others are flags",
-            "    of ferry serve.",
+            "    latency-monitor-threshold, replica-serve-stale-data, maxclients,",
+            "    requirepass. Others are flags of ferry serve.",
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
             "HELP",
@@ -3813,17 +3819,21 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
 
 /// What CONFIG SET may change while the node runs, under Redis's names:
 /// the bounds Redis gives each, and where it goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settable {
     /// An integer within bounds (inclusive).
     Int(i64, i64),
     /// `yes` or `no`.
     YesNo,
+    /// Any bytes.
+    Text,
 }
 
 const SETTABLE: &[(&str, Settable)] = &[
     ("latency-monitor-threshold", Settable::Int(0, i64::MAX)),
+    ("maxclients", Settable::Int(1, u32::MAX as i64)),
     ("replica-serve-stale-data", Settable::YesNo),
+    ("requirepass", Settable::Text),
     ("shutdown-timeout", Settable::Int(0, i32::MAX as i64)),
     ("slowlog-log-slower-than", Settable::Int(-1, i64::MAX)),
     ("slowlog-max-len", Settable::Int(0, i64::MAX)),
@@ -3866,6 +3876,10 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     }
     let mut values = Vec::with_capacity(chosen.len());
     for (setting, name, kind, value) in &chosen {
+        if *kind == Settable::Text {
+            values.push((*setting, 0, Some(*value)));
+            continue;
+        }
         let parsed = match *kind {
             Settable::Int(low, high) => match parse_i64(value) {
                 None => return failed(name, "argument couldn't be parsed into an integer"),
@@ -3880,13 +3894,38 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
             Settable::YesNo if eq(value, "yes") => 1,
             Settable::YesNo if eq(value, "no") => 0,
             Settable::YesNo => return failed(name, "argument must be 'yes' or 'no'"),
+            Settable::Text => unreachable!("taken as it is above"),
         };
-        values.push((*setting, parsed));
+        values.push((*setting, parsed, None));
+    }
+    // As many clients as the open files limit allows (raised if it can
+    // be), checked once the rest parsed, as Redis checks it.
+    if let Some(&(_, wanted, _)) = values.iter().find(|(n, ..)| *n == "maxclients") {
+        let wanted = wanted as usize;
+        let fitted = crate::node::fit_maxclients(wanted);
+        if fitted < wanted {
+            let (_, name, ..) = chosen
+                .iter()
+                .find(|(n, ..)| *n == "maxclients")
+                .expect("chosen");
+            return failed(
+                name,
+                &format!(
+                    "The operating system is not able to handle the specified number of clients, try with {fitted}"
+                ),
+            );
+        }
     }
     let c = &node.config;
-    for (name, v) in values {
+    for (name, v, text) in values {
         let unsigned = v.max(0) as u64;
         match name {
+            "requirepass" => {
+                c.requirepass.set(text.map(|t| &t[..]));
+                tracing::info!(parameter = name, "CONFIG SET");
+                continue;
+            }
+            "maxclients" => c.maxclients.store(unsigned as usize, Ordering::Relaxed),
             "latency-monitor-threshold" => node.latency.set_threshold_ms(unsigned),
             "replica-serve-stale-data" => {
                 c.replica_serve_stale_data.store(v == 1, Ordering::Relaxed)

@@ -170,7 +170,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 out,
                 "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n",
                 stats.connected_clients.load(Ordering::Relaxed),
-                node.config.maxclients,
+                node.config.maxclients.load(Ordering::Relaxed),
                 stats.blocked_clients.load(Ordering::Relaxed),
             );
         }
@@ -541,7 +541,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.timeout_secs.load(Ordering::Relaxed).to_string(),
         ),
         ("dir".into(), c.data_dir.display().to_string()),
-        ("maxclients".into(), c.maxclients.to_string()),
+        (
+            "maxclients".into(),
+            c.maxclients.load(Ordering::Relaxed).to_string(),
+        ),
         ("maxmemory".into(), "0".into()),
         ("port".into(), node.resp_port.to_string()),
         ("read-cache-bytes".into(), c.read_cache_bytes.to_string()),
@@ -566,7 +569,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ),
         (
             "requirepass".into(),
-            c.requirepass.clone().unwrap_or_default(),
+            c.requirepass
+                .get()
+                .map(|p| String::from_utf8_lossy(&p).into_owned())
+                .unwrap_or_default(),
         ),
         ("save".into(), String::new()),
         (

@@ -672,11 +672,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             min_replicas_max_lag: std::time::Duration::from_secs(args.min_replicas_max_lag),
             shutdown_timeout_secs: args.shutdown_timeout.into(),
             fsync: args.fsync,
-            requirepass: args.requirepass,
+            requirepass: node::Password::new(args.requirepass),
             cluster_token: args.cluster.cluster_token,
             tls,
             metrics_token: args.metrics_token,
-            maxclients: fit_maxclients(args.maxclients),
+            maxclients: fit_maxclients(args.maxclients).into(),
             slowlog_log_slower_than: args.slowlog_log_slower_than.into(),
             slowlog_max_len: (args.slowlog_max_len as u64).into(),
             latency_monitor_threshold: args.latency_monitor_threshold,
@@ -773,54 +773,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// File descriptors kept for the rest of the node beside its clients:
-/// RocksDB's files, WAL segments, gRPC and metrics connections, TLS
-/// handshakes.
-const RESERVED_FDS: u64 = 256;
-
-/// `--maxclients`, as many as the open files limit allows, as Redis does:
-/// the soft limit is raised toward the hard one to fit them and the
-/// reserve ([`RESERVED_FDS`]); past what it allows, fewer clients, with a
-/// warning (else a connection past it would find accept failing).
+/// `--maxclients` fitted to the open files limit ([`node::fit_maxclients`]),
+/// with a warning when fewer fit (else a connection past them would find
+/// accept failing).
 fn fit_maxclients(wanted: usize) -> usize {
-    let needed = wanted as u64 + RESERVED_FDS;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the limit into the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return wanted;
-    }
-    if limit.rlim_cur >= needed {
-        return wanted;
-    }
-    let raised = libc::rlimit {
-        rlim_cur: needed.min(limit.rlim_max),
-        rlim_max: limit.rlim_max,
-    };
-    // SAFETY: setrlimit reads the struct it is given.
-    if raised.rlim_cur > limit.rlim_cur
-        && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
-    {
-        tracing::info!(
-            from = limit.rlim_cur,
-            to = raised.rlim_cur,
-            "raised the open files limit for --maxclients"
+    let fitted = node::fit_maxclients(wanted);
+    if fitted < wanted {
+        tracing::warn!(
+            maxclients = wanted,
+            fitted,
+            "--maxclients needs more open files than the limit (ulimit -n) allows: maxclients lowered"
         );
-        limit.rlim_cur = raised.rlim_cur;
     }
-    if limit.rlim_cur >= needed {
-        return wanted;
-    }
-    let fitted = limit.rlim_cur.saturating_sub(RESERVED_FDS).max(1) as usize;
-    tracing::warn!(
-        maxclients = wanted,
-        needed,
-        limit = limit.rlim_cur,
-        fitted,
-        "--maxclients needs more open files than the limit (ulimit -n) allows: maxclients lowered"
-    );
     fitted
 }
 

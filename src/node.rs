@@ -4,8 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -143,7 +143,8 @@ pub struct Config {
     /// Seconds SHUTDOWN waits for lagging replicas, writes paused.
     pub shutdown_timeout_secs: AtomicU64,
     pub fsync: SyncPolicy,
-    pub requirepass: Option<String>,
+    /// `--requirepass`, which CONFIG SET changes.
+    pub requirepass: Password,
     /// The shared secret of the cluster's gRPC calls (see
     /// `ferry_proto::auth`).
     pub cluster_token: Option<String>,
@@ -151,7 +152,8 @@ pub struct Config {
     pub tls: ferry_proto::tls::Tls,
     /// The bearer token scrapers of the metrics listener must send.
     pub metrics_token: Option<String>,
-    pub maxclients: usize,
+    /// `--maxclients`, which CONFIG SET changes (see [`fit_maxclients`]).
+    pub maxclients: AtomicUsize,
     /// Microseconds from which a command enters the slow log (negative:
     /// none).
     pub slowlog_log_slower_than: AtomicI64,
@@ -176,6 +178,82 @@ pub struct Config {
     /// Bytes per second per snapshot transfer (0: no limit).
     pub snapshot_rate_limit: u64,
 }
+
+/// The default user's password (ferry's one user): none, or one that
+/// clients must give (AUTH, HELLO AUTH) before other commands. As in Redis,
+/// whether a client must authenticate is asked at each command: a client
+/// that connected while no password was set stays in when one is, and one
+/// that has not authenticated gets in once the password is removed.
+#[derive(Debug, Default)]
+pub struct Password(RwLock<Option<Arc<[u8]>>>);
+
+impl Password {
+    pub fn new(password: Option<String>) -> Password {
+        let held = Password::default();
+        held.set(password.as_deref().map(str::as_bytes));
+        held
+    }
+
+    /// The password, if one is set.
+    pub fn get(&self) -> Option<Arc<[u8]>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether clients must authenticate.
+    pub fn required(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Sets the password; `None` (or an empty one, as CONFIG SET gives it)
+    /// removes it.
+    pub fn set(&self, password: Option<&[u8]>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) =
+            password.filter(|p| !p.is_empty()).map(Arc::from);
+    }
+}
+
+/// `maxclients`, as many as the open files limit allows, as Redis does:
+/// the soft limit is raised toward the hard one to fit them and the
+/// reserve ([`RESERVED_FDS`]). Returns how many fit (`wanted` unless the
+/// limit does not allow them, else fewer, at least one).
+pub fn fit_maxclients(wanted: usize) -> usize {
+    let needed = wanted as u64 + RESERVED_FDS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return wanted;
+    }
+    if limit.rlim_cur >= needed {
+        return wanted;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: needed.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    if raised.rlim_cur > limit.rlim_cur
+        && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
+    {
+        tracing::info!(
+            from = limit.rlim_cur,
+            to = raised.rlim_cur,
+            "raised the open files limit for maxclients"
+        );
+        limit.rlim_cur = raised.rlim_cur;
+    }
+    if limit.rlim_cur >= needed {
+        return wanted;
+    }
+    limit.rlim_cur.saturating_sub(RESERVED_FDS).max(1) as usize
+}
+
+/// File descriptors kept for the rest of the node beside its clients:
+/// RocksDB's files, WAL segments, gRPC and metrics connections, TLS
+/// handshakes.
+pub const RESERVED_FDS: u64 = 256;
 
 /// Defaults of the slow log's threshold (µs) and length, as Redis's.
 pub const SLOWLOG_LOG_SLOWER_THAN_DEFAULT: i64 = 10_000;
@@ -251,14 +329,24 @@ pub fn slowlog_args(args: &[Bytes]) -> Vec<Bytes> {
 }
 
 /// A command's arguments with its secrets replaced by `(redacted)`, as
-/// Redis shows them in its slow log and to MONITOR: AUTH's, and HELLO
-/// AUTH's user and password.
+/// Redis shows them in its slow log and to MONITOR: AUTH's, HELLO AUTH's
+/// user and password, and the password CONFIG SET requirepass sets.
 pub fn redacted_args(args: &[Bytes]) -> Vec<Bytes> {
     let redacted = Bytes::from_static(b"(redacted)");
     let mut args = args.to_vec();
     if args[0].eq_ignore_ascii_case(b"auth") {
         for a in &mut args[1..] {
             *a = redacted.clone();
+        }
+    } else if args[0].eq_ignore_ascii_case(b"config")
+        && args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"set"))
+    {
+        for pair in args[2..].chunks_mut(2) {
+            if let [name, value] = pair
+                && name.eq_ignore_ascii_case(b"requirepass")
+            {
+                *value = redacted.clone();
+            }
         }
     } else if args[0].eq_ignore_ascii_case(b"hello")
         && let Some(at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"auth"))
@@ -2344,6 +2432,22 @@ mod tests {
                 "SETNAME",
                 "n"
             ])
+        );
+        assert_eq!(
+            slowlog_args(&args(&[
+                "config",
+                "SET",
+                "timeout",
+                "5",
+                "RequirePass",
+                "secret"
+            ])),
+            args(&["config", "SET", "timeout", "5", "RequirePass", "(redacted)"])
+        );
+        // An odd last argument (refused as a syntax error) is kept.
+        assert_eq!(
+            slowlog_args(&args(&["CONFIG", "SET", "requirepass"])),
+            args(&["CONFIG", "SET", "requirepass"])
         );
         let long = "x".repeat(200);
         let kept = slowlog_args(&args(&["SET", "k", &long]));

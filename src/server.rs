@@ -284,7 +284,7 @@ fn admit(node: &Node, handshakes: &AtomicUsize) -> bool {
         .fetch_add(1, Ordering::Relaxed);
     let busy = node.stats.connected_clients.load(Ordering::Relaxed) as usize
         + handshakes.load(Ordering::Relaxed);
-    if busy >= node.config.maxclients {
+    if busy >= node.config.maxclients.load(Ordering::Relaxed) {
         node.stats
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);
@@ -532,7 +532,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         name: None,
         lib_name: None,
         lib_ver: None,
-        authenticated: node.config.requirepass.is_none(),
+        authenticated: !node.config.requirepass.required(),
         quit: false,
         reply_off: false,
         skip_next: false,
@@ -567,7 +567,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let limits = |conn: &Conn| ParseLimits {
         bulk_bytes_max: node.config.proto_max_bulk_len,
         multibulk_len_max: node.config.proto_max_multibulk_len,
-        unauthenticated: !conn.authenticated,
+        unauthenticated: commands::must_authenticate(&node, conn),
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -836,7 +836,7 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
     // command lookup checks it: a handler never sees one short of its
     // arguments.
     commands::check_subcommand(spec, args)?;
-    if !conn.authenticated && !spec.flags.contains(&"no_auth") {
+    if !spec.flags.contains(&"no_auth") && commands::must_authenticate(node, conn) {
         return Err(Reply::Error("NOAUTH Authentication required.".into()));
     }
     let data_command = matches!(spec.handler, Handler::Write(_) | Handler::Read(_));

@@ -1081,6 +1081,17 @@ fn maxclients_fits_the_open_files_limit() {
     let _ = refused.read_to_end(&mut reply);
     assert_eq!(reply, b"-ERR max number of clients reached\r\n");
     drop(clients);
+    // CONFIG SET asks the same of the limit: past it, Redis's refusal with
+    // what fits, and maxclients unchanged; within it, set.
+    let c = &mut low.client();
+    assert_eq!(
+        error(c, &["CONFIG", "SET", "maxclients", "1000"]),
+        "ERR CONFIG SET failed (possibly related to argument 'maxclients') - \
+         The operating system is not able to handle the specified number of clients, try with 44"
+    );
+    assert_eq!(info_maxclients(&low), 44);
+    assert_eq!(raw(c, &["CONFIG", "SET", "maxclients", "10"]), ok());
+    assert_eq!(info_maxclients(&low), 10);
 
     // Only the soft limit at 300: raised as far as the hard one lets it.
     let hard: u64 = std::fs::read_to_string("/proc/self/limits")

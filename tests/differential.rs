@@ -1398,6 +1398,92 @@ fn acl_shows_the_default_user_s_password_as_redis_does() {
     assert_ne!(a, b);
 }
 
+/// A password set and removed at run time (CONFIG SET requirepass), and
+/// maxclients lowered, as Redis 7.0 takes them: a client connected before
+/// the password stays in, a new one must authenticate, and one that never
+/// did gets in once the password is gone; the password never shows in the
+/// slow log.
+#[test]
+fn requirepass_and_maxclients_set_at_run_time_work_as_redis_s() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &SLOWLOG_EVERYTHING);
+    let redis = Redis::start();
+    let run = |url: &str| -> Vec<(&'static str, Result<Value, String>)> {
+        let open = || connect(url, false).expect("connect");
+        let ask = |c: &mut redis::Connection, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            reply_once(c, &args)
+        };
+        let mut got = Vec::new();
+        let (mut admin, mut before) = (open(), open());
+        ask(&mut admin, &["SLOWLOG", "RESET"]).expect("reset");
+        got.push((
+            "set",
+            ask(&mut admin, &["CONFIG", "SET", "requirepass", "n3w pass"]),
+        ));
+        let mut after = open();
+        got.push(("before", ask(&mut before, &["GET", "k"])));
+        got.push(("after", ask(&mut after, &["GET", "k"])));
+        got.push(("after hello", ask(&mut after, &["HELLO", "2"])));
+        got.push(("wrong", ask(&mut after, &["AUTH", "n3w"])));
+        got.push(("get", ask(&mut admin, &["CONFIG", "GET", "requirepass"])));
+        got.push(("list", ask(&mut admin, &["ACL", "LIST"])));
+        got.push((
+            "removed",
+            ask(&mut admin, &["CONFIG", "SET", "requirepass", ""]),
+        ));
+        got.push(("after, unauthenticated", ask(&mut after, &["GET", "k"])));
+        got.push(("list again", ask(&mut admin, &["ACL", "LIST"])));
+        got.push((
+            "set again",
+            ask(&mut admin, &["CONFIG", "SET", "REQUIREPASS", "p"]),
+        ));
+        let mut third = open();
+        got.push(("third", ask(&mut third, &["GET", "k"])));
+        got.push(("third auth", ask(&mut third, &["AUTH", "default", "p"])));
+        got.push(("third in", ask(&mut third, &["GET", "k"])));
+        got.push((
+            "unset",
+            ask(&mut admin, &["CONFIG", "SET", "requirepass", ""]),
+        ));
+        let slowlog = ask(&mut admin, &["SLOWLOG", "GET", "100"]);
+        // Each entry's arguments (ids, times and addresses differ).
+        let Ok(Value::Array(entries)) = slowlog else {
+            panic!("{slowlog:?}")
+        };
+        for entry in entries {
+            let Value::Array(fields) = entry else {
+                panic!("{entry:?}")
+            };
+            got.push(("slow log entry", Ok(fields[3].clone())));
+        }
+        for args in [
+            &["CONFIG", "SET", "maxclients", "0"][..],
+            &["CONFIG", "SET", "maxclients", "x"],
+            &["CONFIG", "SET", "maxclients", "4294967296"],
+            &["CONFIG", "SET", "maxclients", "4"],
+            &["CONFIG", "GET", "maxclients"],
+        ] {
+            got.push(("maxclients", ask(&mut admin, args)));
+        }
+        // admin, before, after and third are connected: a fifth is one
+        // too many.
+        let mut fifth = open();
+        got.push(("fifth", ask(&mut fifth, &["PING"])));
+        got.push((
+            "raised",
+            ask(&mut admin, &["CONFIG", "SET", "maxclients", "10000"]),
+        ));
+        got
+    };
+    let ours = run(&ferry.url());
+    let theirs = run(&format!("redis://127.0.0.1:{}/", redis.port));
+    assert_eq!(ours.len(), theirs.len(), "{ours:?}\n{theirs:?}");
+    for (o, t) in ours.iter().zip(&theirs) {
+        assert_eq!(o, t);
+    }
+}
+
 #[test]
 fn fixed_cases_get_the_bytes_redis_gives() {
     let dir = tempfile::tempdir().expect("tempdir");
