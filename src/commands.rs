@@ -156,6 +156,8 @@ pub struct Conn {
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
     pub authenticated: bool,
+    /// Its commands run inside EXEC now.
+    pub in_exec: bool,
     pub quit: bool,
     /// CLIENT REPLY OFF: no replies until CLIENT REPLY ON.
     pub reply_off: bool,
@@ -2985,7 +2987,13 @@ pub fn must_authenticate(node: &Node, conn: &Conn) -> bool {
 /// AUTH's check, as Redis's default user (the only one) makes it: without
 /// `--requirepass` it takes any password, though the one-argument form is
 /// an error then; with it, that password.
-fn check_password(node: &Node, user: Option<&[u8]>, pass: &[u8]) -> Result<(), Reply> {
+fn check_password(
+    node: &Node,
+    conn: &Conn,
+    command: &Bytes,
+    user: Option<&[u8]>,
+    pass: &[u8],
+) -> Result<(), Reply> {
     let user_ok = user.is_none_or(|u| u == b"default");
     let ok = match (node.config.requirepass.get(), user) {
         (None, None) => {
@@ -2998,18 +3006,32 @@ fn check_password(node: &Node, user: Option<&[u8]>, pass: &[u8]) -> Result<(), R
         (Some(required), _) => user_ok && ferry_proto::auth::same(pass, &required),
     };
     if ok {
-        Ok(())
-    } else {
-        Err(Reply::Error(
-            "WRONGPASS invalid username-password pair or user is disabled.".into(),
-        ))
+        return Ok(());
     }
+    let client_info = node
+        .clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&conn.id)
+        .map(|info| crate::info::client_line(info, conn))
+        .unwrap_or_default();
+    node.log_auth_failure(crate::node::AclLogEntry {
+        count: 1,
+        context: if conn.in_exec { "multi" } else { "toplevel" },
+        object: command.clone(),
+        username: Bytes::copy_from_slice(user.unwrap_or(b"default")),
+        at_ms: now_ms(),
+        client_info,
+    });
+    Err(Reply::Error(
+        "WRONGPASS invalid username-password pair or user is disabled.".into(),
+    ))
 }
 
 fn auth(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     let result = match args.len() {
-        2 => check_password(node, None, &args[1]),
-        3 => check_password(node, Some(&args[1]), &args[2]),
+        2 => check_password(node, conn, &args[0], None, &args[1]),
+        3 => check_password(node, conn, &args[0], Some(&args[1]), &args[2]),
         _ => return syntax_error(),
     };
     match result {
@@ -3051,7 +3073,9 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     let mut name = None;
     while i < args.len() {
         if eq(&args[i], "auth") && i + 2 < args.len() {
-            if let Err(reply) = check_password(node, Some(&args[i + 1]), &args[i + 2]) {
+            if let Err(reply) =
+                check_password(node, conn, &args[0], Some(&args[i + 1]), &args[i + 2])
+            {
                 return reply;
             }
             conn.authenticated = true;
@@ -3586,7 +3610,7 @@ const ACL_GENPASS_BITS_MAX: i64 = 4096;
 
 /// ACL, as Redis 7.0 answers it for a server with the default user alone
 /// (ferry's one user, whose password is `--requirepass`): WHOAMI, USERS,
-/// LIST, GETUSER, CAT, LOG (empty: nothing is ever denied), DRYRUN,
+/// LIST, GETUSER, CAT, LOG (failed authentications, the only denials), DRYRUN,
 /// GENPASS, DELUSER (of users that do not exist) and HELP. Users cannot be
 /// added or changed: SETUSER, LOAD and SAVE are refused.
 fn acl(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
@@ -3647,10 +3671,16 @@ fn acl(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             )
         }
         ("cat", 4..) => too_many(),
-        ("log", 2) => Reply::Array(vec![]),
-        ("log", 3) if eq(&args[2], "reset") => Reply::ok(),
+        ("log", 2) => acl_log(node, usize::MAX),
+        ("log", 3) if eq(&args[2], "reset") => {
+            node.acl_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            Reply::ok()
+        }
         ("log", 3) => match parse_i64(&args[2]) {
-            Some(_) => Reply::Array(vec![]),
+            Some(count) => acl_log(node, count.max(0) as usize),
             None => not_integer(),
         },
         ("log", 4..) => too_many(),
@@ -3735,6 +3765,32 @@ fn acl(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     }
 }
 
+/// ACL LOG's newest `count` entries, as Redis 7.0 shows them.
+fn acl_log(node: &Node, count: usize) -> Reply {
+    let now = now_ms();
+    let log = node.acl_log.lock().unwrap_or_else(|e| e.into_inner());
+    Reply::Array(
+        log.iter()
+            .take(count)
+            .map(|e| {
+                let field = |name: &str, value: Reply| (Reply::bulk_str(name), value);
+                Reply::Map(vec![
+                    field("count", Reply::Int(e.count as i64)),
+                    field("reason", Reply::bulk_str("auth")),
+                    field("context", Reply::bulk_str(e.context)),
+                    field("object", Reply::Bulk(e.object.clone())),
+                    field("username", Reply::Bulk(e.username.clone())),
+                    field(
+                        "age-seconds",
+                        Reply::Double(now.saturating_sub(e.at_ms) as f64 / 1000.0),
+                    ),
+                    field("client-info", Reply::bulk_str(&e.client_info)),
+                ])
+            })
+            .collect(),
+    )
+}
+
 /// SHA-256 of `text` in hex, as ACL shows a password.
 fn sha256_hex(text: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, text)
@@ -3807,7 +3863,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    Set the configuration <directive> to <value>: timeout, tcp-keepalive,",
             "    shutdown-timeout, slowlog-log-slower-than, slowlog-max-len,",
             "    latency-monitor-threshold, replica-serve-stale-data, maxclients,",
-            "    requirepass. Others are flags of ferry serve.",
+            "    requirepass, acllog-max-len. Others are flags of ferry serve.",
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
             "HELP",
@@ -3830,6 +3886,7 @@ enum Settable {
 }
 
 const SETTABLE: &[(&str, Settable)] = &[
+    ("acllog-max-len", Settable::Int(0, i64::MAX)),
     ("latency-monitor-threshold", Settable::Int(0, i64::MAX)),
     ("maxclients", Settable::Int(1, u32::MAX as i64)),
     ("replica-serve-stale-data", Settable::YesNo),
@@ -3926,6 +3983,7 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                 continue;
             }
             "maxclients" => c.maxclients.store(unsigned as usize, Ordering::Relaxed),
+            "acllog-max-len" => c.acllog_max_len.store(unsigned, Ordering::Relaxed),
             "latency-monitor-threshold" => node.latency.set_threshold_ms(unsigned),
             "replica-serve-stale-data" => {
                 c.replica_serve_stale_data.store(v == 1, Ordering::Relaxed)

@@ -525,6 +525,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
     let c = &node.config;
     let tls_files = c.tls.files();
     vec![
+        (
+            "acllog-max-len".into(),
+            c.acllog_max_len.load(Ordering::Relaxed).to_string(),
+        ),
         ("appendfsync".into(), c.fsync.to_string()),
         ("appendonly".into(), "yes".into()),
         (

@@ -152,6 +152,10 @@ struct ServeArgs {
     /// slowlog-max-len.
     #[arg(long, env = "FERRY_SLOWLOG_MAX_LEN", default_value_t = node::SLOWLOG_MAX_LEN_DEFAULT)]
     slowlog_max_len: usize,
+    /// Entries ACL LOG keeps (failed authentications; the oldest leave
+    /// first), as Redis's acllog-max-len.
+    #[arg(long, env = "FERRY_ACLLOG_MAX_LEN", default_value_t = node::ACLLOG_MAX_LEN_DEFAULT)]
+    acllog_max_len: usize,
     /// Events (commands, WAL writes and syncs, RocksDB writes, expiry
     /// sweeps) that take at least this many milliseconds are noted for
     /// LATENCY LATEST, HISTORY, GRAPH and DOCTOR; 0: none. As Redis's
@@ -679,6 +683,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             maxclients: fit_maxclients(args.maxclients).into(),
             slowlog_log_slower_than: args.slowlog_log_slower_than.into(),
             slowlog_max_len: (args.slowlog_max_len as u64).into(),
+            acllog_max_len: (args.acllog_max_len as u64).into(),
             latency_monitor_threshold: args.latency_monitor_threshold,
             read_cache_bytes: args.read_cache_bytes,
             proto_max_bulk_len: args.proto_max_bulk_len,

@@ -158,6 +158,8 @@ pub struct Config {
     /// none).
     pub slowlog_log_slower_than: AtomicI64,
     pub slowlog_max_len: AtomicU64,
+    /// Entries ACL LOG keeps (`--acllog-max-len`).
+    pub acllog_max_len: AtomicU64,
     /// Milliseconds from which events are noted at start (0: none; the
     /// live figure is [`crate::latency::LatencyMonitor`]'s).
     pub latency_monitor_threshold: u64,
@@ -258,6 +260,29 @@ pub const RESERVED_FDS: u64 = 256;
 /// Defaults of the slow log's threshold (µs) and length, as Redis's.
 pub const SLOWLOG_LOG_SLOWER_THAN_DEFAULT: i64 = 10_000;
 pub const SLOWLOG_MAX_LEN_DEFAULT: usize = 128;
+/// Default of `--acllog-max-len`, as Redis's.
+pub const ACLLOG_MAX_LEN_DEFAULT: usize = 128;
+/// A failed authentication joins an entry of the ACL log made less than
+/// this long before (same command, user and context), among the newest
+/// [`ACL_LOG_GROUPING_SCAN`] entries, as Redis's.
+const ACL_LOG_GROUPING_MS: u64 = 60_000;
+const ACL_LOG_GROUPING_SCAN: usize = 10;
+
+/// A failed authentication, as ACL LOG shows it (the only denial ferry
+/// makes: its one user may run every command on every key).
+#[derive(Debug, Clone)]
+pub struct AclLogEntry {
+    pub count: u64,
+    /// `toplevel`, or `multi` inside a transaction.
+    pub context: &'static str,
+    /// The command, as the client wrote it (AUTH or HELLO).
+    pub object: Bytes,
+    pub username: Bytes,
+    /// When it last happened, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The client, as CLIENT INFO showed it then.
+    pub client_info: String,
+}
 /// Arguments a slow log entry keeps (the last one then says how many more
 /// there were), and bytes kept of each, as Redis's.
 const SLOWLOG_ENTRY_ARGS_MAX: usize = 32;
@@ -1178,6 +1203,8 @@ pub struct Node {
     pub stats: Stats,
     pub clients: Mutex<HashMap<u64, ClientInfo>>,
     pub slowlog: Mutex<SlowLog>,
+    /// ACL LOG, newest first.
+    pub acl_log: Mutex<VecDeque<AclLogEntry>>,
     pub latency: Arc<crate::latency::LatencyMonitor>,
     /// SAVE's and BGSAVE's state.
     pub saves: Arc<Mutex<Saves>>,
@@ -1358,6 +1385,7 @@ impl Node {
             stats: Stats::default(),
             clients: Mutex::new(HashMap::new()),
             slowlog: Mutex::default(),
+            acl_log: Mutex::default(),
             latency,
             saves: Arc::new(Mutex::new(Saves {
                 last_save_secs: now_ms() / 1000,
@@ -1445,6 +1473,32 @@ impl Node {
             entry,
             self.config.slowlog_max_len.load(Ordering::Relaxed) as usize,
         );
+    }
+
+    /// Notes a failed authentication in the ACL log: a new entry, or one
+    /// alike of the last minute counted again and moved to the front, as
+    /// Redis's; a new one pushes the oldest past `--acllog-max-len` out.
+    pub fn log_auth_failure(&self, mut entry: AclLogEntry) {
+        let max = self.config.acllog_max_len.load(Ordering::Relaxed) as usize;
+        let mut log = self.acl_log.lock().unwrap_or_else(|e| e.into_inner());
+        let alike = log.iter().take(ACL_LOG_GROUPING_SCAN).position(|old| {
+            old.context == entry.context
+                && old.object == entry.object
+                && old.username == entry.username
+                && entry.at_ms.saturating_sub(old.at_ms) <= ACL_LOG_GROUPING_MS
+        });
+        match alike {
+            Some(at) => {
+                let old = log.remove(at).expect("found");
+                entry.count = old.count + 1;
+                log.push_front(entry);
+            }
+            // Cut only as a new entry comes, as in Redis.
+            None => {
+                log.push_front(entry);
+                log.truncate(max);
+            }
+        }
     }
 
     /// SAVE: everything written so far made durable and put in the

@@ -302,6 +302,9 @@ pub enum Reply {
     /// Pairs that may repeat (HRANDFIELD's fields with values): an array
     /// of two-element arrays in RESP3, a flat array in RESP2.
     Pairs(Vec<(Reply, Reply)>),
+    /// A double (`,` in RESP3, a bulk string in RESP2), written as C's
+    /// `%.17g` writes it, as Redis does.
+    Double(f64),
     /// Text to show as it is (INFO, CLIENT LIST): a verbatim string
     /// (`=N\r\ntxt:...`) in RESP3, a bulk string in RESP2.
     Verbatim(Bytes),
@@ -410,7 +413,43 @@ impl Reply {
                 out.extend_from_slice(b"\r\n");
             }
             Reply::Verbatim(b) => Reply::Bulk(b.clone()).encode(out, false),
+            Reply::Double(d) if resp3 => {
+                let _ = write!(out, ",{}\r\n", format_g17(*d));
+            }
+            Reply::Double(d) => Reply::Bulk(format_g17(*d).into()).encode(out, false),
         }
+    }
+}
+
+/// `d` as C's `printf("%.17g", d)` writes it: 17 significant digits,
+/// trailing zeros dropped, in exponent form below 1e-4 or from 1e17.
+pub fn format_g17(d: f64) -> String {
+    const DIGITS: i32 = 17;
+    if d.is_nan() {
+        return if d.is_sign_negative() { "-nan" } else { "nan" }.into();
+    }
+    if d.is_infinite() {
+        return if d < 0.0 { "-inf" } else { "inf" }.into();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    // The exponent after rounding to 17 digits decides the form.
+    let scientific = format!("{:.*e}", (DIGITS - 1) as usize, d);
+    let (mantissa, exp) = scientific.split_once('e').expect("an exponent");
+    let exp: i32 = exp.parse().expect("a number");
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    if !(-4..DIGITS).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    } else {
+        trim(&format!("{:.*}", (DIGITS - 1 - exp) as usize, d))
     }
 }
 
@@ -432,6 +471,31 @@ mod tests {
         v.iter()
             .map(|s| Bytes::copy_from_slice(s.as_bytes()))
             .collect()
+    }
+
+    #[test]
+    fn doubles_are_written_as_c_writes_them_with_17_digits() {
+        // Each as Python's (and C's) "%.17g" writes it.
+        for (d, text) in [
+            (0.051, "0.050999999999999997"),
+            (0.252, "0.252"),
+            (0.05, "0.050000000000000003"),
+            (1.0, "1"),
+            (123456.789, "123456.789"),
+            (1e-5, "1.0000000000000001e-05"),
+            (1e20, "1e+20"),
+            (3e17, "3e+17"),
+            (0.0001, "0.0001"),
+            (-2.75, "-2.75"),
+            (1e16, "10000000000000000"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(format_g17(d), text, "{d}");
+        }
+        let mut out = BytesMut::new();
+        Reply::Double(0.5).encode(&mut out, true);
+        Reply::Double(0.5).encode(&mut out, false);
+        assert_eq!(&out[..], b",0.5\r\n$3\r\n0.5\r\n");
     }
 
     #[test]

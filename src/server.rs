@@ -533,6 +533,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         lib_name: None,
         lib_ver: None,
         authenticated: !node.config.requirepass.required(),
+        in_exec: false,
         quit: false,
         reply_off: false,
         skip_next: false,
@@ -1252,12 +1253,14 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
         .commands
         .iter()
         .all(|(spec, ..)| !matches!(spec.handler, Handler::Write(_)));
+    conn.in_exec = true;
     let run = |view: &mut View<'_>| run_queued(node, conn, view, &multi.commands);
     let executed = if reads_only {
         node.pipeline.execute_read(run).await
     } else {
         node.pipeline.execute(run).await
     };
+    conn.in_exec = false;
     conn.watch.clear();
     match executed {
         Ok(ticket) => Queued::Pending(ticket),
