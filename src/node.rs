@@ -79,6 +79,9 @@ pub const SHUTDOWN_TIMEOUT_DEFAULT_SECS: u64 = 10;
 /// The longest SHUTDOWN holds writes: past its wait for the replicas, they
 /// stay held through the save and the stop, up to this should either hang.
 pub const SHUTDOWN_HOLD_MAX: Duration = Duration::from_secs(3600);
+/// The longest FAILOVER holds writes; past it they are refused (the write
+/// path stays fenced) until the failover ends.
+pub const FAILOVER_HOLD_MAX: Duration = Duration::from_secs(3600);
 /// How often a primary that has lost its replicas asks them whether one of
 /// them leads a newer epoch.
 const PEER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -1654,7 +1657,10 @@ impl Node {
     /// ([`Node::switchover`]) in the background to the replica whose RESP
     /// address is `host:port` (or the one furthest ahead), waiting for it
     /// without limit unless `timeout`; FAILOVER ABORT ends the wait.
-    /// Writes are refused from before the reply on.
+    /// From before the reply on, writes are held (a pause of writes, for
+    /// at most [`FAILOVER_HOLD_MAX`]) and the write path fenced: once the
+    /// failover ends the held writes run, or get `-READONLY` if this node
+    /// follows the new primary, as in Redis.
     pub async fn failover_command(
         self: &Arc<Self>,
         to: Option<(String, i64)>,
@@ -1667,6 +1673,9 @@ impl Node {
         let (fenced_tx, fenced) = tokio::sync::oneshot::channel();
         let node = self.clone();
         tokio::spawn(async move {
+            let before = node.pipeline.paused();
+            node.pipeline
+                .pause(Some((Instant::now() + FAILOVER_HOLD_MAX, false)));
             node.pipeline.fence().await;
             let _ = fenced_tx.send(());
             match node
@@ -1691,6 +1700,9 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
+            // The held writes go on (the pause before, if any, holds
+            // again): run, or refused on a replica.
+            node.pipeline.pause(before);
         });
         let _ = fenced.await;
         Ok(())

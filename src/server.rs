@@ -795,6 +795,12 @@ async fn run_writes(
     if writes.is_empty() {
         return;
     }
+    // A blocked client (INFO clients) while a pause holds its writes, as
+    // in Redis.
+    let _blocked = node
+        .pipeline
+        .is_paused()
+        .then(|| Blocked::begin(&node.stats.blocked_clients));
     let outcomes = node
         .pipeline
         .execute_many(writes.iter().map(|(f, args, slot, _)| {
@@ -881,7 +887,8 @@ async fn dispatch(
     // CLIENT PAUSE ALL holds every command but the one that ends it.
     let unpause =
         args.len() == 2 && commands::eq(&args[0], "client") && commands::eq(&args[1], "unpause");
-    if !unpause {
+    if !unpause && node.pipeline.paused().is_some_and(|(_, all)| all) {
+        let _blocked = Blocked::begin(&node.stats.blocked_clients);
         node.pipeline.until_all_unpaused().await;
     }
     let checked = check(node, conn, &args);
@@ -1258,6 +1265,10 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
     let executed = if reads_only {
         node.pipeline.execute_read(run).await
     } else {
+        let _blocked = node
+            .pipeline
+            .is_paused()
+            .then(|| Blocked::begin(&node.stats.blocked_clients));
         node.pipeline.execute(run).await
     };
     conn.in_exec = false;

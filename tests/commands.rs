@@ -2380,9 +2380,23 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     assert_eq!(raw(reader, &["GET", "k"]), queued);
     assert_eq!(raw(reader, &["EXISTS", "n"]), queued);
     assert_eq!(raw(reader, &["EXEC"]), V::Array(vec![V::Nil, V::Int(0)]));
+    // Both held: blocked clients, as Redis counts them.
+    let blocked = || {
+        let V::BulkString(text) = raw(&mut server.client(), &["INFO", "clients"]) else {
+            panic!()
+        };
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:").map(str::to_string))
+            .expect("blocked_clients")
+    };
     assert!(
-        !wait_until(Duration::from_millis(300), || write.is_finished()
-            || exec.is_finished()),
+        wait_until(Duration::from_secs(10), || blocked() == "2"),
+        "{}",
+        blocked()
+    );
+    assert!(
+        !write.is_finished() && !exec.is_finished(),
         "a write ran during CLIENT PAUSE WRITE"
     );
     assert_eq!(raw(reader, &["GET", "k"]), V::Nil);

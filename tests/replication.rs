@@ -1711,17 +1711,29 @@ fn failover_swaps_roles_unless_aborted_or_timed_out() {
         assert_eq!(raw(p, failover), redis::Value::Okay);
         assert_eq!(state().as_deref(), Some("waiting-for-sync"));
         assert_eq!(error(p, &["FAILOVER"]), "ERR FAILOVER already in progress.");
+        // A write meanwhile is held (a blocked client), not refused; it
+        // runs once the failover is given up.
+        let mut writer = primary.client();
+        let held = std::thread::spawn(move || write(&mut writer, "during"));
+        assert!(
+            wait_until(Duration::from_secs(10), || primary
+                .info_field("clients", "blocked_clients")
+                .as_deref()
+                == Some("1")),
+            "the write is held"
+        );
         assert_eq!(
-            error(p, &["SET", "during", "1"]),
-            "READONLY You can't write against a read only replica."
+            cmd(&["GET", "before"])
+                .query::<Option<String>>(p)
+                .expect("GET"),
+            Some("1".into()),
+            "reads go on"
         );
         if abort {
             assert_eq!(raw(p, &["FAILOVER", "ABORT"]), redis::Value::Okay);
         }
-        assert!(
-            wait_until(Duration::from_secs(10), || write(p, "after").is_ok()),
-            "writes resume"
-        );
+        assert_eq!(held.join().unwrap().expect("the held write ran"), "OK");
+        write(p, "after").expect("writes resume");
         assert!(wait_until(Duration::from_secs(5), || state().as_deref()
             == Some("no-failover")));
         assert_eq!(
@@ -1759,7 +1771,7 @@ fn failover_swaps_roles_unless_aborted_or_timed_out() {
             .flatten()
             .is_some()
     }));
-    for key in ["before", "after"] {
+    for key in ["before", "during", "after"] {
         assert_eq!(
             cmd(&["GET", key]).query::<Option<String>>(r).expect("GET"),
             Some("1".into()),
@@ -1863,6 +1875,21 @@ fn failover_shows_the_hand_over_in_progress() {
         "{:?}",
         state()
     );
+    // A write during the hand-over is held, then refused by the replica
+    // the primary became, as in Redis.
+    let mut writer = primary.client();
+    let held = std::thread::spawn(move || {
+        cmd(&["SET", "during", "1"])
+            .query::<String>(&mut writer)
+            .map_err(|e| e.to_string())
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || primary
+            .info_field("clients", "blocked_clients")
+            .as_deref()
+            == Some("1")),
+        "the write is held"
+    );
     down.unstall();
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -1870,6 +1897,11 @@ fn failover_shows_the_hand_over_in_progress() {
                 && primary.info_field("replication", "role").as_deref() == Some("slave")
         }),
         "the roles swapped"
+    );
+    let refused = held.join().unwrap().expect_err("refused");
+    assert!(
+        refused.contains("You can't write against a read only replica"),
+        "{refused}"
     );
     assert_eq!(state().as_deref(), Some("no-failover"));
 }

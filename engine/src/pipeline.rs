@@ -944,7 +944,8 @@ impl Pipeline {
         drop(self.exec.lock().await);
     }
 
-    fn is_paused(&self) -> bool {
+    /// Whether the write path's commands are paused now.
+    pub fn is_paused(&self) -> bool {
         matches!(*self.paused.borrow(), Some((until, _)) if until > std::time::Instant::now())
     }
 
