@@ -3863,7 +3863,8 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    Set the configuration <directive> to <value>: timeout, tcp-keepalive,",
             "    shutdown-timeout, slowlog-log-slower-than, slowlog-max-len,",
             "    latency-monitor-threshold, replica-serve-stale-data, maxclients,",
-            "    requirepass, acllog-max-len. Others are flags of ferry serve.",
+            "    requirepass, acllog-max-len, appendfsync. Others are flags of",
+            "    ferry serve.",
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
             "HELP",
@@ -3883,10 +3884,20 @@ enum Settable {
     YesNo,
     /// Any bytes.
     Text,
+    /// A WAL sync policy: `always`, `everysec` or `no`.
+    SyncPolicy,
+}
+
+/// A value CONFIG SET checked, to set.
+enum Setting<'a> {
+    Int(i64),
+    Text(&'a Bytes),
+    SyncPolicy(ferry_wal::SyncPolicy),
 }
 
 const SETTABLE: &[(&str, Settable)] = &[
     ("acllog-max-len", Settable::Int(0, i64::MAX)),
+    ("appendfsync", Settable::SyncPolicy),
     ("latency-monitor-threshold", Settable::Int(0, i64::MAX)),
     ("maxclients", Settable::Int(1, u32::MAX as i64)),
     ("replica-serve-stale-data", Settable::YesNo),
@@ -3933,10 +3944,6 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     }
     let mut values = Vec::with_capacity(chosen.len());
     for (setting, name, kind, value) in &chosen {
-        if *kind == Settable::Text {
-            values.push((*setting, 0, Some(*value)));
-            continue;
-        }
         let parsed = match *kind {
             Settable::Int(low, high) => match parse_i64(value) {
                 None => return failed(name, "argument couldn't be parsed into an integer"),
@@ -3946,18 +3953,29 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                         &format!("argument must be between {low} and {high} inclusive"),
                     );
                 }
-                Some(v) => v,
+                Some(v) => Setting::Int(v),
             },
-            Settable::YesNo if eq(value, "yes") => 1,
-            Settable::YesNo if eq(value, "no") => 0,
+            Settable::YesNo if eq(value, "yes") => Setting::Int(1),
+            Settable::YesNo if eq(value, "no") => Setting::Int(0),
             Settable::YesNo => return failed(name, "argument must be 'yes' or 'no'"),
-            Settable::Text => unreachable!("taken as it is above"),
+            Settable::SyncPolicy => {
+                match String::from_utf8_lossy(value).to_ascii_lowercase().parse() {
+                    Ok(policy) => Setting::SyncPolicy(policy),
+                    Err(_) => {
+                        return failed(
+                            name,
+                            "argument(s) must be one of the following: everysec, always, no",
+                        );
+                    }
+                }
+            }
+            Settable::Text => Setting::Text(value),
         };
-        values.push((*setting, parsed, None));
+        values.push((*setting, parsed));
     }
     // As many clients as the open files limit allows (raised if it can
     // be), checked once the rest parsed, as Redis checks it.
-    if let Some(&(_, wanted, _)) = values.iter().find(|(n, ..)| *n == "maxclients") {
+    if let Some(&(_, Setting::Int(wanted))) = values.iter().find(|(n, _)| *n == "maxclients") {
         let wanted = wanted as usize;
         let fitted = crate::node::fit_maxclients(wanted);
         if fitted < wanted {
@@ -3974,28 +3992,41 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
         }
     }
     let c = &node.config;
-    for (name, v, text) in values {
-        let unsigned = v.max(0) as u64;
-        match name {
-            "requirepass" => {
-                c.requirepass.set(text.map(|t| &t[..]));
+    for (name, setting) in values {
+        match setting {
+            // Not logged: a secret.
+            Setting::Text(password) if name == "requirepass" => {
+                c.requirepass.set(Some(password));
                 tracing::info!(parameter = name, "CONFIG SET");
-                continue;
             }
-            "maxclients" => c.maxclients.store(unsigned as usize, Ordering::Relaxed),
-            "acllog-max-len" => c.acllog_max_len.store(unsigned, Ordering::Relaxed),
-            "latency-monitor-threshold" => node.latency.set_threshold_ms(unsigned),
-            "replica-serve-stale-data" => {
-                c.replica_serve_stale_data.store(v == 1, Ordering::Relaxed)
+            Setting::Text(_) => unreachable!("{name} is not a text setting of SETTABLE"),
+            Setting::SyncPolicy(policy) => {
+                node.wal.set_sync_policy(policy);
+                tracing::info!(parameter = name, value = %policy, "CONFIG SET");
             }
-            "shutdown-timeout" => c.shutdown_timeout_secs.store(unsigned, Ordering::Relaxed),
-            "slowlog-log-slower-than" => c.slowlog_log_slower_than.store(v, Ordering::Relaxed),
-            "slowlog-max-len" => c.slowlog_max_len.store(unsigned, Ordering::Relaxed),
-            "tcp-keepalive" => c.tcp_keepalive_secs.store(unsigned, Ordering::Relaxed),
-            "timeout" => c.timeout_secs.store(unsigned, Ordering::Relaxed),
-            other => unreachable!("{other} is in SETTABLE"),
+            Setting::Int(v) => {
+                let unsigned = v.max(0) as u64;
+                match name {
+                    "maxclients" => c.maxclients.store(unsigned as usize, Ordering::Relaxed),
+                    "acllog-max-len" => c.acllog_max_len.store(unsigned, Ordering::Relaxed),
+                    "latency-monitor-threshold" => node.latency.set_threshold_ms(unsigned),
+                    "replica-serve-stale-data" => {
+                        c.replica_serve_stale_data.store(v == 1, Ordering::Relaxed)
+                    }
+                    "shutdown-timeout" => {
+                        c.shutdown_timeout_secs.store(unsigned, Ordering::Relaxed)
+                    }
+                    "slowlog-log-slower-than" => {
+                        c.slowlog_log_slower_than.store(v, Ordering::Relaxed)
+                    }
+                    "slowlog-max-len" => c.slowlog_max_len.store(unsigned, Ordering::Relaxed),
+                    "tcp-keepalive" => c.tcp_keepalive_secs.store(unsigned, Ordering::Relaxed),
+                    "timeout" => c.timeout_secs.store(unsigned, Ordering::Relaxed),
+                    other => unreachable!("{other} is an integer setting of SETTABLE"),
+                }
+                tracing::info!(parameter = name, value = v, "CONFIG SET");
+            }
         }
-        tracing::info!(parameter = name, value = v, "CONFIG SET");
     }
     Reply::ok()
 }

@@ -227,7 +227,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 if node.wal.has_failed() { "err" } else { "ok" },
                 applied.0.saturating_sub(persisted.0),
                 u8::from(saving),
-                node.config.fsync,
+                node.wal.sync_policy(),
                 node.wal.first_lsn(),
                 node.wal.last_lsn(),
                 node.wal.durable_lsn(),
@@ -529,7 +529,7 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             "acllog-max-len".into(),
             c.acllog_max_len.load(Ordering::Relaxed).to_string(),
         ),
-        ("appendfsync".into(), c.fsync.to_string()),
+        ("appendfsync".into(), node.wal.sync_policy().to_string()),
         ("appendonly".into(), "yes".into()),
         (
             "client-query-buffer-limit".into(),

@@ -145,6 +145,8 @@ pub struct Config {
     pub min_replicas_max_lag: Duration,
     /// Seconds SHUTDOWN waits for lagging replicas, writes paused.
     pub shutdown_timeout_secs: AtomicU64,
+    /// The WAL's sync policy at start (CONFIG SET appendfsync changes the
+    /// WAL's, [`Wal::sync_policy`]).
     pub fsync: SyncPolicy,
     /// `--requirepass`, which CONFIG SET changes.
     pub requirepass: Password,

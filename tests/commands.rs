@@ -2668,11 +2668,8 @@ fn config_set_takes_effect_at_once() {
     assert_eq!(raw(c, &["SLOWLOG", "LEN"]), V::Int(0));
 
     assert_eq!(
-        error(
-            c,
-            &["CONFIG", "SET", "timeout", "1", "appendfsync", "always"]
-        ),
-        "ERR CONFIG SET failed (possibly related to argument 'appendfsync') - can't set immutable config"
+        error(c, &["CONFIG", "SET", "timeout", "1", "dir", "/tmp"]),
+        "ERR CONFIG SET failed (possibly related to argument 'dir') - can't set immutable config"
     );
     assert_eq!(get(c, "timeout"), "0");
     let mut idle = std::net::TcpStream::connect(server.resp).expect("connect");
@@ -2707,4 +2704,34 @@ fn config_set_takes_effect_at_once() {
         ok()
     );
     assert_eq!(get(c, "replica-serve-stale-data"), "no");
+
+    // appendfsync: under always each acknowledged write was synced, under
+    // no none is.
+    let syncs = |c: &mut redis::Connection| -> u64 {
+        let V::BulkString(text) = raw(c, &["INFO", "persistence"]) else {
+            panic!()
+        };
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("wal_syncs:"))
+            .expect("wal_syncs")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    for (policy, synced_each) in [("always", true), ("no", false)] {
+        assert_eq!(raw(c, &["CONFIG", "SET", "appendfsync", policy]), ok());
+        assert_eq!(get(c, "appendfsync"), policy);
+        let before = syncs(c);
+        for i in 0..20 {
+            assert_eq!(raw(c, &["SET", &format!("sync-{i}"), "v"]), ok());
+        }
+        let synced = syncs(c) - before;
+        if synced_each {
+            assert!(synced >= 20, "{policy}: {synced} syncs for 20 writes");
+        } else {
+            assert_eq!(synced, 0, "{policy}");
+        }
+    }
+    assert_eq!(raw(c, &["CONFIG", "SET", "appendfsync", "everysec"]), ok());
 }

@@ -1710,6 +1710,11 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 resp(&[b"CONFIG", b"SET", b"tcp-keepalive", b"2147483648"]),
                 resp(&[b"CONFIG", b"SET", b"shutdown-timeout", b"-1"]),
                 resp(&[b"CONFIG", b"SET", b"replica-serve-stale-data", b"maybe"]),
+                resp(&[b"CONFIG", b"SET", b"appendfsync", b"sometimes"]),
+                resp(&[b"CONFIG", b"SET", b"appendfsync", b"ALWAYS"]),
+                resp(&[b"CONFIG", b"GET", b"appendfsync"]),
+                resp(&[b"CONFIG", b"SET", b"appendfsync", b"everysec"]),
+                resp(&[b"CONFIG", b"SET", b"acllog-max-len", b"x"]),
                 resp(&[b"CONFIG", b"SET", b"timeout"]),
                 resp(&[b"CONFIG", b"SET", b"timeout", b"0", b"slowlog-max-len"]),
                 // An error in the second pair: the first is not set.

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,6 +40,24 @@ pub enum SyncPolicy {
     /// Never sync explicitly (only when a segment is sealed); the operating
     /// system decides.
     No,
+}
+
+impl SyncPolicy {
+    fn to_u8(self) -> u8 {
+        match self {
+            SyncPolicy::Always => 0,
+            SyncPolicy::EverySec => 1,
+            SyncPolicy::No => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> SyncPolicy {
+        match v {
+            0 => SyncPolicy::Always,
+            1 => SyncPolicy::EverySec,
+            _ => SyncPolicy::No,
+        }
+    }
 }
 
 impl FromStr for SyncPolicy {
@@ -185,6 +203,9 @@ pub(crate) struct Shared {
     pub durable: watch::Sender<Lsn>,
     last_lsn: AtomicU64,
     epoch: AtomicU64,
+    /// The sync policy now ([`Wal::set_sync_policy`]), as
+    /// [`SyncPolicy::to_u8`] gives it.
+    sync_policy: AtomicU8,
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
     closed: AtomicBool,
@@ -272,6 +293,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn sync_policy(&self) -> SyncPolicy {
+        SyncPolicy::from_u8(self.sync_policy.load(Ordering::Acquire))
+    }
+
     pub fn last_lsn(&self) -> Lsn {
         Lsn(self.last_lsn.load(Ordering::Acquire))
     }
@@ -453,6 +478,7 @@ impl Wal {
             .expect("a log has a segment")
             .clone();
         let (durable, _) = watch::channel(last);
+        let policy = options.sync_policy.to_u8();
         let shared = Arc::new(Shared {
             dir,
             storage,
@@ -472,6 +498,7 @@ impl Wal {
             durable,
             last_lsn: AtomicU64::new(last.0),
             epoch: AtomicU64::new(recovered.epoch.0),
+            sync_policy: AtomicU8::new(policy),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -491,11 +518,12 @@ impl Wal {
             frames: Vec::new(),
             shared: shared.clone(),
         };
-        let mut threads = vec![spawn("ferry-wal-writer", move || writer.run(rx))];
-        if shared.options.sync_policy == SyncPolicy::EverySec {
-            let syncer = shared.clone();
-            threads.push(spawn("ferry-wal-syncer", move || run_syncer(&syncer)));
-        }
+        // The syncer runs whatever the policy, which may change.
+        let syncer = shared.clone();
+        let threads = vec![
+            spawn("ferry-wal-writer", move || writer.run(rx)),
+            spawn("ferry-wal-syncer", move || run_syncer(&syncer)),
+        ];
         Ok(Wal {
             shared,
             tx: Some(tx),
@@ -782,6 +810,21 @@ impl Wal {
     /// appends.
     pub fn has_failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// The sync policy now.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        self.shared.sync_policy()
+    }
+
+    /// Changes the sync policy from the next group commit on (Redis's
+    /// CONFIG SET appendfsync). Records written before keep the promise
+    /// they were written under: under `everysec` the syncer still syncs
+    /// them within the interval.
+    pub fn set_sync_policy(&self, policy: SyncPolicy) {
+        self.shared
+            .sync_policy
+            .store(policy.to_u8(), Ordering::Release);
     }
 
     /// The epoch of the last frame written, or set by [`Wal::set_epoch`].
@@ -1565,7 +1608,7 @@ impl Writer {
     ) -> Result<Lsn> {
         let (segment_bytes_max, policy) = (
             self.shared.options.segment_bytes_max,
-            self.shared.options.sync_policy,
+            self.shared.sync_policy(),
         );
         let mut chunk_start = 0;
         for frame in frames {
@@ -1833,8 +1876,11 @@ fn next_request(rx: &mut mpsc::Receiver<Request>) -> Option<Request> {
     rx.blocking_recv()
 }
 
-/// The [`SyncPolicy::EverySec`] thread: syncs the active segment every
-/// interval if something was written since the last sync.
+/// The syncer thread: syncs the active segment every interval if something
+/// was written since the last sync and not synced by the writer (under
+/// [`SyncPolicy::EverySec`], at once while an [`EagerSync`] lives). Under
+/// the other policies the writer publishes what it writes and the syncer
+/// idles, there for a change of policy.
 fn run_syncer(shared: &Shared) {
     let interval = shared.options.sync_interval;
     let mut target = lock(&shared.sync_target);

@@ -494,6 +494,39 @@ async fn a_sync_that_ends_after_a_cut_does_not_publish_the_cut_lsns() {
     assert_eq!(wal.durable_lsn(), Lsn(8));
 }
 
+/// The sync policy changes at run time, from the next append on; what an
+/// earlier append under everysec left unsynced is synced with the first
+/// append under always.
+#[tokio::test]
+async fn the_sync_policy_changes_from_the_next_append_on() {
+    let storage = MemStorage::new();
+    let everysec = WalOptions {
+        sync_interval: Duration::from_secs(3600),
+        ..options(SyncPolicy::EverySec)
+    };
+    let wal = open(&storage, everysec);
+    let first = wal.append(vec![record("p", 0)]).await.expect("append");
+    assert!(wal.durable_lsn() < first.last, "everysec: not synced yet");
+    wal.set_sync_policy(SyncPolicy::Always);
+    assert_eq!(wal.sync_policy(), SyncPolicy::Always);
+    let syncs = storage.sync_count();
+    let second = wal.append(vec![record("p", 1)]).await.expect("append");
+    assert_eq!(
+        wal.durable_lsn(),
+        second.last,
+        "always: synced, the first too"
+    );
+    assert_eq!(storage.sync_count(), syncs + 1);
+    wal.set_sync_policy(SyncPolicy::No);
+    let third = wal.append(vec![record("p", 2)]).await.expect("append");
+    assert_eq!(wal.durable_lsn(), third.last, "no: published unsynced");
+    assert_eq!(storage.sync_count(), syncs + 1, "no: no sync");
+    // A power loss keeps what was synced: the first two at least.
+    let survived = storage.crash(7);
+    drop(wal);
+    assert!(open(&survived, options(SyncPolicy::No)).last_lsn() >= second.last);
+}
+
 #[tokio::test]
 async fn epochs_are_stored_per_frame_and_never_go_back() {
     let storage = MemStorage::new();
