@@ -3876,7 +3876,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
 
 /// What CONFIG SET may change while the node runs, under Redis's names:
 /// the bounds Redis gives each, and where it goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Settable {
     /// An integer within bounds (inclusive).
     Int(i64, i64),

@@ -219,6 +219,11 @@ impl Password {
     }
 }
 
+/// File descriptors kept for the rest of the node beside its clients:
+/// RocksDB's files, WAL segments, gRPC and metrics connections, TLS
+/// handshakes.
+pub const RESERVED_FDS: u64 = 256;
+
 /// `maxclients`, as many as the open files limit allows, as Redis does:
 /// the soft limit is raised toward the hard one to fit them and the
 /// reserve ([`RESERVED_FDS`]). Returns how many fit (`wanted` unless the
@@ -257,11 +262,6 @@ pub fn fit_maxclients(wanted: usize) -> usize {
     limit.rlim_cur.saturating_sub(RESERVED_FDS).max(1) as usize
 }
 
-/// File descriptors kept for the rest of the node beside its clients:
-/// RocksDB's files, WAL segments, gRPC and metrics connections, TLS
-/// handshakes.
-pub const RESERVED_FDS: u64 = 256;
-
 /// Defaults of the slow log's threshold (µs) and length, as Redis's.
 pub const SLOWLOG_LOG_SLOWER_THAN_DEFAULT: i64 = 10_000;
 pub const SLOWLOG_MAX_LEN_DEFAULT: usize = 128;
@@ -288,6 +288,7 @@ pub struct AclLogEntry {
     /// The client, as CLIENT INFO showed it then.
     pub client_info: String,
 }
+
 /// Arguments a slow log entry keeps (the last one then says how many more
 /// there were), and bytes kept of each, as Redis's.
 const SLOWLOG_ENTRY_ARGS_MAX: usize = 32;
