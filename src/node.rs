@@ -1398,6 +1398,7 @@ impl Node {
                 in_progress: false,
                 last_ok: true,
                 count: 0,
+                ended: watch::Sender::new(0),
             })),
             monitors: tokio::sync::broadcast::channel(MONITOR_BACKLOG_LINES).0,
             monitoring: Arc::new(AtomicU64::new(0)),
@@ -1530,6 +1531,32 @@ impl Node {
             .ok_or_else(|| "the save failed: see the node's log".to_string())
     }
 
+    /// [`Node::save`] for SHUTDOWN SAVE: a save under way (a BGSAVE) is
+    /// waited for first, then everything written since is saved, as Redis
+    /// ends a background save to save at shutdown.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::save`], but for a save under way.
+    pub async fn save_after_any(&self) -> Result<(), String> {
+        loop {
+            let mut ended = self
+                .saves
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ended
+                .subscribe();
+            match self.save().await {
+                Err(why) if why == SAVE_IN_PROGRESS => {
+                    tracing::info!("SHUTDOWN: waiting for the save under way, then saving");
+                    // A closed channel cannot be: the sender is in `saves`.
+                    let _ = ended.changed().await;
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// BGSAVE: [`Node::save`] in the background.
     ///
     /// # Errors
@@ -1561,7 +1588,7 @@ impl Node {
             self.wait_for_replicas_to_stop().await?
         };
         if save == Some(true)
-            && let Err(why) = self.save().await
+            && let Err(why) = self.save_after_any().await
         {
             tracing::warn!(why, force, "SHUTDOWN: the save failed");
             if !force {
@@ -2433,13 +2460,18 @@ pub struct Saves {
     pub last_ok: bool,
     /// Saves that ended well.
     pub count: u64,
+    /// Saves that ended, well or not: for a save that waits for another.
+    pub ended: watch::Sender<u64>,
 }
+
+/// Why a save cannot start, as Redis says it.
+const SAVE_IN_PROGRESS: &str = "Background save already in progress";
 
 /// Marks a save as under way, unless one is already.
 fn begin_save(saves: &Mutex<Saves>) -> Result<(), String> {
     let mut saves = saves.lock().unwrap_or_else(|e| e.into_inner());
     if saves.in_progress {
-        return Err("Background save already in progress".into());
+        return Err(SAVE_IN_PROGRESS.into());
     }
     saves.in_progress = true;
     Ok(())
@@ -2459,6 +2491,7 @@ async fn persist_all(wal: Arc<Wal>, engine: Arc<Engine>, saves: Arc<Mutex<Saves>
     }
     let mut saves = saves.lock().unwrap_or_else(|e| e.into_inner());
     saves.in_progress = false;
+    saves.ended.send_modify(|n| *n += 1);
     saves.last_ok = outcome.is_ok();
     if outcome.is_ok() {
         saves.last_save_secs = now_ms() / 1000;

@@ -2467,6 +2467,35 @@ fn shutdown_stops_the_node_and_keeps_what_it_acknowledged() {
         assert_eq!(raw(c, &["DBSIZE"]), V::Int(100 * (round as i64 + 1)));
         assert_eq!(raw(c, &["GET", &format!("k{round}:99")]), bulk("v"));
     }
+
+    // SHUTDOWN SAVE right behind a BGSAVE (one request, so the BGSAVE is
+    // still under way): it waits for it and saves, and the node stops;
+    // it is not refused as a save would be ("already in progress").
+    let mut server = Server::start(&data, &["--fsync", "everysec"]);
+    let c = &mut server.client();
+    for i in 0..100 {
+        raw(c, &["SET", &format!("bg:{i}"), "v"]);
+    }
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(server.resp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"BGSAVE\r\nSHUTDOWN SAVE\r\n").unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        assert_eq!(reply, b"+Background saving started\r\n");
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the node stops");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !server.stderr().contains("the save failed"),
+        "{}",
+        server.stderr()
+    );
+    let server = Server::start(&data, &[]);
+    assert_eq!(raw(&mut server.client(), &["DBSIZE"]), V::Int(400));
 }
 
 /// A write held by CLIENT PAUSE when the node is told to stop fails
@@ -2482,7 +2511,16 @@ fn a_write_held_by_a_pause_fails_when_the_node_stops() {
     let mut writer = server.client();
     assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
     let write = std::thread::spawn(move || cmd(&["SET", "late", "v"]).query::<V>(&mut writer));
-    assert!(!wait_until(Duration::from_millis(300), || write.is_finished()));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let V::BulkString(text) = raw(admin, &["INFO", "clients"]) else {
+                panic!()
+            };
+            String::from_utf8_lossy(&text).contains("blocked_clients:1\r\n")
+        }),
+        "the write is held"
+    );
+    assert!(!write.is_finished());
     let started = std::time::Instant::now();
     assert!(server.terminate().success());
     assert!(
