@@ -101,7 +101,8 @@ pub async fn run(
                     continue;
                 }
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-                connections.spawn(connection(node.clone(), socket, fd, addr, laddr, stop_rx.clone()));
+                let client = Accepted { fd, addr, laddr, authenticated: !node.config.requirepass.required() };
+                connections.spawn(connection(node.clone(), socket, client, stop_rx.clone()));
             }
             accepted = accept_tls(tls_listener.as_ref()) => {
                 let Some((socket, addr, laddr)) = accepted_socket(accepted, &node.config) else {
@@ -118,6 +119,7 @@ pub async fn run(
                     continue;
                 };
                 let (node, mut stop) = (node.clone(), stop_rx.clone());
+                let authenticated = !node.config.requirepass.required();
                 connections.spawn(async move {
                     // The handshake in the connection's own task: a slow
                     // or silent client holds up no other, nor a shutdown.
@@ -128,7 +130,8 @@ pub async fn run(
                     drop(handshake);
                     if let Some(stream) = accepted {
                         let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
-                        connection(node, stream, fd, addr, laddr, stop).await;
+                        let client = Accepted { fd, addr, laddr, authenticated };
+                        connection(node, stream, client, stop).await;
                     }
                 });
             }
@@ -517,14 +520,28 @@ impl Drop for Blocked<'_> {
     }
 }
 
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
-    node: Arc<Node>,
-    mut socket: S,
+/// A client connection as it was accepted.
+struct Accepted {
     fd: std::os::fd::RawFd,
     addr: String,
     laddr: String,
+    /// No password was needed when it connected (Redis decides this as it
+    /// accepts the client: a password set after it does not apply to it).
+    authenticated: bool,
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    node: Arc<Node>,
+    mut socket: S,
+    client: Accepted,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Accepted {
+        fd,
+        addr,
+        laddr,
+        authenticated,
+    } = client;
     let id = node.next_client_id();
     let mut conn = Conn {
         id,
@@ -532,7 +549,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         name: None,
         lib_name: None,
         lib_ver: None,
-        authenticated: !node.config.requirepass.required(),
+        authenticated,
         in_exec: false,
         quit: false,
         reply_off: false,

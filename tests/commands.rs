@@ -2381,20 +2381,7 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     assert_eq!(raw(reader, &["EXISTS", "n"]), queued);
     assert_eq!(raw(reader, &["EXEC"]), V::Array(vec![V::Nil, V::Int(0)]));
     // Both held: blocked clients, as Redis counts them.
-    let blocked = || {
-        let V::BulkString(text) = raw(&mut server.client(), &["INFO", "clients"]) else {
-            panic!()
-        };
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix("blocked_clients:").map(str::to_string))
-            .expect("blocked_clients")
-    };
-    assert!(
-        wait_until(Duration::from_secs(10), || blocked() == "2"),
-        "{}",
-        blocked()
-    );
+    assert!(server.blocked_clients_reach(2));
     assert!(
         !write.is_finished() && !exec.is_finished(),
         "a write ran during CLIENT PAUSE WRITE"
@@ -2511,15 +2498,7 @@ fn a_write_held_by_a_pause_fails_when_the_node_stops() {
     let mut writer = server.client();
     assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
     let write = std::thread::spawn(move || cmd(&["SET", "late", "v"]).query::<V>(&mut writer));
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            let V::BulkString(text) = raw(admin, &["INFO", "clients"]) else {
-                panic!()
-            };
-            String::from_utf8_lossy(&text).contains("blocked_clients:1\r\n")
-        }),
-        "the write is held"
-    );
+    assert!(server.blocked_clients_reach(1), "the write is held");
     assert!(!write.is_finished());
     let started = std::time::Instant::now();
     assert!(server.terminate().success());
@@ -2745,26 +2724,21 @@ fn config_set_takes_effect_at_once() {
 
     // appendfsync: under always each acknowledged write was synced, under
     // no none is.
-    let syncs = |c: &mut redis::Connection| -> u64 {
-        let V::BulkString(text) = raw(c, &["INFO", "persistence"]) else {
-            panic!()
-        };
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix("wal_syncs:"))
+    let syncs = || -> u64 {
+        server
+            .info_field("persistence", "wal_syncs")
             .expect("wal_syncs")
-            .trim()
             .parse()
             .unwrap()
     };
     for (policy, synced_each) in [("always", true), ("no", false)] {
         assert_eq!(raw(c, &["CONFIG", "SET", "appendfsync", policy]), ok());
         assert_eq!(get(c, "appendfsync"), policy);
-        let before = syncs(c);
+        let before = syncs();
         for i in 0..20 {
             assert_eq!(raw(c, &["SET", &format!("sync-{i}"), "v"]), ok());
         }
-        let synced = syncs(c) - before;
+        let synced = syncs() - before;
         if synced_each {
             assert!(synced >= 20, "{policy}: {synced} syncs for 20 writes");
         } else {

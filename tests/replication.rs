@@ -1715,13 +1715,7 @@ fn failover_swaps_roles_unless_aborted_or_timed_out() {
         // runs once the failover is given up.
         let mut writer = primary.client();
         let held = std::thread::spawn(move || write(&mut writer, "during"));
-        assert!(
-            wait_until(Duration::from_secs(10), || primary
-                .info_field("clients", "blocked_clients")
-                .as_deref()
-                == Some("1")),
-            "the write is held"
-        );
+        assert!(primary.blocked_clients_reach(1), "the write is held");
         assert_eq!(
             cmd(&["GET", "before"])
                 .query::<Option<String>>(p)
@@ -1883,13 +1877,7 @@ fn failover_shows_the_hand_over_in_progress() {
             .query::<String>(&mut writer)
             .map_err(|e| e.to_string())
     });
-    assert!(
-        wait_until(Duration::from_secs(10), || primary
-            .info_field("clients", "blocked_clients")
-            .as_deref()
-            == Some("1")),
-        "the write is held"
-    );
+    assert!(primary.blocked_clients_reach(1), "the write is held");
     down.unstall();
     assert!(
         wait_until(Duration::from_secs(20), || {

@@ -329,6 +329,14 @@ impl Server {
             .find_map(|l| l.strip_prefix(&format!("{field}:")))
             .map(|v| v.trim().to_string())
     }
+
+    /// Waits up to 10 s for INFO to count `count` blocked clients (held by
+    /// a pause or in a WAIT); whether it did.
+    pub fn blocked_clients_reach(&self, count: u64) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            self.info_field("clients", "blocked_clients") == Some(count.to_string())
+        })
+    }
 }
 
 /// `count` SETs of random keys (of `keys` distinct) with 32-byte values,
