@@ -101,7 +101,8 @@ pub async fn run(
                     continue;
                 }
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
-                let client = Accepted { fd, addr, laddr, authenticated: !node.config.requirepass.required() };
+                let authenticated = !node.config.requirepass.required();
+                let client = Accepted { fd, addr, laddr, authenticated };
                 connections.spawn(connection(node.clone(), socket, client, stop_rx.clone()));
             }
             accepted = accept_tls(tls_listener.as_ref()) => {

@@ -203,7 +203,17 @@ fn corrupted_frames_are_rejected_before_they_are_written() {
     let mut rng = SeededRng::new(seed);
     let started = Instant::now();
     let mut round = 0;
-    while (proxy.flips() < 20 || round < 10) && started.elapsed() < Duration::from_secs(60) {
+    // Until a flip has landed in a frame's bytes (one in the stream's own
+    // framing breaks the link instead), within a bound: which bytes a flip
+    // hits depends on how the stream was cut into chunks.
+    let rejected = || {
+        status(replica.grpc)
+            .primary_link
+            .is_some_and(|link| link.frames_rejected > 0)
+    };
+    while (proxy.flips() < 20 || round < 10 || !rejected())
+        && started.elapsed() < Duration::from_secs(60)
+    {
         load(&primary, rng.next_u64(), 2_000, 10_000, 100);
         round += 1;
     }
