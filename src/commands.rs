@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use ferry_engine::{Entry, Reader, Value, View, string_bytes};
+use ferry_engine::{Entry, PausePurpose, Reader, Value, View, string_bytes};
 use ferry_proto::v1::{self as pb, mutation::Op};
 
 use crate::dump::Dumped;
@@ -3248,11 +3248,11 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             let until = now
                 .checked_add(std::time::Duration::from_millis(ms as u64))
                 .unwrap_or(now + CLIENT_PAUSE_MAX);
-            node.pipeline.pause(Some((until, all)));
+            node.pipeline.pause(PausePurpose::Client, until, all);
             Reply::ok()
         }
         ("unpause", 2) => {
-            node.pipeline.pause(None);
+            node.pipeline.unpause(PausePurpose::Client);
             Reply::ok()
         }
         // As Redis's: OFF's and SKIP's own replies are not sent either.

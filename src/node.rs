@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use ferry_engine::{Engine, Pipeline};
+use ferry_engine::{Engine, PausePurpose, Pipeline};
 use ferry_receiver::{LinkStatus, Receiver, ReceiverConfig};
 use ferry_shipper::{Shipper, ShipperConfig};
 use ferry_wal::{Lsn, SyncPolicy, Wal, WalOptions};
@@ -1583,7 +1583,7 @@ impl Node {
         force: bool,
     ) -> Result<(), ()> {
         let held = if now || self.is_replica() {
-            None
+            false
         } else {
             self.wait_for_replicas_to_stop().await?
         };
@@ -1592,8 +1592,8 @@ impl Node {
         {
             tracing::warn!(why, force, "SHUTDOWN: the save failed");
             if !force {
-                if let Some(before) = held {
-                    self.pipeline.pause(before);
+                if held {
+                    self.pipeline.unpause(PausePurpose::Shutdown);
                 }
                 return Err(());
             }
@@ -1604,12 +1604,13 @@ impl Node {
     }
 
     /// Holds writes while replicas that have not flushed the last write
-    /// catch up, up to `--shutdown-timeout`; the pause it replaced, if it
-    /// held writes (`None`: every replica had everything). `Err` if a
-    /// SHUTDOWN ABORT came first (the writes run again).
-    async fn wait_for_replicas_to_stop(&self) -> Result<Option<Option<(Instant, bool)>>, ()> {
+    /// catch up, up to `--shutdown-timeout`; whether this SHUTDOWN holds
+    /// them (not if every replica had everything, nor if another SHUTDOWN
+    /// waiting already does). `Err` if a SHUTDOWN ABORT came first (the
+    /// writes run again).
+    async fn wait_for_replicas_to_stop(&self) -> Result<bool, ()> {
         if self.shipper.behind(self.wal.last_lsn()) == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         // The first SHUTDOWN holds the writes; another while it waits
         // waits beside it, and ends as it ends.
@@ -1627,14 +1628,16 @@ impl Node {
                 }
             }
         };
-        let before = self.pipeline.paused();
         let timeout =
             Duration::from_secs(self.config.shutdown_timeout_secs.load(Ordering::Relaxed));
         let until = Instant::now() + timeout;
         if owner {
             // Held past the wait, through the save and the stop.
-            self.pipeline
-                .pause(Some((Instant::now() + SHUTDOWN_HOLD_MAX, false)));
+            self.pipeline.pause(
+                PausePurpose::Shutdown,
+                Instant::now() + SHUTDOWN_HOLD_MAX,
+                false,
+            );
         }
         self.pipeline.quiesce().await;
         let last = self.wal.last_lsn();
@@ -1663,11 +1666,11 @@ impl Node {
                 .take();
         }
         match caught_up {
-            Ok(true) => Ok(Some(before)),
+            Ok(true) => Ok(owner),
             Ok(false) => {
                 if owner {
                     tracing::info!("SHUTDOWN aborted: writes go on");
-                    self.pipeline.pause(before);
+                    self.pipeline.unpause(PausePurpose::Shutdown);
                 }
                 Err(())
             }
@@ -1677,7 +1680,7 @@ impl Node {
                     ?timeout,
                     "SHUTDOWN: replicas still lag after --shutdown-timeout; stopping all the same"
                 );
-                Ok(Some(before))
+                Ok(owner)
             }
         }
     }
@@ -1703,9 +1706,11 @@ impl Node {
         let (fenced_tx, fenced) = tokio::sync::oneshot::channel();
         let node = self.clone();
         tokio::spawn(async move {
-            let before = node.pipeline.paused();
-            node.pipeline
-                .pause(Some((Instant::now() + FAILOVER_HOLD_MAX, false)));
+            node.pipeline.pause(
+                PausePurpose::Failover,
+                Instant::now() + FAILOVER_HOLD_MAX,
+                false,
+            );
             node.pipeline.fence().await;
             let _ = fenced_tx.send(());
             match node
@@ -1730,9 +1735,9 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
-            // The held writes go on (the pause before, if any, holds
-            // again): run, or refused on a replica.
-            node.pipeline.pause(before);
+            // The held writes go on (unless another pause holds them):
+            // run, or refused on a replica.
+            node.pipeline.unpause(PausePurpose::Failover);
         });
         let _ = fenced.await;
         Ok(())

@@ -146,9 +146,8 @@ pub async fn run(
     // What a CLIENT PAUSE holds fails instead of waiting out the pause
     // (writes held for a switchover must not run now).
     if node.pipeline.refuse_paused() {
-        tracing::warn!("the commands held by CLIENT PAUSE fail: the node is shutting down");
+        tracing::warn!("the commands held by a pause fail: the node is shutting down");
     }
-    node.pipeline.pause(None);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while connections.join_next().await.is_some() {}
     })
@@ -902,10 +901,9 @@ async fn dispatch(
     queue: &mut VecDeque<Queued>,
     out: &mut BytesMut,
 ) -> Option<Queued> {
-    // CLIENT PAUSE ALL holds every command but the one that ends it.
-    let unpause =
-        args.len() == 2 && commands::eq(&args[0], "client") && commands::eq(&args[1], "unpause");
-    if !unpause && node.pipeline.paused().is_some_and(|(_, all)| all) {
+    // CLIENT PAUSE ALL holds every command, CLIENT UNPAUSE too (as in
+    // Redis: it ends at its timeout).
+    if node.pipeline.is_all_paused() {
         let _blocked = Blocked::begin(&node.stats.blocked_clients);
         node.pipeline.until_all_unpaused().await;
     }

@@ -2351,9 +2351,9 @@ fn monitor_shows_each_command_that_ran() {
     );
 }
 
-/// CLIENT PAUSE as Redis 7.0's: WRITE holds writes (reads go on), ALL
-/// holds every command, until the timeout or CLIENT UNPAUSE (which ALL
-/// lets through here); what was held then runs.
+/// CLIENT PAUSE as Redis 7.0's: WRITE holds writes (reads go on) until
+/// the timeout or CLIENT UNPAUSE, ALL holds every command (CLIENT UNPAUSE
+/// too) until the timeout; what was held then runs.
 #[test]
 fn client_pause_holds_writes_or_everything_until_unpaused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -2392,15 +2392,32 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     assert_eq!(exec.join().unwrap(), V::Array(vec![V::Int(1)]));
     assert_eq!(raw(reader, &["GET", "k"]), bulk("v"));
 
-    let pinger = server.client();
-    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000"]), ok());
-    let ping = held(pinger, &["PING"]);
-    assert!(
-        !wait_until(Duration::from_millis(300), || ping.is_finished()),
-        "a command ran during CLIENT PAUSE ALL"
-    );
+    // A second CLIENT PAUSE neither shortens the first nor lets more
+    // through (as in Redis): the write after a pause of 0 is held.
+    let writer = server.client();
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "0", "WRITE"]), ok());
+    let write = held(writer, &["SET", "k", "w"]);
+    assert!(server.blocked_clients_reach(1), "the write is held");
     assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
-    assert_eq!(ping.join().unwrap(), V::SimpleString("PONG".into()));
+    assert_eq!(write.join().unwrap(), ok());
+
+    // A pause of everything holds every command, CLIENT UNPAUSE too (as
+    // in Redis): both run once it ends at its timeout.
+    let mut pinger = server.client();
+    let paused_at = std::time::Instant::now();
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "500"]), ok());
+    let ping = std::thread::spawn(move || (raw(&mut pinger, &["PING"]), paused_at.elapsed()));
+    assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
+    let unpaused = paused_at.elapsed();
+    let (pong, ponged) = ping.join().unwrap();
+    assert_eq!(pong, V::SimpleString("PONG".into()));
+    for took in [unpaused, ponged] {
+        assert!(
+            took >= Duration::from_millis(500),
+            "ran during the pause: {took:?}"
+        );
+    }
 
     // A pause ends at its timeout by itself.
     let incr = server.client();

@@ -48,5 +48,5 @@ pub use keys::{
     Entry, Expiring, LONG_STRING_BYTES, ROW_OVERHEAD_BYTES, SCAN_HASH_MAX, STRING_CHUNK_BYTES,
     Value, scan_hash, stored_bytes,
 };
-pub use pipeline::{Pipeline, Reader, Ticket, View};
+pub use pipeline::{PausePurpose, Pipeline, Reader, Ticket, View};
 pub use watch::Watch;

@@ -842,9 +842,8 @@ pub struct Pipeline {
     /// ([`EngineError::ReadOnly`]); checked under the executor lock, so
     /// [`Pipeline::fence`] knows no write slips past it.
     writable: AtomicBool,
-    /// Until when commands wait before they run, and whether all of a
-    /// node's do or only those of the write path ([`Pipeline::pause`]).
-    paused: watch::Sender<Option<(std::time::Instant, bool)>>,
+    /// The pauses on, one per purpose ([`Pipeline::pause`]).
+    paused: watch::Sender<Pauses>,
     /// Set by [`Pipeline::refuse_paused`]: the held commands fail.
     refusing: AtomicBool,
 }
@@ -852,6 +851,46 @@ pub struct Pipeline {
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+/// Why commands are held ([`Pipeline::pause`]); each purpose's pause is
+/// kept apart, as Redis keeps them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PausePurpose {
+    /// CLIENT PAUSE, until CLIENT UNPAUSE or its timeout.
+    Client,
+    /// A SHUTDOWN waiting for replicas to catch up.
+    Shutdown,
+    /// A FAILOVER handing the primary's role over.
+    Failover,
+}
+
+/// How many [`PausePurpose`]s there are.
+const PAUSE_PURPOSES: usize = 3;
+
+/// One purpose's pause: until when, and whether of every command or only
+/// of the write path's.
+#[derive(Clone, Copy, Debug)]
+struct Pause {
+    until: std::time::Instant,
+    all: bool,
+}
+
+/// The pause of each purpose, if on.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pauses([Option<Pause>; PAUSE_PURPOSES]);
+
+impl Pauses {
+    /// When the last pause holding writes (`all`: holding everything)
+    /// ends, if one holds at `now`.
+    fn end(&self, all: bool, now: std::time::Instant) -> Option<std::time::Instant> {
+        self.0
+            .iter()
+            .flatten()
+            .filter(|p| (p.all || !all) && p.until > now)
+            .map(|p| p.until)
+            .max()
     }
 }
 
@@ -899,42 +938,64 @@ impl Pipeline {
             applier,
             applied_seq,
             writable: AtomicBool::new(true),
-            paused: watch::Sender::new(None),
+            paused: watch::Sender::new(Pauses::default()),
             refusing: AtomicBool::new(false),
         }
     }
 
-    /// Ends a pause by failing the commands it holds, and any after
+    /// Ends every pause by failing the commands they hold, and any after
     /// ([`EngineError::Stopped`]), as the node shuts down: a write held by
     /// a pause for a switchover must not run on the old primary once its
     /// replica may have taken over. Whether a pause was on.
     pub fn refuse_paused(&self) -> bool {
-        if !self.is_paused() {
-            return false;
+        let was = self.is_paused();
+        if was {
+            self.refusing.store(true, Ordering::Release);
         }
-        self.refusing.store(true, Ordering::Release);
-        self.paused.send_replace(None);
-        true
+        self.paused.send_replace(Pauses::default());
+        was
     }
 
-    /// Has the write path's commands wait until `until` before they run
-    /// (`None`: no more), as CLIENT PAUSE WRITE has writes wait; with
-    /// `all`, [`Pipeline::until_all_unpaused`] holds every other command
-    /// too (CLIENT PAUSE ALL). Checked under the executor lock: once
+    /// Has the write path's commands wait until `until` before they run,
+    /// as CLIENT PAUSE WRITE has writes wait; with `all`,
+    /// [`Pipeline::until_all_unpaused`] holds every other command too
+    /// (CLIENT PAUSE ALL). Each purpose's pause is kept apart, as Redis
+    /// keeps them: ending one ([`Pipeline::unpause`]) leaves the others
+    /// on, and a pause for a purpose already paused neither shortens it
+    /// nor lets more through. Checked under the executor lock: once
     /// [`Pipeline::quiesce`] returns after it, no command of the write path
     /// runs until the pause ends.
-    pub fn pause(&self, pause: Option<(std::time::Instant, bool)>) {
-        self.paused.send_replace(pause);
+    pub fn pause(&self, purpose: PausePurpose, until: std::time::Instant, all: bool) {
+        let now = std::time::Instant::now();
+        self.paused.send_modify(|pauses| {
+            let slot = &mut pauses.0[purpose as usize];
+            *slot = Some(match *slot {
+                Some(old) if old.until > now => Pause {
+                    until: old.until.max(until),
+                    all: old.all || all,
+                },
+                _ => Pause { until, all },
+            });
+        });
     }
 
-    /// The pause set by [`Pipeline::pause`], if any (it may have ended).
-    pub fn paused(&self) -> Option<(std::time::Instant, bool)> {
-        *self.paused.borrow()
+    /// Ends the pause of `purpose`; the others hold on.
+    pub fn unpause(&self, purpose: PausePurpose) {
+        self.paused
+            .send_modify(|pauses| pauses.0[purpose as usize] = None);
+    }
+
+    /// Whether a pause of everything holds now.
+    pub fn is_all_paused(&self) -> bool {
+        self.paused
+            .borrow()
+            .end(true, std::time::Instant::now())
+            .is_some()
     }
 
     /// Waits while a pause of everything holds ([`Pipeline::pause`]).
     pub async fn until_all_unpaused(&self) {
-        if matches!(*self.paused.borrow(), Some((_, true))) {
+        if self.is_all_paused() {
             self.until_unpaused(true).await;
         }
     }
@@ -946,7 +1007,10 @@ impl Pipeline {
 
     /// Whether the write path's commands are paused now.
     pub fn is_paused(&self) -> bool {
-        matches!(*self.paused.borrow(), Some((until, _)) if until > std::time::Instant::now())
+        self.paused
+            .borrow()
+            .end(false, std::time::Instant::now())
+            .is_some()
     }
 
     /// Waits while the write path's commands are paused, or (`all`) while
@@ -954,17 +1018,13 @@ impl Pipeline {
     async fn until_unpaused(&self, all: bool) {
         let mut paused = self.paused.subscribe();
         loop {
-            let pause = *paused.borrow_and_update();
-            match pause {
-                Some((until, everything))
-                    if (everything || !all) && until > std::time::Instant::now() =>
-                {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(until.into()) => {}
-                        _ = paused.changed() => {}
-                    }
-                }
-                _ => return,
+            let end = paused
+                .borrow_and_update()
+                .end(all, std::time::Instant::now());
+            let Some(until) = end else { return };
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                _ = paused.changed() => {}
             }
         }
     }
