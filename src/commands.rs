@@ -3863,7 +3863,8 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    Set the configuration <directive> to <value>: timeout, tcp-keepalive,",
             "    shutdown-timeout, slowlog-log-slower-than, slowlog-max-len,",
             "    latency-monitor-threshold, replica-serve-stale-data, maxclients,",
-            "    requirepass, acllog-max-len, appendfsync. Others are flags of",
+            "    requirepass, acllog-max-len, appendfsync, proto-max-bulk-len,",
+            "    proto-max-multibulk-len, client-query-buffer-limit. Others are flags of",
             "    ferry serve.",
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
@@ -3880,6 +3881,9 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
 enum Settable {
     /// An integer within bounds (inclusive).
     Int(i64, i64),
+    /// A number of bytes within bounds (inclusive), with or without a
+    /// unit ([`parse_memory`]).
+    Memory(i64, i64),
     /// `yes` or `no`.
     YesNo,
     /// Any bytes.
@@ -3898,8 +3902,15 @@ enum Setting<'a> {
 const SETTABLE: &[(&str, Settable)] = &[
     ("acllog-max-len", Settable::Int(0, i64::MAX)),
     ("appendfsync", Settable::SyncPolicy),
+    (
+        "client-query-buffer-limit",
+        Settable::Memory(1 << 20, i64::MAX),
+    ),
     ("latency-monitor-threshold", Settable::Int(0, i64::MAX)),
     ("maxclients", Settable::Int(1, u32::MAX as i64)),
+    ("proto-max-bulk-len", Settable::Memory(1 << 20, i64::MAX)),
+    // ferry's own (Redis's is fixed).
+    ("proto-max-multibulk-len", Settable::Int(1, i32::MAX as i64)),
     ("replica-serve-stale-data", Settable::YesNo),
     ("requirepass", Settable::Text),
     ("shutdown-timeout", Settable::Int(0, i32::MAX as i64)),
@@ -3945,16 +3956,23 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     let mut values = Vec::with_capacity(chosen.len());
     for (setting, name, kind, value) in &chosen {
         let parsed = match *kind {
-            Settable::Int(low, high) => match parse_i64(value) {
-                None => return failed(name, "argument couldn't be parsed into an integer"),
-                Some(v) if v < low || v > high => {
-                    return failed(
-                        name,
-                        &format!("argument must be between {low} and {high} inclusive"),
-                    );
+            Settable::Int(low, high) | Settable::Memory(low, high) => {
+                let number = if let Settable::Memory(..) = kind {
+                    parse_memory(value).ok_or("argument must be a memory value")
+                } else {
+                    parse_i64(value).ok_or("argument couldn't be parsed into an integer")
+                };
+                match number {
+                    Err(why) => return failed(name, why),
+                    Ok(v) if v < low || v > high => {
+                        return failed(
+                            name,
+                            &format!("argument must be between {low} and {high} inclusive"),
+                        );
+                    }
+                    Ok(v) => Setting::Int(v),
                 }
-                Some(v) => Setting::Int(v),
-            },
+            }
             Settable::YesNo if eq(value, "yes") => Setting::Int(1),
             Settable::YesNo if eq(value, "no") => Setting::Int(0),
             Settable::YesNo => return failed(name, "argument must be 'yes' or 'no'"),
@@ -4008,6 +4026,17 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                 let unsigned = v.max(0) as u64;
                 match name {
                     "maxclients" => c.maxclients.store(unsigned as usize, Ordering::Relaxed),
+                    "client-query-buffer-limit" => c
+                        .client_query_buffer_limit
+                        .store(unsigned as usize, Ordering::Relaxed),
+                    "proto-max-bulk-len" => {
+                        c.proto_max_bulk_len
+                            .store(unsigned as usize, Ordering::Relaxed);
+                        set_string_bytes_max(unsigned as usize);
+                    }
+                    "proto-max-multibulk-len" => c
+                        .proto_max_multibulk_len
+                        .store(unsigned as usize, Ordering::Relaxed),
                     "acllog-max-len" => c.acllog_max_len.store(unsigned, Ordering::Relaxed),
                     "latency-monitor-threshold" => node.latency.set_threshold_ms(unsigned),
                     "replica-serve-stale-data" => {
@@ -4029,6 +4058,27 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
         }
     }
     Reply::ok()
+}
+
+/// A number of bytes as Redis's configuration writes one: digits, then
+/// optionally a unit, `b`, `k` (1000), `kb` (1024), `m`, `mb`, `g` or `gb`,
+/// in any case. Past `u64` it wraps to a negative `i64` (out of every
+/// setting's bounds), as Redis's value does. `None`: not a memory value.
+fn parse_memory(value: &[u8]) -> Option<i64> {
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    let unit = String::from_utf8_lossy(&value[digits..]).to_ascii_lowercase();
+    let mul: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    let number: u64 = std::str::from_utf8(&value[..digits]).ok()?.parse().ok()?;
+    Some(number.checked_mul(mul).map_or(-1, |bytes| bytes as i64))
 }
 
 /// MEMORY USAGE's fields of a hash read when no SAMPLES is given, as

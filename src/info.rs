@@ -533,7 +533,9 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("appendonly".into(), "yes".into()),
         (
             "client-query-buffer-limit".into(),
-            c.client_query_buffer_limit.to_string(),
+            c.client_query_buffer_limit
+                .load(Ordering::Relaxed)
+                .to_string(),
         ),
         ("databases".into(), "1".into()),
         (
@@ -565,11 +567,13 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ),
         (
             "proto-max-bulk-len".into(),
-            c.proto_max_bulk_len.to_string(),
+            c.proto_max_bulk_len.load(Ordering::Relaxed).to_string(),
         ),
         (
             "proto-max-multibulk-len".into(),
-            c.proto_max_multibulk_len.to_string(),
+            c.proto_max_multibulk_len
+                .load(Ordering::Relaxed)
+                .to_string(),
         ),
         (
             "requirepass".into(),

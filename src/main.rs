@@ -686,16 +686,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             acllog_max_len: (args.acllog_max_len as u64).into(),
             latency_monitor_threshold: args.latency_monitor_threshold,
             read_cache_bytes: args.read_cache_bytes,
-            proto_max_bulk_len: args.proto_max_bulk_len,
-            proto_max_multibulk_len: args.proto_max_multibulk_len,
-            client_query_buffer_limit: args.client_query_buffer_limit,
+            proto_max_bulk_len: args.proto_max_bulk_len.into(),
+            proto_max_multibulk_len: args.proto_max_multibulk_len.into(),
+            client_query_buffer_limit: args.client_query_buffer_limit.into(),
             timeout_secs: args.timeout.into(),
             tcp_keepalive_secs: args.tcp_keepalive.into(),
             wal_retention_max_bytes: args.wal_retention_max_bytes,
             wal_segment_bytes: args.wal_segment_bytes.max(1 << 16),
             snapshot_rate_limit: args.snapshot_rate_limit,
         };
-        commands::set_string_bytes_max(config.proto_max_bulk_len);
+        commands::set_string_bytes_max(args.proto_max_bulk_len);
         let node = Arc::new(Node::open(config, resp_addr, grpc_addr).await?);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -170,9 +170,11 @@ pub struct Config {
     pub latency_monitor_threshold: u64,
     /// Bytes of key entries kept in memory for reads (0: none).
     pub read_cache_bytes: usize,
-    pub proto_max_bulk_len: usize,
-    pub proto_max_multibulk_len: usize,
-    pub client_query_buffer_limit: usize,
+    /// Largest bulk string in a request (`--proto-max-bulk-len`; CONFIG
+    /// SET changes it, and [`crate::commands::set_string_bytes_max`]).
+    pub proto_max_bulk_len: AtomicUsize,
+    pub proto_max_multibulk_len: AtomicUsize,
+    pub client_query_buffer_limit: AtomicUsize,
     /// Seconds after which an idle client is closed (`--timeout`; 0:
     /// never).
     pub timeout_secs: AtomicU64,

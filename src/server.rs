@@ -583,8 +583,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             },
         );
     let limits = |conn: &Conn| ParseLimits {
-        bulk_bytes_max: node.config.proto_max_bulk_len,
-        multibulk_len_max: node.config.proto_max_multibulk_len,
+        bulk_bytes_max: node.config.proto_max_bulk_len.load(Ordering::Relaxed),
+        multibulk_len_max: node.config.proto_max_multibulk_len.load(Ordering::Relaxed),
         unauthenticated: commands::must_authenticate(&node, conn),
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -643,7 +643,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
         }
-        if buf.len() > node.config.client_query_buffer_limit {
+        if buf.len()
+            > node
+                .config
+                .client_query_buffer_limit
+                .load(Ordering::Relaxed)
+        {
             tracing::warn!(
                 client = id,
                 bytes = buf.len(),

@@ -1692,6 +1692,40 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "CONFIG SET of the size limits, in bytes or with units",
+            [
+                resp(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"1000"]),
+                resp(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"1.5mb"]),
+                resp(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"-1"]),
+                resp(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"2xb"]),
+                resp(&[
+                    b"CONFIG",
+                    b"SET",
+                    b"client-query-buffer-limit",
+                    b"9223372036854775808",
+                ]),
+                resp(&[
+                    b"CONFIG",
+                    b"SET",
+                    b"proto-max-bulk-len",
+                    b"2MB",
+                    b"client-query-buffer-limit",
+                    b"3g",
+                ]),
+                resp(&[b"CONFIG", b"GET", b"proto-max-bulk-len"]),
+                resp(&[b"CONFIG", b"GET", b"client-query-buffer-limit"]),
+                // The largest string SETRANGE may build follows.
+                resp(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"1048577"]),
+                resp(&[b"SETRANGE", b"limit-k", b"1048576", b"x"]),
+                resp(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"1mb"]),
+                resp(&[b"SETRANGE", b"limit-k2", b"1048576", b"x"]),
+                resp(&[b"APPEND", b"limit-k", b"y"]),
+                resp(&[b"DEL", b"limit-k"]),
+                resp(&[b"CONFIG", b"SET", b"client-query-buffer-limit", b"1gb"]),
+            ]
+            .concat(),
+        ),
+        (
             "CONFIG SET's refusals, and sets that change nothing",
             [
                 resp(&[b"CONFIG", b"SET", b"foo", b"1"]),

@@ -269,6 +269,91 @@ fn exchange(server: &Server, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The protocol's limits CONFIG SET changes apply to the requests that
+/// come after, on connections open before too: a bulk or an argument count
+/// past them gets Redis's protocol error, a query buffer past its limit
+/// closes the client without a reply; other clients go on.
+#[test]
+fn protocol_limits_set_at_run_time_apply_to_what_comes_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let admin = &mut server.client();
+    let over_a_mib = "x".repeat((1 << 20) + 1);
+    assert_eq!(raw(admin, &["SET", "big", &over_a_mib]), V::Okay);
+    assert_eq!(
+        raw(
+            admin,
+            &[
+                "CONFIG",
+                "SET",
+                "proto-max-bulk-len",
+                "1mb",
+                "proto-max-multibulk-len",
+                "5"
+            ]
+        ),
+        V::Okay
+    );
+    let set = |value: &str| {
+        format!(
+            "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{value}\r\n",
+            value.len()
+        )
+    };
+    assert_eq!(
+        exchange(&server, set(&over_a_mib).as_bytes()),
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    assert_eq!(
+        exchange(&server, b"*6\r\n$4\r\nMSET\r\n$1\r\na\r\n"),
+        "-ERR Protocol error: invalid multibulk length\r\n"
+    );
+    let within = [
+        set(&over_a_mib[..1 << 20]).as_bytes(),
+        b"*1\r\n$4\r\nQUIT\r\n",
+    ]
+    .concat();
+    assert_eq!(exchange(&server, &within), "+OK\r\n+OK\r\n");
+    // The admin's own connection is held to them too.
+    assert!(cmd(&["SET", "big", &over_a_mib]).query::<V>(admin).is_err());
+
+    let admin = &mut server.client();
+    for (limit, value) in [
+        ("proto-max-bulk-len", "32mb"),
+        ("client-query-buffer-limit", "1mb"),
+    ] {
+        assert_eq!(raw(admin, &["CONFIG", "SET", limit, value]), V::Okay);
+    }
+    // A bulk of 2 MB (within its limit) buffered past 1 MB: closed, no
+    // reply (not waiting for the rest, as it would under the old limit).
+    let mut s = TcpStream::connect(server.resp).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = [
+        &b"*2\r\n$3\r\nGET\r\n$2000000\r\n"[..],
+        &vec![b'x'; 1_500_000],
+    ]
+    .concat();
+    let mut writer = s.try_clone().expect("clone");
+    let sent = std::thread::spawn(move || {
+        // The server may close before it has read it all.
+        let _ = writer.write_all(&request);
+    });
+    let mut got = Vec::new();
+    let ended = loop {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    sent.join().unwrap();
+    assert!(ended.is_ok(), "the client was not closed: {ended:?}");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(raw(admin, &["STRLEN", "big"]), V::Int(1 << 20));
+}
+
 fn rss(c: &mut redis::Connection) -> u64 {
     let V::BulkString(info) = raw(c, &["INFO", "memory"]) else {
         panic!()
