@@ -3864,7 +3864,8 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    shutdown-timeout, slowlog-log-slower-than, slowlog-max-len,",
             "    latency-monitor-threshold, replica-serve-stale-data, maxclients,",
             "    requirepass, acllog-max-len, appendfsync, proto-max-bulk-len,",
-            "    proto-max-multibulk-len, client-query-buffer-limit. Others are flags of",
+            "    proto-max-multibulk-len, client-query-buffer-limit, min-replicas-to-write,",
+            "    min-replicas-max-lag. Others are flags of",
             "    ferry serve.",
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
@@ -3908,6 +3909,8 @@ const SETTABLE: &[(&str, Settable)] = &[
     ),
     ("latency-monitor-threshold", Settable::Int(0, i64::MAX)),
     ("maxclients", Settable::Int(1, u32::MAX as i64)),
+    ("min-replicas-max-lag", Settable::Int(0, i32::MAX as i64)),
+    ("min-replicas-to-write", Settable::Int(0, i32::MAX as i64)),
     ("proto-max-bulk-len", Settable::Memory(1 << 20, i64::MAX)),
     // ferry's own (Redis's is fixed).
     ("proto-max-multibulk-len", Settable::Int(1, i32::MAX as i64)),
@@ -4010,6 +4013,29 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
         }
     }
     let c = &node.config;
+    // The write lease must still run out before a replica may promote.
+    let lease_setting = |wanted: &str, now: u64| {
+        values
+            .iter()
+            .find_map(|(n, s)| match s {
+                Setting::Int(v) if *n == wanted => Some(*v as u64),
+                _ => None,
+            })
+            .unwrap_or(now)
+    };
+    let to_write = lease_setting(
+        "min-replicas-to-write",
+        c.min_replicas_to_write.load(Ordering::Relaxed) as u64,
+    );
+    let max_lag = lease_setting(
+        "min-replicas-max-lag",
+        c.min_replicas_max_lag_secs.load(Ordering::Relaxed),
+    );
+    if let Err(why) = crate::node::lease_fits_failover(to_write as usize, max_lag, c.failover_after)
+        && let Some((_, name, ..)) = chosen.iter().find(|(n, ..)| n.starts_with("min-replicas-"))
+    {
+        return failed(name, &why);
+    }
     for (name, setting) in values {
         match setting {
             // Not logged: a secret.
@@ -4026,6 +4052,12 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                 let unsigned = v.max(0) as u64;
                 match name {
                     "maxclients" => c.maxclients.store(unsigned as usize, Ordering::Relaxed),
+                    "min-replicas-max-lag" => c
+                        .min_replicas_max_lag_secs
+                        .store(unsigned, Ordering::Relaxed),
+                    "min-replicas-to-write" => c
+                        .min_replicas_to_write
+                        .store(unsigned as usize, Ordering::Relaxed),
                     "client-query-buffer-limit" => c
                         .client_query_buffer_limit
                         .store(unsigned as usize, Ordering::Relaxed),

@@ -552,6 +552,16 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.maxclients.load(Ordering::Relaxed).to_string(),
         ),
         ("maxmemory".into(), "0".into()),
+        (
+            "min-replicas-max-lag".into(),
+            c.min_replicas_max_lag_secs
+                .load(Ordering::Relaxed)
+                .to_string(),
+        ),
+        (
+            "min-replicas-to-write".into(),
+            c.min_replicas_to_write.load(Ordering::Relaxed).to_string(),
+        ),
         ("port".into(), node.resp_port.to_string()),
         ("read-cache-bytes".into(), c.read_cache_bytes.to_string()),
         ("repl-timeout".into(), c.repl_timeout.as_secs().to_string()),

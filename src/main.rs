@@ -187,7 +187,7 @@ struct ServeArgs {
     failover_after: Option<u64>,
     /// The write lease, as Redis's min-replicas-to-write: a primary refuses
     /// writes (-NOREPLICAS) when fewer replicas acked within
-    /// --min-replicas-max-lag. 0: no lease.
+    /// --min-replicas-max-lag. 0 (or a lag of 0): no lease.
     #[arg(long, env = "FERRY_MIN_REPLICAS_TO_WRITE", default_value_t = 0)]
     min_replicas_to_write: usize,
     /// Seconds within which a replica must have acked to count for the lease.
@@ -605,18 +605,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.proto_max_bulk_len > args.client_query_buffer_limit {
         anyhow::bail!("--proto-max-bulk-len must not exceed --client-query-buffer-limit");
     }
-    if let Some(after) = args.failover_after
-        && args.min_replicas_to_write > 0
-    {
-        let needed = args.min_replicas_max_lag + node::FAILOVER_MARGIN.as_secs();
-        if after < needed {
-            anyhow::bail!(
-                "--failover-after {after} must be at least --min-replicas-max-lag ({}) + {} s, so an isolated primary stops writing before a replica promotes",
-                args.min_replicas_max_lag,
-                node::FAILOVER_MARGIN.as_secs()
-            );
-        }
-    }
+    node::lease_fits_failover(
+        args.min_replicas_to_write,
+        args.min_replicas_max_lag,
+        args.failover_after.map(std::time::Duration::from_secs),
+    )
+    .map_err(anyhow::Error::msg)?;
     let worker_threads = args
         .worker_threads
         .map_or_else(worker_threads_default, usize::from);
@@ -672,8 +666,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             replica_serve_stale_data: args.replica_serve_stale_data.into(),
             repl_timeout: std::time::Duration::from_secs(args.repl_timeout.max(1)),
             failover_after: args.failover_after.map(std::time::Duration::from_secs),
-            min_replicas_to_write: args.min_replicas_to_write,
-            min_replicas_max_lag: std::time::Duration::from_secs(args.min_replicas_max_lag),
+            min_replicas_to_write: args.min_replicas_to_write.into(),
+            min_replicas_max_lag_secs: args.min_replicas_max_lag.into(),
             shutdown_timeout_secs: args.shutdown_timeout.into(),
             fsync: args.fsync,
             requirepass: node::Password::new(args.requirepass),

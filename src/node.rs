@@ -71,6 +71,27 @@ pub struct Promotion {
 pub const FAILOVER_MARGIN: Duration = Duration::from_secs(2);
 /// Default for `--min-replicas-max-lag`, in seconds, as Redis.
 pub const MIN_REPLICAS_MAX_LAG_DEFAULT_SECS: u64 = 10;
+
+/// Whether a write lease of `to_write` replicas within `max_lag_secs` runs
+/// out before a replica promoted after `failover_after` may take writes, by
+/// [`FAILOVER_MARGIN`]; the reason if not.
+pub fn lease_fits_failover(
+    to_write: usize,
+    max_lag_secs: u64,
+    failover_after: Option<Duration>,
+) -> Result<(), String> {
+    let Some(after) = failover_after.map(|a| a.as_secs()) else {
+        return Ok(());
+    };
+    let needed = max_lag_secs.saturating_add(FAILOVER_MARGIN.as_secs());
+    if to_write > 0 && max_lag_secs > 0 && after < needed {
+        return Err(format!(
+            "--failover-after {after} must be at least --min-replicas-max-lag ({max_lag_secs}) + {} s, so an isolated primary stops writing before a replica promotes",
+            FAILOVER_MARGIN.as_secs()
+        ));
+    }
+    Ok(())
+}
 /// Default for `--tcp-keepalive`, in seconds, as Redis's.
 pub const TCP_KEEPALIVE_DEFAULT_SECS: u64 = 300;
 /// Default for `--shutdown-timeout`, in seconds, as Redis's
@@ -140,9 +161,10 @@ pub struct Config {
     /// long (and it has applied all it received); `None`: never.
     pub failover_after: Option<Duration>,
     /// The write lease: a primary refuses writes when fewer than this many
-    /// replicas acked within `min_replicas_max_lag` (0: no lease).
-    pub min_replicas_to_write: usize,
-    pub min_replicas_max_lag: Duration,
+    /// replicas acked within `min_replicas_max_lag_secs` (either 0: no
+    /// lease, as in Redis); CONFIG SET changes both ([`Node::lease`]).
+    pub min_replicas_to_write: AtomicUsize,
+    pub min_replicas_max_lag_secs: AtomicU64,
     /// Seconds SHUTDOWN waits for lagging replicas, writes paused.
     pub shutdown_timeout_secs: AtomicU64,
     /// The WAL's sync policy at start (CONFIG SET appendfsync changes the
@@ -2183,11 +2205,22 @@ impl Node {
             .is_some_and(|e| e > self.wal.epoch().0)
     }
 
+    /// The write lease, if one is set: how many replicas must have acked,
+    /// and within how long.
+    pub fn lease(&self) -> Option<(usize, Duration)> {
+        let n = self.config.min_replicas_to_write.load(Ordering::Relaxed);
+        let lag = self
+            .config
+            .min_replicas_max_lag_secs
+            .load(Ordering::Relaxed);
+        (n > 0 && lag > 0).then(|| (n, Duration::from_secs(lag)))
+    }
+
     /// Whether the write lease holds: enough replicas acked recently, or no
-    /// lease is configured.
+    /// lease is set.
     pub fn lease_holds(&self) -> bool {
-        let n = self.config.min_replicas_to_write;
-        n == 0 || self.shipper.acked_within(self.config.min_replicas_max_lag) >= n
+        self.lease()
+            .is_none_or(|(n, lag)| self.shipper.acked_within(lag) >= n)
     }
 
     /// Watches the link to the primary until `stop` turns true: rejoins

@@ -402,7 +402,7 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 /// do not within `--min-replicas-max-lag`, the client gets `-NOREPLICAS`
 /// instead (the write is durable here and may still reach them).
 async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, conn: &mut Conn) {
-    let wanted = node.config.min_replicas_to_write;
+    let lease = node.lease();
     // One deadline for the whole batch of replies.
     let mut deadline = None;
     while let Some(item) = queue.pop_front() {
@@ -416,14 +416,14 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
             Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
                 Ok((reply, Some(lsn))) => {
                     conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
-                    if wanted > 0
+                    if let Some((wanted, lag)) = lease
                         && flushed_by(
                             node,
                             lsn,
                             wanted,
-                            Some(*deadline.get_or_insert_with(|| {
-                                tokio::time::Instant::now() + node.config.min_replicas_max_lag
-                            })),
+                            Some(
+                                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + lag),
+                            ),
                         )
                         .await
                             < wanted

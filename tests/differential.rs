@@ -1726,6 +1726,24 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "CONFIG SET of the write lease: on, then off by a lag of 0",
+            [
+                resp(&[b"CONFIG", b"SET", b"min-replicas-to-write", b"-1"]),
+                resp(&[b"CONFIG", b"SET", b"min-replicas-to-write", b"1"]),
+                resp(&[b"CONFIG", b"SET", b"min-replicas-max-lag", b"10"]),
+                resp(&[b"SET", b"lease-k", b"1"]),
+                resp(&[b"GET", b"lease-k"]),
+                resp(&[b"CONFIG", b"GET", b"min-replicas-to-write"]),
+                resp(&[b"CONFIG", b"SET", b"min-replicas-max-lag", b"0"]),
+                resp(&[b"SET", b"lease-k", b"2"]),
+                resp(&[b"CONFIG", b"GET", b"min-replicas-max-lag"]),
+                resp(&[b"CONFIG", b"SET", b"min-replicas-to-write", b"0"]),
+                resp(&[b"CONFIG", b"SET", b"min-replicas-max-lag", b"10"]),
+                resp(&[b"GETDEL", b"lease-k"]),
+            ]
+            .concat(),
+        ),
+        (
             "CONFIG SET's refusals, and sets that change nothing",
             [
                 resp(&[b"CONFIG", b"SET", b"foo", b"1"]),

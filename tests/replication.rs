@@ -931,6 +931,22 @@ fn a_primary_without_its_write_lease_refuses_writes() {
     assert!(wait_until(Duration::from_secs(10), || caught_up(
         &primary, &replica
     )));
+    // CONFIG SET changes the lease: two replicas are wanted and there is
+    // one; a lag of 0 ends the lease (as in Redis).
+    assert_eq!(
+        raw(&mut pc, &["CONFIG", "SET", "min-replicas-to-write", "2"]),
+        redis::Value::Okay
+    );
+    assert_eq!(
+        error(&mut pc, &["SET", "k", "y"]),
+        "NOREPLICAS Not enough good replicas to write."
+    );
+    assert_eq!(
+        raw(&mut pc, &["CONFIG", "SET", "min-replicas-max-lag", "0"]),
+        redis::Value::Okay
+    );
+    assert_eq!(raw(&mut pc, &["SET", "k", "z"]), redis::Value::Okay);
+    assert_eq!(status(primary.grpc).failover_state, "none");
 }
 
 #[test]
@@ -950,6 +966,46 @@ fn failover_after_must_exceed_the_lease_lag_by_a_margin() {
     .err()
     .expect("refused");
     assert!(err.contains("--failover-after 5 must be at least"), "{err}");
+    // Nor may CONFIG SET make the lease outlast it; without a lease any
+    // lag goes.
+    let node = Server::start(
+        &dir.path().join("n"),
+        &[
+            "--failover-after",
+            "5",
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "3",
+        ],
+    );
+    let c = &mut node.client();
+    assert_eq!(
+        error(c, &["CONFIG", "SET", "min-replicas-max-lag", "4"]),
+        "ERR CONFIG SET failed (possibly related to argument 'min-replicas-max-lag') - --failover-after 5 must be at least --min-replicas-max-lag (4) + 2 s, so an isolated primary stops writing before a replica promotes"
+    );
+    assert_eq!(
+        raw(
+            c,
+            &[
+                "CONFIG",
+                "SET",
+                "min-replicas-to-write",
+                "0",
+                "min-replicas-max-lag",
+                "4"
+            ]
+        ),
+        redis::Value::Okay
+    );
+    assert_eq!(
+        node.info_field("replication", "role").as_deref(),
+        Some("master")
+    );
+    let lag = cmd(&["CONFIG", "GET", "min-replicas-max-lag"])
+        .query::<Vec<String>>(c)
+        .expect("CONFIG GET");
+    assert_eq!(lag, ["min-replicas-max-lag", "4"]);
 }
 
 #[test]
