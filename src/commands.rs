@@ -585,7 +585,13 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
     ),
     (
         "config",
-        &[("get", -3), ("help", 2), ("resetstat", 2), ("set", -4)],
+        &[
+            ("get", -3),
+            ("help", 2),
+            ("resetstat", 2),
+            ("rewrite", 2),
+            ("set", -4),
+        ],
     ),
     (
         "latency",
@@ -680,6 +686,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("config|get", &["admin", "slow", "dangerous"]),
     ("config|help", &["slow"]),
     ("config|resetstat", &["admin", "slow", "dangerous"]),
+    ("config|rewrite", &["admin", "slow", "dangerous"]),
     ("config|set", &["admin", "slow", "dangerous"]),
     ("copy", &["keyspace", "write", "slow"]),
     ("dbsize", &["keyspace", "read", "fast"]),
@@ -3851,6 +3858,7 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             Reply::Map(out)
         }
         "set" if args.len() >= 4 => config_set(node, &args[2..]),
+        "rewrite" if args.len() == 2 => config_rewrite(node),
         "resetstat" if args.len() == 2 => {
             node.stats.reset(crate::info::rss_bytes());
             Reply::ok()
@@ -3869,6 +3877,8 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
             "    ferry serve.",
             "RESETSTAT",
             "    Reset statistics reported by the INFO command.",
+            "REWRITE",
+            "    Rewrite the configuration file.",
             "HELP",
             "    Prints this help.",
         ]),
@@ -4092,11 +4102,52 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     Reply::ok()
 }
 
+/// CONFIG REWRITE, as Redis's: the values of what CONFIG SET changes
+/// written into the file the node started with (`--config`), each under its
+/// flag's name: in place on its line, or added at the end unless at its
+/// default; comments and other lines kept, the file replaced whole.
+fn config_rewrite(node: &Node) -> Reply {
+    let Some(file) = &node.config.config_file else {
+        return Reply::err("The server is running without a config file");
+    };
+    let current = crate::info::config_params(node);
+    let settings: Vec<(&str, Option<String>, bool)> = SETTABLE
+        .iter()
+        .map(|(param, _)| {
+            let flag = crate::config_file::flag_name(param);
+            let value = current
+                .iter()
+                .find(|(name, _)| name == param)
+                .map(|(_, value)| value.clone())
+                // No password: no line.
+                .filter(|value| !(*param == "requirepass" && value.is_empty()));
+            let append = value.as_deref() != file.default_of(flag);
+            (flag, value, append)
+        })
+        .collect();
+    let rewritten = std::fs::read_to_string(&file.path).and_then(|text| {
+        crate::config_file::write_atomically(
+            &file.path,
+            &crate::config_file::rewrite(&text, &settings),
+        )
+    });
+    match rewritten {
+        Ok(()) => {
+            tracing::info!(file = %file.path.display(), "CONFIG REWRITE");
+            Reply::ok()
+        }
+        Err(e) => {
+            tracing::warn!(file = %file.path.display(), error = %e, "CONFIG REWRITE failed");
+            Reply::err(format!("Rewriting config file: {e}"))
+        }
+    }
+}
+
 /// A number of bytes as Redis's configuration writes one: digits, then
 /// optionally a unit, `b`, `k` (1000), `kb` (1024), `m`, `mb`, `g` or `gb`,
 /// in any case. Past `u64` it wraps to a negative `i64` (out of every
 /// setting's bounds), as Redis's value does. `None`: not a memory value.
-fn parse_memory(value: &[u8]) -> Option<i64> {
+pub fn parse_memory(value: &[u8]) -> Option<i64> {
     let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
     let unit = String::from_utf8_lossy(&value[digits..]).to_ascii_lowercase();
     let mul: u64 = match unit.as_str() {

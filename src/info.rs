@@ -149,7 +149,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  os:{} {}\r\narch_bits:64\r\nprocess_id:{}\r\nrun_id:{}\r\ntcp_port:{}\r\n\
                  multiplexing_api:{MULTIPLEXING_API}\r\nserver_time_usec:{}\r\n\
                  uptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\nhz:{HZ}\r\nconfigured_hz:{HZ}\r\n\
-                 executable:{}\r\n",
+                 executable:{}\r\nconfig_file:{}\r\n",
                 env!("CARGO_PKG_VERSION"),
                 std::env::consts::OS,
                 std::env::consts::ARCH,
@@ -162,6 +162,11 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 uptime / 86_400,
                 std::env::current_exe()
                     .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                node.config
+                    .config_file
+                    .as_ref()
+                    .map(|f| f.path.display().to_string())
                     .unwrap_or_default(),
             );
         }

@@ -14,6 +14,7 @@
 
 mod certs;
 mod commands;
+mod config_file;
 mod dump;
 mod glob;
 mod info;
@@ -34,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ferry_proto::tls::Tls;
 use ferry_wal::SyncPolicy;
 
@@ -84,6 +85,13 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// A file of settings, one `name value` per line: the flags here
+    /// without their `--` (`fsync always`; Redis's `appendfsync` too), `#`
+    /// for comments, double quotes around a value with spaces. The command
+    /// line and the environment come first; CONFIG REWRITE writes what
+    /// CONFIG SET changed back into it.
+    #[arg(long, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
     /// The node's data directory (WAL, engine, lock file).
     #[arg(long, env = "FERRY_DATA_DIR")]
     data_dir: PathBuf,
@@ -198,8 +206,9 @@ struct ServeArgs {
     /// not wait).
     #[arg(long, env = "FERRY_SHUTDOWN_TIMEOUT", default_value_t = node::SHUTDOWN_TIMEOUT_DEFAULT_SECS)]
     shutdown_timeout: u64,
-    /// Largest bulk string in a request, in bytes.
-    #[arg(long, env = "FERRY_PROTO_MAX_BULK_LEN", default_value_t = node::PROTO_MAX_BULK_LEN_DEFAULT)]
+    /// Largest bulk string in a request, in bytes (or with a unit, as
+    /// Redis's memory values: 512mb, 1gb).
+    #[arg(long, env = "FERRY_PROTO_MAX_BULK_LEN", default_value_t = node::PROTO_MAX_BULK_LEN_DEFAULT, value_parser = parse_bytes)]
     proto_max_bulk_len: usize,
     /// Most arguments in one request.
     #[arg(long, env = "FERRY_PROTO_MAX_MULTIBULK_LEN", default_value_t = node::PROTO_MAX_MULTIBULK_LEN_DEFAULT)]
@@ -217,8 +226,9 @@ struct ServeArgs {
     /// use. 0: no limit.
     #[arg(long, env = "FERRY_SNAPSHOT_RATE_LIMIT", default_value_t = 0)]
     snapshot_rate_limit: u64,
-    /// Most unparsed bytes buffered for one client before it is closed.
-    #[arg(long, env = "FERRY_CLIENT_QUERY_BUFFER_LIMIT", default_value_t = node::CLIENT_QUERY_BUFFER_LIMIT_DEFAULT)]
+    /// Most unparsed bytes buffered for one client before it is closed
+    /// (or with a unit: 1gb).
+    #[arg(long, env = "FERRY_CLIENT_QUERY_BUFFER_LIMIT", default_value_t = node::CLIENT_QUERY_BUFFER_LIMIT_DEFAULT, value_parser = parse_bytes)]
     client_query_buffer_limit: usize,
     /// Closes a client idle this many seconds (Redis's timeout; 0: never).
     /// A MONITOR client, or one waiting in WAIT, is not idle.
@@ -251,6 +261,16 @@ fn parse_host_port(s: &str) -> Result<String, String> {
         Err(format!(
             "expected host:port (an IPv6 host in brackets), got {s:?}"
         ))
+    }
+}
+
+/// A number of bytes, bare or with a unit ([`commands::parse_memory`]).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    match commands::parse_memory(s.as_bytes()) {
+        Some(bytes) if bytes >= 0 => Ok(bytes as usize),
+        _ => Err(format!(
+            "expected a number of bytes, bare or with a unit (k, kb, m, mb, g, gb), got {s:?}"
+        )),
     }
 }
 
@@ -403,7 +423,14 @@ struct ReplayArgs {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let args = config_file::expand_args(
+        std::env::args_os().collect(),
+        Cli::command()
+            .find_subcommand("serve")
+            .expect("the serve command"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let cli = Cli::parse_from(args);
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours for a terminal only: not escape codes in a log file.
@@ -658,7 +685,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
+        let config_file = args
+            .config
+            .as_deref()
+            .map(|path| {
+                let command = Cli::command();
+                let serve = command.find_subcommand("serve").expect("the serve command");
+                config_file::ConfigFile::new(path, serve)
+            })
+            .transpose()
+            .context("--config")?;
         let config = Config {
+            config_file,
             data_dir: args.data_dir,
             announce_resp_addr: args.announce_resp_addr,
             announce_grpc_addr: args.announce_grpc_addr,

@@ -146,6 +146,9 @@ pub const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// change takes effect at once.
 #[derive(Debug)]
 pub struct Config {
+    /// The file of settings the node started with (`--config`), which
+    /// CONFIG REWRITE writes.
+    pub config_file: Option<crate::config_file::ConfigFile>,
     pub data_dir: PathBuf,
     /// The addresses given to other nodes, when not where this one listens
     /// (`host:port`).

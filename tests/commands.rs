@@ -2764,3 +2764,103 @@ fn config_set_takes_effect_at_once() {
     }
     assert_eq!(raw(c, &["CONFIG", "SET", "appendfsync", "everysec"]), ok());
 }
+
+/// `--config FILE`: settings as Redis's file has them (comments, quotes,
+/// units, Redis's `appendfsync`), after the command line and the
+/// environment. CONFIG REWRITE writes the running values of what CONFIG SET
+/// changes back into it, in place or at the end, comments kept, and a
+/// restart on the file alone has them. A setting ferry lacks stops the
+/// start, naming its line.
+#[test]
+fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (file, data) = (dir.path().join("ferry.conf"), dir.path().join("node"));
+    std::fs::write(
+        &file,
+        "# ferry's settings\n\nappendfsync always\nmaxclients 77\nproto-max-bulk-len 2mb\n\
+         slowlog-max-len 5\ntimeout \"0\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let mut server = Server::try_start_env(
+        &data,
+        &["--config", path, "--slowlog-max-len", "6"],
+        &[("FERRY_TIMEOUT", "9")],
+    )
+    .expect("starts");
+    let c = &mut server.client();
+    let get = |c: &mut redis::Connection, name: &str| {
+        cmd(&["CONFIG", "GET", name])
+            .query::<Vec<String>>(c)
+            .expect("CONFIG GET")
+            .pop()
+            .expect("a value")
+    };
+    for (name, value) in [
+        ("appendfsync", "always"),
+        ("maxclients", "77"),
+        ("proto-max-bulk-len", "2097152"),
+        // The command line's, then the environment's, over the file's.
+        ("slowlog-max-len", "6"),
+        ("timeout", "9"),
+    ] {
+        assert_eq!(get(c, name), value, "{name}");
+    }
+    assert_eq!(
+        server.info_field("server", "config_file").as_deref(),
+        Some(path)
+    );
+    assert_eq!(
+        raw(
+            c,
+            &[
+                "CONFIG",
+                "SET",
+                "maxclients",
+                "88",
+                "requirepass",
+                "two words",
+                "tcp-keepalive",
+                "60"
+            ]
+        ),
+        ok()
+    );
+    assert_eq!(raw(c, &["CONFIG", "REWRITE"]), ok());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "# ferry's settings\n\nfsync always\nmaxclients 88\nproto-max-bulk-len 2097152\n\
+         slowlog-max-len 6\ntimeout 9\nrequirepass \"two words\"\ntcp-keepalive 60\n"
+    );
+    server.sigterm();
+    assert!(
+        server
+            .wait_exit(Duration::from_secs(10))
+            .expect("stops")
+            .success()
+    );
+
+    let server = Server::start(&data, &["--config", path]);
+    let c = &mut server.client();
+    let refused = cmd(&["GET", "k"]).query::<V>(c).expect_err("a password");
+    assert_eq!(refused.code(), Some("NOAUTH"), "{refused}");
+    assert_eq!(raw(c, &["AUTH", "two words"]), ok());
+    for (name, value) in [
+        ("maxclients", "88"),
+        ("timeout", "9"),
+        ("tcp-keepalive", "60"),
+        ("slowlog-max-len", "6"),
+    ] {
+        assert_eq!(get(c, name), value, "{name}");
+    }
+    drop(server);
+
+    std::fs::write(&file, "maxclients 10\nbogus 1\n").unwrap();
+    let refused = Server::try_start(&data, &["--config", path])
+        .err()
+        .expect("refused");
+    assert!(
+        refused.contains("line 2: unknown setting 'bogus'"),
+        "{refused}"
+    );
+}

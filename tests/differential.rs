@@ -1747,6 +1747,9 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             "CONFIG SET's refusals, and sets that change nothing",
             [
                 resp(&[b"CONFIG", b"SET", b"foo", b"1"]),
+                // Started without one, as both are here.
+                resp(&[b"CONFIG", b"REWRITE"]),
+                resp(&[b"CONFIG", b"REWRITE", b"x"]),
                 resp(&[b"CONFIG", b"SET", b"timeout", b"x"]),
                 resp(&[b"CONFIG", b"SET", b"timeout", b"05"]),
                 resp(&[b"CONFIG", b"SET", b"timeout", b"-1"]),
