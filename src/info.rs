@@ -169,6 +169,9 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                     .map(|f| f.path.display().to_string())
                     .unwrap_or_default(),
             );
+            if let Some(left) = node.shutdown_in() {
+                let _ = write!(out, "shutdown_in_milliseconds:{}\r\n", left.as_millis());
+            }
         }
         "clients" => {
             let _ = write!(

@@ -1248,6 +1248,8 @@ pub struct Node {
     shutdown_requested: watch::Sender<bool>,
     /// While a SHUTDOWN waits for its replicas: SHUTDOWN ABORT ends it.
     shutdown_waiting: Mutex<Option<watch::Sender<bool>>>,
+    /// Until when that SHUTDOWN waits (INFO's `shutdown_in_milliseconds`).
+    shutdown_deadline: Mutex<Option<Instant>>,
     /// While a FAILOVER runs: FAILOVER ABORT ends its wait.
     failover: Mutex<Option<watch::Sender<bool>>>,
     /// A switchover has asked its replica to promote and awaits the answer
@@ -1431,6 +1433,7 @@ impl Node {
             monitoring: Arc::new(AtomicU64::new(0)),
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),
+            shutdown_deadline: Mutex::new(None),
             failover: Mutex::new(None),
             switchover_promoting: AtomicBool::new(false),
             cursors: Mutex::new(Cursors::default()),
@@ -1597,8 +1600,9 @@ impl Node {
     }
 
     /// SHUTDOWN [NOSAVE|SAVE] [NOW] [FORCE], as Redis 7.0's: unless NOW,
-    /// a primary whose replicas have not all flushed its last write holds
-    /// writes (as CLIENT PAUSE WRITE) and waits for them up to
+    /// a node (a replica too, for replicas of its own) whose replicas have
+    /// not all flushed its last write holds writes (as CLIENT PAUSE WRITE)
+    /// and waits for them up to
     /// `--shutdown-timeout`, or until SHUTDOWN ABORT; then, with SAVE, a
     /// save (its failure ends the shutdown unless FORCE); then the node
     /// stops as on SIGTERM. `Err`: the shutdown did not happen (aborted,
@@ -1609,7 +1613,7 @@ impl Node {
         now: bool,
         force: bool,
     ) -> Result<(), ()> {
-        let held = if now || self.is_replica() {
+        let held = if now {
             false
         } else {
             self.wait_for_replicas_to_stop().await?
@@ -1659,6 +1663,10 @@ impl Node {
             Duration::from_secs(self.config.shutdown_timeout_secs.load(Ordering::Relaxed));
         let until = Instant::now() + timeout;
         if owner {
+            *self
+                .shutdown_deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(until);
             // Held past the wait, through the save and the stop.
             self.pipeline.pause(
                 PausePurpose::Shutdown,
@@ -1688,6 +1696,10 @@ impl Node {
         .await;
         if owner {
             self.shutdown_waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            self.shutdown_deadline
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
@@ -1823,6 +1835,15 @@ impl Node {
     /// was asked to promote, it goes on).
     pub fn abort_failover(&self) -> bool {
         abort_wait(&self.failover)
+    }
+
+    /// How long a SHUTDOWN waiting for its replicas may still wait, while
+    /// one does.
+    pub fn shutdown_in(&self) -> Option<Duration> {
+        self.shutdown_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|until| until.saturating_duration_since(Instant::now()))
     }
 
     /// SHUTDOWN ABORT: whether a SHUTDOWN was waiting for its replicas

@@ -1974,3 +1974,49 @@ fn failover_shows_the_hand_over_in_progress() {
     );
     assert_eq!(state().as_deref(), Some("no-failover"));
 }
+
+/// A replica's SHUTDOWN waits for its own replica as a primary's does (as
+/// Redis's): INFO shows `shutdown_in_milliseconds` meanwhile, and once the
+/// cascaded replica caught up it stops, the cascaded one holding every
+/// write the replica had.
+#[test]
+fn a_replica_s_shutdown_waits_for_its_cascaded_replica() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let mut replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    let proxy = Proxy::start(replica.grpc);
+    let cascaded = Server::replica(&dir.path().join("c"), &proxy.url(), &[]);
+    let p = &mut primary.client();
+    cmd(&["SET", "early", "1"]).query::<()>(p).expect("SET");
+    assert!(wait_until(Duration::from_secs(10), || {
+        caught_up(&primary, &replica) && caught_up(&replica, &cascaded)
+    }));
+    proxy.stall();
+    cmd(&["SET", "late", "1"]).query::<()>(p).expect("SET");
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let mut r = replica.client();
+    let shutdown = std::thread::spawn(move || cmd(&["SHUTDOWN"]).query::<redis::Value>(&mut r));
+    assert!(
+        wait_until(Duration::from_secs(10), || replica
+            .info_field("server", "shutdown_in_milliseconds")
+            .is_some()),
+        "the replica waits for its own replica"
+    );
+    proxy.unstall();
+    let exited = replica
+        .wait_exit(Duration::from_secs(20))
+        .expect("the replica stops once its replica caught up");
+    assert!(exited.success());
+    assert!(shutdown.join().unwrap().is_err(), "closed with no reply");
+    let c = &mut cascaded.client();
+    assert_eq!(
+        cmd(&["GET", "late"])
+            .query::<Option<String>>(c)
+            .expect("GET"),
+        Some("1".into()),
+        "the write reached the cascaded replica before the replica stopped"
+    );
+}
