@@ -613,6 +613,8 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ("tls-cert-file".into(), path_text(tls_files.cert.as_deref())),
         ("tls-key-file".into(), path_text(tls_files.key.as_deref())),
         ("tls-protocols".into(), c.tls.protocols().to_string()),
+        ("tls-ciphers".into(), c.tls.ciphers().names(false)),
+        ("tls-ciphersuites".into(), c.tls.ciphers().names(true)),
         (
             "slowlog-log-slower-than".into(),
             c.slowlog_log_slower_than

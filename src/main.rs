@@ -139,6 +139,8 @@ struct ServeArgs {
     /// "TLSv1.2 TLSv1.3" (the default), "TLSv1.3" or "TLSv1.2".
     #[arg(long, env = "FERRY_TLS_PROTOCOLS", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<ferry_proto::tls::TlsProtocols>()))]
     tls_protocols: Option<ferry_proto::tls::TlsProtocols>,
+    #[command(flatten)]
+    tls_ciphers: TlsCipherArgs,
     /// A token Prometheus must send (`Authorization: Bearer TOKEN`, its
     /// scrape config's `authorization: credentials:`) to read the metrics;
     /// 401 without it. Printable ASCII without spaces. Default: none asked.
@@ -279,6 +281,45 @@ fn parse_yes_no(s: &str) -> Result<bool, String> {
         "yes" => Ok(true),
         "no" => Ok(false),
         _ => Err(format!("expected yes or no, got {s:?}")),
+    }
+}
+
+/// The cipher suites a node serves over TLS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsCipherArgs {
+    /// The cipher suites served over TLSv1.2, by OpenSSL's names as
+    /// Redis's tls-ciphers, separated by ':'
+    /// (ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384). Default:
+    /// all that rustls has, every one an AEAD with forward secrecy.
+    #[arg(long, env = "FERRY_TLS_CIPHERS", value_parser = |s: &str| ferry_proto::tls::TlsCiphers::parse(s, false).map(|_| s.to_string()))]
+    tls_ciphers: Option<String>,
+    /// The cipher suites served over TLSv1.3, as Redis's tls-ciphersuites
+    /// (TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256). Default: all
+    /// three.
+    #[arg(long, env = "FERRY_TLS_CIPHERSUITES", value_parser = |s: &str| ferry_proto::tls::TlsCiphers::parse(s, true).map(|_| s.to_string()))]
+    tls_ciphersuites: Option<String>,
+}
+
+impl TlsCipherArgs {
+    /// The flags given, by name.
+    fn given(&self) -> Option<&'static str> {
+        self.tls_ciphers
+            .as_ref()
+            .map(|_| "--tls-ciphers")
+            .or(self.tls_ciphersuites.as_ref().map(|_| "--tls-ciphersuites"))
+    }
+
+    /// The suites, checked by clap already.
+    fn ciphers(&self) -> ferry_proto::tls::TlsCiphers {
+        let parse = |names: &Option<String>, v1_3| {
+            names.as_deref().map(|names| {
+                ferry_proto::tls::TlsCiphers::parse(names, v1_3).expect("checked when parsed")
+            })
+        };
+        ferry_proto::tls::TlsCiphers::new(
+            parse(&self.tls_ciphers, false),
+            parse(&self.tls_ciphersuites, true),
+        )
     }
 }
 
@@ -540,13 +581,14 @@ impl ClusterArgs {
         &self,
         client_auth: ferry_proto::tls::ClientAuth,
         protocols: ferry_proto::tls::TlsProtocols,
+        ciphers: ferry_proto::tls::TlsCiphers,
     ) -> anyhow::Result<Tls> {
         let files = ferry_proto::tls::TlsFiles {
             cert: self.tls_cert_file.clone(),
             key: self.tls_key_file.clone(),
             ca: self.tls_ca_cert_file.clone(),
         };
-        Ok(Tls::load_serving(&files, client_auth, protocols)?)
+        Ok(Tls::load_serving(&files, client_auth, protocols, ciphers)?)
     }
 
     /// A node's TLS: the three files together or none, and
@@ -560,6 +602,7 @@ impl ClusterArgs {
         &self,
         client_auth: Option<ferry_proto::tls::ClientAuth>,
         protocols: Option<ferry_proto::tls::TlsProtocols>,
+        ciphers: &TlsCipherArgs,
     ) -> anyhow::Result<Tls> {
         let files = [
             ("--tls-cert-file", &self.tls_cert_file),
@@ -583,6 +626,7 @@ impl ClusterArgs {
         } else if let Some(flag) = [
             client_auth.map(|_| "--tls-auth-clients"),
             protocols.map(|_| "--tls-protocols"),
+            ciphers.given(),
         ]
         .into_iter()
         .flatten()
@@ -595,6 +639,7 @@ impl ClusterArgs {
         self.tls(
             client_auth.unwrap_or_default(),
             protocols.unwrap_or_default(),
+            ciphers.ciphers(),
         )
     }
 
@@ -610,6 +655,7 @@ impl ClusterArgs {
             tls: self.tls(
                 ferry_proto::tls::ClientAuth::default(),
                 ferry_proto::tls::TlsProtocols::default(),
+                ferry_proto::tls::TlsCiphers::default(),
             )?,
         })
     }
@@ -623,9 +669,9 @@ fn worker_threads_default() -> usize {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.cluster.check_token()?;
-    let tls = args
-        .cluster
-        .node_tls(args.tls_auth_clients, args.tls_protocols)?;
+    let tls =
+        args.cluster
+            .node_tls(args.tls_auth_clients, args.tls_protocols, &args.tls_ciphers)?;
     if let Some(token) = &args.metrics_token {
         ferry_proto::auth::header_value(token).context("--metrics-token")?;
     }

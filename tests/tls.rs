@@ -1002,6 +1002,115 @@ fn tls_protocols_limit_the_versions_served() {
     assert!(err.contains("--tls-protocols needs TLS"), "{err}");
 }
 
+/// `--tls-ciphers` (TLSv1.2) and `--tls-ciphersuites` (TLSv1.3), as
+/// Redis's: a node told to serve one suite of each refuses a client that
+/// offers only another, and serves one that offers it; CONFIG GET shows
+/// them. A suite ferry lacks, one of the other version, or the flags
+/// without TLS stop the node at start.
+#[test]
+fn tls_ciphers_limit_the_suites_served() {
+    use rustls::CipherSuite as S;
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path(), "cluster");
+    let (cert, key) = pki.node("node");
+    let files = pki.caller("app");
+    let node = Server::start(
+        &dir.path().join("node"),
+        &[
+            tls_flags(&cert, &key, &pki.ca),
+            vec![
+                "--resp-tls-addr",
+                "127.0.0.1:0",
+                "--tls-ciphers",
+                "ECDHE-ECDSA-AES256-GCM-SHA384",
+                "--tls-ciphersuites",
+                "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
+            ],
+        ]
+        .concat(),
+    );
+    let resp = node.resp_tls.expect("resp_tls");
+    // A PING over TLS offering `suites` of `version` only.
+    let ping = |version: &'static rustls::SupportedProtocolVersion, suites: &[S]| {
+        let tcp = std::net::TcpStream::connect(resp).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let config = common::metrics::client_config_offering(&files, &[version], Some(suites));
+        let mut tls =
+            rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
+        tls.write_all(b"*1\r\n$4\r\nPING\r\n")
+            .and_then(|()| tls.flush())
+            .map_err(|e| e.to_string())?;
+        let mut reply = [0u8; 7];
+        tls.read_exact(&mut reply).map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&reply).into_owned())
+    };
+    let v12 = &rustls::version::TLS12;
+    let v13 = &rustls::version::TLS13;
+    for (version, suite, served) in [
+        (v13, S::TLS13_AES_256_GCM_SHA384, true),
+        (v13, S::TLS13_CHACHA20_POLY1305_SHA256, true),
+        (v13, S::TLS13_AES_128_GCM_SHA256, false),
+        (v12, S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, true),
+        (v12, S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, false),
+        (v12, S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, false),
+    ] {
+        let got = ping(version, &[suite]);
+        if served {
+            assert_eq!(got.as_deref(), Ok("+PONG\r\n"), "{suite:?}");
+        } else {
+            let refused = got.expect_err("served");
+            assert!(refused.contains("HandshakeFailure"), "{suite:?}: {refused}");
+        }
+    }
+    let c = &mut node.client();
+    for (name, value) in [
+        ("tls-ciphers", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        (
+            "tls-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
+        ),
+    ] {
+        assert_eq!(
+            raw(c, &["CONFIG", "GET", name]),
+            redis::Value::Array(vec![
+                redis::Value::BulkString(name.into()),
+                redis::Value::BulkString(value.into()),
+            ])
+        );
+    }
+
+    for (flag, value, expected) in [
+        (
+            "--tls-ciphers",
+            "RC4-MD5",
+            "not a cipher suite ferry serves",
+        ),
+        (
+            "--tls-ciphers",
+            "TLS_AES_128_GCM_SHA256",
+            "give it in --tls-ciphersuites",
+        ),
+        ("--tls-ciphersuites", ":", "no cipher suite given"),
+    ] {
+        let err = Server::try_start(
+            &dir.path().join("bad"),
+            &[tls_flags(&cert, &key, &pki.ca), vec![flag, value]].concat(),
+        )
+        .err()
+        .expect(value);
+        assert!(err.contains(expected), "{value}: {err}");
+    }
+    let err = Server::try_start(
+        &dir.path().join("plain"),
+        &["--tls-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+    )
+    .err()
+    .expect("--tls-ciphersuites without TLS");
+    assert!(err.contains("--tls-ciphersuites needs TLS"), "{err}");
+}
+
 /// Seconds since the Unix epoch at the start of `year`.
 fn start_of_year(year: i32) -> u64 {
     let leap = |y: i32| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;

@@ -123,6 +123,147 @@ impl TlsProtocols {
     }
 }
 
+/// Cipher suites by the names OpenSSL (and so Redis's `tls-ciphers` and
+/// `tls-ciphersuites`) gives them, for those rustls has: every one an AEAD
+/// with forward secrecy.
+const SUITE_NAMES: &[(&str, rustls::CipherSuite)] = &[
+    (
+        "TLS_AES_256_GCM_SHA384",
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+    ),
+    (
+        "TLS_AES_128_GCM_SHA256",
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+    ),
+    (
+        "TLS_CHACHA20_POLY1305_SHA256",
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+    ),
+    (
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+    (
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ),
+    (
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ),
+    (
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ),
+];
+
+/// The cipher suites a node serves, per TLS version: `--tls-ciphers`
+/// (TLSv1.2) and `--tls-ciphersuites` (TLSv1.3), as Redis's settings of
+/// those names; `None`: all of rustls's for that version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsCiphers {
+    tls12: Option<Vec<rustls::CipherSuite>>,
+    tls13: Option<Vec<rustls::CipherSuite>>,
+}
+
+impl TlsCiphers {
+    /// The suites given for each version (`None`: all).
+    pub fn new(
+        tls12: Option<Vec<rustls::CipherSuite>>,
+        tls13: Option<Vec<rustls::CipherSuite>>,
+    ) -> TlsCiphers {
+        TlsCiphers { tls12, tls13 }
+    }
+
+    /// `names` (separated by `:`, as OpenSSL's lists) as suites of TLS
+    /// version `v1_3` or TLSv1.2.
+    ///
+    /// # Errors
+    ///
+    /// A name rustls lacks, or one of the other version, naming those it has.
+    pub fn parse(names: &str, v1_3: bool) -> Result<Vec<rustls::CipherSuite>, String> {
+        let (flag, other) = if v1_3 {
+            ("--tls-ciphersuites", "--tls-ciphers")
+        } else {
+            ("--tls-ciphers", "--tls-ciphersuites")
+        };
+        let of_version = |suite: &rustls::CipherSuite| is_tls13(*suite) == v1_3;
+        let known: Vec<&str> = SUITE_NAMES
+            .iter()
+            .filter(|(_, suite)| of_version(suite))
+            .map(|(name, _)| *name)
+            .collect();
+        let mut suites = Vec::new();
+        for name in names.split(':').map(str::trim).filter(|n| !n.is_empty()) {
+            let found = SUITE_NAMES
+                .iter()
+                .find(|(n, suite)| {
+                    n.eq_ignore_ascii_case(name) || format!("{suite:?}").eq_ignore_ascii_case(name)
+                })
+                .map(|(_, suite)| *suite);
+            match found {
+                Some(suite) if of_version(&suite) => suites.push(suite),
+                Some(_) => {
+                    return Err(format!(
+                        "{name} is a suite of the other TLS version: give it in {other}"
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "{name:?} is not a cipher suite ferry serves; {flag} takes {}, separated by ':'",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        if suites.is_empty() {
+            return Err(format!("{flag}: no cipher suite given"));
+        }
+        Ok(suites)
+    }
+
+    /// The suites of TLS version `v1_3` (or TLSv1.2) as OpenSSL names
+    /// them, separated by `:`; empty for all (Redis's default).
+    pub fn names(&self, v1_3: bool) -> String {
+        let given = if v1_3 { &self.tls13 } else { &self.tls12 };
+        given
+            .iter()
+            .flatten()
+            .filter_map(|suite| SUITE_NAMES.iter().find(|(_, s)| s == suite))
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// rustls's provider, serving the suites given only.
+    fn provider(&self) -> rustls::crypto::CryptoProvider {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.retain(|supported| {
+            let suite = supported.suite();
+            let given = if is_tls13(suite) {
+                &self.tls13
+            } else {
+                &self.tls12
+            };
+            given.as_ref().is_none_or(|given| given.contains(&suite))
+        });
+        provider
+    }
+}
+
+/// Whether `suite` is one of TLSv1.3's.
+fn is_tls13(suite: rustls::CipherSuite) -> bool {
+    format!("{suite:?}").starts_with("TLS13_")
+}
+
 impl std::fmt::Display for ClientAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -162,6 +303,7 @@ struct Settings {
     files: TlsFiles,
     client_auth: ClientAuth,
     protocols: TlsProtocols,
+    ciphers: TlsCiphers,
     /// What the files held when last read.
     current: RwLock<Arc<Loaded>>,
 }
@@ -341,6 +483,7 @@ fn server_config(
     ca: Option<&PemFile>,
     client_auth: ClientAuth,
     protocols: TlsProtocols,
+    ciphers: &TlsCiphers,
 ) -> Result<Arc<rustls::ServerConfig>, AuthError> {
     let settings = |e: &dyn std::fmt::Display| {
         AuthError::TlsSettings(format!("the certificate, key or CA cannot serve TLS: {e}"))
@@ -348,7 +491,7 @@ fn server_config(
     let chain = cert.certificates()?;
     let private = PrivateKeyDer::from_pem_slice(&key.bytes)
         .map_err(|e| key.error(format!("a key that does not parse: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(ciphers.provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&protocols.versions())
         .map_err(|e| settings(&e))?;
@@ -380,6 +523,7 @@ fn read(
     files: &TlsFiles,
     client_auth: ClientAuth,
     protocols: TlsProtocols,
+    ciphers: &TlsCiphers,
 ) -> Result<Option<Loaded>, AuthError> {
     let (cert, key) = match (&files.cert, &files.key) {
         (None, None) => (None, None),
@@ -407,6 +551,7 @@ fn read(
             ca.as_ref(),
             client_auth,
             protocols,
+            ciphers,
         )?),
         _ => None,
     };
@@ -456,10 +601,16 @@ impl Tls {
     /// its key (or the other way round), or files rustls refuses (a key
     /// that does not parse, a CA that is not a certificate).
     pub fn load(files: &TlsFiles, client_auth: ClientAuth) -> Result<Tls, AuthError> {
-        Tls::load_serving(files, client_auth, TlsProtocols::default())
+        Tls::load_serving(
+            files,
+            client_auth,
+            TlsProtocols::default(),
+            TlsCiphers::default(),
+        )
     }
 
-    /// As [`Tls::load`], serving the TLS versions of `protocols` only.
+    /// As [`Tls::load`], serving the TLS versions of `protocols` and the
+    /// cipher suites of `ciphers` only.
     ///
     /// # Errors
     ///
@@ -468,15 +619,19 @@ impl Tls {
         files: &TlsFiles,
         client_auth: ClientAuth,
         protocols: TlsProtocols,
+        ciphers: TlsCiphers,
     ) -> Result<Tls, AuthError> {
-        Ok(Tls(read(files, client_auth, protocols)?.map(|loaded| {
-            Arc::new(Settings {
-                files: files.clone(),
-                client_auth,
-                protocols,
-                current: RwLock::new(Arc::new(loaded)),
-            })
-        })))
+        Ok(Tls(read(files, client_auth, protocols, &ciphers)?.map(
+            |loaded| {
+                Arc::new(Settings {
+                    files: files.clone(),
+                    client_auth,
+                    protocols,
+                    ciphers,
+                    current: RwLock::new(Arc::new(loaded)),
+                })
+            },
+        )))
     }
 
     /// Reads the files again, with the checks of [`Tls::load`], and uses
@@ -491,7 +646,13 @@ impl Tls {
             return Ok(false);
         };
         // The same paths as at load: there are files to read.
-        let Some(loaded) = read(&settings.files, settings.client_auth, settings.protocols)? else {
+        let Some(loaded) = read(
+            &settings.files,
+            settings.client_auth,
+            settings.protocols,
+            &settings.ciphers,
+        )?
+        else {
             return Ok(false);
         };
         *settings
@@ -519,6 +680,14 @@ impl Tls {
     /// The TLS versions served (the default without TLS).
     pub fn protocols(&self) -> TlsProtocols {
         self.0.as_ref().map(|s| s.protocols).unwrap_or_default()
+    }
+
+    /// The cipher suites served (all without TLS).
+    pub fn ciphers(&self) -> TlsCiphers {
+        self.0
+            .as_ref()
+            .map(|s| s.ciphers.clone())
+            .unwrap_or_default()
     }
 
     /// The files as last read.
@@ -640,6 +809,36 @@ fn over_tls(endpoint: Endpoint, loaded: &Loaded, ca: &Certificate) -> Result<End
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cipher_suites_parse_by_openssl_s_or_iana_s_names() {
+        let tls12 = TlsCiphers::parse(
+            "ecdhe-rsa-aes128-gcm-sha256:TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            tls12,
+            [
+                rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            ]
+        );
+        let tls13 = TlsCiphers::parse("TLS_CHACHA20_POLY1305_SHA256", true).unwrap();
+        let ciphers = TlsCiphers::new(Some(tls12), Some(tls13));
+        assert_eq!(
+            ciphers.names(false),
+            "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305"
+        );
+        assert_eq!(ciphers.names(true), "TLS_CHACHA20_POLY1305_SHA256");
+        assert_eq!(ciphers.provider().cipher_suites.len(), 3);
+        assert_eq!(TlsCiphers::default().names(true), "");
+        assert_eq!(
+            TlsCiphers::default().provider().cipher_suites.len(),
+            rustls::crypto::ring::default_provider().cipher_suites.len()
+        );
+        assert!(TlsCiphers::parse("TLS_AES_128_GCM_SHA256", false).is_err());
+    }
 
     /// A CA and a loopback certificate it signed (valid `from..until`
     /// years), as PEM files in `dir`: (CA, certificate, key).

@@ -23,6 +23,16 @@ pub fn client_config_speaking(
     files: &TlsFiles,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
+    client_config_offering(files, versions, None)
+}
+
+/// As [`client_config_speaking`], offering only the cipher `suites` if
+/// given.
+pub fn client_config_offering(
+    files: &TlsFiles,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suites: Option<&[rustls::CipherSuite]>,
+) -> Arc<rustls::ClientConfig> {
     let certs = |p: &Path| -> Vec<CertificateDer<'static>> {
         CertificateDer::pem_file_iter(p)
             .expect("a PEM file")
@@ -31,12 +41,16 @@ pub fn client_config_speaking(
     };
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(certs(files.ca.as_deref().expect("a CA")));
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .expect("TLS versions")
-    .with_root_certificates(roots);
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suites) = suites {
+        provider
+            .cipher_suites
+            .retain(|supported| suites.contains(&supported.suite()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("TLS versions")
+        .with_root_certificates(roots);
     Arc::new(match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(
