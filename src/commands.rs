@@ -3901,10 +3901,15 @@ enum Settable {
     Text,
     /// A WAL sync policy: `always`, `everysec` or `no`.
     SyncPolicy,
+    /// Only the value that is what ferry does (a script's `CONFIG SET save
+    /// ""` goes through); any other is refused with the reason.
+    Only(&'static str, &'static str),
 }
 
 /// A value CONFIG SET checked, to set.
 enum Setting<'a> {
+    /// As it is already.
+    Same,
     Int(i64),
     Text(&'a Bytes),
     SyncPolicy(ferry_wal::SyncPolicy),
@@ -3913,6 +3918,13 @@ enum Setting<'a> {
 const SETTABLE: &[(&str, Settable)] = &[
     ("acllog-max-len", Settable::Int(0, i64::MAX)),
     ("appendfsync", Settable::SyncPolicy),
+    (
+        "appendonly",
+        Settable::Only(
+            "yes",
+            "ferry logs every write to its WAL: appendonly is always yes",
+        ),
+    ),
     (
         "client-query-buffer-limit",
         Settable::Memory(1 << 20, i64::MAX),
@@ -3926,6 +3938,13 @@ const SETTABLE: &[(&str, Settable)] = &[
     ("proto-max-multibulk-len", Settable::Int(1, i32::MAX as i64)),
     ("replica-serve-stale-data", Settable::YesNo),
     ("requirepass", Settable::Text),
+    (
+        "save",
+        Settable::Only(
+            "",
+            "ferry takes no snapshots on a schedule: its WAL keeps every write",
+        ),
+    ),
     ("shutdown-timeout", Settable::Int(0, i32::MAX as i64)),
     ("slowlog-log-slower-than", Settable::Int(-1, i64::MAX)),
     ("slowlog-max-len", Settable::Int(0, i64::MAX)),
@@ -4001,6 +4020,11 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                 }
             }
             Settable::Text => Setting::Text(value),
+            Settable::Only(accepted, _) if eq(value, accepted) => Setting::Same,
+            Settable::Only("yes", _) if !eq(value, "no") => {
+                return failed(name, "argument must be 'yes' or 'no'");
+            }
+            Settable::Only(_, why) => return failed(name, why),
         };
         values.push((*setting, parsed));
     }
@@ -4048,6 +4072,7 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     }
     for (name, setting) in values {
         match setting {
+            Setting::Same => {}
             // Not logged: a secret.
             Setting::Text(password) if name == "requirepass" => {
                 c.requirepass.set(Some(password));
@@ -4113,6 +4138,8 @@ fn config_rewrite(node: &Node) -> Reply {
     let current = crate::info::config_params(node);
     let settings: Vec<(&str, Option<String>, bool)> = SETTABLE
         .iter()
+        // Not flags: ferry's fixed values.
+        .filter(|(_, kind)| !matches!(kind, Settable::Only(..)))
         .map(|(param, _)| {
             let flag = crate::config_file::flag_name(param);
             let value = current

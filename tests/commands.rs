@@ -2826,6 +2826,22 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
         ),
         ok()
     );
+    // What ferry does anyway goes through, the rest is refused with why;
+    // neither is written to the file.
+    assert_eq!(
+        raw(c, &["CONFIG", "SET", "appendonly", "yes", "save", ""]),
+        ok()
+    );
+    let refused = cmd(&["CONFIG", "SET", "save", "900 1"])
+        .query::<V>(c)
+        .expect_err("refused");
+    assert!(
+        refused
+            .detail()
+            .is_some_and(|d| d
+                .ends_with("ferry takes no snapshots on a schedule: its WAL keeps every write")),
+        "{refused}"
+    );
     assert_eq!(raw(c, &["CONFIG", "REWRITE"]), ok());
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),

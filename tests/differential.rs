@@ -1768,6 +1768,9 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 resp(&[b"CONFIG", b"SET", b"shutdown-timeout", b"-1"]),
                 resp(&[b"CONFIG", b"SET", b"replica-serve-stale-data", b"maybe"]),
                 resp(&[b"CONFIG", b"SET", b"appendfsync", b"sometimes"]),
+                // What ferry does anyway goes through.
+                resp(&[b"CONFIG", b"SET", b"save", b""]),
+                resp(&[b"CONFIG", b"SET", b"appendonly", b"maybe"]),
                 resp(&[b"CONFIG", b"SET", b"appendfsync", b"ALWAYS"]),
                 resp(&[b"CONFIG", b"GET", b"appendfsync"]),
                 resp(&[b"CONFIG", b"SET", b"appendfsync", b"everysec"]),
