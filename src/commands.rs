@@ -175,6 +175,8 @@ pub struct Conn {
     pub activity: std::sync::Arc<crate::node::Activity>,
     /// After MONITOR: the lines of the commands run, until RESET.
     pub monitor: Option<crate::node::Monitor>,
+    /// After CLIENT TRACKING ON, until OFF or RESET.
+    pub tracking: Option<crate::tracking::ClientTracking>,
 }
 
 /// A transaction being queued (MULTI ... EXEC).
@@ -558,7 +560,9 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
     (
         "client",
         &[
+            ("caching", 3),
             ("getname", 2),
+            ("getredir", 2),
             ("help", 2),
             ("id", 2),
             ("info", 2),
@@ -569,6 +573,8 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
             ("reply", 3),
             ("setinfo", 4),
             ("setname", 3),
+            ("tracking", -3),
+            ("trackinginfo", 2),
             ("unpause", 2),
         ],
     ),
@@ -654,7 +660,9 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("bitop", &["write", "bitmap", "slow"]),
     ("bitpos", &["read", "bitmap", "slow"]),
     ("client", &["slow"]),
+    ("client|caching", &["slow", "connection"]),
     ("client|getname", &["slow", "connection"]),
+    ("client|getredir", &["slow", "connection"]),
     ("client|help", &["slow", "connection"]),
     ("client|id", &["slow", "connection"]),
     ("client|info", &["slow", "connection"]),
@@ -671,6 +679,8 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("client|reply", &["slow", "connection"]),
     ("client|setinfo", &["slow", "connection"]),
     ("client|setname", &["slow", "connection"]),
+    ("client|tracking", &["slow", "connection"]),
+    ("client|trackinginfo", &["slow", "connection"]),
     (
         "client|unpause",
         &["admin", "slow", "dangerous", "connection"],
@@ -2969,6 +2979,10 @@ fn quit(_node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
 fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
     (conn.reply_off, conn.skip_next) = (false, false);
     conn.monitor = None;
+    if conn.tracking.take().is_some() {
+        node.tracking.disable(conn.id);
+        conn.activity.tracking.store(false, Ordering::Relaxed);
+    }
     conn.multi = None;
     conn.watch.clear();
     conn.resp3 = false;
@@ -3139,6 +3153,30 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             Reply::ok()
         }
         ("getname", 2) => Reply::opt_bulk(conn.name.clone()),
+        ("tracking", 3..) => client_tracking(node, conn, &args[2..]),
+        ("caching", 3) => {
+            let Some(tracking) = conn.tracking.as_mut() else {
+                return Reply::err(
+                    "CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
+                );
+            };
+            match (eq(&args[2], "yes"), eq(&args[2], "no")) {
+                (true, _) if !tracking.options.optin => Reply::err(
+                    "CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+                ),
+                (_, true) if !tracking.options.optout => Reply::err(
+                    "CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+                ),
+                (false, false) => syntax_error(),
+                (yes, _) => {
+                    tracking.caching = Some(yes);
+                    Reply::ok()
+                }
+            }
+        }
+        // No REDIRECT here: 0 while tracking, -1 if not, as Redis's.
+        ("getredir", 2) => Reply::Int(if conn.tracking.is_some() { 0 } else { -1 }),
+        ("trackinginfo", 2) => client_trackinginfo(conn),
         ("id", 2) => Reply::Int(conn.id as i64),
         ("info", 2) => {
             let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -3194,6 +3232,10 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
         ("kill", n) if n >= 3 => client_kill(node, conn, &args[2..]),
         ("help", 2) => help(&[
             "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "CACHING (YES|NO)",
+            "    Enable/disable tracking of the keys for next command in OPTIN/OPTOUT modes.",
+            "GETREDIR",
+            "    Return the client ID we are redirecting to when tracking is enabled.",
             "GETNAME",
             "    Return the name of the current connection.",
             "ID",
@@ -3232,6 +3274,10 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             "    * LIB-VER: the client lib version.",
             "SETNAME <name>",
             "    Assign the name <name> to the current connection.",
+            "TRACKING (ON|OFF) [BCAST] [PREFIX <prefix> [...]] [OPTIN] [OPTOUT] [NOLOOP]",
+            "    Control server assisted client side caching (invalidations as RESP3 pushes).",
+            "TRACKINGINFO",
+            "    Report tracking status for the current connection.",
             "UNPAUSE",
             "    Stop the current client pause, resuming traffic.",
             "HELP",
@@ -3531,6 +3577,132 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
 
 /// COMMAND GETKEYS: the keys of a command line, by its key positions
 /// (first, last, step), with Redis's errors.
+/// CLIENT TRACKING ON|OFF [options], as Redis's (see [`crate::tracking`]):
+/// ON again adds prefixes, but may not change the mode; OFF ends it.
+fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
+    let on = match (eq(&args[0], "on"), eq(&args[0], "off")) {
+        (true, _) => true,
+        (_, true) => false,
+        _ => return syntax_error(),
+    };
+    let mut options = match crate::tracking::parse_options(&args[1..]) {
+        Ok(options) => options,
+        Err(text) => return Reply::Error(text),
+    };
+    if let Some(id) = options.redirect {
+        let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if u64::try_from(id).map_or(true, |id| !clients.contains_key(&id)) {
+            return Reply::err("The client ID you want redirect to does not exist");
+        }
+        return Reply::err(
+            "ferry sends invalidations to the tracking connection itself, as RESP3 pushes: REDIRECT is not supported",
+        );
+    }
+    if !on {
+        if conn.tracking.take().is_some() {
+            node.tracking.disable(conn.id);
+        }
+        conn.activity.tracking.store(false, Ordering::Relaxed);
+        return Reply::ok();
+    }
+    if let Some(tracking) = &mut conn.tracking {
+        let old = &tracking.options;
+        if old.bcast != options.bcast {
+            return Reply::err(
+                "You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.",
+            );
+        }
+        if (old.optin, old.optout) != (options.optin, options.optout) {
+            return Reply::err(
+                "You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.",
+            );
+        }
+        if let Err(text) = crate::tracking::check_prefixes(&old.prefixes, &options.prefixes) {
+            return Reply::Error(text);
+        }
+        let mut all = old.prefixes.clone();
+        all.append(&mut options.prefixes);
+        options.prefixes = all;
+        options.noloop |= old.noloop;
+        node.tracking.update(conn.id, options.clone());
+        tracking.options = options;
+        return Reply::ok();
+    }
+    let inbox = node
+        .tracking
+        .enable(conn.id, options.clone(), conn.activity.clone());
+    conn.tracking = Some(crate::tracking::ClientTracking {
+        options,
+        caching: None,
+        inbox,
+    });
+    conn.activity.tracking.store(true, Ordering::Relaxed);
+    Reply::ok()
+}
+
+/// CLIENT TRACKINGINFO, as Redis's: flags, redirect and prefixes.
+fn client_trackinginfo(conn: &Conn) -> Reply {
+    let mut flags = Vec::new();
+    let mut redirect = -1;
+    let mut prefixes = Vec::new();
+    match &conn.tracking {
+        None => flags.push("off"),
+        Some(t) => {
+            flags.push("on");
+            redirect = 0;
+            let o = &t.options;
+            if o.bcast {
+                flags.push("bcast");
+            }
+            if o.optin {
+                flags.push("optin");
+                if t.caching == Some(true) {
+                    flags.push("caching-yes");
+                }
+            }
+            if o.optout {
+                flags.push("optout");
+                if t.caching == Some(false) {
+                    flags.push("caching-no");
+                }
+            }
+            if o.noloop {
+                flags.push("noloop");
+            }
+            prefixes = o.prefixes.iter().cloned().map(Reply::Bulk).collect();
+        }
+    }
+    Reply::Map(vec![
+        (
+            Reply::bulk_str("flags"),
+            Reply::Set(flags.into_iter().map(Reply::bulk_str).collect()),
+        ),
+        (Reply::bulk_str("redirect"), Reply::Int(redirect)),
+        (Reply::bulk_str("prefixes"), Reply::Array(prefixes)),
+    ])
+}
+
+/// The keys of a command line, by its spec's key positions (none if they
+/// do not fit the line).
+pub fn keys_of(spec: &Spec, line: &[Bytes]) -> Vec<Bytes> {
+    if spec.first_key == 0 {
+        return Vec::new();
+    }
+    let argc = line.len() as i64;
+    let last = if spec.last_key < 0 {
+        argc + spec.last_key
+    } else {
+        spec.last_key
+    };
+    if last >= argc {
+        return Vec::new();
+    }
+    (spec.first_key..=last)
+        .step_by(spec.step.max(1) as usize)
+        .map(|i| line[i as usize].clone())
+        .collect()
+}
+
 fn command_getkeys(line: &[Bytes]) -> Reply {
     let Some(spec) = lookup(&line[0]) else {
         return Reply::err("Invalid command specified");
@@ -3550,20 +3722,11 @@ fn command_getkeys(line: &[Bytes]) -> Reply {
     if (spec.arity > 0 && spec.arity != argc) || argc < -spec.arity {
         return Reply::err("Invalid number of arguments specified for command");
     }
-    let last = if spec.last_key < 0 {
-        argc + spec.last_key
-    } else {
-        spec.last_key
-    };
-    if last >= argc {
+    let keys = keys_of(spec, line);
+    if keys.is_empty() {
         return Reply::err("Invalid arguments specified for command");
     }
-    Reply::Array(
-        (spec.first_key..=last)
-            .step_by(spec.step.max(1) as usize)
-            .map(|i| Reply::Bulk(line[i as usize].clone()))
-            .collect(),
-    )
+    Reply::Array(keys.into_iter().map(Reply::Bulk).collect())
 }
 
 /// The ACL categories of a command or subcommand (`client|kill`), as
@@ -3950,6 +4113,7 @@ const SETTABLE: &[(&str, Settable)] = &[
     ("slowlog-max-len", Settable::Int(0, i64::MAX)),
     ("tcp-keepalive", Settable::Int(0, i32::MAX as i64)),
     ("timeout", Settable::Int(0, i32::MAX as i64)),
+    ("tracking-table-max-keys", Settable::Int(0, i64::MAX)),
 ];
 
 /// CONFIG SET name value [name value ...], as Redis 7.0's: every pair is
@@ -4118,6 +4282,7 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                     "slowlog-max-len" => c.slowlog_max_len.store(unsigned, Ordering::Relaxed),
                     "tcp-keepalive" => c.tcp_keepalive_secs.store(unsigned, Ordering::Relaxed),
                     "timeout" => c.timeout_secs.store(unsigned, Ordering::Relaxed),
+                    "tracking-table-max-keys" => node.tracking.set_max_keys(unsigned as usize),
                     other => unreachable!("{other} is an integer setting of SETTABLE"),
                 }
                 tracing::info!(parameter = name, value = v, "CONFIG SET");

@@ -176,10 +176,12 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         "clients" => {
             let _ = write!(
                 out,
-                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n",
+                "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n\
+                 tracking_clients:{}\r\n",
                 stats.connected_clients.load(Ordering::Relaxed),
                 node.config.maxclients.load(Ordering::Relaxed),
                 stats.blocked_clients.load(Ordering::Relaxed),
+                node.tracking.figures().clients,
             );
         }
         "memory" => {
@@ -251,6 +253,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
         "stats" => {
             let cache = node.engine.read_cache_stats();
             let rates = stats.rates();
+            let tracking = node.tracking.figures();
             let _ = write!(
                 out,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
@@ -259,6 +262,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  rejected_connections:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\
                  expired_keys:{}\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
                  pubsub_channels:0\r\npubsub_patterns:0\r\nlatest_fork_usec:0\r\ntotal_forks:0\r\n\
+                 tracking_total_keys:{}\r\ntracking_total_items:{}\r\ntracking_total_prefixes:{}\r\n\
                  total_error_replies:{}\r\nread_cache_hits:{}\r\nread_cache_misses:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
                 stats.total_commands_processed.load(Ordering::Relaxed),
@@ -280,6 +284,9 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 stats.expired_keys.load(Ordering::Relaxed),
                 stats.keyspace_hits.load(Ordering::Relaxed),
                 stats.keyspace_misses.load(Ordering::Relaxed),
+                tracking.keys,
+                tracking.items,
+                tracking.prefixes,
                 stats.total_error_replies.load(Ordering::Relaxed),
                 cache.hits,
                 cache.misses,
@@ -602,6 +609,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ),
         ("save".into(), String::new()),
         (
+            "tracking-table-max-keys".into(),
+            node.tracking.max_keys().to_string(),
+        ),
+        (
             "shutdown-timeout".into(),
             c.shutdown_timeout_secs.load(Ordering::Relaxed).to_string(),
         ),
@@ -667,12 +678,13 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
     let a = &info.activity;
     let (qbuf, qbuf_free, omem) = (figure(&a.qbuf), figure(&a.qbuf_free), figure(&a.omem));
     let multi_mem = figure(&a.multi_mem);
+    let tracking = a.tracking.load(Ordering::Relaxed);
     let tot_mem = qbuf + qbuf_free + figure(&a.obuf_bytes) + multi_mem;
     // Redis's fields, in its order, for those ferry has.
     format!(
         "id={} addr={} laddr={} fd={} name={} age={} idle={idle} flags={} db=0 sub=0 psub=0 ssub=0 \
          multi={multi} qbuf={qbuf} qbuf-free={qbuf_free} argv-mem=0 multi-mem={multi_mem} obl=0 oll=0 \
-         omem={omem} tot-mem={tot_mem} events={} cmd={} user=default redir=-1 resp={} lib-name={} \
+         omem={omem} tot-mem={tot_mem} events={} cmd={} user=default redir={} resp={} lib-name={} \
          lib-ver={}\n",
         info.id,
         info.addr,
@@ -680,9 +692,15 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
         info.activity.fd,
         text(name),
         age.as_secs(),
-        if multi >= 0 { "x" } else { "N" },
+        match (multi >= 0, tracking) {
+            (true, true) => "xt",
+            (true, false) => "x",
+            (false, true) => "t",
+            (false, false) => "N",
+        },
         if omem > 0 { "rw" } else { "r" },
         info.last_command,
+        if tracking { 0 } else { -1 },
         if own && conn.resp3 { 3 } else { info.resp },
         text(lib_name),
         text(lib_ver),

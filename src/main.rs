@@ -27,6 +27,7 @@ mod resp;
 mod server;
 mod status;
 mod tools;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -232,6 +233,11 @@ struct ServeArgs {
     /// (or with a unit: 1gb).
     #[arg(long, env = "FERRY_CLIENT_QUERY_BUFFER_LIMIT", default_value_t = node::CLIENT_QUERY_BUFFER_LIMIT_DEFAULT, value_parser = parse_bytes)]
     client_query_buffer_limit: usize,
+    /// Keys CLIENT TRACKING remembers for clients' caches before it
+    /// forgets some, telling their clients (Redis's
+    /// tracking-table-max-keys; 0: no limit).
+    #[arg(long, env = "FERRY_TRACKING_TABLE_MAX_KEYS", default_value_t = tracking::TRACKING_TABLE_MAX_KEYS_DEFAULT)]
+    tracking_table_max_keys: usize,
     /// Closes a client idle this many seconds (Redis's timeout; 0: never).
     /// A MONITOR client, or one waiting in WAIT, is not idle.
     #[arg(long, env = "FERRY_TIMEOUT", default_value_t = 0)]
@@ -775,6 +781,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         commands::set_string_bytes_max(args.proto_max_bulk_len);
         let node = Arc::new(Node::open(config, resp_addr, grpc_addr).await?);
+        node.tracking.set_max_keys(args.tracking_table_max_keys);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx.clone()));

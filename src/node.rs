@@ -851,6 +851,8 @@ pub struct Activity {
     pub killed: AtomicBool,
     /// A MONITOR client, or one in WAIT: never idle (`--timeout`).
     pub idle_exempt: AtomicBool,
+    /// CLIENT TRACKING is on (`flags=t`, `redir=0`).
+    pub tracking: AtomicBool,
     /// Wakes the connection's WAIT when it is killed.
     pub kill: tokio::sync::Notify,
     /// The connection's socket (CLIENT LIST's `fd`).
@@ -869,6 +871,7 @@ impl Activity {
             obuf_bytes: AtomicU64::new(0),
             killed: AtomicBool::new(false),
             idle_exempt: AtomicBool::new(false),
+            tracking: AtomicBool::new(false),
             kill: tokio::sync::Notify::new(),
             fd,
         }
@@ -1243,6 +1246,8 @@ pub struct Node {
     pub saves: Arc<Mutex<Saves>>,
     /// The lines of MONITOR, and how many connections read them.
     pub monitors: tokio::sync::broadcast::Sender<Bytes>,
+    /// CLIENT TRACKING's clients and the keys they read.
+    pub tracking: Arc<crate::tracking::Tracking>,
     pub monitoring: Arc<AtomicU64>,
     /// Set by SHUTDOWN: the node stops as on SIGTERM.
     shutdown_requested: watch::Sender<bool>,
@@ -1391,6 +1396,8 @@ impl Node {
             wal.set_latency_hook(hook.clone());
             engine.set_latency_hook(hook);
         }
+        let tracking = Arc::new(crate::tracking::Tracking::default());
+        engine.set_change_listener(tracking.clone());
         let pipeline = Pipeline::start(engine.clone(), wal.clone());
         let (stop, stop_rx) = watch::channel(false);
         let shipper = Arc::new(Shipper::new(
@@ -1430,6 +1437,7 @@ impl Node {
                 ended: watch::Sender::new(0),
             })),
             monitors: tokio::sync::broadcast::channel(MONITOR_BACKLOG_LINES).0,
+            tracking,
             monitoring: Arc::new(AtomicU64::new(0)),
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),

@@ -560,6 +560,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         watch: node.engine.new_watch(),
         activity: Arc::new(Activity::new(fd)),
         monitor: None,
+        tracking: None,
     };
     let activity = conn.activity.clone();
     let connected_at = Instant::now();
@@ -632,6 +633,23 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                 }
+            }
+            message = invalidations(&mut conn.tracking) => {
+                // Only a RESP3 connection takes them (as Redis, without
+                // REDIRECT a RESP2 one is told nothing).
+                let mut pushes = Vec::new();
+                for message in message {
+                    crate::tracking::encode(&message, &mut pushes);
+                }
+                if conn.resp3 {
+                    if socket.write_all(&pushes).await.is_err() || socket.flush().await.is_err() {
+                        break;
+                    }
+                    node.stats
+                        .total_net_output_bytes
+                        .fetch_add(pushes.len() as u64, Ordering::Relaxed);
+                }
+                continue;
             }
             _ = stop.changed() => break,
         };
@@ -760,6 +778,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
+    if conn.tracking.is_some() {
+        node.tracking.disable(id);
+    }
     node.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
     // Over TLS, the close_notify and anything still buffered; a client
     // that no longer reads gets no more time than this.
@@ -787,6 +808,65 @@ async fn monitor_lines(monitor: &mut Option<crate::node::Monitor>) -> Result<Vec
             Err(_) => return Ok(out),
         }
     }
+}
+
+/// The invalidations waiting for a tracking connection (all there are
+/// now); never, for any other.
+async fn invalidations(
+    tracking: &mut Option<crate::tracking::ClientTracking>,
+) -> Vec<crate::tracking::Invalidation> {
+    let Some(tracking) = tracking else {
+        return std::future::pending().await;
+    };
+    let mut messages = Vec::new();
+    match tracking.inbox.recv().await {
+        Some(message) => messages.push(message),
+        // Its sender is the table's, dropped when tracking ends.
+        None => return std::future::pending().await,
+    }
+    while let Ok(message) = tracking.inbox.try_recv() {
+        messages.push(message);
+    }
+    messages
+}
+
+/// For a tracking client (in default mode), notes the keys `spec` reads
+/// before it reads them, unless OPTIN or OPTOUT and CLIENT CACHING say
+/// otherwise for it; a change from now on is told to it.
+fn track_reads(
+    node: &Node,
+    conn: &Conn,
+    caching: Option<bool>,
+    spec: &Spec,
+    args: &[bytes::Bytes],
+) {
+    let Some(tracking) = &conn.tracking else {
+        return;
+    };
+    let o = &tracking.options;
+    let tracked = !o.bcast
+        && spec.flags.contains(&"readonly")
+        && if o.optin {
+            caching == Some(true)
+        } else if o.optout {
+            caching != Some(false)
+        } else {
+            true
+        };
+    if tracked {
+        node.tracking
+            .remember(conn.id, commands::keys_of(spec, args));
+    }
+}
+
+/// CLIENT CACHING's answer, for the command after it only; as in Redis,
+/// CLIENT's subcommands leave it be, and a MULTI leaves it to its EXEC.
+fn take_caching(conn: &mut Conn, spec: &Spec) -> Option<bool> {
+    let tracking = conn.tracking.as_mut()?;
+    if matches!(spec.name, "multi" | "client") {
+        return None;
+    }
+    tracking.caching.take()
 }
 
 /// Resolves once the connection is killed (CLIENT KILL), at once if it
@@ -935,6 +1015,7 @@ async fn dispatch(
     ) = checked
     {
         let slot = commands::stat_slot(spec, &args);
+        take_caching(conn, spec);
         writes.push((*f, args, slot, conn.reply_off || conn.skip_this));
         if writes.len() >= WRITES_TOGETHER_MAX {
             run_writes(node, conn, writes, queue).await;
@@ -988,6 +1069,8 @@ async fn dispatch(
     // Every other command follows the replies before it on this connection
     // (a read sees the writes before it).
     drain(node, queue, out, conn).await;
+    let caching = take_caching(conn, spec);
+    track_reads(node, conn, caching, spec, args);
     let started = Instant::now();
     let reply = match spec.handler {
         Handler::Failover => match commands::failover_args(args) {
@@ -1281,6 +1364,10 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
         .commands
         .iter()
         .all(|(spec, ..)| !matches!(spec.handler, Handler::Write(_)));
+    let caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
+    for (spec, args, _) in &multi.commands {
+        track_reads(node, conn, caching, spec, args);
+    }
     conn.in_exec = true;
     let run = |view: &mut View<'_>| run_queued(node, conn, view, &multi.commands);
     let executed = if reads_only {

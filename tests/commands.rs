@@ -2880,3 +2880,89 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
         "{refused}"
     );
 }
+
+/// CLIENT TRACKING as Redis's: a RESP3 client is told (an `invalidate`
+/// push) when a key it read changes, by another client's write, an
+/// expiry or a FLUSHALL (a null), once per read; with BCAST, of every
+/// change under its prefixes; with OPTIN, only of keys read after CLIENT
+/// CACHING YES. CLIENT TRACKINGINFO, GETREDIR, CLIENT LIST and INFO show
+/// it; OFF ends it.
+#[test]
+fn client_tracking_tells_a_client_when_what_it_read_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let writer = &mut server.client();
+    assert_eq!(
+        raw(writer, &["MSET", "a", "1", "b", "2", "user:1", "x"]),
+        ok()
+    );
+    let mut t = Resp3::connect(&server);
+    t.exchange(&["CLIENT", "GETREDIR"], ":-1\r\n");
+    t.exchange(&["CLIENT", "TRACKING", "ON"], "+OK\r\n");
+    t.exchange(&["CLIENT", "GETREDIR"], ":0\r\n");
+    t.exchange(&["MGET", "a", "b"], "*2\r\n$1\r\n1\r\n$1\r\n2\r\n");
+    assert_eq!(raw(writer, &["SET", "a", "10"]), ok());
+    assert!(t.read_until(invalidate(&["a"]).as_bytes()));
+    // Once per read: a second change of `a` is not told, `b`'s is.
+    assert_eq!(raw(writer, &["SET", "a", "11"]), ok());
+    assert_eq!(raw(writer, &["DEL", "b"]), V::Int(1));
+    assert!(t.read_until(invalidate(&["b"]).as_bytes()));
+    assert!(t.got.is_empty());
+    // Expiry (the primary's sweep deletes it) and FLUSHALL.
+    t.exchange(&["GET", "a"], "$2\r\n11\r\n");
+    assert_eq!(raw(writer, &["PEXPIRE", "a", "50"]), V::Int(1));
+    assert!(t.read_until(invalidate(&["a"]).as_bytes()), "the PEXPIRE");
+    t.exchange(&["GET", "a"], "$2\r\n11\r\n");
+    assert!(t.read_until(invalidate(&["a"]).as_bytes()), "the expiry");
+    t.exchange(&["GET", "user:1"], "$1\r\nx\r\n");
+    t.exchange(
+        &["CLIENT", "TRACKINGINFO"],
+        "%3\r\n$5\r\nflags\r\n~1\r\n$2\r\non\r\n$8\r\nredirect\r\n:0\r\n$8\r\nprefixes\r\n*0\r\n",
+    );
+    let line = server.info_field("clients", "tracking_clients");
+    assert_eq!(line.as_deref(), Some("1"));
+    let list = cmd(&["CLIENT", "LIST"])
+        .query::<String>(writer)
+        .expect("LIST");
+    assert!(list.contains(" flags=t "), "{list}");
+    assert_eq!(raw(writer, &["FLUSHALL"]), ok());
+    assert!(t.read_until(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
+
+    // BCAST: every change under its prefixes, read or not.
+    let mut b = Resp3::connect(&server);
+    b.exchange(
+        &["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "user:"],
+        "+OK\r\n",
+    );
+    assert_eq!(raw(writer, &["MSET", "user:2", "y", "other", "z"]), ok());
+    assert!(b.read_until(invalidate(&["user:2"]).as_bytes()));
+    assert_eq!(
+        server
+            .info_field("stats", "tracking_total_prefixes")
+            .as_deref(),
+        Some("1")
+    );
+
+    // OPTIN: only what is read right after CLIENT CACHING YES.
+    let mut o = Resp3::connect(&server);
+    o.exchange(&["CLIENT", "TRACKING", "ON", "OPTIN"], "+OK\r\n");
+    o.exchange(&["GET", "other"], "$1\r\nz\r\n");
+    o.exchange(&["CLIENT", "CACHING", "YES"], "+OK\r\n");
+    o.exchange(&["GET", "user:2"], "$1\r\ny\r\n");
+    assert_eq!(raw(writer, &["MSET", "other", "1", "user:2", "2"]), ok());
+    assert!(o.read_until(invalidate(&["user:2"]).as_bytes()));
+    o.exchange(
+        &["CLIENT", "CACHING", "NO"],
+        "-ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.\r\n",
+    );
+
+    // OFF: nothing more (the BCAST client's message, of a write after,
+    // shows the write has been applied).
+    t.exchange(&["GET", "other"], "$1\r\n1\r\n");
+    t.exchange(&["CLIENT", "TRACKING", "OFF"], "+OK\r\n");
+    assert_eq!(raw(writer, &["SET", "other", "2"]), ok());
+    assert_eq!(raw(writer, &["SET", "user:3", "3"]), ok());
+    assert!(b.read_until(invalidate(&["user:3"]).as_bytes()));
+    t.exchange(&["PING"], "+PONG\r\n");
+    t.exchange(&["CLIENT", "GETREDIR"], ":-1\r\n");
+}

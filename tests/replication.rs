@@ -2020,3 +2020,27 @@ fn a_replica_s_shutdown_waits_for_its_cascaded_replica() {
         "the write reached the cascaded replica before the replica stopped"
     );
 }
+
+/// CLIENT TRACKING on a replica: a client that read a key there is told
+/// when a write on the primary reaches the replica (as Redis's replicas
+/// tell theirs), and of a FLUSHALL.
+#[test]
+fn a_tracking_client_of_a_replica_is_told_of_the_primary_s_writes() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    let p = &mut primary.client();
+    cmd(&["SET", "k", "1"]).query::<()>(p).expect("SET");
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let mut t = Resp3::connect(&replica);
+    t.exchange(&["CLIENT", "TRACKING", "ON"], "+OK\r\n");
+    t.exchange(&["GET", "k"], "$1\r\n1\r\n");
+    cmd(&["SET", "k", "2"]).query::<()>(p).expect("SET");
+    assert!(t.read_until(invalidate(&["k"]).as_bytes()));
+    t.exchange(&["GET", "k"], "$1\r\n2\r\n");
+    cmd(&["FLUSHALL"]).query::<()>(p).expect("FLUSHALL");
+    assert!(t.read_until(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
+}

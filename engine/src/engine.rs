@@ -597,6 +597,28 @@ pub struct Engine {
     reclaim_step_bytes: AtomicU64,
     /// Told how long each RocksDB write of applied records took.
     latency: ferry_wal::LatencySlot,
+    /// Told of every change once reads see it ([`Engine::set_change_listener`]).
+    changes: std::sync::OnceLock<Arc<dyn ChangeListener>>,
+}
+
+/// What changed in the keyspace.
+#[derive(Debug, Clone, Copy)]
+pub enum Changed<'a> {
+    /// These keys (a key may come more than once).
+    Keys(&'a [&'a Bytes]),
+    /// Any key may have: a FLUSHALL, or a whole state put in place.
+    All,
+}
+
+/// Follows the keyspace's changes, from clients' writes, a replica's
+/// stream and expiry alike (for client-side caching's invalidations).
+pub trait ChangeListener: Send + Sync + std::fmt::Debug {
+    /// Whether it wants changes now (the engine skips gathering them if
+    /// not).
+    fn listening(&self) -> bool;
+    /// Called once the change is applied: a read that starts after sees
+    /// it.
+    fn changed(&self, changed: Changed<'_>);
 }
 
 /// A FLUSHALL deletes every key with three range deletions, which free no
@@ -792,7 +814,26 @@ impl Engine {
             reclaim: Arc::default(),
             reclaim_step_bytes: AtomicU64::new(RECLAIM_STEP_BYTES),
             latency: ferry_wal::LatencySlot::default(),
+            changes: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Has the engine tell `listener` of every change to the keyspace once
+    /// it is applied. Set once; later calls change nothing.
+    pub fn set_change_listener(&self, listener: Arc<dyn ChangeListener>) {
+        let _ = self.changes.set(listener);
+    }
+
+    /// The change listener, if one is set and listening.
+    fn listener(&self) -> Option<&Arc<dyn ChangeListener>> {
+        self.changes.get().filter(|l| l.listening())
+    }
+
+    /// Tells the listener that any key may have changed.
+    fn changed_all(&self) {
+        if let Some(listener) = self.listener() {
+            listener.changed(Changed::All);
+        }
     }
 
     /// Marks the state as changing until the guard drops.
@@ -1070,6 +1111,19 @@ impl Engine {
             let exists = entries.get(&key).is_some_and(|left| left.is_some());
             self.watchers.touch(&key, exists);
         }
+        if let Some(listener) = self.listener() {
+            let ops = records
+                .iter()
+                .flat_map(|(_, r)| r.mutations.iter().filter_map(|m| m.op.as_ref()));
+            if ops.clone().any(|op| matches!(op, Op::FlushAll(_))) {
+                listener.changed(Changed::All);
+            } else {
+                let keys: Vec<&Bytes> = ops.filter_map(op_key).collect();
+                if !keys.is_empty() {
+                    listener.changed(Changed::Keys(&keys));
+                }
+            }
+        }
         written?;
         self.key_count.store(key_count, Ordering::Release);
         self.set_expiring(expiring);
@@ -1305,6 +1359,7 @@ impl Engine {
         // (the write lock keeps readers out until then), and no watch holds.
         self.cache.clear();
         self.watchers.spoil_all();
+        self.changed_all();
         let db = db?;
         // A checkpoint from a node of an earlier version is moved into
         // this one's layout.
@@ -1334,6 +1389,7 @@ impl Engine {
         let written = self.db()?.write_opt(batch, &opts);
         self.cache.clear();
         self.watchers.spoil_all();
+        self.changed_all();
         written?;
         // RocksDB's WAL is off: flush, or a crash would bring the keys back.
         let db = self.db()?;
@@ -1362,6 +1418,7 @@ impl Engine {
         let ingested = self.db()?.ingest_external_file_opts(&opts, vec![path]);
         self.cache.clear();
         self.watchers.spoil_all();
+        self.changed_all();
         ingested?;
         self.key_count.store(key_count, Ordering::Release);
         self.set_expiring(expiring);

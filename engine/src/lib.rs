@@ -39,9 +39,9 @@ mod watch;
 pub use builder::{StateBuilder, StringSet, single_string_set};
 pub use cache::{READ_CACHE_BYTES_DEFAULT, ReadCacheStats};
 pub use engine::{
-    Engine, LAYOUT_COLUMN_FAMILY, RECLAIM_STEP_BYTES, REPLAY_BATCH_RECORDS, RocksFigures,
-    SWAP_WAIT_MAX, Scanned, checkpoint_meta, complete_checkpoint_swap, decode_record, op_key,
-    string_bytes,
+    ChangeListener, Changed, Engine, LAYOUT_COLUMN_FAMILY, RECLAIM_STEP_BYTES,
+    REPLAY_BATCH_RECORDS, RocksFigures, SWAP_WAIT_MAX, Scanned, checkpoint_meta,
+    complete_checkpoint_swap, decode_record, op_key, string_bytes,
 };
 pub use error::{EngineError, Result};
 pub use keys::{

@@ -365,3 +365,79 @@ pub fn caught_up(primary: &Server, replica: &Server) -> bool {
     let last = p.wal.expect("wal").last_lsn;
     r.applied_lsn == last && p.applied_lsn == last
 }
+
+/// A raw RESP3 connection (CLIENT TRACKING's pushes): requests out, bytes in.
+pub struct Resp3 {
+    stream: std::net::TcpStream,
+    pub got: Vec<u8>,
+}
+
+impl Resp3 {
+    pub fn connect(server: &Server) -> Resp3 {
+        let stream = std::net::TcpStream::connect(server.resp).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut c = Resp3 {
+            stream,
+            got: Vec::new(),
+        };
+        c.send(&["HELLO", "3"]);
+        assert!(c.read_until(b"proto\r\n:3\r\n"), "HELLO 3");
+        c.got.clear();
+        c
+    }
+
+    pub fn send(&mut self, args: &[&str]) {
+        use std::io::Write;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.stream.write_all(out.as_bytes()).expect("send");
+    }
+
+    /// Reads until `expected` is what came in since the last call (then
+    /// taken), for up to 10 s.
+    pub fn read_until(&mut self, expected: &[u8]) -> bool {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(at) = self.got.windows(expected.len()).position(|w| w == expected) {
+                self.got.drain(..at + expected.len());
+                return true;
+            }
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        false
+    }
+
+    /// A request and its whole reply, exactly.
+    pub fn exchange(&mut self, args: &[&str], reply: &str) {
+        self.send(args);
+        assert!(
+            self.read_until(reply.as_bytes()),
+            "{args:?}: {:?}",
+            String::from_utf8_lossy(&self.got)
+        );
+        assert!(
+            self.got.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&self.got)
+        );
+    }
+}
+
+/// The `invalidate` push CLIENT TRACKING sends for `keys`.
+pub fn invalidate(keys: &[&str]) -> String {
+    let mut out = format!(">2\r\n$10\r\ninvalidate\r\n*{}\r\n", keys.len());
+    for k in keys {
+        out.push_str(&format!("${}\r\n{k}\r\n", k.len()));
+    }
+    out
+}

@@ -1,0 +1,433 @@
+//! CLIENT TRACKING: the invalidations of client-side caching, as Redis
+//! 6+'s. A tracking client is told (a RESP3 `invalidate` push) when a key
+//! it read may have changed: by default of the keys it read (each once: it
+//! reads the key again to be told again), with BCAST of every key under
+//! its prefixes. Changes reach the table from the engine once applied
+//! ([`ferry_engine::ChangeListener`]), from clients' writes, expiry and a
+//! replica's stream alike; a FLUSHALL, or a whole state put in place,
+//! invalidates everything (a null). A key is noted before the command reads
+//! it, so a change that lands between the two is told, never missed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use ferry_engine::Changed;
+use tokio::sync::mpsc;
+
+/// Keys the table remembers for default-mode clients before it forgets
+/// some (any, as Redis picks them at random), telling their clients (Redis's
+/// `tracking-table-max-keys`).
+pub const TRACKING_TABLE_MAX_KEYS_DEFAULT: usize = 1_000_000;
+
+/// Invalidation messages queued for a client that does not read them
+/// before it is closed (its cache could no longer be kept right).
+pub const TRACKING_BACKLOG_MAX: usize = 1 << 16;
+
+/// The keys invalidated; `None`: all of them.
+pub type Invalidation = Option<Vec<Bytes>>;
+
+/// How a client tracks (CLIENT TRACKING ON's options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Told of every key under `prefixes` (all keys if none), read or not.
+    pub bcast: bool,
+    pub prefixes: Vec<Bytes>,
+    /// Keys are remembered only for a command after CLIENT CACHING YES.
+    pub optin: bool,
+    /// Keys are remembered but for a command after CLIENT CACHING NO.
+    pub optout: bool,
+    /// Accepted as Redis's; ferry tells a client of its own writes too
+    /// (one more read, never a stale value).
+    pub noloop: bool,
+    /// REDIRECT's client id, checked by the caller (ferry does not
+    /// redirect).
+    pub redirect: Option<i64>,
+}
+
+/// A client's tracking, as its connection holds it.
+#[derive(Debug)]
+pub struct ClientTracking {
+    pub options: Options,
+    /// CLIENT CACHING YES or NO, for the next command.
+    pub caching: Option<bool>,
+    /// Its invalidations, to send.
+    pub inbox: mpsc::Receiver<Invalidation>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    options: Options,
+    outbox: mpsc::Sender<Invalidation>,
+    activity: Arc<crate::node::Activity>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Default-mode clients by the keys they read.
+    keys: HashMap<Bytes, HashSet<u64>>,
+    /// Client ids over all keys (INFO's `tracking_total_items`).
+    items: usize,
+    clients: HashMap<u64, Tracked>,
+    /// Clients in BCAST mode.
+    bcast: HashSet<u64>,
+}
+
+/// Every tracking client of a node, and the keys they read.
+#[derive(Debug)]
+pub struct Tracking {
+    /// Tracking clients: while none are, changes are not gathered.
+    on: AtomicUsize,
+    max_keys: AtomicUsize,
+    table: Mutex<Table>,
+}
+
+impl Default for Tracking {
+    fn default() -> Tracking {
+        Tracking {
+            on: AtomicUsize::new(0),
+            max_keys: AtomicUsize::new(TRACKING_TABLE_MAX_KEYS_DEFAULT),
+            table: Mutex::default(),
+        }
+    }
+}
+
+/// Figures for INFO.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackingFigures {
+    pub clients: usize,
+    pub keys: usize,
+    pub items: usize,
+    pub prefixes: usize,
+}
+
+impl Tracking {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most keys remembered (`tracking-table-max-keys`).
+    pub fn set_max_keys(&self, keys: usize) {
+        self.max_keys.store(keys, Ordering::Relaxed);
+    }
+
+    pub fn max_keys(&self) -> usize {
+        self.max_keys.load(Ordering::Relaxed)
+    }
+
+    /// Client `id` tracks with `options` from now on; its invalidations
+    /// arrive in the inbox returned. `activity` is closed if it falls
+    /// [`TRACKING_BACKLOG_MAX`] messages behind.
+    pub fn enable(
+        &self,
+        id: u64,
+        options: Options,
+        activity: Arc<crate::node::Activity>,
+    ) -> mpsc::Receiver<Invalidation> {
+        let (outbox, inbox) = mpsc::channel(TRACKING_BACKLOG_MAX);
+        let mut table = self.table();
+        if options.bcast {
+            table.bcast.insert(id);
+        }
+        let before = table.clients.insert(
+            id,
+            Tracked {
+                options,
+                outbox,
+                activity,
+            },
+        );
+        if before.is_none() {
+            self.on.fetch_add(1, Ordering::AcqRel);
+        }
+        inbox
+    }
+
+    /// Client `id`, tracking already, does so with `options` now (more
+    /// BCAST prefixes).
+    pub fn update(&self, id: u64, options: Options) {
+        if let Some(client) = self.table().clients.get_mut(&id) {
+            client.options = options;
+        }
+    }
+
+    /// Client `id` tracks no more (CLIENT TRACKING OFF, RESET, gone). The
+    /// keys it read are let go of as they change.
+    pub fn disable(&self, id: u64) {
+        let mut table = self.table();
+        table.bcast.remove(&id);
+        if table.clients.remove(&id).is_some() {
+            self.on.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Client `id` (in default mode) is about to read `keys`: it is told
+    /// when one changes after now.
+    pub fn remember(&self, id: u64, keys: impl IntoIterator<Item = Bytes>) {
+        let mut table = self.table();
+        for key in keys {
+            let added = table.keys.entry(key).or_default().insert(id);
+            table.items += usize::from(added);
+        }
+        // Over the limit: the keys forgotten are invalidated, as in Redis.
+        let max = self.max_keys();
+        if max > 0 && table.keys.len() > max {
+            let over = table.keys.len() - max;
+            let gone: Vec<Bytes> = table.keys.keys().take(over).cloned().collect();
+            let refs: Vec<&Bytes> = gone.iter().collect();
+            tell(&mut table, &refs);
+        }
+    }
+
+    pub fn figures(&self) -> TrackingFigures {
+        let table = self.table();
+        TrackingFigures {
+            clients: table.clients.len(),
+            keys: table.keys.len(),
+            items: table.items,
+            prefixes: table
+                .bcast
+                .iter()
+                .filter_map(|id| table.clients.get(id))
+                .map(|c| c.options.prefixes.len())
+                .sum(),
+        }
+    }
+}
+
+/// Tells the clients of `keys` (read by them, or under a BCAST prefix),
+/// one message per client; the keys are forgotten.
+fn tell(table: &mut Table, keys: &[&Bytes]) {
+    // Each key once (a batch may change one many times); a client is in
+    // default mode or BCAST, not both, so it is told of each key once.
+    let mut seen = HashSet::with_capacity(keys.len());
+    let keys: Vec<&Bytes> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
+    let mut to: HashMap<u64, Vec<Bytes>> = HashMap::new();
+    for key in &keys {
+        if let Some(ids) = table.keys.remove(*key) {
+            table.items -= ids.len();
+            for id in ids {
+                to.entry(id).or_default().push((*key).clone());
+            }
+        }
+    }
+    for id in &table.bcast {
+        let Some(client) = table.clients.get(id) else {
+            continue;
+        };
+        let prefixes = &client.options.prefixes;
+        for key in &keys {
+            if prefixes.is_empty() || prefixes.iter().any(|p| key.starts_with(p)) {
+                to.entry(*id).or_default().push((*key).clone());
+            }
+        }
+    }
+    for (id, keys) in to {
+        if let Some(client) = table.clients.get(&id) {
+            send(client, Some(keys));
+        }
+    }
+}
+
+fn send(client: &Tracked, message: Invalidation) {
+    if client.outbox.try_send(message).is_err() {
+        // Behind by the whole backlog (or gone): its cache cannot be kept
+        // right any more.
+        tracing::warn!("closing a tracking client that fell behind on its invalidations");
+        client.activity.kill();
+    }
+}
+
+impl ferry_engine::ChangeListener for Tracking {
+    fn listening(&self) -> bool {
+        self.on.load(Ordering::Acquire) > 0
+    }
+
+    fn changed(&self, changed: Changed<'_>) {
+        let mut table = self.table();
+        match changed {
+            Changed::Keys(keys) => tell(&mut table, keys),
+            Changed::All => {
+                table.keys.clear();
+                table.items = 0;
+                for client in table.clients.values() {
+                    send(client, None);
+                }
+            }
+        }
+    }
+}
+
+/// CLIENT TRACKING ON's options after ON (`args`), checked as Redis checks
+/// them; the error text if not.
+pub fn parse_options(args: &[Bytes]) -> Result<Options, String> {
+    let mut options = Options::default();
+    let mut i = 0;
+    while i < args.len() {
+        let word = String::from_utf8_lossy(&args[i]).to_ascii_lowercase();
+        match word.as_str() {
+            "bcast" => options.bcast = true,
+            "optin" => options.optin = true,
+            "optout" => options.optout = true,
+            "noloop" => options.noloop = true,
+            "prefix" if i + 1 < args.len() => {
+                i += 1;
+                options.prefixes.push(args[i].clone());
+            }
+            "redirect" if i + 1 < args.len() => {
+                i += 1;
+                let id = std::str::from_utf8(&args[i])
+                    .ok()
+                    .and_then(|s| s.parse().ok());
+                let Some(id) = id else {
+                    return Err("ERR value is not an integer or out of range".into());
+                };
+                options.redirect = Some(id);
+            }
+            _ => return Err("ERR syntax error".into()),
+        }
+        i += 1;
+    }
+    if !options.bcast && !options.prefixes.is_empty() {
+        return Err("ERR PREFIX option requires BCAST mode to be enabled".into());
+    }
+    if options.optin && options.optout {
+        return Err("ERR You can't specify both OPTIN mode and OPTOUT mode".into());
+    }
+    if options.bcast && (options.optin || options.optout) {
+        return Err("ERR OPTIN and OPTOUT are not compatible with BCAST".into());
+    }
+    check_prefixes(&[], &options.prefixes)?;
+    Ok(options)
+}
+
+/// Whether `new` prefixes may join a client's `existing` ones: none may be
+/// a prefix of another (nor equal), as Redis checks, with its texts.
+pub fn check_prefixes(existing: &[Bytes], new: &[Bytes]) -> Result<(), String> {
+    let overlap = |a: &Bytes, b: &Bytes| a.starts_with(b) || b.starts_with(a);
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    for (i, a) in new.iter().enumerate() {
+        if let Some(old) = existing.iter().find(|old| overlap(a, old)) {
+            return Err(format!(
+                "ERR Prefix '{}' overlaps with an existing prefix '{}'. Prefixes for a single client must not overlap.",
+                text(a),
+                text(old)
+            ));
+        }
+        if let Some(b) = new[i + 1..].iter().find(|b| overlap(a, b)) {
+            return Err(format!(
+                "ERR Prefix '{}' overlaps with another provided prefix '{}'. Prefixes for a single client must not overlap.",
+                text(a),
+                text(b)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An invalidation as the RESP3 push Redis sends: `>2`, `invalidate`, the
+/// keys (a null for all).
+pub fn encode(message: &Invalidation, out: &mut Vec<u8>) {
+    out.extend_from_slice(b">2\r\n$10\r\ninvalidate\r\n");
+    match message {
+        None => out.extend_from_slice(b"_\r\n"),
+        Some(keys) => {
+            out.extend_from_slice(format!("*{}\r\n", keys.len()).as_bytes());
+            for key in keys {
+                out.extend_from_slice(format!("${}\r\n", key.len()).as_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_engine::ChangeListener;
+
+    fn activity() -> Arc<crate::node::Activity> {
+        Arc::new(crate::node::Activity::new(-1))
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn read_keys_are_told_once_and_bcast_by_prefix() {
+        let tracking = Tracking::default();
+        assert!(!tracking.listening());
+        let mut reader = tracking.enable(1, Options::default(), activity());
+        let bcast = Options {
+            bcast: true,
+            prefixes: vec![b("user:")],
+            ..Options::default()
+        };
+        let mut watcher = tracking.enable(2, bcast, activity());
+        assert!(tracking.listening());
+        tracking.remember(1, [b("a"), b("user:1")]);
+        tracking.changed(Changed::Keys(&[&b("a"), &b("a"), &b("b")]));
+        assert_eq!(reader.try_recv().unwrap(), Some(vec![b("a")]));
+        assert!(watcher.try_recv().is_err(), "not under its prefix");
+        // Told once: the key must be read again.
+        tracking.changed(Changed::Keys(&[&b("a"), &b("user:1")]));
+        assert_eq!(reader.try_recv().unwrap(), Some(vec![b("user:1")]));
+        assert_eq!(watcher.try_recv().unwrap(), Some(vec![b("user:1")]));
+        tracking.changed(Changed::All);
+        assert_eq!(reader.try_recv().unwrap(), None);
+        assert_eq!(watcher.try_recv().unwrap(), None);
+        tracking.disable(1);
+        tracking.disable(2);
+        assert!(!tracking.listening());
+        assert_eq!(tracking.figures().items, 0);
+    }
+
+    #[test]
+    fn past_the_table_s_limit_keys_are_forgotten_and_told() {
+        let tracking = Tracking::default();
+        tracking.set_max_keys(2);
+        let mut reader = tracking.enable(1, Options::default(), activity());
+        tracking.remember(1, [b("a"), b("b"), b("c")]);
+        let told = reader.try_recv().unwrap().unwrap();
+        assert_eq!(told.len(), 1);
+        assert_eq!(tracking.figures().keys, 2);
+    }
+
+    #[test]
+    fn options_are_checked_as_redis_checks_them() {
+        let args = |s: &str| s.split(' ').map(b).collect::<Vec<_>>();
+        assert!(
+            parse_options(&args("PREFIX a"))
+                .unwrap_err()
+                .contains("requires BCAST")
+        );
+        assert!(
+            parse_options(&args("OPTIN OPTOUT"))
+                .unwrap_err()
+                .contains("both")
+        );
+        assert!(
+            parse_options(&args("BCAST OPTIN"))
+                .unwrap_err()
+                .contains("not compatible")
+        );
+        assert!(
+            parse_options(&args("BCAST PREFIX ab PREFIX a"))
+                .unwrap_err()
+                .contains("overlaps")
+        );
+        assert_eq!(parse_options(&args("FOO")).unwrap_err(), "ERR syntax error");
+        let o = parse_options(&args("bcast prefix a prefix b noloop")).unwrap();
+        assert_eq!(o.prefixes, [b("a"), b("b")]);
+        let mut out = Vec::new();
+        encode(&Some(vec![b("k")]), &mut out);
+        encode(&None, &mut out);
+        assert_eq!(
+            out,
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n>2\r\n$10\r\ninvalidate\r\n_\r\n"
+        );
+    }
+}
