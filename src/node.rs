@@ -878,8 +878,9 @@ impl Activity {
     }
 
     /// CLIENT KILL. The caller holds the client list's lock, and the
-    /// connection's entry is still in it: its socket is open, so `fd` is
-    /// its own.
+    /// connection's entry is still in it (or the tracking table's, which
+    /// the connection also leaves before it closes): its socket is open,
+    /// so `fd` is its own.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         // A permit if the connection is not waiting now: its next wait ends.

@@ -230,10 +230,12 @@ fn tell(table: &mut Table, keys: &[&Bytes]) {
     }
 }
 
+/// Queues `message` for `client`. One behind by the whole backlog is
+/// closed: its cache can no longer be kept right. (Its connection is open:
+/// it leaves the table, under the lock held here, before its socket
+/// closes; one that stopped tracking has dropped its inbox: nothing to do.)
 fn send(client: &Tracked, message: Invalidation) {
-    if client.outbox.try_send(message).is_err() {
-        // Behind by the whole backlog (or gone): its cache cannot be kept
-        // right any more.
+    if let Err(mpsc::error::TrySendError::Full(_)) = client.outbox.try_send(message) {
         tracing::warn!("closing a tracking client that fell behind on its invalidations");
         client.activity.kill();
     }
@@ -394,6 +396,25 @@ mod tests {
         let told = reader.try_recv().unwrap().unwrap();
         assert_eq!(told.len(), 1);
         assert_eq!(tracking.figures().keys, 2);
+    }
+
+    #[test]
+    fn a_client_a_whole_backlog_behind_is_closed_one_gone_is_not() {
+        let tracking = Tracking::default();
+        let all = Options {
+            bcast: true,
+            ..Options::default()
+        };
+        let (slow, gone) = (activity(), activity());
+        let _inbox = tracking.enable(1, all.clone(), slow.clone());
+        drop(tracking.enable(2, all, gone.clone()));
+        for _ in 0..TRACKING_BACKLOG_MAX {
+            tracking.changed(Changed::Keys(&[&b("k")]));
+        }
+        assert!(!slow.killed.load(Ordering::Acquire));
+        tracking.changed(Changed::Keys(&[&b("k")]));
+        assert!(slow.killed.load(Ordering::Acquire));
+        assert!(!gone.killed.load(Ordering::Acquire));
     }
 
     #[test]
