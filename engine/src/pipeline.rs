@@ -883,14 +883,13 @@ struct Pauses([Option<Pause>; PAUSE_PURPOSES]);
 
 impl Pauses {
     /// When the last pause holding writes (`all`: holding everything)
-    /// ends, if one holds at `now`.
-    fn end(&self, all: bool, now: std::time::Instant) -> Option<std::time::Instant> {
-        self.0
-            .iter()
-            .flatten()
-            .filter(|p| (p.all || !all) && p.until > now)
-            .map(|p| p.until)
-            .max()
+    /// ends, if one holds now (the clock is read only if a pause is set:
+    /// this is asked of every command).
+    fn end(&self, all: bool) -> Option<std::time::Instant> {
+        let mut set = self.0.iter().flatten().filter(|p| p.all || !all).peekable();
+        set.peek()?;
+        let now = std::time::Instant::now();
+        set.filter(|p| p.until > now).map(|p| p.until).max()
     }
 }
 
@@ -987,10 +986,7 @@ impl Pipeline {
 
     /// Whether a pause of everything holds now.
     pub fn is_all_paused(&self) -> bool {
-        self.paused
-            .borrow()
-            .end(true, std::time::Instant::now())
-            .is_some()
+        self.paused.borrow().end(true).is_some()
     }
 
     /// Waits while a pause of everything holds ([`Pipeline::pause`]).
@@ -1007,10 +1003,7 @@ impl Pipeline {
 
     /// Whether the write path's commands are paused now.
     pub fn is_paused(&self) -> bool {
-        self.paused
-            .borrow()
-            .end(false, std::time::Instant::now())
-            .is_some()
+        self.paused.borrow().end(false).is_some()
     }
 
     /// Waits while the write path's commands are paused, or (`all`) while
@@ -1018,9 +1011,7 @@ impl Pipeline {
     async fn until_unpaused(&self, all: bool) {
         let mut paused = self.paused.subscribe();
         loop {
-            let end = paused
-                .borrow_and_update()
-                .end(all, std::time::Instant::now());
+            let end = paused.borrow_and_update().end(all);
             let Some(until) = end else { return };
             tokio::select! {
                 () = tokio::time::sleep_until(until.into()) => {}
