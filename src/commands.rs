@@ -4292,6 +4292,16 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     Reply::ok()
 }
 
+/// The parameters CONFIG SET changes that CONFIG REWRITE writes: all but
+/// ferry's fixed values, each a flag of `ferry serve`
+/// ([`crate::config_file::flag_name`]).
+pub fn rewritable_params() -> impl Iterator<Item = &'static str> {
+    SETTABLE
+        .iter()
+        .filter(|(_, kind)| !matches!(kind, Settable::Only(..)))
+        .map(|(param, _)| *param)
+}
+
 /// CONFIG REWRITE, as Redis's: the values of what CONFIG SET changes
 /// written into the file the node started with (`--config`), each under its
 /// flag's name: in place on its line, or added at the end unless at its
@@ -4301,18 +4311,15 @@ fn config_rewrite(node: &Node) -> Reply {
         return Reply::err("The server is running without a config file");
     };
     let current = crate::info::config_params(node);
-    let settings: Vec<(&str, Option<String>, bool)> = SETTABLE
-        .iter()
-        // Not flags: ferry's fixed values.
-        .filter(|(_, kind)| !matches!(kind, Settable::Only(..)))
-        .map(|(param, _)| {
+    let settings: Vec<(&str, Option<String>, bool)> = rewritable_params()
+        .map(|param| {
             let flag = crate::config_file::flag_name(param);
             let value = current
                 .iter()
                 .find(|(name, _)| name == param)
                 .map(|(_, value)| value.clone())
                 // No password: no line.
-                .filter(|value| !(*param == "requirepass" && value.is_empty()));
+                .filter(|value| !(param == "requirepass" && value.is_empty()));
             let append = value.as_deref() != file.default_of(flag);
             (flag, value, append)
         })

@@ -368,3 +368,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod flags {
+    /// Every parameter CONFIG REWRITE writes is a flag of `ferry serve`
+    /// (else a restart on the file would refuse it).
+    #[test]
+    fn every_rewritten_parameter_is_a_flag_of_serve() {
+        use clap::CommandFactory;
+        let command = crate::Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve");
+        for param in crate::commands::rewritable_params() {
+            let flag = super::flag_name(param);
+            assert!(
+                serve.get_arguments().any(|a| a.get_long() == Some(flag)),
+                "{param} ({flag}) is not a flag of ferry serve"
+            );
+        }
+    }
+}
