@@ -1672,16 +1672,17 @@ impl Node {
             Duration::from_secs(self.config.shutdown_timeout_secs.load(Ordering::Relaxed));
         let until = Instant::now() + timeout;
         if owner {
-            *self
-                .shutdown_deadline
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(until);
             // Held past the wait, through the save and the stop.
             self.pipeline.pause(
                 PausePurpose::Shutdown,
                 Instant::now() + SHUTDOWN_HOLD_MAX,
                 false,
             );
+            // Shown once writes are held.
+            *self
+                .shutdown_deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(until);
         }
         self.pipeline.quiesce().await;
         let last = self.wal.last_lsn();

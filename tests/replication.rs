@@ -1620,13 +1620,18 @@ fn shutdown_waits_for_a_lagging_replica_until_aborted_or_caught_up() {
     let spawn = |mut con: redis::Connection, args: &'static [&'static str]| {
         std::thread::spawn(move || cmd(args).query::<redis::Value>(&mut con))
     };
+    // INFO shows the wait once writes are held.
+    let waiting = |node: &Server| {
+        wait_until(Duration::from_secs(10), || {
+            node.info_field("server", "shutdown_in_milliseconds")
+                .is_some()
+        })
+    };
     let shutdown = spawn(primary.client(), &["SHUTDOWN"]);
+    assert!(waiting(&primary), "SHUTDOWN waits for the replica");
     let held = spawn(primary.client(), &["SET", "held", "1"]);
-    assert!(
-        !wait_until(Duration::from_millis(500), || shutdown.is_finished()
-            || held.is_finished()),
-        "SHUTDOWN waits for the replica, and holds writes meanwhile"
-    );
+    assert!(primary.blocked_clients_reach(1), "writes are held");
+    assert!(!shutdown.is_finished());
     // Reads go on.
     assert_eq!(cmd(&["GET", "late"]).query::<String>(c).expect("GET"), "1");
     assert_eq!(
@@ -1643,12 +1648,10 @@ fn shutdown_waits_for_a_lagging_replica_until_aborted_or_caught_up() {
     held.join().unwrap().expect("the held write ran");
     // SIGTERM waits the same way (as Redis's), and is aborted the same way.
     primary.sigterm();
+    assert!(waiting(&primary), "SIGTERM waits for the replica");
     let held = spawn(primary.client(), &["SET", "held-too", "1"]);
-    assert!(
-        !wait_until(Duration::from_millis(500), || !primary.running()
-            || held.is_finished()),
-        "SIGTERM waits for the replica, writes held"
-    );
+    assert!(primary.blocked_clients_reach(1), "writes are held");
+    assert!(primary.running());
     assert_eq!(
         cmd(&["SHUTDOWN", "ABORT"])
             .query::<String>(c)
@@ -1658,7 +1661,8 @@ fn shutdown_waits_for_a_lagging_replica_until_aborted_or_caught_up() {
     held.join().unwrap().expect("the held write ran");
     assert!(primary.running());
     let again = spawn(primary.client(), &["SHUTDOWN"]);
-    assert!(!wait_until(Duration::from_millis(500), || again.is_finished()));
+    assert!(waiting(&primary));
+    assert!(!again.is_finished());
     proxy.unstall();
     let exited = primary
         .wait_exit(Duration::from_secs(20))
@@ -1700,7 +1704,10 @@ fn shutdown_stops_after_its_timeout_or_now() {
         let started = Instant::now();
         if shutdown.is_empty() {
             primary.sigterm();
-            assert!(!wait_until(Duration::from_millis(500), || !primary.running()));
+            // Waiting for the replica, which the second signal cuts short.
+            assert!(wait_until(Duration::from_secs(10), || primary
+                .info_field("server", "shutdown_in_milliseconds")
+                .is_some()));
             primary.sigterm();
             // Stopping: the connection closes.
             assert!(wait_until(Duration::from_secs(5), || cmd(&["PING"])
