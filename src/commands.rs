@@ -4333,6 +4333,14 @@ fn config_rewrite(node: &Node) -> Reply {
     match rewritten {
         Ok(()) => {
             tracing::info!(file = %file.path.display(), "CONFIG REWRITE");
+            for (flag, value, _) in &settings {
+                if value.is_some() && file.given_elsewhere(flag) {
+                    tracing::warn!(
+                        setting = flag,
+                        "CONFIG REWRITE wrote it to the file, but the command line or the environment sets it too, and comes first at the next start"
+                    );
+                }
+            }
             Reply::ok()
         }
         Err(e) => {

@@ -33,6 +33,9 @@ pub fn flag_name(param: &str) -> &str {
 pub struct ConfigFile {
     pub path: PathBuf,
     defaults: Vec<(String, String)>,
+    /// Flags the command line or the environment gave at start: they come
+    /// before the file at the next start too.
+    given_elsewhere: Vec<String>,
 }
 
 impl ConfigFile {
@@ -49,10 +52,27 @@ impl ConfigFile {
                 ))
             })
             .collect();
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let after_serve = args
+            .iter()
+            .position(|a| a == "serve")
+            .map_or(0, |at| at + 1);
+        let given_elsewhere = serve
+            .get_arguments()
+            .filter(|a| given_elsewhere(&args[after_serve..], a))
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
         Ok(ConfigFile {
             path: std::path::absolute(path)?,
             defaults,
+            given_elsewhere,
         })
+    }
+
+    /// Whether the command line or the environment gave the flag `name` at
+    /// start (a value CONFIG REWRITE writes for it will not count then).
+    pub fn given_elsewhere(&self, name: &str) -> bool {
+        self.given_elsewhere.iter().any(|n| n == name)
     }
 
     /// The default of the flag `name`, if it has one.
@@ -192,13 +212,6 @@ pub fn expand_args(args: Vec<OsString>, serve: &clap::Command) -> Result<Vec<OsS
         .position(|a| a == "serve")
         .expect("file_of found it")
         + 1;
-    let given = |name: &str| {
-        let flag = format!("--{name}");
-        args[at..].iter().any(|a| {
-            let a = a.to_string_lossy();
-            a == flag || a.starts_with(&format!("{flag}="))
-        })
-    };
     let mut inserted: Vec<(String, OsString)> = Vec::new();
     for s in settings {
         let known = serve
@@ -212,8 +225,7 @@ pub fn expand_args(args: Vec<OsString>, serve: &clap::Command) -> Result<Vec<OsS
                 s.name
             ));
         };
-        let from_env = arg.get_env().is_some_and(|v| std::env::var_os(v).is_some());
-        if given(&s.name) || from_env {
+        if given_elsewhere(&args[at..], arg) {
             continue;
         }
         // A later line sets it again: the last one counts, as in Redis.
@@ -223,6 +235,20 @@ pub fn expand_args(args: Vec<OsString>, serve: &clap::Command) -> Result<Vec<OsS
     let mut out = args;
     out.splice(at..at, inserted.into_iter().map(|(_, arg)| arg));
     Ok(out)
+}
+
+/// Whether `arg` is given on the command line (`args`, after `serve`) or
+/// in the environment: either comes before the file.
+fn given_elsewhere(args: &[OsString], arg: &clap::Arg) -> bool {
+    let Some(name) = arg.get_long() else {
+        return false;
+    };
+    let flag = format!("--{name}");
+    let on_line = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    });
+    on_line || arg.get_env().is_some_and(|v| std::env::var_os(v).is_some())
 }
 
 /// `text` (a configuration file) with each of `settings` (flag name, and

@@ -2843,6 +2843,20 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
         "{refused}"
     );
     assert_eq!(raw(c, &["CONFIG", "REWRITE"]), ok());
+    // What the command line and the environment set wins at the next
+    // start: the log says so of what the file now has too.
+    let log = server.stderr();
+    for (flag, warned) in [
+        ("slowlog-max-len", true),
+        ("timeout", true),
+        ("maxclients", false),
+    ] {
+        assert_eq!(
+            log.contains(&format!("setting=\"{flag}\"")),
+            warned,
+            "{flag}: {log}"
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         "# ferry's settings\n\nfsync always\nmaxclients 88\nproto-max-bulk-len 2097152\n\
