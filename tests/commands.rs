@@ -2941,6 +2941,27 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
     assert!(list.contains(" flags=t "), "{list}");
     assert_eq!(raw(writer, &["FLUSHALL"]), ok());
     assert!(t.read_until(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
+    // A transaction's reads are noted as its EXEC runs them.
+    t.exchange(&["MULTI"], "+OK\r\n");
+    t.exchange(&["GET", "m"], "+QUEUED\r\n");
+    t.exchange(&["EXEC"], "*1\r\n_\r\n");
+    assert_eq!(raw(writer, &["SET", "m", "1"]), ok());
+    assert!(t.read_until(invalidate(&["m"]).as_bytes()));
+    // Past the table's limit, the keys forgotten are told.
+    assert_eq!(
+        raw(writer, &["CONFIG", "SET", "tracking-table-max-keys", "1"]),
+        ok()
+    );
+    t.exchange(&["MGET", "m", "n"], "*2\r\n$1\r\n1\r\n_\r\n");
+    assert!(t.read_until(b">2\r\n$10\r\ninvalidate\r\n*1\r\n"));
+    assert_eq!(
+        server.info_field("stats", "tracking_total_keys").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        raw(writer, &["CONFIG", "SET", "tracking-table-max-keys", "0"]),
+        ok()
+    );
 
     // BCAST: every change under its prefixes, read or not.
     let mut b = Resp3::connect(&server);
