@@ -176,7 +176,8 @@ impl Tracking {
             let over = table.keys.len() - max;
             let gone: Vec<Bytes> = table.keys.keys().take(over).cloned().collect();
             let refs: Vec<&Bytes> = gone.iter().collect();
-            tell(&mut table, &refs);
+            // Only their readers: for BCAST clients nothing changed.
+            tell(&mut table, &refs, false);
         }
     }
 
@@ -196,9 +197,9 @@ impl Tracking {
     }
 }
 
-/// Tells the clients of `keys` (read by them, or under a BCAST prefix),
-/// one message per client; the keys are forgotten.
-fn tell(table: &mut Table, keys: &[&Bytes]) {
+/// Tells the clients of `keys` (read by them, or with `bcast` under a
+/// BCAST prefix), one message per client; the keys are forgotten.
+fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool) {
     // Each key once (a batch may change one many times); a client is in
     // default mode or BCAST, not both, so it is told of each key once.
     let mut seen = HashSet::with_capacity(keys.len());
@@ -212,7 +213,7 @@ fn tell(table: &mut Table, keys: &[&Bytes]) {
             }
         }
     }
-    for id in &table.bcast {
+    for id in table.bcast.iter().filter(|_| bcast) {
         let Some(client) = table.clients.get(id) else {
             continue;
         };
@@ -249,7 +250,7 @@ impl ferry_engine::ChangeListener for Tracking {
     fn changed(&self, changed: Changed<'_>) {
         let mut table = self.table();
         match changed {
-            Changed::Keys(keys) => tell(&mut table, keys),
+            Changed::Keys(keys) => tell(&mut table, keys, true),
             Changed::All => {
                 table.keys.clear();
                 table.items = 0;
@@ -392,10 +393,16 @@ mod tests {
         let tracking = Tracking::default();
         tracking.set_max_keys(2);
         let mut reader = tracking.enable(1, Options::default(), activity());
+        let all = Options {
+            bcast: true,
+            ..Options::default()
+        };
+        let mut watcher = tracking.enable(2, all, activity());
         tracking.remember(1, [b("a"), b("b"), b("c")]);
         let told = reader.try_recv().unwrap().unwrap();
         assert_eq!(told.len(), 1);
         assert_eq!(tracking.figures().keys, 2);
+        assert!(watcher.try_recv().is_err(), "nothing changed for BCAST");
     }
 
     #[test]
