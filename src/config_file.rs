@@ -286,20 +286,29 @@ pub fn rewrite(text: &str, settings: &[(&str, Option<String>, bool)]) -> String 
 }
 
 /// Replaces the file at `path` with `text` whole or not at all (a new file
-/// beside it, synced, renamed over it, the directory synced), keeping its
-/// permissions: it may hold a password.
+/// beside it, synced, renamed over it, the directory synced), keeping the
+/// permissions of the file there before, if any: it may hold a password.
 ///
 /// # Errors
 ///
 /// Any step's.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.rewrite.{}", std::process::id()));
-    let permissions = std::fs::metadata(path)?.permissions();
+    let temp = dir.join(format!(".{name}.new.{}", std::process::id()));
+    let permissions = match std::fs::metadata(path) {
+        Ok(meta) => Some(meta.permissions()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
     let written = (|| {
         let mut file = std::fs::File::create(&temp)?;
-        file.set_permissions(permissions)?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions)?;
+        }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;

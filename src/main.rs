@@ -297,13 +297,13 @@ pub struct TlsCipherArgs {
     /// Redis's tls-ciphers, separated by ':'
     /// (ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384). Default:
     /// all that rustls has, every one an AEAD with forward secrecy.
-    #[arg(long, env = "FERRY_TLS_CIPHERS", value_parser = |s: &str| ferry_proto::tls::TlsCiphers::parse(s, false).map(|_| s.to_string()))]
-    tls_ciphers: Option<String>,
+    #[arg(long, env = "FERRY_TLS_CIPHERS", value_parser = |s: &str| ferry_proto::tls::TlsCiphers::parse(s, false))]
+    tls_ciphers: Option<ferry_proto::tls::CipherSuites>,
     /// The cipher suites served over TLSv1.3, as Redis's tls-ciphersuites
     /// (TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256). Default: all
     /// three.
-    #[arg(long, env = "FERRY_TLS_CIPHERSUITES", value_parser = |s: &str| ferry_proto::tls::TlsCiphers::parse(s, true).map(|_| s.to_string()))]
-    tls_ciphersuites: Option<String>,
+    #[arg(long, env = "FERRY_TLS_CIPHERSUITES", value_parser = |s: &str| ferry_proto::tls::TlsCiphers::parse(s, true))]
+    tls_ciphersuites: Option<ferry_proto::tls::CipherSuites>,
 }
 
 impl TlsCipherArgs {
@@ -315,17 +315,9 @@ impl TlsCipherArgs {
             .or(self.tls_ciphersuites.as_ref().map(|_| "--tls-ciphersuites"))
     }
 
-    /// The suites, checked by clap already.
+    /// The suites given.
     fn ciphers(&self) -> ferry_proto::tls::TlsCiphers {
-        let parse = |names: &Option<String>, v1_3| {
-            names.as_deref().map(|names| {
-                ferry_proto::tls::TlsCiphers::parse(names, v1_3).expect("checked when parsed")
-            })
-        };
-        ferry_proto::tls::TlsCiphers::new(
-            parse(&self.tls_ciphers, false),
-            parse(&self.tls_ciphersuites, true),
-        )
+        ferry_proto::tls::TlsCiphers::new(self.tls_ciphers.clone(), self.tls_ciphersuites.clone())
     }
 }
 

@@ -1050,19 +1050,8 @@ impl Identity {
         if state.epoch_max > 0 {
             text.push_str(&format!("epoch_max={}\n", state.epoch_max));
         }
-        let tmp = self.path.with_extension("conf.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut file = File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().with_context(|| format!("writing {}", self.path.display()))
+        crate::config_file::write_atomically(&self.path, &text)
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 
     fn update(&self, f: impl FnOnce(&mut IdentityState)) -> anyhow::Result<()> {

@@ -860,10 +860,11 @@ fn track_reads(
 }
 
 /// CLIENT CACHING's answer, for the command after it only; as in Redis,
-/// CLIENT's subcommands leave it be, and a MULTI leaves it to its EXEC.
+/// CLIENT's subcommands leave it be. (MULTI never comes here: it leaves
+/// the answer to its EXEC, which takes it.)
 fn take_caching(conn: &mut Conn, spec: &Spec) -> Option<bool> {
     let tracking = conn.tracking.as_mut()?;
-    if matches!(spec.name, "multi" | "client") {
+    if spec.name == "client" {
         return None;
     }
     tracking.caching.take()

@@ -176,11 +176,11 @@ pub struct TlsCiphers {
 
 impl TlsCiphers {
     /// The suites given for each version (`None`: all).
-    pub fn new(
-        tls12: Option<Vec<rustls::CipherSuite>>,
-        tls13: Option<Vec<rustls::CipherSuite>>,
-    ) -> TlsCiphers {
-        TlsCiphers { tls12, tls13 }
+    pub fn new(tls12: Option<CipherSuites>, tls13: Option<CipherSuites>) -> TlsCiphers {
+        TlsCiphers {
+            tls12: tls12.map(|s| s.0),
+            tls13: tls13.map(|s| s.0),
+        }
     }
 
     /// `names` (separated by `:`, as OpenSSL's lists) as suites of TLS
@@ -189,7 +189,7 @@ impl TlsCiphers {
     /// # Errors
     ///
     /// A name rustls lacks, or one of the other version, naming those it has.
-    pub fn parse(names: &str, v1_3: bool) -> Result<Vec<rustls::CipherSuite>, String> {
+    pub fn parse(names: &str, v1_3: bool) -> Result<CipherSuites, String> {
         let (flag, other) = if v1_3 {
             ("--tls-ciphersuites", "--tls-ciphers")
         } else {
@@ -227,7 +227,7 @@ impl TlsCiphers {
         if suites.is_empty() {
             return Err(format!("{flag}: no cipher suite given"));
         }
-        Ok(suites)
+        Ok(CipherSuites(suites))
     }
 
     /// The suites of TLS version `v1_3` (or TLSv1.2) as OpenSSL names
@@ -258,6 +258,10 @@ impl TlsCiphers {
         provider
     }
 }
+
+/// Cipher suites of one TLS version, as [`TlsCiphers::parse`] read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CipherSuites(Vec<rustls::CipherSuite>);
 
 /// Whether `suite` is one of TLSv1.3's.
 fn is_tls13(suite: rustls::CipherSuite) -> bool {
@@ -818,7 +822,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            tls12,
+            tls12.0,
             [
                 rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
                 rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
