@@ -48,6 +48,9 @@ pub enum Handler {
     /// FAILOVER: a switchover in the background
     /// ([`Node::failover_command`]).
     Failover,
+    /// PUBLISH and SPUBLISH: on a primary a WAL record ([`publish`]),
+    /// delivered once applied; on a replica, to its own subscribers now.
+    Publish,
 }
 
 /// What FAILOVER was asked to do.
@@ -177,6 +180,8 @@ pub struct Conn {
     pub monitor: Option<crate::node::Monitor>,
     /// After CLIENT TRACKING ON, until OFF or RESET.
     pub tracking: Option<crate::tracking::ClientTracking>,
+    /// Its Pub/Sub messages, from its first subscription on.
+    pub pubsub: Option<crate::pubsub::Inbox>,
 }
 
 /// A transaction being queued (MULTI ... EXEC).
@@ -208,6 +213,10 @@ const RS: &[&str] = &["readonly"];
 const C: &[&str] = &["fast"];
 /// MULTI, DISCARD, WATCH and UNWATCH, as Redis flags them.
 const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
+/// The (un)subscribe commands, as Redis flags them.
+const SUB: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+/// PUBLISH and SPUBLISH, as Redis flags them.
+const PUB: &[&str] = &["pubsub", "loading", "stale", "fast"];
 
 macro_rules! spec {
     ($name:literal, $arity:expr, $flags:expr, $fk:expr, $lk:expr, $st:expr, $h:expr) => {
@@ -406,7 +415,11 @@ pub static COMMANDS: &[Spec] = &[
     spec!("pexpiretime", 2, R, 1, 1, 1, Handler::Read(pexpiretime)),
     spec!("ping", -1, C, 0, 0, 0, Handler::Conn(ping)),
     spec!("psetex", 4, WD, 1, 1, 1, Handler::Write(psetex)),
+    spec!("psubscribe", -2, SUB, 0, 0, 0, Handler::Conn(subscribe)),
     spec!("pttl", 2, R, 1, 1, 1, Handler::Read(pttl)),
+    spec!("publish", 3, PUB, 0, 0, 0, Handler::Publish),
+    spec!("pubsub", -2, &[], 0, 0, 0, Handler::Conn(pubsub)),
+    spec!("punsubscribe", -1, SUB, 0, 0, 0, Handler::Conn(unsubscribe)),
     spec!(
         "quit",
         -1,
@@ -511,8 +524,20 @@ pub static COMMANDS: &[Spec] = &[
         Handler::ReplicaOf
     ),
     spec!("slowlog", -2, &[], 0, 0, 0, Handler::Conn(slowlog)),
+    spec!("spublish", 3, PUB, 1, 1, 1, Handler::Publish),
+    spec!("ssubscribe", -2, SUB, 1, -1, 1, Handler::Conn(subscribe)),
     spec!("strlen", 2, R, 1, 1, 1, Handler::Read(strlen)),
+    spec!("subscribe", -2, SUB, 0, 0, 0, Handler::Conn(subscribe)),
     spec!("substr", 4, RS, 1, 1, 1, Handler::Read(getrange)),
+    spec!(
+        "sunsubscribe",
+        -1,
+        SUB,
+        1,
+        -1,
+        1,
+        Handler::Conn(unsubscribe)
+    ),
     spec!(
         "time",
         1,
@@ -526,6 +551,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("ttl", 2, R, 1, 1, 1, Handler::Read(ttl)),
     spec!("type", 2, R, 1, 1, 1, Handler::Read(type_)),
     spec!("unlink", -2, WF, 1, -1, 1, Handler::Write(del)),
+    spec!("unsubscribe", -1, SUB, 0, 0, 0, Handler::Conn(unsubscribe)),
     spec!("unwatch", 1, TX, 0, 0, 0, Handler::Transaction),
     spec!("wait", 3, &["noscript"], 0, 0, 0, Handler::Wait),
     spec!("watch", -2, TX, 1, -1, 1, Handler::Transaction),
@@ -628,6 +654,17 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
             ("help", 2),
             ("idletime", 3),
             ("refcount", 3),
+        ],
+    ),
+    (
+        "pubsub",
+        &[
+            ("channels", -2),
+            ("help", 2),
+            ("numpat", 2),
+            ("numsub", -2),
+            ("shardchannels", -2),
+            ("shardnumsub", -2),
         ],
     ),
     (
@@ -775,7 +812,17 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("pexpiretime", &["keyspace", "read", "fast"]),
     ("ping", &["fast", "connection"]),
     ("psetex", &["write", "string", "slow"]),
+    ("psubscribe", &["pubsub", "slow"]),
     ("pttl", &["keyspace", "read", "fast"]),
+    ("publish", &["pubsub", "fast"]),
+    ("pubsub", &["slow"]),
+    ("pubsub|channels", &["pubsub", "slow"]),
+    ("pubsub|help", &["slow"]),
+    ("pubsub|numpat", &["pubsub", "slow"]),
+    ("pubsub|numsub", &["pubsub", "slow"]),
+    ("pubsub|shardchannels", &["pubsub", "slow"]),
+    ("pubsub|shardnumsub", &["pubsub", "slow"]),
+    ("punsubscribe", &["pubsub", "slow"]),
     ("quit", &["fast", "connection"]),
     ("randomkey", &["keyspace", "read", "slow"]),
     ("rename", &["keyspace", "write", "slow"]),
@@ -799,13 +846,18 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("slowlog|help", &["slow"]),
     ("slowlog|len", &["admin", "slow", "dangerous"]),
     ("slowlog|reset", &["admin", "slow", "dangerous"]),
+    ("spublish", &["pubsub", "fast"]),
+    ("ssubscribe", &["pubsub", "slow"]),
     ("strlen", &["read", "string", "fast"]),
+    ("subscribe", &["pubsub", "slow"]),
     ("substr", &["read", "string", "slow"]),
+    ("sunsubscribe", &["pubsub", "slow"]),
     ("time", &["fast"]),
     ("touch", &["keyspace", "read", "fast"]),
     ("ttl", &["keyspace", "read", "fast"]),
     ("type", &["keyspace", "read", "fast"]),
     ("unlink", &["keyspace", "write", "fast"]),
+    ("unsubscribe", &["pubsub", "slow"]),
     ("unwatch", &["fast", "transaction"]),
     ("wait", &["slow", "connection"]),
     ("watch", &["fast", "transaction"]),
@@ -859,6 +911,15 @@ pub fn stat_slot(spec: &'static Spec, args: &Args) -> Option<usize> {
             .map(|i| own + 1 + i),
         ((own, _), _) => Some(own),
     }
+}
+
+/// The command's name as Redis's errors give it: a container's known
+/// subcommand after a bar (`client|list`).
+pub fn full_name(spec: &'static Spec, args: &Args) -> String {
+    stat_slot(spec, args)
+        .and_then(|i| stat_names().get(i))
+        .cloned()
+        .unwrap_or_else(|| spec.name.to_string())
 }
 
 /// Where `spec`'s name is in [`stat_names`], and its subcommands if it is
@@ -2945,11 +3006,116 @@ fn hscan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 
 // ------------------------------------------------ connection and server
 
-fn ping(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+fn ping(_node: &Node, conn: &mut Conn, args: &Args) -> Reply {
+    // A RESP2 subscriber's is a message-like array, as Redis's.
+    let subscribed = !conn.resp3 && is_subscribed(conn);
     match args.len() {
+        1 if subscribed => Reply::Array(vec![Reply::bulk("pong"), Reply::bulk("")]),
+        2 if subscribed => Reply::Array(vec![Reply::bulk("pong"), Reply::Bulk(args[1].clone())]),
         1 => Reply::Simple("PONG".into()),
         2 => Reply::Bulk(args[1].clone()),
         _ => wrong_arity("ping"),
+    }
+}
+
+/// Whether the client has subscriptions (Redis's Pub/Sub context).
+pub fn is_subscribed(conn: &Conn) -> bool {
+    conn.activity.is_subscriber()
+}
+
+/// What (un)subscribe command `name` subscribes to.
+fn subscription_kind(name: &[u8]) -> crate::pubsub::Kind {
+    use crate::pubsub::Kind;
+    match name.to_ascii_lowercase().as_slice() {
+        b"psubscribe" | b"punsubscribe" => Kind::Pattern,
+        b"ssubscribe" | b"sunsubscribe" => Kind::Shard,
+        _ => Kind::Channel,
+    }
+}
+
+/// SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE: a confirmation per name.
+fn subscribe(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
+    node.pubsub.subscribe(
+        conn.id,
+        &conn.activity,
+        &mut conn.pubsub,
+        subscription_kind(&args[0]),
+        &args[1..],
+    )
+}
+
+/// UNSUBSCRIBE, PUNSUBSCRIBE and SUNSUBSCRIBE: of the names given, or of
+/// all of that kind.
+fn unsubscribe(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
+    node.pubsub.unsubscribe(
+        conn.id,
+        &conn.activity,
+        subscription_kind(&args[0]),
+        &args[1..],
+    )
+}
+
+/// The effect of PUBLISH or SPUBLISH on a primary: a record; the reply,
+/// the deliveries it made, comes once it is applied (see the server's
+/// `Queued::Published`).
+pub fn publish(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    view.push(Op::Publish(pb::Publish {
+        channel: args[1].clone(),
+        message: args[2].clone(),
+        shard: is_shard_publish(args),
+    }))?;
+    Ok(Reply::Int(0))
+}
+
+/// Whether `args` is SPUBLISH's.
+pub fn is_shard_publish(args: &Args) -> bool {
+    args[0].eq_ignore_ascii_case(b"spublish")
+}
+
+/// PUBSUB CHANNELS, NUMSUB, NUMPAT, SHARDCHANNELS, SHARDNUMSUB and HELP.
+fn pubsub(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    let hub = &node.pubsub;
+    match (sub.as_str(), args.len()) {
+        ("channels" | "shardchannels", 2 | 3) => Reply::Array(
+            hub.channels(sub == "shardchannels", args.get(2).map(|p| &p[..]))
+                .into_iter()
+                .map(Reply::Bulk)
+                .collect(),
+        ),
+        ("numsub" | "shardnumsub", _) => Reply::Array(
+            args[2..]
+                .iter()
+                .flat_map(|c| {
+                    [
+                        Reply::Bulk(c.clone()),
+                        Reply::Int(hub.numsub(sub == "shardnumsub", c) as i64),
+                    ]
+                })
+                .collect(),
+        ),
+        ("numpat", _) => Reply::Int(hub.figures().patterns as i64),
+        ("help", _) => help(&[
+            "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "CHANNELS [<pattern>]",
+            "    Return the currently active channels matching a <pattern> (default: '*').",
+            "NUMPAT",
+            "    Return number of subscriptions to patterns.",
+            "NUMSUB [<channel> ...]",
+            "    Return the number of subscribers for the specified channels, excluding",
+            "    pattern subscriptions(default: no channels).",
+            "SHARDCHANNELS [<pattern>]",
+            "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+            "SHARDNUMSUB [<shardchannel> ...]",
+            "    Return the number of subscribers for the specified shard level channel(s)",
+            "HELP",
+            "    Prints this help.",
+        ]),
+        // CHANNELS with more than a pattern: Redis's catch-all error.
+        _ => Reply::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'. Try PUBSUB HELP.",
+            String::from_utf8_lossy(&args[1])
+        )),
     }
 }
 
@@ -2983,6 +3149,9 @@ fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
         node.tracking.disable(conn.id);
         conn.activity.tracking.store(false, Ordering::Relaxed);
     }
+    // Its messages so far go before RESET's reply (the server writes
+    // what the inbox holds before each reply); none come after.
+    node.pubsub.leave(conn.id, &conn.activity);
     conn.multi = None;
     conn.watch.clear();
     conn.resp3 = false;
@@ -3186,24 +3355,20 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             }
         }
         ("list", n) => {
-            // As Redis 7: every client, those of a TYPE (every RESP client
-            // here is a normal one; replicas stream over gRPC), or those of
-            // the IDs given, in their order.
+            // As Redis 7: every client, those of a TYPE (a RESP client here
+            // is a normal one or a subscriber; replicas stream over gRPC),
+            // or those of the IDs given, in their order.
+            let mut of_type = None;
             let ids: Option<Vec<u64>> = match n {
                 2 => None,
-                4 if eq(&args[2], "type") => {
-                    let kind = String::from_utf8_lossy(&args[3]).to_ascii_lowercase();
-                    match kind.as_str() {
-                        "normal" => None,
-                        "master" | "replica" | "slave" | "pubsub" => Some(Vec::new()),
-                        _ => {
-                            return Reply::err(format!(
-                                "Unknown client type '{}'",
-                                String::from_utf8_lossy(&args[3])
-                            ));
-                        }
+                4 if eq(&args[2], "type") => match client_type(&args[3]) {
+                    Ok(Some(pubsub)) => {
+                        of_type = Some(pubsub);
+                        None
                     }
-                }
+                    Ok(None) => Some(Vec::new()),
+                    Err(reply) => return reply,
+                },
                 _ if n > 3 && eq(&args[2], "id") => {
                     let mut ids = Vec::with_capacity(n - 3);
                     for arg in &args[3..] {
@@ -3225,6 +3390,7 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             let text: String = ids
                 .iter()
                 .filter_map(|id| clients.get(id))
+                .filter(|info| of_type.is_none_or(|pubsub| info.activity.is_subscriber() == pubsub))
                 .map(|info| crate::info::client_line(info, conn))
                 .collect();
             Reply::Verbatim(text.into())
@@ -3363,9 +3529,26 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
 /// LADDR, TYPE, USER, SKIPME, all of them to match) answer how many
 /// connections were killed. A killed connection closes once what it is
 /// running is answered; the caller, if killed, after this reply.
+/// A TYPE of CLIENT LIST and CLIENT KILL: `Some(false)` normal clients,
+/// `Some(true)` subscribers (Redis's `pubsub`), `None` a type no RESP
+/// client here has (replicas stream over gRPC).
+fn client_type(name: &[u8]) -> Result<Option<bool>, Reply> {
+    match String::from_utf8_lossy(name).to_ascii_lowercase().as_str() {
+        "normal" => Ok(Some(false)),
+        "pubsub" => Ok(Some(true)),
+        "master" | "replica" | "slave" => Ok(None),
+        _ => Err(Reply::err(format!(
+            "Unknown client type '{}'",
+            String::from_utf8_lossy(name)
+        ))),
+    }
+}
+
 fn client_kill(node: &Node, conn: &mut Conn, filters: &[Bytes]) -> Reply {
     let old_form = filters.len() == 1;
-    let (mut id, mut addr, mut laddr, mut normal, mut skipme) = (None, None, None, true, !old_form);
+    // `of_type`: see [`client_type`]; `Some(None)`, none of them.
+    let (mut id, mut addr, mut laddr, mut of_type, mut skipme) =
+        (None, None, None, None, !old_form);
     let mut rest = if old_form {
         addr = Some(&filters[0]);
         &[][..]
@@ -3385,21 +3568,10 @@ fn client_kill(node: &Node, conn: &mut Conn, filters: &[Bytes]) -> Reply {
                 Some(n) if n >= 1 => id = Some(n as u64),
                 _ => return Reply::err("client-id should be greater than 0"),
             },
-            "type" => {
-                let kind = String::from_utf8_lossy(value).to_ascii_lowercase();
-                match kind.as_str() {
-                    "normal" => normal = true,
-                    // Replicas stream over gRPC: every RESP client here is
-                    // a normal one.
-                    "master" | "replica" | "slave" | "pubsub" => normal = false,
-                    _ => {
-                        return Reply::err(format!(
-                            "Unknown client type '{}'",
-                            String::from_utf8_lossy(value)
-                        ));
-                    }
-                }
-            }
+            "type" => match client_type(value) {
+                Ok(kind) => of_type = Some(kind),
+                Err(reply) => return reply,
+            },
             "addr" => addr = Some(value),
             "laddr" => laddr = Some(value),
             // Every client is the default user's.
@@ -3413,12 +3585,15 @@ fn client_kill(node: &Node, conn: &mut Conn, filters: &[Bytes]) -> Reply {
         }
     }
     let mut killed = 0;
-    if normal {
+    if of_type != Some(None) {
         let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
         for info in clients.values() {
             let matches = id.is_none_or(|id| info.id == id)
                 && addr.is_none_or(|a| a.as_ref() == info.addr.as_bytes())
-                && laddr.is_none_or(|a| a.as_ref() == info.laddr.as_bytes());
+                && laddr.is_none_or(|a| a.as_ref() == info.laddr.as_bytes())
+                && of_type
+                    .flatten()
+                    .is_none_or(|pubsub| info.activity.is_subscriber() == pubsub);
             // One killed already and still closing is not counted again.
             let closing = info
                 .activity

@@ -254,6 +254,7 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
             let cache = node.engine.read_cache_stats();
             let rates = stats.rates();
             let tracking = node.tracking.figures();
+            let pubsub = node.pubsub.figures();
             let _ = write!(
                 out,
                 "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
@@ -261,7 +262,8 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  instantaneous_input_kbps:{:.2}\r\ninstantaneous_output_kbps:{:.2}\r\n\
                  rejected_connections:{}\r\nsync_full:{}\r\nsync_partial_ok:{}\r\nsync_partial_err:{}\r\n\
                  expired_keys:{}\r\nevicted_keys:0\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\
-                 pubsub_channels:0\r\npubsub_patterns:0\r\nlatest_fork_usec:0\r\ntotal_forks:0\r\n\
+                 pubsub_channels:{}\r\npubsub_patterns:{}\r\npubsubshard_channels:{}\r\n\
+                 latest_fork_usec:0\r\ntotal_forks:0\r\n\
                  tracking_total_keys:{}\r\ntracking_total_items:{}\r\ntracking_total_prefixes:{}\r\n\
                  total_error_replies:{}\r\nread_cache_hits:{}\r\nread_cache_misses:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
@@ -284,6 +286,9 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 stats.expired_keys.load(Ordering::Relaxed),
                 stats.keyspace_hits.load(Ordering::Relaxed),
                 stats.keyspace_misses.load(Ordering::Relaxed),
+                pubsub.channels,
+                pubsub.patterns,
+                pubsub.shard_channels,
                 tracking.keys,
                 tracking.items,
                 tracking.prefixes,
@@ -679,10 +684,23 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
     let (qbuf, qbuf_free, omem) = (figure(&a.qbuf), figure(&a.qbuf_free), figure(&a.omem));
     let multi_mem = figure(&a.multi_mem);
     let tracking = a.tracking.load(Ordering::Relaxed);
+    let [sub, psub, ssub] = a.subscriptions.each_ref().map(figure);
+    // Redis's flags, in its order, for those ferry has.
+    let mut flags: String = [
+        (sub + psub + ssub > 0, 'P'),
+        (multi >= 0, 'x'),
+        (tracking, 't'),
+    ]
+    .into_iter()
+    .filter_map(|(on, flag)| on.then_some(flag))
+    .collect();
+    if flags.is_empty() {
+        flags.push('N');
+    }
     let tot_mem = qbuf + qbuf_free + figure(&a.obuf_bytes) + multi_mem;
     // Redis's fields, in its order, for those ferry has.
     format!(
-        "id={} addr={} laddr={} fd={} name={} age={} idle={idle} flags={} db=0 sub=0 psub=0 ssub=0 \
+        "id={} addr={} laddr={} fd={} name={} age={} idle={idle} flags={flags} db=0 sub={sub} psub={psub} ssub={ssub} \
          multi={multi} qbuf={qbuf} qbuf-free={qbuf_free} argv-mem=0 multi-mem={multi_mem} obl=0 oll=0 \
          omem={omem} tot-mem={tot_mem} events={} cmd={} user=default redir={} resp={} lib-name={} \
          lib-ver={}\n",
@@ -692,12 +710,6 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
         info.activity.fd,
         text(name),
         age.as_secs(),
-        match (multi >= 0, tracking) {
-            (true, true) => "xt",
-            (true, false) => "x",
-            (false, true) => "t",
-            (false, false) => "N",
-        },
         if omem > 0 { "rw" } else { "r" },
         info.last_command,
         if tracking { 0 } else { -1 },

@@ -22,6 +22,7 @@ mod latency;
 mod long_double;
 mod metrics;
 mod node;
+mod pubsub;
 mod report;
 mod resp;
 mod server;

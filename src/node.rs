@@ -853,6 +853,8 @@ pub struct Activity {
     pub idle_exempt: AtomicBool,
     /// CLIENT TRACKING is on (`flags=t`, `redir=0`).
     pub tracking: AtomicBool,
+    /// Its channels, patterns and shard channels (`sub`, `psub`, `ssub`).
+    pub subscriptions: [AtomicU64; 3],
     /// Wakes the connection's WAIT when it is killed.
     pub kill: tokio::sync::Notify,
     /// The connection's socket (CLIENT LIST's `fd`).
@@ -872,15 +874,28 @@ impl Activity {
             killed: AtomicBool::new(false),
             idle_exempt: AtomicBool::new(false),
             tracking: AtomicBool::new(false),
+            subscriptions: Default::default(),
             kill: tokio::sync::Notify::new(),
             fd,
         }
     }
 
+    /// Whether it has subscriptions (`flags=P`, Redis's `pubsub` type).
+    pub fn is_subscriber(&self) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|n| n.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Whether CLIENT KILL (or a limit) closed it.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
     /// CLIENT KILL. The caller holds the client list's lock, and the
-    /// connection's entry is still in it (or the tracking table's, which
-    /// the connection also leaves before it closes): its socket is open,
-    /// so `fd` is its own.
+    /// connection's entry is still in it (or the tracking or Pub/Sub
+    /// table's, which the connection also leaves before it closes): its
+    /// socket is open, so `fd` is its own.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         // A permit if the connection is not waiting now: its next wait ends.
@@ -1238,6 +1253,8 @@ pub struct Node {
     pub monitors: tokio::sync::broadcast::Sender<Bytes>,
     /// CLIENT TRACKING's clients and the keys they read.
     pub tracking: Arc<crate::tracking::Tracking>,
+    /// Pub/Sub's subscribers.
+    pub pubsub: Arc<crate::pubsub::PubSub>,
     pub monitoring: Arc<AtomicU64>,
     /// Set by SHUTDOWN: the node stops as on SIGTERM.
     shutdown_requested: watch::Sender<bool>,
@@ -1387,7 +1404,11 @@ impl Node {
             engine.set_latency_hook(hook);
         }
         let tracking = Arc::new(crate::tracking::Tracking::default());
-        engine.set_change_listener(tracking.clone());
+        let pubsub = Arc::new(crate::pubsub::PubSub::default());
+        engine.set_change_listener(Arc::new(crate::pubsub::Listener {
+            tracking: tracking.clone(),
+            pubsub: pubsub.clone(),
+        }));
         let pipeline = Pipeline::start(engine.clone(), wal.clone());
         let (stop, stop_rx) = watch::channel(false);
         let shipper = Arc::new(Shipper::new(
@@ -1428,6 +1449,7 @@ impl Node {
             })),
             monitors: tokio::sync::broadcast::channel(MONITOR_BACKLOG_LINES).0,
             tracking,
+            pubsub,
             monitoring: Arc::new(AtomicU64::new(0)),
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),

@@ -308,6 +308,12 @@ pub enum Reply {
     /// Text to show as it is (INFO, CLIENT LIST): a verbatim string
     /// (`=N\r\ntxt:...`) in RESP3, a bulk string in RESP2.
     Verbatim(Bytes),
+    /// An out-of-band message (`>N` in RESP3, an array in RESP2): Pub/Sub's
+    /// confirmations and messages.
+    Push(Vec<Reply>),
+    /// Several replies in a row, for one command (SUBSCRIBE's, one per
+    /// channel).
+    Seq(Vec<Reply>),
     /// A reply in the protocol given, whatever the connection's: inside
     /// EXEC's array, the replies before a HELLO among its commands keep the
     /// protocol they were made in.
@@ -404,6 +410,17 @@ impl Reply {
                     }
                     k.encode(out, resp3);
                     v.encode(out, resp3);
+                }
+            }
+            Reply::Push(items) => {
+                let _ = write!(out, "{}{}\r\n", if resp3 { '>' } else { '*' }, items.len());
+                for item in items {
+                    item.encode(out, resp3);
+                }
+            }
+            Reply::Seq(replies) => {
+                for reply in replies {
+                    reply.encode(out, resp3);
                 }
             }
             Reply::In { resp3, reply } => reply.encode(out, *resp3),

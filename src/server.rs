@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ferry_engine::{EngineError, Ticket, View};
 use ferry_proto::tls::Tls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +40,14 @@ enum Queued {
     /// Its reply is not sent (CLIENT REPLY OFF or SKIP); it is awaited
     /// all the same, and an error counted.
     Silent(Box<Queued>),
+    /// A primary's PUBLISH: its reply is the deliveries its record made
+    /// once applied.
+    Published {
+        ticket: Ticket<Reply>,
+        channel: Bytes,
+        shard: bool,
+        awaiting: crate::pubsub::Awaiting,
+    },
 }
 
 /// Redis's reply to a write on a replica.
@@ -406,44 +414,75 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
     // One deadline for the whole batch of replies.
     let mut deadline = None;
     while let Some(item) = queue.pop_front() {
-        let (item, silent) = match item {
-            Queued::Silent(item) => (*item, true),
-            item => (item, false),
-        };
-        let reply = match item {
-            Queued::Silent(_) => unreachable!("never wrapped twice (see `silenced`)"),
-            Queued::Ready(reply) => reply,
-            Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
-                Ok((reply, Some(lsn))) => {
-                    conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
-                    if let Some((wanted, lag)) = lease
-                        && flushed_by(
-                            node,
-                            lsn,
-                            wanted,
-                            Some(
-                                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + lag),
-                            ),
-                        )
-                        .await
-                            < wanted
-                    {
-                        Reply::Error(NOT_REPLICATED_REPLY.into())
-                    } else {
-                        reply
-                    }
-                }
-                Ok((reply, None)) => reply,
-                Err(e) => engine_error_reply(e),
-            },
-        };
-        match &reply {
+        // A subscriber's messages delivered before the reply is ready go
+        // before it (a PUBLISH to its own channel, an UNSUBSCRIBE's last).
+        let reply = settle(node, item, conn, lease, &mut deadline).await;
+        if let Some(inbox) = &mut conn.pubsub {
+            for message in inbox.take() {
+                crate::pubsub::write_message(&message, out, conn.resp3);
+            }
+        }
+        match reply {
             // Counted as Redis counts it, sent or not.
-            Reply::Error(text) if silent => node.stats.error_reply(text),
-            _ if silent => {}
-            _ => send(node, &reply, out, conn.resp3),
+            (Reply::Error(text), true) => node.stats.error_reply(&text),
+            (_, true) => {}
+            (reply, false) => send(node, &reply, out, conn.resp3),
         }
     }
+}
+
+/// A queued reply once ready, and whether it is dropped (CLIENT REPLY).
+async fn settle(
+    node: &Node,
+    item: Queued,
+    conn: &mut Conn,
+    lease: Option<(usize, Duration)>,
+    deadline: &mut Option<tokio::time::Instant>,
+) -> (Reply, bool) {
+    let (item, silent) = match item {
+        Queued::Silent(item) => (*item, true),
+        item => (item, false),
+    };
+    let reply = match item {
+        Queued::Silent(_) => unreachable!("never wrapped twice (see `silenced`)"),
+        Queued::Ready(reply) => reply,
+        Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
+            Ok((reply, Some(lsn))) => {
+                conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
+                if let Some((wanted, lag)) = lease
+                    && flushed_by(
+                        node,
+                        lsn,
+                        wanted,
+                        Some(*deadline.get_or_insert_with(|| tokio::time::Instant::now() + lag)),
+                    )
+                    .await
+                        < wanted
+                {
+                    Reply::Error(NOT_REPLICATED_REPLY.into())
+                } else {
+                    reply
+                }
+            }
+            Ok((reply, None)) => reply,
+            Err(e) => engine_error_reply(e),
+        },
+        // Not a write as Redis counts writes: no lease to wait for.
+        Queued::Published {
+            ticket,
+            channel,
+            shard,
+            awaiting: _awaiting,
+        } => match ticket.wait_with_lsn().await {
+            Ok((_, Some(lsn))) => {
+                conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
+                Reply::Int(node.pubsub.delivered(lsn, &channel, shard) as i64)
+            }
+            Ok((reply, None)) => reply,
+            Err(e) => engine_error_reply(e),
+        },
+    };
+    (reply, silent)
 }
 
 /// `queued`, its reply dropped if `silent` (CLIENT REPLY OFF or SKIP).
@@ -561,6 +600,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         activity: Arc::new(Activity::new(fd)),
         monitor: None,
         tracking: None,
+        pubsub: None,
     };
     let activity = conn.activity.clone();
     let connected_at = Instant::now();
@@ -633,6 +673,19 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         break;
                     }
                 }
+            }
+            messages = messages(&mut conn.pubsub) => {
+                let mut pushes = BytesMut::new();
+                for message in messages {
+                    crate::pubsub::write_message(&message, &mut pushes, conn.resp3);
+                }
+                if socket.write_all(&pushes).await.is_err() || socket.flush().await.is_err() {
+                    break;
+                }
+                node.stats
+                    .total_net_output_bytes
+                    .fetch_add(pushes.len() as u64, Ordering::Relaxed);
+                continue;
             }
             message = invalidations(&mut conn.tracking) => {
                 // Only a RESP3 connection takes them (as Redis, without
@@ -717,10 +770,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         activity
             .last_ms
             .store(connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-        // A MONITOR client is never idle (`--timeout`), as in Redis.
-        activity
-            .idle_exempt
-            .store(conn.monitor.is_some(), Ordering::Relaxed);
+        // A MONITOR client or a subscriber is never idle (`--timeout`), as
+        // in Redis.
+        activity.idle_exempt.store(
+            conn.monitor.is_some() || commands::is_subscribed(&conn),
+            Ordering::Relaxed,
+        );
         activity.multi.store(
             conn.multi.as_ref().map_or(-1, |m| m.commands.len() as i64),
             Ordering::Relaxed,
@@ -781,6 +836,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     if conn.tracking.is_some() {
         node.tracking.disable(id);
     }
+    node.pubsub.leave(id, &activity);
     node.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
     // Over TLS, the close_notify and anything still buffered; a client
     // that no longer reads gets no more time than this.
@@ -806,6 +862,22 @@ async fn monitor_lines(monitor: &mut Option<crate::node::Monitor>) -> Result<Vec
             Ok(line) => out.extend_from_slice(&line),
             Err(TryRecvError::Lagged(n)) => return Err(n),
             Err(_) => return Ok(out),
+        }
+    }
+}
+
+/// The Pub/Sub messages waiting for a subscriber (all there are now);
+/// never, for a connection without an inbox. An inbox closed and empty
+/// (no subscriptions left) goes.
+async fn messages(inbox: &mut Option<crate::pubsub::Inbox>) -> Vec<Bytes> {
+    let Some(open) = inbox else {
+        return std::future::pending().await;
+    };
+    match open.next().await {
+        Some(messages) => messages,
+        None => {
+            *inbox = None;
+            Vec::new()
         }
     }
 }
@@ -888,6 +960,14 @@ async fn until_killed(activity: &Activity) {
 /// whether its reply is dropped (CLIENT REPLY).
 type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>, bool);
 
+/// A PUBLISH among `writes` waits for its deliveries to be counted
+/// ([`crate::pubsub::PubSub::delivered`]), from before it runs.
+fn awaiting_deliveries(node: &Node, args: &[Bytes]) -> Option<crate::pubsub::Awaiting> {
+    commands::lookup(&args[0])
+        .is_some_and(|spec| matches!(spec.handler, Handler::Publish))
+        .then(|| node.pubsub.awaiting())
+}
+
 /// Runs the writes read so far, queueing their replies in order.
 async fn run_writes(
     node: &Node,
@@ -904,6 +984,10 @@ async fn run_writes(
         .pipeline
         .is_paused()
         .then(|| Blocked::begin(&node.stats.blocked_clients));
+    let mut awaiting: Vec<_> = writes
+        .iter()
+        .map(|(_, args, ..)| awaiting_deliveries(node, args))
+        .collect();
     let outcomes = node
         .pipeline
         .execute_many(writes.iter().map(|(f, args, slot, _)| {
@@ -922,11 +1006,17 @@ async fn run_writes(
     queue.extend(
         outcomes
             .into_iter()
-            .zip(writes.drain(..))
-            .map(|(outcome, (.., silent))| {
-                let queued = match outcome {
-                    Ok(ticket) => Queued::Pending(ticket),
-                    Err(e) => Queued::Ready(engine_error_reply(e)),
+            .zip(writes.drain(..).zip(awaiting.drain(..)))
+            .map(|(outcome, ((_, args, _, silent), awaiting))| {
+                let queued = match (outcome, awaiting) {
+                    (Ok(ticket), Some(awaiting)) => Queued::Published {
+                        ticket,
+                        shard: commands::is_shard_publish(&args),
+                        channel: args[1].clone(),
+                        awaiting,
+                    },
+                    (Ok(ticket), None) => Queued::Pending(ticket),
+                    (Err(e), _) => Queued::Ready(engine_error_reply(e)),
                 };
                 silenced(queued, silent)
             }),
@@ -966,6 +1056,27 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
         if !node.lease_holds() {
             return Err(Reply::Error(NOREPLICAS_REPLY.into()));
         }
+    }
+    // A RESP2 subscriber's connection carries messages: only these run.
+    if !conn.resp3
+        && commands::is_subscribed(conn)
+        && !matches!(
+            spec.name,
+            "subscribe"
+                | "unsubscribe"
+                | "psubscribe"
+                | "punsubscribe"
+                | "ssubscribe"
+                | "sunsubscribe"
+                | "ping"
+                | "quit"
+                | "reset"
+        )
+    {
+        return Err(Reply::err(format!(
+            "Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            commands::full_name(spec, args)
+        )));
     }
     if data_command
         && !node.config.replica_serve_stale_data.load(Ordering::Relaxed)
@@ -1008,16 +1119,26 @@ async fn dispatch(
             return Some(Queued::Ready(reply));
         }
     }
-    if let Ok(
-        spec @ Spec {
-            handler: Handler::Write(f),
-            ..
-        },
-    ) = checked
-    {
+    // A write, or a PUBLISH on a primary (a record too).
+    let write = match checked {
+        Ok(
+            spec @ Spec {
+                handler: Handler::Write(f),
+                ..
+            },
+        ) => Some((spec, *f)),
+        Ok(
+            spec @ Spec {
+                handler: Handler::Publish,
+                ..
+            },
+        ) if !node.is_replica() => Some((spec, commands::publish as WriteHandler)),
+        _ => None,
+    };
+    if let Some((spec, f)) = write {
         let slot = commands::stat_slot(spec, &args);
         take_caching(conn, spec);
-        writes.push((*f, args, slot, conn.reply_off || conn.skip_this));
+        writes.push((f, args, slot, conn.reply_off || conn.skip_this));
         if writes.len() >= WRITES_TOGETHER_MAX {
             run_writes(node, conn, writes, queue).await;
         }
@@ -1181,6 +1302,13 @@ async fn run_command(
             Err(text) => Reply::err(text),
         },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
+        // On a replica (a primary's joined the writes): to its own
+        // subscribers, as Redis's replica delivers a PUBLISH sent to it.
+        Handler::Publish => Reply::Int(node.pubsub.publish(
+            &args[1],
+            &args[2],
+            commands::is_shard_publish(args),
+        ) as i64),
         Handler::Shutdown | Handler::Failover => unreachable!("run by dispatch"),
         Handler::Transaction => unreachable!("run by transaction"),
         Handler::Read(f) => f(node, &*node.engine, args),
@@ -1364,7 +1492,7 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
     let reads_only = multi
         .commands
         .iter()
-        .all(|(spec, ..)| !matches!(spec.handler, Handler::Write(_)));
+        .all(|(spec, ..)| !matches!(spec.handler, Handler::Write(_) | Handler::Publish));
     let caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
     for (spec, args, _) in &multi.commands {
         track_reads(node, conn, caching, spec, args);
@@ -1433,6 +1561,18 @@ fn run_queued(
                 ),
                 Err(reply) => reply,
             },
+            Handler::Publish if node.is_replica() => Reply::Int(node.pubsub.publish(
+                &args[1],
+                &args[2],
+                commands::is_shard_publish(args),
+            ) as i64),
+            // Delivered once the transaction's record is applied; the
+            // reply counts the subscribers as the transaction runs.
+            Handler::Publish => {
+                commands::publish(view, args)?;
+                let shard = commands::is_shard_publish(args);
+                Reply::Int(node.pubsub.subscribers(&args[1], shard) as i64)
+            }
             // UNWATCH: the watch goes after EXEC anyway.
             Handler::Transaction => Reply::ok(),
             Handler::ReplicaOf | Handler::Save | Handler::Shutdown | Handler::Failover => {

@@ -400,6 +400,12 @@ fn describe(
         ),
         Op::FlushAll(_) => ("flushall", None, None, json!({})),
         Op::EpochChange(m) => ("epoch", None, None, json!({"epoch": m.epoch})),
+        Op::Publish(m) => (
+            if m.shard { "spublish" } else { "publish" },
+            None,
+            Some(&m.message),
+            json!({"channel": String::from_utf8_lossy(&m.channel)}),
+        ),
     }
 }
 

@@ -3009,3 +3009,201 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
     t.exchange(&["PING"], "+PONG\r\n");
     t.exchange(&["CLIENT", "GETREDIR"], ":-1\r\n");
 }
+
+/// A Pub/Sub message as a RESP3 push (`>`), or as RESP2 sends it (`*`):
+/// `message` with the channel, or `pmessage` with the pattern first.
+fn message(kind: char, pattern: Option<&str>, channel: &str, payload: &str) -> String {
+    let word = if pattern.is_some() {
+        "pmessage"
+    } else {
+        "message"
+    };
+    let items: Vec<&str> = [Some(word), pattern, Some(channel), Some(payload)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut out = format!("{kind}{}\r\n", items.len());
+    for item in items {
+        out.push_str(&format!("${}\r\n{item}\r\n", item.len()));
+    }
+    out
+}
+
+/// Pub/Sub through a real client: messages by channel and by pattern, in
+/// the order published, PUBLISH counting the deliveries; a subscriber
+/// reading after a message sees the write logged before it; PUBSUB's
+/// figures, CLIENT LIST's and INFO's; the client leaves subscribed mode
+/// with its last subscription.
+#[test]
+fn subscribers_get_messages_in_order_after_the_writes_before_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let p = &mut server.client();
+    let mut sub_con = server.client();
+    let mut sub = sub_con.as_pubsub();
+    sub.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    sub.subscribe("news").expect("SUBSCRIBE");
+    sub.psubscribe("n*").expect("PSUBSCRIBE");
+    let list: String = cmd(&["CLIENT", "LIST", "TYPE", "pubsub"])
+        .query(p)
+        .expect("CLIENT LIST");
+    assert!(list.contains("flags=P db=0 sub=1 psub=1 ssub=0"), "{list}");
+    let normal: String = cmd(&["CLIENT", "LIST", "TYPE", "normal"])
+        .query(p)
+        .expect("CLIENT LIST");
+    assert_eq!(normal.lines().count(), 1, "{normal}");
+    assert_eq!(
+        server.info_field("stats", "pubsub_channels").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        server.info_field("stats", "pubsub_patterns").as_deref(),
+        Some("1")
+    );
+    let numsub: Vec<redis::Value> = cmd(&["PUBSUB", "NUMSUB", "news", "other"])
+        .query(p)
+        .expect("NUMSUB");
+    assert_eq!(
+        numsub,
+        vec![
+            V::BulkString(b"news".to_vec()),
+            V::Int(1),
+            V::BulkString(b"other".to_vec()),
+            V::Int(0)
+        ]
+    );
+    let mut reader = server.client();
+    for i in 0..50 {
+        let value = i.to_string();
+        cmd(&["SET", "k", &value]).query::<()>(p).expect("SET");
+        let delivered: i64 = cmd(&["PUBLISH", "news", &value]).query(p).expect("PUBLISH");
+        assert_eq!(delivered, 2, "channel and pattern");
+        let direct = sub.get_message().expect("message");
+        assert_eq!(
+            (
+                direct.get_channel_name(),
+                direct.get_payload::<String>().unwrap()
+            ),
+            ("news", value.clone())
+        );
+        assert!(!direct.from_pattern());
+        let by_pattern = sub.get_message().expect("message");
+        assert_eq!(by_pattern.get_pattern::<String>().unwrap(), "n*");
+        assert_eq!(by_pattern.get_payload::<String>().unwrap(), value);
+        // The write before the message is there to read.
+        let k: String = cmd(&["GET", "k"]).query(&mut reader).expect("GET");
+        assert_eq!(k, value);
+    }
+    // A channel nobody listens to, and one only a pattern matches.
+    let none: i64 = cmd(&["PUBLISH", "other", "x"]).query(p).expect("PUBLISH");
+    assert_eq!(none, 0);
+    let patterned: i64 = cmd(&["PUBLISH", "nx", "y"]).query(p).expect("PUBLISH");
+    assert_eq!(patterned, 1);
+    assert_eq!(sub.get_message().expect("message").get_channel_name(), "nx");
+    sub.unsubscribe("news").expect("UNSUBSCRIBE");
+    sub.punsubscribe("n*").expect("PUNSUBSCRIBE");
+    drop(sub);
+    // Out of subscribed mode: any command runs again.
+    let v: String = cmd(&["GET", "k"]).query(&mut sub_con).expect("GET");
+    assert_eq!(v, "49");
+    assert_eq!(
+        server.info_field("stats", "pubsub_channels").as_deref(),
+        Some("0")
+    );
+    let channels: Vec<String> = cmd(&["PUBSUB", "CHANNELS"]).query(p).expect("CHANNELS");
+    assert!(channels.is_empty(), "{channels:?}");
+}
+
+/// A RESP3 subscriber runs any command between its messages; a message
+/// published by the subscriber itself comes before its PUBLISH's reply,
+/// as Redis sends it; SSUBSCRIBE's shard channels are apart from the
+/// others; RESET ends every subscription, and CLIENT KILL TYPE pubsub
+/// closes a subscriber.
+#[test]
+fn a_resp3_subscriber_reads_and_writes_between_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut s = Resp3::connect(&server);
+    s.exchange(
+        &["SUBSCRIBE", "c"],
+        ">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n",
+    );
+    s.exchange(
+        &["SSUBSCRIBE", "c"],
+        ">3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n",
+    );
+    s.exchange(&["SET", "k", "v"], "+OK\r\n");
+    s.exchange(&["GET", "k"], "$1\r\nv\r\n");
+    s.exchange(
+        &["PUBLISH", "c", "own"],
+        &format!("{}:1\r\n", message('>', None, "c", "own")),
+    );
+    s.exchange(
+        &["SPUBLISH", "c", "sharded"],
+        ">3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$7\r\nsharded\r\n:1\r\n",
+    );
+    let p = &mut server.client();
+    let n: i64 = cmd(&["PUBLISH", "c", "other's"]).query(p).expect("PUBLISH");
+    assert_eq!(n, 1);
+    assert!(s.read_until(message('>', None, "c", "other's").as_bytes()));
+    s.exchange(&["RESET"], "+RESET\r\n");
+    let n: i64 = cmd(&["PUBLISH", "c", "gone"]).query(p).expect("PUBLISH");
+    assert_eq!(n, 0);
+    // A RESP2 subscriber, closed by type.
+    let mut r2 = Resp3::connect_resp2(&server);
+    r2.exchange(
+        &["SUBSCRIBE", "c"],
+        "*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n",
+    );
+    r2.exchange(&["PING"], "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    let killed: i64 = cmd(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .query(p)
+        .expect("KILL");
+    assert_eq!(killed, 1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        server.info_field("stats", "pubsub_channels").as_deref() == Some("0")
+    }));
+}
+
+/// A subscriber that stops reading is closed once its messages waiting
+/// pass the limit (32 MiB, Redis's hard limit for Pub/Sub clients); the
+/// server and the other subscribers go on.
+#[test]
+fn a_subscriber_that_stops_reading_is_closed_past_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut stuck = Resp3::connect_resp2(&server);
+    stuck.exchange(
+        &["SUBSCRIBE", "flood"],
+        "*3\r\n$9\r\nsubscribe\r\n$5\r\nflood\r\n:1\r\n",
+    );
+    let p = &mut server.client();
+    let payload = "x".repeat(1 << 20);
+    // 32 MiB past the socket's buffers: well within 96 messages.
+    let mut sent = 0;
+    while sent < 96 {
+        let n: i64 = cmd(&["PUBLISH", "flood", &payload])
+            .query(p)
+            .expect("PUBLISH");
+        sent += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(sent < 96, "still subscribed after {sent} MiB unread");
+    assert!(
+        sent > 32,
+        "closed after {sent} MiB, before the limit's 32 MiB"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        server.info_field("stats", "pubsub_channels").as_deref() == Some("0")
+    }));
+    assert!(
+        server
+            .stderr()
+            .contains("closing a subscriber that fell behind")
+    );
+    let pong: String = cmd(&["PING"]).query(p).expect("PING");
+    assert_eq!(pong, "PONG");
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use ferry_proto::v1::{WalRecord, mutation::Op};
+use ferry_proto::v1::{Publish, WalRecord, mutation::Op};
 use ferry_wal::{Lsn, Wal};
 use prost::Message;
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
@@ -619,6 +619,12 @@ pub trait ChangeListener: Send + Sync + std::fmt::Debug {
     /// Called once the change is applied: a read that starts after sees
     /// it.
     fn changed(&self, changed: Changed<'_>);
+    /// A Pub/Sub message of record `lsn`, once applied (after the changes
+    /// of the records before it, in LSN order), listening or not. Records
+    /// replayed as the engine opens are not told.
+    fn published(&self, lsn: Lsn, message: &Publish) {
+        let _ = (lsn, message);
+    }
 }
 
 /// A FLUSHALL deletes every key with three range deletions, which free no
@@ -1058,10 +1064,12 @@ impl Engine {
         };
         let mut target = BatchTarget::new(self)?;
         let (count_before, expiring_before) = (target.key_count, target.expiring);
+        let mut published = false;
         for (_, record) in records {
             // A mutation of a kind this version does not know has no `op`.
             for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
                 apply_mutation(&mut target, op)?;
+                published |= matches!(op, Op::Publish(_));
             }
         }
         let BatchTarget {
@@ -1128,6 +1136,17 @@ impl Engine {
         self.key_count.store(key_count, Ordering::Release);
         self.set_expiring(expiring);
         self.applied_lsn.store(last.0, Ordering::Release);
+        // Messages once their records are applied (and readable), after
+        // the changes' invalidations.
+        if let Some(listener) = self.changes.get().filter(|_| published) {
+            for (lsn, record) in records {
+                for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
+                    if let Op::Publish(message) = op {
+                        listener.published(*lsn, message);
+                    }
+                }
+            }
+        }
         if flushed {
             self.reclaim_space(db);
         }
@@ -2034,7 +2053,7 @@ pub fn op_key(op: &Op) -> Option<&Bytes> {
         Op::SetExpiry(m) => Some(&m.key),
         Op::HashSet(m) => Some(&m.key),
         Op::HashDelete(m) => Some(&m.key),
-        Op::FlushAll(_) | Op::EpochChange(_) => None,
+        Op::FlushAll(_) | Op::EpochChange(_) | Op::Publish(_) => None,
     }
 }
 
@@ -2140,6 +2159,8 @@ pub(crate) fn apply_mutation(t: &mut impl Target, op: &Op) -> Result<()> {
         Op::FlushAll(_) => t.flush_all(),
         // Marks a new primary term; no key changes.
         Op::EpochChange(_) => {}
+        // Delivered to subscribers once applied ([`ChangeListener::published`]).
+        Op::Publish(_) => {}
     }
     Ok(())
 }

@@ -366,7 +366,8 @@ pub fn caught_up(primary: &Server, replica: &Server) -> bool {
     r.applied_lsn == last && p.applied_lsn == last
 }
 
-/// A raw RESP3 connection (CLIENT TRACKING's pushes): requests out, bytes in.
+/// A raw RESP3 connection (CLIENT TRACKING's pushes, Pub/Sub's
+/// messages): requests out, bytes in.
 pub struct Resp3 {
     stream: std::net::TcpStream,
     pub got: Vec<u8>,
@@ -374,18 +375,23 @@ pub struct Resp3 {
 
 impl Resp3 {
     pub fn connect(server: &Server) -> Resp3 {
-        let stream = std::net::TcpStream::connect(server.resp).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut c = Resp3 {
-            stream,
-            got: Vec::new(),
-        };
+        let mut c = Resp3::connect_resp2(server);
         c.send(&["HELLO", "3"]);
         assert!(c.read_until(b"proto\r\n:3\r\n"), "HELLO 3");
         c.got.clear();
         c
+    }
+
+    /// The same, left speaking RESP2.
+    pub fn connect_resp2(server: &Server) -> Resp3 {
+        let stream = std::net::TcpStream::connect(server.resp).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Resp3 {
+            stream,
+            got: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, args: &[&str]) {

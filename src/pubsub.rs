@@ -1,0 +1,592 @@
+//! Pub/Sub, as Redis's: SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE, PUBLISH and
+//! SPUBLISH, PUBSUB. A message published on a primary is a WAL record
+//! (`Publish`), and each node delivers it to its own subscribers once the
+//! record is applied ([`ferry_engine::ChangeListener::published`]): a
+//! subscriber that reads after a message sees the writes logged before it,
+//! and a replica's subscribers get the primary's messages, in the log's
+//! order, as Redis replicates PUBLISH. A message published on a replica
+//! reaches that replica's subscribers only, as in Redis.
+//!
+//! A subscriber's messages wait in its inbox until its connection writes
+//! them; one that lets [`PUBSUB_BACKLOG_BYTES_MAX`] of them pile up is
+//! closed (Redis's `client-output-buffer-limit pubsub` hard limit).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ferry_engine::ChangeListener;
+use ferry_wal::Lsn;
+use tokio::sync::mpsc;
+
+use crate::node::Activity;
+use crate::resp::Reply;
+
+/// Messages waiting for a subscriber, in bytes, past which it is closed
+/// (Redis's default hard limit for Pub/Sub clients).
+pub const PUBSUB_BACKLOG_BYTES_MAX: usize = 32 << 20;
+
+/// Deliveries counted for publishers waiting on them, at most: the oldest
+/// are dropped past it (a publisher whose count went asks the table).
+const COUNTS_KEPT_MAX: usize = 1 << 16;
+
+/// What a client subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// SUBSCRIBE: channels by name.
+    Channel = 0,
+    /// PSUBSCRIBE: channels by glob pattern.
+    Pattern = 1,
+    /// SSUBSCRIBE: shard channels (SPUBLISH's).
+    Shard = 2,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Channel, Kind::Pattern, Kind::Shard];
+
+    fn subscribe_word(self) -> &'static str {
+        ["subscribe", "psubscribe", "ssubscribe"][self as usize]
+    }
+
+    fn unsubscribe_word(self) -> &'static str {
+        ["unsubscribe", "punsubscribe", "sunsubscribe"][self as usize]
+    }
+}
+
+/// A subscriber's connection's end: the messages to write, each encoded
+/// as a RESP2 array (a RESP3 connection sends it as a push: `>` for the
+/// first byte).
+#[derive(Debug)]
+pub struct Inbox {
+    messages: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Inbox {
+    /// The next messages (all there are now); `None` once the client has
+    /// no subscriptions left and every message is taken.
+    pub async fn next(&mut self) -> Option<Vec<Bytes>> {
+        let first = self.messages.recv().await?;
+        let mut all = vec![first];
+        all.extend(self.take());
+        Some(all)
+    }
+
+    /// The messages waiting now.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        let mut all = Vec::new();
+        while let Ok(message) = self.messages.try_recv() {
+            all.push(message);
+        }
+        let bytes: usize = all.iter().map(Bytes::len).sum();
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        all
+    }
+}
+
+/// Writes `message` (a RESP2 array) to `out` as the connection speaks.
+pub fn write_message(message: &[u8], out: &mut BytesMut, resp3: bool) {
+    if resp3 {
+        out.put_u8(b'>');
+        out.extend_from_slice(&message[1..]);
+    } else {
+        out.extend_from_slice(message);
+    }
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    outbox: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
+    /// Its subscriptions by [`Kind`].
+    names: [BTreeSet<Bytes>; 3],
+}
+
+impl Subscriber {
+    /// The count a confirmation of `kind` shows: channels and patterns
+    /// together, shard channels apart (as Redis counts them).
+    fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Shard => self.names[2].len(),
+            _ => self.names[0].len() + self.names[1].len(),
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.names.iter().map(BTreeSet::len).sum()
+    }
+
+    /// Queues `message`; a subscriber that lets too much pile up is
+    /// closed (its connection leaves the table as it ends). Whether it
+    /// was queued.
+    fn send(&self, message: Bytes) -> bool {
+        if self.activity.is_killed() {
+            return false;
+        }
+        let len = message.len();
+        if self.outbox.send(message).is_err() {
+            return false;
+        }
+        let queued = self.queued.fetch_add(len, Ordering::AcqRel) + len;
+        if queued > PUBSUB_BACKLOG_BYTES_MAX {
+            tracing::warn!(
+                bytes = queued,
+                "closing a subscriber that fell behind on its messages"
+            );
+            self.activity.kill();
+        }
+        true
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Subscribers by channel, pattern and shard channel ([`Kind`]).
+    names: [BTreeMap<Bytes, BTreeSet<u64>>; 3],
+    clients: HashMap<u64, Subscriber>,
+}
+
+/// The node's subscribers, and the counts its publishers wait for.
+#[derive(Debug, Default)]
+pub struct PubSub {
+    table: Mutex<Table>,
+    /// Publishers waiting for the deliveries of their records: while
+    /// none are (always, on a replica), none are counted.
+    awaiting: AtomicUsize,
+    counts: Mutex<BTreeMap<u64, usize>>,
+}
+
+/// Figures for INFO.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PubSubFigures {
+    pub channels: usize,
+    pub patterns: usize,
+    pub shard_channels: usize,
+}
+
+/// The encoding of a message (RESP2): `message` or `smessage` with the
+/// channel, `pmessage` with the pattern first.
+fn encode(kind: Kind, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
+    let word: &[u8] = match kind {
+        Kind::Channel => b"message",
+        Kind::Pattern => b"pmessage",
+        Kind::Shard => b"smessage",
+    };
+    let mut out = BytesMut::with_capacity(payload.len() + channel.len() + 48);
+    let items: Vec<&[u8]> = [Some(word), pattern, Some(channel), Some(payload)]
+        .into_iter()
+        .flatten()
+        .collect();
+    out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+    for item in items {
+        out.extend_from_slice(format!("${}\r\n", item.len()).as_bytes());
+        out.extend_from_slice(item);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
+/// A subscription's confirmation: `word`, the name (null: none was) and
+/// the client's count after it.
+fn confirmation(word: &'static str, name: Option<Bytes>, count: usize) -> Reply {
+    Reply::Push(vec![
+        Reply::Bulk(Bytes::from_static(word.as_bytes())),
+        Reply::opt_bulk(name),
+        Reply::Int(count as i64),
+    ])
+}
+
+impl PubSub {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Client `id` subscribes to `names` of `kind`; the first subscription
+    /// opens its inbox (`inbox`). One confirmation per name, as Redis's.
+    pub fn subscribe(
+        &self,
+        id: u64,
+        activity: &Arc<Activity>,
+        inbox: &mut Option<Inbox>,
+        kind: Kind,
+        names: &[Bytes],
+    ) -> Reply {
+        let mut table = self.table();
+        let table = &mut *table;
+        let client = table.clients.entry(id).or_insert_with(|| {
+            let (outbox, messages) = mpsc::unbounded_channel();
+            let queued = Arc::new(AtomicUsize::new(0));
+            *inbox = Some(Inbox {
+                messages,
+                queued: queued.clone(),
+            });
+            Subscriber {
+                outbox,
+                queued,
+                activity: activity.clone(),
+                names: Default::default(),
+            }
+        });
+        let mut replies = Vec::with_capacity(names.len());
+        for name in names {
+            if client.names[kind as usize].insert(name.clone()) {
+                table.names[kind as usize]
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(id);
+            }
+            replies.push(confirmation(
+                kind.subscribe_word(),
+                Some(name.clone()),
+                client.count(kind),
+            ));
+        }
+        show(activity, Some(client));
+        Reply::Seq(replies)
+    }
+
+    /// Client `id` unsubscribes from `names` of `kind`, or from all of
+    /// that kind if none are given. Once it has no subscriptions left its
+    /// inbox closes, after the messages already in it.
+    pub fn unsubscribe(&self, id: u64, activity: &Activity, kind: Kind, names: &[Bytes]) -> Reply {
+        let mut table = self.table();
+        let table = &mut *table;
+        let Some(client) = table.clients.get_mut(&id) else {
+            let word = kind.unsubscribe_word();
+            return Reply::Seq(if names.is_empty() {
+                vec![confirmation(word, None, 0)]
+            } else {
+                names
+                    .iter()
+                    .map(|n| confirmation(word, Some(n.clone()), 0))
+                    .collect()
+            });
+        };
+        let names: Vec<Bytes> = if names.is_empty() {
+            client.names[kind as usize].iter().cloned().collect()
+        } else {
+            names.to_vec()
+        };
+        let mut replies = Vec::with_capacity(names.len().max(1));
+        for name in &names {
+            if client.names[kind as usize].remove(name) {
+                forget(&mut table.names[kind as usize], name, id);
+            }
+            replies.push(confirmation(
+                kind.unsubscribe_word(),
+                Some(name.clone()),
+                client.count(kind),
+            ));
+        }
+        if replies.is_empty() {
+            replies.push(confirmation(
+                kind.unsubscribe_word(),
+                None,
+                client.count(kind),
+            ));
+        }
+        if client.total() == 0 {
+            table.clients.remove(&id);
+            show(activity, None);
+        } else {
+            show(activity, Some(client));
+        }
+        Reply::Seq(replies)
+    }
+
+    /// Client `id` leaves every subscription (RESET, or its connection
+    /// ends).
+    pub fn leave(&self, id: u64, activity: &Activity) {
+        let mut table = self.table();
+        let table = &mut *table;
+        if let Some(client) = table.clients.remove(&id) {
+            for kind in Kind::ALL {
+                for name in &client.names[kind as usize] {
+                    forget(&mut table.names[kind as usize], name, id);
+                }
+            }
+            show(activity, None);
+        }
+    }
+
+    /// Delivers `payload` to this node's subscribers of `channel` (the
+    /// channel's, then each matching pattern's; a shard channel's only
+    /// for `shard`); how many deliveries that made, as PUBLISH answers.
+    pub fn publish(&self, channel: &Bytes, payload: &Bytes, shard: bool) -> usize {
+        let table = self.table();
+        let mut delivered = 0;
+        let kind = if shard { Kind::Shard } else { Kind::Channel };
+        if let Some(ids) = table.names[kind as usize].get(channel) {
+            let message = encode(kind, None, channel, payload);
+            for id in ids {
+                if let Some(client) = table.clients.get(id) {
+                    delivered += usize::from(client.send(message.clone()));
+                }
+            }
+        }
+        if !shard {
+            for (pattern, ids) in &table.names[Kind::Pattern as usize] {
+                if !crate::glob::matches(pattern, channel, false) {
+                    continue;
+                }
+                let message = encode(Kind::Pattern, Some(pattern), channel, payload);
+                for id in ids {
+                    if let Some(client) = table.clients.get(id) {
+                        delivered += usize::from(client.send(message.clone()));
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// A publisher is about to wait for the deliveries of its record
+    /// ([`PubSub::delivered`]) until the guard drops.
+    pub fn awaiting(self: &Arc<Self>) -> Awaiting {
+        self.awaiting.fetch_add(1, Ordering::AcqRel);
+        Awaiting(self.clone())
+    }
+
+    /// The deliveries the message of record `lsn` made, once applied; if
+    /// no longer known, the subscribers `channel` has now.
+    pub fn delivered(&self, lsn: Lsn, channel: &Bytes, shard: bool) -> usize {
+        let counted = self
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&lsn.0);
+        counted.unwrap_or_else(|| self.subscribers(channel, shard))
+    }
+
+    /// The subscribers a message on `channel` would reach now.
+    pub fn subscribers(&self, channel: &Bytes, shard: bool) -> usize {
+        let table = self.table();
+        let kind = if shard { Kind::Shard } else { Kind::Channel };
+        let direct = table.names[kind as usize]
+            .get(channel)
+            .map_or(0, BTreeSet::len);
+        let by_pattern: usize = if shard {
+            0
+        } else {
+            table.names[Kind::Pattern as usize]
+                .iter()
+                .filter(|(p, _)| crate::glob::matches(p, channel, false))
+                .map(|(_, ids)| ids.len())
+                .sum()
+        };
+        direct + by_pattern
+    }
+
+    /// PUBSUB CHANNELS / SHARDCHANNELS: the channels with subscribers,
+    /// matching `pattern` if given.
+    pub fn channels(&self, shard: bool, pattern: Option<&[u8]>) -> Vec<Bytes> {
+        let kind = if shard { Kind::Shard } else { Kind::Channel };
+        self.table().names[kind as usize]
+            .keys()
+            .filter(|c| pattern.is_none_or(|p| crate::glob::matches(p, c, false)))
+            .cloned()
+            .collect()
+    }
+
+    /// PUBSUB NUMSUB / SHARDNUMSUB: the subscribers of `channel` (not by
+    /// pattern).
+    pub fn numsub(&self, shard: bool, channel: &[u8]) -> usize {
+        let kind = if shard { Kind::Shard } else { Kind::Channel };
+        self.table().names[kind as usize]
+            .get(channel)
+            .map_or(0, BTreeSet::len)
+    }
+
+    pub fn figures(&self) -> PubSubFigures {
+        let table = self.table();
+        PubSubFigures {
+            channels: table.names[0].len(),
+            patterns: table.names[1].len(),
+            shard_channels: table.names[2].len(),
+        }
+    }
+
+    /// Told by the engine of a message applied: delivered, and counted if
+    /// a publisher may be waiting for it.
+    pub fn applied(&self, lsn: Lsn, channel: &Bytes, payload: &Bytes, shard: bool) {
+        let delivered = self.publish(channel, payload, shard);
+        if self.awaiting.load(Ordering::Acquire) > 0 {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            counts.insert(lsn.0, delivered);
+            if counts.len() > COUNTS_KEPT_MAX {
+                counts.pop_first();
+            }
+        }
+    }
+}
+
+/// A publisher waiting ([`PubSub::awaiting`]).
+pub struct Awaiting(Arc<PubSub>);
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.0.awaiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Drops `id` from the subscribers of `name`, and the name with its last.
+fn forget(names: &mut BTreeMap<Bytes, BTreeSet<u64>>, name: &Bytes, id: u64) {
+    if let Some(ids) = names.get_mut(name) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            names.remove(name);
+        }
+    }
+}
+
+/// Shows the client's subscriptions in CLIENT LIST (`sub`, `psub`, `ssub`,
+/// flag `P`); a subscriber is never idle (`--timeout`), as in Redis.
+fn show(activity: &Activity, client: Option<&Subscriber>) {
+    for kind in Kind::ALL {
+        let n = client.map_or(0, |c| c.names[kind as usize].len());
+        activity.subscriptions[kind as usize].store(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The engine's listener on a node: CLIENT TRACKING's table for the
+/// changes, Pub/Sub for the messages.
+#[derive(Debug)]
+pub struct Listener {
+    pub tracking: Arc<crate::tracking::Tracking>,
+    pub pubsub: Arc<PubSub>,
+}
+
+impl ChangeListener for Listener {
+    fn listening(&self) -> bool {
+        self.tracking.listening()
+    }
+
+    fn changed(&self, changed: ferry_engine::Changed<'_>) {
+        self.tracking.changed(changed);
+    }
+
+    fn published(&self, lsn: Lsn, message: &ferry_proto::v1::Publish) {
+        self.pubsub
+            .applied(lsn, &message.channel, &message.message, message.shard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity() -> Arc<Activity> {
+        Arc::new(Activity::new(-1))
+    }
+
+    fn messages(inbox: &mut Option<Inbox>) -> Vec<Bytes> {
+        inbox.as_mut().map(Inbox::take).unwrap_or_default()
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn messages_reach_channel_and_pattern_subscribers_counted() {
+        let hub = PubSub::default();
+        let (a, c) = (activity(), activity());
+        let (mut ia, mut ic) = (None, None);
+        hub.subscribe(1, &a, &mut ia, Kind::Channel, &[b("news")]);
+        hub.subscribe(2, &c, &mut ic, Kind::Pattern, &[b("n*"), b("x*")]);
+        hub.subscribe(2, &c, &mut ic, Kind::Channel, &[b("news")]);
+        assert_eq!(hub.publish(&b("news"), &b("hi"), false), 3);
+        assert_eq!(
+            messages(&mut ia),
+            vec![b("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n")]
+        );
+        let got = messages(&mut ic);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[0],
+            b("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n")
+        );
+        assert_eq!(
+            got[1],
+            b("*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$2\r\nhi\r\n")
+        );
+        // A shard channel is a namespace of its own.
+        assert_eq!(hub.publish(&b("news"), &b("hi"), true), 0);
+        assert_eq!(hub.publish(&b("other"), &b("hi"), false), 0);
+        let f = hub.figures();
+        assert_eq!((f.channels, f.patterns, f.shard_channels), (1, 2, 0));
+        assert_eq!(a.subscriptions[0].load(Ordering::Relaxed), 1);
+        assert_eq!(c.subscriptions[1].load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn unsubscribing_from_all_closes_the_inbox_after_its_messages() {
+        let hub = PubSub::default();
+        let a = activity();
+        let mut inbox = None;
+        hub.subscribe(1, &a, &mut inbox, Kind::Channel, &[b("c1"), b("c2")]);
+        hub.publish(&b("c1"), &b("m"), false);
+        let reply = hub.unsubscribe(1, &a, Kind::Channel, &[]);
+        let Reply::Seq(confirmations) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            confirmations,
+            vec![
+                confirmation("unsubscribe", Some(b("c1")), 1),
+                confirmation("unsubscribe", Some(b("c2")), 0),
+            ]
+        );
+        assert_eq!(hub.publish(&b("c1"), &b("m"), false), 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let inbox = inbox.as_mut().unwrap();
+        assert_eq!(rt.block_on(inbox.next()).map(|m| m.len()), Some(1));
+        assert_eq!(rt.block_on(inbox.next()), None);
+        assert_eq!(hub.figures().channels, 0);
+        // Nothing to leave: one confirmation with a null name.
+        assert_eq!(
+            hub.unsubscribe(1, &a, Kind::Pattern, &[]),
+            Reply::Seq(vec![confirmation("punsubscribe", None, 0)])
+        );
+    }
+
+    #[test]
+    fn a_subscriber_too_far_behind_is_closed() {
+        let hub = PubSub::default();
+        let a = activity();
+        let mut inbox = None;
+        hub.subscribe(1, &a, &mut inbox, Kind::Channel, &[b("c")]);
+        let payload = Bytes::from(vec![b'x'; 1 << 20]);
+        let mut sent = 0;
+        while !a.is_killed() {
+            assert_eq!(hub.publish(&b("c"), &payload, false), 1);
+            sent += 1;
+            assert!(sent <= PUBSUB_BACKLOG_BYTES_MAX >> 20, "never closed");
+        }
+        assert_eq!(sent, (PUBSUB_BACKLOG_BYTES_MAX >> 20) + 1);
+        // Closed: nothing more is queued for it.
+        assert_eq!(hub.publish(&b("c"), &payload, false), 0);
+    }
+
+    #[test]
+    fn counts_are_kept_for_waiting_publishers_only() {
+        let hub = Arc::new(PubSub::default());
+        let a = activity();
+        let mut inbox = None;
+        hub.subscribe(1, &a, &mut inbox, Kind::Channel, &[b("c")]);
+        hub.applied(Lsn(5), &b("c"), &b("m"), false);
+        assert!(hub.counts.lock().unwrap().is_empty());
+        let waiting = hub.awaiting();
+        hub.applied(Lsn(6), &b("c"), &b("m"), false);
+        hub.leave(1, &a);
+        assert_eq!(hub.delivered(Lsn(6), &b("c"), false), 1);
+        // Gone from the counts: the table's figure now.
+        assert_eq!(hub.delivered(Lsn(6), &b("c"), false), 0);
+        drop(waiting);
+        assert_eq!(hub.awaiting.load(Ordering::Relaxed), 0);
+    }
+}
