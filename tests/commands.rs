@@ -3192,8 +3192,9 @@ fn a_subscriber_that_stops_reading_is_closed_past_the_limit() {
         }
     }
     assert!(sent < 96, "still subscribed after {sent} MiB unread");
+    // Each message a little over 1 MiB: the 32nd passes the limit.
     assert!(
-        sent > 32,
+        sent >= 32,
         "closed after {sent} MiB, before the limit's 32 MiB"
     );
     assert!(wait_until(Duration::from_secs(10), || {
