@@ -2409,3 +2409,165 @@ fn dump_and_restore_carry_values_between_ferry_and_redis() {
         assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&case.concat()));
     }
 }
+
+/// Replies after a RESP3 HELLO's map (which names the server and its
+/// version): what follows `modules` and its empty array.
+fn after_hello(replies: &[u8]) -> String {
+    let text = String::from_utf8_lossy(replies).into_owned();
+    let end = "$7\r\nmodules\r\n*0\r\n";
+    match text.find(end) {
+        Some(at) => text[at + end.len()..].to_string(),
+        None => text,
+    }
+}
+
+/// Pub/Sub's replies, byte for byte: the confirmations and their counts,
+/// RESP2's subscribed mode (what runs there, PING's form), RESP3's pushes
+/// (a message published by its own subscriber comes before the reply),
+/// PUBSUB's subcommands and errors, RESET; and the messages a subscriber
+/// gets from another connection's PUBLISH.
+#[test]
+fn pubsub_replies_are_the_bytes_redis_gives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let redis = Redis::start();
+    let (f, r) = (ferry.resp.to_string(), format!("127.0.0.1:{}", redis.port));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "RESP2's subscribed mode",
+            [
+                resp(&[b"SUBSCRIBE", b"a"]),
+                resp(&[b"PSUBSCRIBE", b"h*"]),
+                resp(&[b"SUBSCRIBE", b"a"]),
+                resp(&[b"PING"]),
+                resp(&[b"ping", b"x"]),
+                resp(&[b"GET", b"k"]),
+                resp(&[b"CLIENT", b"LIST"]),
+                resp(&[b"PUBSUB", b"NUMSUB", b"a"]),
+                resp(&[b"SSUBSCRIBE", b"s1", b"s2"]),
+                resp(&[b"SUNSUBSCRIBE", b"s1", b"s2"]),
+                resp(&[b"UNSUBSCRIBE", b"a"]),
+                resp(&[b"PUNSUBSCRIBE", b"h*"]),
+                resp(&[b"UNSUBSCRIBE"]),
+                resp(&[b"PUNSUBSCRIBE"]),
+                resp(&[b"SUNSUBSCRIBE"]),
+                resp(&[b"GET", b"k"]),
+            ]
+            .concat(),
+        ),
+        (
+            "PUBSUB and the errors",
+            [
+                resp(&[b"SUBSCRIBE"]),
+                resp(&[b"PSUBSCRIBE"]),
+                resp(&[b"PUBLISH", b"a"]),
+                resp(&[b"SPUBLISH", b"a", b"b", b"c"]),
+                resp(&[b"PUBSUB"]),
+                resp(&[b"PUBSUB", b"FOO"]),
+                resp(&[b"PUBSUB", b"CHANNELS", b"a", b"b"]),
+                resp(&[b"PUBSUB", b"NUMPAT", b"x"]),
+                resp(&[b"PUBSUB", b"HELP"]),
+                resp(&[b"PUBSUB", b"NUMSUB"]),
+                resp(&[b"PUBSUB", b"NUMPAT"]),
+                resp(&[b"PUBSUB", b"CHANNELS"]),
+                resp(&[b"PUBSUB", b"SHARDCHANNELS", b"*"]),
+                resp(&[b"PUBSUB", b"SHARDNUMSUB", b"x"]),
+                resp(&[b"UNSUBSCRIBE", b"x", b"y"]),
+                resp(&[b"PUNSUBSCRIBE"]),
+                resp(&[b"PUBLISH", b"nobody", b"m"]),
+                resp(&[b"MULTI"]),
+                resp(&[b"PUBLISH", b"nobody", b"m"]),
+                resp(&[b"EXEC"]),
+            ]
+            .concat(),
+        ),
+        (
+            "RESET ends the subscriptions",
+            [
+                resp(&[b"SUBSCRIBE", b"a"]),
+                resp(&[b"PSUBSCRIBE", b"a*"]),
+                resp(&[b"RESET"]),
+                resp(&[b"GET", b"k"]),
+                resp(&[b"PUBSUB", b"NUMSUB", b"a"]),
+                resp(&[b"PUBSUB", b"NUMPAT"]),
+                resp(&[b"PUBLISH", b"a", b"m"]),
+            ]
+            .concat(),
+        ),
+        (
+            "RESP3's pushes",
+            [
+                resp(&[b"HELLO", b"3"]),
+                resp(&[b"SUBSCRIBE", b"c"]),
+                resp(&[b"PSUBSCRIBE", b"c*"]),
+                resp(&[b"SSUBSCRIBE", b"c"]),
+                resp(&[b"PING"]),
+                resp(&[b"GET", b"k"]),
+                resp(&[b"PUBLISH", b"c", b"own"]),
+                resp(&[b"PUBSUB", b"CHANNELS"]),
+                resp(&[b"PUBSUB", b"SHARDCHANNELS"]),
+                resp(&[b"UNSUBSCRIBE", b"other"]),
+                resp(&[b"RESET"]),
+                resp(&[b"PUBLISH", b"c", b"gone"]),
+            ]
+            .concat(),
+        ),
+        (
+            "RESP3's shard messages",
+            [
+                resp(&[b"HELLO", b"3"]),
+                resp(&[b"SSUBSCRIBE", b"c"]),
+                resp(&[b"SPUBLISH", b"c", b"sharded"]),
+                resp(&[b"SUNSUBSCRIBE"]),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, request) in &cases {
+        let (fb, rb) = (raw_exchange(&f, request), raw_exchange(&r, request));
+        assert_eq!(after_hello(&fb), after_hello(&rb), "{what}");
+    }
+    // Another connection's message, between the confirmations and the
+    // unsubscriptions.
+    for addr in [&f, &r] {
+        let mut sub = std::net::TcpStream::connect(addr).expect("connect");
+        sub.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let read_to = |sub: &mut std::net::TcpStream, got: &mut Vec<u8>, end: &[u8]| {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while !got.ends_with(end) {
+                match sub.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        use std::io::Write;
+        sub.write_all(&[resp(&[b"SUBSCRIBE", b"a"]), resp(&[b"PSUBSCRIBE", b"a*"])].concat())
+            .unwrap();
+        read_to(&mut sub, &mut got, b"$2\r\na*\r\n:2\r\n");
+        let published = raw_exchange(addr, &resp(&[b"PUBLISH", b"a", b"hello"]));
+        assert_eq!(published, b":2\r\n+PONG\r\n", "{addr}");
+        sub.write_all(
+            &[
+                resp(&[b"UNSUBSCRIBE", b"a"]),
+                resp(&[b"PUNSUBSCRIBE", b"a*"]),
+                resp(&[b"PING"]),
+            ]
+            .concat(),
+        )
+        .unwrap();
+        read_to(&mut sub, &mut got, b"+PONG\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n\
+             *3\r\n$10\r\npsubscribe\r\n$2\r\na*\r\n:2\r\n\
+             *3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5\r\nhello\r\n\
+             *4\r\n$8\r\npmessage\r\n$2\r\na*\r\n$1\r\na\r\n$5\r\nhello\r\n\
+             *3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n\
+             *3\r\n$12\r\npunsubscribe\r\n$2\r\na*\r\n:0\r\n+PONG\r\n",
+            "{addr}"
+        );
+    }
+}

@@ -2051,3 +2051,81 @@ fn a_tracking_client_of_a_replica_is_told_of_the_primary_s_writes() {
     cmd(&["FLUSHALL"]).query::<()>(p).expect("FLUSHALL");
     assert!(t.read_until(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
 }
+
+/// A Pub/Sub message as RESP3 pushes it: `message` with the channel, or
+/// `pmessage` with the pattern first.
+fn pushed(pattern: Option<&str>, channel: &str, payload: &str) -> String {
+    let word = if pattern.is_some() {
+        "pmessage"
+    } else {
+        "message"
+    };
+    let items: Vec<&str> = [Some(word), pattern, Some(channel), Some(payload)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut out = format!(">{}\r\n", items.len());
+    for item in items {
+        out.push_str(&format!("${}\r\n{item}\r\n", item.len()));
+    }
+    out
+}
+
+/// Pub/Sub across replication, as Redis replicates PUBLISH: a message
+/// published on the primary reaches a replica's subscribers (by channel
+/// and by pattern) in the order published, once the write logged before
+/// it is readable on the replica; PUBLISH counts the primary's own
+/// subscribers. A message published on the replica reaches the replica's
+/// subscribers only.
+#[test]
+fn a_replica_s_subscribers_get_the_primary_s_messages_after_its_writes() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    let mut on_replica = Resp3::connect(&replica);
+    on_replica.exchange(
+        &["SUBSCRIBE", "news"],
+        ">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n",
+    );
+    on_replica.exchange(
+        &["PSUBSCRIBE", "n*"],
+        ">3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:2\r\n",
+    );
+    let mut on_primary = Resp3::connect(&primary);
+    on_primary.exchange(
+        &["SUBSCRIBE", "news"],
+        ">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n",
+    );
+    let p = &mut primary.client();
+    let r = &mut replica.client();
+    for i in 0..30 {
+        let value = i.to_string();
+        cmd(&["SET", "k", &value]).query::<()>(p).expect("SET");
+        let delivered: i64 = cmd(&["PUBLISH", "news", &value]).query(p).expect("PUBLISH");
+        assert_eq!(delivered, 1, "the primary's subscriber");
+        let expected = pushed(None, "news", &value) + &pushed(Some("n*"), "news", &value);
+        assert!(
+            on_replica.read_until(expected.as_bytes()),
+            "message {i}: {:?}",
+            String::from_utf8_lossy(&on_replica.got)
+        );
+        assert!(on_replica.got.is_empty(), "in order, nothing between");
+        let k: String = cmd(&["GET", "k"]).query(r).expect("GET");
+        assert_eq!(k, value, "the write before the message");
+        assert!(on_primary.read_until(pushed(None, "news", &value).as_bytes()));
+    }
+    // Published on the replica: its own subscribers only.
+    let delivered: i64 = cmd(&["PUBLISH", "news", "local"])
+        .query(r)
+        .expect("PUBLISH");
+    assert_eq!(delivered, 2);
+    assert!(on_replica.read_until(
+        (pushed(None, "news", "local") + &pushed(Some("n*"), "news", "local")).as_bytes()
+    ));
+    let delivered: i64 = cmd(&["PUBLISH", "news", "after"])
+        .query(p)
+        .expect("PUBLISH");
+    assert_eq!(delivered, 1);
+    on_primary.exchange(&["PING"], &(pushed(None, "news", "after") + "+PONG\r\n"));
+}
