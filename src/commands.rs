@@ -4239,6 +4239,8 @@ enum Settable {
     Text,
     /// A WAL sync policy: `always`, `everysec` or `no`.
     SyncPolicy,
+    /// Keyspace notifications' classes ([`crate::notify::parse`]).
+    KeyspaceEvents,
     /// Only the value that is what ferry does (a script's `CONFIG SET save
     /// ""` goes through); any other is refused with the reason.
     Only(&'static str, &'static str),
@@ -4271,6 +4273,7 @@ const SETTABLE: &[(&str, Settable)] = &[
     ("maxclients", Settable::Int(1, u32::MAX as i64)),
     ("min-replicas-max-lag", Settable::Int(0, i32::MAX as i64)),
     ("min-replicas-to-write", Settable::Int(0, i32::MAX as i64)),
+    ("notify-keyspace-events", Settable::KeyspaceEvents),
     ("proto-max-bulk-len", Settable::Memory(1 << 20, i64::MAX)),
     // ferry's own (Redis's is fixed).
     ("proto-max-multibulk-len", Settable::Int(1, i32::MAX as i64)),
@@ -4359,6 +4362,10 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                 }
             }
             Settable::Text => Setting::Text(value),
+            Settable::KeyspaceEvents => match crate::notify::parse(value) {
+                Some(flags) => Setting::Int(flags.into()),
+                None => return failed(name, crate::notify::INVALID),
+            },
             Settable::Only(accepted, _) if eq(value, accepted) => Setting::Same,
             Settable::Only("yes", _) if !eq(value, "no") => {
                 return failed(name, "argument must be 'yes' or 'no'");
@@ -4458,6 +4465,7 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                     "tcp-keepalive" => c.tcp_keepalive_secs.store(unsigned, Ordering::Relaxed),
                     "timeout" => c.timeout_secs.store(unsigned, Ordering::Relaxed),
                     "tracking-table-max-keys" => node.tracking.set_max_keys(unsigned as usize),
+                    "notify-keyspace-events" => node.notify.set(unsigned as u32),
                     other => unreachable!("{other} is an integer setting of SETTABLE"),
                 }
                 tracing::info!(parameter = name, value = v, "CONFIG SET");

@@ -614,6 +614,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
         ),
         ("save".into(), String::new()),
         (
+            "notify-keyspace-events".into(),
+            crate::notify::format(node.notify.flags()),
+        ),
+        (
             "tracking-table-max-keys".into(),
             node.tracking.max_keys().to_string(),
         ),

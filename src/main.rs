@@ -22,6 +22,7 @@ mod latency;
 mod long_double;
 mod metrics;
 mod node;
+mod notify;
 mod pubsub;
 mod report;
 mod resp;
@@ -239,6 +240,11 @@ struct ServeArgs {
     /// tracking-table-max-keys; 0: no limit).
     #[arg(long, env = "FERRY_TRACKING_TABLE_MAX_KEYS", default_value_t = tracking::TRACKING_TABLE_MAX_KEYS_DEFAULT)]
     tracking_table_max_keys: usize,
+    /// Keyspace notifications' classes, as Redis's notify-keyspace-events
+    /// (K, E and A g $ h x n ...; empty: none). A replica tells the events
+    /// its primary logs, which takes the classes on there.
+    #[arg(long, env = "FERRY_NOTIFY_KEYSPACE_EVENTS", default_value = "", value_parser = parse_keyspace_events)]
+    notify_keyspace_events: u32,
     /// Closes a client idle this many seconds (Redis's timeout; 0: never).
     /// A MONITOR client, or one waiting in WAIT, is not idle.
     #[arg(long, env = "FERRY_TIMEOUT", default_value_t = 0)]
@@ -274,6 +280,10 @@ fn parse_host_port(s: &str) -> Result<String, String> {
 }
 
 /// A number of bytes, bare or with a unit ([`commands::parse_memory`]).
+fn parse_keyspace_events(s: &str) -> Result<u32, String> {
+    notify::parse(s.as_bytes()).ok_or_else(|| notify::INVALID.to_string())
+}
+
 fn parse_bytes(s: &str) -> Result<usize, String> {
     match commands::parse_memory(s.as_bytes()) {
         Some(bytes) if bytes >= 0 => Ok(bytes as usize),
@@ -775,6 +785,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         commands::set_string_bytes_max(args.proto_max_bulk_len);
         let node = Arc::new(Node::open(config, resp_addr, grpc_addr).await?);
         node.tracking.set_max_keys(args.tracking_table_max_keys);
+        node.notify.set(args.notify_keyspace_events);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx.clone()));

@@ -1255,6 +1255,8 @@ pub struct Node {
     pub tracking: Arc<crate::tracking::Tracking>,
     /// Pub/Sub's subscribers.
     pub pubsub: Arc<crate::pubsub::PubSub>,
+    /// Keyspace notifications' setting.
+    pub notify: Arc<crate::notify::Notify>,
     pub monitoring: Arc<AtomicU64>,
     /// Set by SHUTDOWN: the node stops as on SIGTERM.
     shutdown_requested: watch::Sender<bool>,
@@ -1405,9 +1407,11 @@ impl Node {
         }
         let tracking = Arc::new(crate::tracking::Tracking::default());
         let pubsub = Arc::new(crate::pubsub::PubSub::default());
+        let notify = Arc::new(crate::notify::Notify::default());
         engine.set_change_listener(Arc::new(crate::pubsub::Listener {
             tracking: tracking.clone(),
             pubsub: pubsub.clone(),
+            notify: notify.clone(),
         }));
         let pipeline = Pipeline::start(engine.clone(), wal.clone());
         let (stop, stop_rx) = watch::channel(false);
@@ -1450,6 +1454,7 @@ impl Node {
             monitors: tokio::sync::broadcast::channel(MONITOR_BACKLOG_LINES).0,
             tracking,
             pubsub,
+            notify,
             monitoring: Arc::new(AtomicU64::new(0)),
             shutdown_requested: watch::Sender::new(false),
             shutdown_waiting: Mutex::new(None),

@@ -451,11 +451,12 @@ fn show(activity: &Activity, client: Option<&Subscriber>) {
 }
 
 /// The engine's listener on a node: CLIENT TRACKING's table for the
-/// changes, Pub/Sub for the messages.
+/// changes, Pub/Sub for the messages and the keyspace events.
 #[derive(Debug)]
 pub struct Listener {
     pub tracking: Arc<crate::tracking::Tracking>,
     pub pubsub: Arc<PubSub>,
+    pub notify: Arc<crate::notify::Notify>,
 }
 
 impl ChangeListener for Listener {
@@ -465,6 +466,10 @@ impl ChangeListener for Listener {
 
     fn changed(&self, changed: ferry_engine::Changed<'_>) {
         self.tracking.changed(changed);
+    }
+
+    fn notified(&self, events: &[ferry_proto::v1::KeyEvent]) {
+        self.notify.deliver(events, &self.pubsub);
     }
 
     fn published(&self, lsn: Lsn, message: &ferry_proto::v1::Publish) {

@@ -384,7 +384,10 @@ async fn expire_sweeper(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
         for _ in 0..EXPIRE_SWEEPS_PER_TICK_MAX {
             let started = Instant::now();
-            let swept = node.pipeline.expire_keys(EXPIRE_SWEEP_KEYS_MAX).await;
+            let swept = node
+                .pipeline
+                .expire_keys(EXPIRE_SWEEP_KEYS_MAX, node.notify.logs_expired())
+                .await;
             node.latency.note("expire-cycle", started.elapsed());
             match swept {
                 Ok(n) => {
@@ -960,6 +963,34 @@ async fn until_killed(activity: &Activity) {
 /// whether its reply is dropped (CLIENT REPLY).
 type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>, bool);
 
+/// Runs write `f` in `view`; while keyspace notifications have classes
+/// on, its events are logged with its effects.
+fn run_write(
+    node: &Node,
+    f: WriteHandler,
+    view: &mut View<'_>,
+    args: &[Bytes],
+) -> ferry_engine::Result<Reply> {
+    let notify = &node.notify;
+    if !notify.logging() {
+        return f(view, args);
+    }
+    let mut absent = Vec::new();
+    if notify.wants_new()
+        && let Some(spec) = commands::lookup(&args[0])
+    {
+        for key in commands::keys_of(spec, args) {
+            if !absent.contains(&key) && view.get(&key)?.is_none() {
+                absent.push(key);
+            }
+        }
+    }
+    let from = view.effects().len();
+    let reply = f(view, args)?;
+    notify.note(view, args, from, &reply, &absent)?;
+    Ok(reply)
+}
+
 /// A PUBLISH among `writes` waits for its deliveries to be counted
 /// ([`crate::pubsub::PubSub::delivered`]), from before it runs.
 fn awaiting_deliveries(node: &Node, args: &[Bytes]) -> Option<crate::pubsub::Awaiting> {
@@ -993,7 +1024,7 @@ async fn run_writes(
         .execute_many(writes.iter().map(|(f, args, slot, _)| {
             move |view: &mut View<'_>| {
                 let started = Instant::now();
-                let reply = f(view, args);
+                let reply = run_write(node, *f, view, args);
                 let took = started.elapsed();
                 let failed = !matches!(reply, Ok(ref r) if !matches!(r, Reply::Error(_)));
                 ran(node, conn, *slot, args, took, failed);
@@ -1537,7 +1568,7 @@ fn run_queued(
         let started = Instant::now();
         let (hits, misses) = view.lookups();
         let reply = match spec.handler {
-            Handler::Write(f) => f(view, args)?,
+            Handler::Write(f) => run_write(node, f, view, args)?,
             Handler::Read(f) => f(node, &*view, args),
             Handler::Conn(_) if spec.name == "monitor" => {
                 Reply::err("MONITOR isn't allowed for DENY BLOCKING client")

@@ -871,6 +871,7 @@ impl Item<'_> {
                         expire_at_ms: set.expire_at_ms,
                     })),
                 }],
+                events: Vec::new(),
             },
             Item::Decoded(record) => (*record).clone(),
         }

@@ -886,6 +886,18 @@ fn random_commands_get_the_replies_redis_gives() {
             take_slowlog(con);
         }
         let mut before = (counters(&mut fi), counters(&mut ri));
+        // Every keyspace event but expiry's (whose timing differs: Redis
+        // finds an expired key when it looks, ferry's sweep in its time),
+        // after each batch of commands.
+        for con in [&mut fi, &mut ri] {
+            let set = ["CONFIG", "SET", "notify-keyspace-events", "KEg$hn"];
+            assert_eq!(reply(con, &set.map(String::from)), Ok(Value::Okay));
+        }
+        let mut events = (
+            Events::subscribe(&ferry.resp.to_string()),
+            Events::subscribe(&format!("127.0.0.1:{}", redis.port)),
+        );
+        let mut batches = 0u64;
         while history.len() < COMMANDS {
             assert!(
                 started.elapsed() < DEADLINE,
@@ -987,6 +999,17 @@ fn random_commands_get_the_replies_redis_gives() {
                 );
             }
             before = after;
+            batches += 1;
+            let (told_ferry, told_redis) = (
+                events.0.until(&mut fi, batches),
+                events.1.until(&mut ri, batches),
+            );
+            assert!(
+                told_ferry == told_redis,
+                "round {round}: the keyspace events differ after these commands:\n  {listed}\nferry: {:?}\nredis: {:?}",
+                String::from_utf8_lossy(&told_ferry),
+                String::from_utf8_lossy(&told_redis),
+            );
             // The commands that ran, as the slow logs saw them.
             let (logged_ferry, logged_redis) = (take_slowlog(&mut fi), take_slowlog(&mut ri));
             assert!(
@@ -2407,6 +2430,72 @@ fn dump_and_restore_carry_values_between_ferry_and_redis() {
         let ours = c.query::<Value>(&mut f).map_err(error_text);
         let theirs = c.query::<Value>(&mut r).map_err(error_text);
         assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&case.concat()));
+    }
+}
+
+/// A connection subscribed to every keyspace event and to `sync`, whose
+/// messages mark where a batch of commands' events end.
+struct Events {
+    stream: std::net::TcpStream,
+    got: Vec<u8>,
+}
+
+impl Events {
+    fn subscribe(addr: &str) -> Events {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = [
+            resp(&[b"PSUBSCRIBE", b"__key*__:*"]),
+            resp(&[b"SUBSCRIBE", b"sync"]),
+        ]
+        .concat();
+        stream.write_all(&request).expect("subscribe");
+        let mut events = Events {
+            stream,
+            got: Vec::new(),
+        };
+        let confirmed = events.read_to(b"$4\r\nsync\r\n:2\r\n");
+        assert!(confirmed.starts_with(b"*3\r\n$10\r\npsubscribe"), "{addr}");
+        events
+    }
+
+    /// What came before `end` (then taken), read for up to 10 s.
+    fn read_to(&mut self, end: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(at) = self.got.windows(end.len()).position(|w| w == end) {
+                let before = self.got[..at].to_vec();
+                self.got.drain(..at + end.len());
+                return before;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {:?}",
+                String::from_utf8_lossy(end)
+            );
+            let mut buf = [0u8; 65536];
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the subscriber's connection closed"),
+                Ok(n) => self.got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The events told since the last call: up to the message `n` on
+    /// `sync`, published through `con` (after the commands on its server).
+    fn until(&mut self, con: &mut redis::Connection, n: u64) -> Vec<u8> {
+        let publish = ["PUBLISH".to_string(), "sync".into(), n.to_string()];
+        assert_eq!(reply(con, &publish), Ok(Value::Int(1)));
+        let marker = format!(
+            "*3\r\n$7\r\nmessage\r\n$4\r\nsync\r\n${}\r\n{n}\r\n",
+            n.to_string().len()
+        );
+        self.read_to(marker.as_bytes())
     }
 }
 

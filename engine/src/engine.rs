@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use ferry_proto::v1::{Publish, WalRecord, mutation::Op};
+use ferry_proto::v1::{KeyEvent, Publish, WalRecord, mutation::Op};
 use ferry_wal::{Lsn, Wal};
 use prost::Message;
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
@@ -625,6 +625,10 @@ pub trait ChangeListener: Send + Sync + std::fmt::Debug {
     fn published(&self, lsn: Lsn, message: &Publish) {
         let _ = (lsn, message);
     }
+    /// The keyspace events of a record once applied, before its messages.
+    fn notified(&self, events: &[KeyEvent]) {
+        let _ = events;
+    }
 }
 
 /// A FLUSHALL deletes every key with three range deletions, which free no
@@ -1066,6 +1070,7 @@ impl Engine {
         let (count_before, expiring_before) = (target.key_count, target.expiring);
         let mut published = false;
         for (_, record) in records {
+            published |= !record.events.is_empty();
             // A mutation of a kind this version does not know has no `op`.
             for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
                 apply_mutation(&mut target, op)?;
@@ -1140,6 +1145,9 @@ impl Engine {
         // the changes' invalidations.
         if let Some(listener) = self.changes.get().filter(|_| published) {
             for (lsn, record) in records {
+                if !record.events.is_empty() {
+                    listener.notified(&record.events);
+                }
                 for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
                     if let Op::Publish(message) = op {
                         listener.published(*lsn, message);

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
-use ferry_proto::v1::{Mutation, WalRecord, mutation::Op};
+use ferry_proto::v1::{KeyEvent, Mutation, WalRecord, mutation::Op};
 use ferry_wal::{Lsn, PendingAppend, Wal, WalError};
 use prost::Message;
 use tokio::sync::watch;
@@ -248,6 +248,8 @@ pub struct View<'a> {
     seq: u64,
     now_ms: u64,
     effects: Vec<Mutation>,
+    /// The keyspace events of its effects, logged with them.
+    events: Vec<KeyEvent>,
     undo: Undo,
     /// Reads for the client that found their key, and that did not.
     hits: u64,
@@ -376,6 +378,21 @@ impl View<'_> {
     /// Whether the command has recorded effects.
     pub fn has_effects(&self) -> bool {
         !self.effects.is_empty()
+    }
+
+    /// The effects recorded so far, in order.
+    pub fn effects(&self) -> &[Mutation] {
+        &self.effects
+    }
+
+    /// Logs a keyspace event with the command's effects: each node that
+    /// applies them tells it ([`crate::ChangeListener::notified`]).
+    pub fn notify(&mut self, class: &str, event: &str, key: Bytes) {
+        self.events.push(KeyEvent {
+            event: event.to_string(),
+            key,
+            class: class.to_string(),
+        });
     }
 
     /// Whether `watch` still holds (for EXEC): no key of it changed since
@@ -1184,6 +1201,7 @@ impl Pipeline {
                     seq: seq + 1,
                     now_ms,
                     effects: Vec::new(),
+                    events: Vec::new(),
                     undo: Undo::default(),
                     hits: 0,
                     misses: 0,
@@ -1191,12 +1209,15 @@ impl Pipeline {
                     touched: Vec::new(),
                 };
                 let mut reply = command(&mut view);
-                let (effects, undo, touched) = (view.effects, view.undo, view.touched);
-                if !writable && !effects.is_empty() && reply.is_ok() {
+                let (effects, events, undo, touched) =
+                    (view.effects, view.events, view.undo, view.touched);
+                if !writable && (!effects.is_empty() || !events.is_empty()) && reply.is_ok() {
                     reply = Err(EngineError::ReadOnly);
                 }
+                // A command's events without effects (a SET already
+                // expired) are logged all the same.
                 let reply = match reply {
-                    Ok(reply) if !effects.is_empty() => reply,
+                    Ok(reply) if !effects.is_empty() || !events.is_empty() => reply,
                     Ok(reply) => {
                         outcomes.push(Outcome::Read(reply, seq));
                         overlay.undo(undo);
@@ -1208,7 +1229,10 @@ impl Pipeline {
                         continue;
                     }
                 };
-                let record = WalRecord { mutations: effects };
+                let record = WalRecord {
+                    mutations: effects,
+                    events,
+                };
                 let bytes = Bytes::from(record.encode_to_vec());
                 let framed = ferry_wal::format::encoded_record_len(bytes.len()) as u64;
                 if framed > append_max {
@@ -1334,7 +1358,7 @@ impl Pipeline {
     /// # Errors
     ///
     /// As [`Pipeline::execute`].
-    pub async fn expire_keys(&self, limit: usize) -> Result<usize> {
+    pub async fn expire_keys(&self, limit: usize, notify: bool) -> Result<usize> {
         let candidates = self.engine.expired_keys(now_ms(), limit)?;
         if candidates.is_empty() {
             return Ok(0);
@@ -1347,6 +1371,9 @@ impl Pipeline {
                         .entry(&key)?
                         .is_some_and(|e| e.is_expired(view.now_ms()))
                     {
+                        if notify {
+                            view.notify("x", "expired", key.clone());
+                        }
                         view.push(Op::Delete(ferry_proto::v1::Delete { key }))?;
                         deleted += 1;
                     }

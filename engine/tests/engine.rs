@@ -23,6 +23,7 @@ fn record(ops: Vec<Op>) -> WalRecord {
             .into_iter()
             .map(|op| Mutation { op: Some(op) })
             .collect(),
+        events: Vec::new(),
     }
 }
 

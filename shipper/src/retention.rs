@@ -433,6 +433,7 @@ mod tests {
                     expire_at_ms: 0,
                 })),
             }],
+            events: Vec::new(),
         }
     }
 
