@@ -439,9 +439,18 @@ fn dump_frame(
                 continue;
             }
         };
-        for m in &record.mutations {
-            let Some(op) = &m.op else { continue };
-            let (name, key, value, extra) = describe(op);
+        // Its effects, then the keyspace events logged with them.
+        let events = record.events.iter().map(|e| {
+            let extra = json!({"event": e.event, "class": e.class});
+            ("event", Some(&e.key), None, extra)
+        });
+        let items = record
+            .mutations
+            .iter()
+            .filter_map(|m| m.op.as_ref())
+            .map(describe)
+            .chain(events);
+        for (name, key, value, extra) in items {
             if let Some(pattern) = &filter.key
                 && !key.is_some_and(|k| glob::matches(pattern.as_bytes(), k, false))
             {

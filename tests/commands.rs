@@ -3208,3 +3208,54 @@ fn a_subscriber_that_stops_reading_is_closed_past_the_limit() {
     let pong: String = cmd(&["PING"]).query(p).expect("PING");
     assert_eq!(pong, "PONG");
 }
+
+/// Keyspace notifications set at run time: off, nothing is told; with
+/// `KEA`, a write's events on both channels, and the expiry sweep's
+/// `expired`; CONFIG GET shows the setting as Redis writes it.
+#[test]
+fn keyspace_events_follow_config_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let p = &mut server.client();
+    let mut s = Resp3::connect(&server);
+    s.exchange(
+        &["PSUBSCRIBE", "__key*__:*"],
+        ">3\r\n$10\r\npsubscribe\r\n$10\r\n__key*__:*\r\n:1\r\n",
+    );
+    let event = |channel: &str, payload: &str| {
+        format!(
+            ">4\r\n$8\r\npmessage\r\n$10\r\n__key*__:*\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+            channel.len(),
+            payload.len()
+        )
+    };
+    cmd(&["SET", "quiet", "v"]).query::<()>(p).expect("SET");
+    cmd(&["CONFIG", "SET", "notify-keyspace-events", "KEA"])
+        .query::<()>(p)
+        .expect("CONFIG SET");
+    let shown: Vec<String> = cmd(&["CONFIG", "GET", "notify-keyspace-events"])
+        .query(p)
+        .expect("CONFIG GET");
+    assert_eq!(shown, ["notify-keyspace-events", "AKE"]);
+    cmd(&["INCR", "n"]).query::<()>(p).expect("INCR");
+    // Expiring after the PING below has its reply.
+    cmd(&["SET", "e", "v", "PX", "1000"])
+        .query::<()>(p)
+        .expect("SET");
+    // Nothing of the write before: the first event is INCR's.
+    s.exchange(
+        &["PING"],
+        &(event("__keyspace@0__:n", "incrby")
+            + &event("__keyevent@0__:incrby", "n")
+            + &event("__keyspace@0__:e", "set")
+            + &event("__keyevent@0__:set", "e")
+            + &event("__keyspace@0__:e", "expire")
+            + &event("__keyevent@0__:expire", "e")
+            + "+PONG\r\n"),
+    );
+    assert!(s.read_until(
+        (event("__keyspace@0__:e", "expired") + &event("__keyevent@0__:expired", "e")).as_bytes()
+    ));
+    let err = error(p, &["CONFIG", "SET", "notify-keyspace-events", "Kq"]);
+    assert!(err.contains("Invalid event class character"), "{err}");
+}

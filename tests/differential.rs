@@ -1768,6 +1768,28 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "CONFIG SET notify-keyspace-events as Redis reads and shows it",
+            {
+                let mut case = Vec::new();
+                for value in [
+                    &b"KEA"[..],
+                    b"Kg",
+                    b"$hK",
+                    b"Egx",
+                    b"KEn",
+                    b"AKEnm",
+                    b"g$lshzxetd",
+                    b"Kg$lshzxet",
+                    b"Kq",
+                    b"",
+                ] {
+                    case.push(resp(&[b"CONFIG", b"SET", b"notify-keyspace-events", value]));
+                    case.push(resp(&[b"CONFIG", b"GET", b"notify-keyspace-events"]));
+                }
+                case.concat()
+            },
+        ),
+        (
             "CONFIG SET of the size limits, in bytes or with units",
             [
                 resp(&[b"CONFIG", b"SET", b"proto-max-bulk-len", b"1000"]),

@@ -2129,3 +2129,67 @@ fn a_replica_s_subscribers_get_the_primary_s_messages_after_its_writes() {
     assert_eq!(delivered, 1);
     on_primary.exchange(&["PING"], &(pushed(None, "news", "after") + "+PONG\r\n"));
 }
+
+/// Keyspace notifications across replication: the primary logs the events
+/// of the classes it has on with each write, and a replica delivers them
+/// to its own subscribers by its own setting (here `K` where the primary
+/// sends `E`), the primary's expiry sweep's `expired` too.
+#[test]
+fn a_replica_tells_the_keyspace_events_its_primary_logs() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &["--notify-keyspace-events", "Eg$x"]);
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &primary.grpc_url(),
+        &["--notify-keyspace-events", "KA"],
+    );
+    let mut on_replica = Resp3::connect(&replica);
+    on_replica.exchange(
+        &["PSUBSCRIBE", "__key*__:*"],
+        ">3\r\n$10\r\npsubscribe\r\n$10\r\n__key*__:*\r\n:1\r\n",
+    );
+    let mut on_primary = Resp3::connect(&primary);
+    on_primary.exchange(
+        &["PSUBSCRIBE", "__key*__:*"],
+        ">3\r\n$10\r\npsubscribe\r\n$10\r\n__key*__:*\r\n:1\r\n",
+    );
+    let event = |channel: &str, payload: &str| {
+        format!(
+            ">4\r\n$8\r\npmessage\r\n$10\r\n__key*__:*\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+            channel.len(),
+            payload.len()
+        )
+    };
+    let p = &mut primary.client();
+    cmd(&["SET", "k", "v"]).query::<()>(p).expect("SET");
+    cmd(&["HSET", "h", "f", "v"]).query::<()>(p).expect("HSET");
+    cmd(&["SET", "e", "v", "PX", "50"])
+        .query::<()>(p)
+        .expect("SET");
+    // The hash's class is off on the primary: not logged, so not told.
+    assert!(
+        on_replica.read_until(
+            (event("__keyspace@0__:k", "set")
+                + &event("__keyspace@0__:e", "set")
+                + &event("__keyspace@0__:e", "expire"))
+                .as_bytes()
+        )
+    );
+    assert!(
+        on_primary.read_until(
+            (event("__keyevent@0__:set", "k")
+                + &event("__keyevent@0__:set", "e")
+                + &event("__keyevent@0__:expire", "e"))
+                .as_bytes()
+        )
+    );
+    // The primary's sweep deletes the key; both tell it.
+    assert!(on_replica.read_until(event("__keyspace@0__:e", "expired").as_bytes()));
+    assert!(on_primary.read_until(event("__keyevent@0__:expired", "e").as_bytes()));
+    let r = &mut replica.client();
+    let shown: Vec<String> = cmd(&["CONFIG", "GET", "notify-keyspace-events"])
+        .query(r)
+        .expect("CONFIG GET");
+    assert_eq!(shown, ["notify-keyspace-events", "AK"]);
+}

@@ -506,3 +506,35 @@ fn replay_onto_applies_another_log_after_a_primarys_own_records() {
         text(&out.stderr)
     );
 }
+
+/// A PUBLISH's message and the keyspace events logged with a write are in
+/// the dump, after the write's effects.
+#[test]
+fn dump_shows_messages_and_keyspace_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(&dir.path().join("n"), &["--notify-keyspace-events", "g$"]);
+    let mut c = server.client();
+    raw(&mut c, &["SET", "k", "v", "EX", "100"]);
+    raw(&mut c, &["PUBLISH", "ch", "hello"]);
+    server.terminate();
+    let out = run(&["wal", "dump", path(&dir.path().join("n").join("wal"))]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout)
+        .lines()
+        // LSN, epoch and time first.
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines[0].starts_with("set k \"v\" expire_at_ms="),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            "event k class=\"$\" event=\"set\"",
+            "event k class=\"g\" event=\"expire\"",
+            "publish \"hello\" channel=\"ch\"",
+        ]
+    );
+}
