@@ -3148,6 +3148,7 @@ fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
     if conn.tracking.take().is_some() {
         node.tracking.disable(conn.id);
         conn.activity.tracking.store(false, Ordering::Relaxed);
+        conn.activity.redirect.store(0, Ordering::Relaxed);
     }
     // Its messages so far go before RESET's reply (the server writes
     // what the inbox holds before each reply); none come after.
@@ -3343,9 +3344,12 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
                 }
             }
         }
-        // No REDIRECT here: 0 while tracking, -1 if not, as Redis's.
-        ("getredir", 2) => Reply::Int(if conn.tracking.is_some() { 0 } else { -1 }),
-        ("trackinginfo", 2) => client_trackinginfo(conn),
+        // REDIRECT's client, 0 while tracking without, -1 if not tracking.
+        ("getredir", 2) => Reply::Int(match &conn.tracking {
+            Some(t) => t.options.redirect.unwrap_or(0),
+            None => -1,
+        }),
+        ("trackinginfo", 2) => client_trackinginfo(node, conn),
         ("id", 2) => Reply::Int(conn.id as i64),
         ("info", 2) => {
             let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -3760,26 +3764,25 @@ fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
         (_, true) => false,
         _ => return syntax_error(),
     };
-    let mut options = match crate::tracking::parse_options(&args[1..]) {
+    let exists = |id: i64| {
+        let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
+        u64::try_from(id).is_ok_and(|id| clients.contains_key(&id))
+    };
+    let mut options = match crate::tracking::parse_options(&args[1..], exists) {
         Ok(options) => options,
         Err(text) => return Reply::Error(text),
     };
-    if let Some(id) = options.redirect {
-        let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if u64::try_from(id).map_or(true, |id| !clients.contains_key(&id)) {
-            return Reply::err("The client ID you want redirect to does not exist");
-        }
-        return Reply::err(
-            "ferry sends invalidations to the tracking connection itself, as RESP3 pushes: REDIRECT is not supported",
-        );
-    }
     if !on {
         if conn.tracking.take().is_some() {
             node.tracking.disable(conn.id);
         }
         conn.activity.tracking.store(false, Ordering::Relaxed);
+        conn.activity.redirect.store(0, Ordering::Relaxed);
         return Reply::ok();
     }
+    conn.activity
+        .redirect
+        .store(options.redirect.unwrap_or(0), Ordering::Relaxed);
     if let Some(tracking) = &mut conn.tracking {
         let old = &tracking.options;
         if old.bcast != options.bcast {
@@ -3816,7 +3819,7 @@ fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
 }
 
 /// CLIENT TRACKINGINFO, as Redis's: flags, redirect and prefixes.
-fn client_trackinginfo(conn: &Conn) -> Reply {
+fn client_trackinginfo(node: &Node, conn: &Conn) -> Reply {
     let mut flags = Vec::new();
     let mut redirect = -1;
     let mut prefixes = Vec::new();
@@ -3824,8 +3827,8 @@ fn client_trackinginfo(conn: &Conn) -> Reply {
         None => flags.push("off"),
         Some(t) => {
             flags.push("on");
-            redirect = 0;
             let o = &t.options;
+            redirect = o.redirect.unwrap_or(0);
             if o.bcast {
                 flags.push("bcast");
             }
@@ -3843,6 +3846,9 @@ fn client_trackinginfo(conn: &Conn) -> Reply {
             }
             if o.noloop {
                 flags.push("noloop");
+            }
+            if node.tracking.redirect_broken(conn.id) {
+                flags.push("broken_redirect");
             }
             prefixes = o.prefixes.iter().cloned().map(Reply::Bulk).collect();
         }

@@ -716,7 +716,11 @@ pub fn client_line(info: &ClientInfo, conn: &Conn) -> String {
         age.as_secs(),
         if omem > 0 { "rw" } else { "r" },
         info.last_command,
-        if tracking { 0 } else { -1 },
+        if tracking {
+            a.redirect.load(Ordering::Relaxed)
+        } else {
+            -1
+        },
         if own && conn.resp3 { 3 } else { info.resp },
         text(lib_name),
         text(lib_ver),

@@ -851,8 +851,10 @@ pub struct Activity {
     pub killed: AtomicBool,
     /// A MONITOR client, or one in WAIT: never idle (`--timeout`).
     pub idle_exempt: AtomicBool,
-    /// CLIENT TRACKING is on (`flags=t`, `redir=0`).
+    /// CLIENT TRACKING is on (`flags=t`, `redir=0`), with REDIRECT to
+    /// this client (`redir=<id>`; 0: none).
     pub tracking: AtomicBool,
+    pub redirect: AtomicI64,
     /// Its channels, patterns and shard channels (`sub`, `psub`, `ssub`).
     pub subscriptions: [AtomicU64; 3],
     /// Wakes the connection's WAIT when it is killed.
@@ -874,6 +876,7 @@ impl Activity {
             killed: AtomicBool::new(false),
             idle_exempt: AtomicBool::new(false),
             tracking: AtomicBool::new(false),
+            redirect: AtomicI64::new(0),
             subscriptions: Default::default(),
             kill: tokio::sync::Notify::new(),
             fd,
@@ -1405,8 +1408,8 @@ impl Node {
             wal.set_latency_hook(hook.clone());
             engine.set_latency_hook(hook);
         }
-        let tracking = Arc::new(crate::tracking::Tracking::default());
         let pubsub = Arc::new(crate::pubsub::PubSub::default());
+        let tracking = Arc::new(crate::tracking::Tracking::new(pubsub.clone()));
         let notify = Arc::new(crate::notify::Notify::default());
         engine.set_change_listener(Arc::new(crate::pubsub::Listener {
             tracking: tracking.clone(),

@@ -54,19 +54,32 @@ impl Kind {
     }
 }
 
-/// A subscriber's connection's end: the messages to write, each encoded
-/// as a RESP2 array (a RESP3 connection sends it as a push: `>` for the
-/// first byte).
+/// A message for a subscriber, encoded as a RESP2 array; a RESP3
+/// connection sends it as a push (`>` for the first byte), or as `resp3`
+/// if it has a form of its own there (an invalidation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pushed {
+    resp2: Bytes,
+    resp3: Option<Bytes>,
+}
+
+impl Pushed {
+    fn len(&self) -> usize {
+        self.resp2.len()
+    }
+}
+
+/// A subscriber's connection's end: the messages to write.
 #[derive(Debug)]
 pub struct Inbox {
-    messages: mpsc::UnboundedReceiver<Bytes>,
+    messages: mpsc::UnboundedReceiver<Pushed>,
     queued: Arc<AtomicUsize>,
 }
 
 impl Inbox {
     /// The next messages (all there are now); `None` once the client has
     /// no subscriptions left and every message is taken.
-    pub async fn next(&mut self) -> Option<Vec<Bytes>> {
+    pub async fn next(&mut self) -> Option<Vec<Pushed>> {
         let first = self.messages.recv().await?;
         let mut all = vec![first];
         all.extend(self.take());
@@ -74,30 +87,32 @@ impl Inbox {
     }
 
     /// The messages waiting now.
-    pub fn take(&mut self) -> Vec<Bytes> {
+    pub fn take(&mut self) -> Vec<Pushed> {
         let mut all = Vec::new();
         while let Ok(message) = self.messages.try_recv() {
             all.push(message);
         }
-        let bytes: usize = all.iter().map(Bytes::len).sum();
+        let bytes: usize = all.iter().map(Pushed::len).sum();
         self.queued.fetch_sub(bytes, Ordering::AcqRel);
         all
     }
 }
 
-/// Writes `message` (a RESP2 array) to `out` as the connection speaks.
-pub fn write_message(message: &[u8], out: &mut BytesMut, resp3: bool) {
-    if resp3 {
-        out.put_u8(b'>');
-        out.extend_from_slice(&message[1..]);
-    } else {
-        out.extend_from_slice(message);
+/// Writes `message` to `out` as the connection speaks.
+pub fn write_message(message: &Pushed, out: &mut BytesMut, resp3: bool) {
+    match &message.resp3 {
+        Some(own) if resp3 => out.extend_from_slice(own),
+        _ if resp3 => {
+            out.put_u8(b'>');
+            out.extend_from_slice(&message.resp2[1..]);
+        }
+        _ => out.extend_from_slice(&message.resp2),
     }
 }
 
 #[derive(Debug)]
 struct Subscriber {
-    outbox: mpsc::UnboundedSender<Bytes>,
+    outbox: mpsc::UnboundedSender<Pushed>,
     queued: Arc<AtomicUsize>,
     activity: Arc<Activity>,
     /// Its subscriptions by [`Kind`].
@@ -121,7 +136,7 @@ impl Subscriber {
     /// Queues `message`; a subscriber that lets too much pile up is
     /// closed (its connection leaves the table as it ends). Whether it
     /// was queued.
-    fn send(&self, message: Bytes) -> bool {
+    fn send(&self, message: Pushed) -> bool {
         if self.activity.is_killed() {
             return false;
         }
@@ -168,7 +183,7 @@ pub struct PubSubFigures {
 
 /// The encoding of a message (RESP2): `message` or `smessage` with the
 /// channel, `pmessage` with the pattern first.
-fn encode(kind: Kind, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Bytes {
+fn encode(kind: Kind, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) -> Pushed {
     let word: &[u8] = match kind {
         Kind::Channel => b"message",
         Kind::Pattern => b"pmessage",
@@ -185,8 +200,14 @@ fn encode(kind: Kind, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) ->
         out.extend_from_slice(item);
         out.extend_from_slice(b"\r\n");
     }
-    out.freeze()
+    Pushed {
+        resp2: out.freeze(),
+        resp3: None,
+    }
 }
+
+/// Where CLIENT TRACKING's REDIRECT sends a RESP2 client's invalidations.
+pub const INVALIDATE_CHANNEL: &str = "__redis__:invalidate";
 
 /// A subscription's confirmation: `word`, the name (null: none was) and
 /// the client's count after it.
@@ -342,6 +363,41 @@ impl PubSub {
         delivered
     }
 
+    /// Sends client `id` the invalidation of `keys` (`None`: all) that a
+    /// client tracking with REDIRECT to it is owed: a RESP3 `invalidate`
+    /// push, or for RESP2 a message on [`INVALIDATE_CHANNEL`], as Redis's;
+    /// only to a client with subscriptions (Redis's Pub/Sub mode; a RESP3
+    /// client without is sent nothing here, where Redis would push).
+    pub fn invalidate(&self, id: u64, keys: &crate::tracking::Invalidation) {
+        let table = self.table();
+        let Some(client) = table.clients.get(&id) else {
+            return;
+        };
+        // A null as RESP2 writes it in both (Redis writes it as the
+        // tracking client, RESP2 when it redirects, speaks).
+        let mut resp3 = Vec::new();
+        match keys {
+            None => resp3.extend_from_slice(b">2\r\n$10\r\ninvalidate\r\n$-1\r\n"),
+            Some(_) => crate::tracking::encode(keys, &mut resp3),
+        }
+        let mut resp2 = BytesMut::new();
+        let header = format!(
+            "*3\r\n$7\r\nmessage\r\n${}\r\n{INVALIDATE_CHANNEL}\r\n",
+            INVALIDATE_CHANNEL.len()
+        );
+        resp2.extend_from_slice(header.as_bytes());
+        match keys {
+            // Redis's null for RESP2 there.
+            None => resp2.extend_from_slice(b"$-1\r\n"),
+            // The same array as RESP3's, after its `invalidate`.
+            Some(_) => resp2.extend_from_slice(&resp3[b">2\r\n$10\r\ninvalidate\r\n".len()..]),
+        }
+        client.send(Pushed {
+            resp2: resp2.freeze(),
+            resp3: Some(Bytes::from(resp3)),
+        });
+    }
+
     /// A publisher is about to wait for the deliveries of its record
     /// ([`PubSub::delivered`]) until the guard drops.
     pub fn awaiting(self: &Arc<Self>) -> Awaiting {
@@ -487,7 +543,8 @@ mod tests {
     }
 
     fn messages(inbox: &mut Option<Inbox>) -> Vec<Bytes> {
-        inbox.as_mut().map(Inbox::take).unwrap_or_default()
+        let taken = inbox.as_mut().map(Inbox::take).unwrap_or_default();
+        taken.into_iter().map(|m| m.resp2).collect()
     }
 
     fn b(s: &str) -> Bytes {

@@ -840,6 +840,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         node.tracking.disable(id);
     }
     node.pubsub.leave(id, &activity);
+    node.tracking.gone(id);
     node.stats.connected_clients.fetch_sub(1, Ordering::Relaxed);
     // Over TLS, the close_notify and anything still buffered; a client
     // that no longer reads gets no more time than this.
@@ -872,7 +873,7 @@ async fn monitor_lines(monitor: &mut Option<crate::node::Monitor>) -> Result<Vec
 /// The Pub/Sub messages waiting for a subscriber (all there are now);
 /// never, for a connection without an inbox. An inbox closed and empty
 /// (no subscriptions left) goes.
-async fn messages(inbox: &mut Option<crate::pubsub::Inbox>) -> Vec<Bytes> {
+async fn messages(inbox: &mut Option<crate::pubsub::Inbox>) -> Vec<crate::pubsub::Pushed> {
     let Some(open) = inbox else {
         return std::future::pending().await;
     };

@@ -41,8 +41,8 @@ pub struct Options {
     /// Accepted as Redis's; ferry tells a client of its own writes too
     /// (one more read, never a stale value).
     pub noloop: bool,
-    /// REDIRECT's client id, checked by the caller (ferry does not
-    /// redirect).
+    /// REDIRECT's client id (checked by the caller): it gets the
+    /// invalidations, on its Pub/Sub connection.
     pub redirect: Option<i64>,
 }
 
@@ -61,6 +61,11 @@ struct Tracked {
     options: Options,
     outbox: mpsc::Sender<Invalidation>,
     activity: Arc<crate::node::Activity>,
+    /// The client it redirects to has gone...
+    target_gone: bool,
+    /// ... and an invalidation found it so (TRACKINGINFO's
+    /// `broken_redirect`, as Redis finds it).
+    broken: bool,
 }
 
 #[derive(Debug, Default)]
@@ -81,15 +86,13 @@ pub struct Tracking {
     on: AtomicUsize,
     max_keys: AtomicUsize,
     table: Mutex<Table>,
+    /// Where redirected invalidations go.
+    pubsub: Arc<crate::pubsub::PubSub>,
 }
 
 impl Default for Tracking {
     fn default() -> Tracking {
-        Tracking {
-            on: AtomicUsize::new(0),
-            max_keys: AtomicUsize::new(TRACKING_TABLE_MAX_KEYS_DEFAULT),
-            table: Mutex::default(),
-        }
+        Tracking::new(Arc::default())
     }
 }
 
@@ -103,6 +106,17 @@ pub struct TrackingFigures {
 }
 
 impl Tracking {
+    /// A table whose REDIRECT clients get their invalidations through
+    /// `pubsub`.
+    pub fn new(pubsub: Arc<crate::pubsub::PubSub>) -> Tracking {
+        Tracking {
+            on: AtomicUsize::new(0),
+            max_keys: AtomicUsize::new(TRACKING_TABLE_MAX_KEYS_DEFAULT),
+            table: Mutex::default(),
+            pubsub,
+        }
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -136,6 +150,8 @@ impl Tracking {
                 options,
                 outbox,
                 activity,
+                target_gone: false,
+                broken: false,
             },
         );
         if before.is_none() {
@@ -148,8 +164,27 @@ impl Tracking {
     /// BCAST prefixes).
     pub fn update(&self, id: u64, options: Options) {
         if let Some(client) = self.table().clients.get_mut(&id) {
+            if client.options.redirect != options.redirect {
+                (client.target_gone, client.broken) = (false, false);
+            }
             client.options = options;
         }
+    }
+
+    /// Client `id` has gone: the clients redirecting to it are told
+    /// nothing more (their redirect breaks at the next invalidation).
+    pub fn gone(&self, id: u64) {
+        let mut table = self.table();
+        for client in table.clients.values_mut() {
+            if client.options.redirect == Some(id as i64) {
+                client.target_gone = true;
+            }
+        }
+    }
+
+    /// Whether client `id`'s redirect is broken.
+    pub fn redirect_broken(&self, id: u64) -> bool {
+        self.table().clients.get(&id).is_some_and(|c| c.broken)
     }
 
     /// Client `id` tracks no more (CLIENT TRACKING OFF, RESET, gone). The
@@ -177,7 +212,7 @@ impl Tracking {
             let gone: Vec<Bytes> = table.keys.keys().take(over).cloned().collect();
             let refs: Vec<&Bytes> = gone.iter().collect();
             // Only their readers: for BCAST clients nothing changed.
-            tell(&mut table, &refs, false);
+            tell(&mut table, &refs, false, &self.pubsub);
         }
     }
 
@@ -199,7 +234,7 @@ impl Tracking {
 
 /// Tells the clients of `keys` (read by them, or with `bcast` under a
 /// BCAST prefix), one message per client; the keys are forgotten.
-fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool) {
+fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub::PubSub) {
     // Each key once (a batch may change one many times); a client is in
     // default mode or BCAST, not both, so it is told of each key once.
     let mut seen = HashSet::with_capacity(keys.len());
@@ -225,17 +260,27 @@ fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool) {
         }
     }
     for (id, keys) in to {
-        if let Some(client) = table.clients.get(&id) {
-            send(client, Some(keys));
+        if let Some(client) = table.clients.get_mut(&id) {
+            send(client, Some(keys), pubsub);
         }
     }
 }
 
-/// Queues `message` for `client`. One behind by the whole backlog is
-/// closed: its cache can no longer be kept right. (Its connection is open:
-/// it leaves the table, under the lock held here, before its socket
-/// closes; one that stopped tracking has dropped its inbox: nothing to do.)
-fn send(client: &Tracked, message: Invalidation) {
+/// Queues `message` for `client`, or with REDIRECT sends it to the client
+/// it redirects to (nothing once that one has gone). One behind by the
+/// whole backlog is closed: its cache can no longer be kept right. (Its
+/// connection is open: it leaves the table, under the lock held here,
+/// before its socket closes; one that stopped tracking has dropped its
+/// inbox: nothing to do.)
+fn send(client: &mut Tracked, message: Invalidation, pubsub: &crate::pubsub::PubSub) {
+    match client.options.redirect {
+        Some(_) if client.target_gone => {
+            client.broken = true;
+            return;
+        }
+        Some(to) => return pubsub.invalidate(to as u64, &message),
+        None => {}
+    }
     if let Err(mpsc::error::TrySendError::Full(_)) = client.outbox.try_send(message) {
         tracing::warn!("closing a tracking client that fell behind on its invalidations");
         client.activity.kill();
@@ -250,12 +295,12 @@ impl ferry_engine::ChangeListener for Tracking {
     fn changed(&self, changed: Changed<'_>) {
         let mut table = self.table();
         match changed {
-            Changed::Keys(keys) => tell(&mut table, keys, true),
+            Changed::Keys(keys) => tell(&mut table, keys, true, &self.pubsub),
             Changed::All => {
                 table.keys.clear();
                 table.items = 0;
-                for client in table.clients.values() {
-                    send(client, None);
+                for client in table.clients.values_mut() {
+                    send(client, None, &self.pubsub);
                 }
             }
         }
@@ -264,7 +309,7 @@ impl ferry_engine::ChangeListener for Tracking {
 
 /// CLIENT TRACKING ON's options after ON (`args`), checked as Redis checks
 /// them; the error text if not.
-pub fn parse_options(args: &[Bytes]) -> Result<Options, String> {
+pub fn parse_options(args: &[Bytes], exists: impl Fn(i64) -> bool) -> Result<Options, String> {
     let mut options = Options::default();
     let mut i = 0;
     while i < args.len() {
@@ -279,6 +324,9 @@ pub fn parse_options(args: &[Bytes]) -> Result<Options, String> {
                 options.prefixes.push(args[i].clone());
             }
             "redirect" if i + 1 < args.len() => {
+                if options.redirect.is_some() {
+                    return Err("ERR A client can only redirect to a single other client".into());
+                }
                 i += 1;
                 let id = std::str::from_utf8(&args[i])
                     .ok()
@@ -286,6 +334,11 @@ pub fn parse_options(args: &[Bytes]) -> Result<Options, String> {
                 let Some(id) = id else {
                     return Err("ERR value is not an integer or out of range".into());
                 };
+                // It must exist now, as in Redis (it may go later: then
+                // the redirect is broken).
+                if !exists(id) {
+                    return Err("ERR The client ID you want redirect to does not exist".into());
+                }
                 options.redirect = Some(id);
             }
             _ => return Err("ERR syntax error".into()),
@@ -428,27 +481,30 @@ mod tests {
     fn options_are_checked_as_redis_checks_them() {
         let args = |s: &str| s.split(' ').map(b).collect::<Vec<_>>();
         assert!(
-            parse_options(&args("PREFIX a"))
+            parse_options(&args("PREFIX a"), |_| true)
                 .unwrap_err()
                 .contains("requires BCAST")
         );
         assert!(
-            parse_options(&args("OPTIN OPTOUT"))
+            parse_options(&args("OPTIN OPTOUT"), |_| true)
                 .unwrap_err()
                 .contains("both")
         );
         assert!(
-            parse_options(&args("BCAST OPTIN"))
+            parse_options(&args("BCAST OPTIN"), |_| true)
                 .unwrap_err()
                 .contains("not compatible")
         );
         assert!(
-            parse_options(&args("BCAST PREFIX ab PREFIX a"))
+            parse_options(&args("BCAST PREFIX ab PREFIX a"), |_| true)
                 .unwrap_err()
                 .contains("overlaps")
         );
-        assert_eq!(parse_options(&args("FOO")).unwrap_err(), "ERR syntax error");
-        let o = parse_options(&args("bcast prefix a prefix b noloop")).unwrap();
+        assert_eq!(
+            parse_options(&args("FOO"), |_| true).unwrap_err(),
+            "ERR syntax error"
+        );
+        let o = parse_options(&args("bcast prefix a prefix b noloop"), |_| true).unwrap();
         assert_eq!(o.prefixes, [b("a"), b("b")]);
         let mut out = Vec::new();
         encode(&Some(vec![b("k")]), &mut out);

@@ -3259,3 +3259,54 @@ fn keyspace_events_follow_config_set() {
     let err = error(p, &["CONFIG", "SET", "notify-keyspace-events", "Kq"]);
     assert!(err.contains("Invalid event class character"), "{err}");
 }
+
+/// CLIENT TRACKING's REDIRECT, the way RESP2 clients cache: a connection
+/// subscribed to `__redis__:invalidate` gets, as messages, the
+/// invalidations of the keys another connection read; a FLUSHALL's as a
+/// null; once it has gone, the redirect shows broken.
+#[test]
+fn client_tracking_redirects_invalidations_to_a_subscriber() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut sink = Resp3::connect_resp2(&server);
+    sink.send(&["CLIENT", "ID"]);
+    let id = sink.read_line().trim_start_matches(':').to_string();
+    sink.exchange(
+        &["SUBSCRIBE", "__redis__:invalidate"],
+        "*3\r\n$9\r\nsubscribe\r\n$20\r\n__redis__:invalidate\r\n:1\r\n",
+    );
+    let mut tracker = Resp3::connect_resp2(&server);
+    tracker.exchange(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id], "+OK\r\n");
+    tracker.exchange(&["CLIENT", "GETREDIR"], &format!(":{id}\r\n"));
+    tracker.exchange(&["GET", "k"], "$-1\r\n");
+    let p = &mut server.client();
+    let list: String = cmd(&["CLIENT", "LIST"]).query(p).expect("CLIENT LIST");
+    assert!(list.contains(&format!("redir={id} ")), "{list}");
+    cmd(&["SET", "k", "v"]).query::<()>(p).expect("SET");
+    assert!(
+        sink.read_until(b"*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n*1\r\n$1\r\nk\r\n")
+    );
+    // Read once, told once.
+    cmd(&["SET", "k", "w"]).query::<()>(p).expect("SET");
+    tracker.exchange(&["GET", "k"], "$1\r\nw\r\n");
+    cmd(&["FLUSHALL"]).query::<()>(p).expect("FLUSHALL");
+    sink.exchange(
+        &["PING"],
+        "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n$-1\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+    );
+    drop(sink);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let list: String = cmd(&["CLIENT", "LIST"]).query(p).expect("CLIENT LIST");
+        list.lines().count() == 2
+    }));
+    tracker.exchange(&["GET", "k"], "$-1\r\n");
+    cmd(&["SET", "k", "x"]).query::<()>(p).expect("SET");
+    tracker.exchange(
+        &["CLIENT", "TRACKINGINFO"],
+        &format!(
+            "*6\r\n$5\r\nflags\r\n*2\r\n$2\r\non\r\n$15\r\nbroken_redirect\r\n$8\r\nredirect\r\n:{id}\r\n$8\r\nprefixes\r\n*0\r\n"
+        ),
+    );
+    let err = error(p, &["CLIENT", "TRACKING", "ON", "REDIRECT", "999999"]);
+    assert_eq!(err, "ERR The client ID you want redirect to does not exist");
+}

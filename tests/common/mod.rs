@@ -423,6 +423,26 @@ impl Resp3 {
         false
     }
 
+    /// The next line that comes in (without its CRLF), for up to 10 s.
+    pub fn read_line(&mut self) -> String {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(at) = self.got.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.got[..at]).into_owned();
+                self.got.drain(..at + 2);
+                return line;
+            }
+            assert!(std::time::Instant::now() < deadline, "no line");
+            let mut buf = [0u8; 4096];
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the connection closed"),
+                Ok(n) => self.got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
     /// A request and its whole reply, exactly.
     pub fn exchange(&mut self, args: &[&str], reply: &str) {
         self.send(args);
