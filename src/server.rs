@@ -960,9 +960,9 @@ async fn until_killed(activity: &Activity) {
 
 /// A write a connection has read and not yet run: consecutive ones run
 /// together ([`Pipeline::execute_many`](ferry_engine::Pipeline::execute_many)).
-/// Its handler, arguments, where it counts in INFO commandstats, and
-/// whether its reply is dropped (CLIENT REPLY).
-type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>, bool);
+/// Its handler, arguments, where it counts in INFO commandstats, whether
+/// its reply is dropped (CLIENT REPLY), and whether it is a PUBLISH.
+type PendingWrite = (WriteHandler, Vec<bytes::Bytes>, Option<usize>, bool, bool);
 
 /// Runs write `f` in `view`; while keyspace notifications have classes
 /// on, its events are logged with its effects.
@@ -992,14 +992,6 @@ fn run_write(
     Ok(reply)
 }
 
-/// A PUBLISH among `writes` waits for its deliveries to be counted
-/// ([`crate::pubsub::PubSub::delivered`]), from before it runs.
-fn awaiting_deliveries(node: &Node, args: &[Bytes]) -> Option<crate::pubsub::Awaiting> {
-    commands::lookup(&args[0])
-        .is_some_and(|spec| matches!(spec.handler, Handler::Publish))
-        .then(|| node.pubsub.awaiting())
-}
-
 /// Runs the writes read so far, queueing their replies in order.
 async fn run_writes(
     node: &Node,
@@ -1016,13 +1008,15 @@ async fn run_writes(
         .pipeline
         .is_paused()
         .then(|| Blocked::begin(&node.stats.blocked_clients));
+    // A PUBLISH waits for its deliveries to be counted
+    // ([`crate::pubsub::PubSub::delivered`]), from before it runs.
     let mut awaiting: Vec<_> = writes
         .iter()
-        .map(|(_, args, ..)| awaiting_deliveries(node, args))
+        .map(|&(.., publish)| publish.then(|| node.pubsub.awaiting()))
         .collect();
     let outcomes = node
         .pipeline
-        .execute_many(writes.iter().map(|(f, args, slot, _)| {
+        .execute_many(writes.iter().map(|(f, args, slot, ..)| {
             move |view: &mut View<'_>| {
                 let started = Instant::now();
                 let reply = run_write(node, *f, view, args);
@@ -1039,7 +1033,7 @@ async fn run_writes(
         outcomes
             .into_iter()
             .zip(writes.drain(..).zip(awaiting.drain(..)))
-            .map(|(outcome, ((_, args, _, silent), awaiting))| {
+            .map(|(outcome, ((_, args, _, silent, _), awaiting))| {
                 let queued = match (outcome, awaiting) {
                     (Ok(ticket), Some(awaiting)) => Queued::Published {
                         ticket,
@@ -1158,19 +1152,20 @@ async fn dispatch(
                 handler: Handler::Write(f),
                 ..
             },
-        ) => Some((spec, *f)),
+        ) => Some((spec, *f, false)),
         Ok(
             spec @ Spec {
                 handler: Handler::Publish,
                 ..
             },
-        ) if !node.is_replica() => Some((spec, commands::publish as WriteHandler)),
+        ) if !node.is_replica() => Some((spec, commands::publish as WriteHandler, true)),
         _ => None,
     };
-    if let Some((spec, f)) = write {
+    if let Some((spec, f, publish)) = write {
         let slot = commands::stat_slot(spec, &args);
         take_caching(conn, spec);
-        writes.push((f, args, slot, conn.reply_off || conn.skip_this));
+        let silent = conn.reply_off || conn.skip_this;
+        writes.push((f, args, slot, silent, publish));
         if writes.len() >= WRITES_TOGETHER_MAX {
             run_writes(node, conn, writes, queue).await;
         }

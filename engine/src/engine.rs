@@ -1068,13 +1068,14 @@ impl Engine {
         };
         let mut target = BatchTarget::new(self)?;
         let (count_before, expiring_before) = (target.key_count, target.expiring);
-        let mut published = false;
+        // Whether the listener has events or messages to be told.
+        let mut to_tell = false;
         for (_, record) in records {
-            published |= !record.events.is_empty();
+            to_tell |= !record.events.is_empty();
             // A mutation of a kind this version does not know has no `op`.
             for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
                 apply_mutation(&mut target, op)?;
-                published |= matches!(op, Op::Publish(_));
+                to_tell |= matches!(op, Op::Publish(_));
             }
         }
         let BatchTarget {
@@ -1141,9 +1142,9 @@ impl Engine {
         self.key_count.store(key_count, Ordering::Release);
         self.set_expiring(expiring);
         self.applied_lsn.store(last.0, Ordering::Release);
-        // Messages once their records are applied (and readable), after
-        // the changes' invalidations.
-        if let Some(listener) = self.changes.get().filter(|_| published) {
+        // Keyspace events and messages once their records are applied
+        // (and readable), after the changes' invalidations.
+        if let Some(listener) = self.changes.get().filter(|_| to_tell) {
             for (lsn, record) in records {
                 if !record.events.is_empty() {
                     listener.notified(&record.events);
