@@ -3059,10 +3059,12 @@ fn unsubscribe(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
 /// the deliveries it made, comes once it is applied (see the server's
 /// `Queued::Published`).
 pub fn publish(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let published_at_ms = view.now_ms();
     view.push(Op::Publish(pb::Publish {
         channel: args[1].clone(),
         message: args[2].clone(),
         shard: is_shard_publish(args),
+        published_at_ms,
     }))?;
     Ok(Reply::Int(0))
 }

@@ -27,6 +27,12 @@ use crate::resp::Reply;
 /// (Redis's default hard limit for Pub/Sub clients).
 pub const PUBSUB_BACKLOG_BYTES_MAX: usize = 32 << 20;
 
+/// A message applied this long after it was published is not delivered:
+/// a replica catching up after a partition does not flood its subscribers
+/// with what they missed (Redis's replicas get at most their replication
+/// backlog's worth).
+pub const MESSAGE_AGE_MAX_MS: u64 = 60_000;
+
 /// Deliveries counted for publishers waiting on them, at most: the oldest
 /// are dropped past it (a publisher whose count went asks the table).
 const COUNTS_KEPT_MAX: usize = 1 << 16;
@@ -464,10 +470,16 @@ impl PubSub {
         }
     }
 
-    /// Told by the engine of a message applied: delivered, and counted if
-    /// a publisher may be waiting for it.
-    pub fn applied(&self, lsn: Lsn, channel: &Bytes, payload: &Bytes, shard: bool) {
-        let delivered = self.publish(channel, payload, shard);
+    /// Told by the engine of a message applied: delivered (unless older
+    /// than [`MESSAGE_AGE_MAX_MS`]), and counted if a publisher may be
+    /// waiting for it.
+    pub fn applied(&self, lsn: Lsn, message: &ferry_proto::v1::Publish) {
+        let age = crate::node::now_ms().saturating_sub(message.published_at_ms);
+        let delivered = if message.published_at_ms != 0 && age > MESSAGE_AGE_MAX_MS {
+            0
+        } else {
+            self.publish(&message.channel, &message.message, message.shard)
+        };
         if self.awaiting.load(Ordering::Acquire) > 0 {
             let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
             counts.insert(lsn.0, delivered);
@@ -529,8 +541,7 @@ impl ChangeListener for Listener {
     }
 
     fn published(&self, lsn: Lsn, message: &ferry_proto::v1::Publish) {
-        self.pubsub
-            .applied(lsn, &message.channel, &message.message, message.shard);
+        self.pubsub.applied(lsn, message);
     }
 }
 
@@ -642,10 +653,23 @@ mod tests {
         let a = activity();
         let mut inbox = None;
         hub.subscribe(1, &a, &mut inbox, Kind::Channel, &[b("c")]);
-        hub.applied(Lsn(5), &b("c"), &b("m"), false);
+        let message = |at: u64| ferry_proto::v1::Publish {
+            channel: b("c"),
+            message: b("m"),
+            shard: false,
+            published_at_ms: at,
+        };
+        hub.applied(Lsn(5), &message(0));
         assert!(hub.counts.lock().unwrap().is_empty());
         let waiting = hub.awaiting();
-        hub.applied(Lsn(6), &b("c"), &b("m"), false);
+        hub.applied(Lsn(6), &message(crate::node::now_ms()));
+        // Published long before it is applied: not delivered.
+        hub.applied(
+            Lsn(7),
+            &message(crate::node::now_ms() - MESSAGE_AGE_MAX_MS - 1000),
+        );
+        assert_eq!(hub.delivered(Lsn(7), &b("c"), false), 0);
+        assert_eq!(messages(&mut inbox).len(), 2);
         hub.leave(1, &a);
         assert_eq!(hub.delivered(Lsn(6), &b("c"), false), 1);
         // Gone from the counts: the table's figure now.
