@@ -124,7 +124,12 @@ impl Notify {
     }
 
     /// Delivers the events of a record applied, by this node's setting.
-    pub fn deliver(&self, events: &[KeyEvent], pubsub: &crate::pubsub::PubSub) {
+    pub fn deliver(
+        &self,
+        lsn: ferry_wal::Lsn,
+        events: &[KeyEvent],
+        pubsub: &crate::pubsub::PubSub,
+    ) {
         let flags = self.flags();
         if flags & (KEYSPACE | KEYEVENT) == 0 {
             return;
@@ -139,11 +144,12 @@ impl Notify {
                     &Bytes::from(channel),
                     &Bytes::copy_from_slice(e.event.as_bytes()),
                     false,
+                    lsn.0,
                 );
             }
             if flags & KEYEVENT != 0 {
                 let channel = format!("__keyevent@0__:{}", e.event);
-                pubsub.publish(&Bytes::from(channel), &e.key, false);
+                pubsub.publish(&Bytes::from(channel), &e.key, false, lsn.0);
             }
         }
     }

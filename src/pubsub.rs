@@ -11,7 +11,7 @@
 //! them; one that lets [`PUBSUB_BACKLOG_BYTES_MAX`] of them pile up is
 //! closed (Redis's `client-output-buffer-limit pubsub` hard limit).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -67,6 +67,9 @@ impl Kind {
 pub struct Pushed {
     resp2: Bytes,
     resp3: Option<Bytes>,
+    /// The LSN of the record that delivered it (0: none), so that it goes
+    /// out after the replies of the writes before it, before those after.
+    lsn: u64,
 }
 
 impl Pushed {
@@ -80,27 +83,41 @@ impl Pushed {
 pub struct Inbox {
     messages: mpsc::UnboundedReceiver<Pushed>,
     queued: Arc<AtomicUsize>,
+    /// Taken, but to go after a reply not yet written.
+    held: VecDeque<Pushed>,
 }
 
 impl Inbox {
     /// The next messages (all there are now); `None` once the client has
     /// no subscriptions left and every message is taken.
     pub async fn next(&mut self) -> Option<Vec<Pushed>> {
-        let first = self.messages.recv().await?;
-        let mut all = vec![first];
-        all.extend(self.take());
-        Some(all)
+        if self.held.is_empty() {
+            let first = self.messages.recv().await?;
+            self.held.push_back(first);
+        }
+        Some(self.take(None))
     }
 
-    /// The messages waiting now.
-    pub fn take(&mut self) -> Vec<Pushed> {
-        let mut all = Vec::new();
+    /// The messages waiting now that go before the reply of a write
+    /// logged at `lsn`: those its record or an earlier one delivered (and
+    /// those of no record); all of them for `None`. The rest wait, in
+    /// order.
+    pub fn take(&mut self, lsn: Option<u64>) -> Vec<Pushed> {
+        let mut bytes = 0;
         while let Ok(message) = self.messages.try_recv() {
-            all.push(message);
+            bytes += message.len();
+            self.held.push_back(message);
         }
-        let bytes: usize = all.iter().map(Pushed::len).sum();
         self.queued.fetch_sub(bytes, Ordering::AcqRel);
-        all
+        let through = match lsn {
+            None => self.held.len(),
+            Some(lsn) => self
+                .held
+                .iter()
+                .position(|m| m.lsn > lsn)
+                .unwrap_or(self.held.len()),
+        };
+        self.held.drain(..through).collect()
     }
 }
 
@@ -209,6 +226,7 @@ fn encode(kind: Kind, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) ->
     Pushed {
         resp2: out.freeze(),
         resp3: None,
+        lsn: 0,
     }
 }
 
@@ -245,9 +263,15 @@ impl PubSub {
         let client = table.clients.entry(id).or_insert_with(|| {
             let (outbox, messages) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicUsize::new(0));
+            // What an inbox closed since still holds goes first.
+            for message in inbox.as_mut().map(|i| i.take(None)).unwrap_or_default() {
+                queued.fetch_add(message.len(), Ordering::AcqRel);
+                let _ = outbox.send(message);
+            }
             *inbox = Some(Inbox {
                 messages,
                 queued: queued.clone(),
+                held: VecDeque::new(),
             });
             Subscriber {
                 outbox,
@@ -340,13 +364,17 @@ impl PubSub {
 
     /// Delivers `payload` to this node's subscribers of `channel` (the
     /// channel's, then each matching pattern's; a shard channel's only
-    /// for `shard`); how many deliveries that made, as PUBLISH answers.
-    pub fn publish(&self, channel: &Bytes, payload: &Bytes, shard: bool) -> usize {
+    /// for `shard`), from the record at `lsn` (0: none); how many
+    /// deliveries that made, as PUBLISH answers.
+    pub fn publish(&self, channel: &Bytes, payload: &Bytes, shard: bool, lsn: u64) -> usize {
         let table = self.table();
         let mut delivered = 0;
         let kind = if shard { Kind::Shard } else { Kind::Channel };
         if let Some(ids) = table.names[kind as usize].get(channel) {
-            let message = encode(kind, None, channel, payload);
+            let message = Pushed {
+                lsn,
+                ..encode(kind, None, channel, payload)
+            };
             for id in ids {
                 if let Some(client) = table.clients.get(id) {
                     delivered += usize::from(client.send(message.clone()));
@@ -358,7 +386,10 @@ impl PubSub {
                 if !crate::glob::matches(pattern, channel, false) {
                     continue;
                 }
-                let message = encode(Kind::Pattern, Some(pattern), channel, payload);
+                let message = Pushed {
+                    lsn,
+                    ..encode(Kind::Pattern, Some(pattern), channel, payload)
+                };
                 for id in ids {
                     if let Some(client) = table.clients.get(id) {
                         delivered += usize::from(client.send(message.clone()));
@@ -401,6 +432,7 @@ impl PubSub {
         client.send(Pushed {
             resp2: resp2.freeze(),
             resp3: Some(Bytes::from(resp3)),
+            lsn: 0,
         });
     }
 
@@ -478,7 +510,7 @@ impl PubSub {
         let delivered = if message.published_at_ms != 0 && age > MESSAGE_AGE_MAX_MS {
             0
         } else {
-            self.publish(&message.channel, &message.message, message.shard)
+            self.publish(&message.channel, &message.message, message.shard, lsn.0)
         };
         if self.awaiting.load(Ordering::Acquire) > 0 {
             let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
@@ -536,8 +568,8 @@ impl ChangeListener for Listener {
         self.tracking.changed(changed);
     }
 
-    fn notified(&self, events: &[ferry_proto::v1::KeyEvent]) {
-        self.notify.deliver(events, &self.pubsub);
+    fn notified(&self, lsn: Lsn, events: &[ferry_proto::v1::KeyEvent]) {
+        self.notify.deliver(lsn, events, &self.pubsub);
     }
 
     fn published(&self, lsn: Lsn, message: &ferry_proto::v1::Publish) {
@@ -554,7 +586,7 @@ mod tests {
     }
 
     fn messages(inbox: &mut Option<Inbox>) -> Vec<Bytes> {
-        let taken = inbox.as_mut().map(Inbox::take).unwrap_or_default();
+        let taken = inbox.as_mut().map(|i| i.take(None)).unwrap_or_default();
         taken.into_iter().map(|m| m.resp2).collect()
     }
 
@@ -570,7 +602,7 @@ mod tests {
         hub.subscribe(1, &a, &mut ia, Kind::Channel, &[b("news")]);
         hub.subscribe(2, &c, &mut ic, Kind::Pattern, &[b("n*"), b("x*")]);
         hub.subscribe(2, &c, &mut ic, Kind::Channel, &[b("news")]);
-        assert_eq!(hub.publish(&b("news"), &b("hi"), false), 3);
+        assert_eq!(hub.publish(&b("news"), &b("hi"), false, 0), 3);
         assert_eq!(
             messages(&mut ia),
             vec![b("*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$2\r\nhi\r\n")]
@@ -586,8 +618,8 @@ mod tests {
             b("*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$2\r\nhi\r\n")
         );
         // A shard channel is a namespace of its own.
-        assert_eq!(hub.publish(&b("news"), &b("hi"), true), 0);
-        assert_eq!(hub.publish(&b("other"), &b("hi"), false), 0);
+        assert_eq!(hub.publish(&b("news"), &b("hi"), true, 0), 0);
+        assert_eq!(hub.publish(&b("other"), &b("hi"), false, 0), 0);
         let f = hub.figures();
         assert_eq!((f.channels, f.patterns, f.shard_channels), (1, 2, 0));
         assert_eq!(a.subscriptions[0].load(Ordering::Relaxed), 1);
@@ -600,7 +632,7 @@ mod tests {
         let a = activity();
         let mut inbox = None;
         hub.subscribe(1, &a, &mut inbox, Kind::Channel, &[b("c1"), b("c2")]);
-        hub.publish(&b("c1"), &b("m"), false);
+        hub.publish(&b("c1"), &b("m"), false, 0);
         let reply = hub.unsubscribe(1, &a, Kind::Channel, &[]);
         let Reply::Seq(confirmations) = reply else {
             panic!("{reply:?}")
@@ -612,7 +644,7 @@ mod tests {
                 confirmation("unsubscribe", Some(b("c2")), 0),
             ]
         );
-        assert_eq!(hub.publish(&b("c1"), &b("m"), false), 0);
+        assert_eq!(hub.publish(&b("c1"), &b("m"), false, 0), 0);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -636,7 +668,7 @@ mod tests {
         let payload = Bytes::from(vec![b'x'; 1 << 20]);
         let mut sent = 0;
         while !a.is_killed() {
-            assert_eq!(hub.publish(&b("c"), &payload, false), 1);
+            assert_eq!(hub.publish(&b("c"), &payload, false, 0), 1);
             sent += 1;
             assert!(sent <= PUBSUB_BACKLOG_BYTES_MAX >> 20, "never closed");
         }
@@ -644,7 +676,7 @@ mod tests {
         let each = encode(Kind::Channel, None, b"c", &payload).len();
         assert_eq!(sent, PUBSUB_BACKLOG_BYTES_MAX / each + 1);
         // Closed: nothing more is queued for it.
-        assert_eq!(hub.publish(&b("c"), &payload, false), 0);
+        assert_eq!(hub.publish(&b("c"), &payload, false, 0), 0);
     }
 
     #[test]

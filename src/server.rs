@@ -419,29 +419,40 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
     while let Some(item) = queue.pop_front() {
         // A subscriber's messages delivered before the reply is ready go
         // before it (a PUBLISH to its own channel, an UNSUBSCRIBE's last).
-        let reply = settle(node, item, conn, lease, &mut deadline).await;
-        if let Some(inbox) = &mut conn.pubsub {
-            for message in inbox.take() {
-                crate::pubsub::write_message(&message, out, conn.resp3);
-            }
-        }
+        let (reply, silent, lsn) = settle(node, item, conn, lease, &mut deadline).await;
+        write_messages(conn, lsn, out);
         match reply {
             // Counted as Redis counts it, sent or not.
-            (Reply::Error(text), true) => node.stats.error_reply(&text),
-            (_, true) => {}
-            (reply, false) => send(node, &reply, out, conn.resp3),
+            Reply::Error(text) if silent => node.stats.error_reply(&text),
+            _ if silent => {}
+            reply => send(node, &reply, out, conn.resp3),
+        }
+    }
+    write_messages(conn, None, out);
+}
+
+/// Writes a subscriber's messages that go before the reply of a write
+/// logged at `lsn` (all of them for `None`, and for a reply that is no
+/// write's): those delivered by its record or earlier ones, as Redis would
+/// have sent them before the write ran.
+fn write_messages(conn: &mut Conn, lsn: Option<u64>, out: &mut BytesMut) {
+    if let Some(inbox) = &mut conn.pubsub {
+        for message in inbox.take(lsn) {
+            crate::pubsub::write_message(&message, out, conn.resp3);
         }
     }
 }
 
-/// A queued reply once ready, and whether it is dropped (CLIENT REPLY).
+/// A queued reply once ready, whether it is dropped (CLIENT REPLY), and
+/// the LSN of the write's record if it is a write's.
 async fn settle(
     node: &Node,
     item: Queued,
     conn: &mut Conn,
     lease: Option<(usize, Duration)>,
     deadline: &mut Option<tokio::time::Instant>,
-) -> (Reply, bool) {
+) -> (Reply, bool, Option<u64>) {
+    let mut logged = None;
     let (item, silent) = match item {
         Queued::Silent(item) => (*item, true),
         item => (item, false),
@@ -451,6 +462,7 @@ async fn settle(
         Queued::Ready(reply) => reply,
         Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
             Ok((reply, Some(lsn))) => {
+                logged = Some(lsn.0);
                 conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
                 if let Some((wanted, lag)) = lease
                     && flushed_by(
@@ -478,6 +490,7 @@ async fn settle(
             awaiting: _awaiting,
         } => match ticket.wait_with_lsn().await {
             Ok((_, Some(lsn))) => {
+                logged = Some(lsn.0);
                 conn.last_write_lsn = conn.last_write_lsn.max(lsn.0);
                 Reply::Int(node.pubsub.delivered(lsn, &channel, shard) as i64)
             }
@@ -485,7 +498,7 @@ async fn settle(
             Err(e) => engine_error_reply(e),
         },
     };
-    (reply, silent)
+    (reply, silent, logged)
 }
 
 /// `queued`, its reply dropped if `silent` (CLIENT REPLY OFF or SKIP).
@@ -1335,6 +1348,7 @@ async fn run_command(
             &args[1],
             &args[2],
             commands::is_shard_publish(args),
+            0,
         ) as i64),
         Handler::Shutdown | Handler::Failover => unreachable!("run by dispatch"),
         Handler::Transaction => unreachable!("run by transaction"),
@@ -1592,6 +1606,7 @@ fn run_queued(
                 &args[1],
                 &args[2],
                 commands::is_shard_publish(args),
+                0,
             ) as i64),
             // Delivered once the transaction's record is applied; the
             // reply counts the subscribers as the transaction runs.

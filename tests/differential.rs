@@ -2624,12 +2624,20 @@ fn pubsub_replies_are_the_bytes_redis_gives() {
             .concat(),
         ),
         (
-            "RESP3's shard messages",
+            "RESP3's shard messages, and a pipeline's messages each before its PUBLISH's reply",
             [
                 resp(&[b"HELLO", b"3"]),
                 resp(&[b"SSUBSCRIBE", b"c"]),
+                resp(&[b"SUBSCRIBE", b"c"]),
+                resp(&[b"PSUBSCRIBE", b"*"]),
                 resp(&[b"SPUBLISH", b"c", b"sharded"]),
+                resp(&[b"PUBLISH", b"c", b"one"]),
+                resp(&[b"SET", b"k", b"v"]),
+                resp(&[b"PUBLISH", b"c", b"two"]),
+                resp(&[b"GET", b"k"]),
                 resp(&[b"SUNSUBSCRIBE"]),
+                resp(&[b"UNSUBSCRIBE"]),
+                resp(&[b"PUNSUBSCRIBE"]),
             ]
             .concat(),
         ),

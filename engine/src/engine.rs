@@ -625,9 +625,10 @@ pub trait ChangeListener: Send + Sync + std::fmt::Debug {
     fn published(&self, lsn: Lsn, message: &Publish) {
         let _ = (lsn, message);
     }
-    /// The keyspace events of a record once applied, before its messages.
-    fn notified(&self, events: &[KeyEvent]) {
-        let _ = events;
+    /// The keyspace events of record `lsn` once applied, before its
+    /// messages.
+    fn notified(&self, lsn: Lsn, events: &[KeyEvent]) {
+        let _ = (lsn, events);
     }
 }
 
@@ -1147,7 +1148,7 @@ impl Engine {
         if let Some(listener) = self.changes.get().filter(|_| to_tell) {
             for (lsn, record) in records {
                 if !record.events.is_empty() {
-                    listener.notified(&record.events);
+                    listener.notified(*lsn, &record.events);
                 }
                 for op in record.mutations.iter().filter_map(|m| m.op.as_ref()) {
                     if let Op::Publish(message) = op {
