@@ -1064,7 +1064,7 @@ fn engine_error(err: ferry_engine::EngineError) -> Reply {
 /// A live entry, read for the client: counted as a keyspace hit or miss.
 fn read_entry(node: &Node, r: &dyn Reader, key: &[u8]) -> Result<Option<Entry>, Reply> {
     let entry = r.live(key, now_ms()).map_err(engine_error)?;
-    count_lookup(node, &entry);
+    count_lookup(node, key, &entry);
     Ok(entry)
 }
 
@@ -1084,10 +1084,14 @@ fn stable<T>(
     Ok(out.expect("read at least once"))
 }
 
-/// Counts a read of one key for the client as a keyspace hit or miss.
-fn count_lookup(node: &Node, entry: &Option<Entry>) {
+/// Counts a read of one key for the client as a keyspace hit or miss (a
+/// miss tells `keymiss` if keyspace notifications ask for it).
+fn count_lookup(node: &Node, key: &[u8], entry: &Option<Entry>) {
     let found = u64::from(entry.is_some());
     node.stats.lookups(found, 1 - found);
+    if found == 0 && node.notify.wants_keymiss() {
+        node.notify.keymiss(key, &node.pubsub);
+    }
 }
 
 /// The field count of a hash's entry, 0 if missing.
@@ -1122,7 +1126,7 @@ fn read_hash_with<T: Default>(
         };
         Ok((entry, fields))
     })?;
-    count_lookup(node, &entry);
+    count_lookup(node, key, &entry);
     Ok((hash_len(&entry)?, fields))
 }
 
@@ -1157,7 +1161,7 @@ fn read_string(
         }
         None => (None, Bytes::new()),
     };
-    count_lookup(node, &entry);
+    count_lookup(node, key, &entry);
     match entry {
         None => Ok(None),
         Some(Entry {
@@ -1254,8 +1258,8 @@ fn get(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
 fn read_entries(node: &Node, r: &dyn Reader, keys: &Args) -> Result<Vec<Option<Entry>>, Reply> {
     let now = now_ms();
     let entries = stable(r, |r| keys.iter().map(|key| r.live(key, now)).collect())?;
-    for entry in &entries {
-        count_lookup(node, entry);
+    for (key, entry) in keys.iter().zip(&entries) {
+        count_lookup(node, key, entry);
     }
     Ok(entries)
 }
@@ -1279,9 +1283,10 @@ fn mget(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     }));
     Reply::Array(
         read.into_iter()
-            .map(|(entry, string)| {
+            .zip(&args[1..])
+            .map(|((entry, string), key)| {
                 // A hash reads as missing, and counts as found.
-                count_lookup(node, &entry);
+                count_lookup(node, key, &entry);
                 Reply::opt_bulk(string)
             })
             .collect(),
@@ -1356,8 +1361,8 @@ fn lcs(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
         Ok((entries, Some(values)))
     };
     let ((entry_a, entry_b), values) = tri_read!(stable(r, read));
-    count_lookup(node, &entry_a);
-    count_lookup(node, &entry_b);
+    count_lookup(node, a, &entry_a);
+    count_lookup(node, b, &entry_b);
     let is_hash = |e: &Option<Entry>| e.is_some() && !is_string(e);
     if is_hash(&entry_a) || is_hash(&entry_b) {
         return Reply::err("The specified keys must contain string values");
@@ -2315,7 +2320,7 @@ fn dump(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
         let value = entry.as_ref().map(|e| value_of(r, key, e)).transpose()?;
         Ok((entry, value))
     }));
-    count_lookup(node, &entry);
+    count_lookup(node, key, &entry);
     match value {
         Some(value) => Reply::Bulk(Bytes::from(crate::dump::encode(&value))),
         None => Reply::Null,

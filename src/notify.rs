@@ -135,22 +135,24 @@ impl Notify {
             return;
         }
         for e in events {
-            if flags & class_bit(e.class.chars().next().unwrap_or(' ')) == 0 {
-                continue;
+            if flags & class_bit(e.class.chars().next().unwrap_or(' ')) != 0 {
+                tell(flags, &e.event, &e.key, lsn.0, pubsub);
             }
-            if flags & KEYSPACE != 0 {
-                let channel = [&b"__keyspace@0__:"[..], &e.key].concat();
-                pubsub.publish(
-                    &Bytes::from(channel),
-                    &Bytes::copy_from_slice(e.event.as_bytes()),
-                    false,
-                    lsn.0,
-                );
-            }
-            if flags & KEYEVENT != 0 {
-                let channel = format!("__keyevent@0__:{}", e.event);
-                pubsub.publish(&Bytes::from(channel), &e.key, false, lsn.0);
-            }
+        }
+    }
+
+    /// Whether a read that finds no key tells `keymiss` (class `m`).
+    pub fn wants_keymiss(&self) -> bool {
+        let flags = self.flags();
+        flags & KEY_MISS != 0 && flags & (KEYSPACE | KEYEVENT) != 0
+    }
+
+    /// Tells `keymiss` for `key`, a read of this node's that found no key
+    /// (not logged: a node's own reads are its own).
+    pub fn keymiss(&self, key: &[u8], pubsub: &crate::pubsub::PubSub) {
+        let flags = self.flags();
+        if flags & KEY_MISS != 0 {
+            tell(flags, "keymiss", key, 0, pubsub);
         }
     }
 
@@ -200,6 +202,28 @@ impl Notify {
             }
         }
         Ok(())
+    }
+}
+
+/// Publishes `event` on `key` on the channels `flags` choose.
+fn tell(flags: u32, event: &str, key: &[u8], lsn: u64, pubsub: &crate::pubsub::PubSub) {
+    if flags & KEYSPACE != 0 {
+        let channel = [&b"__keyspace@0__:"[..], key].concat();
+        pubsub.publish(
+            &Bytes::from(channel),
+            &Bytes::copy_from_slice(event.as_bytes()),
+            false,
+            lsn,
+        );
+    }
+    if flags & KEYEVENT != 0 {
+        let channel = format!("__keyevent@0__:{event}");
+        pubsub.publish(
+            &Bytes::from(channel),
+            &Bytes::copy_from_slice(key),
+            false,
+            lsn,
+        );
     }
 }
 

@@ -12,7 +12,7 @@
 //! closed (Redis's `client-output-buffer-limit pubsub` hard limit).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -68,8 +68,11 @@ pub struct Pushed {
     resp2: Bytes,
     resp3: Option<Bytes>,
     /// The LSN of the record that delivered it (0: none), so that it goes
-    /// out after the replies of the writes before it, before those after.
+    /// out after the replies of the writes before it, before those after...
     lsn: u64,
+    /// ... and its place among the node's deliveries, for the replies of
+    /// commands that ran before or after it ([`PubSub::mark`]).
+    seq: u64,
 }
 
 impl Pushed {
@@ -95,28 +98,30 @@ impl Inbox {
             let first = self.messages.recv().await?;
             self.held.push_back(first);
         }
-        Some(self.take(None))
+        Some(self.take(None, None))
     }
 
-    /// The messages waiting now that go before the reply of a write
-    /// logged at `lsn`: those its record or an earlier one delivered (and
-    /// those of no record); all of them for `None`. The rest wait, in
+    /// The messages waiting now that go before a reply: with `mark`, of
+    /// a command that ran when the node had made `mark` deliveries, those
+    /// made by then, or (a write's, logged at `lsn`) delivered by its
+    /// record or an earlier one; all of them without. The rest wait, in
     /// order.
-    pub fn take(&mut self, lsn: Option<u64>) -> Vec<Pushed> {
+    pub fn take(&mut self, mark: Option<u64>, lsn: Option<u64>) -> Vec<Pushed> {
         let mut bytes = 0;
         while let Ok(message) = self.messages.try_recv() {
             bytes += message.len();
             self.held.push_back(message);
         }
         self.queued.fetch_sub(bytes, Ordering::AcqRel);
-        let through = match lsn {
-            None => self.held.len(),
-            Some(lsn) => self
-                .held
-                .iter()
-                .position(|m| m.lsn > lsn)
-                .unwrap_or(self.held.len()),
+        let Some(mark) = mark else {
+            return self.held.drain(..).collect();
         };
+        let before = |m: &Pushed| m.seq <= mark || lsn.is_some_and(|l| m.lsn != 0 && m.lsn <= l);
+        let through = self
+            .held
+            .iter()
+            .position(|m| !before(m))
+            .unwrap_or(self.held.len());
         self.held.drain(..through).collect()
     }
 }
@@ -194,6 +199,9 @@ pub struct PubSub {
     /// none are (always, on a replica), none are counted.
     awaiting: AtomicUsize,
     counts: Mutex<BTreeMap<u64, usize>>,
+    /// Messages delivered (one for all a PUBLISH's subscribers of a
+    /// channel, or of a pattern), numbering them.
+    delivered: AtomicU64,
 }
 
 /// Figures for INFO.
@@ -227,6 +235,7 @@ fn encode(kind: Kind, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) ->
         resp2: out.freeze(),
         resp3: None,
         lsn: 0,
+        seq: 0,
     }
 }
 
@@ -264,7 +273,11 @@ impl PubSub {
             let (outbox, messages) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicUsize::new(0));
             // What an inbox closed since still holds goes first.
-            for message in inbox.as_mut().map(|i| i.take(None)).unwrap_or_default() {
+            for message in inbox
+                .as_mut()
+                .map(|i| i.take(None, None))
+                .unwrap_or_default()
+            {
                 queued.fetch_add(message.len(), Ordering::AcqRel);
                 let _ = outbox.send(message);
             }
@@ -373,6 +386,7 @@ impl PubSub {
         if let Some(ids) = table.names[kind as usize].get(channel) {
             let message = Pushed {
                 lsn,
+                seq: self.next_seq(),
                 ..encode(kind, None, channel, payload)
             };
             for id in ids {
@@ -388,6 +402,7 @@ impl PubSub {
                 }
                 let message = Pushed {
                     lsn,
+                    seq: self.next_seq(),
                     ..encode(Kind::Pattern, Some(pattern), channel, payload)
                 };
                 for id in ids {
@@ -433,7 +448,18 @@ impl PubSub {
             resp2: resp2.freeze(),
             resp3: Some(Bytes::from(resp3)),
             lsn: 0,
+            seq: self.next_seq(),
         });
+    }
+
+    /// The deliveries made so far: a command's replies go after the
+    /// messages delivered before it ran ([`Inbox::take`]).
+    pub fn mark(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.delivered.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     /// A publisher is about to wait for the deliveries of its record
@@ -586,7 +612,10 @@ mod tests {
     }
 
     fn messages(inbox: &mut Option<Inbox>) -> Vec<Bytes> {
-        let taken = inbox.as_mut().map(|i| i.take(None)).unwrap_or_default();
+        let taken = inbox
+            .as_mut()
+            .map(|i| i.take(None, None))
+            .unwrap_or_default();
         taken.into_iter().map(|m| m.resp2).collect()
     }
 

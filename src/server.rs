@@ -40,6 +40,9 @@ enum Queued {
     /// Its reply is not sent (CLIENT REPLY OFF or SKIP); it is awaited
     /// all the same, and an error counted.
     Silent(Box<Queued>),
+    /// A subscriber's reply, after the messages delivered before its
+    /// command ran ([`crate::pubsub::PubSub::mark`]).
+    Marked(Box<Queued>, u64),
     /// A primary's PUBLISH: its reply is the deliveries its record made
     /// once applied.
     Published {
@@ -419,8 +422,12 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
     while let Some(item) = queue.pop_front() {
         // A subscriber's messages delivered before the reply is ready go
         // before it (a PUBLISH to its own channel, an UNSUBSCRIBE's last).
+        let (item, mark) = match item {
+            Queued::Marked(item, mark) => (*item, Some(mark)),
+            item => (item, None),
+        };
         let (reply, silent, lsn) = settle(node, item, conn, lease, &mut deadline).await;
-        write_messages(conn, lsn, out);
+        write_messages(conn, mark, lsn, out);
         match reply {
             // Counted as Redis counts it, sent or not.
             Reply::Error(text) if silent => node.stats.error_reply(&text),
@@ -428,16 +435,16 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
             reply => send(node, &reply, out, conn.resp3),
         }
     }
-    write_messages(conn, None, out);
+    write_messages(conn, None, None, out);
 }
 
-/// Writes a subscriber's messages that go before the reply of a write
-/// logged at `lsn` (all of them for `None`, and for a reply that is no
-/// write's): those delivered by its record or earlier ones, as Redis would
-/// have sent them before the write ran.
-fn write_messages(conn: &mut Conn, lsn: Option<u64>, out: &mut BytesMut) {
+/// Writes a subscriber's messages that go before a reply, as Redis would
+/// have sent them: of a command that ran at `mark` (all of them without),
+/// those delivered by then, or by its record (logged at `lsn`) or an
+/// earlier one.
+fn write_messages(conn: &mut Conn, mark: Option<u64>, lsn: Option<u64>, out: &mut BytesMut) {
     if let Some(inbox) = &mut conn.pubsub {
-        for message in inbox.take(lsn) {
+        for message in inbox.take(mark, lsn) {
             crate::pubsub::write_message(&message, out, conn.resp3);
         }
     }
@@ -458,7 +465,9 @@ async fn settle(
         item => (item, false),
     };
     let reply = match item {
-        Queued::Silent(_) => unreachable!("never wrapped twice (see `silenced`)"),
+        Queued::Silent(_) | Queued::Marked(..) => {
+            unreachable!("never wrapped twice, marked outside (see `silenced`, `marked`)")
+        }
         Queued::Ready(reply) => reply,
         Queued::Pending(ticket) => match ticket.wait_with_lsn().await {
             Ok((reply, Some(lsn))) => {
@@ -504,9 +513,19 @@ async fn settle(
 /// `queued`, its reply dropped if `silent` (CLIENT REPLY OFF or SKIP).
 fn silenced(queued: Queued, silent: bool) -> Queued {
     match queued {
-        Queued::Silent(_) => queued,
+        Queued::Silent(_) | Queued::Marked(..) => queued,
         _ if silent => Queued::Silent(Box::new(queued)),
         _ => queued,
+    }
+}
+
+/// `queued`, for a subscriber, marked with the deliveries made by the time
+/// its command ran (outside [`silenced`]'s wrapping).
+fn marked(node: &Node, conn: &Conn, queued: Queued, mark: Option<u64>) -> Queued {
+    match (&conn.pubsub, mark) {
+        (Some(_), Some(mark)) => Queued::Marked(Box::new(queued), mark),
+        (Some(_), None) => Queued::Marked(Box::new(queued), node.pubsub.mark()),
+        (None, _) => queued,
     }
 }
 
@@ -769,7 +788,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             let reply = dispatch(&node, &mut conn, args, &mut writes, &mut queue, &mut out).await;
             if let Some(reply) = reply {
                 // Decided once it ran: CLIENT REPLY ON's own reply is sent.
-                queue.push_back(silenced(reply, conn.reply_off || conn.skip_this));
+                let reply = silenced(reply, conn.reply_off || conn.skip_this);
+                queue.push_back(marked(&node, &conn, reply, None));
             }
             // CLIENT REPLY SKIP drops the next command's reply, then no more.
             conn.skip_this = std::mem::take(&mut conn.skip_next);
@@ -986,11 +1006,14 @@ fn run_write(
     args: &[Bytes],
 ) -> ferry_engine::Result<Reply> {
     let notify = &node.notify;
-    if !notify.logging() {
+    let (logging, keymiss) = (notify.logging(), notify.wants_keymiss());
+    if !logging && !keymiss {
         return f(view, args);
     }
+    let missed_before = view.missed().len();
     let mut absent = Vec::new();
-    if notify.wants_new()
+    if logging
+        && notify.wants_new()
         && let Some(spec) = commands::lookup(&args[0])
     {
         for key in commands::keys_of(spec, args) {
@@ -1001,7 +1024,13 @@ fn run_write(
     }
     let from = view.effects().len();
     let reply = f(view, args)?;
-    notify.note(view, args, from, &reply, &absent)?;
+    // Its reads that found no key, told now (a node's own, not logged).
+    for key in &view.missed()[missed_before..] {
+        notify.keymiss(key, &node.pubsub);
+    }
+    if logging {
+        notify.note(view, args, from, &reply, &absent)?;
+    }
     Ok(reply)
 }
 
@@ -1027,12 +1056,21 @@ async fn run_writes(
         .iter()
         .map(|&(.., publish)| publish.then(|| node.pubsub.awaiting()))
         .collect();
+    // A subscriber's writes: the deliveries made as each ran.
+    let marks: Vec<std::sync::atomic::AtomicU64> = match conn.pubsub {
+        Some(_) => writes.iter().map(|_| Default::default()).collect(),
+        None => Vec::new(),
+    };
     let outcomes = node
         .pipeline
-        .execute_many(writes.iter().map(|(f, args, slot, ..)| {
+        .execute_many(writes.iter().enumerate().map(|(i, (f, args, slot, ..))| {
+            let mark = marks.get(i);
             move |view: &mut View<'_>| {
                 let started = Instant::now();
                 let reply = run_write(node, *f, view, args);
+                if let Some(mark) = mark {
+                    mark.store(node.pubsub.mark(), Ordering::Relaxed);
+                }
                 let took = started.elapsed();
                 let failed = !matches!(reply, Ok(ref r) if !matches!(r, Reply::Error(_)));
                 ran(node, conn, *slot, args, took, failed);
@@ -1046,7 +1084,8 @@ async fn run_writes(
         outcomes
             .into_iter()
             .zip(writes.drain(..).zip(awaiting.drain(..)))
-            .map(|(outcome, ((_, args, _, silent, _), awaiting))| {
+            .enumerate()
+            .map(|(i, (outcome, ((_, args, _, silent, _), awaiting)))| {
                 let queued = match (outcome, awaiting) {
                     (Ok(ticket), Some(awaiting)) => Queued::Published {
                         ticket,
@@ -1057,7 +1096,8 @@ async fn run_writes(
                     (Ok(ticket), None) => Queued::Pending(ticket),
                     (Err(e), _) => Queued::Ready(engine_error_reply(e)),
                 };
-                silenced(queued, silent)
+                let mark = marks.get(i).map(|m| m.load(Ordering::Relaxed));
+                marked(node, conn, silenced(queued, silent), mark)
             }),
     );
 }

@@ -3310,3 +3310,39 @@ fn client_tracking_redirects_invalidations_to_a_subscriber() {
     let err = error(p, &["CLIENT", "TRACKING", "ON", "REDIRECT", "999999"]);
     assert_eq!(err, "ERR The client ID you want redirect to does not exist");
 }
+
+/// `keymiss` (class `m`): a read, or a write's read for the client (as
+/// GETDEL's), that finds no key tells it; one that finds its key does not.
+#[test]
+fn reads_that_find_no_key_tell_keymiss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--notify-keyspace-events", "Em"]);
+    let p = &mut server.client();
+    let mut s = Resp3::connect(&server);
+    s.exchange(
+        &["SUBSCRIBE", "__keyevent@0__:keymiss"],
+        ">3\r\n$9\r\nsubscribe\r\n$22\r\n__keyevent@0__:keymiss\r\n:1\r\n",
+    );
+    let miss = |key: &str| {
+        format!(
+            ">3\r\n$7\r\nmessage\r\n$22\r\n__keyevent@0__:keymiss\r\n${}\r\n{key}\r\n",
+            key.len()
+        )
+    };
+    cmd(&["SET", "here", "v"]).query::<()>(p).expect("SET");
+    cmd(&["GET", "here"]).query::<String>(p).expect("GET");
+    cmd(&["GET", "a"]).query::<Option<String>>(p).expect("GET");
+    cmd(&["MGET", "here", "b", "c"])
+        .query::<Vec<Option<String>>>(p)
+        .expect("MGET");
+    cmd(&["HGET", "d", "f"])
+        .query::<Option<String>>(p)
+        .expect("HGET");
+    cmd(&["GETDEL", "e"])
+        .query::<Option<String>>(p)
+        .expect("GETDEL");
+    s.exchange(
+        &["PING"],
+        &(miss("a") + &miss("b") + &miss("c") + &miss("d") + &miss("e") + "+PONG\r\n"),
+    );
+}

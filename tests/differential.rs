@@ -887,8 +887,10 @@ fn random_commands_get_the_replies_redis_gives() {
         }
         let mut before = (counters(&mut fi), counters(&mut ri));
         // Every keyspace event but expiry's (whose timing differs: Redis
-        // finds an expired key when it looks, ferry's sweep in its time),
-        // after each batch of commands.
+        // finds an expired key when it looks, ferry's sweep in its time)
+        // and key misses' (told as the read runs, which inside a
+        // transaction is before the events of its writes), after each
+        // batch of commands.
         for con in [&mut fi, &mut ri] {
             let set = ["CONFIG", "SET", "notify-keyspace-events", "KEg$hn"];
             assert_eq!(reply(con, &set.map(String::from)), Ok(Value::Okay));
@@ -2620,6 +2622,33 @@ fn pubsub_replies_are_the_bytes_redis_gives() {
                 resp(&[b"UNSUBSCRIBE", b"other"]),
                 resp(&[b"RESET"]),
                 resp(&[b"PUBLISH", b"c", b"gone"]),
+            ]
+            .concat(),
+        ),
+        (
+            "keymiss for the reads that find no key",
+            [
+                resp(&[b"HELLO", b"3"]),
+                resp(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEm"]),
+                resp(&[b"PSUBSCRIBE", b"__key*__:*"]),
+                resp(&[b"SET", b"here", b"v"]),
+                resp(&[b"HSET", b"h", b"f", b"v"]),
+                resp(&[b"GET", b"a"]),
+                resp(&[b"GET", b"here"]),
+                // (Not MGET: Redis pushes its keymiss inside its array.)
+                resp(&[b"EXISTS", b"d", b"here"]),
+                resp(&[b"TTL", b"e"]),
+                resp(&[b"TYPE", b"f"]),
+                resp(&[b"STRLEN", b"g"]),
+                resp(&[b"HGET", b"h", b"x"]),
+                resp(&[b"HGET", b"i", b"x"]),
+                resp(&[b"HLEN", b"j"]),
+                resp(&[b"GETRANGE", b"k", b"0", b"1"]),
+                resp(&[b"GETDEL", b"l"]),
+                resp(&[b"GETSET", b"m", b"v"]),
+                resp(&[b"DEL", b"here", b"h", b"m"]),
+                resp(&[b"CONFIG", b"SET", b"notify-keyspace-events", b""]),
+                resp(&[b"PUNSUBSCRIBE"]),
             ]
             .concat(),
         ),

@@ -251,9 +251,11 @@ pub struct View<'a> {
     /// The keyspace events of its effects, logged with them.
     events: Vec<KeyEvent>,
     undo: Undo,
-    /// Reads for the client that found their key, and that did not.
+    /// Reads for the client that found their key, and that did not...
     hits: u64,
     misses: u64,
+    /// ... and the keys of those that did not.
+    missed: Vec<Bytes>,
     /// Some key is watched: the keys the command changes are noted.
     watching: bool,
     /// The keys the command changed (for watches).
@@ -296,9 +298,17 @@ impl View<'_> {
         let entry = self.get(key)?;
         match entry {
             Some(_) => self.hits += 1,
-            None => self.misses += 1,
+            None => {
+                self.misses += 1;
+                self.missed.push(Bytes::copy_from_slice(key));
+            }
         }
         Ok(entry)
+    }
+
+    /// The keys of the reads for the client that found none, in order.
+    pub fn missed(&self) -> &[Bytes] {
+        &self.missed
     }
 
     /// How many of the command's [`View::lookup`]s found their key, and
@@ -1205,6 +1215,7 @@ impl Pipeline {
                     undo: Undo::default(),
                     hits: 0,
                     misses: 0,
+                    missed: Vec::new(),
                     watching,
                     touched: Vec::new(),
                 };
