@@ -169,10 +169,10 @@ impl Notify {
     ) -> ferry_engine::Result<()> {
         let flags = self.flags();
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-        let effects: Vec<Mutation> = view.effects()[from..].to_vec();
-        let mut events = events_of(&name, args, &effects, reply);
+        let changed = view.effects().len() > from;
+        let mut events = events_of(&name, args, &view.effects()[from..], reply);
         // A key its last field left is gone: `del` after `hdel`.
-        if name == "hdel" && !effects.is_empty() && view.get(&args[1])?.is_none() {
+        if name == "hdel" && changed && view.get(&args[1])?.is_none() {
             events.push(("g", "del", args[1].clone()));
         }
         // `new` before the first event of a key the command created (a

@@ -41,7 +41,7 @@ pub struct Options {
     /// Accepted as Redis's; ferry tells a client of its own writes too
     /// (one more read, never a stale value).
     pub noloop: bool,
-    /// REDIRECT's client id (checked by the caller): it gets the
+    /// REDIRECT's client id (one that existed when given): it gets the
     /// invalidations, on its Pub/Sub connection.
     pub redirect: Option<i64>,
 }
