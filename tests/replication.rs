@@ -2193,3 +2193,138 @@ fn a_replica_tells_the_keyspace_events_its_primary_logs() {
         .expect("CONFIG GET");
     assert_eq!(shown, ["notify-keyspace-events", "AK"]);
 }
+
+/// Pub/Sub under concurrent publishers, with a replica: 4 publishers each
+/// publish 300 numbered messages over 3 channels (in pipelines of 10, on
+/// seeded-random channels), while subscribers on the primary and on the
+/// replica listen by channel and by pattern. Every subscriber gets every
+/// message it subscribed to, each publisher's in order, and every
+/// subscriber of a channel, on either node, gets its messages in one and
+/// the same order (the log's).
+#[test]
+fn concurrent_publishers_keep_one_order_on_every_node() {
+    const PUBLISHERS: u64 = 4;
+    const MESSAGES: u64 = 300;
+    const CHANNELS: u64 = 3;
+    let _one = serial();
+    let seed = test_seed("concurrent_publishers_keep_one_order_on_every_node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    // Each publisher's channels, drawn before anything runs.
+    let mut rng = SeededRng::new(seed);
+    let plan: Vec<Vec<u64>> = (0..PUBLISHERS)
+        .map(|_| (0..MESSAGES).map(|_| rng.below(CHANNELS)).collect())
+        .collect();
+    let sent_to = |channel: u64| -> usize {
+        plan.iter()
+            .map(|p| p.iter().filter(|&&c| c == channel).count())
+            .sum()
+    };
+    // (node, what it subscribes to, how many messages it must get)
+    let mut listeners = Vec::new();
+    for node in [&primary, &replica] {
+        listeners.push((node.url(), "ch0".to_string(), false, sent_to(0)));
+        listeners.push((node.url(), "ch2".to_string(), false, sent_to(2)));
+        listeners.push((
+            node.url(),
+            "ch*".to_string(),
+            true,
+            (PUBLISHERS * MESSAGES) as usize,
+        ));
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let subscribers: Vec<_> = listeners
+        .into_iter()
+        .map(|(url, name, pattern, expected)| {
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || {
+                let client = redis::Client::open(url).expect("client");
+                let mut con = client.get_connection().expect("connect");
+                let mut sub = con.as_pubsub();
+                sub.set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
+                if pattern {
+                    sub.psubscribe(&name).expect("PSUBSCRIBE");
+                } else {
+                    sub.subscribe(&name).expect("SUBSCRIBE");
+                }
+                ready.send(()).expect("ready");
+                let mut got: Vec<(String, String)> = Vec::with_capacity(expected);
+                while got.len() < expected {
+                    let Ok(message) = sub.get_message() else {
+                        break;
+                    };
+                    got.push((
+                        message.get_channel_name().to_string(),
+                        message.get_payload().expect("payload"),
+                    ));
+                }
+                (name, got, expected)
+            })
+        })
+        .collect();
+    for _ in 0..subscribers.len() {
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("subscribed");
+    }
+    let publishers: Vec<_> = plan
+        .iter()
+        .enumerate()
+        .map(|(p, channels)| {
+            let url = primary.url();
+            let channels = channels.clone();
+            std::thread::spawn(move || {
+                let client = redis::Client::open(url).expect("client");
+                let mut con = client.get_connection().expect("connect");
+                for (batch, chunk) in channels.chunks(10).enumerate() {
+                    let mut pipe = redis::pipe();
+                    for (i, channel) in chunk.iter().enumerate() {
+                        let n = batch * 10 + i;
+                        pipe.cmd("PUBLISH")
+                            .arg(format!("ch{channel}"))
+                            .arg(format!("{p}:{n}"));
+                    }
+                    let _: Vec<i64> = pipe.query(&mut con).expect("PUBLISH");
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.join().expect("publisher");
+    }
+    // Each channel's order, as the first subscriber that got it saw it.
+    let mut orders: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for subscriber in subscribers {
+        let (name, got, expected) = subscriber.join().expect("subscriber");
+        assert_eq!(got.len(), expected, "seed {seed}: {name} got too few");
+        let mut by_channel: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (channel, payload) in got {
+            by_channel.entry(channel).or_default().push(payload);
+        }
+        for (channel, payloads) in by_channel {
+            // Each publisher's in the order it published them.
+            let mut last = vec![-1i64; PUBLISHERS as usize];
+            for payload in &payloads {
+                let (p, n) = payload.split_once(':').expect("p:n");
+                let (p, n): (usize, i64) = (p.parse().unwrap(), n.parse().unwrap());
+                assert!(
+                    n > last[p],
+                    "seed {seed}: {name} {channel}: {payload} after {}",
+                    last[p]
+                );
+                last[p] = n;
+            }
+            match orders.get(&channel) {
+                Some(order) => assert_eq!(
+                    order, &payloads,
+                    "seed {seed}: {name} saw {channel} in another order"
+                ),
+                None => {
+                    orders.insert(channel, payloads);
+                }
+            }
+        }
+    }
+}
