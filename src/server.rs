@@ -690,15 +690,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             r = socket.read_buf(&mut buf) => r,
             lines = monitor_lines(&mut conn.monitor) => {
                 match lines {
-                    Ok(lines) => {
-                        if socket.write_all(&lines).await.is_err() || socket.flush().await.is_err() {
-                            break;
-                        }
-                        node.stats
-                            .total_net_output_bytes
-                            .fetch_add(lines.len() as u64, Ordering::Relaxed);
-                        continue;
-                    }
+                    Ok(lines) if push_out(&mut socket, &node, &lines).await => continue,
+                    Ok(_) => break,
                     Err(behind) => {
                         tracing::warn!(
                             client = id,
@@ -714,12 +707,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 for message in messages {
                     crate::pubsub::write_message(&message, &mut pushes, conn.resp3);
                 }
-                if socket.write_all(&pushes).await.is_err() || socket.flush().await.is_err() {
+                if !push_out(&mut socket, &node, &pushes).await {
                     break;
                 }
-                node.stats
-                    .total_net_output_bytes
-                    .fetch_add(pushes.len() as u64, Ordering::Relaxed);
                 continue;
             }
             message = invalidations(&mut conn.tracking) => {
@@ -729,13 +719,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 for message in message {
                     crate::tracking::encode(&message, &mut pushes);
                 }
-                if conn.resp3 {
-                    if socket.write_all(&pushes).await.is_err() || socket.flush().await.is_err() {
-                        break;
-                    }
-                    node.stats
-                        .total_net_output_bytes
-                        .fetch_add(pushes.len() as u64, Ordering::Relaxed);
+                if conn.resp3 && !push_out(&mut socket, &node, &pushes).await {
+                    break;
                 }
                 continue;
             }
@@ -878,6 +863,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     // Over TLS, the close_notify and anything still buffered; a client
     // that no longer reads gets no more time than this.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.shutdown()).await;
+}
+
+/// Writes what comes to a connection between its replies (MONITOR's lines,
+/// messages, invalidations) and counts it; false if the socket failed.
+async fn push_out<S: AsyncWrite + Unpin>(socket: &mut S, node: &Node, bytes: &[u8]) -> bool {
+    if socket.write_all(bytes).await.is_err() || socket.flush().await.is_err() {
+        return false;
+    }
+    node.stats
+        .total_net_output_bytes
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    true
 }
 
 /// The next MONITOR lines for a connection in MONITOR mode (all there are

@@ -3010,25 +3010,6 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
     t.exchange(&["CLIENT", "GETREDIR"], ":-1\r\n");
 }
 
-/// A Pub/Sub message as a RESP3 push (`>`), or as RESP2 sends it (`*`):
-/// `message` with the channel, or `pmessage` with the pattern first.
-fn message(kind: char, pattern: Option<&str>, channel: &str, payload: &str) -> String {
-    let word = if pattern.is_some() {
-        "pmessage"
-    } else {
-        "message"
-    };
-    let items: Vec<&str> = [Some(word), pattern, Some(channel), Some(payload)]
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut out = format!("{kind}{}\r\n", items.len());
-    for item in items {
-        out.push_str(&format!("${}\r\n{item}\r\n", item.len()));
-    }
-    out
-}
-
 /// Pub/Sub through a real client: messages by channel and by pattern, in
 /// the order published, PUBLISH counting the deliveries; a subscriber
 /// reading after a message sees the write logged before it; PUBSUB's
@@ -3137,7 +3118,7 @@ fn a_resp3_subscriber_reads_and_writes_between_messages() {
     s.exchange(&["GET", "k"], "$1\r\nv\r\n");
     s.exchange(
         &["PUBLISH", "c", "own"],
-        &format!("{}:1\r\n", message('>', None, "c", "own")),
+        &format!("{}:1\r\n", pubsub_message('>', None, "c", "own")),
     );
     s.exchange(
         &["SPUBLISH", "c", "sharded"],
@@ -3146,7 +3127,7 @@ fn a_resp3_subscriber_reads_and_writes_between_messages() {
     let p = &mut server.client();
     let n: i64 = cmd(&["PUBLISH", "c", "other's"]).query(p).expect("PUBLISH");
     assert_eq!(n, 1);
-    assert!(s.read_until(message('>', None, "c", "other's").as_bytes()));
+    assert!(s.read_until(pubsub_message('>', None, "c", "other's").as_bytes()));
     s.exchange(&["RESET"], "+RESET\r\n");
     let n: i64 = cmd(&["PUBLISH", "c", "gone"]).query(p).expect("PUBLISH");
     assert_eq!(n, 0);
@@ -3222,13 +3203,8 @@ fn keyspace_events_follow_config_set() {
         &["PSUBSCRIBE", "__key*__:*"],
         ">3\r\n$10\r\npsubscribe\r\n$10\r\n__key*__:*\r\n:1\r\n",
     );
-    let event = |channel: &str, payload: &str| {
-        format!(
-            ">4\r\n$8\r\npmessage\r\n$10\r\n__key*__:*\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
-            channel.len(),
-            payload.len()
-        )
-    };
+    let event =
+        |channel: &str, payload: &str| pubsub_message('>', Some("__key*__:*"), channel, payload);
     cmd(&["SET", "quiet", "v"]).query::<()>(p).expect("SET");
     cmd(&["CONFIG", "SET", "notify-keyspace-events", "KEA"])
         .query::<()>(p)

@@ -2052,23 +2052,9 @@ fn a_tracking_client_of_a_replica_is_told_of_the_primary_s_writes() {
     assert!(t.read_until(b">2\r\n$10\r\ninvalidate\r\n_\r\n"));
 }
 
-/// A Pub/Sub message as RESP3 pushes it: `message` with the channel, or
-/// `pmessage` with the pattern first.
+/// A Pub/Sub message as RESP3 pushes it.
 fn pushed(pattern: Option<&str>, channel: &str, payload: &str) -> String {
-    let word = if pattern.is_some() {
-        "pmessage"
-    } else {
-        "message"
-    };
-    let items: Vec<&str> = [Some(word), pattern, Some(channel), Some(payload)]
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut out = format!(">{}\r\n", items.len());
-    for item in items {
-        out.push_str(&format!("${}\r\n{item}\r\n", item.len()));
-    }
-    out
+    pubsub_message('>', pattern, channel, payload)
 }
 
 /// Pub/Sub across replication, as Redis replicates PUBLISH: a message
@@ -2154,13 +2140,8 @@ fn a_replica_tells_the_keyspace_events_its_primary_logs() {
         &["PSUBSCRIBE", "__key*__:*"],
         ">3\r\n$10\r\npsubscribe\r\n$10\r\n__key*__:*\r\n:1\r\n",
     );
-    let event = |channel: &str, payload: &str| {
-        format!(
-            ">4\r\n$8\r\npmessage\r\n$10\r\n__key*__:*\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
-            channel.len(),
-            payload.len()
-        )
-    };
+    let event =
+        |channel: &str, payload: &str| pubsub_message('>', Some("__key*__:*"), channel, payload);
     let p = &mut primary.client();
     cmd(&["SET", "k", "v"]).query::<()>(p).expect("SET");
     cmd(&["HSET", "h", "f", "v"]).query::<()>(p).expect("HSET");

@@ -467,3 +467,22 @@ pub fn invalidate(keys: &[&str]) -> String {
     }
     out
 }
+
+/// A Pub/Sub message as a RESP3 push (`kind` `>`) or as RESP2 sends it
+/// (`*`): `message` with the channel, or `pmessage` with the pattern first.
+pub fn pubsub_message(kind: char, pattern: Option<&str>, channel: &str, payload: &str) -> String {
+    let word = if pattern.is_some() {
+        "pmessage"
+    } else {
+        "message"
+    };
+    let items: Vec<&str> = [Some(word), pattern, Some(channel), Some(payload)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut out = format!("{kind}{}\r\n", items.len());
+    for item in items {
+        out.push_str(&format!("${}\r\n{item}\r\n", item.len()));
+    }
+    out
+}
