@@ -387,6 +387,32 @@ fn render(node: &Node) -> String {
         "RESP clients connected.",
         load(&stats.connected_clients),
     );
+    let pubsub = node.pubsub.figures();
+    out.gauge(
+        "ferry_pubsub_channels",
+        "Channels with subscribers (INFO's pubsub_channels).",
+        pubsub.channels as u64,
+    );
+    out.gauge(
+        "ferry_pubsub_patterns",
+        "Patterns subscribed to (INFO's pubsub_patterns).",
+        pubsub.patterns as u64,
+    );
+    out.gauge(
+        "ferry_pubsub_shard_channels",
+        "Shard channels with subscribers (INFO's pubsubshard_channels).",
+        pubsub.shard_channels as u64,
+    );
+    out.counter(
+        "ferry_pubsub_messages_total",
+        "Pub/Sub messages (keyspace notifications included) queued for subscribers, one per subscriber.",
+        pubsub.sent,
+    );
+    out.counter(
+        "ferry_pubsub_subscribers_closed_total",
+        "Subscribers closed for letting PUBSUB_BACKLOG_BYTES_MAX of messages pile up unread.",
+        pubsub.closed,
+    );
     for (name, help, counter) in [
         (
             "ferry_connections_received_total",

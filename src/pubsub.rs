@@ -162,9 +162,9 @@ impl Subscriber {
     }
 
     /// Queues `message`; a subscriber that lets too much pile up is
-    /// closed (its connection leaves the table as it ends). Whether it
-    /// was queued.
-    fn send(&self, message: Pushed) -> bool {
+    /// closed (its connection leaves the table as it ends; counted in
+    /// `closed`). Whether it was queued.
+    fn send(&self, message: Pushed, closed: &AtomicU64) -> bool {
         if self.activity.is_killed() {
             return false;
         }
@@ -179,6 +179,7 @@ impl Subscriber {
                 "closing a subscriber that fell behind on its messages"
             );
             self.activity.kill();
+            closed.fetch_add(1, Ordering::Relaxed);
         }
         true
     }
@@ -202,14 +203,22 @@ pub struct PubSub {
     /// Messages delivered (one for all a PUBLISH's subscribers of a
     /// channel, or of a pattern), numbering them.
     delivered: AtomicU64,
+    /// Messages queued for subscribers, one per subscriber.
+    sent: AtomicU64,
+    /// Subscribers closed for falling behind.
+    closed: AtomicU64,
 }
 
-/// Figures for INFO.
+/// Figures for INFO and the metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PubSubFigures {
     pub channels: usize,
     pub patterns: usize,
     pub shard_channels: usize,
+    /// Messages queued for subscribers, one per subscriber, so far.
+    pub sent: u64,
+    /// Subscribers closed for falling behind, so far.
+    pub closed: u64,
 }
 
 /// The encoding of a message (RESP2): `message` or `smessage` with the
@@ -391,7 +400,7 @@ impl PubSub {
             };
             for id in ids {
                 if let Some(client) = table.clients.get(id) {
-                    delivered += usize::from(client.send(message.clone()));
+                    delivered += usize::from(client.send(message.clone(), &self.closed));
                 }
             }
         }
@@ -407,11 +416,12 @@ impl PubSub {
                 };
                 for id in ids {
                     if let Some(client) = table.clients.get(id) {
-                        delivered += usize::from(client.send(message.clone()));
+                        delivered += usize::from(client.send(message.clone(), &self.closed));
                     }
                 }
             }
         }
+        self.sent.fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 
@@ -444,12 +454,16 @@ impl PubSub {
             // The same array as RESP3's, after its `invalidate`.
             Some(_) => resp2.extend_from_slice(&resp3[b">2\r\n$10\r\ninvalidate\r\n".len()..]),
         }
-        client.send(Pushed {
-            resp2: resp2.freeze(),
-            resp3: Some(Bytes::from(resp3)),
-            lsn: 0,
-            seq: self.next_seq(),
-        });
+        let sent = client.send(
+            Pushed {
+                resp2: resp2.freeze(),
+                resp3: Some(Bytes::from(resp3)),
+                lsn: 0,
+                seq: self.next_seq(),
+            },
+            &self.closed,
+        );
+        self.sent.fetch_add(u64::from(sent), Ordering::Relaxed);
     }
 
     /// The deliveries made so far: a command's replies go after the
@@ -525,6 +539,8 @@ impl PubSub {
             channels: table.names[0].len(),
             patterns: table.names[1].len(),
             shard_channels: table.names[2].len(),
+            sent: self.sent.load(Ordering::Relaxed),
+            closed: self.closed.load(Ordering::Relaxed),
         }
     }
 

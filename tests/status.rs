@@ -458,3 +458,34 @@ async fn tokens_guard_the_grpc_services_and_the_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Pub/Sub figures in the metrics: channels and patterns subscribed
+/// to, messages queued for subscribers (one per subscriber).
+#[test]
+fn prometheus_metrics_report_pubsub() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &["--metrics-addr", "127.0.0.1:0"]);
+    let mut sub_con = server.client();
+    let mut sub = sub_con.as_pubsub();
+    sub.subscribe("news").expect("SUBSCRIBE");
+    sub.psubscribe("n*").expect("PSUBSCRIBE");
+    let mut c = server.client();
+    for i in 0..3 {
+        let delivered: i64 = redis::cmd("PUBLISH")
+            .arg("news")
+            .arg(i)
+            .query(&mut c)
+            .expect("PUBLISH");
+        assert_eq!(delivered, 2);
+    }
+    let m = scrape(&server);
+    let get = |series: &str| -> f64 {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in {m:?}"))
+    };
+    assert_eq!(get("ferry_pubsub_channels"), 1.0);
+    assert_eq!(get("ferry_pubsub_patterns"), 1.0);
+    assert_eq!(get("ferry_pubsub_shard_channels"), 0.0);
+    assert_eq!(get("ferry_pubsub_messages_total"), 6.0);
+    assert_eq!(get("ferry_pubsub_subscribers_closed_total"), 0.0);
+}
