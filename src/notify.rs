@@ -131,7 +131,7 @@ impl Notify {
         pubsub: &crate::pubsub::PubSub,
     ) {
         let flags = self.flags();
-        if flags & (KEYSPACE | KEYEVENT) == 0 {
+        if flags & (KEYSPACE | KEYEVENT) == 0 || !pubsub.has_subscribers() {
             return;
         }
         for e in events {

@@ -207,6 +207,9 @@ pub struct PubSub {
     sent: AtomicU64,
     /// Subscribers closed for falling behind.
     closed: AtomicU64,
+    /// Clients with subscriptions: while none are, a message costs no
+    /// lock (keyspace notifications with no one listening).
+    clients: AtomicUsize,
 }
 
 /// Figures for INFO and the metrics.
@@ -266,6 +269,17 @@ impl PubSub {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether some client has subscriptions.
+    pub fn has_subscribers(&self) -> bool {
+        self.clients.load(Ordering::Acquire) > 0
+    }
+
+    /// Keeps [`PubSub::has_subscribers`] to the table's clients (under
+    /// its lock).
+    fn count_clients(&self, table: &Table) {
+        self.clients.store(table.clients.len(), Ordering::Release);
+    }
+
     /// Client `id` subscribes to `names` of `kind`; the first subscription
     /// opens its inbox (`inbox`). One confirmation per name, as Redis's.
     pub fn subscribe(
@@ -317,6 +331,7 @@ impl PubSub {
             ));
         }
         show(activity, Some(client));
+        self.count_clients(table);
         Reply::Seq(replies)
     }
 
@@ -366,6 +381,7 @@ impl PubSub {
         } else {
             show(activity, Some(client));
         }
+        self.count_clients(table);
         Reply::Seq(replies)
     }
 
@@ -382,6 +398,7 @@ impl PubSub {
             }
             show(activity, None);
         }
+        self.count_clients(table);
     }
 
     /// Delivers `payload` to this node's subscribers of `channel` (the
@@ -389,6 +406,9 @@ impl PubSub {
     /// for `shard`), from the record at `lsn` (0: none); how many
     /// deliveries that made, as PUBLISH answers.
     pub fn publish(&self, channel: &Bytes, payload: &Bytes, shard: bool, lsn: u64) -> usize {
+        if !self.has_subscribers() {
+            return 0;
+        }
         let table = self.table();
         let mut delivered = 0;
         let kind = if shard { Kind::Shard } else { Kind::Channel };
