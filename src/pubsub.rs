@@ -1,11 +1,13 @@
 //! Pub/Sub, as Redis's: SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE, PUBLISH and
-//! SPUBLISH, PUBSUB. A message published on a primary is a WAL record
-//! (`Publish`), and each node delivers it to its own subscribers once the
-//! record is applied ([`ferry_engine::ChangeListener::published`]): a
-//! subscriber that reads after a message sees the writes logged before it,
-//! and a replica's subscribers get the primary's messages, in the log's
-//! order, as Redis replicates PUBLISH. A message published on a replica
-//! reaches that replica's subscribers only, as in Redis.
+//! SPUBLISH, PUBSUB. A message published on a primary with replicas is a
+//! WAL record (`Publish`), and each node delivers it to its own
+//! subscribers once the record is applied
+//! ([`ferry_engine::ChangeListener::published`]): a subscriber that reads
+//! after a message sees the writes logged before it, and a replica's
+//! subscribers get the primary's messages, in the log's order, as Redis
+//! replicates PUBLISH. A primary without replicas delivers at once (after
+//! the publisher's writes before it), as does a replica, whose messages
+//! reach its own subscribers only, as in Redis.
 //!
 //! A subscriber's messages wait in its inbox until its connection writes
 //! them; one that lets [`PUBSUB_BACKLOG_BYTES_MAX`] of them pile up is

@@ -1195,7 +1195,8 @@ async fn dispatch(
             return Some(Queued::Ready(reply));
         }
     }
-    // A write, or a PUBLISH on a primary (a record too).
+    // A write, or a PUBLISH on a primary with replicas (a record too, for
+    // them).
     let write = match checked {
         Ok(
             spec @ Spec {
@@ -1208,7 +1209,9 @@ async fn dispatch(
                 handler: Handler::Publish,
                 ..
             },
-        ) if !node.is_replica() => Some((spec, commands::publish as WriteHandler, true)),
+        ) if !node.is_replica() && node.shipper.has_replicas() => {
+            Some((spec, commands::publish as WriteHandler, true))
+        }
         _ => None,
     };
     if let Some((spec, f, publish)) = write {
@@ -1379,8 +1382,11 @@ async fn run_command(
             Err(text) => Reply::err(text),
         },
         Handler::Write(_) => unreachable!("writes were added to the batch"),
-        // On a replica (a primary's joined the writes): to its own
-        // subscribers, as Redis's replica delivers a PUBLISH sent to it.
+        // On a replica, to its own subscribers, as Redis's replica delivers
+        // a PUBLISH sent to it; on a primary without replicas, to its
+        // subscribers at once, as Redis's (the writes before it on this
+        // connection are applied: they ran first). A primary with
+        // replicas logged it with the writes.
         Handler::Publish => Reply::Int(node.pubsub.publish(
             &args[1],
             &args[2],

@@ -344,6 +344,12 @@ impl Shipper {
         self.acks.subscribe()
     }
 
+    /// Whether the node has replicas: one connected, or one with a
+    /// retention slot (it will come back for the log).
+    pub fn has_replicas(&self) -> bool {
+        !self.replicas().is_empty() || !self.retention.is_empty()
+    }
+
     /// How many connected replicas acked within `max_lag` (monotonic clock).
     pub fn acked_within(&self, max_lag: Duration) -> usize {
         self.replicas()

@@ -191,6 +191,11 @@ impl Retention {
         dropped
     }
 
+    /// Whether no replica has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.table().slots.is_empty()
+    }
+
     /// Whether the slot of `node_id` was lost to the cap.
     pub fn is_lost(&self, node_id: &str) -> bool {
         self.table().slots.get(node_id).is_some_and(|s| s.lost)
