@@ -99,6 +99,9 @@ impl Inbox {
         if self.held.is_empty() {
             let first = self.messages.recv().await?;
             self.held.push_back(first);
+            // Publishers ready to run go first: their messages then leave
+            // in the same write.
+            tokio::task::yield_now().await;
         }
         Some(self.take(None, None))
     }

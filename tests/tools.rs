@@ -508,14 +508,17 @@ fn replay_onto_applies_another_log_after_a_primarys_own_records() {
 }
 
 /// A PUBLISH's message and the keyspace events logged with a write are in
-/// the dump, after the write's effects.
+/// the dump, after the write's effects. (A primary without replicas logs a
+/// PUBLISH only inside a transaction.)
 #[test]
 fn dump_shows_messages_and_keyspace_events() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(&dir.path().join("n"), &["--notify-keyspace-events", "g$"]);
     let mut c = server.client();
     raw(&mut c, &["SET", "k", "v", "EX", "100"]);
+    raw(&mut c, &["MULTI"]);
     raw(&mut c, &["PUBLISH", "ch", "hello"]);
+    raw(&mut c, &["EXEC"]);
     server.terminate();
     let out = run(&["wal", "dump", path(&dir.path().join("n").join("wal"))]);
     assert!(out.status.success(), "{}", text(&out.stderr));
