@@ -1196,7 +1196,7 @@ async fn dispatch(
         }
     }
     // A write, or a PUBLISH on a primary with replicas (a record too, for
-    // them).
+    // them), or during a pause of writes (held as Redis holds it).
     let write = match checked {
         Ok(
             spec @ Spec {
@@ -1209,7 +1209,7 @@ async fn dispatch(
                 handler: Handler::Publish,
                 ..
             },
-        ) if !node.is_replica() && node.shipper.has_replicas() => {
+        ) if !node.is_replica() && (node.shipper.has_replicas() || node.pipeline.is_paused()) => {
             Some((spec, commands::publish as WriteHandler, true))
         }
         _ => None,

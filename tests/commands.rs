@@ -2366,8 +2366,11 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     };
     let (writer, reader) = (server.client(), &mut server.client());
     let mut transaction = server.client();
+    let publisher = server.client();
     assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
     let write = held(writer, &["SET", "k", "v"]);
+    // PUBLISH is held too, as Redis holds it.
+    let publish = held(publisher, &["PUBLISH", "ch", "m"]);
     // A transaction with a write waits at its EXEC, as in Redis.
     let queued = V::SimpleString("QUEUED".into());
     assert_eq!(raw(&mut transaction, &["MULTI"]), ok());
@@ -2380,16 +2383,17 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     assert_eq!(raw(reader, &["GET", "k"]), queued);
     assert_eq!(raw(reader, &["EXISTS", "n"]), queued);
     assert_eq!(raw(reader, &["EXEC"]), V::Array(vec![V::Nil, V::Int(0)]));
-    // Both held: blocked clients, as Redis counts them.
-    assert!(server.blocked_clients_reach(2));
+    // All held: blocked clients, as Redis counts them.
+    assert!(server.blocked_clients_reach(3));
     assert!(
-        !write.is_finished() && !exec.is_finished(),
+        !write.is_finished() && !exec.is_finished() && !publish.is_finished(),
         "a write ran during CLIENT PAUSE WRITE"
     );
     assert_eq!(raw(reader, &["GET", "k"]), V::Nil);
     assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
     assert_eq!(write.join().unwrap(), ok());
     assert_eq!(exec.join().unwrap(), V::Array(vec![V::Int(1)]));
+    assert_eq!(publish.join().unwrap(), V::Int(0));
     assert_eq!(raw(reader, &["GET", "k"]), bulk("v"));
 
     // A second CLIENT PAUSE neither shortens the first nor lets more
