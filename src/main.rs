@@ -246,7 +246,7 @@ struct ServeArgs {
     #[arg(long, env = "FERRY_NOTIFY_KEYSPACE_EVENTS", default_value = "", value_parser = parse_keyspace_events)]
     notify_keyspace_events: u32,
     /// Closes a client idle this many seconds (Redis's timeout; 0: never).
-    /// A MONITOR client, or one waiting in WAIT, is not idle.
+    /// A MONITOR client, a subscriber, or one waiting in WAIT, is not idle.
     #[arg(long, env = "FERRY_TIMEOUT", default_value_t = 0)]
     timeout: u64,
     /// TCP keepalive probes on client connections after this many idle
@@ -279,11 +279,12 @@ fn parse_host_port(s: &str) -> Result<String, String> {
     }
 }
 
-/// A number of bytes, bare or with a unit ([`commands::parse_memory`]).
+/// Keyspace notifications' classes, as Redis reads them ([`notify::parse`]).
 fn parse_keyspace_events(s: &str) -> Result<u32, String> {
     notify::parse(s.as_bytes()).ok_or_else(|| notify::INVALID.to_string())
 }
 
+/// A number of bytes, bare or with a unit ([`commands::parse_memory`]).
 fn parse_bytes(s: &str) -> Result<usize, String> {
     match commands::parse_memory(s.as_bytes()) {
         Some(bytes) if bytes >= 0 => Ok(bytes as usize),

@@ -849,7 +849,8 @@ pub struct Activity {
     pub obuf_bytes: AtomicU64,
     /// Set by CLIENT KILL: the connection runs nothing more and closes.
     pub killed: AtomicBool,
-    /// A MONITOR client, or one in WAIT: never idle (`--timeout`).
+    /// A MONITOR client, a subscriber, or one in WAIT: never idle
+    /// (`--timeout`).
     pub idle_exempt: AtomicBool,
     /// CLIENT TRACKING is on (`flags=t`, `redir=0`), with REDIRECT to
     /// this client (`redir=<id>`; 0: none).
