@@ -1048,11 +1048,16 @@ async fn run_writes(
         .is_paused()
         .then(|| Blocked::begin(&node.stats.blocked_clients));
     // A PUBLISH waits for its deliveries to be counted
-    // ([`crate::pubsub::PubSub::delivered`]), from before it runs.
-    let mut awaiting: Vec<_> = writes
-        .iter()
-        .map(|&(.., publish)| publish.then(|| node.pubsub.awaiting()))
-        .collect();
+    // ([`crate::pubsub::PubSub::delivered`]), from before it runs (no
+    // list at all for a batch without one: the usual batch).
+    let mut awaiting: Vec<_> = if writes.iter().any(|w| w.4) {
+        writes
+            .iter()
+            .map(|&(.., publish)| publish.then(|| node.pubsub.awaiting()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     // A subscriber's writes: the deliveries made as each ran.
     let marks: Vec<std::sync::atomic::AtomicU64> = match conn.pubsub {
         Some(_) => writes.iter().map(|_| Default::default()).collect(),
@@ -1077,26 +1082,23 @@ async fn run_writes(
             }
         }))
         .await;
-    queue.extend(
-        outcomes
-            .into_iter()
-            .zip(writes.drain(..).zip(awaiting.drain(..)))
-            .enumerate()
-            .map(|(i, (outcome, ((_, args, _, silent, _), awaiting)))| {
-                let queued = match (outcome, awaiting) {
-                    (Ok(ticket), Some(awaiting)) => Queued::Published {
-                        ticket,
-                        shard: commands::is_shard_publish(&args),
-                        channel: args[1].clone(),
-                        awaiting,
-                    },
-                    (Ok(ticket), None) => Queued::Pending(ticket),
-                    (Err(e), _) => Queued::Ready(engine_error_reply(e)),
-                };
-                let mark = marks.get(i).map(|m| m.load(Ordering::Relaxed));
-                marked(node, conn, silenced(queued, silent), mark)
-            }),
-    );
+    queue.extend(outcomes.into_iter().zip(writes.drain(..)).enumerate().map(
+        |(i, (outcome, (_, args, _, silent, _)))| {
+            let awaiting = awaiting.get_mut(i).and_then(Option::take);
+            let queued = match (outcome, awaiting) {
+                (Ok(ticket), Some(awaiting)) => Queued::Published {
+                    ticket,
+                    shard: commands::is_shard_publish(&args),
+                    channel: args[1].clone(),
+                    awaiting,
+                },
+                (Ok(ticket), None) => Queued::Pending(ticket),
+                (Err(e), _) => Queued::Ready(engine_error_reply(e)),
+            };
+            let mark = marks.get(i).map(|m| m.load(Ordering::Relaxed));
+            marked(node, conn, silenced(queued, silent), mark)
+        },
+    ));
 }
 
 /// The command `args` asks for, unless it must be refused as it stands.
