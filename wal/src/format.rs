@@ -44,8 +44,9 @@
 //! allocating anything.
 //!
 //! A header whose 48 bytes are all zero is never a frame (a frame holds at
-//! least one record, so `body_len >= 1`): it is read as zero-filled space, the
-//! end of what was written.
+//! least one record, so `body_len >= 1`). Zero bytes from a frame boundary to
+//! the end of a segment are preallocated space ([`is_zero_filled`]), the end of
+//! what was written; zeros followed by anything else are damage.
 //!
 //! Frames travel between nodes as these same bytes: a replica verifies and
 //! appends them without re-encoding.
@@ -235,6 +236,13 @@ impl FrameRef<'_> {
     pub fn body(&self) -> &[u8] {
         &self.bytes[FRAME_HEADER_LEN..]
     }
+}
+
+/// Whether `rest`, the bytes from a frame boundary to the end of a segment,
+/// is zero-filled space: preallocated and never written, the end of the log
+/// rather than damage (see the `wal` module's notes on preallocation).
+pub fn is_zero_filled(rest: &[u8]) -> bool {
+    !rest.is_empty() && rest.iter().all(|&x| x == 0)
 }
 
 /// Decodes the frame at the start of `buf`, checking its crc (but not

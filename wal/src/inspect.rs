@@ -269,6 +269,10 @@ pub fn scan_dir_from(
                 Decoded::Corrupt(why) => Some(why.to_string()),
             };
             let Some(reason) = bad else { continue };
+            if format::is_zero_filled(&data[offset..]) {
+                // Preallocated space after the last frame: not a problem.
+                break;
+            }
             let resume = resync(&data, offset + 1, limits);
             let end = resume.unwrap_or(data.len());
             let torn = is_last && resume.is_none();

@@ -126,7 +126,8 @@ pub(crate) struct Scan {
 /// `expected_first` is where the previous segment ended (none for the oldest
 /// segment). In the last segment, a bad frame with no valid frame after it
 /// is a torn tail, reported in [`Scan::torn`]; anywhere else a bad frame is
-/// [`WalError::Corruption`].
+/// [`WalError::Corruption`]. Zero-filled space after the last frame is the
+/// end of the segment, not a torn tail.
 pub(crate) fn scan_segment(
     path: &Path,
     data: &[u8],
@@ -199,6 +200,10 @@ pub(crate) fn scan_segment(
             ),
             Decoded::Corrupt(corrupt) => corrupt.to_string(),
         };
+        if format::is_zero_filled(&data[offset..]) {
+            // Preallocated space: the frames end here.
+            break;
+        }
         if !is_last {
             return Err(corruption(
                 offset as u64,

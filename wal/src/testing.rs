@@ -115,7 +115,53 @@ impl Faults {
 #[derive(Debug, Default)]
 struct InodeData {
     bytes: Vec<u8>,
+    /// The prefix known durable: synced, and not written since.
     synced_len: usize,
+    /// The file's size at its last sync: the file system has committed it,
+    /// so a crash finds at least this many bytes.
+    durable_len: usize,
+    /// What writes since the last sync overwrote below `durable_len`,
+    /// oldest first: a crash that loses such a write finds the old bytes
+    /// (preallocated space overwritten by frames never synced is zeros again).
+    undo: Vec<(usize, Vec<u8>)>,
+}
+
+impl InodeData {
+    fn durable(bytes: Vec<u8>) -> InodeData {
+        InodeData {
+            synced_len: bytes.len(),
+            durable_len: bytes.len(),
+            bytes,
+            undo: Vec::new(),
+        }
+    }
+
+    /// The bytes a power loss leaves: the synced prefix, a random part of
+    /// the rest (its last sector maybe allocated but never written), and up
+    /// to the durable size the bytes there before the writes that were lost.
+    fn after_crash(&self, rng: &mut SeededRng) -> Vec<u8> {
+        let unsynced = self.bytes.len().saturating_sub(self.synced_len);
+        let kept = rng.below(unsynced as u64 + 1) as usize;
+        let cut = self.synced_len + kept;
+        let mut bytes = self.bytes[..cut].to_vec();
+        if kept > 0 && rng.below(2) == 0 {
+            let start = (bytes.len() - 1) / SECTOR_BYTES * SECTOR_BYTES;
+            let start = start.max(self.synced_len);
+            bytes[start..].fill(0);
+        }
+        if self.durable_len > cut {
+            let mut rest = self.bytes[cut..self.durable_len].to_vec();
+            // Newest first, so the oldest bytes of a range written twice win.
+            for (at, old) in self.undo.iter().rev() {
+                let (from, to) = ((*at).max(cut), (at + old.len()).min(self.durable_len));
+                if from < to {
+                    rest[from - cut..to - cut].copy_from_slice(&old[from - at..to - at]);
+                }
+            }
+            bytes.extend_from_slice(&rest);
+        }
+        bytes
+    }
 }
 
 type Inode = Arc<Mutex<InodeData>>;
@@ -212,16 +258,7 @@ impl MemStorage {
         // Only durable directory entries survive, each with its synced bytes
         // and a random part of the rest.
         MemStorage::durable_copy(&fs.dirs, &fs.durable_entries, |data| {
-            let unsynced = data.bytes.len().saturating_sub(data.synced_len);
-            let kept = rng.below(unsynced as u64 + 1) as usize;
-            let mut bytes = data.bytes[..data.synced_len + kept].to_vec();
-            if kept > 0 && rng.below(2) == 0 {
-                // The last sector of the kept part was allocated but not written.
-                let start = (bytes.len() - 1) / SECTOR_BYTES * SECTOR_BYTES;
-                let start = start.max(data.synced_len);
-                bytes[start..].fill(0);
-            }
-            bytes
+            data.after_crash(&mut rng)
         })
     }
 
@@ -238,8 +275,7 @@ impl MemStorage {
         };
         for (path, inode) in entries {
             let bytes = bytes_of(&lock(inode));
-            let synced_len = bytes.len();
-            let inode = Arc::new(Mutex::new(InodeData { bytes, synced_len }));
+            let inode = Arc::new(Mutex::new(InodeData::durable(bytes)));
             copy.entries.insert(path.clone(), inode.clone());
             copy.durable_entries.insert(path.clone(), inode);
         }
@@ -272,9 +308,7 @@ impl MemStorage {
             .entries
             .get(path)
             .unwrap_or_else(|| panic!("no file {}", path.display()));
-        let mut data = lock(inode);
-        data.synced_len = bytes.len();
-        data.bytes = bytes;
+        *lock(inode) = InodeData::durable(bytes);
     }
 
     /// The paths of the files in `dir`, sorted.
@@ -418,6 +452,10 @@ impl StorageFile for MemFile {
         let mut data = lock(&self.inode);
         let offset = offset as usize;
         let end = offset + buf.len();
+        if offset < data.durable_len {
+            let old = data.bytes[offset..end.min(data.durable_len)].to_vec();
+            data.undo.push((offset, old));
+        }
         if data.bytes.len() < end {
             data.bytes.resize(end, 0);
         }
@@ -454,14 +492,23 @@ impl StorageFile for MemFile {
         self.faults.syncs.fetch_add(1, Ordering::SeqCst);
         let mut data = lock(&self.inode);
         data.synced_len = data.bytes.len();
+        data.durable_len = data.bytes.len();
+        data.undo.clear();
         Ok(())
     }
 
     fn truncate(&self, len: u64) -> io::Result<()> {
         self.faults.check()?;
         let mut data = lock(&self.inode);
-        data.bytes.resize(len as usize, 0);
-        data.synced_len = data.synced_len.min(len as usize);
+        let len = len as usize;
+        data.bytes.resize(len, 0);
+        data.synced_len = data.synced_len.min(len);
+        // A cut is taken as durable at once (the WAL syncs right after).
+        data.durable_len = data.durable_len.min(len);
+        data.undo.retain_mut(|(at, old)| {
+            old.truncate(len.saturating_sub(*at));
+            !old.is_empty()
+        });
         Ok(())
     }
 }

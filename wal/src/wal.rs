@@ -10,6 +10,19 @@
 //! per segment, syncs once (under [`SyncPolicy::Always`]), and only then
 //! answers every appender of the group. While it syncs, the next group
 //! gathers in the channel.
+//!
+//! # Preallocation
+//!
+//! A sync of data written past a file's end must also commit the file's new
+//! size through the file system's journal; a sync of data overwriting bytes
+//! already on disk need not, and takes about half as long (0.13–0.25 ms
+//! against 0.21–0.50 ms for 4 KiB on a virtio disk). So the writer keeps the
+//! active segment zero-filled [`WalOptions::preallocate_bytes`] ahead of what
+//! it has written, one write of zeros per that many bytes of log: under
+//! `always` nearly every sync is an overwrite. Recovery reads a zero-filled
+//! tail as the end of the log ([`format::is_zero_filled`]); a segment is cut
+//! to its frames when it is sealed and when the log closes, so a log at rest
+//! holds no zeros.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -98,6 +111,9 @@ pub const SYNC_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 /// Default for [`WalOptions::compression_level`]: zstd level 1 (level 3
 /// compresses these records no better at half the speed).
 pub const COMPRESSION_LEVEL_DEFAULT: i32 = 1;
+/// Default for [`WalOptions::preallocate_bytes`]: 1 MiB, one extension per
+/// about 15,000 SET records, each a sync that writes 1 MiB more.
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1 << 20;
 
 /// How a log is written. Every limit has a default.
 #[derive(Debug, Clone)]
@@ -118,6 +134,10 @@ pub struct WalOptions {
     pub sync_interval: Duration,
     /// zstd level for frame bodies.
     pub compression_level: i32,
+    /// How far ahead of its frames the active segment is zero-filled (see
+    /// the module's notes on preallocation); 0 leaves files to grow with
+    /// each write.
+    pub preallocate_bytes: u64,
     /// The LSN of the first record of a new, empty log.
     pub first_lsn: Lsn,
 }
@@ -133,6 +153,7 @@ impl Default for WalOptions {
             append_queue_max: APPEND_QUEUE_MAX_DEFAULT,
             sync_interval: SYNC_INTERVAL_DEFAULT,
             compression_level: COMPRESSION_LEVEL_DEFAULT,
+            preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
             first_lsn: Lsn(1),
         }
     }
@@ -506,6 +527,10 @@ impl Wal {
             sync_wake: Condvar::new(),
         });
         let (tx, rx) = mpsc::channel(shared.options.append_queue_max);
+        let file_len = recovered
+            .file
+            .size()
+            .map_err(|e| WalError::io("reading the size of", &active.path, e))?;
         let writer = Writer {
             encoder: FrameEncoder::new(shared.options.compression_level),
             file: recovered.file,
@@ -516,6 +541,8 @@ impl Wal {
             epoch: recovered.epoch,
             out: Vec::new(),
             frames: Vec::new(),
+            file_len,
+            zeros: Vec::new(),
             shared: shared.clone(),
         };
         // The syncer runs whatever the policy, which may change.
@@ -1376,6 +1403,10 @@ struct Writer {
     /// The encoded frames of the current group.
     out: Vec<u8>,
     frames: Vec<PendingFrame>,
+    /// Bytes of the active segment file, its zero-filled space included.
+    file_len: u64,
+    /// [`WalOptions::preallocate_bytes`] of zeros, once the first is needed.
+    zeros: Vec<u8>,
 }
 
 impl Writer {
@@ -1396,9 +1427,10 @@ impl Writer {
                 hook();
             }
         }
-        // Every handle is gone: make what was written durable and stop.
+        // Every handle is gone: make what was written durable, leave the
+        // segment holding its frames only, and stop.
         if self.shared.stopped().is_none() {
-            match self.file.sync_data() {
+            match self.file.sync_data().and_then(|()| self.cut_zeros()) {
                 Ok(()) => self.shared.publish_durable(Lsn(self.next_lsn.0 - 1)),
                 Err(e) => self
                     .shared
@@ -1663,13 +1695,51 @@ impl Writer {
         if bytes.is_empty() {
             return Ok(());
         }
+        self.preallocate(self.offset + bytes.len() as u64)?;
         let file = &self.file;
         self.shared
             .latency
             .timed("wal-write", || file.write_at(bytes, self.offset))
             .map_err(|e| WalError::io("writing", &self.segment.path, e))?;
         self.offset += bytes.len() as u64;
+        self.file_len = self.file_len.max(self.offset);
         self.segment.end.store(self.offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Before a write that ends at `end`: when it would pass the zero-filled
+    /// space, fills [`WalOptions::preallocate_bytes`] more past it (not past
+    /// the size that seals the segment), so the write and the sync after
+    /// it leave the file's size alone. The zeros are synced with the write.
+    fn preallocate(&mut self, end: u64) -> Result<()> {
+        let options = &self.shared.options;
+        if options.preallocate_bytes == 0 || end <= self.file_len {
+            return Ok(());
+        }
+        let to = (end + options.preallocate_bytes).min(options.segment_bytes_max);
+        if to <= end {
+            // The write passes the size that seals the segment: it is the last.
+            return Ok(());
+        }
+        let from = self.file_len.max(self.offset);
+        let len = (to - from) as usize;
+        if self.zeros.len() < len {
+            self.zeros.resize(len, 0);
+        }
+        self.file
+            .write_at(&self.zeros[..len], from)
+            .map_err(|e| WalError::io("preallocating", &self.segment.path, e))?;
+        self.file_len = to;
+        Ok(())
+    }
+
+    /// Cuts the zero-filled space off the active segment, durably.
+    fn cut_zeros(&mut self) -> std::io::Result<()> {
+        if self.file_len > self.offset {
+            self.file.truncate(self.offset)?;
+            self.file.sync_data()?;
+            self.file_len = self.offset;
+        }
         Ok(())
     }
 
@@ -1754,6 +1824,7 @@ impl Writer {
         self.file = file.clone();
         self.segment = segment.clone();
         self.offset = offset as u64;
+        self.file_len = self.offset;
         self.indexed_at = segment.last_indexed();
         self.next_lsn = cut;
         if let Some(epoch) = epoch {
@@ -1814,6 +1885,7 @@ impl Writer {
         self.file = file;
         self.segment = meta;
         self.offset = SEGMENT_HEADER_LEN as u64;
+        self.file_len = self.offset;
         self.indexed_at = None;
         self.next_lsn = first;
         self.epoch = epoch;
@@ -1827,6 +1899,10 @@ impl Writer {
     /// Seals the active segment (synced) and starts a new one at `first_lsn`.
     fn roll(&mut self, first_lsn: Lsn) -> Result<()> {
         self.sync_file()?;
+        // Sealed before the next segment exists: only the last segment of a
+        // log ever holds zero-filled space.
+        self.cut_zeros()
+            .map_err(|e| WalError::io("truncating", &self.segment.path, e))?;
         let shared = &self.shared;
         let (file, path) = segment::create_segment(&*shared.storage, &shared.dir, first_lsn)?;
         let meta = Arc::new(SegmentMeta::new(
@@ -1853,6 +1929,7 @@ impl Writer {
         self.file = file;
         self.segment = meta;
         self.offset = SEGMENT_HEADER_LEN as u64;
+        self.file_len = self.offset;
         self.indexed_at = None;
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::*;
+use ferry_wal::format::{Decoded, SEGMENT_HEADER_LEN, decode_frame};
 use ferry_wal::testing::{MemStorage, SECTOR_BYTES, SeededRng};
 use ferry_wal::{Lsn, SyncPolicy, WalError, WalOptions};
 use proptest::prelude::*;
@@ -82,9 +83,14 @@ fn truncation_at_every_offset_of_the_last_four_frames_keeps_exactly_the_whole_fr
         let kept = (first_lsn_of_segment - 1 + whole) as usize;
         let wal = expect_records(&damaged, &written[..kept]);
         let at_boundary = frames.iter().any(|f| f.0 == cut);
+        // A frame cut while its bytes so far are zeros (a crc's low byte)
+        // reads as zero-filled space: nothing to keep.
+        let zeros = frames
+            .iter()
+            .any(|f| f.0 < cut && cut < f.0 + f.1 && bytes[f.0..cut].iter().all(|&b| b == 0));
         assert_eq!(
             broken_copies(&damaged).len(),
-            usize::from(!at_boundary),
+            usize::from(!at_boundary && !zeros),
             "cut at {cut}"
         );
         let mut more = written[..kept].to_vec();
@@ -394,4 +400,148 @@ fn verify_reports_a_torn_tail_without_changing_anything() {
         "nothing cut"
     );
     assert!(broken_copies(&storage).is_empty());
+}
+
+/// Options whose active segment is zero-filled well past its frames.
+fn preallocating(policy: SyncPolicy) -> WalOptions {
+    WalOptions {
+        sync_policy: policy,
+        segment_bytes_max: 64 << 10,
+        preallocate_bytes: 16 << 10,
+        ..WalOptions::default()
+    }
+}
+
+/// The end of the frames of a segment's bytes.
+fn frames_end(segment: &[u8]) -> usize {
+    let frames = frame_bounds(segment);
+    frames.last().map_or(SEGMENT_HEADER_LEN, |f| f.0 + f.1)
+}
+
+#[test]
+fn the_active_segment_is_zero_filled_ahead_and_a_closed_log_holds_no_zeros() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, preallocating(SyncPolicy::Always));
+    let mut written = Vec::new();
+    for i in 0..2_000 {
+        let data = record("p", i);
+        wal.append_blocking(vec![data.clone()]).expect("append");
+        written.push(data);
+    }
+    let files = segments(&storage);
+    assert!(files.len() >= 2, "the appends crossed a segment");
+    for sealed in &files[..files.len() - 1] {
+        let bytes = storage.file_bytes(sealed).expect("bytes");
+        assert_eq!(
+            frames_end(&bytes),
+            bytes.len(),
+            "{sealed:?} holds its frames only"
+        );
+    }
+    let active = files.last().expect("a segment");
+    let bytes = storage.file_bytes(active).expect("bytes");
+    let frames = frame_bounds_until_zeros(&bytes);
+    assert!(
+        bytes.len() > frames && bytes[frames..].iter().all(|&b| b == 0),
+        "zero-filled past the frames (frames end at {frames} of {})",
+        bytes.len()
+    );
+    assert!(bytes.len() - frames <= 16 << 10);
+    drop(wal);
+    let bytes = storage.file_bytes(active).expect("bytes");
+    assert_eq!(frames_end(&bytes), bytes.len(), "closing cut the zeros off");
+    drop(expect_records_with(
+        &storage,
+        &written,
+        preallocating(SyncPolicy::Always),
+    ));
+}
+
+/// The end of the frames before zero-filled space.
+fn frame_bounds_until_zeros(segment: &[u8]) -> usize {
+    let mut at = SEGMENT_HEADER_LEN;
+    while let Decoded::Frame(f) = decode_frame(&segment[at..], Default::default()) {
+        at += f.header.frame_len();
+    }
+    at
+}
+
+fn expect_records_with(
+    storage: &MemStorage,
+    expected: &[Bytes],
+    options: WalOptions,
+) -> ferry_wal::Wal {
+    let wal = open(storage, options);
+    let got: Vec<Bytes> = read_all(&wal).into_iter().map(|(_, d)| d).collect();
+    assert_eq!(got.len(), expected.len(), "record count");
+    assert!(got == expected, "the records read back are those written");
+    wal
+}
+
+#[test]
+fn a_crash_with_zero_filled_space_recovers_every_record_and_cuts_nothing() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, preallocating(SyncPolicy::Always));
+    let mut written = Vec::new();
+    for i in 0..300 {
+        let data = record("z", i);
+        wal.append_blocking(vec![data.clone()]).expect("append");
+        written.push(data);
+    }
+    // Everything was synced under always: the crash keeps it all, zeros too.
+    let crashed = storage.crash(1);
+    drop(wal);
+    let active = segments(&crashed).pop().expect("a segment");
+    let bytes = crashed.file_bytes(&active).expect("bytes");
+    assert!(
+        bytes.len() > frame_bounds_until_zeros(&bytes),
+        "the zeros survived"
+    );
+    let summary = ferry_wal::verify(&crashed, dir(), Default::default()).expect("verify");
+    assert_eq!(
+        summary.torn_tail, None,
+        "zero-filled space is not a torn tail"
+    );
+    let inspection = ferry_wal::inspect::scan_dir(&crashed, dir(), Default::default(), |_| {
+        Ok(std::ops::ControlFlow::Continue(()))
+    })
+    .expect("scan");
+    assert!(inspection.is_intact(), "{:?}", inspection.problems);
+
+    let wal = expect_records_with(&crashed, &written, preallocating(SyncPolicy::Always));
+    assert!(broken_copies(&crashed).is_empty(), "nothing was cut");
+    // Appends go on in the zero-filled space, and survive the next crash.
+    for i in 0..300 {
+        let data = record("after", i);
+        wal.append_blocking(vec![data.clone()]).expect("append");
+        written.push(data);
+    }
+    let again = crashed.crash(2);
+    drop(wal);
+    drop(expect_records_with(
+        &again,
+        &written,
+        preallocating(SyncPolicy::Always),
+    ));
+    assert!(broken_copies(&again).is_empty());
+}
+
+#[test]
+fn zeros_followed_by_a_frame_are_corruption_not_the_end() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, preallocating(SyncPolicy::Always));
+    for i in 0..20 {
+        wal.append_blocking(vec![record("c", i)]).expect("append");
+    }
+    drop(wal);
+    let active = segments(&storage).pop().expect("a segment");
+    let mut bytes = storage.file_bytes(&active).expect("bytes");
+    let frames = frame_bounds(&bytes);
+    let (at, len, _, _) = frames[frames.len() / 2];
+    bytes[at..at + len].fill(0);
+    storage.set_file_bytes(&active, bytes);
+    let (segment, offset, reason) =
+        corruption_of(try_open(&storage, preallocating(SyncPolicy::Always)));
+    assert_eq!((segment, offset), (active, at as u64));
+    assert!(reason.contains("followed by a valid frame"), "{reason}");
 }
