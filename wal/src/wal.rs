@@ -19,10 +19,11 @@
 //! against 0.21–0.50 ms for 4 KiB on a virtio disk). So the writer keeps the
 //! active segment zero-filled [`WalOptions::preallocate_bytes`] ahead of what
 //! it has written, one write of zeros per that many bytes of log: under
-//! `always` nearly every sync is an overwrite. Recovery reads a zero-filled
-//! tail as the end of the log ([`format::is_zero_filled`]); a segment is cut
-//! to its frames when it is sealed and when the log closes, so a log at rest
-//! holds no zeros.
+//! `always` nearly every sync is an overwrite. A segment is cut to its
+//! frames when it is sealed and when the log closes, so a log at rest holds
+//! no zeros; after a crash, recovery reads a zero-filled tail as the end of
+//! the log ([`format::is_zero_filled`]) and cuts it (no `.broken` copy: it
+//! holds nothing).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -1269,6 +1270,24 @@ fn scan_log(
                 reason = %why,
                 copy = %broken.display(),
                 "cut a torn tail off the WAL"
+            );
+        }
+        if let (None, true, true) = (
+            &scan.torn,
+            repair && is_last,
+            scan.valid_len < data.len() as u64,
+        ) {
+            // Zero-filled space after the last frame: nothing to keep a copy
+            // of. Cut, so the log ends at its last frame as after a torn tail.
+            file.truncate(scan.valid_len)
+                .map_err(|e| WalError::io("truncating", &path, e))?;
+            file.sync_data()
+                .map_err(|e| WalError::io("syncing", &path, e))?;
+            tracing::info!(
+                segment = %path.display(),
+                offset = scan.valid_len,
+                cut_bytes = data.len() as u64 - scan.valid_len,
+                "cut zero-filled space off the end of the WAL"
             );
         }
         if is_last {
