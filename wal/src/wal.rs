@@ -544,6 +544,7 @@ impl Wal {
             frames: Vec::new(),
             file_len,
             zeros: Vec::new(),
+            preallocating: true,
             shared: shared.clone(),
         };
         // The syncer runs whatever the policy, which may change.
@@ -1426,6 +1427,8 @@ struct Writer {
     file_len: u64,
     /// [`WalOptions::preallocate_bytes`] of zeros, once the first is needed.
     zeros: Vec<u8>,
+    /// Whether to zero-fill ahead in this segment (not after a failure).
+    preallocating: bool,
 }
 
 impl Writer {
@@ -1714,7 +1717,7 @@ impl Writer {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.preallocate(self.offset + bytes.len() as u64)?;
+        self.preallocate(self.offset + bytes.len() as u64);
         let file = &self.file;
         self.shared
             .latency
@@ -1730,26 +1733,36 @@ impl Writer {
     /// space, fills [`WalOptions::preallocate_bytes`] more past it (not past
     /// the size that seals the segment), so the write and the sync after
     /// it leave the file's size alone. The zeros are synced with the write.
-    fn preallocate(&mut self, end: u64) -> Result<()> {
+    fn preallocate(&mut self, end: u64) {
         let options = &self.shared.options;
-        if options.preallocate_bytes == 0 || end <= self.file_len {
-            return Ok(());
+        if options.preallocate_bytes == 0 || !self.preallocating || end <= self.file_len {
+            return;
         }
         let to = (end + options.preallocate_bytes).min(options.segment_bytes_max);
         if to <= end {
             // The write passes the size that seals the segment: it is the last.
-            return Ok(());
+            return;
         }
         let from = self.file_len.max(self.offset);
         let len = (to - from) as usize;
         if self.zeros.len() < len {
             self.zeros.resize(len, 0);
         }
-        self.file
-            .write_at(&self.zeros[..len], from)
-            .map_err(|e| WalError::io("preallocating", &self.segment.path, e))?;
-        self.file_len = to;
-        Ok(())
+        match self.file.write_at(&self.zeros[..len], from) {
+            Ok(()) => self.file_len = to,
+            Err(e) => {
+                // Only a speed-up: the frames are written all the same (a
+                // full disk fails them if they do not fit). Not tried again
+                // in this segment; part of the zeros may be there.
+                tracing::warn!(
+                    segment = %self.segment.path.display(),
+                    error = %e,
+                    "could not zero-fill WAL space ahead; writing without"
+                );
+                self.preallocating = false;
+                self.file_len = self.file.size().unwrap_or(self.offset);
+            }
+        }
     }
 
     /// Cuts the zero-filled space off the active segment, durably.
@@ -1844,6 +1857,7 @@ impl Writer {
         self.segment = segment.clone();
         self.offset = offset as u64;
         self.file_len = self.offset;
+        self.preallocating = true;
         self.indexed_at = segment.last_indexed();
         self.next_lsn = cut;
         if let Some(epoch) = epoch {
@@ -1905,6 +1919,7 @@ impl Writer {
         self.segment = meta;
         self.offset = SEGMENT_HEADER_LEN as u64;
         self.file_len = self.offset;
+        self.preallocating = true;
         self.indexed_at = None;
         self.next_lsn = first;
         self.epoch = epoch;
@@ -1949,6 +1964,7 @@ impl Writer {
         self.segment = meta;
         self.offset = SEGMENT_HEADER_LEN as u64;
         self.file_len = self.offset;
+        self.preallocating = true;
         self.indexed_at = None;
         Ok(())
     }

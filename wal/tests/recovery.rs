@@ -551,3 +551,36 @@ fn zeros_followed_by_a_frame_are_corruption_not_the_end() {
     assert_eq!((segment, offset), (active, at as u64));
     assert!(reason.contains("followed by a valid frame"), "{reason}");
 }
+
+#[test]
+fn a_failed_zero_fill_is_only_warned_of_and_the_appends_go_on() {
+    let storage = MemStorage::new();
+    let wal = open(&storage, preallocating(SyncPolicy::Always));
+    // The first append's first write is the zero fill ahead: it fails
+    // half-way.
+    storage.tear_next_write();
+    let mut written = Vec::new();
+    for i in 0..300 {
+        let data = record("t", i);
+        wal.append_blocking(vec![data.clone()])
+            .expect("the append succeeds though its zero fill failed");
+        written.push(data);
+    }
+    let active = segments(&storage).pop().expect("a segment");
+    let bytes = storage.file_bytes(&active).expect("bytes");
+    assert!(
+        bytes.len() > 16 << 10,
+        "the appends passed the first zero fill"
+    );
+    assert_eq!(
+        frame_bounds_until_zeros(&bytes),
+        bytes.len(),
+        "no zero fill after the failed one in this segment"
+    );
+    drop(wal);
+    drop(expect_records_with(
+        &storage,
+        &written,
+        preallocating(SyncPolicy::Always),
+    ));
+}
