@@ -262,6 +262,8 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(bgsave)
     ),
     spec!("bitcount", -2, RS, 1, 1, 1, Handler::Read(bitcount)),
+    spec!("bitfield", -2, WD, 1, 1, 1, Handler::Write(bitfield)),
+    spec!("bitfield_ro", -2, R, 1, 1, 1, Handler::Read(bitfield_ro)),
     spec!("bitop", -4, WD, 2, -1, 1, Handler::Write(bitop)),
     spec!("bitpos", -3, RS, 1, 1, 1, Handler::Read(bitpos)),
     spec!("client", -2, &[], 0, 0, 0, Handler::Conn(client)),
@@ -694,6 +696,8 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("auth", &["fast", "connection"]),
     ("bgsave", &["admin", "slow", "dangerous"]),
     ("bitcount", &["read", "bitmap", "slow"]),
+    ("bitfield", &["write", "bitmap", "slow"]),
+    ("bitfield_ro", &["read", "bitmap", "fast"]),
     ("bitop", &["write", "bitmap", "slow"]),
     ("bitpos", &["read", "bitmap", "slow"]),
     ("client", &["slow"]),
@@ -2173,6 +2177,369 @@ fn decrby(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 
 fn incrbyfloat(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     add_float_to(view, &args[1], None, &args[2], "value is not a valid float")
+}
+
+// --------------------------------------------------------------- BITFIELD
+
+/// BITFIELD's OVERFLOW behaviour, for the SET and INCRBY after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    Wrap,
+    Sat,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FieldOp {
+    Get,
+    Set(i64),
+    IncrBy(i64),
+}
+
+/// One BITFIELD operation on an integer of `bits` bits at bit `offset`.
+#[derive(Debug, Clone, Copy)]
+struct BitField {
+    op: FieldOp,
+    signed: bool,
+    bits: u32,
+    offset: u64,
+    overflow: Overflow,
+}
+
+impl BitField {
+    /// The bytes the field lies in, first and last.
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.offset >> 3,
+            (self.offset + u64::from(self.bits) - 1) >> 3,
+        )
+    }
+}
+
+/// BITFIELD's arguments after the key, parsed and checked in full (Redis's
+/// errors, in its order) before anything is read.
+fn bitfield_ops(args: &Args) -> Result<Vec<BitField>, Reply> {
+    let type_error = || {
+        Reply::err(
+            "Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.",
+        )
+    };
+    let mut fields = Vec::new();
+    let mut overflow = Overflow::Wrap;
+    let mut j = 2;
+    while j < args.len() {
+        let left = args.len() - j - 1;
+        let sub = &args[j];
+        let op = if eq(sub, "get") && left >= 2 {
+            FieldOp::Get
+        } else if eq(sub, "set") && left >= 3 {
+            FieldOp::Set(0)
+        } else if eq(sub, "incrby") && left >= 3 {
+            FieldOp::IncrBy(0)
+        } else if eq(sub, "overflow") && left >= 1 {
+            let kind = &args[j + 1];
+            overflow = if eq(kind, "wrap") {
+                Overflow::Wrap
+            } else if eq(kind, "sat") {
+                Overflow::Sat
+            } else if eq(kind, "fail") {
+                Overflow::Fail
+            } else {
+                return Err(Reply::err("Invalid OVERFLOW type specified"));
+            };
+            j += 2;
+            continue;
+        } else {
+            return Err(syntax_error());
+        };
+        let kind = &args[j + 1];
+        let signed = match kind.first() {
+            Some(b'i') => true,
+            Some(b'u') => false,
+            _ => return Err(type_error()),
+        };
+        let bits = match parse_i64(&kind[1..]) {
+            Some(bits) if bits >= 1 && bits <= if signed { 64 } else { 63 } => bits as u32,
+            _ => return Err(type_error()),
+        };
+        // `#N`: the N-th field of this width.
+        let offset_arg = &args[j + 2];
+        let offset = match offset_arg.strip_prefix(b"#") {
+            Some(index) => parse_i64(index).and_then(|i| i.checked_mul(i64::from(bits))),
+            None => parse_i64(offset_arg),
+        };
+        let offset = match offset {
+            Some(offset)
+                if offset >= 0
+                    && (offset as u64 >> 3) < STRING_BYTES_MAX.load(Ordering::Relaxed) =>
+            {
+                offset as u64
+            }
+            _ => return Err(Reply::err("bit offset is not an integer or out of range")),
+        };
+        let op = match op {
+            FieldOp::Get => FieldOp::Get,
+            FieldOp::Set(_) => FieldOp::Set(int_arg(&args[j + 3])?),
+            FieldOp::IncrBy(_) => FieldOp::IncrBy(int_arg(&args[j + 3])?),
+        };
+        fields.push(BitField {
+            op,
+            signed,
+            bits,
+            offset,
+            overflow,
+        });
+        j += if matches!(op, FieldOp::Get) { 3 } else { 4 };
+    }
+    Ok(fields)
+}
+
+/// The `bits` bits at bit `offset` of `bytes`, most significant first.
+fn get_bits(bytes: &[u8], offset: u64, bits: u32) -> u64 {
+    (offset..offset + u64::from(bits)).fold(0, |value, at| {
+        (value << 1) | u64::from(bytes[(at >> 3) as usize] & bit_mask(at) != 0)
+    })
+}
+
+/// Stores the low `bits` bits of `value` at bit `offset` of `bytes`.
+fn set_bits(bytes: &mut [u8], offset: u64, bits: u32, value: u64) {
+    for i in 0..u64::from(bits) {
+        let at = offset + i;
+        let byte = &mut bytes[(at >> 3) as usize];
+        if (value >> (u64::from(bits) - 1 - i)) & 1 == 1 {
+            *byte |= bit_mask(at);
+        } else {
+            *byte &= !bit_mask(at);
+        }
+    }
+}
+
+/// `bits` bits read as a two's complement integer.
+fn sign_extend(value: u64, bits: u32) -> i64 {
+    if bits < 64 && value & (1 << (bits - 1)) != 0 {
+        (value | (u64::MAX << bits)) as i64
+    } else {
+        value as i64
+    }
+}
+
+/// Whether `value + incr` overflows an unsigned field of `bits` bits, and
+/// then what OVERFLOW stores (nothing for FAIL), as Redis's
+/// `checkUnsignedBitfieldOverflow` (`value` may be a SET's argument, cast).
+fn unsigned_overflow(value: u64, incr: i64, bits: u32, overflow: Overflow) -> Option<u64> {
+    let max = (1u64 << bits) - 1;
+    let max_incr = max.wrapping_sub(value) as i64;
+    let min_incr = (value as i64).wrapping_neg();
+    let high = if value > max || (incr > 0 && incr > max_incr) {
+        true
+    } else if incr < 0 && incr < min_incr {
+        false
+    } else {
+        return None;
+    };
+    Some(match overflow {
+        Overflow::Wrap => value.wrapping_add(incr as u64) & !(u64::MAX << bits),
+        Overflow::Sat if high => max,
+        Overflow::Sat | Overflow::Fail => 0,
+    })
+}
+
+/// As [`unsigned_overflow`], for a signed field (Redis's
+/// `checkSignedBitfieldOverflow`, its wrapping arithmetic included).
+fn signed_overflow(value: i64, incr: i64, bits: u32, overflow: Overflow) -> Option<i64> {
+    let max = if bits == 64 {
+        i64::MAX
+    } else {
+        (1i64 << (bits - 1)) - 1
+    };
+    let min = -max - 1;
+    let max_incr = (max as u64).wrapping_sub(value as u64) as i64;
+    let min_incr = min.wrapping_sub(value);
+    let high = if value > max
+        || (bits != 64 && incr > max_incr)
+        || (value >= 0 && incr > 0 && incr > max_incr)
+    {
+        true
+    } else if value < min
+        || (bits != 64 && incr < min_incr)
+        || (value < 0 && incr < 0 && incr < min_incr)
+    {
+        false
+    } else {
+        return None;
+    };
+    Some(match overflow {
+        Overflow::Wrap => {
+            let sum = (value as u64).wrapping_add(incr as u64);
+            sign_extend(sum & !(u64::MAX.checked_shl(bits).unwrap_or(0)), bits)
+        }
+        Overflow::Sat if high => max,
+        Overflow::Sat => min,
+        Overflow::Fail => 0,
+    })
+}
+
+/// What BITFIELD's fields do: a reply for each, and for each write (not
+/// one OVERFLOW FAIL refused) the bytes it leaves from its first byte and
+/// whether its value changed, in order.
+type BitFieldRun = (Vec<Reply>, Vec<(u64, Vec<u8>, bool)>);
+
+/// What BITFIELD's `fields` do to the string `entry` of `key`, read
+/// through `r`.
+fn run_bitfield(
+    r: &dyn Reader,
+    key: &[u8],
+    entry: Option<&Entry>,
+    fields: &[BitField],
+) -> ferry_engine::Result<BitFieldRun> {
+    let mut replies = Vec::with_capacity(fields.len());
+    let mut written: Vec<(u64, Vec<u8>, bool)> = Vec::new();
+    for field in fields {
+        let (first, last) = field.bytes();
+        let mut bytes = vec![0u8; (last - first + 1) as usize];
+        if let Some(e) = entry {
+            let stored = string_bytes(r, key, e, first..last + 1)?;
+            bytes[..stored.len()].copy_from_slice(&stored);
+        }
+        // Earlier writes of this command, in order.
+        for (at, data, _) in &written {
+            let (from, to) = ((*at).max(first), (at + data.len() as u64).min(last + 1));
+            if from < to {
+                bytes[(from - first) as usize..(to - first) as usize]
+                    .copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
+            }
+        }
+        let at = field.offset - first * 8;
+        let raw = get_bits(&bytes, at, field.bits);
+        let (store, reply) = match (field.op, field.signed) {
+            (FieldOp::Get, true) => (None, Some(sign_extend(raw, field.bits))),
+            (FieldOp::Get, false) => (None, Some(raw as i64)),
+            (FieldOp::Set(value), true) => {
+                let old = sign_extend(raw, field.bits);
+                match signed_overflow(value, 0, field.bits, field.overflow) {
+                    Some(_) if field.overflow == Overflow::Fail => (None, None),
+                    stored => (Some(stored.unwrap_or(value) as u64), Some(old)),
+                }
+            }
+            (FieldOp::IncrBy(incr), true) => {
+                let old = sign_extend(raw, field.bits);
+                match signed_overflow(old, incr, field.bits, field.overflow) {
+                    Some(_) if field.overflow == Overflow::Fail => (None, None),
+                    stored => {
+                        let new = stored.unwrap_or(old.wrapping_add(incr));
+                        (Some(new as u64), Some(new))
+                    }
+                }
+            }
+            (FieldOp::Set(value), false) => {
+                match unsigned_overflow(value as u64, 0, field.bits, field.overflow) {
+                    Some(_) if field.overflow == Overflow::Fail => (None, None),
+                    stored => (Some(stored.unwrap_or(value as u64)), Some(raw as i64)),
+                }
+            }
+            (FieldOp::IncrBy(incr), false) => {
+                match unsigned_overflow(raw, incr, field.bits, field.overflow) {
+                    Some(_) if field.overflow == Overflow::Fail => (None, None),
+                    stored => {
+                        let new = stored.unwrap_or(raw.wrapping_add(incr as u64));
+                        (Some(new), Some(new as i64))
+                    }
+                }
+            }
+        };
+        replies.push(reply.map_or(Reply::Null, Reply::Int));
+        if let Some(value) = store {
+            let changed = value & (u64::MAX >> (64 - field.bits)) != raw;
+            set_bits(&mut bytes, at, field.bits, value);
+            written.push((first, bytes, changed));
+        }
+    }
+    Ok((replies, written))
+}
+
+/// BITFIELD key [GET type offset] [OVERFLOW WRAP|SAT|FAIL] [SET type offset
+/// value] [INCRBY type offset increment] ...: each write that changes the
+/// string logged as the bytes it leaves. As Redis, a command with a SET or
+/// INCRBY makes the string (the key, if missing) long enough for its
+/// farthest one, even when OVERFLOW FAIL refuses them all; it changed the
+/// key (`setbit`) if a write was not refused and either changed its value
+/// or the string had to grow.
+fn bitfield(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
+    let fields = tri!(bitfield_ops(args));
+    let key = &args[1];
+    let writes: Vec<&BitField> = fields
+        .iter()
+        .filter(|f| !matches!(f.op, FieldOp::Get))
+        .collect();
+    let entry = if writes.is_empty() {
+        view.lookup(key)?
+    } else {
+        view.get(key)?
+    };
+    if let Some(Entry {
+        value: Value::Hash { .. },
+        ..
+    }) = entry
+    {
+        return Ok(Reply::wrong_type());
+    }
+    let (replies, written) = run_bitfield(view, key, entry.as_ref(), &fields)?;
+    let Some(farthest) = writes.iter().map(|f| f.bytes().1).max() else {
+        return Ok(Reply::Array(replies));
+    };
+    if entry.is_none() {
+        reap_expired(view, key)?;
+    }
+    let grows = entry.as_ref().is_none_or(|e| e.string_len() <= farthest);
+    let mut ops: Vec<(u64, Bytes)> = written
+        .into_iter()
+        .filter(|&(_, _, changed)| changed || grows)
+        .map(|(at, data, _)| (at, Bytes::from(data)))
+        .collect();
+    if grows
+        && ops
+            .iter()
+            .all(|(at, data)| at + data.len() as u64 <= farthest)
+    {
+        ops.push((farthest, Bytes::from_static(&[0])));
+    }
+    for (offset, data) in ops {
+        view.push(Op::SetRange(pb::SetRange {
+            key: key.clone(),
+            offset,
+            data,
+        }))?;
+    }
+    Ok(Reply::Array(replies))
+}
+
+/// BITFIELD_RO key [GET type offset] ...: BITFIELD's reads, in one state.
+fn bitfield_ro(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
+    let fields = tri_read!(bitfield_ops(args));
+    if fields.iter().any(|f| !matches!(f.op, FieldOp::Get)) {
+        return Reply::err("BITFIELD_RO only supports the GET subcommand");
+    }
+    let key = &args[1];
+    let now = now_ms();
+    let (entry, replies) = tri_read!(stable(r, |r| {
+        let entry = r.live(key, now)?;
+        let replies = match &entry {
+            Some(Entry {
+                value: Value::Hash { .. },
+                ..
+            }) => Vec::new(),
+            e => run_bitfield(r, key, e.as_ref(), &fields)?.0,
+        };
+        Ok((entry, replies))
+    }));
+    count_lookup(node, key, &entry);
+    match entry {
+        Some(Entry {
+            value: Value::Hash { .. },
+            ..
+        }) => Reply::wrong_type(),
+        _ => Reply::Array(replies),
+    }
 }
 
 // ------------------------------------------------------------------- keys

@@ -243,6 +243,12 @@ fn events_of(
         }
         "copy" if !ops.is_empty() => vec![("g", "copy_to", key(2))],
         "restore" if !ops.is_empty() => vec![("g", "restore", key(1))],
+        // One event for all its writes, if one was not refused (else what
+        // it logged only made room for them).
+        "bitfield" if !ops.is_empty() && bitfield_wrote(args, reply) => {
+            vec![("$", "setbit", key(1))]
+        }
+        "bitfield" => Vec::new(),
         // Set to expire in the past: Redis sets it, then finds it expired.
         "set" if !matches!(reply, Reply::Error(_) | Reply::Null) && set_expired(args) => vec![
             ("$", "set", key(1)),
@@ -282,6 +288,29 @@ fn events_of(
             events
         }
     }
+}
+
+/// Whether a SET or INCRBY of BITFIELD `args` (parsed, as it succeeded) was
+/// done: its reply, in `reply`'s array, is not the null of OVERFLOW FAIL.
+fn bitfield_wrote(args: &[Bytes], reply: &Reply) -> bool {
+    let Reply::Array(replies) = reply else {
+        return false;
+    };
+    let (mut j, mut field) = (2, 0);
+    while j < args.len() {
+        let sub = args[j].to_ascii_lowercase();
+        match sub.as_slice() {
+            b"overflow" => j += 2,
+            b"get" => (j, field) = (j + 3, field + 1),
+            _ => {
+                if !matches!(replies.get(field), Some(Reply::Null) | None) {
+                    return true;
+                }
+                (j, field) = (j + 4, field + 1);
+            }
+        }
+    }
+    false
 }
 
 /// The event of a string written by command `name`, however it is logged.

@@ -558,7 +558,7 @@ impl Gen {
     fn command(&mut self) -> Vec<String> {
         let s = |x: &str| x.to_string();
         let (k, k2) = (self.key(), self.key());
-        let mut args: Vec<String> = match self.below(60) {
+        let mut args: Vec<String> = match self.below(61) {
             0..=3 => {
                 let mut a = vec![s("SET"), k, self.value()];
                 for _ in 0..self.below(3) {
@@ -780,6 +780,51 @@ impl Gen {
                     ])));
                     if self.below(2) == 0 {
                         a.push(s(self.pick(&["WITHVALUES", "withvalues", "VALUES"])));
+                    }
+                }
+                a
+            }
+            60 => {
+                let ro = self.below(4) == 0;
+                let mut a = vec![s(if ro { "BITFIELD_RO" } else { "BITFIELD" }), k];
+                for _ in 0..self.below(4) {
+                    match self.below(10) {
+                        0 => a.extend([
+                            s("OVERFLOW"),
+                            s(self.pick(&["WRAP", "SAT", "fail", "FAIL", "NOPE"])),
+                        ]),
+                        1 => a.push(s(self.pick(&["GET", "SET", "BOGUS"]))),
+                        n => {
+                            let op = if n < 5 || (ro && n < 9) {
+                                "GET"
+                            } else {
+                                self.pick(&["SET", "INCRBY", "incrby"])
+                            };
+                            a.extend([
+                                s(op),
+                                s(self.pick(&[
+                                    "i8", "u8", "i1", "u1", "i16", "u4", "i64", "u63", "u64", "x8",
+                                    "i0",
+                                ])),
+                                s(self.pick(&[
+                                    "0", "1", "7", "8", "13", "#0", "#1", "#3", "-1", "x",
+                                ])),
+                            ]);
+                            if op != "GET" {
+                                a.push(s(self.pick(&[
+                                    "0",
+                                    "1",
+                                    "-1",
+                                    "100",
+                                    "255",
+                                    "-128",
+                                    "1000",
+                                    "9223372036854775807",
+                                    "-9223372036854775808",
+                                    "x",
+                                ])));
+                            }
+                        }
                     }
                 }
                 a
@@ -1166,9 +1211,25 @@ fn long_strings_get_the_replies_redis_gives() {
             // Bits across the chunks.
             16 => {
                 let bit = (pick(&mut rng, &offsets) * 8 + rng.below(8)).to_string();
-                match rng.below(2) {
+                // A field across a chunk's edge, as often as not.
+                let field = (pick(&mut rng, &offsets) * 8 + rng.below(16))
+                    .saturating_sub(8)
+                    .to_string();
+                match rng.below(4) {
                     0 => vec![s("SETBIT"), key, bit, rng.below(2).to_string()],
-                    _ => vec![s("GETBIT"), key, bit],
+                    1 => vec![s("GETBIT"), key, bit],
+                    2 => vec![
+                        s("BITFIELD"),
+                        key,
+                        s("INCRBY"),
+                        s("u16"),
+                        field.clone(),
+                        (rng.below(70_000) as i64 - 1000).to_string(),
+                        s("GET"),
+                        s("i32"),
+                        field,
+                    ],
+                    _ => vec![s("BITFIELD_RO"), key, s("GET"), s("u16"), field],
                 }
             }
             17 => {
@@ -1609,6 +1670,269 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 resp(&[b"AUTH", b"default", b"anything"]),
                 resp(&[b"AUTH", b"someone", b"pw"]),
                 resp(&[b"AUTH", b"pw"]),
+            ]
+            .concat(),
+        ),
+        (
+            "BITFIELD and BITFIELD_RO: errors in Redis's order, overflow, growth",
+            [
+                resp(&[b"bitfield"]),
+                resp(&[b"bitfield", b"bk"]),
+                resp(&[b"bitfield", b"bk", b"get"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"0"]),
+                resp(&[b"bitfield", b"bk", b"get", b"u64", b"0"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i65", b"0"]),
+                resp(&[b"bitfield", b"bk", b"get", b"I8", b"0"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i0", b"0"]),
+                resp(&[b"bitfield", b"bk", b"get", b"x8", b"0"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"-1"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"#-1"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"abc"]),
+                resp(&[b"bitfield", b"bk", b"set", b"i8", b"0"]),
+                resp(&[b"bitfield", b"bk", b"set", b"i8", b"0", b"abc"]),
+                resp(&[b"bitfield", b"bk", b"overflow"]),
+                resp(&[b"bitfield", b"bk", b"overflow", b"foo", b"get", b"i8", b"0"]),
+                resp(&[b"bitfield", b"bk", b"foo"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"0", b"foo"]),
+                resp(&[b"bitfield_ro", b"bk", b"get", b"i8", b"0"]),
+                resp(&[b"bitfield_ro", b"bk", b"set", b"i8", b"0", b"1"]),
+                resp(&[
+                    b"bitfield_ro",
+                    b"bk",
+                    b"get",
+                    b"i8",
+                    b"0",
+                    b"set",
+                    b"i8",
+                    b"0",
+                    b"1",
+                ]),
+                resp(&[
+                    b"bitfield_ro",
+                    b"bk",
+                    b"incrby",
+                    b"i8",
+                    b"0",
+                    b"1",
+                    b"get",
+                    b"x",
+                    b"0",
+                ]),
+                resp(&[b"exists", b"bk"]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"set",
+                    b"i8",
+                    b"0",
+                    b"100",
+                    b"get",
+                    b"i8",
+                    b"0",
+                    b"incrby",
+                    b"i8",
+                    b"0",
+                    b"100",
+                    b"get",
+                    b"u8",
+                    b"0",
+                ]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"overflow",
+                    b"sat",
+                    b"incrby",
+                    b"i8",
+                    b"0",
+                    b"100",
+                    b"overflow",
+                    b"fail",
+                    b"incrby",
+                    b"i8",
+                    b"0",
+                    b"100",
+                    b"overflow",
+                    b"wrap",
+                    b"incrby",
+                    b"i8",
+                    b"0",
+                    b"100",
+                ]),
+                resp(&[b"get", b"bk"]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"set",
+                    b"u4",
+                    b"#3",
+                    b"15",
+                    b"get",
+                    b"u16",
+                    b"0",
+                    b"get",
+                    b"i64",
+                    b"0",
+                    b"get",
+                    b"u63",
+                    b"1",
+                ]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"overflow",
+                    b"fail",
+                    b"set",
+                    b"u2",
+                    b"100",
+                    b"5",
+                ]),
+                resp(&[b"strlen", b"bk"]),
+                resp(&[b"get", b"bk"]),
+                resp(&[
+                    b"bitfield",
+                    b"fk",
+                    b"overflow",
+                    b"fail",
+                    b"set",
+                    b"u8",
+                    b"0",
+                    b"1000",
+                ]),
+                resp(&[b"exists", b"fk"]),
+                resp(&[b"get", b"fk"]),
+                resp(&[
+                    b"bitfield",
+                    b"fk",
+                    b"overflow",
+                    b"fail",
+                    b"set",
+                    b"u8",
+                    b"0",
+                    b"1000",
+                ]),
+                resp(&[b"get", b"fk"]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"set",
+                    b"i64",
+                    b"0",
+                    b"-1",
+                    b"get",
+                    b"u63",
+                    b"0",
+                    b"get",
+                    b"i64",
+                    b"0",
+                    b"incrby",
+                    b"i64",
+                    b"0",
+                    b"1",
+                    b"get",
+                    b"i64",
+                    b"0",
+                ]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"overflow",
+                    b"sat",
+                    b"incrby",
+                    b"i64",
+                    b"0",
+                    b"-9223372036854775808",
+                    b"incrby",
+                    b"i64",
+                    b"0",
+                    b"-9223372036854775808",
+                ]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"overflow",
+                    b"sat",
+                    b"set",
+                    b"i8",
+                    b"0",
+                    b"-9223372036854775808",
+                ]),
+                resp(&[
+                    b"bitfield",
+                    b"bk",
+                    b"overflow",
+                    b"wrap",
+                    b"set",
+                    b"i8",
+                    b"0",
+                    b"-9223372036854775808",
+                    b"set",
+                    b"u8",
+                    b"8",
+                    b"-1",
+                    b"get",
+                    b"u8",
+                    b"8",
+                ]),
+                resp(&[b"hset", b"hk", b"f", b"v"]),
+                resp(&[b"bitfield", b"hk", b"get", b"i8", b"0"]),
+                resp(&[b"bitfield", b"hk", b"set", b"i8", b"0", b"1"]),
+                resp(&[b"bitfield_ro", b"hk", b"get", b"i8", b"0"]),
+                resp(&[
+                    b"bitfield_ro",
+                    b"nokey",
+                    b"get",
+                    b"i8",
+                    b"0",
+                    b"get",
+                    b"u8",
+                    b"#100",
+                ]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"100000"]),
+                resp(&[b"bitfield", b"nk", b"set", b"u8", b"100", b"1"]),
+                resp(&[b"strlen", b"nk"]),
+                resp(&[
+                    b"bitfield",
+                    b"nk",
+                    b"incrby",
+                    b"u1",
+                    b"7",
+                    b"1",
+                    b"incrby",
+                    b"u1",
+                    b"7",
+                    b"1",
+                    b"incrby",
+                    b"u1",
+                    b"7",
+                    b"1",
+                ]),
+                resp(&[
+                    b"bitfield",
+                    b"nk",
+                    b"overflow",
+                    b"sat",
+                    b"incrby",
+                    b"u1",
+                    b"7",
+                    b"1",
+                    b"incrby",
+                    b"u1",
+                    b"7",
+                    b"1",
+                    b"overflow",
+                    b"fail",
+                    b"incrby",
+                    b"u1",
+                    b"7",
+                    b"1",
+                ]),
+                resp(&[b"get", b"nk"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"8388607"]),
+                resp(&[b"bitfield", b"bk", b"get", b"i8", b"8388608"]),
+                resp(&[b"bitfield", b"bk", b"get", b"u8", b"#1048575"]),
+                resp(&[b"bitfield", b"bk", b"get", b"u8", b"#1048576"]),
             ]
             .concat(),
         ),
