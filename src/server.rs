@@ -717,7 +717,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 // REDIRECT a RESP2 one is told nothing).
                 let mut pushes = Vec::new();
                 for message in message {
-                    crate::tracking::encode(&message, &mut pushes);
+                    crate::tracking::encode_push(&message, &mut pushes);
                 }
                 if conn.resp3 && !push_out(&mut socket, &node, &pushes).await {
                     break;
@@ -920,7 +920,7 @@ async fn messages(inbox: &mut Option<crate::pubsub::Inbox>) -> Vec<crate::pubsub
 /// now); never, for any other.
 async fn invalidations(
     tracking: &mut Option<crate::tracking::ClientTracking>,
-) -> Vec<crate::tracking::Invalidation> {
+) -> Vec<crate::tracking::Push> {
     let Some(tracking) = tracking else {
         return std::future::pending().await;
     };

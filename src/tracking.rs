@@ -28,6 +28,15 @@ pub const TRACKING_BACKLOG_MAX: usize = 1 << 16;
 /// The keys invalidated; `None`: all of them.
 pub type Invalidation = Option<Vec<Bytes>>;
 
+/// What a tracking connection is told (a RESP3 one: RESP2 has no pushes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    Invalidate(Invalidation),
+    /// Its REDIRECT target has gone, so an invalidation went nowhere
+    /// (Redis's `tracking-redir-broken` with the target's id).
+    RedirectBroken(i64),
+}
+
 /// How a client tracks (CLIENT TRACKING ON's options).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
@@ -53,13 +62,13 @@ pub struct ClientTracking {
     /// CLIENT CACHING YES or NO, for the next command.
     pub caching: Option<bool>,
     /// Its invalidations, to send.
-    pub inbox: mpsc::Receiver<Invalidation>,
+    pub inbox: mpsc::Receiver<Push>,
 }
 
 #[derive(Debug)]
 struct Tracked {
     options: Options,
-    outbox: mpsc::Sender<Invalidation>,
+    outbox: mpsc::Sender<Push>,
     activity: Arc<crate::node::Activity>,
     /// The client it redirects to has gone...
     target_gone: bool,
@@ -138,7 +147,7 @@ impl Tracking {
         id: u64,
         options: Options,
         activity: Arc<crate::node::Activity>,
-    ) -> mpsc::Receiver<Invalidation> {
+    ) -> mpsc::Receiver<Push> {
         let (outbox, inbox) = mpsc::channel(TRACKING_BACKLOG_MAX);
         let mut table = self.table();
         if options.bcast {
@@ -267,21 +276,22 @@ fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub:
 }
 
 /// Queues `message` for `client`, or with REDIRECT sends it to the client
-/// it redirects to (nothing once that one has gone). One behind by the
-/// whole backlog is closed: its cache can no longer be kept right. (Its
-/// connection is open: it leaves the table, under the lock held here,
-/// before its socket closes; one that stopped tracking has dropped its
-/// inbox: nothing to do.)
+/// it redirects to; once that one has gone, the client is told its
+/// redirect broke instead, at each invalidation, as Redis tells it. One
+/// behind by the whole backlog is closed: its cache can no longer be kept
+/// right. (Its connection is open: it leaves the table, under the lock
+/// held here, before its socket closes; one that stopped tracking has
+/// dropped its inbox: nothing to do.)
 fn send(client: &mut Tracked, message: Invalidation, pubsub: &crate::pubsub::PubSub) {
-    match client.options.redirect {
-        Some(_) if client.target_gone => {
+    let push = match client.options.redirect {
+        Some(to) if client.target_gone => {
             client.broken = true;
-            return;
+            Push::RedirectBroken(to)
         }
         Some(to) => return pubsub.invalidate(to as u64, &message),
-        None => {}
-    }
-    if let Err(mpsc::error::TrySendError::Full(_)) = client.outbox.try_send(message) {
+        None => Push::Invalidate(message),
+    };
+    if let Err(mpsc::error::TrySendError::Full(_)) = client.outbox.try_send(push) {
         tracing::warn!("closing a tracking client that fell behind on its invalidations");
         client.activity.kill();
     }
@@ -399,6 +409,16 @@ pub fn encode(message: &Invalidation, out: &mut Vec<u8>) {
     }
 }
 
+/// `push` as RESP3 writes it.
+pub fn encode_push(push: &Push, out: &mut Vec<u8>) {
+    match push {
+        Push::Invalidate(message) => encode(message, out),
+        Push::RedirectBroken(id) => out.extend_from_slice(
+            format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{id}\r\n").as_bytes(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,15 +446,24 @@ mod tests {
         assert!(tracking.listening());
         tracking.remember(1, [b("a"), b("user:1")]);
         tracking.changed(Changed::Keys(&[&b("a"), &b("a"), &b("b")]));
-        assert_eq!(reader.try_recv().unwrap(), Some(vec![b("a")]));
+        assert_eq!(
+            reader.try_recv().unwrap(),
+            Push::Invalidate(Some(vec![b("a")]))
+        );
         assert!(watcher.try_recv().is_err(), "not under its prefix");
         // Told once: the key must be read again.
         tracking.changed(Changed::Keys(&[&b("a"), &b("user:1")]));
-        assert_eq!(reader.try_recv().unwrap(), Some(vec![b("user:1")]));
-        assert_eq!(watcher.try_recv().unwrap(), Some(vec![b("user:1")]));
+        assert_eq!(
+            reader.try_recv().unwrap(),
+            Push::Invalidate(Some(vec![b("user:1")]))
+        );
+        assert_eq!(
+            watcher.try_recv().unwrap(),
+            Push::Invalidate(Some(vec![b("user:1")]))
+        );
         tracking.changed(Changed::All);
-        assert_eq!(reader.try_recv().unwrap(), None);
-        assert_eq!(watcher.try_recv().unwrap(), None);
+        assert_eq!(reader.try_recv().unwrap(), Push::Invalidate(None));
+        assert_eq!(watcher.try_recv().unwrap(), Push::Invalidate(None));
         tracking.disable(1);
         tracking.disable(2);
         assert!(!tracking.listening());
@@ -452,7 +481,9 @@ mod tests {
         };
         let mut watcher = tracking.enable(2, all, activity());
         tracking.remember(1, [b("a"), b("b"), b("c")]);
-        let told = reader.try_recv().unwrap().unwrap();
+        let Push::Invalidate(Some(told)) = reader.try_recv().unwrap() else {
+            panic!("keys invalidated");
+        };
         assert_eq!(told.len(), 1);
         assert_eq!(tracking.figures().keys, 2);
         assert!(watcher.try_recv().is_err(), "nothing changed for BCAST");

@@ -3243,7 +3243,9 @@ fn keyspace_events_follow_config_set() {
 /// CLIENT TRACKING's REDIRECT, the way RESP2 clients cache: a connection
 /// subscribed to `__redis__:invalidate` gets, as messages, the
 /// invalidations of the keys another connection read; a FLUSHALL's as a
-/// null; once it has gone, the redirect shows broken.
+/// null; once it has gone, the redirect shows broken, and a RESP3 client
+/// redirecting there is told so (`tracking-redir-broken`) at each
+/// invalidation.
 #[test]
 fn client_tracking_redirects_invalidations_to_a_subscriber() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -3274,13 +3276,20 @@ fn client_tracking_redirects_invalidations_to_a_subscriber() {
         &["PING"],
         "*3\r\n$7\r\nmessage\r\n$20\r\n__redis__:invalidate\r\n$-1\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n",
     );
+    // A RESP3 client redirecting there too is told, once it has gone, at
+    // each invalidation.
+    let mut resp3 = Resp3::connect(&server);
+    resp3.exchange(&["CLIENT", "TRACKING", "ON", "REDIRECT", &id], "+OK\r\n");
     drop(sink);
     assert!(wait_until(Duration::from_secs(10), || {
         let list: String = cmd(&["CLIENT", "LIST"]).query(p).expect("CLIENT LIST");
-        list.lines().count() == 2
+        list.lines().count() == 3
     }));
     tracker.exchange(&["GET", "k"], "$-1\r\n");
+    resp3.exchange(&["GET", "k"], "_\r\n");
     cmd(&["SET", "k", "x"]).query::<()>(p).expect("SET");
+    let broken = format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{id}\r\n");
+    resp3.exchange(&["PING"], &format!("{broken}+PONG\r\n"));
     tracker.exchange(
         &["CLIENT", "TRACKINGINFO"],
         &format!(
