@@ -163,13 +163,14 @@ pub fn inspect(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
             raw as f64 / stored as f64
         }
     };
-    let (mut frames, mut records, mut stored, mut raw, mut file) = (0, 0, 0, 0, 0);
+    let (mut frames, mut records, mut stored, mut raw, mut file, mut zeros) = (0, 0, 0, 0, 0, 0);
     for s in &inspection.segments {
         frames += s.frames;
         records += s.records;
         stored += s.stored_bytes;
         raw += s.raw_bytes;
         file += s.file_bytes;
+        zeros += s.zero_filled_bytes;
     }
     if as_json {
         let segments: Vec<_> = inspection
@@ -189,6 +190,7 @@ pub fn inspect(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                     "stored_bytes": s.stored_bytes,
                     "raw_bytes": s.raw_bytes,
                     "file_bytes": s.file_bytes,
+                    "zero_filled_bytes": s.zero_filled_bytes,
                     "ratio": ratio(s.stored_bytes, s.raw_bytes),
                 })
             })
@@ -204,6 +206,7 @@ pub fn inspect(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
                 "stored_bytes": stored,
                 "raw_bytes": raw,
                 "file_bytes": file,
+                "zero_filled_bytes": zeros,
                 "ratio": ratio(stored, raw),
             },
             "problems": problems,
@@ -240,9 +243,10 @@ pub fn inspect(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
             );
         }
         println!(
-            "total: {} segments, {frames} frames, {records} records, {stored} bytes stored, {raw} bytes decompressed, ratio {:.2}, {file} bytes on disk",
+            "total: {} segments, {frames} frames, {records} records, {stored} bytes stored, {raw} bytes decompressed, ratio {:.2}, {file} bytes on disk{}",
             inspection.segments.len(),
-            ratio(stored, raw)
+            ratio(stored, raw),
+            zero_filled_note(zeros)
         );
         for p in &inspection.problems {
             println!("{}", problem_line(p));
@@ -253,6 +257,16 @@ pub fn inspect(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// After a byte count: how many of them are the zero-filled space a crash
+/// left after the last frame (none: nothing).
+fn zero_filled_note(zeros: u64) -> String {
+    if zeros > 0 {
+        format!(" ({zeros} zero-filled after the last frame, cut at the next start)")
+    } else {
+        String::new()
+    }
 }
 
 fn problem_json(p: &Problem) -> serde_json::Value {
@@ -298,6 +312,11 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
             .map_or(Lsn::ZERO, |s| s.last_lsn),
     );
     let bytes: u64 = inspection.segments.iter().map(|s| s.file_bytes).sum();
+    let zeros: u64 = inspection
+        .segments
+        .iter()
+        .map(|s| s.zero_filled_bytes)
+        .sum();
     let epoch = inspection
         .segments
         .iter()
@@ -305,8 +324,9 @@ pub fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
         .max()
         .unwrap_or_default();
     println!(
-        "{} segments, {bytes} bytes, lsn {first}..={last}, last epoch {epoch}, {:.0} MB/s",
+        "{} segments, {bytes} bytes{}, lsn {first}..={last}, last epoch {epoch}, {:.0} MB/s",
         inspection.segments.len(),
+        zero_filled_note(zeros),
         bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9)
     );
     if inspection.is_intact() {

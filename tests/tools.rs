@@ -541,3 +541,48 @@ fn dump_shows_messages_and_keyspace_events() {
         ]
     );
 }
+
+/// A node killed with `kill -9` leaves the space its WAL writer had
+/// zero-filled ahead: the tools count it apart, as no problem, and the
+/// next start cuts it off.
+#[test]
+fn the_tools_count_the_zero_filled_space_a_crash_leaves_apart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("n");
+    let mut server = Server::start(&data, &["--fsync", "always"]);
+    for i in 0..20 {
+        raw(&mut server.client(), &["SET", &format!("k{i}"), "v"]);
+    }
+    server.kill();
+    let wal = data.join("wal");
+    let out = run(&["wal", "verify", path(&wal)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("zero-filled after the last frame, cut at the next start")
+            && stdout.contains("intact"),
+        "{stdout}"
+    );
+    let out = run(&["wal", "inspect", path(&wal), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let zeros = json["totals"]["zero_filled_bytes"]
+        .as_u64()
+        .expect("a count");
+    let on_disk = json["totals"]["file_bytes"].as_u64().expect("a size");
+    assert!(zeros > 0 && zeros < on_disk, "{json}");
+
+    let mut server = Server::start(&data, &["--fsync", "always"]);
+    assert_eq!(
+        raw(&mut server.client(), &["DBSIZE"]),
+        redis::Value::Int(20)
+    );
+    assert!(server.terminate().success());
+    let out = run(&["wal", "inspect", path(&wal), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["totals"]["zero_filled_bytes"], 0, "{json}");
+    assert_eq!(
+        json["totals"]["file_bytes"].as_u64(),
+        Some(on_disk - zeros),
+        "only the frames are left: {json}"
+    );
+}

@@ -9,6 +9,8 @@
 //! on top of the header's own checks) and goes on from there. A bad stretch
 //! at the end of the last segment with no valid frame after it is a torn
 //! tail, which opening the log would cut off; anything else is corruption.
+//! Zero-filled space after the last frame (what a crash leaves of the
+//! space the writer fills ahead) is no problem: it is counted apart.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,9 @@ pub struct SegmentInfo {
     pub raw_bytes: u64,
     /// The file's size.
     pub file_bytes: u64,
+    /// Of them, zero-filled space after the last frame (preallocated; cut
+    /// when the log is next opened).
+    pub zero_filled_bytes: u64,
 }
 
 /// One problem found by a scan.
@@ -170,6 +175,7 @@ pub fn scan_dir_from(
             stored_bytes: 0,
             raw_bytes: 0,
             file_bytes: data.len() as u64,
+            zero_filled_bytes: 0,
         };
         let mut problem = |offset: u64, lsn: Lsn, reason: String, torn_tail: bool, bytes: u64| {
             out.problems.push(Problem {
@@ -271,6 +277,7 @@ pub fn scan_dir_from(
             let Some(reason) = bad else { continue };
             if format::is_zero_filled(&data[offset..]) {
                 // Preallocated space after the last frame: not a problem.
+                info.zero_filled_bytes = (data.len() - offset) as u64;
                 break;
             }
             let resume = resync(&data, offset + 1, limits);

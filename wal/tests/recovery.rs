@@ -507,6 +507,12 @@ fn a_crash_with_zero_filled_space_recovers_every_record_and_keeps_no_copy() {
     })
     .expect("scan");
     assert!(inspection.is_intact(), "{:?}", inspection.problems);
+    let last = inspection.segments.last().expect("a segment");
+    assert_eq!(
+        last.zero_filled_bytes as usize,
+        bytes.len() - frame_bounds_until_zeros(&bytes),
+        "the zeros are counted apart"
+    );
 
     let wal = expect_records_with(&crashed, &written, preallocating(SyncPolicy::Always));
     assert!(broken_copies(&crashed).is_empty(), "zeros are not kept");
