@@ -4621,6 +4621,9 @@ enum Settable {
     SyncPolicy,
     /// Keyspace notifications' classes ([`crate::notify::parse`]).
     KeyspaceEvents,
+    /// `client-output-buffer-limit`'s classes
+    /// ([`crate::pubsub::parse_output_limits`]).
+    OutputLimits,
     /// Only the value that is what ferry does (a script's `CONFIG SET save
     /// ""` goes through); any other is refused with the reason.
     Only(&'static str, &'static str),
@@ -4633,6 +4636,7 @@ enum Setting<'a> {
     Int(i64),
     Text(&'a Bytes),
     SyncPolicy(ferry_wal::SyncPolicy),
+    OutputLimits([crate::pubsub::OutputLimit; 3]),
 }
 
 const SETTABLE: &[(&str, Settable)] = &[
@@ -4645,6 +4649,7 @@ const SETTABLE: &[(&str, Settable)] = &[
             "ferry logs every write to its WAL: appendonly is always yes",
         ),
     ),
+    ("client-output-buffer-limit", Settable::OutputLimits),
     (
         "client-query-buffer-limit",
         Settable::Memory(1 << 20, i64::MAX),
@@ -4746,6 +4751,13 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                 Some(flags) => Setting::Int(flags.into()),
                 None => return failed(name, crate::notify::INVALID),
             },
+            Settable::OutputLimits => match crate::pubsub::parse_output_limits(
+                &String::from_utf8_lossy(value),
+                node.pubsub.output_limits(),
+            ) {
+                Ok(limits) => Setting::OutputLimits(limits),
+                Err(why) => return failed(name, why),
+            },
             Settable::Only(accepted, _) if eq(value, accepted) => Setting::Same,
             Settable::Only("yes", _) if !eq(value, "no") => {
                 return failed(name, "argument must be 'yes' or 'no'");
@@ -4808,6 +4820,11 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
             Setting::SyncPolicy(policy) => {
                 node.wal.set_sync_policy(policy);
                 tracing::info!(parameter = name, value = %policy, "CONFIG SET");
+            }
+            Setting::OutputLimits(limits) => {
+                node.pubsub.set_output_limits(limits);
+                let value = crate::pubsub::format_output_limits(&limits);
+                tracing::info!(parameter = name, value, "CONFIG SET");
             }
             Setting::Int(v) => {
                 let unsigned = v.max(0) as u64;

@@ -228,8 +228,12 @@ pub fn expand_args(args: Vec<OsString>, serve: &clap::Command) -> Result<Vec<OsS
         if given_elsewhere(&args[at..], arg) {
             continue;
         }
-        // A later line sets it again: the last one counts, as in Redis.
-        inserted.retain(|(name, _)| *name != s.name);
+        // A later line sets it again: the last one counts, as in Redis
+        // (one that adds to the earlier ones, as a line per class of
+        // client-output-buffer-limit, keeps them).
+        if !matches!(arg.get_action(), clap::ArgAction::Append) {
+            inserted.retain(|(name, _)| *name != s.name);
+        }
         inserted.push((s.name.clone(), format!("--{}={}", s.name, s.value).into()));
     }
     let mut out = args;

@@ -618,6 +618,10 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             crate::notify::format(node.notify.flags()),
         ),
         (
+            "client-output-buffer-limit".into(),
+            crate::pubsub::format_output_limits(&node.pubsub.output_limits()),
+        ),
+        (
             "tracking-table-max-keys".into(),
             node.tracking.max_keys().to_string(),
         ),

@@ -245,6 +245,13 @@ struct ServeArgs {
     /// its primary logs, which takes the classes on there.
     #[arg(long, env = "FERRY_NOTIFY_KEYSPACE_EVENTS", default_value = "", value_parser = parse_keyspace_events)]
     notify_keyspace_events: u32,
+    /// When a client whose output waits is closed, as Redis's
+    /// client-output-buffer-limit: `class hard soft seconds` for the
+    /// classes given (normal, replica, pubsub; sizes as 32mb), over
+    /// Redis's defaults; given again (a line per class in a config file),
+    /// each over the last. ferry holds subscribers (pubsub) to it.
+    #[arg(long, env = "FERRY_CLIENT_OUTPUT_BUFFER_LIMIT", default_value = pubsub::OUTPUT_LIMITS_DEFAULT_TEXT, value_parser = parse_output_limits, action = clap::ArgAction::Append)]
+    client_output_buffer_limit: Vec<String>,
     /// Closes a client idle this many seconds (Redis's timeout; 0: never).
     /// A MONITOR client, a subscriber, or one waiting in WAIT, is not idle.
     #[arg(long, env = "FERRY_TIMEOUT", default_value_t = 0)]
@@ -280,6 +287,13 @@ fn parse_host_port(s: &str) -> Result<String, String> {
 }
 
 /// Keyspace notifications' classes, as Redis reads them ([`notify::parse`]).
+/// A `client-output-buffer-limit` value, checked.
+fn parse_output_limits(s: &str) -> Result<String, String> {
+    pubsub::parse_output_limits(s, pubsub::OUTPUT_LIMITS_DEFAULT)
+        .map(|_| s.to_string())
+        .map_err(str::to_string)
+}
+
 fn parse_keyspace_events(s: &str) -> Result<u32, String> {
     notify::parse(s.as_bytes()).ok_or_else(|| notify::INVALID.to_string())
 }
@@ -787,6 +801,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let node = Arc::new(Node::open(config, resp_addr, grpc_addr).await?);
         node.tracking.set_max_keys(args.tracking_table_max_keys);
         node.notify.set(args.notify_keyspace_events);
+        let mut limits = pubsub::OUTPUT_LIMITS_DEFAULT;
+        for value in &args.client_output_buffer_limit {
+            limits = pubsub::parse_output_limits(value, limits).map_err(anyhow::Error::msg)?;
+        }
+        node.pubsub.set_output_limits(limits);
         node.start_role().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let grpc_task = tokio::spawn(status::serve(node.clone(), grpc, stop_rx.clone()));

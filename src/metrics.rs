@@ -410,7 +410,7 @@ fn render(node: &Node) -> String {
     );
     out.counter(
         "ferry_pubsub_subscribers_closed_total",
-        "Subscribers closed for letting PUBSUB_BACKLOG_BYTES_MAX of messages pile up unread.",
+        "Subscribers closed for letting messages pile up unread (client-output-buffer-limit pubsub).",
         pubsub.closed,
     );
     for (name, help, counter) in [

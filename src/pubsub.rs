@@ -10,8 +10,10 @@
 //! reach its own subscribers only, as in Redis.
 //!
 //! A subscriber's messages wait in its inbox until its connection writes
-//! them; one that lets [`PUBSUB_BACKLOG_BYTES_MAX`] of them pile up is
-//! closed (Redis's `client-output-buffer-limit pubsub` hard limit).
+//! them; one that lets too many pile up is closed, by Redis's
+//! `client-output-buffer-limit` for the `pubsub` class: at its hard limit
+//! ([`PUBSUB_BACKLOG_BYTES_MAX`] by default), or past its soft limit for
+//! longer than its seconds (8 MiB for 60 s).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +27,99 @@ use tokio::sync::mpsc;
 use crate::node::Activity;
 use crate::resp::Reply;
 
-/// Messages waiting for a subscriber, in bytes, past which it is closed
+/// Messages waiting for a subscriber, in bytes, at which it is closed
 /// (Redis's default hard limit for Pub/Sub clients).
 pub const PUBSUB_BACKLOG_BYTES_MAX: usize = 32 << 20;
+
+/// One class of Redis's `client-output-buffer-limit`: a client is closed
+/// once `hard` bytes wait for it, or once `soft` bytes have waited for
+/// longer than `soft_secs` seconds (0 bytes: no such limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub hard: u64,
+    pub soft: u64,
+    pub soft_secs: u64,
+}
+
+/// The classes of `client-output-buffer-limit`, in Redis's order and as
+/// CONFIG GET names them. ferry enforces the `pubsub` class; `normal`
+/// replies are written as they are made (a client that does not read
+/// stops being read), and replicas are fed over gRPC with its own flow
+/// control, so those two are kept and shown only.
+pub const OUTPUT_CLASSES: [&str; 3] = ["normal", "slave", "pubsub"];
+
+/// [`OUTPUT_LIMITS_DEFAULT`] as CONFIG GET shows it.
+pub const OUTPUT_LIMITS_DEFAULT_TEXT: &str =
+    "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60";
+
+/// Redis's defaults for [`OUTPUT_CLASSES`].
+pub const OUTPUT_LIMITS_DEFAULT: [OutputLimit; 3] = [
+    OutputLimit {
+        hard: 0,
+        soft: 0,
+        soft_secs: 0,
+    },
+    OutputLimit {
+        hard: 256 << 20,
+        soft: 64 << 20,
+        soft_secs: 60,
+    },
+    OutputLimit {
+        hard: PUBSUB_BACKLOG_BYTES_MAX as u64,
+        soft: 8 << 20,
+        soft_secs: 60,
+    },
+];
+
+/// A `client-output-buffer-limit` value (`class hard soft seconds`, for
+/// as many classes as it names; `replica` for `slave`, sizes with Redis's
+/// units) applied over `base`, all or nothing, as Redis 7.0 reads it (an
+/// empty one changes nothing); the error text if not.
+pub fn parse_output_limits(
+    value: &str,
+    base: [OutputLimit; 3],
+) -> Result<[OutputLimit; 3], &'static str> {
+    let args: Vec<&str> = value.split_ascii_whitespace().collect();
+    if !args.len().is_multiple_of(4) {
+        return Err("Wrong number of arguments in buffer limit configuration.");
+    }
+    let mut limits = base;
+    for class in args.chunks(4) {
+        let at = match class[0].to_ascii_lowercase().as_str() {
+            "normal" => 0,
+            "slave" | "replica" => 1,
+            "pubsub" => 2,
+            _ => return Err("Invalid client class specified in buffer limit configuration."),
+        };
+        let mut values = [0u64; 3];
+        for (value, arg) in values.iter_mut().zip(&class[1..]) {
+            *value = match crate::commands::parse_memory(arg.as_bytes()) {
+                Some(v) if v >= 0 => v as u64,
+                _ => {
+                    return Err(
+                        "Error in hard, soft or soft_seconds setting in buffer limit configuration.",
+                    );
+                }
+            };
+        }
+        limits[at] = OutputLimit {
+            hard: values[0],
+            soft: values[1],
+            soft_secs: values[2],
+        };
+    }
+    Ok(limits)
+}
+
+/// `limits` as CONFIG GET shows them (Redis's: `normal 0 0 0 slave ...`).
+pub fn format_output_limits(limits: &[OutputLimit; 3]) -> String {
+    OUTPUT_CLASSES
+        .iter()
+        .zip(limits)
+        .map(|(class, l)| format!("{class} {} {} {}", l.hard, l.soft, l.soft_secs))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// A message applied this long after it was published is not delivered:
 /// a replica catching up after a partition does not flood its subscribers
@@ -147,6 +239,9 @@ pub fn write_message(message: &Pushed, out: &mut BytesMut, resp3: bool) {
 struct Subscriber {
     outbox: mpsc::UnboundedSender<Pushed>,
     queued: Arc<AtomicUsize>,
+    /// When its backlog was found at the soft limit, in seconds since the
+    /// Unix epoch (0: it was below at the last message).
+    over_soft_since: AtomicU64,
     activity: Arc<Activity>,
     /// Its subscriptions by [`Kind`].
     names: [BTreeSet<Bytes>; 3],
@@ -166,10 +261,11 @@ impl Subscriber {
         self.names.iter().map(BTreeSet::len).sum()
     }
 
-    /// Queues `message`; a subscriber that lets too much pile up is
-    /// closed (its connection leaves the table as it ends; counted in
-    /// `closed`). Whether it was queued.
-    fn send(&self, message: Pushed, closed: &AtomicU64) -> bool {
+    /// Queues `message`; a subscriber that lets too much pile up, by
+    /// `limit` as of `now_secs` (Redis's checks), is closed (its connection
+    /// leaves the table as it ends; counted in `closed`). Whether it was
+    /// queued.
+    fn send(&self, message: Pushed, limit: OutputLimit, now_secs: u64, closed: &AtomicU64) -> bool {
         if self.activity.is_killed() {
             return false;
         }
@@ -177,11 +273,26 @@ impl Subscriber {
         if self.outbox.send(message).is_err() {
             return false;
         }
-        let queued = self.queued.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > PUBSUB_BACKLOG_BYTES_MAX {
+        let queued = (self.queued.fetch_add(len, Ordering::AcqRel) + len) as u64;
+        let hard = limit.hard > 0 && queued >= limit.hard;
+        let soft = limit.soft > 0 && queued >= limit.soft && {
+            // Counted from the first message that found it there.
+            let since = self.over_soft_since.load(Ordering::Acquire);
+            if since == 0 {
+                self.over_soft_since.store(now_secs, Ordering::Release);
+                false
+            } else {
+                now_secs.saturating_sub(since) > limit.soft_secs
+            }
+        };
+        if limit.soft == 0 || queued < limit.soft {
+            self.over_soft_since.store(0, Ordering::Release);
+        }
+        if hard || soft {
             tracing::warn!(
                 bytes = queued,
-                "closing a subscriber that fell behind on its messages"
+                limit = if hard { "hard" } else { "soft" },
+                "closing a subscriber that fell behind on its messages (client-output-buffer-limit pubsub)"
             );
             self.activity.kill();
             closed.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +326,24 @@ pub struct PubSub {
     /// Clients with subscriptions: while none are, a message costs no
     /// lock (keyspace notifications with no one listening).
     clients: AtomicUsize,
+    limits: Limits,
+}
+
+/// `client-output-buffer-limit` (see [`OUTPUT_CLASSES`]).
+#[derive(Debug)]
+struct Limits(Mutex<[OutputLimit; 3]>);
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits(Mutex::new(OUTPUT_LIMITS_DEFAULT))
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Figures for INFO and the metrics.
@@ -274,6 +403,22 @@ impl PubSub {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `client-output-buffer-limit`, all classes.
+    pub fn output_limits(&self) -> [OutputLimit; 3] {
+        *self.limits.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets `client-output-buffer-limit`; the `pubsub` class holds from the
+    /// next message on.
+    pub fn set_output_limits(&self, limits: [OutputLimit; 3]) {
+        *self.limits.0.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// The `pubsub` class's limit, and the time to judge it by.
+    fn subscriber_limit(&self) -> (OutputLimit, u64) {
+        (self.output_limits()[2], now_secs())
+    }
+
     /// Whether some client has subscriptions.
     pub fn has_subscribers(&self) -> bool {
         self.clients.load(Ordering::Acquire) > 0
@@ -317,6 +462,7 @@ impl PubSub {
             Subscriber {
                 outbox,
                 queued,
+                over_soft_since: AtomicU64::new(0),
                 activity: activity.clone(),
                 names: Default::default(),
             }
@@ -415,6 +561,7 @@ impl PubSub {
             return 0;
         }
         let table = self.table();
+        let (limit, now) = self.subscriber_limit();
         let mut delivered = 0;
         let kind = if shard { Kind::Shard } else { Kind::Channel };
         if let Some(ids) = table.names[kind as usize].get(channel) {
@@ -425,7 +572,8 @@ impl PubSub {
             };
             for id in ids {
                 if let Some(client) = table.clients.get(id) {
-                    delivered += usize::from(client.send(message.clone(), &self.closed));
+                    delivered +=
+                        usize::from(client.send(message.clone(), limit, now, &self.closed));
                 }
             }
         }
@@ -441,7 +589,8 @@ impl PubSub {
                 };
                 for id in ids {
                     if let Some(client) = table.clients.get(id) {
-                        delivered += usize::from(client.send(message.clone(), &self.closed));
+                        delivered +=
+                            usize::from(client.send(message.clone(), limit, now, &self.closed));
                     }
                 }
             }
@@ -479,6 +628,7 @@ impl PubSub {
             // The same array as RESP3's, after its `invalidate`.
             Some(_) => resp2.extend_from_slice(&resp3[b">2\r\n$10\r\ninvalidate\r\n".len()..]),
         }
+        let (limit, now) = self.subscriber_limit();
         let sent = client.send(
             Pushed {
                 resp2: resp2.freeze(),
@@ -486,6 +636,8 @@ impl PubSub {
                 lsn: 0,
                 seq: self.next_seq(),
             },
+            limit,
+            now,
             &self.closed,
         );
         self.sent.fetch_add(u64::from(sent), Ordering::Relaxed);
@@ -727,6 +879,79 @@ mod tests {
             hub.unsubscribe(1, &a, Kind::Pattern, &[]),
             Reply::Seq(vec![confirmation("punsubscribe", None, 0)])
         );
+    }
+
+    #[test]
+    fn output_limits_read_and_show_as_redis_s() {
+        assert_eq!(
+            parse_output_limits(OUTPUT_LIMITS_DEFAULT_TEXT, OUTPUT_LIMITS_DEFAULT),
+            Ok(OUTPUT_LIMITS_DEFAULT)
+        );
+        assert_eq!(
+            format_output_limits(&OUTPUT_LIMITS_DEFAULT),
+            OUTPUT_LIMITS_DEFAULT_TEXT
+        );
+        assert_eq!(
+            parse_output_limits("", OUTPUT_LIMITS_DEFAULT),
+            Ok(OUTPUT_LIMITS_DEFAULT)
+        );
+        let limits = parse_output_limits("Replica 1kb 2k 3", OUTPUT_LIMITS_DEFAULT).unwrap();
+        assert_eq!(
+            limits[1],
+            OutputLimit {
+                hard: 1024,
+                soft: 2000,
+                soft_secs: 3
+            }
+        );
+        assert_eq!(
+            limits[2], OUTPUT_LIMITS_DEFAULT[2],
+            "the other classes kept"
+        );
+        for (bad, why) in [
+            ("pubsub 1 2", "Wrong number"),
+            ("master 1 2 3", "Invalid client class"),
+            ("pubsub -1 0 0", "Error in hard"),
+            ("normal 1 1 1 pubsub 1 1 x", "Error in hard"),
+        ] {
+            let err = parse_output_limits(bad, OUTPUT_LIMITS_DEFAULT).unwrap_err();
+            assert!(err.starts_with(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_soft_limit_closes_a_subscriber_over_it_longer_than_its_seconds() {
+        let hub = PubSub::default();
+        let a = activity();
+        let mut inbox = None;
+        hub.subscribe(1, &a, &mut inbox, Kind::Channel, &[b("c")]);
+        let message = encode(Kind::Channel, None, b"c", &[b'x'; 100]);
+        let each = message.len() as u64;
+        let limit = OutputLimit {
+            hard: 0,
+            soft: 2 * each,
+            soft_secs: 2,
+        };
+        let closed = AtomicU64::new(0);
+        let send = |now: u64| {
+            let table = hub.table();
+            let client = table.clients.get(&1).expect("subscribed");
+            assert!(client.send(message.clone(), limit, now, &closed));
+        };
+        send(100);
+        send(100); // at the soft limit: counted from now
+        send(102);
+        assert!(!a.is_killed(), "not longer than 2 s over");
+        // Read: below the limit again, the count starts over.
+        let inbox = inbox.as_mut().expect("an inbox");
+        assert_eq!(inbox.take(None, None).len(), 3);
+        send(103);
+        send(104);
+        send(106);
+        assert!(!a.is_killed(), "2 s over since 104");
+        send(107);
+        assert!(a.is_killed(), "3 s over since 104");
+        assert_eq!(closed.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -2782,7 +2782,8 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
     std::fs::write(
         &file,
         "# ferry's settings\n\nappendfsync always\nmaxclients 77\nproto-max-bulk-len 2mb\n\
-         slowlog-max-len 5\ntimeout \"0\"\n",
+         slowlog-max-len 5\ntimeout \"0\"\nclient-output-buffer-limit pubsub 64mb 16mb 30\n\
+         client-output-buffer-limit replica 1mb 2mb 3\n",
     )
     .unwrap();
     let path = file.to_str().unwrap();
@@ -2807,6 +2808,11 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
         // The command line's, then the environment's, over the file's.
         ("slowlog-max-len", "6"),
         ("timeout", "9"),
+        // A line per class, as Redis's file has them.
+        (
+            "client-output-buffer-limit",
+            "normal 0 0 0 slave 1048576 2097152 3 pubsub 67108864 16777216 30",
+        ),
     ] {
         assert_eq!(get(c, name), value, "{name}");
     }
@@ -2864,7 +2870,8 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         "# ferry's settings\n\nfsync always\nmaxclients 88\nproto-max-bulk-len 2097152\n\
-         slowlog-max-len 6\ntimeout 9\nrequirepass \"two words\"\ntcp-keepalive 60\n"
+         slowlog-max-len 6\ntimeout 9\nclient-output-buffer-limit \"normal 0 0 0 slave 1048576 \
+         2097152 3 pubsub 67108864 16777216 30\"\nrequirepass \"two words\"\ntcp-keepalive 60\n"
     );
     server.sigterm();
     assert!(
@@ -2884,6 +2891,10 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
         ("timeout", "9"),
         ("tcp-keepalive", "60"),
         ("slowlog-max-len", "6"),
+        (
+            "client-output-buffer-limit",
+            "normal 0 0 0 slave 1048576 2097152 3 pubsub 67108864 16777216 30",
+        ),
     ] {
         assert_eq!(get(c, name), value, "{name}");
     }
@@ -3152,7 +3163,7 @@ fn a_resp3_subscriber_reads_and_writes_between_messages() {
 }
 
 /// A subscriber that stops reading is closed once its messages waiting
-/// pass the limit (32 MiB, Redis's hard limit for Pub/Sub clients); the
+/// reach the limit (32 MiB, Redis's hard limit for Pub/Sub clients); the
 /// server and the other subscribers go on.
 #[test]
 fn a_subscriber_that_stops_reading_is_closed_past_the_limit() {
@@ -3192,6 +3203,94 @@ fn a_subscriber_that_stops_reading_is_closed_past_the_limit() {
     );
     let pong: String = cmd(&["PING"]).query(p).expect("PING");
     assert_eq!(pong, "PONG");
+}
+
+/// `client-output-buffer-limit` set at run time holds subscribers to it:
+/// a hard limit lowered to 256 KiB closes one that stops reading at that;
+/// a soft limit closes one that stays past it longer than its seconds,
+/// counted from the first message that found it there.
+#[test]
+fn client_output_buffer_limit_set_at_run_time_holds_subscribers_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let p = &mut server.client();
+    let subscribe = |channel: &str| {
+        let mut stuck = Resp3::connect_resp2(&server);
+        stuck.exchange(
+            &["SUBSCRIBE", channel],
+            &format!(
+                "*3\r\n$9\r\nsubscribe\r\n${}\r\n{channel}\r\n:1\r\n",
+                channel.len()
+            ),
+        );
+        stuck
+    };
+    // 64 KiB messages: the socket's buffers hold a few hundred KiB, so the
+    // limits are tested by what waits past them.
+    let payload = "x".repeat(64 << 10);
+    let mut publish_until_closed = |channel: &str, most: usize| {
+        for sent in 1..=most {
+            let n: i64 = cmd(&["PUBLISH", channel, &payload])
+                .query(p)
+                .expect("PUBLISH");
+            if n == 0 {
+                return Some(sent);
+            }
+        }
+        None
+    };
+    let _hard = subscribe("hard");
+    raw(
+        &mut server.client(),
+        &[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 256kb 0 0",
+        ],
+    );
+    let sent = publish_until_closed("hard", 1000).expect("closed at the hard limit");
+    assert!(sent > 4, "closed after {sent} messages, before 256 KiB");
+
+    let _soft = subscribe("soft");
+    raw(
+        &mut server.client(),
+        &[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 0 256kb 1",
+        ],
+    );
+    let started = std::time::Instant::now();
+    // Bounded: a message every 10 ms for at most 10 s.
+    let mut closed = false;
+    for _ in 0..1000 {
+        let n: i64 = cmd(&["PUBLISH", "soft", &payload])
+            .query(&mut server.client())
+            .expect("PUBLISH");
+        if n == 0 {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(closed, "the soft limit closed the subscriber");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed only after the soft limit's second, in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        raw(
+            &mut server.client(),
+            &["CONFIG", "GET", "client-output-buffer-limit"]
+        ),
+        V::Array(vec![
+            bulk("client-output-buffer-limit"),
+            bulk("normal 0 0 0 slave 268435456 67108864 60 pubsub 0 262144 1"),
+        ])
+    );
 }
 
 /// Keyspace notifications set at run time: off, nothing is told; with

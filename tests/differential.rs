@@ -2094,6 +2094,35 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "CONFIG SET client-output-buffer-limit as Redis reads and shows it",
+            {
+                let mut case = vec![resp(&[b"CONFIG", b"GET", b"client-output-buffer-limit"])];
+                for value in [
+                    &b"pubsub 64mb 16mb 30"[..],
+                    b"replica 1kb 2k 3 normal 1 2 3",
+                    b"SLAVE 0 0 0 PubSub 1gb 0 0",
+                    b"pubsub 1 2",
+                    b"master 1 2 3",
+                    b"nobody 1 2 3",
+                    b"pubsub -1 0 0",
+                    b"pubsub 1x 0 0",
+                    b"pubsub 1 2 3 normal",
+                    b"normal 9 9 9 pubsub 1 2 x",
+                    b"",
+                    b"normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60",
+                ] {
+                    case.push(resp(&[
+                        b"CONFIG",
+                        b"SET",
+                        b"client-output-buffer-limit",
+                        value,
+                    ]));
+                    case.push(resp(&[b"CONFIG", b"GET", b"client-output-buffer-limit"]));
+                }
+                case.concat()
+            },
+        ),
+        (
             "CONFIG SET notify-keyspace-events as Redis reads and shows it",
             {
                 let mut case = Vec::new();
