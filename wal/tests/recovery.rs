@@ -412,6 +412,16 @@ fn preallocating(policy: SyncPolicy) -> WalOptions {
     }
 }
 
+/// Appends `count` records tagged `tag` to `wal`, one per frame; the
+/// records, in order, added to `written`.
+fn append_records(wal: &ferry_wal::Wal, tag: &str, count: usize, written: &mut Vec<Bytes>) {
+    for i in 0..count {
+        let data = record(tag, i);
+        wal.append_blocking(vec![data.clone()]).expect("append");
+        written.push(data);
+    }
+}
+
 /// The end of the frames of a segment's bytes.
 fn frames_end(segment: &[u8]) -> usize {
     let frames = frame_bounds(segment);
@@ -423,11 +433,7 @@ fn the_active_segment_is_zero_filled_ahead_and_a_closed_log_holds_no_zeros() {
     let storage = MemStorage::new();
     let wal = open(&storage, preallocating(SyncPolicy::Always));
     let mut written = Vec::new();
-    for i in 0..2_000 {
-        let data = record("p", i);
-        wal.append_blocking(vec![data.clone()]).expect("append");
-        written.push(data);
-    }
+    append_records(&wal, "p", 2_000, &mut written);
     let files = segments(&storage);
     assert!(files.len() >= 2, "the appends crossed a segment");
     for sealed in &files[..files.len() - 1] {
@@ -483,11 +489,7 @@ fn a_crash_with_zero_filled_space_recovers_every_record_and_keeps_no_copy() {
     let storage = MemStorage::new();
     let wal = open(&storage, preallocating(SyncPolicy::Always));
     let mut written = Vec::new();
-    for i in 0..300 {
-        let data = record("z", i);
-        wal.append_blocking(vec![data.clone()]).expect("append");
-        written.push(data);
-    }
+    append_records(&wal, "z", 300, &mut written);
     // Everything was synced under always: the crash keeps it all, zeros too.
     let crashed = storage.crash(1);
     drop(wal);
@@ -523,11 +525,7 @@ fn a_crash_with_zero_filled_space_recovers_every_record_and_keeps_no_copy() {
         "the log ends at its last frame"
     );
     // Appends go on in the zero-filled space, and survive the next crash.
-    for i in 0..300 {
-        let data = record("after", i);
-        wal.append_blocking(vec![data.clone()]).expect("append");
-        written.push(data);
-    }
+    append_records(&wal, "after", 300, &mut written);
     let again = crashed.crash(2);
     drop(wal);
     drop(expect_records_with(
@@ -542,9 +540,7 @@ fn a_crash_with_zero_filled_space_recovers_every_record_and_keeps_no_copy() {
 fn zeros_followed_by_a_frame_are_corruption_not_the_end() {
     let storage = MemStorage::new();
     let wal = open(&storage, preallocating(SyncPolicy::Always));
-    for i in 0..20 {
-        wal.append_blocking(vec![record("c", i)]).expect("append");
-    }
+    append_records(&wal, "c", 20, &mut Vec::new());
     drop(wal);
     let active = segments(&storage).pop().expect("a segment");
     let mut bytes = storage.file_bytes(&active).expect("bytes");
@@ -566,12 +562,8 @@ fn a_failed_zero_fill_is_only_warned_of_and_the_appends_go_on() {
     // half-way.
     storage.tear_next_write();
     let mut written = Vec::new();
-    for i in 0..300 {
-        let data = record("t", i);
-        wal.append_blocking(vec![data.clone()])
-            .expect("the append succeeds though its zero fill failed");
-        written.push(data);
-    }
+    // Each append succeeds though the zero fill failed.
+    append_records(&wal, "t", 300, &mut written);
     let active = segments(&storage).pop().expect("a segment");
     let bytes = storage.file_bytes(&active).expect("bytes");
     assert!(
