@@ -286,7 +286,6 @@ fn parse_host_port(s: &str) -> Result<String, String> {
     }
 }
 
-/// Keyspace notifications' classes, as Redis reads them ([`notify::parse`]).
 /// A `client-output-buffer-limit` value, checked.
 fn parse_output_limits(s: &str) -> Result<String, String> {
     pubsub::parse_output_limits(s, pubsub::OUTPUT_LIMITS_DEFAULT)
@@ -294,6 +293,7 @@ fn parse_output_limits(s: &str) -> Result<String, String> {
         .map_err(str::to_string)
 }
 
+/// Keyspace notifications' classes, as Redis reads them ([`notify::parse`]).
 fn parse_keyspace_events(s: &str) -> Result<u32, String> {
     notify::parse(s.as_bytes()).ok_or_else(|| notify::INVALID.to_string())
 }
