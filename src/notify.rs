@@ -188,11 +188,15 @@ impl Notify {
             let recreated = target.filter(|t| !absent.contains(t));
             for key in absent.iter().chain(recreated) {
                 let expired = events.iter().any(|(_, e, k)| *e == "expired" && k == key);
-                if let Some(at) = events.iter().position(|(_, _, k)| k == key)
-                    && (expired || view.get(key)?.is_some())
-                {
-                    let at = if name.starts_with("rename") { 0 } else { at };
-                    events.insert(at, ("n", "new", key.clone()));
+                match events.iter().position(|(_, _, k)| k == key) {
+                    Some(at) if expired || view.get(key)?.is_some() => {
+                        let at = if name.starts_with("rename") { 0 } else { at };
+                        events.insert(at, ("n", "new", key.clone()));
+                    }
+                    // Created with no event of its own (a BITFIELD whose
+                    // every write OVERFLOW FAIL refused): `new` alone.
+                    None if view.get(key)?.is_some() => events.push(("n", "new", key.clone())),
+                    _ => {}
                 }
             }
         }

@@ -2979,6 +2979,41 @@ fn pubsub_replies_are_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "new for a key BITFIELD creates, and no setbit for writes not done",
+            [
+                resp(&[b"HELLO", b"3"]),
+                resp(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA$n"]),
+                resp(&[b"PSUBSCRIBE", b"__key*__:*"]),
+                // Every write refused: the key is made, and only `new` told.
+                resp(&[
+                    b"BITFIELD",
+                    b"bf",
+                    b"OVERFLOW",
+                    b"FAIL",
+                    b"SET",
+                    b"u8",
+                    b"8",
+                    b"999",
+                ]),
+                resp(&[
+                    b"BITFIELD",
+                    b"bf",
+                    b"OVERFLOW",
+                    b"FAIL",
+                    b"SET",
+                    b"u8",
+                    b"0",
+                    b"999",
+                ]),
+                // Its value as it was: no change, nothing told.
+                resp(&[b"BITFIELD", b"bf", b"SET", b"u8", b"0", b"0"]),
+                // (Not a write that is done: Redis pushes its `setbit` to
+                // the writer after the reply, ferry before.)
+                resp(&[b"GET", b"bf"]),
+            ]
+            .concat(),
+        ),
+        (
             "keymiss for the reads that find no key",
             [
                 resp(&[b"HELLO", b"3"]),
