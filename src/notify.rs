@@ -195,7 +195,9 @@ impl Notify {
                     }
                     // Created with no event of its own (a BITFIELD whose
                     // every write OVERFLOW FAIL refused): `new` alone.
-                    None if view.get(key)?.is_some() => events.push(("n", "new", key.clone())),
+                    None if absent.contains(key) && view.get(key)?.is_some() => {
+                        events.push(("n", "new", key.clone()));
+                    }
                     _ => {}
                 }
             }
