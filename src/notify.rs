@@ -211,24 +211,43 @@ impl Notify {
     }
 }
 
-/// Publishes `event` on `key` on the channels `flags` choose.
+/// Whether Redis tells write command `args`'s keyspace events after its
+/// reply rather than before (it notifies once the reply is added): what a
+/// RESP3 client subscribed to its own events sees, in Redis 7.0's order.
+pub fn after_reply(args: &[Bytes]) -> bool {
+    let name = args[0].to_ascii_lowercase();
+    match name.as_slice() {
+        b"getset" | b"getdel" | b"getex" | b"hset" | b"hmset" | b"hsetnx" | b"hincrby"
+        | b"hincrbyfloat" | b"expire" | b"pexpire" | b"expireat" | b"pexpireat" | b"bitfield" => {
+            true
+        }
+        // SET ... GET replies with the old value first.
+        b"set" => args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"get")),
+        _ => false,
+    }
+}
+
+/// Publishes `event` on `key` on the channels `flags` choose. `new` is
+/// early: Redis tells it as it creates the key, so before the reply of a
+/// command that tells its other events after ([`after_reply`]).
 fn tell(flags: u32, event: &str, key: &[u8], lsn: u64, pubsub: &crate::pubsub::PubSub) {
+    let early = event == "new";
     if flags & KEYSPACE != 0 {
         let channel = [&b"__keyspace@0__:"[..], key].concat();
-        pubsub.publish(
+        pubsub.publish_event(
             &Bytes::from(channel),
             &Bytes::copy_from_slice(event.as_bytes()),
-            false,
             lsn,
+            early,
         );
     }
     if flags & KEYEVENT != 0 {
         let channel = format!("__keyevent@0__:{event}");
-        pubsub.publish(
+        pubsub.publish_event(
             &Bytes::from(channel),
             &Bytes::copy_from_slice(key),
-            false,
             lsn,
+            early,
         );
     }
 }

@@ -167,6 +167,9 @@ pub struct Pushed {
     /// ... and its place among the node's deliveries, for the replies of
     /// commands that ran before or after it ([`PubSub::mark`]).
     seq: u64,
+    /// A keyspace event told as its record's command began (`new`): before
+    /// that command's reply even where its other events go after.
+    early: bool,
 }
 
 impl Pushed {
@@ -195,15 +198,16 @@ impl Inbox {
             // in the same write.
             tokio::task::yield_now().await;
         }
-        Some(self.take(None, None))
+        Some(self.take(None, None, false))
     }
 
     /// The messages waiting now that go before a reply: with `mark`, of
     /// a command that ran when the node had made `mark` deliveries, those
     /// made by then, or (a write's, logged at `lsn`) delivered by its
-    /// record or an earlier one; all of them without. The rest wait, in
-    /// order.
-    pub fn take(&mut self, mark: Option<u64>, lsn: Option<u64>) -> Vec<Pushed> {
+    /// record or an earlier one, of its own record only the early ones if
+    /// the command tells its events `after` its reply; all of them
+    /// without. The rest wait, in order.
+    pub fn take(&mut self, mark: Option<u64>, lsn: Option<u64>, after: bool) -> Vec<Pushed> {
         let mut bytes = 0;
         while let Ok(message) = self.messages.try_recv() {
             bytes += message.len();
@@ -213,7 +217,12 @@ impl Inbox {
         let Some(mark) = mark else {
             return self.held.drain(..).collect();
         };
-        let before = |m: &Pushed| m.seq <= mark || lsn.is_some_and(|l| m.lsn != 0 && m.lsn <= l);
+        let before = |m: &Pushed| {
+            m.seq <= mark
+                || lsn.is_some_and(|l| {
+                    m.lsn != 0 && (m.lsn < l || (m.lsn == l && (!after || m.early)))
+                })
+        };
         let through = self
             .held
             .iter()
@@ -382,6 +391,7 @@ fn encode(kind: Kind, pattern: Option<&[u8]>, channel: &[u8], payload: &[u8]) ->
         resp3: None,
         lsn: 0,
         seq: 0,
+        early: false,
     }
 }
 
@@ -448,7 +458,7 @@ impl PubSub {
             // What an inbox closed since still holds goes first.
             for message in inbox
                 .as_mut()
-                .map(|i| i.take(None, None))
+                .map(|i| i.take(None, None, false))
                 .unwrap_or_default()
             {
                 queued.fetch_add(message.len(), Ordering::AcqRel);
@@ -557,6 +567,23 @@ impl PubSub {
     /// for `shard`), from the record at `lsn` (0: none); how many
     /// deliveries that made, as PUBLISH answers.
     pub fn publish(&self, channel: &Bytes, payload: &Bytes, shard: bool, lsn: u64) -> usize {
+        self.deliver(channel, payload, shard, lsn, false)
+    }
+
+    /// As [`PubSub::publish`], for a keyspace event: `early` for one told
+    /// as its record's command began ([`Pushed`]).
+    pub fn publish_event(&self, channel: &Bytes, payload: &Bytes, lsn: u64, early: bool) {
+        self.deliver(channel, payload, false, lsn, early);
+    }
+
+    fn deliver(
+        &self,
+        channel: &Bytes,
+        payload: &Bytes,
+        shard: bool,
+        lsn: u64,
+        early: bool,
+    ) -> usize {
         if !self.has_subscribers() {
             return 0;
         }
@@ -568,6 +595,7 @@ impl PubSub {
             let message = Pushed {
                 lsn,
                 seq: self.next_seq(),
+                early,
                 ..encode(kind, None, channel, payload)
             };
             for id in ids {
@@ -585,6 +613,7 @@ impl PubSub {
                 let message = Pushed {
                     lsn,
                     seq: self.next_seq(),
+                    early,
                     ..encode(Kind::Pattern, Some(pattern), channel, payload)
                 };
                 for id in ids {
@@ -635,6 +664,7 @@ impl PubSub {
                 resp3: Some(Bytes::from(resp3)),
                 lsn: 0,
                 seq: self.next_seq(),
+                early: false,
             },
             limit,
             now,
@@ -807,7 +837,7 @@ mod tests {
     fn messages(inbox: &mut Option<Inbox>) -> Vec<Bytes> {
         let taken = inbox
             .as_mut()
-            .map(|i| i.take(None, None))
+            .map(|i| i.take(None, None, false))
             .unwrap_or_default();
         taken.into_iter().map(|m| m.resp2).collect()
     }
@@ -944,7 +974,7 @@ mod tests {
         assert!(!a.is_killed(), "not longer than 2 s over");
         // Read: below the limit again, the count starts over.
         let inbox = inbox.as_mut().expect("an inbox");
-        assert_eq!(inbox.take(None, None).len(), 3);
+        assert_eq!(inbox.take(None, None, false).len(), 3);
         send(103);
         send(104);
         send(106);

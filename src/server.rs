@@ -41,8 +41,10 @@ enum Queued {
     /// all the same, and an error counted.
     Silent(Box<Queued>),
     /// A subscriber's reply, after the messages delivered before its
-    /// command ran ([`crate::pubsub::PubSub::mark`]).
-    Marked(Box<Queued>, u64),
+    /// command ran ([`crate::pubsub::PubSub::mark`]); with `true`, before
+    /// those of its own record (the keyspace events of a command Redis
+    /// notifies after replying: [`crate::notify::after_reply`]).
+    Marked(Box<Queued>, u64, bool),
     /// A primary's PUBLISH: its reply is the deliveries its record made
     /// once applied.
     Published {
@@ -422,12 +424,12 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
     while let Some(item) = queue.pop_front() {
         // A subscriber's messages delivered before the reply is ready go
         // before it (a PUBLISH to its own channel, an UNSUBSCRIBE's last).
-        let (item, mark) = match item {
-            Queued::Marked(item, mark) => (*item, Some(mark)),
-            item => (item, None),
+        let (item, mark, after) = match item {
+            Queued::Marked(item, mark, after) => (*item, Some(mark), after),
+            item => (item, None, false),
         };
         let (reply, silent, lsn) = settle(node, item, conn, lease, &mut deadline).await;
-        write_messages(conn, mark, lsn, out);
+        write_messages(conn, mark, lsn, after, out);
         match reply {
             // Counted as Redis counts it, sent or not.
             Reply::Error(text) if silent => node.stats.error_reply(&text),
@@ -435,16 +437,23 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
             reply => send(node, &reply, out, conn.resp3),
         }
     }
-    write_messages(conn, None, None, out);
+    write_messages(conn, None, None, false, out);
 }
 
 /// Writes a subscriber's messages that go before a reply, as Redis would
 /// have sent them: of a command that ran at `mark` (all of them without),
-/// those delivered by then, or by its record (logged at `lsn`) or an
+/// those delivered by then, or by its record (logged at `lsn`; only the
+/// early ones of its own if it tells its events `after` its reply) or an
 /// earlier one.
-fn write_messages(conn: &mut Conn, mark: Option<u64>, lsn: Option<u64>, out: &mut BytesMut) {
+fn write_messages(
+    conn: &mut Conn,
+    mark: Option<u64>,
+    lsn: Option<u64>,
+    after: bool,
+    out: &mut BytesMut,
+) {
     if let Some(inbox) = &mut conn.pubsub {
-        for message in inbox.take(mark, lsn) {
+        for message in inbox.take(mark, lsn, after) {
             crate::pubsub::write_message(&message, out, conn.resp3);
         }
     }
@@ -520,11 +529,12 @@ fn silenced(queued: Queued, silent: bool) -> Queued {
 }
 
 /// `queued`, for a subscriber, marked with the deliveries made by the time
-/// its command ran (outside [`silenced`]'s wrapping).
-fn marked(node: &Node, conn: &Conn, queued: Queued, mark: Option<u64>) -> Queued {
+/// its command ran (outside [`silenced`]'s wrapping), and with whether its
+/// own events go after its reply.
+fn marked(node: &Node, conn: &Conn, queued: Queued, mark: Option<u64>, after: bool) -> Queued {
     match (&conn.pubsub, mark) {
-        (Some(_), Some(mark)) => Queued::Marked(Box::new(queued), mark),
-        (Some(_), None) => Queued::Marked(Box::new(queued), node.pubsub.mark()),
+        (Some(_), Some(mark)) => Queued::Marked(Box::new(queued), mark, after),
+        (Some(_), None) => Queued::Marked(Box::new(queued), node.pubsub.mark(), after),
         (None, _) => queued,
     }
 }
@@ -774,7 +784,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(reply) = reply {
                 // Decided once it ran: CLIENT REPLY ON's own reply is sent.
                 let reply = silenced(reply, conn.reply_off || conn.skip_this);
-                queue.push_back(marked(&node, &conn, reply, None));
+                queue.push_back(marked(&node, &conn, reply, None, false));
             }
             // CLIENT REPLY SKIP drops the next command's reply, then no more.
             conn.skip_this = std::mem::take(&mut conn.skip_next);
@@ -1096,7 +1106,8 @@ async fn run_writes(
                 (Err(e), _) => Queued::Ready(engine_error_reply(e)),
             };
             let mark = marks.get(i).map(|m| m.load(Ordering::Relaxed));
-            marked(node, conn, silenced(queued, silent), mark)
+            let after = mark.is_some() && crate::notify::after_reply(&args);
+            marked(node, conn, silenced(queued, silent), mark, after)
         },
     ));
 }

@@ -2979,6 +2979,43 @@ fn pubsub_replies_are_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "a writer's own keyspace events, before or after its replies as Redis tells them",
+            [
+                resp(&[b"HELLO", b"3"]),
+                resp(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA"]),
+                resp(&[b"PSUBSCRIBE", b"__keyevent*"]),
+                resp(&[b"SET", b"a", b"1"]),
+                resp(&[b"GETSET", b"a", b"2"]),
+                resp(&[b"GETDEL", b"a"]),
+                resp(&[b"SET", b"b", b"1", b"GET"]),
+                resp(&[b"SET", b"b", b"2", b"GET", b"EX", b"100"]),
+                resp(&[b"GETEX", b"b", b"EX", b"100"]),
+                resp(&[b"GETEX", b"b", b"PERSIST"]),
+                resp(&[b"INCR", b"c"]),
+                resp(&[b"INCRBYFLOAT", b"c", b"1.5"]),
+                resp(&[b"DEL", b"c"]),
+                resp(&[b"HSET", b"h", b"f", b"v"]),
+                resp(&[b"HMSET", b"h", b"g", b"v"]),
+                resp(&[b"HSETNX", b"h", b"k", b"v"]),
+                resp(&[b"HINCRBY", b"h", b"n", b"1"]),
+                resp(&[b"HINCRBYFLOAT", b"h", b"m", b"1.5"]),
+                resp(&[b"HDEL", b"h", b"f"]),
+                resp(&[b"APPEND", b"d", b"x"]),
+                resp(&[b"EXPIRE", b"d", b"100"]),
+                resp(&[b"PEXPIRE", b"d", b"100000"]),
+                resp(&[b"EXPIREAT", b"d", b"4000000000"]),
+                resp(&[b"PEXPIREAT", b"d", b"4000000000000"]),
+                resp(&[b"PERSIST", b"d"]),
+                resp(&[b"SETEX", b"e", b"100", b"v"]),
+                resp(&[b"MSET", b"g", b"1", b"i", b"2"]),
+                resp(&[b"SETBIT", b"l", b"1", b"1"]),
+                resp(&[b"BITFIELD", b"l", b"INCRBY", b"u8", b"8", b"3"]),
+                resp(&[b"RENAME", b"g", b"g2"]),
+                resp(&[b"HDEL", b"h", b"g", b"k", b"n", b"m"]),
+            ]
+            .concat(),
+        ),
+        (
             "new for a key BITFIELD creates, and no setbit for writes not done",
             [
                 resp(&[b"HELLO", b"3"]),
@@ -3007,8 +3044,7 @@ fn pubsub_replies_are_the_bytes_redis_gives() {
                 ]),
                 // Its value as it was: no change, nothing told.
                 resp(&[b"BITFIELD", b"bf", b"SET", b"u8", b"0", b"0"]),
-                // (Not a write that is done: Redis pushes its `setbit` to
-                // the writer after the reply, ferry before.)
+                resp(&[b"BITFIELD", b"bf", b"SET", b"u8", b"0", b"7"]),
                 resp(&[b"GET", b"bf"]),
             ]
             .concat(),
