@@ -2823,37 +2823,18 @@ fn pubsub_replies_are_the_bytes_redis_gives() {
         ),
         (
             "new for a key BITFIELD creates, and no setbit for writes not done",
-            [
-                resp(&[b"HELLO", b"3"]),
-                resp(&[b"CONFIG", b"SET", b"notify-keyspace-events", b"KEA$n"]),
-                resp(&[b"PSUBSCRIBE", b"__key*__:*"]),
+            requests(&[
+                "HELLO 3",
+                "CONFIG SET notify-keyspace-events KEA$n",
+                "PSUBSCRIBE __key*__:*",
                 // Every write refused: the key is made, and only `new` told.
-                resp(&[
-                    b"BITFIELD",
-                    b"bf",
-                    b"OVERFLOW",
-                    b"FAIL",
-                    b"SET",
-                    b"u8",
-                    b"8",
-                    b"999",
-                ]),
-                resp(&[
-                    b"BITFIELD",
-                    b"bf",
-                    b"OVERFLOW",
-                    b"FAIL",
-                    b"SET",
-                    b"u8",
-                    b"0",
-                    b"999",
-                ]),
+                "BITFIELD bf OVERFLOW FAIL SET u8 8 999",
+                "BITFIELD bf OVERFLOW FAIL SET u8 0 999",
                 // Its value as it was: no change, nothing told.
-                resp(&[b"BITFIELD", b"bf", b"SET", b"u8", b"0", b"0"]),
-                resp(&[b"BITFIELD", b"bf", b"SET", b"u8", b"0", b"7"]),
-                resp(&[b"GET", b"bf"]),
-            ]
-            .concat(),
+                "BITFIELD bf SET u8 0 0",
+                "BITFIELD bf SET u8 0 7",
+                "GET bf",
+            ]),
         ),
         (
             "keymiss for the reads that find no key",
