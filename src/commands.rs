@@ -3002,11 +3002,19 @@ fn scan_options(args: &Args, from: usize, allow_type: bool) -> Result<ScanOption
     Ok(o)
 }
 
-/// A cursor as a number, as Redis reads one.
+/// A cursor as a number, as Redis reads one (C's `strtoul`): digits after
+/// an optional sign, a minus wrapping around (`-1` is the largest cursor).
 fn cursor_number(arg: &[u8]) -> Result<u64, Reply> {
-    std::str::from_utf8(arg)
+    let (negative, digits) = match arg.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, arg),
+    };
+    std::str::from_utf8(digits)
         .ok()
-        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u64>().ok())
+        .map(|n| if negative { n.wrapping_neg() } else { n })
         .ok_or_else(|| Reply::err("invalid cursor"))
 }
 
@@ -5392,7 +5400,8 @@ fn role(node: &Node, _r: &dyn Reader, _args: &Args) -> Reply {
 /// The reply to send instead.
 pub fn wait_args(args: &Args) -> Result<(usize, u64), Reply> {
     let n = parse_i64(&args[1]).ok_or_else(not_integer)?;
-    let timeout = parse_i64(&args[2]).ok_or_else(not_integer)?;
+    let timeout = parse_i64(&args[2])
+        .ok_or_else(|| Reply::err("timeout is not an integer or out of range"))?;
     if timeout < 0 {
         return Err(Reply::err("timeout is negative"));
     }

@@ -600,14 +600,38 @@ fn scan_keys_and_dbsize_cover_the_keyspace() {
         }
     }
     assert_eq!(hashes, 1);
-    // A cursor is a position, any number one: as Redis, only what is not
-    // a number is refused.
-    assert_eq!(error(c, &["SCAN", "x1"]), "ERR invalid cursor");
-    assert_eq!(error(c, &["SCAN", "-1"]), "ERR invalid cursor");
-    let V::Array(parts) = raw(c, &["SCAN", "18446744073709551615"]) else {
-        panic!()
-    };
-    assert_eq!(parts, vec![bulk("0"), V::Array(Vec::new())], "past the end");
+    // A cursor is a position, any number one: as Redis (which reads it
+    // with C's `strtoul`, a minus wrapping around), only what is not a
+    // number is refused.
+    for bad in [
+        "x1",
+        " 1",
+        "1 ",
+        "--1",
+        "-",
+        "+",
+        "18446744073709551616",
+        "1.0",
+    ] {
+        assert_eq!(error(c, &["SCAN", bad]), "ERR invalid cursor", "{bad:?}");
+    }
+    for last in ["18446744073709551615", "-1", "-0000000000000000000001"] {
+        let V::Array(parts) = raw(c, &["SCAN", last]) else {
+            panic!()
+        };
+        assert_eq!(
+            parts,
+            vec![bulk("0"), V::Array(Vec::new())],
+            "past the end: {last}"
+        );
+    }
+    for first in ["-0", "+0", "00"] {
+        let V::Array(parts) = raw(c, &["SCAN", first, "COUNT", "1000"]) else {
+            panic!()
+        };
+        let V::Array(items) = &parts[1] else { panic!() };
+        assert_eq!((&parts[0], items.len()), (&bulk("0"), 121), "{first}");
+    }
     assert_eq!(raw(c, &["FLUSHALL"]), ok());
     assert_eq!(raw(c, &["DBSIZE"]), V::Int(0));
     assert_eq!(raw(c, &["GET", "user:1"]), V::Nil);

@@ -1684,6 +1684,28 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "cursors read as C's strtoul reads them; WAIT's timeout errors",
+            requests(&[
+                "scan -0",
+                "scan +0 count 5",
+                "scan -1",
+                "scan -18446744073709551615",
+                "scan 18446744073709551616",
+                "scan --1",
+                "scan -",
+                "scan 1.5",
+                "hset sh f v",
+                "hscan sh -0",
+                "hscan sh +0",
+                "hscan sh --1",
+                "del sh",
+                "wait 0 abc",
+                "wait abc 0",
+                "wait 0 -1",
+                "wait 0 1.5",
+            ]),
+        ),
+        (
             "BITFIELD and BITFIELD_RO: errors in Redis's order, overflow, growth",
             requests(&[
                 "bitfield",
