@@ -180,6 +180,9 @@ pub struct Conn {
     pub monitor: Option<crate::node::Monitor>,
     /// After CLIENT TRACKING ON, until OFF or RESET.
     pub tracking: Option<crate::tracking::ClientTracking>,
+    /// Its invalidations and those of clients redirecting to it, for a
+    /// RESP3 connection to push ([`crate::tracking::Tracking::connect`]).
+    pub pushes: tokio::sync::mpsc::Receiver<crate::tracking::Push>,
     /// Its Pub/Sub messages, from its first subscription on.
     pub pubsub: Option<crate::pubsub::Inbox>,
 }
@@ -3670,6 +3673,9 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
         return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
     }
     conn.resp3 = resp3;
+    if conn.tracking.is_some() {
+        node.tracking.set_resp3(conn.id, resp3);
+    }
     if let Some(name) = name {
         conn.name = (!name.is_empty()).then_some(name);
     }
@@ -4188,13 +4194,10 @@ fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
         tracking.options = options;
         return Reply::ok();
     }
-    let inbox = node
-        .tracking
-        .enable(conn.id, options.clone(), conn.activity.clone());
+    node.tracking.enable(conn.id, options.clone(), conn.resp3);
     conn.tracking = Some(crate::tracking::ClientTracking {
         options,
         caching: None,
-        inbox,
     });
     conn.activity.tracking.store(true, Ordering::Relaxed);
     Reply::ok()

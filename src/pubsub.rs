@@ -629,20 +629,30 @@ impl PubSub {
     }
 
     /// Sends client `id` the invalidation of `keys` (`None`: all) that a
-    /// client tracking with REDIRECT to it is owed: a RESP3 `invalidate`
-    /// push, or for RESP2 a message on [`INVALIDATE_CHANNEL`], as Redis's;
-    /// only to a client with subscriptions (Redis's Pub/Sub mode; a RESP3
-    /// client without is sent nothing here, where Redis would push).
-    pub fn invalidate(&self, id: u64, keys: &crate::tracking::Invalidation) {
+    /// client tracking with REDIRECT to it is owed, if it has
+    /// subscriptions (Redis's Pub/Sub mode), in order with its messages: a
+    /// RESP3 `invalidate` push, or for RESP2 a message on
+    /// [`INVALIDATE_CHANNEL`], as Redis's (a null for all keys as the
+    /// tracking client speaks, RESP3 or not, in either). False if it has
+    /// none (a RESP3 client is then pushed the invalidation outside
+    /// Pub/Sub).
+    pub fn invalidate(
+        &self,
+        id: u64,
+        keys: &crate::tracking::Invalidation,
+        null_resp3: bool,
+    ) -> bool {
         let table = self.table();
         let Some(client) = table.clients.get(&id) else {
-            return;
+            return false;
         };
-        // A null as RESP2 writes it in both (Redis writes it as the
-        // tracking client, RESP2 when it redirects, speaks).
-        let mut resp3 = Vec::new();
+        let null: &[u8] = if null_resp3 { b"_\r\n" } else { b"$-1\r\n" };
+        let mut resp3 = BytesMut::new();
         match keys {
-            None => resp3.extend_from_slice(b">2\r\n$10\r\ninvalidate\r\n$-1\r\n"),
+            None => {
+                resp3.extend_from_slice(b">2\r\n$10\r\ninvalidate\r\n");
+                resp3.extend_from_slice(null);
+            }
             Some(_) => crate::tracking::encode(keys, &mut resp3),
         }
         let mut resp2 = BytesMut::new();
@@ -652,8 +662,7 @@ impl PubSub {
         );
         resp2.extend_from_slice(header.as_bytes());
         match keys {
-            // Redis's null for RESP2 there.
-            None => resp2.extend_from_slice(b"$-1\r\n"),
+            None => resp2.extend_from_slice(null),
             // The same array as RESP3's, after its `invalidate`.
             Some(_) => resp2.extend_from_slice(&resp3[b">2\r\n$10\r\ninvalidate\r\n".len()..]),
         }
@@ -661,7 +670,7 @@ impl PubSub {
         let sent = client.send(
             Pushed {
                 resp2: resp2.freeze(),
-                resp3: Some(Bytes::from(resp3)),
+                resp3: Some(resp3.freeze()),
                 lsn: 0,
                 seq: self.next_seq(),
                 early: false,
@@ -671,6 +680,7 @@ impl PubSub {
             &self.closed,
         );
         self.sent.fetch_add(u64::from(sent), Ordering::Relaxed);
+        true
     }
 
     /// The deliveries made so far: a command's replies go after the

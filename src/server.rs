@@ -627,6 +627,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         authenticated,
     } = client;
     let id = node.next_client_id();
+    let activity = Arc::new(Activity::new(fd));
     let mut conn = Conn {
         id,
         resp3: false,
@@ -642,12 +643,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         last_write_lsn: 0,
         multi: None,
         watch: node.engine.new_watch(),
-        activity: Arc::new(Activity::new(fd)),
+        activity: activity.clone(),
         monitor: None,
         tracking: None,
+        pushes: node.tracking.connect(id, activity.clone()),
         pubsub: None,
     };
-    let activity = conn.activity.clone();
     let connected_at = Instant::now();
     node.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
     node.clients
@@ -722,14 +723,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            message = invalidations(&mut conn.tracking) => {
-                // Only a RESP3 connection takes them (as Redis, without
-                // REDIRECT a RESP2 one is told nothing).
-                let mut pushes = Vec::new();
-                for message in message {
-                    crate::tracking::encode_push(&message, &mut pushes);
-                }
-                if conn.resp3 && !push_out(&mut socket, &node, &pushes).await {
+            message = invalidations(&mut conn.pushes) => {
+                let mut pushes = BytesMut::new();
+                write_pushes(&message, conn.resp3, &mut pushes);
+                if !pushes.is_empty() && !push_out(&mut socket, &node, &pushes).await {
                     break;
                 }
                 continue;
@@ -757,6 +754,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             );
             break;
         }
+        // Pushes queued before this batch was read go before its replies:
+        // Redis has them in the output buffer by then.
+        let mut queued = Vec::new();
+        while let Ok(push) = conn.pushes.try_recv() {
+            queued.push(push);
+        }
+        write_pushes(&queued, conn.resp3, &mut out);
         let mut last_command = None;
         loop {
             // Killed before or during the batch: nothing more of it runs.
@@ -926,21 +930,28 @@ async fn messages(inbox: &mut Option<crate::pubsub::Inbox>) -> Vec<crate::pubsub
     }
 }
 
-/// The invalidations waiting for a tracking connection (all there are
-/// now); never, for any other.
+/// Writes a connection's invalidations (and the like): only a RESP3
+/// connection takes them (as Redis: a RESP2 one tracking without REDIRECT,
+/// or the target of one without subscriptions, is told nothing).
+fn write_pushes(pushes: &[crate::tracking::Push], resp3: bool, out: &mut BytesMut) {
+    if resp3 {
+        for push in pushes {
+            crate::tracking::encode_push(push, out);
+        }
+    }
+}
+
+/// The invalidations waiting for a connection (all there are now).
 async fn invalidations(
-    tracking: &mut Option<crate::tracking::ClientTracking>,
+    inbox: &mut tokio::sync::mpsc::Receiver<crate::tracking::Push>,
 ) -> Vec<crate::tracking::Push> {
-    let Some(tracking) = tracking else {
-        return std::future::pending().await;
-    };
     let mut messages = Vec::new();
-    match tracking.inbox.recv().await {
+    match inbox.recv().await {
         Some(message) => messages.push(message),
-        // Its sender is the table's, dropped when tracking ends.
+        // Its sender is the table's, dropped as the connection ends.
         None => return std::future::pending().await,
     }
-    while let Ok(message) = tracking.inbox.try_recv() {
+    while let Ok(message) = inbox.try_recv() {
         messages.push(message);
     }
     messages

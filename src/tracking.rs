@@ -32,6 +32,9 @@ pub type Invalidation = Option<Vec<Bytes>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
     Invalidate(Invalidation),
+    /// All keys, redirected from a RESP2 client: Redis writes the null in
+    /// the tracking client's protocol (`$-1`), wherever it goes.
+    InvalidateAllResp2,
     /// Its REDIRECT target has gone, so an invalidation went nowhere
     /// (Redis's `tracking-redir-broken` with the target's id).
     RedirectBroken(i64),
@@ -51,7 +54,9 @@ pub struct Options {
     /// (one more read, never a stale value).
     pub noloop: bool,
     /// REDIRECT's client id (one that existed when given): it gets the
-    /// invalidations, on its Pub/Sub connection.
+    /// invalidations, as Pub/Sub messages if it has subscriptions, else
+    /// as RESP3 pushes (a RESP2 client without subscriptions is told
+    /// nothing, as in Redis).
     pub redirect: Option<i64>,
 }
 
@@ -61,15 +66,35 @@ pub struct ClientTracking {
     pub options: Options,
     /// CLIENT CACHING YES or NO, for the next command.
     pub caching: Option<bool>,
-    /// Its invalidations, to send.
-    pub inbox: mpsc::Receiver<Push>,
+}
+
+/// Where a connection's pushes go (its invalidations, and those of the
+/// clients redirecting to it), from its start to its end ([`Tracking::connect`]).
+#[derive(Debug)]
+struct Outbox {
+    sender: mpsc::Sender<Push>,
+    /// Closed if it falls a whole backlog behind.
+    activity: Arc<crate::node::Activity>,
+}
+
+impl Outbox {
+    /// Queues `push`. One behind by the whole backlog is closed: a cache
+    /// it keeps could no longer be kept right. (Its connection is open: it
+    /// leaves the table, under the lock held here, before its socket
+    /// closes.)
+    fn send(&self, push: Push) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(push) {
+            tracing::warn!("closing a client that fell behind on its invalidations");
+            self.activity.kill();
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Tracked {
     options: Options,
-    outbox: mpsc::Sender<Push>,
-    activity: Arc<crate::node::Activity>,
+    /// It speaks RESP3 (a redirected null is written as it speaks).
+    resp3: bool,
     /// The client it redirects to has gone...
     target_gone: bool,
     /// ... and an invalidation found it so (TRACKINGINFO's
@@ -86,6 +111,9 @@ struct Table {
     clients: HashMap<u64, Tracked>,
     /// Clients in BCAST mode.
     bcast: HashSet<u64>,
+    /// Every open connection's pushes, tracking or not (one may be the
+    /// target of another's REDIRECT).
+    outboxes: HashMap<u64, Outbox>,
 }
 
 /// Every tracking client of a node, and the keys they read.
@@ -139,16 +167,21 @@ impl Tracking {
         self.max_keys.load(Ordering::Relaxed)
     }
 
-    /// Client `id` tracks with `options` from now on; its invalidations
-    /// arrive in the inbox returned. `activity` is closed if it falls
-    /// [`TRACKING_BACKLOG_MAX`] messages behind.
-    pub fn enable(
-        &self,
-        id: u64,
-        options: Options,
-        activity: Arc<crate::node::Activity>,
-    ) -> mpsc::Receiver<Push> {
-        let (outbox, inbox) = mpsc::channel(TRACKING_BACKLOG_MAX);
+    /// Connection `id` has opened: its pushes, from now until
+    /// [`Tracking::gone`], arrive in the inbox returned. `activity` is
+    /// closed if it falls [`TRACKING_BACKLOG_MAX`] pushes behind.
+    pub fn connect(&self, id: u64, activity: Arc<crate::node::Activity>) -> mpsc::Receiver<Push> {
+        let (sender, inbox) = mpsc::channel(TRACKING_BACKLOG_MAX);
+        self.table()
+            .outboxes
+            .insert(id, Outbox { sender, activity });
+        inbox
+    }
+
+    /// Client `id`, speaking RESP3 or not, tracks with `options` from now
+    /// on; its invalidations go to its connection's inbox
+    /// ([`Tracking::connect`]).
+    pub fn enable(&self, id: u64, options: Options, resp3: bool) {
         let mut table = self.table();
         if options.bcast {
             table.bcast.insert(id);
@@ -157,8 +190,7 @@ impl Tracking {
             id,
             Tracked {
                 options,
-                outbox,
-                activity,
+                resp3,
                 target_gone: false,
                 broken: false,
             },
@@ -166,7 +198,6 @@ impl Tracking {
         if before.is_none() {
             self.on.fetch_add(1, Ordering::AcqRel);
         }
-        inbox
     }
 
     /// Client `id`, tracking already, does so with `options` now (more
@@ -180,10 +211,18 @@ impl Tracking {
         }
     }
 
-    /// Client `id` has gone: the clients redirecting to it are told
+    /// Tracking client `id` speaks RESP3 from now on, or not (HELLO).
+    pub fn set_resp3(&self, id: u64, resp3: bool) {
+        if let Some(client) = self.table().clients.get_mut(&id) {
+            client.resp3 = resp3;
+        }
+    }
+
+    /// Connection `id` has gone: the clients redirecting to it are told
     /// nothing more (their redirect breaks at the next invalidation).
     pub fn gone(&self, id: u64) {
         let mut table = self.table();
+        table.outboxes.remove(&id);
         for client in table.clients.values_mut() {
             if client.options.redirect == Some(id as i64) {
                 client.target_gone = true;
@@ -248,7 +287,8 @@ fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub:
     // default mode or BCAST, not both, so it is told of each key once.
     let mut seen = HashSet::with_capacity(keys.len());
     let keys: Vec<&Bytes> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
-    let mut to: HashMap<u64, Vec<Bytes>> = HashMap::new();
+    // By client, in the order they connected.
+    let mut to: std::collections::BTreeMap<u64, Vec<Bytes>> = Default::default();
     for key in &keys {
         if let Some(ids) = table.keys.remove(*key) {
             table.items -= ids.len();
@@ -269,31 +309,39 @@ fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub:
         }
     }
     for (id, keys) in to {
-        if let Some(client) = table.clients.get_mut(&id) {
-            send(client, Some(keys), pubsub);
-        }
+        send(table, id, Some(keys), pubsub);
     }
 }
 
-/// Queues `message` for `client`, or with REDIRECT sends it to the client
-/// it redirects to; once that one has gone, the client is told its
-/// redirect broke instead, at each invalidation, as Redis tells it. One
-/// behind by the whole backlog is closed: its cache can no longer be kept
-/// right. (Its connection is open: it leaves the table, under the lock
-/// held here, before its socket closes; one that stopped tracking has
-/// dropped its inbox: nothing to do.)
-fn send(client: &mut Tracked, message: Invalidation, pubsub: &crate::pubsub::PubSub) {
-    let push = match client.options.redirect {
-        Some(to) if client.target_gone => {
-            client.broken = true;
-            Push::RedirectBroken(to)
-        }
-        Some(to) => return pubsub.invalidate(to as u64, &message),
-        None => Push::Invalidate(message),
+/// Queues `message` for tracking client `id`, or with REDIRECT sends it to
+/// the client it redirects to: as a Pub/Sub message if that one has
+/// subscriptions, else as a push (which only a RESP3 connection writes);
+/// once it has gone, the client is told its redirect broke instead, at
+/// each invalidation, as Redis tells it.
+fn send(table: &mut Table, id: u64, message: Invalidation, pubsub: &crate::pubsub::PubSub) {
+    let Some(client) = table.clients.get_mut(&id) else {
+        return;
     };
-    if let Err(mpsc::error::TrySendError::Full(_)) = client.outbox.try_send(push) {
-        tracing::warn!("closing a tracking client that fell behind on its invalidations");
-        client.activity.kill();
+    let (to, push) = match client.options.redirect {
+        Some(target) if client.target_gone => {
+            client.broken = true;
+            (id, Push::RedirectBroken(target))
+        }
+        Some(target) => {
+            let target = target as u64;
+            if pubsub.invalidate(target, &message, client.resp3) {
+                return;
+            }
+            let push = match message {
+                None if !client.resp3 => Push::InvalidateAllResp2,
+                message => Push::Invalidate(message),
+            };
+            (target, push)
+        }
+        None => (id, Push::Invalidate(message)),
+    };
+    if let Some(outbox) = table.outboxes.get(&to) {
+        outbox.send(push);
     }
 }
 
@@ -309,8 +357,12 @@ impl ferry_engine::ChangeListener for Tracking {
             Changed::All => {
                 table.keys.clear();
                 table.items = 0;
-                for client in table.clients.values_mut() {
-                    send(client, None, &self.pubsub);
+                // In the order the clients connected, as Redis goes over
+                // them (two may redirect to one connection).
+                let mut ids: Vec<u64> = table.clients.keys().copied().collect();
+                ids.sort_unstable();
+                for id in ids {
+                    send(&mut table, id, None, &self.pubsub);
                 }
             }
         }
@@ -394,7 +446,7 @@ pub fn check_prefixes(existing: &[Bytes], new: &[Bytes]) -> Result<(), String> {
 
 /// An invalidation as the RESP3 push Redis sends: `>2`, `invalidate`, the
 /// keys (a null for all).
-pub fn encode(message: &Invalidation, out: &mut Vec<u8>) {
+pub fn encode(message: &Invalidation, out: &mut bytes::BytesMut) {
     out.extend_from_slice(b">2\r\n$10\r\ninvalidate\r\n");
     match message {
         None => out.extend_from_slice(b"_\r\n"),
@@ -410,9 +462,10 @@ pub fn encode(message: &Invalidation, out: &mut Vec<u8>) {
 }
 
 /// `push` as RESP3 writes it.
-pub fn encode_push(push: &Push, out: &mut Vec<u8>) {
+pub fn encode_push(push: &Push, out: &mut bytes::BytesMut) {
     match push {
         Push::Invalidate(message) => encode(message, out),
+        Push::InvalidateAllResp2 => out.extend_from_slice(b">2\r\n$10\r\ninvalidate\r\n$-1\r\n"),
         Push::RedirectBroken(id) => out.extend_from_slice(
             format!(">2\r\n$21\r\ntracking-redir-broken\r\n:{id}\r\n").as_bytes(),
         ),
@@ -436,13 +489,15 @@ mod tests {
     fn read_keys_are_told_once_and_bcast_by_prefix() {
         let tracking = Tracking::default();
         assert!(!tracking.listening());
-        let mut reader = tracking.enable(1, Options::default(), activity());
+        let mut reader = tracking.connect(1, activity());
+        tracking.enable(1, Options::default(), true);
         let bcast = Options {
             bcast: true,
             prefixes: vec![b("user:")],
             ..Options::default()
         };
-        let mut watcher = tracking.enable(2, bcast, activity());
+        let mut watcher = tracking.connect(2, activity());
+        tracking.enable(2, bcast, true);
         assert!(tracking.listening());
         tracking.remember(1, [b("a"), b("user:1")]);
         tracking.changed(Changed::Keys(&[&b("a"), &b("a"), &b("b")]));
@@ -471,15 +526,46 @@ mod tests {
     }
 
     #[test]
+    fn a_redirect_reaches_its_target_s_connection_until_it_goes() {
+        let tracking = Tracking::default();
+        let mut own = tracking.connect(1, activity());
+        let mut target = tracking.connect(7, activity());
+        let redirect = Options {
+            redirect: Some(7),
+            ..Options::default()
+        };
+        tracking.enable(1, redirect, false);
+        tracking.remember(1, [b("k")]);
+        tracking.changed(Changed::Keys(&[&b("k")]));
+        assert_eq!(
+            target.try_recv().unwrap(),
+            Push::Invalidate(Some(vec![b("k")]))
+        );
+        // A flush's null as the tracking client speaks.
+        tracking.changed(Changed::All);
+        assert_eq!(target.try_recv().unwrap(), Push::InvalidateAllResp2);
+        tracking.set_resp3(1, true);
+        tracking.changed(Changed::All);
+        assert_eq!(target.try_recv().unwrap(), Push::Invalidate(None));
+        assert!(own.try_recv().is_err(), "all went to the target");
+        tracking.gone(7);
+        tracking.changed(Changed::All);
+        assert_eq!(own.try_recv().unwrap(), Push::RedirectBroken(7));
+        assert!(tracking.redirect_broken(1));
+    }
+
+    #[test]
     fn past_the_table_s_limit_keys_are_forgotten_and_told() {
         let tracking = Tracking::default();
         tracking.set_max_keys(2);
-        let mut reader = tracking.enable(1, Options::default(), activity());
+        let mut reader = tracking.connect(1, activity());
+        tracking.enable(1, Options::default(), true);
         let all = Options {
             bcast: true,
             ..Options::default()
         };
-        let mut watcher = tracking.enable(2, all, activity());
+        let mut watcher = tracking.connect(2, activity());
+        tracking.enable(2, all, true);
         tracking.remember(1, [b("a"), b("b"), b("c")]);
         let Push::Invalidate(Some(told)) = reader.try_recv().unwrap() else {
             panic!("keys invalidated");
@@ -497,8 +583,10 @@ mod tests {
             ..Options::default()
         };
         let (slow, gone) = (activity(), activity());
-        let _inbox = tracking.enable(1, all.clone(), slow.clone());
-        drop(tracking.enable(2, all, gone.clone()));
+        let _inbox = tracking.connect(1, slow.clone());
+        tracking.enable(1, all.clone(), true);
+        drop(tracking.connect(2, gone.clone()));
+        tracking.enable(2, all, true);
         for _ in 0..TRACKING_BACKLOG_MAX {
             tracking.changed(Changed::Keys(&[&b("k")]));
         }
@@ -537,12 +625,13 @@ mod tests {
         );
         let o = parse_options(&args("bcast prefix a prefix b noloop"), |_| true).unwrap();
         assert_eq!(o.prefixes, [b("a"), b("b")]);
-        let mut out = Vec::new();
+        let mut out = bytes::BytesMut::new();
         encode(&Some(vec![b("k")]), &mut out);
         encode(&None, &mut out);
+        encode_push(&Push::InvalidateAllResp2, &mut out);
         assert_eq!(
-            out,
-            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n>2\r\n$10\r\ninvalidate\r\n_\r\n"
+            &out[..],
+            b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n>2\r\n$10\r\ninvalidate\r\n_\r\n>2\r\n$10\r\ninvalidate\r\n$-1\r\n"
         );
     }
 }

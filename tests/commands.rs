@@ -3423,6 +3423,83 @@ fn client_tracking_redirects_invalidations_to_a_subscriber() {
     assert_eq!(err, "ERR The client ID you want redirect to does not exist");
 }
 
+/// A REDIRECT target without subscriptions: a RESP3 one is pushed the
+/// invalidations (as Redis pushes them, to any RESP3 target), a RESP2 one
+/// is told nothing; a RESP3 target with subscriptions is pushed them in
+/// the same form, in order with its messages. Each a push written before
+/// the reply to the target's next command, byte for byte as Redis 7.0
+/// writes them.
+#[test]
+fn client_tracking_redirects_to_a_resp3_client_as_pushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let id_of = |c: &mut Resp3| {
+        c.send(&["CLIENT", "ID"]);
+        c.read_line().trim_start_matches(':').to_string()
+    };
+    let mut sink = Resp3::connect(&server);
+    let sink_id = id_of(&mut sink);
+    let mut tracker = Resp3::connect_resp2(&server);
+    tracker.exchange(
+        &["CLIENT", "TRACKING", "ON", "REDIRECT", &sink_id],
+        "+OK\r\n",
+    );
+    tracker.exchange(&["GET", "k"], "$-1\r\n");
+    let p = &mut server.client();
+    cmd(&["SET", "k", "v"]).query::<()>(p).expect("SET");
+    sink.exchange(
+        &["PING"],
+        ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n",
+    );
+    // A flush's null as the tracking client speaks (RESP2 here), as Redis
+    // writes it; a RESP3 one's as RESP3's.
+    cmd(&["FLUSHALL"]).query::<()>(p).expect("FLUSHALL");
+    sink.exchange(&["PING"], ">2\r\n$10\r\ninvalidate\r\n$-1\r\n+PONG\r\n");
+    let mut tracker3 = Resp3::connect(&server);
+    tracker3.exchange(
+        &["CLIENT", "TRACKING", "ON", "REDIRECT", &sink_id],
+        "+OK\r\n",
+    );
+    cmd(&["FLUSHALL"]).query::<()>(p).expect("FLUSHALL");
+    sink.exchange(
+        &["PING"],
+        ">2\r\n$10\r\ninvalidate\r\n$-1\r\n>2\r\n$10\r\ninvalidate\r\n_\r\n+PONG\r\n",
+    );
+    tracker3.exchange(&["CLIENT", "TRACKING", "OFF"], "+OK\r\n");
+    // With subscriptions: the same push, after the message published
+    // before the change.
+    sink.exchange(
+        &["SUBSCRIBE", "ch"],
+        ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+    );
+    tracker.exchange(&["GET", "k"], "$-1\r\n");
+    cmd(&["PUBLISH", "ch", "m"])
+        .query::<()>(p)
+        .expect("PUBLISH");
+    cmd(&["SET", "k", "w"]).query::<()>(p).expect("SET");
+    sink.exchange(
+        &["PING"],
+        ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nm\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n",
+    );
+    // Back to RESP2 without subscriptions: nothing.
+    sink.exchange(
+        &["UNSUBSCRIBE"],
+        ">3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n",
+    );
+    sink.send(&["HELLO", "2"]);
+    assert!(sink.read_until(b"modules\r\n*0\r\n"));
+    tracker.exchange(&["GET", "k"], "$1\r\nw\r\n");
+    cmd(&["SET", "k", "x"]).query::<()>(p).expect("SET");
+    sink.exchange(&["PING"], "+PONG\r\n");
+    // Nor was the tracking client: its redirect is not broken.
+    tracker.exchange(
+        &["CLIENT", "TRACKINGINFO"],
+        &format!(
+            "*6\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$8\r\nredirect\r\n:{sink_id}\r\n$8\r\nprefixes\r\n*0\r\n"
+        ),
+    );
+}
+
 /// `keymiss` (class `m`): a read, or a write's read for the client (as
 /// GETDEL's), that finds no key tells it; one that finds its key does not.
 #[test]
