@@ -287,29 +287,46 @@ fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub:
     // default mode or BCAST, not both, so it is told of each key once.
     let mut seen = HashSet::with_capacity(keys.len());
     let keys: Vec<&Bytes> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
-    // By client, in the order they connected.
-    let mut to: std::collections::BTreeMap<u64, Vec<Bytes>> = Default::default();
+    // Default mode, as Redis tells it: key by key, a message each, to its
+    // readers in the order they connected.
     for key in &keys {
         if let Some(ids) = table.keys.remove(*key) {
             table.items -= ids.len();
+            let mut ids: Vec<u64> = ids.into_iter().collect();
+            ids.sort_unstable();
             for id in ids {
-                to.entry(id).or_default().push((*key).clone());
+                send(table, id, Some(vec![(*key).clone()]), pubsub);
             }
         }
     }
-    for id in table.bcast.iter().filter(|_| bcast) {
-        let Some(client) = table.clients.get(id) else {
+    if !bcast {
+        return;
+    }
+    // BCAST, as Redis tells it: a message per prefix (in their order), of
+    // the keys changed under it, in their order.
+    let mut sorted = keys;
+    sorted.sort_unstable();
+    let mut ids: Vec<u64> = table.bcast.iter().copied().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let Some(client) = table.clients.get(&id) else {
             continue;
         };
-        let prefixes = &client.options.prefixes;
-        for key in &keys {
-            if prefixes.is_empty() || prefixes.iter().any(|p| key.starts_with(p)) {
-                to.entry(*id).or_default().push((*key).clone());
+        let mut prefixes = client.options.prefixes.clone();
+        if prefixes.is_empty() {
+            prefixes.push(Bytes::new());
+        }
+        prefixes.sort_unstable();
+        for prefix in prefixes {
+            let under: Vec<Bytes> = sorted
+                .iter()
+                .filter(|k| k.starts_with(&prefix))
+                .map(|k| (*k).clone())
+                .collect();
+            if !under.is_empty() {
+                send(table, id, Some(under), pubsub);
             }
         }
-    }
-    for (id, keys) in to {
-        send(table, id, Some(keys), pubsub);
     }
 }
 

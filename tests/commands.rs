@@ -3423,6 +3423,53 @@ fn client_tracking_redirects_invalidations_to_a_subscriber() {
     assert_eq!(err, "ERR The client ID you want redirect to does not exist");
 }
 
+/// Invalidations in Redis 7.0's shapes, byte for byte: in default mode a
+/// message per key (a write of three keys is three), in the order the
+/// keys changed; with BCAST a message per prefix, in the prefixes' order,
+/// of the keys changed under it, sorted.
+#[test]
+fn invalidations_are_shaped_as_redis_shapes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let push = |keys: &[&str]| {
+        let mut push = format!(">2\r\n$10\r\ninvalidate\r\n*{}\r\n", keys.len());
+        for key in keys {
+            push += &format!("${}\r\n{key}\r\n", key.len());
+        }
+        push
+    };
+    let mut reader = Resp3::connect(&server);
+    reader.exchange(&["CLIENT", "TRACKING", "ON"], "+OK\r\n");
+    reader.exchange(&["MGET", "a", "b", "c"], "*3\r\n_\r\n_\r\n_\r\n");
+    let mut prefixed = Resp3::connect(&server);
+    prefixed.exchange(
+        &[
+            "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "y", "PREFIX", "x",
+        ],
+        "+OK\r\n",
+    );
+    let mut all = Resp3::connect(&server);
+    all.exchange(&["CLIENT", "TRACKING", "ON", "BCAST"], "+OK\r\n");
+    let p = &mut server.client();
+    cmd(&[
+        "MSET", "c", "1", "y2", "2", "a", "3", "x2", "4", "b", "5", "x1", "6",
+    ])
+    .query::<()>(p)
+    .expect("MSET");
+    reader.exchange(
+        &["PING"],
+        &(push(&["c"]) + &push(&["a"]) + &push(&["b"]) + "+PONG\r\n"),
+    );
+    prefixed.exchange(
+        &["PING"],
+        &(push(&["x1", "x2"]) + &push(&["y2"]) + "+PONG\r\n"),
+    );
+    all.exchange(
+        &["PING"],
+        &(push(&["a", "b", "c", "x1", "x2", "y2"]) + "+PONG\r\n"),
+    );
+}
+
 /// A REDIRECT target without subscriptions: a RESP3 one is pushed the
 /// invalidations (as Redis pushes them, to any RESP3 target), a RESP2 one
 /// is told nothing; a RESP3 target with subscriptions is pushed them in
