@@ -2578,8 +2578,7 @@ fn rename(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     if from == to {
         return Ok(Reply::ok());
     }
-    write_copy(view, from, to, &entry)?;
-    delete(view, from)?;
+    move_key(view, from, to, &entry)?;
     Ok(Reply::ok())
 }
 
@@ -2593,8 +2592,7 @@ fn renamenx(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
     if from == to || view.get(to)?.is_some() {
         return Ok(Reply::Int(0));
     }
-    write_copy(view, from, to, &entry)?;
-    delete(view, from)?;
+    move_key(view, from, to, &entry)?;
     Ok(Reply::Int(1))
 }
 
@@ -2644,6 +2642,14 @@ fn copy(view: &mut View<'_>, args: &Args) -> EResult<Reply> {
 /// place of whatever `to` holds.
 fn write_copy(view: &mut View<'_>, from: &Bytes, to: &Bytes, entry: &Entry) -> EResult<()> {
     let value = value_of(view, from, entry)?;
+    write_value(view, to, value, entry.expire_at_ms)
+}
+
+/// RENAME's move: `from` is deleted, then `to` written with its value
+/// and expiry, the order in which Redis tells a client caching them.
+fn move_key(view: &mut View<'_>, from: &Bytes, to: &Bytes, entry: &Entry) -> EResult<()> {
+    let value = value_of(view, from, entry)?;
+    delete(view, from)?;
     write_value(view, to, value, entry.expire_at_ms)
 }
 

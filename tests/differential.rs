@@ -23,6 +23,8 @@ use common::Server;
 use ferry_wal::testing::SeededRng;
 use redis::Value;
 
+/// The keys of the random rounds: `k0` to `k5`.
+const KEYS: u64 = 6;
 /// Commands per round, and rounds (each on fresh servers' keyspace).
 const COMMANDS: usize = 2000;
 const ROUNDS: u64 = 8;
@@ -415,7 +417,7 @@ impl Gen {
     }
 
     fn key(&mut self) -> String {
-        format!("k{}", self.below(6))
+        format!("k{}", self.below(KEYS))
     }
 
     fn field(&mut self) -> String {
@@ -944,6 +946,16 @@ fn random_commands_get_the_replies_redis_gives() {
             Events::subscribe(&ferry.resp.to_string()),
             Events::subscribe(&format!("127.0.0.1:{}", redis.port)),
         );
+        // And a client caching every key of the round (CLIENT TRACKING):
+        // told the same invalidations, in the same messages.
+        let tracked: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+        let mut trackers = (
+            Events::tracking(&ferry.resp.to_string()),
+            Events::tracking(&format!("127.0.0.1:{}", redis.port)),
+        );
+        trackers.0.invalidations(&tracked);
+        trackers.1.invalidations(&tracked);
+        let mut invalidations = 0;
         let mut batches = 0u64;
         while history.len() < COMMANDS {
             assert!(
@@ -1057,6 +1069,20 @@ fn random_commands_get_the_replies_redis_gives() {
                 String::from_utf8_lossy(&told_ferry),
                 String::from_utf8_lossy(&told_redis),
             );
+            let (invalidated_ferry, invalidated_redis) = (
+                trackers.0.invalidations(&tracked),
+                trackers.1.invalidations(&tracked),
+            );
+            invalidations += invalidated_redis
+                .windows(b"invalidate".len())
+                .filter(|w| w == b"invalidate")
+                .count();
+            assert!(
+                invalidated_ferry == invalidated_redis,
+                "round {round}: the invalidations differ after these commands:\n  {listed}\nferry: {:?}\nredis: {:?}",
+                String::from_utf8_lossy(&invalidated_ferry),
+                String::from_utf8_lossy(&invalidated_redis),
+            );
             // The commands that ran, as the slow logs saw them.
             let (logged_ferry, logged_redis) = (take_slowlog(&mut fi), take_slowlog(&mut ri));
             assert!(
@@ -1064,6 +1090,10 @@ fn random_commands_get_the_replies_redis_gives() {
                 "round {round}: the slow logs differ after these commands:\n  {listed}\nferry: {logged_ferry:?}\nredis: {logged_redis:?}"
             );
         }
+        assert!(
+            invalidations > COMMANDS / 10,
+            "round {round}: {invalidations} invalidations"
+        );
         // Each command's calls, rejections and failures, and the errors by
         // code, over the round (and since a CONFIG RESETSTAT in it).
         let (ferry_stats, redis_stats) = (
@@ -2640,7 +2670,8 @@ fn dump_and_restore_carry_values_between_ferry_and_redis() {
 }
 
 /// A connection subscribed to every keyspace event and to `sync`, whose
-/// messages mark where a batch of commands' events end.
+/// messages mark where a batch of commands' events end; or one tracking
+/// the keys it reads (CLIENT TRACKING, RESP3), told of their changes.
 struct Events {
     stream: std::net::TcpStream,
     got: Vec<u8>,
@@ -2666,6 +2697,42 @@ impl Events {
         let confirmed = events.read_to(b"$4\r\nsync\r\n:2\r\n");
         assert!(confirmed.starts_with(b"*3\r\n$10\r\npsubscribe"), "{addr}");
         events
+    }
+
+    /// A RESP3 connection tracking the keys it reads, in default mode.
+    fn tracking(addr: &str) -> Events {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = [
+            resp(&[b"HELLO", b"3"]),
+            resp(&[b"CLIENT", b"TRACKING", b"ON"]),
+        ]
+        .concat();
+        stream.write_all(&request).expect("track");
+        let mut tracker = Events {
+            stream,
+            got: Vec::new(),
+        };
+        tracker.read_to(b"$7\r\nmodules\r\n*0\r\n+OK\r\n");
+        tracker
+    }
+
+    /// The invalidations told since the last call (all of them: each is
+    /// queued before the reply of the write that caused it, and goes
+    /// before the reply to the PING sent after); then `keys` are read
+    /// again, to be told of their next change.
+    fn invalidations(&mut self, keys: &[String]) -> Vec<u8> {
+        use std::io::Write;
+        let mut read: Vec<&[u8]> = vec![b"MGET"];
+        read.extend(keys.iter().map(|k| k.as_bytes()));
+        let request = [resp(&[b"PING"]), resp(&read), resp(&[b"ECHO", b"read"])].concat();
+        self.stream.write_all(&request).expect("PING");
+        let told = self.read_to(b"+PONG\r\n");
+        self.read_to(b"$4\r\nread\r\n");
+        told
     }
 
     /// What came before `end` (then taken), read for up to 10 s.

@@ -1127,16 +1127,27 @@ impl Engine {
             self.watchers.touch(&key, exists);
         }
         if let Some(listener) = self.listener() {
+            // In the order of the changes: the keys changed before a
+            // FLUSHALL, then everything.
+            let mut keys: Vec<&Bytes> = Vec::new();
             let ops = records
                 .iter()
                 .flat_map(|(_, r)| r.mutations.iter().filter_map(|m| m.op.as_ref()));
-            if ops.clone().any(|op| matches!(op, Op::FlushAll(_))) {
-                listener.changed(Changed::All);
-            } else {
-                let keys: Vec<&Bytes> = ops.filter_map(op_key).collect();
-                if !keys.is_empty() {
-                    listener.changed(Changed::Keys(&keys));
+            for op in ops {
+                match op_key(op) {
+                    Some(key) => keys.push(key),
+                    None if matches!(op, Op::FlushAll(_)) => {
+                        if !keys.is_empty() {
+                            listener.changed(Changed::Keys(&keys));
+                            keys.clear();
+                        }
+                        listener.changed(Changed::All);
+                    }
+                    None => {}
                 }
+            }
+            if !keys.is_empty() {
+                listener.changed(Changed::Keys(&keys));
             }
         }
         written?;
