@@ -185,6 +185,10 @@ pub struct Conn {
     pub pushes: tokio::sync::mpsc::Receiver<crate::tracking::Push>,
     /// Its Pub/Sub messages, from its first subscription on.
     pub pubsub: Option<crate::pubsub::Inbox>,
+    /// Since when (seconds since the epoch; 0: not) what waits to be
+    /// written to it has been over its `client-output-buffer-limit` soft
+    /// limit.
+    pub over_soft_since: std::sync::atomic::AtomicU64,
 }
 
 /// A transaction being queued (MULTI ... EXEC).
@@ -4596,6 +4600,9 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         "rewrite" if args.len() == 2 => config_rewrite(node),
         "resetstat" if args.len() == 2 => {
             node.stats.reset(crate::info::rss_bytes());
+            node.stats
+                .pubsub_closed_base
+                .store(node.pubsub.figures().closed, Ordering::Relaxed);
             Reply::ok()
         }
         "help" if args.len() == 2 => help(&[

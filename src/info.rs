@@ -265,7 +265,9 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  pubsub_channels:{}\r\npubsub_patterns:{}\r\npubsubshard_channels:{}\r\n\
                  latest_fork_usec:0\r\ntotal_forks:0\r\n\
                  tracking_total_keys:{}\r\ntracking_total_items:{}\r\ntracking_total_prefixes:{}\r\n\
-                 total_error_replies:{}\r\nread_cache_hits:{}\r\nread_cache_misses:{}\r\n",
+                 total_error_replies:{}\r\nclient_query_buffer_limit_disconnections:{}\r\n\
+                 client_output_buffer_limit_disconnections:{}\r\n\
+                 read_cache_hits:{}\r\nread_cache_misses:{}\r\n",
                 stats.total_connections_received.load(Ordering::Relaxed),
                 stats.total_commands_processed.load(Ordering::Relaxed),
                 rates.ops_per_sec,
@@ -293,6 +295,15 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                 tracking.items,
                 tracking.prefixes,
                 stats.total_error_replies.load(Ordering::Relaxed),
+                stats
+                    .client_query_buffer_limit_disconnections
+                    .load(Ordering::Relaxed),
+                stats
+                    .client_output_buffer_limit_disconnections
+                    .load(Ordering::Relaxed)
+                    + pubsub
+                        .closed
+                        .saturating_sub(stats.pubsub_closed_base.load(Ordering::Relaxed)),
                 cache.hits,
                 cache.misses,
             );

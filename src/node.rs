@@ -630,6 +630,13 @@ pub struct Stats {
     /// TLS handshakes that failed or timed out, on the gRPC, RESP and
     /// metrics listeners.
     pub tls_handshake_failures: AtomicU64,
+    /// Clients closed for a query buffer over `client-query-buffer-limit`,
+    /// and for replies over their `client-output-buffer-limit` (as Redis
+    /// 7.2 counts them; subscribers closed for their messages are
+    /// [`crate::pubsub::PubSubFigures::closed`], since `pubsub_closed_base`).
+    pub client_query_buffer_limit_disconnections: AtomicU64,
+    pub client_output_buffer_limit_disconnections: AtomicU64,
+    pub pubsub_closed_base: AtomicU64,
     rates: Mutex<VecDeque<RateSample>>,
     /// By [`crate::commands::stat_names`].
     pub commands: Box<[CommandCounters]>,
@@ -655,6 +662,9 @@ impl Default for Stats {
             tls_reloads: AtomicU64::default(),
             tls_reload_failures: AtomicU64::default(),
             tls_handshake_failures: AtomicU64::default(),
+            client_query_buffer_limit_disconnections: AtomicU64::default(),
+            client_output_buffer_limit_disconnections: AtomicU64::default(),
+            pubsub_closed_base: AtomicU64::default(),
             rates: Mutex::default(),
             commands: crate::commands::stat_names()
                 .iter()
@@ -794,6 +804,8 @@ impl Stats {
             &self.keyspace_hits,
             &self.keyspace_misses,
             &self.total_error_replies,
+            &self.client_query_buffer_limit_disconnections,
+            &self.client_output_buffer_limit_disconnections,
         ] {
             c.store(0, Ordering::Relaxed);
         }

@@ -41,12 +41,49 @@ pub struct OutputLimit {
     pub soft_secs: u64,
 }
 
+impl OutputLimit {
+    /// Which of its limits `bytes` waiting for a client break, as Redis
+    /// checks them: `hard` at once, `soft` once over it for longer than
+    /// its seconds, counted from the first check that found it there
+    /// (`over_soft_since`, seconds since the epoch, 0 while under it:
+    /// kept up to date here).
+    pub fn broken(
+        &self,
+        bytes: u64,
+        now_secs: u64,
+        over_soft_since: &AtomicU64,
+    ) -> Option<&'static str> {
+        if self.soft == 0 || bytes < self.soft {
+            over_soft_since.store(0, Ordering::Release);
+        } else if over_soft_since.load(Ordering::Acquire) == 0 {
+            over_soft_since.store(now_secs, Ordering::Release);
+        }
+        let since = over_soft_since.load(Ordering::Acquire);
+        if self.hard > 0 && bytes >= self.hard {
+            Some("hard")
+        } else if since != 0 && now_secs.saturating_sub(since) > self.soft_secs {
+            Some("soft")
+        } else {
+            None
+        }
+    }
+
+    /// The fewest bytes that may break one of its limits (none: no limit).
+    pub fn least(&self) -> Option<u64> {
+        [self.hard, self.soft].into_iter().filter(|&b| b > 0).min()
+    }
+}
+
 /// The classes of `client-output-buffer-limit`, in Redis's order and as
-/// CONFIG GET names them. ferry enforces the `pubsub` class; `normal`
-/// replies are written as they are made (a client that does not read
-/// stops being read), and replicas are fed over gRPC with its own flow
-/// control, so those two are kept and shown only.
+/// CONFIG GET names them. ferry enforces `normal` on what waits to be
+/// written to a client and `pubsub` on that and a subscriber's messages;
+/// replicas are fed over gRPC with its own flow control, so `slave` is
+/// kept and shown only.
 pub const OUTPUT_CLASSES: [&str; 3] = ["normal", "slave", "pubsub"];
+
+/// [`OUTPUT_CLASSES`]' places.
+pub const NORMAL_CLASS: usize = 0;
+pub const PUBSUB_CLASS: usize = 2;
 
 /// [`OUTPUT_LIMITS_DEFAULT`] as CONFIG GET shows it.
 pub const OUTPUT_LIMITS_DEFAULT_TEXT: &str =
@@ -283,24 +320,10 @@ impl Subscriber {
             return false;
         }
         let queued = (self.queued.fetch_add(len, Ordering::AcqRel) + len) as u64;
-        let hard = limit.hard > 0 && queued >= limit.hard;
-        let soft = limit.soft > 0 && queued >= limit.soft && {
-            // Counted from the first message that found it there.
-            let since = self.over_soft_since.load(Ordering::Acquire);
-            if since == 0 {
-                self.over_soft_since.store(now_secs, Ordering::Release);
-                false
-            } else {
-                now_secs.saturating_sub(since) > limit.soft_secs
-            }
-        };
-        if limit.soft == 0 || queued < limit.soft {
-            self.over_soft_since.store(0, Ordering::Release);
-        }
-        if hard || soft {
+        if let Some(broken) = limit.broken(queued, now_secs, &self.over_soft_since) {
             tracing::warn!(
                 bytes = queued,
-                limit = if hard { "hard" } else { "soft" },
+                limit = broken,
                 "closing a subscriber that fell behind on its messages (client-output-buffer-limit pubsub)"
             );
             self.activity.kill();
@@ -349,7 +372,7 @@ impl Default for Limits {
 }
 
 /// Seconds since the Unix epoch.
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -426,7 +449,7 @@ impl PubSub {
 
     /// The `pubsub` class's limit, and the time to judge it by.
     fn subscriber_limit(&self) -> (OutputLimit, u64) {
-        (self.output_limits()[2], now_secs())
+        (self.output_limits()[PUBSUB_CLASS], now_secs())
     }
 
     /// Whether some client has subscriptions.

@@ -19,6 +19,7 @@ use crate::commands::{self, Conn, FailoverArgs, Handler, Multi, ShutdownArgs, Sp
 use crate::node::{
     Activity, ClientInfo, EXPIRE_SWEEP_INTERVAL, EXPIRE_SWEEP_KEYS_MAX, Node, STATS_SAMPLE_INTERVAL,
 };
+use crate::pubsub::OutputLimit;
 use crate::resp::{ParseLimits, Reply, parse_request};
 
 /// Replies a connection may have outstanding before it waits for them.
@@ -421,6 +422,17 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
     let lease = node.lease();
     // One deadline for the whole batch of replies.
     let mut deadline = None;
+    let limit = output_limit(node, conn);
+    let least = limit.least();
+    // Closed for what waits to be written: dropped, as Redis drops it.
+    let over = |out: &mut BytesMut, conn: &Conn| {
+        let over = least.is_some_and(|least| out.len() as u64 >= least)
+            && over_output_limit(node, conn, &limit, out.len());
+        if over {
+            out.clear();
+        }
+        over
+    };
     while let Some(item) = queue.pop_front() {
         // A subscriber's messages delivered before the reply is ready go
         // before it (a PUBLISH to its own channel, an UNSUBSCRIBE's last).
@@ -436,8 +448,75 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
             _ if silent => {}
             reply => send(node, &reply, out, conn.resp3),
         }
+        if over(out, conn) {
+            queue.clear();
+            return;
+        }
     }
     write_messages(conn, None, None, false, out);
+    over(out, conn);
+}
+
+/// The `client-output-buffer-limit` of the connection's class, as Redis
+/// classes a client: `pubsub` with subscriptions, `normal` otherwise
+/// (MONITOR's too).
+fn output_limit(node: &Node, conn: &Conn) -> OutputLimit {
+    let class = if commands::is_subscribed(conn) {
+        crate::pubsub::PUBSUB_CLASS
+    } else {
+        crate::pubsub::NORMAL_CLASS
+    };
+    node.pubsub.output_limits()[class]
+}
+
+/// Closes a client for `waiting` bytes of replies not yet written, if
+/// they break `limit` (as Redis closes it, dropping them); whether it did.
+fn over_output_limit(node: &Node, conn: &Conn, limit: &OutputLimit, waiting: usize) -> bool {
+    let now = crate::pubsub::now_secs();
+    let Some(broken) = limit.broken(waiting as u64, now, &conn.over_soft_since) else {
+        return false;
+    };
+    tracing::warn!(
+        client = conn.id,
+        bytes = waiting,
+        limit = broken,
+        "closing a client over its output buffer limit (client-output-buffer-limit)"
+    );
+    node.stats
+        .client_output_buffer_limit_disconnections
+        .fetch_add(1, Ordering::Relaxed);
+    conn.activity.kill();
+    true
+}
+
+/// Writes `out` to the client, which may take its time reading it, as
+/// Redis lets it: but one that leaves its class's soft limit of bytes or
+/// more unread for longer than the limit's seconds is closed (false), as
+/// is one whose socket fails.
+async fn write_out<S: AsyncWrite + Unpin>(
+    socket: &mut S,
+    out: &[u8],
+    node: &Node,
+    conn: &Conn,
+) -> bool {
+    let limit = output_limit(node, conn);
+    let mut rest = out;
+    while limit.soft > 0 && rest.len() as u64 >= limit.soft {
+        if over_output_limit(node, conn, &limit, rest.len()) {
+            return false;
+        }
+        // Until its time is up (Redis's check runs once a second).
+        let since = conn.over_soft_since.load(Ordering::Acquire);
+        let left = (since + limit.soft_secs + 1).saturating_sub(crate::pubsub::now_secs());
+        match tokio::time::timeout(Duration::from_secs(left.max(1)), socket.write(rest)).await {
+            Err(_) => continue,
+            Ok(Ok(0) | Err(_)) => return false,
+            Ok(Ok(n)) => rest = &rest[n..],
+        }
+    }
+    let written = socket.write_all(rest).await.is_ok() && socket.flush().await.is_ok();
+    conn.over_soft_since.store(0, Ordering::Release);
+    written
 }
 
 /// Writes a subscriber's messages that go before a reply, as Redis would
@@ -648,6 +727,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         tracking: None,
         pushes: node.tracking.connect(id, activity.clone()),
         pubsub: None,
+        over_soft_since: Default::default(),
     };
     let connected_at = Instant::now();
     node.stats.connected_clients.fetch_add(1, Ordering::Relaxed);
@@ -752,6 +832,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 bytes = buf.len(),
                 "closing a client over the query buffer limit"
             );
+            node.stats
+                .client_query_buffer_limit_disconnections
+                .fetch_add(1, Ordering::Relaxed);
             break;
         }
         // Pushes queued before this batch was read go before its replies:
@@ -854,7 +937,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             // A TLS stream keeps what it encrypted until flushed. (A kill
             // shuts the socket down: a write to a client that does not read
             // then fails.)
-            if socket.write_all(&out).await.is_err() || socket.flush().await.is_err() {
+            if !write_out(&mut socket, &out, &node, &conn).await {
                 break;
             }
             out.clear();

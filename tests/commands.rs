@@ -3317,6 +3317,113 @@ fn client_output_buffer_limit_set_at_run_time_holds_subscribers_to_it() {
     );
 }
 
+/// `client-output-buffer-limit normal` holds a client's replies waiting to
+/// be written, as Redis: past the hard limit it is closed at once (what
+/// waits dropped), past the soft limit once that has lasted longer than
+/// its seconds; a client under them, and the others, go on. INFO counts
+/// the closes (Redis 7.2's `client_output_buffer_limit_disconnections`).
+#[test]
+fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let p = &mut server.client();
+    let value = "x".repeat(1 << 20);
+    raw(p, &["SET", "big", &value]);
+    let set_limit = |c: &mut redis::Connection, limit: &str| {
+        assert_eq!(
+            raw(c, &["CONFIG", "SET", "client-output-buffer-limit", limit]),
+            ok()
+        );
+    };
+    let gets = |n: usize| request(&["GET", "big"]).repeat(n);
+    // The bytes a connection gets for `request` before it is closed (at
+    // most 10 s).
+    let closed_after = |request: &[u8]| -> Option<usize> {
+        let mut s = std::net::TcpStream::connect(server.resp).expect("connect");
+        s.write_all(request).expect("send");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (mut got, mut buf) = (0, vec![0u8; 1 << 16]);
+        while std::time::Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => return Some(got),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+                Err(_) => {}
+            }
+        }
+        None
+    };
+    // Unlimited (Redis's default): 20 MiB of replies, all of them.
+    let reply = 1 + 8 + (1 << 20) + 2;
+    let mut s = std::net::TcpStream::connect(server.resp).expect("connect");
+    s.write_all(&gets(20)).expect("send");
+    let mut all = vec![0u8; 20 * reply];
+    s.read_exact(&mut all).expect("every reply");
+    drop(s);
+
+    set_limit(p, "normal 4mb 0 0");
+    // Under it: served.
+    let mut s = std::net::TcpStream::connect(server.resp).expect("connect");
+    s.write_all(&gets(3)).expect("send");
+    s.read_exact(&mut all[..3 * reply]).expect("three replies");
+    drop(s);
+    // Past it: closed, nothing of the batch written.
+    let got = closed_after(&gets(20)).expect("closed at the hard limit");
+    assert!(got < 4 * reply, "{got} bytes before the close");
+    assert_eq!(
+        info_figure(
+            &section_text(&server, "stats"),
+            "client_output_buffer_limit_disconnections"
+        ),
+        1
+    );
+
+    // The soft limit: 40 MiB waiting, more than the sockets hold, unread;
+    // closed once it has waited past 4 MiB for over a second, not before.
+    set_limit(p, "normal 0 4mb 1");
+    let mut stuck = std::net::TcpStream::connect(server.resp).expect("connect");
+    let sent = std::time::Instant::now();
+    stuck.write_all(&gets(40)).expect("send");
+    let clients: String = cmd(&["CLIENT", "LIST"]).query(p).expect("CLIENT LIST");
+    if sent.elapsed() < Duration::from_millis(900) {
+        assert_eq!(clients.lines().count(), 2, "not closed before its second");
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        info_figure(
+            &section_text(&server, "stats"),
+            "client_output_buffer_limit_disconnections",
+        ) == 2
+    }));
+    assert!(sent.elapsed() >= Duration::from_secs(1));
+    drop(stuck);
+    assert_eq!(
+        info_figure(
+            &section_text(&server, "stats"),
+            "client_output_buffer_limit_disconnections"
+        ),
+        2
+    );
+    assert!(
+        server
+            .stderr()
+            .contains("closing a client over its output buffer limit")
+    );
+    let pong: String = cmd(&["PING"]).query(p).expect("PING");
+    assert_eq!(pong, "PONG");
+    // CONFIG RESETSTAT zeroes the count.
+    raw(p, &["CONFIG", "RESETSTAT"]);
+    assert_eq!(
+        info_figure(
+            &section_text(&server, "stats"),
+            "client_output_buffer_limit_disconnections"
+        ),
+        0
+    );
+}
+
 /// Keyspace notifications set at run time: off, nothing is told; with
 /// `KEA`, a write's events on both channels, and the expiry sweep's
 /// `expired`; CONFIG GET shows the setting as Redis writes it.

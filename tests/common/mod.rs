@@ -224,6 +224,15 @@ impl Drop for Server {
 }
 
 /// `redis::cmd(name)` with string arguments.
+/// `args` as a RESP request.
+pub fn request(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    out.into_bytes()
+}
+
 pub fn cmd(args: &[&str]) -> redis::Cmd {
     let mut c = redis::cmd(args[0]);
     for a in &args[1..] {
@@ -396,11 +405,7 @@ impl Resp3 {
 
     pub fn send(&mut self, args: &[&str]) {
         use std::io::Write;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        self.stream.write_all(out.as_bytes()).expect("send");
+        self.stream.write_all(&request(args)).expect("send");
     }
 
     /// Reads until `expected` is what came in since the last call (then
