@@ -3551,6 +3551,7 @@ fn reset(node: &Node, conn: &mut Conn, _args: &Args) -> Reply {
     conn.multi = None;
     conn.watch.clear();
     conn.resp3 = false;
+    conn.activity.resp3.store(false, Ordering::Release);
     conn.name = None;
     conn.authenticated = !node.config.requirepass.required();
     Reply::Simple("RESET".into())
@@ -3683,6 +3684,7 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
         return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
     }
     conn.resp3 = resp3;
+    conn.activity.resp3.store(resp3, Ordering::Release);
     if conn.tracking.is_some() {
         node.tracking.set_resp3(conn.id, resp3);
     }

@@ -868,6 +868,9 @@ pub struct Activity {
     /// this client (`redir=<id>`; 0: none).
     pub tracking: AtomicBool,
     pub redirect: AtomicI64,
+    /// It speaks RESP3 (after HELLO 3): only then is it pushed
+    /// invalidations ([`crate::tracking`]).
+    pub resp3: AtomicBool,
     /// Its channels, patterns and shard channels (`sub`, `psub`, `ssub`).
     pub subscriptions: [AtomicU64; 3],
     /// Wakes the connection's WAIT when it is killed.
@@ -890,6 +893,7 @@ impl Activity {
             idle_exempt: AtomicBool::new(false),
             tracking: AtomicBool::new(false),
             redirect: AtomicI64::new(0),
+            resp3: AtomicBool::new(false),
             subscriptions: Default::default(),
             kill: tokio::sync::Notify::new(),
             fd,

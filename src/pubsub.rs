@@ -361,13 +361,36 @@ pub struct PubSub {
     limits: Limits,
 }
 
-/// `client-output-buffer-limit` (see [`OUTPUT_CLASSES`]).
+/// `client-output-buffer-limit` (see [`OUTPUT_CLASSES`]): each class's
+/// hard, soft and seconds, read without a lock by every connection's
+/// writes (a read beside a CONFIG SET may mix the two: one batch's worth).
 #[derive(Debug)]
-struct Limits(Mutex<[OutputLimit; 3]>);
+struct Limits([[AtomicU64; 3]; 3]);
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits(Mutex::new(OUTPUT_LIMITS_DEFAULT))
+        let limits = Limits(Default::default());
+        limits.set(OUTPUT_LIMITS_DEFAULT);
+        limits
+    }
+}
+
+impl Limits {
+    fn get(&self, class: usize) -> OutputLimit {
+        let [hard, soft, soft_secs] = &self.0[class];
+        OutputLimit {
+            hard: hard.load(Ordering::Relaxed),
+            soft: soft.load(Ordering::Relaxed),
+            soft_secs: soft_secs.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set(&self, limits: [OutputLimit; 3]) {
+        for (class, limit) in self.0.iter().zip(limits) {
+            class[0].store(limit.hard, Ordering::Relaxed);
+            class[1].store(limit.soft, Ordering::Relaxed);
+            class[2].store(limit.soft_secs, Ordering::Relaxed);
+        }
     }
 }
 
@@ -438,18 +461,23 @@ impl PubSub {
 
     /// `client-output-buffer-limit`, all classes.
     pub fn output_limits(&self) -> [OutputLimit; 3] {
-        *self.limits.0.lock().unwrap_or_else(|e| e.into_inner())
+        [0, 1, 2].map(|class| self.limits.get(class))
     }
 
-    /// Sets `client-output-buffer-limit`; the `pubsub` class holds from the
-    /// next message on.
+    /// One class of `client-output-buffer-limit` ([`OUTPUT_CLASSES`]).
+    pub fn output_limit(&self, class: usize) -> OutputLimit {
+        self.limits.get(class)
+    }
+
+    /// Sets `client-output-buffer-limit`; clients are held to it from
+    /// their next replies, subscribers from their next message.
     pub fn set_output_limits(&self, limits: [OutputLimit; 3]) {
-        *self.limits.0.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+        self.limits.set(limits);
     }
 
     /// The `pubsub` class's limit, and the time to judge it by.
     fn subscriber_limit(&self) -> (OutputLimit, u64) {
-        (self.output_limits()[PUBSUB_CLASS], now_secs())
+        (self.output_limit(PUBSUB_CLASS), now_secs())
     }
 
     /// Whether some client has subscriptions.

@@ -466,7 +466,7 @@ fn output_limit(node: &Node, conn: &Conn) -> OutputLimit {
     } else {
         crate::pubsub::NORMAL_CLASS
     };
-    node.pubsub.output_limits()[class]
+    node.pubsub.output_limit(class)
 }
 
 /// Closes a client for `waiting` bytes of replies not yet written, if
@@ -803,10 +803,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            message = invalidations(&mut conn.pushes) => {
+            message = invalidations(&mut conn.pushes), if conn.resp3 => {
                 let mut pushes = BytesMut::new();
-                write_pushes(&message, conn.resp3, &mut pushes);
-                if !pushes.is_empty() && !push_out(&mut socket, &node, &pushes).await {
+                write_pushes(&message, &mut pushes);
+                if !push_out(&mut socket, &node, &pushes).await {
                     break;
                 }
                 continue;
@@ -839,11 +839,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // Pushes queued before this batch was read go before its replies:
         // Redis has them in the output buffer by then.
-        let mut queued = Vec::new();
-        while let Ok(push) = conn.pushes.try_recv() {
-            queued.push(push);
+        if conn.resp3 {
+            let mut queued = Vec::new();
+            while let Ok(push) = conn.pushes.try_recv() {
+                queued.push(push);
+            }
+            write_pushes(&queued, &mut out);
         }
-        write_pushes(&queued, conn.resp3, &mut out);
         let mut last_command = None;
         loop {
             // Killed before or during the batch: nothing more of it runs.
@@ -1013,14 +1015,10 @@ async fn messages(inbox: &mut Option<crate::pubsub::Inbox>) -> Vec<crate::pubsub
     }
 }
 
-/// Writes a connection's invalidations (and the like): only a RESP3
-/// connection takes them (as Redis: a RESP2 one tracking without REDIRECT,
-/// or the target of one without subscriptions, is told nothing).
-fn write_pushes(pushes: &[crate::tracking::Push], resp3: bool, out: &mut BytesMut) {
-    if resp3 {
-        for push in pushes {
-            crate::tracking::encode_push(push, out);
-        }
+/// Writes a RESP3 connection's invalidations (and the like).
+fn write_pushes(pushes: &[crate::tracking::Push], out: &mut BytesMut) {
+    for push in pushes {
+        crate::tracking::encode_push(push, out);
     }
 }
 

@@ -78,11 +78,16 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Queues `push`. One behind by the whole backlog is closed: a cache
+    /// Queues `push` for a RESP3 connection (as Redis: a RESP2 one tracking
+    /// without REDIRECT, or the target of one without subscriptions, is
+    /// told nothing). One behind by the whole backlog is closed: a cache
     /// it keeps could no longer be kept right. (Its connection is open: it
     /// leaves the table, under the lock held here, before its socket
     /// closes.)
     fn send(&self, push: Push) {
+        if !self.activity.resp3.load(Ordering::Acquire) {
+            return;
+        }
         if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(push) {
             tracing::warn!("closing a client that fell behind on its invalidations");
             self.activity.kill();
@@ -494,8 +499,11 @@ mod tests {
     use super::*;
     use ferry_engine::ChangeListener;
 
+    /// A RESP3 connection's.
     fn activity() -> Arc<crate::node::Activity> {
-        Arc::new(crate::node::Activity::new(-1))
+        let activity = crate::node::Activity::new(-1);
+        activity.resp3.store(true, Ordering::Relaxed);
+        Arc::new(activity)
     }
 
     fn b(s: &str) -> Bytes {
@@ -546,7 +554,8 @@ mod tests {
     fn a_redirect_reaches_its_target_s_connection_until_it_goes() {
         let tracking = Tracking::default();
         let mut own = tracking.connect(1, activity());
-        let mut target = tracking.connect(7, activity());
+        let target_activity = activity();
+        let mut target = tracking.connect(7, target_activity.clone());
         let redirect = Options {
             redirect: Some(7),
             ..Options::default()
@@ -565,6 +574,10 @@ mod tests {
         tracking.changed(Changed::All);
         assert_eq!(target.try_recv().unwrap(), Push::Invalidate(None));
         assert!(own.try_recv().is_err(), "all went to the target");
+        // A RESP2 connection is pushed nothing.
+        target_activity.resp3.store(false, Ordering::Relaxed);
+        tracking.changed(Changed::All);
+        assert!(target.try_recv().is_err(), "RESP2: nothing");
         tracking.gone(7);
         tracking.changed(Changed::All);
         assert_eq!(own.try_recv().unwrap(), Push::RedirectBroken(7));

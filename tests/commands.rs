@@ -3385,6 +3385,10 @@ fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up()
     // closed once it has waited past 4 MiB for over a second, not before.
     set_limit(p, "normal 0 4mb 1");
     let mut stuck = std::net::TcpStream::connect(server.resp).expect("connect");
+    // Served once: listed.
+    stuck.write_all(&request(&["PING"])).expect("PING");
+    let mut pong = [0u8; 7];
+    stuck.read_exact(&mut pong).expect("PONG");
     let sent = std::time::Instant::now();
     stuck.write_all(&gets(40)).expect("send");
     let clients: String = cmd(&["CLIENT", "LIST"]).query(p).expect("CLIENT LIST");
