@@ -426,7 +426,8 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
     let least = limit.least();
     // Closed for what waits to be written: dropped, as Redis drops it.
     let over = |out: &mut BytesMut, conn: &Conn| {
-        let over = least.is_some_and(|least| out.len() as u64 >= least)
+        let over = least
+            .is_some_and(|least| out.len().saturating_sub(OUTPUT_UNCOUNTED_BYTES) as u64 >= least)
             && over_output_limit(node, conn, &limit, out.len());
         if over {
             out.clear();
@@ -469,11 +470,18 @@ fn output_limit(node: &Node, conn: &Conn) -> OutputLimit {
     node.pubsub.output_limit(class)
 }
 
+/// Reply bytes waiting for a client that its `client-output-buffer-limit`
+/// does not count: as much as Redis's reply buffer holds (its limits count
+/// the list of replies past it), so that small replies never close a
+/// client, whatever its limits.
+pub const OUTPUT_UNCOUNTED_BYTES: usize = 16 << 10;
+
 /// Closes a client for `waiting` bytes of replies not yet written, if
 /// they break `limit` (as Redis closes it, dropping them); whether it did.
 fn over_output_limit(node: &Node, conn: &Conn, limit: &OutputLimit, waiting: usize) -> bool {
     let now = crate::pubsub::now_secs();
-    let Some(broken) = limit.broken(waiting as u64, now, &conn.over_soft_since) else {
+    let counted = waiting.saturating_sub(OUTPUT_UNCOUNTED_BYTES) as u64;
+    let Some(broken) = limit.broken(counted, now, &conn.over_soft_since) else {
         return false;
     };
     tracing::warn!(
@@ -501,7 +509,7 @@ async fn write_out<S: AsyncWrite + Unpin>(
 ) -> bool {
     let limit = output_limit(node, conn);
     let mut rest = out;
-    while limit.soft > 0 && rest.len() as u64 >= limit.soft {
+    while limit.soft > 0 && rest.len().saturating_sub(OUTPUT_UNCOUNTED_BYTES) as u64 >= limit.soft {
         if over_output_limit(node, conn, &limit, rest.len()) {
             return false;
         }
