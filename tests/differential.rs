@@ -946,15 +946,23 @@ fn random_commands_get_the_replies_redis_gives() {
             Events::subscribe(&ferry.resp.to_string()),
             Events::subscribe(&format!("127.0.0.1:{}", redis.port)),
         );
-        // And a client caching every key of the round (CLIENT TRACKING):
-        // told the same invalidations, in the same messages.
+        // And a client caching every key of the round (CLIENT TRACKING),
+        // and one told of every change under two prefixes (BCAST, which
+        // Redis tells once per pass of its event loop: one command's
+        // changes outside pipelines): told the same invalidations, in the
+        // same messages.
         let tracked: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
         let mut trackers = (
-            Events::tracking(&ferry.resp.to_string()),
-            Events::tracking(&format!("127.0.0.1:{}", redis.port)),
+            Events::tracking(&ferry.resp.to_string(), &[]),
+            Events::tracking(&format!("127.0.0.1:{}", redis.port), &[]),
         );
         trackers.0.invalidations(&tracked);
         trackers.1.invalidations(&tracked);
+        let bcast: &[&[u8]] = &[b"BCAST", b"PREFIX", b"k4", b"PREFIX", b"k1"];
+        let mut broadcasts = (
+            Events::tracking(&ferry.resp.to_string(), bcast),
+            Events::tracking(&format!("127.0.0.1:{}", redis.port), bcast),
+        );
         let mut invalidations = 0;
         let mut batches = 0u64;
         while history.len() < COMMANDS {
@@ -1070,9 +1078,22 @@ fn random_commands_get_the_replies_redis_gives() {
                 String::from_utf8_lossy(&told_redis),
             );
             let (invalidated_ferry, invalidated_redis) = (
-                trackers.0.invalidations(&tracked),
-                trackers.1.invalidations(&tracked),
+                [
+                    trackers.0.invalidations(&tracked),
+                    broadcasts.0.invalidations(&[]),
+                ],
+                [
+                    trackers.1.invalidations(&tracked),
+                    broadcasts.1.invalidations(&[]),
+                ],
             );
+            let (invalidated_ferry, invalidated_redis) = if pipelined {
+                (&invalidated_ferry[..1], &invalidated_redis[..1])
+            } else {
+                (&invalidated_ferry[..], &invalidated_redis[..])
+            };
+            let (invalidated_ferry, invalidated_redis) =
+                (invalidated_ferry.concat(), invalidated_redis.concat());
             invalidations += invalidated_redis
                 .windows(b"invalidate".len())
                 .filter(|w| w == b"invalidate")
@@ -2706,18 +2727,16 @@ impl Events {
         events
     }
 
-    /// A RESP3 connection tracking the keys it reads, in default mode.
-    fn tracking(addr: &str) -> Events {
+    /// A RESP3 connection tracking the keys it reads (default mode), or
+    /// with `options` (BCAST and its prefixes).
+    fn tracking(addr: &str, options: &[&[u8]]) -> Events {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(addr).expect("connect");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let request = [
-            resp(&[b"HELLO", b"3"]),
-            resp(&[b"CLIENT", b"TRACKING", b"ON"]),
-        ]
-        .concat();
+        let on = [&[&b"CLIENT"[..], b"TRACKING", b"ON"][..], options].concat();
+        let request = [resp(&[b"HELLO", b"3"]), resp(&on)].concat();
         stream.write_all(&request).expect("track");
         let mut tracker = Events {
             stream,
@@ -2735,7 +2754,12 @@ impl Events {
         use std::io::Write;
         let mut read: Vec<&[u8]> = vec![b"MGET"];
         read.extend(keys.iter().map(|k| k.as_bytes()));
-        let request = [resp(&[b"PING"]), resp(&read), resp(&[b"ECHO", b"read"])].concat();
+        let read = if keys.is_empty() {
+            Vec::new()
+        } else {
+            resp(&read)
+        };
+        let request = [resp(&[b"PING"]), read, resp(&[b"ECHO", b"read"])].concat();
         self.stream.write_all(&request).expect("PING");
         let told = self.read_to(b"+PONG\r\n");
         self.read_to(b"$4\r\nread\r\n");
