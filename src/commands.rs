@@ -3685,9 +3685,6 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     }
     conn.resp3 = resp3;
     conn.activity.resp3.store(resp3, Ordering::Release);
-    if conn.tracking.is_some() {
-        node.tracking.set_resp3(conn.id, resp3);
-    }
     if let Some(name) = name {
         conn.name = (!name.is_empty()).then_some(name);
     }
@@ -4206,7 +4203,7 @@ fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
         tracking.options = options;
         return Reply::ok();
     }
-    node.tracking.enable(conn.id, options.clone(), conn.resp3);
+    node.tracking.enable(conn.id, options.clone());
     conn.tracking = Some(crate::tracking::ClientTracking {
         options,
         caching: None,

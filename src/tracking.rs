@@ -98,8 +98,6 @@ impl Outbox {
 #[derive(Debug)]
 struct Tracked {
     options: Options,
-    /// It speaks RESP3 (a redirected null is written as it speaks).
-    resp3: bool,
     /// The client it redirects to has gone...
     target_gone: bool,
     /// ... and an invalidation found it so (TRACKINGINFO's
@@ -183,10 +181,9 @@ impl Tracking {
         inbox
     }
 
-    /// Client `id`, speaking RESP3 or not, tracks with `options` from now
-    /// on; its invalidations go to its connection's inbox
-    /// ([`Tracking::connect`]).
-    pub fn enable(&self, id: u64, options: Options, resp3: bool) {
+    /// Client `id` tracks with `options` from now on; its invalidations
+    /// go to its connection's inbox ([`Tracking::connect`]).
+    pub fn enable(&self, id: u64, options: Options) {
         let mut table = self.table();
         if options.bcast {
             table.bcast.insert(id);
@@ -195,7 +192,6 @@ impl Tracking {
             id,
             Tracked {
                 options,
-                resp3,
                 target_gone: false,
                 broken: false,
             },
@@ -213,13 +209,6 @@ impl Tracking {
                 (client.target_gone, client.broken) = (false, false);
             }
             client.options = options;
-        }
-    }
-
-    /// Tracking client `id` speaks RESP3 from now on, or not (HELLO).
-    pub fn set_resp3(&self, id: u64, resp3: bool) {
-        if let Some(client) = self.table().clients.get_mut(&id) {
-            client.resp3 = resp3;
         }
     }
 
@@ -351,11 +340,16 @@ fn send(table: &mut Table, id: u64, message: Invalidation, pubsub: &crate::pubsu
         }
         Some(target) => {
             let target = target as u64;
-            if pubsub.invalidate(target, &message, client.resp3) {
+            // A null is written as the tracking client speaks.
+            let resp3 = table
+                .outboxes
+                .get(&id)
+                .is_some_and(|o| o.activity.resp3.load(Ordering::Acquire));
+            if pubsub.invalidate(target, &message, resp3) {
                 return;
             }
             let push = match message {
-                None if !client.resp3 => Push::InvalidateAllResp2,
+                None if !resp3 => Push::InvalidateAllResp2,
                 message => Push::Invalidate(message),
             };
             (target, push)
@@ -515,14 +509,14 @@ mod tests {
         let tracking = Tracking::default();
         assert!(!tracking.listening());
         let mut reader = tracking.connect(1, activity());
-        tracking.enable(1, Options::default(), true);
+        tracking.enable(1, Options::default());
         let bcast = Options {
             bcast: true,
             prefixes: vec![b("user:")],
             ..Options::default()
         };
         let mut watcher = tracking.connect(2, activity());
-        tracking.enable(2, bcast, true);
+        tracking.enable(2, bcast);
         assert!(tracking.listening());
         tracking.remember(1, [b("a"), b("user:1")]);
         tracking.changed(Changed::Keys(&[&b("a"), &b("a"), &b("b")]));
@@ -553,14 +547,16 @@ mod tests {
     #[test]
     fn a_redirect_reaches_its_target_s_connection_until_it_goes() {
         let tracking = Tracking::default();
-        let mut own = tracking.connect(1, activity());
+        let own_activity = activity();
+        own_activity.resp3.store(false, Ordering::Relaxed);
+        let mut own = tracking.connect(1, own_activity.clone());
         let target_activity = activity();
         let mut target = tracking.connect(7, target_activity.clone());
         let redirect = Options {
             redirect: Some(7),
             ..Options::default()
         };
-        tracking.enable(1, redirect, false);
+        tracking.enable(1, redirect);
         tracking.remember(1, [b("k")]);
         tracking.changed(Changed::Keys(&[&b("k")]));
         assert_eq!(
@@ -570,7 +566,7 @@ mod tests {
         // A flush's null as the tracking client speaks.
         tracking.changed(Changed::All);
         assert_eq!(target.try_recv().unwrap(), Push::InvalidateAllResp2);
-        tracking.set_resp3(1, true);
+        own_activity.resp3.store(true, Ordering::Relaxed);
         tracking.changed(Changed::All);
         assert_eq!(target.try_recv().unwrap(), Push::Invalidate(None));
         assert!(own.try_recv().is_err(), "all went to the target");
@@ -589,13 +585,13 @@ mod tests {
         let tracking = Tracking::default();
         tracking.set_max_keys(2);
         let mut reader = tracking.connect(1, activity());
-        tracking.enable(1, Options::default(), true);
+        tracking.enable(1, Options::default());
         let all = Options {
             bcast: true,
             ..Options::default()
         };
         let mut watcher = tracking.connect(2, activity());
-        tracking.enable(2, all, true);
+        tracking.enable(2, all);
         tracking.remember(1, [b("a"), b("b"), b("c")]);
         let Push::Invalidate(Some(told)) = reader.try_recv().unwrap() else {
             panic!("keys invalidated");
@@ -614,9 +610,9 @@ mod tests {
         };
         let (slow, gone) = (activity(), activity());
         let _inbox = tracking.connect(1, slow.clone());
-        tracking.enable(1, all.clone(), true);
+        tracking.enable(1, all.clone());
         drop(tracking.connect(2, gone.clone()));
-        tracking.enable(2, all, true);
+        tracking.enable(2, all);
         for _ in 0..TRACKING_BACKLOG_MAX {
             tracking.changed(Changed::Keys(&[&b("k")]));
         }
