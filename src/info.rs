@@ -583,6 +583,8 @@ pub fn config_params(node: &Node) -> Vec<(String, String)> {
             c.maxclients.load(Ordering::Relaxed).to_string(),
         ),
         ("maxmemory".into(), "0".into()),
+        // No eviction: what INFO's `maxmemory_policy` says too.
+        ("maxmemory-policy".into(), "noeviction".into()),
         (
             "min-replicas-max-lag".into(),
             c.min_replicas_max_lag_secs

@@ -1742,6 +1742,10 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             .concat(),
         ),
         (
+            "memory settings as Redis's defaults show them (no eviction)",
+            requests(&["config get maxmemory", "config get maxmemory-policy"]),
+        ),
+        (
             "cursors read as C's strtoul reads them; WAIT's timeout errors",
             requests(&[
                 "scan -0",
