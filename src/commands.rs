@@ -34,8 +34,9 @@ pub enum Handler {
     Conn(fn(&Node, &mut Conn, &Args) -> Reply),
     /// REPLICAOF and SLAVEOF: changes the node's role (see [`replicaof`]).
     ReplicaOf,
-    /// WAIT numreplicas timeout: waits for replicas to flush this
-    /// connection's writes.
+    /// WAIT numreplicas timeout, WAITAOF numlocal numreplicas timeout:
+    /// waits for replicas (and the local log) to flush this connection's
+    /// writes.
     Wait,
     /// MULTI, EXEC, DISCARD, WATCH and UNWATCH (see `server::transaction`).
     Transaction,
@@ -563,6 +564,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("unsubscribe", -1, SUB, 0, 0, 0, Handler::Conn(unsubscribe)),
     spec!("unwatch", 1, TX, 0, 0, 0, Handler::Transaction),
     spec!("wait", 3, &["noscript"], 0, 0, 0, Handler::Wait),
+    spec!("waitaof", 4, &["noscript"], 0, 0, 0, Handler::Wait),
     spec!("watch", -2, TX, 1, -1, 1, Handler::Transaction),
 ];
 
@@ -871,6 +873,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("unsubscribe", &["pubsub", "slow"]),
     ("unwatch", &["fast", "transaction"]),
     ("wait", &["slow", "connection"]),
+    ("waitaof", &["slow", "connection"]),
     ("watch", &["fast", "transaction"]),
 ];
 
@@ -3851,12 +3854,10 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             "    Prints this help.",
         ]),
         ("pause", 3 | 4) => {
-            let Some(ms) = parse_i64(&args[2]) else {
-                return Reply::err("timeout is not an integer or out of range");
+            let ms = match timeout_ms_arg(&args[2]) {
+                Ok(ms) => ms,
+                Err(reply) => return reply,
             };
-            if ms < 0 {
-                return Reply::err("timeout is negative");
-            }
             let all = match args.get(3) {
                 None => true,
                 Some(mode) if eq(mode, "all") => true,
@@ -3866,7 +3867,7 @@ fn client(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             // Past what an Instant holds: as good as for ever.
             let now = std::time::Instant::now();
             let until = now
-                .checked_add(std::time::Duration::from_millis(ms as u64))
+                .checked_add(std::time::Duration::from_millis(ms))
                 .unwrap_or(now + CLIENT_PAUSE_MAX);
             node.pipeline.pause(PausePurpose::Client, until, all);
             Reply::ok()
@@ -5408,19 +5409,93 @@ fn role(node: &Node, _r: &dyn Reader, _args: &Args) -> Reply {
     ])
 }
 
-/// WAIT's arguments: how many replicas, and the timeout (0: none).
+/// A timeout in milliseconds as Redis reads one (WAIT, WAITAOF, CLIENT
+/// PAUSE), with its errors.
+fn timeout_ms_arg(arg: &[u8]) -> Result<u64, Reply> {
+    let timeout =
+        parse_i64(arg).ok_or_else(|| Reply::err("timeout is not an integer or out of range"))?;
+    if timeout < 0 {
+        return Err(Reply::err("timeout is negative"));
+    }
+    Ok(timeout as u64)
+}
+
+/// What WAIT and WAITAOF wait for: the local log to hold the connection's
+/// writes durably (WAITAOF's `numlocal`), and how many replicas to have
+/// flushed them; and for how long (ms, 0: without limit).
+#[derive(Debug, Clone, Copy)]
+pub struct WaitFor {
+    pub local: bool,
+    pub replicas: usize,
+    pub timeout_ms: u64,
+}
+
+/// WAIT's arguments (numreplicas timeout), or WAITAOF's (numlocal
+/// numreplicas timeout, as Redis 7.2 reads them), with Redis's errors in
+/// its order.
 ///
 /// # Errors
 ///
 /// The reply to send instead.
-pub fn wait_args(args: &Args) -> Result<(usize, u64), Reply> {
-    let n = parse_i64(&args[1]).ok_or_else(not_integer)?;
-    let timeout = parse_i64(&args[2])
-        .ok_or_else(|| Reply::err("timeout is not an integer or out of range"))?;
-    if timeout < 0 {
-        return Err(Reply::err("timeout is negative"));
+pub fn wait_args(args: &Args) -> Result<WaitFor, Reply> {
+    if args.len() == 3 {
+        let n = parse_i64(&args[1]).ok_or_else(not_integer)?;
+        return Ok(WaitFor {
+            local: false,
+            replicas: n.max(0) as usize,
+            timeout_ms: timeout_ms_arg(&args[2])?,
+        });
     }
-    Ok((n.max(0) as usize, timeout as u64))
+    let local = parse_i64(&args[1]).ok_or_else(not_integer)?;
+    if !(0..=1).contains(&local) {
+        return Err(Reply::err(
+            "value is out of range, value must between 0 and 1",
+        ));
+    }
+    let replicas = parse_i64(&args[2])
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| Reply::err("value is out of range, must be positive"))?;
+    Ok(WaitFor {
+        local: local == 1,
+        replicas: replicas as usize,
+        timeout_ms: timeout_ms_arg(&args[3])?,
+    })
+}
+
+/// WAIT's reply (the replicas), or WAITAOF's (the local log, the replicas).
+pub fn wait_reply(aof: bool, local: bool, replicas: usize) -> Reply {
+    if aof {
+        Reply::Array(vec![
+            Reply::Int(i64::from(local)),
+            Reply::Int(replicas as i64),
+        ])
+    } else {
+        Reply::Int(replicas as i64)
+    }
+}
+
+/// Why WAIT (and WAITAOF, `aof`) are refused on a replica, in Redis's
+/// words.
+pub fn wait_on_replica(aof: bool) -> Reply {
+    Reply::err(if aof {
+        "WAITAOF cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated."
+    } else {
+        "WAIT cannot be used with replica instances. Please also note that since Redis 4.0 if a replica is configured to be writable (which is not the default) writes to replicas are just local and are not propagated."
+    })
+}
+
+/// WAIT's refusal on a replica comes before its arguments are read,
+/// WAITAOF's after, as in Redis.
+pub fn wait_refused(node: &Node, args: &Args) -> Result<WaitFor, Reply> {
+    let aof = args.len() == 4;
+    if node.is_replica() && !aof {
+        return Err(wait_on_replica(false));
+    }
+    let wait = wait_args(args)?;
+    if node.is_replica() {
+        return Err(wait_on_replica(true));
+    }
+    Ok(wait)
 }
 
 /// REPLICAOF host grpc-port: the gRPC address to follow (`None` for NO ONE),

@@ -642,37 +642,66 @@ async fn flushed_by(
     wanted: usize,
     deadline: Option<tokio::time::Instant>,
 ) -> usize {
+    durable_by(node, lsn, false, wanted, deadline).await.1
+}
+
+/// Whether the local log holds `lsn` synced to disk (never said under
+/// `--fsync no`, whose writes count as durable once written: as Redis's
+/// `appendfsync no`), and how many replicas have flushed it.
+fn durable_now(node: &Node, lsn: ferry_wal::Lsn) -> (bool, usize) {
+    (
+        node.wal.sync_policy() != ferry_wal::SyncPolicy::No && node.wal.durable_lsn() >= lsn,
+        node.shipper.flushed_count(lsn),
+    )
+}
+
+/// [`durable_now`], once the local log holds `lsn` durably (if `local`)
+/// and `wanted` replicas have flushed it, or the deadline (if any) passes.
+async fn durable_by(
+    node: &Node,
+    lsn: ferry_wal::Lsn,
+    local: bool,
+    wanted: usize,
+    deadline: Option<tokio::time::Instant>,
+) -> (bool, usize) {
     let mut acks = node.shipper.subscribe_acks();
+    let mut synced = node.wal.subscribe_durable();
     loop {
-        let count = node.shipper.flushed_count(lsn);
-        if count >= wanted {
-            return count;
+        let now = durable_now(node, lsn);
+        if (now.0 || !local) && now.1 >= wanted {
+            return now;
         }
-        let changed = acks.changed();
-        let more = match deadline {
-            Some(at) => matches!(tokio::time::timeout_at(at, changed).await, Ok(Ok(()))),
-            None => changed.await.is_ok(),
+        let more = tokio::select! {
+            changed = acks.changed() => changed.is_ok(),
+            changed = synced.changed() => changed.is_ok(),
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => false,
         };
         if !more {
-            return node.shipper.flushed_count(lsn);
+            return durable_now(node, lsn);
         }
     }
 }
 
-/// WAIT: how many replicas flushed the connection's last write, waiting up
-/// to `timeout_ms` (0: without limit) for `wanted` of them.
-async fn wait_replicas(node: &Node, conn: &Conn, wanted: usize, timeout_ms: u64) -> Reply {
+/// WAIT (replicas) and WAITAOF (`aof`: the local log and replicas): what
+/// holds the connection's last write durably, waiting up to the timeout
+/// (0: without limit) for what the client asked.
+async fn wait_durable(node: &Node, conn: &Conn, aof: bool, wait: commands::WaitFor) -> Reply {
     let lsn = ferry_wal::Lsn(conn.last_write_lsn);
-    let count = node.shipper.flushed_count(lsn);
-    if count >= wanted {
-        return Reply::Int(count as i64);
+    let (local, replicas) = durable_now(node, lsn);
+    if (local || !wait.local) && replicas >= wait.replicas {
+        return commands::wait_reply(aof, local, replicas);
     }
     // A blocked client (INFO clients) while it waits.
     let _blocked = Blocked::begin(&node.stats.blocked_clients);
-    let deadline =
-        (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
-    let count = flushed_by(node, lsn, wanted, deadline).await;
-    Reply::Int(count as i64)
+    let deadline = (wait.timeout_ms > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(wait.timeout_ms));
+    let (local, replicas) = durable_by(node, lsn, wait.local, wait.replicas, deadline).await;
+    commands::wait_reply(aof, local, replicas)
 }
 
 /// Counts a client as blocked for as long as it lives.
@@ -1362,7 +1391,7 @@ async fn dispatch(
             && conn.multi.as_ref().is_some_and(|m| {
                 m.commands
                     .iter()
-                    .any(|(s, ..)| matches!(s.name, "hello" | "wait"))
+                    .any(|(s, ..)| matches!(s.name, "hello" | "wait" | "waitaof"))
             })
         {
             drain(node, queue, out, conn).await;
@@ -1452,29 +1481,21 @@ async fn run_command(
     args: &[bytes::Bytes],
 ) -> Reply {
     match spec.handler {
-        Handler::Wait => {
-            if node.is_replica() {
-                Reply::err(
-                    "WAIT cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated.",
-                )
-            } else {
-                match commands::wait_args(args) {
-                    // Until killed, for a WAIT without a timeout.
-                    Ok((wanted, timeout_ms)) => {
-                        // Waiting is not idling (`--timeout`), as in Redis.
-                        conn.activity.idle_exempt.store(true, Ordering::Relaxed);
-                        let reply = tokio::select! {
-                            biased;
-                            () = until_killed(&conn.activity) => Reply::Int(0),
-                            reply = wait_replicas(node, conn, wanted, timeout_ms) => reply,
-                        };
-                        conn.activity.idle_exempt.store(false, Ordering::Relaxed);
-                        reply
-                    }
-                    Err(reply) => reply,
-                }
+        Handler::Wait => match commands::wait_refused(node, args) {
+            // Until killed, for a wait without a timeout.
+            Ok(wait) => {
+                // Waiting is not idling (`--timeout`), as in Redis.
+                conn.activity.idle_exempt.store(true, Ordering::Relaxed);
+                let reply = tokio::select! {
+                    biased;
+                    () = until_killed(&conn.activity) => Reply::Int(0),
+                    reply = wait_durable(node, conn, spec.name == "waitaof", wait) => reply,
+                };
+                conn.activity.idle_exempt.store(false, Ordering::Relaxed);
+                reply
             }
-        }
+            Err(reply) => reply,
+        },
         Handler::ReplicaOf => match commands::replicaof_target(args, node.config.tls.scheme()) {
             Err(reply) => reply,
             Ok(None) if !node.is_replica() => Reply::ok(),
@@ -1745,17 +1766,13 @@ fn run_queued(
                 other => other,
             },
             Handler::Conn(f) => f(node, conn, args),
-            // WAIT cannot block inside a transaction: the replicas that
-            // have flushed the connection's writes so far, as in Redis.
-            Handler::Wait if node.is_replica() => Reply::err(
-                "WAIT cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated.",
-            ),
-            Handler::Wait => match commands::wait_args(args) {
-                Ok(_) => Reply::Int(
-                    node.shipper
-                        .flushed_count(ferry_wal::Lsn(conn.last_write_lsn))
-                        as i64,
-                ),
+            // WAIT and WAITAOF cannot block inside a transaction: what
+            // holds the connection's writes so far, as in Redis.
+            Handler::Wait => match commands::wait_refused(node, args) {
+                Ok(_) => {
+                    let (local, replicas) = durable_now(node, ferry_wal::Lsn(conn.last_write_lsn));
+                    commands::wait_reply(spec.name == "waitaof", local, replicas)
+                }
                 Err(reply) => reply,
             },
             Handler::Publish if node.is_replica() => Reply::Int(node.pubsub.publish(

@@ -3658,6 +3658,71 @@ fn client_tracking_redirects_to_a_resp3_client_as_pushes() {
     );
 }
 
+/// WAITAOF (Redis 7.2's) on a node without replicas: `numlocal` waits for
+/// the WAL's sync of the client's last write (at once under `always`,
+/// within the second under `everysec`, never under `no`: it times out),
+/// with Redis's errors in its order.
+#[test]
+fn waitaof_waits_for_the_local_log_to_hold_the_last_write() {
+    let ints = |a: i64, b: i64| V::Array(vec![V::Int(a), V::Int(b)]);
+    for (fsync, local) in [("always", 1), ("everysec", 1), ("no", 0)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Server::start(dir.path(), &["--fsync", fsync]);
+        let c = &mut server.client();
+        raw(c, &["SET", "k", "v"]);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            raw(c, &["WAITAOF", "1", "0", "1500"]),
+            ints(local, 0),
+            "{fsync}"
+        );
+        if local == 0 {
+            assert!(started.elapsed() >= Duration::from_millis(1500), "{fsync}");
+        }
+        // Nothing more asked than there is: at once.
+        assert_eq!(
+            raw(c, &["WAITAOF", "0", "0", "0"]),
+            ints(local, 0),
+            "{fsync}"
+        );
+    }
+    let (_dir, server) = start();
+    let c = &mut server.client();
+    for (args, text) in [
+        (
+            ["WAITAOF", "x", "0", "0"],
+            "ERR value is not an integer or out of range",
+        ),
+        (
+            ["WAITAOF", "2", "0", "0"],
+            "ERR value is out of range, value must between 0 and 1",
+        ),
+        (
+            ["WAITAOF", "-1", "x", "x"],
+            "ERR value is out of range, value must between 0 and 1",
+        ),
+        (
+            ["WAITAOF", "0", "-1", "0"],
+            "ERR value is out of range, must be positive",
+        ),
+        (
+            ["WAITAOF", "0", "x", "0"],
+            "ERR value is out of range, must be positive",
+        ),
+        (
+            ["WAITAOF", "0", "0", "x"],
+            "ERR timeout is not an integer or out of range",
+        ),
+        (["WAITAOF", "0", "0", "-1"], "ERR timeout is negative"),
+    ] {
+        assert_eq!(error(c, &args), text, "{args:?}");
+    }
+    assert_eq!(
+        error(c, &["WAITAOF", "0", "0"]),
+        "ERR wrong number of arguments for 'waitaof' command"
+    );
+}
+
 /// `keymiss` (class `m`): a read, or a write's read for the client (as
 /// GETDEL's), that finds no key tells it; one that finds its key does not.
 #[test]

@@ -716,9 +716,44 @@ fn wait_counts_the_replicas_that_flushed_the_clients_last_write() {
         error(&mut c, &["WAIT", "1", "-5"]),
         "ERR timeout is negative"
     );
-    assert!(
-        error(&mut replica.client(), &["WAIT", "1", "10"])
-            .starts_with("ERR WAIT cannot be used with replica instances")
+    assert_eq!(
+        error(&mut replica.client(), &["WAIT", "x", "10"]),
+        "ERR WAIT cannot be used with replica instances. Please also note that since Redis 4.0 if a replica is configured to be writable (which is not the default) writes to replicas are just local and are not propagated."
+    );
+    // WAITAOF (Redis 7.2's): the local log's sync and the replicas' alike.
+    let aof = |c: &mut redis::Connection, args: &[&str]| match raw(c, args) {
+        redis::Value::Array(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let ints = |a: i64, b: i64| vec![redis::Value::Int(a), redis::Value::Int(b)];
+    raw(&mut c, &["SET", "k", "3"]);
+    assert_eq!(aof(&mut c, &["WAITAOF", "1", "1", "10000"]), ints(1, 1));
+    proxy.stall();
+    raw(&mut c, &["SET", "k", "4"]);
+    // The local log syncs within a second (everysec); the replica hears
+    // nothing.
+    assert_eq!(aof(&mut c, &["WAITAOF", "1", "0", "0"]), ints(1, 0));
+    let started = Instant::now();
+    assert_eq!(aof(&mut c, &["WAITAOF", "0", "1", "300"]), ints(1, 0));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Inside a transaction it does not wait: what holds the writes so far.
+    raw(&mut c, &["MULTI"]);
+    raw(&mut c, &["WAITAOF", "1", "1", "0"]);
+    assert_eq!(
+        raw(&mut c, &["EXEC"]),
+        redis::Value::Array(vec![redis::Value::Array(ints(1, 0))])
+    );
+    proxy.unstall();
+    assert_eq!(aof(&mut c, &["WAITAOF", "0", "1", "10000"]), ints(1, 1));
+    // Its arguments before the replica's refusal, as Redis reads them.
+    let r = &mut replica.client();
+    assert_eq!(
+        error(r, &["WAITAOF", "2", "0", "0"]),
+        "ERR value is out of range, value must between 0 and 1"
+    );
+    assert_eq!(
+        error(r, &["WAITAOF", "0", "0", "0"]),
+        "ERR WAITAOF cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated."
     );
 }
 
