@@ -5437,7 +5437,7 @@ pub struct WaitFor {
 /// # Errors
 ///
 /// The reply to send instead.
-pub fn wait_args(args: &Args) -> Result<WaitFor, Reply> {
+fn wait_args(args: &Args) -> Result<WaitFor, Reply> {
     if args.len() == 3 {
         let n = parse_i64(&args[1]).ok_or_else(not_integer)?;
         return Ok(WaitFor {
@@ -5476,7 +5476,7 @@ pub fn wait_reply(aof: bool, local: bool, replicas: usize) -> Reply {
 
 /// Why WAIT (and WAITAOF, `aof`) are refused on a replica, in Redis's
 /// words.
-pub fn wait_on_replica(aof: bool) -> Reply {
+fn wait_on_replica(aof: bool) -> Reply {
     Reply::err(if aof {
         "WAITAOF cannot be used with replica instances. Please also note that writes to replicas are just local and are not propagated."
     } else {

@@ -352,6 +352,16 @@ fn protocol_limits_set_at_run_time_apply_to_what_comes_after() {
     assert!(ended.is_ok(), "the client was not closed: {ended:?}");
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     assert_eq!(raw(admin, &["STRLEN", "big"]), V::Int(1 << 20));
+    // Counted as Redis 7.2 counts it.
+    let V::BulkString(stats) = raw(admin, &["INFO", "stats"]) else {
+        panic!()
+    };
+    assert!(
+        String::from_utf8_lossy(&stats)
+            .contains("\r\nclient_query_buffer_limit_disconnections:1\r\n"),
+        "{}",
+        String::from_utf8_lossy(&stats)
+    );
 }
 
 fn rss(c: &mut redis::Connection) -> u64 {
