@@ -3689,32 +3689,21 @@ fn waitaof_waits_for_the_local_log_to_hold_the_last_write() {
     let (_dir, server) = start();
     let c = &mut server.client();
     for (args, text) in [
+        ("x 0 0", "ERR value is not an integer or out of range"),
         (
-            ["WAITAOF", "x", "0", "0"],
-            "ERR value is not an integer or out of range",
-        ),
-        (
-            ["WAITAOF", "2", "0", "0"],
+            "2 0 0",
             "ERR value is out of range, value must between 0 and 1",
         ),
         (
-            ["WAITAOF", "-1", "x", "x"],
+            "-1 x x",
             "ERR value is out of range, value must between 0 and 1",
         ),
-        (
-            ["WAITAOF", "0", "-1", "0"],
-            "ERR value is out of range, must be positive",
-        ),
-        (
-            ["WAITAOF", "0", "x", "0"],
-            "ERR value is out of range, must be positive",
-        ),
-        (
-            ["WAITAOF", "0", "0", "x"],
-            "ERR timeout is not an integer or out of range",
-        ),
-        (["WAITAOF", "0", "0", "-1"], "ERR timeout is negative"),
+        ("0 -1 0", "ERR value is out of range, must be positive"),
+        ("0 x 0", "ERR value is out of range, must be positive"),
+        ("0 0 x", "ERR timeout is not an integer or out of range"),
+        ("0 0 -1", "ERR timeout is negative"),
     ] {
+        let args: Vec<&str> = std::iter::once("WAITAOF").chain(args.split(' ')).collect();
         assert_eq!(error(c, &args), text, "{args:?}");
     }
     assert_eq!(
