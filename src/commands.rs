@@ -244,6 +244,7 @@ macro_rules! spec {
 pub static COMMANDS: &[Spec] = &[
     spec!("acl", -2, &[], 0, 0, 0, Handler::Conn(acl)),
     spec!("append", 3, WDF, 1, 1, 1, Handler::Write(append)),
+    spec!("asking", 1, &["fast"], 0, 0, 0, Handler::Conn(cluster)),
     spec!(
         "auth",
         -2,
@@ -275,6 +276,7 @@ pub static COMMANDS: &[Spec] = &[
     spec!("bitop", -4, WD, 2, -1, 1, Handler::Write(bitop)),
     spec!("bitpos", -3, RS, 1, 1, 1, Handler::Read(bitpos)),
     spec!("client", -2, &[], 0, 0, 0, Handler::Conn(client)),
+    spec!("cluster", -2, &[], 0, 0, 0, Handler::Conn(cluster)),
     spec!(
         "command",
         -1,
@@ -447,6 +449,24 @@ pub static COMMANDS: &[Spec] = &[
         Handler::Conn(quit)
     ),
     spec!("randomkey", 1, RS, 0, 0, 0, Handler::Read(randomkey)),
+    spec!(
+        "readonly",
+        1,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(cluster)
+    ),
+    spec!(
+        "readwrite",
+        1,
+        &["loading", "stale", "fast"],
+        0,
+        0,
+        0,
+        Handler::Conn(cluster)
+    ),
     spec!("rename", 3, W, 1, 2, 1, Handler::Write(rename)),
     spec!("renamenx", 3, WF, 1, 2, 1, Handler::Write(renamenx)),
     spec!(
@@ -616,6 +636,38 @@ pub const SUBCOMMANDS: &[(&str, Subcommands)] = &[
         ],
     ),
     (
+        "cluster",
+        &[
+            ("addslots", -3),
+            ("addslotsrange", -4),
+            ("bumpepoch", 2),
+            ("count-failure-reports", 3),
+            ("countkeysinslot", 3),
+            ("delslots", -3),
+            ("delslotsrange", -4),
+            ("failover", -2),
+            ("flushslots", 2),
+            ("forget", 3),
+            ("getkeysinslot", 4),
+            ("help", 2),
+            ("info", 2),
+            ("keyslot", 3),
+            ("links", 2),
+            ("meet", -4),
+            ("myid", 2),
+            ("nodes", 2),
+            ("replicas", 3),
+            ("replicate", 3),
+            ("reset", -2),
+            ("saveconfig", 2),
+            ("set-config-epoch", 3),
+            ("setslot", -4),
+            ("shards", 2),
+            ("slaves", 3),
+            ("slots", 2),
+        ],
+    ),
+    (
         "command",
         &[
             ("count", 2),
@@ -702,6 +754,7 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("acl|users", &["admin", "slow", "dangerous"]),
     ("acl|whoami", &["slow"]),
     ("append", &["write", "string", "fast"]),
+    ("asking", &["fast", "connection"]),
     ("auth", &["fast", "connection"]),
     ("bgsave", &["admin", "slow", "dangerous"]),
     ("bitcount", &["read", "bitmap", "slow"]),
@@ -735,6 +788,37 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
         "client|unpause",
         &["admin", "slow", "dangerous", "connection"],
     ),
+    ("cluster", &["slow"]),
+    ("cluster|addslots", &["admin", "slow", "dangerous"]),
+    ("cluster|addslotsrange", &["admin", "slow", "dangerous"]),
+    ("cluster|bumpepoch", &["admin", "slow", "dangerous"]),
+    (
+        "cluster|count-failure-reports",
+        &["admin", "slow", "dangerous"],
+    ),
+    ("cluster|countkeysinslot", &["slow"]),
+    ("cluster|delslots", &["admin", "slow", "dangerous"]),
+    ("cluster|delslotsrange", &["admin", "slow", "dangerous"]),
+    ("cluster|failover", &["admin", "slow", "dangerous"]),
+    ("cluster|flushslots", &["admin", "slow", "dangerous"]),
+    ("cluster|forget", &["admin", "slow", "dangerous"]),
+    ("cluster|getkeysinslot", &["slow"]),
+    ("cluster|help", &["slow"]),
+    ("cluster|info", &["slow"]),
+    ("cluster|keyslot", &["slow"]),
+    ("cluster|links", &["slow"]),
+    ("cluster|meet", &["admin", "slow", "dangerous"]),
+    ("cluster|myid", &["slow"]),
+    ("cluster|nodes", &["slow"]),
+    ("cluster|replicas", &["admin", "slow", "dangerous"]),
+    ("cluster|replicate", &["admin", "slow", "dangerous"]),
+    ("cluster|reset", &["admin", "slow", "dangerous"]),
+    ("cluster|saveconfig", &["admin", "slow", "dangerous"]),
+    ("cluster|set-config-epoch", &["admin", "slow", "dangerous"]),
+    ("cluster|setslot", &["admin", "slow", "dangerous"]),
+    ("cluster|shards", &["slow"]),
+    ("cluster|slaves", &["admin", "slow", "dangerous"]),
+    ("cluster|slots", &["slow"]),
     ("command", &["slow", "connection"]),
     ("command|count", &["slow", "connection"]),
     ("command|docs", &["slow", "connection"]),
@@ -838,6 +922,8 @@ pub const ACL_CATEGORIES: &[(&str, &[&str])] = &[
     ("punsubscribe", &["pubsub", "slow"]),
     ("quit", &["fast", "connection"]),
     ("randomkey", &["keyspace", "read", "slow"]),
+    ("readonly", &["fast", "connection"]),
+    ("readwrite", &["fast", "connection"]),
     ("rename", &["keyspace", "write", "slow"]),
     ("renamenx", &["keyspace", "write", "fast"]),
     ("replicaof", &["admin", "slow", "dangerous"]),
@@ -4154,6 +4240,12 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
 
 /// COMMAND GETKEYS: the keys of a command line, by its key positions
 /// (first, last, step), with Redis's errors.
+/// CLUSTER (its subcommands checked as Redis checks them), READONLY,
+/// READWRITE and ASKING: as a Redis without cluster support answers them.
+fn cluster(_node: &Node, _conn: &mut Conn, _args: &Args) -> Reply {
+    Reply::err("This instance has cluster support disabled")
+}
+
 /// CLIENT TRACKING ON|OFF [options], as Redis's (see [`crate::tracking`]):
 /// ON again adds prefixes, but may not change the mode; OFF ends it.
 fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
