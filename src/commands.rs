@@ -4222,10 +4222,12 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
                 specs
                     .into_iter()
                     .map(|s| {
+                        let (since, group, summary) =
+                            crate::docs::of(s.name).unwrap_or(("", "", ""));
                         let doc = Reply::Map(vec![
-                            (Reply::bulk_str("summary"), Reply::bulk_str("")),
-                            (Reply::bulk_str("since"), Reply::bulk_str("1.0.0")),
-                            (Reply::bulk_str("group"), Reply::bulk_str("generic")),
+                            (Reply::bulk_str("summary"), Reply::bulk_str(summary)),
+                            (Reply::bulk_str("since"), Reply::bulk_str(since)),
+                            (Reply::bulk_str("group"), Reply::bulk_str(group)),
                         ]);
                         (Reply::bulk_str(s.name), doc)
                     })
@@ -4238,8 +4240,6 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     }
 }
 
-/// COMMAND GETKEYS: the keys of a command line, by its key positions
-/// (first, last, step), with Redis's errors.
 /// CLUSTER (its subcommands checked as Redis checks them), READONLY,
 /// READWRITE and ASKING: as a Redis without cluster support answers them.
 fn cluster(_node: &Node, _conn: &mut Conn, _args: &Args) -> Reply {
@@ -4371,6 +4371,8 @@ pub fn keys_of(spec: &Spec, line: &[Bytes]) -> Vec<Bytes> {
         .collect()
 }
 
+/// COMMAND GETKEYS: the keys of a command line, by its key positions
+/// (first, last, step), with Redis's errors.
 fn command_getkeys(line: &[Bytes]) -> Reply {
     let Some(spec) = lookup(&line[0]) else {
         return Reply::err("Invalid command specified");

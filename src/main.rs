@@ -15,6 +15,7 @@
 mod certs;
 mod commands;
 mod config_file;
+mod docs;
 mod dump;
 mod glob;
 mod info;

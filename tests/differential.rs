@@ -1467,6 +1467,62 @@ fn command_info_and_categories_are_redis_s() {
         };
         assert_eq!(ours[..7], theirs[..7], "COMMAND INFO {name}");
     }
+    // COMMAND DOCS: each command's version and group as Redis gives them
+    // (redis-cli's `help` reads them), and a summary.
+    let docs = |c: &mut redis::Connection| -> Vec<(String, Vec<(String, Value)>)> {
+        let mut args = vec!["COMMAND", "DOCS"];
+        args.extend(&top);
+        let Value::Array(flat) = common::cmd(&args).query::<Value>(c).unwrap() else {
+            panic!("COMMAND DOCS")
+        };
+        flat.chunks(2)
+            .map(|pair| {
+                let (Value::BulkString(name), Value::Array(fields)) = (&pair[0], &pair[1]) else {
+                    panic!("{pair:?}")
+                };
+                let fields = fields
+                    .chunks(2)
+                    .map(|f| match &f[0] {
+                        Value::BulkString(k) => {
+                            (String::from_utf8(k.clone()).unwrap(), f[1].clone())
+                        }
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                (String::from_utf8(name.clone()).unwrap(), fields)
+            })
+            .collect()
+    };
+    let field = |fields: &[(String, Value)], name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let theirs = docs(r);
+    let ours = docs(f);
+    assert_eq!(ours.len(), top.len(), "COMMAND DOCS of every command");
+    for (name, fields) in &ours {
+        assert!(
+            matches!(field(fields, "summary"), Some(Value::BulkString(s)) if !s.is_empty()),
+            "COMMAND DOCS {name}: a summary"
+        );
+        match theirs.iter().find(|(n, _)| n == name) {
+            Some((_, redis_fields)) => {
+                for key in ["since", "group"] {
+                    assert_eq!(
+                        field(fields, key),
+                        field(redis_fields, key),
+                        "COMMAND DOCS {name}: {key}"
+                    );
+                }
+            }
+            None => assert_eq!(
+                name, "waitaof",
+                "COMMAND DOCS {name}: Redis 7.0 has no such command"
+            ),
+        }
+    }
     let sorted = |c: &mut redis::Connection, category: &str| -> Vec<String> {
         let mut list = names_of(c, &["COMMAND", "LIST", "FILTERBY", "ACLCAT", category]);
         list.sort();
