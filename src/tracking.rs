@@ -370,16 +370,28 @@ impl ferry_engine::ChangeListener for Tracking {
         let mut table = self.table();
         match changed {
             Changed::Keys(keys) => tell(&mut table, keys, true, &self.pubsub),
-            Changed::All => {
-                table.keys.clear();
-                table.items = 0;
-                // In the order the clients connected, as Redis goes over
-                // them (two may redirect to one connection).
-                let mut ids: Vec<u64> = table.clients.keys().copied().collect();
-                ids.sort_unstable();
-                for id in ids {
-                    send(&mut table, id, None, &self.pubsub);
+            // As Redis tells them: the readers of the keys changed before
+            // the flush at once, then a null to every client per flush,
+            // and BCAST clients the write's keys once its whole pass is
+            // done.
+            Changed::All {
+                before,
+                flushes,
+                keys,
+            } => {
+                tell(&mut table, before, false, &self.pubsub);
+                for _ in 0..flushes {
+                    table.keys.clear();
+                    table.items = 0;
+                    // In the order the clients connected, as Redis goes
+                    // over them (two may redirect to one connection).
+                    let mut ids: Vec<u64> = table.clients.keys().copied().collect();
+                    ids.sort_unstable();
+                    for id in ids {
+                        send(&mut table, id, None, &self.pubsub);
+                    }
                 }
+                tell(&mut table, keys, true, &self.pubsub);
             }
         }
     }
@@ -535,7 +547,7 @@ mod tests {
             watcher.try_recv().unwrap(),
             Push::Invalidate(Some(vec![b("user:1")]))
         );
-        tracking.changed(Changed::All);
+        tracking.changed(Changed::REPLACED);
         assert_eq!(reader.try_recv().unwrap(), Push::Invalidate(None));
         assert_eq!(watcher.try_recv().unwrap(), Push::Invalidate(None));
         tracking.disable(1);
@@ -564,18 +576,18 @@ mod tests {
             Push::Invalidate(Some(vec![b("k")]))
         );
         // A flush's null as the tracking client speaks.
-        tracking.changed(Changed::All);
+        tracking.changed(Changed::REPLACED);
         assert_eq!(target.try_recv().unwrap(), Push::InvalidateAllResp2);
         own_activity.resp3.store(true, Ordering::Relaxed);
-        tracking.changed(Changed::All);
+        tracking.changed(Changed::REPLACED);
         assert_eq!(target.try_recv().unwrap(), Push::Invalidate(None));
         assert!(own.try_recv().is_err(), "all went to the target");
         // A RESP2 connection is pushed nothing.
         target_activity.resp3.store(false, Ordering::Relaxed);
-        tracking.changed(Changed::All);
+        tracking.changed(Changed::REPLACED);
         assert!(target.try_recv().is_err(), "RESP2: nothing");
         tracking.gone(7);
-        tracking.changed(Changed::All);
+        tracking.changed(Changed::REPLACED);
         assert_eq!(own.try_recv().unwrap(), Push::RedirectBroken(7));
         assert!(tracking.redirect_broken(1));
     }

@@ -3537,7 +3537,7 @@ fn client_tracking_redirects_invalidations_to_a_subscriber() {
 /// Invalidations in Redis 7.0's shapes, byte for byte: in default mode a
 /// message per key (a write of three keys is three), in the order the
 /// keys changed; with BCAST a message per prefix, in the prefixes' order,
-/// of the keys changed under it, sorted.
+/// of the keys changed under it, sorted, after the write's flushes.
 #[test]
 fn invalidations_are_shaped_as_redis_shapes_them() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -3578,6 +3578,22 @@ fn invalidations_are_shaped_as_redis_shapes_them() {
     all.exchange(
         &["PING"],
         &(push(&["a", "b", "c", "x1", "x2", "y2"]) + "+PONG\r\n"),
+    );
+    // Flushes in a transaction: a reader is told of its key changed
+    // before them at once, then a null per flush; a BCAST client the
+    // nulls, then every key the transaction changed.
+    reader.exchange(&["GET", "k1"], "_\r\n");
+    for c in [
+        "MULTI", "SET k1 1", "FLUSHALL", "SET k2 2", "FLUSHALL", "SET k3 3",
+    ] {
+        raw(p, &c.split(' ').collect::<Vec<_>>());
+    }
+    raw(p, &["EXEC"]);
+    let null = ">2\r\n$10\r\ninvalidate\r\n_\r\n";
+    reader.exchange(&["PING"], &(push(&["k1"]) + null + null + "+PONG\r\n"));
+    all.exchange(
+        &["PING"],
+        &(null.to_string() + null + &push(&["k1", "k2", "k3"]) + "+PONG\r\n"),
     );
 }
 

@@ -601,13 +601,28 @@ pub struct Engine {
     changes: std::sync::OnceLock<Arc<dyn ChangeListener>>,
 }
 
-/// What changed in the keyspace.
+/// What changed in the keyspace, by one applied write.
 #[derive(Debug, Clone, Copy)]
 pub enum Changed<'a> {
-    /// These keys (a key may come more than once).
+    /// These keys, in order (a key may come more than once).
     Keys(&'a [&'a Bytes]),
-    /// Any key may have: a FLUSHALL, or a whole state put in place.
-    All,
+    /// Any key may have: `flushes` FLUSHALLs, or a whole state put in
+    /// place (one, no keys). `before`: the keys the write changed before
+    /// the first; `keys`: all it changed, in order.
+    All {
+        before: &'a [&'a Bytes],
+        flushes: usize,
+        keys: &'a [&'a Bytes],
+    },
+}
+
+impl Changed<'static> {
+    /// A whole state put in place.
+    pub const REPLACED: Changed<'static> = Changed::All {
+        before: &[],
+        flushes: 1,
+        keys: &[],
+    };
 }
 
 /// Follows the keyspace's changes, from clients' writes, a replica's
@@ -843,7 +858,7 @@ impl Engine {
     /// Tells the listener that any key may have changed.
     fn changed_all(&self) {
         if let Some(listener) = self.listener() {
-            listener.changed(Changed::All);
+            listener.changed(Changed::REPLACED);
         }
     }
 
@@ -1127,9 +1142,9 @@ impl Engine {
             self.watchers.touch(&key, exists);
         }
         if let Some(listener) = self.listener() {
-            // In the order of the changes: the keys changed before a
-            // FLUSHALL, then everything.
             let mut keys: Vec<&Bytes> = Vec::new();
+            // The keys changed before the first FLUSHALL, and the count.
+            let (mut before, mut flushes) = (None, 0);
             let ops = records
                 .iter()
                 .flat_map(|(_, r)| r.mutations.iter().filter_map(|m| m.op.as_ref()));
@@ -1137,17 +1152,20 @@ impl Engine {
                 match op_key(op) {
                     Some(key) => keys.push(key),
                     None if matches!(op, Op::FlushAll(_)) => {
-                        if !keys.is_empty() {
-                            listener.changed(Changed::Keys(&keys));
-                            keys.clear();
-                        }
-                        listener.changed(Changed::All);
+                        before.get_or_insert(keys.len());
+                        flushes += 1;
                     }
                     None => {}
                 }
             }
-            if !keys.is_empty() {
-                listener.changed(Changed::Keys(&keys));
+            match before {
+                Some(n) => listener.changed(Changed::All {
+                    before: &keys[..n],
+                    flushes,
+                    keys: &keys,
+                }),
+                None if !keys.is_empty() => listener.changed(Changed::Keys(&keys)),
+                None => {}
             }
         }
         written?;
