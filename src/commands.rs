@@ -4222,13 +4222,19 @@ fn command(_node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
                 specs
                     .into_iter()
                     .map(|s| {
-                        let (since, group, summary) =
-                            crate::docs::of(s.name).unwrap_or(("", "", ""));
-                        let doc = Reply::Map(vec![
-                            (Reply::bulk_str("summary"), Reply::bulk_str(summary)),
-                            (Reply::bulk_str("since"), Reply::bulk_str(since)),
-                            (Reply::bulk_str("group"), Reply::bulk_str(group)),
-                        ]);
+                        let mut doc = docs_of(s.name);
+                        if let (Some(subs), Reply::Map(fields)) = (subcommands_of(s.name), &mut doc)
+                        {
+                            let subs = subs
+                                .iter()
+                                .map(|(sub, _)| {
+                                    let full = format!("{}|{sub}", s.name);
+                                    let doc = docs_of(&full);
+                                    (Reply::bulk_str(&full), doc)
+                                })
+                                .collect();
+                            fields.push((Reply::bulk_str("subcommands"), Reply::Map(subs)));
+                        }
                         (Reply::bulk_str(s.name), doc)
                     })
                     .collect(),
@@ -4371,6 +4377,17 @@ pub fn keys_of(spec: &Spec, line: &[Bytes]) -> Vec<Bytes> {
         .collect()
 }
 
+/// COMMAND DOCS' entry of a command or subcommand (`client|kill`): its
+/// summary, the Redis version that brought it, its group.
+fn docs_of(name: &str) -> Reply {
+    let (since, group, summary) = crate::docs::of(name).unwrap_or(("", "", ""));
+    Reply::Map(vec![
+        (Reply::bulk_str("summary"), Reply::bulk_str(summary)),
+        (Reply::bulk_str("since"), Reply::bulk_str(since)),
+        (Reply::bulk_str("group"), Reply::bulk_str(group)),
+    ])
+}
+
 /// COMMAND GETKEYS: the keys of a command line, by its key positions
 /// (first, last, step), with Redis's errors.
 fn command_getkeys(line: &[Bytes]) -> Reply {
@@ -4408,7 +4425,7 @@ fn acl_categories(full_name: &str) -> &'static [&'static str] {
 }
 
 /// The names of the commands and of their subcommands (`client|kill`).
-fn command_names() -> Vec<String> {
+pub(crate) fn command_names() -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for spec in COMMANDS {
         names.push(spec.name.to_string());

@@ -634,11 +634,565 @@ pub const DOCS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-/// The docs of command `name`, if it has them.
+/// `(container|subcommand, since, group, summary)`, by name.
+pub const SUBCOMMAND_DOCS: &[(&str, &str, &str, &str)] = &[
+    (
+        "acl|cat",
+        "6.0.0",
+        "server",
+        "Lists the ACL categories, or the commands of one.",
+    ),
+    (
+        "acl|deluser",
+        "6.0.0",
+        "server",
+        "Deletes users: none can be (the default user is the only one).",
+    ),
+    (
+        "acl|dryrun",
+        "7.0.0",
+        "server",
+        "Whether a user may run a command.",
+    ),
+    (
+        "acl|genpass",
+        "6.0.0",
+        "server",
+        "Answers a random password, in hex.",
+    ),
+    (
+        "acl|getuser",
+        "6.0.0",
+        "server",
+        "Describes a user: its flags, passwords and permissions.",
+    ),
+    ("acl|help", "6.0.0", "server", "Lists the ACL subcommands."),
+    (
+        "acl|list",
+        "6.0.0",
+        "server",
+        "Lists the users as ACL rules.",
+    ),
+    (
+        "acl|load",
+        "6.0.0",
+        "server",
+        "Refused: the one user comes from --requirepass.",
+    ),
+    (
+        "acl|log",
+        "6.0.0",
+        "server",
+        "Lists the refused logins, or clears them.",
+    ),
+    (
+        "acl|save",
+        "6.0.0",
+        "server",
+        "Refused: the one user comes from --requirepass.",
+    ),
+    (
+        "acl|setuser",
+        "6.0.0",
+        "server",
+        "Refused: the one user comes from --requirepass.",
+    ),
+    ("acl|users", "6.0.0", "server", "Lists the user names."),
+    (
+        "acl|whoami",
+        "6.0.0",
+        "server",
+        "Answers the connection's user.",
+    ),
+    (
+        "client|caching",
+        "6.0.0",
+        "connection",
+        "With OPTIN or OPTOUT tracking, whether the next command's keys are tracked.",
+    ),
+    (
+        "client|getname",
+        "2.6.9",
+        "connection",
+        "Answers the connection's name.",
+    ),
+    (
+        "client|getredir",
+        "6.0.0",
+        "connection",
+        "Answers where the connection's invalidations are redirected.",
+    ),
+    (
+        "client|help",
+        "5.0.0",
+        "connection",
+        "Lists the CLIENT subcommands.",
+    ),
+    (
+        "client|id",
+        "5.0.0",
+        "connection",
+        "Answers the connection's id.",
+    ),
+    (
+        "client|info",
+        "6.2.0",
+        "connection",
+        "Describes the connection, as a line of CLIENT LIST.",
+    ),
+    (
+        "client|kill",
+        "2.4.0",
+        "connection",
+        "Closes the connections matching filters (address, id, type, user).",
+    ),
+    (
+        "client|list",
+        "2.4.0",
+        "connection",
+        "Describes the open connections, a line each.",
+    ),
+    (
+        "client|no-evict",
+        "7.0.0",
+        "connection",
+        "Accepted: no client is evicted here.",
+    ),
+    (
+        "client|pause",
+        "2.9.50",
+        "connection",
+        "Holds the clients' commands (or their writes) for a while.",
+    ),
+    (
+        "client|reply",
+        "3.2.0",
+        "connection",
+        "Turns the connection's replies off, on, or off for the next command.",
+    ),
+    (
+        "client|setinfo",
+        "7.2.0",
+        "connection",
+        "Names the client library and its version.",
+    ),
+    (
+        "client|setname",
+        "2.6.9",
+        "connection",
+        "Names the connection.",
+    ),
+    (
+        "client|tracking",
+        "6.0.0",
+        "connection",
+        "Turns client-side caching's invalidations on or off.",
+    ),
+    (
+        "client|trackinginfo",
+        "6.2.0",
+        "connection",
+        "Describes the connection's tracking.",
+    ),
+    (
+        "client|unpause",
+        "6.2.0",
+        "connection",
+        "Ends a CLIENT PAUSE.",
+    ),
+    (
+        "cluster|addslots",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|addslotsrange",
+        "7.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|bumpepoch",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|count-failure-reports",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|countkeysinslot",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|delslots",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|delslotsrange",
+        "7.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|failover",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|flushslots",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|forget",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|getkeysinslot",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|help",
+        "5.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|info",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|keyslot",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|links",
+        "7.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|meet",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|myid",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|nodes",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|replicas",
+        "5.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|replicate",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|reset",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|saveconfig",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|set-config-epoch",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|setslot",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|shards",
+        "7.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|slaves",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "cluster|slots",
+        "3.0.0",
+        "cluster",
+        "Refused: this node has no cluster support.",
+    ),
+    (
+        "command|count",
+        "2.8.13",
+        "server",
+        "Answers the number of commands.",
+    ),
+    (
+        "command|docs",
+        "7.0.0",
+        "server",
+        "Describes commands: summary, version and group.",
+    ),
+    (
+        "command|getkeys",
+        "2.8.13",
+        "server",
+        "Answers the keys of a command line.",
+    ),
+    (
+        "command|help",
+        "5.0.0",
+        "server",
+        "Lists the COMMAND subcommands.",
+    ),
+    (
+        "command|info",
+        "2.8.13",
+        "server",
+        "Describes commands: arity, flags, key positions, categories.",
+    ),
+    (
+        "command|list",
+        "7.0.0",
+        "server",
+        "Lists the command names, or those matching a filter.",
+    ),
+    (
+        "config|get",
+        "2.0.0",
+        "server",
+        "Answers the settings matching glob patterns.",
+    ),
+    (
+        "config|help",
+        "5.0.0",
+        "server",
+        "Lists the CONFIG subcommands.",
+    ),
+    (
+        "config|resetstat",
+        "2.0.0",
+        "server",
+        "Resets the statistics (INFO's counters, the command and error figures).",
+    ),
+    (
+        "config|rewrite",
+        "2.8.0",
+        "server",
+        "Writes the settings CONFIG SET changed into the --config file.",
+    ),
+    (
+        "config|set",
+        "2.0.0",
+        "server",
+        "Changes settings at run time, all or none.",
+    ),
+    (
+        "latency|doctor",
+        "2.8.13",
+        "server",
+        "Describes the latency spikes seen, in words.",
+    ),
+    (
+        "latency|graph",
+        "2.8.13",
+        "server",
+        "Draws an event's latency spikes as a text graph.",
+    ),
+    (
+        "latency|help",
+        "2.8.13",
+        "server",
+        "Lists the LATENCY subcommands.",
+    ),
+    (
+        "latency|histogram",
+        "7.0.0",
+        "server",
+        "Answers the latency histograms of commands.",
+    ),
+    (
+        "latency|history",
+        "2.8.13",
+        "server",
+        "Answers an event's latency spikes over time.",
+    ),
+    (
+        "latency|latest",
+        "2.8.13",
+        "server",
+        "Answers the latest latency spike of each event.",
+    ),
+    (
+        "latency|reset",
+        "2.8.13",
+        "server",
+        "Forgets the latency spikes of events.",
+    ),
+    (
+        "memory|help",
+        "4.0.0",
+        "server",
+        "Lists the MEMORY subcommands.",
+    ),
+    (
+        "memory|malloc-stats",
+        "4.0.0",
+        "server",
+        "Answers the allocator's statistics, where it has them.",
+    ),
+    (
+        "memory|purge",
+        "4.0.0",
+        "server",
+        "Asks the allocator to give memory back.",
+    ),
+    (
+        "memory|usage",
+        "4.0.0",
+        "server",
+        "Estimates the bytes a key takes.",
+    ),
+    (
+        "object|encoding",
+        "2.2.3",
+        "generic",
+        "Answers how a key's value is encoded, as Redis names it.",
+    ),
+    (
+        "object|freq",
+        "4.0.0",
+        "generic",
+        "Refused: no access frequencies are kept (no LFU policy).",
+    ),
+    (
+        "object|help",
+        "6.2.0",
+        "generic",
+        "Lists the OBJECT subcommands.",
+    ),
+    (
+        "object|idletime",
+        "2.2.3",
+        "generic",
+        "Refused: no access times are kept.",
+    ),
+    (
+        "object|refcount",
+        "2.2.3",
+        "generic",
+        "Answers a key's value's reference count, as Redis would.",
+    ),
+    (
+        "pubsub|channels",
+        "2.8.0",
+        "pubsub",
+        "Lists the channels with subscribers, or those matching a pattern.",
+    ),
+    (
+        "pubsub|help",
+        "6.2.0",
+        "pubsub",
+        "Lists the PUBSUB subcommands.",
+    ),
+    (
+        "pubsub|numpat",
+        "2.8.0",
+        "pubsub",
+        "Answers the number of patterns subscribed to.",
+    ),
+    (
+        "pubsub|numsub",
+        "2.8.0",
+        "pubsub",
+        "Answers the subscribers of channels.",
+    ),
+    (
+        "pubsub|shardchannels",
+        "7.0.0",
+        "pubsub",
+        "Lists the shard channels with subscribers.",
+    ),
+    (
+        "pubsub|shardnumsub",
+        "7.0.0",
+        "pubsub",
+        "Answers the subscribers of shard channels.",
+    ),
+    (
+        "slowlog|get",
+        "2.2.12",
+        "server",
+        "Answers the newest entries of the slow log.",
+    ),
+    (
+        "slowlog|help",
+        "6.2.0",
+        "server",
+        "Lists the SLOWLOG subcommands.",
+    ),
+    (
+        "slowlog|len",
+        "2.2.12",
+        "server",
+        "Answers the number of entries of the slow log.",
+    ),
+    ("slowlog|reset", "2.2.12", "server", "Empties the slow log."),
+];
+
+/// The docs of command `name` (or subcommand, `client|kill`), if it has
+/// them: since, group, summary.
 pub fn of(name: &str) -> Option<(&'static str, &'static str, &'static str)> {
-    DOCS.binary_search_by(|(n, ..)| n.cmp(&name))
+    let table = if name.contains('|') {
+        SUBCOMMAND_DOCS
+    } else {
+        DOCS
+    };
+    table
+        .binary_search_by(|(n, ..)| n.cmp(&name))
         .ok()
-        .map(|i| (DOCS[i].1, DOCS[i].2, DOCS[i].3))
+        .map(|i| (table[i].1, table[i].2, table[i].3))
 }
 
 #[cfg(test)]
@@ -646,13 +1200,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_command_has_docs() {
+    fn every_command_and_subcommand_has_docs() {
         assert!(DOCS.windows(2).all(|w| w[0].0 < w[1].0), "sorted");
-        for spec in crate::commands::COMMANDS {
-            let (since, group, summary) = of(spec.name).expect(spec.name);
-            assert!(!summary.is_empty() && !group.is_empty(), "{}", spec.name);
-            assert_eq!(since.split('.').count(), 3, "{}", spec.name);
+        assert!(
+            SUBCOMMAND_DOCS.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted"
+        );
+        let names = crate::commands::command_names();
+        for name in &names {
+            let (since, group, summary) = of(name).expect(name);
+            assert!(!summary.is_empty() && !group.is_empty(), "{name}");
+            assert_eq!(since.split('.').count(), 3, "{name}");
         }
-        assert_eq!(DOCS.len(), crate::commands::COMMANDS.len());
+        assert_eq!(DOCS.len() + SUBCOMMAND_DOCS.len(), names.len());
     }
 }
