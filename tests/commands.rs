@@ -3357,22 +3357,29 @@ fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up()
         None
     };
     // Unlimited (Redis's default): 20 MiB of replies, all of them.
-    let reply = 1 + 8 + (1 << 20) + 2;
+    let reply = [
+        format!("${}\r\n", 1 << 20).as_bytes(),
+        value.as_bytes(),
+        b"\r\n",
+    ]
+    .concat();
     let mut s = std::net::TcpStream::connect(server.resp).expect("connect");
     s.write_all(&gets(20)).expect("send");
-    let mut all = vec![0u8; 20 * reply];
+    let mut all = vec![0u8; 20 * reply.len()];
     s.read_exact(&mut all).expect("every reply");
+    assert!(all.chunks(reply.len()).all(|r| r == reply));
     drop(s);
 
     set_limit(p, "normal 4mb 0 0");
     // Under it: served.
     let mut s = std::net::TcpStream::connect(server.resp).expect("connect");
     s.write_all(&gets(3)).expect("send");
-    s.read_exact(&mut all[..3 * reply]).expect("three replies");
+    s.read_exact(&mut all[..3 * reply.len()])
+        .expect("three replies");
     drop(s);
     // Past it: closed, nothing of the batch written.
     let got = closed_after(&gets(20)).expect("closed at the hard limit");
-    assert!(got < 4 * reply, "{got} bytes before the close");
+    assert!(got < 4 * reply.len(), "{got} bytes before the close");
     assert_eq!(
         info_figure(
             &section_text(&server, "stats"),
