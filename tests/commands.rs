@@ -3549,13 +3549,7 @@ fn client_tracking_redirects_invalidations_to_a_subscriber() {
 fn invalidations_are_shaped_as_redis_shapes_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path(), &[]);
-    let push = |keys: &[&str]| {
-        let mut push = format!(">2\r\n$10\r\ninvalidate\r\n*{}\r\n", keys.len());
-        for key in keys {
-            push += &format!("${}\r\n{key}\r\n", key.len());
-        }
-        push
-    };
+    let push = invalidate;
     let mut reader = Resp3::connect(&server);
     reader.exchange(&["CLIENT", "TRACKING", "ON"], "+OK\r\n");
     reader.exchange(&["MGET", "a", "b", "c"], "*3\r\n_\r\n_\r\n_\r\n");
@@ -3628,10 +3622,7 @@ fn client_tracking_redirects_to_a_resp3_client_as_pushes() {
     tracker.exchange(&["GET", "k"], "$-1\r\n");
     let p = &mut server.client();
     cmd(&["SET", "k", "v"]).query::<()>(p).expect("SET");
-    sink.exchange(
-        &["PING"],
-        ">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n",
-    );
+    sink.exchange(&["PING"], &(invalidate(&["k"]) + "+PONG\r\n"));
     // A flush's null as the tracking client speaks (RESP2 here), as Redis
     // writes it; a RESP3 one's as RESP3's.
     cmd(&["FLUSHALL"]).query::<()>(p).expect("FLUSHALL");
@@ -3660,7 +3651,7 @@ fn client_tracking_redirects_to_a_resp3_client_as_pushes() {
     cmd(&["SET", "k", "w"]).query::<()>(p).expect("SET");
     sink.exchange(
         &["PING"],
-        ">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nm\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n",
+        &(pubsub_message('>', None, "ch", "m") + &invalidate(&["k"]) + "+PONG\r\n"),
     );
     // Back to RESP2 without subscriptions: nothing.
     sink.exchange(
