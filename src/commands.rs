@@ -4697,12 +4697,21 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
         "get" if args.len() >= 3 => {
             let params = crate::info::config_params(node);
             let mut out = Vec::new();
-            for (name, value) in &params {
-                if args[2..]
+            let wanted = |name: &str| {
+                args[2..]
                     .iter()
                     .any(|p| glob::matches(p, name.as_bytes(), true))
-                {
-                    out.push((Reply::bulk_str(name), Reply::bulk_str(value)));
+            };
+            for (name, value) in &params {
+                // Under its older name too, as Redis shows it.
+                let old = crate::config_file::RENAMED
+                    .iter()
+                    .filter(|(_, now)| now == name)
+                    .map(|(old, _)| *old);
+                for shown in std::iter::once(name.as_str()).chain(old) {
+                    if wanted(shown) {
+                        out.push((Reply::bulk_str(shown), Reply::bulk_str(value)));
+                    }
                 }
             }
             Reply::Map(out)
@@ -4833,7 +4842,8 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     let mut chosen: Vec<(&'static str, String, Settable, &Bytes)> = Vec::new();
     for pair in pairs.chunks(2) {
         let given = String::from_utf8_lossy(&pair[0]).into_owned();
-        let name = given.to_ascii_lowercase();
+        let lowered = given.to_ascii_lowercase();
+        let name = crate::config_file::current_name(&lowered);
         let Some(&(setting, kind)) = SETTABLE.iter().find(|(n, _)| *n == name) else {
             if known.iter().any(|(n, _)| *n == name) {
                 return failed(&given, "can't set immutable config");
@@ -4842,7 +4852,12 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
                 "Unknown option or number of arguments for CONFIG SET - '{given}'"
             ));
         };
-        if chosen.iter().any(|(n, ..)| *n == setting) {
+        // By the name given, as Redis checks: an older name beside the
+        // current one is no duplicate (the last one set wins).
+        if chosen
+            .iter()
+            .any(|(_, g, ..)| g.eq_ignore_ascii_case(&lowered))
+        {
             return failed(&given, "duplicate parameter");
         }
         chosen.push((setting, given, kind, &pair[1]));

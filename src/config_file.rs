@@ -1,7 +1,8 @@
 //! `ferry serve --config FILE`: the node's settings as lines of `name
 //! value`, as Redis's configuration file has them. A name is a flag of
 //! `ferry serve` without its `--` (`fsync always`, `maxclients 5000`);
-//! Redis's `appendfsync` stands for `fsync`. Blank lines and lines that
+//! Redis's `appendfsync` stands for `fsync`, and Redis's older names for
+//! its own ([`RENAMED`]: `min-slaves-to-write`) for theirs. Blank lines and lines that
 //! begin with `#` are skipped; a value in double quotes may hold spaces and
 //! `\"`, `\\`, `\n` escapes. The command line, then the environment
 //! (`FERRY_*`), come before the file. CONFIG REWRITE writes what CONFIG SET
@@ -19,8 +20,27 @@ pub const CONFIG_ENV: &str = "FERRY_CONFIG";
 /// Names a Redis user may write for a flag whose name differs.
 const ALIASES: &[(&str, &str)] = &[("appendfsync", "fsync")];
 
+/// Redis's older names of parameters (before 5.0's "replica"), which it
+/// still takes and shows (CONFIG GET, CONFIG SET, its file), with their
+/// names now.
+pub const RENAMED: &[(&str, &str)] = &[
+    ("min-slaves-max-lag", "min-replicas-max-lag"),
+    ("min-slaves-to-write", "min-replicas-to-write"),
+    ("slave-read-only", "replica-read-only"),
+    ("slave-serve-stale-data", "replica-serve-stale-data"),
+];
+
+/// A parameter's name now, for an older name of it ([`RENAMED`]).
+pub fn current_name(param: &str) -> &str {
+    RENAMED
+        .iter()
+        .find(|(old, _)| *old == param)
+        .map_or(param, |(_, now)| now)
+}
+
 /// The flag a configuration parameter (CONFIG GET's name) is set by.
 pub fn flag_name(param: &str) -> &str {
+    let param = current_name(param);
     ALIASES
         .iter()
         .find(|(alias, _)| *alias == param)
@@ -330,7 +350,7 @@ mod tests {
 
     #[test]
     fn lines_parse_as_redis_s_do() {
-        let text = "# a comment\n\n  fsync always\nappendfsync no\n--maxclients 7\nrequirepass \"a \\\"b\\\" \\\\ c\"\n";
+        let text = "# a comment\n\n  fsync always\nappendfsync no\n--maxclients 7\nrequirepass \"a \\\"b\\\" \\\\ c\"\nmin-slaves-to-write 1\n";
         let got = parse(text).unwrap();
         let pairs: Vec<(&str, &str)> = got
             .iter()
@@ -342,7 +362,8 @@ mod tests {
                 ("fsync", "always"),
                 ("fsync", "no"),
                 ("maxclients", "7"),
-                ("requirepass", "a \"b\" \\ c")
+                ("requirepass", "a \"b\" \\ c"),
+                ("min-replicas-to-write", "1")
             ]
         );
         assert_eq!(got[1].line, 4);

@@ -1857,8 +1857,21 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             ]),
         ),
         (
-            "memory settings as Redis's defaults show them (no eviction)",
-            requests(&["config get maxmemory", "config get maxmemory-policy"]),
+            "memory settings as Redis's defaults show them (no eviction); older names",
+            requests(&[
+                "config get maxmemory",
+                "config get maxmemory-policy",
+                // Redis's older names, which it still takes.
+                "config get slave-read-only",
+                "config get slave-serve-stale-data",
+                "config get min-slaves-to-write",
+                "config get min-slaves-max-lag",
+                "config get *read-only",
+                "config set min-slaves-to-write 0",
+                "config set SLAVE-serve-stale-data yes",
+                "config set min-slaves-max-lag 10 min-replicas-max-lag 10",
+                "config set slave-nosuch 1",
+            ]),
         ),
         (
             "cursors read as C's strtoul reads them; WAIT's timeout errors",
