@@ -459,8 +459,8 @@ async fn drain(node: &Node, queue: &mut VecDeque<Queued>, out: &mut BytesMut, co
 }
 
 /// The `client-output-buffer-limit` of the connection's class, as Redis
-/// classes a client: `pubsub` with subscriptions, `normal` otherwise
-/// (MONITOR's too).
+/// classes a client: `pubsub` with subscriptions, `normal` otherwise (a
+/// MONITOR client's replies too; its lines have a backlog of their own).
 fn output_limit(node: &Node, conn: &Conn) -> OutputLimit {
     let class = if commands::is_subscribed(conn) {
         crate::pubsub::PUBSUB_CLASS
