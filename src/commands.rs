@@ -5657,6 +5657,15 @@ fn debug(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {
             Err(e) => engine_error(e),
         };
     }
+    if eq(&args[1], "help") && args.len() == 2 {
+        return help(&[
+            "DEBUG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "DIGEST",
+            "    Output a hex signature representing the current DB content.",
+            "HELP",
+            "    Prints this help.",
+        ]);
+    }
     Reply::err(format!(
         "unknown subcommand or wrong number of arguments for '{}'. Try DEBUG HELP.",
         String::from_utf8_lossy(&args[1])

@@ -100,7 +100,7 @@ pub const DOCS: &[(&str, &str, &str, &str)] = &[
         "debug",
         "1.0.0",
         "server",
-        "Debugging helpers: the keyspace digest, a key's digest and the like.",
+        "Debugging helpers: the keyspace's digest (equal on two nodes exactly when their data is).",
     ),
     ("decr", "1.0.0", "string", "Decrements an integer by one."),
     (

@@ -860,6 +860,14 @@ fn connection_and_server_commands_answer_like_redis() {
         error(c, &["GET"]),
         "ERR wrong number of arguments for 'get' command"
     );
+    assert_eq!(
+        error(c, &["DEBUG", "NOSUCH"]),
+        "ERR unknown subcommand or wrong number of arguments for 'NOSUCH'. Try DEBUG HELP."
+    );
+    let V::Array(help) = raw(c, &["DEBUG", "HELP"]) else {
+        panic!("DEBUG HELP")
+    };
+    assert!(help.contains(&V::SimpleString("DIGEST".into())), "{help:?}");
     // DEBUG DIGEST: 40 zeros when empty, changes with data, back when undone.
     let zero = "0".repeat(40);
     assert_eq!(raw(c, &["DEBUG", "DIGEST"]), V::SimpleString(zero.clone()));
