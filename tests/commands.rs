@@ -864,6 +864,14 @@ fn connection_and_server_commands_answer_like_redis() {
         error(c, &["DEBUG", "NOSUCH"]),
         "ERR unknown subcommand or wrong number of arguments for 'NOSUCH'. Try DEBUG HELP."
     );
+    // A pattern shows a parameter under both its names (in Redis's own
+    // order, which its hashing decides).
+    let V::Array(shown) = raw(c, &["CONFIG", "GET", "*read-only"]) else {
+        panic!("CONFIG GET")
+    };
+    let mut names: Vec<V> = shown.into_iter().step_by(2).collect();
+    names.sort_by_key(|n| format!("{n:?}"));
+    assert_eq!(names, [bulk("replica-read-only"), bulk("slave-read-only")]);
     let V::Array(help) = raw(c, &["DEBUG", "HELP"]) else {
         panic!("DEBUG HELP")
     };

@@ -1866,7 +1866,6 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 "config get slave-serve-stale-data",
                 "config get min-slaves-to-write",
                 "config get min-slaves-max-lag",
-                "config get *read-only",
                 "config set min-slaves-to-write 0",
                 "config set SLAVE-serve-stale-data yes",
                 "config set min-slaves-max-lag 10 min-replicas-max-lag 10",
