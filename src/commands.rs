@@ -5551,6 +5551,8 @@ fn timeout_ms_arg(arg: &[u8]) -> Result<u64, Reply> {
 /// flushed them; and for how long (ms, 0: without limit).
 #[derive(Debug, Clone, Copy)]
 pub struct WaitFor {
+    /// WAITAOF (its reply names the local log too), or WAIT.
+    pub aof: bool,
     pub local: bool,
     pub replicas: usize,
     pub timeout_ms: u64,
@@ -5567,6 +5569,7 @@ fn wait_args(args: &Args) -> Result<WaitFor, Reply> {
     if args.len() == 3 {
         let n = parse_i64(&args[1]).ok_or_else(not_integer)?;
         return Ok(WaitFor {
+            aof: false,
             local: false,
             replicas: n.max(0) as usize,
             timeout_ms: timeout_ms_arg(&args[2])?,
@@ -5582,6 +5585,7 @@ fn wait_args(args: &Args) -> Result<WaitFor, Reply> {
         .filter(|n| *n >= 0)
         .ok_or_else(|| Reply::err("value is out of range, must be positive"))?;
     Ok(WaitFor {
+        aof: true,
         local: local == 1,
         replicas: replicas as usize,
         timeout_ms: timeout_ms_arg(&args[3])?,
@@ -5589,8 +5593,8 @@ fn wait_args(args: &Args) -> Result<WaitFor, Reply> {
 }
 
 /// WAIT's reply (the replicas), or WAITAOF's (the local log, the replicas).
-pub fn wait_reply(aof: bool, local: bool, replicas: usize) -> Reply {
-    if aof {
+pub fn wait_reply(wait: &WaitFor, local: bool, replicas: usize) -> Reply {
+    if wait.aof {
         Reply::Array(vec![
             Reply::Int(i64::from(local)),
             Reply::Int(replicas as i64),

@@ -687,21 +687,21 @@ async fn durable_by(
     }
 }
 
-/// WAIT (replicas) and WAITAOF (`aof`: the local log and replicas): what
+/// WAIT (replicas) and WAITAOF (the local log and replicas): what
 /// holds the connection's last write durably, waiting up to the timeout
 /// (0: without limit) for what the client asked.
-async fn wait_durable(node: &Node, conn: &Conn, aof: bool, wait: commands::WaitFor) -> Reply {
+async fn wait_durable(node: &Node, conn: &Conn, wait: commands::WaitFor) -> Reply {
     let lsn = ferry_wal::Lsn(conn.last_write_lsn);
     let (local, replicas) = durable_now(node, lsn);
     if (local || !wait.local) && replicas >= wait.replicas {
-        return commands::wait_reply(aof, local, replicas);
+        return commands::wait_reply(&wait, local, replicas);
     }
     // A blocked client (INFO clients) while it waits.
     let _blocked = Blocked::begin(&node.stats.blocked_clients);
     let deadline = (wait.timeout_ms > 0)
         .then(|| tokio::time::Instant::now() + Duration::from_millis(wait.timeout_ms));
     let (local, replicas) = durable_by(node, lsn, wait.local, wait.replicas, deadline).await;
-    commands::wait_reply(aof, local, replicas)
+    commands::wait_reply(&wait, local, replicas)
 }
 
 /// Counts a client as blocked for as long as it lives.
@@ -1489,7 +1489,7 @@ async fn run_command(
                 let reply = tokio::select! {
                     biased;
                     () = until_killed(&conn.activity) => Reply::Int(0),
-                    reply = wait_durable(node, conn, spec.name == "waitaof", wait) => reply,
+                    reply = wait_durable(node, conn, wait) => reply,
                 };
                 conn.activity.idle_exempt.store(false, Ordering::Relaxed);
                 reply
@@ -1769,9 +1769,9 @@ fn run_queued(
             // WAIT and WAITAOF cannot block inside a transaction: what
             // holds the connection's writes so far, as in Redis.
             Handler::Wait => match commands::wait_refused(node, args) {
-                Ok(_) => {
+                Ok(wait) => {
                     let (local, replicas) = durable_now(node, ferry_wal::Lsn(conn.last_write_lsn));
-                    commands::wait_reply(spec.name == "waitaof", local, replicas)
+                    commands::wait_reply(&wait, local, replicas)
                 }
                 Err(reply) => reply,
             },

@@ -3353,6 +3353,13 @@ fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up()
         );
     };
     let gets = |n: usize| request(&["GET", "big"]).repeat(n);
+    // The clients closed for their output so far (INFO stats).
+    let closes = || {
+        info_figure(
+            &section_text(&server, "stats"),
+            "client_output_buffer_limit_disconnections",
+        )
+    };
     // The bytes a connection gets for `request` before it is closed (at
     // most 10 s).
     let closed_after = |request: &[u8]| -> Option<usize> {
@@ -3396,13 +3403,7 @@ fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up()
     // Past it: closed, nothing of the batch written.
     let got = closed_after(&gets(20)).expect("closed at the hard limit");
     assert!(got < 4 * reply.len(), "{got} bytes before the close");
-    assert_eq!(
-        info_figure(
-            &section_text(&server, "stats"),
-            "client_output_buffer_limit_disconnections"
-        ),
-        1
-    );
+    assert_eq!(closes(), 1);
 
     // The soft limit: 40 MiB waiting, more than the sockets hold, unread;
     // closed once it has waited past 4 MiB for over a second, not before.
@@ -3418,21 +3419,10 @@ fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up()
     if sent.elapsed() < Duration::from_millis(900) {
         assert_eq!(clients.lines().count(), 2, "not closed before its second");
     }
-    assert!(wait_until(Duration::from_secs(10), || {
-        info_figure(
-            &section_text(&server, "stats"),
-            "client_output_buffer_limit_disconnections",
-        ) == 2
-    }));
+    assert!(wait_until(Duration::from_secs(10), || { closes() == 2 }));
     assert!(sent.elapsed() >= Duration::from_secs(1));
     drop(stuck);
-    assert_eq!(
-        info_figure(
-            &section_text(&server, "stats"),
-            "client_output_buffer_limit_disconnections"
-        ),
-        2
-    );
+    assert_eq!(closes(), 2);
     assert!(
         server
             .stderr()
@@ -3442,13 +3432,7 @@ fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up()
     assert_eq!(pong, "PONG");
     // CONFIG RESETSTAT zeroes the count.
     raw(p, &["CONFIG", "RESETSTAT"]);
-    assert_eq!(
-        info_figure(
-            &section_text(&server, "stats"),
-            "client_output_buffer_limit_disconnections"
-        ),
-        0
-    );
+    assert_eq!(closes(), 0);
 }
 
 /// Keyspace notifications set at run time: off, nothing is told; with
