@@ -1204,22 +1204,25 @@ async fn run_writes(
     };
     let outcomes = node
         .pipeline
-        .execute_many(writes.iter().enumerate().map(|(i, (f, args, slot, ..))| {
-            let mark = marks.get(i);
-            move |view: &mut View<'_>| {
-                let started = Instant::now();
-                let reply = run_write(node, *f, view, args);
-                if let Some(mark) = mark {
-                    mark.store(node.pubsub.mark(), Ordering::Relaxed);
+        .execute_many(
+            Some(conn.id),
+            writes.iter().enumerate().map(|(i, (f, args, slot, ..))| {
+                let mark = marks.get(i);
+                move |view: &mut View<'_>| {
+                    let started = Instant::now();
+                    let reply = run_write(node, *f, view, args);
+                    if let Some(mark) = mark {
+                        mark.store(node.pubsub.mark(), Ordering::Relaxed);
+                    }
+                    let took = started.elapsed();
+                    let failed = !matches!(reply, Ok(ref r) if !matches!(r, Reply::Error(_)));
+                    ran(node, conn, *slot, args, took, failed);
+                    let (hits, misses) = view.lookups();
+                    node.stats.lookups(hits, misses);
+                    reply
                 }
-                let took = started.elapsed();
-                let failed = !matches!(reply, Ok(ref r) if !matches!(r, Reply::Error(_)));
-                ran(node, conn, *slot, args, took, failed);
-                let (hits, misses) = view.lookups();
-                node.stats.lookups(hits, misses);
-                reply
-            }
-        }))
+            }),
+        )
         .await;
     queue.extend(outcomes.into_iter().zip(writes.drain(..)).enumerate().map(
         |(i, (outcome, (_, args, _, silent, _)))| {
@@ -1716,15 +1719,17 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
         track_reads(node, conn, caching, spec, args);
     }
     conn.in_exec = true;
+    let by = Some(conn.id);
     let run = |view: &mut View<'_>| run_queued(node, conn, view, &multi.commands);
     let executed = if reads_only {
-        node.pipeline.execute_read(run).await
+        node.pipeline.execute_read(by, run).await
     } else {
         let _blocked = node
             .pipeline
             .is_paused()
             .then(|| Blocked::begin(&node.stats.blocked_clients));
-        node.pipeline.execute(run).await
+        let mut one = node.pipeline.execute_many(by, [run]).await;
+        one.pop().expect("one outcome per command")
     };
     conn.in_exec = false;
     conn.watch.clear();

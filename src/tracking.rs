@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use ferry_engine::Changed;
+use ferry_engine::{Changed, ChangedKey};
 use tokio::sync::mpsc;
 
 /// Keys the table remembers for default-mode clients before it forgets
@@ -50,8 +50,9 @@ pub struct Options {
     pub optin: bool,
     /// Keys are remembered but for a command after CLIENT CACHING NO.
     pub optout: bool,
-    /// Accepted as Redis's; ferry tells a client of its own writes too
-    /// (one more read, never a stale value).
+    /// Not told of the keys its own commands change (as Redis: a key it
+    /// read and then wrote is forgotten untold; read again, it is tracked
+    /// again).
     pub noloop: bool,
     /// REDIRECT's client id (one that existed when given): it gets the
     /// invalidations, as Pub/Sub messages if it has subscriptions, else
@@ -252,7 +253,10 @@ impl Tracking {
         if max > 0 && table.keys.len() > max {
             let over = table.keys.len() - max;
             let gone: Vec<Bytes> = table.keys.keys().take(over).cloned().collect();
-            let refs: Vec<&Bytes> = gone.iter().collect();
+            let refs: Vec<ChangedKey<'_>> = gone
+                .iter()
+                .map(|key| ChangedKey { key, by: None })
+                .collect();
             // Only their readers: for BCAST clients nothing changed.
             tell(&mut table, &refs, false, &self.pubsub);
         }
@@ -275,30 +279,38 @@ impl Tracking {
 }
 
 /// Tells the clients of `keys` (read by them, or with `bcast` under a
-/// BCAST prefix), one message per client; the keys are forgotten.
-fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub::PubSub) {
-    // Each key once (a batch may change one many times); a client is in
-    // default mode or BCAST, not both, so it is told of each key once.
+/// BCAST prefix), one message per client; the keys are forgotten. A
+/// NOLOOP client is not told of a key its own command changed: in default
+/// mode its first change (which forgets the key) decides, with BCAST its
+/// last, as in Redis.
+fn tell(table: &mut Table, keys: &[ChangedKey<'_>], bcast: bool, pubsub: &crate::pubsub::PubSub) {
+    // Default mode, as Redis tells it: key by key (each once, though a
+    // batch may change one many times), a message each, to its readers in
+    // the order they connected.
     let mut seen = HashSet::with_capacity(keys.len());
-    let keys: Vec<&Bytes> = keys.iter().copied().filter(|k| seen.insert(*k)).collect();
-    // Default mode, as Redis tells it: key by key, a message each, to its
-    // readers in the order they connected.
-    for key in &keys {
-        if let Some(ids) = table.keys.remove(*key) {
+    for changed in keys.iter().filter(|c| seen.insert(c.key)) {
+        if let Some(ids) = table.keys.remove(changed.key) {
             table.items -= ids.len();
             let mut ids: Vec<u64> = ids.into_iter().collect();
             ids.sort_unstable();
             for id in ids {
-                send(table, id, Some(vec![(*key).clone()]), pubsub);
+                if !own_change(table, id, changed.by) {
+                    send(table, id, Some(vec![changed.key.clone()]), pubsub);
+                }
             }
         }
     }
-    if !bcast {
+    if !bcast || table.bcast.is_empty() {
         return;
     }
     // BCAST, as Redis tells it: a message per prefix (in their order), of
-    // the keys changed under it, in their order.
-    let mut sorted = keys;
+    // the keys changed under it, in their order, each with who changed it
+    // last.
+    let mut last: HashMap<&Bytes, Option<u64>> = HashMap::with_capacity(keys.len());
+    for changed in keys {
+        last.insert(changed.key, changed.by);
+    }
+    let mut sorted: Vec<(&Bytes, Option<u64>)> = last.into_iter().collect();
     sorted.sort_unstable();
     let mut ids: Vec<u64> = table.bcast.iter().copied().collect();
     ids.sort_unstable();
@@ -306,6 +318,7 @@ fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub:
         let Some(client) = table.clients.get(&id) else {
             continue;
         };
+        let noloop = client.options.noloop;
         let mut prefixes = client.options.prefixes.clone();
         if prefixes.is_empty() {
             prefixes.push(Bytes::new());
@@ -314,14 +327,20 @@ fn tell(table: &mut Table, keys: &[&Bytes], bcast: bool, pubsub: &crate::pubsub:
         for prefix in prefixes {
             let under: Vec<Bytes> = sorted
                 .iter()
-                .filter(|k| k.starts_with(&prefix))
-                .map(|k| (*k).clone())
+                .filter(|(k, by)| k.starts_with(&prefix) && !(noloop && *by == Some(id)))
+                .map(|(k, _)| (*k).clone())
                 .collect();
             if !under.is_empty() {
                 send(table, id, Some(under), pubsub);
             }
         }
     }
+}
+
+/// Whether a change by client `by` is tracking client `id`'s own, which
+/// with NOLOOP it is not told of.
+fn own_change(table: &Table, id: u64, by: Option<u64>) -> bool {
+    by == Some(id) && table.clients.get(&id).is_some_and(|c| c.options.noloop)
 }
 
 /// Queues `message` for tracking client `id`, or with REDIRECT sends it to
@@ -516,6 +535,67 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
+    /// `keys` changed by no client's command.
+    fn changes(keys: &[Bytes]) -> Vec<ChangedKey<'_>> {
+        keys.iter()
+            .map(|key| ChangedKey { key, by: None })
+            .collect()
+    }
+
+    #[test]
+    fn a_noloop_client_is_not_told_of_its_own_changes() {
+        let tracking = Tracking::default();
+        let noloop = Options {
+            noloop: true,
+            ..Options::default()
+        };
+        let mut reader = tracking.connect(1, activity());
+        tracking.enable(1, noloop);
+        let mut watcher = tracking.connect(2, activity());
+        tracking.enable(
+            2,
+            Options {
+                bcast: true,
+                noloop: true,
+                ..Options::default()
+            },
+        );
+        let (k, other) = (b("k"), b("other"));
+        let by = |key, by| ChangedKey { key, by: Some(by) };
+        // Its own write: not told, and forgotten (as Redis: a later change
+        // by another is not told either until it reads the key again).
+        tracking.remember(1, [k.clone()]);
+        tracking.changed(Changed::Keys(&[by(&k, 1), by(&k, 3)]));
+        assert!(reader.try_recv().is_err(), "its own change");
+        tracking.changed(Changed::Keys(&[by(&k, 3)]));
+        assert!(reader.try_recv().is_err(), "forgotten");
+        tracking.remember(1, [k.clone()]);
+        tracking.changed(Changed::Keys(&[by(&k, 3), by(&k, 1)]));
+        assert_eq!(
+            reader.try_recv().unwrap(),
+            Push::Invalidate(Some(vec![k.clone()]))
+        );
+        // BCAST: a key's last change decides.
+        for _ in 0..3 {
+            assert_eq!(
+                watcher.try_recv().unwrap(),
+                Push::Invalidate(Some(vec![k.clone()]))
+            );
+        }
+        let changes = [by(&k, 3), by(&k, 2), by(&other, 2), by(&other, 3)];
+        tracking.changed(Changed::Keys(&changes));
+        assert!(reader.try_recv().is_err());
+        assert_eq!(
+            watcher.try_recv().unwrap(),
+            Push::Invalidate(Some(vec![other.clone()]))
+        );
+        assert!(watcher.try_recv().is_err(), "{k:?} changed by itself last");
+        // A flush tells everyone.
+        tracking.changed(Changed::REPLACED);
+        assert_eq!(reader.try_recv().unwrap(), Push::Invalidate(None));
+        assert_eq!(watcher.try_recv().unwrap(), Push::Invalidate(None));
+    }
+
     #[test]
     fn read_keys_are_told_once_and_bcast_by_prefix() {
         let tracking = Tracking::default();
@@ -531,14 +611,14 @@ mod tests {
         tracking.enable(2, bcast);
         assert!(tracking.listening());
         tracking.remember(1, [b("a"), b("user:1")]);
-        tracking.changed(Changed::Keys(&[&b("a"), &b("a"), &b("b")]));
+        tracking.changed(Changed::Keys(&changes(&[b("a"), b("a"), b("b")])));
         assert_eq!(
             reader.try_recv().unwrap(),
             Push::Invalidate(Some(vec![b("a")]))
         );
         assert!(watcher.try_recv().is_err(), "not under its prefix");
         // Told once: the key must be read again.
-        tracking.changed(Changed::Keys(&[&b("a"), &b("user:1")]));
+        tracking.changed(Changed::Keys(&changes(&[b("a"), b("user:1")])));
         assert_eq!(
             reader.try_recv().unwrap(),
             Push::Invalidate(Some(vec![b("user:1")]))
@@ -570,7 +650,7 @@ mod tests {
         };
         tracking.enable(1, redirect);
         tracking.remember(1, [b("k")]);
-        tracking.changed(Changed::Keys(&[&b("k")]));
+        tracking.changed(Changed::Keys(&changes(&[b("k")])));
         assert_eq!(
             target.try_recv().unwrap(),
             Push::Invalidate(Some(vec![b("k")]))
@@ -626,10 +706,10 @@ mod tests {
         drop(tracking.connect(2, gone.clone()));
         tracking.enable(2, all);
         for _ in 0..TRACKING_BACKLOG_MAX {
-            tracking.changed(Changed::Keys(&[&b("k")]));
+            tracking.changed(Changed::Keys(&changes(&[b("k")])));
         }
         assert!(!slow.killed.load(Ordering::Acquire));
-        tracking.changed(Changed::Keys(&[&b("k")]));
+        tracking.changed(Changed::Keys(&changes(&[b("k")])));
         assert!(slow.killed.load(Ordering::Acquire));
         assert!(!gone.killed.load(Ordering::Acquire));
     }

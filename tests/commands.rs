@@ -3065,6 +3065,60 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
     t.exchange(&["CLIENT", "GETREDIR"], ":-1\r\n");
 }
 
+/// CLIENT TRACKING NOLOOP: a client is told of other clients' changes to
+/// what it read, not of its own (a key it read and then wrote is forgotten
+/// untold, as Redis); with BCAST, of other clients' changes under its
+/// prefixes only. A default-mode client reading the same keys witnesses
+/// each change: once it is told, the NOLOOP client's push would have been
+/// queued too (and would come before its next reply).
+#[test]
+fn a_noloop_client_is_told_of_other_clients_changes_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let writer = &mut server.client();
+    assert_eq!(raw(writer, &["MSET", "a", "1", "b", "2"]), ok());
+    let mut n = Resp3::connect(&server);
+    n.exchange(&["CLIENT", "TRACKING", "ON", "NOLOOP"], "+OK\r\n");
+    let mut w = Resp3::connect(&server);
+    w.exchange(&["CLIENT", "TRACKING", "ON"], "+OK\r\n");
+    let both = "*2\r\n$1\r\n1\r\n$1\r\n2\r\n";
+    w.exchange(&["MGET", "a", "b"], both);
+    n.exchange(&["MGET", "a", "b"], both);
+    // Its own write: not told; then forgotten, so not told of another's.
+    n.exchange(&["SET", "a", "3"], "+OK\r\n");
+    assert!(w.read_until(invalidate(&["a"]).as_bytes()));
+    w.exchange(&["GET", "a"], "$1\r\n3\r\n");
+    assert_eq!(raw(writer, &["SET", "a", "4"]), ok());
+    assert!(w.read_until(invalidate(&["a"]).as_bytes()));
+    n.exchange(&["PING"], "+PONG\r\n");
+    // Another client's write of a key it read: told.
+    assert_eq!(raw(writer, &["SET", "b", "5"]), ok());
+    assert!(w.read_until(invalidate(&["b"]).as_bytes()));
+    assert!(n.read_until(invalidate(&["b"]).as_bytes()));
+    n.exchange(&["PING"], "+PONG\r\n");
+
+    // BCAST: another's change under the prefix is told, its own are not.
+    let mut nb = Resp3::connect(&server);
+    nb.exchange(
+        &[
+            "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "u:", "NOLOOP",
+        ],
+        "+OK\r\n",
+    );
+    let mut wb = Resp3::connect(&server);
+    wb.exchange(
+        &["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "u:"],
+        "+OK\r\n",
+    );
+    nb.exchange(&["MSET", "u:1", "x", "u:2", "y"], "+OK\r\n");
+    assert!(wb.read_until(invalidate(&["u:1", "u:2"]).as_bytes()));
+    nb.exchange(&["PING"], "+PONG\r\n");
+    assert_eq!(raw(writer, &["SET", "u:1", "z"]), ok());
+    assert!(wb.read_until(invalidate(&["u:1"]).as_bytes()));
+    assert!(nb.read_until(invalidate(&["u:1"]).as_bytes()));
+    nb.exchange(&["PING"], "+PONG\r\n");
+}
+
 /// Pub/Sub through a real client: messages by channel and by pattern, in
 /// the order published, PUBLISH counting the deliveries; a subscriber
 /// reading after a message sees the write logged before it; PUBSUB's

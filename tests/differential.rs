@@ -1597,6 +1597,58 @@ fn command_info_and_categories_are_redis_s() {
     }
 }
 
+/// CLIENT TRACKING NOLOOP, as Redis: a client is told nothing of the keys
+/// its own commands change (alone, pipelined, in a transaction), in
+/// default mode and with BCAST; with the keys read before, its replies are
+/// Redis's byte for byte, with no push among them.
+#[test]
+fn a_noloop_client_is_told_nothing_of_its_own_writes_as_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let redis = Redis::start();
+    let request = [
+        resp(&[b"HELLO", b"3"]),
+        resp(&[b"MSET", b"nl-a", b"1", b"nl-b", b"2"]),
+        resp(&[b"CLIENT", b"TRACKING", b"ON", b"NOLOOP"]),
+        resp(&[b"MGET", b"nl-a", b"nl-b"]),
+        resp(&[b"SET", b"nl-a", b"3"]),
+        resp(&[b"GET", b"nl-a"]),
+        resp(&[b"MULTI"]),
+        resp(&[b"INCR", b"nl-a"]),
+        resp(&[b"DEL", b"nl-b"]),
+        resp(&[b"EXEC"]),
+        resp(&[b"GET", b"nl-a"]),
+        resp(&[b"CLIENT", b"TRACKING", b"OFF"]),
+        resp(&[
+            b"CLIENT",
+            b"TRACKING",
+            b"ON",
+            b"BCAST",
+            b"PREFIX",
+            b"nl-",
+            b"NOLOOP",
+        ]),
+        resp(&[b"SET", b"nl-c", b"1"]),
+        resp(&[b"MSET", b"nl-c", b"2", b"nl-d", b"3", b"other", b"4"]),
+        resp(&[b"HSET", b"nl-h", b"f", b"v"]),
+        resp(&[b"CLIENT", b"TRACKINGINFO"]),
+    ]
+    .concat();
+    let (ours, theirs) = (
+        raw_exchange(&ferry.resp.to_string(), &request),
+        raw_exchange(&format!("127.0.0.1:{}", redis.port), &request),
+    );
+    // HELLO's map differs (server name, version, ids): compared from the
+    // MSET's reply on.
+    let after_hello = |bytes: &[u8]| -> String {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let ok = text.find("+OK\r\n").expect("MSET's reply");
+        text[ok..].to_string()
+    };
+    assert_eq!(after_hello(&ours), after_hello(&theirs));
+    assert!(!after_hello(&ours).contains(">2\r\n"), "no push");
+}
+
 /// ACL LIST and GETUSER of the default user with a password, as Redis
 /// shows them (the password's SHA-256), in RESP2 and RESP3; GENPASS's
 /// lengths.

@@ -601,18 +601,27 @@ pub struct Engine {
     changes: std::sync::OnceLock<Arc<dyn ChangeListener>>,
 }
 
+/// A key an applied write changed, and the client whose command changed
+/// it (`None`: the expiry sweep, a replica's stream, a load; see
+/// [`Engine::apply_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangedKey<'a> {
+    pub key: &'a Bytes,
+    pub by: Option<u64>,
+}
+
 /// What changed in the keyspace, by one applied write.
 #[derive(Debug, Clone, Copy)]
 pub enum Changed<'a> {
     /// These keys, in order (a key may come more than once).
-    Keys(&'a [&'a Bytes]),
+    Keys(&'a [ChangedKey<'a>]),
     /// Any key may have: `flushes` FLUSHALLs, or a whole state put in
     /// place (one, no keys). `before`: the keys the write changed before
     /// the first; `keys`: all it changed, in order.
     All {
-        before: &'a [&'a Bytes],
+        before: &'a [ChangedKey<'a>],
         flushes: usize,
-        keys: &'a [&'a Bytes],
+        keys: &'a [ChangedKey<'a>],
     },
 }
 
@@ -1016,12 +1025,28 @@ impl Engine {
     ///
     /// If the LSNs do not continue the applied LSN.
     pub fn apply(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {
+        self.apply_by(records, &[])
+    }
+
+    /// [`Engine::apply`], telling the change listener whose command each
+    /// record is (`by[i]` of `records[i]`, the client's id; none past the
+    /// end of `by`), so a client may be spared its own writes' news
+    /// (CLIENT TRACKING's NOLOOP).
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::apply`].
+    ///
+    /// # Panics
+    ///
+    /// As [`Engine::apply`].
+    pub fn apply_by(&self, records: &[(Lsn, WalRecord)], by: &[Option<u64>]) -> Result<()> {
         let mut expected = self.applied_lsn().next();
         for (lsn, _) in records {
             assert_eq!(*lsn, expected, "records are applied in LSN order");
             expected = expected.next();
         }
-        self.write(records)
+        self.write(records, by)
     }
 
     /// Applies a stretch of the log that may begin with records applied
@@ -1058,7 +1083,7 @@ impl Engine {
         self.latency.set(hook);
     }
 
-    fn write(&self, records: &[(Lsn, WalRecord)]) -> Result<()> {
+    fn write(&self, records: &[(Lsn, WalRecord)], by: &[Option<u64>]) -> Result<()> {
         let Some(&(last, _)) = records.last() else {
             return Ok(());
         };
@@ -1142,15 +1167,18 @@ impl Engine {
             self.watchers.touch(&key, exists);
         }
         if let Some(listener) = self.listener() {
-            let mut keys: Vec<&Bytes> = Vec::new();
+            let mut keys: Vec<ChangedKey<'_>> = Vec::new();
             // The keys changed before the first FLUSHALL, and the count.
             let (mut before, mut flushes) = (None, 0);
-            let ops = records
-                .iter()
-                .flat_map(|(_, r)| r.mutations.iter().filter_map(|m| m.op.as_ref()));
-            for op in ops {
+            let ops = records.iter().enumerate().flat_map(|(i, (_, r))| {
+                let by = by.get(i).copied().flatten();
+                r.mutations
+                    .iter()
+                    .filter_map(move |m| Some((m.op.as_ref()?, by)))
+            });
+            for (op, by) in ops {
                 match op_key(op) {
-                    Some(key) => keys.push(key),
+                    Some(key) => keys.push(ChangedKey { key, by }),
                     None if matches!(op, Op::FlushAll(_)) => {
                         before.get_or_insert(keys.len());
                         flushes += 1;

@@ -39,7 +39,7 @@ mod watch;
 pub use builder::{StateBuilder, StringSet, single_string_set};
 pub use cache::{READ_CACHE_BYTES_DEFAULT, ReadCacheStats};
 pub use engine::{
-    ChangeListener, Changed, Engine, LAYOUT_COLUMN_FAMILY, RECLAIM_STEP_BYTES,
+    ChangeListener, Changed, ChangedKey, Engine, LAYOUT_COLUMN_FAMILY, RECLAIM_STEP_BYTES,
     REPLAY_BATCH_RECORDS, RocksFigures, SWAP_WAIT_MAX, Scanned, checkpoint_meta,
     complete_checkpoint_swap, decode_record, op_key, string_bytes,
 };

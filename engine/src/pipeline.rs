@@ -775,6 +775,8 @@ impl<R> Ticket<R> {
 /// whom to tell once they are applied: one completion for the whole append.
 struct ApplyJob {
     records: Vec<(u64, WalRecord)>,
+    /// The client whose commands these are ([`Engine::apply_by`]).
+    by: Option<u64>,
     pending: PendingAppend,
     applied: Applied,
 }
@@ -1127,7 +1129,7 @@ impl Pipeline {
         &self,
         command: impl FnOnce(&mut View<'_>) -> Result<R>,
     ) -> Result<Ticket<R>> {
-        self.execute_many([command])
+        self.execute_held(None, [command], true)
             .await
             .pop()
             .expect("one outcome per command")
@@ -1144,9 +1146,10 @@ impl Pipeline {
     /// As [`Pipeline::execute`].
     pub async fn execute_read<R>(
         &self,
+        by: Option<u64>,
         command: impl FnOnce(&mut View<'_>) -> Result<R>,
     ) -> Result<Ticket<R>> {
-        self.execute_held([command], false)
+        self.execute_held(by, [command], false)
             .await
             .pop()
             .expect("one outcome per command")
@@ -1155,21 +1158,25 @@ impl Pipeline {
     /// [`Pipeline::execute`] for several commands in a row, as one client
     /// pipelines them: each runs alone and sees the ones before it, each
     /// has its own record and outcome, in order; the records go to the WAL
-    /// in as few appends (and the applier in as few jobs) as fit.
+    /// in as few appends (and the applier in as few jobs) as fit. `by`:
+    /// the client's id, which the engine's change listener is told with
+    /// the keys they change ([`Engine::apply_by`]).
     pub async fn execute_many<R, C>(
         &self,
+        by: Option<u64>,
         commands: impl IntoIterator<Item = C>,
     ) -> Vec<Result<Ticket<R>>>
     where
         C: FnOnce(&mut View<'_>) -> Result<R>,
     {
-        self.execute_held(commands, true).await
+        self.execute_held(by, commands, true).await
     }
 
     /// [`Pipeline::execute_many`]; `held`: they wait out a pause of the
     /// write path's commands (else effects are refused during one).
     async fn execute_held<R, C>(
         &self,
+        by: Option<u64>,
         commands: impl IntoIterator<Item = C>,
         held: bool,
     ) -> Vec<Result<Ticket<R>>>
@@ -1314,6 +1321,7 @@ impl Pipeline {
                         .unwrap_or_else(|e| e.into_inner())
                         .push_back(ApplyJob {
                             records,
+                            by,
                             pending,
                             applied,
                         });
@@ -1430,6 +1438,7 @@ impl Applier {
         // Each durable job's completion and first LSN; their records.
         let mut done = Vec::new();
         let mut records: Vec<(Lsn, WalRecord)> = Vec::new();
+        let mut by = Vec::new();
         let mut last_seq = 0;
         {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -1449,6 +1458,7 @@ impl Applier {
                         let mut lsn = range.first;
                         for (seq, record) in job.records {
                             records.push((lsn, record));
+                            by.push(job.by);
                             last_seq = seq;
                             lsn = lsn.next();
                         }
@@ -1465,7 +1475,7 @@ impl Applier {
         if records.is_empty() {
             return false;
         }
-        match self.engine.apply(&records) {
+        match self.engine.apply_by(&records, &by) {
             Ok(()) => {
                 lock(&self.overlay).applied(last_seq);
                 if let Some(tx) = &state.applied_tx {

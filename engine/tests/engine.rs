@@ -1207,24 +1207,27 @@ async fn the_pipeline_view_agrees_with_the_engine_after_each_command() {
         }
         commands += run.len();
         let outcomes = pipeline
-            .execute_many(run.iter().map(|(op, kind, _)| {
-                move |view: &mut ferry_engine::View<'_>| {
-                    if *kind > 0 {
-                        view.push(op.clone())?;
+            .execute_many(
+                None,
+                run.iter().map(|(op, kind, _)| {
+                    move |view: &mut ferry_engine::View<'_>| {
+                        if *kind > 0 {
+                            view.push(op.clone())?;
+                        }
+                        let seen = seen(
+                            |key| view.entry(key).unwrap(),
+                            |key| view.hash_fields(key).unwrap(),
+                        );
+                        match kind {
+                            // Pushed its effect, then failed: taken back.
+                            1 => Err(ferry_engine::EngineError::Stopped(
+                                "changed its mind".into(),
+                            )),
+                            _ => Ok(seen),
+                        }
                     }
-                    let seen = seen(
-                        |key| view.entry(key).unwrap(),
-                        |key| view.hash_fields(key).unwrap(),
-                    );
-                    match kind {
-                        // Pushed its effect, then failed: taken back.
-                        1 => Err(ferry_engine::EngineError::Stopped(
-                            "changed its mind".into(),
-                        )),
-                        _ => Ok(seen),
-                    }
-                }
-            }))
+                }),
+            )
             .await;
         assert_eq!(outcomes.len(), run.len());
         for ((op, kind, expected), outcome) in run.into_iter().zip(outcomes) {
@@ -1266,20 +1269,23 @@ async fn commands_run_together_split_into_appends_that_fit() {
     let pipeline = Pipeline::start(engine.clone(), wal.clone());
     let sizes = [1500, 1500, 5000, 1500, 10];
     let outcomes = pipeline
-        .execute_many(sizes.iter().enumerate().map(|(i, &size)| {
-            move |view: &mut ferry_engine::View<'_>| {
-                // Each sees the ones before it that were kept.
-                let before = (0..i)
-                    .filter(|j| view.entry(format!("k{j}").as_bytes()).unwrap().is_some())
-                    .count();
-                view.push(Op::SetString(pb::SetString {
-                    key: b(&format!("k{i}")),
-                    value: Bytes::from(vec![b'x'; size]),
-                    expire_at_ms: 0,
-                }))?;
-                Ok(before)
-            }
-        }))
+        .execute_many(
+            None,
+            sizes.iter().enumerate().map(|(i, &size)| {
+                move |view: &mut ferry_engine::View<'_>| {
+                    // Each sees the ones before it that were kept.
+                    let before = (0..i)
+                        .filter(|j| view.entry(format!("k{j}").as_bytes()).unwrap().is_some())
+                        .count();
+                    view.push(Op::SetString(pb::SetString {
+                        key: b(&format!("k{i}")),
+                        value: Bytes::from(vec![b'x'; size]),
+                        expire_at_ms: 0,
+                    }))?;
+                    Ok(before)
+                }
+            }),
+        )
         .await;
     let (mut seen_before, mut lsns) = (Vec::new(), Vec::new());
     for (i, outcome) in outcomes.into_iter().enumerate() {

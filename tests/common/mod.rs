@@ -411,21 +411,28 @@ impl Resp3 {
     /// Reads until `expected` is what came in since the last call (then
     /// taken), for up to 10 s.
     pub fn read_until(&mut self, expected: &[u8]) -> bool {
+        self.read_past(expected).is_some()
+    }
+
+    /// Reads until `expected` came in (for up to 10 s), and takes it and
+    /// what came before it, which is returned.
+    fn read_past(&mut self, expected: &[u8]) -> Option<Vec<u8>> {
         use std::io::Read;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             if let Some(at) = self.got.windows(expected.len()).position(|w| w == expected) {
-                self.got.drain(..at + expected.len());
-                return true;
+                let mut before: Vec<u8> = self.got.drain(..at + expected.len()).collect();
+                before.truncate(at);
+                return Some(before);
             }
             let mut buf = [0u8; 4096];
             match self.stream.read(&mut buf) {
-                Ok(0) => return false,
+                Ok(0) => return None,
                 Ok(n) => self.got.extend_from_slice(&buf[..n]),
                 Err(_) => {}
             }
         }
-        false
+        None
     }
 
     /// The next line that comes in (without its CRLF), for up to 10 s.
@@ -448,13 +455,20 @@ impl Resp3 {
         }
     }
 
-    /// A request and its whole reply, exactly.
+    /// A request and its whole reply, exactly: nothing before it (no
+    /// push), nothing after.
     pub fn exchange(&mut self, args: &[&str], reply: &str) {
         self.send(args);
+        let before = self.read_past(reply.as_bytes());
         assert!(
-            self.read_until(reply.as_bytes()),
+            before.is_some(),
             "{args:?}: {:?}",
             String::from_utf8_lossy(&self.got)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&before.unwrap_or_default()),
+            "",
+            "{args:?}: before its reply"
         );
         assert!(
             self.got.is_empty(),
