@@ -1232,6 +1232,10 @@ impl ferry_receiver::Membership for Identity {
     fn learn_terms(&self, terms: &[(u64, u64)]) -> Result<(), String> {
         self.learn(terms).map_err(|e| format!("{e:#}"))
     }
+
+    fn epoch_history(&self) -> Vec<(u64, u64)> {
+        self.history()
+    }
 }
 
 /// 20 random-looking bytes as 40 hex characters.

@@ -1224,12 +1224,36 @@ fn a_primary_that_sees_a_newer_epoch_stops_taking_writes() {
 
 #[test]
 fn an_old_primary_rejoins_and_keeps_its_diverged_writes_in_quarantine() {
-    rejoin_after_divergence(&[], 100);
+    rejoin_after_divergence(&[], 100, 0);
 }
 
 #[test]
 fn an_old_primary_whose_wal_was_purged_rejoins_by_snapshot_and_keeps_its_diverged_writes() {
-    rejoin_after_divergence(&["--wal-segment-bytes", "65536"], 30_000);
+    rejoin_after_divergence(&["--wal-segment-bytes", "65536"], 30_000, 0);
+}
+
+/// The new primary has purged its log past the old one's last record: the
+/// fork is found by the terms (no frame to compare), not taken for a
+/// replica that is merely behind (a snapshot over its diverged writes).
+#[test]
+fn an_old_primary_rejoining_a_primary_that_purged_past_the_fork_keeps_its_diverged_writes() {
+    rejoin_after_divergence(&["--wal-segment-bytes", "65536"], 30_000, 30_000);
+}
+
+/// `count` SETs of `{prefix}{i}`, pipelined, with values that do not
+/// compress away (so the WAL spans segments).
+fn set_keys(c: &mut redis::Connection, prefix: &str, count: u64) {
+    for start in (0..count).step_by(1000) {
+        let mut pipe = redis::pipe();
+        for i in start..(start + 1000).min(count) {
+            let value = format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            pipe.cmd("SET")
+                .arg(format!("{prefix}{i}"))
+                .arg(value)
+                .ignore();
+        }
+        pipe.query::<()>(c).expect("SETs");
+    }
 }
 
 /// Writes the old primary acknowledges after the fork.
@@ -1251,8 +1275,9 @@ fn fork(proxy: &Proxy, old: &mut redis::Connection, new: &mut redis::Connection,
 
 /// An old primary with `before` keys acknowledged before a partition (its
 /// early WAL purged when there are enough) and diverged writes after it
-/// rejoins the promoted replica.
-fn rejoin_after_divergence(extra: &[&str], before: u64) {
+/// rejoins the promoted replica, which took `after` more writes (and then
+/// purged its log past the old primary's last record).
+fn rejoin_after_divergence(extra: &[&str], before: u64, after: u64) {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut args = vec!["--fsync", "always"];
@@ -1261,15 +1286,7 @@ fn rejoin_after_divergence(extra: &[&str], before: u64) {
     let proxy = Proxy::start(old.grpc);
     let new = Server::replica(&dir.path().join("r"), &proxy.url(), extra);
     let mut oc = old.client();
-    for start in (0..before).step_by(1000) {
-        let mut pipe = redis::pipe();
-        for i in start..(start + 1000).min(before) {
-            // Values that do not compress away: the WAL spans segments.
-            let value = format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            pipe.cmd("SET").arg(format!("k{i}")).arg(value).ignore();
-        }
-        pipe.query::<()>(&mut oc).expect("SETs");
-    }
+    set_keys(&mut oc, "k", before);
     assert!(
         wait_until(Duration::from_secs(20), || caught_up(&old, &new)),
         "{:?}\n{:?}\n{}",
@@ -1291,6 +1308,18 @@ fn rejoin_after_divergence(extra: &[&str], before: u64) {
     // replica never receives, and the replica is promoted.
     let mut nc = new.client();
     fork(&proxy, &mut oc, &mut nc, "new");
+    if after > 0 {
+        set_keys(&mut nc, "after", after);
+        let old_last = status(old.grpc).wal.expect("wal").last_lsn;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                status(new.grpc).wal.expect("wal").first_retained_lsn > old_last + 1
+            }),
+            "the new primary never purged past lsn {}: {:?}",
+            old_last + 1,
+            status(new.grpc)
+        );
+    }
     // The old primary is told to follow the new one: it finds the fork,
     // sets its diverged records aside and follows.
     raw(
@@ -1528,6 +1557,57 @@ fn an_old_primary_rejoins_two_terms_later_through_the_history_its_new_primary_le
     assert_eq!(raw(&mut ac, &["EXISTS", "lost0"]), redis::Value::Int(0));
     assert_eq!(raw(&mut ac, &["EXISTS", "b4"]), redis::Value::Int(1));
     assert_eq!(raw(&mut ac, &["EXISTS", "c4"]), redis::Value::Int(1));
+}
+
+/// A node that rejoins after a fork finds it even when its log no longer
+/// holds the start of an earlier term it shares with its new primary (it
+/// purged it): that term's epoch is read off its own terms. B takes over
+/// from A (term 1) with C following, B's log is purged past term 1's
+/// start, then B is cut off and diverges while C takes over (term 2).
+#[test]
+fn a_node_whose_log_was_purged_past_a_shared_term_s_start_still_finds_its_fork() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = ["--wal-segment-bytes", "65536"];
+    let a = Server::start(&dir.path().join("a"), &small);
+    let b = Server::replica(&dir.path().join("b"), &a.grpc_url(), &small);
+    let proxy = Proxy::start(b.grpc);
+    let c = Server::replica(&dir.path().join("c"), &proxy.url(), &small);
+    set_keys(&mut a.client(), "a", 100);
+    assert!(wait_until(Duration::from_secs(20), || caught_up(&a, &b)
+        && caught_up(&b, &c)));
+    drop(a);
+    let (mut bc, mut cc) = (b.client(), c.client());
+    assert_eq!(
+        raw(&mut bc, &["REPLICAOF", "NO", "ONE"]),
+        redis::Value::Okay
+    );
+    let term1 = status(b.grpc).epoch_history[0].first_lsn;
+    set_keys(&mut bc, "t1-", 30_000);
+    assert!(
+        wait_until(Duration::from_secs(20), || caught_up(&b, &c)
+            && status(b.grpc).wal.expect("wal").first_retained_lsn > term1),
+        "{:?}",
+        status(b.grpc)
+    );
+    fork(&proxy, &mut bc, &mut cc, "c");
+    raw(
+        &mut bc,
+        &["REPLICAOF", "127.0.0.1", &c.grpc.port().to_string()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status(b.grpc).wal.expect("wal").epoch == 2 && caught_up(&c, &b)
+        }),
+        "{:?}",
+        status(b.grpc)
+    );
+    assert_eq!(digest(&b), digest(&c));
+    assert_eq!(status(b.grpc).quarantined_records, DIVERGED);
+    let mut bc = b.client();
+    assert_eq!(raw(&mut bc, &["EXISTS", "lost0"]), redis::Value::Int(0));
+    assert_eq!(raw(&mut bc, &["EXISTS", "c4"]), redis::Value::Int(1));
+    assert_eq!(raw(&mut bc, &["EXISTS", "t1-29999"]), redis::Value::Int(1));
 }
 
 /// A primary's transaction reaches a replica as one record, applied whole:

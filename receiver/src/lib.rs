@@ -97,6 +97,9 @@ pub trait Membership: Send + Sync + 'static {
     ///
     /// Why they could not be recorded durably.
     fn learn_terms(&self, terms: &[(u64, u64)]) -> std::result::Result<(), String>;
+    /// The terms of this node's log, begun by it or by the primaries it
+    /// followed: (epoch, first LSN).
+    fn epoch_history(&self) -> Vec<(u64, u64)>;
 }
 
 /// Tunables of a [`Receiver`].
@@ -937,9 +940,10 @@ impl Context {
 
     /// Where this node's log left the primary's: the LSN before the first
     /// term the primary began whose first record this node holds with an
-    /// older epoch.
+    /// older epoch (its frame's, or once purged, by this node's terms).
     fn fork_point(&self, history: &[ferry_proto::v1::EpochBegin]) -> Option<Lsn> {
         let last = self.wal.last_lsn();
+        let ours = self.membership.epoch_history();
         let mut terms: Vec<_> = history.iter().filter(|t| t.first_lsn >= 1).collect();
         terms.sort_by_key(|t| t.first_lsn);
         for term in terms {
@@ -947,8 +951,11 @@ impl Context {
             if first > last {
                 continue;
             }
-            let frame = self.wal.frames(first).ok()?.next_frame().ok()??;
-            if frame.header.epoch.0 < term.epoch {
+            let epoch = match self.wal.frames(first).and_then(|mut r| r.next_frame()) {
+                Ok(Some(frame)) => frame.header.epoch.0,
+                _ => ferry_wal::epoch_at(&ours, first),
+            };
+            if epoch < term.epoch {
                 return Some(Lsn(first.0 - 1));
             }
         }

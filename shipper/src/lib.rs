@@ -511,6 +511,26 @@ impl Shipper {
             self.wal.wait_durable(flushed).await?;
         }
         let first = self.wal.first_lsn();
+        // The histories are compared before anything else: a replica whose
+        // resume point this node no longer keeps, or one right before it,
+        // may still have forked (an old primary back after a long
+        // partition), and must be told so (it then sets its records past
+        // the fork aside), not just sent a snapshot over them.
+        if flushed.0 > 0 && flushed < first {
+            // Without the frame, by the terms: the epoch this node's log
+            // has at `flushed` must be the replica's.
+            let ours = ferry_wal::epoch_at(&self.membership.epoch_history(), flushed);
+            if ours != hello.flushed_epoch {
+                return Err(refused(
+                    Reason::HistoryMismatch,
+                    format!(
+                        "the histories differ at lsn {flushed}: the replica's frame ending there has \
+                         epoch {}; this node's log has epoch {ours} there (its frame is no longer kept)",
+                        hello.flushed_epoch
+                    ),
+                ));
+            }
+        }
         if flushed.next() < first {
             return Err(refused(
                 Reason::NotRetained,

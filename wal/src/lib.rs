@@ -79,3 +79,31 @@ impl fmt::Display for Epoch {
         self.0.fmt(f)
     }
 }
+
+/// The epoch of the record at `lsn` by a log's terms, each (epoch, first
+/// LSN) as a node keeps them: that of the last term begun at or before
+/// it, 0 before the first (a log's first term has no entry).
+pub fn epoch_at(terms: &[(u64, u64)], lsn: Lsn) -> u64 {
+    terms
+        .iter()
+        .filter(|&&(_, first)| first <= lsn.0)
+        .max_by_key(|&&(epoch, first)| (first, epoch))
+        .map_or(0, |&(epoch, _)| epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_s_epoch_is_its_term_s() {
+        // Terms out of order, one begun and left without records.
+        let terms = [(5, 40), (2, 10), (3, 40)];
+        let at = |lsn| epoch_at(&terms, Lsn(lsn));
+        assert_eq!(
+            [at(1), at(9), at(10), at(39), at(40), at(99)],
+            [0, 0, 2, 2, 5, 5]
+        );
+        assert_eq!(epoch_at(&[], Lsn(7)), 0);
+    }
+}
