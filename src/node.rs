@@ -108,6 +108,25 @@ pub const FAILOVER_HOLD_MAX: Duration = Duration::from_secs(3600);
 const PEER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long such a question may take.
 const PEER_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a primary whose switchover lost its promote call midway (the
+/// replica may have promoted before the call broke) asks the replica how
+/// it ended: a primary now is followed, a replica still is one that did
+/// not promote (writes resume), no answer leaves writes stopped.
+pub const PROMOTE_OUTCOME_WAIT: Duration = Duration::from_secs(10);
+
+/// A promote call that broke after it was sent: the replica may or may not
+/// have promoted.
+#[derive(Debug)]
+struct PromoteOutcomeUnknown(String);
+
+impl std::fmt::Display for PromoteOutcomeUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the promote call broke off: {}", self.0)
+    }
+}
+
+impl std::error::Error for PromoteOutcomeUnknown {}
 /// How often a replica with `--failover-after` looks at its link.
 const FAILOVER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -1814,8 +1833,11 @@ impl Node {
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "FAILOVER ended without a switchover");
                     // Fenced above, even if the switchover failed before
-                    // its own fence.
-                    if !node.is_replica() && !node.pipeline.is_writable() {
+                    // its own fence; not if the replica may have promoted.
+                    if !node.is_replica()
+                        && !node.pipeline.is_writable()
+                        && !e.is::<PromoteOutcomeUnknown>()
+                    {
                         node.pipeline.unfence();
                     }
                 }
@@ -2194,13 +2216,34 @@ impl Node {
                     },
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("the replica refused to promote: {}", s.message()))?;
+                .map_err(|s| match s.code() {
+                    // Answered: it did not promote.
+                    tonic::Code::FailedPrecondition
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unimplemented => {
+                        anyhow::anyhow!("the replica refused to promote: {}", s.message())
+                    }
+                    _ => anyhow::Error::new(PromoteOutcomeUnknown(s.message().to_string())),
+                })?;
             Ok(reply.into_inner())
         }
         .await;
+        let promoted = match promoted {
+            Err(e) if e.is::<PromoteOutcomeUnknown>() => {
+                tracing::warn!(error = %format!("{e:#}"), to = %target.node_id,
+                    "switchover: the promote call broke off; asking the replica how it ended");
+                self.promote_outcome(&url).await
+            }
+            other => other,
+        };
         self.switchover_promoting.store(false, Ordering::Release);
         let promoted = match promoted {
             Ok(p) => p,
+            Err(e) if e.is::<PromoteOutcomeUnknown>() => {
+                tracing::error!(error = %format!("{e:#}"), "switchover: how the promotion ended is unknown; writes stay stopped");
+                return Err(e);
+            }
             Err(e) => {
                 self.pipeline.unfence();
                 tracing::warn!(error = %format!("{e:#}"), "switchover abandoned: writes resume");
@@ -2214,6 +2257,63 @@ impl Node {
             epoch: promoted.epoch,
             first: Lsn(promoted.first_lsn),
         })
+    }
+
+    /// How a switchover's promote call that broke off midway ended, asked
+    /// of the replica at `url` for up to [`PROMOTE_OUTCOME_WAIT`]: its new
+    /// term if it leads a newer epoch; an error if it is still a replica
+    /// once the wait is over (writes may resume). With no answer at all,
+    /// [`PromoteOutcomeUnknown`]: writes stay stopped, as resuming them
+    /// could make two primaries.
+    async fn promote_outcome(&self, url: &str) -> anyhow::Result<ferry_proto::v1::PromoteResponse> {
+        let ours = self.wal.epoch().0;
+        let caller = crate::report::Caller {
+            token: ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())?,
+            tls: self.config.tls.clone(),
+        };
+        let until = Instant::now() + PROMOTE_OUTCOME_WAIT;
+        let mut last = None;
+        loop {
+            match tokio::time::timeout(PEER_PROBE_TIMEOUT, crate::report::fetch(url, &caller)).await
+            {
+                Ok(Ok(status)) => {
+                    let epoch = status.wal.as_ref().map_or(0, |w| w.epoch);
+                    if status.role == "primary" && epoch > ours {
+                        let first_lsn = status
+                            .epoch_history
+                            .iter()
+                            .find(|t| t.epoch == epoch)
+                            .map_or(0, |t| t.first_lsn);
+                        tracing::warn!(epoch, first_lsn, "switchover: the replica did promote");
+                        return Ok(ferry_proto::v1::PromoteResponse {
+                            epoch,
+                            first_lsn,
+                            lost_from: 1,
+                            lost_to: 0,
+                        });
+                    }
+                    last = Some(status.role);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %format!("{e:#}"), "switchover: no status from the replica yet");
+                }
+                Err(_) => {}
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(PEER_PROBE_TIMEOUT / 4).await;
+        }
+        match last {
+            Some(role) => Err(anyhow::anyhow!(
+                "the promote call broke off and the replica is still a {role} after {PROMOTE_OUTCOME_WAIT:?}: it did not promote"
+            )),
+            None => Err(anyhow::Error::new(PromoteOutcomeUnknown(format!(
+                "the replica at {url} has not answered since, within {PROMOTE_OUTCOME_WAIT:?}: \
+                 it may lead now, so this node takes no writes (follow it with REPLICAOF, \
+                 or restart this node to take writes again)"
+            )))),
+        }
     }
 
     /// On a primary that lost its write lease or learnt of a newer epoch:

@@ -1104,6 +1104,76 @@ fn a_crash_at_any_step_of_a_promotion_leaves_one_outcome() {
     }
 }
 
+/// A switchover whose promote call breaks off after the replica promoted
+/// (it crashes right after recording its new role) does not hand writes
+/// back to the old primary, which would make two primaries: the old one
+/// asks the replica how it ended and, once it answers as the new primary,
+/// follows it.
+#[test]
+fn a_switchover_whose_promote_call_breaks_after_the_promotion_follows_the_new_primary() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &["--fsync", "always"]);
+    // The replica's gRPC address goes through a proxy, which follows it to
+    // its new port when it restarts.
+    let down = Proxy::unbound();
+    let announce = down.addr().to_string();
+    let rdir = dir.path().join("r");
+    let mut replica = Server::try_start_env(
+        &rdir,
+        &[
+            "--replica-of",
+            &primary.grpc_url(),
+            "--announce-grpc-addr",
+            &announce,
+        ],
+        &[("FERRY_CRASH_AT", "node::promote::after_conf")],
+    )
+    .expect("replica");
+    down.forward_to(replica.grpc);
+    let mut pc = primary.client();
+    for i in 0..20 {
+        raw(&mut pc, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let switchover = ferry()
+        .args(["switchover", "--addr", &primary.grpc_url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("switchover");
+    assert!(
+        replica.wait_exit(Duration::from_secs(10)).is_some(),
+        "the replica did not crash after recording its promotion"
+    );
+    // Meanwhile the old primary takes no writes.
+    assert!(
+        error(&mut pc, &["SET", "during", "x"]).starts_with("READONLY"),
+        "the old primary took a write while the promotion's outcome was unknown"
+    );
+    let replica = Server::start(&rdir, &["--announce-grpc-addr", &announce]);
+    down.forward_to(replica.grpc);
+    let out = switchover.wait_with_output().expect("switchover");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = status(primary.grpc);
+    assert_eq!(s.role, "replica", "{s:?}");
+    assert!(error(&mut primary.client(), &["SET", "x", "1"]).starts_with("READONLY"));
+    raw(&mut replica.client(), &["SET", "after", "switchover"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || caught_up(&replica, &primary)),
+        "{:?}",
+        status(primary.grpc)
+    );
+    assert_eq!(digest(&primary), digest(&replica));
+}
+
 #[test]
 fn a_planned_switchover_under_load_loses_no_acknowledged_write() {
     let _one = serial();
