@@ -2440,8 +2440,18 @@ impl Node {
                 down_ms = down_for.map_or(0, |d| d.as_millis() as u64),
                 "the primary is unreachable: failing over"
             );
-            match self.promote(false, Duration::ZERO).await {
-                Ok(p) => tracing::warn!(epoch = p.epoch, "failed over: this node is the primary"),
+            // What the primary said was durable past what reached this
+            // node cannot be waited for any more: with a write lease none of
+            // it was acknowledged (each write waits for this replica's
+            // flush); without one, async replication loses it, as Redis's.
+            // Refusing would leave the cluster without a primary whenever
+            // the primary dies under load.
+            match self.promote(true, Duration::ZERO).await {
+                Ok(p) => tracing::warn!(
+                    epoch = p.epoch,
+                    lost = ?p.lost,
+                    "failed over: this node is the primary"
+                ),
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "failover refused"),
             }
         }

@@ -921,6 +921,71 @@ fn a_replica_fails_over_when_its_primary_is_killed() {
     assert_eq!(raw(&mut rc, &["DBSIZE"]), redis::Value::Int(201));
 }
 
+/// A primary that dies while its replica is still catching up, after it
+/// told the replica that records the replica never received were durable:
+/// the replica fails over all the same (what it never received cannot be
+/// waited for), instead of refusing for ever and leaving no primary.
+#[test]
+fn a_replica_fails_over_when_its_primary_dies_with_records_it_never_received() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut primary = Server::start(&dir.path().join("p"), &[]);
+    // A log of several frames messages (values that do not compress away)
+    // before the replica starts, over a slow link: the first message says
+    // the whole log is durable, and the rest is still on its way when the
+    // primary dies.
+    let mut pc = primary.client();
+    for start in (0..30_000u64).step_by(1000) {
+        let mut pipe = redis::pipe();
+        for i in start..start + 1000 {
+            let value: String = (0..12)
+                .map(|j| format!("{:016x}", (i * 12 + j).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+                .collect();
+            pipe.cmd("SET").arg(format!("b{i}")).arg(value).ignore();
+        }
+        pipe.query::<()>(&mut pc).expect("SETs");
+    }
+    let proxy = Proxy::start(primary.grpc);
+    proxy.set_rate(500_000);
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &proxy.url(),
+        &["--failover-after", "2", "--repl-timeout", "10"],
+    );
+    let heard_more = || {
+        let s = status(replica.grpc);
+        let written = s.wal.expect("wal").last_lsn;
+        let heard = s.primary_link.expect("link").primary_durable_lsn;
+        written > 0 && heard > written
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), heard_more),
+        "{:?}",
+        status(replica.grpc)
+    );
+    primary.kill();
+    proxy.isolate();
+    let mut rc = replica.client();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cmd(&["SET", "after", "failover"])
+                .query::<()>(&mut rc)
+                .is_ok()
+        }),
+        "no failover: {:?}\n{}",
+        status(replica.grpc),
+        replica.stderr()
+    );
+    let s = status(replica.grpc);
+    assert_eq!(s.role, "primary");
+    assert_eq!(s.wal.expect("wal").epoch, 1);
+    let keys = raw(&mut rc, &["DBSIZE"]);
+    assert!(
+        matches!(keys, redis::Value::Int(n) if n > 1 && n < 30_001),
+        "{keys:?}"
+    );
+}
+
 #[test]
 fn a_primary_without_its_write_lease_refuses_writes() {
     let _one = serial();
