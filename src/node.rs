@@ -2000,9 +2000,14 @@ impl Node {
         self.pipeline.fence().await;
         self.wal.sync().await.context("syncing the WAL")?;
         self.stop_receiver().await;
-        if self.identity.replica_of().as_deref() != Some(&primary) {
-            self.identity
-                .update(|s| s.replica_of = Some(primary.clone()))?;
+        if self.identity.replica_of().as_deref() != Some(&primary)
+            && let Err(e) = self
+                .identity
+                .update(|s| s.replica_of = Some(primary.clone()))
+        {
+            // Still following the one it followed, if any.
+            self.follow_again();
+            return Err(e);
         }
         self.start_receiver(primary.clone())?;
         let resume = self.wal.last_lsn().next();
@@ -2053,19 +2058,38 @@ impl Node {
             );
         }
         self.stop_receiver().await;
-        // What was received is kept: apply the rest of the local log.
-        self.wal.sync().await.context("syncing the WAL")?;
-        self.engine
-            .replay(&self.wal)
-            .context("applying the rest of the local WAL")?;
+        // A replica shown a newer epoch downstream takes one above it, or
+        // it would be a stale primary at once.
+        let seen = self.identity.newer_epoch_seen().unwrap_or(0);
+        let epoch = self
+            .wal
+            .epoch()
+            .0
+            .max(self.identity.highest_epoch())
+            .max(seen)
+            + 1;
+        let ready = async {
+            // What was received is kept: apply the rest of the local log.
+            self.wal.sync().await.context("syncing the WAL")?;
+            self.engine
+                .replay(&self.wal)
+                .context("applying the rest of the local WAL")?;
+            let first = self.wal.last_lsn().next();
+            ferry_wal::testing::crash_point("node::promote::before_conf");
+            ferry_wal::testing::fail_point("node::promote::conf").context("promoting")?;
+            self.identity.update(|s| {
+                s.replica_of = None;
+                s.epochs.push((epoch, first.0));
+            })?;
+            anyhow::Ok(())
+        }
+        .await;
+        if ready.is_err() {
+            self.follow_again();
+        }
+        ready?;
         let last = self.wal.last_lsn();
-        let epoch = self.wal.epoch().0.max(self.identity.highest_epoch()) + 1;
         let first = last.next();
-        ferry_wal::testing::crash_point("node::promote::before_conf");
-        self.identity.update(|s| {
-            s.replica_of = None;
-            s.epochs.push((epoch, first.0));
-        })?;
         ferry_wal::testing::crash_point("node::promote::after_conf");
         self.begin_term().await?;
         let lost = (heard > last).then_some((last.next(), heard));
@@ -2525,6 +2549,15 @@ impl Node {
         self.stop_receiver().await;
         // Its own replicas may be reading past the fork.
         self.shipper.disconnect_all();
+        let rejoined = self.rejoin_unlinked(fork, primary).await;
+        if rejoined.is_err() {
+            self.follow_again();
+        }
+        rejoined
+    }
+
+    /// [`Node::rejoin`] once the link to `primary` is stopped.
+    async fn rejoin_unlinked(&self, fork: Lsn, primary: String) -> anyhow::Result<u64> {
         self.wal.sync().await.context("syncing the WAL")?;
         let last = self.wal.last_lsn();
         // Its terms past the fork are not in its log any more (nor served in
@@ -2568,6 +2601,8 @@ impl Node {
                 .context("restoring the engine after a failed cut")?;
             return Err(e).context("cutting the WAL at the fork");
         }
+        // Past the cut, they are only in the quarantine.
+        self.quarantined_records.fetch_add(count, Ordering::Relaxed);
         let mut state = ferry_engine::StateBuilder::new();
         for record in self.wal.records(Lsn(1)).context("reading the WAL")? {
             let record = record.context("reading the WAL")?;
@@ -2575,11 +2610,12 @@ impl Node {
             state.apply(record.lsn, &decoded)?;
         }
         if state.last_lsn() > Lsn::ZERO {
+            ferry_wal::testing::fail_point("node::rejoin::ingest")
+                .context("rebuilding the engine")?;
             self.engine
                 .ingest(state, &self.config.data_dir)
                 .context("rebuilding the engine")?;
         }
-        self.quarantined_records.fetch_add(count, Ordering::Relaxed);
         tracing::warn!(
             after = %fork,
             records = count,
@@ -2588,6 +2624,33 @@ impl Node {
         );
         self.start_receiver(primary)?;
         Ok(count)
+    }
+
+    /// After a role change that failed with the link to the primary
+    /// stopped: a node its file still names a replica follows its primary
+    /// again, its engine first brought back to its log (a failed rebuild
+    /// may have left it empty), so it neither stops replicating for good
+    /// nor shows itself a primary. (A rejoin still owed is tried again when
+    /// the primary refuses it anew.)
+    fn follow_again(&self) {
+        let Some(primary) = self.identity.replica_of() else {
+            return;
+        };
+        if self.link_status().is_some() {
+            return;
+        }
+        if self.engine.applied_lsn() < self.wal.last_lsn()
+            && let Err(e) = self.engine.replay(&self.wal)
+        {
+            tracing::error!(error = %e, "bringing the engine back to the WAL failed; not following the primary");
+            return;
+        }
+        match self.start_receiver(primary) {
+            Ok(()) => tracing::warn!("the role change failed: following the primary again"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "following the primary again failed")
+            }
+        }
     }
 
     /// Empties the engine and starts the WAL again at LSN 1, as one step

@@ -1694,6 +1694,86 @@ fn an_old_primary_rejoins_two_terms_later_through_the_history_its_new_primary_le
     assert_eq!(raw(&mut ac, &["EXISTS", "c4"]), redis::Value::Int(1));
 }
 
+/// A rejoin that fails once the diverged records are set aside (the
+/// engine's rebuild fails: a disk error) does not leave the node unlinked
+/// with an empty engine, showing itself a primary: it brings its engine
+/// back to its log and follows its primary again.
+#[test]
+fn a_rejoin_that_fails_midway_follows_the_primary_again() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = Server::try_start_env(
+        &dir.path().join("p"),
+        &["--fsync", "always"],
+        &[("FERRY_FAIL_AT", "node::rejoin::ingest")],
+    )
+    .expect("old primary");
+    let proxy = Proxy::start(old.grpc);
+    let new = Server::replica(&dir.path().join("r"), &proxy.url(), &[]);
+    let mut oc = old.client();
+    set_keys(&mut oc, "k", 100);
+    assert!(wait_until(Duration::from_secs(20), || caught_up(
+        &old, &new
+    )));
+    let mut nc = new.client();
+    fork(&proxy, &mut oc, &mut nc, "new");
+    raw(
+        &mut oc,
+        &["REPLICAOF", "127.0.0.1", &new.grpc.port().to_string()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status(old.grpc).wal.expect("wal").epoch == 1 && caught_up(&new, &old)
+        }),
+        "{:?}\n{}",
+        status(old.grpc),
+        old.stderr()
+    );
+    assert!(
+        old.stderr().contains("FERRY_FAIL_AT: failing"),
+        "no failure injected"
+    );
+    assert_eq!(digest(&old), digest(&new));
+    assert_eq!(status(old.grpc).quarantined_records, DIVERGED);
+    assert_eq!(
+        old.info_field("replication", "role").as_deref(),
+        Some("slave")
+    );
+    let mut oc = old.client();
+    assert_eq!(raw(&mut oc, &["EXISTS", "lost0"]), redis::Value::Int(0));
+    assert_eq!(raw(&mut oc, &["EXISTS", "k99"]), redis::Value::Int(1));
+}
+
+/// A promotion that fails before the new role is recorded (a disk error)
+/// leaves the replica following its primary, as it was.
+#[test]
+fn a_promotion_that_fails_leaves_the_replica_following() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::try_start_env(
+        &dir.path().join("r"),
+        &["--replica-of", &primary.grpc_url()],
+        &[("FERRY_FAIL_AT", "node::promote::conf")],
+    )
+    .expect("replica");
+    let mut pc = primary.client();
+    raw(&mut pc, &["SET", "a", "1"]);
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let refused = error(&mut replica.client(), &["REPLICAOF", "NO", "ONE"]);
+    assert!(refused.contains("failure injected"), "{refused}");
+    raw(&mut pc, &["SET", "b", "2"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || caught_up(&primary, &replica)),
+        "{:?}",
+        status(replica.grpc)
+    );
+    assert_eq!(status(replica.grpc).role, "replica");
+    assert_eq!(digest(&primary), digest(&replica));
+}
+
 /// A node that rejoins after a fork finds it even when its log no longer
 /// holds the start of an earlier term it shares with its new primary (it
 /// purged it): that term's epoch is read off its own terms. B takes over

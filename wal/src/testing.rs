@@ -36,6 +36,21 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// Fault injection for tests of real processes: an I/O error here when
+/// `FERRY_FAIL_AT` names this point (a disk that fails one step of a
+/// multi-step change).
+///
+/// # Errors
+///
+/// The injected error.
+pub fn fail_point(name: &str) -> std::io::Result<()> {
+    if std::env::var("FERRY_FAIL_AT").is_ok_and(|at| at == name) {
+        tracing::error!(point = name, "FERRY_FAIL_AT: failing");
+        return Err(std::io::Error::other(format!("failure injected at {name}")));
+    }
+    Ok(())
+}
+
 /// The seed of a randomized test: `FERRY_TEST_SEED` if set, else the clock.
 /// Printed, so a failure can be replayed.
 pub fn test_seed(test: &str) -> u64 {
