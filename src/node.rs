@@ -2043,6 +2043,13 @@ impl Node {
             }
             tokio::time::sleep(PROMOTE_POLL_INTERVAL).await;
         };
+        let bootstrapping = self.link_status().is_some_and(|l| l.sync.is_some());
+        if bootstrapping && !force {
+            anyhow::bail!(
+                "not caught up: a snapshot of the primary's state is on its way; promoting now \
+                 (force) serves the state from before it"
+            );
+        }
         let behind = applied < written || applied < heard;
         if behind && !force {
             let consequence = if heard > written {
@@ -2448,10 +2455,16 @@ impl Node {
             let Some(after) = self.config.failover_after else {
                 continue;
             };
-            let down_for = link
-                .down_since
-                .filter(|_| !link.link_up)
-                .map(|t| t.elapsed());
+            // Down since the primary was last heard from (a refusal is
+            // word from it too); one fetching a snapshot from it (the
+            // resume point refused) has not lost it.
+            if link.state == "bootstrap" {
+                continue;
+            }
+            let down_for = link.down_since.filter(|_| !link.link_up).map(|t| {
+                let heard = link.last_io.map_or(t, |io| io.max(t));
+                heard.elapsed()
+            });
             // A replica that never synced has nothing to serve.
             if down_for.is_none_or(|d| d < after) || self.wal.last_lsn() == Lsn::ZERO {
                 continue;

@@ -234,6 +234,55 @@ fn a_streaming_cascaded_replica_bootstraps_again_when_its_upstream_does() {
     }
 }
 
+/// A replica that fell past the retention cap bootstraps from a snapshot
+/// that takes longer than its `--failover-after`: its primary is there,
+/// sending the snapshot, so it does not promote itself (a second primary
+/// serving old data); nor does a promotion asked meanwhile without force.
+#[test]
+fn a_replica_bootstrapping_longer_than_its_failover_delay_does_not_fail_over() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cap = 2u64 << 20;
+    let primary = Server::start(
+        &dir.path().join("p"),
+        &args(&[
+            "--wal-retention-max-bytes",
+            &cap.to_string(),
+            "--snapshot-rate-limit",
+            "400000",
+        ]),
+    );
+    let replica_dir = dir.path().join("r");
+    let mut replica = Server::replica(&replica_dir, &primary.grpc_url(), SEGMENT);
+    fill(&primary, 0, 20_000, 32);
+    assert_converges(&primary, &replica);
+    let node_id = status(replica.grpc).node_id;
+    replica.terminate();
+    fill_until_slot_lost(&primary, 20_000, &node_id);
+    let replica = Server::start(&replica_dir, &args(&["--failover-after", "1"]));
+    let (mut seen, mut c) = (Duration::ZERO, replica.client());
+    let started = Instant::now();
+    let mut refused = false;
+    assert!(wait_until(CONVERGE_TIMEOUT, || {
+        let s = status(replica.grpc);
+        assert_eq!(s.role, "replica", "it failed over during the bootstrap");
+        if link(&s).sync.is_some() {
+            seen = started.elapsed();
+            if !refused {
+                let e = error(&mut c, &["REPLICAOF", "NO", "ONE"]);
+                assert!(e.contains("snapshot"), "{e}");
+                refused = true;
+            }
+        }
+        converged(&primary, &replica)
+    }));
+    assert!(
+        seen > Duration::from_secs(2),
+        "the bootstrap was seen only for {seen:?}, under the failover delay"
+    );
+    assert_eq!(link(&status(replica.grpc)).bootstraps, 1);
+}
+
 #[test]
 fn an_outage_past_the_retention_cap_bootstraps_once_and_one_within_it_does_not() {
     let _one = serial();

@@ -2399,6 +2399,10 @@ fn a_replica_s_subscribers_get_the_primary_s_messages_after_its_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &[]);
     let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    // Messages are logged once the primary has a replica.
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
     let mut on_replica = Resp3::connect(&replica);
     on_replica.exchange(
         &["SUBSCRIBE", "news"],
@@ -2522,6 +2526,11 @@ fn concurrent_publishers_keep_one_order_on_every_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &[]);
     let replica = Server::replica(&dir.path().join("r"), &primary.grpc_url(), &[]);
+    // Messages are logged (and so reach the replica) once the primary has
+    // a replica, as Redis replicates PUBLISH to the replicas it has.
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
     // Each publisher's channels, drawn before anything runs.
     let mut rng = SeededRng::new(seed);
     let plan: Vec<Vec<u64>> = (0..PUBLISHERS)

@@ -575,7 +575,11 @@ impl Context {
         tracing::info!(primary = %self.config.primary, snapshot = %download.progress.snapshot_id,
             lsn = %download.progress.lsn, total_bytes = download.progress.total_bytes,
             staged_bytes = download.progress.done_bytes, "bootstrapping from a snapshot");
-        lock(&self.status).sync = Some(download.progress.clone());
+        {
+            let mut status = lock(&self.status);
+            status.sync = Some(download.progress.clone());
+            status.last_io = Some(Instant::now());
+        }
         let mut logged = Instant::now();
         while let Some(message) = next_message(&mut stream, timeout).await? {
             let chunk = match message.msg {
@@ -718,6 +722,7 @@ impl Context {
                 msg: Some(In::Refusal(refusal)),
                 ..
             }))) => {
+                lock(&self.status).last_io = Some(Instant::now());
                 let reason = Reason::try_from(refusal.reason).unwrap_or(Reason::Unspecified);
                 if reason == Reason::HistoryMismatch
                     && let Some(fork) = self.fork_point(&refusal.epoch_history)
