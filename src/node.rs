@@ -1394,6 +1394,24 @@ impl Node {
             tracing::warn!("completing a reset a restart interrupted (a rejoin)");
             complete_reset(&config.data_dir, &wal, &engine).await?;
         }
+        // Power lost under `everysec` or `no`: the WAL's unsynced tail is
+        // gone, while the engine (whose flushes the WAL's syncs do not
+        // order) kept some of those records. Its state is whole up to its
+        // applied LSN (each applied batch is one RocksDB write with it):
+        // the log starts again after it, so nothing the engine holds is
+        // taken back; replicas, which only ever got synced frames, are
+        // behind that point and take a snapshot.
+        let (applied, last) = (engine.applied_lsn(), wal.last_lsn());
+        if applied > last {
+            tracing::warn!(
+                engine_applied_lsn = %applied,
+                wal_last_lsn = %last,
+                "the WAL ends before the engine's state (its unsynced tail was lost, a power loss): it starts again after the engine's applied LSN"
+            );
+            wal.restart_at(applied.next(), wal.epoch())
+                .await
+                .context("starting the WAL again after the engine's state")?;
+        }
         let started = Instant::now();
         let replayed = engine
             .replay(&wal)

@@ -241,6 +241,74 @@ fn sigterm_finishes_syncs_and_exits_zero_and_data_survives() {
     assert_eq!(raw(c, &["GET", "k99"]), V::BulkString(b"v99".to_vec()));
 }
 
+/// A power loss under `everysec` can take the WAL's unsynced tail while
+/// the engine had already persisted records from it (a memtable flush
+/// between a write and the next sync). Simulated here: the engine persists
+/// every record, the node is killed, and the WAL's last frames are zeroed
+/// as unsynced preallocated space reads back. The node starts all the
+/// same, with every record its engine holds, and its WAL continues after
+/// them.
+#[test]
+fn a_wal_that_lost_its_unsynced_tail_behind_the_engine_still_starts() {
+    use ferry_wal::inspect::scan_dir;
+    use ferry_wal::storage::FsStorage;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    let mut server = Server::start(&data, &[]);
+    let mut pipe = redis::pipe();
+    for i in 0..12_000 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut server.client()).expect("SETs");
+    let last = status(server.grpc).wal.expect("wal").last_lsn;
+    // An idle node persists its engine (the retention round's flush).
+    assert!(
+        wait_until(Duration::from_secs(20), || status(server.grpc)
+            .persisted_lsn
+            == last),
+        "{:?}",
+        status(server.grpc)
+    );
+    server.kill();
+    // The frames past lsn `last - 100` read back as zeros.
+    let mut tail = Vec::new();
+    scan_dir(
+        &FsStorage,
+        &data.join("wal"),
+        ferry_wal::FrameLimits::default(),
+        |f| {
+            if f.header.last_lsn().0 > last - 100 {
+                tail.push((f.segment.to_path_buf(), f.offset, f.bytes.len()));
+            }
+            Ok(std::ops::ControlFlow::Continue(()))
+        },
+    )
+    .expect("scan");
+    assert!(!tail.is_empty());
+    for (segment, offset, len) in tail {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("segment");
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(offset)).expect("seek");
+        file.write_all(&vec![0; len]).expect("zero");
+        file.sync_all().expect("sync");
+    }
+    let server = Server::start(&data, &[]);
+    assert!(
+        server.stderr().contains("its unsynced tail was lost"),
+        "{}",
+        server.stderr()
+    );
+    let c = &mut server.client();
+    assert_eq!(raw(c, &["DBSIZE"]), V::Int(12_000));
+    assert_eq!(raw(c, &["GET", "k11999"]), V::BulkString(b"11999".to_vec()));
+    raw(c, &["SET", "after", "restart"]);
+    let wal = status(server.grpc).wal.expect("wal");
+    assert_eq!((wal.first_retained_lsn, wal.last_lsn), (last + 1, last + 1));
+}
+
 #[test]
 fn a_second_process_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
