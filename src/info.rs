@@ -234,7 +234,11 @@ fn section_text(node: &Node, section: &str, out: &mut String) {
                  wal_records_written:{}\r\nwal_frames_written:{}\r\nwal_syncs:{}\r\nengine_applied_lsn:{}\r\n\
                  engine_persisted_lsn:{}\r\nengine_disk_bytes:{}\r\nwal_bytes:{}\r\n",
                 if save_ok { "ok" } else { "err" },
-                if node.wal.has_failed() { "err" } else { "ok" },
+                if node.wal.has_failed() || node.pipeline.stopped().is_some() {
+                    "err"
+                } else {
+                    "ok"
+                },
                 applied.0.saturating_sub(persisted.0),
                 u8::from(saving),
                 node.wal.sync_policy(),

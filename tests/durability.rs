@@ -309,6 +309,38 @@ fn a_wal_that_lost_its_unsynced_tail_behind_the_engine_still_starts() {
     assert_eq!((wal.first_retained_lsn, wal.last_lsn), (last + 1, last + 1));
 }
 
+/// A record that fails to apply to the engine (a disk error, injected)
+/// stops the write path: that write's client gets an error, and so does
+/// every later write, which is neither logged nor shipped (it could never
+/// be applied here); INFO shows the failure.
+#[test]
+fn a_failed_apply_stops_the_write_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::try_start_env(
+        &dir.path().join("node"),
+        &[],
+        &[("FERRY_FAIL_AT", "engine::apply")],
+    )
+    .expect("start");
+    let c = &mut server.client();
+    let lsn = |server: &Server| server.info_field("persistence", "wal_last_lsn");
+    let first = error(c, &["SET", "a", "1"]);
+    assert!(first.starts_with("MISCONF"), "{first}");
+    let logged = lsn(&server);
+    assert_eq!(logged.as_deref(), Some("1"));
+    for args in [&["SET", "b", "2"][..], &["INCR", "n"], &["DEL", "a"]] {
+        let refused = error(c, args);
+        assert!(refused.starts_with("MISCONF"), "{args:?}: {refused}");
+    }
+    assert_eq!(lsn(&server), logged, "a write was logged after the stop");
+    assert_eq!(
+        server
+            .info_field("persistence", "aof_last_write_status")
+            .as_deref(),
+        Some("err")
+    );
+}
+
 #[test]
 fn a_second_process_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1140,9 +1140,13 @@ impl Engine {
         }
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
-        let written = self
-            .latency
-            .timed("engine-apply", || db.write_opt(batch, &opts));
+        let written = match ferry_wal::testing::fail_point("engine::apply") {
+            Ok(()) => self
+                .latency
+                .timed("engine-apply", || db.write_opt(batch, &opts))
+                .map_err(EngineError::from),
+            Err(e) => Err(EngineError::Io(e.to_string())),
+        };
         // After the write (see the cache's module documentation): a cached
         // key takes the entry the batch left it, or is forgotten if the
         // write failed.

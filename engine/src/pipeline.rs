@@ -951,6 +951,7 @@ impl Pipeline {
             engine: engine.clone(),
             overlay: overlay.clone(),
             queue: Mutex::new(VecDeque::new()),
+            stopped: OnceLock::new(),
             state: Mutex::new(ApplierState {
                 failure: None,
                 applied_tx: Some(applied_tx),
@@ -1116,6 +1117,12 @@ impl Pipeline {
         &self.engine
     }
 
+    /// Why the write path stopped (a record failed to apply), once it did:
+    /// it takes no command with effects from then on.
+    pub fn stopped(&self) -> Option<&str> {
+        self.applier.stopped.get().map(String::as_str)
+    }
+
     /// Runs `command` alone against the latest state, sends its effects to
     /// the WAL, and returns a ticket for its reply. The command must only
     /// read and push effects: it runs under the write lock.
@@ -1194,6 +1201,12 @@ impl Pipeline {
                 break exec;
             }
         };
+        if let Some(why) = self.applier.stopped.get() {
+            return commands
+                .into_iter()
+                .map(|_| Err(EngineError::Stopped(why.clone())))
+                .collect();
+        }
         if self.refusing.load(Ordering::Acquire) {
             let why = "the node is shutting down during a pause of writes";
             return commands
@@ -1413,6 +1426,9 @@ struct Applier {
     overlay: Arc<Mutex<Overlay>>,
     /// Jobs in WAL order, each with its append's outcome to come.
     queue: Mutex<VecDeque<ApplyJob>>,
+    /// Why it stopped, once it did: no command with effects is taken from
+    /// then on (it would be logged and shipped, never applied here).
+    stopped: OnceLock<String>,
     state: Mutex<ApplierState>,
 }
 
@@ -1465,6 +1481,7 @@ impl Applier {
                         done.push((job.applied, range.first));
                     }
                     Err(err) => {
+                        let _ = self.stopped.set(err.to_string());
                         state.failure = Some(err.to_string());
                         state.applied_tx = None;
                         job.applied.set(Err(err.to_string()));
@@ -1491,6 +1508,7 @@ impl Applier {
                 for (applied, _) in done {
                     applied.set(Err(why.clone()));
                 }
+                let _ = self.stopped.set(why.clone());
                 state.failure = Some(why);
                 state.applied_tx = None;
             }

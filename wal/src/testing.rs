@@ -44,7 +44,10 @@ pub fn crash_point(name: &str) {
 ///
 /// The injected error.
 pub fn fail_point(name: &str) -> std::io::Result<()> {
-    if std::env::var("FERRY_FAIL_AT").is_ok_and(|at| at == name) {
+    // Read once: some points are on hot paths.
+    static FAIL_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = FAIL_AT.get_or_init(|| std::env::var("FERRY_FAIL_AT").ok());
+    if at.as_deref() == Some(name) {
         tracing::error!(point = name, "FERRY_FAIL_AT: failing");
         return Err(std::io::Error::other(format!("failure injected at {name}")));
     }
