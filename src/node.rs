@@ -2019,9 +2019,10 @@ impl Node {
         self.wal.sync().await.context("syncing the WAL")?;
         self.stop_receiver().await;
         if self.identity.replica_of().as_deref() != Some(&primary)
-            && let Err(e) = self
-                .identity
-                .update(|s| s.replica_of = Some(primary.clone()))
+            && let Err(e) = self.clear_staging().and_then(|()| {
+                self.identity
+                    .update(|s| s.replica_of = Some(primary.clone()))
+            })
         {
             // Still following the one it followed, if any.
             self.follow_again();
@@ -2100,6 +2101,10 @@ impl Node {
                 .replay(&self.wal)
                 .context("applying the rest of the local WAL")?;
             let first = self.wal.last_lsn().next();
+            // A snapshot fetched from the old primary is no longer this
+            // node's to install (a ready one would replace the new term's
+            // writes at the next start).
+            self.clear_staging()?;
             ferry_wal::testing::crash_point("node::promote::before_conf");
             ferry_wal::testing::fail_point("node::promote::conf").context("promoting")?;
             self.identity.update(|s| {
@@ -2655,6 +2660,15 @@ impl Node {
         );
         self.start_receiver(primary)?;
         Ok(count)
+    }
+
+    /// Deletes a snapshot staged from the primary this node followed (a
+    /// transfer under way, or one ready whose install failed).
+    fn clear_staging(&self) -> anyhow::Result<()> {
+        let dir = self.config.data_dir.join(ferry_receiver::BOOTSTRAP_DIR);
+        ferry_receiver::Staging::new(dir)
+            .clear()
+            .context("deleting the snapshot staged from the primary")
     }
 
     /// After a role change that failed with the link to the primary

@@ -234,6 +234,31 @@ fn a_streaming_cascaded_replica_bootstraps_again_when_its_upstream_does() {
     }
 }
 
+/// A primary whose snapshots go out slowly, and its replica restarted
+/// (with `extra`) after falling past the retention cap: it bootstraps for
+/// some seconds.
+fn a_replica_fallen_past_the_cap(dir: &std::path::Path, extra: &[&str]) -> (Server, Server) {
+    let cap = 2u64 << 20;
+    let primary = Server::start(
+        &dir.join("p"),
+        &args(&[
+            "--wal-retention-max-bytes",
+            &cap.to_string(),
+            "--snapshot-rate-limit",
+            "400000",
+        ]),
+    );
+    let replica_dir = dir.join("r");
+    let mut replica = Server::replica(&replica_dir, &primary.grpc_url(), SEGMENT);
+    fill(&primary, 0, 20_000, 32);
+    assert_converges(&primary, &replica);
+    let node_id = status(replica.grpc).node_id;
+    replica.terminate();
+    fill_until_slot_lost(&primary, 20_000, &node_id);
+    let replica = Server::start(&replica_dir, &args(extra));
+    (primary, replica)
+}
+
 /// A replica that fell past the retention cap bootstraps from a snapshot
 /// that takes longer than its `--failover-after`: its primary is there,
 /// sending the snapshot, so it does not promote itself (a second primary
@@ -242,24 +267,7 @@ fn a_streaming_cascaded_replica_bootstraps_again_when_its_upstream_does() {
 fn a_replica_bootstrapping_longer_than_its_failover_delay_does_not_fail_over() {
     let _one = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let cap = 2u64 << 20;
-    let primary = Server::start(
-        &dir.path().join("p"),
-        &args(&[
-            "--wal-retention-max-bytes",
-            &cap.to_string(),
-            "--snapshot-rate-limit",
-            "400000",
-        ]),
-    );
-    let replica_dir = dir.path().join("r");
-    let mut replica = Server::replica(&replica_dir, &primary.grpc_url(), SEGMENT);
-    fill(&primary, 0, 20_000, 32);
-    assert_converges(&primary, &replica);
-    let node_id = status(replica.grpc).node_id;
-    replica.terminate();
-    fill_until_slot_lost(&primary, 20_000, &node_id);
-    let replica = Server::start(&replica_dir, &args(&["--failover-after", "1"]));
+    let (primary, replica) = a_replica_fallen_past_the_cap(dir.path(), &["--failover-after", "1"]);
     let (mut seen, mut c) = (Duration::ZERO, replica.client());
     let started = Instant::now();
     let mut refused = false;
@@ -281,6 +289,38 @@ fn a_replica_bootstrapping_longer_than_its_failover_delay_does_not_fail_over() {
         "the bootstrap was seen only for {seen:?}, under the failover delay"
     );
     assert_eq!(link(&status(replica.grpc)).bootstraps, 1);
+}
+
+/// A replica promoted (with force) in the middle of a bootstrap keeps its
+/// own data and drops the snapshot it was fetching: nothing staged is left
+/// on disk, or installed over its new term at the next start.
+#[test]
+fn a_replica_promoted_mid_bootstrap_drops_the_staged_snapshot() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (primary, mut replica) = a_replica_fallen_past_the_cap(dir.path(), &[]);
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || link(&status(replica.grpc))
+            .sync
+            .is_some_and(|s| s.done_bytes > 0)),
+        "no bootstrap seen"
+    );
+    run_ok(ferry().args(["promote", "--force", "--addr", &replica.grpc_url()]));
+    drop(primary);
+    let staged = dir.path().join("r").join("bootstrap");
+    for name in ["ready", "manifest", "checkpoint"] {
+        assert!(!staged.join(name).exists(), "{name} left in {staged:?}");
+    }
+    let mut c = replica.client();
+    raw(&mut c, &["SET", "new", "term"]);
+    let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
+    assert_eq!(keys, 20_001, "its own data and the new write");
+    replica.terminate();
+    let replica = Server::start(&dir.path().join("r"), SEGMENT);
+    let mut c = replica.client();
+    let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
+    assert_eq!(keys, 20_001);
+    assert_eq!(status(replica.grpc).role, "primary");
 }
 
 #[test]
@@ -523,6 +563,7 @@ fn a_crash_at_any_step_of_an_install_is_completed_on_restart() {
         "bootstrap::installed",
         "bootstrap::wal_restarted",
         "bootstrap::anchored",
+        "bootstrap::clearing",
     ]
     .into_iter()
     .enumerate()
@@ -548,9 +589,11 @@ fn a_crash_at_any_step_of_an_install_is_completed_on_restart() {
         let mut c = replica.client();
         let keys: u64 = cmd(&["DBSIZE"]).query(&mut c).expect("DBSIZE");
         assert_eq!(keys, 30_000, "{point}");
-        assert!(
-            !replica_dir.join("bootstrap").join("ready").exists(),
-            "{point}: the staging was not cleared"
-        );
+        for staged in ["ready", "manifest", "checkpoint"] {
+            assert!(
+                !replica_dir.join("bootstrap").join(staged).exists(),
+                "{point}: the staging was not cleared ({staged})"
+            );
+        }
     }
 }

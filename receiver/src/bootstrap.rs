@@ -181,9 +181,18 @@ impl Staging {
             .map_err(|e| io("writing", &path, e))
     }
 
-    /// Deletes everything staged.
+    /// Deletes everything staged: the ready marker first, synced, so a
+    /// crash midway never leaves one without the files it stands for.
     pub fn clear(&self) -> Result<()> {
         if self.dir.exists() {
+            let ready = self.path(READY);
+            if ready.exists() {
+                std::fs::remove_file(&ready).map_err(|e| io("deleting", &ready, e))?;
+                std::fs::File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io("syncing", &self.dir, e))?;
+                ferry_wal::testing::crash_point("bootstrap::clearing");
+            }
             std::fs::remove_dir_all(&self.dir).map_err(|e| io("deleting", &self.dir, e))?;
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", &self.dir, e))
@@ -421,6 +430,14 @@ pub async fn finish_install(
     engine: &Arc<Engine>,
 ) -> Result<Option<Lsn>> {
     if !staging.has(READY) {
+        // What a crash left while clearing an install that was done (its
+        // snapshot is in the engine already) goes; a transfer under way,
+        // of a snapshot ahead of the engine, stays to be resumed.
+        if let Ok(Some(manifest)) = staging.manifest()
+            && manifest.lsn <= engine.applied_lsn().0
+        {
+            staging.clear()?;
+        }
         return Ok(None);
     }
     let manifest = staging
