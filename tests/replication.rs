@@ -1744,6 +1744,42 @@ fn a_rejoin_that_fails_midway_follows_the_primary_again() {
     assert_eq!(raw(&mut oc, &["EXISTS", "k99"]), redis::Value::Int(1));
 }
 
+/// A replica whose applier fails (a disk error, twice) starts it again
+/// after a pause and catches up, instead of reconnecting at once, over and
+/// over, applying nothing.
+#[test]
+fn a_replica_whose_applier_failed_tries_again_after_a_pause() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &[]);
+    let replica = Server::try_start_env(
+        &dir.path().join("r"),
+        &["--replica-of", &primary.grpc_url()],
+        &[
+            ("FERRY_FAIL_AT", "engine::apply"),
+            ("FERRY_FAIL_TIMES", "2"),
+        ],
+    )
+    .expect("replica");
+    let mut pc = primary.client();
+    for i in 0..20 {
+        raw(&mut pc, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || caught_up(&primary, &replica)),
+        "{:?}",
+        status(replica.grpc)
+    );
+    assert_eq!(digest(&primary), digest(&replica));
+    assert!(
+        replica.stderr().contains("trying again after a pause"),
+        "{}",
+        replica.stderr()
+    );
+    let connects = status(replica.grpc).primary_link.expect("link").connects;
+    assert!(connects <= 4, "{connects} connects");
+}
+
 /// A promotion that fails before the new role is recorded (a disk error)
 /// leaves the replica following its primary, as it was.
 #[test]

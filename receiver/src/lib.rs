@@ -70,6 +70,12 @@ pub const RECEIVE_FRAME_BYTES_MAX: u32 = 1 << 20;
 pub const APPLY_BATCH_RECORDS_MAX: usize = 8192;
 /// A bootstrap logs its progress this often.
 pub const BOOTSTRAP_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// After the applier failed (a RocksDB write error: a full disk), the pause
+/// before it is started again and the link reconnects: doubled after each
+/// failure in a row, up to [`APPLY_RETRY_MAX`].
+pub const APPLY_RETRY_MIN: Duration = Duration::from_millis(500);
+pub const APPLY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Acks queued towards the primary (a full queue skips one: the next
 /// carries newer numbers anyway).
 const ACK_QUEUE_MAX: usize = 16;
@@ -438,9 +444,34 @@ impl Context {
             }
         };
         let mut commands = machine.on_event(Event::Start { flushed });
+        // Applier failures in a row, for the pause before the next try.
+        let mut apply_failures = 0u32;
         while let Some(command) = commands.pop() {
             let event = match command {
                 Command::Connect { resume_from } => {
+                    // A failed applier (which ended the last session) is
+                    // started again after a pause: following without one
+                    // would reconnect at once, over and over, applying
+                    // nothing.
+                    let failed = self.failed_tx.borrow().clone();
+                    if let Some(why) = failed {
+                        let pause = APPLY_RETRY_MIN
+                            .saturating_mul(1 << apply_failures.min(8))
+                            .min(APPLY_RETRY_MAX);
+                        apply_failures += 1;
+                        tracing::warn!(error = %why, pause_ms = pause.as_millis() as u64,
+                            "applying failed: trying again after a pause");
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            _ = stop.wait_for(|&s| s) => break,
+                        }
+                        if let Some(running) = applier.take() {
+                            running.stop().await;
+                        }
+                        *applier = Some(self.start_applier());
+                    } else {
+                        apply_failures = 0;
+                    }
                     match self.session(&mut machine, resume_from, stop).await {
                         Ended::Event(event) => event,
                         Ended::Stopped => break,

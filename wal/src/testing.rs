@@ -38,16 +38,27 @@ pub fn crash_point(name: &str) {
 
 /// Fault injection for tests of real processes: an I/O error here when
 /// `FERRY_FAIL_AT` names this point (a disk that fails one step of a
-/// multi-step change).
+/// multi-step change), every time, or the first `FERRY_FAIL_TIMES` times
+/// only (a disk that comes back).
 ///
 /// # Errors
 ///
 /// The injected error.
 pub fn fail_point(name: &str) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
     // Read once: some points are on hot paths.
-    static FAIL_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = FAIL_AT.get_or_init(|| std::env::var("FERRY_FAIL_AT").ok());
-    if at.as_deref() == Some(name) {
+    static FAIL_AT: std::sync::OnceLock<(Option<String>, u64)> = std::sync::OnceLock::new();
+    static FAILED: AtomicU64 = AtomicU64::new(0);
+    let (at, times) = FAIL_AT.get_or_init(|| {
+        let times = std::env::var("FERRY_FAIL_TIMES")
+            .ok()
+            .and_then(|t| t.parse().ok());
+        (
+            std::env::var("FERRY_FAIL_AT").ok(),
+            times.unwrap_or(u64::MAX),
+        )
+    });
+    if at.as_deref() == Some(name) && FAILED.fetch_add(1, Ordering::Relaxed) < *times {
         tracing::error!(point = name, "FERRY_FAIL_AT: failing");
         return Err(std::io::Error::other(format!("failure injected at {name}")));
     }
