@@ -1780,6 +1780,38 @@ fn a_replica_whose_applier_failed_tries_again_after_a_pause() {
     assert!(connects <= 4, "{connects} connects");
 }
 
+/// Under `--fsync no` on both nodes, what the primary ships and what the
+/// replica acks as flushed is on disk (each syncs when a replica streams),
+/// so a power loss of the primary never leaves a replica ahead of it; the
+/// stream, WAIT and the replica's reads work as under the other policies.
+#[test]
+fn under_fsync_no_replication_ships_and_acks_synced_frames() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Server::start(&dir.path().join("p"), &["--fsync", "no"]);
+    let replica = Server::replica(
+        &dir.path().join("r"),
+        &primary.grpc_url(),
+        &["--fsync", "no"],
+    );
+    let mut pc = primary.client();
+    for i in 0..100 {
+        raw(&mut pc, &["SET", &format!("k{i}"), "v"]);
+    }
+    assert_eq!(raw(&mut pc, &["WAIT", "1", "10000"]), redis::Value::Int(1));
+    assert!(wait_until(Duration::from_secs(10), || caught_up(
+        &primary, &replica
+    )));
+    let (p, r) = (status(primary.grpc), status(replica.grpc));
+    let (pw, rw) = (p.wal.expect("wal"), r.wal.expect("wal"));
+    assert_eq!(
+        pw.durable_lsn, pw.last_lsn,
+        "the primary synced what it shipped"
+    );
+    assert_eq!(rw.durable_lsn, pw.last_lsn);
+    assert_eq!(digest(&primary), digest(&replica));
+}
+
 /// A promotion that fails before the new role is recorded (a disk error)
 /// leaves the replica following its primary, as it was.
 #[test]

@@ -508,6 +508,8 @@ impl Shipper {
             ));
         }
         if flushed > self.wal.durable_lsn() {
+            // Synced now, whatever the policy (under `no`, only when asked).
+            let _eager = self.wal.eager_sync();
             self.wal.wait_durable(flushed).await?;
         }
         let first = self.wal.first_lsn();

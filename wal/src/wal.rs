@@ -51,8 +51,10 @@ pub enum SyncPolicy {
     /// at most about that much, always a suffix of the log.
     #[default]
     EverySec,
-    /// Never sync explicitly (only when a segment is sealed); the operating
-    /// system decides.
+    /// No sync of its own (only when a segment is sealed, or when asked:
+    /// [`Wal::sync`], [`Wal::eager_sync`]); the operating system decides.
+    /// Records are readable (and so shipped) once synced, as under the
+    /// other policies.
     No,
 }
 
@@ -1699,7 +1701,11 @@ impl Writer {
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         self.shared.last_lsn.store(last.0, Ordering::Release);
         self.shared.epoch.store(self.epoch.0, Ordering::Release);
-        if sync_now || policy != SyncPolicy::EverySec {
+        // Durable means on disk: under `no` too (what replicas are sent,
+        // and what a replica acks as flushed), synced by the syncer only
+        // when asked (a replica streams, a snapshot, a caller's sync), by
+        // a segment's seal, or at close.
+        if sync_now || policy == SyncPolicy::Always {
             self.shared.publish_durable(last);
         } else {
             let mut target = lock(&self.shared.sync_target);
@@ -1991,8 +1997,9 @@ fn next_request(rx: &mut mpsc::Receiver<Request>) -> Option<Request> {
 /// The syncer thread: syncs the active segment every interval if something
 /// was written since the last sync and not synced by the writer (under
 /// [`SyncPolicy::EverySec`], at once while an [`EagerSync`] lives). Under
-/// the other policies the writer publishes what it writes and the syncer
-/// idles, there for a change of policy.
+/// [`SyncPolicy::No`] it syncs only while an [`EagerSync`] lives; under
+/// [`SyncPolicy::Always`] the writer syncs and publishes what it writes,
+/// and the syncer idles, there for a change of policy.
 fn run_syncer(shared: &Shared) {
     let interval = shared.options.sync_interval;
     let mut target = lock(&shared.sync_target);
@@ -2009,7 +2016,14 @@ fn run_syncer(shared: &Shared) {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        target.soon = false;
+        let asked = std::mem::take(&mut target.soon);
+        // Under `no`, only when asked (or while an eager sync lives).
+        if shared.sync_policy() == SyncPolicy::No
+            && !asked
+            && shared.eager.load(Ordering::Acquire) == 0
+        {
+            continue;
+        }
         if target.stop {
             return;
         }

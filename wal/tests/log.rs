@@ -297,7 +297,7 @@ fn frame_bounds_of(frames: &Bytes) -> Vec<usize> {
 #[test]
 fn purge_deletes_whole_segments_below_the_lsn_only() {
     let storage = MemStorage::new();
-    let wal = open(&storage, options(SyncPolicy::No));
+    let wal = open(&storage, options(SyncPolicy::Always));
     for i in 0..500 {
         wal.append_blocking(vec![record("p", i)]).expect("append");
     }
@@ -519,8 +519,17 @@ async fn the_sync_policy_changes_from_the_next_append_on() {
     assert_eq!(storage.sync_count(), syncs + 1);
     wal.set_sync_policy(SyncPolicy::No);
     let third = wal.append(vec![record("p", 2)]).await.expect("append");
-    assert_eq!(wal.durable_lsn(), third.last, "no: published unsynced");
+    assert_eq!(
+        wal.durable_lsn(),
+        second.last,
+        "no: not synced, not durable"
+    );
     assert_eq!(storage.sync_count(), syncs + 1, "no: no sync");
+    // Synced when asked (a replica streams: an eager sync).
+    let eager = wal.eager_sync();
+    wal.wait_durable(third.last).await.expect("synced");
+    drop(eager);
+    assert_eq!(storage.sync_count(), syncs + 2);
     // A power loss keeps what was synced: the first two at least.
     let survived = storage.crash(7);
     drop(wal);
@@ -671,7 +680,7 @@ async fn restart_at_empties_the_log_and_continues_at_the_given_lsn_and_epoch() {
 #[test]
 fn a_frame_of_many_alike_records_compresses_below_one_byte_each_and_reads_back() {
     let storage = MemStorage::new();
-    let wal = open(&storage, options(SyncPolicy::No));
+    let wal = open(&storage, options(SyncPolicy::Always));
     let records: Vec<Bytes> = (0..2_000).map(|_| Bytes::from_static(b"v")).collect();
     let range = wal.append_blocking(records).expect("append");
     assert_eq!((range.first, range.last), (Lsn(1), Lsn(2_000)));
