@@ -1245,6 +1245,25 @@ async fn run_writes(
 }
 
 /// The command `args` asks for, unless it must be refused as it stands.
+/// Why this node takes no write now, if it does not: a replica, a stale
+/// primary, a primary without its write lease (checked for each write, and
+/// again at EXEC for a transaction's queued writes, as Redis does).
+fn write_refusal(node: &Node) -> Option<String> {
+    if node.is_replica() {
+        return Some(READONLY_REPLY.into());
+    }
+    if node.is_stale_primary() {
+        return Some(format!(
+            "READONLY this node is a stale primary: a primary of epoch {} exists",
+            node.identity.newer_epoch_seen().unwrap_or_default()
+        ));
+    }
+    if !node.lease_holds() {
+        return Some(NOREPLICAS_REPLY.into());
+    }
+    None
+}
+
 fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spec, Reply> {
     let Some(spec) = commands::lookup(&args[0]) else {
         return Err(commands::unknown_command(args));
@@ -1264,19 +1283,10 @@ fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spe
     if data_command && conn.monitor.is_some() {
         return Err(Reply::err("Replica can't interact with the keyspace"));
     }
-    if matches!(spec.handler, Handler::Write(_)) {
-        if node.is_replica() {
-            return Err(Reply::Error(READONLY_REPLY.into()));
-        }
-        if node.is_stale_primary() {
-            return Err(Reply::Error(format!(
-                "READONLY this node is a stale primary: a primary of epoch {} exists",
-                node.identity.newer_epoch_seen().unwrap_or_default()
-            )));
-        }
-        if !node.lease_holds() {
-            return Err(Reply::Error(NOREPLICAS_REPLY.into()));
-        }
+    if matches!(spec.handler, Handler::Write(_))
+        && let Some(refused) = write_refusal(node)
+    {
+        return Err(Reply::Error(refused));
     }
     // A RESP2 subscriber's connection carries messages: only these run.
     if !conn.resp3
@@ -1398,6 +1408,11 @@ async fn dispatch(
             })
         {
             drain(node, queue, out, conn).await;
+            // Closed over its output limit by those replies: nothing more
+            // runs, as Redis closes it before reading the next command.
+            if conn.activity.killed.load(Ordering::Acquire) {
+                return None;
+            }
         }
         let started = Instant::now();
         let queued = transaction(node, conn, spec, args).await;
@@ -1416,6 +1431,9 @@ async fn dispatch(
     // Every other command follows the replies before it on this connection
     // (a read sees the writes before it).
     drain(node, queue, out, conn).await;
+    if conn.activity.killed.load(Ordering::Acquire) {
+        return None;
+    }
     let caching = take_caching(conn, spec);
     track_reads(node, conn, caching, spec, args);
     let started = Instant::now();
@@ -1714,6 +1732,19 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
         .commands
         .iter()
         .all(|(spec, ..)| !matches!(spec.handler, Handler::Write(_) | Handler::Publish));
+    // The queued writes were checked as they were queued; the node may
+    // take no write now (its lease lost, a newer primary seen, become a
+    // replica): discarded whole, as Redis's EXEC.
+    let writes = multi
+        .commands
+        .iter()
+        .any(|(spec, ..)| matches!(spec.handler, Handler::Write(_)));
+    if writes && let Some(refused) = write_refusal(node) {
+        conn.watch.clear();
+        return Queued::Ready(Reply::Error(format!(
+            "EXECABORT Transaction discarded because of: {refused}"
+        )));
+    }
     let caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
     for (spec, args, _) in &multi.commands {
         track_reads(node, conn, caching, spec, args);

@@ -3454,10 +3454,28 @@ fn client_output_buffer_limit_normal_closes_a_client_that_lets_replies_pile_up()
     s.read_exact(&mut all[..3 * reply.len()])
         .expect("three replies");
     drop(s);
-    // Past it: closed, nothing of the batch written.
-    let got = closed_after(&gets(20)).expect("closed at the hard limit");
+    // Past it: closed, nothing of the batch written, and nothing after in
+    // the batch run (a PUBLISH here), as Redis closes it before reading on.
+    let mut sub = Resp3::connect(&server);
+    sub.exchange(
+        &["SUBSCRIBE", "ch"],
+        ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+    );
+    // (The fifth reply, drained as the PUBLISH is read, is the one over.)
+    let batch = [gets(5), request(&["PUBLISH", "ch", "lost"])].concat();
+    let got = closed_after(&batch).expect("closed at the hard limit");
     assert!(got < 4 * reply.len(), "{got} bytes before the close");
     assert_eq!(closes(), 1);
+    assert_eq!(raw(p, &["PUBLISH", "ch", "after"]), V::Int(1));
+    let before = sub
+        .read_past(pubsub_message('>', None, "ch", "after").as_bytes())
+        .expect("the message after");
+    assert_eq!(String::from_utf8_lossy(&before), "", "the PUBLISH ran");
+    drop(sub);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let clients: String = cmd(&["CLIENT", "LIST"]).query(p).expect("CLIENT LIST");
+        clients.lines().count() == 1
+    }));
 
     // The soft limit: 40 MiB waiting, more than the sockets hold, unread;
     // closed once it has waited past 4 MiB for over a second, not before.

@@ -1009,6 +1009,13 @@ fn a_primary_without_its_write_lease_refuses_writes() {
     assert!(wait_until(Duration::from_secs(10), || {
         cmd(&["SET", "k", "v"]).query::<()>(&mut pc).is_ok()
     }));
+    // A transaction queued while the lease holds...
+    let mut tx = primary.client();
+    assert_eq!(raw(&mut tx, &["MULTI"]), redis::Value::Okay);
+    assert_eq!(
+        raw(&mut tx, &["SET", "k", "queued"]),
+        redis::Value::SimpleString("QUEUED".into())
+    );
     // Cut off from its replica, the primary stops taking writes once the
     // last ack is older than the lag allowed.
     proxy.stall();
@@ -1018,6 +1025,11 @@ fn a_primary_without_its_write_lease_refuses_writes() {
     assert_eq!(
         error(&mut pc, &["SET", "k", "w"]),
         "NOREPLICAS Not enough good replicas to write."
+    );
+    // ... is discarded at EXEC, as Redis's.
+    assert_eq!(
+        error(&mut tx, &["EXEC"]),
+        "EXECABORT Transaction discarded because of: NOREPLICAS Not enough good replicas to write."
     );
     // Reads still work; after the heal, writes again.
     assert_eq!(

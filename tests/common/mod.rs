@@ -416,7 +416,7 @@ impl Resp3 {
 
     /// Reads until `expected` came in (for up to 10 s), and takes it and
     /// what came before it, which is returned.
-    fn read_past(&mut self, expected: &[u8]) -> Option<Vec<u8>> {
+    pub fn read_past(&mut self, expected: &[u8]) -> Option<Vec<u8>> {
         use std::io::Read;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
