@@ -366,11 +366,13 @@ fn close_idle(node: &Node) {
     let clients = node.clients.lock().unwrap_or_else(|e| e.into_inner());
     for info in clients.values() {
         let a = &info.activity;
+        // The exemption first: one ended (Release) after the interaction
+        // was noted, which is then seen here.
+        if a.idle_exempt.load(Ordering::Acquire) || a.killed.load(Ordering::Relaxed) {
+            continue;
+        }
         let last = info.connected_at + Duration::from_millis(a.last_ms.load(Ordering::Relaxed));
-        if !a.idle_exempt.load(Ordering::Relaxed)
-            && !a.killed.load(Ordering::Relaxed)
-            && last.elapsed() >= timeout
-        {
+        if last.elapsed() >= timeout {
             tracing::debug!(client = info.id, ?timeout, "closing an idle client");
             a.kill();
         }
@@ -856,6 +858,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 node.stats
                     .total_net_input_bytes
                     .fetch_add(n as u64, Ordering::Relaxed);
+                // A request read is interaction (`timeout`), whatever it
+                // then waits for, as Redis counts it.
+                activity
+                    .last_ms
+                    .store(connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
             }
         }
         if buf.len()
@@ -931,7 +938,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         // in Redis.
         activity.idle_exempt.store(
             conn.monitor.is_some() || commands::is_subscribed(&conn),
-            Ordering::Relaxed,
+            Ordering::Release,
         );
         activity.multi.store(
             conn.multi.as_ref().map_or(-1, |m| m.commands.len() as i64),
@@ -1186,6 +1193,21 @@ async fn run_writes(
         .pipeline
         .is_paused()
         .then(|| Blocked::begin(&node.stats.blocked_clients));
+    if node.pipeline.is_paused() {
+        // Held until the pause ends, and not idle meanwhile (`timeout`),
+        // as Redis's postponed client (exempt until the batch ends, which
+        // notes the interaction first). One killed meanwhile runs none of
+        // them: its client may have retried elsewhere.
+        conn.activity.idle_exempt.store(true, Ordering::Relaxed);
+        tokio::select! {
+            () = node.pipeline.until_writes_unpaused() => {}
+            () = until_killed(&conn.activity) => {}
+        }
+        if conn.activity.killed.load(Ordering::Acquire) {
+            writes.clear();
+            return;
+        }
+    }
     // A PUBLISH waits for its deliveries to be counted
     // ([`crate::pubsub::PubSub::delivered`]), from before it runs (no
     // list at all for a batch without one: the usual batch).
@@ -1244,7 +1266,6 @@ async fn run_writes(
     ));
 }
 
-/// The command `args` asks for, unless it must be refused as it stands.
 /// Why this node takes no write now, if it does not: a replica, a stale
 /// primary, a primary without its write lease (checked for each write, and
 /// again at EXEC for a transaction's queued writes, as Redis does).
@@ -1264,6 +1285,7 @@ fn write_refusal(node: &Node) -> Option<String> {
     None
 }
 
+/// The command `args` asks for, unless it must be refused as it stands.
 fn check(node: &Node, conn: &Conn, args: &[bytes::Bytes]) -> Result<&'static Spec, Reply> {
     let Some(spec) = commands::lookup(&args[0]) else {
         return Err(commands::unknown_command(args));
@@ -1512,7 +1534,8 @@ async fn run_command(
                     () = until_killed(&conn.activity) => Reply::Int(0),
                     reply = wait_durable(node, conn, wait) => reply,
                 };
-                conn.activity.idle_exempt.store(false, Ordering::Relaxed);
+                // Exempt until the batch ends, which notes the interaction
+                // first: never idle in between.
                 reply
             }
             Err(reply) => reply,

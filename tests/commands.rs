@@ -2476,6 +2476,50 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     );
 }
 
+/// A write held by CLIENT PAUSE WRITE never runs if its client is killed
+/// meanwhile, as Redis drops a freed client's postponed command (its
+/// client may retry elsewhere); a held client is not idle (`timeout`), and
+/// its write runs once the pause ends.
+#[test]
+fn a_held_write_of_a_killed_client_never_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let admin = &mut server.client();
+    assert_eq!(raw(admin, &["CONFIG", "SET", "timeout", "1"]), ok());
+    let (mut victim, mut patient) = (server.client(), server.client());
+    let id: i64 = cmd(&["CLIENT", "ID"]).query(&mut victim).expect("ID");
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
+    let killed = std::thread::spawn(move || cmd(&["INCR", "n"]).query::<i64>(&mut victim));
+    let held = std::thread::spawn(move || raw(&mut patient, &["SET", "k", "v"]));
+    assert!(server.blocked_clients_reach(2));
+    assert_eq!(
+        raw(admin, &["CLIENT", "KILL", "ID", &id.to_string()]),
+        V::Int(1)
+    );
+    assert!(
+        killed.join().unwrap().is_err(),
+        "the killed client got a reply"
+    );
+    // Past the idle timeout (checked every 100 ms), the held one is still
+    // there (the idle admin is not: a new connection goes on).
+    std::thread::sleep(Duration::from_millis(1_500));
+    let admin = &mut server.client();
+    assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
+    let held = held.join();
+    assert!(
+        held.is_ok(),
+        "the held client was closed: {}",
+        server.stderr()
+    );
+    assert_eq!(held.unwrap(), ok());
+    assert_eq!(
+        raw(admin, &["GET", "n"]),
+        V::Nil,
+        "the killed client's INCR ran"
+    );
+    assert_eq!(raw(admin, &["GET", "k"]), bulk("v"));
+}
+
 /// SHUTDOWN stops the node as SIGTERM does: the asking connection closes
 /// with no reply (as Redis's), so do the others, the process exits 0, and
 /// every acknowledged write is there after a restart; with SAVE and FORCE

@@ -1036,6 +1036,11 @@ impl Pipeline {
         self.paused.borrow().end(false).is_some()
     }
 
+    /// Waits until no pause holds commands with effects.
+    pub async fn until_writes_unpaused(&self) {
+        self.until_unpaused(false).await;
+    }
+
     /// Waits while the write path's commands are paused, or (`all`) while
     /// everything is.
     async fn until_unpaused(&self, all: bool) {
