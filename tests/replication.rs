@@ -1420,6 +1420,31 @@ fn fork(proxy: &Proxy, old: &mut redis::Connection, new: &mut redis::Connection,
     }
 }
 
+/// `old`, whose log forked (it acknowledged the `DIVERGED` writes
+/// `lost{i}` alone), is told to follow `new`, which leads term `epoch`: it
+/// finds the fork, sets its diverged records aside, and ends with `new`'s
+/// data.
+fn rejoin(old: &Server, new: &Server, epoch: u64) {
+    raw(
+        &mut old.client(),
+        &["REPLICAOF", "127.0.0.1", &new.grpc.port().to_string()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            status(old.grpc).wal.expect("wal").epoch == epoch && caught_up(new, old)
+        }),
+        "{:?}\n{}",
+        status(old.grpc),
+        old.stderr()
+    );
+    assert_eq!(digest(old), digest(new));
+    assert_eq!(status(old.grpc).quarantined_records, DIVERGED);
+    assert_eq!(
+        raw(&mut old.client(), &["EXISTS", "lost0"]),
+        redis::Value::Int(0)
+    );
+}
+
 /// An old primary with `before` keys acknowledged before a partition (its
 /// early WAL purged when there are enough) and diverged writes after it
 /// rejoins the promoted replica, which took `after` more writes (and then
@@ -1469,20 +1494,8 @@ fn rejoin_after_divergence(extra: &[&str], before: u64, after: u64) {
     }
     // The old primary is told to follow the new one: it finds the fork,
     // sets its diverged records aside and follows.
-    raw(
-        &mut oc,
-        &["REPLICAOF", "127.0.0.1", &new.grpc.port().to_string()],
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            status(old.grpc).wal.expect("wal").epoch == 1 && caught_up(&new, &old)
-        }),
-        "{:?}",
-        status(old.grpc)
-    );
-    assert_eq!(digest(&old), digest(&new));
+    rejoin(&old, &new, 1);
     let s = status(old.grpc);
-    assert_eq!(s.quarantined_records, DIVERGED);
     // With its log purged it takes the new primary's state from a snapshot.
     let bootstraps = s.primary_link.as_ref().expect("link").bootstraps;
     assert_eq!(bootstraps, u64::from(!extra.is_empty()));
@@ -1687,21 +1700,8 @@ fn an_old_primary_rejoins_two_terms_later_through_the_history_its_new_primary_le
     assert_eq!(history, vec![1, 2]);
     // A follows C: its log forked where term 1 began, not where C's own
     // term did.
-    raw(
-        &mut ac,
-        &["REPLICAOF", "127.0.0.1", &c.grpc.port().to_string()],
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            status(a.grpc).wal.expect("wal").epoch == 2 && caught_up(&c, &a)
-        }),
-        "{:?}",
-        status(a.grpc)
-    );
-    assert_eq!(digest(&a), digest(&c));
-    assert_eq!(status(a.grpc).quarantined_records, DIVERGED);
+    rejoin(&a, &c, 2);
     let mut ac = a.client();
-    assert_eq!(raw(&mut ac, &["EXISTS", "lost0"]), redis::Value::Int(0));
     assert_eq!(raw(&mut ac, &["EXISTS", "b4"]), redis::Value::Int(1));
     assert_eq!(raw(&mut ac, &["EXISTS", "c4"]), redis::Value::Int(1));
 }
@@ -1729,31 +1729,19 @@ fn a_rejoin_that_fails_midway_follows_the_primary_again() {
     )));
     let mut nc = new.client();
     fork(&proxy, &mut oc, &mut nc, "new");
-    raw(
-        &mut oc,
-        &["REPLICAOF", "127.0.0.1", &new.grpc.port().to_string()],
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            status(old.grpc).wal.expect("wal").epoch == 1 && caught_up(&new, &old)
-        }),
-        "{:?}\n{}",
-        status(old.grpc),
-        old.stderr()
-    );
+    rejoin(&old, &new, 1);
     assert!(
         old.stderr().contains("FERRY_FAIL_AT: failing"),
         "no failure injected"
     );
-    assert_eq!(digest(&old), digest(&new));
-    assert_eq!(status(old.grpc).quarantined_records, DIVERGED);
     assert_eq!(
         old.info_field("replication", "role").as_deref(),
         Some("slave")
     );
-    let mut oc = old.client();
-    assert_eq!(raw(&mut oc, &["EXISTS", "lost0"]), redis::Value::Int(0));
-    assert_eq!(raw(&mut oc, &["EXISTS", "k99"]), redis::Value::Int(1));
+    assert_eq!(
+        raw(&mut old.client(), &["EXISTS", "k99"]),
+        redis::Value::Int(1)
+    );
 }
 
 /// A replica whose applier fails (a disk error, twice) starts it again
@@ -1886,21 +1874,8 @@ fn a_node_whose_log_was_purged_past_a_shared_term_s_start_still_finds_its_fork()
         status(b.grpc)
     );
     fork(&proxy, &mut bc, &mut cc, "c");
-    raw(
-        &mut bc,
-        &["REPLICAOF", "127.0.0.1", &c.grpc.port().to_string()],
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            status(b.grpc).wal.expect("wal").epoch == 2 && caught_up(&c, &b)
-        }),
-        "{:?}",
-        status(b.grpc)
-    );
-    assert_eq!(digest(&b), digest(&c));
-    assert_eq!(status(b.grpc).quarantined_records, DIVERGED);
+    rejoin(&b, &c, 2);
     let mut bc = b.client();
-    assert_eq!(raw(&mut bc, &["EXISTS", "lost0"]), redis::Value::Int(0));
     assert_eq!(raw(&mut bc, &["EXISTS", "c4"]), redis::Value::Int(1));
     assert_eq!(raw(&mut bc, &["EXISTS", "t1-29999"]), redis::Value::Int(1));
 }
