@@ -529,6 +529,37 @@ async fn write_out<S: AsyncWrite + Unpin>(
     written
 }
 
+/// Writes the replies ready so far (those queued before any write not yet
+/// run), as Redis writes a client's output before the client blocks;
+/// whether the connection goes on.
+async fn flush_replies<S: AsyncWrite + Unpin>(
+    socket: &mut S,
+    node: &Node,
+    conn: &mut Conn,
+    queue: &mut VecDeque<Queued>,
+    out: &mut BytesMut,
+) -> bool {
+    drain(node, queue, out, conn).await;
+    // Closed over its output limit by them: nothing more.
+    if conn.activity.killed.load(Ordering::Acquire) {
+        return false;
+    }
+    if out.is_empty() {
+        return true;
+    }
+    node.stats
+        .total_net_output_bytes
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    // A TLS stream keeps what it encrypted until flushed. (A kill shuts
+    // the socket down: a write to a client that does not read then fails.)
+    if !write_out(socket, out, node, conn).await {
+        return false;
+    }
+    out.clear();
+    conn.activity.omem.store(0, Ordering::Relaxed);
+    true
+}
+
 /// Writes a subscriber's messages that go before a reply, as Redis would
 /// have sent them: of a command that ran at `mark` (all of them without),
 /// those delivered by then, or by its record (logged at `lsn`; only the
@@ -912,6 +943,23 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             node.stats
                 .total_commands_processed
                 .fetch_add(1, Ordering::Relaxed);
+            // A command that waits (WAIT, WAITAOF; or one behind writes a
+            // pause holds): the replies before it go out first, as Redis
+            // writes them before the client blocks.
+            let wait = [&b"wait"[..], b"waitaof"]
+                .iter()
+                .any(|w| args[0].eq_ignore_ascii_case(w));
+            if (wait || (!writes.is_empty() && node.pipeline.is_paused()))
+                && !flush_replies(&mut socket, &node, &mut conn, &mut queue, &mut out).await
+            {
+                break 'serve;
+            }
+            if wait && conn.multi.is_none() {
+                run_writes(&node, &conn, &mut writes, &mut queue).await;
+                if !flush_replies(&mut socket, &node, &mut conn, &mut queue, &mut out).await {
+                    break 'serve;
+                }
+            }
             last_command = Some(args[0].clone());
             let reply = dispatch(&node, &mut conn, args, &mut writes, &mut queue, &mut out).await;
             if let Some(reply) = reply {
@@ -928,6 +976,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 run_writes(&node, &conn, &mut writes, &mut queue).await;
                 drain(&node, &mut queue, &mut out, &mut conn).await;
             }
+        }
+        // Writes a pause holds: the replies before them go out first.
+        if !writes.is_empty()
+            && node.pipeline.is_paused()
+            && !flush_replies(&mut socket, &node, &mut conn, &mut queue, &mut out).await
+        {
+            break 'serve;
         }
         run_writes(&node, &conn, &mut writes, &mut queue).await;
         drain(&node, &mut queue, &mut out, &mut conn).await;
@@ -976,18 +1031,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 info.resp = if shown.1.1 { 3 } else { 2 };
             }
         }
-        if !out.is_empty() {
-            node.stats
-                .total_net_output_bytes
-                .fetch_add(out.len() as u64, Ordering::Relaxed);
-            // A TLS stream keeps what it encrypted until flushed. (A kill
-            // shuts the socket down: a write to a client that does not read
-            // then fails.)
-            if !write_out(&mut socket, &out, &node, &conn).await {
-                break;
-            }
-            out.clear();
-            activity.omem.store(0, Ordering::Relaxed);
+        if !flush_replies(&mut socket, &node, &mut conn, &mut queue, &mut out).await {
+            break;
         }
         if conn.quit || *stop.borrow() || activity.killed.load(Ordering::Acquire) {
             break;

@@ -2476,6 +2476,49 @@ fn client_pause_holds_writes_or_everything_until_unpaused() {
     );
 }
 
+/// The replies to the commands before one that waits (a write held by
+/// CLIENT PAUSE WRITE, WAIT) go out at once, as Redis writes them before
+/// the client blocks: a pipelined read before a held write is answered
+/// during the pause, a write's `+OK` before the WAIT that follows it.
+#[test]
+fn replies_before_a_command_that_waits_go_out_at_once() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let admin = &mut server.client();
+    let connect = || {
+        let s = std::net::TcpStream::connect(server.resp).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    };
+    // Reads exactly `expected`, within the read timeout.
+    let read = |s: &mut std::net::TcpStream, expected: &str| {
+        let mut got = vec![0u8; expected.len()];
+        s.read_exact(&mut got).expect("the reply in time");
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+    };
+    let mut c = connect();
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
+    c.write_all(&[request(&["GET", "a"]), request(&["SET", "a", "1"])].concat())
+        .unwrap();
+    read(&mut c, "$-1\r\n");
+    assert!(server.blocked_clients_reach(1), "the SET is held");
+    assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
+    read(&mut c, "+OK\r\n");
+    // WAIT for a replica there is not: the SET's reply first, the WAIT's
+    // when its time is up.
+    let sent = std::time::Instant::now();
+    c.write_all(&[request(&["SET", "b", "1"]), request(&["WAIT", "1", "3000"])].concat())
+        .unwrap();
+    read(&mut c, "+OK\r\n");
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "the SET's reply waited for the WAIT"
+    );
+    read(&mut c, ":0\r\n");
+    assert!(sent.elapsed() >= Duration::from_secs(3));
+}
+
 /// A write held by CLIENT PAUSE WRITE never runs if its client is killed
 /// meanwhile, as Redis drops a freed client's postponed command (its
 /// client may retry elsewhere); a held client is not idle (`timeout`), and
