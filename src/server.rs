@@ -922,6 +922,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             write_pushes(&queued, &mut out);
         }
         let mut last_command = None;
+        // Whether a pause holds writes, read once a batch (the check below
+        // is on every request).
+        let paused = node.pipeline.is_paused();
         loop {
             // Killed before or during the batch: nothing more of it runs.
             if activity.killed.load(Ordering::Acquire) {
@@ -949,7 +952,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             let wait = [&b"wait"[..], b"waitaof"]
                 .iter()
                 .any(|w| args[0].eq_ignore_ascii_case(w));
-            if (wait || (!writes.is_empty() && node.pipeline.is_paused()))
+            if (wait || (paused && !writes.is_empty()))
                 && !flush_replies(&mut socket, &node, &mut conn, &mut queue, &mut out).await
             {
                 break 'serve;
