@@ -127,6 +127,7 @@ impl std::fmt::Display for PromoteOutcomeUnknown {
 }
 
 impl std::error::Error for PromoteOutcomeUnknown {}
+
 /// How often a replica with `--failover-after` looks at its link.
 const FAILOVER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -2111,15 +2112,14 @@ impl Node {
                 s.replica_of = None;
                 s.epochs.push((epoch, first.0));
             })?;
-            anyhow::Ok(())
+            anyhow::Ok(first)
         }
         .await;
         if ready.is_err() {
             self.follow_again();
         }
-        ready?;
-        let last = self.wal.last_lsn();
-        let first = last.next();
+        let first = ready?;
+        let last = Lsn(first.0 - 1);
         ferry_wal::testing::crash_point("node::promote::after_conf");
         self.begin_term().await?;
         let lost = (heard > last).then_some((last.next(), heard));
@@ -2287,7 +2287,8 @@ impl Node {
             Err(e) if e.is::<PromoteOutcomeUnknown>() => {
                 tracing::warn!(error = %format!("{e:#}"), to = %target.node_id,
                     "switchover: the promote call broke off; asking the replica how it ended");
-                self.promote_outcome(&url).await
+                let asked = timeout.unwrap_or(SWITCHOVER_TIMEOUT_DEFAULT);
+                self.promote_outcome(&url, asked).await
             }
             other => other,
         };
@@ -2314,18 +2315,25 @@ impl Node {
     }
 
     /// How a switchover's promote call that broke off midway ended, asked
-    /// of the replica at `url` for up to [`PROMOTE_OUTCOME_WAIT`]: its new
+    /// of the replica at `url` for up to [`PROMOTE_OUTCOME_WAIT`] (or the
+    /// `wait` the call gave the replica, and a second, if longer: it runs
+    /// to its end on the replica whatever became of the call): its new
     /// term if it leads a newer epoch; an error if it is still a replica
     /// once the wait is over (writes may resume). With no answer at all,
     /// [`PromoteOutcomeUnknown`]: writes stay stopped, as resuming them
     /// could make two primaries.
-    async fn promote_outcome(&self, url: &str) -> anyhow::Result<ferry_proto::v1::PromoteResponse> {
+    async fn promote_outcome(
+        &self,
+        url: &str,
+        wait: Duration,
+    ) -> anyhow::Result<ferry_proto::v1::PromoteResponse> {
         let ours = self.wal.epoch().0;
         let caller = crate::report::Caller {
             token: ferry_proto::auth::Attach::new(self.config.cluster_token.as_deref())?,
             tls: self.config.tls.clone(),
         };
-        let until = Instant::now() + PROMOTE_OUTCOME_WAIT;
+        let waited = PROMOTE_OUTCOME_WAIT.max(wait + Duration::from_secs(1));
+        let until = Instant::now() + waited;
         let mut last = None;
         loop {
             match tokio::time::timeout(PEER_PROBE_TIMEOUT, crate::report::fetch(url, &caller)).await
@@ -2360,10 +2368,10 @@ impl Node {
         }
         match last {
             Some(role) => Err(anyhow::anyhow!(
-                "the promote call broke off and the replica is still a {role} after {PROMOTE_OUTCOME_WAIT:?}: it did not promote"
+                "the promote call broke off and the replica is still a {role} after {waited:?}: it did not promote"
             )),
             None => Err(anyhow::Error::new(PromoteOutcomeUnknown(format!(
-                "the replica at {url} has not answered since, within {PROMOTE_OUTCOME_WAIT:?}: \
+                "the replica at {url} has not answered since, within {waited:?}: \
                  it may lead now, so this node takes no writes (follow it with REPLICAOF, \
                  or restart this node to take writes again)"
             )))),

@@ -149,6 +149,18 @@ impl Status for StatusService {
     }
 }
 
+/// Runs a role change to its end in a task of its own: a caller that goes
+/// away (a tool stopped, a connection cut) cancels the call, and must not
+/// cut the change midway (the write path fenced, the link to the primary
+/// stopped).
+async fn to_the_end<T: Send + 'static>(
+    change: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, tonic::Status> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| tonic::Status::internal(format!("the role change failed: {e}")))
+}
+
 struct AdminService {
     node: Arc<Node>,
 }
@@ -165,7 +177,8 @@ impl Admin for AdminService {
                 "name the primary's gRPC address",
             ));
         }
-        match self.node.replicate_from(primary).await {
+        let node = self.node.clone();
+        match to_the_end(async move { node.replicate_from(primary).await }).await? {
             Ok(resume) => Ok(tonic::Response::new(ReplicaOfResponse {
                 resume_lsn: resume.0,
             })),
@@ -178,11 +191,9 @@ impl Admin for AdminService {
         request: tonic::Request<PromoteRequest>,
     ) -> Result<tonic::Response<PromoteResponse>, tonic::Status> {
         let r = request.into_inner();
-        match self
-            .node
-            .promote(r.force, Duration::from_millis(r.wait_ms))
-            .await
-        {
+        let node = self.node.clone();
+        let wait = Duration::from_millis(r.wait_ms);
+        match to_the_end(async move { node.promote(r.force, wait).await }).await? {
             Ok(p) => {
                 let (lost_from, lost_to) = p.lost.map_or((1, 0), |(a, b)| (a.0, b.0));
                 Ok(tonic::Response::new(PromoteResponse {
@@ -201,13 +212,17 @@ impl Admin for AdminService {
         request: tonic::Request<SwitchoverRequest>,
     ) -> Result<tonic::Response<SwitchoverResponse>, tonic::Status> {
         let r = request.into_inner();
-        let to = (!r.to_node_id.is_empty()).then_some(r.to_node_id.as_str());
         let timeout = Duration::from_millis(if r.timeout_ms == 0 {
             crate::node::SWITCHOVER_TIMEOUT_DEFAULT.as_millis() as u64
         } else {
             r.timeout_ms
         });
-        match self.node.switchover(to, timeout).await {
+        let node = self.node.clone();
+        let switched = to_the_end(async move {
+            let to = (!r.to_node_id.is_empty()).then_some(r.to_node_id.as_str());
+            node.switchover(to, timeout).await
+        });
+        match switched.await? {
             Ok(done) => Ok(tonic::Response::new(SwitchoverResponse {
                 new_primary: done.new_primary,
                 node_id: done.node_id,

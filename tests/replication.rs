@@ -1181,6 +1181,50 @@ fn a_crash_at_any_step_of_a_promotion_leaves_one_outcome() {
     }
 }
 
+/// A switchover whose caller goes away midway (the tool stopped while the
+/// replica cannot catch up) still runs to its end on the primary: when its
+/// time is up, writes resume, rather than the primary staying fenced for
+/// good.
+#[test]
+fn a_switchover_whose_caller_goes_away_still_ends() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (primary, proxy, _replica) = behind_proxy(dir.path(), &[], &[]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        status(primary.grpc).replicas.len() == 1
+    }));
+    proxy.stall();
+    let p = &mut primary.client();
+    raw(p, &["SET", "before", "1"]);
+    let mut tool = ferry()
+        .args([
+            "switchover",
+            "--addr",
+            &primary.grpc_url(),
+            "--timeout",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("switchover");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cmd(&["SET", "k", "v"]).query::<()>(p).is_err()
+        }),
+        "the switchover never stopped writes"
+    );
+    tool.kill().expect("kill");
+    tool.wait().expect("wait");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cmd(&["SET", "k", "v"]).query::<()>(p).is_ok()
+        }),
+        "writes never resumed: {:?}",
+        status(primary.grpc)
+    );
+}
+
 /// A switchover whose promote call breaks off after the replica promoted
 /// (it crashes right after recording its new role) does not hand writes
 /// back to the old primary, which would make two primaries: the old one

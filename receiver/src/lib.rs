@@ -75,6 +75,7 @@ pub const BOOTSTRAP_LOG_INTERVAL: Duration = Duration::from_secs(5);
 /// before it is started again and the link reconnects: doubled after each
 /// failure in a row, up to [`APPLY_RETRY_MAX`].
 pub const APPLY_RETRY_MIN: Duration = Duration::from_millis(500);
+/// The longest pause between two tries of a failed applier.
 pub const APPLY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Acks queued towards the primary (a full queue skips one: the next
 /// carries newer numbers anyway).
