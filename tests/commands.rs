@@ -2541,6 +2541,14 @@ fn a_held_write_of_a_killed_client_never_runs() {
     let admin = &mut server.client();
     assert_eq!(raw(admin, &["CONFIG", "SET", "timeout", "1"]), ok());
     let (mut victim, mut patient) = (server.client(), server.client());
+    // An idle client beside them: the timeout's witness.
+    let mut witness = std::net::TcpStream::connect(server.resp).expect("connect");
+    {
+        use std::io::{Read, Write};
+        witness.write_all(&request(&["PING"])).expect("PING");
+        let mut pong = [0u8; 7];
+        witness.read_exact(&mut pong).expect("PONG");
+    }
     let id: i64 = cmd(&["CLIENT", "ID"]).query(&mut victim).expect("ID");
     assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
     let killed = std::thread::spawn(move || cmd(&["INCR", "n"]).query::<i64>(&mut victim));
@@ -2554,9 +2562,20 @@ fn a_held_write_of_a_killed_client_never_runs() {
         killed.join().unwrap().is_err(),
         "the killed client got a reply"
     );
-    // Past the idle timeout (checked every 100 ms), the held one is still
-    // there (the idle admin is not: a new connection goes on).
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Once the idle witness is closed (past the timeout), the held one is
+    // still there (the idle admin is not: a new connection goes on).
+    witness
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        use std::io::Read;
+        // Closed: end of file, or reset; a timeout while it is open.
+        match witness.read(&mut [0u8; 16]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }));
     let admin = &mut server.client();
     assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
     let held = held.join();
