@@ -1182,6 +1182,47 @@ async fn until_killed(activity: &Activity) {
     }
 }
 
+/// Resolves once the connection is killed, or once its client has closed
+/// its side of it, which kills it: for a connection that waits without
+/// reading its socket (a pause holding its commands, WAIT), so that what
+/// it holds never runs, and it does not linger, after its client left, as
+/// Redis frees a blocked client whose read finds the socket closed. What
+/// the client sent before it closed is left unread.
+async fn until_gone(activity: &Activity) {
+    tokio::select! {
+        () = until_killed(activity) => {}
+        () = until_peer_closed(activity.fd) => activity.kill(),
+    }
+}
+
+/// Resolves once the peer of socket `fd` has closed its side (or the
+/// socket failed), without reading from it: a second descriptor of the
+/// socket is watched for readiness, and readiness that is only data is
+/// passed over. Never resolves if the socket cannot be watched.
+async fn until_peer_closed(fd: std::os::fd::RawFd) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: `fd` is the connection's own socket, open for as long as
+    // the connection waits on this.
+    let watched = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .and_then(|fd| {
+            // SAFETY: the `OwnedFd` is this descriptor's only owner, open
+            // until the watch drops it.
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+        });
+    let Ok(watched) = watched else {
+        return std::future::pending().await;
+    };
+    loop {
+        match watched.ready(Interest::READABLE).await {
+            Ok(guard) if guard.ready().is_read_closed() || guard.ready().is_error() => return,
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => return std::future::pending().await,
+        }
+    }
+}
+
 /// A write a connection has read and not yet run: consecutive ones run
 /// together ([`Pipeline::execute_many`](ferry_engine::Pipeline::execute_many)).
 /// Its handler, arguments, where it counts in INFO commandstats, whether
@@ -1244,12 +1285,13 @@ async fn run_writes(
     if node.pipeline.is_paused() {
         // Held until the pause ends, and not idle meanwhile (`timeout`),
         // as Redis's postponed client (exempt until the batch ends, which
-        // notes the interaction first). One killed meanwhile runs none of
-        // them: its client may have retried elsewhere.
+        // notes the interaction first). One killed or closed by its
+        // client meanwhile runs none of them: its client may have retried
+        // elsewhere.
         conn.activity.idle_exempt.store(true, Ordering::Relaxed);
         tokio::select! {
             () = node.pipeline.until_writes_unpaused() => {}
-            () = until_killed(&conn.activity) => {}
+            () = until_gone(&conn.activity) => {}
         }
         if conn.activity.killed.load(Ordering::Acquire) {
             writes.clear();
@@ -1403,7 +1445,10 @@ async fn dispatch(
     // Redis: it ends at its timeout).
     if node.pipeline.is_all_paused() {
         let _blocked = Blocked::begin(&node.stats.blocked_clients);
-        node.pipeline.until_all_unpaused().await;
+        tokio::select! {
+            () = node.pipeline.until_all_unpaused() => {}
+            () = until_gone(&conn.activity) => return None,
+        }
     }
     let checked = check(node, conn, &args);
     if checked.is_err() {
@@ -1573,13 +1618,13 @@ async fn run_command(
 ) -> Reply {
     match spec.handler {
         Handler::Wait => match commands::wait_refused(node, args) {
-            // Until killed, for a wait without a timeout.
+            // Until killed or closed, for a wait without a timeout.
             Ok(wait) => {
                 // Waiting is not idling (`--timeout`), as in Redis.
                 conn.activity.idle_exempt.store(true, Ordering::Relaxed);
                 let reply = tokio::select! {
                     biased;
-                    () = until_killed(&conn.activity) => Reply::Int(0),
+                    () = until_gone(&conn.activity) => Reply::Int(0),
                     reply = wait_durable(node, conn, wait) => reply,
                 };
                 // Exempt until the batch ends, which notes the interaction

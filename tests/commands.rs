@@ -2593,6 +2593,47 @@ fn a_held_write_of_a_killed_client_never_runs() {
     assert_eq!(raw(admin, &["GET", "k"]), bulk("v"));
 }
 
+/// A client that closes its connection while a pause holds its write, or
+/// while it waits in WAIT, is gone at once: the held write never runs (as
+/// Redis frees a postponed client whose socket closes: its client may have
+/// retried elsewhere), and a WAIT without a timeout does not keep the
+/// connection for ever.
+#[test]
+fn a_client_that_closes_while_held_or_waiting_is_gone_at_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("node"), &[]);
+    let admin = &mut server.client();
+    let send = |args: &[&str]| {
+        let mut socket = std::net::TcpStream::connect(server.resp).expect("connect");
+        socket.write_all(&request(args)).expect("send");
+        socket
+    };
+    assert_eq!(raw(admin, &["CLIENT", "PAUSE", "100000", "WRITE"]), ok());
+    let held = send(&["INCR", "n"]);
+    assert!(server.blocked_clients_reach(1));
+    drop(held);
+    assert!(
+        server.blocked_clients_reach(0),
+        "the closed client is still held"
+    );
+    assert_eq!(raw(admin, &["CLIENT", "UNPAUSE"]), ok());
+    assert_eq!(raw(admin, &["GET", "n"]), V::Nil, "its INCR ran");
+    // No replica: it would wait for ever.
+    let waiting = send(&["WAIT", "1", "0"]);
+    assert!(server.blocked_clients_reach(1));
+    drop(waiting);
+    assert!(
+        server.blocked_clients_reach(0),
+        "the closed client still waits"
+    );
+    // The admin and INFO's own connection.
+    assert_eq!(
+        server.info_field("clients", "connected_clients").as_deref(),
+        Some("2")
+    );
+}
+
 /// SHUTDOWN stops the node as SIGTERM does: the asking connection closes
 /// with no reply (as Redis's), so do the others, the process exits 0, and
 /// every acknowledged write is there after a restart; with SAVE and FORCE
