@@ -115,6 +115,7 @@ struct Faults {
     dead: AtomicBool,
     fail_write: AtomicBool,
     fail_sync: AtomicBool,
+    fail_create: AtomicBool,
     /// The next write stores only its first half, then fails.
     tear_next_write: AtomicBool,
     syncs: AtomicU64,
@@ -239,6 +240,11 @@ impl MemStorage {
     /// Every later sync (of a file or a directory) fails with EIO while `on`.
     pub fn set_fail_sync(&self, on: bool) {
         self.faults.fail_sync.store(on, Ordering::SeqCst);
+    }
+
+    /// Every later creation of a file fails with EIO while `on`.
+    pub fn set_fail_create(&self, on: bool) {
+        self.faults.fail_create.store(on, Ordering::SeqCst);
     }
 
     /// The next write stores the first half of its bytes, then fails with EIO.
@@ -377,6 +383,9 @@ impl Storage for MemStorage {
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn StorageFile>> {
         self.faults.check()?;
+        if self.faults.fail_create.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected create failure"));
+        }
         let mut fs = lock(&self.fs);
         let parent = path.parent().unwrap_or(Path::new(""));
         if !fs.dirs.contains(parent) {

@@ -1610,8 +1610,28 @@ impl Writer {
             Err(err) => {
                 self.epoch = epoch_before;
                 self.shared.fail(&err);
+                // What a segment's seal synced before the failure is on
+                // disk, and may have been shipped: those appends succeeded
+                // (they come back at restart), in order up to the first
+                // that did not. A sync asked for failed.
+                let durable = *self.shared.durable.borrow();
                 let mut err = Some(err);
+                let mut ok = true;
                 for reply in owed {
+                    if let Owed::Range(_, range) = &reply {
+                        ok &= range.last <= durable;
+                    }
+                    let reply = match reply {
+                        Owed::Range(reply, range) if ok => {
+                            drop(reply.send(Ok(range)));
+                            continue;
+                        }
+                        Owed::Epoch(reply) if ok => {
+                            drop(reply.send(Ok(())));
+                            continue;
+                        }
+                        reply => reply,
+                    };
                     let e = match err.take() {
                         Some(first) => first,
                         None => self.shared.stopped().expect("the log has failed"),
@@ -1939,6 +1959,12 @@ impl Writer {
     /// Seals the active segment (synced) and starts a new one at `first_lsn`.
     fn roll(&mut self, first_lsn: Lsn) -> Result<()> {
         self.sync_file()?;
+        // Everything before the new segment is durable now, whatever
+        // fails next.
+        self.shared
+            .last_lsn
+            .store(first_lsn.0 - 1, Ordering::Release);
+        self.shared.publish_durable(Lsn(first_lsn.0 - 1));
         // Sealed before the next segment exists: only the last segment of a
         // log ever holds zero-filled space.
         self.cut_zeros()
@@ -1963,9 +1989,6 @@ impl Writer {
             target.path = path;
             target.written = Lsn(first_lsn.0 - 1);
         }
-        // The sealed segment is synced: everything before the new one is durable.
-        shared.last_lsn.store(first_lsn.0 - 1, Ordering::Release);
-        shared.publish_durable(Lsn(first_lsn.0 - 1));
         self.file = file;
         self.segment = meta;
         self.offset = SEGMENT_HEADER_LEN as u64;

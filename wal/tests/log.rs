@@ -790,3 +790,54 @@ async fn the_latency_hook_hears_of_writes_and_syncs() {
         );
     }
 }
+
+/// A group commit that fails after a segment roll synced the first part of
+/// the group: those appends are durable (they come back when the log is
+/// opened again, and may have been shipped), so they succeed; the appends
+/// after the roll fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_fails_after_a_roll_succeeds_for_what_the_roll_synced() {
+    let storage = MemStorage::new();
+    let options = WalOptions {
+        segment_bytes_max: 1024,
+        group_bytes_max: 100,
+        preallocate_bytes: 0,
+        ..options(SyncPolicy::No)
+    };
+    let wal = Arc::new(open(&storage, options.clone()));
+    let first = wal.append(vec![record("a", 0)]).await.expect("append");
+    // The writer waits in a sync while two appends queue behind it: one
+    // group, of one frame each (past `group_bytes_max`); the first fills
+    // the segment, so the second's frame starts a new one.
+    storage.hold_next_sync();
+    let sync = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.sync().await }
+    });
+    let held = storage.clone();
+    let is_held =
+        tokio::task::spawn_blocking(move || held.wait_for_held_sync(Duration::from_secs(10)));
+    assert!(is_held.await.expect("waited"), "the writer took the sync");
+    // Incompressible: its frame is as large.
+    let mut rng = ferry_wal::testing::SeededRng::new(5);
+    let big: Bytes = (0..2000).map(|_| rng.next_u64() as u8).collect();
+    let filled = wal.enqueue(vec![big.clone()]).await.expect("queued");
+    let rolled = wal.enqueue(vec![record("c", 2)]).await.expect("queued");
+    // The new segment cannot be made.
+    storage.set_fail_create(true);
+    storage.release_sync();
+    sync.await.expect("joined").expect("the first sync");
+    let filled = filled.durable().await.expect("synced by the roll");
+    assert_eq!(filled.first, first.last.next());
+    assert!(wal.durable_lsn() >= filled.last);
+    let err = rolled.durable().await.expect_err("no segment for it");
+    assert!(matches!(err, WalError::Io { op: "creating", .. }), "{err}");
+    drop(wal);
+    storage.set_fail_create(false);
+    let wal = open(&storage.crash(11), options);
+    let records = read_all(&wal);
+    assert_eq!(
+        records,
+        vec![(first.last.0, record("a", 0)), (filled.last.0, big)]
+    );
+}
