@@ -851,11 +851,18 @@ impl Wal {
     /// Changes the sync policy from the next group commit on (Redis's
     /// CONFIG SET appendfsync). Records written before keep the promise
     /// they were written under: under `everysec` the syncer still syncs
-    /// them within the interval.
+    /// them (at once, when the new policy is `no`, which syncs only when
+    /// asked).
     pub fn set_sync_policy(&self, policy: SyncPolicy) {
-        self.shared
-            .sync_policy
-            .store(policy.to_u8(), Ordering::Release);
+        let before = SyncPolicy::from_u8(
+            self.shared
+                .sync_policy
+                .swap(policy.to_u8(), Ordering::AcqRel),
+        );
+        if policy == SyncPolicy::No && before == SyncPolicy::EverySec {
+            lock(&self.shared.sync_target).soon = true;
+            self.shared.sync_wake.notify_one();
+        }
     }
 
     /// The epoch of the last frame written, or set by [`Wal::set_epoch`].
@@ -1730,7 +1737,11 @@ impl Writer {
         } else {
             let mut target = lock(&self.shared.sync_target);
             target.written = last;
-            if self.shared.eager.load(Ordering::Acquire) > 0 {
+            // Written under `everysec` as the policy turned to `no`: these
+            // are synced too ([`Wal::set_sync_policy`]).
+            if self.shared.eager.load(Ordering::Acquire) > 0
+                || (policy == SyncPolicy::EverySec && self.shared.sync_policy() == SyncPolicy::No)
+            {
                 target.soon = true;
                 drop(target);
                 self.shared.sync_wake.notify_one();

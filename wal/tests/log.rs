@@ -536,6 +536,25 @@ async fn the_sync_policy_changes_from_the_next_append_on() {
     assert!(open(&survived, options(SyncPolicy::No)).last_lsn() >= second.last);
 }
 
+/// Records written under `everysec` are still synced when the policy
+/// turns to `no` (which syncs only when asked) before the interval ends.
+#[tokio::test]
+async fn records_written_under_everysec_are_synced_when_the_policy_turns_to_no() {
+    let storage = MemStorage::new();
+    let everysec = WalOptions {
+        sync_interval: Duration::from_secs(3600),
+        ..options(SyncPolicy::EverySec)
+    };
+    let wal = open(&storage, everysec);
+    let written = wal.append(vec![record("p", 0)]).await.expect("append");
+    assert!(wal.durable_lsn() < written.last, "everysec: not synced yet");
+    wal.set_sync_policy(SyncPolicy::No);
+    tokio::time::timeout(Duration::from_secs(10), wal.wait_durable(written.last))
+        .await
+        .expect("synced after the change")
+        .expect("durable");
+}
+
 #[tokio::test]
 async fn epochs_are_stored_per_frame_and_never_go_back() {
     let storage = MemStorage::new();
