@@ -966,6 +966,7 @@ fn fold(
 ///
 /// A data directory that exists with data or is held by a node, a log that
 /// does not start at LSN 1, corruption before the stopping point, I/O.
+/// On an error, the data directory is left empty, as it was.
 pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<ExitCode> {
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
         bail!(
@@ -973,7 +974,26 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
             data_dir.display()
         );
     }
-    let _lock = lock_data_dir(data_dir)?;
+    let existed = data_dir.exists();
+    let lock = lock_data_dir(data_dir)?;
+    let replayed = replay_new(wal_dir, data_dir, until);
+    if replayed.is_err() {
+        // Nothing of use was built: left as it was, so that a retry can
+        // run.
+        for entry in std::fs::read_dir(data_dir)?.flatten() {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+        drop(lock);
+        if !existed {
+            let _ = std::fs::remove_dir(data_dir);
+        }
+    }
+    replayed
+}
+
+/// [`replay`] into `data_dir`, locked and empty.
+fn replay_new(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<ExitCode> {
     let files = segment_files(&FsStorage, wal_dir)?;
     match files.first() {
         None => bail!("{} holds no WAL segment", wal_dir.display()),
@@ -999,6 +1019,11 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
         let mut pending = Handoff::with_capacity(REPLAY_HANDOFF_RECORDS);
         let inspection = scan(wal_dir, |frame| {
             let h = frame.header;
+            // Records missing before it (damage the scan went past): the
+            // replay stops there.
+            if h.first_lsn != last.next() {
+                return Ok(ControlFlow::Break(()));
+            }
             let Some(keep) = until.records_to_keep(&h) else {
                 return Ok(ControlFlow::Break(()));
             };
@@ -1045,10 +1070,11 @@ pub fn replay(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Result<E
             .map_err(|_| anyhow::anyhow!("the folding thread panicked"))?;
         Ok((inspection?, folded))
     })?;
+    let stopped = matches!(until, Until::Lsn(n) if last.0 >= n);
     if let Some(p) = inspection
         .problems
         .iter()
-        .find(|p| !p.torn_tail && p.lsn <= last.next())
+        .find(|p| !p.torn_tail && p.lsn <= last.next() && !stopped)
     {
         bail!(
             "the log is damaged before the stopping point: {}",
@@ -1142,6 +1168,19 @@ pub fn replay_onto(wal_dir: &Path, data_dir: &Path, until: Until) -> anyhow::Res
         "{} is not a ferry data directory (no wal/)",
         data_dir.display()
     );
+    // Damage before the stopping point: nothing is applied (what follows
+    // it could not be told apart from what is missing).
+    let checked = scan(wal_dir, |_| Ok(ControlFlow::Continue(())))?;
+    if let Some(p) = checked
+        .problems
+        .iter()
+        .find(|p| !p.torn_tail && !matches!(until, Until::Lsn(n) if p.lsn.0 > n))
+    {
+        bail!(
+            "the source log is damaged: {}; nothing applied (repair it with `ferry wal repair --salvage`, or stop before it with --until-lsn)",
+            problem_line(p)
+        );
+    }
     let _lock = lock_data_dir(data_dir)?;
     let conf = std::fs::read_to_string(data_dir.join(crate::node::NODE_FILE)).unwrap_or_default();
     if conf

@@ -507,6 +507,72 @@ fn replay_onto_applies_another_log_after_a_primarys_own_records() {
     );
 }
 
+/// A damaged log: `replay` refuses past the damage and leaves the new data
+/// directory empty (a retry can run), and replays up to a stopping point
+/// before it; `replay --onto` applies nothing at all.
+#[test]
+fn replay_applies_nothing_past_damage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, target) = (tmp.path().join("src"), tmp.path().join("target"));
+    let mut s = Server::start(&src, &["--fsync", "always"]);
+    let c = &mut s.client();
+    for i in 0..60 {
+        raw(c, &["SET", &format!("k{i}"), "v"]);
+    }
+    s.terminate();
+    let mut t = Server::start(&target, &[]);
+    raw(&mut t.client(), &["SET", "own", "1"]);
+    t.terminate();
+    let wal = src.join("wal");
+    let all = frames(&wal);
+    let (seg, off, lsn, _) = all[40].clone();
+    flip_bit(&seg, off + 50);
+
+    let new = tmp.path().join("new");
+    let out = run(&["replay", "--wal", path(&wal), "--data-dir", path(&new)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("damaged before the stopping point"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!new.exists(), "left behind: {:?}", std::fs::read_dir(&new));
+    let before = (lsn.0 - 1).to_string();
+    let out = run(&[
+        "replay",
+        "--wal",
+        path(&wal),
+        "--data-dir",
+        path(&new),
+        "--until-lsn",
+        &before,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("replayed lsn 1..={before}")),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(&[
+        "replay",
+        "--onto",
+        "--wal",
+        path(&wal),
+        "--data-dir",
+        path(&target),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nothing applied"),
+        "{}",
+        text(&out.stderr)
+    );
+    let t = Server::start(&target, &[]);
+    assert_eq!(raw(&mut t.client(), &["DBSIZE"]), redis::Value::Int(1));
+    assert_eq!(status(t.grpc).applied_lsn, 1);
+}
+
 /// A PUBLISH's message and the keyspace events logged with a write are in
 /// the dump, after the write's effects. (A primary without replicas logs a
 /// PUBLISH only inside a transaction.)
