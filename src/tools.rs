@@ -111,7 +111,12 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
     }
     let bad = || format!("{s:?} is neither ms since the Unix epoch nor an RFC 3339 time");
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    if !s.is_ascii()
+        || b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+    {
         return Err(bad());
     }
     let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
@@ -1275,5 +1280,7 @@ mod tests {
         assert_eq!(parse_time("1795787405123"), Ok(1_795_787_405_123));
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2026-13-01T00:00:00Z").is_err());
+        assert!(parse_time("2026-11-27T13:50:05+1é12").is_err());
+        assert!(parse_time("2026-11-27T13:50:05é").is_err());
     }
 }

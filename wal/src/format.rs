@@ -503,7 +503,10 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<Lsn, &'static str> {
     if u32_at(b, 8) != SEGMENT_VERSION {
         return Err("unsupported segment format version");
     }
-    Ok(Lsn(u64_at(b, 16)))
+    match u64_at(b, 16) {
+        0 => Err("a segment's first lsn is 0 (lsns start at 1)"),
+        lsn => Ok(Lsn(lsn)),
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -679,6 +682,7 @@ mod tests {
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_segment_header(&bad).is_err(), "bit {bit}");
         }
+        assert!(decode_segment_header(&encode_segment_header(Lsn(0))).is_err());
     }
 
     #[test]

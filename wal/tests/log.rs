@@ -860,3 +860,29 @@ async fn a_group_that_fails_after_a_roll_succeeds_for_what_the_roll_synced() {
         vec![(first.last.0, record("a", 0)), (filled.last.0, big)]
     );
 }
+
+/// A segment that says it starts at LSN 0 (LSNs start at 1) is refused as
+/// corruption, by the log and by a scan, rather than taken in.
+#[test]
+fn a_segment_starting_at_lsn_0_is_corruption() {
+    use ferry_wal::storage::Storage;
+    let storage = MemStorage::new();
+    drop(open(&storage, options(SyncPolicy::Always)));
+    for file in storage.files(dir()) {
+        storage.remove(&file).expect("remove");
+    }
+    let file = storage
+        .create(&dir().join("00000000000000000000.wal"))
+        .expect("create");
+    file.write_at(&ferry_wal::format::encode_segment_header(Lsn(0)), 0)
+        .expect("write");
+    file.sync_data().expect("sync");
+    storage.sync_dir(dir()).expect("sync the directory");
+    let err = try_open(&storage, options(SyncPolicy::Always)).expect_err("refused");
+    assert!(matches!(err, WalError::Corruption { .. }), "{err}");
+    let scan = ferry_wal::inspect::scan_dir(&storage, dir(), Default::default(), |_| {
+        Ok(std::ops::ControlFlow::Continue(()))
+    })
+    .expect("scan");
+    assert!(!scan.is_intact(), "{scan:?}");
+}
