@@ -159,6 +159,9 @@ pub fn scan_dir_from(
     files.drain(..skip);
     let mut out = Inspection::default();
     let mut expected: Option<Lsn> = None;
+    // The highest frame epoch so far: a frame's may not be below it (the
+    // log refuses to open then).
+    let mut epoch = Epoch(0);
     for (i, (name_lsn, path)) in files.iter().enumerate() {
         let is_last = i + 1 == files.len();
         let data = read_file(storage, path)?;
@@ -233,6 +236,19 @@ pub fn scan_dir_from(
                             0,
                         );
                     }
+                    if header.epoch < epoch {
+                        problem(
+                            offset as u64,
+                            header.first_lsn,
+                            format!(
+                                "frame epoch {} is below the previous frame's {epoch}",
+                                header.epoch
+                            ),
+                            false,
+                            len as u64,
+                        );
+                    }
+                    epoch = epoch.max(header.epoch);
                     match format::decode_records(&header, &bytes) {
                         Err(why) => {
                             problem(offset as u64, next, why.to_string(), false, len as u64);

@@ -886,3 +886,36 @@ fn a_segment_starting_at_lsn_0_is_corruption() {
     .expect("scan");
     assert!(!scan.is_intact(), "{scan:?}");
 }
+
+/// A frame whose epoch is below the one before it: the log refuses to
+/// open, and a scan (`ferry wal verify`) reports it rather than calling the
+/// log intact.
+#[tokio::test]
+async fn a_frame_epoch_below_the_one_before_it_is_corruption_to_the_log_and_a_scan() {
+    let (x, y) = (MemStorage::new(), MemStorage::new());
+    let wx = open(&x, options(SyncPolicy::Always));
+    wx.set_epoch(Epoch(3)).await.expect("epoch");
+    wx.append(vec![record("x", 1)]).await.expect("append");
+    let wy = open(&y, options(SyncPolicy::Always));
+    wy.append(vec![record("y", 1)]).await.expect("append");
+    wy.append(vec![record("y", 2)]).await.expect("append");
+    let (fx, fy) = (frames_from(&wx, 1), frames_from(&wy, 2));
+    drop((wx, wy));
+    // LSN 1 of epoch 3, then LSN 2 of epoch 0.
+    let mut bytes = ferry_wal::format::encode_segment_header(Lsn(1)).to_vec();
+    bytes.extend_from_slice(&fx);
+    bytes.extend_from_slice(&fy);
+    y.set_file_bytes(&dir().join("00000000000000000001.wal"), bytes);
+    let err = try_open(&y, options(SyncPolicy::Always)).expect_err("refused");
+    assert!(matches!(err, WalError::Corruption { .. }), "{err}");
+    let scan = ferry_wal::inspect::scan_dir(&y, dir(), Default::default(), |_| {
+        Ok(std::ops::ControlFlow::Continue(()))
+    })
+    .expect("scan");
+    assert_eq!(scan.problems.len(), 1, "{scan:?}");
+    let problem = &scan.problems[0];
+    assert!(
+        !problem.torn_tail && problem.lsn == Lsn(2) && problem.reason.contains("epoch"),
+        "{problem:?}"
+    );
+}
