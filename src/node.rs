@@ -1476,6 +1476,17 @@ impl Node {
             notify: notify.clone(),
         }));
         let pipeline = Pipeline::start(engine.clone(), wal.clone());
+        // The records are logged and may be shipped: the node stops at
+        // once, as after a crash, without answering their writes (their
+        // outcome is unknown to their clients; a restart replays them),
+        // rather than serve a state its log and its replicas do not hold.
+        pipeline.on_apply_failure(Box::new(|why| {
+            tracing::error!(
+                error = why,
+                "durable records could not be applied to the engine; stopping the node (a restart replays them from the WAL)"
+            );
+            std::process::abort();
+        }));
         let (stop, stop_rx) = watch::channel(false);
         let shipper = Arc::new(Shipper::new(
             wal.clone(),

@@ -48,5 +48,8 @@ pub use keys::{
     Entry, Expiring, LONG_STRING_BYTES, ROW_OVERHEAD_BYTES, SCAN_HASH_MAX, STRING_CHUNK_BYTES,
     Value, scan_hash, stored_bytes,
 };
-pub use pipeline::{PausePurpose, Pipeline, Reader, Ticket, View};
+pub use pipeline::{
+    APPLY_RETRY_DELAY_MAX, APPLY_RETRY_FIRST, APPLY_RETRY_FOR, ApplyFailure, PausePurpose,
+    Pipeline, Reader, Ticket, View,
+};
 pub use watch::Watch;

@@ -17,6 +17,7 @@ use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_proto::v1::{KeyEvent, Mutation, WalRecord, mutation::Op};
@@ -952,6 +953,7 @@ impl Pipeline {
             overlay: overlay.clone(),
             queue: Mutex::new(VecDeque::new()),
             stopped: OnceLock::new(),
+            on_failure: OnceLock::new(),
             state: Mutex::new(ApplierState {
                 failure: None,
                 applied_tx: Some(applied_tx),
@@ -970,6 +972,16 @@ impl Pipeline {
             paused: watch::Sender::new(Pauses::default()),
             refusing: AtomicBool::new(false),
         }
+    }
+
+    /// Has `f` called when durable records (logged, maybe shipped) still
+    /// fail to apply to the engine after [`APPLY_RETRY_FOR`], before their
+    /// writes are answered: the node's state then lacks writes its log and
+    /// its replicas hold, which a restart (replaying the log) mends. If `f`
+    /// returns, the write path stops: those writes and every later one get
+    /// an error. Set once; later calls are ignored.
+    pub fn on_apply_failure(&self, f: ApplyFailure) {
+        let _ = self.applier.on_failure.set(f);
     }
 
     /// Ends every pause by failing the commands they hold, and any after
@@ -1422,6 +1434,19 @@ impl Pipeline {
     }
 }
 
+/// A RocksDB write of durable records that fails is tried again after this
+/// long, doubling up to [`APPLY_RETRY_DELAY_MAX`], for up to
+/// [`APPLY_RETRY_FOR`]: the records are in the WAL (and shipped), so they
+/// must be applied, and a disk error may pass. The write path waits
+/// meanwhile.
+pub const APPLY_RETRY_FIRST: Duration = Duration::from_millis(10);
+pub const APPLY_RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
+pub const APPLY_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// What the applier calls when durable records still fail to apply after
+/// [`APPLY_RETRY_FOR`] (see [`Pipeline::on_apply_failure`]).
+pub type ApplyFailure = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Applies records in order as they become durable, many per RocksDB write.
 /// The WAL's writer thread runs it after each group commit, so applying
 /// needs no hand-off to another thread; a job is queued before its append
@@ -1435,6 +1460,8 @@ struct Applier {
     /// then on (it would be logged and shipped, never applied here).
     stopped: OnceLock<String>,
     state: Mutex<ApplierState>,
+    /// Called when durable records cannot be applied.
+    on_failure: OnceLock<ApplyFailure>,
 }
 
 struct ApplierState {
@@ -1497,7 +1524,18 @@ impl Applier {
         if records.is_empty() {
             return false;
         }
-        match self.engine.apply_by(&records, &by) {
+        let mut applied = self.engine.apply_by(&records, &by);
+        let (started, mut delay) = (std::time::Instant::now(), APPLY_RETRY_FIRST);
+        while let Err(err) = &applied
+            && started.elapsed() < APPLY_RETRY_FOR
+        {
+            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64,
+                "applying durable records failed; trying again");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(APPLY_RETRY_DELAY_MAX);
+            applied = self.engine.apply_by(&records, &by);
+        }
+        match applied {
             Ok(()) => {
                 lock(&self.overlay).applied(last_seq);
                 if let Some(tx) = &state.applied_tx {
@@ -1508,8 +1546,11 @@ impl Applier {
                 }
             }
             Err(err) => {
-                tracing::error!(error = %err, "applying durable records failed; the write path stops");
                 let why = format!("applying to the engine failed: {err}");
+                if let Some(on_failure) = self.on_failure.get() {
+                    on_failure(&why);
+                }
+                tracing::error!(error = %err, "applying durable records failed; the write path stops");
                 for (applied, _) in done {
                     applied.set(Err(why.clone()));
                 }
