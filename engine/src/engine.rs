@@ -579,6 +579,10 @@ pub struct Engine {
     /// off, so the memtable is lost in a crash): what ferry's WAL must keep
     /// records after.
     persisted_lsn: AtomicU64,
+    /// One more each time the whole state is replaced (a reset, a swap, an
+    /// ingest), under the gate: a flush that began before it does not
+    /// count its LSN as persisted.
+    replaced: AtomicU64,
     /// Entries read, in front of RocksDB.
     cache: ReadCache,
     /// Clients' WATCH of keys.
@@ -842,6 +846,7 @@ impl Engine {
             expiring: Mutex::new(expiring),
             // What a fresh open reads is in the files.
             persisted_lsn: AtomicU64::new(applied_lsn),
+            replaced: AtomicU64::new(0),
             cache: ReadCache::new(read_cache_bytes),
             watchers: Arc::default(),
             generation: AtomicU64::new(0),
@@ -1355,10 +1360,31 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn flush(&self) -> Result<()> {
-        let applied = self.applied_lsn.load(Ordering::Acquire);
+        let before = self.persisting();
         self.db()?.flush()?;
-        self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
+        self.persisted(before);
         Ok(())
+    }
+
+    /// Before a flush: the state's replacements so far, and the applied
+    /// LSN the flush will persist.
+    fn persisting(&self) -> (u64, u64) {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        (
+            self.replaced.load(Ordering::Acquire),
+            self.applied_lsn.load(Ordering::Acquire),
+        )
+    }
+
+    /// After a flush begun at `before` ([`Engine::persisting`]): its
+    /// applied LSN is persisted, unless the state was replaced meanwhile
+    /// (a reset's LSN 0 is not raised to one of the state it dropped, which
+    /// would let the WAL it still needs be purged).
+    fn persisted(&self, (replaced, applied): (u64, u64)) {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        if self.replaced.load(Ordering::Acquire) == replaced {
+            self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
+        }
     }
 
     /// Writes a RocksDB checkpoint of the engine into `dir` (which must not
@@ -1369,10 +1395,10 @@ impl Engine {
     ///
     /// [`EngineError::Rocks`].
     pub fn checkpoint(&self, dir: &Path) -> Result<Lsn> {
-        let applied = self.applied_lsn.load(Ordering::Acquire);
+        let before = self.persisting();
         rocksdb::checkpoint::Checkpoint::new(&*self.db()?)?.create_checkpoint(dir)?;
         // The checkpoint flushed the memtable first.
-        self.persisted_lsn.fetch_max(applied, Ordering::AcqRel);
+        self.persisted(before);
         let (lsn, _) = checkpoint_meta(dir)?;
         Ok(lsn)
     }
@@ -1460,6 +1486,7 @@ impl Engine {
         self.set_expiring(expiring);
         self.applied_lsn.store(applied.0, Ordering::Release);
         self.persisted_lsn.store(applied.0, Ordering::Release);
+        self.replaced.fetch_add(1, Ordering::AcqRel);
         swapped.map(|()| applied)
     }
 
@@ -1481,13 +1508,16 @@ impl Engine {
         self.watchers.spoil_all();
         self.changed_all();
         written?;
-        // RocksDB's WAL is off: flush, or a crash would bring the keys back.
-        let db = self.db()?;
-        db.flush()?;
+        // Empty now, whether or not the flush below succeeds (reads see
+        // the deletion already).
         self.key_count.store(0, Ordering::Release);
         self.set_expiring(Expiring::default());
         self.applied_lsn.store(0, Ordering::Release);
         self.persisted_lsn.store(0, Ordering::Release);
+        self.replaced.fetch_add(1, Ordering::AcqRel);
+        // RocksDB's WAL is off: flush, or a crash would bring the keys back.
+        let db = self.db()?;
+        db.flush()?;
         self.reclaim_space(db);
         Ok(())
     }
@@ -1516,6 +1546,7 @@ impl Engine {
         // An ingested file is in the files at once; the memtable may still
         // hold older applied records, which the new state covers.
         self.persisted_lsn.store(applied.0, Ordering::Release);
+        self.replaced.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
