@@ -3058,7 +3058,7 @@ fn dbsize(_node: &Node, r: &dyn Reader, _args: &Args) -> Reply {
 
 fn keys(_node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let pattern = &args[1];
-    match r.keys(now_ms(), &mut |k| glob::matches(pattern, k, false)) {
+    match r.keys(now_ms(), &mut |k| glob::matches_key(pattern, k)) {
         Ok(keys) => Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
         Err(e) => engine_error(e),
     }
@@ -3107,6 +3107,10 @@ fn scan_options(args: &Args, from: usize, allow_type: bool) -> Result<ScanOption
 /// A cursor as a number, as Redis reads one (C's `strtoul`): digits after
 /// an optional sign, a minus wrapping around (`-1` is the largest cursor).
 fn cursor_number(arg: &[u8]) -> Result<u64, Reply> {
+    // No digits and no sign: the whole argument read, as 0.
+    if arg.is_empty() {
+        return Ok(0);
+    }
     let (negative, digits) = match arg.split_first() {
         Some((b'-', rest)) => (true, rest),
         Some((b'+', rest)) => (false, rest),
@@ -3158,11 +3162,7 @@ fn scan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let matching: Vec<(Bytes, Entry)> = scanned
         .entries
         .into_iter()
-        .filter(|(k, _)| {
-            o.pattern
-                .as_ref()
-                .is_none_or(|p| glob::matches(p, k, false))
-        })
+        .filter(|(k, _)| o.pattern.as_ref().is_none_or(|p| glob::matches_key(p, k)))
         .collect();
     if o.type_name.is_some() {
         // Redis looks each matching key up to learn its type: hits.
@@ -3470,10 +3470,7 @@ fn hscan(node: &Node, r: &dyn Reader, args: &Args) -> Reply {
     let last = batch.last().map(|(f, _)| f.clone());
     let mut items = Vec::new();
     for (f, v) in batch {
-        if o.pattern
-            .as_ref()
-            .is_none_or(|p| glob::matches(p, f, false))
-        {
+        if o.pattern.as_ref().is_none_or(|p| glob::matches_key(p, f)) {
             items.push(Reply::Bulk(f.clone()));
             if !o.novalues {
                 items.push(Reply::Bulk(v.clone()));

@@ -1,100 +1,160 @@
 //! Redis's glob patterns (`KEYS`, `SCAN MATCH`, `CONFIG GET`): `*`, `?`,
 //! `[abc]`, `[^a]`, `[a-z]`, and `\` to escape, on bytes.
 
-/// Whether `s` matches `pattern`, as Redis's `stringmatchlen`.
+/// Whether `s` matches `pattern`, as Redis's `stringmatchlen` (7.0): bytes
+/// compare as C's signed `char` in ranges, an empty string matches only an
+/// empty pattern (not even `*`: see [`matches_key`]), and patterns nested
+/// past [`NESTING_MAX`] stars match nothing.
 pub fn matches(pattern: &[u8], s: &[u8], nocase: bool) -> bool {
-    let eq = |a: u8, b: u8| {
-        if nocase {
-            a.eq_ignore_ascii_case(&b)
-        } else {
-            a == b
-        }
-    };
-    let (mut p, mut i) = (0, 0);
-    // Where to resume after the last `*`: (pattern index, string index).
-    let mut star: Option<(usize, usize)> = None;
-    loop {
-        if p < pattern.len() {
-            let matched = match pattern[p] {
-                b'*' => {
-                    while p < pattern.len() && pattern[p] == b'*' {
-                        p += 1;
-                    }
-                    if p == pattern.len() {
-                        return true;
-                    }
-                    star = Some((p, i));
-                    continue;
-                }
-                b'?' if i < s.len() => Some(p + 1),
-                b'[' if i < s.len() => class(pattern, p, s[i], nocase),
-                b'\\' if p + 1 < pattern.len() && i < s.len() => {
-                    eq(pattern[p + 1], s[i]).then_some(p + 2)
-                }
-                c if i < s.len() => eq(c, s[i]).then_some(p + 1),
-                _ => None,
-            };
-            if let Some(next) = matched {
-                p = next;
-                i += 1;
-                continue;
-            }
-        } else if i == s.len() {
-            return true;
-        }
-        // Mismatch: let the last `*` take one more byte.
-        match star {
-            Some((sp, si)) if si < s.len() => {
-                star = Some((sp, si + 1));
-                p = sp;
-                i = si + 1;
-            }
-            _ => return false,
-        }
-    }
+    let mut skip_longer = false;
+    match_from(pattern, s, nocase, &mut skip_longer, 0)
 }
 
-/// Matches `c` against the class starting at `pattern[p] == b'['`; the index
-/// after the class if it matches.
-fn class(pattern: &[u8], p: usize, c: u8, nocase: bool) -> Option<usize> {
-    let fold = |b: u8| if nocase { b.to_ascii_lowercase() } else { b };
-    let c = fold(c);
-    let mut j = p + 1;
-    let negate = j < pattern.len() && pattern[j] == b'^';
-    if negate {
-        j += 1;
+/// [`matches`] as KEYS, SCAN and HSCAN use it: a pattern of one `*` takes
+/// every key (the empty one too), without matching.
+pub fn matches_key(pattern: &[u8], key: &[u8]) -> bool {
+    pattern == b"*" || matches(pattern, key, false)
+}
+
+/// Stars nested deeper than this match nothing (Redis's guard against
+/// abusive patterns).
+pub const NESTING_MAX: usize = 1000;
+
+/// A byte as C's signed `char`, lowercased (ASCII) under `nocase`.
+fn ch(b: u8, nocase: bool) -> i32 {
+    let b = if nocase { b.to_ascii_lowercase() } else { b };
+    i32::from(b as i8)
+}
+
+fn match_from(
+    mut p: &[u8],
+    mut s: &[u8],
+    nocase: bool,
+    skip_longer: &mut bool,
+    nesting: usize,
+) -> bool {
+    if nesting > NESTING_MAX {
+        return false;
     }
-    let mut hit = false;
-    while j < pattern.len() && pattern[j] != b']' {
-        if pattern[j] == b'\\' && j + 1 < pattern.len() {
-            j += 1;
-            hit |= fold(pattern[j]) == c;
-            j += 1;
-        } else if j + 2 < pattern.len() && pattern[j + 1] == b'-' && pattern[j + 2] != b']' {
-            let (mut lo, mut hi) = (fold(pattern[j]), fold(pattern[j + 2]));
-            if lo > hi {
-                std::mem::swap(&mut lo, &mut hi);
+    while !p.is_empty() && !s.is_empty() {
+        match p[0] {
+            b'*' => {
+                while p.len() > 1 && p[1] == b'*' {
+                    p = &p[1..];
+                }
+                if p.len() == 1 {
+                    return true;
+                }
+                while !s.is_empty() {
+                    if match_from(&p[1..], s, nocase, skip_longer, nesting + 1) {
+                        return true;
+                    }
+                    if *skip_longer {
+                        return false;
+                    }
+                    s = &s[1..];
+                }
+                // No match for the rest of the pattern from anywhere in
+                // the rest of the string: an earlier star taking more
+                // would not find one either.
+                *skip_longer = true;
+                return false;
             }
-            hit |= (lo..=hi).contains(&c);
-            j += 3;
-        } else {
-            hit |= fold(pattern[j]) == c;
-            j += 1;
+            b'?' => s = &s[1..],
+            b'[' => {
+                p = &p[1..];
+                let negate = p.first() == Some(&b'^');
+                if negate {
+                    p = &p[1..];
+                }
+                let mut hit = false;
+                loop {
+                    if p.first() == Some(&b'\\') && p.len() >= 2 {
+                        p = &p[1..];
+                        hit |= p[0] == s[0];
+                    } else if p.first() == Some(&b']') {
+                        break;
+                    } else if p.is_empty() {
+                        // An unterminated class: it ends with the pattern
+                        // (the step after the class takes nothing more).
+                        break;
+                    } else if p.len() >= 3 && p[1] == b'-' {
+                        let (mut lo, mut hi) = (ch(p[0], nocase), ch(p[2], nocase));
+                        if lo > hi {
+                            std::mem::swap(&mut lo, &mut hi);
+                        }
+                        hit |= (lo..=hi).contains(&ch(s[0], nocase));
+                        p = &p[2..];
+                    } else {
+                        hit |= ch(p[0], nocase) == ch(s[0], nocase);
+                    }
+                    p = &p[1..];
+                }
+                if hit == negate {
+                    return false;
+                }
+                s = &s[1..];
+                if p.is_empty() {
+                    // The unterminated class's end: nothing left to step over.
+                    return s.is_empty();
+                }
+            }
+            c => {
+                let c = if c == b'\\' && p.len() >= 2 {
+                    p = &p[1..];
+                    p[0]
+                } else {
+                    c
+                };
+                if ch(c, nocase) != ch(s[0], nocase) {
+                    return false;
+                }
+                s = &s[1..];
+            }
+        }
+        p = &p[1..];
+        if s.is_empty() {
+            while p.first() == Some(&b'*') {
+                p = &p[1..];
+            }
+            break;
         }
     }
-    // An unterminated class ends at the end of the pattern, as in Redis.
-    let next = if j < pattern.len() { j + 1 } else { j };
-    (hit != negate).then_some(next)
+    p.is_empty() && s.is_empty()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{matches, matches_key};
 
     #[test]
     fn patterns_match_like_redis() {
         let m = |p: &str, s: &str| matches(p.as_bytes(), s.as_bytes(), false);
-        assert!(m("*", ""));
+        assert!(!m("*", ""), "only KEYS and SCAN take the empty key for `*`");
+        assert!(matches_key(b"*", b""));
+        assert!(!matches_key(b"**", b""));
+        assert!(m("", ""));
+        // A range ending in `]` is a range, and the class goes on.
+        for (key, hit) in [
+            ("]", true),
+            ("^", true),
+            ("_", true),
+            ("a", true),
+            ("-", false),
+            ("b", false),
+        ] {
+            assert_eq!(m("[a-]", key), hit, "{key}");
+        }
+        assert!(m("[a-]b", "b"));
+        assert!(!m("[a-]b", "ab"));
+        // Bytes past 0x7f are negative, as C's `char`.
+        let mb = |p: &[u8], s: &[u8]| matches(p, s, false);
+        assert!(mb(b"[a-\xff]", b"\xff"));
+        assert!(mb(b"[a-\xff]", b"0"));
+        assert!(!mb(b"[a-\xff]", b"\x80"));
+        assert!(!mb(b"[a-\xff]", b"b"));
+        assert!(m("[abc", "a"));
+        assert!(!m("[abc", "ab"));
         assert!(m("*", "anything"));
         assert!(m("h?llo", "hello"));
         assert!(!m("h?llo", "hllo"));

@@ -477,7 +477,7 @@ fn dump_frame(
             .chain(events);
         for (name, key, value, extra) in items {
             if let Some(pattern) = &filter.key
-                && !key.is_some_and(|k| glob::matches(pattern.as_bytes(), k, false))
+                && !key.is_some_and(|k| glob::matches_key(pattern.as_bytes(), k))
             {
                 continue;
             }

@@ -1947,6 +1947,37 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             ]),
         ),
         (
+            "glob patterns as Redis's matcher reads them; an empty cursor is 0",
+            [
+                resp(&[b"flushall"]),
+                // A range ending in `]`, and the class goes on after it.
+                resp(&[b"set", b"]", b"1"]),
+                resp(&[b"keys", b"[a-]"]),
+                resp(&[b"scan", b"0", b"match", b"[a-]"]),
+                resp(&[b"flushall"]),
+                resp(&[b"set", b"b", b"1"]),
+                resp(&[b"keys", b"[a-]b"]),
+                // Range ends compare as C's signed char.
+                resp(&[b"flushall"]),
+                resp(&[b"set", b"0", b"1"]),
+                resp(&[b"set", b"\x80", b"1"]),
+                resp(&[b"keys", b"[a-\xff]"]),
+                resp(&[b"keys", b"[\x80-\x90]"]),
+                // Two stars do not match the empty key; one takes every key.
+                resp(&[b"flushall"]),
+                resp(&[b"set", b"", b"1"]),
+                resp(&[b"keys", b"**"]),
+                resp(&[b"keys", b"*"]),
+                resp(&[b"scan", b"0", b"match", b"**"]),
+                resp(&[b"scan", b""]),
+                resp(&[b"scan", b"", b"count", b"x"]),
+                resp(&[b"hset", b"h", b"f", b"v"]),
+                resp(&[b"hscan", b"h", b""]),
+                resp(&[b"flushall"]),
+            ]
+            .concat(),
+        ),
+        (
             "BITFIELD and BITFIELD_RO: errors in Redis's order, overflow, growth",
             requests(&[
                 "bitfield",
