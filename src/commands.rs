@@ -3786,7 +3786,14 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
         ),
         (Reply::bulk_str("id"), Reply::Int(conn.id as i64)),
         (Reply::bulk_str("mode"), Reply::bulk_str("standalone")),
-        (Reply::bulk_str("role"), Reply::bulk_str("master")),
+        (
+            Reply::bulk_str("role"),
+            Reply::bulk_str(if node.is_replica() {
+                "replica"
+            } else {
+                "master"
+            }),
+        ),
         (Reply::bulk_str("modules"), Reply::Array(Vec::new())),
     ])
 }

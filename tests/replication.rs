@@ -595,6 +595,25 @@ fn a_replica_refuses_writes_and_reports_where_it_stands() {
         }
         other => panic!("ROLE answered {other:?}"),
     }
+    // HELLO's role, as a Redis replica gives it.
+    let role = |s: &Server| {
+        let mut c = s.client();
+        match raw(&mut c, &["HELLO", "2"]) {
+            redis::Value::Array(items) => items
+                .chunks(2)
+                .find(|kv| kv[0] == redis::Value::BulkString(b"role".to_vec()))
+                .map(|kv| kv[1].clone()),
+            other => panic!("HELLO answered {other:?}"),
+        }
+    };
+    assert_eq!(
+        role(&replica),
+        Some(redis::Value::BulkString(b"replica".to_vec()))
+    );
+    assert_eq!(
+        role(&primary),
+        Some(redis::Value::BulkString(b"master".to_vec()))
+    );
 
     // The link goes down: stale reads are refused, as asked.
     let mut primary = primary;
