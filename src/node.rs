@@ -734,6 +734,10 @@ impl Stats {
     /// A command that ran (at `slot` of [`crate::commands::stat_names`]),
     /// for `took`, and whether it answered with an error.
     pub fn command_ran(&self, slot: Option<usize>, took: Duration, failed: bool) {
+        // Only commands that ran, as Redis counts them (not one refused
+        // before it ran, nor one queued in a transaction until EXEC).
+        self.total_commands_processed
+            .fetch_add(1, Ordering::Relaxed);
         let Some(c) = slot.and_then(|i| self.commands.get(i)) else {
             return;
         };

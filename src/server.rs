@@ -943,9 +943,6 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     break 'serve;
                 }
             };
-            node.stats
-                .total_commands_processed
-                .fetch_add(1, Ordering::Relaxed);
             // A command that waits (WAIT, WAITAOF; or one behind writes a
             // pause holds): the replies before it go out first, as Redis
             // writes them before the client blocks.

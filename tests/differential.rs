@@ -1869,6 +1869,53 @@ fn failed_authentications_are_in_acl_log_as_redis_keeps_them() {
     assert_eq!(ours.len(), theirs.len());
 }
 
+/// INFO's `total_commands_processed` counts the commands that ran, as
+/// Redis's does: not those refused before they ran (unknown, wrong
+/// arity, an unknown subcommand), nor those queued in a transaction until
+/// its EXEC runs them.
+#[test]
+fn commands_processed_are_counted_as_redis_counts_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ferry = Server::start(&dir.path().join("node"), &[]);
+    let redis = Redis::start_with(&[]);
+    let sequence: &[&[&str]] = &[
+        &["CONFIG", "RESETSTAT"],
+        &["NOPE"],
+        &["GET"],
+        &["CLIENT", "FOO"],
+        &["SET", "a", "1"],
+        &["GET", "a"],
+        &["HSET", "h", "f", "v"],
+        &["GET", "h"],
+        &["MULTI"],
+        &["SET", "b", "2"],
+        &["INCR", "b"],
+        &["EXEC"],
+        &["MULTI"],
+        &["NOPE"],
+        &["SET", "c", "1"],
+        &["EXEC"],
+        &["PING"],
+    ];
+    let mut counts = Vec::new();
+    for url in [ferry.url(), format!("redis://127.0.0.1:{}", redis.port)] {
+        let mut con = connect(&url, false).expect("connect");
+        for args in sequence {
+            let _ = common::cmd(args).query::<Value>(&mut con);
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut con)
+            .expect("INFO");
+        counts.push(
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .map(str::to_string),
+        );
+    }
+    assert_eq!(counts[0], counts[1], "ferry, then Redis");
+}
+
 #[test]
 fn fixed_cases_get_the_bytes_redis_gives() {
     let dir = tempfile::tempdir().expect("tempdir");
