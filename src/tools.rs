@@ -667,6 +667,10 @@ impl Progress {
 
 /// Refuses a WAL directory whose data directory a running node holds.
 fn lock_wal_owner(wal_dir: &Path) -> anyhow::Result<Option<File>> {
+    // `.` or a link has no parent as given: the directory's own.
+    let wal_dir = wal_dir
+        .canonicalize()
+        .with_context(|| format!("reading {}", wal_dir.display()))?;
     let Some(parent) = wal_dir.parent() else {
         return Ok(None);
     };
@@ -737,22 +741,42 @@ pub fn repair(dir: &Path, salvage: bool) -> anyhow::Result<ExitCode> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let data = std::fs::read(&first.segment)?;
-    let tail_path = side.join(format!("{name}.from-byte-{}", first.offset));
-    write_synced(&tail_path, &data[first.offset as usize..])?;
+    // A problem with the segment itself (its header, or where it starts):
+    // it goes whole, as no segment may be left shorter than its header.
+    let whole = first.offset < ferry_wal::format::SEGMENT_HEADER_LEN as u64;
+    let tail_path = if whole {
+        side.join(&name)
+    } else {
+        let path = side.join(format!("{name}.from-byte-{}", first.offset));
+        write_synced(&path, &data[first.offset as usize..])?;
+        path
+    };
     let mut moved = Vec::new();
     for (_, path) in segment_files(&FsStorage, dir)? {
-        if path > first.segment {
+        if path > first.segment || (whole && path == first.segment) {
             let target = side.join(path.file_name().expect("a file name"));
             std::fs::rename(&path, &target)
                 .with_context(|| format!("moving {}", path.display()))?;
             moved.push(target);
         }
     }
-    let file = File::options().write(true).open(&first.segment)?;
-    file.set_len(first.offset)?;
-    file.sync_all()?;
+    if !whole {
+        let file = File::options().write(true).open(&first.segment)?;
+        file.set_len(first.offset)?;
+        file.sync_all()?;
+    }
     File::open(&side)?.sync_all()?;
     File::open(dir)?.sync_all()?;
+    if whole {
+        println!(
+            "moved {} and every later segment ({} in all) to {} (the log now ends before lsn {})",
+            first.segment.display(),
+            moved.len(),
+            side.display(),
+            first.lsn
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "cut {} at byte {} (the log now ends before lsn {}); kept {} bytes of it in {} and moved {} later segments to {}",
         first.segment.display(),

@@ -371,6 +371,48 @@ fn repair_salvages_only_when_asked_and_keeps_what_follows_the_corruption() {
     assert_eq!(wal.last_lsn(), Lsn(lsn.0 - 1));
 }
 
+/// A segment whose header is damaged is moved aside whole by a salvage,
+/// with every later one: none is left shorter than its header (the log
+/// would not open), and the log ends before it.
+#[test]
+fn repair_salvages_a_segment_with_a_bad_header_whole() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("wal");
+    {
+        let wal = Wal::open(
+            &dir,
+            WalOptions {
+                segment_bytes_max: 4096,
+                ..WalOptions::default()
+            },
+        )
+        .expect("open");
+        for i in 0..300 {
+            wal.append_blocking(vec![format!("record {i} {}", "x".repeat(40)).into()])
+                .expect("append");
+        }
+    }
+    let segments: Vec<PathBuf> = {
+        let mut all: Vec<PathBuf> = frames(&dir).into_iter().map(|f| f.0).collect();
+        all.dedup();
+        all
+    };
+    assert!(segments.len() >= 3, "{segments:?}");
+    let middle = &segments[1];
+    let first_lsn = frames(&dir)
+        .into_iter()
+        .find(|f| &f.0 == middle)
+        .expect("a frame")
+        .2;
+    flip_bit(middle, 0);
+    let out = run(&["wal", "repair", "--salvage", path(&dir)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!middle.exists(), "the bad segment stayed");
+    assert_eq!(run(&["wal", "verify", path(&dir)]).status.code(), Some(0));
+    let wal = Wal::open(&dir, WalOptions::default()).expect("open");
+    assert_eq!(wal.last_lsn(), Lsn(first_lsn.0 - 1));
+}
+
 #[test]
 fn writing_tools_refuse_a_data_dir_a_running_node_holds() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -379,6 +421,17 @@ fn writing_tools_refuse_a_data_dir_a_running_node_holds() {
     raw(&mut server.client(), &["SET", "k", "v"]);
     let out = run(&["wal", "repair", path(&data.join("wal"))]);
     assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Named from inside it, too.
+    let out = ferry()
+        .current_dir(data.join("wal"))
+        .args(["wal", "repair", "."])
+        .output()
+        .expect("run ferry");
     assert!(
         text(&out.stderr).contains("in use"),
         "{}",
