@@ -4700,20 +4700,37 @@ fn config(node: &Node, _conn: &mut Conn, args: &Args) -> Reply {
     match sub.as_str() {
         "get" if args.len() >= 3 => {
             let params = crate::info::config_params(node);
-            let mut out = Vec::new();
-            let wanted = |name: &str| {
-                args[2..]
-                    .iter()
-                    .any(|p| glob::matches(p, name.as_bytes(), true))
-            };
-            for (name, value) in &params {
-                // Under its older name too, as Redis shows it.
+            // Each setting under its name, and its older names, as Redis
+            // shows them.
+            let names = params.iter().flat_map(|(name, value)| {
                 let old = crate::config_file::RENAMED
                     .iter()
-                    .filter(|(_, now)| now == name)
+                    .filter(move |(_, now)| now == name)
                     .map(|(old, _)| *old);
-                for shown in std::iter::once(name.as_str()).chain(old) {
-                    if wanted(shown) {
+                std::iter::once(name.as_str())
+                    .chain(old)
+                    .map(move |shown| (shown, value))
+            });
+            let mut out = Vec::new();
+            // Once each, by name in any case.
+            let mut seen: Vec<String> = Vec::new();
+            for pattern in &args[2..] {
+                if !pattern.iter().any(|b| matches!(b, b'*' | b'?' | b'[')) {
+                    // A plain name: looked up, and shown as it was asked.
+                    let asked = String::from_utf8_lossy(pattern).to_ascii_lowercase();
+                    if let Some((_, value)) = names.clone().find(|(n, _)| *n == asked)
+                        && !seen.contains(&asked)
+                    {
+                        seen.push(asked);
+                        out.push((Reply::Bulk(pattern.clone()), Reply::bulk_str(value)));
+                    }
+                    continue;
+                }
+                for (shown, value) in names.clone() {
+                    if !seen.iter().any(|s| s == shown)
+                        && glob::matches(pattern, shown.as_bytes(), true)
+                    {
+                        seen.push(shown.to_string());
                         out.push((Reply::bulk_str(shown), Reply::bulk_str(value)));
                     }
                 }

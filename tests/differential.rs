@@ -1962,6 +1962,10 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 "config get maxmemory-policy",
                 // Redis's older names, which it still takes.
                 "config get slave-read-only",
+                // A plain name as it was asked; each once.
+                "config get MAXCLIENTS",
+                "config get TimeOut timeout",
+                "config get Slave-Read-Only",
                 "config get slave-serve-stale-data",
                 "config get min-slaves-to-write",
                 "config get min-slaves-max-lag",
