@@ -3742,8 +3742,8 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     }
     // The options in order, as Redis 7.0 takes them: AUTH logs in as it
     // comes (a bad option after it leaves the client logged in), a name is
-    // checked as it comes (a bad one before AUTH leaves it logged out).
-    let mut name = None;
+    // set as it comes (a bad one before AUTH leaves it logged out; a bad
+    // option after it leaves it set).
     while i < args.len() {
         if eq(&args[i], "auth") && i + 2 < args.len() {
             if let Err(reply) =
@@ -3757,7 +3757,8 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
             if let Err(reply) = check_client_name(&args[i + 1]) {
                 return reply;
             }
-            name = Some(args[i + 1].clone());
+            let name = &args[i + 1];
+            conn.name = (!name.is_empty()).then(|| name.clone());
             i += 2;
         } else {
             return Reply::err(format!(
@@ -3771,9 +3772,6 @@ fn hello(node: &Node, conn: &mut Conn, args: &Args) -> Reply {
     }
     conn.resp3 = resp3;
     conn.activity.resp3.store(resp3, Ordering::Release);
-    if let Some(name) = name {
-        conn.name = (!name.is_empty()).then_some(name);
-    }
     Reply::Map(vec![
         (Reply::bulk_str("server"), Reply::bulk_str("redis")),
         (

@@ -1962,6 +1962,10 @@ fn fixed_cases_get_the_bytes_redis_gives() {
                 "config get maxmemory-policy",
                 // Redis's older names, which it still takes.
                 "config get slave-read-only",
+                // HELLO sets a name as it reads it: kept when a later
+                // option is bad.
+                "hello 2 setname n1 foo",
+                "client getname",
                 // A plain name as it was asked; each once.
                 "config get MAXCLIENTS",
                 "config get TimeOut timeout",
