@@ -5502,6 +5502,17 @@ pub fn host_port(url: &str) -> (String, u16) {
     }
 }
 
+/// Where a replica's clients reach its primary (ROLE, INFO's `master_host`
+/// and `master_port`): the host it streams from, and the port of the
+/// primary's RESP server once the primary told it (its gRPC port before).
+pub fn primary_host_port(link: &ferry_receiver::LinkStatus) -> (String, u16) {
+    let (host, port) = host_port(&link.primary);
+    match host_port(&link.primary_resp_addr) {
+        (_, resp) if resp > 0 => (host, resp),
+        _ => (host, port),
+    }
+}
+
 /// A replica's RESP address as the shipper heard it: host and port.
 pub fn replica_addr(resp_addr: &str, stream_addr: &str) -> (String, u16) {
     let (host, port) = host_port(resp_addr);
@@ -5525,7 +5536,7 @@ pub fn redis_link_state(state: &str) -> &'static str {
 
 fn role(node: &Node, _r: &dyn Reader, _args: &Args) -> Reply {
     if let Some(link) = node.link_status() {
-        let (host, port) = host_port(&link.primary);
+        let (host, port) = primary_host_port(&link);
         return Reply::Array(vec![
             Reply::bulk_str("slave"),
             Reply::bulk_str(&host),

@@ -415,7 +415,7 @@ fn replication_text(node: &Node, out: &mut String) {
     let link = node.link_status();
     match &link {
         Some(link) => {
-            let (host, port) = commands::host_port(&link.primary);
+            let (host, port) = commands::primary_host_port(link);
             let _ = write!(
                 out,
                 "role:slave\r\nmaster_host:{host}\r\nmaster_port:{port}\r\nmaster_link_status:{}\r\n\

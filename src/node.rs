@@ -1220,6 +1220,10 @@ impl ferry_shipper::Membership for Identity {
         self.history()
     }
 
+    fn resp_addr(&self) -> String {
+        self.resp_addr.clone()
+    }
+
     fn saw_newer_epoch(&self, epoch: u64) {
         let before = self.newer_epoch_seen.fetch_max(epoch, Ordering::AcqRel);
         if before < epoch {

@@ -582,14 +582,15 @@ fn a_replica_refuses_writes_and_reports_where_it_stands() {
     assert_eq!(f(&primary, "master_repl_offset"), "51");
     assert_eq!(f(&replica, "role"), "slave");
     assert_eq!(f(&replica, "master_host"), "127.0.0.1");
-    assert_eq!(f(&replica, "master_port"), primary.grpc.port().to_string());
+    // The primary's RESP port, where a Redis client reaches it.
+    assert_eq!(f(&replica, "master_port"), primary.resp.port().to_string());
     assert_eq!(f(&replica, "master_link_status"), "up");
     assert_eq!(f(&replica, "slave_repl_offset"), "51");
     assert_eq!(f(&replica, "slave_read_only"), "1");
     match raw(&mut rc, &["ROLE"]) {
         redis::Value::Array(items) => {
             assert_eq!(items[0], redis::Value::BulkString(b"slave".to_vec()));
-            assert_eq!(items[2], redis::Value::Int(i64::from(primary.grpc.port())));
+            assert_eq!(items[2], redis::Value::Int(i64::from(primary.resp.port())));
             assert_eq!(items[3], redis::Value::BulkString(b"connected".to_vec()));
             assert_eq!(items[4], redis::Value::Int(51));
         }

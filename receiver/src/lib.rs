@@ -155,6 +155,9 @@ impl ReceiverConfig {
 #[derive(Debug, Clone)]
 pub struct LinkStatus {
     pub primary: String,
+    /// Where the primary's own clients connect, as it last told (empty
+    /// until it did).
+    pub primary_resp_addr: String,
     /// "connecting", "catchup", "streaming", "bootstrap", "down",
     /// "refused" or "stopped".
     pub state: &'static str,
@@ -194,6 +197,7 @@ impl LinkStatus {
     fn new(primary: String) -> LinkStatus {
         LinkStatus {
             primary,
+            primary_resp_addr: String::new(),
             state: "connecting",
             link_up: false,
             down_since: Some(Instant::now()),
@@ -833,6 +837,7 @@ impl Context {
             status.last_refusal = None;
             status.accepted += 1;
             status.primary_durable_lsn = Lsn(accept.durable_lsn);
+            status.primary_resp_addr = accept.resp_addr.clone();
         }
         let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

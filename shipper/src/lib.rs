@@ -87,6 +87,11 @@ pub trait Membership: Send + Sync + 'static {
     /// The terms of this node's log, begun by it or by the primaries it
     /// followed: (epoch, first LSN).
     fn epoch_history(&self) -> Vec<(u64, u64)>;
+    /// Where this node's own clients connect (host:port of its RESP
+    /// server), told to its replicas; empty if unknown.
+    fn resp_addr(&self) -> String {
+        String::new()
+    }
 }
 
 /// Tunables of a [`Shipper`].
@@ -980,6 +985,7 @@ impl Replication for ShipperService {
                 epoch: shipper.wal.epoch().0,
                 durable_lsn: shipper.wal.durable_lsn().0,
                 epoch_history: shipper.epoch_history(),
+                resp_addr: shipper.membership.resp_addr(),
             })),
             crc32: 0,
         }
