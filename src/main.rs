@@ -115,7 +115,8 @@ struct ServeArgs {
     #[arg(long, env = "FERRY_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// The RESP address this node gives other nodes (in its replication
-    /// hello, shown in their INFO and status) when clients reach it
+    /// hello, and to the replicas it accepts: shown in their INFO, ROLE
+    /// and status) when clients reach it
     /// elsewhere than where it listens (NAT, a proxy), as Redis's
     /// replica-announce-ip and -port. Default: the listening address.
     #[arg(long, env = "FERRY_ANNOUNCE_RESP_ADDR", value_parser = parse_host_port)]
