@@ -4842,6 +4842,25 @@ const SETTABLE: &[(&str, Settable)] = &[
     ("tracking-table-max-keys", Settable::Int(0, i64::MAX)),
 ];
 
+/// Checks a number given for setting `name` (a flag of `ferry serve`)
+/// against the bounds CONFIG SET holds it to, so that a node never starts
+/// with a value it would refuse at run time; settings CONFIG SET does not
+/// take are not checked here.
+///
+/// # Errors
+///
+/// The bounds, for a value outside them.
+pub fn check_setting(name: &str, value: i64) -> Result<(), String> {
+    match SETTABLE.iter().find(|(n, _)| *n == name) {
+        Some((_, Settable::Int(low, high) | Settable::Memory(low, high)))
+            if value < *low || value > *high =>
+        {
+            Err(format!("must be between {low} and {high}, not {value}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// CONFIG SET name value [name value ...], as Redis 7.0's: every pair is
 /// checked (Redis's errors, in its order) before any is set, so either all
 /// take effect or none. The parameters CONFIG GET shows but [`SETTABLE`]
@@ -4954,8 +4973,8 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
         }
     }
     let c = &node.config;
-    // The write lease must still run out before a replica may promote.
-    let lease_setting = |wanted: &str, now: u64| {
+    // A setting as it would be: the value given, or the one now.
+    let would_be = |wanted: &str, now: u64| {
         values
             .iter()
             .find_map(|(n, s)| match s {
@@ -4964,11 +4983,12 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
             })
             .unwrap_or(now)
     };
-    let to_write = lease_setting(
+    // The write lease must still run out before a replica may promote.
+    let to_write = would_be(
         "min-replicas-to-write",
         c.min_replicas_to_write.load(Ordering::Relaxed) as u64,
     );
-    let max_lag = lease_setting(
+    let max_lag = would_be(
         "min-replicas-max-lag",
         c.min_replicas_max_lag_secs.load(Ordering::Relaxed),
     );
@@ -4976,6 +4996,26 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
         && let Some((_, name, ..)) = chosen.iter().find(|(n, ..)| n.starts_with("min-replicas-"))
     {
         return failed(name, &why);
+    }
+    // No request may be longer than the query buffer takes (a node would
+    // not start so, from its rewritten file).
+    let bulk = would_be(
+        "proto-max-bulk-len",
+        c.proto_max_bulk_len.load(Ordering::Relaxed) as u64,
+    );
+    let query = would_be(
+        "client-query-buffer-limit",
+        c.client_query_buffer_limit.load(Ordering::Relaxed) as u64,
+    );
+    if bulk > query
+        && let Some((_, name, ..)) = chosen
+            .iter()
+            .find(|(n, ..)| matches!(*n, "proto-max-bulk-len" | "client-query-buffer-limit"))
+    {
+        return failed(
+            name,
+            "proto-max-bulk-len must not exceed client-query-buffer-limit",
+        );
     }
     for (name, setting) in values {
         match setting {

@@ -184,8 +184,9 @@ struct ServeArgs {
     #[arg(long, env = "FERRY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
     /// Follow this primary, given by its gRPC address (e.g.
-    /// http://10.0.0.1:7379). Kept in the data directory: a restart needs no
-    /// flag.
+    /// http://10.0.0.1:7379, or host:port). Kept in the data directory: a
+    /// restart needs no flag; the same flag at a later start leaves a role
+    /// taken since (a promotion) as it is.
     #[arg(long, env = "FERRY_REPLICA_OF")]
     replica_of: Option<String>,
     /// Whether a replica answers reads while its link to the primary is down
@@ -693,6 +694,9 @@ fn worker_threads_default() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
+/// The smallest WAL segment `--wal-segment-bytes` takes.
+const WAL_SEGMENT_BYTES_MIN: u64 = 1 << 16;
+
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.cluster.check_token()?;
     let tls =
@@ -701,8 +705,60 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(token) = &args.metrics_token {
         ferry_proto::auth::header_value(token).context("--metrics-token")?;
     }
+    // As CONFIG SET bounds them (so a node never starts with a value it
+    // would refuse at run time), and a number of seconds as Redis's
+    // (INT_MAX at most: a later one overflows the clock).
+    let number = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (name, value) in [
+        ("maxclients", number(args.maxclients as u64)),
+        ("proto-max-bulk-len", number(args.proto_max_bulk_len as u64)),
+        (
+            "proto-max-multibulk-len",
+            number(args.proto_max_multibulk_len as u64),
+        ),
+        (
+            "client-query-buffer-limit",
+            number(args.client_query_buffer_limit as u64),
+        ),
+        ("shutdown-timeout", number(args.shutdown_timeout)),
+        (
+            "min-replicas-to-write",
+            number(args.min_replicas_to_write as u64),
+        ),
+        ("min-replicas-max-lag", number(args.min_replicas_max_lag)),
+        ("slowlog-log-slower-than", args.slowlog_log_slower_than),
+        ("timeout", number(args.timeout)),
+        ("tcp-keepalive", number(args.tcp_keepalive)),
+    ] {
+        commands::check_setting(name, value).map_err(|why| anyhow::anyhow!("--{name} {why}"))?;
+    }
+    for (name, value) in [
+        ("repl-timeout", Some(args.repl_timeout)),
+        ("failover-after", args.failover_after),
+    ] {
+        if let Some(secs) = value
+            && !(1..=i32::MAX as u64).contains(&secs)
+        {
+            anyhow::bail!(
+                "--{name} must be between 1 and {} seconds, not {secs}",
+                i32::MAX
+            );
+        }
+    }
+    if args.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+        anyhow::bail!(
+            "--wal-segment-bytes must be at least {WAL_SEGMENT_BYTES_MIN}, not {}",
+            args.wal_segment_bytes
+        );
+    }
     if args.proto_max_bulk_len > args.client_query_buffer_limit {
         anyhow::bail!("--proto-max-bulk-len must not exceed --client-query-buffer-limit");
+    }
+    // Without a scheme, in the one this node calls in, as the tools take
+    // an address; checked before it is kept in the data directory.
+    let replica_of = args.replica_of.as_ref().map(|primary| tls.url(primary));
+    if let Some(primary) = &replica_of {
+        tls.endpoint(primary).context("--replica-of")?;
     }
     node::lease_fits_failover(
         args.min_replicas_to_write,
@@ -772,9 +828,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             data_dir: args.data_dir,
             announce_resp_addr: args.announce_resp_addr,
             announce_grpc_addr: args.announce_grpc_addr,
-            replica_of: args.replica_of,
+            replica_of,
             replica_serve_stale_data: args.replica_serve_stale_data.into(),
-            repl_timeout: std::time::Duration::from_secs(args.repl_timeout.max(1)),
+            repl_timeout: std::time::Duration::from_secs(args.repl_timeout),
             failover_after: args.failover_after.map(std::time::Duration::from_secs),
             min_replicas_to_write: args.min_replicas_to_write.into(),
             min_replicas_max_lag_secs: args.min_replicas_max_lag.into(),
@@ -796,7 +852,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             timeout_secs: args.timeout.into(),
             tcp_keepalive_secs: args.tcp_keepalive.into(),
             wal_retention_max_bytes: args.wal_retention_max_bytes,
-            wal_segment_bytes: args.wal_segment_bytes.max(1 << 16),
+            wal_segment_bytes: args.wal_segment_bytes,
             snapshot_rate_limit: args.snapshot_rate_limit,
         };
         commands::set_string_bytes_max(args.proto_max_bulk_len);

@@ -989,6 +989,9 @@ impl Cursors {
 /// cluster_id=<hex>     the data's cluster; empty until a new replica syncs
 /// node_id=<hex>        this node, for ever
 /// replica_of=<url>     the primary followed; absent on a primary
+/// replica_of_flag=<url> the --replica-of a start applied last: the same
+///                      flag at a later start leaves the role as it is now
+///                      (a promotion since stands)
 /// epochs=<e>:<lsn>,... the terms this node began by promotion
 /// learned=<e>:<lsn>,.. the terms of its log that other nodes began (from
 ///                      its primaries' histories and the frames it received)
@@ -1016,6 +1019,8 @@ pub struct Identity {
 struct IdentityState {
     cluster_id: String,
     replica_of: Option<String>,
+    /// The `--replica-of` a start applied last.
+    replica_of_flag: Option<String>,
     /// The terms this node started as a primary: (epoch, first LSN).
     epochs: Vec<(u64, u64)>,
     /// The terms of its log that other nodes started.
@@ -1064,6 +1069,7 @@ impl Identity {
                 "cluster_id" => state.cluster_id = value.trim().to_string(),
                 "node_id" => node_id = value.trim().to_string(),
                 "replica_of" => state.replica_of = Some(value.trim().to_string()),
+                "replica_of_flag" => state.replica_of_flag = Some(value.trim().to_string()),
                 "epochs" => parse_terms(&path, value, &mut state.epochs)?,
                 "learned" => parse_terms(&path, value, &mut state.learned)?,
                 "epoch_max" => {
@@ -1099,6 +1105,9 @@ impl Identity {
         );
         if let Some(primary) = &state.replica_of {
             text.push_str(&format!("replica_of={primary}\n"));
+        }
+        if let Some(flag) = &state.replica_of_flag {
+            text.push_str(&format!("replica_of_flag={flag}\n"));
         }
         if !state.epochs.is_empty() {
             text.push_str(&format!("epochs={}\n", format_terms(&state.epochs)));
@@ -1460,10 +1469,25 @@ impl Node {
                 identity
             }
         };
-        if let Some(primary) = &config.replica_of
-            && identity.replica_of().as_deref() != Some(primary)
-        {
-            identity.update(|s| s.replica_of = Some(primary.clone()))?;
+        // A --replica-of is applied once: given again at a later start, it
+        // leaves the role the node has now (a promotion, or another primary
+        // followed since, stands, as Redis keeps a role CONFIG REWRITE
+        // wrote); a different one is applied.
+        if let Some(primary) = &config.replica_of {
+            let applied = identity.state().replica_of_flag.clone();
+            let now = identity.replica_of();
+            if applied.as_deref() != Some(primary) {
+                identity.update(|s| {
+                    s.replica_of = Some(primary.clone());
+                    s.replica_of_flag = Some(primary.clone());
+                })?;
+            } else if now.as_deref() != Some(primary) {
+                tracing::warn!(
+                    flag = %primary,
+                    now = now.as_deref().unwrap_or("primary"),
+                    "--replica-of names the primary this node was told to follow at an earlier start; its role changed since, and stands (give another primary, or REPLICAOF, to change it)"
+                );
+            }
         }
         let identity = Arc::new(identity);
         let latency = Arc::new(crate::latency::LatencyMonitor::new(
@@ -1570,7 +1594,8 @@ impl Node {
                 let scheme = self.config.tls.scheme();
                 let primary = match primary.split_once("://") {
                     Some((old @ ("http" | "https"), rest))
-                        if old != scheme && self.config.replica_of.is_none() =>
+                        if old != scheme
+                            && self.config.replica_of.as_deref() != Some(primary.as_str()) =>
                     {
                         let now = format!("{scheme}://{rest}");
                         tracing::warn!(kept = %primary, now = %now, "the primary kept in the data directory is reached over the node's TLS settings");

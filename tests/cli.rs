@@ -68,6 +68,61 @@ fn an_announced_address_must_be_host_and_port() {
     }
 }
 
+/// A flag's value that CONFIG SET would refuse (or a number of seconds
+/// past what the clock holds, or a primary without a port) stops the node
+/// at start with the flag named, rather than start a node no client can
+/// use or one that fails later.
+#[test]
+fn values_a_node_could_not_work_with_are_refused_at_start() {
+    for (flag, value) in [
+        ("--maxclients", "0"),
+        ("--proto-max-bulk-len", "0"),
+        ("--proto-max-multibulk-len", "0"),
+        ("--shutdown-timeout", "18446744073709551615"),
+        ("--min-replicas-max-lag", "18446744073709551615"),
+        ("--slowlog-log-slower-than", "-5"),
+        ("--repl-timeout", "0"),
+        ("--repl-timeout", "18446744073709551615"),
+        ("--failover-after", "18446744073709551615"),
+        ("--wal-segment-bytes", "1"),
+        ("--replica-of", "http://127.0.0.1:99999"),
+        ("--replica-of", "http://127.0.0.1"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = ferry()
+            .args([
+                "serve",
+                "--data-dir",
+                dir.path().join("n").to_str().expect("utf-8"),
+                "--resp-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ])
+            .env_remove("RUST_BACKTRACE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ferry");
+        // A node that started instead runs until it is killed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(flag.trim_start_matches('-')) || stderr.contains(value),
+            "{flag} {value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{flag} {value}: {stderr}");
+    }
+}
+
 /// A real log of 100 records, one frame each, in a temporary directory.
 fn write_log(dir: &std::path::Path) {
     let wal = ferry_wal::Wal::open(dir, ferry_wal::WalOptions::default()).expect("open");

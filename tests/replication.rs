@@ -859,7 +859,9 @@ fn a_promoted_replica_starts_a_new_epoch_and_its_replicas_follow_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Server::start(&dir.path().join("p"), &[]);
     let rdir = dir.path().join("r");
-    let replica = Server::replica(&rdir, &primary.grpc_url(), &[]);
+    // A primary given as host:port is called in the node's scheme.
+    let flag = primary.grpc.to_string();
+    let replica = Server::replica(&rdir, &flag, &[]);
     let cascaded = Server::replica(&dir.path().join("c"), &replica.grpc_url(), &[]);
     load(&primary, seed, 3_000, 1_000, 100);
     assert!(wait_until(Duration::from_secs(10), || {
@@ -889,10 +891,22 @@ fn a_promoted_replica_starts_a_new_epoch_and_its_replicas_follow_it() {
     // A restart keeps the role and the epoch, and writes no second epoch change.
     let mut replica = replica;
     replica.terminate();
-    let replica = Server::start(&rdir, &[]);
+    let mut replica = Server::start(&rdir, &[]);
     let s = status(replica.grpc);
     assert_eq!((s.role.as_str(), s.wal.expect("wal").epoch), ("primary", 1));
     assert_eq!(s.wal.expect("wal").last_lsn, before + 2);
+    // So does one with the --replica-of it was first started with (a
+    // service's fixed flags, or its config file): that was applied once.
+    replica.terminate();
+    let replica = Server::start(&rdir, &["--replica-of", &flag]);
+    let s = status(replica.grpc);
+    assert_eq!((s.role.as_str(), s.wal.expect("wal").epoch), ("primary", 1));
+    assert!(
+        replica.stderr().contains("its role changed since"),
+        "{}",
+        replica.stderr()
+    );
+    raw(&mut replica.client(), &["SET", "after", "restart"]);
 }
 
 #[test]

@@ -149,6 +149,7 @@ mod tests {
                     epoch: 3,
                     first_lsn: 40,
                 }],
+                resp_addr: "10.0.0.1:6379".into(),
             })),
             crc32: 0,
         }

@@ -766,6 +766,16 @@ impl Tls {
                 url: url.to_string(),
                 reason: causes(&e),
             })?;
+        let bad = |reason: &str| AuthError::BadAddress {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if !matches!(endpoint.uri().scheme_str(), Some("http" | "https")) {
+            return Err(bad("it needs a scheme, http:// or https://"));
+        }
+        if endpoint.uri().port_u16().is_none_or(|p| p == 0) {
+            return Err(bad("it needs a port between 1 and 65535"));
+        }
         let https = endpoint.uri().scheme_str() == Some("https");
         let loaded = self.loaded();
         match (
