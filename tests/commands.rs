@@ -3034,6 +3034,16 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
         ),
         ok()
     );
+    // A request longer than the query buffer takes is refused: a node
+    // would not start from a file saying so.
+    let query_limit = get(c, "client-query-buffer-limit");
+    let longer = (query_limit.parse::<u64>().expect("a number") + 1).to_string();
+    let refused = error(c, &["CONFIG", "SET", "proto-max-bulk-len", &longer]);
+    assert!(
+        refused.contains("must not exceed client-query-buffer-limit"),
+        "{refused}"
+    );
+    assert_eq!(get(c, "proto-max-bulk-len"), "2097152");
     // What ferry does anyway goes through, the rest is refused with why;
     // neither is written to the file.
     assert_eq!(
