@@ -1136,6 +1136,7 @@ fn track_reads(
     caching: Option<bool>,
     spec: &Spec,
     args: &[bytes::Bytes],
+    written: &std::collections::HashSet<bytes::Bytes>,
 ) {
     let Some(tracking) = &conn.tracking else {
         return;
@@ -1152,7 +1153,7 @@ fn track_reads(
         };
     if tracked {
         node.tracking
-            .remember(conn.id, commands::keys_of(spec, args));
+            .remember(conn.id, commands::keys_of(spec, args), written);
     }
 }
 
@@ -1547,7 +1548,7 @@ async fn dispatch(
         return None;
     }
     let caching = take_caching(conn, spec);
-    track_reads(node, conn, caching, spec, args);
+    track_reads(node, conn, caching, spec, args, &Default::default());
     let started = Instant::now();
     let reply = match spec.handler {
         Handler::Failover => match commands::failover_args(args) {
@@ -1859,8 +1860,14 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
         )));
     }
     let caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
+    // Noted before the transaction runs; a read of a key a command before
+    // it writes outlasts that write.
+    let mut written = std::collections::HashSet::new();
     for (spec, args, _) in &multi.commands {
-        track_reads(node, conn, caching, spec, args);
+        track_reads(node, conn, caching, spec, args, &written);
+        if matches!(spec.handler, Handler::Write(_)) {
+            written.extend(commands::keys_of(spec, args));
+        }
     }
     conn.in_exec = true;
     let by = Some(conn.id);

@@ -118,6 +118,10 @@ struct Table {
     /// Every open connection's pushes, tracking or not (one may be the
     /// target of another's REDIRECT).
     outboxes: HashMap<u64, Outbox>,
+    /// Keys a client's transaction reads after it writes them: its read
+    /// outlasts its own write (applied after the read was noted), as in
+    /// Redis, where the read comes after the write's invalidation.
+    kept: HashSet<(Bytes, u64)>,
 }
 
 /// Every tracking client of a node, and the keys they read.
@@ -235,16 +239,28 @@ impl Tracking {
     pub fn disable(&self, id: u64) {
         let mut table = self.table();
         table.bcast.remove(&id);
+        table.kept.retain(|(_, client)| *client != id);
         if table.clients.remove(&id).is_some() {
             self.on.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     /// Client `id` (in default mode) is about to read `keys`: it is told
-    /// when one changes after now.
-    pub fn remember(&self, id: u64, keys: impl IntoIterator<Item = Bytes>) {
+    /// when one changes after now. For a transaction's read, noted before
+    /// the transaction runs, those in `written` (by the transaction's
+    /// commands before the read) stay remembered through the client's own
+    /// change of them.
+    pub fn remember(
+        &self,
+        id: u64,
+        keys: impl IntoIterator<Item = Bytes>,
+        written: &HashSet<Bytes>,
+    ) {
         let mut table = self.table();
         for key in keys {
+            if written.contains(&key) {
+                table.kept.insert((key.clone(), id));
+            }
             let added = table.keys.entry(key).or_default().insert(id);
             table.items += usize::from(added);
         }
@@ -294,6 +310,15 @@ fn tell(table: &mut Table, keys: &[ChangedKey<'_>], bcast: bool, pubsub: &crate:
             let mut ids: Vec<u64> = ids.into_iter().collect();
             ids.sort_unstable();
             for id in ids {
+                // Read by its own transaction after this change: still read.
+                if changed.by == Some(id) && table.kept.remove(&(changed.key.clone(), id)) {
+                    table
+                        .keys
+                        .entry(changed.key.clone())
+                        .or_default()
+                        .insert(id);
+                    table.items += 1;
+                }
                 if !own_change(table, id, changed.by) {
                     send(table, id, Some(vec![changed.key.clone()]), pubsub);
                 }
@@ -402,6 +427,7 @@ impl ferry_engine::ChangeListener for Tracking {
                 for _ in 0..flushes {
                     table.keys.clear();
                     table.items = 0;
+                    table.kept.clear();
                     // In the order the clients connected, as Redis goes
                     // over them (two may redirect to one connection).
                     let mut ids: Vec<u64> = table.clients.keys().copied().collect();
@@ -564,12 +590,12 @@ mod tests {
         let by = |key, by| ChangedKey { key, by: Some(by) };
         // Its own write: not told, and forgotten (as Redis: a later change
         // by another is not told either until it reads the key again).
-        tracking.remember(1, [k.clone()]);
+        tracking.remember(1, [k.clone()], &HashSet::new());
         tracking.changed(Changed::Keys(&[by(&k, 1), by(&k, 3)]));
         assert!(reader.try_recv().is_err(), "its own change");
         tracking.changed(Changed::Keys(&[by(&k, 3)]));
         assert!(reader.try_recv().is_err(), "forgotten");
-        tracking.remember(1, [k.clone()]);
+        tracking.remember(1, [k.clone()], &HashSet::new());
         tracking.changed(Changed::Keys(&[by(&k, 3), by(&k, 1)]));
         assert_eq!(
             reader.try_recv().unwrap(),
@@ -610,7 +636,7 @@ mod tests {
         let mut watcher = tracking.connect(2, activity());
         tracking.enable(2, bcast);
         assert!(tracking.listening());
-        tracking.remember(1, [b("a"), b("user:1")]);
+        tracking.remember(1, [b("a"), b("user:1")], &HashSet::new());
         tracking.changed(Changed::Keys(&changes(&[b("a"), b("a"), b("b")])));
         assert_eq!(
             reader.try_recv().unwrap(),
@@ -649,7 +675,7 @@ mod tests {
             ..Options::default()
         };
         tracking.enable(1, redirect);
-        tracking.remember(1, [b("k")]);
+        tracking.remember(1, [b("k")], &HashSet::new());
         tracking.changed(Changed::Keys(&changes(&[b("k")])));
         assert_eq!(
             target.try_recv().unwrap(),
@@ -684,7 +710,7 @@ mod tests {
         };
         let mut watcher = tracking.connect(2, activity());
         tracking.enable(2, all);
-        tracking.remember(1, [b("a"), b("b"), b("c")]);
+        tracking.remember(1, [b("a"), b("b"), b("c")], &HashSet::new());
         let Push::Invalidate(Some(told)) = reader.try_recv().unwrap() else {
             panic!("keys invalidated");
         };

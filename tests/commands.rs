@@ -3235,8 +3235,8 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
 
 /// CLIENT TRACKING NOLOOP: a client is told of other clients' changes to
 /// what it read, not of its own (a key it read and then wrote is forgotten
-/// untold, as Redis); with BCAST, of other clients' changes under its
-/// prefixes only. A default-mode client reading the same keys witnesses
+/// untold, as Redis; one its transaction wrote and then read stays read);
+/// with BCAST, of other clients' changes under its prefixes only. A default-mode client reading the same keys witnesses
 /// each change: once it is told, the NOLOOP client's push would have been
 /// queued too (and would come before its next reply).
 #[test]
@@ -3285,6 +3285,17 @@ fn a_noloop_client_is_told_of_other_clients_changes_only() {
     assert!(wb.read_until(invalidate(&["u:1"]).as_bytes()));
     assert!(nb.read_until(invalidate(&["u:1"]).as_bytes()));
     nb.exchange(&["PING"], "+PONG\r\n");
+
+    // A transaction that writes a key and then reads it: the read stands
+    // (Redis notes it after the write's invalidation), so another's change
+    // is told.
+    n.exchange(&["MULTI"], "+OK\r\n");
+    n.exchange(&["SET", "c", "1"], "+QUEUED\r\n");
+    n.exchange(&["GET", "c"], "+QUEUED\r\n");
+    n.exchange(&["EXEC"], "*2\r\n+OK\r\n$1\r\n1\r\n");
+    assert_eq!(raw(writer, &["SET", "c", "2"]), ok());
+    assert!(n.read_until(invalidate(&["c"]).as_bytes()));
+    n.exchange(&["PING"], "+PONG\r\n");
 }
 
 /// Pub/Sub through a real client: messages by channel and by pattern, in
