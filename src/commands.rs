@@ -4281,6 +4281,9 @@ fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
     conn.activity
         .redirect
         .store(options.redirect.unwrap_or(0), Ordering::Relaxed);
+    // BCAST without a prefix: every key (the empty prefix, as Redis
+    // lists it).
+    let every_key = options.bcast && options.prefixes.is_empty();
     if let Some(tracking) = &mut conn.tracking {
         let old = &tracking.options;
         if old.bcast != options.bcast {
@@ -4288,7 +4291,8 @@ fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
                 "You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode.",
             );
         }
-        if (old.optin, old.optout) != (options.optin, options.optout) {
+        // OPTIN to OPTOUT or back; to neither is let through.
+        if (options.optin && old.optout) || (options.optout && old.optin) {
             return Reply::err(
                 "You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode.",
             );
@@ -4296,14 +4300,23 @@ fn client_tracking(node: &Node, conn: &mut Conn, args: &[Bytes]) -> Reply {
         if let Err(text) = crate::tracking::check_prefixes(&old.prefixes, &options.prefixes) {
             return Reply::Error(text);
         }
+        // The prefixes add up; the other options are the ones given now,
+        // as Redis sets them anew.
         let mut all = old.prefixes.clone();
         all.append(&mut options.prefixes);
+        if every_key && !all.iter().any(|p| p.is_empty()) {
+            all.push(Bytes::new());
+        }
+        all.sort_unstable();
         options.prefixes = all;
-        options.noloop |= old.noloop;
         node.tracking.update(conn.id, options.clone());
         tracking.options = options;
         return Reply::ok();
     }
+    if every_key {
+        options.prefixes.push(Bytes::new());
+    }
+    options.prefixes.sort_unstable();
     node.tracking.enable(conn.id, options.clone());
     conn.tracking = Some(crate::tracking::ClientTracking {
         options,

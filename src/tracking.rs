@@ -483,11 +483,11 @@ pub fn parse_options(args: &[Bytes], exists: impl Fn(i64) -> bool) -> Result<Opt
     if !options.bcast && !options.prefixes.is_empty() {
         return Err("ERR PREFIX option requires BCAST mode to be enabled".into());
     }
-    if options.optin && options.optout {
-        return Err("ERR You can't specify both OPTIN mode and OPTOUT mode".into());
-    }
     if options.bcast && (options.optin || options.optout) {
         return Err("ERR OPTIN and OPTOUT are not compatible with BCAST".into());
+    }
+    if options.optin && options.optout {
+        return Err("ERR You can't specify both OPTIN mode and OPTOUT mode".into());
     }
     check_prefixes(&[], &options.prefixes)?;
     Ok(options)
