@@ -1916,6 +1916,10 @@ fn run_queued(
             Handler::Conn(_) if spec.name == "monitor" => {
                 Reply::err("MONITOR isn't allowed for DENY BLOCKING client")
             }
+            // As Redis 7.0 refuses it there (SUBSCRIBE and PSUBSCRIBE run).
+            Handler::Conn(_) if spec.name == "ssubscribe" => {
+                Reply::err("SSUBSCRIBE isn't allowed for a DENY BLOCKING client")
+            }
             // Redis starts it after the transaction, and says so.
             Handler::Conn(f) if spec.name == "bgsave" => match f(node, conn, args) {
                 Reply::Simple(_) => Reply::Simple("Background saving scheduled".into()),

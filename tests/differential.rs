@@ -2002,6 +2002,10 @@ fn fixed_cases_get_the_bytes_redis_gives() {
             ]),
         ),
         (
+            "SSUBSCRIBE inside a transaction is refused, as Redis 7.0 refuses it",
+            requests(&["multi", "ssubscribe s1", "exec", "pubsub shardnumsub s1"]),
+        ),
+        (
             "CLIENT TRACKING ON again sets its options anew and adds prefixes",
             requests(&[
                 "client tracking on noloop",
