@@ -1452,6 +1452,13 @@ async fn dispatch(
     if checked.is_err() {
         let slot = commands::lookup(&args[0]).and_then(|spec| commands::stat_slot(spec, &args));
         node.stats.command_rejected(slot);
+        // A command refused uses up CLIENT CACHING's answer, as in Redis
+        // (a transaction's EXEC takes it).
+        if conn.multi.is_none()
+            && let Some(tracking) = conn.tracking.as_mut()
+        {
+            tracking.caching = None;
+        }
     }
     if let Some(multi) = &mut conn.multi {
         // Any refusal inside MULTI dooms the transaction, as in Redis.
@@ -1573,6 +1580,14 @@ async fn dispatch(
         },
         _ => run_command(node, conn, spec, args).await,
     };
+    // An unknown CLIENT subcommand is refused as an unknown command, and
+    // uses up CLIENT CACHING's answer likewise.
+    if spec.name == "client"
+        && matches!(&reply, Reply::Error(text) if text.contains("unknown subcommand"))
+        && let Some(tracking) = conn.tracking.as_mut()
+    {
+        tracking.caching = None;
+    }
     if commands::is_subcommand_arity_error(&reply) && commands::is_container(spec) && args.len() > 1
     {
         // A container's known subcommand with the wrong arguments: refused
@@ -1859,11 +1874,21 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
             "EXECABORT Transaction discarded because of: {refused}"
         )));
     }
-    let caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
+    let mut caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
     // Noted before the transaction runs; a read of a key a command before
-    // it writes outlasts that write.
+    // it writes outlasts that write. A CLIENT CACHING among them answers
+    // for the reads after it (Redis keeps the answer through a
+    // transaction).
     let mut written = std::collections::HashSet::new();
     for (spec, args, _) in &multi.commands {
+        if spec.name == "client" && args.len() == 3 && args[1].eq_ignore_ascii_case(b"caching") {
+            if args[2].eq_ignore_ascii_case(b"yes") {
+                caching = Some(true);
+            } else if args[2].eq_ignore_ascii_case(b"no") {
+                caching = Some(false);
+            }
+            continue;
+        }
         track_reads(node, conn, caching, spec, args, &written);
         if matches!(spec.handler, Handler::Write(_)) {
             written.extend(commands::keys_of(spec, args));
@@ -1884,6 +1909,10 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
     };
     conn.in_exec = false;
     conn.watch.clear();
+    // A CLIENT CACHING inside answered for the transaction only.
+    if let Some(tracking) = conn.tracking.as_mut() {
+        tracking.caching = None;
+    }
     match executed {
         Ok(ticket) => Queued::Pending(ticket),
         Err(e) => Queued::Ready(engine_error_reply(e)),

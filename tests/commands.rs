@@ -3222,6 +3222,30 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
         "-ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.\r\n",
     );
 
+    // OPTOUT: a refused command uses up CLIENT CACHING NO as one that ran
+    // does; one inside a transaction answers for the transaction only.
+    let mut x = Resp3::connect(&server);
+    x.exchange(&["CLIENT", "TRACKING", "ON", "OPTOUT"], "+OK\r\n");
+    x.exchange(&["CLIENT", "CACHING", "NO"], "+OK\r\n");
+    x.exchange(
+        &["GET"],
+        "-ERR wrong number of arguments for 'get' command\r\n",
+    );
+    x.exchange(&["GET", "k1"], "_\r\n");
+    x.exchange(&["MULTI"], "+OK\r\n");
+    x.exchange(&["CLIENT", "CACHING", "NO"], "+QUEUED\r\n");
+    x.exchange(&["GET", "k2"], "+QUEUED\r\n");
+    x.exchange(&["EXEC"], "*2\r\n+OK\r\n_\r\n");
+    x.exchange(&["GET", "k3"], "_\r\n");
+    assert_eq!(
+        raw(writer, &["MSET", "k1", "1", "k2", "2", "k3", "3"]),
+        ok()
+    );
+    let before = x
+        .read_past(invalidate(&["k3"]).as_bytes())
+        .expect("k3 told");
+    assert_eq!(before, invalidate(&["k1"]).as_bytes(), "k1 told, k2 not");
+
     // OFF: nothing more (the BCAST client's message, of a write after,
     // shows the write has been applied).
     t.exchange(&["GET", "other"], "$1\r\n1\r\n");
@@ -3236,8 +3260,8 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
 /// CLIENT TRACKING NOLOOP: a client is told of other clients' changes to
 /// what it read, not of its own (a key it read and then wrote is forgotten
 /// untold, as Redis; one its transaction wrote and then read stays read);
-/// with BCAST, of other clients' changes under its prefixes only. A default-mode client reading the same keys witnesses
-/// each change: once it is told, the NOLOOP client's push would have been
+/// with BCAST, of other clients' changes under its prefixes only. A
+/// default-mode client reading the same keys witnesses each change: once it is told, the NOLOOP client's push would have been
 /// queued too (and would come before its next reply).
 #[test]
 fn a_noloop_client_is_told_of_other_clients_changes_only() {
