@@ -1142,8 +1142,14 @@ fn track_reads(
         return;
     };
     let o = &tracking.options;
+    // OBJECT's and MEMORY USAGE's key, read as Redis's subcommands read it.
+    let sub_key = match spec.name {
+        "object" => args.len() > 2,
+        "memory" => args.len() > 2 && args[1].eq_ignore_ascii_case(b"usage"),
+        _ => false,
+    };
     let tracked = !o.bcast
-        && spec.flags.contains(&"readonly")
+        && (spec.flags.contains(&"readonly") || sub_key)
         && if o.optin {
             caching == Some(true)
         } else if o.optout {
@@ -1152,8 +1158,11 @@ fn track_reads(
             true
         };
     if tracked {
-        node.tracking
-            .remember(conn.id, commands::keys_of(spec, args), written);
+        let keys = match sub_key {
+            true => vec![args[2].clone()],
+            false => commands::keys_of(spec, args),
+        };
+        node.tracking.remember(conn.id, keys, written);
     }
 }
 

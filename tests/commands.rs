@@ -3222,6 +3222,14 @@ fn client_tracking_tells_a_client_when_what_it_read_changes() {
         "-ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.\r\n",
     );
 
+    // OBJECT's and MEMORY USAGE's key is read, as in Redis.
+    let mut m = Resp3::connect(&server);
+    m.exchange(&["CLIENT", "TRACKING", "ON"], "+OK\r\n");
+    assert_eq!(raw(writer, &["SET", "okey", "5"]), ok());
+    m.exchange(&["OBJECT", "ENCODING", "okey"], "$3\r\nint\r\n");
+    assert_eq!(raw(writer, &["SET", "okey", "x"]), ok());
+    assert!(m.read_until(invalidate(&["okey"]).as_bytes()));
+
     // OPTOUT: a refused command uses up CLIENT CACHING NO as one that ran
     // does; one inside a transaction answers for the transaction only.
     let mut x = Resp3::connect(&server);
