@@ -4113,9 +4113,6 @@ fn is_printable_word(text: &[u8]) -> bool {
     text.iter().all(|&b| b > b' ' && b <= b'~')
 }
 
-/// Redis's error for a subcommand of a container command (CLIENT, CONFIG,
-/// COMMAND) that it cannot run: a known one (in [`SUBCOMMANDS`]) with the
-/// wrong number of arguments, or an unknown one.
 /// A container's HELP: its lines as simple strings, as Redis's.
 fn help(lines: &[&str]) -> Reply {
     Reply::Array(
@@ -4126,6 +4123,9 @@ fn help(lines: &[&str]) -> Reply {
     )
 }
 
+/// Redis's error for a subcommand of a container command (CLIENT, CONFIG,
+/// COMMAND) that it cannot run: a known one (in [`SUBCOMMANDS`]) with the
+/// wrong number of arguments, or an unknown one.
 fn subcommand_error(command: &str, sub: &[u8]) -> Reply {
     let lowered = String::from_utf8_lossy(sub).to_ascii_lowercase();
     if subcommands_of(command)
