@@ -5010,26 +5010,7 @@ fn config_set(node: &Node, pairs: &Args) -> Reply {
     {
         return failed(name, &why);
     }
-    // No request may be longer than the query buffer takes (a node would
-    // not start so, from its rewritten file).
-    let bulk = would_be(
-        "proto-max-bulk-len",
-        c.proto_max_bulk_len.load(Ordering::Relaxed) as u64,
-    );
-    let query = would_be(
-        "client-query-buffer-limit",
-        c.client_query_buffer_limit.load(Ordering::Relaxed) as u64,
-    );
-    if bulk > query
-        && let Some((_, name, ..)) = chosen
-            .iter()
-            .find(|(n, ..)| matches!(*n, "proto-max-bulk-len" | "client-query-buffer-limit"))
-    {
-        return failed(
-            name,
-            "proto-max-bulk-len must not exceed client-query-buffer-limit",
-        );
-    }
+
     for (name, setting) in values {
         match setting {
             Setting::Same => {}

@@ -751,8 +751,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.wal_segment_bytes
         );
     }
+    // As Redis, which CONFIG SET lets set them so: a bulk longer than the
+    // query buffer closes its connection at the buffer's limit.
     if args.proto_max_bulk_len > args.client_query_buffer_limit {
-        anyhow::bail!("--proto-max-bulk-len must not exceed --client-query-buffer-limit");
+        tracing::warn!(
+            proto_max_bulk_len = args.proto_max_bulk_len,
+            client_query_buffer_limit = args.client_query_buffer_limit,
+            "a bulk string as long as --proto-max-bulk-len does not fit in --client-query-buffer-limit: its connection is closed at the buffer's limit"
+        );
     }
     // Without a scheme, in the one this node calls in, as the tools take
     // an address; checked before it is kept in the data directory.

@@ -1859,6 +1859,8 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
     let Some(multi) = conn.multi.take() else {
         return Queued::Ready(Reply::err("EXEC without MULTI"));
     };
+    // CLIENT CACHING's answer is EXEC's, run or discarded.
+    let mut caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
     if multi.refused {
         conn.watch.clear();
         return Queued::Ready(Reply::Error(
@@ -1883,7 +1885,6 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
             "EXECABORT Transaction discarded because of: {refused}"
         )));
     }
-    let mut caching = conn.tracking.as_mut().and_then(|t| t.caching.take());
     // Noted before the transaction runs; a read of a key a command before
     // it writes outlasts that write. A CLIENT CACHING among them answers
     // for the reads after it (Redis keeps the answer through a
