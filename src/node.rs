@@ -1476,7 +1476,10 @@ impl Node {
         if let Some(primary) = &config.replica_of {
             let applied = identity.state().replica_of_flag.clone();
             let now = identity.replica_of();
-            if applied.as_deref() != Some(primary) {
+            // The same primary in another scheme (TLS turned on) is the
+            // same flag.
+            let place = |url: &str| url.split_once("://").map_or(url, |(_, r)| r).to_string();
+            if applied.as_deref().map(place) != Some(place(primary)) {
                 identity.update(|s| {
                     s.replica_of = Some(primary.clone());
                     s.replica_of_flag = Some(primary.clone());
