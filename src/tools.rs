@@ -45,6 +45,13 @@ fn scan(
     visit: impl FnMut(&ferry_wal::inspect::ScannedFrame<'_>) -> ferry_wal::Result<ControlFlow<()>>,
 ) -> anyhow::Result<Inspection> {
     anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    // A log always has a segment: none is the wrong directory (a data
+    // directory's log is in its `wal/`), not an intact log.
+    anyhow::ensure!(
+        !segment_files(&FsStorage, dir)?.is_empty(),
+        "{} holds no WAL segment (a data directory's log is in its wal/)",
+        dir.display()
+    );
     scan_dir(&FsStorage, dir, FrameLimits::default(), visit)
         .with_context(|| format!("reading the WAL in {}", dir.display()))
 }

@@ -138,6 +138,22 @@ fn dump_prints_exactly_the_operations_of_a_workload_in_lsn_order() {
     assert_eq!(v["segments"][0]["last_lsn"], 8);
 }
 
+/// A directory with no segment is not an intact log: the tools say so
+/// and fail.
+#[test]
+fn the_tools_refuse_a_directory_without_a_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for tool in ["verify", "inspect", "dump", "repair"] {
+        let out = run(&["wal", tool, path(tmp.path())]);
+        assert_eq!(out.status.code(), Some(1), "{tool}");
+        assert!(
+            text(&out.stderr).contains("holds no WAL segment"),
+            "{tool}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn verify_names_the_file_offset_and_lsn_of_every_flipped_bit() {
     let tmp = tempfile::tempdir().expect("tempdir");
