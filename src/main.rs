@@ -377,8 +377,9 @@ struct SwitchoverArgs {
     /// default the one furthest ahead.
     #[arg(long)]
     to: Option<String>,
-    /// Seconds the replica may take to catch up.
-    #[arg(long, default_value_t = node::SWITCHOVER_TIMEOUT_DEFAULT.as_secs())]
+    /// Seconds the replica may take to catch up (at least 1: the call's 0
+    /// means its default).
+    #[arg(long, default_value_t = node::SWITCHOVER_TIMEOUT_DEFAULT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -491,11 +492,12 @@ struct ReplayArgs {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    // Built, so that serve's flags include the global ones (--log-format).
+    let mut command = Cli::command();
+    command.build();
     let args = config_file::expand_args(
         std::env::args_os().collect(),
-        Cli::command()
-            .find_subcommand("serve")
-            .expect("the serve command"),
+        command.find_subcommand("serve").expect("the serve command"),
     )
     .map_err(anyhow::Error::msg)?;
     let cli = Cli::parse_from(args);

@@ -123,6 +123,19 @@ fn values_a_node_could_not_work_with_are_refused_at_start() {
     }
 }
 
+/// `ferry switchover --timeout 0` is refused: the call's 0 means the
+/// default wait, not none.
+#[test]
+fn a_switchover_needs_a_timeout_of_a_second_at_least() {
+    let out = ferry()
+        .args(["switchover", "--timeout", "0"])
+        .output()
+        .expect("run ferry");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--timeout"), "{stderr}");
+}
+
 /// A real log of 100 records, one frame each, in a temporary directory.
 fn write_log(dir: &std::path::Path) {
     let wal = ferry_wal::Wal::open(dir, ferry_wal::WalOptions::default()).expect("open");

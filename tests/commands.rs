@@ -3106,6 +3106,20 @@ fn a_config_file_sets_the_node_and_config_rewrite_keeps_what_config_set_changed(
     }
     drop(server);
 
+    // A global flag too.
+    std::fs::write(&file, "log-format json\n").unwrap();
+    let server = Server::start(&data, &["--config", path]);
+    assert!(
+        server
+            .stderr()
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with('{')),
+        "{}",
+        server.stderr()
+    );
+    drop(server);
+
     std::fs::write(&file, "maxclients 10\nbogus 1\n").unwrap();
     let refused = Server::try_start(&data, &["--config", path])
         .err()
