@@ -1136,7 +1136,7 @@ fn track_reads(
     caching: Option<bool>,
     spec: &Spec,
     args: &[bytes::Bytes],
-    written: &std::collections::HashSet<bytes::Bytes>,
+    written: Option<&std::collections::HashSet<bytes::Bytes>>,
 ) {
     let Some(tracking) = &conn.tracking else {
         return;
@@ -1564,7 +1564,7 @@ async fn dispatch(
         return None;
     }
     let caching = take_caching(conn, spec);
-    track_reads(node, conn, caching, spec, args, &Default::default());
+    track_reads(node, conn, caching, spec, args, None);
     let started = Instant::now();
     let reply = match spec.handler {
         Handler::Failover => match commands::failover_args(args) {
@@ -1899,7 +1899,7 @@ async fn exec(node: &Node, conn: &mut Conn) -> Queued {
             }
             continue;
         }
-        track_reads(node, conn, caching, spec, args, &written);
+        track_reads(node, conn, caching, spec, args, Some(&written));
         if matches!(spec.handler, Handler::Write(_)) {
             written.extend(commands::keys_of(spec, args));
         }

@@ -254,11 +254,11 @@ impl Tracking {
         &self,
         id: u64,
         keys: impl IntoIterator<Item = Bytes>,
-        written: &HashSet<Bytes>,
+        written: Option<&HashSet<Bytes>>,
     ) {
         let mut table = self.table();
         for key in keys {
-            if written.contains(&key) {
+            if written.is_some_and(|w| w.contains(&key)) {
                 table.kept.insert((key.clone(), id));
             }
             let added = table.keys.entry(key).or_default().insert(id);
@@ -590,12 +590,12 @@ mod tests {
         let by = |key, by| ChangedKey { key, by: Some(by) };
         // Its own write: not told, and forgotten (as Redis: a later change
         // by another is not told either until it reads the key again).
-        tracking.remember(1, [k.clone()], &HashSet::new());
+        tracking.remember(1, [k.clone()], None);
         tracking.changed(Changed::Keys(&[by(&k, 1), by(&k, 3)]));
         assert!(reader.try_recv().is_err(), "its own change");
         tracking.changed(Changed::Keys(&[by(&k, 3)]));
         assert!(reader.try_recv().is_err(), "forgotten");
-        tracking.remember(1, [k.clone()], &HashSet::new());
+        tracking.remember(1, [k.clone()], None);
         tracking.changed(Changed::Keys(&[by(&k, 3), by(&k, 1)]));
         assert_eq!(
             reader.try_recv().unwrap(),
@@ -636,7 +636,7 @@ mod tests {
         let mut watcher = tracking.connect(2, activity());
         tracking.enable(2, bcast);
         assert!(tracking.listening());
-        tracking.remember(1, [b("a"), b("user:1")], &HashSet::new());
+        tracking.remember(1, [b("a"), b("user:1")], None);
         tracking.changed(Changed::Keys(&changes(&[b("a"), b("a"), b("b")])));
         assert_eq!(
             reader.try_recv().unwrap(),
@@ -675,7 +675,7 @@ mod tests {
             ..Options::default()
         };
         tracking.enable(1, redirect);
-        tracking.remember(1, [b("k")], &HashSet::new());
+        tracking.remember(1, [b("k")], None);
         tracking.changed(Changed::Keys(&changes(&[b("k")])));
         assert_eq!(
             target.try_recv().unwrap(),
@@ -710,7 +710,7 @@ mod tests {
         };
         let mut watcher = tracking.connect(2, activity());
         tracking.enable(2, all);
-        tracking.remember(1, [b("a"), b("b"), b("c")], &HashSet::new());
+        tracking.remember(1, [b("a"), b("b"), b("c")], None);
         let Push::Invalidate(Some(told)) = reader.try_recv().unwrap() else {
             panic!("keys invalidated");
         };

@@ -1310,12 +1310,9 @@ fn a_switchover_whose_promote_call_breaks_after_the_promotion_follows_the_new_pr
     );
     let replica = Server::start(&rdir, &["--announce-grpc-addr", &announce]);
     down.forward_to(replica.grpc);
-    let out = switchover.wait_with_output().expect("switchover");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    exited_ok(
+        switchover.wait_with_output().expect("switchover"),
+        "ferry switchover",
     );
     let s = status(primary.grpc);
     assert_eq!(s.role, "replica", "{s:?}");

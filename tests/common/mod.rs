@@ -32,10 +32,18 @@ pub fn ferry() -> Command {
 /// Runs `command` to its end; fails the test with its output unless it
 /// exits 0.
 pub fn run_ok(command: &mut Command) -> std::process::Output {
-    let out = command.output().expect("run ferry");
+    exited_ok(
+        command.output().expect("run ferry"),
+        &format!("{command:?}"),
+    )
+}
+
+/// `out`, of the command `what`; fails the test with its output unless
+/// it exited 0.
+pub fn exited_ok(out: std::process::Output, what: &str) -> std::process::Output {
     assert!(
         out.status.success(),
-        "{command:?} failed:\n{}{}",
+        "{what} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
